@@ -1,0 +1,523 @@
+//! Filesystem access confined to one folder root (safety invariant 1).
+//!
+//! Every operation walks the relative path one component at a time with
+//! `openat(O_NOFOLLOW | O_DIRECTORY)`, so no symlink, whether it was planted
+//! by a peer or by a local process, can redirect a read, write, rename or
+//! delete, even if it points back inside the root. The final component is
+//! acted on with the `*at` call relative to the parent's descriptor, without
+//! following it either.
+//!
+//! File content arrives as a temp file in `<root>/.fleetsync/tmp` (same
+//! filesystem, so the final `renameat` is atomic: invariant 2).
+
+use std::{
+    ffi::OsStr,
+    io,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+};
+
+use fleetsync_mesh::model::{validate_rel_path, EntryKind, RESERVED_DIR};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+
+use crate::index::LocalStat;
+
+/// Where temp files live inside a folder.
+pub const TMP_DIR: &str = "tmp";
+/// Where received content lives as a second hard link the blob store keeps
+/// referencing (so placing a file never invalidates the store's copy).
+pub const REFS_DIR: &str = "refs";
+/// Suffix of in-place temp names (symlink replacement).
+pub const TMP_MARK: &str = ".fleetsync-tmp-";
+
+/// What `lstat` says about a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: EntryKind,
+    pub stat: LocalStat,
+}
+
+/// Is this some other kind of node (socket, fifo, device)? We never sync those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    Missing,
+    Other,
+    Some(Meta),
+}
+
+fn to_io(e: rustix::io::Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+/// A path that would leave the folder root through a symlink (or a
+/// non-directory where a directory should be).
+#[derive(Debug)]
+pub struct Escape(pub String);
+
+impl std::fmt::Display for Escape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} leads through a symlink or non-directory; refused",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Escape {}
+
+fn symlink_err(rel: &str) -> io::Error {
+    io::Error::other(Escape(rel.to_string()))
+}
+
+/// Is this the error [`FolderFs`] gives for a path through a symlink?
+pub fn is_escape(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<Escape>())
+}
+
+pub fn meta_from_stat(st: &rustix::fs::Stat) -> Node {
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => EntryKind::File,
+        FileType::Directory => EntryKind::Directory,
+        FileType::Symlink => EntryKind::Symlink,
+        _ => return Node::Other,
+    };
+    Node::Some(Meta {
+        kind,
+        stat: LocalStat {
+            size: if kind == EntryKind::File {
+                st.st_size as u64
+            } else {
+                0
+            },
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
+            ino: st.st_ino,
+            mode: st.st_mode & 0o7777,
+        },
+    })
+}
+
+/// One folder root. Cheap to clone; holds no descriptors between calls.
+#[derive(Debug, Clone)]
+pub struct FolderFs {
+    root: PathBuf,
+}
+
+impl FolderFs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FolderFs { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn abs(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join(RESERVED_DIR).join(TMP_DIR)
+    }
+
+    pub fn refs_dir(&self) -> PathBuf {
+        self.root.join(RESERVED_DIR).join(REFS_DIR)
+    }
+
+    fn open_root(&self) -> io::Result<OwnedFd> {
+        rustix::fs::open(
+            &self.root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(to_io)
+    }
+
+    fn open_dir_at(parent: impl AsFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+        rustix::fs::openat(
+            parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    }
+
+    /// Open the directory holding `rel`'s last component, never following
+    /// a symlink on the way. With `create`, missing directories are made.
+    /// Returns the parent descriptor and the last component.
+    pub fn open_parent<'a>(&self, rel: &'a str, create: bool) -> io::Result<(OwnedFd, &'a str)> {
+        validate_rel_path(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut dir = self.open_root()?;
+        let mut comps = rel.split('/').peekable();
+        loop {
+            let comp = comps.next().expect("validated path is non-empty");
+            if comps.peek().is_none() {
+                return Ok((dir, comp));
+            }
+            let name = OsStr::new(comp);
+            dir = match Self::open_dir_at(&dir, name) {
+                Ok(d) => d,
+                Err(rustix::io::Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(to_io(e)),
+                    }
+                    Self::open_dir_at(&dir, name).map_err(|e| match e {
+                        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => symlink_err(rel),
+                        e => to_io(e),
+                    })?
+                }
+                Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                    return Err(symlink_err(rel))
+                }
+                Err(e) => return Err(to_io(e)),
+            };
+        }
+    }
+
+    /// `lstat` of a path inside the root. A parent that is missing means the
+    /// path is missing; a parent that is a symlink means we must not look.
+    pub fn lstat(&self, rel: &str) -> io::Result<Node> {
+        let (dir, name) = match self.open_parent(rel, false) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Node::Missing),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(meta_from_stat(&st)),
+            Err(rustix::io::Errno::NOENT) => Ok(Node::Missing),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+
+    pub fn read_link(&self, rel: &str) -> io::Result<String> {
+        let (dir, name) = self.open_parent(rel, false)?;
+        let t = rustix::fs::readlinkat(&dir, name, Vec::new()).map_err(to_io)?;
+        String::from_utf8(t.into_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "symlink target is not UTF-8"))
+    }
+
+    pub fn remove_file(&self, rel: &str) -> io::Result<()> {
+        let (dir, name) = self.open_parent(rel, false)?;
+        match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+
+    /// Remove an empty directory. Not empty → `DirectoryNotEmpty`.
+    pub fn remove_dir(&self, rel: &str) -> io::Result<()> {
+        let (dir, name) = self.open_parent(rel, false)?;
+        match rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+
+    pub fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
+        let (dir, name) = self.open_parent(rel, true)?;
+        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(to_io(e)),
+        }
+        // mkdir honours the umask; set the mode the entry asks for.
+        let d = Self::open_dir_at(&dir, OsStr::new(name)).map_err(|_| symlink_err(rel))?;
+        rustix::fs::fchmod(&d, Mode::from_raw_mode(mode & 0o777)).map_err(to_io)
+    }
+
+    /// Create or atomically replace a symlink (never following the old one).
+    pub fn symlink(&self, rel: &str, target: &str) -> io::Result<()> {
+        let (dir, name) = self.open_parent(rel, true)?;
+        let tmp = format!(".{name}{TMP_MARK}{:08x}", random_u32());
+        rustix::fs::symlinkat(target, &dir, tmp.as_str()).map_err(to_io)?;
+        if let Err(e) = rustix::fs::renameat(&dir, tmp.as_str(), &dir, name) {
+            let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+            return Err(to_io(e));
+        }
+        Ok(())
+    }
+
+    /// Rename within the folder (conflict copies). Fails if `to` exists.
+    pub fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+        let (fdir, fname) = self.open_parent(from, false)?;
+        let (tdir, tname) = self.open_parent(to, true)?;
+        rustix::fs::renameat_with(
+            &fdir,
+            fname,
+            &tdir,
+            tname,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(to_io)
+    }
+
+    /// Move a finished temp file (in [`Self::tmp_dir`]) over `rel` atomically
+    /// and make the rename durable.
+    pub fn place(&self, tmp_name: &str, rel: &str) -> io::Result<()> {
+        let tmpdir = self.open_tmp_dir()?;
+        let (dir, name) = self.open_parent(rel, true)?;
+        rustix::fs::renameat(&tmpdir, tmp_name, &dir, name).map_err(to_io)?;
+        rustix::fs::fsync(&dir).map_err(to_io)
+    }
+
+    fn open_reserved(&self, sub: &str) -> io::Result<OwnedFd> {
+        let root = self.open_root()?;
+        let res = Self::open_dir_at(&root, OsStr::new(RESERVED_DIR))
+            .and_then(|d| Self::open_dir_at(&d, OsStr::new(sub)));
+        res.map_err(|e| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+                io::Error::other(format!("{RESERVED_DIR}/{sub} is not a plain directory"))
+            }
+            e => to_io(e),
+        })
+    }
+
+    fn open_tmp_dir(&self) -> io::Result<OwnedFd> {
+        self.open_reserved(TMP_DIR)
+    }
+
+    /// Put a second hard link of `refs/<name>` at `rel`, atomically
+    /// replacing whatever is there, and make it durable. The store keeps
+    /// referencing the `refs` link; both names share the inode.
+    pub fn place_link(&self, refs_name: &str, rel: &str) -> io::Result<()> {
+        let refs = self.open_reserved(REFS_DIR)?;
+        let tmpdir = self.open_tmp_dir()?;
+        let tmp = self.new_tmp_name();
+        rustix::fs::linkat(&refs, refs_name, &tmpdir, tmp.as_str(), AtFlags::empty())
+            .map_err(to_io)?;
+        match self.place(&tmp, rel) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&tmpdir, tmp.as_str(), AtFlags::empty());
+                Err(e)
+            }
+        }
+    }
+
+    /// Make a hard link of the file at `rel` in `refs/` (never following a
+    /// symlink) and return its name; the blob store then references the link.
+    pub fn link_ref(&self, rel: &str) -> io::Result<String> {
+        let (dir, name) = self.open_parent(rel, false)?;
+        let refs = self.open_reserved(REFS_DIR)?;
+        let link = format!("l{:016x}", random_u64());
+        rustix::fs::linkat(&dir, name, &refs, link.as_str(), AtFlags::empty()).map_err(to_io)?;
+        Ok(link)
+    }
+
+    pub fn remove_ref(&self, name: &str) {
+        if name.contains('/') || name.starts_with('.') {
+            return;
+        }
+        if let Ok(refs) = self.open_reserved(REFS_DIR) {
+            let _ = rustix::fs::unlinkat(&refs, name, AtFlags::empty());
+        }
+    }
+
+    /// Move `refs/<name>` itself into place (when hard links are not
+    /// available on this filesystem).
+    pub fn place_from_refs(&self, refs_name: &str, rel: &str) -> io::Result<()> {
+        let refs = self.open_reserved(REFS_DIR)?;
+        let (dir, name) = self.open_parent(rel, true)?;
+        rustix::fs::renameat(&refs, refs_name, &dir, name).map_err(to_io)?;
+        rustix::fs::fsync(&dir).map_err(to_io)
+    }
+
+    /// Create `<root>/.fleetsync/tmp` (refusing symlinks), the folder
+    /// marker that also tells us the folder is really there (mounted).
+    pub fn ensure_reserved(&self) -> io::Result<()> {
+        let root = self.open_root()?;
+        for (parent_is_root, name) in [(true, RESERVED_DIR), (false, TMP_DIR), (false, REFS_DIR)] {
+            let parent = if parent_is_root {
+                root.try_clone()?
+            } else {
+                Self::open_dir_at(&root, OsStr::new(RESERVED_DIR)).map_err(to_io)?
+            };
+            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(to_io(e)),
+            }
+            Self::open_dir_at(&parent, OsStr::new(name)).map_err(|_| {
+                io::Error::other(format!(
+                    "{name} in {} is not a plain directory",
+                    self.root.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn has_marker(&self) -> bool {
+        matches!(self.lstat_abs_marker(), Ok(Some(EntryKind::Directory)))
+    }
+
+    fn lstat_abs_marker(&self) -> io::Result<Option<EntryKind>> {
+        let root = self.open_root()?;
+        match rustix::fs::statat(&root, RESERVED_DIR, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(match meta_from_stat(&st) {
+                Node::Some(m) => Some(m.kind),
+                _ => None,
+            }),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+
+    /// A fresh temp path for content on its way in.
+    pub fn new_tmp_name(&self) -> String {
+        format!("{:016x}.part", random_u64())
+    }
+}
+
+pub fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).expect("OS random source unavailable");
+    u32::from_le_bytes(b)
+}
+
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("OS random source unavailable");
+    u64::from_le_bytes(b)
+}
+
+/// Finish a temp file: permissions, mtime, fsync. Returns its stat.
+pub fn finish_tmp(path: &Path, mode: u32, mtime_ns: i64) -> io::Result<LocalStat> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o777)).map_err(to_io)?;
+    let ts = Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    rustix::fs::futimens(
+        &f,
+        &Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        },
+    )
+    .map_err(to_io)?;
+    f.sync_all()?;
+    match meta_from_stat(&rustix::fs::fstat(&f).map_err(to_io)?) {
+        Node::Some(m) => Ok(m.stat),
+        _ => Err(io::Error::other("temp file is not a regular file")),
+    }
+}
+
+/// Set permissions and mtime of an existing file in place (metadata-only change).
+pub fn set_meta(fs: &FolderFs, rel: &str, mode: u32, mtime_ns: i64) -> io::Result<()> {
+    let (dir, name) = fs.open_parent(rel, false)?;
+    let f = rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(to_io)?;
+    rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o777)).map_err(to_io)?;
+    let ts = Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    rustix::fs::futimens(
+        &f,
+        &Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        },
+    )
+    .map_err(to_io)
+}
+
+/// BLAKE3 of a file, streamed (never the whole file in memory).
+pub fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path)?)?;
+    Ok(*h.finalize().as_bytes())
+}
+
+/// A relative path from an absolute one under `root`, if it is a valid
+/// folder path (UTF-8, normalised).
+pub fn rel_of(root: &Path, abs: &Path) -> Option<String> {
+    let rel = abs.strip_prefix(root).ok()?;
+    let s = std::str::from_utf8(rel.as_os_str().as_bytes()).ok()?;
+    if s.is_empty() || validate_rel_path(s).is_err() {
+        return None;
+    }
+    Some(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_never_pass_through_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let fs = FolderFs::new(root.path());
+        fs.ensure_reserved().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("evil")).unwrap();
+        std::fs::create_dir(root.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(root.path().join("real"), root.path().join("inside")).unwrap();
+        for rel in ["evil/x", "inside/x", "evil/deep/x"] {
+            assert!(fs.mkdir(rel, 0o755).is_err(), "{rel}");
+            assert!(fs.symlink(rel, "t").is_err(), "{rel}");
+            assert!(fs.remove_file(rel).is_err(), "{rel}");
+            assert!(fs.lstat(rel).is_err(), "{rel}");
+            std::fs::write(fs.tmp_dir().join("t.part"), b"x").unwrap();
+            assert!(fs.place("t.part", rel).is_err(), "{rel}");
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(root.path().join("real")).unwrap().count(),
+            0
+        );
+        // The symlink itself is a thing we can see and replace.
+        assert!(matches!(
+            fs.lstat("evil").unwrap(),
+            Node::Some(Meta {
+                kind: EntryKind::Symlink,
+                ..
+            })
+        ));
+        fs.symlink("evil", "elsewhere").unwrap();
+        assert_eq!(fs.read_link("evil").unwrap(), "elsewhere");
+    }
+
+    #[test]
+    fn place_is_a_rename_into_created_parents() {
+        let root = tempfile::tempdir().unwrap();
+        let fs = FolderFs::new(root.path());
+        fs.ensure_reserved().unwrap();
+        let tmp = fs.tmp_dir().join("a.part");
+        std::fs::write(&tmp, b"hello").unwrap();
+        let st = finish_tmp(&tmp, 0o755, 1_000_000_123).unwrap();
+        fs.place("a.part", "x/y/z.bin").unwrap();
+        let Node::Some(m) = fs.lstat("x/y/z.bin").unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.stat, st);
+        assert_eq!(m.stat.mtime_ns, 1_000_000_123);
+        assert_eq!(m.stat.mode & 0o777, 0o755);
+        assert_eq!(
+            std::fs::read(root.path().join("x/y/z.bin")).unwrap(),
+            b"hello"
+        );
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn reserved_dir_must_be_real() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join(RESERVED_DIR)).unwrap();
+        assert!(FolderFs::new(root.path()).ensure_reserved().is_err());
+        assert!(!FolderFs::new(root.path()).has_marker());
+    }
+}

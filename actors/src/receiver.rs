@@ -1,0 +1,694 @@
+//! Receiver (one per folder): pulls each connected peer's index and makes
+//! the folder match the fleet.
+//!
+//! Per peer session, a pull task subscribes to the peer's index from where
+//! we left off (the peer's index id and sequence number, persisted), checks
+//! every entry (hostile paths and malformed entries are rejected and logged,
+//! the rest still applies), and hands batches to the actor with
+//! [`msg::Ingest`], whose reply is the backpressure. Ingest persists the
+//! entries as *pending* together with the new mark, in one transaction.
+//!
+//! Processing rounds (at most one running, further kicks coalesced) read
+//! pending entries, decide with [`crate::rules`], and carry the decisions
+//! out through [`crate::apply`]: directories first, then files several at
+//! a time, then deletions deepest first. Results are committed in batches;
+//! failures are retried with backoff; a local edit that raced an apply is
+//! handed to the watcher so it becomes a proper conflict.
+//!
+//! All state that matters is in the index (`pending`, `remote`): a restarted
+//! receiver just starts pulling and processing again.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use fleetsync_mesh::{
+    codec::{read_msg, write_msg, Limits},
+    model::{EntryKind, FileEntry},
+    proto::{FolderWant, IndexRequest, IndexResponse},
+    EndpointId, PeerSession,
+};
+use n0_future::{BufferedStreamExt, StreamExt};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::{
+    apply::{apply, Job, Outcome},
+    folder::FolderCtx,
+    index::{Commit, Item, Record, RemoteMark},
+    rt,
+    rules::{decide, Decision},
+    slot::Slot,
+    supervisor::Ping,
+    watcher::{msg::MarkDirty, Watcher},
+};
+
+pub mod msg {
+    use actix::Message;
+    use fleetsync_mesh::{model::FileEntry, EndpointId, PeerSession};
+
+    use crate::index::RemoteMark;
+
+    #[derive(Debug, Message)]
+    #[rtype(result = "()")]
+    pub struct PeerUp(pub PeerSession);
+
+    #[derive(Debug, Message)]
+    #[rtype(result = "()")]
+    pub struct PeerDown {
+        pub peer: EndpointId,
+        pub conn_id: u64,
+    }
+
+    /// A validated batch of a peer's index.
+    #[derive(Debug, Message)]
+    #[rtype(result = "Result<usize, String>")]
+    pub struct Ingest {
+        pub peer: EndpointId,
+        pub mark: RemoteMark,
+        pub entries: Vec<FileEntry>,
+    }
+
+    #[derive(Debug, Message)]
+    #[rtype(result = "()")]
+    pub struct CaughtUp {
+        pub peer: EndpointId,
+        pub seq: u64,
+    }
+
+    /// Look at pending entries now.
+    #[derive(Debug, Message)]
+    #[rtype(result = "()")]
+    pub struct Kick;
+
+    #[derive(Debug, Message)]
+    #[rtype(result = "Vec<super::Inbound>")]
+    pub struct GetInbound;
+}
+
+use msg::{CaughtUp, GetInbound, Ingest, Kick, PeerDown, PeerUp};
+
+/// What we know of one peer's index of this folder.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub peer: EndpointId,
+    pub caught_up: bool,
+    pub seq: u64,
+}
+
+/// Pending rows read per round.
+const ROUND_LIMIT: usize = 2000;
+/// Files applied at once.
+const APPLY_CONCURRENCY: usize = 8;
+/// Applied entries per index commit.
+const COMMIT_EVERY: usize = 200;
+const MAX_RETRY_ENTRIES: usize = 100_000;
+
+type Key = (String, [u8; 32]);
+/// A decided job and the pending rows it settles.
+type Planned = (Job, Vec<Key>);
+
+struct RetryState {
+    next: Instant,
+    attempts: u32,
+}
+
+pub struct Receiver {
+    ctx: Arc<FolderCtx>,
+    watcher: Slot<Watcher>,
+    sessions: HashMap<u64, (EndpointId, JoinHandle<()>)>,
+    inbound: BTreeMap<EndpointId, Inbound>,
+    running: bool,
+    again: bool,
+    retry: HashMap<Key, RetryState>,
+}
+
+impl Receiver {
+    pub fn new(ctx: Arc<FolderCtx>, watcher: Slot<Watcher>) -> Self {
+        Receiver {
+            ctx,
+            watcher,
+            sessions: HashMap::new(),
+            inbound: BTreeMap::new(),
+            running: false,
+            again: false,
+            retry: HashMap::new(),
+        }
+    }
+
+    fn providers(&self) -> Vec<EndpointId> {
+        let mut seen = HashSet::new();
+        self.sessions
+            .values()
+            .map(|(p, _)| *p)
+            .filter(|p| seen.insert(*p))
+            .collect()
+    }
+
+    fn kick(&mut self, ctx: &mut Context<Self>) {
+        if self.running {
+            self.again = true;
+            return;
+        }
+        if self.ctx.fault().is_some() || !self.ctx.mode().can_receive() {
+            return;
+        }
+        self.running = true;
+        self.again = false;
+        self.ctx.status.syncing.store(true, Ordering::Relaxed);
+        let now = Instant::now();
+        let skip: HashSet<Key> = self
+            .retry
+            .iter()
+            .filter(|(_, r)| r.next > now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let fut = rt::spawn(process_round(self.ctx.clone(), self.providers(), skip));
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            act.running = false;
+            let mut remaining = 0;
+            match res {
+                Ok(report) => {
+                    remaining = report.remaining;
+                    for k in report.settled {
+                        act.retry.remove(&k);
+                    }
+                    let now = Instant::now();
+                    for (k, why, race) in report.failed {
+                        let r = act.retry.entry(k.clone()).or_insert(RetryState {
+                            next: now,
+                            attempts: 0,
+                        });
+                        r.attempts += 1;
+                        let delay = if race {
+                            act.ctx.cfg.settle * 2 + Duration::from_millis(100)
+                        } else {
+                            Duration::from_millis(500 * 2u64.pow(r.attempts.min(7)))
+                                .min(Duration::from_secs(60))
+                        };
+                        r.next = now + delay;
+                        if !race && (r.attempts == 1 || r.attempts % 10 == 0) {
+                            warn!(folder = act.ctx.id(), path = %k.0, attempt = r.attempts, "cannot apply yet: {why}");
+                            act.ctx.status.error(format!("{}: {why}", k.0));
+                        }
+                    }
+                    if !report.races.is_empty() {
+                        if let Some(w) = act.watcher.get() {
+                            w.do_send(MarkDirty { paths: report.races });
+                        }
+                    }
+                    if report.progressed {
+                        act.again = true;
+                    }
+                }
+                Err(e) => act.ctx.status.error(format!("receiver round failed: {e}")),
+            }
+            if act.retry.len() > MAX_RETRY_ENTRIES {
+                act.retry.clear();
+            }
+            if act.again {
+                act.kick(ctx);
+            } else {
+                act.ctx
+                    .status
+                    .syncing
+                    .store(remaining > 0, Ordering::Relaxed);
+            }
+        }));
+    }
+}
+
+impl Actor for Receiver {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Pending work from before a restart.
+        self.kick(ctx);
+        ctx.run_interval(Duration::from_millis(250), |act, ctx| {
+            let now = Instant::now();
+            if !act.running && act.retry.values().any(|r| r.next <= now) {
+                act.kick(ctx);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for (_, (_, h)) in self.sessions.drain() {
+            h.abort();
+        }
+    }
+}
+
+impl Handler<Ping> for Receiver {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+}
+
+impl Handler<PeerUp> for Receiver {
+    type Result = ();
+
+    fn handle(&mut self, PeerUp(s): PeerUp, ctx: &mut Context<Self>) {
+        if self.sessions.contains_key(&s.conn_id) {
+            return;
+        }
+        // send-only folders never apply remote changes: don't even ask.
+        let pull = if self.ctx.mode().can_receive() {
+            rt::spawn(pull(ctx.address(), self.ctx.clone(), s.clone()))
+        } else {
+            rt::spawn(async {})
+        };
+        self.sessions.insert(s.conn_id, (s.peer, pull));
+        self.inbound.insert(
+            s.peer,
+            Inbound {
+                peer: s.peer,
+                caught_up: false,
+                seq: 0,
+            },
+        );
+        // New provider: retry what was waiting for content.
+        for r in self.retry.values_mut() {
+            r.next = Instant::now();
+        }
+        self.kick(ctx);
+    }
+}
+
+impl Handler<PeerDown> for Receiver {
+    type Result = ();
+
+    fn handle(&mut self, m: PeerDown, _: &mut Context<Self>) {
+        if let Some((_, h)) = self.sessions.remove(&m.conn_id) {
+            h.abort();
+        }
+        if !self.sessions.values().any(|(p, _)| *p == m.peer) {
+            self.inbound.remove(&m.peer);
+        }
+    }
+}
+
+impl Handler<Ingest> for Receiver {
+    type Result = ResponseActFuture<Self, Result<usize, String>>;
+
+    fn handle(&mut self, m: Ingest, _: &mut Context<Self>) -> Self::Result {
+        let c = self.ctx.clone();
+        let peer = *m.peer.as_bytes();
+        let fut = rt::blocking(move || c.index.ingest(c.id(), &peer, m.mark, &m.entries));
+        Box::pin(fut.into_actor(self).map(|res, act, ctx| {
+            let n = res?.map_err(|e| e.to_string())?;
+            if n > 0 {
+                act.kick(ctx);
+            }
+            Ok(n)
+        }))
+    }
+}
+
+impl Handler<CaughtUp> for Receiver {
+    type Result = ();
+
+    fn handle(&mut self, m: CaughtUp, _: &mut Context<Self>) {
+        if let Some(i) = self.inbound.get_mut(&m.peer) {
+            i.caught_up = true;
+            i.seq = m.seq;
+        }
+    }
+}
+
+impl Handler<Kick> for Receiver {
+    type Result = ();
+
+    fn handle(&mut self, _: Kick, ctx: &mut Context<Self>) {
+        self.kick(ctx);
+    }
+}
+
+impl Handler<GetInbound> for Receiver {
+    type Result = MessageResult<GetInbound>;
+
+    fn handle(&mut self, _: GetInbound, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.inbound.values().cloned().collect())
+    }
+}
+
+enum Flow {
+    Stop,
+}
+
+/// Keep a subscription to one peer's index alive for the session.
+async fn pull(addr: Addr<Receiver>, ctx: Arc<FolderCtx>, s: PeerSession) {
+    let peer = s.peer.fmt_short().to_string();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if s.conn.close_reason().is_some() {
+            return;
+        }
+        let c = ctx.clone();
+        let pb = *s.peer.as_bytes();
+        let mark = rt::blocking(move || c.index.remote_mark(c.id(), &pb))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten()
+            .unwrap_or_default();
+        match subscribe(&addr, &ctx, &s, mark).await {
+            Ok(Flow::Stop) => return,
+            Err(e) => debug!(%peer, folder = ctx.id(), "index subscription ended: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = s.conn.closed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn subscribe(
+    addr: &Addr<Receiver>,
+    ctx: &FolderCtx,
+    s: &PeerSession,
+    mark: RemoteMark,
+) -> Result<Flow, String> {
+    let peer = s.peer.fmt_short().to_string();
+    let (mut send, mut recv) = s.conn.open_bi().await.map_err(|e| e.to_string())?;
+    let want = FolderWant {
+        folder: ctx.id().to_string(),
+        index_id: mark.index_id,
+        since: mark.seq,
+    };
+    write_msg(&mut send, &IndexRequest::Subscribe(want))
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let msg = match read_msg::<_, IndexResponse>(&mut recv, Limits::default()).await {
+            Ok(Some((m, _))) => m,
+            Ok(None) => return Err("peer closed the index stream".into()),
+            Err(fleetsync_mesh::codec::CodecError::Io(e)) => return Err(e.to_string()),
+            Err(e) => {
+                warn!(%peer, folder = ctx.id(), "rejected malformed index data from peer: {e}");
+                ctx.status.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(e.to_string());
+            }
+        };
+        match msg {
+            IndexResponse::Batch {
+                folder,
+                index_id,
+                entries,
+                up_to,
+            } => {
+                if folder != ctx.id() {
+                    warn!(%peer, "peer sent entries for folder {folder:?} on the {:?} stream; dropping stream", ctx.id());
+                    return Err("protocol violation".into());
+                }
+                let entries = screen(ctx, &peer, entries);
+                let res = addr
+                    .send(Ingest {
+                        peer: s.peer,
+                        mark: RemoteMark {
+                            index_id,
+                            seq: up_to,
+                        },
+                        entries,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                res?;
+            }
+            IndexResponse::CaughtUp { seq, .. } => {
+                addr.do_send(CaughtUp { peer: s.peer, seq });
+            }
+            IndexResponse::NotShared { folder } => {
+                info!(%peer, %folder, "peer does not share this folder");
+                return Ok(Flow::Stop);
+            }
+        }
+    }
+}
+
+/// Drop what must never reach the index: malformed or hostile entries
+/// (logged), and paths this folder ignores (silently: not touched).
+fn screen(ctx: &FolderCtx, peer: &str, entries: Vec<FileEntry>) -> Vec<FileEntry> {
+    let ig = ctx.ignore();
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        if let Err(err) = e.validate() {
+            warn!(%peer, folder = ctx.id(), "rejected entry from peer: {err}");
+            ctx.status.rejected.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if ig.is_ignored(&e.path, e.kind == EntryKind::Directory) {
+            continue;
+        }
+        out.push(e);
+    }
+    out
+}
+
+#[derive(Debug, Default)]
+struct RoundReport {
+    settled: Vec<Key>,
+    failed: Vec<(Key, String, bool)>,
+    races: Vec<String>,
+    progressed: bool,
+    remaining: usize,
+}
+
+async fn process_round(
+    ctx: Arc<FolderCtx>,
+    providers: Vec<EndpointId>,
+    skip: HashSet<Key>,
+) -> RoundReport {
+    let mut report = RoundReport::default();
+    let c = ctx.clone();
+    let limit = ROUND_LIMIT + skip.len();
+    let pending = match rt::blocking(move || c.index.pending(c.id(), limit)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            ctx.status.error(format!("index: {e}"));
+            return report;
+        }
+        Err(e) => {
+            ctx.status.error(e);
+            return report;
+        }
+    };
+    let mut by_path: BTreeMap<String, Vec<crate::index::Pending>> = BTreeMap::new();
+    for p in pending {
+        if skip.contains(&(p.path.clone(), p.peer)) {
+            report.remaining += 1;
+            continue;
+        }
+        by_path.entry(p.path.clone()).or_default().push(p);
+    }
+    if by_path.is_empty() {
+        return report;
+    }
+    let paths: Vec<String> = by_path.keys().cloned().collect();
+    let c = ctx.clone();
+    let locals = match rt::blocking(move || c.index.get_many(c.id(), &paths)).await {
+        Ok(Ok(l)) => l,
+        _ => {
+            ctx.status.error("index read failed");
+            return report;
+        }
+    };
+    // Decide.
+    let mut keep = Commit::default();
+    let mut jobs: Vec<(Job, Vec<Key>)> = Vec::new();
+    for (path, rows) in by_path {
+        let local = locals.get(&path).cloned();
+        let mut virt = local.clone();
+        let mut chosen: Option<Job> = None;
+        let mut settles = Vec::new();
+        for row in rows {
+            match decide(virt.as_ref(), &row.entry) {
+                Decision::Keep => keep.settle.push((path.clone(), row.peer)),
+                Decision::Apply {
+                    entry,
+                    conflict_copy,
+                    verbatim,
+                } => {
+                    let cc = match &chosen {
+                        None => conflict_copy,
+                        Some(j) => j.conflict_copy,
+                    };
+                    virt = Some(Record {
+                        entry: entry.clone(),
+                        local: virt.and_then(|r| r.local),
+                        local_changed: false,
+                        received_from: None,
+                        refs: None,
+                    });
+                    chosen = Some(Job {
+                        path: path.clone(),
+                        local: local.clone(),
+                        target: entry,
+                        conflict_copy: cc,
+                        verbatim,
+                        from: row.peer,
+                    });
+                    settles.push((path.clone(), row.peer));
+                }
+            }
+        }
+        if let Some(j) = chosen {
+            jobs.push((j, settles));
+        }
+    }
+    if !keep.is_empty() {
+        report.progressed = true;
+        for k in &keep.settle {
+            report.settled.push(k.clone());
+        }
+        let c = ctx.clone();
+        let _ = rt::blocking(move || c.index.commit(c.id(), keep, c.local())).await;
+    }
+    // Order: directories (parents first), then files and links, then
+    // deletions (children first, so directories are empty when reached).
+    let (mut deletes, rest): (Vec<_>, Vec<_>) =
+        jobs.into_iter().partition(|(j, _)| j.target.deleted);
+    let (dirs, files): (Vec<_>, Vec<_>) = rest
+        .into_iter()
+        .partition(|(j, _)| j.target.kind == EntryKind::Directory);
+    deletes.sort_by(|a, b| b.0.path.cmp(&a.0.path));
+
+    let mut pending_commit = Commit::default();
+    // Keep freshly referenced content safe from blob GC until committed.
+    let tags = std::sync::Mutex::new(Vec::new());
+    let flush = |pc: &mut Commit, force: bool| -> Option<Commit> {
+        if pc.items.len() >= COMMIT_EVERY || (force && !pc.is_empty()) {
+            Some(std::mem::take(pc))
+        } else {
+            None
+        }
+    };
+    let handle = |out: Outcome,
+                  job: &Job,
+                  settles: Vec<Key>,
+                  report: &mut RoundReport,
+                  pc: &mut Commit| match out {
+        Outcome::Applied { record, note, tag } => {
+            if let Some(t) = tag {
+                tags.lock().expect("tags lock").push(t);
+            }
+            info!(folder = ctx.id(), path = %job.path, "{note}");
+            for s in &settles {
+                report.settled.push(s.clone());
+            }
+            pc.items.push(Item::Applied {
+                record: *record,
+                note,
+                settle: settles,
+            });
+            report.progressed = true;
+        }
+        Outcome::LocalRace => {
+            debug!(folder = ctx.id(), path = %job.path, "local change raced a remote one; re-indexing first");
+            report.races.push(job.path.clone());
+            for s in settles {
+                report
+                    .failed
+                    .push((s, "local change in progress".into(), true));
+            }
+        }
+        Outcome::Retry(why) => {
+            for s in settles {
+                report.failed.push((s, why.clone(), false));
+            }
+        }
+        Outcome::Reject(why) => {
+            warn!(folder = ctx.id(), path = %job.path, "rejected remote entry: {why}");
+            ctx.status.rejected.fetch_add(1, Ordering::Relaxed);
+            ctx.status.error(format!("rejected {}: {why}", job.path));
+            for s in &settles {
+                report.settled.push(s.clone());
+            }
+            pc.settle.extend(settles);
+            report.progressed = true;
+        }
+    };
+    async fn commit(ctx: &Arc<FolderCtx>, c: Option<Commit>) {
+        if let Some(c) = c {
+            let cx = ctx.clone();
+            match rt::blocking(move || cx.index.commit(cx.id(), c, cx.local())).await {
+                Ok(Ok(done)) => {
+                    if done.written > 0 {
+                        ctx.announce(done.meta.seq);
+                    }
+                    ctx.release(done.released);
+                    for r in done.superseded {
+                        debug!(folder = ctx.id(), path = %r.entry.path, "index moved on while applying; deciding again");
+                        if let (Some(n), Some(h)) = (r.refs, r.entry.hash) {
+                            ctx.keep_staged(h, n);
+                        }
+                    }
+                }
+                Ok(Err(e)) => ctx.status.error(format!("index commit: {e}")),
+                Err(e) => ctx.status.error(e),
+            }
+        }
+    }
+    for (job, settles) in dirs {
+        let out = apply(ctx.clone(), job.clone(), providers.clone()).await;
+        handle(out, &job, settles, &mut report, &mut pending_commit);
+    }
+    // Directories must be committed before their contents' rows may be.
+    commit(&ctx, flush(&mut pending_commit, true)).await;
+    // Same content → same group, applied one after another (the first
+    // fetch serves the rest).
+    let mut groups: BTreeMap<Option<[u8; 32]>, Vec<Planned>> = BTreeMap::new();
+    for (j, s) in files {
+        groups.entry(j.target.hash).or_default().push((j, s));
+    }
+    let mut results = n0_future::stream::iter(groups.into_values())
+        .map(|group| {
+            let ctx = ctx.clone();
+            let providers = order_providers(&providers, &group);
+            async move {
+                let mut outs = Vec::with_capacity(group.len());
+                for (job, settles) in group {
+                    let out = apply(ctx.clone(), job.clone(), providers.clone()).await;
+                    outs.push((out, job, settles));
+                }
+                outs
+            }
+        })
+        .buffered_unordered(APPLY_CONCURRENCY);
+    while let Some(outs) = results.next().await {
+        for (out, job, settles) in outs {
+            handle(out, &job, settles, &mut report, &mut pending_commit);
+        }
+        commit(&ctx, flush(&mut pending_commit, false)).await;
+    }
+    drop(results);
+    commit(&ctx, flush(&mut pending_commit, true)).await;
+    for (job, settles) in deletes {
+        let out = apply(ctx.clone(), job.clone(), providers.clone()).await;
+        handle(out, &job, settles, &mut report, &mut pending_commit);
+    }
+    commit(&ctx, flush(&mut pending_commit, true)).await;
+    drop(tags);
+    report
+}
+
+/// Ask the peer that announced the entry first.
+fn order_providers(all: &[EndpointId], group: &[Planned]) -> Vec<EndpointId> {
+    let mut out: Vec<EndpointId> = Vec::with_capacity(all.len());
+    for (j, _) in group {
+        if let Some(p) = all.iter().find(|p| *p.as_bytes() == j.from) {
+            if !out.contains(p) {
+                out.push(*p);
+            }
+        }
+    }
+    for p in all {
+        if !out.contains(p) {
+            out.push(*p);
+        }
+    }
+    out
+}

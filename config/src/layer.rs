@@ -1,0 +1,381 @@
+//! Stage 2: stack file values, `FLEETSYNC_*` env vars and CLI overrides,
+//! keeping track of where each winning value came from.
+
+use std::path::PathBuf;
+
+use crate::error::ConfigError;
+use crate::raw::RawConfig;
+use crate::{flag, suggest, Overrides, ENV_IGNORED, ENV_PREFIX};
+
+/// Where a value was set; decides how an error about it is labelled and
+/// what a relative path in it is relative to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Key path in the file, e.g. `mesh.peers` or `folders[1].path`.
+    File(String),
+    /// Environment variable name.
+    Env(String),
+    /// Command-line flag, e.g. `--listen`.
+    Cli(&'static str),
+}
+
+impl Origin {
+    pub fn key(&self) -> &str {
+        match self {
+            Origin::File(k) | Origin::Env(k) => k,
+            Origin::Cli(f) => f,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Sourced<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+impl<T> Sourced<T> {
+    fn file(value: T, key: impl Into<String>) -> Self {
+        Sourced {
+            value,
+            origin: Origin::File(key.into()),
+        }
+    }
+    fn env(value: T, var: &str) -> Self {
+        Sourced {
+            value,
+            origin: Origin::Env(var.to_string()),
+        }
+    }
+    fn cli(value: T, flag: &'static str) -> Self {
+        Sourced {
+            value,
+            origin: Origin::Cli(flag),
+        }
+    }
+}
+
+/// One layer's say on the fleet secret. The secret has two spellings
+/// (inline / file); they are one setting, so a higher layer using either
+/// spelling replaces both of a lower layer's.
+#[derive(Debug, Default)]
+pub(crate) struct SecretLayer {
+    pub inline: Option<Sourced<String>>,
+    pub file: Option<Sourced<PathBuf>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Layered {
+    pub data_dir: Option<Sourced<PathBuf>>,
+    pub mesh_listen: Option<Sourced<String>>,
+    /// Lowest precedence first.
+    pub secret_layers: Vec<SecretLayer>,
+    pub peers: Option<Sourced<Vec<String>>>,
+    pub mdns: Option<Sourced<bool>>,
+    pub allow: Option<Sourced<Vec<String>>>,
+    pub admin_listen: Option<Sourced<String>>,
+    pub log_level: Option<Sourced<String>>,
+    pub log_format: Option<Sourced<String>>,
+    pub folders: Vec<LayeredFolder>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LayeredFolder {
+    pub id: Option<Sourced<String>>,
+    pub path: Option<Sourced<PathBuf>>,
+    pub mode: Option<Sourced<String>>,
+    pub settle: Option<Sourced<String>>,
+    pub rescan: Option<Sourced<String>>,
+    pub watch: Option<Sourced<String>>,
+    pub poll_interval: Option<Sourced<String>>,
+}
+
+pub(crate) const FOLDER_ENV_KEYS: &[&str] =
+    &["PATH", "MODE", "SETTLE", "RESCAN", "WATCH", "POLL_INTERVAL"];
+
+const ENV_DATA_DIR: &str = "FLEETSYNC_DATA_DIR";
+const ENV_MESH_LISTEN: &str = "FLEETSYNC_MESH_LISTEN";
+const ENV_MESH_FLEET_SECRET: &str = "FLEETSYNC_MESH_FLEET_SECRET";
+const ENV_MESH_FLEET_SECRET_FILE: &str = "FLEETSYNC_MESH_FLEET_SECRET_FILE";
+const ENV_MESH_PEERS: &str = "FLEETSYNC_MESH_PEERS";
+const ENV_MESH_MDNS: &str = "FLEETSYNC_MESH_MDNS";
+const ENV_MESH_ALLOW: &str = "FLEETSYNC_MESH_ALLOW";
+const ENV_ADMIN_LISTEN: &str = "FLEETSYNC_ADMIN_LISTEN";
+const ENV_LOG_LEVEL: &str = "FLEETSYNC_LOG_LEVEL";
+const ENV_LOG_FORMAT: &str = "FLEETSYNC_LOG_FORMAT";
+
+pub(crate) const ENV_FIXED: &[&str] = &[
+    ENV_DATA_DIR,
+    ENV_MESH_LISTEN,
+    ENV_MESH_FLEET_SECRET,
+    ENV_MESH_FLEET_SECRET_FILE,
+    ENV_MESH_PEERS,
+    ENV_MESH_MDNS,
+    ENV_MESH_ALLOW,
+    ENV_ADMIN_LISTEN,
+    ENV_LOG_LEVEL,
+    ENV_LOG_FORMAT,
+];
+
+/// The `<ID>` part of a folder's env var names: uppercase, and every char
+/// outside `[A-Z0-9]` becomes `_` so any valid folder id yields a portable
+/// variable name.
+pub(crate) fn folder_env_id(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            let c = c.to_ascii_uppercase();
+            if c.is_ascii_uppercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Layered {
+    pub fn from_raw(raw: RawConfig) -> Self {
+        let mesh = raw.mesh.unwrap_or_default();
+        let admin = raw.admin.unwrap_or_default();
+        let log = raw.log.unwrap_or_default();
+        let folders = raw
+            .folders
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let key = |k: &str| format!("folders[{i}].{k}");
+                LayeredFolder {
+                    id: f.id.map(|v| Sourced::file(v, key("id"))),
+                    path: f.path.map(|v| Sourced::file(PathBuf::from(v), key("path"))),
+                    mode: f.mode.map(|v| Sourced::file(v, key("mode"))),
+                    settle: f.settle.map(|v| Sourced::file(v, key("settle"))),
+                    rescan: f.rescan.map(|v| Sourced::file(v, key("rescan"))),
+                    watch: f.watch.map(|v| Sourced::file(v, key("watch"))),
+                    poll_interval: f
+                        .poll_interval
+                        .map(|v| Sourced::file(v, key("poll_interval"))),
+                }
+            })
+            .collect();
+        Layered {
+            data_dir: raw
+                .data_dir
+                .map(|v| Sourced::file(PathBuf::from(v), "data_dir")),
+            mesh_listen: mesh.listen.map(|v| Sourced::file(v, "mesh.listen")),
+            secret_layers: vec![SecretLayer {
+                inline: mesh
+                    .fleet_secret
+                    .map(|v| Sourced::file(v, "mesh.fleet_secret")),
+                file: mesh
+                    .fleet_secret_file
+                    .map(|v| Sourced::file(PathBuf::from(v), "mesh.fleet_secret_file")),
+            }],
+            peers: mesh.peers.map(|v| Sourced::file(v, "mesh.peers")),
+            mdns: mesh.mdns.map(|v| Sourced::file(v, "mesh.mdns")),
+            allow: mesh.allow.map(|v| Sourced::file(v, "mesh.allow")),
+            admin_listen: admin.listen.map(|v| Sourced::file(v, "admin.listen")),
+            log_level: log.level.map(|v| Sourced::file(v, "log.level")),
+            log_format: log.format.map(|v| Sourced::file(v, "log.format")),
+            folders,
+        }
+    }
+
+    /// Apply `FLEETSYNC_*` variables; other variables are skipped.
+    pub fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| {
+                name.starts_with(ENV_PREFIX) && !ENV_IGNORED.contains(&name.as_str())
+            })
+            .collect();
+        // Sorted so "the first problem" is the same on every run, whatever
+        // order the OS hands the environment over in. The sort is stable, so
+        // a repeated name keeps "last one wins".
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let mut secret = SecretLayer::default();
+        for (name, value) in vars {
+            let value = value.trim().to_string();
+            match name.as_str() {
+                ENV_DATA_DIR => self.data_dir = Some(Sourced::env(PathBuf::from(value), &name)),
+                ENV_MESH_LISTEN => self.mesh_listen = Some(Sourced::env(value, &name)),
+                ENV_MESH_FLEET_SECRET => secret.inline = Some(Sourced::env(value, &name)),
+                ENV_MESH_FLEET_SECRET_FILE => {
+                    secret.file = Some(Sourced::env(PathBuf::from(value), &name))
+                }
+                ENV_MESH_PEERS => self.peers = Some(Sourced::env(split_list(&value), &name)),
+                ENV_MESH_MDNS => {
+                    self.mdns = Some(Sourced::env(parse_env_bool(&name, &value)?, &name))
+                }
+                ENV_MESH_ALLOW => self.allow = Some(Sourced::env(split_list(&value), &name)),
+                ENV_ADMIN_LISTEN => self.admin_listen = Some(Sourced::env(value, &name)),
+                ENV_LOG_LEVEL => self.log_level = Some(Sourced::env(value, &name)),
+                ENV_LOG_FORMAT => self.log_format = Some(Sourced::env(value, &name)),
+                _ => self.apply_folder_env(&name, value)?,
+            }
+        }
+        if secret.inline.is_some() || secret.file.is_some() {
+            self.secret_layers.push(secret);
+        }
+        Ok(())
+    }
+
+    fn apply_folder_env(&mut self, name: &str, value: String) -> Result<(), ConfigError> {
+        let rest = name
+            .strip_prefix("FLEETSYNC_FOLDER_")
+            .ok_or_else(|| self.unknown_env(name, None))?;
+        // The key suffix cannot be split off blindly: ids may contain '_' and
+        // so does POLL_INTERVAL. Try each folder's prefix instead; with the
+        // current key names at most one env id can match.
+        let mut hits: Vec<(usize, &'static str)> = Vec::new();
+        for (i, folder) in self.folders.iter().enumerate() {
+            let Some(id) = &folder.id else { continue };
+            let Some(key) = rest
+                .strip_prefix(folder_env_id(&id.value).as_str())
+                .and_then(|r| r.strip_prefix('_'))
+            else {
+                continue;
+            };
+            if let Some(key) = FOLDER_ENV_KEYS.iter().find(|k| **k == key) {
+                hits.push((i, key));
+            }
+        }
+        match hits.as_slice() {
+            [] => Err(self.unknown_env(
+                name,
+                Some("no folder in the config file has this id and key"),
+            )),
+            [(i, key)] => {
+                let folder = &mut self.folders[*i];
+                let v = Some(Sourced::env(value.clone(), name));
+                match *key {
+                    "PATH" => folder.path = Some(Sourced::env(PathBuf::from(value), name)),
+                    "MODE" => folder.mode = v,
+                    "SETTLE" => folder.settle = v,
+                    "RESCAN" => folder.rescan = v,
+                    "WATCH" => folder.watch = v,
+                    _ => folder.poll_interval = v,
+                }
+                Ok(())
+            }
+            _ => {
+                let ids: Vec<String> = hits
+                    .iter()
+                    .filter_map(|(i, _)| self.folders[*i].id.as_ref())
+                    .map(|id| format!("{:?}", id.value))
+                    .collect();
+                Err(ConfigError::invalid(
+                    "<env>",
+                    name,
+                    format!(
+                        "ambiguous: folder ids {} all map to the same variable name",
+                        ids.join(", ")
+                    ),
+                    "rename the folders so their ids differ in letters or digits, \
+                     not only in case or punctuation",
+                ))
+            }
+        }
+    }
+
+    fn unknown_env(&self, name: &str, why: Option<&str>) -> ConfigError {
+        let folder_ids: Vec<String> = self
+            .folders
+            .iter()
+            .filter_map(|f| f.id.as_ref())
+            .map(|id| folder_env_id(&id.value))
+            .collect();
+        let mut candidates: Vec<String> = ENV_FIXED.iter().map(|s| s.to_string()).collect();
+        for id in &folder_ids {
+            for key in FOLDER_ENV_KEYS {
+                candidates.push(format!("FLEETSYNC_FOLDER_{id}_{key}"));
+            }
+        }
+        let mut problem = "unknown fleetsync environment variable".to_string();
+        if let Some(why) = why {
+            problem.push_str(&format!(" ({why})"));
+        }
+        if let Some(s) = suggest(name, candidates.iter().map(String::as_str)) {
+            problem.push_str(&format!("; did you mean {s}?"));
+        }
+        let folders = if folder_ids.is_empty() {
+            "FLEETSYNC_FOLDER_<ID>_<KEY> needs a [[folders]] entry with that id in the file"
+                .to_string()
+        } else {
+            format!(
+                "FLEETSYNC_FOLDER_<ID>_<KEY> with <ID> one of {}",
+                folder_ids.join(", ")
+            )
+        };
+        ConfigError::invalid(
+            "<env>",
+            name,
+            problem,
+            format!(
+                "unset it or use a valid name: {}, {folders} and <KEY> one of {} \
+                 ({} are not config settings and are ignored here)",
+                ENV_FIXED.join(", "),
+                FOLDER_ENV_KEYS.join(", "),
+                ENV_IGNORED.join(" and "),
+            ),
+        )
+    }
+
+    pub fn apply_overrides(&mut self, o: &Overrides) {
+        if let Some(v) = &o.data_dir {
+            self.data_dir = Some(Sourced::cli(v.clone(), flag::DATA_DIR));
+        }
+        if let Some(v) = &o.mesh_listen {
+            self.mesh_listen = Some(Sourced::cli(v.clone(), flag::MESH_LISTEN));
+        }
+        if let Some(v) = &o.fleet_secret {
+            self.secret_layers.push(SecretLayer {
+                inline: Some(Sourced::cli(v.clone(), flag::FLEET_SECRET)),
+                file: None,
+            });
+        }
+        if let Some(v) = &o.peers {
+            self.peers = Some(Sourced::cli(v.clone(), flag::PEERS));
+        }
+        if let Some(v) = o.mdns {
+            self.mdns = Some(Sourced::cli(v, flag::MDNS));
+        }
+        if let Some(v) = &o.admin_listen {
+            self.admin_listen = Some(Sourced::cli(v.clone(), flag::ADMIN_LISTEN));
+        }
+        if let Some(v) = &o.log_level {
+            self.log_level = Some(Sourced::cli(v.clone(), flag::LOG_LEVEL));
+        }
+        if let Some(v) = &o.log_format {
+            self.log_format = Some(Sourced::cli(v.clone(), flag::LOG_FORMAT));
+        }
+    }
+}
+
+/// Comma-separated list; blanks are dropped so `""` means an empty list and
+/// a trailing comma is harmless.
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn parse_env_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ConfigError::invalid(
+            "<env>",
+            name,
+            format!("{value:?} is not a boolean"),
+            "use true/false, 1/0 or yes/no",
+        )),
+    }
+}

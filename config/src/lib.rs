@@ -1,0 +1,323 @@
+//! fleetsync's configuration: where settings come from, how they combine,
+//! and the checks they pass before the daemon starts.
+//!
+//! # Stages
+//!
+//! Loading runs in three stages, each in its own module, so that every value
+//! can be traced back to the place the operator has to edit:
+//!
+//! 1. **Raw** (`raw`): the TOML text is parsed into a `toml::Table`, every
+//!    key is checked against the documented key set and TOML type, and only
+//!    then deserialised into serde structs (`#[serde(deny_unknown_fields)]`)
+//!    whose fields are all `Option` — `None` means "the file did not say",
+//!    which the next stage needs to tell a default from an explicit value.
+//!    Checking keys ourselves (instead of relying on serde's error) is what
+//!    makes a typo come out as one line naming `mesh.listn` or
+//!    `folders[0].pth` together with the valid keys.
+//! 2. **Layered** (`layer`): file values, then `FLEETSYNC_*` environment
+//!    variables, then [`Overrides`] (command-line flags) are stacked. Each
+//!    value carries its origin — file key, variable name or flag — so errors
+//!    point at the right thing and relative paths get the right base.
+//! 3. **Validated** (`validate`): the winning value of each setting is
+//!    parsed into its type, defaults fill the gaps, paths are made absolute
+//!    and cross-field rules are checked (folders must not overlap each other
+//!    or `data_dir`, the admin API must be loopback-only, ...). The result is
+//!    [`Config`]; the rest of the program trusts it without re-checking.
+//!
+//! [`Config::load`] → [`Config::load_with_env`] (reads the file) →
+//! [`Config::from_toml_str`] (runs the three stages) is the call chain; the
+//! later entry points exist so tests can supply their own file text and
+//! environment. [`render_init_config`] writes the file `fleetsync init`
+//! creates, which parses back to the values it was given.
+//!
+//! # Precedence
+//!
+//! Command-line flag > environment variable > config file > built-in default,
+//! decided per setting. Lists (`mesh.peers`, `mesh.allow`) are replaced as a
+//! whole by a higher layer, never merged. The fleet secret is one setting
+//! with two spellings (`fleet_secret` / `fleet_secret_file`): a layer that
+//! uses either spelling replaces both from lower layers, and one layer using
+//! both at once is an error.
+//!
+//! # Environment variables
+//!
+//! Names are `FLEETSYNC_<SECTION>_<KEY>` in upper case: `FLEETSYNC_DATA_DIR`,
+//! `FLEETSYNC_MESH_LISTEN`, `FLEETSYNC_MESH_FLEET_SECRET`,
+//! `FLEETSYNC_MESH_FLEET_SECRET_FILE`, `FLEETSYNC_MESH_PEERS`,
+//! `FLEETSYNC_MESH_MDNS`, `FLEETSYNC_MESH_ALLOW`, `FLEETSYNC_ADMIN_LISTEN`,
+//! `FLEETSYNC_LOG_LEVEL`, `FLEETSYNC_LOG_FORMAT`.
+//!
+//! * Lists (`PEERS`, `ALLOW`) are comma-separated; blank entries are dropped,
+//!   so an empty value means an empty list.
+//! * `MDNS` accepts true/false, 1/0, yes/no (any case).
+//! * Values are trimmed of surrounding whitespace.
+//! * Folder settings are `FLEETSYNC_FOLDER_<ID>_<KEY>` with `<KEY>` one of
+//!   `PATH`, `MODE`, `SETTLE`, `RESCAN`, `WATCH`, `POLL_INTERVAL`. `<ID>` is
+//!   the folder id upper-cased with every char outside `[A-Z0-9]` replaced
+//!   by `_` (`shared-logs` → `FLEETSYNC_FOLDER_SHARED_LOGS_SETTLE`). They
+//!   change a folder defined in the file; they cannot create one. If two
+//!   folder ids map to the same `<ID>`, setting such a variable is an error.
+//! * Any other variable starting with `FLEETSYNC_` is an error naming it —
+//!   a misspelt variable silently doing nothing is worse than refusing to
+//!   start — except those in [`ENV_IGNORED`] (`FLEETSYNC_CONFIG`,
+//!   `FLEETSYNC_LOG`), which other parts of the program read.
+//!
+//! # Paths
+//!
+//! Relative paths in the file (`data_dir`, `folders[].path`,
+//! `mesh.fleet_secret_file`) are resolved against the config file's
+//! directory, so a config works whichever directory the daemon starts in.
+//! Relative paths from env vars and flags are resolved against the current
+//! directory, as a shell user would expect. `data_dir` defaults to the config
+//! file's directory. Paths are normalised lexically; folder paths need not
+//! exist (the daemon creates them). Besides the config file, the only I/O is
+//! reading `fleet_secret_file` and `canonicalize()` of paths that exist, to
+//! catch overlaps hidden behind symlinks.
+//!
+//! # Errors
+//!
+//! Loading stops at the first problem and reports it as one line:
+//! `<where>: <key>: <problem> (fix: <fix>)`, where `<where>` is the config
+//! file, `<env>` or `<cli>` and `<key>` is `mesh.peers[2]`, a variable name or
+//! a flag such as `--listen`. Secret values are never echoed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod error;
+mod layer;
+mod raw;
+mod render;
+mod types;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ConfigError;
+pub use render::render_init_config;
+pub use types::{
+    parse_duration, parse_node_id, FleetSecret, FolderMode, LogFormat, NodeIdBytes, PeerAddr,
+    WatchMode,
+};
+
+pub const DEFAULT_MESH_LISTEN: &str = "0.0.0.0:7300";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7380";
+pub const CONFIG_FILE_NAME: &str = "fleetsync.toml";
+
+/// Every variable starting with this is either a config setting or an error.
+pub const ENV_PREFIX: &str = "FLEETSYNC_";
+/// `FLEETSYNC_*` variables that belong to other parts of the program (the
+/// config file location, the log filter) and that the config ignores.
+pub const ENV_IGNORED: &[&str] = &["FLEETSYNC_CONFIG", "FLEETSYNC_LOG"];
+
+/// The command-line flag each [`Overrides`] field stands for. Errors about
+/// an override use these as their key; the binary should declare its flags
+/// under the same names so the message matches what the user typed.
+pub mod flag {
+    pub const DATA_DIR: &str = "--data-dir";
+    pub const MESH_LISTEN: &str = "--listen";
+    pub const ADMIN_LISTEN: &str = "--admin-listen";
+    pub const PEERS: &str = "--peer";
+    pub const MDNS: &str = "--mdns";
+    pub const FLEET_SECRET: &str = "--fleet-secret";
+    pub const LOG_LEVEL: &str = "--log-level";
+    pub const LOG_FORMAT: &str = "--log-format";
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from (absolute).
+    pub config_path: Option<PathBuf>,
+    /// Absolute.
+    pub data_dir: PathBuf,
+    pub mesh: MeshConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub folders: Vec<FolderConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub listen: SocketAddr,
+    pub fleet_secret: FleetSecret,
+    pub peers: Vec<PeerAddr>,
+    pub mdns: bool,
+    /// `None`: any node that knows the fleet secret.
+    pub allow: Option<Vec<NodeIdBytes>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Always a loopback address.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A tracing filter directive, e.g. `info,fleetsync=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct FolderConfig {
+    pub id: String,
+    /// Absolute; may not exist yet.
+    pub path: PathBuf,
+    pub mode: FolderMode,
+    pub settle: Duration,
+    pub rescan: Duration,
+    pub watch: WatchMode,
+    pub poll_interval: Duration,
+}
+
+/// CLI flags the node binary may pass; `None` = not given. See [`flag`] for
+/// the flag name each field is reported as.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub mesh_listen: Option<String>,
+    pub admin_listen: Option<String>,
+    /// Replaces the configured peer list.
+    pub peers: Option<Vec<String>>,
+    pub mdns: Option<bool>,
+    pub fleet_secret: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+/// Input for [`render_init_config`].
+pub struct InitParams {
+    pub data_dir: PathBuf,
+    /// `(id, path)` per folder.
+    pub folders: Vec<(String, PathBuf)>,
+    pub fleet_secret: FleetSecret,
+    pub mesh_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub peers: Vec<PeerAddr>,
+    pub mdns: bool,
+}
+
+impl Config {
+    /// Read the file (must exist), apply the process environment, then
+    /// `overrides`, and validate.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, process_env()?, overrides)
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            let fix = match source.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "create it with \"fleetsync init\" or pass the path of an existing {CONFIG_FILE_NAME}"
+                ),
+                std::io::ErrorKind::PermissionDenied => {
+                    "make the file readable by the user fleetsync runs as".to_string()
+                }
+                std::io::ErrorKind::InvalidData => "save the file as UTF-8 text".to_string(),
+                _ => "check that the path names a readable file".to_string(),
+            };
+            ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+                fix,
+            }
+        })?;
+        Self::from_toml_str(&text, path, env, overrides)
+    }
+
+    /// Parse `text` as if it were the file at `path` (which is not read; it
+    /// only names the file in errors and anchors relative paths).
+    pub fn from_toml_str(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let config_path = if path.is_absolute() {
+            validate::normalize(path)
+        } else {
+            let cwd = std::env::current_dir().map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+                fix: "pass an absolute config path".to_string(),
+            })?;
+            validate::normalize(&cwd.join(path))
+        };
+        let ctx = validate::Ctx {
+            file_label: path.display().to_string(),
+            config_dir: config_path
+                .parent()
+                .map_or_else(|| config_path.clone(), Path::to_path_buf),
+            config_path,
+        };
+        let raw = raw::parse(text, &ctx.file_label)?;
+        let mut layered = layer::Layered::from_raw(raw);
+        layered.apply_env(env)?;
+        layered.apply_overrides(overrides);
+        validate::validate(layered, &ctx)
+    }
+
+    /// The folder with this id.
+    pub fn folder(&self, id: &str) -> Option<&FolderConfig> {
+        self.folders.iter().find(|f| f.id == id)
+    }
+}
+
+/// The process's `FLEETSYNC_*` variables. `std::env::vars()` would panic on
+/// any non-Unicode variable, even one unrelated to fleetsync, so read the
+/// raw environment and only insist on Unicode for our own variables.
+fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str().filter(|n| n.starts_with(ENV_PREFIX)) else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(value) => vars.push((name.to_string(), value)),
+            Err(_) if ENV_IGNORED.contains(&name) => {}
+            Err(_) => {
+                return Err(ConfigError::invalid(
+                    "<env>",
+                    name,
+                    "value is not valid UTF-8",
+                    "set it to UTF-8 text, or use the config file",
+                ))
+            }
+        }
+    }
+    Ok(vars)
+}
+
+/// The closest candidate to a misspelt name, if one is close enough to be a
+/// plausible typo.
+fn suggest<'a>(wrong: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let wrong_lc = wrong.to_ascii_lowercase();
+    candidates
+        .map(|c| (edit_distance(&wrong_lc, &c.to_ascii_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.len() / 3).clamp(1, 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let subst = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,138 @@
+//! The config file `fleetsync init` writes.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::validate::{DEFAULT_LOG_LEVEL, DEFAULT_POLL_INTERVAL, DEFAULT_RESCAN, DEFAULT_SETTLE};
+use crate::{FolderMode, InitParams, LogFormat, WatchMode};
+
+/// A TOML string literal. Going through `toml` gets escaping right for
+/// quotes, backslashes (Windows paths) and control characters.
+fn q(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Non-UTF-8 paths cannot be written to TOML; lossy is the best a text
+/// file can do, and validation will then point at the mangled path.
+fn qp(p: &Path) -> String {
+    q(&p.to_string_lossy())
+}
+
+fn dur(d: std::time::Duration) -> String {
+    q(&humantime::format_duration(d).to_string())
+}
+
+/// Text of a fresh, fully commented config file. Every key appears, either
+/// set (to the given value or its default) or commented out, so the file
+/// doubles as documentation. Parsing it yields the given values.
+pub fn render_init_config(p: &InitParams) -> String {
+    let mut s = String::new();
+    // `write!` to a String cannot fail.
+    let w = &mut s;
+    let _ = write!(
+        w,
+        r#"# fleetsync configuration, written by `fleetsync init`.
+#
+# Precedence: command-line flags > FLEETSYNC_* environment variables > this file > defaults.
+# Relative paths in this file are resolved against the directory of this file.
+# This file holds the fleet secret: keep it readable by the fleetsync user only (chmod 600).
+
+# Node identity, index and blob store. Must not be inside a synced folder.
+data_dir = {data_dir}
+
+[mesh]
+# QUIC (UDP) address peers connect to.
+listen = {mesh_listen}
+# Shared by every node of the fleet: 64 hex chars (32 bytes).
+# Instead of inline, it can live in its own file (whitespace is trimmed):
+# fleet_secret_file = "fleet.secret"
+fleet_secret = {secret}
+# Static peers: "<64-hex node id>@<ip>:<port>".
+"#,
+        data_dir = qp(&p.data_dir),
+        mesh_listen = q(&p.mesh_listen.to_string()),
+        secret = q(&p.fleet_secret.to_hex()),
+    );
+    if p.peers.is_empty() {
+        let _ = writeln!(w, "peers = []");
+    } else {
+        let _ = writeln!(w, "peers = [");
+        for peer in &p.peers {
+            let _ = writeln!(w, "    {},", q(&peer.to_string()));
+        }
+        let _ = writeln!(w, "]");
+    }
+    let _ = write!(
+        w,
+        r#"# Find fleet members on the local network via mDNS.
+mdns = {mdns}
+# Only talk to these node ids (64 hex). Absent = any node that knows the fleet secret.
+# allow = ["<64-hex node id>"]
+
+[admin]
+# Local HTTP admin API. Unauthenticated, so it must be a loopback address.
+listen = {admin_listen}
+
+[log]
+# tracing filter directive, e.g. "info" or "info,fleetsync=debug".
+level = {level}
+# {formats}
+format = {format}
+"#,
+        mdns = p.mdns,
+        admin_listen = q(&p.admin_listen.to_string()),
+        level = q(DEFAULT_LOG_LEVEL),
+        formats = alternatives(LogFormat::ALL.iter().map(|f| f.as_str())),
+        format = q(LogFormat::Human.as_str()),
+    );
+
+    if p.folders.is_empty() {
+        let _ = write!(
+            w,
+            "\n# No folders: this node only relays. Add one block per folder:\n{}",
+            folder_block("# ", "shared", Path::new("/srv/shared"))
+        );
+    }
+    for (id, path) in &p.folders {
+        let _ = write!(w, "\n{}", folder_block("", id, path));
+    }
+    s
+}
+
+/// One `[[folders]]` block; `c` is a comment prefix so the same text serves
+/// as the commented-out example.
+fn folder_block(c: &str, id: &str, path: &Path) -> String {
+    let (id, path) = (q(id), qp(path));
+    format!(
+        r#"{c}[[folders]]
+{c}# Same id on every node that shares this folder: 1-64 chars of A-Z a-z 0-9 . _ -
+{c}id = {id}
+{c}path = {path}
+{c}# {modes}
+{c}mode = {mode}
+{c}# Quiet time after a change before it is synced (at most 1h).
+{c}settle = {settle}
+{c}# Full rescan, a safety net for missed change events (at least 1s).
+{c}rescan = {rescan}
+{c}# {watches}; "poll" is for file systems without change events.
+{c}watch = {watch}
+{c}# Scan interval when watch = "poll".
+{c}poll_interval = {poll}
+"#,
+        modes = alternatives(FolderMode::ALL.iter().map(|m| m.as_str())),
+        mode = q(FolderMode::SendReceive.as_str()),
+        settle = dur(DEFAULT_SETTLE),
+        rescan = dur(DEFAULT_RESCAN),
+        watches = alternatives(WatchMode::ALL.iter().map(|m| m.as_str())),
+        watch = q(WatchMode::Notify.as_str()),
+        poll = dur(DEFAULT_POLL_INTERVAL),
+    )
+}
+
+fn alternatives<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let values: Vec<String> = values.map(|v| format!("\"{v}\"")).collect();
+    match values.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => values.join(""),
+    }
+}

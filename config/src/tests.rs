@@ -1,0 +1,1393 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+/// Absolute and nonexistent, so tests without tempfiles do no I/O.
+const CFG: &str = "/etc/fleetsync/fleetsync.toml";
+
+fn node_id(byte: u8) -> String {
+    hex::encode([byte; 32])
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A file with a valid secret; `rest` continues inside `[mesh]`.
+fn with_secret(rest: &str) -> String {
+    format!("[mesh]\nfleet_secret = \"{SECRET}\"\n{rest}")
+}
+
+fn try_parse_full(
+    text: &str,
+    vars: &[(&str, &str)],
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, Path::new(CFG), env(vars), overrides)
+}
+
+fn try_parse(text: &str) -> Result<Config, ConfigError> {
+    try_parse_full(text, &[], &Overrides::default())
+}
+
+#[track_caller]
+fn parse(text: &str) -> Config {
+    try_parse(text).unwrap_or_else(|e| panic!("expected a valid config, got: {e}"))
+}
+
+#[track_caller]
+fn err(text: &str) -> ConfigError {
+    match try_parse(text) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+#[track_caller]
+fn err_full(text: &str, vars: &[(&str, &str)], overrides: &Overrides) -> ConfigError {
+    match try_parse_full(text, vars, overrides) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// The error is an `Invalid` about `key`, labelled with `path`, whose
+/// one-line message names the key and whose fix contains `fix`.
+#[track_caller]
+fn assert_invalid_at(e: &ConfigError, path: &str, key: &str, fix: &str) {
+    let msg = e.to_string();
+    assert!(!msg.contains('\n'), "multi-line message: {msg:?}");
+    assert_eq!(e.key(), Some(key), "wrong key in: {msg}");
+    assert!(msg.contains(key), "key missing from: {msg}");
+    match e {
+        ConfigError::Invalid {
+            path: p, fix: f, ..
+        } => {
+            assert_eq!(p, path, "wrong path label in: {msg}");
+            assert!(f.contains(fix), "fix {fix:?} missing from: {msg}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_invalid(e: &ConfigError, key: &str, fix: &str) {
+    assert_invalid_at(e, CFG, key, fix);
+}
+
+#[track_caller]
+fn problem(e: &ConfigError) -> &str {
+    match e {
+        ConfigError::Invalid { problem, .. } => problem,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+fn folder_toml(id: &str, path: &str) -> String {
+    format!("[[folders]]\nid = \"{id}\"\npath = \"{path}\"\n")
+}
+
+// ---------------------------------------------------------------- defaults
+
+#[test]
+fn defaults_for_minimal_file() {
+    let c = parse(&with_secret(""));
+    assert_eq!(c.config_path.as_deref(), Some(Path::new(CFG)));
+    assert_eq!(c.data_dir, Path::new("/etc/fleetsync"));
+    assert_eq!(
+        c.mesh.listen,
+        DEFAULT_MESH_LISTEN.parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(c.mesh.fleet_secret.to_hex(), SECRET);
+    assert!(c.mesh.peers.is_empty());
+    assert!(c.mesh.mdns);
+    assert_eq!(c.mesh.allow, None);
+    assert_eq!(
+        c.admin.listen,
+        DEFAULT_ADMIN_LISTEN.parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.log.format, LogFormat::Human);
+    assert!(c.folders.is_empty(), "no folders is a valid relay node");
+}
+
+#[test]
+fn folder_defaults() {
+    let c = parse(&format!(
+        "{}{}",
+        with_secret(""),
+        folder_toml("shared", "/srv/shared")
+    ));
+    let f = c.folder("shared").expect("folder by id");
+    assert_eq!(f.path, Path::new("/srv/shared"));
+    assert_eq!(f.mode, FolderMode::SendReceive);
+    assert_eq!(f.settle, Duration::from_millis(200));
+    assert_eq!(f.rescan, Duration::from_secs(3600));
+    assert_eq!(f.watch, WatchMode::Notify);
+    assert_eq!(f.poll_interval, Duration::from_secs(2));
+    assert!(c.folder("other").is_none());
+}
+
+#[test]
+fn every_key_set() {
+    let text = format!(
+        r#"data_dir = "/var/lib/fleetsync"
+[mesh]
+listen = "[::]:7400"
+fleet_secret = "{}"
+peers = ["{a}@127.0.0.1:7301", "{b}@[::1]:7302"]
+mdns = false
+allow = ["{a}", "{b}"]
+[admin]
+listen = "[::1]:7381"
+[log]
+level = "info,fleetsync=debug"
+format = "json"
+[[folders]]
+id = "a.B_c-1"
+path = "/srv/a"
+mode = "receive-only"
+settle = "1s"
+rescan = "10m"
+watch = "poll"
+poll_interval = "500ms"
+[[folders]]
+id = "b"
+path = "/srv/b"
+mode = "send-only"
+"#,
+        SECRET.to_uppercase(),
+        a = node_id(0xaa),
+        b = node_id(0xbb).to_uppercase(),
+    );
+    let c = parse(&text);
+    assert_eq!(c.data_dir, Path::new("/var/lib/fleetsync"));
+    assert_eq!(c.mesh.listen, "[::]:7400".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.mesh.fleet_secret.to_hex(), SECRET);
+    assert_eq!(c.mesh.peers.len(), 2);
+    assert_eq!(c.mesh.peers[0].id, [0xaa; 32]);
+    assert_eq!(c.mesh.peers[1].id, [0xbb; 32]);
+    assert_eq!(
+        c.mesh.peers[1].addr,
+        "[::1]:7302".parse::<SocketAddr>().unwrap()
+    );
+    assert!(!c.mesh.mdns);
+    assert_eq!(c.mesh.allow, Some(vec![[0xaa; 32], [0xbb; 32]]));
+    assert_eq!(c.admin.listen, "[::1]:7381".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.log.level, "info,fleetsync=debug");
+    assert_eq!(c.log.format, LogFormat::Json);
+    let a = &c.folders[0];
+    assert_eq!(a.id, "a.B_c-1");
+    assert_eq!(a.mode, FolderMode::ReceiveOnly);
+    assert_eq!(a.settle, Duration::from_secs(1));
+    assert_eq!(a.rescan, Duration::from_secs(600));
+    assert_eq!(a.watch, WatchMode::Poll);
+    assert_eq!(a.poll_interval, Duration::from_millis(500));
+    assert_eq!(c.folders[1].mode, FolderMode::SendOnly);
+}
+
+#[test]
+fn empty_allow_list_is_kept_distinct_from_absent() {
+    let c = parse(&with_secret("allow = []\n"));
+    assert_eq!(c.mesh.allow, Some(vec![]));
+}
+
+// ------------------------------------------------------- file shape errors
+
+#[test]
+fn unknown_key_in_section() {
+    let e = err(&with_secret("listn = \"0.0.0.0:1\"\n"));
+    assert_invalid(
+        &e,
+        "mesh.listn",
+        "listen, fleet_secret, fleet_secret_file, peers, mdns, allow",
+    );
+    assert!(problem(&e).contains("did you mean \"listen\""), "{e}");
+}
+
+#[test]
+fn unknown_key_at_top_level() {
+    let e = err(&format!("data_dri = \"/x\"\n{}", with_secret("")));
+    assert_invalid(&e, "data_dri", "data_dir, mesh, admin, log, folders");
+}
+
+#[test]
+fn unknown_section() {
+    let e = err(&format!(
+        "{}[loggging]\nlevel = \"info\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "loggging", "data_dir, mesh, admin, log, folders");
+}
+
+#[test]
+fn unknown_key_in_folder() {
+    let e = err(&format!(
+        "{}[[folders]]\nid = \"x\"\npth = \"/srv/x\"\n",
+        with_secret("")
+    ));
+    assert_invalid(
+        &e,
+        "folders[0].pth",
+        "id, path, mode, settle, rescan, watch, poll_interval",
+    );
+}
+
+#[test]
+fn unknown_key_in_admin_and_log() {
+    let e = err(&format!("{}[admin]\nport = 1\n", with_secret("")));
+    assert_invalid(&e, "admin.port", "listen");
+    let e = err(&format!("{}[log]\nlevl = \"x\"\n", with_secret("")));
+    assert_invalid(&e, "log.levl", "level, format");
+}
+
+#[test]
+fn syntax_error_is_one_line_with_location() {
+    let e = err("[mesh]\nlisten = 0.0.0.0:7300\n");
+    assert_invalid(&e, "<syntax>", "TOML syntax");
+    assert!(problem(&e).contains("line 2"), "{e}");
+}
+
+#[test]
+fn duplicate_toml_key_is_a_syntax_error() {
+    let e = err(&with_secret("mdns = true\nmdns = false\n"));
+    assert_invalid(&e, "<syntax>", "TOML syntax");
+}
+
+#[test]
+fn wrong_value_types() {
+    let e = err(&with_secret("mdns = \"yes\"\n"));
+    assert_invalid(&e, "mesh.mdns", "mdns = true");
+    assert!(problem(&e).contains("found a string"), "{e}");
+
+    let e = err(&with_secret("listen = 7300\n"));
+    assert_invalid(&e, "mesh.listen", "quote the value");
+
+    let e = err(&with_secret("peers = \"x@1.2.3.4:5\"\n"));
+    assert_invalid(&e, "mesh.peers", "list of quoted strings");
+
+    let e = err(&with_secret("allow = [1]\n"));
+    assert_invalid(&e, "mesh.allow[0]", "list of quoted strings");
+
+    let e = err("mesh = 5\n");
+    assert_invalid(&e, "mesh", "[mesh]");
+
+    let e = err(&format!(
+        "{}[[folders]]\nid = 3\npath = \"/x\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "folders[0].id", "quote the value");
+}
+
+#[test]
+fn single_bracket_folders_table() {
+    let e = err(&format!(
+        "{}[folders]\nid = \"a\"\npath = \"/a\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "folders", "[[folders]]");
+}
+
+#[test]
+fn secret_type_error_does_not_echo_value() {
+    let e = err("[mesh]\nfleet_secret = 123456789\n");
+    assert_invalid(&e, "mesh.fleet_secret", "quote the value");
+    assert!(!e.to_string().contains("123456789"), "{e}");
+}
+
+// ------------------------------------------------------------- fleet secret
+
+#[test]
+fn missing_fleet_secret() {
+    let e = err("");
+    assert_invalid(
+        &e,
+        "mesh.fleet_secret",
+        "run \"fleetsync init\" or set fleet_secret = \"<64 hex chars>\"",
+    );
+}
+
+#[test]
+fn both_secret_spellings_in_file() {
+    let e = err(&with_secret("fleet_secret_file = \"/etc/secret\"\n"));
+    assert_invalid(&e, "mesh.fleet_secret", "only one");
+}
+
+#[test]
+fn bad_secret_length_is_reported_without_the_value() {
+    let short = "deadbeefcafe";
+    let e = err(&format!("[mesh]\nfleet_secret = \"{short}\"\n"));
+    assert_invalid(&e, "mesh.fleet_secret", "64 hex chars (32 bytes)");
+    assert!(e.to_string().contains("openssl rand -hex 32"), "{e}");
+    assert!(problem(&e).contains("found 12 chars"), "{e}");
+    assert!(!e.to_string().contains(short), "secret echoed: {e}");
+}
+
+#[test]
+fn non_hex_secret() {
+    let bad = format!("{}zz", &SECRET[..62]);
+    let e = err(&format!("[mesh]\nfleet_secret = \"{bad}\"\n"));
+    assert_invalid(&e, "mesh.fleet_secret", "64 hex chars (32 bytes)");
+    assert!(problem(&e).contains("non-hex"), "{e}");
+    assert!(!e.to_string().contains(&bad), "secret echoed: {e}");
+}
+
+#[test]
+fn secret_file_is_read_trimmed_and_relative_to_config_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fleet.secret"), format!("  {SECRET}\n\n")).unwrap();
+    let cfg = dir.path().join(CONFIG_FILE_NAME);
+    std::fs::write(&cfg, "[mesh]\nfleet_secret_file = \"fleet.secret\"\n").unwrap();
+    let c = Config::load_with_env(&cfg, env(&[]), &Overrides::default()).unwrap();
+    assert_eq!(c.mesh.fleet_secret.to_hex(), SECRET);
+}
+
+#[test]
+fn unreadable_secret_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.secret");
+    let text = format!("[mesh]\nfleet_secret_file = \"{}\"\n", missing.display());
+    let e = err(&text);
+    assert_invalid(&e, "mesh.fleet_secret_file", "readable file");
+}
+
+#[test]
+fn secret_file_with_bad_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.secret");
+    std::fs::write(&file, "not-a-secret").unwrap();
+    let e = err(&format!(
+        "[mesh]\nfleet_secret_file = \"{}\"\n",
+        file.display()
+    ));
+    assert_invalid(&e, "mesh.fleet_secret_file", "64 hex chars (32 bytes)");
+    assert!(!e.to_string().contains("not-a-secret"), "{e}");
+}
+
+// ------------------------------------------------------------- addresses
+
+#[test]
+fn bad_mesh_listen() {
+    let e = err(&with_secret("listen = \"localhost:7300\"\n"));
+    assert_invalid(&e, "mesh.listen", "0.0.0.0:7300");
+}
+
+#[test]
+fn bad_admin_listen() {
+    let e = err(&format!("{}[admin]\nlisten = \"7380\"\n", with_secret("")));
+    assert_invalid(&e, "admin.listen", "127.0.0.1:7380");
+}
+
+#[test]
+fn admin_listen_must_be_loopback() {
+    let e = err(&format!(
+        "{}[admin]\nlisten = \"0.0.0.0:7380\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "admin.listen", "127.0.0.1:7380");
+    assert!(problem(&e).contains("loopback"), "{e}");
+    let c = parse(&format!(
+        "{}[admin]\nlisten = \"127.0.0.2:9000\"\n",
+        with_secret("")
+    ));
+    assert_eq!(c.admin.listen.port(), 9000);
+}
+
+#[test]
+fn bad_peer() {
+    let text = with_secret(&format!(
+        "peers = [\"{}@10.0.0.1:7300\", \"{}10.0.0.2:7300\"]\n",
+        node_id(1),
+        node_id(2)
+    ));
+    let e = err(&text);
+    assert_invalid(&e, "mesh.peers[1]", "\"<64-hex node id>@<ip>:<port>\"");
+}
+
+#[test]
+fn peer_with_short_id_or_bad_address() {
+    let e = err(&with_secret("peers = [\"abcd@10.0.0.1:7300\"]\n"));
+    assert_invalid(&e, "mesh.peers[0]", "<64-hex node id>@<ip>:<port>");
+    assert!(problem(&e).contains("found 4 chars"), "{e}");
+    let e = err(&with_secret(&format!(
+        "peers = [\"{}@host:1\"]\n",
+        node_id(1)
+    )));
+    assert_invalid(&e, "mesh.peers[0]", "<64-hex node id>@<ip>:<port>");
+}
+
+#[test]
+fn bad_allow_entry() {
+    let e = err(&with_secret(&format!(
+        "allow = [\"{}\", \"xyz\"]\n",
+        node_id(1)
+    )));
+    assert_invalid(&e, "mesh.allow[1]", "64 hex chars");
+}
+
+// ------------------------------------------------------------------ log
+
+#[test]
+fn bad_log_format_names_allowed_values() {
+    let e = err(&format!("{}[log]\nformat = \"text\"\n", with_secret("")));
+    assert_invalid(&e, "log.format", "\"human\", \"json\"");
+}
+
+#[test]
+fn bad_log_level() {
+    let e = err(&format!("{}[log]\nlevel = \"\"\n", with_secret("")));
+    assert_invalid(&e, "log.level", "info");
+    let e = err(&format!(
+        "{}[log]\nlevel = \"info debug\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "log.level", "info");
+}
+
+// --------------------------------------------------------------- folders
+
+#[test]
+fn folder_missing_id() {
+    let e = err(&format!(
+        "{}[[folders]]\npath = \"/srv/x\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "folders[0].id", "id = ");
+}
+
+#[test]
+fn folder_missing_path() {
+    let e = err(&format!(
+        "{}{}[[folders]]\nid = \"y\"\n",
+        with_secret(""),
+        folder_toml("x", "/srv/x")
+    ));
+    assert_invalid(&e, "folders[1].path", "path = ");
+}
+
+#[test]
+fn bad_folder_ids() {
+    let long = "a".repeat(65);
+    for bad in ["", "has space", "slash/y", "ümlaut", long.as_str()] {
+        let e = err(&format!(
+            "{}{}",
+            with_secret(""),
+            folder_toml(bad, "/srv/x")
+        ));
+        assert_invalid(&e, "folders[0].id", "1-64 chars of A-Z a-z 0-9 . _ -");
+    }
+    let ok = "a".repeat(64);
+    parse(&format!(
+        "{}{}",
+        with_secret(""),
+        folder_toml(&ok, "/srv/x")
+    ));
+}
+
+#[test]
+fn duplicate_folder_id() {
+    let e = err(&format!(
+        "{}{}{}",
+        with_secret(""),
+        folder_toml("docs", "/srv/a"),
+        folder_toml("docs", "/srv/b")
+    ));
+    assert_invalid(&e, "folders[1].id", "unique id");
+    assert!(problem(&e).contains("\"docs\""), "{e}");
+}
+
+#[test]
+fn same_folder_path_twice() {
+    let e = err(&format!(
+        "{}{}{}",
+        with_secret(""),
+        folder_toml("a", "/srv/a"),
+        folder_toml("b", "/srv/x/../a/")
+    ));
+    assert_invalid(&e, "folders[1].path", "must not overlap");
+}
+
+#[test]
+fn nested_folder_paths() {
+    let e = err(&format!(
+        "{}{}{}",
+        with_secret(""),
+        folder_toml("a", "/srv/a"),
+        folder_toml("b", "/srv/a/b")
+    ));
+    assert_invalid(&e, "folders[1].path", "must not overlap");
+    assert!(problem(&e).contains("is inside"), "{e}");
+    let e = err(&format!(
+        "{}{}{}",
+        with_secret(""),
+        folder_toml("a", "/srv/a/b"),
+        folder_toml("b", "/srv/a")
+    ));
+    assert_invalid(&e, "folders[1].path", "must not overlap");
+    assert!(problem(&e).contains("contains"), "{e}");
+}
+
+#[test]
+fn sibling_with_common_name_prefix_is_not_nested() {
+    // "/srv/ab" starts with the string "/srv/a" but is not inside it.
+    parse(&format!(
+        "{}{}{}",
+        with_secret(""),
+        folder_toml("a", "/srv/a"),
+        folder_toml("b", "/srv/ab")
+    ));
+}
+
+#[test]
+fn folder_inside_data_dir() {
+    let e = err(&format!(
+        "data_dir = \"/var/lib/fleetsync\"\n{}{}",
+        with_secret(""),
+        folder_toml("a", "/var/lib/fleetsync/files")
+    ));
+    assert_invalid(
+        &e,
+        "folders[0].path",
+        "move the folder or set data_dir elsewhere",
+    );
+}
+
+#[test]
+fn data_dir_inside_folder() {
+    // data_dir defaults to the config file's directory, /etc/fleetsync.
+    let e = err(&format!(
+        "{}{}",
+        with_secret(""),
+        folder_toml("etc", "/etc")
+    ));
+    assert_invalid(
+        &e,
+        "folders[0].path",
+        "move the folder or set data_dir elsewhere",
+    );
+    let e = err(&format!(
+        "{}{}",
+        with_secret(""),
+        folder_toml("same", "/etc/fleetsync")
+    ));
+    assert_invalid(
+        &e,
+        "folders[0].path",
+        "move the folder or set data_dir elsewhere",
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn overlap_through_symlink_is_caught_canonically() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir_all(real.join("state")).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let text = format!(
+        "data_dir = \"{}\"\n{}{}",
+        real.join("state").display(),
+        with_secret(""),
+        folder_toml("a", &link.display().to_string())
+    );
+    let e = err(&text);
+    assert_invalid(
+        &e,
+        "folders[0].path",
+        "move the folder or set data_dir elsewhere",
+    );
+}
+
+#[test]
+fn root_folder_is_rejected() {
+    for root in ["/", "/srv/.."] {
+        let e = err(&format!(
+            "data_dir = \"/\"\n{}{}",
+            with_secret(""),
+            folder_toml("root", root)
+        ));
+        assert_invalid(&e, "folders[0].path", "dedicated directory");
+    }
+}
+
+#[test]
+fn bad_durations_quote_the_value() {
+    for key in ["settle", "rescan", "poll_interval"] {
+        let e = err(&format!(
+            "{}{}{key} = \"soon\"\n",
+            with_secret(""),
+            folder_toml("a", "/srv/a")
+        ));
+        assert_invalid(
+            &e,
+            &format!("folders[0].{key}"),
+            "\"200ms\", \"5s\", \"1h\"",
+        );
+        assert!(problem(&e).contains("\"soon\""), "{e}");
+    }
+}
+
+#[test]
+fn settle_longer_than_an_hour() {
+    let text = |v: &str| {
+        format!(
+            "{}{}settle = \"{v}\"\n",
+            with_secret(""),
+            folder_toml("a", "/srv/a")
+        )
+    };
+    let e = err(&text("61m"));
+    assert_invalid(&e, "folders[0].settle", "at most \"1h\"");
+    assert_eq!(
+        parse(&text("1h")).folders[0].settle,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(parse(&text("0s")).folders[0].settle, Duration::ZERO);
+}
+
+#[test]
+fn rescan_shorter_than_a_second() {
+    let text = |v: &str| {
+        format!(
+            "{}{}rescan = \"{v}\"\n",
+            with_secret(""),
+            folder_toml("a", "/srv/a")
+        )
+    };
+    let e = err(&text("999ms"));
+    assert_invalid(&e, "folders[0].rescan", "at least \"1s\"");
+    assert_eq!(parse(&text("1s")).folders[0].rescan, Duration::from_secs(1));
+}
+
+#[test]
+fn zero_poll_interval() {
+    let e = err(&format!(
+        "{}{}poll_interval = \"0s\"\n",
+        with_secret(""),
+        folder_toml("a", "/srv/a")
+    ));
+    assert_invalid(&e, "folders[0].poll_interval", "positive interval");
+}
+
+#[test]
+fn bad_mode_and_watch_name_allowed_values() {
+    let e = err(&format!(
+        "{}{}mode = \"both\"\n",
+        with_secret(""),
+        folder_toml("a", "/srv/a")
+    ));
+    assert_invalid(
+        &e,
+        "folders[0].mode",
+        "\"send-receive\", \"send-only\", \"receive-only\"",
+    );
+    let e = err(&format!(
+        "{}{}watch = \"inotify\"\n",
+        with_secret(""),
+        folder_toml("a", "/srv/a")
+    ));
+    assert_invalid(&e, "folders[0].watch", "\"notify\", \"poll\"");
+}
+
+#[test]
+fn first_problem_wins() {
+    let e = err(&format!(
+        "{}{}mode = \"both\"\nwatch = \"inotify\"\n",
+        with_secret("listen = \"nope\"\n"),
+        folder_toml("a", "/srv/a")
+    ));
+    assert_eq!(e.key(), Some("mesh.listen"));
+}
+
+// ------------------------------------------------------------ paths
+
+#[test]
+fn relative_paths_resolve_against_config_dir() {
+    let c = parse(&format!(
+        "data_dir = \"state/./db\"\n{}{}",
+        with_secret(""),
+        folder_toml("docs", "../shared/docs")
+    ));
+    assert_eq!(c.data_dir, Path::new("/etc/fleetsync/state/db"));
+    assert_eq!(c.folders[0].path, Path::new("/etc/shared/docs"));
+}
+
+#[test]
+fn load_resolves_relative_paths_against_the_real_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join(CONFIG_FILE_NAME);
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"state\"\n{}{}",
+            with_secret(""),
+            folder_toml("docs", "docs")
+        ),
+    )
+    .unwrap();
+    let c = Config::load_with_env(&cfg, env(&[("HOME", "/root")]), &Overrides::default()).unwrap();
+    assert_eq!(c.config_path.as_deref(), Some(cfg.as_path()));
+    assert_eq!(c.data_dir, dir.path().join("state"));
+    assert_eq!(c.folders[0].path, dir.path().join("docs"));
+    assert!(
+        !dir.path().join("docs").exists(),
+        "loading must not create folders"
+    );
+}
+
+#[test]
+fn load_uses_process_env() {
+    let ours = std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with(ENV_PREFIX));
+    if ours {
+        return; // the harness environment would leak into the result
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join(CONFIG_FILE_NAME);
+    std::fs::write(&cfg, with_secret("")).unwrap();
+    let c = Config::load(&cfg, &Overrides::default()).unwrap();
+    assert_eq!(c.data_dir, dir.path());
+}
+
+#[test]
+fn missing_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join(CONFIG_FILE_NAME);
+    let e = Config::load_with_env(&cfg, env(&[]), &Overrides::default()).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+    assert_eq!(e.key(), None);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("fleetsync init") && msg.contains(CONFIG_FILE_NAME),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'));
+}
+
+#[test]
+fn relative_config_path_is_made_absolute() {
+    let cwd = std::env::current_dir().unwrap();
+    let c = Config::from_toml_str(
+        &with_secret(""),
+        Path::new(CONFIG_FILE_NAME),
+        env(&[]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.config_path, Some(cwd.join(CONFIG_FILE_NAME)));
+    assert_eq!(c.data_dir, cwd);
+}
+
+#[test]
+fn env_and_cli_relative_paths_use_current_dir() {
+    let cwd = std::env::current_dir().unwrap();
+    let c = try_parse_full(
+        &with_secret(""),
+        &[("FLEETSYNC_DATA_DIR", "envdata")],
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.data_dir, cwd.join("envdata"));
+    let o = Overrides {
+        data_dir: Some(PathBuf::from("clidata")),
+        ..Default::default()
+    };
+    let c = try_parse_full(&with_secret(""), &[], &o).unwrap();
+    assert_eq!(c.data_dir, cwd.join("clidata"));
+}
+
+// ------------------------------------------------------------ precedence
+
+#[test]
+fn cli_beats_env_beats_file() {
+    let file = format!(
+        "{}[log]\nlevel = \"warn\"\nformat = \"human\"\n",
+        with_secret("listen = \"0.0.0.0:1000\"\nmdns = true\n")
+    );
+    let vars = [
+        ("FLEETSYNC_MESH_LISTEN", "0.0.0.0:2000"),
+        ("FLEETSYNC_MESH_MDNS", "no"),
+        ("FLEETSYNC_LOG_LEVEL", "debug"),
+        ("FLEETSYNC_LOG_FORMAT", "json"),
+    ];
+    let o = Overrides {
+        mesh_listen: Some("0.0.0.0:3000".into()),
+        mdns: Some(true),
+        log_level: Some("trace".into()),
+        ..Default::default()
+    };
+    let c = try_parse_full(&file, &vars, &o).unwrap();
+    assert_eq!(
+        c.mesh.listen.port(),
+        3000,
+        "override wins over env and file"
+    );
+    assert!(c.mesh.mdns);
+    assert_eq!(c.log.level, "trace");
+    assert_eq!(c.log.format, LogFormat::Json, "env wins over file");
+
+    let c = try_parse_full(&file, &vars, &Overrides::default()).unwrap();
+    assert_eq!(c.mesh.listen.port(), 2000, "env wins over file");
+    assert!(!c.mesh.mdns);
+    assert_eq!(c.log.level, "debug");
+}
+
+#[test]
+fn lists_are_replaced_not_merged() {
+    let file = with_secret(&format!(
+        "peers = [\"{}@10.0.0.1:1\"]\nallow = [\"{}\"]\n",
+        node_id(1),
+        node_id(1)
+    ));
+    let peers_env = format!(" {}@10.0.0.2:2 , {}@10.0.0.3:3, ", node_id(2), node_id(3));
+    let vars = [
+        ("FLEETSYNC_MESH_PEERS", peers_env.as_str()),
+        ("FLEETSYNC_MESH_ALLOW", ""),
+    ];
+    let c = try_parse_full(&file, &vars, &Overrides::default()).unwrap();
+    assert_eq!(c.mesh.peers.len(), 2);
+    assert_eq!(c.mesh.peers[0].id, [2; 32]);
+    assert_eq!(c.mesh.allow, Some(vec![]));
+
+    let o = Overrides {
+        peers: Some(vec![]),
+        ..Default::default()
+    };
+    let c = try_parse_full(&file, &vars, &o).unwrap();
+    assert!(c.mesh.peers.is_empty());
+}
+
+#[test]
+fn secret_layers_replace_both_spellings() {
+    // The file's secret file does not exist; a higher layer's inline secret
+    // must win without the file ever being read.
+    let file = "[mesh]\nfleet_secret_file = \"/nonexistent/fleet.secret\"\n";
+    let other = "ff".repeat(32);
+    let c = try_parse_full(
+        file,
+        &[("FLEETSYNC_MESH_FLEET_SECRET", &other)],
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.mesh.fleet_secret.to_hex(), other);
+
+    let cli = "ee".repeat(32);
+    let o = Overrides {
+        fleet_secret: Some(cli.clone()),
+        ..Default::default()
+    };
+    let c = try_parse_full(file, &[("FLEETSYNC_MESH_FLEET_SECRET", &other)], &o).unwrap();
+    assert_eq!(c.mesh.fleet_secret.to_hex(), cli);
+
+    let e = err_full(
+        &with_secret(""),
+        &[
+            ("FLEETSYNC_MESH_FLEET_SECRET", &other),
+            ("FLEETSYNC_MESH_FLEET_SECRET_FILE", "/x"),
+        ],
+        &Overrides::default(),
+    );
+    assert_invalid_at(&e, "<env>", "FLEETSYNC_MESH_FLEET_SECRET", "only one");
+}
+
+#[test]
+fn env_secret_file_wins_over_file_inline_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let other = "ab".repeat(32);
+    std::fs::write(&path, &other).unwrap();
+    let path = path.display().to_string();
+    let c = try_parse_full(
+        &with_secret(""),
+        &[("FLEETSYNC_MESH_FLEET_SECRET_FILE", &path)],
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(c.mesh.fleet_secret.to_hex(), other);
+}
+
+// ------------------------------------------------------------- env vars
+
+#[test]
+fn env_folder_override() {
+    let file = format!(
+        "{}{}{}",
+        with_secret(""),
+        folder_toml("shared-logs", "/srv/logs"),
+        folder_toml("shared", "/srv/shared")
+    );
+    let vars = [
+        ("FLEETSYNC_FOLDER_SHARED_LOGS_SETTLE", "5s"),
+        ("FLEETSYNC_FOLDER_SHARED_LOGS_WATCH", "poll"),
+        ("FLEETSYNC_FOLDER_SHARED_LOGS_POLL_INTERVAL", "10s"),
+        ("FLEETSYNC_FOLDER_SHARED_MODE", "send-only"),
+        ("FLEETSYNC_FOLDER_SHARED_PATH", "/srv/elsewhere"),
+        ("FLEETSYNC_FOLDER_SHARED_RESCAN", "5m"),
+    ];
+    let c = try_parse_full(&file, &vars, &Overrides::default()).unwrap();
+    let logs = c.folder("shared-logs").unwrap();
+    assert_eq!(logs.settle, Duration::from_secs(5));
+    assert_eq!(logs.watch, WatchMode::Poll);
+    assert_eq!(logs.poll_interval, Duration::from_secs(10));
+    assert_eq!(logs.path, Path::new("/srv/logs"));
+    let shared = c.folder("shared").unwrap();
+    assert_eq!(shared.mode, FolderMode::SendOnly);
+    assert_eq!(shared.path, Path::new("/srv/elsewhere"));
+    assert_eq!(shared.rescan, Duration::from_secs(300));
+    assert_eq!(shared.settle, Duration::from_millis(200));
+}
+
+#[test]
+fn env_folder_bad_value_names_the_variable() {
+    let file = format!("{}{}", with_secret(""), folder_toml("docs", "/srv/docs"));
+    let e = err_full(
+        &file,
+        &[("FLEETSYNC_FOLDER_DOCS_SETTLE", "2h")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_FOLDER_DOCS_SETTLE",
+        "at most \"1h\"",
+    );
+    let e = err_full(
+        &file,
+        &[("FLEETSYNC_FOLDER_DOCS_RESCAN", "often")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_FOLDER_DOCS_RESCAN",
+        "\"200ms\", \"5s\", \"1h\"",
+    );
+}
+
+#[test]
+fn unknown_env_var() {
+    let file = format!("{}{}", with_secret(""), folder_toml("docs", "/srv/docs"));
+    let e = err_full(
+        &file,
+        &[("FLEETSYNC_MESH_LISTN", "0.0.0.0:1")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(&e, "<env>", "FLEETSYNC_MESH_LISTN", "FLEETSYNC_MESH_LISTEN");
+    let msg = e.to_string();
+    assert!(
+        problem(&e).contains("did you mean FLEETSYNC_MESH_LISTEN"),
+        "{msg}"
+    );
+    for valid in layer::ENV_FIXED {
+        assert!(msg.contains(valid), "{valid} not listed in: {msg}");
+    }
+    assert!(msg.contains("<ID> one of DOCS"), "{msg}");
+}
+
+#[test]
+fn env_var_for_missing_folder() {
+    let file = format!("{}{}", with_secret(""), folder_toml("docs", "/srv/docs"));
+    let e = err_full(
+        &file,
+        &[("FLEETSYNC_FOLDER_PHOTOS_PATH", "/p")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_FOLDER_PHOTOS_PATH",
+        "FLEETSYNC_FOLDER_<ID>_<KEY>",
+    );
+    let e = err_full(
+        &file,
+        &[("FLEETSYNC_FOLDER_DOCS_PTH", "/p")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(&e, "<env>", "FLEETSYNC_FOLDER_DOCS_PTH", "PATH, MODE");
+    assert!(problem(&e).contains("FLEETSYNC_FOLDER_DOCS_PATH"), "{e}");
+}
+
+#[test]
+fn env_var_for_ambiguous_folder_ids() {
+    let file = format!(
+        "{}{}{}",
+        with_secret(""),
+        folder_toml("a-b", "/srv/1"),
+        folder_toml("a.b", "/srv/2")
+    );
+    parse(&file); // fine until such a variable is used
+    let e = err_full(
+        &file,
+        &[("FLEETSYNC_FOLDER_A_B_MODE", "send-only")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_FOLDER_A_B_MODE",
+        "rename the folders",
+    );
+}
+
+#[test]
+fn ignored_and_foreign_env_vars() {
+    let vars = [
+        ("FLEETSYNC_CONFIG", "/somewhere/else.toml"),
+        ("FLEETSYNC_LOG", "trace"),
+        ("PATH", "/usr/bin"),
+        ("fleetsync_mesh_listn", "lowercase is not ours"),
+    ];
+    let c = try_parse_full(&with_secret(""), &vars, &Overrides::default()).unwrap();
+    assert_eq!(c.log.level, "info");
+}
+
+#[test]
+fn env_bool_spellings() {
+    for (v, want) in [
+        ("true", true),
+        ("1", true),
+        ("YES", true),
+        ("false", false),
+        ("0", false),
+        ("No", false),
+    ] {
+        let c = try_parse_full(
+            &with_secret(""),
+            &[("FLEETSYNC_MESH_MDNS", v)],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.mesh.mdns, want, "{v}");
+    }
+    let e = err_full(
+        &with_secret(""),
+        &[("FLEETSYNC_MESH_MDNS", "maybe")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(&e, "<env>", "FLEETSYNC_MESH_MDNS", "yes/no");
+}
+
+#[test]
+fn env_list_errors_name_the_entry() {
+    let peers = format!("{}@10.0.0.1:1,garbage", node_id(1));
+    let e = err_full(
+        &with_secret(""),
+        &[("FLEETSYNC_MESH_PEERS", &peers)],
+        &Overrides::default(),
+    );
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_MESH_PEERS",
+        "<64-hex node id>@<ip>:<port>",
+    );
+    assert!(problem(&e).starts_with("entry 2:"), "{e}");
+}
+
+#[test]
+fn env_values_are_checked_like_file_values() {
+    let e = err_full(
+        &with_secret(""),
+        &[("FLEETSYNC_ADMIN_LISTEN", "0.0.0.0:7380")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(&e, "<env>", "FLEETSYNC_ADMIN_LISTEN", "127.0.0.1:7380");
+    let e = err_full(
+        &with_secret(""),
+        &[("FLEETSYNC_MESH_FLEET_SECRET", "abc")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_MESH_FLEET_SECRET",
+        "64 hex chars (32 bytes)",
+    );
+    assert!(!e.to_string().contains("\"abc\""), "{e}");
+}
+
+// ------------------------------------------------------------- overrides
+
+#[test]
+fn override_errors_name_the_flag() {
+    let o = Overrides {
+        mesh_listen: Some("nope".into()),
+        ..Default::default()
+    };
+    let e = err_full(&with_secret(""), &[], &o);
+    assert_invalid_at(&e, "<cli>", "--listen", "0.0.0.0:7300");
+
+    let o = Overrides {
+        admin_listen: Some("10.1.1.1:7380".into()),
+        ..Default::default()
+    };
+    let e = err_full(&with_secret(""), &[], &o);
+    assert_invalid_at(&e, "<cli>", "--admin-listen", "127.0.0.1:7380");
+
+    let o = Overrides {
+        admin_listen: Some("localhost:7380".into()),
+        ..Default::default()
+    };
+    let e = err_full(&with_secret(""), &[], &o);
+    assert_invalid_at(
+        &e,
+        "<cli>",
+        "--admin-listen",
+        "loopback address, e.g. \"127.0.0.1:7380\"",
+    );
+
+    let o = Overrides {
+        log_format: Some("xml".into()),
+        ..Default::default()
+    };
+    let e = err_full(&with_secret(""), &[], &o);
+    assert_invalid_at(&e, "<cli>", "--log-format", "\"human\", \"json\"");
+
+    let o = Overrides {
+        peers: Some(vec!["bad".into()]),
+        ..Default::default()
+    };
+    let e = err_full(&with_secret(""), &[], &o);
+    assert_invalid_at(&e, "<cli>", "--peer", "<64-hex node id>@<ip>:<port>");
+
+    let o = Overrides {
+        fleet_secret: Some("short".into()),
+        ..Default::default()
+    };
+    let e = err_full(&with_secret(""), &[], &o);
+    assert_invalid_at(&e, "<cli>", "--fleet-secret", "openssl rand -hex 32");
+}
+
+#[test]
+fn override_satisfies_missing_secret() {
+    let o = Overrides {
+        fleet_secret: Some(SECRET.into()),
+        ..Default::default()
+    };
+    let c = try_parse_full("", &[], &o).unwrap();
+    assert_eq!(c.mesh.fleet_secret.to_hex(), SECRET);
+}
+
+// ------------------------------------------------------------ init render
+
+fn init_params(folders: Vec<(String, PathBuf)>) -> InitParams {
+    InitParams {
+        data_dir: PathBuf::from("/var/lib/fleetsync"),
+        folders,
+        fleet_secret: FleetSecret([7; 32]),
+        mesh_listen: "0.0.0.0:7301".parse().unwrap(),
+        admin_listen: "127.0.0.1:7381".parse().unwrap(),
+        peers: vec![
+            PeerAddr {
+                id: [1; 32],
+                addr: "10.0.0.1:7300".parse().unwrap(),
+            },
+            PeerAddr {
+                id: [2; 32],
+                addr: "[fe80::1]:7300".parse().unwrap(),
+            },
+        ],
+        mdns: false,
+    }
+}
+
+#[test]
+fn render_init_config_round_trips() {
+    // The odd path checks that quotes and backslashes are escaped.
+    let valid = init_params(vec![
+        ("shared".into(), PathBuf::from("/srv/shared")),
+        ("photos".into(), PathBuf::from("/srv/odd \"name\" \\ dir")),
+    ]);
+    let text = render_init_config(&valid);
+    let c = Config::from_toml_str(&text, Path::new(CFG), env(&[]), &Overrides::default())
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(c.data_dir, valid.data_dir);
+    assert_eq!(c.mesh.fleet_secret, valid.fleet_secret);
+    assert_eq!(c.mesh.listen, valid.mesh_listen);
+    assert_eq!(c.admin.listen, valid.admin_listen);
+    assert_eq!(c.mesh.peers, valid.peers);
+    assert_eq!(c.mesh.mdns, valid.mdns);
+    assert_eq!(c.mesh.allow, None);
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.log.format, LogFormat::Human);
+    let got: Vec<(String, PathBuf)> = c
+        .folders
+        .iter()
+        .map(|f| (f.id.clone(), f.path.clone()))
+        .collect();
+    assert_eq!(got, valid.folders);
+    for f in &c.folders {
+        assert_eq!(f.mode, FolderMode::SendReceive);
+        assert_eq!(f.settle, Duration::from_millis(200));
+        assert_eq!(f.rescan, Duration::from_secs(3600));
+        assert_eq!(f.watch, WatchMode::Notify);
+        assert_eq!(f.poll_interval, Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn render_init_config_quotes_hostile_ids() {
+    // Such an id is invalid, but it must fail on the id rule, not break the
+    // TOML around it.
+    let p = init_params(vec![("we\"ird\n[mesh]".into(), PathBuf::from("/srv/x"))]);
+    let text = render_init_config(&p);
+    let e =
+        Config::from_toml_str(&text, Path::new(CFG), env(&[]), &Overrides::default()).unwrap_err();
+    assert_eq!(e.key(), Some("folders[0].id"), "{e}");
+}
+
+#[test]
+fn render_init_config_shows_every_key() {
+    let text = render_init_config(&init_params(vec![("a".into(), PathBuf::from("/srv/a"))]));
+    for key in [
+        "data_dir",
+        "[mesh]",
+        "listen",
+        "fleet_secret =",
+        "fleet_secret_file",
+        "peers",
+        "mdns",
+        "allow",
+        "[admin]",
+        "[log]",
+        "level",
+        "format",
+        "[[folders]]",
+        "id =",
+        "path =",
+        "mode =",
+        "settle =",
+        "rescan =",
+        "watch =",
+        "poll_interval =",
+    ] {
+        assert!(text.contains(key), "{key} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn render_init_config_without_folders_is_a_relay() {
+    let mut p = init_params(vec![]);
+    p.peers.clear();
+    p.mdns = true;
+    let text = render_init_config(&p);
+    assert!(text.contains("# [[folders]]"), "{text}");
+    let c = Config::from_toml_str(&text, Path::new(CFG), env(&[]), &Overrides::default()).unwrap();
+    assert!(c.folders.is_empty());
+    assert!(c.mesh.peers.is_empty());
+    assert!(c.mesh.mdns);
+}
+
+// ------------------------------------------------------------ value types
+
+#[test]
+fn fleet_secret_debug_is_redacted() {
+    let s = FleetSecret::from_hex(SECRET).unwrap();
+    assert_eq!(format!("{s:?}"), "FleetSecret(<redacted>)");
+    let c = parse(&with_secret(""));
+    let dump = format!("{c:?} {c:#?}");
+    assert!(!dump.contains(SECRET), "secret leaked via Debug");
+    assert!(
+        !dump.contains("[1, 35, 69"),
+        "secret bytes leaked via Debug"
+    );
+}
+
+#[test]
+fn fleet_secret_hex() {
+    let s = FleetSecret::from_hex(&SECRET.to_uppercase()).unwrap();
+    assert_eq!(s.to_hex(), SECRET);
+    assert!(FleetSecret::from_hex("")
+        .unwrap_err()
+        .contains("found 0 chars"));
+    let err = FleetSecret::from_hex(&"g".repeat(64)).unwrap_err();
+    assert!(err.contains("non-hex") && !err.contains("ggg"), "{err}");
+}
+
+#[test]
+fn peer_addr_parse_and_display() {
+    let upper = format!("{}@127.0.0.1:7301", node_id(0xab).to_uppercase());
+    let p: PeerAddr = upper.parse().unwrap();
+    assert_eq!(p.id, [0xab; 32]);
+    assert_eq!(p.to_string(), format!("{}@127.0.0.1:7301", node_id(0xab)));
+    let v6: PeerAddr = format!("{}@[::1]:9", node_id(1)).parse().unwrap();
+    assert_eq!(v6.to_string().parse::<PeerAddr>().unwrap(), v6);
+
+    assert!("127.0.0.1:7301"
+        .parse::<PeerAddr>()
+        .unwrap_err()
+        .contains("'@'"));
+    assert!(format!("{}@127.0.0.1", node_id(1))
+        .parse::<PeerAddr>()
+        .unwrap_err()
+        .contains("address"));
+    assert!("ab@127.0.0.1:1"
+        .parse::<PeerAddr>()
+        .unwrap_err()
+        .contains("node id"));
+}
+
+#[test]
+fn folder_mode_capabilities_and_names() {
+    assert!(FolderMode::SendReceive.can_send() && FolderMode::SendReceive.can_receive());
+    assert!(FolderMode::SendOnly.can_send() && !FolderMode::SendOnly.can_receive());
+    assert!(!FolderMode::ReceiveOnly.can_send() && FolderMode::ReceiveOnly.can_receive());
+    for m in FolderMode::ALL {
+        assert_eq!(m.to_string().parse::<FolderMode>().unwrap(), m);
+    }
+    assert_eq!(FolderMode::SendOnly.to_string(), "send-only");
+    for w in WatchMode::ALL {
+        assert_eq!(w.to_string().parse::<WatchMode>().unwrap(), w);
+    }
+    for f in LogFormat::ALL {
+        assert_eq!(f.to_string().parse::<LogFormat>().unwrap(), f);
+    }
+}
+
+#[test]
+fn parse_duration_accepts_humantime() {
+    assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
+    assert_eq!(parse_duration(" 5s ").unwrap(), Duration::from_secs(5));
+    assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+    let e = parse_duration("5").unwrap_err();
+    assert!(e.contains("\"5\"") && e.contains("\"200ms\""), "{e}");
+}
+
+#[test]
+fn suggestions_only_for_near_misses() {
+    assert_eq!(
+        suggest("listn", ["listen", "mdns"].into_iter()),
+        Some("listen")
+    );
+    assert_eq!(suggest("zzzzzz", ["listen", "mdns"].into_iter()), None);
+}
+
+proptest! {
+    #[test]
+    // From ip + port: a V6 address's flowinfo is not part of its text form.
+    fn peer_addr_round_trips(id in any::<[u8; 32]>(), ip in any::<std::net::IpAddr>(), port in any::<u16>()) {
+        let p = PeerAddr { id, addr: SocketAddr::new(ip, port) };
+        prop_assert_eq!(p.to_string().parse::<PeerAddr>().unwrap(), p);
+    }
+
+    #[test]
+    fn fleet_secret_round_trips(bytes in any::<[u8; 32]>()) {
+        let s = FleetSecret(bytes);
+        prop_assert_eq!(FleetSecret::from_hex(&s.to_hex()).unwrap(), s);
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics_and_errors_are_one_line(text in "\\PC{0,200}") {
+        if let Err(e) = try_parse(&text) {
+            prop_assert!(!e.to_string().contains('\n'));
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! Stage 3: layered values → typed, defaulted, cross-checked [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::layer::{Layered, LayeredFolder, Origin, Sourced};
+use crate::types::{parse_duration, parse_node_id, Choices, FleetSecret, PeerAddr};
+use crate::{
+    AdminConfig, Config, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig, WatchMode,
+    DEFAULT_ADMIN_LISTEN, DEFAULT_MESH_LISTEN,
+};
+
+pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
+pub(crate) const DEFAULT_SETTLE: Duration = Duration::from_millis(200);
+pub(crate) const DEFAULT_RESCAN: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// Longer than this and a "settle" is really a sync outage.
+const MAX_SETTLE: Duration = Duration::from_secs(3600);
+/// A full rescan walks the whole tree; sub-second rescans just burn CPU.
+const MIN_RESCAN: Duration = Duration::from_secs(1);
+
+const MESH_LISTEN_FIX: &str =
+    "use <ip>:<port>, e.g. \"0.0.0.0:7300\" (all IPv4 interfaces) or \"[::]:7300\"";
+const ADMIN_LISTEN_FIX: &str = "use <ip>:<port> on a loopback address, e.g. \"127.0.0.1:7380\"";
+const SECRET_FIX: &str =
+    "use 64 hex chars (32 bytes), e.g. from `openssl rand -hex 32`, or run \"fleetsync init\"";
+const PEER_FIX: &str =
+    "write each peer as \"<64-hex node id>@<ip>:<port>\" (IPv6: \"<64-hex node id>@[::1]:7300\")";
+const NODE_ID_FIX: &str = "a node id is 64 hex chars (32 bytes), the node's public key";
+const DURATION_FIX: &str = "use a number with a unit, e.g. \"200ms\", \"5s\", \"1h\"";
+
+/// What validation needs to know about the file being loaded.
+pub(crate) struct Ctx {
+    /// How errors name the file: the path as the caller gave it.
+    pub file_label: String,
+    /// Absolute, lexically normalised.
+    pub config_path: PathBuf,
+    /// Base for relative paths written in the file.
+    pub config_dir: PathBuf,
+}
+
+impl Ctx {
+    fn err(
+        &self,
+        origin: &Origin,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        let path = match origin {
+            Origin::File(_) => self.file_label.as_str(),
+            Origin::Env(_) => "<env>",
+            Origin::Cli(_) => "<cli>",
+        };
+        ConfigError::invalid(path, origin.key(), problem, fix)
+    }
+
+    /// Error about entry `i` of a list value. The file has a key per entry
+    /// (`mesh.peers[2]`); env vars and flags don't, so the problem says which.
+    fn item_err(
+        &self,
+        origin: &Origin,
+        i: usize,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        match origin {
+            Origin::File(key) => self.err(&Origin::File(format!("{key}[{i}]")), problem, fix),
+            _ => self.err(origin, format!("entry {}: {}", i + 1, problem.into()), fix),
+        }
+    }
+
+    /// Make a path absolute. File values are relative to the config file's
+    /// directory (so a config keeps working whatever directory the daemon is
+    /// started from); env and CLI values are relative to the current
+    /// directory, as for any other command-line tool.
+    fn resolve(&self, p: &Sourced<PathBuf>) -> Result<PathBuf, ConfigError> {
+        if p.value.as_os_str().is_empty() {
+            return Err(self.err(&p.origin, "path is empty", "set a directory path"));
+        }
+        if p.value.is_absolute() {
+            return Ok(normalize(&p.value));
+        }
+        let base = match &p.origin {
+            Origin::File(_) => self.config_dir.clone(),
+            _ => std::env::current_dir().map_err(|e| {
+                self.err(
+                    &p.origin,
+                    format!("relative path but the current directory is unavailable: {e}"),
+                    "use an absolute path",
+                )
+            })?,
+        };
+        Ok(normalize(&base.join(&p.value)))
+    }
+}
+
+/// Lexical normalisation: drop `.`, fold `..`. No I/O, so it works for
+/// folders the daemon has yet to create.
+pub(crate) fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                // At the root `..` stays at the root, as the kernel does.
+                if out.file_name().is_some() {
+                    out.pop();
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
+    let data_dir = match &l.data_dir {
+        Some(d) => ctx.resolve(d)?,
+        None => ctx.config_dir.clone(),
+    };
+
+    let mesh = MeshConfig {
+        listen: listen_addr(
+            ctx,
+            l.mesh_listen.as_ref(),
+            DEFAULT_MESH_LISTEN,
+            MESH_LISTEN_FIX,
+        )?,
+        fleet_secret: fleet_secret(ctx, &l)?,
+        peers: peers(ctx, l.peers.as_ref())?,
+        mdns: l.mdns.as_ref().is_none_or(|m| m.value),
+        allow: allow(ctx, l.allow.as_ref())?,
+    };
+
+    let admin_listen = listen_addr(
+        ctx,
+        l.admin_listen.as_ref(),
+        DEFAULT_ADMIN_LISTEN,
+        ADMIN_LISTEN_FIX,
+    )?;
+    if !admin_listen.ip().is_loopback() {
+        let origin = l.admin_listen.as_ref().map(|s| &s.origin);
+        return Err(ctx.err(
+            origin.expect("the default admin address is loopback"),
+            format!(
+                "{admin_listen} is not a loopback address; the admin API is unauthenticated \
+                 and must only be reachable from this machine"
+            ),
+            format!("use a loopback address, e.g. \"{DEFAULT_ADMIN_LISTEN}\""),
+        ));
+    }
+
+    let log = LogConfig {
+        level: log_level(ctx, l.log_level.as_ref())?,
+        format: parse_enum(ctx, l.log_format.as_ref(), LogFormat::Human)?,
+    };
+
+    let mut folders: Vec<FolderConfig> = Vec::with_capacity(l.folders.len());
+    for (i, f) in l.folders.iter().enumerate() {
+        let folder = folder(ctx, i, f, &data_dir, &folders)?;
+        folders.push(folder);
+    }
+
+    Ok(Config {
+        config_path: Some(ctx.config_path.clone()),
+        data_dir,
+        mesh,
+        admin: AdminConfig {
+            listen: admin_listen,
+        },
+        log,
+        folders,
+    })
+}
+
+fn listen_addr(
+    ctx: &Ctx,
+    value: Option<&Sourced<String>>,
+    default: &str,
+    fix: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let Some(v) = value else {
+        return Ok(default.parse().expect("default listen address parses"));
+    };
+    v.value.trim().parse().map_err(|_| {
+        ctx.err(
+            &v.origin,
+            format!(
+                "{:?} is not an <ip>:<port> socket address (host names are not accepted)",
+                v.value
+            ),
+            fix,
+        )
+    })
+}
+
+fn fleet_secret(ctx: &Ctx, l: &Layered) -> Result<FleetSecret, ConfigError> {
+    for layer in &l.secret_layers {
+        if let (Some(inline), Some(_)) = (&layer.inline, &layer.file) {
+            return Err(ctx.err(
+                &inline.origin,
+                "both fleet_secret and fleet_secret_file are set",
+                "keep only one of them",
+            ));
+        }
+    }
+    let winner = l
+        .secret_layers
+        .iter()
+        .rev()
+        .find(|layer| layer.inline.is_some() || layer.file.is_some());
+    match winner {
+        Some(layer) => {
+            if let Some(inline) = &layer.inline {
+                // The error from from_hex names the length, never the value.
+                FleetSecret::from_hex(inline.value.trim()).map_err(|e| {
+                    ctx.err(
+                        &inline.origin,
+                        format!("invalid fleet secret: {e}"),
+                        SECRET_FIX,
+                    )
+                })
+            } else {
+                let file = layer.file.as_ref().expect("winning layer has a value");
+                let path = ctx.resolve(file)?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ctx.err(
+                        &file.origin,
+                        format!("cannot read secret file {}: {e}", path.display()),
+                        "point fleet_secret_file at a readable file holding 64 hex chars",
+                    )
+                })?;
+                FleetSecret::from_hex(text.trim()).map_err(|e| {
+                    ctx.err(
+                        &file.origin,
+                        format!("secret file {} is invalid: {e}", path.display()),
+                        SECRET_FIX,
+                    )
+                })
+            }
+        }
+        None => Err(ctx.err(
+            &Origin::File("mesh.fleet_secret".into()),
+            "no fleet secret configured (neither fleet_secret nor fleet_secret_file is set)",
+            "run \"fleetsync init\" or set fleet_secret = \"<64 hex chars>\" in [mesh] \
+             (or fleet_secret_file, or FLEETSYNC_MESH_FLEET_SECRET)",
+        )),
+    }
+}
+
+fn peers(ctx: &Ctx, value: Option<&Sourced<Vec<String>>>) -> Result<Vec<PeerAddr>, ConfigError> {
+    let Some(v) = value else {
+        return Ok(Vec::new());
+    };
+    v.value
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<PeerAddr>()
+                .map_err(|e| ctx.item_err(&v.origin, i, format!("invalid peer: {e}"), PEER_FIX))
+        })
+        .collect()
+}
+
+fn allow(
+    ctx: &Ctx,
+    value: Option<&Sourced<Vec<String>>>,
+) -> Result<Option<Vec<[u8; 32]>>, ConfigError> {
+    let Some(v) = value else { return Ok(None) };
+    v.value
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            parse_node_id(s.trim()).map_err(|e| {
+                ctx.item_err(&v.origin, i, format!("invalid node id: {e}"), NODE_ID_FIX)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn log_level(ctx: &Ctx, value: Option<&Sourced<String>>) -> Result<String, ConfigError> {
+    let Some(v) = value else {
+        return Ok(DEFAULT_LOG_LEVEL.to_string());
+    };
+    // The directive grammar belongs to tracing-subscriber, which parses it
+    // at startup; only catch what is certainly wrong here.
+    let level = v.value.trim();
+    if level.is_empty() || level.contains(char::is_whitespace) {
+        return Err(ctx.err(
+            &v.origin,
+            format!("{:?} is not a tracing filter directive", v.value),
+            "use e.g. \"info\", \"debug\" or \"info,fleetsync=debug\" (no spaces)",
+        ));
+    }
+    Ok(level.to_string())
+}
+
+fn parse_enum<T>(ctx: &Ctx, value: Option<&Sourced<String>>, default: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr<Err = String> + Choices,
+{
+    let Some(v) = value else { return Ok(default) };
+    v.value
+        .trim()
+        .parse::<T>()
+        .map_err(|e| ctx.err(&v.origin, e, format!("use one of {}", T::choices())))
+}
+
+fn duration<'a>(
+    ctx: &Ctx,
+    value: Option<&'a Sourced<String>>,
+    default: Duration,
+) -> Result<(Duration, Option<&'a Origin>), ConfigError> {
+    let Some(v) = value else {
+        return Ok((default, None));
+    };
+    let d = parse_duration(&v.value).map_err(|_| {
+        ctx.err(
+            &v.origin,
+            format!("{:?} is not a duration", v.value),
+            DURATION_FIX,
+        )
+    })?;
+    Ok((d, Some(&v.origin)))
+}
+
+fn folder(
+    ctx: &Ctx,
+    i: usize,
+    f: &LayeredFolder,
+    data_dir: &Path,
+    earlier: &[FolderConfig],
+) -> Result<FolderConfig, ConfigError> {
+    let key = |k: &str| Origin::File(format!("folders[{i}].{k}"));
+
+    let Some(id) = &f.id else {
+        return Err(ctx.err(
+            &key("id"),
+            "missing folder id",
+            "add id = \"<name>\" (1-64 chars of A-Z a-z 0-9 . _ -), the same on every node",
+        ));
+    };
+    let id_ok = (1..=64).contains(&id.value.chars().count())
+        && id
+            .value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !id_ok {
+        return Err(ctx.err(
+            &id.origin,
+            format!("invalid folder id {:?}", id.value),
+            "use 1-64 chars of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    if let Some((j, _)) = earlier.iter().enumerate().find(|(_, e)| e.id == id.value) {
+        return Err(ctx.err(
+            &id.origin,
+            format!(
+                "duplicate folder id {:?} (already used by folders[{j}])",
+                id.value
+            ),
+            "give each folder a unique id",
+        ));
+    }
+
+    let Some(path_src) = &f.path else {
+        return Err(ctx.err(
+            &key("path"),
+            format!("folder {:?} has no path", id.value),
+            "add path = \"/absolute/dir\" (relative paths are taken from the config file's directory)",
+        ));
+    };
+    let path = ctx.resolve(path_src)?;
+    if path.parent().is_none() {
+        return Err(ctx.err(
+            &path_src.origin,
+            "the filesystem root cannot be a synced folder",
+            "point path at a dedicated directory",
+        ));
+    }
+    if let Some(rel) = relation(&path, data_dir) {
+        let problem = match rel {
+            Relation::Same => format!("folder path {} is the data_dir", path.display()),
+            Relation::Inside => format!(
+                "folder path {} is inside data_dir {}",
+                path.display(),
+                data_dir.display()
+            ),
+            Relation::Contains => format!(
+                "data_dir {} is inside folder path {}",
+                data_dir.display(),
+                path.display()
+            ),
+        };
+        return Err(ctx.err(
+            &path_src.origin,
+            format!("{problem}; the daemon's own files would be synced"),
+            "move the folder or set data_dir elsewhere",
+        ));
+    }
+    for (j, other) in earlier.iter().enumerate() {
+        if let Some(rel) = relation(&path, &other.path) {
+            let how = match rel {
+                Relation::Same => "is the same directory as",
+                Relation::Inside => "is inside",
+                Relation::Contains => "contains",
+            };
+            return Err(ctx.err(
+                &path_src.origin,
+                format!(
+                    "folder {:?} path {} {how} folders[{j}] ({:?}) path {}",
+                    id.value,
+                    path.display(),
+                    other.id,
+                    other.path.display()
+                ),
+                "folders must not overlap: give each its own directory tree",
+            ));
+        }
+    }
+
+    let mode = parse_enum(ctx, f.mode.as_ref(), FolderMode::SendReceive)?;
+
+    let (settle, settle_origin) = duration(ctx, f.settle.as_ref(), DEFAULT_SETTLE)?;
+    if let Some(origin) = settle_origin.filter(|_| settle > MAX_SETTLE) {
+        return Err(ctx.err(
+            origin,
+            format!(
+                "settle {} is longer than 1h",
+                humantime::format_duration(settle)
+            ),
+            "use a settle of at most \"1h\"; it is the quiet time before a change is synced, \
+             typically \"200ms\"-\"5s\"",
+        ));
+    }
+    let (rescan, rescan_origin) = duration(ctx, f.rescan.as_ref(), DEFAULT_RESCAN)?;
+    if let Some(origin) = rescan_origin.filter(|_| rescan < MIN_RESCAN) {
+        return Err(ctx.err(
+            origin,
+            format!(
+                "rescan {} is shorter than 1s",
+                humantime::format_duration(rescan)
+            ),
+            "use a rescan of at least \"1s\" (full rescans are a safety net; default \"1h\")",
+        ));
+    }
+    let watch = parse_enum(ctx, f.watch.as_ref(), WatchMode::Notify)?;
+    let (poll_interval, poll_origin) =
+        duration(ctx, f.poll_interval.as_ref(), DEFAULT_POLL_INTERVAL)?;
+    if let Some(origin) = poll_origin.filter(|_| poll_interval.is_zero()) {
+        return Err(ctx.err(
+            origin,
+            "poll_interval is 0, which would rescan in a busy loop",
+            "use a positive interval, e.g. \"2s\"",
+        ));
+    }
+
+    Ok(FolderConfig {
+        id: id.value.clone(),
+        path,
+        mode,
+        settle,
+        rescan,
+        watch,
+        poll_interval,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relation {
+    Same,
+    /// The first path is inside the second.
+    Inside,
+    /// The first path contains the second.
+    Contains,
+}
+
+/// How two absolute, normalised paths overlap, if they do. Lexical first;
+/// when both exist the canonical paths are compared too, so a symlink cannot
+/// smuggle a folder into data_dir (or into another folder).
+fn relation(a: &Path, b: &Path) -> Option<Relation> {
+    lexical_relation(a, b).or_else(|| {
+        let (ca, cb) = (a.canonicalize().ok()?, b.canonicalize().ok()?);
+        lexical_relation(&ca, &cb)
+    })
+}
+
+fn lexical_relation(a: &Path, b: &Path) -> Option<Relation> {
+    if a == b {
+        Some(Relation::Same)
+    } else if a.starts_with(b) {
+        Some(Relation::Inside)
+    } else if b.starts_with(a) {
+        Some(Relation::Contains)
+    } else {
+        None
+    }
+}

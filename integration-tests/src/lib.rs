@@ -1,0 +1,563 @@
+//! Helpers for multi-node tests: real `fleetsync run` processes on
+//! 127.0.0.1, each with its own temp data dir and folder, mDNS off, static
+//! peers. Every process a test starts is stopped when its [`Node`] drops.
+//!
+//! - [`bin`] finds (or builds) the `fleetsync` binary of this workspace.
+//! - [`Cluster::start`] creates N nodes linked by a [`Topology`], starts
+//!   them and waits until every link is up.
+//! - [`wait_until`] polls a condition every few ms until a deadline; tests
+//!   never sleep for a fixed time.
+//! - [`tree`] snapshots a folder (kind, content hash, exec bit, link
+//!   target) for convergence checks.
+
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    net::{SocketAddr, TcpListener, UdpSocket},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// Default time a test waits for a condition.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The `fleetsync` binary: next to this test executable's target dir
+/// (`cargo test --workspace` builds it), else built once with cargo.
+pub fn bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("FLEETSYNC_TEST_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("test exe path");
+        // target/<profile>/deps/<test> → target/<profile>/fleetsync
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        let candidate = profile_dir.join("fleetsync");
+        // `cargo test --workspace` builds it (the fleetsync package has
+        // integration tests of its own); running this crate alone may not.
+        if !candidate.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "fleetsync", "--bin", "fleetsync"])
+                .env(
+                    "CARGO_TARGET_DIR",
+                    profile_dir.parent().expect("target root"),
+                )
+                .status();
+            assert!(
+                matches!(status, Ok(s) if s.success()),
+                "could not build the fleetsync binary: {status:?}"
+            );
+        }
+        assert!(
+            candidate.exists(),
+            "no fleetsync binary at {}",
+            candidate.display()
+        );
+        candidate
+    })
+    .clone()
+}
+
+/// Poll `f` every 10 ms until it holds or `timeout` passes (then panic
+/// with `what`).
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).unwrap();
+    b
+}
+
+/// Deterministic pseudo-random content (fast; for big files).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Write `len` bytes of pseudo-random data in chunks (never all in memory).
+pub fn write_big(path: &Path, len: u64, seed: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let chunk = 4 << 20;
+    let mut left = len;
+    let mut i = 0;
+    while left > 0 {
+        let n = left.min(chunk as u64) as usize;
+        f.write_all(&pseudo_random(n, seed ^ i)).unwrap();
+        left -= n as u64;
+        i += 1;
+    }
+    f.flush().unwrap();
+}
+
+pub fn hash_file(path: &Path) -> Option<String> {
+    let mut h = blake3::Hasher::new();
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Some(h.finalize().to_hex().to_string())
+}
+
+/// What a folder looks like, for comparing nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Dir,
+    File { hash: String, exec: bool },
+    Link(String),
+}
+
+/// Snapshot of a folder tree (excluding `.fleetsync/`).
+pub fn tree(root: &Path) -> BTreeMap<String, Item> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Item>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            if rel == ".fleetsync" || rel == ".fleetsyncignore" {
+                continue;
+            }
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.file_type().is_symlink() {
+                let t = std::fs::read_link(&p)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                out.insert(rel, Item::Link(t));
+            } else if md.is_dir() {
+                out.insert(rel, Item::Dir);
+                walk(root, &p, out);
+            } else if md.is_file() {
+                out.insert(
+                    rel,
+                    Item::File {
+                        hash: hash_file(&p).unwrap_or_default(),
+                        exec: md.permissions().mode() & 0o111 != 0,
+                    },
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// One folder of a node.
+#[derive(Debug, Clone)]
+pub struct FolderSpec {
+    pub id: String,
+    pub mode: String,
+    pub settle: String,
+}
+
+impl FolderSpec {
+    pub fn new(id: &str) -> Self {
+        FolderSpec {
+            id: id.into(),
+            mode: "send-receive".into(),
+            settle: "100ms".into(),
+        }
+    }
+
+    pub fn mode(mut self, m: &str) -> Self {
+        self.mode = m.into();
+        self
+    }
+
+    pub fn settle(mut self, s: &str) -> Self {
+        self.settle = s.into();
+        self
+    }
+}
+
+/// A fleetsync process under test.
+pub struct Node {
+    pub name: String,
+    pub root: PathBuf,
+    pub data: PathBuf,
+    pub config: PathBuf,
+    pub udp: SocketAddr,
+    pub admin: SocketAddr,
+    pub id: [u8; 32],
+    pub secret: [u8; 32],
+    pub folders: Vec<FolderSpec>,
+    pub peers: Vec<(String, [u8; 32], SocketAddr)>,
+    /// Extra lines appended to the config (e.g. `allow = [...]` in [mesh]).
+    pub mesh_extra: String,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Node {
+    /// Create a node's directories and identity (not started).
+    pub fn new(base: &Path, name: &str, secret: [u8; 32], folders: Vec<FolderSpec>) -> Node {
+        let root = base.join(name);
+        let data = root.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        for f in &folders {
+            std::fs::create_dir_all(root.join(format!("folder-{}", f.id))).unwrap();
+        }
+        let out = Command::new(bin())
+            .args(["id", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("run fleetsync id");
+        assert!(out.status.success(), "fleetsync id failed: {out:?}");
+        let id_hex = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let id: [u8; 32] = hex::decode(&id_hex).unwrap().try_into().unwrap();
+        Node {
+            name: name.into(),
+            config: data.join("fleetsync.toml"),
+            root,
+            data,
+            udp: free_udp(),
+            admin: free_tcp(),
+            id,
+            secret,
+            folders,
+            peers: vec![],
+            mesh_extra: String::new(),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+
+    pub fn folder(&self, id: &str) -> PathBuf {
+        self.root.join(format!("folder-{id}"))
+    }
+
+    /// Path inside the first folder.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.folder(&self.folders[0].id).join(rel)
+    }
+
+    pub fn link_to(&mut self, other: &Node) {
+        self.peers.push((other.name.clone(), other.id, other.udp));
+    }
+
+    pub fn write_config(&self) {
+        let mut t = String::new();
+        t.push_str(&format!("data_dir = {:?}\n\n[mesh]\nlisten = \"{}\"\nfleet_secret = \"{}\"\nmdns = false\npeers = [", self.data, self.udp, hex::encode(self.secret)));
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|(_, id, a)| format!("\"{}@{}\"", hex::encode(id), a))
+            .collect();
+        t.push_str(&peers.join(", "));
+        t.push_str("]\n");
+        t.push_str(&self.mesh_extra);
+        t.push_str(&format!(
+            "\n[admin]\nlisten = \"{}\"\n\n[log]\nlevel = \"debug\"\n",
+            self.admin
+        ));
+        for f in &self.folders {
+            t.push_str(&format!(
+                "\n[[folders]]\nid = \"{}\"\npath = {:?}\nmode = \"{}\"\nsettle = \"{}\"\nrescan = \"1h\"\n",
+                f.id,
+                self.folder(&f.id),
+                f.mode,
+                f.settle
+            ));
+        }
+        std::fs::write(&self.config, t).unwrap();
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join(format!("node-{}.log", self.starts))
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        self.write_config();
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let mut cmd = Command::new(bin());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("FLEETSYNC_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start fleetsync");
+        self.child = Some(child);
+        let admin = self.admin;
+        let name = self.name.clone();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{name}'s admin API"),
+            || {
+                self.poll_exit();
+                get(admin, "/health").is_some() || get(admin, "/status").is_some()
+            },
+        );
+    }
+
+    fn poll_exit(&mut self) {
+        if let Some(c) = &mut self.child {
+            if let Ok(Some(st)) = c.try_wait() {
+                panic!(
+                    "{} exited early with {st}:\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().map(|s| s.is_none()).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit status.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    /// SIGKILL: the crash case.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn status(&self) -> Option<Value> {
+        get(self.admin, "/status").and_then(|b| serde_json::from_str(&b).ok())
+    }
+
+    pub fn folder_status(&self, id: &str) -> Option<Value> {
+        let st = self.status()?;
+        st["folders"]
+            .as_array()?
+            .iter()
+            .find(|f| f["id"] == id)
+            .cloned()
+    }
+
+    pub fn connected_peers(&self) -> usize {
+        self.status()
+            .and_then(|s| {
+                s["peers"]
+                    .as_array()
+                    .map(|p| p.iter().filter(|p| p["connected"] == true).count())
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn log(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=self.starts {
+            out.push_str(
+                &std::fs::read_to_string(self.root.join(format!("node-{i}.log")))
+                    .unwrap_or_default(),
+            );
+        }
+        out
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Minimal HTTP GET against a node's admin API.
+pub fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return None;
+    }
+    Some(body.to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// Everyone knows everyone.
+    Full,
+    /// 0 – 1 – 2 – …: each knows only its neighbours.
+    Chain,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// `n` nodes sharing a secret, each with the given folders.
+    pub fn new(n: usize, topo: Topology, folders: impl Fn(usize) -> Vec<FolderSpec>) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("fleetsync-it-")
+            .tempdir()
+            .unwrap();
+        let secret = random_bytes::<32>();
+        let mut nodes: Vec<Node> = (0..n)
+            .map(|i| Node::new(dir.path(), &format!("n{i}"), secret, folders(i)))
+            .collect();
+        for i in 0..n {
+            for j in 0..n {
+                let linked = match topo {
+                    Topology::Full => i != j,
+                    Topology::Chain => i.abs_diff(j) == 1,
+                };
+                if linked {
+                    let other = (nodes[j].name.clone(), nodes[j].id, nodes[j].udp);
+                    nodes[i].peers.push(other);
+                }
+            }
+        }
+        Cluster { dir, nodes }
+    }
+
+    /// Start every node and wait until each has all its links up.
+    pub fn start(n: usize, topo: Topology, folders: impl Fn(usize) -> Vec<FolderSpec>) -> Cluster {
+        let mut c = Cluster::new(n, topo, folders);
+        for node in &mut c.nodes {
+            node.start();
+        }
+        c.wait_connected();
+        c
+    }
+
+    pub fn wait_connected(&self) {
+        for node in &self.nodes {
+            let want = node.peers.len();
+            wait_until(
+                DEADLINE,
+                &format!("{} to connect to {want} peers", node.name),
+                || node.connected_peers() >= want,
+            );
+        }
+    }
+
+    /// Wait until every node's first folder has the same tree, and return it.
+    pub fn wait_converged(&self, what: &str) -> BTreeMap<String, Item> {
+        let mut last = BTreeMap::new();
+        wait_until(DEADLINE, what, || {
+            let trees: Vec<_> = self.nodes.iter().map(|n| tree(&n.path(""))).collect();
+            let same = trees.windows(2).all(|w| w[0] == w[1]);
+            last = trees[0].clone();
+            same
+        });
+        last
+    }
+}
+
+/// Panic message helper: every node's log tail.
+pub fn dump_logs(nodes: &[&Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("--- {} ---\n{}", n.name, n.log_tail(60)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Drop for Cluster {
+    /// On a failing test, show what the nodes said (the temp dir is about
+    /// to go); `FLEETSYNC_IT_KEEP=1` keeps the whole directory instead.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let nodes: Vec<&Node> = self.nodes.iter().collect();
+            eprintln!("{}", dump_logs(&nodes));
+        }
+        if std::env::var_os("FLEETSYNC_IT_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("kept {}", dir.keep().display());
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The one gate every incoming and outgoing connection passes (an iroh
+//! endpoint hook, so it covers every ALPN):
+//!
+//! - control protocol: anyone may connect, but only to run the membership
+//!   handshake (bounded in time and bytes by [`crate::auth`]);
+//! - blobs: only peers that proved fleet membership in this process;
+//! - anything else, or a node outside the optional allowlist: refused.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, RwLock},
+};
+
+use iroh::{
+    endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, VarInt},
+    EndpointId,
+};
+use tracing::warn;
+
+use crate::proto::{BLOBS_ALPN, CTRL_ALPN};
+
+/// QUIC close code for "not a fleet member / not allowed".
+pub const CLOSE_FORBIDDEN: u32 = 403;
+
+#[derive(Debug, Default)]
+struct State {
+    members: RwLock<HashSet<EndpointId>>,
+    allow: Option<HashSet<EndpointId>>,
+}
+
+/// Shared, cheap to clone: the mesh admits members, the hook reads.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<State>);
+
+impl Gate {
+    pub fn new(allow: Option<Vec<EndpointId>>) -> Self {
+        Gate(Arc::new(State {
+            members: RwLock::new(HashSet::new()),
+            allow: allow.map(|a| a.into_iter().collect()),
+        }))
+    }
+
+    /// Whether the allowlist (if any) lets this node in at all.
+    pub fn allowed(&self, id: &EndpointId) -> bool {
+        self.0.allow.as_ref().is_none_or(|a| a.contains(id))
+    }
+
+    /// Record a proven member. Membership lasts for the life of the
+    /// process: the proof cannot be revoked without changing the secret,
+    /// which means a restart.
+    pub fn admit(&self, id: EndpointId) {
+        self.0.members.write().expect("gate lock").insert(id);
+    }
+
+    pub fn is_member(&self, id: &EndpointId) -> bool {
+        self.0.members.read().expect("gate lock").contains(id)
+    }
+
+    fn decide(&self, alpn: &[u8], remote: &EndpointId) -> Result<(), &'static str> {
+        if !self.allowed(remote) {
+            return Err("not in this node's allowlist");
+        }
+        if alpn == CTRL_ALPN {
+            Ok(())
+        } else if alpn == BLOBS_ALPN {
+            if self.is_member(remote) {
+                Ok(())
+            } else {
+                Err("blob access requires proven fleet membership")
+            }
+        } else {
+            Err("unknown protocol")
+        }
+    }
+}
+
+impl EndpointHooks for Gate {
+    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        let remote = conn.remote_id();
+        match self.decide(conn.alpn(), &remote) {
+            Ok(()) => AfterHandshakeOutcome::Accept,
+            Err(reason) => {
+                warn!(
+                    peer = %remote.fmt_short(),
+                    alpn = %String::from_utf8_lossy(conn.alpn()),
+                    "rejected connection: {reason}"
+                );
+                AfterHandshakeOutcome::Reject {
+                    error_code: VarInt::from_u32(CLOSE_FORBIDDEN),
+                    reason: reason.as_bytes().to_vec(),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iroh::SecretKey;
+
+    #[test]
+    fn strangers_get_the_handshake_only() {
+        let g = Gate::new(None);
+        let x = SecretKey::generate().public();
+        assert!(g.decide(CTRL_ALPN, &x).is_ok());
+        assert!(g.decide(BLOBS_ALPN, &x).is_err());
+        assert!(g.decide(b"other", &x).is_err());
+        g.admit(x);
+        assert!(g.decide(BLOBS_ALPN, &x).is_ok());
+    }
+
+    #[test]
+    fn allowlist_narrows_everything() {
+        let ok = SecretKey::generate().public();
+        let no = SecretKey::generate().public();
+        let g = Gate::new(Some(vec![ok]));
+        g.admit(no);
+        assert!(g.decide(CTRL_ALPN, &no).is_err());
+        assert!(g.decide(BLOBS_ALPN, &no).is_err());
+        assert!(g.decide(CTRL_ALPN, &ok).is_ok());
+    }
+}

@@ -1,0 +1,37 @@
+//! fleetsync's network side.
+//!
+//! ```text
+//!              ┌──────────────── Mesh (net) ─────────────────┐
+//!  peers ◄───► │ iroh Endpoint ─► Gate (endpoint hook, every │
+//!              │   ALPN)            connection passes it)    │
+//!              │ Router ─┬─ CTRL_ALPN → handshake (auth) ────►│─► MeshEvent::Up(PeerSession)
+//!              │         └─ BLOBS_ALPN → iroh-blobs (FsStore) │
+//!              │ dial loop: known peers, backoff, dedupe      │
+//!              └──────────────────────────────────────────────┘
+//! ```
+//!
+//! - [`model`]: the data model shared by the wire and the index
+//!   ([`FileEntry`](model::FileEntry), [`VersionVector`](model::VersionVector))
+//!   and the validation that keeps hostile paths out.
+//! - [`codec`]: length-prefixed, size-capped postcard frames (zstd when large).
+//! - [`proto`]: ALPN, protocol version, handshake and index-stream messages.
+//! - [`auth`]: the mutual fleet-secret proof run on every control connection.
+//! - [`gate`]: access control for all protocols.
+//! - [`identity`]: the node key on disk.
+//! - [`net`]: [`Mesh`], which ties the above together and owns the blob store.
+//!
+//! The mesh knows nothing about folders: the actors open index streams on a
+//! [`PeerSession`]'s connection and fetch content with [`Mesh::fetch_blob`].
+
+pub mod auth;
+pub mod codec;
+pub mod gate;
+pub mod identity;
+pub mod model;
+pub mod net;
+pub mod proto;
+
+pub use iroh;
+pub use iroh::{EndpointId, SecretKey};
+pub use iroh_blobs::Hash;
+pub use net::{FetchError, Mesh, MeshError, MeshEvent, MeshOptions, PeerSession, PeerStatus};

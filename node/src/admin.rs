@@ -1,0 +1,346 @@
+//! Local admin API (loopback only; the config refuses anything else):
+//!
+//! | route                          | answer                                  |
+//! |--------------------------------|-----------------------------------------|
+//! | `GET /status`                  | JSON [`NodeStatus`]                     |
+//! | `GET /health`                  | 200 `ok` / 503 `unhealthy`              |
+//! | `GET /metrics`                 | Prometheus text                         |
+//! | `GET /history?folder=&path=`   | JSON list of history events             |
+//!
+//! Plus the plain-text rendering `fleetsync status` / `history` print.
+
+use std::{collections::HashMap, fmt::Write as _, net::SocketAddr};
+
+use axum::{
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use fleetsync_actors::{
+    rt,
+    status::{snapshot, NodeStatus},
+    NodeHandle,
+};
+use serde::Serialize;
+
+pub async fn serve(
+    addr: SocketAddr,
+    node: NodeHandle,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "admin API cannot listen on {addr}: {e} (set admin.listen to a free 127.0.0.1 port)"
+        )
+    })?;
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/history", get(history))
+        .with_state(node);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("admin API stopped: {e}");
+        }
+    }))
+}
+
+async fn status(State(node): State<NodeHandle>) -> Json<NodeStatus> {
+    Json(snapshot(&node).await)
+}
+
+async fn health(State(node): State<NodeHandle>) -> Response {
+    if node.healthy() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n").into_response()
+    }
+}
+
+async fn metrics(State(node): State<NodeHandle>) -> Response {
+    let st = snapshot(&node).await;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, rows: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    gauge(
+        "fleetsync_healthy",
+        "1 if every actor answers its ping.",
+        vec![(String::new(), st.healthy as u8 as f64)],
+    );
+    gauge(
+        "fleetsync_peers_connected",
+        "Peers with a live authenticated session.",
+        vec![(
+            String::new(),
+            st.peers.iter().filter(|p| p.connected).count() as f64,
+        )],
+    );
+    gauge(
+        "fleetsync_peers_known",
+        "Peers this node knows of.",
+        vec![(String::new(), st.peers.len() as f64)],
+    );
+    let per = |f: &dyn Fn(&fleetsync_actors::status::FolderInfo) -> f64| {
+        st.folders
+            .iter()
+            .map(|x| (format!("{{folder=\"{}\"}}", x.id), f(x)))
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        "fleetsync_folder_files",
+        "Files in the folder index.",
+        per(&|f| f.files as f64),
+    );
+    gauge(
+        "fleetsync_folder_bytes",
+        "Bytes of those files.",
+        per(&|f| f.bytes as f64),
+    );
+    gauge(
+        "fleetsync_folder_pending",
+        "Remote changes not yet applied.",
+        per(&|f| f.pending as f64),
+    );
+    gauge(
+        "fleetsync_folder_in_sync",
+        "1 if nothing is pending and peers sent all.",
+        per(&|f| f.in_sync as u8 as f64),
+    );
+    gauge(
+        "fleetsync_folder_conflicts_total",
+        "Conflict copies made.",
+        per(&|f| f.conflicts as f64),
+    );
+    gauge(
+        "fleetsync_folder_rejected_total",
+        "Entries or frames rejected from peers.",
+        per(&|f| f.rejected as f64),
+    );
+    gauge(
+        "fleetsync_folder_files_received_total",
+        "Files written from peers.",
+        per(&|f| f.files_received as f64),
+    );
+    gauge(
+        "fleetsync_folder_bytes_received_total",
+        "Bytes fetched from peers.",
+        per(&|f| f.bytes_received as f64),
+    );
+    gauge(
+        "fleetsync_folder_transfers",
+        "Transfers in progress.",
+        per(&|f| f.transfers.len() as f64),
+    );
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[derive(Serialize)]
+struct HistoryRow {
+    seq: u64,
+    modified_by: String,
+    mtime_ns: i64,
+    hash: Option<String>,
+    deleted: bool,
+    size: u64,
+    recorded_ns: i64,
+    applied_from: Option<String>,
+    note: String,
+}
+
+async fn history(
+    State(node): State<NodeHandle>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (Some(folder), Some(path)) = (q.get("folder").cloned(), q.get("path").cloned()) else {
+        return (StatusCode::BAD_REQUEST, "need ?folder=ID&path=PATH\n").into_response();
+    };
+    if !node.folders.contains_key(&folder) {
+        return (StatusCode::NOT_FOUND, format!("no folder {folder:?}\n")).into_response();
+    }
+    let index = node.index.clone();
+    let rows = rt::blocking(move || index.history(&folder, &path)).await;
+    match rows {
+        Ok(Ok(rows)) => Json(
+            rows.into_iter()
+                .map(|e| HistoryRow {
+                    seq: e.seq,
+                    modified_by: e.modified_by.to_string(),
+                    mtime_ns: e.mtime_ns,
+                    hash: e.hash.map(hex::encode),
+                    deleted: e.deleted,
+                    size: e.size,
+                    recorded_ns: e.recorded_ns,
+                    applied_from: e.applied_from.map(|s| s.to_string()),
+                    note: e.note,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// `fleetsync status` text.
+pub fn render_status(v: &serde_json::Value) -> String {
+    let mut o = String::new();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let _ = writeln!(
+        o,
+        "node {} ({}){}",
+        s(&v["short_id"]),
+        s(&v["id"]),
+        if v["healthy"].as_bool() == Some(false) {
+            "  UNHEALTHY: an actor is not answering"
+        } else {
+            ""
+        }
+    );
+    let peers = v["peers"].as_array().cloned().unwrap_or_default();
+    let up = peers
+        .iter()
+        .filter(|p| p["connected"].as_bool() == Some(true))
+        .count();
+    let _ = writeln!(o, "peers: {up} connected of {}", peers.len());
+    for p in &peers {
+        let c = p["connected"].as_bool() == Some(true);
+        let addrs: Vec<String> = p["addrs"]
+            .as_array()
+            .map(|a| a.iter().map(s).collect())
+            .unwrap_or_default();
+        let mut line = format!(
+            "  {} {}  {}",
+            if c { "●" } else { "○" },
+            s(&p["short_id"]),
+            addrs.join(",")
+        );
+        if let Some(rtt) = p["rtt_ms"].as_f64() {
+            let _ = write!(line, "  rtt {rtt:.1} ms");
+        }
+        if !c {
+            if let Some(e) = p["last_error"].as_str() {
+                let _ = write!(line, "  ({e})");
+            }
+        }
+        let _ = writeln!(o, "{line}");
+    }
+    let folders = v["folders"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(o, "folders: {}", folders.len());
+    for f in &folders {
+        let sync = if f["in_sync"].as_bool() == Some(true) {
+            "in sync".to_string()
+        } else if u(&f["pending"]) > 0 {
+            format!("{} pending", u(&f["pending"]))
+        } else {
+            s(&f["state"])
+        };
+        let _ = writeln!(
+            o,
+            "  {} [{}] {}  {} files, {}  {}",
+            s(&f["id"]),
+            s(&f["mode"]),
+            s(&f["path"]),
+            u(&f["files"]),
+            human_bytes(u(&f["bytes"])),
+            sync
+        );
+        if let Some(e) = f["error"].as_str() {
+            let _ = writeln!(o, "    ERROR: {e}");
+        }
+        for t in f["transfers"].as_array().cloned().unwrap_or_default() {
+            let done = u(&t["bytes_done"]);
+            let total = u(&t["bytes_total"]).max(1);
+            let _ = writeln!(
+                o,
+                "    ↓ {} from {}: {} / {} ({:.0}%)",
+                s(&t["path"]),
+                s(&t["peer"]),
+                human_bytes(done),
+                human_bytes(total),
+                done as f64 * 100.0 / total as f64
+            );
+        }
+        if u(&f["conflicts"]) > 0 {
+            let _ = writeln!(o, "    conflicts resolved: {}", u(&f["conflicts"]));
+        }
+        if u(&f["rejected"]) > 0 {
+            let _ = writeln!(
+                o,
+                "    rejected from peers: {} (see the log)",
+                u(&f["rejected"])
+            );
+        }
+        if let Some(e) = f["last_error"].as_str() {
+            let _ = writeln!(o, "    last error: {e}");
+        }
+    }
+    o
+}
+
+/// `fleetsync history` text.
+pub fn render_history(v: &serde_json::Value) -> String {
+    let mut o = String::new();
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        o.push_str("no history for this path\n");
+    }
+    for r in rows {
+        let when = r["recorded_ns"].as_i64().unwrap_or(0) / 1_000_000_000;
+        let what = if r["deleted"].as_bool() == Some(true) {
+            "deleted".to_string()
+        } else {
+            format!(
+                "{} ({} bytes)",
+                r["hash"]
+                    .as_str()
+                    .map(|h| &h[..h.len().min(16)])
+                    .unwrap_or("-"),
+                r["size"].as_u64().unwrap_or(0)
+            )
+        };
+        let _ = writeln!(
+            o,
+            "seq {:>6}  t={}  by {}  {}  {}",
+            r["seq"].as_u64().unwrap_or(0),
+            when,
+            r["modified_by"].as_str().unwrap_or("?"),
+            what,
+            r["note"].as_str().unwrap_or("")
+        );
+    }
+    o
+}

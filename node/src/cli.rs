@@ -1,0 +1,352 @@
+//! The command line. Every subcommand returns an exit code:
+//! 0 ok, 1 failure, 2 usage, 3 bad config, 4 node not reachable,
+//! 70 the node gave up after repeated actor crashes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use fleetsync_config::{
+    flag, render_init_config, Config, ConfigError, FleetSecret, InitParams, Overrides, PeerAddr,
+    CONFIG_FILE_NAME, DEFAULT_ADMIN_LISTEN, DEFAULT_MESH_LISTEN,
+};
+
+use crate::{client, daemon, demo};
+
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_CONFIG: i32 = 3;
+pub const EXIT_UNREACHABLE: i32 = 4;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleetsync",
+    version,
+    about = "Keep folders identical across a fleet of machines over a peer-to-peer iroh mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create the node identity and a config file with a fresh fleet secret.
+    Init(InitArgs),
+    /// Print this node's id (creating the identity if missing).
+    Id(Where),
+    /// Run the node in the foreground until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Show peers, folders and transfers of the running node.
+    Status {
+        #[command(flatten)]
+        at: Where,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the audit trail of one file: who changed it, when, to what.
+    History {
+        #[command(flatten)]
+        at: Where,
+        /// Folder id.
+        #[arg(long)]
+        folder: String,
+        /// Path inside the folder.
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a local 3-node cluster in temp dirs and show files syncing.
+    Demo {
+        /// Keep the cluster running until Ctrl-C instead of exiting.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+/// Which node: a config file, or a data directory holding fleetsync.toml.
+#[derive(Debug, Args, Clone)]
+struct Where {
+    /// Config file (default: $FLEETSYNC_CONFIG, or <data-dir>/fleetsync.toml).
+    #[arg(long, short = 'c', env = "FLEETSYNC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (identity, index, blob store; holds fleetsync.toml).
+    #[arg(long = "data-dir", short = 'd')]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Data directory to create.
+    #[arg(long = "data-dir", short = 'd')]
+    data_dir: PathBuf,
+    /// Folder to sync (repeatable); its id is the directory name.
+    #[arg(long)]
+    folder: Vec<PathBuf>,
+    /// Join an existing fleet: its secret (64 hex chars). Default: a new random one.
+    #[arg(long = "fleet-secret")]
+    fleet_secret: Option<String>,
+    /// QUIC listen address.
+    #[arg(long, default_value = DEFAULT_MESH_LISTEN)]
+    listen: String,
+    /// Local admin API address.
+    #[arg(long = "admin-listen", default_value = DEFAULT_ADMIN_LISTEN)]
+    admin_listen: String,
+    /// Static peer <node-id>@<ip>:<port> (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Disable LAN discovery in the generated config.
+    #[arg(long = "no-mdns")]
+    no_mdns: bool,
+    /// Overwrite an existing config file.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    at: Where,
+    /// Override mesh.listen.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Override admin.listen.
+    #[arg(long = "admin-listen")]
+    admin_listen: Option<String>,
+    /// Override mesh.peers (repeatable; replaces the configured list).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Override mesh.mdns (true/false).
+    #[arg(long)]
+    mdns: Option<bool>,
+    /// Override log.level (e.g. info, debug, fleetsync=debug).
+    #[arg(long = "log-level")]
+    log_level: Option<String>,
+    /// Override log.format (human/json).
+    #[arg(long = "log-format")]
+    log_format: Option<String>,
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let res = match cli.cmd {
+        Cmd::Init(a) => init(a),
+        Cmd::Id(w) => id(w),
+        Cmd::Run(a) => run(a),
+        Cmd::Status { at, json } => status(at, json),
+        Cmd::History {
+            at,
+            folder,
+            path,
+            json,
+        } => history(at, &folder, &path, json),
+        Cmd::Demo { keep } => demo::run(keep),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(ce) = e.downcast_ref::<ConfigError>() {
+                eprintln!("fleetsync: config error: {ce}");
+                return EXIT_CONFIG;
+            }
+            if let Some(u) = e.downcast_ref::<client::Unreachable>() {
+                eprintln!("fleetsync: {u}");
+                return EXIT_UNREACHABLE;
+            }
+            eprintln!("fleetsync: {e:#}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+impl Where {
+    fn config_path(&self) -> anyhow::Result<PathBuf> {
+        match (&self.config, &self.data_dir) {
+            (Some(c), _) => Ok(c.clone()),
+            (None, Some(d)) => Ok(d.join(CONFIG_FILE_NAME)),
+            (None, None) => bail!(
+                "which node? pass --config FILE or --data-dir DIR (create one with: fleetsync init --data-dir DIR --folder PATH)"
+            ),
+        }
+    }
+
+    fn load(&self, overrides: &Overrides) -> anyhow::Result<Config> {
+        let path = self.config_path()?;
+        Ok(Config::load(&path, overrides)?)
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+fn random_secret() -> FleetSecret {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("OS random source unavailable");
+    FleetSecret(b)
+}
+
+fn init(a: InitArgs) -> anyhow::Result<i32> {
+    let data_dir = absolute(&a.data_dir)?;
+    let config_path = data_dir.join(CONFIG_FILE_NAME);
+    if config_path.exists() && !a.force {
+        bail!(
+            "{} already exists; pass --force to overwrite it (the identity is kept)",
+            config_path.display()
+        );
+    }
+    let secret = match &a.fleet_secret {
+        Some(s) => {
+            FleetSecret::from_hex(s).map_err(|e| anyhow::anyhow!("{}: {e}", flag::FLEET_SECRET))?
+        }
+        None => random_secret(),
+    };
+    let mut folders = Vec::new();
+    for f in &a.folder {
+        let path = absolute(f)?;
+        let id = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|s| {
+                s.chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect::<String>()
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        folders.push((id, path));
+    }
+    let peers = a
+        .peers
+        .iter()
+        .map(|p| {
+            p.parse::<PeerAddr>()
+                .map_err(|e| anyhow::anyhow!("--peer {p}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let key = fleetsync_mesh::identity::load_or_create(&data_dir)?;
+    let text = render_init_config(&InitParams {
+        data_dir: data_dir.clone(),
+        folders,
+        fleet_secret: secret,
+        mesh_listen: a
+            .listen
+            .parse()
+            .with_context(|| format!("--listen {}", a.listen))?,
+        admin_listen: a
+            .admin_listen
+            .parse()
+            .with_context(|| format!("--admin-listen {}", a.admin_listen))?,
+        peers,
+        mdns: !a.no_mdns,
+    });
+    // Validate what we are about to write, so init never leaves a broken file.
+    Config::from_toml_str(
+        &text,
+        &config_path,
+        std::iter::empty(),
+        &Overrides::default(),
+    )?;
+    write_private(&config_path, &text)?;
+    println!("node id: {}", key.public());
+    println!("config:  {}", config_path.display());
+    if a.fleet_secret.is_none() {
+        println!("fleet secret: generated; give the same secret to every node of this fleet (it is in the config file)");
+    }
+    Ok(0)
+}
+
+/// The config holds the fleet secret: owner-only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let tmp = path.with_extension("toml.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn id(w: Where) -> anyhow::Result<i32> {
+    let data_dir = match (&w.data_dir, &w.config) {
+        (Some(d), _) => absolute(d)?,
+        (None, Some(_)) => w.load(&Overrides::default())?.data_dir,
+        (None, None) => bail!("pass --data-dir DIR or --config FILE"),
+    };
+    let key = fleetsync_mesh::identity::load_or_create(&data_dir)?;
+    println!("{}", key.public());
+    Ok(0)
+}
+
+fn run(a: RunArgs) -> anyhow::Result<i32> {
+    let overrides = Overrides {
+        data_dir: None,
+        mesh_listen: a.listen,
+        admin_listen: a.admin_listen,
+        peers: if a.peers.is_empty() {
+            None
+        } else {
+            Some(a.peers)
+        },
+        mdns: a.mdns,
+        fleet_secret: None,
+        log_level: a.log_level,
+        log_format: a.log_format,
+    };
+    let config = a.at.load(&overrides)?;
+    daemon::run(config)
+}
+
+fn status(w: Where, json: bool) -> anyhow::Result<i32> {
+    let config = w.load(&Overrides::default())?;
+    let body = client::get(config.admin.listen, "/status")?;
+    if json {
+        println!("{body}");
+        return Ok(0);
+    }
+    let st: serde_json::Value = serde_json::from_str(&body).context("status reply")?;
+    print!("{}", crate::admin::render_status(&st));
+    Ok(0)
+}
+
+fn history(w: Where, folder: &str, path: &str, json: bool) -> anyhow::Result<i32> {
+    let config = w.load(&Overrides::default())?;
+    let q = format!(
+        "/history?folder={}&path={}",
+        crate::admin::urlencode(folder),
+        crate::admin::urlencode(path)
+    );
+    let body = client::get(config.admin.listen, &q)?;
+    if json {
+        println!("{body}");
+        return Ok(0);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("history reply")?;
+    print!("{}", crate::admin::render_history(&v));
+    Ok(0)
+}

@@ -1,0 +1,44 @@
+//! A minimal HTTP/1.0 GET for the local admin API. The API only ever
+//! listens on loopback and answers small JSON documents, so a plain TCP
+//! exchange is all that is needed (no HTTP client stack in the CLI).
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("no fleetsync node answers on {addr} ({why}); is it running? start it with: fleetsync run --config FILE")]
+pub struct Unreachable {
+    pub addr: SocketAddr,
+    pub why: String,
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let unreachable = |why: String| Unreachable { addr, why };
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| unreachable(e.to_string()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("malformed reply from admin API"))?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .unwrap_or(0);
+    if status != 200 {
+        anyhow::bail!("admin API answered {status}: {}", body.trim());
+    }
+    Ok(body.to_string())
+}

@@ -1,0 +1,20 @@
+//! The `fleetsync` binary's library half.
+//!
+//! - [`cli`]: subcommands (`init`, `id`, `run`, `status`, `history`,
+//!   `demo`) and their exit codes.
+//! - [`daemon`]: `run` — logging, the actix system on a multi-threaded
+//!   tokio runtime, [`fleetsync_actors::start_node`], the admin API, systemd
+//!   notification (`READY=1`, `WATCHDOG=1` only while every actor answers),
+//!   signal handling.
+//! - [`admin`]: the local admin API on 127.0.0.1 (JSON status, history,
+//!   health, Prometheus metrics) and the text rendering the CLI prints.
+//! - [`client`]: the CLI side of the admin API.
+//! - [`demo`]: a 3-node cluster on loopback that shows sync happening.
+//!
+//! `anyhow` lives here only; the library crates return typed errors.
+
+pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod demo;
