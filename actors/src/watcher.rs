@@ -89,6 +89,7 @@ pub struct Watcher {
     checking: bool,
     scanning: bool,
     scan_again: bool,
+    timer_armed: bool,
 }
 
 impl Watcher {
@@ -104,6 +105,7 @@ impl Watcher {
             checking: false,
             scanning: false,
             scan_again: false,
+            timer_armed: false,
         }
     }
 
@@ -111,8 +113,10 @@ impl Watcher {
         self.ctx.cfg.settle
     }
 
+    /// The safety-net tick (overflow flag, missed timers); precise wake-ups
+    /// come from [`Self::arm`].
     fn tick_every(&self) -> Duration {
-        (self.settle() / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+        Duration::from_millis(250)
     }
 
     fn mark(&mut self, rel: String, ctx: &mut Context<Self>) {
@@ -132,6 +136,38 @@ impl Watcher {
                 seen: None,
             },
         );
+        self.arm(ctx);
+    }
+
+    /// Wake up exactly when the earliest dirty path is due (first look, or
+    /// settle elapsed), so a file is handed on `settle` after its last
+    /// change rather than at the next coarse tick. At most one timer.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        if self.timer_armed || self.checking || self.dirty.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let settle = self.settle();
+        let next = self
+            .dirty
+            .values()
+            .map(|d| {
+                if d.seen.is_none() {
+                    now
+                } else {
+                    d.changed + settle
+                }
+            })
+            .min()
+            .unwrap_or(now);
+        let delay = next
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(2));
+        self.timer_armed = true;
+        ctx.run_later(delay, |act, ctx| {
+            act.timer_armed = false;
+            act.on_tick(ctx);
+        });
     }
 
     fn start_os_watch(&mut self, ctx: &mut Context<Self>) {
@@ -298,11 +334,13 @@ impl Watcher {
                             }
                         }
                         act.flush(ctx);
+                        act.arm(ctx);
                     }),
                 );
             }
         }
         self.flush(ctx);
+        self.arm(ctx);
     }
 
     /// Send the next batch to the hasher if none is in flight.
