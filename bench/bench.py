@@ -1,0 +1,624 @@
+#!/usr/bin/env python3
+"""fleetsync vs Syncthing vs sendme, side by side, in one run.
+
+Started by bench/run.sh (which builds/installs the tools). Everything runs
+on 127.0.0.1 in a temp dir and every process started here is stopped here.
+
+Scenarios (full / --quick sizes):
+  S1  one new 1 KiB file until byte-identical on the peer     10 reps / 3
+  S2  one 1 GiB random file                                   3 reps / 1 (64 MiB)
+  S3  10,000 x 4 KiB files in 100 dirs, created at once        3 reps / 1 (1,000 in 10)
+  S4  modify 100 and delete 100 existing files                 3 reps / 1
+  S5  rename a directory of 1,000 files (bytes on the wire)    3 reps / 1 (200)
+  S6  idle RSS and CPU over 10 s, peak RSS during S3
+
+Tools alternate repetition by repetition (the order flips each time) so
+background drift hits all of them alike. sendme only takes part in S2 (raw
+transfer); fleetsync and Syncthing in all.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+
+POLL = 0.002
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait(what, cond, timeout=600.0, poll=POLL):
+    t0 = time.monotonic()
+    while True:
+        if cond():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def hwm_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def reset_hwm(pid):
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return int(parts[11]) + int(parts[12])  # utime + stime
+
+
+def file_hash(path):
+    h = hashlib.blake2b()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def same_bytes(a, b):
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read()
+    except OSError:
+        return False
+
+
+def count_files(root, size=None):
+    n = 0
+    for _, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".fleetsync") and not d.startswith(".stfolder")]
+        for f in files:
+            if f.startswith(".syncthing.") or f.startswith(".stignore"):
+                continue
+            n += 1
+    return n
+
+
+def proc_stop(p, timeout=20):
+    if p.poll() is not None:
+        return
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+class Fleetsync:
+    name = "fleetsync"
+
+    def __init__(self, binary, root):
+        self.bin = binary
+        self.root = os.path.join(root, "fleetsync")
+        self.nodes = []
+        secret = os.urandom(32).hex()
+        specs = []
+        for n in ("a", "b"):
+            data = os.path.join(self.root, n, "data")
+            folder = os.path.join(self.root, n, "folder")
+            os.makedirs(data)
+            os.makedirs(folder)
+            nid = subprocess.check_output([binary, "id", "--data-dir", data], text=True).strip()
+            specs.append(dict(data=data, folder=folder, id=nid, udp=free_port(socket.SOCK_DGRAM), admin=free_port()))
+        for i, s in enumerate(specs):
+            o = specs[1 - i]
+            cfg = (
+                f'data_dir = "{s["data"]}"\n[mesh]\nlisten = "127.0.0.1:{s["udp"]}"\nfleet_secret = "{secret}"\n'
+                f'mdns = false\npeers = ["{o["id"]}@127.0.0.1:{o["udp"]}"]\n[admin]\nlisten = "127.0.0.1:{s["admin"]}"\n'
+                f'[log]\nlevel = "warn"\n[[folders]]\nid = "bench"\npath = "{s["folder"]}"\n'
+            )
+            path = os.path.join(s["data"], "fleetsync.toml")
+            with open(path, "w") as f:
+                f.write(cfg)
+            s["config"] = path
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETSYNC_")}
+        for s in specs:
+            log = open(os.path.join(s["data"], "node.log"), "w")
+            s["proc"] = subprocess.Popen([binary, "run", "--config", s["config"]], stdout=log, stderr=log, env=env)
+        self.nodes = specs
+        self.a, self.b = specs[0]["folder"], specs[1]["folder"]
+        wait("fleetsync nodes to connect", lambda: all(self._connected(s) for s in specs), timeout=60, poll=0.05)
+
+    def status(self, s):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{s['admin']}/status", timeout=5) as r:
+                return json.loads(r.read())
+        except Exception:
+            return None
+
+    def _connected(self, s):
+        st = self.status(s)
+        return bool(st) and any(p["connected"] for p in st["peers"])
+
+    def pids(self):
+        return [s["proc"].pid for s in self.nodes]
+
+    def rx_bytes(self):
+        st = self.status(self.nodes[1])
+        return st["folders"][0]["bytes_received"] if st else 0
+
+    def settled(self):
+        """Both nodes idle with nothing pending (between repetitions)."""
+        def ok():
+            sts = [self.status(s) for s in self.nodes]
+            return all(st and st["folders"][0]["pending"] == 0 and st["folders"][0]["in_sync"] for st in sts)
+        wait("fleetsync to settle", ok, timeout=300, poll=0.05)
+
+    def stop(self):
+        for s in self.nodes:
+            proc_stop(s["proc"])
+
+
+class Syncthing:
+    name = "syncthing"
+
+    def __init__(self, binary, root):
+        self.bin = binary
+        self.root = os.path.join(root, "syncthing")
+        self.nodes = []
+        for n in ("a", "b"):
+            home = os.path.join(self.root, n, "home")
+            folder = os.path.join(self.root, n, "folder")
+            os.makedirs(home)
+            os.makedirs(folder)
+            subprocess.check_call([binary, "generate", "--home", home, "--no-default-folder", "--skip-port-probing"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cfg = ET.parse(os.path.join(home, "config.xml")).getroot()
+            dev_id = cfg.find("device").get("id")
+            self.nodes.append(dict(home=home, folder=folder, id=dev_id, gui=free_port(), port=free_port(), key=os.urandom(16).hex()))
+        # Configure by editing config.xml before the first start (a REST
+        # restart would end an unmonitored process).
+        for i, s in enumerate(self.nodes):
+            o = self.nodes[1 - i]
+            path = os.path.join(s["home"], "config.xml")
+            tree = ET.parse(path)
+            cfg = tree.getroot()
+            opts = cfg.find("options")
+            for tag in ("listenAddress", "stunServer", "globalAnnounceServer"):
+                for e in opts.findall(tag):
+                    opts.remove(e)
+            ET.SubElement(opts, "listenAddress").text = f"tcp://127.0.0.1:{s['port']}"
+            for tag, val in dict(globalAnnounceEnabled="false", localAnnounceEnabled="false", relaysEnabled="false",
+                                 natEnabled="false", urAccepted="-1", urSeen="3", crashReportingEnabled="false",
+                                 autoUpgradeIntervalH="0", setLowPriority="false", announceLANAddresses="false").items():
+                e = opts.find(tag)
+                if e is None:
+                    e = ET.SubElement(opts, tag)
+                e.text = val
+            dev = ET.SubElement(cfg, "device", id=o["id"], name="peer", compression="metadata",
+                                introducer="false", skipIntroductionRemovals="false", introducedBy="")
+            ET.SubElement(dev, "address").text = f"tcp://127.0.0.1:{o['port']}"
+            ET.SubElement(dev, "paused").text = "false"
+            ET.SubElement(dev, "autoAcceptFolders").text = "false"
+            folder = ET.Element("folder", id="bench", label="bench", path=s["folder"], type="sendreceive",
+                                rescanIntervalS="3600", fsWatcherEnabled="true", fsWatcherDelayS="1",
+                                ignorePerms="false", autoNormalize="true")
+            ET.SubElement(folder, "filesystemType").text = "basic"
+            for d in (s["id"], o["id"]):
+                ET.SubElement(folder, "device", id=d, introducedBy="")
+            cfg.insert(0, folder)
+            tree.write(path)
+        env = dict(os.environ, STMONITORED="yes", STNOUPGRADE="1", STNODEFAULTFOLDER="1")
+        for s in self.nodes:
+            log = open(os.path.join(s["home"], "syncthing.log"), "w")
+            s["proc"] = subprocess.Popen(
+                [binary, "serve", "--home", s["home"], "--no-browser", "--no-restart",
+                 f"--gui-address=127.0.0.1:{s['gui']}", f"--gui-apikey={s['key']}"],
+                stdout=log, stderr=log, env=env)
+        for s in self.nodes:
+            wait("syncthing REST API", lambda: self._get(s, "/rest/system/ping") is not None, timeout=60, poll=0.05)
+        self.a, self.b = self.nodes[0]["folder"], self.nodes[1]["folder"]
+        wait("syncthing devices to connect", self._connected, timeout=120, poll=0.1)
+        wait("syncthing folders to be idle", self.settled_once, timeout=120, poll=0.1)
+
+    def _req(self, s, path, method="GET", body=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{s['gui']}{path}", method=method,
+                                     headers={"X-API-Key": s["key"], "Content-Type": "application/json"},
+                                     data=None if body is None else json.dumps(body).encode())
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                data = r.read()
+                return json.loads(data) if data else {}
+        except Exception:
+            return None
+
+    def _get(self, s, path):
+        return self._req(s, path)
+
+    def _put(self, s, path, body):
+        r = self._req(s, path, "PUT", body)
+        if r is None:
+            raise RuntimeError(f"syncthing PUT {path} failed")
+
+    def _post(self, s, path):
+        return self._req(s, path, "POST", {})
+
+    def _connected(self):
+        c = self._get(self.nodes[0], "/rest/system/connections")
+        return bool(c) and c["connections"].get(self.nodes[1]["id"], {}).get("connected")
+
+    def pids(self):
+        return [s["proc"].pid for s in self.nodes]
+
+    def rx_bytes(self):
+        c = self._get(self.nodes[1], "/rest/system/connections")
+        return c["total"]["inBytesTotal"] if c else 0
+
+    def settled_once(self):
+        for i, s in enumerate(self.nodes):
+            st = self._get(s, "/rest/db/status?folder=bench")
+            if not st or st.get("state") != "idle" or st.get("needTotalItems", 1) != 0:
+                return False
+            comp = self._get(s, f"/rest/db/completion?folder=bench&device={self.nodes[1 - i]['id']}")
+            if not comp or comp.get("completion", 0) < 100:
+                return False
+        return True
+
+    def settled(self):
+        wait("syncthing to settle", self.settled_once, timeout=300, poll=0.1)
+
+    def stop(self):
+        for s in self.nodes:
+            proc_stop(s["proc"])
+
+
+class Sendme:
+    name = "sendme"
+
+    def __init__(self, binary, root):
+        self.bin = binary
+        self.root = os.path.join(root, "sendme")
+        os.makedirs(self.root)
+
+    def transfer(self, src):
+        """Time from `sendme send` starting (it hashes the file, as fleetsync
+        must) until the received file is complete."""
+        out_dir = tempfile.mkdtemp(dir=self.root)
+        size = os.path.getsize(src)
+        name = os.path.basename(src)
+        env = dict(os.environ, RUST_LOG="off")
+        t0 = time.monotonic()
+        sender = subprocess.Popen([self.bin, "send", "--relay", "disabled", "--ticket-type", "addresses", src],
+                                  cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        ticket = None
+        while ticket is None:
+            line = sender.stdout.readline()
+            if not line:
+                raise RuntimeError("sendme send exited without a ticket")
+            m = re.search(r"sendme receive (\S+)", line)
+            if m:
+                ticket = m.group(1)
+        receiver = subprocess.Popen([self.bin, "receive", "--relay", "disabled", ticket], cwd=out_dir,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        dst = os.path.join(out_dir, name)
+        try:
+            receiver.wait(600)
+            wait("sendme's file", lambda: os.path.exists(dst) and os.path.getsize(dst) == size, timeout=60)
+            dt = time.monotonic() - t0
+        finally:
+            proc_stop(receiver)
+            proc_stop(sender)
+        ok = file_hash(dst) == file_hash(src)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if not ok:
+            raise RuntimeError("sendme delivered different bytes")
+        return dt
+
+    def stop(self):
+        pass
+
+
+def make_file(path, size):
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(left, 8 << 20)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def make_tree(root, files, dirs, size):
+    per = files // dirs
+    for d in range(dirs):
+        dd = os.path.join(root, f"d{d:03d}")
+        os.makedirs(dd)
+        for i in range(per):
+            with open(os.path.join(dd, f"f{i:04d}.bin"), "wb") as f:
+                f.write(os.urandom(size))
+
+
+def tree_snapshot(root):
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in (".fleetsync", ".stfolder")]
+        for f in files:
+            if f.startswith(".syncthing.") or f == ".stignore":
+                continue
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = hashlib.blake2b(fh.read()).hexdigest()
+    return out
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.tmp = tempfile.mkdtemp(prefix="fleetsync-bench-", dir=args.workdir)
+        self.stage = os.path.join(self.tmp, "stage")
+        os.makedirs(self.stage)
+        self.results = {}  # scenario -> tool -> [values]
+        self.extra = {}
+        self.tools = []
+        self.sendme = None
+
+    def record(self, scen, tool, value):
+        self.results.setdefault(scen, {}).setdefault(tool, []).append(value)
+
+    def order(self, rep):
+        return self.tools if rep % 2 == 0 else list(reversed(self.tools))
+
+    def staged_move(self, src, dst):
+        """Make content appear in a folder at once: a rename on one filesystem."""
+        os.rename(src, dst)
+
+    def s1(self, reps):
+        for rep in range(reps):
+            for t in self.order(rep):
+                name = f"s1-{rep}-{random.randrange(1 << 30)}.txt"
+                src = os.path.join(self.stage, name)
+                with open(src, "wb") as f:
+                    f.write(os.urandom(1024))
+                dst_b = os.path.join(t.b, name)
+                t0 = time.monotonic()
+                self.staged_move(src, os.path.join(t.a, name))
+                wait(f"{t.name} S1", lambda: same_bytes(os.path.join(t.a, name), dst_b), timeout=60)
+                self.record("S1 1 KiB file (s)", t.name, time.monotonic() - t0)
+                t.settled()
+
+    def s2(self, reps, size):
+        for rep in range(reps):
+            src = os.path.join(self.stage, f"s2-{rep}.bin")
+            make_file(src, size)
+            want = file_hash(src)
+            order = self.order(rep) + ([self.sendme] if self.sendme else [])
+            if self.sendme and rep % 2 == 1:
+                order = [self.sendme] + self.order(rep)
+            for t in order:
+                if t is self.sendme:
+                    self.record("S2 big file (s)", t.name, t.transfer(src))
+                    continue
+                copy = os.path.join(self.stage, f"s2-{rep}-{t.name}.bin")
+                shutil.copyfile(src, copy)
+                os.sync()
+                dst_b = os.path.join(t.b, f"big-{rep}.bin")
+                t0 = time.monotonic()
+                self.staged_move(copy, os.path.join(t.a, f"big-{rep}.bin"))
+                wait(f"{t.name} S2", lambda: os.path.exists(dst_b) and os.path.getsize(dst_b) == size, timeout=900, poll=0.01)
+                dt = time.monotonic() - t0
+                if file_hash(dst_b) != want:
+                    raise RuntimeError(f"{t.name} delivered different bytes in S2")
+                self.record("S2 big file (s)", t.name, dt)
+                t.settled()
+                os.remove(os.path.join(t.a, f"big-{rep}.bin"))
+                wait(f"{t.name} S2 cleanup", lambda: not os.path.exists(dst_b), timeout=120, poll=0.01)
+                t.settled()
+            os.remove(src)
+
+    def s3(self, reps, files, dirs):
+        for rep in range(reps):
+            for t in self.order(rep):
+                src = os.path.join(self.stage, f"s3-{t.name}-{rep}")
+                make_tree(src, files, dirs, 4096)
+                os.sync()
+                for pid in t.pids():
+                    reset_hwm(pid)
+                target_b = os.path.join(t.b, f"s3-{rep}")
+                t0 = time.monotonic()
+                self.staged_move(src, os.path.join(t.a, f"s3-{rep}"))
+                wait(f"{t.name} S3", lambda: os.path.isdir(target_b) and count_files(target_b) == files, timeout=900, poll=0.05)
+                dt = time.monotonic() - t0
+                self.record("S3 many small files (s)", t.name, dt)
+                peak = max(hwm_kib(p) for p in t.pids())
+                self.record("S6 peak RSS during S3 (MiB)", t.name, peak / 1024)
+                t.settled()
+                if tree_snapshot(os.path.join(t.a, f"s3-{rep}")) != tree_snapshot(target_b):
+                    raise RuntimeError(f"{t.name}: S3 trees differ")
+
+    def s4(self, reps, n):
+        for rep in range(reps):
+            for t in self.order(rep):
+                base = os.path.join(t.a, f"s3-{rep % max(1, self.s3_reps)}")
+                files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(base) for f in fs)
+                live = [f for f in files if os.path.getsize(f) == 4096]
+                random.seed(rep)
+                pick = random.sample(live, 2 * n)
+                mod, dele = pick[:n], pick[n:]
+                new = {p: os.urandom(4096) for p in mod}
+                t0 = time.monotonic()
+                for p, data in new.items():
+                    with open(p, "wb") as f:
+                        f.write(data)
+                for p in dele:
+                    os.remove(p)
+                to_b = lambda p: os.path.join(t.b, os.path.relpath(p, t.a))
+
+                def done():
+                    for p in dele:
+                        if os.path.exists(to_b(p)):
+                            return False
+                    for p, data in new.items():
+                        try:
+                            with open(to_b(p), "rb") as f:
+                                if f.read() != data:
+                                    return False
+                        except OSError:
+                            return False
+                    return True
+                wait(f"{t.name} S4", done, timeout=600, poll=0.01)
+                self.record("S4 modify 100 + delete 100 (s)", t.name, time.monotonic() - t0)
+                t.settled()
+
+    def s5(self, reps, files):
+        for t in self.tools:
+            src = os.path.join(self.stage, f"s5-{t.name}")
+            make_tree(src, files, 1, 4096)
+            self.staged_move(src, os.path.join(t.a, "s5"))
+        for t in self.tools:
+            wait(f"{t.name} S5 setup", lambda: count_files(os.path.join(t.b, "s5")) == files if os.path.isdir(os.path.join(t.b, "s5")) else False, timeout=600, poll=0.05)
+            t.settled()
+        names = ["d000", "renamed"]
+        for rep in range(reps):
+            frm, to = names[rep % 2], names[(rep + 1) % 2]
+            for t in self.order(rep):
+                rx0 = t.rx_bytes()
+                t0 = time.monotonic()
+                os.rename(os.path.join(t.a, "s5", frm), os.path.join(t.a, "s5", to))
+                nb, ob = os.path.join(t.b, "s5", to), os.path.join(t.b, "s5", frm)
+                wait(f"{t.name} S5", lambda: not os.path.exists(ob) and os.path.isdir(nb) and count_files(nb) == files, timeout=600, poll=0.01)
+                self.record("S5 rename dir of small files (s)", t.name, time.monotonic() - t0)
+                t.settled()
+                self.record("S5 bytes received during rename (KiB)", t.name, (t.rx_bytes() - rx0) / 1024)
+
+    def s6_idle(self, seconds):
+        for t in self.tools:
+            t.settled()
+        hz = os.sysconf("SC_CLK_TCK")
+        before = {t.name: sum(cpu_ticks(p) for p in t.pids()) for t in self.tools}
+        time.sleep(seconds)  # measuring idleness is the point here
+        for t in self.tools:
+            used = sum(cpu_ticks(p) for p in t.pids()) - before[t.name]
+            # Percent of one core, per node (two nodes per tool).
+            self.record("S6 idle CPU per node (% of a core)", t.name, 100.0 * used / hz / seconds / 2)
+            self.record("S6 idle RSS per node (MiB)", t.name, max(rss_kib(p) for p in t.pids()) / 1024)
+
+    def run(self):
+        a = self.args
+        self.tools = []
+        if "fleetsync" in a.tools:
+            self.tools.append(Fleetsync(a.fleetsync, self.tmp))
+        if "syncthing" in a.tools:
+            self.tools.append(Syncthing(a.syncthing, self.tmp))
+        if "sendme" in a.tools and a.sendme:
+            self.sendme = Sendme(a.sendme, self.tmp)
+        try:
+            q = self.quick
+            self.s3_reps = 1 if q else 3
+            self.s6_idle(3 if q else 10)
+            self.s1(3 if q else 10)
+            self.s3(self.s3_reps, 1000 if q else 10000, 10 if q else 100)
+            self.s4(1 if q else 3, 100)
+            self.s5(1 if q else 3, 200 if q else 1000)
+            self.s2(1 if q else 3, (64 << 20) if q else (1 << 30))
+        finally:
+            for t in self.tools:
+                t.stop()
+            if not a.keep:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        return self.report()
+
+    def report(self):
+        lines = []
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+        fs = subprocess.run(["df", "-T", self.args.workdir or tempfile.gettempdir()], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
+        lines.append(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        lines.append(f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, filesystem {fs}, kernel {platform.release()}")
+        lines.append(f"mode: {'quick' if self.quick else 'full'}")
+        lines.append("")
+        tools = [t.name for t in self.tools] + (["sendme"] if self.sendme else [])
+        header = f"| scenario | " + " | ".join(f"{t} median (min–max)" for t in tools) + " | fleetsync ratio |"
+        lines.append(header)
+        lines.append("|" + "---|" * (len(tools) + 2))
+        for scen, per in self.results.items():
+            cells = []
+            for t in tools:
+                v = per.get(t)
+                if not v:
+                    cells.append("—")
+                    continue
+                cells.append(f"{statistics.median(v):.3f} ({min(v):.3f}–{max(v):.3f})")
+            ratios = []
+            fs_v = per.get("fleetsync")
+            for t in tools:
+                if t == "fleetsync" or not per.get(t) or not fs_v:
+                    continue
+                other = statistics.median(per[t])
+                if other > 0:
+                    ratios.append(f"{statistics.median(fs_v) / other:.2f}× {t}")
+            lines.append(f"| {scen} | " + " | ".join(cells) + f" | {', '.join(ratios) or '—'} |")
+        text = "\n".join(lines)
+        print(text)
+        if self.args.json:
+            with open(self.args.json, "w") as f:
+                json.dump(dict(results=self.results, quick=self.quick), f, indent=1)
+        return text
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fleetsync", required=True)
+    ap.add_argument("--syncthing")
+    ap.add_argument("--sendme")
+    ap.add_argument("--tools", default="fleetsync,syncthing,sendme")
+    ap.add_argument("--quick", action="store_true", help="small sizes, few repetitions (CI smoke run)")
+    ap.add_argument("--workdir", default=None, help="where temp dirs go (default: $TMPDIR)")
+    ap.add_argument("--json", help="also write raw results here")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = ap.parse_args()
+    args.tools = args.tools.split(",")
+    if "syncthing" in args.tools and not args.syncthing:
+        sys.exit("--syncthing is required unless --tools excludes it")
+    Bench(args).run()
+
+
+if __name__ == "__main__":
+    main()
