@@ -154,7 +154,7 @@ class Fleetsync:
             cfg = (
                 f'data_dir = "{s["data"]}"\n[mesh]\nlisten = "127.0.0.1:{s["udp"]}"\nfleet_secret = "{secret}"\n'
                 f'mdns = false\npeers = ["{o["id"]}@127.0.0.1:{o["udp"]}"]\n[admin]\nlisten = "127.0.0.1:{s["admin"]}"\n'
-                f'[log]\nlevel = "warn"\n[[folders]]\nid = "bench"\npath = "{s["folder"]}"\n'
+                f'[log]\nlevel = "{os.environ.get("FLEETSYNC_BENCH_LOG", "warn")}"\n[[folders]]\nid = "bench"\npath = "{s["folder"]}"\n'
             )
             path = os.path.join(s["data"], "fleetsync.toml")
             with open(path, "w") as f:
@@ -403,6 +403,7 @@ class Bench:
 
     def record(self, scen, tool, value):
         self.results.setdefault(scen, {}).setdefault(tool, []).append(value)
+        print(f"  {scen:<40} {tool:<10} {value:10.3f}", file=sys.stderr, flush=True)
 
     def order(self, rep):
         return self.tools if rep % 2 == 0 else list(reversed(self.tools))

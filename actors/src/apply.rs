@@ -53,6 +53,8 @@ pub enum Outcome {
         note: String,
         /// Protects the placed file's store entry until it is committed.
         tag: Option<iroh_blobs::api::TempTag>,
+        /// Keeps the hasher off the path until the record is committed.
+        guard: Option<ApplyGuard>,
     },
     /// The local path changed under us (an edit not yet indexed).
     LocalRace,
@@ -116,6 +118,7 @@ fn applied(job: &Job, local: Option<LocalStat>, refs: Option<String>, note: &str
         }),
         note: format!("{note} from {from}"),
         tag: None,
+        guard: None,
     }
 }
 
@@ -156,7 +159,7 @@ async fn keep_conflict_copy(ctx: &FolderCtx, job: &Job) -> Result<Option<String>
 }
 
 pub async fn apply(ctx: Arc<FolderCtx>, job: Job, providers: Vec<EndpointId>) -> Outcome {
-    let _guard = ApplyGuard::new(&ctx, &job.path);
+    let guard = ApplyGuard::new(&ctx, &job.path);
     let res = if job.target.deleted {
         apply_delete(&ctx, &job).await
     } else {
@@ -166,7 +169,11 @@ pub async fn apply(ctx: Arc<FolderCtx>, job: Job, providers: Vec<EndpointId>) ->
             EntryKind::File => apply_file(&ctx, &job, &providers).await,
         }
     };
-    res.unwrap_or_else(|o| o)
+    let mut out = res.unwrap_or_else(|o| o);
+    if let Outcome::Applied { guard: g, .. } = &mut out {
+        *g = Some(guard);
+    }
+    out
 }
 
 async fn apply_delete(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
@@ -184,12 +191,29 @@ async fn apply_delete(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
         .await
         .map_err(Outcome::Retry)?;
         if let Err(e) = res {
-            if e.kind() == std::io::ErrorKind::DirectoryNotEmpty {
-                // It still holds ignored or not-yet-indexed files: keep it.
-                debug!(folder = ctx.id(), path = %job.path, "directory not empty; kept");
-            } else {
+            if e.kind() != std::io::ErrorKind::DirectoryNotEmpty {
                 return Err(Outcome::Retry(format!("delete {}: {e}", job.path)));
             }
+            // Only ignored files left: they stay, and so does the directory.
+            // Anything else (deletions of its contents still on their way,
+            // or new local files) means: not yet. If new files keep it
+            // alive, they reach the other nodes and bring it back there.
+            let only_ignored = std::fs::read_dir(ctx.fs.abs(&job.path))
+                .map(|rd| {
+                    rd.flatten().all(|e| {
+                        let rel = format!("{}/{}", job.path, e.file_name().to_string_lossy());
+                        let dir = e.file_type().is_ok_and(|t| t.is_dir());
+                        ctx.is_ignored(&rel, dir)
+                    })
+                })
+                .unwrap_or(false);
+            if !only_ignored {
+                return Err(Outcome::Retry(format!(
+                    "{}: directory not empty yet",
+                    job.path
+                )));
+            }
+            debug!(folder = ctx.id(), path = %job.path, "directory holds only ignored files; kept");
         }
     }
     Ok(applied(job, None, None, "deleted"))

@@ -215,26 +215,36 @@ impl FolderCtx {
     }
 }
 
-/// Marks a path as being written by the receiver for as long as it lives.
-pub struct ApplyGuard<'a> {
-    ctx: &'a FolderCtx,
+/// Marks a path as being written by the receiver for as long as it lives:
+/// from before the first look at the disk until the applied entry is
+/// committed, so the hasher never sees the new file with an index that
+/// does not know it yet (its edit would otherwise be based on a stale
+/// version and look like a conflict).
+pub struct ApplyGuard {
+    ctx: Arc<FolderCtx>,
     path: String,
 }
 
-impl<'a> ApplyGuard<'a> {
-    pub fn new(ctx: &'a FolderCtx, path: &str) -> Self {
+impl ApplyGuard {
+    pub fn new(ctx: &Arc<FolderCtx>, path: &str) -> Self {
         ctx.applying
             .lock()
             .expect("applying lock")
             .insert(path.to_string());
         ApplyGuard {
-            ctx,
+            ctx: ctx.clone(),
             path: path.to_string(),
         }
     }
 }
 
-impl Drop for ApplyGuard<'_> {
+impl std::fmt::Debug for ApplyGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApplyGuard({})", self.path)
+    }
+}
+
+impl Drop for ApplyGuard {
     fn drop(&mut self) {
         self.ctx
             .applying

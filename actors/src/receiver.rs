@@ -110,6 +110,11 @@ const MAX_RETRY_ENTRIES: usize = 100_000;
 type Key = (String, [u8; 32]);
 /// A decided job and the pending rows it settles.
 type Planned = (Job, Vec<Key>);
+/// What an applied file keeps alive until its record is committed.
+type Held = (
+    Option<iroh_blobs::api::TempTag>,
+    Option<crate::folder::ApplyGuard>,
+);
 
 struct RetryState {
     next: Instant,
@@ -186,11 +191,14 @@ impl Receiver {
                         let delay = if race {
                             act.ctx.cfg.settle * 2 + Duration::from_millis(100)
                         } else {
-                            Duration::from_millis(500 * 2u64.pow(r.attempts.min(7)))
+                            Duration::from_millis(250 * 2u64.pow(r.attempts.min(8)))
                                 .min(Duration::from_secs(60))
                         };
                         r.next = now + delay;
-                        if !race && (r.attempts == 1 || r.attempts % 10 == 0) {
+                        // Transient causes (content still on its way, a
+                        // directory whose contents are still being removed)
+                        // clear up by themselves: only persistent ones warn.
+                        if !race && (r.attempts == 3 || r.attempts % 10 == 0) {
                             warn!(folder = act.ctx.id(), path = %k.0, attempt = r.attempts, "cannot apply yet: {why}");
                             act.ctx.status.error(format!("{}: {why}", k.0));
                         }
@@ -557,8 +565,9 @@ async fn process_round(
     deletes.sort_by(|a, b| b.0.path.cmp(&a.0.path));
 
     let mut pending_commit = Commit::default();
-    // Keep freshly referenced content safe from blob GC until committed.
-    let tags = std::sync::Mutex::new(Vec::new());
+    // Keep freshly referenced content safe from blob GC, and the hasher off
+    // freshly placed paths, until their records are committed.
+    let tags: std::sync::Mutex<Vec<Held>> = std::sync::Mutex::new(Vec::new());
     let flush = |pc: &mut Commit, force: bool| -> Option<Commit> {
         if pc.items.len() >= COMMIT_EVERY || (force && !pc.is_empty()) {
             Some(std::mem::take(pc))
@@ -571,10 +580,14 @@ async fn process_round(
                   settles: Vec<Key>,
                   report: &mut RoundReport,
                   pc: &mut Commit| match out {
-        Outcome::Applied { record, note, tag } => {
-            if let Some(t) = tag {
-                tags.lock().expect("tags lock").push(t);
-            }
+        Outcome::Applied {
+            record,
+            note,
+            tag,
+            guard,
+        } => {
+            // Both live until the record is committed.
+            tags.lock().expect("tags lock").push((tag, guard));
             info!(folder = ctx.id(), path = %job.path, "{note}");
             for s in &settles {
                 report.settled.push(s.clone());
@@ -611,8 +624,9 @@ async fn process_round(
             report.progressed = true;
         }
     };
-    async fn commit(ctx: &Arc<FolderCtx>, c: Option<Commit>) {
+    async fn commit(ctx: &Arc<FolderCtx>, c: Option<Commit>, held: &std::sync::Mutex<Vec<Held>>) {
         if let Some(c) = c {
+            let _held = std::mem::take(&mut *held.lock().expect("tags lock"));
             let cx = ctx.clone();
             match rt::blocking(move || cx.index.commit(cx.id(), c, cx.local())).await {
                 Ok(Ok(done)) => {
@@ -637,7 +651,7 @@ async fn process_round(
         handle(out, &job, settles, &mut report, &mut pending_commit);
     }
     // Directories must be committed before their contents' rows may be.
-    commit(&ctx, flush(&mut pending_commit, true)).await;
+    commit(&ctx, flush(&mut pending_commit, true), &tags).await;
     // Same content → same group, applied one after another (the first
     // fetch serves the rest).
     let mut groups: BTreeMap<Option<[u8; 32]>, Vec<Planned>> = BTreeMap::new();
@@ -662,15 +676,15 @@ async fn process_round(
         for (out, job, settles) in outs {
             handle(out, &job, settles, &mut report, &mut pending_commit);
         }
-        commit(&ctx, flush(&mut pending_commit, false)).await;
+        commit(&ctx, flush(&mut pending_commit, false), &tags).await;
     }
     drop(results);
-    commit(&ctx, flush(&mut pending_commit, true)).await;
+    commit(&ctx, flush(&mut pending_commit, true), &tags).await;
     for (job, settles) in deletes {
         let out = apply(ctx.clone(), job.clone(), providers.clone()).await;
         handle(out, &job, settles, &mut report, &mut pending_commit);
     }
-    commit(&ctx, flush(&mut pending_commit, true)).await;
+    commit(&ctx, flush(&mut pending_commit, true), &tags).await;
     drop(tags);
     report
 }
