@@ -28,7 +28,6 @@ use tracing::{debug, warn};
 use crate::{
     folder::{ApplyGuard, FolderCtx, Transfer},
     fsutil::{finish_tmp, hash_file, is_escape, set_meta, FolderFs, Node},
-    hasher::INLINE_MAX,
     identity_short,
     index::{LocalStat, Record},
     rt,
@@ -295,6 +294,135 @@ async fn apply_file(
     job: &Job,
     providers: &[EndpointId],
 ) -> Result<Outcome, Outcome> {
+    match prepare_file(ctx, job, providers, true).await? {
+        Prepared::Done(o) => Ok(o),
+        Prepared::Staged(st) => place_file(ctx, job, st, true).await,
+    }
+}
+
+/// Many small files at once, with one `syncfs` for all their contents
+/// instead of an fsync each, and one fsync per directory for the renames.
+/// Same guarantees as [`apply`]: every file is old or new after a crash.
+pub async fn apply_batch(ctx: Arc<FolderCtx>, jobs: Vec<Job>, providers: Vec<EndpointId>) -> Vec<(Job, Outcome)> {
+    use n0_future::{BufferedStreamExt, StreamExt};
+    let prepared: Vec<_> = n0_future::stream::iter(jobs)
+        .map(|job| {
+            let ctx = ctx.clone();
+            let providers = providers.clone();
+            async move {
+                let guard = ApplyGuard::new(&ctx, &job.path);
+                let r = prepare_file(&ctx, &job, &providers, false).await;
+                (job, guard, r)
+            }
+        })
+        .buffered_unordered(APPLY_WIDTH)
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(prepared.len());
+    let mut staged = Vec::new();
+    for (job, guard, r) in prepared {
+        match r {
+            Ok(Prepared::Staged(st)) => staged.push((job, guard, st)),
+            Ok(Prepared::Done(o)) => out.push((job, with_guard(o, guard))),
+            Err(o) => out.push((job, o)),
+        }
+    }
+    if staged.is_empty() {
+        return out;
+    }
+    let fs = ctx.fs.clone();
+    if let Err(o) = blocking("sync staged files", move || fs.sync_filesystem()).await {
+        for (job, _, st) in staged {
+            abandon(&ctx, &job, &st);
+            out.push((job, clone_outcome(&o)));
+        }
+        return out;
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for (job, guard, st) in staged {
+        let o = match place_file(&ctx, &job, st, false).await {
+            Ok(o) | Err(o) => o,
+        };
+        if matches!(o, Outcome::Applied { .. }) {
+            dirs.insert(job.path.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default());
+        }
+        out.push((job, with_guard(o, guard)));
+    }
+    let fs = ctx.fs.clone();
+    if let Err(o) = blocking("sync directories", move || {
+        for d in dirs {
+            fs.sync_dir(&d)?;
+        }
+        Ok(())
+    })
+    .await
+    {
+        // The renames happened but are not known to be durable: report the
+        // batch as failed so it is re-checked (the next attempt finds the
+        // content in place and only records it).
+        return out
+            .into_iter()
+            .map(|(j, x)| match x {
+                Outcome::Applied { .. } => (j, clone_outcome(&o)),
+                x => (j, x),
+            })
+            .collect();
+    }
+    out
+}
+
+/// Files prepared at once by [`apply_batch`].
+const APPLY_WIDTH: usize = 8;
+
+fn clone_outcome(o: &Outcome) -> Outcome {
+    match o {
+        Outcome::Reject(s) => Outcome::Reject(s.clone()),
+        Outcome::Retry(s) => Outcome::Retry(s.clone()),
+        _ => Outcome::Retry("batch failed".into()),
+    }
+}
+
+fn with_guard(mut o: Outcome, guard: ApplyGuard) -> Outcome {
+    if let Outcome::Applied { guard: g, .. } = &mut o {
+        *g = Some(guard);
+    }
+    o
+}
+
+/// What preparing a file gave.
+enum Prepared {
+    /// Nothing to stage (only metadata changed): already done.
+    Done(Outcome),
+    /// Content staged, ready to be placed.
+    Staged(Stage),
+}
+
+/// Staged content plus what the disk showed when we started.
+struct Stage {
+    staged: Staged,
+    disk: Node,
+    hash: [u8; 32],
+}
+
+fn abandon(ctx: &FolderCtx, _job: &Job, st: &Stage) {
+    // A refs link stays staged for the next attempt (the store references
+    // it); a temp file is simply removed.
+    match &st.staged {
+        Staged::Refs(n) => ctx.keep_staged(st.hash, n.clone()),
+        Staged::Tmp(n) => {
+            let _ = std::fs::remove_file(ctx.fs.tmp_dir().join(n));
+        }
+    }
+}
+
+/// Check the path, get the content (local copy or fetch), stage it with
+/// its mode and mtime; fsync it when `durable`.
+async fn prepare_file(
+    ctx: &Arc<FolderCtx>,
+    job: &Job,
+    providers: &[EndpointId],
+    durable: bool,
+) -> Result<Prepared, Outcome> {
     let disk = lstat(&ctx.fs, &job.path).await?;
     if !disk_matches(&disk, &job.local) {
         return Err(Outcome::LocalRace);
@@ -321,7 +449,7 @@ async fn apply_file(
                 }
             })
             .await?;
-            return Ok(applied(job, Some(stat), l.refs.clone(), "updated metadata"));
+            return Ok(Prepared::Done(applied(job, Some(stat), l.refs.clone(), "updated metadata")));
         }
     }
     if matches!(disk, Node::Some(m) if m.kind == EntryKind::Directory) {
@@ -337,68 +465,66 @@ async fn apply_file(
             )));
         }
     }
-
     let hash = Hash::from_bytes(hash_bytes);
-    // Where the content waits: small content in a `.part` temp file (the
-    // store keeps its own copy of it), large content as a `refs` link the
-    // store references from now on.
-    let staged = if target.size <= INLINE_MAX {
-        Staged::Tmp(stage_small(ctx, job, hash, providers).await?)
+    let staged = if hash == Hash::EMPTY {
+        let name = ctx.fs.new_tmp_name();
+        let p = ctx.fs.tmp_dir().join(&name);
+        blocking("create empty file", move || std::fs::File::create(&p).map(|_| ())).await?;
+        Staged::Tmp(name)
     } else {
         stage(ctx, job, hash, hash_bytes, providers).await?
     };
-    // On any failure below, a refs link stays staged for the next attempt
-    // (the store references it); a temp file is simply removed.
-    let abandon = |st: &Staged| match st {
-        Staged::Refs(n) => ctx.keep_staged(hash_bytes, n.clone()),
-        Staged::Tmp(n) => {
-            let _ = std::fs::remove_file(ctx.fs.tmp_dir().join(n));
-        }
+    let st = Stage {
+        staged,
+        disk,
+        hash: hash_bytes,
     };
-    let staged_path = match &staged {
+    let path = match &st.staged {
         Staged::Refs(n) => ctx.fs.refs_dir().join(n),
         Staged::Tmp(n) => ctx.fs.tmp_dir().join(n),
     };
     let (mode, mtime) = (target.mode, target.mtime_ns);
-    if let Err(o) = blocking("finish temp file", move || {
-        finish_tmp(&staged_path, mode, mtime)
-    })
-    .await
-    {
-        abandon(&staged);
+    if let Err(o) = blocking("finish temp file", move || finish_tmp(&path, mode, mtime, durable)).await {
+        abandon(ctx, job, &st);
         return Err(o);
     }
+    Ok(Prepared::Staged(st))
+}
+
+/// Re-check the path, keep a conflict copy if ours lost, rename the staged
+/// content into place (fsyncing the directory when `durable`).
+async fn place_file(ctx: &Arc<FolderCtx>, job: &Job, st: Stage, durable: bool) -> Result<Outcome, Outcome> {
     // Last look before we replace: did someone write to the path meanwhile?
     let now = match lstat(&ctx.fs, &job.path).await {
         Ok(n) => n,
         Err(o) => {
-            abandon(&staged);
+            abandon(ctx, job, &st);
             return Err(o);
         }
     };
-    if now != disk {
-        abandon(&staged);
+    if now != st.disk {
+        abandon(ctx, job, &st);
         return Err(Outcome::LocalRace);
     }
     let mut note = "applied".to_string();
-    if job.conflict_copy && matches!(disk, Node::Some(m) if m.kind == EntryKind::File) {
+    if job.conflict_copy && matches!(st.disk, Node::Some(m) if m.kind == EntryKind::File) {
         match keep_conflict_copy(ctx, job).await {
             Ok(Some(copy)) => note = format!("conflict: kept ours as {copy}; applied"),
             Ok(None) => {}
             Err(o) => {
-                abandon(&staged);
+                abandon(ctx, job, &st);
                 return Err(o);
             }
         }
     }
     let fs = ctx.fs.clone();
     let p = job.path.clone();
-    let st = staged.clone();
+    let staged = st.staged.clone();
     let placed = blocking("place file", move || {
         let mut moved = false;
-        match &st {
+        match &staged {
             Staged::Refs(name) => {
-                if let Err(e) = fs.place_link(name, &p) {
+                if let Err(e) = fs.place_link(name, &p, durable) {
                     // No hard links here (e.g. exFAT): move the file itself
                     // and let the store re-reference it below.
                     debug!("hard link failed ({e}); moving instead");
@@ -406,7 +532,7 @@ async fn apply_file(
                     moved = true;
                 }
             }
-            Staged::Tmp(name) => fs.place(name, &p)?,
+            Staged::Tmp(name) => fs.place(name, &p, durable)?,
         }
         match fs.lstat(&p)? {
             Node::Some(m) => Ok((m.stat, moved)),
@@ -417,12 +543,12 @@ async fn apply_file(
     let (stat, moved) = match placed {
         Ok(x) => x,
         Err(o) => {
-            abandon(&staged);
+            abandon(ctx, job, &st);
             return Err(o);
         }
     };
     let mut tag = None;
-    let mut refs = match &staged {
+    let mut refs = match &st.staged {
         Staged::Refs(n) => Some(n.clone()),
         Staged::Tmp(_) => None,
     };
@@ -459,52 +585,9 @@ enum Staged {
     Tmp(String),
 }
 
-/// Small (inlined) content: fetch if needed, copy out of the store.
-async fn stage_small(
-    ctx: &Arc<FolderCtx>,
-    job: &Job,
-    hash: Hash,
-    providers: &[EndpointId],
-) -> Result<String, Outcome> {
-    let name = ctx.fs.new_tmp_name();
-    let path = ctx.fs.tmp_dir().join(&name);
-    if hash == Hash::EMPTY {
-        let p = path.clone();
-        blocking("create empty file", move || {
-            std::fs::File::create(&p).map(|_| ())
-        })
-        .await?;
-        return Ok(name);
-    }
-    let store = ctx.mesh.store();
-    if !store.blobs().has(hash).await.unwrap_or(false) {
-        fetch(ctx, job, hash, providers).await?;
-    }
-    let exported = store
-        .export_with_opts(ExportOptions {
-            hash,
-            mode: ExportMode::Copy,
-            target: path.clone(),
-        })
-        .finish()
-        .await;
-    let ok = match exported {
-        Ok(_) => {
-            let p = path.clone();
-            blocking("verify content", move || hash_file(&p)).await? == *hash.as_bytes()
-        }
-        Err(_) => false,
-    };
-    if !ok {
-        let _ = std::fs::remove_file(&path);
-        fetch_direct(ctx, job, hash, providers, &path).await?;
-    }
-    Ok(name)
-}
-
-/// Large content into `refs/`: reuse what an abandoned attempt staged, else
+/// Content into `refs/`: reuse what an abandoned attempt staged, else
 /// fetch (if missing) and move it out of the store (a rename, no copy), or
-/// copy it from another local file that has it (rename on the peer).
+/// copy it from another local file that has it (a rename on the peer).
 async fn stage(
     ctx: &Arc<FolderCtx>,
     job: &Job,

@@ -256,10 +256,30 @@ impl FolderFs {
 
     /// Move a finished temp file (in [`Self::tmp_dir`]) over `rel` atomically
     /// and make the rename durable.
-    pub fn place(&self, tmp_name: &str, rel: &str) -> io::Result<()> {
+    pub fn place(&self, tmp_name: &str, rel: &str, sync_dir: bool) -> io::Result<()> {
         let tmpdir = self.open_tmp_dir()?;
         let (dir, name) = self.open_parent(rel, true)?;
         rustix::fs::renameat(&tmpdir, tmp_name, &dir, name).map_err(to_io)?;
+        if sync_dir {
+            rustix::fs::fsync(&dir).map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    /// Flush everything written to this folder's filesystem (one call for
+    /// a whole batch of staged files instead of an fsync each).
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        rustix::fs::syncfs(self.open_root()?).map_err(to_io)
+    }
+
+    /// Make renames in directory `rel` ("" = the root) durable.
+    pub fn sync_dir(&self, rel: &str) -> io::Result<()> {
+        let dir = if rel.is_empty() {
+            self.open_root()?
+        } else {
+            let (parent, name) = self.open_parent(rel, false)?;
+            Self::open_dir_at(&parent, OsStr::new(name)).map_err(|_| symlink_err(rel))?
+        };
         rustix::fs::fsync(&dir).map_err(to_io)
     }
 
@@ -282,13 +302,13 @@ impl FolderFs {
     /// Put a second hard link of `refs/<name>` at `rel`, atomically
     /// replacing whatever is there, and make it durable. The store keeps
     /// referencing the `refs` link; both names share the inode.
-    pub fn place_link(&self, refs_name: &str, rel: &str) -> io::Result<()> {
+    pub fn place_link(&self, refs_name: &str, rel: &str, sync_dir: bool) -> io::Result<()> {
         let refs = self.open_reserved(REFS_DIR)?;
         let tmpdir = self.open_tmp_dir()?;
         let tmp = self.new_tmp_name();
         rustix::fs::linkat(&refs, refs_name, &tmpdir, tmp.as_str(), AtFlags::empty())
             .map_err(to_io)?;
-        match self.place(&tmp, rel) {
+        match self.place(&tmp, rel, sync_dir) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let _ = rustix::fs::unlinkat(&tmpdir, tmp.as_str(), AtFlags::empty());
@@ -384,7 +404,7 @@ pub fn random_u64() -> u64 {
 }
 
 /// Finish a temp file: permissions, mtime, fsync. Returns its stat.
-pub fn finish_tmp(path: &Path, mode: u32, mtime_ns: i64) -> io::Result<LocalStat> {
+pub fn finish_tmp(path: &Path, mode: u32, mtime_ns: i64, sync: bool) -> io::Result<LocalStat> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -402,7 +422,9 @@ pub fn finish_tmp(path: &Path, mode: u32, mtime_ns: i64) -> io::Result<LocalStat
         },
     )
     .map_err(to_io)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     match meta_from_stat(&rustix::fs::fstat(&f).map_err(to_io)?) {
         Node::Some(m) => Ok(m.stat),
         _ => Err(io::Error::other("temp file is not a regular file")),
@@ -471,7 +493,7 @@ mod tests {
             assert!(fs.remove_file(rel).is_err(), "{rel}");
             assert!(fs.lstat(rel).is_err(), "{rel}");
             std::fs::write(fs.tmp_dir().join("t.part"), b"x").unwrap();
-            assert!(fs.place("t.part", rel).is_err(), "{rel}");
+            assert!(fs.place("t.part", rel, true).is_err(), "{rel}");
         }
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
         assert_eq!(
@@ -497,8 +519,8 @@ mod tests {
         fs.ensure_reserved().unwrap();
         let tmp = fs.tmp_dir().join("a.part");
         std::fs::write(&tmp, b"hello").unwrap();
-        let st = finish_tmp(&tmp, 0o755, 1_000_000_123).unwrap();
-        fs.place("a.part", "x/y/z.bin").unwrap();
+        let st = finish_tmp(&tmp, 0o755, 1_000_000_123, true).unwrap();
+        fs.place("a.part", "x/y/z.bin", true).unwrap();
         let Node::Some(m) = fs.lstat("x/y/z.bin").unwrap() else {
             panic!()
         };

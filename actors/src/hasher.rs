@@ -62,10 +62,9 @@ pub mod msg {
 use msg::{HashOutcome, HashPaths};
 
 /// Files hashed concurrently (the store hashes on its own threads).
-const IMPORT_CONCURRENCY: usize = 4;
-/// Files up to this size are copied into the store's database (iroh-blobs
-/// inlines them); larger ones are referenced through a `refs` hard link.
-pub const INLINE_MAX: u64 = 16 * 1024;
+const IMPORT_CONCURRENCY: usize = 8;
+/// Files hashed per index commit.
+const COMMIT_CHUNK: usize = 500;
 
 pub struct Hasher {
     ctx: Arc<FolderCtx>,
@@ -111,7 +110,7 @@ impl Handler<HashPaths> for Hasher {
 type Hashed = (String, Found, Option<([u8; 32], Option<String>)>);
 
 /// A change found on disk, before hashing.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Found {
     Gone,
     Dir(Meta),
@@ -237,16 +236,16 @@ fn classify(ctx: &FolderCtx, paths: Vec<String>) -> Plan {
     plan
 }
 
-/// Hash and import a file. Large files are first hard-linked into `refs/`
-/// and the store references the link (stable across renames of the user's
-/// path); returns the link's name.
+/// Hash and import a file. It is first hard-linked into `refs/` and the
+/// store references the link (stable across renames and replacements of
+/// the user's path); returns the link's name.
 async fn import(
     ctx: &Arc<FolderCtx>,
     rel: &str,
     size: u64,
 ) -> Result<([u8; 32], iroh_blobs::api::TempTag, Option<String>), String> {
     let mut refs = None;
-    if size > INLINE_MAX {
+    if size > 0 {
         let c = ctx.clone();
         let r = rel.to_string();
         // No hard links here (another filesystem mounted below the root,
@@ -301,6 +300,7 @@ pub async fn hash_batch(ctx: Arc<FolderCtx>, paths: Vec<String>) -> HashOutcome 
     if ctx.fault().is_some() {
         return HashOutcome::default();
     }
+    let t0 = std::time::Instant::now();
     let c = ctx.clone();
     let plan = match rt::blocking(move || classify(&c, paths)).await {
         Ok(p) => p,
@@ -310,19 +310,26 @@ pub async fn hash_batch(ctx: Arc<FolderCtx>, paths: Vec<String>) -> HashOutcome 
         }
     };
     let mut deferred = plan.deferred;
-    // Hash changed files, a few at a time.
-    let mut hashed: Vec<Hashed> = Vec::with_capacity(plan.found.len());
-    // Held until the commit, so blob GC cannot drop what we just referenced.
-    let mut tags = Vec::new();
-    {
-        let mut files = Vec::new();
-        for (rel, f) in plan.found {
-            match f {
-                Found::File(..) => files.push((rel, f)),
-                other => hashed.push((rel, other, None)),
-            }
+    let classify_took = t0.elapsed();
+    let mut files = Vec::new();
+    let mut first: Vec<Hashed> = Vec::new();
+    for (rel, f) in plan.found {
+        match f {
+            Found::File(..) => files.push((rel, f)),
+            other => first.push((rel, other, None)),
         }
-        let results: Vec<_> = n0_future::stream::iter(files)
+    }
+    // Commit in chunks, so peers start fetching while we still hash the
+    // rest of a large drop of files.
+    let mut committed = 0;
+    let mut chunks = files.chunks(COMMIT_CHUNK).peekable();
+    let mut pending_first = Some(first);
+    while pending_first.is_some() || chunks.peek().is_some() {
+        let mut hashed = pending_first.take().unwrap_or_default();
+        let chunk: Vec<(String, Found)> = chunks.next().map(|c| c.to_vec()).unwrap_or_default();
+        // Held until the commit, so blob GC cannot drop what we referenced.
+        let mut tags = Vec::new();
+        let results: Vec<_> = n0_future::stream::iter(chunk)
             .map(|(rel, f)| {
                 let ctx = ctx.clone();
                 async move {
@@ -350,27 +357,29 @@ pub async fn hash_batch(ctx: Arc<FolderCtx>, paths: Vec<String>) -> HashOutcome 
                 }
             }
         }
-    }
-    let c = ctx.clone();
-    let res = rt::blocking(move || commit_found(&c, hashed)).await;
-    drop(tags);
-    match res {
-        Ok(Ok((n, mut more))) => {
-            deferred.append(&mut more);
-            HashOutcome {
-                deferred,
-                committed: n,
+        let c = ctx.clone();
+        let res = rt::blocking(move || commit_found(&c, hashed)).await;
+        drop(tags);
+        match res {
+            Ok(Ok((n, mut more))) => {
+                deferred.append(&mut more);
+                committed += n;
             }
-        }
-        Ok(Err(e)) | Err(e) => {
-            warn!(folder = ctx.id(), "commit failed: {e}");
-            ctx.status.error(format!("index commit: {e}"));
-            HashOutcome {
-                deferred,
-                committed: 0,
+            Ok(Err(e)) | Err(e) => {
+                warn!(folder = ctx.id(), "commit failed: {e}");
+                ctx.status.error(format!("index commit: {e}"));
             }
         }
     }
+    debug!(
+        folder = ctx.id(),
+        committed,
+        deferred = deferred.len(),
+        classify = ?classify_took,
+        total = ?t0.elapsed(),
+        "hash batch done"
+    );
+    HashOutcome { deferred, committed }
 }
 
 /// Re-check files, then let the index resolve every observation against

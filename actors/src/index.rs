@@ -46,6 +46,9 @@ const REMOTE: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("remo
 const PENDING: TableDefinition<(&str, &str, &[u8]), &[u8]> = TableDefinition::new("pending");
 const HISTORY: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("history");
 
+/// Page cache of the index database.
+pub const INDEX_CACHE: usize = 16 << 20;
+
 /// History rows kept per path; older ones are dropped as new ones land.
 pub const HISTORY_PER_PATH: usize = 32;
 
@@ -356,7 +359,9 @@ impl Index {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| IndexError::Db(e.to_string()))?;
         }
-        let db = Database::create(path)?;
+        // redb's default page cache is 1 GiB and fills as pages are read:
+        // bound it so memory does not grow with the folder.
+        let db = Database::builder().set_cache_size(INDEX_CACHE).create(path)?;
         let tx = db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;

@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::{
-    apply::{apply, Job, Outcome},
+    apply::{apply, apply_batch, Job, Outcome},
     folder::FolderCtx,
     index::{Commit, Item, Record, RemoteMark},
     rt,
@@ -101,8 +101,12 @@ pub struct Inbound {
 
 /// Pending rows read per round.
 const ROUND_LIMIT: usize = 2000;
-/// Files applied at once.
-const APPLY_CONCURRENCY: usize = 8;
+/// Big files applied at once.
+const BIG_CONCURRENCY: usize = 4;
+/// Files up to this size are applied in batches sharing one sync.
+const BATCH_FILE_MAX: u64 = 1 << 20;
+/// Files per batch.
+const BATCH_FILES: usize = 256;
 /// Applied entries per index commit.
 const COMMIT_EVERY: usize = 200;
 const MAX_RETRY_ENTRIES: usize = 100_000;
@@ -652,10 +656,48 @@ async fn process_round(
     }
     // Directories must be committed before their contents' rows may be.
     commit(&ctx, flush(&mut pending_commit, true), &tags).await;
-    // Same content → same group, applied one after another (the first
-    // fetch serves the rest).
+    // Small files go in batches that share one filesystem sync; big ones
+    // (and symlinks) one by one (their own fsync is cheap next to their
+    // transfer).
+    let (small, big): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|(j, _)| j.target.kind == EntryKind::File && j.target.size <= BATCH_FILE_MAX);
+    let mut queue: std::collections::VecDeque<Planned> = small.into();
+    while !queue.is_empty() {
+        // One job per content hash per batch: the first fetch serves the
+        // duplicates in a later batch.
+        let mut seen = std::collections::HashSet::new();
+        let mut batch = Vec::new();
+        let mut later = Vec::new();
+        while let Some(p) = queue.pop_front() {
+            if batch.len() >= BATCH_FILES {
+                queue.push_front(p);
+                break;
+            }
+            if seen.insert(p.0.target.hash) {
+                batch.push(p);
+            } else {
+                later.push(p);
+            }
+        }
+        queue.extend(later);
+        let providers = order_providers(&providers, &batch);
+        let mut settles_by_path: HashMap<String, Vec<Key>> = HashMap::new();
+        let jobs: Vec<Job> = batch
+            .into_iter()
+            .map(|(j, s)| {
+                settles_by_path.insert(j.path.clone(), s);
+                j
+            })
+            .collect();
+        for (job, out) in apply_batch(ctx.clone(), jobs, providers).await {
+            let settles = settles_by_path.remove(&job.path).unwrap_or_default();
+            handle(out, &job, settles, &mut report, &mut pending_commit);
+        }
+        commit(&ctx, flush(&mut pending_commit, true), &tags).await;
+    }
     let mut groups: BTreeMap<Option<[u8; 32]>, Vec<Planned>> = BTreeMap::new();
-    for (j, s) in files {
+    for (j, s) in big {
         groups.entry(j.target.hash).or_default().push((j, s));
     }
     let mut results = n0_future::stream::iter(groups.into_values())
@@ -671,7 +713,7 @@ async fn process_round(
                 outs
             }
         })
-        .buffered_unordered(APPLY_CONCURRENCY);
+        .buffered_unordered(BIG_CONCURRENCY);
     while let Some(outs) = results.next().await {
         for (out, job, settles) in outs {
             handle(out, &job, settles, &mut report, &mut pending_commit);

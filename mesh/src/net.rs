@@ -186,6 +186,13 @@ impl Mesh {
         let blobs_dir = opts.data_dir.join("blobs");
         let mut store_opts = iroh_blobs::store::fs::options::Options::new(&blobs_dir);
         store_opts.gc = opts.gc.clone();
+        // Content never lives in the store's database (its cache would grow
+        // with every small file synced): data is referenced in place or kept
+        // as files; only small outboards are inlined.
+        store_opts.inline = iroh_blobs::store::fs::options::InlineOptions {
+            max_data_inlined: 0,
+            max_outboard_inlined: 16 * 1024,
+        };
         let store = FsStore::load_with_opts(blobs_dir.join("blobs.db"), store_opts)
             .await
             .map_err(|e| MeshError::Store {
