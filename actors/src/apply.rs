@@ -123,28 +123,45 @@ fn applied(job: &Job, local: Option<LocalStat>, refs: Option<String>, note: &str
 
 /// Move our losing content aside as a conflict copy (a rename, no copy).
 async fn keep_conflict_copy(ctx: &FolderCtx, job: &Job) -> Result<Option<String>, Outcome> {
+    if job.local.as_ref().is_none_or(|r| r.entry.deleted) {
+        return Ok(None);
+    }
+    let fs = ctx.fs.clone();
+    let j = job.clone();
+    let name = blocking("conflict copy", move || {
+        conflict_copy_sync(&fs.session()?, &j)
+    })
+    .await?;
+    let Some(name) = name else { return Ok(None) };
+    conflict_logged(ctx, job, &name);
+    Ok(Some(name))
+}
+
+/// Rename our losing file to its conflict-copy name (blocking).
+fn conflict_copy_sync(
+    session: &crate::fsutil::Session,
+    job: &Job,
+) -> std::io::Result<Option<String>> {
     let Some(l) = job.local.as_ref().filter(|r| !r.entry.deleted) else {
         return Ok(None);
     };
-    let fs = ctx.fs.clone();
-    let path = job.path.clone();
     let base = conflict_name(&job.path, l.entry.mtime_ns, l.entry.modified_by);
-    let name = blocking("conflict copy", move || {
-        for n in 0..10 {
-            let candidate = if n == 0 {
-                base.clone()
-            } else {
-                format!("{base}.{n}")
-            };
-            match fs.rename_noreplace(&path, &candidate) {
-                Ok(()) => return Ok(candidate),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
+    for n in 0..10 {
+        let candidate = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}.{n}")
+        };
+        match session.rename_noreplace(&job.path, &candidate) {
+            Ok(()) => return Ok(Some(candidate)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
         }
-        Err(std::io::Error::other("too many conflict copies"))
-    })
-    .await?;
+    }
+    Err(std::io::Error::other("too many conflict copies"))
+}
+
+fn conflict_logged(ctx: &FolderCtx, job: &Job, name: &str) {
     warn!(
         folder = ctx.id(),
         path = %job.path,
@@ -154,7 +171,6 @@ async fn keep_conflict_copy(ctx: &FolderCtx, job: &Job) -> Result<Option<String>
     ctx.status
         .conflicts
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(Some(name))
 }
 
 pub async fn apply(ctx: Arc<FolderCtx>, job: Job, providers: Vec<EndpointId>) -> Outcome {
@@ -303,9 +319,57 @@ async fn apply_file(
 /// Many small files at once, with one `syncfs` for all their contents
 /// instead of an fsync each, and one fsync per directory for the renames.
 /// Same guarantees as [`apply`]: every file is old or new after a crash.
-pub async fn apply_batch(ctx: Arc<FolderCtx>, jobs: Vec<Job>, providers: Vec<EndpointId>) -> Vec<(Job, Outcome)> {
+pub async fn apply_batch(
+    ctx: Arc<FolderCtx>,
+    jobs: Vec<Job>,
+    providers: Vec<EndpointId>,
+) -> Vec<(Job, Outcome)> {
     use n0_future::{BufferedStreamExt, StreamExt};
-    let prepared: Vec<_> = n0_future::stream::iter(jobs)
+    let t0 = std::time::Instant::now();
+    let n = jobs.len();
+    prefetch(&ctx, &jobs, &providers).await;
+    let t_fetched = t0.elapsed();
+    // Content that arrived in this batch's prefetch is staged already: check
+    // and finish all of those in one blocking call instead of a few hops per
+    // file. The rest (content found elsewhere, metadata-only changes, fetch
+    // failures) takes the general path.
+    let (fast, slow): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
+        let staged = j
+            .target
+            .hash
+            .is_some_and(|h| ctx.staged.lock().expect("staged lock").contains_key(&h));
+        let same = j
+            .local
+            .as_ref()
+            .is_some_and(|l| !l.entry.deleted && l.entry.hash == j.target.hash);
+        staged && !same
+    });
+    let guards: Vec<ApplyGuard> = fast
+        .iter()
+        .map(|j| ApplyGuard::new(&ctx, &j.path))
+        .collect();
+    let c = ctx.clone();
+    // If this fails as a whole, the jobs simply stay pending for the next round.
+    let fast_staged = match rt::blocking(move || stage_fast(&c, fast)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            warn!(folder = ctx.id(), "staging a batch failed: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(folder = ctx.id(), "staging a batch failed: {e}");
+            Vec::new()
+        }
+    };
+    let mut early = Vec::new();
+    let mut ready = Vec::new();
+    for ((job, r), guard) in fast_staged.into_iter().zip(guards) {
+        match r {
+            Ok(st) => ready.push((job, guard, Ok(Prepared::Staged(st)))),
+            Err(o) => early.push((job, o)),
+        }
+    }
+    let mut prepared: Vec<_> = n0_future::stream::iter(slow)
         .map(|job| {
             let ctx = ctx.clone();
             let providers = providers.clone();
@@ -316,9 +380,11 @@ pub async fn apply_batch(ctx: Arc<FolderCtx>, jobs: Vec<Job>, providers: Vec<End
             }
         })
         .buffered_unordered(APPLY_WIDTH)
-        .collect()
+        .collect::<Vec<_>>()
         .await;
-    let mut out = Vec::with_capacity(prepared.len());
+    prepared.extend(ready);
+    let mut out = Vec::with_capacity(prepared.len() + early.len());
+    out.extend(early);
     let mut staged = Vec::new();
     for (job, guard, r) in prepared {
         match r {
@@ -330,57 +396,338 @@ pub async fn apply_batch(ctx: Arc<FolderCtx>, jobs: Vec<Job>, providers: Vec<End
     if staged.is_empty() {
         return out;
     }
-    let fs = ctx.fs.clone();
-    if let Err(o) = blocking("sync staged files", move || fs.sync_filesystem()).await {
-        for (job, _, st) in staged {
-            abandon(&ctx, &job, &st);
-            out.push((job, clone_outcome(&o)));
+    let t_prepared = t0.elapsed();
+    // One blocking call for the rest of the batch: sync the staged
+    // contents, then per file re-check, keep a conflict copy if needed,
+    // rename into place; finally make the renames durable.
+    let c = ctx.clone();
+    let plan: Vec<(Job, Stage)> = staged
+        .iter()
+        .map(|(j, _, st)| (j.clone(), st.clone()))
+        .collect();
+    let placed = rt::blocking(move || place_batch(&c, plan)).await;
+    let placed = match placed {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            let why = format!("placing a batch: {e}");
+            for (job, _, st) in staged {
+                abandon(&ctx, &job, &st);
+                out.push((job, Outcome::Retry(why.clone())));
+            }
+            return out;
         }
-        return out;
-    }
-    let mut dirs = std::collections::BTreeSet::new();
-    for (job, guard, st) in staged {
-        let o = match place_file(&ctx, &job, st, false).await {
-            Ok(o) | Err(o) => o,
+        Err(e) => {
+            for (job, _, st) in staged {
+                abandon(&ctx, &job, &st);
+                out.push((job, Outcome::Retry(e.clone())));
+            }
+            return out;
+        }
+    };
+    let t_placed = t0.elapsed();
+    for ((job, guard, st), res) in staged.into_iter().zip(placed) {
+        let o = match res {
+            PlaceResult::Placed { moved, copy } => {
+                let mut note = "applied".to_string();
+                if let Some(copy) = copy {
+                    conflict_logged(&ctx, &job, &copy);
+                    note = format!("conflict: kept ours as {copy}; applied");
+                }
+                let mut refs = match &st.staged {
+                    Staged::Refs(n) => Some(n.clone()),
+                    Staged::Tmp(_) => None,
+                };
+                let mut tag = None;
+                if moved {
+                    refs = None;
+                    tag = reimport(&ctx, &job.path).await;
+                }
+                ctx.status
+                    .files_in
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut o = applied(&job, Some(st.stat), refs, &note);
+                if let Outcome::Applied { tag: t, .. } = &mut o {
+                    *t = tag;
+                }
+                o
+            }
+            PlaceResult::Failed(o) => {
+                abandon(&ctx, &job, &st);
+                o
+            }
         };
-        if matches!(o, Outcome::Applied { .. }) {
-            dirs.insert(job.path.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default());
-        }
         out.push((job, with_guard(o, guard)));
     }
-    let fs = ctx.fs.clone();
-    if let Err(o) = blocking("sync directories", move || {
-        for d in dirs {
-            fs.sync_dir(&d)?;
-        }
-        Ok(())
-    })
-    .await
-    {
-        // The renames happened but are not known to be durable: report the
-        // batch as failed so it is re-checked (the next attempt finds the
-        // content in place and only records it).
-        return out
-            .into_iter()
-            .map(|(j, x)| match x {
-                Outcome::Applied { .. } => (j, clone_outcome(&o)),
-                x => (j, x),
-            })
-            .collect();
-    }
+    debug!(
+        folder = ctx.id(),
+        files = n,
+        fetched = ?t_fetched,
+        prepared = ?t_prepared,
+        placed = ?t_placed,
+        total = ?t0.elapsed(),
+        "applied a batch"
+    );
     out
+}
+
+/// Fetch the content of a batch of small files with one request per peer,
+/// straight into files that become `refs` links the store then references
+/// (no per-blob store bookkeeping on the way in). Whatever does not arrive
+/// is fetched file by file by [`stage`].
+async fn prefetch(ctx: &FolderCtx, jobs: &[Job], providers: &[EndpointId]) {
+    use std::collections::BTreeMap;
+
+    use n0_future::{BufferedStreamExt, StreamExt};
+    let store = ctx.mesh.store();
+    let mut want: BTreeMap<EndpointId, Vec<(Hash, std::path::PathBuf)>> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for job in jobs {
+        let Some(h) = job.target.hash.map(Hash::from_bytes) else {
+            continue;
+        };
+        if h == Hash::EMPTY
+            || !seen.insert(h)
+            || ctx
+                .staged
+                .lock()
+                .expect("staged lock")
+                .contains_key(h.as_bytes())
+            || store.blobs().has(h).await.unwrap_or(false)
+        {
+            continue;
+        }
+        let from = providers
+            .iter()
+            .find(|p| *p.as_bytes() == job.from)
+            .or(providers.first());
+        if let Some(p) = from {
+            let tmp = ctx.fs.tmp_dir().join(ctx.fs.new_tmp_name());
+            want.entry(*p).or_default().push((h, tmp));
+        }
+    }
+    // A few requests in parallel: the peer serves each on its own stream.
+    let mut requests = Vec::new();
+    for (peer, items) in want {
+        let per = items.len().div_ceil(FETCH_STREAMS).max(1);
+        for chunk in items.chunks(per) {
+            requests.push((peer, chunk.to_vec()));
+        }
+    }
+    let arrived: Vec<(Hash, std::path::PathBuf)> = n0_future::stream::iter(requests)
+        .map(|(peer, items)| async move {
+            let n = items.len();
+            let paths = items.clone();
+            let got = match ctx.mesh.fetch_many_to(peer, items).await {
+                Ok((got, bytes)) => {
+                    ctx.status
+                        .bytes_in
+                        .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                    got
+                }
+                Err(e) => {
+                    debug!(
+                        folder = ctx.id(),
+                        files = n,
+                        "batch fetch failed ({e}); fetching one by one"
+                    );
+                    Vec::new()
+                }
+            };
+            let got: std::collections::HashSet<Hash> = got.into_iter().collect();
+            let mut ok = Vec::new();
+            for (h, tmp) in paths {
+                if got.contains(&h) {
+                    ok.push((h, tmp));
+                } else {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+            ok
+        })
+        .buffered_unordered(FETCH_STREAMS)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    // Verified while streaming; each becomes a refs link the store references.
+    n0_future::stream::iter(arrived)
+        .map(|(h, tmp)| async move {
+            let name = format!("{}-{:08x}", h.to_hex(), crate::fsutil::random_u32());
+            let refs = ctx.fs.refs_dir().join(&name);
+            if std::fs::rename(&tmp, &refs).is_err() {
+                let _ = std::fs::remove_file(&tmp);
+                return;
+            }
+            let imported = store
+                .add_path_with_opts(AddPathOptions {
+                    path: refs.clone(),
+                    format: iroh_blobs::BlobFormat::Raw,
+                    mode: ImportMode::TryReference,
+                })
+                .temp_tag()
+                .await;
+            match imported {
+                Ok(tt) if tt.hash() == h => ctx.keep_staged(*h.as_bytes(), name),
+                _ => {
+                    let _ = std::fs::remove_file(&refs);
+                }
+            }
+        })
+        .buffered_unordered(APPLY_WIDTH)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Parallel batch downloads per peer.
+const FETCH_STREAMS: usize = 4;
+
+/// Stage jobs whose content a prefetch left in `refs/`: check the path
+/// still holds what the index says, set mode and mtime (no fsync: the
+/// batch syncs once). Blocking.
+fn stage_fast(
+    ctx: &FolderCtx,
+    jobs: Vec<Job>,
+) -> std::io::Result<Vec<(Job, Result<Stage, Outcome>)>> {
+    let session = ctx.fs.session()?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let hash = job.target.hash.expect("staged jobs have a hash");
+        let Some(name) = ctx.take_staged(&hash) else {
+            out.push((job, Err(Outcome::Retry("staged content went away".into()))));
+            continue;
+        };
+        let disk = match session.lstat(&job.path) {
+            Ok(n) => n,
+            Err(e) => {
+                ctx.keep_staged(hash, name);
+                let o = if is_escape(&e) {
+                    Outcome::Reject(e.to_string())
+                } else {
+                    Outcome::Retry(format!("{}: {e}", job.path))
+                };
+                out.push((job, Err(o)));
+                continue;
+            }
+        };
+        if !disk_matches(&disk, &job.local)
+            || matches!(disk, Node::Some(m) if m.kind == EntryKind::Directory)
+        {
+            ctx.keep_staged(hash, name);
+            out.push((job, Err(Outcome::LocalRace)));
+            continue;
+        }
+        let path = ctx.fs.refs_dir().join(&name);
+        match finish_tmp(&path, job.target.mode, job.target.mtime_ns, false) {
+            Ok(stat) => {
+                let st = Stage {
+                    staged: Staged::Refs(name),
+                    disk,
+                    hash,
+                    stat,
+                };
+                out.push((job, Ok(st)));
+            }
+            Err(e) => {
+                ctx.keep_staged(hash, name);
+                let why = format!("finish {}: {e}", job.path);
+                out.push((job, Err(Outcome::Retry(why))));
+            }
+        }
+    }
+    Ok(out)
+}
+
+enum PlaceResult {
+    Placed { moved: bool, copy: Option<String> },
+    Failed(Outcome),
+}
+
+/// The blocking half of [`apply_batch`]: `syncfs`, then each file, then
+/// the directories' fsyncs, all through one [`crate::fsutil::Session`].
+fn place_batch(ctx: &FolderCtx, plan: Vec<(Job, Stage)>) -> std::io::Result<Vec<PlaceResult>> {
+    let session = ctx.fs.session()?;
+    session.sync_filesystem()?;
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(plan.len());
+    for (job, st) in plan {
+        let now = match session.lstat(&job.path) {
+            Ok(n) => n,
+            Err(e) if is_escape(&e) => {
+                out.push(PlaceResult::Failed(Outcome::Reject(e.to_string())));
+                continue;
+            }
+            Err(e) => {
+                out.push(PlaceResult::Failed(Outcome::Retry(format!(
+                    "{}: {e}",
+                    job.path
+                ))));
+                continue;
+            }
+        };
+        if now != st.disk {
+            out.push(PlaceResult::Failed(Outcome::LocalRace));
+            continue;
+        }
+        let mut copy = None;
+        if job.conflict_copy && matches!(st.disk, Node::Some(m) if m.kind == EntryKind::File) {
+            match conflict_copy_sync(&session, &job) {
+                Ok(c) => copy = c,
+                Err(e) => {
+                    out.push(PlaceResult::Failed(Outcome::Retry(format!(
+                        "conflict copy: {e}"
+                    ))));
+                    continue;
+                }
+            }
+        }
+        let res = match &st.staged {
+            Staged::Refs(name) => match session.place_link(name, &job.path, false) {
+                Ok(()) => Ok(false),
+                Err(_) => session.place_from_refs(name, &job.path).map(|_| true),
+            },
+            Staged::Tmp(name) => session.place(name, &job.path, false).map(|_| false),
+        };
+        match res {
+            Ok(moved) => {
+                dirs.insert(
+                    job.path
+                        .rsplit_once('/')
+                        .map(|(d, _)| d.to_string())
+                        .unwrap_or_default(),
+                );
+                out.push(PlaceResult::Placed { moved, copy });
+            }
+            Err(e) if is_escape(&e) => {
+                out.push(PlaceResult::Failed(Outcome::Reject(e.to_string())))
+            }
+            Err(e) => out.push(PlaceResult::Failed(Outcome::Retry(format!(
+                "place {}: {e}",
+                job.path
+            )))),
+        }
+    }
+    for d in dirs {
+        session.sync_dir(&d)?;
+    }
+    Ok(out)
+}
+
+async fn reimport(ctx: &FolderCtx, path: &str) -> Option<iroh_blobs::api::TempTag> {
+    ctx.mesh
+        .store()
+        .add_path_with_opts(AddPathOptions {
+            path: ctx.fs.abs(path),
+            format: iroh_blobs::BlobFormat::Raw,
+            mode: ImportMode::TryReference,
+        })
+        .temp_tag()
+        .await
+        .ok()
 }
 
 /// Files prepared at once by [`apply_batch`].
 const APPLY_WIDTH: usize = 8;
-
-fn clone_outcome(o: &Outcome) -> Outcome {
-    match o {
-        Outcome::Reject(s) => Outcome::Reject(s.clone()),
-        Outcome::Retry(s) => Outcome::Retry(s.clone()),
-        _ => Outcome::Retry("batch failed".into()),
-    }
-}
 
 fn with_guard(mut o: Outcome, guard: ApplyGuard) -> Outcome {
     if let Outcome::Applied { guard: g, .. } = &mut o {
@@ -398,10 +745,13 @@ enum Prepared {
 }
 
 /// Staged content plus what the disk showed when we started.
+#[derive(Clone)]
 struct Stage {
     staged: Staged,
     disk: Node,
     hash: [u8; 32],
+    /// The staged file's stat: the placed file has the same inode.
+    stat: LocalStat,
 }
 
 fn abandon(ctx: &FolderCtx, _job: &Job, st: &Stage) {
@@ -449,7 +799,12 @@ async fn prepare_file(
                 }
             })
             .await?;
-            return Ok(Prepared::Done(applied(job, Some(stat), l.refs.clone(), "updated metadata")));
+            return Ok(Prepared::Done(applied(
+                job,
+                Some(stat),
+                l.refs.clone(),
+                "updated metadata",
+            )));
         }
     }
     if matches!(disk, Node::Some(m) if m.kind == EntryKind::Directory) {
@@ -469,31 +824,52 @@ async fn prepare_file(
     let staged = if hash == Hash::EMPTY {
         let name = ctx.fs.new_tmp_name();
         let p = ctx.fs.tmp_dir().join(&name);
-        blocking("create empty file", move || std::fs::File::create(&p).map(|_| ())).await?;
+        blocking("create empty file", move || {
+            std::fs::File::create(&p).map(|_| ())
+        })
+        .await?;
         Staged::Tmp(name)
     } else {
         stage(ctx, job, hash, hash_bytes, providers).await?
     };
-    let st = Stage {
-        staged,
-        disk,
-        hash: hash_bytes,
-    };
-    let path = match &st.staged {
+    let path = match &staged {
         Staged::Refs(n) => ctx.fs.refs_dir().join(n),
         Staged::Tmp(n) => ctx.fs.tmp_dir().join(n),
     };
     let (mode, mtime) = (target.mode, target.mtime_ns);
-    if let Err(o) = blocking("finish temp file", move || finish_tmp(&path, mode, mtime, durable)).await {
-        abandon(ctx, job, &st);
-        return Err(o);
+    let mut st = Stage {
+        staged,
+        disk,
+        hash: hash_bytes,
+        stat: LocalStat {
+            size: 0,
+            mtime_ns: 0,
+            ino: 0,
+            mode: 0,
+        },
+    };
+    match blocking("finish temp file", move || {
+        finish_tmp(&path, mode, mtime, durable)
+    })
+    .await
+    {
+        Ok(stat) => st.stat = stat,
+        Err(o) => {
+            abandon(ctx, job, &st);
+            return Err(o);
+        }
     }
     Ok(Prepared::Staged(st))
 }
 
 /// Re-check the path, keep a conflict copy if ours lost, rename the staged
 /// content into place (fsyncing the directory when `durable`).
-async fn place_file(ctx: &Arc<FolderCtx>, job: &Job, st: Stage, durable: bool) -> Result<Outcome, Outcome> {
+async fn place_file(
+    ctx: &Arc<FolderCtx>,
+    job: &Job,
+    st: Stage,
+    durable: bool,
+) -> Result<Outcome, Outcome> {
     // Last look before we replace: did someone write to the path meanwhile?
     let now = match lstat(&ctx.fs, &job.path).await {
         Ok(n) => n,
@@ -534,12 +910,10 @@ async fn place_file(ctx: &Arc<FolderCtx>, job: &Job, st: Stage, durable: bool) -
             }
             Staged::Tmp(name) => fs.place(name, &p, durable)?,
         }
-        match fs.lstat(&p)? {
-            Node::Some(m) => Ok((m.stat, moved)),
-            _ => Err(std::io::Error::other("file vanished after rename")),
-        }
+        Ok(moved)
     })
-    .await;
+    .await
+    .map(|moved| (st.stat, moved));
     let (stat, moved) = match placed {
         Ok(x) => x,
         Err(o) => {
@@ -601,10 +975,13 @@ async fn stage(
         }
     }
     let store = ctx.mesh.store();
+    let tt = std::time::Instant::now();
     let had = store.blobs().has(hash).await.unwrap_or(false);
+    let t_has = tt.elapsed();
     if !had {
         fetch(ctx, job, hash, providers).await?;
     }
+    let t_fetch = tt.elapsed();
     let name = format!("{}-{:08x}", hash.to_hex(), crate::fsutil::random_u32());
     let path = ctx.fs.refs_dir().join(&name);
     let exported = store
@@ -616,6 +993,7 @@ async fn stage(
         .finish()
         .await;
     let mut ok = exported.is_ok();
+    tracing::trace!(has = ?t_has, fetch = ?t_fetch, export = ?tt.elapsed(), "stage timing");
     if let Err(e) = &exported {
         debug!(folder = ctx.id(), path = %job.path, "export failed: {e}");
     }

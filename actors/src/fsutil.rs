@@ -14,7 +14,7 @@ use std::{
     ffi::OsStr,
     io,
     os::{
-        fd::{AsFd, OwnedFd},
+        fd::{AsFd, BorrowedFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
@@ -136,6 +136,18 @@ impl FolderFs {
         .map_err(to_io)
     }
 
+    /// Open the root once for a series of operations (a batch of files):
+    /// saves re-opening the root and the reserved directories each time.
+    /// Keep it short-lived: it pins the directory that was the root when
+    /// it was opened.
+    pub fn session(&self) -> io::Result<Session> {
+        Ok(Session {
+            root: self.open_root()?,
+            tmp: std::sync::OnceLock::new(),
+            refs: std::sync::OnceLock::new(),
+        })
+    }
+
     fn open_dir_at(parent: impl AsFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
         rustix::fs::openat(
             parent,
@@ -145,12 +157,140 @@ impl FolderFs {
         )
     }
 
+    pub fn lstat(&self, rel: &str) -> io::Result<Node> {
+        self.session()?.lstat(rel)
+    }
+
+    pub fn read_link(&self, rel: &str) -> io::Result<String> {
+        self.session()?.read_link(rel)
+    }
+
+    pub fn remove_file(&self, rel: &str) -> io::Result<()> {
+        self.session()?.remove_file(rel)
+    }
+
+    pub fn remove_dir(&self, rel: &str) -> io::Result<()> {
+        self.session()?.remove_dir(rel)
+    }
+
+    pub fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
+        self.session()?.mkdir(rel, mode)
+    }
+
+    pub fn symlink(&self, rel: &str, target: &str) -> io::Result<()> {
+        self.session()?.symlink(rel, target)
+    }
+
+    pub fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+        self.session()?.rename_noreplace(from, to)
+    }
+
+    pub fn place(&self, tmp_name: &str, rel: &str, sync_dir: bool) -> io::Result<()> {
+        self.session()?.place(tmp_name, rel, sync_dir)
+    }
+
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        self.session()?.sync_filesystem()
+    }
+
+    pub fn sync_dir(&self, rel: &str) -> io::Result<()> {
+        self.session()?.sync_dir(rel)
+    }
+
+    pub fn place_link(&self, refs_name: &str, rel: &str, sync_dir: bool) -> io::Result<()> {
+        self.session()?.place_link(refs_name, rel, sync_dir)
+    }
+
+    pub fn link_ref(&self, rel: &str) -> io::Result<String> {
+        self.session()?.link_ref(rel)
+    }
+
+    pub fn remove_ref(&self, name: &str) {
+        if let Ok(s) = self.session() {
+            s.remove_ref(name);
+        }
+    }
+
+    pub fn place_from_refs(&self, refs_name: &str, rel: &str) -> io::Result<()> {
+        self.session()?.place_from_refs(refs_name, rel)
+    }
+
+    /// Create `<root>/.fleetsync/tmp` (refusing symlinks), the folder
+    /// marker that also tells us the folder is really there (mounted).
+    pub fn ensure_reserved(&self) -> io::Result<()> {
+        let root = self.open_root()?;
+        for (parent_is_root, name) in [(true, RESERVED_DIR), (false, TMP_DIR), (false, REFS_DIR)] {
+            let parent = if parent_is_root {
+                root.try_clone()?
+            } else {
+                Self::open_dir_at(&root, OsStr::new(RESERVED_DIR)).map_err(to_io)?
+            };
+            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(to_io(e)),
+            }
+            Self::open_dir_at(&parent, OsStr::new(name)).map_err(|_| {
+                io::Error::other(format!(
+                    "{name} in {} is not a plain directory",
+                    self.root.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn has_marker(&self) -> bool {
+        matches!(self.lstat_abs_marker(), Ok(Some(EntryKind::Directory)))
+    }
+
+    fn lstat_abs_marker(&self) -> io::Result<Option<EntryKind>> {
+        let root = self.open_root()?;
+        match rustix::fs::statat(&root, RESERVED_DIR, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(match meta_from_stat(&st) {
+                Node::Some(m) => Some(m.kind),
+                _ => None,
+            }),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+
+    /// A fresh temp path for content on its way in.
+    pub fn new_tmp_name(&self) -> String {
+        format!("{:016x}.part", random_u64())
+    }
+}
+
+/// A directory descriptor: the session's root, or one opened on the way.
+pub enum Dir<'a> {
+    Root(&'a OwnedFd),
+    Owned(OwnedFd),
+}
+
+impl AsFd for Dir<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Dir::Root(r) => r.as_fd(),
+            Dir::Owned(o) => o.as_fd(),
+        }
+    }
+}
+
+/// The folder root opened once, for a series of operations. Every walk
+/// below it still goes component by component with `O_NOFOLLOW`.
+pub struct Session {
+    root: OwnedFd,
+    tmp: std::sync::OnceLock<OwnedFd>,
+    refs: std::sync::OnceLock<OwnedFd>,
+}
+
+impl Session {
     /// Open the directory holding `rel`'s last component, never following
     /// a symlink on the way. With `create`, missing directories are made.
     /// Returns the parent descriptor and the last component.
-    pub fn open_parent<'a>(&self, rel: &'a str, create: bool) -> io::Result<(OwnedFd, &'a str)> {
+    pub fn open_parent<'a>(&self, rel: &'a str, create: bool) -> io::Result<(Dir<'_>, &'a str)> {
         validate_rel_path(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let mut dir = self.open_root()?;
+        let mut dir = Dir::Root(&self.root);
         let mut comps = rel.split('/').peekable();
         loop {
             let comp = comps.next().expect("validated path is non-empty");
@@ -158,17 +298,17 @@ impl FolderFs {
                 return Ok((dir, comp));
             }
             let name = OsStr::new(comp);
-            dir = match Self::open_dir_at(&dir, name) {
-                Ok(d) => d,
+            dir = match FolderFs::open_dir_at(&dir, name) {
+                Ok(d) => Dir::Owned(d),
                 Err(rustix::io::Errno::NOENT) if create => {
                     match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => return Err(to_io(e)),
                     }
-                    Self::open_dir_at(&dir, name).map_err(|e| match e {
+                    Dir::Owned(FolderFs::open_dir_at(&dir, name).map_err(|e| match e {
                         rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => symlink_err(rel),
                         e => to_io(e),
-                    })?
+                    })?)
                 }
                 Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
                     return Err(symlink_err(rel))
@@ -224,7 +364,7 @@ impl FolderFs {
             Err(e) => return Err(to_io(e)),
         }
         // mkdir honours the umask; set the mode the entry asks for.
-        let d = Self::open_dir_at(&dir, OsStr::new(name)).map_err(|_| symlink_err(rel))?;
+        let d = FolderFs::open_dir_at(&dir, OsStr::new(name)).map_err(|_| symlink_err(rel))?;
         rustix::fs::fchmod(&d, Mode::from_raw_mode(mode & 0o777)).map_err(to_io)
     }
 
@@ -259,7 +399,7 @@ impl FolderFs {
     pub fn place(&self, tmp_name: &str, rel: &str, sync_dir: bool) -> io::Result<()> {
         let tmpdir = self.open_tmp_dir()?;
         let (dir, name) = self.open_parent(rel, true)?;
-        rustix::fs::renameat(&tmpdir, tmp_name, &dir, name).map_err(to_io)?;
+        rustix::fs::renameat(tmpdir, tmp_name, &dir, name).map_err(to_io)?;
         if sync_dir {
             rustix::fs::fsync(&dir).map_err(to_io)?;
         }
@@ -269,24 +409,22 @@ impl FolderFs {
     /// Flush everything written to this folder's filesystem (one call for
     /// a whole batch of staged files instead of an fsync each).
     pub fn sync_filesystem(&self) -> io::Result<()> {
-        rustix::fs::syncfs(self.open_root()?).map_err(to_io)
+        rustix::fs::syncfs(&self.root).map_err(to_io)
     }
 
     /// Make renames in directory `rel` ("" = the root) durable.
     pub fn sync_dir(&self, rel: &str) -> io::Result<()> {
-        let dir = if rel.is_empty() {
-            self.open_root()?
-        } else {
-            let (parent, name) = self.open_parent(rel, false)?;
-            Self::open_dir_at(&parent, OsStr::new(name)).map_err(|_| symlink_err(rel))?
-        };
+        if rel.is_empty() {
+            return rustix::fs::fsync(&self.root).map_err(to_io);
+        }
+        let (parent, name) = self.open_parent(rel, false)?;
+        let dir = FolderFs::open_dir_at(&parent, OsStr::new(name)).map_err(|_| symlink_err(rel))?;
         rustix::fs::fsync(&dir).map_err(to_io)
     }
 
     fn open_reserved(&self, sub: &str) -> io::Result<OwnedFd> {
-        let root = self.open_root()?;
-        let res = Self::open_dir_at(&root, OsStr::new(RESERVED_DIR))
-            .and_then(|d| Self::open_dir_at(&d, OsStr::new(sub)));
+        let res = FolderFs::open_dir_at(&self.root, OsStr::new(RESERVED_DIR))
+            .and_then(|d| FolderFs::open_dir_at(&d, OsStr::new(sub)));
         res.map_err(|e| match e {
             rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
                 io::Error::other(format!("{RESERVED_DIR}/{sub} is not a plain directory"))
@@ -295,23 +433,39 @@ impl FolderFs {
         })
     }
 
-    fn open_tmp_dir(&self) -> io::Result<OwnedFd> {
-        self.open_reserved(TMP_DIR)
+    fn cached<'s>(
+        &'s self,
+        cell: &'s std::sync::OnceLock<OwnedFd>,
+        sub: &str,
+    ) -> io::Result<BorrowedFd<'s>> {
+        if cell.get().is_none() {
+            let fd = self.open_reserved(sub)?;
+            let _ = cell.set(fd);
+        }
+        Ok(cell.get().expect("set above").as_fd())
+    }
+
+    fn open_tmp_dir(&self) -> io::Result<BorrowedFd<'_>> {
+        self.cached(&self.tmp, TMP_DIR)
+    }
+
+    fn refs_fd(&self) -> io::Result<BorrowedFd<'_>> {
+        self.cached(&self.refs, REFS_DIR)
     }
 
     /// Put a second hard link of `refs/<name>` at `rel`, atomically
     /// replacing whatever is there, and make it durable. The store keeps
     /// referencing the `refs` link; both names share the inode.
     pub fn place_link(&self, refs_name: &str, rel: &str, sync_dir: bool) -> io::Result<()> {
-        let refs = self.open_reserved(REFS_DIR)?;
+        let refs = self.refs_fd()?;
         let tmpdir = self.open_tmp_dir()?;
-        let tmp = self.new_tmp_name();
-        rustix::fs::linkat(&refs, refs_name, &tmpdir, tmp.as_str(), AtFlags::empty())
+        let tmp = format!("{:016x}.part", random_u64());
+        rustix::fs::linkat(refs, refs_name, tmpdir, tmp.as_str(), AtFlags::empty())
             .map_err(to_io)?;
         match self.place(&tmp, rel, sync_dir) {
             Ok(()) => Ok(()),
             Err(e) => {
-                let _ = rustix::fs::unlinkat(&tmpdir, tmp.as_str(), AtFlags::empty());
+                let _ = rustix::fs::unlinkat(tmpdir, tmp.as_str(), AtFlags::empty());
                 Err(e)
             }
         }
@@ -321,9 +475,9 @@ impl FolderFs {
     /// symlink) and return its name; the blob store then references the link.
     pub fn link_ref(&self, rel: &str) -> io::Result<String> {
         let (dir, name) = self.open_parent(rel, false)?;
-        let refs = self.open_reserved(REFS_DIR)?;
+        let refs = self.refs_fd()?;
         let link = format!("l{:016x}", random_u64());
-        rustix::fs::linkat(&dir, name, &refs, link.as_str(), AtFlags::empty()).map_err(to_io)?;
+        rustix::fs::linkat(&dir, name, refs, link.as_str(), AtFlags::empty()).map_err(to_io)?;
         Ok(link)
     }
 
@@ -331,63 +485,18 @@ impl FolderFs {
         if name.contains('/') || name.starts_with('.') {
             return;
         }
-        if let Ok(refs) = self.open_reserved(REFS_DIR) {
-            let _ = rustix::fs::unlinkat(&refs, name, AtFlags::empty());
+        if let Ok(refs) = self.refs_fd() {
+            let _ = rustix::fs::unlinkat(refs, name, AtFlags::empty());
         }
     }
 
     /// Move `refs/<name>` itself into place (when hard links are not
     /// available on this filesystem).
     pub fn place_from_refs(&self, refs_name: &str, rel: &str) -> io::Result<()> {
-        let refs = self.open_reserved(REFS_DIR)?;
+        let refs = self.refs_fd()?;
         let (dir, name) = self.open_parent(rel, true)?;
-        rustix::fs::renameat(&refs, refs_name, &dir, name).map_err(to_io)?;
+        rustix::fs::renameat(refs, refs_name, &dir, name).map_err(to_io)?;
         rustix::fs::fsync(&dir).map_err(to_io)
-    }
-
-    /// Create `<root>/.fleetsync/tmp` (refusing symlinks), the folder
-    /// marker that also tells us the folder is really there (mounted).
-    pub fn ensure_reserved(&self) -> io::Result<()> {
-        let root = self.open_root()?;
-        for (parent_is_root, name) in [(true, RESERVED_DIR), (false, TMP_DIR), (false, REFS_DIR)] {
-            let parent = if parent_is_root {
-                root.try_clone()?
-            } else {
-                Self::open_dir_at(&root, OsStr::new(RESERVED_DIR)).map_err(to_io)?
-            };
-            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(to_io(e)),
-            }
-            Self::open_dir_at(&parent, OsStr::new(name)).map_err(|_| {
-                io::Error::other(format!(
-                    "{name} in {} is not a plain directory",
-                    self.root.display()
-                ))
-            })?;
-        }
-        Ok(())
-    }
-
-    pub fn has_marker(&self) -> bool {
-        matches!(self.lstat_abs_marker(), Ok(Some(EntryKind::Directory)))
-    }
-
-    fn lstat_abs_marker(&self) -> io::Result<Option<EntryKind>> {
-        let root = self.open_root()?;
-        match rustix::fs::statat(&root, RESERVED_DIR, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => Ok(match meta_from_stat(&st) {
-                Node::Some(m) => Some(m.kind),
-                _ => None,
-            }),
-            Err(rustix::io::Errno::NOENT) => Ok(None),
-            Err(e) => Err(to_io(e)),
-        }
-    }
-
-    /// A fresh temp path for content on its way in.
-    pub fn new_tmp_name(&self) -> String {
-        format!("{:016x}.part", random_u64())
     }
 }
 
@@ -433,7 +542,8 @@ pub fn finish_tmp(path: &Path, mode: u32, mtime_ns: i64, sync: bool) -> io::Resu
 
 /// Set permissions and mtime of an existing file in place (metadata-only change).
 pub fn set_meta(fs: &FolderFs, rel: &str, mode: u32, mtime_ns: i64) -> io::Result<()> {
-    let (dir, name) = fs.open_parent(rel, false)?;
+    let session = fs.session()?;
+    let (dir, name) = session.open_parent(rel, false)?;
     let f = rustix::fs::openat(
         &dir,
         name,

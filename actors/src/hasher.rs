@@ -136,6 +136,14 @@ fn classify(ctx: &FolderCtx, paths: Vec<String>) -> Plan {
     let mut seen = HashSet::new();
     let mut queue: VecDeque<String> = paths.into();
     let folder = ctx.id();
+    let session = match ctx.fs.session() {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.status.error(format!("folder root: {e}"));
+            plan.deferred.extend(queue);
+            return plan;
+        }
+    };
     while let Some(rel) = queue.pop_front() {
         if !seen.insert(rel.clone()) {
             continue;
@@ -147,7 +155,7 @@ fn classify(ctx: &FolderCtx, paths: Vec<String>) -> Plan {
             plan.deferred.push(rel);
             continue;
         }
-        let node = match ctx.fs.lstat(&rel) {
+        let node = match session.lstat(&rel) {
             Ok(n) => n,
             // A parent turned into a symlink: the path is no longer in the folder.
             Err(e) if e.kind() == std::io::ErrorKind::Other => Node::Missing,
@@ -203,7 +211,7 @@ fn classify(ctx: &FolderCtx, paths: Vec<String>) -> Plan {
                             }
                         }
                     }
-                    EntryKind::Symlink => match ctx.fs.read_link(&rel) {
+                    EntryKind::Symlink => match session.read_link(&rel) {
                         Ok(target) => {
                             let same = live(&rec).is_some_and(|r| {
                                 r.entry.kind == EntryKind::Symlink
@@ -379,7 +387,10 @@ pub async fn hash_batch(ctx: Arc<FolderCtx>, paths: Vec<String>) -> HashOutcome 
         total = ?t0.elapsed(),
         "hash batch done"
     );
-    HashOutcome { deferred, committed }
+    HashOutcome {
+        deferred,
+        committed,
+    }
 }
 
 /// Re-check files, then let the index resolve every observation against
@@ -389,6 +400,7 @@ fn commit_found(ctx: &FolderCtx, hashed: Vec<Hashed>) -> Result<(usize, Vec<Stri
     let folder = ctx.id();
     let mut items = Vec::with_capacity(hashed.len());
     let mut deferred = Vec::new();
+    let session = ctx.fs.session().map_err(|e| e.to_string())?;
     for (rel, found, hash) in hashed {
         let seen = match found {
             Found::Gone => Observed::Gone,
@@ -399,7 +411,7 @@ fn commit_found(ctx: &FolderCtx, hashed: Vec<Hashed>) -> Result<(usize, Vec<Stri
             },
             Found::File(meta) => {
                 // Did it change while we hashed it?
-                match (ctx.fs.lstat(&rel), hash) {
+                match (session.lstat(&rel), hash) {
                     (Ok(Node::Some(now)), Some((hash, refs))) if now == meta => Observed::File {
                         stat: meta.stat,
                         hash,

@@ -361,7 +361,9 @@ impl Index {
         }
         // redb's default page cache is 1 GiB and fills as pages are read:
         // bound it so memory does not grow with the folder.
-        let db = Database::builder().set_cache_size(INDEX_CACHE).create(path)?;
+        let db = Database::builder()
+            .set_cache_size(INDEX_CACHE)
+            .create(path)?;
         let tx = db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;

@@ -106,7 +106,7 @@ const BIG_CONCURRENCY: usize = 4;
 /// Files up to this size are applied in batches sharing one sync.
 const BATCH_FILE_MAX: u64 = 1 << 20;
 /// Files per batch.
-const BATCH_FILES: usize = 256;
+const BATCH_FILES: usize = 512;
 /// Applied entries per index commit.
 const COMMIT_EVERY: usize = 200;
 const MAX_RETRY_ENTRIES: usize = 100_000;

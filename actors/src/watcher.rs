@@ -193,9 +193,13 @@ impl Watcher {
             let cfg = notify::Config::default()
                 .with_follow_symlinks(false)
                 .with_poll_interval(poll);
+            // Our own temp and refs files generate no work: stop watching
+            // .fleetsync/ (events for it would be filtered out anyway).
+            let reserved = root.join(fleetsync_mesh::model::RESERVED_DIR);
             let mk_poll = |h| -> notify::Result<Box<dyn notify::Watcher + Send>> {
                 let mut w = notify::PollWatcher::new(h, cfg)?;
                 w.watch(&root, RecursiveMode::Recursive)?;
+                let _ = w.unwatch(&reserved);
                 Ok(Box::new(w))
             };
             match mode {
@@ -204,6 +208,7 @@ impl Watcher {
                     let h2 = handler.clone();
                     let native = notify::RecommendedWatcher::new(handler, cfg).and_then(|mut w| {
                         w.watch(&root, RecursiveMode::Recursive)?;
+                        let _ = w.unwatch(&reserved);
                         Ok(Box::new(w) as Box<dyn notify::Watcher + Send>)
                     });
                     match native {
@@ -299,7 +304,11 @@ impl Watcher {
                     rt::blocking(move || {
                         due.into_iter()
                             .map(|p| {
-                                let n = fctx.fs.lstat(&p).unwrap_or(Node::Missing);
+                                // Change detection only (the hasher re-checks
+                                // safely before acting): one plain lstat.
+                                let n = rustix::fs::lstat(fctx.fs.abs(&p))
+                                    .map(|st| crate::fsutil::meta_from_stat(&st))
+                                    .unwrap_or(Node::Missing);
                                 (p, n)
                             })
                             .collect::<Vec<_>>()

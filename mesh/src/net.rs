@@ -375,6 +375,76 @@ impl Mesh {
         })
     }
 
+    /// Fetch many (small) blobs from one peer in a single request, each
+    /// verified against its hash as it streams and written straight to its
+    /// target file (no blob store in between). Returns which hashes arrived
+    /// complete and the payload bytes read; a blob that fails verification
+    /// ends the request (the rest are then fetched some other way).
+    pub async fn fetch_many_to(
+        &self,
+        peer: EndpointId,
+        items: Vec<(Hash, PathBuf)>,
+    ) -> Result<(Vec<Hash>, u64), FetchError> {
+        use std::os::unix::fs::FileExt;
+
+        use iroh_blobs::get::fsm::{self, BlobContentNext, EndBlobNext};
+        let err = |message: String| FetchError::Transfer {
+            peer: peer.fmt_short().to_string(),
+            message,
+        };
+        let conn = self.blob_conn(peer).await?;
+        let targets: HashMap<Hash, PathBuf> = items.into_iter().collect();
+        let req: iroh_blobs::protocol::GetManyRequest = targets.keys().copied().collect();
+        let hashes = req.hashes.clone();
+        let mut done = Vec::new();
+        let mut bytes = 0u64;
+        let mut next = fsm::start_get_many(conn, req, Default::default())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        loop {
+            let child = match next {
+                Ok(c) => c,
+                Err(closing) => {
+                    let _ = closing.next().await;
+                    break;
+                }
+            };
+            let Some(hash) = hashes.get(child.offset() as usize).copied() else {
+                let _ = child.finish().next().await;
+                break;
+            };
+            let (mut content, _size) = child
+                .next(hash)
+                .next()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let file = std::fs::File::create(&targets[&hash]).map_err(|e| err(e.to_string()))?;
+            next = loop {
+                match content.next().await {
+                    BlobContentNext::More((c, item)) => {
+                        match item.map_err(|e| err(format!("verification failed: {e}")))? {
+                            bao_tree::io::BaoContentItem::Leaf(leaf) => {
+                                file.write_all_at(&leaf.data, leaf.offset)
+                                    .map_err(|e| err(e.to_string()))?;
+                                bytes += leaf.data.len() as u64;
+                            }
+                            bao_tree::io::BaoContentItem::Parent(_) => {}
+                        }
+                        content = c;
+                    }
+                    BlobContentNext::Done(end) => {
+                        done.push(hash);
+                        break match end.next() {
+                            EndBlobNext::MoreChildren(c) => Ok(c),
+                            EndBlobNext::Closing(c) => Err(c),
+                        };
+                    }
+                }
+            };
+        }
+        Ok((done, bytes))
+    }
+
     /// Start a verified download that bypasses the store: the caller gets
     /// the content as verified leaves (used when the store's copy is bad).
     pub async fn get_blob_direct(
