@@ -59,6 +59,9 @@ pub enum Outcome {
     LocalRace,
     /// Could not do it now (no peer has the content, disk error): retry later.
     Retry(String),
+    /// Waits for other entries to land first (the deletions of a
+    /// directory's contents): retried soon, not with the long backoff.
+    NotYet(String),
     /// Never doing this (the path leads through a symlink): drop it.
     Reject(String),
 }
@@ -223,7 +226,7 @@ async fn apply_delete(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
                 })
                 .unwrap_or(false);
             if !only_ignored {
-                return Err(Outcome::Retry(format!(
+                return Err(Outcome::NotYet(format!(
                     "{}: directory not empty yet",
                     job.path
                 )));
@@ -474,10 +477,30 @@ pub async fn apply_batch(
 /// straight into files that become `refs` links the store then references
 /// (no per-blob store bookkeeping on the way in). Whatever does not arrive
 /// is fetched file by file by [`stage`].
-async fn prefetch(ctx: &FolderCtx, jobs: &[Job], providers: &[EndpointId]) {
+async fn prefetch(ctx: &Arc<FolderCtx>, jobs: &[Job], providers: &[EndpointId]) {
     use std::collections::BTreeMap;
 
     use n0_future::{BufferedStreamExt, StreamExt};
+    // Content of files deleted a moment ago (a rename's other half) is
+    // reused, not downloaded.
+    let mut reuse: Vec<[u8; 32]> = jobs
+        .iter()
+        .filter_map(|j| j.target.hash)
+        .filter(|h| *h != *Hash::EMPTY.as_bytes() && ctx.has_released(h))
+        .collect();
+    reuse.sort_unstable();
+    reuse.dedup();
+    if !reuse.is_empty() {
+        let c = ctx.clone();
+        let _ = rt::blocking(move || {
+            for h in reuse {
+                if let Some(name) = revive(&c, &h) {
+                    c.keep_staged(h, name);
+                }
+            }
+        })
+        .await;
+    }
     let store = ctx.mesh.store();
     let mut want: BTreeMap<EndpointId, Vec<(Hash, std::path::PathBuf)>> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
@@ -974,14 +997,19 @@ async fn stage(
             return Ok(Staged::Refs(name));
         }
     }
+    if ctx.has_released(&hash_bytes) {
+        let c = ctx.clone();
+        if let Some(name) =
+            blocking("reuse deleted content", move || Ok(revive(&c, &hash_bytes))).await?
+        {
+            return Ok(Staged::Refs(name));
+        }
+    }
     let store = ctx.mesh.store();
-    let tt = std::time::Instant::now();
     let had = store.blobs().has(hash).await.unwrap_or(false);
-    let t_has = tt.elapsed();
     if !had {
         fetch(ctx, job, hash, providers).await?;
     }
-    let t_fetch = tt.elapsed();
     let name = format!("{}-{:08x}", hash.to_hex(), crate::fsutil::random_u32());
     let path = ctx.fs.refs_dir().join(&name);
     let exported = store
@@ -993,7 +1021,6 @@ async fn stage(
         .finish()
         .await;
     let mut ok = exported.is_ok();
-    tracing::trace!(has = ?t_has, fetch = ?t_fetch, export = ?tt.elapsed(), "stage timing");
     if let Err(e) = &exported {
         debug!(folder = ctx.id(), path = %job.path, "export failed: {e}");
     }
@@ -1016,6 +1043,23 @@ async fn stage(
     let tpath = ctx.fs.tmp_dir().join(&tname);
     fetch_direct(ctx, job, hash, providers, &tpath).await?;
     Ok(Staged::Tmp(tname))
+}
+
+/// Content a file deleted a moment ago left in `refs/` (see
+/// [`FolderCtx::release`]), if it still hashes to `hash` and nothing else
+/// links to it (a link shared with a live file would tie the two files
+/// together). Blocking.
+fn revive(ctx: &FolderCtx, hash: &[u8; 32]) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    while let Some(name) = ctx.take_released(hash) {
+        let path = ctx.fs.refs_dir().join(&name);
+        let alone = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.nlink() == 1);
+        if alone && hash_file(&path).is_ok_and(|h| h == *hash) {
+            return Some(name);
+        }
+        ctx.fs.remove_ref(&name);
+    }
+    None
 }
 
 struct TransferGuard<'a> {
@@ -1125,6 +1169,11 @@ async fn fetch_direct(
                 }
             }
         }
+        // Counted whether or not it completed: these bytes crossed the wire.
+        ctx.status.bytes_in.fetch_add(
+            done.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         match failed {
             None => return Ok(()),
             Some(e) => last = e,

@@ -11,7 +11,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
     },
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use fleetsync_config::{FolderConfig, FolderMode};
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::{
     fsutil::FolderFs,
     ignore::Ignore,
-    index::{Index, IndexError},
+    index::{Index, IndexError, Released},
 };
 
 /// A transfer in progress, for `fleetsync status`.
@@ -128,7 +128,44 @@ pub struct FolderCtx {
     /// Content staged in `refs/` by an apply that was then abandoned (the
     /// store references it): reused by the next attempt instead of copied.
     pub staged: Mutex<std::collections::HashMap<[u8; 32], String>>,
+    /// Refs links the index just stopped using, kept for [`RELEASE_GRACE`].
+    released: Mutex<Graveyard>,
     pub status: FolderStatus,
+}
+
+/// How long released content stays on disk. A rename reaches a peer as a
+/// delete and a create, often in that order and in different batches; the
+/// create finds the deleted file's content here instead of downloading it.
+pub const RELEASE_GRACE: Duration = Duration::from_secs(30);
+
+/// Released links beyond this many are removed at once (bounded memory).
+const GRAVEYARD_MAX: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct Graveyard {
+    by_hash: std::collections::HashMap<[u8; 32], Vec<(Instant, String)>>,
+    len: usize,
+}
+
+impl Graveyard {
+    /// Take out what is older than `grace` (everything if over the bound).
+    fn expire(&mut self, grace: Duration) -> Vec<String> {
+        let now = Instant::now();
+        let all = self.len > GRAVEYARD_MAX;
+        let mut out = Vec::new();
+        self.by_hash.retain(|_, v| {
+            v.retain(|(t, name)| {
+                let keep = !all && now.duration_since(*t) < grace;
+                if !keep {
+                    out.push(name.clone());
+                }
+                keep
+            });
+            !v.is_empty()
+        });
+        self.len -= out.len();
+        out
+    }
 }
 
 impl FolderCtx {
@@ -146,6 +183,7 @@ impl FolderCtx {
             head: watch::channel(meta.seq).0,
             applying: Mutex::new(HashSet::new()),
             staged: Mutex::new(Default::default()),
+            released: Mutex::new(Graveyard::default()),
             status: FolderStatus::default(),
         }))
     }
@@ -199,11 +237,71 @@ impl FolderCtx {
         self.staged.lock().expect("staged lock").remove(hash)
     }
 
-    /// Remove refs links nothing references any more.
-    pub fn release(&self, names: Vec<String>) {
-        for n in names {
+    /// Refs links nothing references any more: those with a known hash
+    /// stay for [`RELEASE_GRACE`] (see [`FolderCtx::take_released`]), the
+    /// rest go now.
+    pub fn release(&self, names: Vec<Released>) {
+        let mut g = self.released.lock().expect("released lock");
+        for r in names {
+            match r.hash {
+                Some(h) => {
+                    g.by_hash
+                        .entry(h)
+                        .or_default()
+                        .push((Instant::now(), r.name));
+                    g.len += 1;
+                }
+                None => self.fs.remove_ref(&r.name),
+            }
+        }
+        let old = g.expire(RELEASE_GRACE);
+        drop(g);
+        for n in old {
             self.fs.remove_ref(&n);
         }
+    }
+
+    /// Remove released links older than `grace` (`ZERO`: all of them).
+    pub fn expire_released(&self, grace: Duration) -> usize {
+        let old = self.released.lock().expect("released lock").expire(grace);
+        for n in &old {
+            self.fs.remove_ref(n);
+        }
+        old.len()
+    }
+
+    /// A released link whose record had this hash. The caller must check
+    /// the content before use: the file may have changed before it was
+    /// deleted.
+    pub fn take_released(&self, hash: &[u8; 32]) -> Option<String> {
+        let mut g = self.released.lock().expect("released lock");
+        let v = g.by_hash.get_mut(hash)?;
+        let (_, name) = v.pop()?;
+        if v.is_empty() {
+            g.by_hash.remove(hash);
+        }
+        g.len -= 1;
+        Some(name)
+    }
+
+    pub fn has_released(&self, hash: &[u8; 32]) -> bool {
+        self.released
+            .lock()
+            .expect("released lock")
+            .by_hash
+            .contains_key(hash)
+    }
+
+    /// Names of the released links still kept (retention leaves them be).
+    pub fn released_names(&self) -> Vec<String> {
+        self.released
+            .lock()
+            .expect("released lock")
+            .by_hash
+            .values()
+            .flatten()
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     pub fn fault(&self) -> Option<String> {
@@ -251,5 +349,33 @@ impl Drop for ApplyGuard {
             .lock()
             .expect("applying lock")
             .remove(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graveyard_expires_by_age_and_by_bound() {
+        let mut g = Graveyard::default();
+        g.by_hash
+            .entry([1; 32])
+            .or_default()
+            .push((Instant::now(), "a".into()));
+        g.len = 1;
+        assert!(g.expire(RELEASE_GRACE).is_empty(), "fresh links are kept");
+        assert_eq!(g.expire(Duration::ZERO), vec!["a".to_string()]);
+        assert_eq!(g.len, 0);
+        assert!(g.by_hash.is_empty());
+        for i in 0..=GRAVEYARD_MAX {
+            g.by_hash
+                .entry([(i % 251) as u8; 32])
+                .or_default()
+                .push((Instant::now(), i.to_string()));
+        }
+        g.len = GRAVEYARD_MAX + 1;
+        assert_eq!(g.expire(RELEASE_GRACE).len(), GRAVEYARD_MAX + 1);
+        assert_eq!(g.len, 0);
     }
 }

@@ -273,8 +273,17 @@ pub struct Committed {
     pub written: usize,
     /// Applied items the index had moved past: their pending rows remain.
     pub superseded: Vec<Record>,
-    /// Refs links nothing references any more: the caller removes them.
-    pub released: Vec<String>,
+    /// Refs links nothing references any more: the caller hands them to
+    /// [`crate::folder::FolderCtx::release`].
+    pub released: Vec<Released>,
+}
+
+/// A `refs` link the index stopped using, with the hash its record had
+/// (what the content was when last hashed; not a promise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub name: String,
+    pub hash: Option<[u8; 32]>,
 }
 
 /// The entry a local observation produces, on top of `cur`.
@@ -571,7 +580,8 @@ impl Index {
                             _ => None,
                         };
                         if already_recorded(cur.as_ref(), &seen) {
-                            released.extend(new_refs);
+                            // A second link to a live file: nothing to keep.
+                            released.extend(new_refs.map(|name| Released { name, hash: None }));
                             continue;
                         }
                         let cand = local_entry(&path, cur.as_ref(), &seen, local);
@@ -657,7 +667,8 @@ impl Index {
                             // Already recorded (the hasher adopted it): the
                             // staged link is a duplicate.
                             if record.refs != cur.as_ref().and_then(|c| c.refs.clone()) {
-                                released.extend(record.refs);
+                                released
+                                    .extend(record.refs.map(|name| Released { name, hash: None }));
                             }
                         } else {
                             released.extend(t.write(folder, &mut meta, cur, record, Some(note))?);
@@ -860,7 +871,7 @@ impl Tables<'_> {
         old: Option<Record>,
         mut rec: Record,
         note: Option<String>,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<Released>> {
         let path = rec.entry.path.clone();
         let rec_refs = rec.refs.clone();
         if let Some(old) = &old {
@@ -907,8 +918,12 @@ impl Tables<'_> {
                 }
             }
         }
-        let old_refs = old.and_then(|o| o.refs);
-        Ok(if old_refs != rec_refs { old_refs } else { None })
+        Ok(old.and_then(|o| {
+            let hash = o.entry.hash.filter(|_| !o.entry.deleted);
+            o.refs
+                .filter(|r| Some(r) != rec_refs.as_ref())
+                .map(|name| Released { name, hash })
+        }))
     }
 }
 

@@ -110,6 +110,8 @@ const BATCH_FILES: usize = 512;
 /// Applied entries per index commit.
 const COMMIT_EVERY: usize = 200;
 const MAX_RETRY_ENTRIES: usize = 100_000;
+/// How often due retries are looked for (sooner ones schedule a wake-up).
+const RETRY_TICK: Duration = Duration::from_millis(250);
 
 type Key = (String, [u8; 32]);
 /// A decided job and the pending rows it settles.
@@ -186,26 +188,30 @@ impl Receiver {
                         act.retry.remove(&k);
                     }
                     let now = Instant::now();
-                    for (k, why, race) in report.failed {
+                    let mut soonest: Option<Instant> = None;
+                    for (k, why, wait) in report.failed {
                         let r = act.retry.entry(k.clone()).or_insert(RetryState {
                             next: now,
                             attempts: 0,
                         });
                         r.attempts += 1;
-                        let delay = if race {
-                            act.ctx.cfg.settle * 2 + Duration::from_millis(100)
-                        } else {
-                            Duration::from_millis(250 * 2u64.pow(r.attempts.min(8)))
-                                .min(Duration::from_secs(60))
-                        };
-                        r.next = now + delay;
+                        r.next = now + wait.delay(act.ctx.cfg.settle, r.attempts);
+                        soonest = Some(soonest.map_or(r.next, |s| s.min(r.next)));
                         // Transient causes (content still on its way, a
                         // directory whose contents are still being removed)
                         // clear up by themselves: only persistent ones warn.
-                        if !race && (r.attempts == 3 || r.attempts % 10 == 0) {
+                        if wait.warn(r.attempts) {
                             warn!(folder = act.ctx.id(), path = %k.0, attempt = r.attempts, "cannot apply yet: {why}");
                             act.ctx.status.error(format!("{}: {why}", k.0));
                         }
+                    }
+                    // Sooner than the periodic check: wake up for it.
+                    if let Some(at) = soonest.filter(|at| *at < now + RETRY_TICK) {
+                        ctx.run_later(at - now, |act, ctx| {
+                            if !act.running {
+                                act.kick(ctx);
+                            }
+                        });
                     }
                     if !report.races.is_empty() {
                         if let Some(w) = act.watcher.get() {
@@ -239,7 +245,7 @@ impl Actor for Receiver {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Pending work from before a restart.
         self.kick(ctx);
-        ctx.run_interval(Duration::from_millis(250), |act, ctx| {
+        ctx.run_interval(RETRY_TICK, |act, ctx| {
             let now = Instant::now();
             if !act.running && act.retry.values().any(|r| r.next <= now) {
                 act.kick(ctx);
@@ -460,10 +466,43 @@ fn screen(ctx: &FolderCtx, peer: &str, entries: Vec<FileEntry>) -> Vec<FileEntry
     out
 }
 
+/// How long a failed entry waits before its next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// A local edit is settling: after it is indexed.
+    Race,
+    /// Other entries must land first: soon, doubling from 50 ms.
+    Soon,
+    /// Anything else: doubling from 500 ms up to a minute.
+    Backoff,
+}
+
+impl Wait {
+    fn delay(self, settle: Duration, attempts: u32) -> Duration {
+        let doubling = |base: u64| {
+            Duration::from_millis(base * 2u64.pow(attempts.min(12))).min(Duration::from_secs(60))
+        };
+        match self {
+            Wait::Race => settle * 2 + Duration::from_millis(100),
+            Wait::Soon => doubling(25),
+            Wait::Backoff => doubling(250),
+        }
+    }
+
+    /// Worth a warning: persistent, not just content on its way.
+    fn warn(self, attempts: u32) -> bool {
+        match self {
+            Wait::Race => false,
+            Wait::Soon => attempts == 8 || attempts.is_multiple_of(20),
+            Wait::Backoff => attempts == 3 || attempts.is_multiple_of(10),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct RoundReport {
     settled: Vec<Key>,
-    failed: Vec<(Key, String, bool)>,
+    failed: Vec<(Key, String, Wait)>,
     races: Vec<String>,
     progressed: bool,
     remaining: usize,
@@ -609,12 +648,17 @@ async fn process_round(
             for s in settles {
                 report
                     .failed
-                    .push((s, "local change in progress".into(), true));
+                    .push((s, "local change in progress".into(), Wait::Race));
             }
         }
         Outcome::Retry(why) => {
             for s in settles {
-                report.failed.push((s, why.clone(), false));
+                report.failed.push((s, why.clone(), Wait::Backoff));
+            }
+        }
+        Outcome::NotYet(why) => {
+            for s in settles {
+                report.failed.push((s, why.clone(), Wait::Soon));
             }
         }
         Outcome::Reject(why) => {

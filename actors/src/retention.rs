@@ -8,6 +8,9 @@
 //!   store's garbage collector runs with [`gc_config`], whose protect
 //!   callback reads the live set from the index. Files referenced in place
 //!   are never deleted by it, only the store's bookkeeping for them.
+//! - `refs` links the index released: kept for [`RELEASE_GRACE`] so a
+//!   rename's create can reuse a delete's content, then removed (checked
+//!   every [`RELEASE_GRACE`]); any other unused link on every sweep.
 //! - In-memory maps are bounded by their owners (watcher dirty set,
 //!   receiver retry map, history rows per path in the index).
 //!
@@ -28,7 +31,12 @@ use iroh_blobs::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{folder::FolderCtx, index::Index, rt, supervisor::Ping};
+use crate::{
+    folder::{FolderCtx, RELEASE_GRACE},
+    index::Index,
+    rt,
+    supervisor::Ping,
+};
 
 pub const TMP_MAX_AGE: Duration = Duration::from_secs(3600);
 pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
@@ -57,6 +65,18 @@ impl Actor for Retention {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(RELEASE_GRACE, |act, ctx| {
+            let folders = act.folders.clone();
+            ctx.spawn(
+                rt::blocking(move || {
+                    for f in folders.values() {
+                        f.expire_released(RELEASE_GRACE);
+                    }
+                })
+                .into_actor(act)
+                .map(|_, _, _| ()),
+            );
+        });
         ctx.run_interval(SWEEP_EVERY, |act, ctx| {
             let folders = act.folders.clone();
             ctx.spawn(
@@ -109,6 +129,11 @@ pub fn sweep_refs(ctx: &FolderCtx, max_age: Duration) -> usize {
         }
     };
     keep.extend(ctx.staged.lock().expect("staged lock").values().cloned());
+    if max_age.is_zero() {
+        ctx.expire_released(Duration::ZERO);
+    } else {
+        keep.extend(ctx.released_names());
+    }
     let now = SystemTime::now();
     let mut n = 0;
     for e in rd.flatten() {

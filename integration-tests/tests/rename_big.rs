@@ -1,6 +1,8 @@
-//! Regression: renaming a directory with more entries than one processing
-//! round holds left the old (empty) directory behind, which then came back
-//! to life on every node.
+//! Regressions around renaming a large directory:
+//! - the old (empty) directory was left behind when the rename spanned more
+//!   than one processing round, and then came back to life on every node;
+//! - the receiver deleted the old paths first, which dropped the only local
+//!   copy of their content, so the new paths downloaded it all again.
 
 use std::fs;
 
@@ -25,6 +27,13 @@ fn renaming_a_directory_of_1000_files_leaves_no_old_directory_behind() {
             == 1000
     });
     c.wait_converged("the directory on both");
+    let received = |n: &Node| {
+        n.folder_status("shared")
+            .map(|f| f["bytes_received"].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    let before = received(b);
+    assert!(before >= 1000 * 4096, "b received only {before} bytes");
     fs::rename(a.path("s5/d000"), a.path("s5/renamed")).unwrap();
     let t = c.wait_converged("the rename on both");
     assert!(
@@ -34,5 +43,10 @@ fn renaming_a_directory_of_1000_files_leaves_no_old_directory_behind() {
     assert_eq!(
         t.keys().filter(|k| k.starts_with("s5/renamed/")).count(),
         1000
+    );
+    assert_eq!(
+        received(b),
+        before,
+        "content was downloaded again for a rename"
     );
 }
