@@ -145,24 +145,42 @@ const GRAVEYARD_MAX: usize = 100_000;
 struct Graveyard {
     by_hash: std::collections::HashMap<[u8; 32], Vec<(Instant, String)>>,
     len: usize,
+    /// No entry is older than this: lets `expire` skip its scan (it runs
+    /// on every commit).
+    oldest: Option<Instant>,
 }
 
 impl Graveyard {
+    fn add(&mut self, hash: [u8; 32], name: String) {
+        let now = Instant::now();
+        self.by_hash.entry(hash).or_default().push((now, name));
+        self.len += 1;
+        self.oldest.get_or_insert(now);
+    }
+
     /// Take out what is older than `grace` (everything if over the bound).
     fn expire(&mut self, grace: Duration) -> Vec<String> {
         let now = Instant::now();
         let all = self.len > GRAVEYARD_MAX;
+        if !all && self.oldest.is_none_or(|t| now.duration_since(t) < grace) {
+            return Vec::new();
+        }
+        self.oldest = None;
+        let mut oldest = None::<Instant>;
         let mut out = Vec::new();
         self.by_hash.retain(|_, v| {
             v.retain(|(t, name)| {
                 let keep = !all && now.duration_since(*t) < grace;
-                if !keep {
+                if keep {
+                    oldest = Some(oldest.map_or(*t, |o| o.min(*t)));
+                } else {
                     out.push(name.clone());
                 }
                 keep
             });
             !v.is_empty()
         });
+        self.oldest = oldest;
         self.len -= out.len();
         out
     }
@@ -244,13 +262,7 @@ impl FolderCtx {
         let mut g = self.released.lock().expect("released lock");
         for r in names {
             match r.hash {
-                Some(h) => {
-                    g.by_hash
-                        .entry(h)
-                        .or_default()
-                        .push((Instant::now(), r.name));
-                    g.len += 1;
-                }
+                Some(h) => g.add(h, r.name),
                 None => self.fs.remove_ref(&r.name),
             }
         }
@@ -359,22 +371,15 @@ mod tests {
     #[test]
     fn graveyard_expires_by_age_and_by_bound() {
         let mut g = Graveyard::default();
-        g.by_hash
-            .entry([1; 32])
-            .or_default()
-            .push((Instant::now(), "a".into()));
-        g.len = 1;
+        g.add([1; 32], "a".into());
         assert!(g.expire(RELEASE_GRACE).is_empty(), "fresh links are kept");
         assert_eq!(g.expire(Duration::ZERO), vec!["a".to_string()]);
         assert_eq!(g.len, 0);
         assert!(g.by_hash.is_empty());
+        assert!(g.oldest.is_none());
         for i in 0..=GRAVEYARD_MAX {
-            g.by_hash
-                .entry([(i % 251) as u8; 32])
-                .or_default()
-                .push((Instant::now(), i.to_string()));
+            g.add([(i % 251) as u8; 32], i.to_string());
         }
-        g.len = GRAVEYARD_MAX + 1;
         assert_eq!(g.expire(RELEASE_GRACE).len(), GRAVEYARD_MAX + 1);
         assert_eq!(g.len, 0);
     }
