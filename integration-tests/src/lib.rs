@@ -13,7 +13,7 @@
 use std::{
     collections::BTreeMap,
     io::Read,
-    net::{SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -81,13 +81,6 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) ->
 
 pub fn free_udp() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-pub fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -226,6 +219,9 @@ pub struct Node {
     pub data: PathBuf,
     pub config: PathBuf,
     pub udp: SocketAddr,
+    /// The admin API's address while running: the config says port 0 and
+    /// the node reports what it bound in `<data>/admin.addr` (a port picked
+    /// in advance could be taken by any outgoing connection meanwhile).
     pub admin: SocketAddr,
     pub id: [u8; 32],
     pub secret: [u8; 32],
@@ -260,7 +256,7 @@ impl Node {
             root,
             data,
             udp: free_udp(),
-            admin: free_tcp(),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             id,
             secret,
             folders,
@@ -299,10 +295,7 @@ impl Node {
         t.push_str(&peers.join(", "));
         t.push_str("]\n");
         t.push_str(&self.mesh_extra);
-        t.push_str(&format!(
-            "\n[admin]\nlisten = \"{}\"\n\n[log]\nlevel = \"debug\"\n",
-            self.admin
-        ));
+        t.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\nlevel = \"debug\"\n");
         for f in &self.folders {
             t.push_str(&format!(
                 "\n[[folders]]\nid = \"{}\"\npath = {:?}\nmode = \"{}\"\nsettle = \"{}\"\nrescan = \"1h\"\n",
@@ -323,6 +316,9 @@ impl Node {
         assert!(self.child.is_none(), "{} already running", self.name);
         self.write_config();
         self.starts += 1;
+        // The previous run's address (after a kill -9) must not be read.
+        let addr_file = self.data.join("admin.addr");
+        let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::File::create(self.log_path()).unwrap();
         let mut cmd = Command::new(bin());
         for (k, _) in std::env::vars_os() {
@@ -340,16 +336,22 @@ impl Node {
             .spawn()
             .expect("start fleetsync");
         self.child = Some(child);
-        let admin = self.admin;
         let name = self.name.clone();
+        let mut admin = None;
         wait_until(
             Duration::from_secs(30),
             &format!("{name}'s admin API"),
             || {
                 self.poll_exit();
-                get(admin, "/health").is_some() || get(admin, "/status").is_some()
+                admin = admin.or_else(|| {
+                    std::fs::read_to_string(&addr_file)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<SocketAddr>().ok())
+                });
+                admin.is_some_and(|a| get(a, "/health").is_some() || get(a, "/status").is_some())
             },
         );
+        self.admin = admin.expect("waited for it");
     }
 
     fn poll_exit(&mut self) {

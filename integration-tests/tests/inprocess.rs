@@ -9,7 +9,7 @@ use std::{
 
 use fleetsync_actors::{start_node, NodeHandle};
 use fleetsync_config::{Config, Overrides};
-use fleetsync_integration_tests::{free_tcp, free_udp, random_bytes};
+use fleetsync_integration_tests::{free_udp, random_bytes};
 
 fn config(
     dir: &Path,
@@ -19,11 +19,10 @@ fn config(
     peer: (&str, std::net::SocketAddr),
 ) -> Config {
     let text = format!(
-        "data_dir = {:?}\n[mesh]\nlisten = \"{udp}\"\nfleet_secret = \"{secret}\"\nmdns = false\npeers = [\"{}@{}\"]\n[admin]\nlisten = \"{}\"\n[[folders]]\nid = \"f\"\npath = {:?}\nsettle = \"50ms\"\n",
+        "data_dir = {:?}\n[mesh]\nlisten = \"{udp}\"\nfleet_secret = \"{secret}\"\nmdns = false\npeers = [\"{}@{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[[folders]]\nid = \"f\"\npath = {:?}\nsettle = \"50ms\"\n",
         dir.join(name).join("data"),
         peer.0,
         peer.1,
-        free_tcp(),
         dir.join(name).join("folder"),
     );
     Config::from_toml_str(

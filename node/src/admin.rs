@@ -25,26 +25,43 @@ use fleetsync_actors::{
 };
 use serde::Serialize;
 
+/// `<data_dir>/admin.addr`: the address the running node's admin API is
+/// bound to. `admin.listen` may use port 0 (tests, the demo: no port to
+/// pick in advance, so none to lose to another process); the CLI then
+/// reads the address from here.
+pub const ADDR_FILE: &str = "admin.addr";
+
+/// Bind and serve; returns the task and the bound address.
 pub async fn serve(
     addr: SocketAddr,
     node: NodeHandle,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
-            "admin API cannot listen on {addr}: {e} (set admin.listen to a free 127.0.0.1 port)"
+            "admin API cannot listen on {addr}: {e} (set admin.listen to a free 127.0.0.1 port, or port 0 for any)"
         )
     })?;
+    let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/status", get(status))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/history", get(history))
         .with_state(node);
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("admin API stopped: {e}");
         }
-    }))
+    });
+    Ok((task, bound))
+}
+
+/// Record the bound address in `<data_dir>/admin.addr` (atomically: a
+/// reader sees the old file or the new one).
+pub fn write_addr_file(data_dir: &std::path::Path, addr: SocketAddr) -> std::io::Result<()> {
+    let tmp = data_dir.join(format!(".{ADDR_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, data_dir.join(ADDR_FILE))
 }
 
 async fn status(State(node): State<NodeHandle>) -> Json<NodeStatus> {

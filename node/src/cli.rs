@@ -324,7 +324,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
 
 fn status(w: Where, json: bool) -> anyhow::Result<i32> {
     let config = w.load(&Overrides::default())?;
-    let body = client::get(config.admin.listen, "/status")?;
+    let body = client::get(client::admin_addr(&config)?, "/status")?;
     if json {
         println!("{body}");
         return Ok(0);
@@ -341,7 +341,7 @@ fn history(w: Where, folder: &str, path: &str, json: bool) -> anyhow::Result<i32
         crate::admin::urlencode(folder),
         crate::admin::urlencode(path)
     );
-    let body = client::get(config.admin.listen, &q)?;
+    let body = client::get(client::admin_addr(&config)?, &q)?;
     if json {
         println!("{body}");
         return Ok(0);

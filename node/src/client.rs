@@ -15,6 +15,26 @@ pub struct Unreachable {
     pub why: String,
 }
 
+/// Where `status`/`history` find the node: `admin.listen`, or with port 0
+/// the address the running node wrote to `<data_dir>/admin.addr`.
+pub fn admin_addr(config: &fleetsync_config::Config) -> anyhow::Result<SocketAddr> {
+    let listen = config.admin.listen;
+    if listen.port() != 0 {
+        return Ok(listen);
+    }
+    let file = config.data_dir.join(crate::admin::ADDR_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|e| Unreachable {
+        addr: listen,
+        why: format!(
+            "admin.listen has port 0 and {} is unreadable: {e}",
+            file.display()
+        ),
+    })?;
+    text.trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: not an address: {e}", file.display()))
+}
+
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let unreachable = |why: String| Unreachable { addr, why };
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))

@@ -49,16 +49,22 @@ async fn run_node(config: Config) -> anyhow::Result<i32> {
         info!("mesh.mdns is set, but LAN discovery is not part of this build yet: nodes find each other through mesh.peers (and inbound connections)");
     }
     let node = fleetsync_actors::start_node(&config).await?;
-    let admin = match crate::admin::serve(config.admin.listen, node.clone()).await {
+    let (admin, admin_addr) = match crate::admin::serve(config.admin.listen, node.clone()).await {
         Ok(h) => h,
         Err(e) => {
             node.shutdown().await;
             return Err(e);
         }
     };
+    if let Err(e) = crate::admin::write_addr_file(&config.data_dir, admin_addr) {
+        warn!(
+            "cannot write {}: {e}",
+            config.data_dir.join(crate::admin::ADDR_FILE).display()
+        );
+    }
     info!(
         id = %node.id(),
-        admin = %config.admin.listen,
+        admin = %admin_addr,
         folders = config.folders.len(),
         "fleetsync running"
     );
@@ -73,6 +79,7 @@ async fn run_node(config: Config) -> anyhow::Result<i32> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     watchdog.abort();
     admin.abort();
+    let _ = std::fs::remove_file(config.data_dir.join(crate::admin::ADDR_FILE));
     // Shutdown must not hang forever on a wedged peer.
     if tokio::time::timeout(Duration::from_secs(10), node.shutdown())
         .await

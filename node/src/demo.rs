@@ -5,7 +5,7 @@
 //! everything.
 
 use std::{
-    net::{SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -19,8 +19,19 @@ struct Node {
     data: PathBuf,
     folder: PathBuf,
     config: PathBuf,
-    admin: SocketAddr,
     child: Option<Child>,
+}
+
+impl Node {
+    /// The admin API's address, once the node has bound it (port 0 in the
+    /// config: nothing to race other processes for).
+    fn admin(&self) -> Option<SocketAddr> {
+        std::fs::read_to_string(self.data.join(crate::admin::ADDR_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
 }
 
 impl Drop for Node {
@@ -46,10 +57,6 @@ impl Drop for Node {
 
 fn free_udp() -> anyhow::Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn free_tcp() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 fn wait_for(
@@ -118,7 +125,6 @@ fn run_in(dir: &Path, keep: bool) -> anyhow::Result<i32> {
             config: data.join(fleetsync_config::CONFIG_FILE_NAME),
             data,
             folder,
-            admin: free_tcp()?,
             child: None,
         });
     }
@@ -130,7 +136,7 @@ fn run_in(dir: &Path, keep: bool) -> anyhow::Result<i32> {
             folders: vec![("demo".into(), n.folder.clone())],
             fleet_secret: FleetSecret(secret),
             mesh_listen: listens[i],
-            admin_listen: n.admin,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             peers: links[i]
                 .iter()
                 .map(|j| PeerAddr {
@@ -176,8 +182,8 @@ fn run_in(dir: &Path, keep: bool) -> anyhow::Result<i32> {
         );
     }
     let connected = |n: &Node, want: usize| -> bool {
-        crate::client::get(n.admin, "/status")
-            .ok()
+        n.admin()
+            .and_then(|a| crate::client::get(a, "/status").ok())
             .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
             .map(|v| {
                 v["peers"]

@@ -22,20 +22,12 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
-fn free_port(udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -141,14 +133,12 @@ fn bad_configs_exit_3_with_one_line_naming_the_key_and_the_fix() {
         assert!(err.contains(key), "error does not name {key}: {err}");
         assert!(err.contains("fix"), "error gives no fix: {err}");
     }
-    // Not running: status says so, with exit code 4.
+    // Not running: status says so, with exit code 4 (port 0: the address
+    // would come from the running node's admin.addr, and there is none).
     let cfg = d.join("ok.toml");
     fs::write(
         &cfg,
-        format!(
-            "[mesh]\nfleet_secret = \"{secret}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
-            free_port(false)
-        ),
+        format!("[mesh]\nfleet_secret = \"{secret}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
     )
     .unwrap();
     let out = fleetsync(&["status", "--config", cfg.to_str().unwrap()]);
@@ -161,8 +151,9 @@ fn run_serves_status_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("node");
     let folder = dir.path().join("shared");
-    let admin = format!("127.0.0.1:{}", free_port(false));
-    let listen = format!("127.0.0.1:{}", free_port(true));
+    // Port 0: status and history find the bound port in admin.addr.
+    let admin = "127.0.0.1:0".to_string();
+    let listen = format!("127.0.0.1:{}", free_udp_port());
     let out = fleetsync(&[
         "init",
         "--data-dir",
@@ -241,6 +232,10 @@ fn run_serves_status_and_exits_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(code, Some(0));
+    assert!(
+        !data.join("admin.addr").exists(),
+        "a clean shutdown leaves no admin.addr behind"
+    );
 }
 
 #[test]
