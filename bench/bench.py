@@ -56,26 +56,24 @@ def wait(what, cond, timeout=600.0, poll=POLL):
         time.sleep(poll)
 
 
-def rss_kib(pid):
+def status_kib(pid, field):
+    """A kB field of /proc/PID/status (0 once the process is gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kib(pid):
+    return status_kib(pid, "VmRSS")
 
 
 def hwm_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return status_kib(pid, "VmHWM")
 
 
 def reset_hwm(pid):

@@ -56,6 +56,17 @@ pub async fn serve(
     Ok((task, bound))
 }
 
+/// The address a running node recorded in `<data_dir>/admin.addr`.
+pub fn read_addr_file(data_dir: &std::path::Path) -> std::io::Result<SocketAddr> {
+    let file = data_dir.join(ADDR_FILE);
+    std::fs::read_to_string(&file)?.trim().parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: not an address: {e}", file.display()),
+        )
+    })
+}
+
 /// Record the bound address in `<data_dir>/admin.addr` (atomically: a
 /// reader sees the old file or the new one).
 pub fn write_addr_file(data_dir: &std::path::Path, addr: SocketAddr) -> std::io::Result<()> {

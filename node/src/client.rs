@@ -22,17 +22,13 @@ pub fn admin_addr(config: &fleetsync_config::Config) -> anyhow::Result<SocketAdd
     if listen.port() != 0 {
         return Ok(listen);
     }
-    let file = config.data_dir.join(crate::admin::ADDR_FILE);
-    let text = std::fs::read_to_string(&file).map_err(|e| Unreachable {
-        addr: listen,
-        why: format!(
-            "admin.listen has port 0 and {} is unreadable: {e}",
-            file.display()
-        ),
-    })?;
-    text.trim()
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{}: not an address: {e}", file.display()))
+    crate::admin::read_addr_file(&config.data_dir).map_err(|e| {
+        Unreachable {
+            addr: listen,
+            why: format!("admin.listen has port 0 and the node's address is unknown: {e}"),
+        }
+        .into()
+    })
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {

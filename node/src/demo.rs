@@ -26,11 +26,7 @@ impl Node {
     /// The admin API's address, once the node has bound it (port 0 in the
     /// config: nothing to race other processes for).
     fn admin(&self) -> Option<SocketAddr> {
-        std::fs::read_to_string(self.data.join(crate::admin::ADDR_FILE))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        crate::admin::read_addr_file(&self.data).ok()
     }
 }
 
