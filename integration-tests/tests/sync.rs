@@ -3,6 +3,10 @@
 use std::{
     fs,
     os::unix::fs::{symlink, MetadataExt, PermissionsExt},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    },
     time::{Duration, SystemTime},
 };
 
@@ -156,28 +160,29 @@ fn three_nodes_in_a_chain_converge_through_the_middle() {
 #[test]
 fn a_file_being_written_is_not_sent_until_stable_and_never_seen_partial() {
     let c = Cluster::start(2, Topology::Full, |_| {
-        vec![FolderSpec::new("shared").settle("400ms")]
+        vec![FolderSpec::new("shared").settle("1s")]
     });
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     let chunks: Vec<Vec<u8>> = (0..10).map(|i| pseudo_random(100_000, i)).collect();
     let full: Vec<u8> = chunks.concat();
     let target = b.path("growing.bin");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // How often the reader on b has read the complete file; the test waits for
+    // it rather than assuming the reader thread got scheduled in time.
+    let seen = Arc::new(AtomicU32::new(0));
     // A reader on b that would notice any partial file.
     let reader = {
-        let stop = stop.clone();
+        let (stop, seen) = (stop.clone(), seen.clone());
         let full = full.clone();
         let target = target.clone();
         std::thread::spawn(move || {
-            let mut seen = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 if let Ok(data) = fs::read(&target) {
                     assert!(data == full, "b saw a partial file of {} bytes", data.len());
-                    seen += 1;
+                    seen.fetch_add(1, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
-            seen
         })
     };
     {
@@ -193,8 +198,15 @@ fn a_file_being_written_is_not_sent_until_stable_and_never_seen_partial() {
     wait_until(DEADLINE, "the finished file on b", || {
         fs::read(&target).ok().as_deref() == Some(&full[..])
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(reader.join().unwrap() > 0);
+    // Regression (CI, 2026-11-22): the test stopped the reader as soon as the
+    // main thread saw the file, sometimes before the reader had looked once.
+    wait_until(
+        DEADLINE,
+        "the reader on b to have read the whole file",
+        || seen.load(Ordering::Relaxed) > 0,
+    );
+    stop.store(true, Ordering::Relaxed);
+    reader.join().expect("the reader on b saw a partial file");
 }
 
 #[test]
