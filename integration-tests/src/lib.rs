@@ -13,7 +13,7 @@
 use std::{
     collections::BTreeMap,
     io::Read,
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -80,10 +80,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) ->
 }
 
 pub fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    fleetsync_mesh::loopback::free_udp_addr().unwrap()
 }
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {

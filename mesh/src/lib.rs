@@ -19,6 +19,8 @@
 //! - [`gate`]: access control for all protocols.
 //! - [`identity`]: the node key on disk.
 //! - [`net`]: [`Mesh`], which ties the above together and owns the blob store.
+//! - [`loopback`]: free UDP ports on 127.0.0.1 for local clusters (the demo,
+//!   tests), picked where the kernel never assigns port 0 binds.
 //!
 //! The mesh knows nothing about folders: the actors open index streams on a
 //! [`PeerSession`]'s connection and fetch content with [`Mesh::fetch_blob`].
@@ -27,6 +29,7 @@ pub mod auth;
 pub mod codec;
 pub mod gate;
 pub mod identity;
+pub mod loopback;
 pub mod model;
 pub mod net;
 pub mod proto;

@@ -5,7 +5,7 @@
 //! everything.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -52,7 +52,7 @@ impl Drop for Node {
 }
 
 fn free_udp() -> anyhow::Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(fleetsync_mesh::loopback::free_udp_addr()?)
 }
 
 fn wait_for(

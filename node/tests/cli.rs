@@ -23,11 +23,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    fleetsync_mesh::loopback::free_udp_addr().unwrap().port()
 }
 
 #[test]
