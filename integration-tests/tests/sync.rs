@@ -200,13 +200,16 @@ fn a_file_being_written_is_not_sent_until_stable_and_never_seen_partial() {
     });
     // Regression (CI, 2026-11-22): the test stopped the reader as soon as the
     // main thread saw the file, sometimes before the reader had looked once.
+    // A reader that panicked (it saw a partial file) has finished: join it
+    // at once so its message is the failure, not a timeout.
     wait_until(
         DEADLINE,
         "the reader on b to have read the whole file",
-        || seen.load(Ordering::Relaxed) > 0,
+        || seen.load(Ordering::Relaxed) > 0 || reader.is_finished(),
     );
     stop.store(true, Ordering::Relaxed);
     reader.join().expect("the reader on b saw a partial file");
+    assert!(seen.load(Ordering::Relaxed) > 0);
 }
 
 #[test]

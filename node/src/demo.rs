@@ -51,10 +51,6 @@ impl Drop for Node {
     }
 }
 
-fn free_udp() -> anyhow::Result<SocketAddr> {
-    Ok(fleetsync_mesh::loopback::free_udp_addr()?)
-}
-
 fn wait_for(
     what: &str,
     timeout: Duration,
@@ -115,7 +111,7 @@ fn run_in(dir: &Path, keep: bool) -> anyhow::Result<i32> {
         std::fs::create_dir_all(&folder)?;
         let key = fleetsync_mesh::identity::load_or_create(&data)?;
         ids.push(*key.public().as_bytes());
-        listens.push(free_udp()?);
+        listens.push(fleetsync_mesh::loopback::free_udp_addr()?);
         nodes.push(Node {
             name,
             config: data.join(fleetsync_config::CONFIG_FILE_NAME),
