@@ -11,25 +11,21 @@
 //! place and fsync the directory. Finally re-reference the placed file in
 //! the store so we can serve it onward.
 
-use std::{
-    os::unix::fs::FileExt,
-    sync::{atomic::AtomicU64, Arc},
-    time::SystemTime,
-};
+use std::sync::Arc;
 
 use fleetsync_mesh::{
     model::{EntryKind, FileEntry},
     EndpointId, Hash,
 };
-use iroh_blobs::api::blobs::{AddPathOptions, ExportMode, ExportOptions, ImportMode};
-use n0_future::StreamExt;
 use tracing::{debug, warn};
 
 use crate::{
-    folder::{ApplyGuard, FolderCtx, Transfer},
-    fsutil::{finish_tmp, hash_file, is_escape, set_meta, FolderFs, Node},
+    content::Hold,
+    folder::{ApplyGuard, Folder},
+    fsutil::{finish_tmp, hash_file, is_escape, set_meta, FolderFs},
     identity_short,
-    index::{LocalStat, Record},
+    record::DiskState,
+    record::{LocalStat, Record},
     rt,
     rules::conflict_name,
 };
@@ -51,7 +47,7 @@ pub enum Outcome {
         record: Box<Record>,
         note: String,
         /// Protects the placed file's store entry until it is committed.
-        tag: Option<iroh_blobs::api::TempTag>,
+        tag: Option<Hold>,
         /// Keeps the hasher off the path until the record is committed.
         guard: Option<ApplyGuard>,
     },
@@ -71,28 +67,28 @@ fn retry<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Outcome + '_ {
 }
 
 /// Does the disk still hold what the index recorded for this path?
-fn disk_matches(disk: &Node, local: &Option<Record>) -> bool {
+fn disk_matches(disk: &DiskState, local: &Option<Record>) -> bool {
     let live = local.as_ref().filter(|r| !r.entry.deleted);
     match (disk, live) {
-        (Node::Missing, None) => true,
-        (Node::Missing, Some(_)) => true, // already gone: nothing to lose
-        (Node::Other, _) => false,
-        (Node::Some(_), None) => false,
-        (Node::Some(m), Some(r)) => match m.kind {
+        (DiskState::Missing, None) => true,
+        (DiskState::Missing, Some(_)) => true, // already gone: nothing to lose
+        (DiskState::Special, _) => false,
+        (DiskState::Present(_), None) => false,
+        (DiskState::Present(m), Some(r)) => match m.kind {
             EntryKind::Directory => r.entry.kind == EntryKind::Directory,
             _ => r.entry.kind == m.kind && r.local == Some(m.stat),
         },
     }
 }
 
-async fn lstat(fs: &FolderFs, path: &str) -> Result<Node, Outcome> {
+async fn lstat(fs: &FolderFs, path: &str) -> Result<DiskState, Outcome> {
     let fs = fs.clone();
     let p = path.to_string();
     match rt::blocking(move || fs.lstat(&p)).await {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) if is_escape(&e) => Err(Outcome::Reject(e.to_string())),
         Ok(Err(e)) => Err(Outcome::Retry(format!("{path}: {e}"))),
-        Err(e) => Err(Outcome::Retry(e)),
+        Err(e) => Err(Outcome::Retry(e.to_string())),
     }
 }
 
@@ -125,7 +121,7 @@ fn applied(job: &Job, local: Option<LocalStat>, refs: Option<String>, note: &str
 }
 
 /// Move our losing content aside as a conflict copy (a rename, no copy).
-async fn keep_conflict_copy(ctx: &FolderCtx, job: &Job) -> Result<Option<String>, Outcome> {
+async fn keep_conflict_copy(ctx: &Folder, job: &Job) -> Result<Option<String>, Outcome> {
     if job.local.as_ref().is_none_or(|r| r.entry.deleted) {
         return Ok(None);
     }
@@ -164,7 +160,7 @@ fn conflict_copy_sync(
     Err(std::io::Error::other("too many conflict copies"))
 }
 
-fn conflict_logged(ctx: &FolderCtx, job: &Job, name: &str) {
+fn conflict_logged(ctx: &Folder, job: &Job, name: &str) {
     warn!(
         folder = ctx.id(),
         path = %job.path,
@@ -176,7 +172,7 @@ fn conflict_logged(ctx: &FolderCtx, job: &Job, name: &str) {
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-pub async fn apply(ctx: Arc<FolderCtx>, job: Job, providers: Vec<EndpointId>) -> Outcome {
+pub async fn apply(ctx: Arc<Folder>, job: Job, providers: Vec<EndpointId>) -> Outcome {
     let guard = ApplyGuard::new(&ctx, &job.path);
     let res = if job.target.deleted {
         apply_delete(&ctx, &job).await
@@ -194,12 +190,12 @@ pub async fn apply(ctx: Arc<FolderCtx>, job: Job, providers: Vec<EndpointId>) ->
     out
 }
 
-async fn apply_delete(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
+async fn apply_delete(ctx: &Folder, job: &Job) -> Result<Outcome, Outcome> {
     let disk = lstat(&ctx.fs, &job.path).await?;
     if !disk_matches(&disk, &job.local) {
         return Err(Outcome::LocalRace);
     }
-    if let Node::Some(m) = disk {
+    if let DiskState::Present(m) = disk {
         let fs = ctx.fs.clone();
         let p = job.path.clone();
         let res = rt::blocking(move || match m.kind {
@@ -207,7 +203,7 @@ async fn apply_delete(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
             _ => fs.remove_file(&p),
         })
         .await
-        .map_err(Outcome::Retry)?;
+        .map_err(|e| Outcome::Retry(e.to_string()))?;
         if let Err(e) = res {
             if e.kind() != std::io::ErrorKind::DirectoryNotEmpty {
                 return Err(Outcome::Retry(format!("delete {}: {e}", job.path)));
@@ -237,13 +233,13 @@ async fn apply_delete(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
     Ok(applied(job, None, None, "deleted"))
 }
 
-async fn apply_dir(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
+async fn apply_dir(ctx: &Folder, job: &Job) -> Result<Outcome, Outcome> {
     let disk = lstat(&ctx.fs, &job.path).await?;
     match disk {
-        Node::Some(m) if m.kind == EntryKind::Directory => {}
-        Node::Missing => {}
+        DiskState::Present(m) if m.kind == EntryKind::Directory => {}
+        DiskState::Missing => {}
         _ if !disk_matches(&disk, &job.local) => return Err(Outcome::LocalRace),
-        Node::Some(_) => {
+        DiskState::Present(_) => {
             // A file or link we know is in the way.
             if job.conflict_copy {
                 keep_conflict_copy(ctx, job).await?;
@@ -253,7 +249,7 @@ async fn apply_dir(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
                 blocking("replace with directory", move || fs.remove_file(&p)).await?;
             }
         }
-        Node::Other => {
+        DiskState::Special => {
             return Err(Outcome::Retry(format!(
                 "{}: special file in the way",
                 job.path
@@ -270,7 +266,7 @@ async fn apply_dir(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
     let stat = blocking("mkdir", move || {
         fs.mkdir(&p, mode)?;
         match fs.lstat(&p)? {
-            Node::Some(m) => Ok(m.stat),
+            DiskState::Present(m) => Ok(m.stat),
             _ => Err(std::io::Error::other("directory vanished")),
         }
     })
@@ -278,12 +274,12 @@ async fn apply_dir(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
     Ok(applied(job, Some(stat), None, "created directory"))
 }
 
-async fn apply_symlink(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
+async fn apply_symlink(ctx: &Folder, job: &Job) -> Result<Outcome, Outcome> {
     let disk = lstat(&ctx.fs, &job.path).await?;
-    if !disk_matches(&disk, &job.local) && !matches!(disk, Node::Missing) {
+    if !disk_matches(&disk, &job.local) && !matches!(disk, DiskState::Missing) {
         return Err(Outcome::LocalRace);
     }
-    if let Node::Some(m) = disk {
+    if let DiskState::Present(m) = disk {
         if m.kind == EntryKind::Directory {
             return Err(Outcome::Retry(format!(
                 "{}: a directory is in the way of a symlink",
@@ -300,7 +296,7 @@ async fn apply_symlink(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
     let stat = blocking("symlink", move || {
         fs.symlink(&p, &target)?;
         match fs.lstat(&p)? {
-            Node::Some(m) => Ok(m.stat),
+            DiskState::Present(m) => Ok(m.stat),
             _ => Err(std::io::Error::other("symlink vanished")),
         }
     })
@@ -309,7 +305,7 @@ async fn apply_symlink(ctx: &FolderCtx, job: &Job) -> Result<Outcome, Outcome> {
 }
 
 async fn apply_file(
-    ctx: &Arc<FolderCtx>,
+    ctx: &Arc<Folder>,
     job: &Job,
     providers: &[EndpointId],
 ) -> Result<Outcome, Outcome> {
@@ -323,7 +319,7 @@ async fn apply_file(
 /// instead of an fsync each, and one fsync per directory for the renames.
 /// Same guarantees as [`apply`]: every file is old or new after a crash.
 pub async fn apply_batch(
-    ctx: Arc<FolderCtx>,
+    ctx: Arc<Folder>,
     jobs: Vec<Job>,
     providers: Vec<EndpointId>,
 ) -> Vec<(Job, Outcome)> {
@@ -337,10 +333,7 @@ pub async fn apply_batch(
     // file. The rest (content found elsewhere, metadata-only changes, fetch
     // failures) takes the general path.
     let (fast, slow): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
-        let staged = j
-            .target
-            .hash
-            .is_some_and(|h| ctx.staged.lock().expect("staged lock").contains_key(&h));
+        let staged = j.target.hash.is_some_and(|h| ctx.is_parked(&h));
         let same = j
             .local
             .as_ref()
@@ -422,7 +415,7 @@ pub async fn apply_batch(
         Err(e) => {
             for (job, _, st) in staged {
                 abandon(&ctx, &job, &st);
-                out.push((job, Outcome::Retry(e.clone())));
+                out.push((job, Outcome::Retry(e.to_string())));
             }
             return out;
         }
@@ -477,7 +470,7 @@ pub async fn apply_batch(
 /// straight into files that become `refs` links the store then references
 /// (no per-blob store bookkeeping on the way in). Whatever does not arrive
 /// is fetched file by file by [`stage`].
-async fn prefetch(ctx: &Arc<FolderCtx>, jobs: &[Job], providers: &[EndpointId]) {
+async fn prefetch(ctx: &Arc<Folder>, jobs: &[Job], providers: &[EndpointId]) {
     use std::collections::BTreeMap;
 
     use n0_future::{BufferedStreamExt, StreamExt};
@@ -495,13 +488,12 @@ async fn prefetch(ctx: &Arc<FolderCtx>, jobs: &[Job], providers: &[EndpointId]) 
         let _ = rt::blocking(move || {
             for h in reuse {
                 if let Some(name) = revive(&c, &h) {
-                    c.keep_staged(h, name);
+                    c.park(h, name);
                 }
             }
         })
         .await;
     }
-    let store = ctx.mesh.store();
     let mut want: BTreeMap<EndpointId, Vec<(Hash, std::path::PathBuf)>> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
     for job in jobs {
@@ -510,12 +502,8 @@ async fn prefetch(ctx: &Arc<FolderCtx>, jobs: &[Job], providers: &[EndpointId]) 
         };
         if h == Hash::EMPTY
             || !seen.insert(h)
-            || ctx
-                .staged
-                .lock()
-                .expect("staged lock")
-                .contains_key(h.as_bytes())
-            || store.blobs().has(h).await.unwrap_or(false)
+            || ctx.is_parked(h.as_bytes())
+            || ctx.content.has(h).await.unwrap_or(false)
         {
             continue;
         }
@@ -540,7 +528,7 @@ async fn prefetch(ctx: &Arc<FolderCtx>, jobs: &[Job], providers: &[EndpointId]) 
         .map(|(peer, items)| async move {
             let n = items.len();
             let paths = items.clone();
-            let got = match ctx.mesh.fetch_many_to(peer, items).await {
+            let got = match ctx.content.fetch_many(peer, items).await {
                 Ok((got, bytes)) => {
                     ctx.status
                         .bytes_in
@@ -582,16 +570,9 @@ async fn prefetch(ctx: &Arc<FolderCtx>, jobs: &[Job], providers: &[EndpointId]) 
                 let _ = std::fs::remove_file(&tmp);
                 return;
             }
-            let imported = store
-                .add_path_with_opts(AddPathOptions {
-                    path: refs.clone(),
-                    format: iroh_blobs::BlobFormat::Raw,
-                    mode: ImportMode::TryReference,
-                })
-                .temp_tag()
-                .await;
+            let imported = ctx.content.import(refs.clone()).await;
             match imported {
-                Ok(tt) if tt.hash() == h => ctx.keep_staged(*h.as_bytes(), name),
+                Ok((got, _hold)) if got == h => ctx.park(*h.as_bytes(), name),
                 _ => {
                     let _ = std::fs::remove_file(&refs);
                 }
@@ -608,22 +589,19 @@ const FETCH_STREAMS: usize = 4;
 /// Stage jobs whose content a prefetch left in `refs/`: check the path
 /// still holds what the index says, set mode and mtime (no fsync: the
 /// batch syncs once). Blocking.
-fn stage_fast(
-    ctx: &FolderCtx,
-    jobs: Vec<Job>,
-) -> std::io::Result<Vec<(Job, Result<Stage, Outcome>)>> {
+fn stage_fast(ctx: &Folder, jobs: Vec<Job>) -> std::io::Result<Vec<(Job, Result<Stage, Outcome>)>> {
     let session = ctx.fs.session()?;
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
         let hash = job.target.hash.expect("staged jobs have a hash");
-        let Some(name) = ctx.take_staged(&hash) else {
+        let Some(name) = ctx.unpark(&hash) else {
             out.push((job, Err(Outcome::Retry("staged content went away".into()))));
             continue;
         };
         let disk = match session.lstat(&job.path) {
             Ok(n) => n,
             Err(e) => {
-                ctx.keep_staged(hash, name);
+                ctx.park(hash, name);
                 let o = if is_escape(&e) {
                     Outcome::Reject(e.to_string())
                 } else {
@@ -634,9 +612,9 @@ fn stage_fast(
             }
         };
         if !disk_matches(&disk, &job.local)
-            || matches!(disk, Node::Some(m) if m.kind == EntryKind::Directory)
+            || matches!(disk, DiskState::Present(m) if m.kind == EntryKind::Directory)
         {
-            ctx.keep_staged(hash, name);
+            ctx.park(hash, name);
             out.push((job, Err(Outcome::LocalRace)));
             continue;
         }
@@ -652,7 +630,7 @@ fn stage_fast(
                 out.push((job, Ok(st)));
             }
             Err(e) => {
-                ctx.keep_staged(hash, name);
+                ctx.park(hash, name);
                 let why = format!("finish {}: {e}", job.path);
                 out.push((job, Err(Outcome::Retry(why))));
             }
@@ -668,7 +646,7 @@ enum PlaceResult {
 
 /// The blocking half of [`apply_batch`]: `syncfs`, then each file, then
 /// the directories' fsyncs, all through one [`crate::fsutil::Session`].
-fn place_batch(ctx: &FolderCtx, plan: Vec<(Job, Stage)>) -> std::io::Result<Vec<PlaceResult>> {
+fn place_batch(ctx: &Folder, plan: Vec<(Job, Stage)>) -> std::io::Result<Vec<PlaceResult>> {
     let session = ctx.fs.session()?;
     session.sync_filesystem()?;
     let mut dirs = std::collections::BTreeSet::new();
@@ -693,7 +671,9 @@ fn place_batch(ctx: &FolderCtx, plan: Vec<(Job, Stage)>) -> std::io::Result<Vec<
             continue;
         }
         let mut copy = None;
-        if job.conflict_copy && matches!(st.disk, Node::Some(m) if m.kind == EntryKind::File) {
+        if job.conflict_copy
+            && matches!(st.disk, DiskState::Present(m) if m.kind == EntryKind::File)
+        {
             match conflict_copy_sync(&session, &job) {
                 Ok(c) => copy = c,
                 Err(e) => {
@@ -736,17 +716,12 @@ fn place_batch(ctx: &FolderCtx, plan: Vec<(Job, Stage)>) -> std::io::Result<Vec<
     Ok(out)
 }
 
-async fn reimport(ctx: &FolderCtx, path: &str) -> Option<iroh_blobs::api::TempTag> {
-    ctx.mesh
-        .store()
-        .add_path_with_opts(AddPathOptions {
-            path: ctx.fs.abs(path),
-            format: iroh_blobs::BlobFormat::Raw,
-            mode: ImportMode::TryReference,
-        })
-        .temp_tag()
+async fn reimport(ctx: &Folder, path: &str) -> Option<Hold> {
+    ctx.content
+        .import(ctx.fs.abs(path))
         .await
         .ok()
+        .map(|(_, h)| h)
 }
 
 /// Files prepared at once by [`apply_batch`].
@@ -771,17 +746,17 @@ enum Prepared {
 #[derive(Clone)]
 struct Stage {
     staged: Staged,
-    disk: Node,
+    disk: DiskState,
     hash: [u8; 32],
     /// The staged file's stat: the placed file has the same inode.
     stat: LocalStat,
 }
 
-fn abandon(ctx: &FolderCtx, _job: &Job, st: &Stage) {
+fn abandon(ctx: &Folder, _job: &Job, st: &Stage) {
     // A refs link stays staged for the next attempt (the store references
     // it); a temp file is simply removed.
     match &st.staged {
-        Staged::Refs(n) => ctx.keep_staged(st.hash, n.clone()),
+        Staged::Refs(n) => ctx.park(st.hash, n.clone()),
         Staged::Tmp(n) => {
             let _ = std::fs::remove_file(ctx.fs.tmp_dir().join(n));
         }
@@ -791,7 +766,7 @@ fn abandon(ctx: &FolderCtx, _job: &Job, st: &Stage) {
 /// Check the path, get the content (local copy or fetch), stage it with
 /// its mode and mtime; fsync it when `durable`.
 async fn prepare_file(
-    ctx: &Arc<FolderCtx>,
+    ctx: &Arc<Folder>,
     job: &Job,
     providers: &[EndpointId],
     durable: bool,
@@ -805,7 +780,7 @@ async fn prepare_file(
         .hash
         .ok_or_else(|| Outcome::Retry("file entry without hash".into()))?;
     // Same content already here: only metadata changed.
-    if let (Some(l), Node::Some(m)) = (&job.local, &disk) {
+    if let (Some(l), DiskState::Present(m)) = (&job.local, &disk) {
         if !l.entry.deleted
             && l.entry.kind == EntryKind::File
             && l.entry.hash == target.hash
@@ -817,7 +792,7 @@ async fn prepare_file(
             let stat = blocking("set metadata", move || {
                 set_meta(&fs, &p, mode, mtime)?;
                 match fs.lstat(&p)? {
-                    Node::Some(m) => Ok(m.stat),
+                    DiskState::Present(m) => Ok(m.stat),
                     _ => Err(std::io::Error::other("file vanished")),
                 }
             })
@@ -830,12 +805,12 @@ async fn prepare_file(
             )));
         }
     }
-    if matches!(disk, Node::Some(m) if m.kind == EntryKind::Directory) {
+    if matches!(disk, DiskState::Present(m) if m.kind == EntryKind::Directory) {
         let fs = ctx.fs.clone();
         let p = job.path.clone();
         let r = rt::blocking(move || fs.remove_dir(&p))
             .await
-            .map_err(Outcome::Retry)?;
+            .map_err(|e| Outcome::Retry(e.to_string()))?;
         if r.is_err() {
             return Err(Outcome::Retry(format!(
                 "{}: a non-empty directory is in the way",
@@ -888,7 +863,7 @@ async fn prepare_file(
 /// Re-check the path, keep a conflict copy if ours lost, rename the staged
 /// content into place (fsyncing the directory when `durable`).
 async fn place_file(
-    ctx: &Arc<FolderCtx>,
+    ctx: &Arc<Folder>,
     job: &Job,
     st: Stage,
     durable: bool,
@@ -906,7 +881,7 @@ async fn place_file(
         return Err(Outcome::LocalRace);
     }
     let mut note = "applied".to_string();
-    if job.conflict_copy && matches!(st.disk, Node::Some(m) if m.kind == EntryKind::File) {
+    if job.conflict_copy && matches!(st.disk, DiskState::Present(m) if m.kind == EntryKind::File) {
         match keep_conflict_copy(ctx, job).await {
             Ok(Some(copy)) => note = format!("conflict: kept ours as {copy}; applied"),
             Ok(None) => {}
@@ -951,17 +926,7 @@ async fn place_file(
     };
     if moved {
         refs = None;
-        tag = ctx
-            .mesh
-            .store()
-            .add_path_with_opts(AddPathOptions {
-                path: ctx.fs.abs(&job.path),
-                format: iroh_blobs::BlobFormat::Raw,
-                mode: ImportMode::TryReference,
-            })
-            .temp_tag()
-            .await
-            .ok();
+        tag = reimport(ctx, &job.path).await;
     }
     ctx.status
         .files_in
@@ -986,13 +951,13 @@ enum Staged {
 /// fetch (if missing) and move it out of the store (a rename, no copy), or
 /// copy it from another local file that has it (a rename on the peer).
 async fn stage(
-    ctx: &Arc<FolderCtx>,
+    ctx: &Arc<Folder>,
     job: &Job,
     hash: Hash,
     hash_bytes: [u8; 32],
     providers: &[EndpointId],
 ) -> Result<Staged, Outcome> {
-    if let Some(name) = ctx.take_staged(&hash_bytes) {
+    if let Some(name) = ctx.unpark(&hash_bytes) {
         if ctx.fs.refs_dir().join(&name).is_file() {
             return Ok(Staged::Refs(name));
         }
@@ -1005,21 +970,13 @@ async fn stage(
             return Ok(Staged::Refs(name));
         }
     }
-    let store = ctx.mesh.store();
-    let had = store.blobs().has(hash).await.unwrap_or(false);
+    let had = ctx.content.has(hash).await.unwrap_or(false);
     if !had {
         fetch(ctx, job, hash, providers).await?;
     }
     let name = format!("{}-{:08x}", hash.to_hex(), crate::fsutil::random_u32());
     let path = ctx.fs.refs_dir().join(&name);
-    let exported = store
-        .export_with_opts(ExportOptions {
-            hash,
-            mode: ExportMode::TryReference,
-            target: path.clone(),
-        })
-        .finish()
-        .await;
+    let exported = ctx.content.export(hash, path.clone()).await;
     let mut ok = exported.is_ok();
     if let Err(e) = &exported {
         debug!(folder = ctx.id(), path = %job.path, "export failed: {e}");
@@ -1046,10 +1003,10 @@ async fn stage(
 }
 
 /// Content a file deleted a moment ago left in `refs/` (see
-/// [`FolderCtx::release`]), if it still hashes to `hash` and nothing else
+/// [`Folder::release`]), if it still hashes to `hash` and nothing else
 /// links to it (a link shared with a live file would tie the two files
 /// together). Blocking.
-fn revive(ctx: &FolderCtx, hash: &[u8; 32]) -> Option<String> {
+fn revive(ctx: &Folder, hash: &[u8; 32]) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     while let Some(name) = ctx.take_released(hash) {
         let path = ctx.fs.refs_dir().join(&name);
@@ -1062,46 +1019,9 @@ fn revive(ctx: &FolderCtx, hash: &[u8; 32]) -> Option<String> {
     None
 }
 
-struct TransferGuard<'a> {
-    ctx: &'a FolderCtx,
-    path: String,
-}
-
-impl Drop for TransferGuard<'_> {
-    fn drop(&mut self) {
-        self.ctx
-            .status
-            .transfers
-            .lock()
-            .expect("status lock")
-            .remove(&self.path);
-    }
-}
-
-fn track<'a>(
-    ctx: &'a FolderCtx,
-    job: &Job,
-    peer: &EndpointId,
-    done: Arc<AtomicU64>,
-) -> TransferGuard<'a> {
-    ctx.status.transfers.lock().expect("status lock").insert(
-        job.path.clone(),
-        Transfer {
-            peer: peer.fmt_short().to_string(),
-            total: job.target.size,
-            done,
-            started: SystemTime::now(),
-        },
-    );
-    TransferGuard {
-        ctx,
-        path: job.path.clone(),
-    }
-}
-
 /// Fetch into the store from the first provider that has it.
 async fn fetch(
-    ctx: &FolderCtx,
+    ctx: &Folder,
     job: &Job,
     hash: Hash,
     providers: &[EndpointId],
@@ -1111,9 +1031,10 @@ async fn fetch(
     }
     let mut last = String::new();
     for peer in providers {
-        let done = Arc::new(AtomicU64::new(0));
-        let _t = track(ctx, job, peer, done.clone());
-        match ctx.mesh.fetch_blob(*peer, hash, &done).await {
+        let t = ctx
+            .status
+            .track(&job.path, peer.fmt_short().to_string(), job.target.size);
+        match ctx.content.fetch(*peer, hash, &t.done).await {
             Ok(n) => {
                 ctx.status
                     .bytes_in
@@ -1132,7 +1053,7 @@ async fn fetch(
 /// Stream verified content from a peer directly into `tmp`, bypassing the
 /// store (used only when the store's copy is unusable).
 async fn fetch_direct(
-    ctx: &FolderCtx,
+    ctx: &Folder,
     job: &Job,
     hash: Hash,
     providers: &[EndpointId],
@@ -1141,42 +1062,18 @@ async fn fetch_direct(
     let mut last = "no connected peer".to_string();
     for peer in providers {
         let file = std::fs::File::create(tmp).map_err(retry("create temp file"))?;
-        let done = Arc::new(AtomicU64::new(0));
-        let _t = track(ctx, job, peer, done.clone());
-        let mut stream = match ctx.mesh.get_blob_direct(*peer, hash).await {
-            Ok(s) => s,
-            Err(e) => {
-                last = e.to_string();
-                continue;
-            }
-        };
-        let mut failed = None;
-        while let Some(item) = stream.next().await {
-            use iroh_blobs::get::request::GetBlobItem;
-            match item {
-                GetBlobItem::Item(bao_tree::io::BaoContentItem::Leaf(leaf)) => {
-                    if let Err(e) = file.write_all_at(&leaf.data, leaf.offset) {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                    done.fetch_add(leaf.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                GetBlobItem::Item(_) => {}
-                GetBlobItem::Done(_) => break,
-                GetBlobItem::Error(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
+        let t = ctx
+            .status
+            .track(&job.path, peer.fmt_short().to_string(), job.target.size);
+        let res = ctx.content.fetch_direct(*peer, hash, &file, &t.done).await;
         // Counted whether or not it completed: these bytes crossed the wire.
         ctx.status.bytes_in.fetch_add(
-            done.load(std::sync::atomic::Ordering::Relaxed),
+            t.done.load(std::sync::atomic::Ordering::Relaxed),
             std::sync::atomic::Ordering::Relaxed,
         );
-        match failed {
-            None => return Ok(()),
-            Some(e) => last = e,
+        match res {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
         }
     }
     let _ = std::fs::remove_file(tmp);

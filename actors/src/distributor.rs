@@ -30,23 +30,14 @@ use fleetsync_mesh::{
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use crate::{folder::FolderCtx, rt, supervisor::Ping};
+use crate::{
+    folder::Folder,
+    msg::{PeerDown, PeerUp, Ping},
+    rt,
+};
 
 pub mod msg {
     use actix::Message;
-    use fleetsync_mesh::{EndpointId, PeerSession};
-
-    /// A session came up: serve its subscriptions.
-    #[derive(Debug, Message)]
-    #[rtype(result = "()")]
-    pub struct PeerUp(pub PeerSession);
-
-    #[derive(Debug, Message)]
-    #[rtype(result = "()")]
-    pub struct PeerDown {
-        pub peer: EndpointId,
-        pub conn_id: u64,
-    }
 
     /// What each peer has been sent, per folder.
     #[derive(Debug, Message)]
@@ -54,7 +45,7 @@ pub mod msg {
     pub struct GetOutbound;
 }
 
-use msg::{GetOutbound, PeerDown, PeerUp};
+use msg::GetOutbound;
 
 /// Progress of one subscription.
 #[derive(Debug, Clone)]
@@ -68,13 +59,13 @@ pub struct Outbound {
 type Progress = Arc<Mutex<BTreeMap<(EndpointId, String), Outbound>>>;
 
 pub struct Distributor {
-    folders: Arc<HashMap<String, Arc<FolderCtx>>>,
+    folders: Arc<HashMap<String, Arc<Folder>>>,
     sessions: HashMap<u64, (EndpointId, JoinHandle<()>)>,
     progress: Progress,
 }
 
 impl Distributor {
-    pub fn new(folders: Arc<HashMap<String, Arc<FolderCtx>>>) -> Self {
+    pub fn new(folders: Arc<HashMap<String, Arc<Folder>>>) -> Self {
         Distributor {
             folders,
             sessions: HashMap::new(),
@@ -146,7 +137,7 @@ impl Handler<GetOutbound> for Distributor {
 /// Accept the peer's subscription streams for as long as the connection lives.
 async fn serve_session(
     s: PeerSession,
-    folders: Arc<HashMap<String, Arc<FolderCtx>>>,
+    folders: Arc<HashMap<String, Arc<Folder>>>,
     progress: Progress,
 ) {
     let mut streams = JoinSet::new();
@@ -174,7 +165,7 @@ async fn serve_stream(
     s: PeerSession,
     mut send: SendStream,
     mut recv: RecvStream,
-    folders: Arc<HashMap<String, Arc<FolderCtx>>>,
+    folders: Arc<HashMap<String, Arc<Folder>>>,
     progress: Progress,
 ) {
     let peer = s.peer.fmt_short().to_string();

@@ -1,12 +1,14 @@
-//! What every actor of one folder shares: config, confined filesystem,
-//! index, mesh (for the blob store and fetches), the ignore rules, the
-//! "index head moved" signal the distributor waits on, and live status.
+//! [`Folder`]: what every actor of one folder shares — config, confined
+//! filesystem, index, [`Content`] (blob store and peers), the ignore rules,
+//! the "index head moved" signal the distributor waits on, live status,
+//! and two small caches of content on disk (parked and released `refs/`
+//! links).
 //!
 //! Nothing here is actor state: it survives actor restarts, and everything
 //! persistent lives in the index.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
@@ -15,10 +17,11 @@ use std::{
 };
 
 use fleetsync_config::{FolderConfig, FolderMode};
-use fleetsync_mesh::{model::ShortId, Mesh};
+use fleetsync_mesh::model::ShortId;
 use tokio::sync::watch;
 
 use crate::{
+    content::Content,
     fsutil::FolderFs,
     ignore::Ignore,
     index::{Index, IndexError, Released},
@@ -59,9 +62,9 @@ pub struct FolderStatus {
     pub scanning: AtomicBool,
     pub syncing: AtomicBool,
     /// Folder-level fault (marker missing, root unreadable): no sync.
-    pub fault: Mutex<Option<String>>,
-    pub last_error: Mutex<Option<(SystemTime, String)>>,
-    pub transfers: Mutex<BTreeMap<String, Transfer>>,
+    fault: Mutex<Option<String>>,
+    last_error: Mutex<Option<(SystemTime, String)>>,
+    transfers: Mutex<BTreeMap<String, Transfer>>,
     pub files_in: AtomicU64,
     pub files_out_announced: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -110,24 +113,75 @@ impl FolderStatus {
     pub fn error(&self, msg: impl Into<String>) {
         *self.last_error.lock().expect("status lock") = Some((SystemTime::now(), msg.into()));
     }
+
+    pub fn last_error(&self) -> Option<String> {
+        let e = self.last_error.lock().expect("status lock");
+        e.as_ref().map(|(_, m)| m.clone())
+    }
+
+    /// Transfers in progress, by path.
+    pub fn transfers(&self) -> Vec<(String, Transfer)> {
+        let t = self.transfers.lock().expect("status lock");
+        t.iter().map(|(p, t)| (p.clone(), t.clone())).collect()
+    }
+
+    /// Show a transfer in status for as long as the returned guard lives.
+    pub fn track(&self, path: &str, peer: String, total: u64) -> TransferGuard<'_> {
+        let done = Arc::new(AtomicU64::new(0));
+        let t = Transfer {
+            peer,
+            total,
+            done: done.clone(),
+            started: SystemTime::now(),
+        };
+        self.transfers
+            .lock()
+            .expect("status lock")
+            .insert(path.to_string(), t);
+        TransferGuard {
+            status: self,
+            path: path.to_string(),
+            done,
+        }
+    }
+}
+
+/// A transfer shown in status; removed when dropped.
+pub struct TransferGuard<'a> {
+    status: &'a FolderStatus,
+    path: String,
+    /// Bytes received so far; the fetch updates it.
+    pub done: Arc<AtomicU64>,
+}
+
+impl Drop for TransferGuard<'_> {
+    fn drop(&mut self) {
+        self.status
+            .transfers
+            .lock()
+            .expect("status lock")
+            .remove(&self.path);
+    }
 }
 
 #[derive(Debug)]
-pub struct FolderCtx {
+pub struct Folder {
     pub cfg: FolderConfig,
     pub fs: FolderFs,
     pub index: Index,
-    pub mesh: Mesh,
+    pub content: Arc<dyn Content>,
     pub me: ShortId,
     pub index_id: u64,
     ignore: RwLock<Arc<Ignore>>,
     /// Bumped after every commit; subscribers wait on it.
     pub head: watch::Sender<u64>,
     /// Paths the receiver is writing right now: the hasher leaves them be.
-    pub applying: Mutex<HashSet<String>>,
-    /// Content staged in `refs/` by an apply that was then abandoned (the
-    /// store references it): reused by the next attempt instead of copied.
-    pub staged: Mutex<std::collections::HashMap<[u8; 32], String>>,
+    applying: Mutex<HashSet<String>>,
+    /// Parked content: `refs/` links holding verified content that an
+    /// apply fetched or staged but did not place (abandoned, or prefetched
+    /// for a later step). The next apply of the same hash takes it instead
+    /// of fetching again.
+    parked: Mutex<HashMap<[u8; 32], String>>,
     /// Refs links the index just stopped using, kept for [`RELEASE_GRACE`].
     released: Mutex<Graveyard>,
     pub status: FolderStatus,
@@ -141,9 +195,13 @@ pub const RELEASE_GRACE: Duration = Duration::from_secs(30);
 /// Released links beyond this many are removed at once (bounded memory).
 const GRAVEYARD_MAX: usize = 100_000;
 
+/// Parked links remembered at most; past it the memory is cleared (the
+/// links themselves are swept by retention once old).
+const PARKED_MAX: usize = 1024;
+
 #[derive(Debug, Default)]
 struct Graveyard {
-    by_hash: std::collections::HashMap<[u8; 32], Vec<(Instant, String)>>,
+    by_hash: HashMap<[u8; 32], Vec<(Instant, String)>>,
     len: usize,
     /// No entry is older than this: lets `expire` skip its scan (it runs
     /// on every commit).
@@ -186,21 +244,25 @@ impl Graveyard {
     }
 }
 
-impl FolderCtx {
-    pub fn new(cfg: FolderConfig, index: Index, mesh: Mesh) -> Result<Arc<Self>, IndexError> {
+impl Folder {
+    pub fn new(
+        cfg: FolderConfig,
+        index: Index,
+        content: Arc<dyn Content>,
+        me: ShortId,
+    ) -> Result<Arc<Self>, IndexError> {
         let meta = index.ensure_folder(&cfg.id)?;
-        let me = mesh.short_id();
-        Ok(Arc::new(FolderCtx {
+        Ok(Arc::new(Folder {
             fs: FolderFs::new(&cfg.path),
             ignore: RwLock::new(Arc::new(Ignore::load(&cfg.path))),
             cfg,
             index,
-            mesh,
+            content,
             me,
             index_id: meta.index_id,
             head: watch::channel(meta.seq).0,
             applying: Mutex::new(HashSet::new()),
-            staged: Mutex::new(Default::default()),
+            parked: Mutex::new(HashMap::new()),
             released: Mutex::new(Graveyard::default()),
             status: FolderStatus::default(),
         }))
@@ -242,21 +304,32 @@ impl FolderCtx {
         self.applying.lock().expect("applying lock").contains(rel)
     }
 
-    /// Remember a staged refs link for a later attempt (bounded).
-    pub fn keep_staged(&self, hash: [u8; 32], name: String) {
-        let mut m = self.staged.lock().expect("staged lock");
-        if m.len() >= 1024 {
+    /// Park a `refs/` link holding verified content of `hash` for a later
+    /// apply (bounded).
+    pub fn park(&self, hash: [u8; 32], name: String) {
+        let mut m = self.parked.lock().expect("parked lock");
+        if m.len() >= PARKED_MAX {
             m.clear(); // retention removes the links themselves
         }
         m.insert(hash, name);
     }
 
-    pub fn take_staged(&self, hash: &[u8; 32]) -> Option<String> {
-        self.staged.lock().expect("staged lock").remove(hash)
+    pub fn unpark(&self, hash: &[u8; 32]) -> Option<String> {
+        self.parked.lock().expect("parked lock").remove(hash)
+    }
+
+    pub fn is_parked(&self, hash: &[u8; 32]) -> bool {
+        self.parked.lock().expect("parked lock").contains_key(hash)
+    }
+
+    /// Names of the parked links (retention leaves them be).
+    pub fn parked_names(&self) -> Vec<String> {
+        let m = self.parked.lock().expect("parked lock");
+        m.values().cloned().collect()
     }
 
     /// Refs links nothing references any more: those with a known hash
-    /// stay for [`RELEASE_GRACE`] (see [`FolderCtx::take_released`]), the
+    /// stay for [`RELEASE_GRACE`] (see [`Folder::take_released`]), the
     /// rest go now.
     pub fn release(&self, names: Vec<Released>) {
         let mut g = self.released.lock().expect("released lock");
@@ -331,12 +404,12 @@ impl FolderCtx {
 /// does not know it yet (its edit would otherwise be based on a stale
 /// version and look like a conflict).
 pub struct ApplyGuard {
-    ctx: Arc<FolderCtx>,
+    ctx: Arc<Folder>,
     path: String,
 }
 
 impl ApplyGuard {
-    pub fn new(ctx: &Arc<FolderCtx>, path: &str) -> Self {
+    pub fn new(ctx: &Arc<Folder>, path: &str) -> Self {
         ctx.applying
             .lock()
             .expect("applying lock")

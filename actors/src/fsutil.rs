@@ -23,7 +23,7 @@ use std::{
 use fleetsync_mesh::model::{validate_rel_path, EntryKind, RESERVED_DIR};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
-use crate::index::LocalStat;
+use crate::record::{DiskState, LocalStat, Meta};
 
 /// Where temp files live inside a folder.
 pub const TMP_DIR: &str = "tmp";
@@ -32,21 +32,6 @@ pub const TMP_DIR: &str = "tmp";
 pub const REFS_DIR: &str = "refs";
 /// Suffix of in-place temp names (symlink replacement).
 pub const TMP_MARK: &str = ".fleetsync-tmp-";
-
-/// What `lstat` says about a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Meta {
-    pub kind: EntryKind,
-    pub stat: LocalStat,
-}
-
-/// Is this some other kind of node (socket, fifo, device)? We never sync those.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Node {
-    Missing,
-    Other,
-    Some(Meta),
-}
 
 fn to_io(e: rustix::io::Errno) -> io::Error {
     io::Error::from(e)
@@ -78,14 +63,14 @@ pub fn is_escape(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|i| i.is::<Escape>())
 }
 
-pub fn meta_from_stat(st: &rustix::fs::Stat) -> Node {
+pub fn meta_from_stat(st: &rustix::fs::Stat) -> DiskState {
     let kind = match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile => EntryKind::File,
         FileType::Directory => EntryKind::Directory,
         FileType::Symlink => EntryKind::Symlink,
-        _ => return Node::Other,
+        _ => return DiskState::Special,
     };
-    Node::Some(Meta {
+    DiskState::Present(Meta {
         kind,
         stat: LocalStat {
             size: if kind == EntryKind::File {
@@ -157,7 +142,7 @@ impl FolderFs {
         )
     }
 
-    pub fn lstat(&self, rel: &str) -> io::Result<Node> {
+    pub fn lstat(&self, rel: &str) -> io::Result<DiskState> {
         self.session()?.lstat(rel)
     }
 
@@ -247,7 +232,7 @@ impl FolderFs {
         let root = self.open_root()?;
         match rustix::fs::statat(&root, RESERVED_DIR, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(match meta_from_stat(&st) {
-                Node::Some(m) => Some(m.kind),
+                DiskState::Present(m) => Some(m.kind),
                 _ => None,
             }),
             Err(rustix::io::Errno::NOENT) => Ok(None),
@@ -320,15 +305,15 @@ impl Session {
 
     /// `lstat` of a path inside the root. A parent that is missing means the
     /// path is missing; a parent that is a symlink means we must not look.
-    pub fn lstat(&self, rel: &str) -> io::Result<Node> {
+    pub fn lstat(&self, rel: &str) -> io::Result<DiskState> {
         let (dir, name) = match self.open_parent(rel, false) {
             Ok(x) => x,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Node::Missing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(DiskState::Missing),
             Err(e) => return Err(e),
         };
         match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(meta_from_stat(&st)),
-            Err(rustix::io::Errno::NOENT) => Ok(Node::Missing),
+            Err(rustix::io::Errno::NOENT) => Ok(DiskState::Missing),
             Err(e) => Err(to_io(e)),
         }
     }
@@ -535,7 +520,7 @@ pub fn finish_tmp(path: &Path, mode: u32, mtime_ns: i64, sync: bool) -> io::Resu
         f.sync_all()?;
     }
     match meta_from_stat(&rustix::fs::fstat(&f).map_err(to_io)?) {
-        Node::Some(m) => Ok(m.stat),
+        DiskState::Present(m) => Ok(m.stat),
         _ => Err(io::Error::other("temp file is not a regular file")),
     }
 }
@@ -613,7 +598,7 @@ mod tests {
         // The symlink itself is a thing we can see and replace.
         assert!(matches!(
             fs.lstat("evil").unwrap(),
-            Node::Some(Meta {
+            DiskState::Present(Meta {
                 kind: EntryKind::Symlink,
                 ..
             })
@@ -631,7 +616,7 @@ mod tests {
         std::fs::write(&tmp, b"hello").unwrap();
         let st = finish_tmp(&tmp, 0o755, 1_000_000_123, true).unwrap();
         fs.place("a.part", "x/y/z.bin", true).unwrap();
-        let Node::Some(m) = fs.lstat("x/y/z.bin").unwrap() else {
+        let DiskState::Present(m) = fs.lstat("x/y/z.bin").unwrap() else {
             panic!()
         };
         assert_eq!(m.stat, st);

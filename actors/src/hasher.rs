@@ -24,19 +24,17 @@ use std::{
 
 use actix::prelude::*;
 use fleetsync_mesh::model::EntryKind;
-use iroh_blobs::{
-    api::blobs::{AddPathOptions, ImportMode},
-    BlobFormat,
-};
 use n0_future::{BufferedStreamExt, StreamExt};
 use tracing::{debug, info, warn};
 
 use crate::{
-    folder::FolderCtx,
-    fsutil::{Meta, Node},
-    index::{now_ns, Commit, Item, Observed, Record},
+    content::Hold,
+    folder::Folder,
+    index::{now_ns, Commit, Item, Observed},
+    msg::Ping,
+    record::Record,
+    record::{DiskState, Meta},
     rt,
-    supervisor::Ping,
 };
 
 /// Messages the hasher answers.
@@ -67,11 +65,11 @@ const IMPORT_CONCURRENCY: usize = 8;
 const COMMIT_CHUNK: usize = 500;
 
 pub struct Hasher {
-    ctx: Arc<FolderCtx>,
+    ctx: Arc<Folder>,
 }
 
 impl Hasher {
-    pub fn new(ctx: Arc<FolderCtx>) -> Self {
+    pub fn new(ctx: Arc<Folder>) -> Self {
         Hasher { ctx }
     }
 }
@@ -128,7 +126,7 @@ fn live(r: &Option<Record>) -> Option<&Record> {
     r.as_ref().filter(|r| !r.entry.deleted)
 }
 
-fn classify(ctx: &FolderCtx, paths: Vec<String>) -> Plan {
+fn classify(ctx: &Folder, paths: Vec<String>) -> Plan {
     let mut plan = Plan::default();
     let ig = ctx.ignore();
     let settle_ns = ctx.cfg.settle.as_nanos() as i64;
@@ -158,7 +156,7 @@ fn classify(ctx: &FolderCtx, paths: Vec<String>) -> Plan {
         let node = match session.lstat(&rel) {
             Ok(n) => n,
             // A parent turned into a symlink: the path is no longer in the folder.
-            Err(e) if e.kind() == std::io::ErrorKind::Other => Node::Missing,
+            Err(e) if e.kind() == std::io::ErrorKind::Other => DiskState::Missing,
             Err(e) => {
                 ctx.status.error(format!("{rel}: {e}"));
                 continue;
@@ -173,7 +171,7 @@ fn classify(ctx: &FolderCtx, paths: Vec<String>) -> Plan {
             }
         };
         match node {
-            Node::Missing | Node::Other => {
+            DiskState::Missing | DiskState::Special => {
                 if live(&rec).is_some() {
                     plan.found.push((rel.clone(), Found::Gone));
                 }
@@ -189,7 +187,7 @@ fn classify(ctx: &FolderCtx, paths: Vec<String>) -> Plan {
                     Err(e) => ctx.status.error(format!("index: {e}")),
                 }
             }
-            Node::Some(meta) => {
+            DiskState::Present(meta) => {
                 if ig.is_ignored(&rel, meta.kind == EntryKind::Directory) {
                     continue;
                 }
@@ -248,10 +246,10 @@ fn classify(ctx: &FolderCtx, paths: Vec<String>) -> Plan {
 /// store references the link (stable across renames and replacements of
 /// the user's path); returns the link's name.
 async fn import(
-    ctx: &Arc<FolderCtx>,
+    ctx: &Arc<Folder>,
     rel: &str,
     size: u64,
-) -> Result<([u8; 32], iroh_blobs::api::TempTag, Option<String>), String> {
+) -> Result<([u8; 32], Hold, Option<String>), String> {
     let mut refs = None;
     if size > 0 {
         let c = ctx.clone();
@@ -279,32 +277,12 @@ async fn import(
     }
 }
 
-async fn import_path(
-    ctx: &FolderCtx,
-    abs: std::path::PathBuf,
-) -> Result<([u8; 32], iroh_blobs::api::TempTag), String> {
-    let mut stream = ctx
-        .mesh
-        .store()
-        .add_path_with_opts(AddPathOptions {
-            path: abs,
-            format: BlobFormat::Raw,
-            mode: ImportMode::TryReference,
-        })
-        .stream()
-        .await;
-    use iroh_blobs::api::proto::AddProgressItem;
-    while let Some(item) = stream.next().await {
-        match item {
-            AddProgressItem::Done(tt) => return Ok((*tt.hash().as_bytes(), tt)),
-            AddProgressItem::Error(e) => return Err(e.to_string()),
-            _ => {}
-        }
-    }
-    Err("import ended without a result".into())
+async fn import_path(ctx: &Folder, abs: std::path::PathBuf) -> Result<([u8; 32], Hold), String> {
+    let (hash, hold) = ctx.content.import(abs).await.map_err(|e| e.to_string())?;
+    Ok((*hash.as_bytes(), hold))
 }
 
-pub async fn hash_batch(ctx: Arc<FolderCtx>, paths: Vec<String>) -> HashOutcome {
+pub async fn hash_batch(ctx: Arc<Folder>, paths: Vec<String>) -> HashOutcome {
     if ctx.fault().is_some() {
         return HashOutcome::default();
     }
@@ -313,7 +291,7 @@ pub async fn hash_batch(ctx: Arc<FolderCtx>, paths: Vec<String>) -> HashOutcome 
     let plan = match rt::blocking(move || classify(&c, paths)).await {
         Ok(p) => p,
         Err(e) => {
-            ctx.status.error(e);
+            ctx.status.error(e.to_string());
             return HashOutcome::default();
         }
     };
@@ -373,7 +351,11 @@ pub async fn hash_batch(ctx: Arc<FolderCtx>, paths: Vec<String>) -> HashOutcome 
                 deferred.append(&mut more);
                 committed += n;
             }
-            Ok(Err(e)) | Err(e) => {
+            Ok(Err(e)) => {
+                warn!(folder = ctx.id(), "commit failed: {e}");
+                ctx.status.error(format!("index commit: {e}"));
+            }
+            Err(e) => {
                 warn!(folder = ctx.id(), "commit failed: {e}");
                 ctx.status.error(format!("index commit: {e}"));
             }
@@ -396,7 +378,7 @@ pub async fn hash_batch(ctx: Arc<FolderCtx>, paths: Vec<String>) -> HashOutcome 
 /// Re-check files, then let the index resolve every observation against
 /// its current state in one transaction (skip, adopt a pending remote entry,
 /// or bump to a new local version).
-fn commit_found(ctx: &FolderCtx, hashed: Vec<Hashed>) -> Result<(usize, Vec<String>), String> {
+fn commit_found(ctx: &Folder, hashed: Vec<Hashed>) -> Result<(usize, Vec<String>), String> {
     let folder = ctx.id();
     let mut items = Vec::with_capacity(hashed.len());
     let mut deferred = Vec::new();
@@ -412,11 +394,13 @@ fn commit_found(ctx: &FolderCtx, hashed: Vec<Hashed>) -> Result<(usize, Vec<Stri
             Found::File(meta) => {
                 // Did it change while we hashed it?
                 match (session.lstat(&rel), hash) {
-                    (Ok(Node::Some(now)), Some((hash, refs))) if now == meta => Observed::File {
-                        stat: meta.stat,
-                        hash,
-                        refs,
-                    },
+                    (Ok(DiskState::Present(now)), Some((hash, refs))) if now == meta => {
+                        Observed::File {
+                            stat: meta.stat,
+                            hash,
+                            refs,
+                        }
+                    }
                     (_, h) => {
                         if let Some((_, Some(n))) = h {
                             ctx.fs.remove_ref(&n);
@@ -438,7 +422,7 @@ fn commit_found(ctx: &FolderCtx, hashed: Vec<Hashed>) -> Result<(usize, Vec<Stri
             folder,
             Commit {
                 items,
-                settle: vec![],
+                resolved: vec![],
             },
             ctx.local(),
         )

@@ -31,6 +31,8 @@ use std::{
 };
 
 use fleetsync_mesh::model::{EntryKind, FileEntry, ShortId};
+
+use crate::record::{LocalStat, Record};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -85,33 +87,6 @@ db_err!(
 );
 
 pub type Result<T> = std::result::Result<T, IndexError>;
-
-/// What a file looked like on disk when we recorded it; if the disk still
-/// matches, the hasher need not read the file again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LocalStat {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ino: u64,
-    pub mode: u32,
-}
-
-/// Our entry for a path, plus local bookkeeping that never goes on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub entry: FileEntry,
-    /// None for tombstones and entries not (yet) on disk.
-    pub local: Option<LocalStat>,
-    /// Receive-only folders: a local edit that is recorded but never
-    /// announced, and that the next remote version overwrites.
-    pub local_changed: bool,
-    /// We adopted this exact entry from this peer (so don't echo it back).
-    pub received_from: Option<ShortId>,
-    /// Name of this file's hard link in `<root>/.fleetsync/refs`, which the
-    /// blob store references instead of the user-visible path (so renames,
-    /// conflict copies and replacements never make it serve wrong bytes).
-    pub refs: Option<String>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FolderMeta {
@@ -237,11 +212,12 @@ pub enum Item {
     /// current one.
     Observed { path: String, seen: Observed },
     /// A remote entry the receiver put on disk: written only if the index
-    /// has not moved past it meanwhile; then its pending rows are settled.
+    /// has not moved past it meanwhile; then the pending rows it
+    /// answers are resolved (removed).
     Applied {
         record: Record,
         note: String,
-        settle: Vec<(String, [u8; 32])>,
+        resolves: Vec<(String, [u8; 32])>,
     },
 }
 
@@ -257,12 +233,12 @@ pub struct Local {
 pub struct Commit {
     pub items: Vec<Item>,
     /// Pending rows that need nothing done (ours is equal or newer).
-    pub settle: Vec<(String, [u8; 32])>,
+    pub resolved: Vec<(String, [u8; 32])>,
 }
 
 impl Commit {
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty() && self.settle.is_empty()
+        self.items.is_empty() && self.resolved.is_empty()
     }
 }
 
@@ -274,7 +250,7 @@ pub struct Committed {
     /// Applied items the index had moved past: their pending rows remain.
     pub superseded: Vec<Record>,
     /// Refs links nothing references any more: the caller hands them to
-    /// [`crate::folder::FolderCtx::release`].
+    /// [`crate::folder::Folder::release`].
     pub released: Vec<Released>,
 }
 
@@ -547,7 +523,7 @@ impl Index {
     }
 
     /// Resolve and write a batch of changes (each written record gets the
-    /// next sequence number), settle pending rows, append history — one
+    /// next sequence number), resolve pending rows, append history — one
     /// durable transaction.
     pub fn commit(&self, folder: &str, commit: Commit, local: Local) -> Result<Committed> {
         use crate::rules::{decide, Decision};
@@ -637,7 +613,7 @@ impl Index {
                     Item::Applied {
                         record,
                         note,
-                        settle,
+                        resolves,
                     } => {
                         let path = record.entry.path.clone();
                         let cur = t.get(folder, &path)?;
@@ -655,7 +631,7 @@ impl Index {
                             superseded.push(record);
                             continue;
                         }
-                        for (p, peer) in &settle {
+                        for (p, peer) in &resolves {
                             t.pending.remove((folder, p.as_str(), peer.as_slice()))?;
                         }
                         let same = cur.as_ref().is_some_and(|c| {
@@ -677,7 +653,7 @@ impl Index {
                     }
                 }
             }
-            for (path, peer) in &commit.settle {
+            for (path, peer) in &commit.resolved {
                 t.pending.remove((folder, path.as_str(), peer.as_slice()))?;
             }
             folders.insert(folder, enc(&meta).as_slice())?;
@@ -986,10 +962,10 @@ mod tests {
                 .map(|e| Item::Applied {
                     record: rec(e),
                     note: "test".into(),
-                    settle: vec![],
+                    resolves: vec![],
                 })
                 .collect(),
-            settle: vec![],
+            resolved: vec![],
         };
         idx.commit("f", c, ME).unwrap()
     }
@@ -1045,7 +1021,7 @@ mod tests {
                 "f",
                 Commit {
                     items: vec![obs("a", 10, 1, 1)],
-                    settle: vec![],
+                    resolved: vec![],
                 },
                 ME,
             )
@@ -1059,7 +1035,7 @@ mod tests {
                 "f",
                 Commit {
                     items: vec![obs("a", 10, 1, 1)],
-                    settle: vec![],
+                    resolved: vec![],
                 },
                 ME,
             )
@@ -1085,7 +1061,7 @@ mod tests {
             "f",
             Commit {
                 items: vec![obs("a", 10, 2, 2)],
-                settle: vec![],
+                resolved: vec![],
             },
             ME,
         )
@@ -1102,7 +1078,7 @@ mod tests {
                     path: "a".into(),
                     seen: Observed::Gone,
                 }],
-                settle: vec![],
+                resolved: vec![],
             },
             ME,
         )
@@ -1127,9 +1103,9 @@ mod tests {
                     items: vec![Item::Applied {
                         record: rec(stale),
                         note: "x".into(),
-                        settle: vec![],
+                        resolves: vec![],
                     }],
-                    settle: vec![],
+                    resolved: vec![],
                 },
                 ME,
             )
@@ -1142,7 +1118,7 @@ mod tests {
     }
 
     #[test]
-    fn ingest_drops_useless_entries_and_commit_settles_pending() {
+    fn ingest_drops_useless_entries_and_commit_resolves_pending() {
         let (_d, idx) = open();
         put(&idx, vec![file("a", 1, &[(1, 2)])]);
         let peer = [9u8; 32];
@@ -1169,9 +1145,9 @@ mod tests {
             items: vec![Item::Applied {
                 record: rec(p[0].entry.clone()),
                 note: "x".into(),
-                settle: vec![("b".into(), peer)],
+                resolves: vec![("b".into(), peer)],
             }],
-            settle: vec![],
+            resolved: vec![],
         };
         idx.commit("f", c, ME).unwrap();
         assert_eq!(idx.pending_count("f").unwrap(), 0);

@@ -23,14 +23,19 @@
 //!   node's status snapshot for the admin API.
 //! - [`rt`]: where blocking and async work runs (never on actor threads).
 
+#![warn(clippy::too_many_lines)]
+
 pub mod apply;
+pub mod content;
 pub mod distributor;
 pub mod folder;
 pub mod fsutil;
 pub mod hasher;
 pub mod ignore;
 pub mod index;
+pub mod msg;
 pub mod receiver;
+pub mod record;
 pub mod retention;
 pub mod rt;
 pub mod rules;

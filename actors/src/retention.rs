@@ -32,10 +32,10 @@ use iroh_blobs::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    folder::{FolderCtx, RELEASE_GRACE},
+    folder::{Folder, RELEASE_GRACE},
     index::Index,
+    msg::Ping,
     rt,
-    supervisor::Ping,
 };
 
 pub const TMP_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -52,11 +52,11 @@ pub mod msg {
 }
 
 pub struct Retention {
-    folders: Arc<HashMap<String, Arc<FolderCtx>>>,
+    folders: Arc<HashMap<String, Arc<Folder>>>,
 }
 
 impl Retention {
-    pub fn new(folders: Arc<HashMap<String, Arc<FolderCtx>>>) -> Self {
+    pub fn new(folders: Arc<HashMap<String, Arc<Folder>>>) -> Self {
         Retention { folders }
     }
 }
@@ -106,7 +106,7 @@ impl Handler<msg::Sweep> for Retention {
     }
 }
 
-fn sweep_all(folders: &HashMap<String, Arc<FolderCtx>>, max_age: Duration) -> usize {
+fn sweep_all(folders: &HashMap<String, Arc<Folder>>, max_age: Duration) -> usize {
     folders
         .values()
         .map(|f| sweep_tmp(f, max_age) + sweep_refs(f, max_age))
@@ -116,7 +116,7 @@ fn sweep_all(folders: &HashMap<String, Arc<FolderCtx>>, max_age: Duration) -> us
 /// Remove `refs` links no record uses and no abandoned apply kept, once
 /// older than `max_age` (so a link made a moment ago for a commit in
 /// flight survives).
-pub fn sweep_refs(ctx: &FolderCtx, max_age: Duration) -> usize {
+pub fn sweep_refs(ctx: &Folder, max_age: Duration) -> usize {
     let dir = ctx.fs.refs_dir();
     let Ok(rd) = std::fs::read_dir(&dir) else {
         return 0;
@@ -128,7 +128,7 @@ pub fn sweep_refs(ctx: &FolderCtx, max_age: Duration) -> usize {
             return 0;
         }
     };
-    keep.extend(ctx.staged.lock().expect("staged lock").values().cloned());
+    keep.extend(ctx.parked_names());
     if max_age.is_zero() {
         ctx.expire_released(Duration::ZERO);
     } else {
@@ -168,7 +168,7 @@ pub fn sweep_refs(ctx: &FolderCtx, max_age: Duration) -> usize {
 }
 
 /// Remove temp files older than `max_age` (all of them with `ZERO`).
-pub fn sweep_tmp(ctx: &FolderCtx, max_age: Duration) -> usize {
+pub fn sweep_tmp(ctx: &Folder, max_age: Duration) -> usize {
     let dir = ctx.fs.tmp_dir();
     let Ok(rd) = std::fs::read_dir(&dir) else {
         return 0;

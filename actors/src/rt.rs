@@ -12,9 +12,16 @@ use tokio::{runtime::Handle, task::JoinHandle};
 
 static MAIN: OnceLock<Handle> = OnceLock::new();
 
-/// Record the node's multi-threaded runtime (once, at start-up).
+/// A task handed to the runtime did not finish: it panicked or was
+/// cancelled (runtime shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("background task failed: {0}")]
+pub struct TaskError(#[from] pub tokio::task::JoinError);
+
+/// Record the node's multi-threaded runtime (once, at start-up). A second
+/// call (a second node in one process, as tests do) keeps the first.
 pub fn init(handle: Handle) {
-    let _ = MAIN.set(handle);
+    MAIN.get_or_init(|| handle);
 }
 
 fn handle() -> Handle {
@@ -39,12 +46,20 @@ where
 
 /// Run blocking work on the pool and wait for it; a panic in `f` becomes an
 /// error instead of taking the caller down.
-pub async fn blocking<F, R>(f: F) -> Result<R, String>
+pub async fn blocking<F, R>(f: F) -> Result<R, TaskError>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    spawn_blocking(f)
-        .await
-        .map_err(|e| format!("blocking task failed: {e}"))
+    Ok(spawn_blocking(f).await?)
+}
+
+/// [`blocking`] for work that can fail: one error type for both ways.
+pub async fn try_blocking<F, R, E>(f: F) -> Result<R, E>
+where
+    F: FnOnce() -> Result<R, E> + Send + 'static,
+    R: Send + 'static,
+    E: From<TaskError> + Send + 'static,
+{
+    blocking(f).await?
 }

@@ -19,7 +19,7 @@ use std::cmp::Ordering;
 
 use fleetsync_mesh::model::{Causality, EntryKind, FileEntry, ShortId};
 
-use crate::index::Record;
+use crate::record::Record;
 
 /// What to do with a remote entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

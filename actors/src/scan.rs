@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use crate::{
-    fsutil::{meta_from_stat, rel_of, Meta, Node},
+    fsutil::{meta_from_stat, rel_of},
     ignore::Ignore,
+    record::{DiskState, Meta},
 };
 
 /// Walk `root`; returns (relative path, meta) for every file, dir and
@@ -41,7 +42,7 @@ pub fn walk(root: &Path, ignore: &Ignore) -> (Vec<(String, Meta)>, Vec<String>) 
         };
         match rustix::fs::lstat(e.path()) {
             Ok(st) => {
-                if let Node::Some(m) = meta_from_stat(&st) {
+                if let DiskState::Present(m) = meta_from_stat(&st) {
                     out.push((rel, m));
                 }
             }

@@ -144,12 +144,10 @@ pub async fn snapshot(node: &NodeHandle) -> NodeStatus {
             && st.initial_scan_done.load(Ordering::Relaxed)
             && fpeers.iter().all(|p| p.received_all);
         let transfers = st
-            .transfers
-            .lock()
-            .expect("status lock")
-            .iter()
+            .transfers()
+            .into_iter()
             .map(|(path, t)| TransferInfo {
-                path: path.clone(),
+                path,
                 peer: t.peer.clone(),
                 bytes_done: t.done.load(Ordering::Relaxed),
                 bytes_total: t.total,
@@ -181,12 +179,7 @@ pub async fn snapshot(node: &NodeHandle) -> NodeStatus {
             files_received: st.files_in.load(Ordering::Relaxed),
             bytes_received: st.bytes_in.load(Ordering::Relaxed),
             error: fault,
-            last_error: st
-                .last_error
-                .lock()
-                .expect("status lock")
-                .as_ref()
-                .map(|(_, e)| e.clone()),
+            last_error: st.last_error(),
             transfers,
             peers: fpeers,
         });

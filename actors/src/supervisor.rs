@@ -4,7 +4,7 @@
 //! ```text
 //! start_node(config)
 //!   ├─ index (redb), mesh (iroh endpoint + blob store with GC protect hook)
-//!   ├─ per folder: FolderCtx, stale temp files removed
+//!   ├─ per folder: Folder, stale temp files removed
 //!   └─ Supervisor (system arbiter)
 //!        ├─ Distributor, Retention          each on its own arbiter thread
 //!        └─ per folder: Watcher, Hasher, Receiver
@@ -35,20 +35,16 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::{
-    distributor::{self, Distributor},
-    folder::FolderCtx,
+    distributor::Distributor,
+    folder::Folder,
     hasher::Hasher,
     index::Index,
-    receiver::{self, Receiver},
+    msg::{PeerDown, PeerUp, Ping},
+    receiver::Receiver,
     retention::{self, Retention},
     slot::Slot,
     watcher::{msg::Rescan, Watcher},
 };
-
-/// Every actor answers this; the reply proves its thread is alive.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Ping;
 
 pub const PING_EVERY: Duration = Duration::from_secs(1);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,7 +104,7 @@ pub enum StartError {
 pub struct NodeHandle {
     pub mesh: Mesh,
     pub index: Index,
-    pub folders: Arc<HashMap<String, Arc<FolderCtx>>>,
+    pub folders: Arc<HashMap<String, Arc<Folder>>>,
     pub slots: Slots,
     pub supervisor: Addr<Supervisor>,
     healthy: Arc<AtomicBool>,
@@ -192,7 +188,8 @@ pub async fn start_node(config: &Config) -> Result<NodeHandle, StartError> {
     .await?;
     let mut folders = HashMap::new();
     for f in &config.folders {
-        let ctx = FolderCtx::new(f.clone(), index.clone(), mesh.clone())?;
+        let content: Arc<dyn crate::content::Content> = Arc::new(mesh.clone());
+        let ctx = Folder::new(f.clone(), index.clone(), content, mesh.short_id())?;
         prepare_folder(&ctx).map_err(|message| StartError::Folder {
             folder: f.id.clone(),
             message,
@@ -236,7 +233,7 @@ pub async fn start_node(config: &Config) -> Result<NodeHandle, StartError> {
 /// index has content but whose marker is gone is most likely an unmounted
 /// disk: it is put in a fault state rather than "synced" as empty, which
 /// would delete it everywhere.
-fn prepare_folder(ctx: &FolderCtx) -> Result<(), String> {
+fn prepare_folder(ctx: &Folder) -> Result<(), String> {
     let root = &ctx.cfg.path;
     let had_content = ctx
         .index
@@ -274,7 +271,7 @@ pub struct Shutdown;
 pub struct CrashActor(pub ActorId);
 
 pub struct Supervisor {
-    folders: Arc<HashMap<String, Arc<FolderCtx>>>,
+    folders: Arc<HashMap<String, Arc<Folder>>>,
     slots: Slots,
     arbiters: HashMap<ActorId, Arbiter>,
     events: Option<mpsc::Receiver<MeshEvent>>,
@@ -306,7 +303,7 @@ impl Supervisor {
                 let folders = self.folders.clone();
                 let addr = Distributor::start_in_arbiter(&h, move |_| Distributor::new(folders));
                 for s in self.sessions.values() {
-                    addr.do_send(distributor::msg::PeerUp(s.clone()));
+                    addr.do_send(PeerUp(s.clone()));
                 }
                 self.slots.distributor.set(addr);
             }
@@ -335,7 +332,7 @@ impl Supervisor {
                 let watcher = self.slots.watchers[f].clone();
                 let addr = Receiver::start_in_arbiter(&h, move |_| Receiver::new(ctx, watcher));
                 for s in self.sessions.values() {
-                    addr.do_send(receiver::msg::PeerUp(s.clone()));
+                    addr.do_send(PeerUp(s.clone()));
                 }
                 self.slots.receivers[f].set(addr);
             }
@@ -456,22 +453,22 @@ impl StreamHandler<MeshEvent> for Supervisor {
             MeshEvent::Up(s) => {
                 self.sessions.insert(s.conn_id, s.clone());
                 if let Some(d) = self.slots.distributor.get() {
-                    d.do_send(distributor::msg::PeerUp(s.clone()));
+                    d.do_send(PeerUp(s.clone()));
                 }
                 for r in self.slots.receivers.values() {
                     if let Some(r) = r.get() {
-                        r.do_send(receiver::msg::PeerUp(s.clone()));
+                        r.do_send(PeerUp(s.clone()));
                     }
                 }
             }
             MeshEvent::Down { peer, conn_id } => {
                 self.sessions.remove(&conn_id);
                 if let Some(d) = self.slots.distributor.get() {
-                    d.do_send(distributor::msg::PeerDown { peer, conn_id });
+                    d.do_send(PeerDown { peer, conn_id });
                 }
                 for r in self.slots.receivers.values() {
                     if let Some(r) = r.get() {
-                        r.do_send(receiver::msg::PeerDown { peer, conn_id });
+                        r.do_send(PeerDown { peer, conn_id });
                     }
                 }
             }

@@ -30,14 +30,16 @@ use notify::{RecursiveMode, Watcher as _};
 use tracing::{debug, info, warn};
 
 use crate::{
-    folder::FolderCtx,
-    fsutil::{rel_of, Node},
+    folder::Folder,
+    fsutil::rel_of,
     hasher::{msg::HashPaths, Hasher},
     ignore::IGNORE_FILE,
-    index::{now_ns, Record},
+    index::now_ns,
+    msg::Ping,
+    record::DiskState,
+    record::Record,
     rt, scan,
     slot::Slot,
-    supervisor::Ping,
 };
 
 pub mod msg {
@@ -75,11 +77,11 @@ const MAILBOX: usize = 4096;
 
 struct Dirty {
     changed: Instant,
-    seen: Option<Node>,
+    seen: Option<DiskState>,
 }
 
 pub struct Watcher {
-    ctx: Arc<FolderCtx>,
+    ctx: Arc<Folder>,
     hasher: Slot<Hasher>,
     os_watch: Option<Box<dyn notify::Watcher + Send>>,
     overflow: Arc<AtomicBool>,
@@ -93,7 +95,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(ctx: Arc<FolderCtx>, hasher: Slot<Hasher>) -> Self {
+    pub fn new(ctx: Arc<Folder>, hasher: Slot<Hasher>) -> Self {
         Watcher {
             ctx,
             hasher,
@@ -266,7 +268,7 @@ impl Watcher {
                                 act.mark(p, ctx);
                             }
                         }
-                        Err(e) => act.ctx.status.error(e),
+                        Err(e) => act.ctx.status.error(e.to_string()),
                     }
                     act.ctx
                         .status
@@ -308,7 +310,7 @@ impl Watcher {
                                 // safely before acting): one plain lstat.
                                 let n = rustix::fs::lstat(fctx.fs.abs(&p))
                                     .map(|st| crate::fsutil::meta_from_stat(&st))
-                                    .unwrap_or(Node::Missing);
+                                    .unwrap_or(DiskState::Missing);
                                 (p, n)
                             })
                             .collect::<Vec<_>>()
@@ -468,7 +470,7 @@ struct ScanResult {
 }
 
 /// Compare the disk with the index; return paths worth hashing.
-fn scan_folder(ctx: &FolderCtx) -> ScanResult {
+fn scan_folder(ctx: &Folder) -> ScanResult {
     let mut out = ScanResult {
         changed: vec![],
         fresh: vec![],

@@ -25,7 +25,10 @@
 //! The mesh knows nothing about folders: the actors open index streams on a
 //! [`PeerSession`]'s connection and fetch content with [`Mesh::fetch_blob`].
 
+#![warn(clippy::too_many_lines)]
+
 pub mod auth;
+pub mod blobs;
 pub mod codec;
 pub mod gate;
 pub mod identity;
@@ -34,7 +37,9 @@ pub mod model;
 pub mod net;
 pub mod proto;
 
+pub use blobs::{FetchError, StoreError};
 pub use iroh;
 pub use iroh::{EndpointId, SecretKey};
+pub use iroh_blobs::api::TempTag;
 pub use iroh_blobs::Hash;
-pub use net::{FetchError, Mesh, MeshError, MeshEvent, MeshOptions, PeerSession, PeerStatus};
+pub use net::{Mesh, MeshError, MeshEvent, MeshOptions, PeerSession, PeerStatus};

@@ -24,8 +24,7 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler, Router},
     Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey,
 };
-use iroh_blobs::{api::remote::GetProgressItem, store::fs::FsStore, BlobsProtocol, Hash};
-use n0_future::StreamExt;
+use iroh_blobs::{store::fs::FsStore, BlobsProtocol};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -47,7 +46,7 @@ pub const CLOSE_SHUTDOWN: u32 = 0;
 
 /// How many strangers may be mid-handshake at once.
 const MAX_PENDING_HANDSHAKES: usize = 64;
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const MAX_ADDRS_PER_PEER: usize = 8;
@@ -73,17 +72,6 @@ pub enum MeshError {
     Bind { addr: SocketAddr, message: String },
     #[error("cannot open blob store at {path}: {message}")]
     Store { path: PathBuf, message: String },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FetchError {
-    #[error("no address known for peer {0}")]
-    NoAddress(String),
-    #[error("connect to {peer}: {message}")]
-    Connect { peer: String, message: String },
-    #[error("transfer from {peer}: {message}")]
-    Transfer { peer: String, message: String },
 }
 
 /// An authenticated connection to a fleet member.
@@ -130,7 +118,6 @@ struct Live {
     conn: Connection,
     conn_id: u64,
     since: SystemTime,
-    session: Option<PeerSession>,
 }
 
 impl PeerRecord {
@@ -158,14 +145,14 @@ impl PeerRecord {
 }
 
 #[derive(Debug)]
-struct Inner {
-    endpoint: Endpoint,
-    store: FsStore,
+pub(crate) struct Inner {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) store: FsStore,
     key: FleetKey,
     gate: Gate,
     me: EndpointId,
     peers: Mutex<HashMap<EndpointId, PeerRecord>>,
-    blob_conns: tokio::sync::Mutex<HashMap<EndpointId, Connection>>,
+    pub(crate) blob_conns: tokio::sync::Mutex<HashMap<EndpointId, Connection>>,
     events: mpsc::Sender<MeshEvent>,
     wake_dialer: Notify,
     handshake_slots: Semaphore,
@@ -176,7 +163,7 @@ struct Inner {
 /// The running mesh. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Mesh {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     router: Router,
 }
 
@@ -273,35 +260,9 @@ impl Mesh {
         short_id(&self.inner.me)
     }
 
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.inner.endpoint
-    }
-
-    pub fn store(&self) -> &FsStore {
-        &self.inner.store
-    }
-
     /// The UDP addresses peers can reach us on.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.inner.listen_addrs()
-    }
-
-    /// Learn a peer (from config, a ticket, or peer exchange) and dial it.
-    pub fn add_peer(&self, id: EndpointId, addrs: &[SocketAddr], is_static: bool) {
-        if id == self.inner.me {
-            return;
-        }
-        {
-            let mut peers = self.inner.peers.lock().expect("peers lock");
-            let rec = peers
-                .entry(id)
-                .or_insert_with(|| PeerRecord::new(is_static));
-            rec.is_static |= is_static;
-            for a in addrs {
-                rec.add_addr(*a);
-            }
-        }
-        self.inner.wake_dialer.notify_one();
     }
 
     pub fn peer_status(&self) -> Vec<PeerStatus> {
@@ -325,15 +286,6 @@ impl Mesh {
         out
     }
 
-    /// Live sessions right now (to bring a restarted actor up to date).
-    pub fn sessions(&self) -> Vec<PeerSession> {
-        let peers = self.inner.peers.lock().expect("peers lock");
-        peers
-            .values()
-            .filter_map(|r| r.live.as_ref().and_then(|l| l.session.clone()))
-            .collect()
-    }
-
     /// Peers with a live authenticated session right now.
     pub fn connected_peers(&self) -> Vec<EndpointId> {
         let peers = self.inner.peers.lock().expect("peers lock");
@@ -342,148 +294,6 @@ impl Mesh {
             .filter(|(_, r)| r.live.is_some())
             .map(|(id, _)| *id)
             .collect()
-    }
-
-    /// Fetch a blob (only the ranges we are missing) from one peer into the
-    /// store, verifying every chunk against `hash` as it streams in.
-    /// `progress` receives the running byte count.
-    pub async fn fetch_blob(
-        &self,
-        peer: EndpointId,
-        hash: Hash,
-        progress: &AtomicU64,
-    ) -> Result<u64, FetchError> {
-        let conn = self.blob_conn(peer).await?;
-        let mut stream = self.inner.store.remote().fetch(conn.clone(), hash).stream();
-        while let Some(item) = stream.next().await {
-            match item {
-                GetProgressItem::Progress(n) => progress.store(n, Ordering::Relaxed),
-                GetProgressItem::Done(stats) => return Ok(stats.payload_bytes_read),
-                GetProgressItem::Error(e) => {
-                    // A broken connection must not be reused for the retry.
-                    self.inner.blob_conns.lock().await.remove(&peer);
-                    return Err(FetchError::Transfer {
-                        peer: peer.fmt_short().to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-        }
-        Err(FetchError::Transfer {
-            peer: peer.fmt_short().to_string(),
-            message: "stream ended without result".into(),
-        })
-    }
-
-    /// Fetch many (small) blobs from one peer in a single request, each
-    /// verified against its hash as it streams and written straight to its
-    /// target file (no blob store in between). Returns which hashes arrived
-    /// complete and the payload bytes read; a blob that fails verification
-    /// ends the request (the rest are then fetched some other way).
-    pub async fn fetch_many_to(
-        &self,
-        peer: EndpointId,
-        items: Vec<(Hash, PathBuf)>,
-    ) -> Result<(Vec<Hash>, u64), FetchError> {
-        use std::os::unix::fs::FileExt;
-
-        use iroh_blobs::get::fsm::{self, BlobContentNext, EndBlobNext};
-        let err = |message: String| FetchError::Transfer {
-            peer: peer.fmt_short().to_string(),
-            message,
-        };
-        let conn = self.blob_conn(peer).await?;
-        let targets: HashMap<Hash, PathBuf> = items.into_iter().collect();
-        let req: iroh_blobs::protocol::GetManyRequest = targets.keys().copied().collect();
-        let hashes = req.hashes.clone();
-        let mut done = Vec::new();
-        let mut bytes = 0u64;
-        let mut next = fsm::start_get_many(conn, req, Default::default())
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        loop {
-            let child = match next {
-                Ok(c) => c,
-                Err(closing) => {
-                    let _ = closing.next().await;
-                    break;
-                }
-            };
-            let Some(hash) = hashes.get(child.offset() as usize).copied() else {
-                let _ = child.finish().next().await;
-                break;
-            };
-            let (mut content, _size) = child
-                .next(hash)
-                .next()
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            let file = std::fs::File::create(&targets[&hash]).map_err(|e| err(e.to_string()))?;
-            next = loop {
-                match content.next().await {
-                    BlobContentNext::More((c, item)) => {
-                        match item.map_err(|e| err(format!("verification failed: {e}")))? {
-                            bao_tree::io::BaoContentItem::Leaf(leaf) => {
-                                file.write_all_at(&leaf.data, leaf.offset)
-                                    .map_err(|e| err(e.to_string()))?;
-                                bytes += leaf.data.len() as u64;
-                            }
-                            bao_tree::io::BaoContentItem::Parent(_) => {}
-                        }
-                        content = c;
-                    }
-                    BlobContentNext::Done(end) => {
-                        done.push(hash);
-                        break match end.next() {
-                            EndBlobNext::MoreChildren(c) => Ok(c),
-                            EndBlobNext::Closing(c) => Err(c),
-                        };
-                    }
-                }
-            };
-        }
-        Ok((done, bytes))
-    }
-
-    /// Start a verified download that bypasses the store: the caller gets
-    /// the content as verified leaves (used when the store's copy is bad).
-    pub async fn get_blob_direct(
-        &self,
-        peer: EndpointId,
-        hash: Hash,
-    ) -> Result<iroh_blobs::get::request::GetBlobResult, FetchError> {
-        let conn = self.blob_conn(peer).await?;
-        Ok(iroh_blobs::get::request::get_blob(conn, hash))
-    }
-
-    async fn blob_conn(&self, peer: EndpointId) -> Result<Connection, FetchError> {
-        let mut conns = self.inner.blob_conns.lock().await;
-        if let Some(c) = conns.get(&peer) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-        }
-        let addr = self.inner.endpoint_addr(peer);
-        if addr.is_none() {
-            return Err(FetchError::NoAddress(peer.fmt_short().to_string()));
-        }
-        let conn = tokio::time::timeout(
-            DIAL_TIMEOUT,
-            self.inner
-                .endpoint
-                .connect(addr.expect("checked"), BLOBS_ALPN),
-        )
-        .await
-        .map_err(|_| FetchError::Connect {
-            peer: peer.fmt_short().to_string(),
-            message: "timed out".into(),
-        })?
-        .map_err(|e| FetchError::Connect {
-            peer: peer.fmt_short().to_string(),
-            message: e.to_string(),
-        })?;
-        conns.insert(peer, conn.clone());
-        Ok(conn)
     }
 
     /// Close every connection and the endpoint; stops the blob store.
@@ -525,7 +335,7 @@ impl Inner {
         out
     }
 
-    fn endpoint_addr(&self, peer: EndpointId) -> Option<EndpointAddr> {
+    pub(crate) fn endpoint_addr(&self, peer: EndpointId) -> Option<EndpointAddr> {
         let peers = self.peers.lock().expect("peers lock");
         let rec = peers.get(&peer)?;
         if rec.addrs.is_empty() {
@@ -586,13 +396,6 @@ impl Inner {
             conn: conn.clone(),
             conn_id,
             since: SystemTime::now(),
-            session: Some(PeerSession {
-                peer,
-                short: short_id(&peer),
-                conn: conn.clone(),
-                conn_id,
-                peer_version: admitted.peer_version,
-            }),
         });
         Some(conn_id)
     }

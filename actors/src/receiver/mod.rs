@@ -18,6 +18,8 @@
 //! All state that matters is in the index (`pending`, `remote`): a restarted
 //! receiver just starts pulling and processing again.
 
+mod pull;
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{atomic::Ordering, Arc},
@@ -25,43 +27,28 @@ use std::{
 };
 
 use actix::prelude::*;
-use fleetsync_mesh::{
-    codec::{read_msg, write_msg, Limits},
-    model::{EntryKind, FileEntry},
-    proto::{FolderWant, IndexRequest, IndexResponse},
-    EndpointId, PeerSession,
-};
+use fleetsync_mesh::{model::EntryKind, EndpointId};
 use n0_future::{BufferedStreamExt, StreamExt};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::{
     apply::{apply, apply_batch, Job, Outcome},
-    folder::FolderCtx,
-    index::{Commit, Item, Record, RemoteMark},
+    folder::Folder,
+    index::{Commit, Item},
+    msg::{PeerDown, PeerUp, Ping},
+    record::Record,
     rt,
     rules::{decide, Decision},
     slot::Slot,
-    supervisor::Ping,
     watcher::{msg::MarkDirty, Watcher},
 };
 
 pub mod msg {
     use actix::Message;
-    use fleetsync_mesh::{model::FileEntry, EndpointId, PeerSession};
+    use fleetsync_mesh::{model::FileEntry, EndpointId};
 
     use crate::index::RemoteMark;
-
-    #[derive(Debug, Message)]
-    #[rtype(result = "()")]
-    pub struct PeerUp(pub PeerSession);
-
-    #[derive(Debug, Message)]
-    #[rtype(result = "()")]
-    pub struct PeerDown {
-        pub peer: EndpointId,
-        pub conn_id: u64,
-    }
 
     /// A validated batch of a peer's index.
     #[derive(Debug, Message)]
@@ -89,7 +76,7 @@ pub mod msg {
     pub struct GetInbound;
 }
 
-use msg::{CaughtUp, GetInbound, Ingest, Kick, PeerDown, PeerUp};
+use msg::{CaughtUp, GetInbound, Ingest, Kick};
 
 /// What we know of one peer's index of this folder.
 #[derive(Debug, Clone)]
@@ -118,7 +105,7 @@ type Key = (String, [u8; 32]);
 type Planned = (Job, Vec<Key>);
 /// What an applied file keeps alive until its record is committed.
 type Held = (
-    Option<iroh_blobs::api::TempTag>,
+    Option<crate::content::Hold>,
     Option<crate::folder::ApplyGuard>,
 );
 
@@ -128,7 +115,7 @@ struct RetryState {
 }
 
 pub struct Receiver {
-    ctx: Arc<FolderCtx>,
+    ctx: Arc<Folder>,
     watcher: Slot<Watcher>,
     sessions: HashMap<u64, (EndpointId, JoinHandle<()>)>,
     inbound: BTreeMap<EndpointId, Inbound>,
@@ -138,7 +125,7 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub fn new(ctx: Arc<FolderCtx>, watcher: Slot<Watcher>) -> Self {
+    pub fn new(ctx: Arc<Folder>, watcher: Slot<Watcher>) -> Self {
         Receiver {
             ctx,
             watcher,
@@ -274,7 +261,7 @@ impl Handler<PeerUp> for Receiver {
         }
         // send-only folders never apply remote changes: don't even ask.
         let pull = if self.ctx.mode().can_receive() {
-            rt::spawn(pull(ctx.address(), self.ctx.clone(), s.clone()))
+            rt::spawn(pull::pull(ctx.address(), self.ctx.clone(), s.clone()))
         } else {
             rt::spawn(async {})
         };
@@ -316,7 +303,7 @@ impl Handler<Ingest> for Receiver {
         let peer = *m.peer.as_bytes();
         let fut = rt::blocking(move || c.index.ingest(c.id(), &peer, m.mark, &m.entries));
         Box::pin(fut.into_actor(self).map(|res, act, ctx| {
-            let n = res?.map_err(|e| e.to_string())?;
+            let n = res.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
             if n > 0 {
                 act.kick(ctx);
             }
@@ -350,120 +337,6 @@ impl Handler<GetInbound> for Receiver {
     fn handle(&mut self, _: GetInbound, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.inbound.values().cloned().collect())
     }
-}
-
-enum Flow {
-    Stop,
-}
-
-/// Keep a subscription to one peer's index alive for the session.
-async fn pull(addr: Addr<Receiver>, ctx: Arc<FolderCtx>, s: PeerSession) {
-    let peer = s.peer.fmt_short().to_string();
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        if s.conn.close_reason().is_some() {
-            return;
-        }
-        let c = ctx.clone();
-        let pb = *s.peer.as_bytes();
-        let mark = rt::blocking(move || c.index.remote_mark(c.id(), &pb))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten()
-            .unwrap_or_default();
-        match subscribe(&addr, &ctx, &s, mark).await {
-            Ok(Flow::Stop) => return,
-            Err(e) => debug!(%peer, folder = ctx.id(), "index subscription ended: {e}"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = s.conn.closed() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
-}
-
-async fn subscribe(
-    addr: &Addr<Receiver>,
-    ctx: &FolderCtx,
-    s: &PeerSession,
-    mark: RemoteMark,
-) -> Result<Flow, String> {
-    let peer = s.peer.fmt_short().to_string();
-    let (mut send, mut recv) = s.conn.open_bi().await.map_err(|e| e.to_string())?;
-    let want = FolderWant {
-        folder: ctx.id().to_string(),
-        index_id: mark.index_id,
-        since: mark.seq,
-    };
-    write_msg(&mut send, &IndexRequest::Subscribe(want))
-        .await
-        .map_err(|e| e.to_string())?;
-    loop {
-        let msg = match read_msg::<_, IndexResponse>(&mut recv, Limits::default()).await {
-            Ok(Some((m, _))) => m,
-            Ok(None) => return Err("peer closed the index stream".into()),
-            Err(fleetsync_mesh::codec::CodecError::Io(e)) => return Err(e.to_string()),
-            Err(e) => {
-                warn!(%peer, folder = ctx.id(), "rejected malformed index data from peer: {e}");
-                ctx.status.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(e.to_string());
-            }
-        };
-        match msg {
-            IndexResponse::Batch {
-                folder,
-                index_id,
-                entries,
-                up_to,
-            } => {
-                if folder != ctx.id() {
-                    warn!(%peer, "peer sent entries for folder {folder:?} on the {:?} stream; dropping stream", ctx.id());
-                    return Err("protocol violation".into());
-                }
-                let entries = screen(ctx, &peer, entries);
-                let res = addr
-                    .send(Ingest {
-                        peer: s.peer,
-                        mark: RemoteMark {
-                            index_id,
-                            seq: up_to,
-                        },
-                        entries,
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                res?;
-            }
-            IndexResponse::CaughtUp { seq, .. } => {
-                addr.do_send(CaughtUp { peer: s.peer, seq });
-            }
-            IndexResponse::NotShared { folder } => {
-                info!(%peer, %folder, "peer does not share this folder");
-                return Ok(Flow::Stop);
-            }
-        }
-    }
-}
-
-/// Drop what must never reach the index: malformed or hostile entries
-/// (logged), and paths this folder ignores (silently: not touched).
-fn screen(ctx: &FolderCtx, peer: &str, entries: Vec<FileEntry>) -> Vec<FileEntry> {
-    let ig = ctx.ignore();
-    let mut out = Vec::with_capacity(entries.len());
-    for e in entries {
-        if let Err(err) = e.validate() {
-            warn!(%peer, folder = ctx.id(), "rejected entry from peer: {err}");
-            ctx.status.rejected.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        if ig.is_ignored(&e.path, e.kind == EntryKind::Directory) {
-            continue;
-        }
-        out.push(e);
-    }
-    out
 }
 
 /// How long a failed entry waits before its next attempt.
@@ -509,7 +382,7 @@ struct RoundReport {
 }
 
 async fn process_round(
-    ctx: Arc<FolderCtx>,
+    ctx: Arc<Folder>,
     providers: Vec<EndpointId>,
     skip: HashSet<Key>,
 ) -> RoundReport {
@@ -523,7 +396,7 @@ async fn process_round(
             return report;
         }
         Err(e) => {
-            ctx.status.error(e);
+            ctx.status.error(e.to_string());
             return report;
         }
     };
@@ -557,7 +430,7 @@ async fn process_round(
         let mut settles = Vec::new();
         for row in rows {
             match decide(virt.as_ref(), &row.entry) {
-                Decision::Keep => keep.settle.push((path.clone(), row.peer)),
+                Decision::Keep => keep.resolved.push((path.clone(), row.peer)),
                 Decision::Apply {
                     entry,
                     conflict_copy,
@@ -592,7 +465,7 @@ async fn process_round(
     }
     if !keep.is_empty() {
         report.progressed = true;
-        for k in &keep.settle {
+        for k in &keep.resolved {
             report.settled.push(k.clone());
         }
         let c = ctx.clone();
@@ -638,7 +511,7 @@ async fn process_round(
             pc.items.push(Item::Applied {
                 record: *record,
                 note,
-                settle: settles,
+                resolves: settles,
             });
             report.progressed = true;
         }
@@ -668,11 +541,11 @@ async fn process_round(
             for s in &settles {
                 report.settled.push(s.clone());
             }
-            pc.settle.extend(settles);
+            pc.resolved.extend(settles);
             report.progressed = true;
         }
     };
-    async fn commit(ctx: &Arc<FolderCtx>, c: Option<Commit>, held: &std::sync::Mutex<Vec<Held>>) {
+    async fn commit(ctx: &Arc<Folder>, c: Option<Commit>, held: &std::sync::Mutex<Vec<Held>>) {
         if let Some(c) = c {
             let _held = std::mem::take(&mut *held.lock().expect("tags lock"));
             let cx = ctx.clone();
@@ -685,12 +558,12 @@ async fn process_round(
                     for r in done.superseded {
                         debug!(folder = ctx.id(), path = %r.entry.path, "index moved on while applying; deciding again");
                         if let (Some(n), Some(h)) = (r.refs, r.entry.hash) {
-                            ctx.keep_staged(h, n);
+                            ctx.park(h, n);
                         }
                     }
                 }
                 Ok(Err(e)) => ctx.status.error(format!("index commit: {e}")),
-                Err(e) => ctx.status.error(e),
+                Err(e) => ctx.status.error(e.to_string()),
             }
         }
     }

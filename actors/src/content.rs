@@ -1,0 +1,122 @@
+//! Where file content comes from and goes to: [`Content`], the one seam
+//! between the actors and the blob store + peers.
+//!
+//! The hasher imports local files through it, the receiver and
+//! [`crate::apply`] fetch and export through it. The mesh implements it
+//! ([`fleetsync_mesh::Mesh`], below); unit tests drive the receiver with
+//! an in-memory fake (`crate::testing::FakeContent`), so decisions,
+//! retries, conflict copies and failed fetches are tested without iroh.
+
+use std::{fmt, path::PathBuf, sync::atomic::AtomicU64};
+
+use async_trait::async_trait;
+use fleetsync_mesh::{EndpointId, FetchError, Hash, Mesh, StoreError};
+
+/// Keeps content the store references safe from garbage collection until
+/// dropped (the store's temp tag; nothing for a fake).
+pub struct Hold(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl Hold {
+    pub fn new(inner: impl Send + Sync + 'static) -> Self {
+        Hold(Box::new(inner))
+    }
+}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+/// Content of a folder's files: the local blob store and the peers that
+/// can serve what it lacks. Everything that arrives is verified against
+/// its BLAKE3 hash before it is written (invariant 3).
+#[async_trait]
+pub trait Content: Send + Sync + fmt::Debug + 'static {
+    /// Peers that can be asked for content right now, in no particular order.
+    fn providers(&self) -> Vec<EndpointId>;
+
+    /// Is this blob complete in the local store?
+    async fn has(&self, hash: Hash) -> Result<bool, StoreError>;
+
+    /// Hash the file at `path` and reference it in place (no copy).
+    async fn import(&self, path: PathBuf) -> Result<(Hash, Hold), StoreError>;
+
+    /// Move a stored blob out to `target`; the store keeps referencing it
+    /// there.
+    async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError>;
+
+    /// Fetch a blob from `peer` into the store (resuming what is there);
+    /// `progress` follows the bytes received. Returns the bytes received.
+    async fn fetch(
+        &self,
+        peer: EndpointId,
+        hash: Hash,
+        progress: &AtomicU64,
+    ) -> Result<u64, FetchError>;
+
+    /// Fetch many small blobs from `peer` in one request, each straight
+    /// into its file. Returns the hashes that arrived whole and the bytes
+    /// received.
+    async fn fetch_many(
+        &self,
+        peer: EndpointId,
+        items: Vec<(Hash, PathBuf)>,
+    ) -> Result<(Vec<Hash>, u64), FetchError>;
+
+    /// Stream a blob from `peer` into `file`, bypassing the store.
+    async fn fetch_direct(
+        &self,
+        peer: EndpointId,
+        hash: Hash,
+        file: &std::fs::File,
+        progress: &AtomicU64,
+    ) -> Result<u64, FetchError>;
+}
+
+#[async_trait]
+impl Content for Mesh {
+    fn providers(&self) -> Vec<EndpointId> {
+        self.connected_peers()
+    }
+
+    async fn has(&self, hash: Hash) -> Result<bool, StoreError> {
+        self.has_blob(hash).await
+    }
+
+    async fn import(&self, path: PathBuf) -> Result<(Hash, Hold), StoreError> {
+        let tag = self.import_in_place(path).await?;
+        Ok((tag.hash(), Hold::new(tag)))
+    }
+
+    async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError> {
+        self.export_in_place(hash, target).await
+    }
+
+    async fn fetch(
+        &self,
+        peer: EndpointId,
+        hash: Hash,
+        progress: &AtomicU64,
+    ) -> Result<u64, FetchError> {
+        self.fetch_blob(peer, hash, progress).await
+    }
+
+    async fn fetch_many(
+        &self,
+        peer: EndpointId,
+        items: Vec<(Hash, PathBuf)>,
+    ) -> Result<(Vec<Hash>, u64), FetchError> {
+        self.fetch_many_to(peer, items).await
+    }
+
+    async fn fetch_direct(
+        &self,
+        peer: EndpointId,
+        hash: Hash,
+        file: &std::fs::File,
+        progress: &AtomicU64,
+    ) -> Result<u64, FetchError> {
+        self.fetch_direct_to(peer, hash, file, progress).await
+    }
+}
