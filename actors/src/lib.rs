@@ -43,6 +43,8 @@ pub mod scan;
 pub mod slot;
 pub mod status;
 pub mod supervisor;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod watcher;
 
 pub use supervisor::{start_node, NodeHandle, StartError};

@@ -1,0 +1,251 @@
+//! Test fixtures: an in-memory [`Content`] (peers that serve blobs, a
+//! local store, fetches that break half way) and a [`Folder`] on a temp
+//! dir with a real index, so actors and the apply pipeline are tested
+//! without iroh.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use fleetsync_config::{FolderConfig, FolderMode, WatchMode};
+use fleetsync_mesh::{model::ShortId, EndpointId, FetchError, Hash, SecretKey, StoreError};
+
+use crate::{
+    content::{Content, Hold},
+    folder::Folder,
+    index::Index,
+};
+
+/// This node's short id in tests.
+pub const ME: ShortId = ShortId(7 << 56);
+
+#[derive(Debug, Default)]
+struct State {
+    /// What each connected peer can serve.
+    peers: BTreeMap<EndpointId, HashMap<Hash, Vec<u8>>>,
+    /// The local blob store.
+    store: HashMap<Hash, Vec<u8>>,
+    /// Fetches of these hashes deliver this many bytes, then fail.
+    break_after: HashMap<Hash, u64>,
+    /// Every fetch asked for, in order: (peer, hash).
+    fetches: Vec<(EndpointId, Hash)>,
+}
+
+/// Peers and a blob store in memory.
+#[derive(Debug, Default)]
+pub struct FakeContent(Mutex<State>);
+
+impl FakeContent {
+    pub fn new() -> Arc<Self> {
+        Arc::new(FakeContent::default())
+    }
+
+    /// A fresh peer id (not connected until it serves something).
+    pub fn new_peer() -> EndpointId {
+        SecretKey::generate().public()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().expect("fake content lock")
+    }
+
+    /// `peer` is connected and can serve `bytes`; returns their hash.
+    pub fn serve(&self, peer: EndpointId, bytes: &[u8]) -> Hash {
+        let hash = Hash::new(bytes);
+        let mut s = self.state();
+        s.peers
+            .entry(peer)
+            .or_default()
+            .insert(hash, bytes.to_vec());
+        hash
+    }
+
+    /// `peer` is connected but serves nothing (yet).
+    pub fn connect(&self, peer: EndpointId) {
+        self.state().peers.entry(peer).or_default();
+    }
+
+    pub fn disconnect(&self, peer: &EndpointId) {
+        self.state().peers.remove(peer);
+    }
+
+    /// Fetches of `hash` deliver `n` bytes and then fail, until cleared.
+    pub fn break_after(&self, hash: Hash, n: u64) {
+        self.state().break_after.insert(hash, n);
+    }
+
+    pub fn mend(&self, hash: &Hash) {
+        self.state().break_after.remove(hash);
+    }
+
+    /// Every fetch asked for so far: (peer, hash).
+    pub fn fetches(&self) -> Vec<(EndpointId, Hash)> {
+        self.state().fetches.clone()
+    }
+
+    pub fn in_store(&self, hash: &Hash) -> bool {
+        self.state().store.contains_key(hash)
+    }
+
+    /// What `peer` would send for `hash`: the bytes, or how it fails.
+    fn send(&self, peer: EndpointId, hash: Hash) -> Result<Vec<u8>, (Vec<u8>, FetchError)> {
+        let mut s = self.state();
+        s.fetches.push((peer, hash));
+        let Some(bytes) = s.peers.get(&peer).and_then(|p| p.get(&hash)).cloned() else {
+            return Err((Vec::new(), FetchError::transfer(&peer, "not found")));
+        };
+        match s.break_after.get(&hash) {
+            Some(&n) => {
+                let part = bytes[..(n as usize).min(bytes.len())].to_vec();
+                Err((part, FetchError::transfer(&peer, "connection lost")))
+            }
+            None => Ok(bytes),
+        }
+    }
+}
+
+#[async_trait]
+impl Content for FakeContent {
+    fn providers(&self) -> Vec<EndpointId> {
+        self.state().peers.keys().copied().collect()
+    }
+
+    async fn has(&self, hash: Hash) -> Result<bool, StoreError> {
+        Ok(self.in_store(&hash))
+    }
+
+    async fn import(&self, path: PathBuf) -> Result<(Hash, Hold), StoreError> {
+        let bytes = std::fs::read(path)?;
+        let hash = Hash::new(&bytes);
+        self.state().store.insert(hash, bytes);
+        Ok((hash, Hold::new(())))
+    }
+
+    async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError> {
+        let bytes = self.state().store.get(&hash).cloned();
+        let bytes = bytes.ok_or_else(|| std::io::Error::other("not in the store"))?;
+        std::fs::write(target, bytes)?;
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        peer: EndpointId,
+        hash: Hash,
+        progress: &AtomicU64,
+    ) -> Result<u64, FetchError> {
+        match self.send(peer, hash) {
+            Ok(bytes) => {
+                progress.store(bytes.len() as u64, Ordering::Relaxed);
+                let n = bytes.len() as u64;
+                self.state().store.insert(hash, bytes);
+                Ok(n)
+            }
+            Err((part, e)) => {
+                progress.store(part.len() as u64, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_many(
+        &self,
+        peer: EndpointId,
+        items: Vec<(Hash, PathBuf)>,
+    ) -> Result<(Vec<Hash>, u64), FetchError> {
+        let mut got = Vec::new();
+        let mut bytes = 0;
+        for (hash, path) in items {
+            match self.send(peer, hash) {
+                Ok(b) => {
+                    std::fs::write(&path, &b).map_err(FetchError::Write)?;
+                    bytes += b.len() as u64;
+                    got.push(hash);
+                }
+                // Like GetMany: a blob that fails ends the request.
+                Err((part, e)) if !part.is_empty() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok((got, bytes))
+    }
+
+    async fn fetch_direct(
+        &self,
+        peer: EndpointId,
+        hash: Hash,
+        file: &std::fs::File,
+        progress: &AtomicU64,
+    ) -> Result<u64, FetchError> {
+        let (bytes, err) = match self.send(peer, hash) {
+            Ok(b) => (b, None),
+            Err((part, e)) => (part, Some(e)),
+        };
+        file.write_all_at(&bytes, 0).map_err(FetchError::Write)?;
+        progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        match err {
+            None => Ok(bytes.len() as u64),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// The config of test folder `f` rooted at `root`.
+pub fn folder_config(root: &Path, mode: FolderMode) -> FolderConfig {
+    FolderConfig {
+        id: "f".into(),
+        path: root.to_path_buf(),
+        mode,
+        settle: Duration::from_millis(50),
+        rescan: Duration::from_secs(3600),
+        watch: WatchMode::Notify,
+        poll_interval: Duration::from_secs(1),
+    }
+}
+
+/// A send-receive folder `f` at `<dir>/root` (reserved dirs made), its
+/// index at `<dir>/index.redb`.
+pub fn folder(dir: &Path, content: Arc<dyn Content>) -> Arc<Folder> {
+    folder_with_mode(dir, content, FolderMode::SendReceive)
+}
+
+pub fn folder_with_mode(dir: &Path, content: Arc<dyn Content>, mode: FolderMode) -> Arc<Folder> {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).expect("create folder root");
+    let index = Index::open(&dir.join("index.redb")).expect("open index");
+    let folder = Folder::new(folder_config(&root, mode), index, content, ME).expect("folder");
+    folder.fs.ensure_reserved().expect("reserved dirs");
+    folder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_fake_serves_what_peers_have_and_breaks_where_told() {
+        let fake = FakeContent::new();
+        let p = FakeContent::new_peer();
+        let h = fake.serve(p, b"hello world");
+        assert_eq!(fake.providers(), vec![p]);
+        let progress = AtomicU64::new(0);
+        fake.break_after(h, 5);
+        assert!(fake.fetch(p, h, &progress).await.is_err());
+        assert_eq!(progress.load(Ordering::Relaxed), 5);
+        assert!(!fake.has(h).await.unwrap());
+        fake.mend(&h);
+        assert_eq!(fake.fetch(p, h, &progress).await.unwrap(), 11);
+        assert!(fake.has(h).await.unwrap());
+        let other = FakeContent::new_peer();
+        assert!(fake.fetch(other, h, &progress).await.is_err());
+        assert_eq!(fake.fetches().len(), 3);
+    }
+}
