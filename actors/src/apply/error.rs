@@ -7,7 +7,7 @@
 //! classifier: a path that leads through a symlink is rejected, anything
 //! else is retried.
 
-use std::io;
+use std::{io, sync::Arc};
 
 use fleetsync_mesh::{FetchError, StoreError};
 
@@ -56,8 +56,10 @@ pub enum ApplyError {
     #[error("fetch {path}: {source}")]
     Fetch {
         path: String,
+        /// Boxed: iroh's connect errors are large, and every step returns
+        /// this type.
         #[source]
-        source: FetchError,
+        source: Box<FetchError>,
     },
     #[error("{path}: {source}")]
     Store {
@@ -69,6 +71,12 @@ pub enum ApplyError {
     ContentGone { path: String },
     #[error("{path}: too many conflict copies already")]
     TooManyConflictCopies { path: String },
+    #[error("{path}: the batch it was part of failed: {source}")]
+    Batch {
+        path: String,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Task(#[from] TaskError),
 }

@@ -105,7 +105,7 @@ async fn subscribe(
                     })
                     .await
                     .map_err(|e| e.to_string())?;
-                res?;
+                res.map_err(|e| e.to_string())?;
             }
             IndexResponse::CaughtUp { seq, .. } => {
                 addr.do_send(CaughtUp { peer: s.peer, seq });

@@ -1,0 +1,386 @@
+//! Verified content into `.fleetsync/refs` (a link the store references)
+//! or `.fleetsync/tmp` (ours alone), ready to be placed.
+//!
+//! Cheapest source first: content parked by an earlier attempt or a
+//! prefetch; content a file deleted a moment ago left behind (a rename
+//! reaches us as a delete and a create); the local store; a peer, into the
+//! store (resumable) and then out of it by rename; and as a last resort a
+//! peer straight into a temp file. Content that came from a local copy is
+//! re-hashed before it is trusted (invariant 3): the copy may have been
+//! edited in place since it was hashed.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+};
+
+use fleetsync_mesh::{EndpointId, Hash};
+use n0_future::{BufferedStreamExt, StreamExt};
+use tracing::debug;
+
+use super::{entries::on_disk, ApplyError, Job};
+use crate::{
+    folder::Folder,
+    fsutil::{hash_file, random_u32},
+    rt,
+};
+
+/// Parallel `GetMany` requests per peer when prefetching a batch.
+const FETCH_STREAMS: usize = 4;
+/// Prefetched files imported into the store at once.
+const IMPORT_WIDTH: usize = 8;
+
+/// Where content waits before it is placed.
+#[derive(Debug, Clone)]
+pub(super) enum Staged {
+    /// `<root>/.fleetsync/refs/<name>`, referenced by the store.
+    Refs(String),
+    /// `<root>/.fleetsync/tmp/<name>`, ours alone.
+    Tmp(String),
+}
+
+impl Staged {
+    pub fn path(&self, folder: &Folder) -> PathBuf {
+        match self {
+            Staged::Refs(n) => folder.fs.refs_dir().join(n),
+            Staged::Tmp(n) => folder.fs.tmp_dir().join(n),
+        }
+    }
+
+    /// The `refs/` link a record keeps, if the content lives in one.
+    pub fn refs_name(&self) -> Option<String> {
+        match self {
+            Staged::Refs(n) => Some(n.clone()),
+            Staged::Tmp(_) => None,
+        }
+    }
+
+    /// Not placed after all: a `refs/` link is parked for the next attempt
+    /// (the store references it); a temp file is removed.
+    pub fn abandon(&self, folder: &Folder, hash: [u8; 32]) {
+        match self {
+            Staged::Refs(n) => folder.park(hash, n.clone()),
+            // Best effort: retention sweeps stale temp files anyway.
+            Staged::Tmp(n) => discard(&folder.fs.tmp_dir().join(n)),
+        }
+    }
+}
+
+/// Remove a file we no longer need. Best effort: what is left behind is
+/// swept by retention (stale temp files, unused `refs/` links).
+pub(super) fn discard(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            debug!(path = %path.display(), "cannot remove: {e}");
+        }
+    }
+}
+
+/// A fresh `refs/` name for content with this hash.
+fn refs_name(hash: &Hash) -> String {
+    format!("{}-{:08x}", hash.to_hex(), random_u32())
+}
+
+/// An empty temp file (the empty blob needs no transfer).
+pub(super) async fn empty(folder: &Folder, path: &str) -> Result<Staged, ApplyError> {
+    let name = folder.fs.new_tmp_name();
+    let p = folder.fs.tmp_dir().join(&name);
+    on_disk("create empty file", path, move || {
+        std::fs::File::create(&p).map(|_| ())
+    })
+    .await?;
+    Ok(Staged::Tmp(name))
+}
+
+/// The job's content, staged, from the cheapest source that has it.
+pub(super) async fn acquire(
+    folder: &Arc<Folder>,
+    job: &Job,
+    hash: Hash,
+    providers: &[EndpointId],
+) -> Result<Staged, ApplyError> {
+    if let Some(name) = folder.unpark(hash.as_bytes()) {
+        if folder.fs.refs_dir().join(&name).is_file() {
+            return Ok(Staged::Refs(name));
+        }
+    }
+    if let Some(name) = revive_released(folder, hash).await? {
+        return Ok(Staged::Refs(name));
+    }
+    let had = folder.content.has(hash).await.unwrap_or_else(|e| {
+        debug!(
+            folder = folder.id(),
+            "blob store lookup failed ({e}); fetching"
+        );
+        false
+    });
+    if !had {
+        fetch_into_store(folder, job, hash, providers).await?;
+    }
+    if let Some(name) = export_to_refs(folder, job, hash, had).await? {
+        return Ok(Staged::Refs(name));
+    }
+    fetch_direct(folder, job, hash, providers).await
+}
+
+/// Content a file deleted a moment ago left in `refs/`, if still intact.
+async fn revive_released(folder: &Arc<Folder>, hash: Hash) -> Result<Option<String>, ApplyError> {
+    if !folder.has_released(hash.as_bytes()) {
+        return Ok(None);
+    }
+    let f = folder.clone();
+    Ok(rt::blocking(move || revive(&f, hash.as_bytes())).await?)
+}
+
+/// A released `refs/` link of this hash (see [`Folder::release`]) that
+/// still hashes to it and that nothing else links to (a link shared with
+/// a live file would tie the two files together). Blocking.
+fn revive(folder: &Folder, hash: &[u8; 32]) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    while let Some(name) = folder.take_released(hash) {
+        let path = folder.fs.refs_dir().join(&name);
+        let alone = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.nlink() == 1);
+        if alone && hash_file(&path).is_ok_and(|h| h == *hash) {
+            return Some(name);
+        }
+        folder.fs.remove_ref(&name);
+    }
+    None
+}
+
+/// Fetch into the store from the first provider that has it (resuming
+/// whatever an earlier attempt left there).
+async fn fetch_into_store(
+    folder: &Folder,
+    job: &Job,
+    hash: Hash,
+    providers: &[EndpointId],
+) -> Result<(), ApplyError> {
+    let mut last = None;
+    for peer in providers {
+        let t = folder
+            .status
+            .track(&job.path, peer.fmt_short().to_string(), job.target.size);
+        match folder.content.fetch(*peer, hash, &t.done).await {
+            Ok(n) => {
+                folder.status.bytes_in.fetch_add(n, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) => {
+                debug!(folder = folder.id(), path = %job.path, "fetch failed: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(match last {
+        Some(source) => ApplyError::Fetch {
+            path: job.path.clone(),
+            source: Box::new(source),
+        },
+        None => ApplyError::NoProvider {
+            path: job.path.clone(),
+        },
+    })
+}
+
+/// Move the stored blob out into a fresh `refs/` link. `None` if the store
+/// could not give verified content (the caller then streams it directly).
+async fn export_to_refs(
+    folder: &Folder,
+    job: &Job,
+    hash: Hash,
+    was_local: bool,
+) -> Result<Option<String>, ApplyError> {
+    let name = refs_name(&hash);
+    let path = folder.fs.refs_dir().join(&name);
+    if let Err(e) = folder.content.export(hash, path.clone()).await {
+        debug!(folder = folder.id(), path = %job.path, "export failed: {e}");
+        discard(&path);
+        return Ok(None);
+    }
+    if was_local {
+        let p = path.clone();
+        let h = on_disk("verify local copy", &job.path, move || hash_file(&p)).await?;
+        if h != *hash.as_bytes() {
+            debug!(folder = folder.id(), path = %job.path, "local copy of the content is stale");
+            discard(&path);
+            return Ok(None);
+        }
+    }
+    Ok(Some(name))
+}
+
+/// Stream verified content from a peer straight into a temp file,
+/// bypassing the store (when the store's copy is unusable).
+async fn fetch_direct(
+    folder: &Folder,
+    job: &Job,
+    hash: Hash,
+    providers: &[EndpointId],
+) -> Result<Staged, ApplyError> {
+    let name = folder.fs.new_tmp_name();
+    let tmp = folder.fs.tmp_dir().join(&name);
+    let mut last = None;
+    for peer in providers {
+        let file = std::fs::File::create(&tmp)
+            .map_err(ApplyError::io_at("create temp file", &job.path))?;
+        let t = folder
+            .status
+            .track(&job.path, peer.fmt_short().to_string(), job.target.size);
+        let res = folder
+            .content
+            .fetch_direct(*peer, hash, &file, &t.done)
+            .await;
+        // Counted whether or not it completed: these bytes crossed the wire.
+        let n = t.done.load(Ordering::Relaxed);
+        folder.status.bytes_in.fetch_add(n, Ordering::Relaxed);
+        match res {
+            Ok(_) => return Ok(Staged::Tmp(name)),
+            Err(e) => last = Some(e),
+        }
+    }
+    discard(&tmp);
+    Err(match last {
+        Some(source) => ApplyError::Fetch {
+            path: job.path.clone(),
+            source: Box::new(source),
+        },
+        None => ApplyError::NoProvider {
+            path: job.path.clone(),
+        },
+    })
+}
+
+/// Fetch the content of a batch of small files with a few `GetMany`
+/// requests per peer, straight into files that become parked `refs/`
+/// links (no per-blob store bookkeeping on the way in). What does not
+/// arrive is fetched one by one by [`acquire`].
+pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], providers: &[EndpointId]) {
+    revive_all_released(folder, jobs).await;
+    let want = wanted(folder, jobs, providers).await;
+    let requests: Vec<(EndpointId, Vec<(Hash, PathBuf)>)> = want
+        .into_iter()
+        .flat_map(|(peer, items)| {
+            let per = items.len().div_ceil(FETCH_STREAMS).max(1);
+            let chunks: Vec<_> = items.chunks(per).map(|c| (peer, c.to_vec())).collect();
+            chunks
+        })
+        .collect();
+    let arrived: Vec<(Hash, PathBuf)> = n0_future::stream::iter(requests)
+        .map(|(peer, items)| fetch_many(folder, peer, items))
+        .buffered_unordered(FETCH_STREAMS)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    n0_future::stream::iter(arrived)
+        .map(|(hash, tmp)| park_arrived(folder, hash, tmp))
+        .buffered_unordered(IMPORT_WIDTH)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Content of files deleted a moment ago (a rename's other half) is
+/// reused, not downloaded.
+async fn revive_all_released(folder: &Arc<Folder>, jobs: &[Job]) {
+    let mut reuse: Vec<[u8; 32]> = jobs
+        .iter()
+        .filter_map(|j| j.target.hash)
+        .filter(|h| *h != *Hash::EMPTY.as_bytes() && folder.has_released(h))
+        .collect();
+    reuse.sort_unstable();
+    reuse.dedup();
+    if reuse.is_empty() {
+        return;
+    }
+    let f = folder.clone();
+    let revived = rt::blocking(move || {
+        for h in reuse {
+            if let Some(name) = revive(&f, &h) {
+                f.park(h, name);
+            }
+        }
+    })
+    .await;
+    if let Err(e) = revived {
+        // Nothing lost: those files are fetched instead.
+        debug!(folder = folder.id(), "reusing released content failed: {e}");
+    }
+}
+
+/// What to fetch from whom: each missing hash once, from the peer that
+/// announced it (or the first provider), into a fresh temp path.
+async fn wanted(
+    folder: &Folder,
+    jobs: &[Job],
+    providers: &[EndpointId],
+) -> BTreeMap<EndpointId, Vec<(Hash, PathBuf)>> {
+    let mut want: BTreeMap<EndpointId, Vec<(Hash, PathBuf)>> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for job in jobs {
+        let Some(h) = job.target.hash.map(Hash::from_bytes) else {
+            continue;
+        };
+        if h == Hash::EMPTY
+            || !seen.insert(h)
+            || folder.is_parked(h.as_bytes())
+            || folder.content.has(h).await.unwrap_or(false)
+        {
+            continue;
+        }
+        let from = providers
+            .iter()
+            .find(|p| *p.as_bytes() == job.from)
+            .or(providers.first());
+        if let Some(p) = from {
+            let tmp = folder.fs.tmp_dir().join(folder.fs.new_tmp_name());
+            want.entry(*p).or_default().push((h, tmp));
+        }
+    }
+    want
+}
+
+/// One `GetMany` request; returns what arrived whole (the rest of the
+/// temp files removed).
+async fn fetch_many(
+    folder: &Folder,
+    peer: EndpointId,
+    items: Vec<(Hash, PathBuf)>,
+) -> Vec<(Hash, PathBuf)> {
+    let got: HashSet<Hash> = match folder.content.fetch_many(peer, items.clone()).await {
+        Ok((got, bytes)) => {
+            folder.status.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+            got.into_iter().collect()
+        }
+        Err(e) => {
+            let n = items.len();
+            debug!(
+                folder = folder.id(),
+                files = n,
+                "batch fetch failed ({e}); fetching one by one"
+            );
+            HashSet::new()
+        }
+    };
+    let (ok, missed): (Vec<_>, Vec<_>) = items.into_iter().partition(|(h, _)| got.contains(h));
+    for (_, tmp) in missed {
+        discard(&tmp);
+    }
+    ok
+}
+
+/// A verified arrival becomes a parked `refs/` link the store references.
+async fn park_arrived(folder: &Folder, hash: Hash, tmp: PathBuf) {
+    let name = refs_name(&hash);
+    let refs = folder.fs.refs_dir().join(&name);
+    if std::fs::rename(&tmp, &refs).is_err() {
+        discard(&tmp);
+        return;
+    }
+    match folder.content.import(refs.clone()).await {
+        Ok((got, _hold)) if got == hash => folder.park(*hash.as_bytes(), name),
+        _ => discard(&refs), // fetched again later
+    }
+}

@@ -1,0 +1,219 @@
+//! Entries without content: directories, symlinks, deletions.
+
+use std::{io, sync::Arc};
+
+use fleetsync_mesh::model::EntryKind;
+use tracing::debug;
+
+use super::{place, Applied, ApplyError, Job, Outcome};
+use crate::{
+    folder::{ApplyGuard, Folder},
+    fsutil::FolderFs,
+    record::{disk_matches, safe_to_replace, DiskState, LocalStat},
+    rt,
+};
+
+/// Mode of a directory an entry asks for, where the entry has none.
+const DEFAULT_DIR_MODE: u32 = 0o755;
+
+/// What an entry left on disk: its stat (none for a deletion) and a note.
+type Done = (Option<LocalStat>, &'static str);
+
+/// Apply a directory, symlink or deletion.
+pub(super) async fn apply_entry(folder: &Arc<Folder>, job: &Job) -> Outcome {
+    let guard = ApplyGuard::new(folder, &job.path);
+    let done = if job.target.deleted {
+        delete(folder, job).await
+    } else {
+        match job.target.kind {
+            EntryKind::Directory => make_dir(folder, job).await,
+            EntryKind::Symlink => link(folder, job).await,
+            EntryKind::File => unreachable!("files go through apply_files"),
+        }
+    };
+    let (local, note) = done?;
+    Ok(Applied::new(job, local, None, note, guard))
+}
+
+/// Run a blocking file system step; its error is classified for `path`.
+pub(super) async fn on_disk<T: Send + 'static>(
+    what: &'static str,
+    path: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, ApplyError> {
+    rt::blocking(f)
+        .await?
+        .map_err(ApplyError::io_at(what, path))
+}
+
+async fn lstat(folder: &Folder, path: &str) -> Result<DiskState, ApplyError> {
+    let fs = folder.fs.clone();
+    let p = path.to_string();
+    on_disk("lstat", path, move || fs.lstat(&p)).await
+}
+
+/// The disk at the job's path, if replacing it loses no local change.
+async fn replaceable(folder: &Folder, job: &Job) -> Result<DiskState, ApplyError> {
+    let disk = lstat(folder, &job.path).await?;
+    if !safe_to_replace(&disk, job.local.as_ref()) {
+        return Err(ApplyError::LocalChange {
+            path: job.path.clone(),
+        });
+    }
+    Ok(disk)
+}
+
+/// The stat of what was just made at `rel`.
+fn stat_after(fs: &FolderFs, rel: &str) -> io::Result<LocalStat> {
+    match fs.lstat(rel)? {
+        DiskState::Present(m) => Ok(m.stat),
+        _ => Err(io::Error::other("vanished right after it was made")),
+    }
+}
+
+async fn delete(folder: &Arc<Folder>, job: &Job) -> Result<Done, ApplyError> {
+    let DiskState::Present(m) = replaceable(folder, job).await? else {
+        return Ok((None, "deleted"));
+    };
+    let f = folder.clone();
+    let p = job.path.clone();
+    match on_disk("delete", &job.path, move || remove(&f, &p, m.kind)).await? {
+        Removal::Removed => {}
+        Removal::OnlyIgnoredLeft => {
+            debug!(folder = folder.id(), path = %job.path, "directory holds only ignored files; kept");
+        }
+        // Deletions of its contents are still on their way, or new local
+        // files keep it alive (they reach the other nodes and bring it
+        // back there).
+        Removal::NotEmpty => {
+            return Err(ApplyError::NotEmptyYet {
+                path: job.path.clone(),
+            })
+        }
+    }
+    Ok((None, "deleted"))
+}
+
+enum Removal {
+    Removed,
+    /// A directory that holds only ignored files: they stay, and so does it.
+    OnlyIgnoredLeft,
+    NotEmpty,
+}
+
+/// Remove a file, link or empty directory (blocking).
+fn remove(folder: &Folder, rel: &str, kind: EntryKind) -> io::Result<Removal> {
+    let res = match kind {
+        EntryKind::Directory => folder.fs.remove_dir(rel),
+        _ => folder.fs.remove_file(rel),
+    };
+    match res {
+        Ok(()) => Ok(Removal::Removed),
+        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+            if holds_only_ignored(folder, rel) {
+                Ok(Removal::OnlyIgnoredLeft)
+            } else {
+                Ok(Removal::NotEmpty)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn holds_only_ignored(folder: &Folder, rel: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir(folder.fs.abs(rel)) else {
+        return false;
+    };
+    rd.flatten().all(|e| {
+        let child = format!("{rel}/{}", e.file_name().to_string_lossy());
+        let dir = e.file_type().is_ok_and(|t| t.is_dir());
+        folder.is_ignored(&child, dir)
+    })
+}
+
+async fn make_dir(folder: &Arc<Folder>, job: &Job) -> Result<Done, ApplyError> {
+    let disk = lstat(folder, &job.path).await?;
+    match disk {
+        DiskState::Missing => {}
+        DiskState::Present(m) if m.kind == EntryKind::Directory => {}
+        DiskState::Special => {
+            return Err(ApplyError::InTheWay {
+                path: job.path.clone(),
+                what: "a special file",
+            })
+        }
+        DiskState::Present(_) if !disk_matches(&disk, job.local.as_ref()) => {
+            return Err(ApplyError::LocalChange {
+                path: job.path.clone(),
+            })
+        }
+        // A file or link we know is in the way.
+        DiskState::Present(_) => clear_the_way(folder, job).await?,
+    }
+    let mode = if job.target.mode & 0o777 == 0 {
+        DEFAULT_DIR_MODE
+    } else {
+        job.target.mode
+    };
+    let fs = folder.fs.clone();
+    let p = job.path.clone();
+    let stat = on_disk("mkdir", &job.path, move || {
+        fs.mkdir(&p, mode)?;
+        stat_after(&fs, &p)
+    })
+    .await?;
+    Ok((Some(stat), "created directory"))
+}
+
+/// Move our losing file aside (conflict copy), or remove it.
+async fn clear_the_way(folder: &Arc<Folder>, job: &Job) -> Result<(), ApplyError> {
+    if job.conflict_copy {
+        keep_conflict_copy(folder, job).await?;
+        return Ok(());
+    }
+    let fs = folder.fs.clone();
+    let p = job.path.clone();
+    on_disk("replace with directory", &job.path, move || {
+        fs.remove_file(&p)
+    })
+    .await
+}
+
+async fn keep_conflict_copy(folder: &Arc<Folder>, job: &Job) -> Result<(), ApplyError> {
+    let f = folder.clone();
+    let j = job.clone();
+    let copy = rt::blocking(move || {
+        let session =
+            f.fs.session()
+                .map_err(ApplyError::io_at("open root", &j.path))?;
+        place::move_aside(&session, &j)
+    })
+    .await??;
+    if let Some(copy) = copy {
+        place::conflict_logged(folder, job, &copy);
+    }
+    Ok(())
+}
+
+async fn link(folder: &Arc<Folder>, job: &Job) -> Result<Done, ApplyError> {
+    if let DiskState::Present(m) = replaceable(folder, job).await? {
+        if m.kind == EntryKind::Directory {
+            return Err(ApplyError::InTheWay {
+                path: job.path.clone(),
+                what: "a directory",
+            });
+        }
+        if job.conflict_copy {
+            keep_conflict_copy(folder, job).await?;
+        }
+    }
+    let fs = folder.fs.clone();
+    let p = job.path.clone();
+    let target = job.target.symlink_target.clone().unwrap_or_default();
+    let stat = on_disk("symlink", &job.path, move || {
+        fs.symlink(&p, &target)?;
+        stat_after(&fs, &p)
+    })
+    .await?;
+    Ok((Some(stat), "linked"))
+}

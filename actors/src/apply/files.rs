@@ -1,0 +1,393 @@
+//! The file pipeline, one batch at a time: preflight (may the path be
+//! replaced?), acquire content, finish it (mode, mtime, durability), then
+//! [`place`](super::place) it. A single big file is a batch of one that is
+//! fsynced on its own ([`Flush::EachFile`]); small files share one `syncfs`
+//! ([`Flush::Batch`]) after a prefetch of all their contents.
+//!
+//! Every job gets exactly one outcome, whatever fails and wherever.
+
+use std::{io, sync::Arc};
+
+use fleetsync_mesh::{model::EntryKind, EndpointId, Hash};
+use n0_future::{BufferedStreamExt, StreamExt};
+use tracing::warn;
+
+use super::{
+    acquire::{self, Staged},
+    place::{self, Placed},
+    Applied, ApplyError, Job, Outcome,
+};
+use crate::{
+    content::Hold,
+    folder::{ApplyGuard, Folder},
+    fsutil::{finish_tmp, set_meta, Session},
+    record::{safe_to_replace, DiskState, LocalStat, Record},
+    rt,
+};
+
+/// Files prepared at once (content acquired, finished) in a batch.
+const PREPARE_WIDTH: usize = 8;
+
+/// How staged content is made durable before it is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Each file is fsynced as it is finished (big files: the fsync is
+    /// cheap next to their transfer).
+    EachFile,
+    /// One `syncfs` for the whole batch right before placing (many small
+    /// files: an fsync each would dominate).
+    Batch,
+}
+
+/// Content staged and finished, ready to be placed.
+#[derive(Debug, Clone)]
+pub(super) struct Ready {
+    pub staged: Staged,
+    /// What preflight saw at the path; placing re-checks against it.
+    pub disk: DiskState,
+    pub hash: [u8; 32],
+    /// The staged file's stat: the placed file has the same inode.
+    pub stat: LocalStat,
+}
+
+/// What preparing a job gave.
+enum Prepared {
+    /// Only metadata changed and is set: nothing to place.
+    Done(Applied),
+    Ready(Ready),
+}
+
+type Preparing = (Job, ApplyGuard, Result<Prepared, ApplyError>);
+
+/// Apply file jobs; one outcome per job, in no particular order.
+pub async fn apply_files(
+    folder: &Arc<Folder>,
+    jobs: Vec<Job>,
+    providers: &[EndpointId],
+    flush: Flush,
+) -> Vec<(Job, Outcome)> {
+    if flush == Flush::Batch {
+        acquire::prefetch(folder, &jobs, providers).await;
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut ready = Vec::new();
+    for (job, guard, prepared) in prepare_all(folder, jobs, providers, flush).await {
+        match prepared {
+            Ok(Prepared::Done(applied)) => out.push((job, Ok(applied))),
+            Ok(Prepared::Ready(r)) => ready.push((job, guard, r)),
+            Err(e) => out.push((job, Err(e))),
+        }
+    }
+    if !ready.is_empty() {
+        out.extend(place_ready(folder, ready, flush).await);
+    }
+    out
+}
+
+/// Prepare every job: those whose content a prefetch parked in one
+/// blocking call (a few hops per file would dominate small files), the
+/// rest a few at a time.
+async fn prepare_all(
+    folder: &Arc<Folder>,
+    jobs: Vec<Job>,
+    providers: &[EndpointId],
+    flush: Flush,
+) -> Vec<Preparing> {
+    let (parked, rest): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|j| flush == Flush::Batch && content_is_parked(folder, j));
+    let mut out = prepare_parked(folder, parked).await;
+    let others: Vec<Preparing> = n0_future::stream::iter(rest)
+        .map(|job| async move {
+            let guard = ApplyGuard::new(folder, &job.path);
+            let prepared = prepare_one(folder, &job, providers, flush).await;
+            (job, guard, prepared)
+        })
+        .buffered_unordered(PREPARE_WIDTH)
+        .collect()
+        .await;
+    out.extend(others);
+    out
+}
+
+/// Parked content and not a metadata-only change (those take the general
+/// path, which handles them without content).
+fn content_is_parked(folder: &Folder, job: &Job) -> bool {
+    let parked = job.target.hash.is_some_and(|h| folder.is_parked(&h));
+    parked && !same_content(job.local.as_ref(), job)
+}
+
+fn same_content(local: Option<&Record>, job: &Job) -> bool {
+    Record::live(local)
+        .is_some_and(|l| l.entry.kind == EntryKind::File && l.entry.hash == job.target.hash)
+}
+
+fn hash_of(job: &Job) -> Result<[u8; 32], ApplyError> {
+    job.target.hash.ok_or_else(|| ApplyError::NoHash {
+        path: job.path.clone(),
+    })
+}
+
+/// Check the path, get the content, finish it.
+async fn prepare_one(
+    folder: &Arc<Folder>,
+    job: &Job,
+    providers: &[EndpointId],
+    flush: Flush,
+) -> Result<Prepared, ApplyError> {
+    let f = folder.clone();
+    let j = job.clone();
+    let disk = rt::blocking(move || preflight(&session_for(&f, &j.path)?, &j)).await??;
+    if let Some(done) = update_metadata_only(folder, job, &disk).await? {
+        return Ok(Prepared::Done(done));
+    }
+    let hash = hash_of(job)?;
+    let staged = if Hash::from_bytes(hash) == Hash::EMPTY {
+        acquire::empty(folder, &job.path).await?
+    } else {
+        acquire::acquire(folder, job, Hash::from_bytes(hash), providers).await?
+    };
+    let f = folder.clone();
+    let (st, j) = (staged.clone(), job.clone());
+    let sync = flush == Flush::EachFile;
+    let finished = rt::blocking(move || finish(&f, &st, &j, sync)).await;
+    match finished.map_err(ApplyError::from).and_then(|r| r) {
+        Ok(stat) => Ok(Prepared::Ready(Ready {
+            staged,
+            disk,
+            hash,
+            stat,
+        })),
+        Err(e) => {
+            staged.abandon(folder, hash);
+            Err(e)
+        }
+    }
+}
+
+fn session_for(folder: &Folder, path: &str) -> Result<Session, ApplyError> {
+    folder
+        .fs
+        .session()
+        .map_err(ApplyError::io_at("open folder root", path))
+}
+
+/// May a file be placed at the job's path? Returns what the disk shows
+/// (the snapshot placing re-checks against). An empty directory in the
+/// way is removed first (blocking).
+fn preflight(session: &Session, job: &Job) -> Result<DiskState, ApplyError> {
+    let disk = session
+        .lstat(&job.path)
+        .map_err(ApplyError::io_at("lstat", &job.path))?;
+    if !safe_to_replace(&disk, job.local.as_ref()) {
+        return Err(ApplyError::LocalChange {
+            path: job.path.clone(),
+        });
+    }
+    if matches!(disk, DiskState::Present(m) if m.kind == EntryKind::Directory) {
+        session
+            .remove_dir(&job.path)
+            .map_err(|_| ApplyError::InTheWay {
+                path: job.path.clone(),
+                what: "a non-empty directory",
+            })?;
+        return Ok(DiskState::Missing);
+    }
+    Ok(disk)
+}
+
+/// Same content already here: set mode and mtime in place.
+async fn update_metadata_only(
+    folder: &Arc<Folder>,
+    job: &Job,
+    disk: &DiskState,
+) -> Result<Option<Applied>, ApplyError> {
+    let on_disk_file = matches!(disk, DiskState::Present(m) if m.kind == EntryKind::File);
+    if !on_disk_file || !same_content(job.local.as_ref(), job) {
+        return Ok(None);
+    }
+    let guard = ApplyGuard::new(folder, &job.path);
+    let fs = folder.fs.clone();
+    let p = job.path.clone();
+    let (mode, mtime) = (job.target.mode, job.target.mtime_ns);
+    let stat = rt::blocking(move || -> io::Result<LocalStat> {
+        set_meta(&fs, &p, mode, mtime)?;
+        match fs.lstat(&p)? {
+            DiskState::Present(m) => Ok(m.stat),
+            _ => Err(io::Error::other("file vanished")),
+        }
+    })
+    .await?
+    .map_err(ApplyError::io_at("set metadata", &job.path))?;
+    let refs = job.local.as_ref().and_then(|l| l.refs.clone());
+    Ok(Some(Applied::new(
+        job,
+        Some(stat),
+        refs,
+        "updated metadata",
+        guard,
+    )))
+}
+
+/// Mode and mtime on the staged file, fsync when asked (blocking).
+fn finish(
+    folder: &Folder,
+    staged: &Staged,
+    job: &Job,
+    sync: bool,
+) -> Result<LocalStat, ApplyError> {
+    let (mode, mtime) = (job.target.mode, job.target.mtime_ns);
+    finish_tmp(&staged.path(folder), mode, mtime, sync)
+        .map_err(ApplyError::io_at("finish", &job.path))
+}
+
+/// Parked content for each job, checked and finished in one blocking call.
+async fn prepare_parked(folder: &Arc<Folder>, jobs: Vec<Job>) -> Vec<Preparing> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    let guards: Vec<ApplyGuard> = jobs
+        .iter()
+        .map(|j| ApplyGuard::new(folder, &j.path))
+        .collect();
+    let f = folder.clone();
+    let batch = jobs.clone();
+    let results = rt::blocking(move || -> io::Result<Vec<Result<Ready, ApplyError>>> {
+        let session = f.fs.session()?;
+        Ok(batch
+            .iter()
+            .map(|job| prepare_from_parked(&f, &session, job))
+            .collect())
+    })
+    .await;
+    let results = match results {
+        Ok(Ok(rs)) => rs,
+        Ok(Err(e)) => whole_batch(&jobs, Arc::new(e)),
+        Err(e) => whole_batch(&jobs, Arc::new(e)),
+    };
+    jobs.into_iter()
+        .zip(guards)
+        .zip(results)
+        .map(|((job, guard), r)| (job, guard, r.map(Prepared::Ready)))
+        .collect()
+}
+
+/// The same error for every job of a batch that failed as a whole (the
+/// folder root or the filesystem sync failed, or the task panicked).
+fn whole_batch<T>(
+    jobs: &[Job],
+    cause: Arc<dyn std::error::Error + Send + Sync>,
+) -> Vec<Result<T, ApplyError>> {
+    jobs.iter()
+        .map(|job| {
+            Err(ApplyError::Batch {
+                path: job.path.clone(),
+                source: cause.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Preflight and finish one job whose content is parked (blocking).
+fn prepare_from_parked(folder: &Folder, session: &Session, job: &Job) -> Result<Ready, ApplyError> {
+    let hash = hash_of(job)?;
+    let name = folder
+        .unpark(&hash)
+        .ok_or_else(|| ApplyError::ContentGone {
+            path: job.path.clone(),
+        })?;
+    let staged = Staged::Refs(name);
+    let ready = preflight(session, job).and_then(|disk| {
+        let stat = finish(folder, &staged, job, false)?;
+        Ok((disk, stat))
+    });
+    match ready {
+        Ok((disk, stat)) => Ok(Ready {
+            staged,
+            disk,
+            hash,
+            stat,
+        }),
+        Err(e) => {
+            staged.abandon(folder, hash);
+            Err(e)
+        }
+    }
+}
+
+/// Place every ready file in one blocking call, then finish each outcome.
+async fn place_ready(
+    folder: &Arc<Folder>,
+    ready: Vec<(Job, ApplyGuard, Ready)>,
+    flush: Flush,
+) -> Vec<(Job, Outcome)> {
+    let plan: Vec<(Job, Ready)> = ready
+        .iter()
+        .map(|(j, _, r)| (j.clone(), r.clone()))
+        .collect();
+    let jobs: Vec<Job> = plan.iter().map(|(j, _)| j.clone()).collect();
+    let f = folder.clone();
+    let placed = rt::blocking(move || place::place_all(&f, &plan, flush)).await;
+    let placed: Vec<Result<Placed, ApplyError>> = match placed {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => whole_batch(&jobs, Arc::new(e)),
+        Err(e) => whole_batch(&jobs, Arc::new(e)),
+    };
+    let mut out = Vec::with_capacity(ready.len());
+    for ((job, guard, r), result) in ready.into_iter().zip(placed) {
+        let outcome = match result {
+            Ok(p) => Ok(placed_file(folder, &job, guard, &r, p).await),
+            Err(e) => {
+                r.staged.abandon(folder, r.hash);
+                Err(e)
+            }
+        };
+        out.push((job, outcome));
+    }
+    out
+}
+
+/// The record of a placed file, and the store's reference to it.
+async fn placed_file(
+    folder: &Folder,
+    job: &Job,
+    guard: ApplyGuard,
+    ready: &Ready,
+    placed: Placed,
+) -> Applied {
+    let mut refs = ready.staged.refs_name();
+    let mut hold = None;
+    if placed.moved {
+        // The refs link is gone (moved into place): reference the path.
+        refs = None;
+        hold = reimport(folder, &job.path).await;
+    }
+    let note = match &placed.copy {
+        Some(copy) => {
+            place::conflict_logged(folder, job, copy);
+            format!("conflict: kept ours as {copy}; applied")
+        }
+        None => "applied".to_string(),
+    };
+    folder
+        .status
+        .files_in
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut applied = Applied::new(job, Some(ready.stat), refs, &note, guard);
+    applied.hold = hold;
+    applied
+}
+
+async fn reimport(folder: &Folder, path: &str) -> Option<Hold> {
+    match folder.content.import(folder.fs.abs(path)).await {
+        Ok((_, hold)) => Some(hold),
+        Err(e) => {
+            // Served again once the hasher re-imports it on its next look.
+            warn!(folder = folder.id(), %path, "cannot reference the placed file in the store: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+//! Putting decided remote entries on disk, safely. Used by the receiver.
+//!
+//! ```text
+//!  Job ─► entries (directory, symlink, delete)  ─────────────────────┐
+//!     └─► files:  preflight ─► acquire content ─► finish ─► place ───┴─► Outcome
+//!                 (disk safe   (parked, released,  (mode,    (re-check,
+//!                  to replace?) store, peers)       mtime,    conflict copy,
+//!                                                   fsync)    rename, dir fsync)
+//! ```
+//!
+//! - [`error`]: [`ApplyError`] and its [`Disposition`] (reject / wait for
+//!   the watcher / retry soon / back off) — the one classifier.
+//! - [`entries`]: directories, symlinks and deletions (no content).
+//! - [`files`]: the file pipeline, a batch at a time; a single file is a
+//!   batch of one ([`Flush::EachFile`]), small files share one `syncfs`
+//!   ([`Flush::Batch`]).
+//! - [`acquire`]: verified content into `.fleetsync/{refs,tmp}`: parked
+//!   content, a just-deleted file's content (a rename), the store, peers.
+//! - [`place`]: the one placer: re-check the disk, keep a conflict copy if
+//!   ours lost, rename into place, fsync the directories.
+//!
+//! Guarantees (ARCHITECTURE.md, invariants 1–4): every path is walked with
+//! `O_NOFOLLOW`; a file is old or new after a crash, never partial; only
+//! verified content is placed; a local edit made meanwhile is never
+//! overwritten — the apply stops with [`ApplyError::LocalChange`] and the
+//! watcher turns the edit into a version of its own first.
+
+mod acquire;
+mod entries;
+mod error;
+mod files;
+mod place;
+
+use std::sync::Arc;
+
+use fleetsync_mesh::{model::FileEntry, EndpointId};
+
+pub use self::{
+    error::{ApplyError, Disposition},
+    files::{apply_files, Flush},
+};
+use crate::{
+    content::Hold,
+    folder::{ApplyGuard, Folder},
+    identity_short,
+    record::{LocalStat, Record},
+};
+
+/// One decided change to carry out.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub path: String,
+    /// Our record when the change was decided.
+    pub local: Option<Record>,
+    pub target: FileEntry,
+    /// Our content lost a conflict: keep it as a conflict copy first.
+    pub conflict_copy: bool,
+    /// The target is the peer's entry as sent (not merged): don't echo it.
+    pub verbatim: bool,
+    /// The peer that announced it.
+    pub from: [u8; 32],
+}
+
+impl Job {
+    fn is_file(&self) -> bool {
+        !self.target.deleted && self.target.kind == fleetsync_mesh::model::EntryKind::File
+    }
+}
+
+/// A change that is on disk, with what keeps it safe until its record is
+/// committed.
+#[derive(Debug)]
+pub struct Applied {
+    pub record: Record,
+    /// For the log and the history: "applied from …", "conflict: …".
+    pub note: String,
+    /// Keeps the placed file's store entry from GC until committed.
+    pub hold: Option<Hold>,
+    /// Keeps the hasher off the path until the record is committed.
+    pub guard: ApplyGuard,
+}
+
+/// What became of one job.
+pub type Outcome = Result<Applied, ApplyError>;
+
+impl Applied {
+    fn new(
+        job: &Job,
+        local: Option<LocalStat>,
+        refs: Option<String>,
+        note: &str,
+        guard: ApplyGuard,
+    ) -> Self {
+        let from = identity_short(&job.from);
+        Applied {
+            record: Record {
+                entry: job.target.clone(),
+                local,
+                local_changed: false,
+                received_from: job.verbatim.then_some(from),
+                refs,
+            },
+            note: format!("{note} from {from}"),
+            hold: None,
+            guard,
+        }
+    }
+}
+
+/// Apply one job: a file as a batch of one, anything else directly.
+pub async fn apply_one(folder: &Arc<Folder>, job: Job, providers: &[EndpointId]) -> Outcome {
+    if job.is_file() {
+        let mut out = apply_files(folder, vec![job], providers, Flush::EachFile).await;
+        return match out.pop() {
+            Some((_, outcome)) => outcome,
+            None => unreachable!("apply_files answers every job"),
+        };
+    }
+    entries::apply_entry(folder, &job).await
+}

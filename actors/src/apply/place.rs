@@ -1,0 +1,151 @@
+//! The one placer: staged content goes into the folder here, whether it is
+//! one big file or a batch of 512 small ones.
+//!
+//! All of it runs in one blocking call on one [`Session`]: for a batch,
+//! one `syncfs` makes every staged file durable first; then per file a
+//! last look at the disk (anything different from what preflight saw means
+//! a local edit: stop), a conflict copy if our content lost, the atomic
+//! rename; finally one fsync per touched directory makes the renames
+//! durable. A crash at any point leaves each file old or new.
+
+use std::{collections::BTreeSet, io, sync::atomic::Ordering};
+
+use fleetsync_mesh::model::EntryKind;
+use tracing::{debug, warn};
+
+use super::{acquire::Staged, files::Ready, ApplyError, Flush, Job};
+use crate::{folder::Folder, fsutil::Session, record::DiskState, rules::conflict_name};
+
+/// Conflict copies of one path with the same name stamp tried before
+/// giving up (`name.sync-conflict-…`, then `.1` … `.9`).
+const CONFLICT_NAME_TRIES: usize = 10;
+
+/// A file that went into place.
+#[derive(Debug)]
+pub(super) struct Placed {
+    /// Hard links are unavailable here: the `refs/` file itself was moved
+    /// into place, so the store must reference the new path.
+    pub moved: bool,
+    /// Name our losing version was kept under.
+    pub copy: Option<String>,
+}
+
+/// Place every ready file (blocking). The outer error is one for the whole
+/// batch (the root or the filesystem sync failed); per file, the result.
+pub(super) fn place_all(
+    folder: &Folder,
+    plan: &[(Job, Ready)],
+    flush: Flush,
+) -> io::Result<Vec<Result<Placed, ApplyError>>> {
+    let session = folder.fs.session()?;
+    if flush == Flush::Batch {
+        session.sync_filesystem()?;
+    }
+    let mut dirs = BTreeSet::new();
+    let out = plan
+        .iter()
+        .map(|(job, ready)| place_one(&session, job, ready, &mut dirs))
+        .collect();
+    for d in dirs {
+        session.sync_dir(&d)?;
+    }
+    Ok(out)
+}
+
+fn place_one(
+    session: &Session,
+    job: &Job,
+    ready: &Ready,
+    dirs: &mut BTreeSet<String>,
+) -> Result<Placed, ApplyError> {
+    // Last look before we replace: did someone write to the path meanwhile?
+    let now = session
+        .lstat(&job.path)
+        .map_err(ApplyError::io_at("lstat", &job.path))?;
+    if now != ready.disk {
+        return Err(ApplyError::LocalChange {
+            path: job.path.clone(),
+        });
+    }
+    let ours_is_a_file = matches!(ready.disk, DiskState::Present(m) if m.kind == EntryKind::File);
+    let copy = if job.conflict_copy && ours_is_a_file {
+        move_aside(session, job)?
+    } else {
+        None
+    };
+    let moved = put_in_place(session, job, &ready.staged)?;
+    dirs.insert(parent_dir(&job.path).to_string());
+    Ok(Placed { moved, copy })
+}
+
+/// Rename staged content over the path; true if the `refs/` file itself
+/// had to move (no hard links on this filesystem).
+fn put_in_place(session: &Session, job: &Job, staged: &Staged) -> Result<bool, ApplyError> {
+    let place_err = ApplyError::io_at("place", &job.path);
+    match staged {
+        Staged::Refs(name) => match session.place_link(name, &job.path, false) {
+            Ok(()) => Ok(false),
+            Err(e) => {
+                debug!(path = %job.path, "hard link failed ({e}); moving instead");
+                session
+                    .place_from_refs(name, &job.path)
+                    .map_err(place_err)?;
+                Ok(true)
+            }
+        },
+        Staged::Tmp(name) => {
+            session.place(name, &job.path, false).map_err(place_err)?;
+            Ok(false)
+        }
+    }
+}
+
+fn parent_dir(rel: &str) -> &str {
+    rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
+}
+
+/// Rename our losing file to its conflict-copy name (a rename, no copy).
+/// The name comes from the loser's mtime and author, so every node that
+/// keeps the same loser picks the same name.
+pub(super) fn move_aside(session: &Session, job: &Job) -> Result<Option<String>, ApplyError> {
+    let Some(l) = job.local.as_ref().filter(|r| !r.entry.deleted) else {
+        return Ok(None);
+    };
+    let base = conflict_name(&job.path, l.entry.mtime_ns, l.entry.modified_by);
+    for n in 0..CONFLICT_NAME_TRIES {
+        let candidate = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}.{n}")
+        };
+        match session.rename_noreplace(&job.path, &candidate) {
+            Ok(()) => return Ok(Some(candidate)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(ApplyError::io("conflict copy", &job.path, e)),
+        }
+    }
+    Err(ApplyError::TooManyConflictCopies {
+        path: job.path.clone(),
+    })
+}
+
+pub(super) fn conflict_logged(folder: &Folder, job: &Job, copy: &str) {
+    warn!(
+        folder = folder.id(),
+        path = %job.path,
+        copy = %copy,
+        "conflict: kept the losing version as a conflict copy"
+    );
+    folder.status.conflicts.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_of_a_top_level_path_is_the_root() {
+        assert_eq!(parent_dir("a.txt"), "");
+        assert_eq!(parent_dir("d/e/a.txt"), "d/e");
+    }
+}

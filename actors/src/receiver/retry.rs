@@ -1,0 +1,210 @@
+//! When a pending entry that could not be applied is tried again.
+//!
+//! Each failure has a [`Wait`] (from its [`Disposition`]): a local edit
+//! racing the apply waits until the watcher has indexed it; a directory
+//! whose contents' deletions have not landed yet is retried soon; anything
+//! else backs off, doubling up to a minute. A peer that connects resets
+//! every wait (it may have the content). The map is bounded.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use crate::apply::Disposition;
+
+/// A pending row: (path, peer that announced it).
+pub type Key = (String, [u8; 32]);
+
+/// First retry of a directory waiting for its contents' deletions.
+const SOON_BASE: Duration = Duration::from_millis(25);
+/// First retry of anything else (content on its way, a disk error).
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// No wait grows beyond this.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Doublings stop here (2^12 × 25 ms is already past `MAX_WAIT`).
+const MAX_DOUBLINGS: u32 = 12;
+/// Beyond a settle window twice over, the watcher has indexed the edit.
+const RACE_MARGIN: Duration = Duration::from_millis(100);
+/// Entries remembered at most; past it every wait is forgotten (bounded
+/// memory; the rows stay pending and are simply tried again).
+pub const MAX_RETRY_ENTRIES: usize = 100_000;
+
+/// How long a failed entry waits before its next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// A local edit is settling: after it is indexed.
+    Race,
+    /// Other entries must land first: soon, doubling.
+    Soon,
+    /// Anything else: doubling up to a minute.
+    Backoff,
+}
+
+impl Wait {
+    /// The wait for a failure that is to be retried (`None`: rejected).
+    pub fn of(d: Disposition) -> Option<Wait> {
+        match d {
+            Disposition::Reject => None,
+            Disposition::LocalRace => Some(Wait::Race),
+            Disposition::Soon => Some(Wait::Soon),
+            Disposition::Backoff => Some(Wait::Backoff),
+        }
+    }
+
+    /// Delay before attempt `attempts + 1` (`attempts` ≥ 1).
+    pub fn delay(self, settle: Duration, attempts: u32) -> Duration {
+        let doubling =
+            |base: Duration| (base * 2u32.pow(attempts.min(MAX_DOUBLINGS))).min(MAX_WAIT);
+        match self {
+            Wait::Race => settle * 2 + RACE_MARGIN,
+            Wait::Soon => doubling(SOON_BASE),
+            Wait::Backoff => doubling(BACKOFF_BASE),
+        }
+    }
+
+    /// Worth a warning: persistent, not just content on its way.
+    pub fn warn(self, attempts: u32) -> bool {
+        match self {
+            Wait::Race => false,
+            Wait::Soon => attempts == 8 || attempts.is_multiple_of(20),
+            Wait::Backoff => attempts == 3 || attempts.is_multiple_of(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    next: Instant,
+    attempts: u32,
+}
+
+/// Failed entries and when each is due again.
+#[derive(Debug, Default)]
+pub struct Retries {
+    map: HashMap<Key, State>,
+}
+
+impl Retries {
+    /// Record a failure; returns the attempt count and when it is due.
+    pub fn failed(
+        &mut self,
+        key: Key,
+        wait: Wait,
+        settle: Duration,
+        now: Instant,
+    ) -> (u32, Instant) {
+        if self.map.len() >= MAX_RETRY_ENTRIES && !self.map.contains_key(&key) {
+            self.map.clear();
+        }
+        let s = self.map.entry(key).or_insert(State {
+            next: now,
+            attempts: 0,
+        });
+        s.attempts += 1;
+        s.next = now + wait.delay(settle, s.attempts);
+        (s.attempts, s.next)
+    }
+
+    /// Done with (applied, rejected, or nothing to do).
+    pub fn done(&mut self, key: &Key) {
+        self.map.remove(key);
+    }
+
+    /// Keys not due yet: the next round leaves them alone.
+    pub fn waiting(&self, now: Instant) -> HashSet<Key> {
+        self.map
+            .iter()
+            .filter(|(_, s)| s.next > now)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    pub fn any_due(&self, now: Instant) -> bool {
+        self.map.values().any(|s| s.next <= now)
+    }
+
+    /// A new peer may have what everyone waits for: all due now.
+    pub fn wake_all(&mut self, now: Instant) {
+        for s in self.map.values_mut() {
+            s.next = now;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTLE: Duration = Duration::from_millis(200);
+
+    fn key(p: &str) -> Key {
+        (p.to_string(), [1; 32])
+    }
+
+    #[test]
+    fn backoff_doubles_from_a_quarter_second_to_a_minute() {
+        let d: Vec<_> = (1..=4).map(|a| Wait::Backoff.delay(SETTLE, a)).collect();
+        assert_eq!(d, [500, 1000, 2000, 4000].map(Duration::from_millis));
+        assert_eq!(Wait::Backoff.delay(SETTLE, 40), MAX_WAIT);
+        assert_eq!(Wait::Soon.delay(SETTLE, 1), Duration::from_millis(50));
+        assert_eq!(Wait::Soon.delay(SETTLE, u32::MAX), MAX_WAIT);
+    }
+
+    #[test]
+    fn a_race_waits_for_two_settle_windows_whatever_the_attempt() {
+        let want = SETTLE * 2 + RACE_MARGIN;
+        assert_eq!(Wait::Race.delay(SETTLE, 1), want);
+        assert_eq!(Wait::Race.delay(SETTLE, 30), want);
+        assert!(!Wait::Race.warn(100), "races are never worth a warning");
+    }
+
+    #[test]
+    fn only_persistent_failures_warn() {
+        let warned: Vec<u32> = (1..=30).filter(|a| Wait::Backoff.warn(*a)).collect();
+        assert_eq!(warned, vec![3, 10, 20, 30]);
+        let soon: Vec<u32> = (1..=40).filter(|a| Wait::Soon.warn(*a)).collect();
+        assert_eq!(soon, vec![8, 20, 40]);
+    }
+
+    #[test]
+    fn dispositions_map_to_waits_and_rejects_are_not_retried() {
+        assert_eq!(Wait::of(Disposition::Reject), None);
+        assert_eq!(Wait::of(Disposition::LocalRace), Some(Wait::Race));
+        assert_eq!(Wait::of(Disposition::Soon), Some(Wait::Soon));
+        assert_eq!(Wait::of(Disposition::Backoff), Some(Wait::Backoff));
+    }
+
+    #[test]
+    fn a_failed_entry_waits_then_is_due_and_a_new_peer_wakes_everything() {
+        let mut r = Retries::default();
+        let t0 = Instant::now();
+        let (n, due) = r.failed(key("a"), Wait::Backoff, SETTLE, t0);
+        assert_eq!((n, due), (1, t0 + Duration::from_millis(500)));
+        let (n, _) = r.failed(key("a"), Wait::Backoff, SETTLE, t0);
+        assert_eq!(n, 2, "attempts accumulate");
+        assert!(r.waiting(t0).contains(&key("a")));
+        assert!(!r.any_due(t0));
+        r.wake_all(t0);
+        assert!(r.any_due(t0));
+        assert!(r.waiting(t0).is_empty());
+        r.done(&key("a"));
+        assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn the_retry_map_is_bounded() {
+        let mut r = Retries::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_RETRY_ENTRIES {
+            r.failed((i.to_string(), [0; 32]), Wait::Soon, SETTLE, t0);
+        }
+        assert_eq!(r.len(), MAX_RETRY_ENTRIES);
+        r.failed(key("one more"), Wait::Soon, SETTLE, t0);
+        assert_eq!(r.len(), 1, "over the bound, the old waits are forgotten");
+    }
+}
