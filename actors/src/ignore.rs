@@ -52,6 +52,13 @@ impl Ignore {
         name.contains(TMP_MARK)
     }
 
+    /// Ignored whether it turns out to be a file or a directory: an event
+    /// or a queued path says nothing about its kind yet, so only such a
+    /// path can be dropped before its `lstat`.
+    pub fn is_ignored_regardless_of_kind(&self, rel: &str) -> bool {
+        self.is_ignored(rel, false) && self.is_ignored(rel, true)
+    }
+
     pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
         if Self::always_ignored(rel) {
             return true;
@@ -88,5 +95,39 @@ mod tests {
         assert!(ig.is_ignored("d/.f.fleetsync-tmp-0001", false));
         assert!(!ig.is_ignored("notes.txt", false));
         assert!(!Ignore::none().is_ignored("a.log", false));
+    }
+
+    #[test]
+    fn a_directory_only_pattern_does_not_ignore_a_path_of_unknown_kind() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join(IGNORE_FILE), "out/\n*.tmp\n").unwrap();
+        let ig = Ignore::load(root.path());
+        // `out` may be a file, which the pattern does not cover: look first.
+        assert!(ig.is_ignored("out", true));
+        assert!(!ig.is_ignored_regardless_of_kind("out"));
+        // Anything below an ignored directory, and a glob, are ignored as
+        // either kind.
+        assert!(ig.is_ignored_regardless_of_kind("out/x"));
+        assert!(ig.is_ignored_regardless_of_kind("a/b.tmp"));
+        assert!(ig.is_ignored_regardless_of_kind(".fleetsync/refs/l1"));
+        assert!(!ig.is_ignored_regardless_of_kind("a/b.txt"));
+    }
+
+    #[test]
+    fn a_bad_pattern_is_skipped_and_the_rest_still_apply() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join(IGNORE_FILE), "a[\n*.log\n").unwrap();
+        let ig = Ignore::load(root.path());
+        assert!(ig.is_ignored("x.log", false));
+        assert!(!ig.is_ignored("a", false));
+    }
+
+    #[test]
+    fn no_ignore_file_ignores_only_the_builtins() {
+        let root = tempfile::tempdir().unwrap();
+        let ig = Ignore::load(root.path());
+        assert!(!ig.is_ignored("anything.log", false));
+        assert!(ig.is_ignored(".fleetsync", true));
+        assert!(ig.is_ignored("dir/name.fleetsync-tmp-01", false));
     }
 }

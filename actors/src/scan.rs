@@ -1,7 +1,9 @@
-//! Full walk of a folder: every syncable path with its `lstat`, never
-//! following symlinks, skipping ignored subtrees without descending.
+//! Full walk of a folder ([`walk`]): every syncable path with its
+//! `lstat`, never following symlinks, skipping ignored subtrees without
+//! descending; and [`written_moments_ago`], the rule the watcher's rescan
+//! and the hasher share for a file found while it may still be written.
 
-use std::path::Path;
+use std::{io, path::Path, time::Duration};
 
 use crate::{
     fsutil::{meta_from_stat, rel_of},
@@ -9,9 +11,23 @@ use crate::{
     record::{DiskState, Meta},
 };
 
+/// An entry the walk could not read (reported, not fatal).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalkError {
+    #[error("{0}")]
+    Walk(#[from] ignore::Error),
+    #[error("{path}: {source}")]
+    Lstat {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Walk `root`; returns (relative path, meta) for every file, dir and
 /// symlink that is not ignored. Unreadable entries are reported, not fatal.
-pub fn walk(root: &Path, ignore: &Ignore) -> (Vec<(String, Meta)>, Vec<String>) {
+pub fn walk(root: &Path, ignore: &Ignore) -> (Vec<(String, Meta)>, Vec<WalkError>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut wb = ignore::WalkBuilder::new(root);
@@ -33,7 +49,7 @@ pub fn walk(root: &Path, ignore: &Ignore) -> (Vec<(String, Meta)>, Vec<String>) 
         let e = match item {
             Ok(e) => e,
             Err(err) => {
-                errors.push(err.to_string());
+                errors.push(WalkError::Walk(err));
                 continue;
             }
         };
@@ -46,10 +62,21 @@ pub fn walk(root: &Path, ignore: &Ignore) -> (Vec<(String, Meta)>, Vec<String>) 
                     out.push((rel, m));
                 }
             }
-            Err(err) => errors.push(format!("{rel}: {err}")),
+            Err(err) => errors.push(WalkError::Lstat {
+                path: rel,
+                source: err.into(),
+            }),
         }
     }
     (out, errors)
+}
+
+/// Was a file with this mtime written less than `settle` before `now_ns`
+/// (so it may still be being written, and should settle first)? A future
+/// mtime is a skewed clock, not a fresh write.
+pub fn written_moments_ago(mtime_ns: i64, now_ns: i64, settle: Duration) -> bool {
+    let settle_ns = i64::try_from(settle.as_nanos()).unwrap_or(i64::MAX);
+    (0..settle_ns).contains(&now_ns.saturating_sub(mtime_ns))
 }
 
 #[cfg(test)]
@@ -84,5 +111,41 @@ mod tests {
                 ("link", EntryKind::Symlink),
             ]
         );
+    }
+
+    #[test]
+    fn only_an_mtime_within_settle_before_now_is_moments_ago() {
+        let settle = Duration::from_millis(200);
+        let now = 10_000_000_000;
+        assert!(written_moments_ago(now, now, settle));
+        assert!(written_moments_ago(now - 199_999_999, now, settle));
+        assert!(!written_moments_ago(now - 200_000_000, now, settle));
+        assert!(
+            !written_moments_ago(now + 1, now, settle),
+            "future mtime: skewed clock"
+        );
+        assert!(!written_moments_ago(now, now, Duration::ZERO));
+    }
+
+    #[test]
+    fn walk_reports_an_ignored_directory_without_descending_and_skips_special_files() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("build/deep")).unwrap();
+        std::fs::write(r.join("build/deep/x.o"), b"x").unwrap();
+        std::fs::write(r.join("keep.txt"), b"x").unwrap();
+        std::fs::write(r.join(".fleetsyncignore"), b"build\n").unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let (found, errs) = walk(r, &Ignore::load(r));
+        assert!(errs.is_empty(), "{errs:?}");
+        let names: Vec<_> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(names, vec!["keep.txt"]);
     }
 }

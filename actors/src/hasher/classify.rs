@@ -1,0 +1,233 @@
+//! Step one of a hash batch: look at each path (`lstat`, never following
+//! symlinks) and compare it with the index through the one rule,
+//! [`disk_matches`]. The result is a [`Plan`]: observations ready to
+//! commit, files to hash, and paths to look at again. Blocking.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    io,
+};
+
+use fleetsync_mesh::model::{validate_rel_path, EntryKind};
+
+use crate::{
+    folder::Folder,
+    fsutil::{is_escape, Session},
+    ignore::Ignore,
+    index::{now_ns, Observed},
+    record::{disk_matches, DiskState, Meta, Record},
+    scan,
+};
+
+use super::HashError;
+
+/// What a batch's paths turned out to need.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Ready to commit as they are: deletions, directories, symlinks.
+    pub observed: Vec<(String, Observed)>,
+    /// Changed files to hash, with what `lstat` showed.
+    pub files: Vec<(String, Meta)>,
+    /// Look again once settled (still changing, being applied).
+    pub deferred: Vec<String>,
+    /// Could not be looked at (index or disk error): retry after a backoff.
+    pub failed: Vec<String>,
+}
+
+/// Classify `paths`, and the contents of any directory that appeared.
+pub fn classify(folder: &Folder, paths: Vec<String>) -> Plan {
+    let session = match folder.fs.session() {
+        Ok(s) => s,
+        Err(e) => {
+            folder.status.error(HashError::Root(e).to_string());
+            return Plan {
+                failed: paths,
+                ..Plan::default()
+            };
+        }
+    };
+    let mut walk = Classifier {
+        folder,
+        session,
+        ignore: folder.ignore(),
+        now_ns: now_ns(),
+        seen: HashSet::new(),
+        queue: paths.into(),
+        plan: Plan::default(),
+    };
+    while let Some(rel) = walk.queue.pop_front() {
+        walk.look(rel);
+    }
+    walk.plan
+}
+
+/// What an `lstat` told.
+enum Looked {
+    Disk(DiskState),
+    /// A name no peer could accept (`validate_rel_path`): never synced.
+    Unsyncable,
+    /// An error that may pass (I/O, permissions): retry later.
+    Failed,
+}
+
+struct Classifier<'a> {
+    folder: &'a Folder,
+    session: Session,
+    ignore: std::sync::Arc<Ignore>,
+    now_ns: i64,
+    /// Paths already classified in this batch.
+    seen: HashSet<String>,
+    queue: VecDeque<String>,
+    plan: Plan,
+}
+
+impl Classifier<'_> {
+    fn look(&mut self, rel: String) {
+        if !self.seen.insert(rel.clone()) || self.ignore.is_ignored_regardless_of_kind(&rel) {
+            return;
+        }
+        if self.folder.is_applying(&rel) {
+            self.plan.deferred.push(rel);
+            return;
+        }
+        let disk = match self.lstat(&rel) {
+            Looked::Disk(d) => d,
+            Looked::Unsyncable => return,
+            Looked::Failed => {
+                self.plan.failed.push(rel);
+                return;
+            }
+        };
+        let rec = match self.folder.index.get(self.folder.id(), &rel) {
+            Ok(r) => r,
+            Err(e) => {
+                self.error(&HashError::Index(e));
+                self.plan.failed.push(rel);
+                return;
+            }
+        };
+        match disk {
+            DiskState::Missing | DiskState::Special => self.gone(rel, rec.as_ref()),
+            DiskState::Present(meta) => self.present(rel, meta, rec.as_ref()),
+        }
+    }
+
+    /// What is at `rel` (errors recorded in the status).
+    fn lstat(&self, rel: &str) -> Looked {
+        match self.session.lstat(rel) {
+            Ok(d) => Looked::Disk(d),
+            // A parent turned into a symlink: the path is no longer in the folder.
+            Err(e) if is_escape(&e) => Looked::Disk(DiskState::Missing),
+            Err(e) => {
+                let unsyncable = e.kind() == io::ErrorKind::InvalidInput;
+                self.error(&HashError::Disk {
+                    path: rel.to_string(),
+                    source: e,
+                });
+                if unsyncable {
+                    Looked::Unsyncable
+                } else {
+                    Looked::Failed
+                }
+            }
+        }
+    }
+
+    /// Nothing (syncable) at `rel`: it and everything indexed below it
+    /// become tombstones.
+    fn gone(&mut self, rel: String, rec: Option<&Record>) {
+        let children = match self.folder.index.descendants(self.folder.id(), &rel) {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(&HashError::Index(e));
+                self.plan.failed.push(rel.clone());
+                Vec::new()
+            }
+        };
+        if Record::live(rec).is_some() {
+            self.plan.observed.push((rel, Observed::Gone));
+        }
+        for child in children.into_iter().filter(|c| !c.entry.deleted) {
+            let path = child.entry.path;
+            if self.seen.insert(path.clone()) {
+                self.plan.observed.push((path, Observed::Gone));
+            }
+        }
+    }
+
+    fn present(&mut self, rel: String, meta: Meta, rec: Option<&Record>) {
+        if self
+            .ignore
+            .is_ignored(&rel, meta.kind == EntryKind::Directory)
+        {
+            return;
+        }
+        if disk_matches(&DiskState::Present(meta), rec) {
+            return;
+        }
+        match meta.kind {
+            EntryKind::Directory => self.directory(rel, meta, rec),
+            EntryKind::Symlink => self.symlink(rel, meta),
+            EntryKind::File => self.file(rel, meta),
+        }
+    }
+
+    /// A directory that is new or whose permissions changed. One that
+    /// appeared (mkdir -p, mv in) brings contents that produce no events of
+    /// their own: they are queued.
+    fn directory(&mut self, rel: String, meta: Meta, rec: Option<&Record>) {
+        let known = Record::live(rec).is_some_and(|r| r.entry.kind == EntryKind::Directory);
+        if !known {
+            // Best effort: an unreadable directory is still recorded, and
+            // its contents are found by events or the next rescan.
+            if let Ok(rd) = std::fs::read_dir(self.folder.fs.abs(&rel)) {
+                for e in rd.flatten() {
+                    // Names we cannot sync (non-UTF-8, control chars…) are
+                    // skipped, as events and scans skip them.
+                    let child = e.file_name().to_str().map(|n| format!("{rel}/{n}"));
+                    if let Some(child) = child.filter(|c| validate_rel_path(c).is_ok()) {
+                        self.queue.push_back(child);
+                    }
+                }
+            }
+        }
+        self.plan
+            .observed
+            .push((rel, Observed::Dir { stat: meta.stat }));
+    }
+
+    /// A symlink whose stat changed: read its target and let the index
+    /// decide (it treats an equal target as already recorded).
+    fn symlink(&mut self, rel: String, meta: Meta) {
+        match self.session.read_link(&rel) {
+            Ok(target) => self.plan.observed.push((
+                rel,
+                Observed::Symlink {
+                    stat: meta.stat,
+                    target,
+                },
+            )),
+            Err(e) => {
+                self.error(&HashError::Disk {
+                    path: rel.clone(),
+                    source: e,
+                });
+                self.plan.failed.push(rel);
+            }
+        }
+    }
+
+    /// A changed file is hashed, unless it was written moments ago (a scan
+    /// found it): then it settles first.
+    fn file(&mut self, rel: String, meta: Meta) {
+        if scan::written_moments_ago(meta.stat.mtime_ns, self.now_ns, self.folder.cfg.settle) {
+            self.plan.deferred.push(rel);
+        } else {
+            self.plan.files.push((rel, meta));
+        }
+    }
+
+    fn error(&self, e: &HashError) {
+        self.folder.status.error(e.to_string());
+    }
+}

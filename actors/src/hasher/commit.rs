@@ -1,0 +1,206 @@
+//! Steps two and three of a hash batch: import changed files into the
+//! blob store (hashing them, by reference through a `refs/` link), then
+//! re-check them and let the index resolve every observation in one
+//! transaction.
+
+use std::{path::PathBuf, sync::atomic::Ordering, sync::Arc};
+
+use tracing::info;
+
+use crate::{
+    content::Hold,
+    folder::Folder,
+    index::{Commit, Item, Observed},
+    record::{DiskState, Meta},
+    rt,
+};
+
+use super::HashError;
+
+/// A file hashed and imported: what it looked like before, and the
+/// observation to commit if it still looks so.
+#[derive(Debug)]
+pub struct Imported {
+    pub path: String,
+    pub meta: Meta,
+    pub hash: [u8; 32],
+    pub refs: Option<String>,
+}
+
+/// One index commit's worth of observations.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub observed: Vec<(String, Observed)>,
+    pub imported: Vec<Imported>,
+}
+
+impl Chunk {
+    pub fn is_empty(&self) -> bool {
+        self.observed.is_empty() && self.imported.is_empty()
+    }
+
+    /// Every path in it.
+    pub fn paths(&self) -> Vec<String> {
+        let observed = self.observed.iter().map(|(p, _)| p.clone());
+        observed
+            .chain(self.imported.iter().map(|i| i.path.clone()))
+            .collect()
+    }
+
+    /// The `refs/` links made for it.
+    pub fn links(&self) -> Vec<String> {
+        self.imported
+            .iter()
+            .filter_map(|i| i.refs.clone())
+            .collect()
+    }
+}
+
+/// What a successful commit did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub written: usize,
+    /// Files that changed while they were hashed: they settle again.
+    pub deferred: Vec<String>,
+}
+
+/// Hash and import the file at `rel`. It is first hard-linked into
+/// `refs/` and the store references the link (stable across renames and
+/// replacements of the user's path). The [`Hold`] keeps the blob from
+/// garbage collection until the commit.
+pub async fn import(
+    folder: &Arc<Folder>,
+    rel: &str,
+    meta: Meta,
+) -> Result<(Imported, Hold), HashError> {
+    let refs = if meta.stat.size > 0 {
+        link_ref(folder, rel).await
+    } else {
+        None
+    };
+    let abs = match &refs {
+        Some(n) => folder.fs.refs_dir().join(n),
+        None => folder.fs.abs(rel),
+    };
+    match import_path(folder, abs, rel).await {
+        Ok((hash, hold)) => Ok((
+            Imported {
+                path: rel.to_string(),
+                meta,
+                hash,
+                refs,
+            },
+            hold,
+        )),
+        Err(e) => {
+            if let Some(n) = refs {
+                folder.fs.remove_ref(&n);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A `refs/` link to the file, if this filesystem can make one. Without
+/// hard links (another filesystem mounted below the root, exFAT…) the
+/// store references the path itself, so any failure means "no link".
+async fn link_ref(folder: &Arc<Folder>, rel: &str) -> Option<String> {
+    let f = folder.clone();
+    let r = rel.to_string();
+    rt::blocking(move || f.fs.link_ref(&r).ok())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn import_path(
+    folder: &Folder,
+    abs: PathBuf,
+    rel: &str,
+) -> Result<([u8; 32], Hold), HashError> {
+    let (hash, hold) = folder
+        .content
+        .import(abs)
+        .await
+        .map_err(|source| HashError::Import {
+            path: rel.to_string(),
+            source,
+        })?;
+    Ok((*hash.as_bytes(), hold))
+}
+
+/// Re-check the imported files, then let the index resolve every
+/// observation against its current state in one transaction (skip, adopt
+/// a pending remote entry, or bump to a new local version). Blocking.
+pub fn commit_chunk(folder: &Folder, chunk: Chunk) -> Result<Committed, HashError> {
+    let (items, deferred) = recheck(folder, chunk)?;
+    if items.is_empty() {
+        return Ok(Committed {
+            written: 0,
+            deferred,
+        });
+    }
+    let commit = Commit {
+        items,
+        resolved: vec![],
+    };
+    let c = folder.index.commit(folder.id(), commit, folder.local())?;
+    folder.release(c.released);
+    if c.written > 0 {
+        folder
+            .status
+            .files_out_announced
+            .fetch_add(c.written as u64, Ordering::Relaxed);
+        folder.announce(c.meta.seq);
+        info!(
+            folder = folder.id(),
+            changes = c.written,
+            seq = c.meta.seq,
+            "indexed changes"
+        );
+    }
+    Ok(Committed {
+        written: c.written,
+        deferred,
+    })
+}
+
+/// The chunk as index items, without the files that changed while they
+/// were hashed (returned to settle again; their links removed).
+fn recheck(folder: &Folder, chunk: Chunk) -> Result<(Vec<Item>, Vec<String>), HashError> {
+    let mut items: Vec<Item> = chunk
+        .observed
+        .into_iter()
+        .map(|(path, seen)| Item::Observed { path, seen })
+        .collect();
+    let mut deferred = Vec::new();
+    if chunk.imported.is_empty() {
+        return Ok((items, deferred));
+    }
+    let session = folder.fs.session().map_err(HashError::Root)?;
+    for i in chunk.imported {
+        if !matches!(session.lstat(&i.path), Ok(DiskState::Present(now)) if now == i.meta) {
+            if let Some(n) = &i.refs {
+                folder.fs.remove_ref(n);
+            }
+            deferred.push(i.path);
+            continue;
+        }
+        items.push(Item::Observed {
+            path: i.path,
+            seen: Observed::File {
+                stat: i.meta.stat,
+                hash: i.hash,
+                refs: i.refs,
+            },
+        });
+    }
+    Ok((items, deferred))
+}
+
+/// After a failed import: did the file change or vanish (look again once
+/// it settles), or is it still there as it was (it cannot be read, or the
+/// store failed: retry after a backoff)? Blocking.
+pub fn changed_since(folder: &Folder, rel: &str, meta: Meta) -> bool {
+    !matches!(folder.fs.lstat(rel), Ok(DiskState::Present(now)) if now == meta)
+}

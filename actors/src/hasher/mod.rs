@@ -1,0 +1,310 @@
+//! Hasher: turns "these paths may have changed" into committed index
+//! entries. One batch ([`hash_batch`]) runs three steps:
+//!
+//! 1. [`classify`]: `lstat` each path (never following symlinks) and
+//!    compare it with the index by the one rule,
+//!    [`crate::record::disk_matches`]: an unchanged path is skipped without
+//!    reading it. Directories that appear are expanded; paths that vanish
+//!    become tombstones, with everything indexed below them.
+//! 2. [`commit::import`]: changed files are imported into the blob store
+//!    *by reference* (hashed with BLAKE3, outboard built, no copy).
+//! 3. [`commit::commit_chunk`]: each file is re-checked for modification
+//!    during the import, and the chunk is committed in one index
+//!    transaction with bumped version vectors.
+//!
+//! If a change on disk matches an entry a peer announced that is still
+//! pending (our own receiver just wrote it, maybe before a crash), the
+//! index adopts the peer's entry instead of minting a new local version:
+//! that is what keeps applied changes from echoing back as local edits.
+//!
+//! Nothing is lost on failure: the [`HashOutcome`] returns paths to look at
+//! again once settled (`deferred`) and paths that failed (`failed`: the
+//! watcher retries them after a backoff).
+//!
+//! All work runs on the node runtime's blocking pool and worker threads;
+//! the actor thread only forwards, so it always answers the supervisor.
+
+mod classify;
+mod commit;
+
+use std::{io, sync::Arc, time::Instant};
+
+use actix::prelude::*;
+use fleetsync_mesh::StoreError;
+use n0_future::{BufferedStreamExt, StreamExt};
+use tracing::{debug, warn};
+
+use crate::{
+    content::Hold,
+    folder::Folder,
+    index::{IndexError, Observed},
+    msg::Ping,
+    record::Meta,
+    rt::{self, TaskError},
+};
+use classify::{classify, Plan};
+use commit::{changed_since, commit_chunk, import, Chunk, Committed, Imported};
+
+/// Messages the hasher answers.
+pub mod msg {
+    use actix::Message;
+
+    /// Look at these paths and commit whatever changed.
+    #[derive(Debug, Message)]
+    #[rtype(result = "HashOutcome")]
+    pub struct HashPaths {
+        pub paths: Vec<String>,
+    }
+
+    /// What became of a batch's paths. Every path is committed, skipped
+    /// (unchanged, ignored), or returned in one of the two lists.
+    #[derive(Debug, Default)]
+    pub struct HashOutcome {
+        /// Look at these again once they settle (still changing, being
+        /// applied by the receiver, written moments ago).
+        pub deferred: Vec<String>,
+        /// These could not be hashed or committed (index, store or disk
+        /// error, a panicked task): retry after a backoff.
+        pub failed: Vec<String>,
+        /// Entries written to the index.
+        pub committed: usize,
+    }
+}
+
+use msg::{HashOutcome, HashPaths};
+
+/// Files hashed concurrently (the store hashes on its own threads; more
+/// only adds seeks on a spinning disk).
+const IMPORT_CONCURRENCY: usize = 8;
+
+/// Files hashed per index commit, so peers start fetching while we still
+/// hash the rest of a large drop of files.
+const COMMIT_CHUNK: usize = 500;
+
+/// Why a path could not be hashed or committed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HashError {
+    #[error("folder root: {0}")]
+    Root(#[source] io::Error),
+    #[error("{path}: {source}")]
+    Disk {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("import {path}: {source}")]
+    Import {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("index commit: {0}")]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+pub struct Hasher {
+    folder: Arc<Folder>,
+}
+
+impl Hasher {
+    pub fn new(folder: Arc<Folder>) -> Self {
+        Hasher { folder }
+    }
+}
+
+impl Actor for Hasher {
+    type Context = Context<Self>;
+}
+
+impl Handler<Ping> for Hasher {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+}
+
+impl Handler<HashPaths> for Hasher {
+    type Result = ResponseFuture<HashOutcome>;
+
+    fn handle(&mut self, msg: HashPaths, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(hash_batch_guarded(self.folder.clone(), msg.paths))
+    }
+}
+
+/// [`hash_batch`] as a task of its own: if it panics, its paths come back
+/// as failed (retried after a backoff) instead of being lost.
+pub async fn hash_batch_guarded(folder: Arc<Folder>, paths: Vec<String>) -> HashOutcome {
+    match rt::spawn(hash_batch(folder.clone(), paths.clone())).await {
+        Ok(out) => out,
+        Err(e) => {
+            let e = HashError::Task(TaskError(e));
+            warn!(folder = folder.id(), "{e}");
+            folder.status.error(e.to_string());
+            HashOutcome {
+                failed: paths,
+                ..HashOutcome::default()
+            }
+        }
+    }
+}
+
+/// Look at `paths`, hash what changed, commit it; see the module docs.
+pub async fn hash_batch(folder: Arc<Folder>, paths: Vec<String>) -> HashOutcome {
+    if folder.fault().is_some() {
+        // Paused: the rescan after the fault clears finds everything.
+        return HashOutcome::default();
+    }
+    let t0 = Instant::now();
+    let (f, p) = (folder.clone(), paths.clone());
+    let plan: Plan = match rt::blocking(move || classify(&f, p)).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            // A panic while classifying must not lose the paths either.
+            folder.status.error(e.to_string());
+            return HashOutcome {
+                failed: paths,
+                ..HashOutcome::default()
+            };
+        }
+    };
+    let classify_took = t0.elapsed();
+    let mut out = HashOutcome {
+        deferred: plan.deferred,
+        failed: plan.failed,
+        committed: 0,
+    };
+    for (observed, files) in chunks(plan.observed, plan.files) {
+        let (imported, holds) = import_files(&folder, files, &mut out).await;
+        let chunk = Chunk { observed, imported };
+        commit_or_fail(&folder, chunk, &mut out).await;
+        // Held until the commit, so blob GC cannot drop what we referenced.
+        drop(holds);
+    }
+    debug!(
+        folder = folder.id(),
+        committed = out.committed,
+        deferred = out.deferred.len(),
+        failed = out.failed.len(),
+        classify = ?classify_took,
+        total = ?t0.elapsed(),
+        "hash batch done"
+    );
+    out
+}
+
+/// A path and what the hasher saw there, ready to commit.
+type Observation = (String, Observed);
+/// A changed file to hash, with what `lstat` showed.
+type ToHash = (String, Meta);
+
+/// Observations and files split into commits: the observations go with
+/// the first chunk of files (or alone), then [`COMMIT_CHUNK`] files each.
+fn chunks(observed: Vec<Observation>, files: Vec<ToHash>) -> Vec<(Vec<Observation>, Vec<ToHash>)> {
+    let mut out = Vec::new();
+    let mut first = Some(observed);
+    let mut files = files.into_iter().peekable();
+    while first.is_some() || files.peek().is_some() {
+        let observed = first.take().unwrap_or_default();
+        let chunk: Vec<_> = files.by_ref().take(COMMIT_CHUNK).collect();
+        if !observed.is_empty() || !chunk.is_empty() {
+            out.push((observed, chunk));
+        }
+    }
+    out
+}
+
+/// Import `files` concurrently. A file that failed to import is deferred
+/// if it changed or vanished meanwhile (it settles again), failed if it is
+/// still as it was (unreadable, or the store failed: backoff).
+async fn import_files(
+    folder: &Arc<Folder>,
+    files: Vec<ToHash>,
+    out: &mut HashOutcome,
+) -> (Vec<Imported>, Vec<Hold>) {
+    let results: Vec<_> = n0_future::stream::iter(files)
+        .map(|(rel, meta)| {
+            let folder = folder.clone();
+            async move {
+                let res = import(&folder, &rel, meta).await;
+                (rel, meta, res)
+            }
+        })
+        .buffered_unordered(IMPORT_CONCURRENCY)
+        .collect()
+        .await;
+    let mut imported = Vec::with_capacity(results.len());
+    let mut holds = Vec::with_capacity(results.len());
+    let mut broken = Vec::new();
+    for (rel, meta, res) in results {
+        match res {
+            Ok((i, hold)) => {
+                imported.push(i);
+                holds.push(hold);
+            }
+            Err(e) => {
+                debug!(folder = folder.id(), path = %rel, "import failed: {e}");
+                broken.push((rel, meta, e));
+            }
+        }
+    }
+    if !broken.is_empty() {
+        sort_failed_imports(folder, broken, out).await;
+    }
+    (imported, holds)
+}
+
+async fn sort_failed_imports(
+    folder: &Arc<Folder>,
+    broken: Vec<(String, Meta, HashError)>,
+    out: &mut HashOutcome,
+) {
+    let paths: Vec<String> = broken.iter().map(|(rel, ..)| rel.clone()).collect();
+    let f = folder.clone();
+    let sorted = rt::blocking(move || {
+        broken
+            .into_iter()
+            .map(|(rel, meta, e)| (changed_since(&f, &rel, meta), rel, e))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let Ok(sorted) = sorted else {
+        out.failed.extend(paths);
+        return;
+    };
+    for (changed, rel, e) in sorted {
+        if changed {
+            out.deferred.push(rel);
+        } else {
+            folder.status.error(e.to_string());
+            out.failed.push(rel);
+        }
+    }
+}
+
+/// Commit a chunk; if that fails, its paths are returned as failed (and
+/// the links made for it removed: nothing references them).
+async fn commit_or_fail(folder: &Arc<Folder>, chunk: Chunk, out: &mut HashOutcome) {
+    if chunk.is_empty() {
+        return;
+    }
+    let (paths, links) = (chunk.paths(), chunk.links());
+    let f = folder.clone();
+    match rt::try_blocking(move || commit_chunk(&f, chunk)).await {
+        Ok(Committed { written, deferred }) => {
+            out.committed += written;
+            out.deferred.extend(deferred);
+        }
+        Err(e) => {
+            warn!(folder = folder.id(), "{e}; retrying {} paths", paths.len());
+            folder.status.error(e.to_string());
+            for n in &links {
+                folder.fs.remove_ref(n);
+            }
+            out.failed.extend(paths);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,445 @@
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use async_trait::async_trait;
+use fleetsync_config::FolderMode;
+use fleetsync_mesh::{
+    model::{EntryKind, VersionVector},
+    EndpointId, FetchError, Hash, StoreError,
+};
+
+use super::*;
+use crate::{
+    content::Content,
+    folder::ApplyGuard,
+    index::Index,
+    record::Record,
+    testing::{self, FakeContent, ME},
+    watcher::settle::{Settle, RETRY_FIRST},
+};
+
+/// A folder like `testing::folder`, with this settle window: `ZERO` so a
+/// file just written is hashed at once, or long so it is surely "written
+/// moments ago" however slow the machine.
+pub(crate) fn folder_with_settle(
+    dir: &Path,
+    content: Arc<dyn Content>,
+    settle: Duration,
+) -> Arc<Folder> {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut cfg = testing::folder_config(&root, FolderMode::SendReceive);
+    cfg.settle = settle;
+    let index = Index::open(&dir.join("index.redb")).unwrap();
+    let folder = Folder::new(cfg, index, content, ME).unwrap();
+    folder.fs.ensure_reserved().unwrap();
+    folder
+}
+
+/// A folder whose files are hashed as soon as they are written.
+pub(crate) fn quick_folder(dir: &Path, content: Arc<dyn Content>) -> Arc<Folder> {
+    folder_with_settle(dir, content, Duration::ZERO)
+}
+
+pub(crate) fn write(folder: &Folder, rel: &str, bytes: &[u8]) -> PathBuf {
+    let p = folder.fs.abs(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn record(folder: &Folder, rel: &str) -> Option<Record> {
+    folder.index.get(folder.id(), rel).unwrap()
+}
+
+fn paths(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn refs_links(folder: &Folder) -> Vec<String> {
+    let rd = std::fs::read_dir(folder.fs.refs_dir()).unwrap();
+    rd.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect()
+}
+
+/// [`FakeContent`] that counts imports, and can fail them or modify the
+/// file while it is being imported.
+#[derive(Debug, Default)]
+struct Probe {
+    inner: FakeContent,
+    imports: AtomicUsize,
+    fail: AtomicBool,
+    panic: AtomicBool,
+    write_during_import: AtomicBool,
+}
+
+#[async_trait]
+impl Content for Probe {
+    fn providers(&self) -> Vec<EndpointId> {
+        self.inner.providers()
+    }
+    async fn has(&self, hash: Hash) -> Result<bool, StoreError> {
+        self.inner.has(hash).await
+    }
+    async fn import(&self, path: PathBuf) -> Result<(Hash, Hold), StoreError> {
+        self.imports.fetch_add(1, Ordering::Relaxed);
+        if self.write_during_import.load(Ordering::Relaxed) {
+            // `path` is the refs link: the same inode as the user's file.
+            let mut f = std::fs::File::options().append(true).open(&path)?;
+            std::io::Write::write_all(&mut f, b" and more")?;
+        }
+        assert!(!self.panic.load(Ordering::Relaxed), "import panics (test)");
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("store is broken").into());
+        }
+        self.inner.import(path).await
+    }
+    async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError> {
+        self.inner.export(hash, target).await
+    }
+    async fn fetch(
+        &self,
+        peer: EndpointId,
+        hash: Hash,
+        progress: &std::sync::atomic::AtomicU64,
+    ) -> Result<u64, FetchError> {
+        self.inner.fetch(peer, hash, progress).await
+    }
+    async fn fetch_many(
+        &self,
+        peer: EndpointId,
+        items: Vec<(Hash, PathBuf)>,
+    ) -> Result<(Vec<Hash>, u64), FetchError> {
+        self.inner.fetch_many(peer, items).await
+    }
+    async fn fetch_direct(
+        &self,
+        peer: EndpointId,
+        hash: Hash,
+        file: &std::fs::File,
+        progress: &std::sync::atomic::AtomicU64,
+    ) -> Result<u64, FetchError> {
+        self.inner.fetch_direct(peer, hash, file, progress).await
+    }
+}
+
+#[tokio::test]
+async fn a_new_file_is_committed_with_a_bumped_vector_and_a_refs_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = FakeContent::new();
+    let folder = quick_folder(dir.path(), content.clone());
+    write(&folder, "a.txt", b"hello");
+    let out = hash_batch(folder.clone(), paths(&["a.txt"])).await;
+    assert_eq!(out.committed, 1, "{out:?}");
+    assert!(out.deferred.is_empty() && out.failed.is_empty());
+    let r = record(&folder, "a.txt").expect("recorded");
+    assert_eq!(r.entry.kind, EntryKind::File);
+    assert_eq!(r.entry.version, VersionVector::new().bump(ME));
+    assert_eq!(r.entry.hash, Some(*Hash::new(b"hello").as_bytes()));
+    assert_eq!(r.entry.size, 5);
+    assert!(content.in_store(&Hash::new(b"hello")));
+    let link = r.refs.expect("a refs link");
+    assert_eq!(refs_links(&folder), vec![link.clone()]);
+    let linked = std::fs::read(folder.fs.refs_dir().join(link)).unwrap();
+    assert_eq!(linked, b"hello");
+    // An edit is a new version on top.
+    write(&folder, "a.txt", b"hello again");
+    assert_eq!(
+        hash_batch(folder.clone(), paths(&["a.txt"]))
+            .await
+            .committed,
+        1
+    );
+    let r = record(&folder, "a.txt").unwrap();
+    assert_eq!(r.entry.version.get(ME), 2);
+}
+
+#[tokio::test]
+async fn an_unchanged_file_is_skipped_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    write(&folder, "a", b"content");
+    assert_eq!(hash_batch(folder.clone(), paths(&["a"])).await.committed, 1);
+    assert_eq!(probe.imports.load(Ordering::Relaxed), 1);
+    let out = hash_batch(folder.clone(), paths(&["a"])).await;
+    assert_eq!(out.committed, 0);
+    assert!(out.deferred.is_empty() && out.failed.is_empty());
+    assert_eq!(probe.imports.load(Ordering::Relaxed), 1, "not read again");
+}
+
+#[tokio::test]
+async fn a_file_changed_while_being_hashed_is_deferred() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    write(&folder, "a", b"first");
+    probe.write_during_import.store(true, Ordering::Relaxed);
+    let out = hash_batch(folder.clone(), paths(&["a"])).await;
+    assert_eq!(out.committed, 0);
+    assert_eq!(out.deferred, paths(&["a"]));
+    assert!(record(&folder, "a").is_none());
+    assert!(refs_links(&folder).is_empty(), "its link is removed");
+}
+
+#[tokio::test]
+async fn a_new_directorys_contents_are_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = quick_folder(dir.path(), FakeContent::new());
+    write(&folder, "d/a", b"a");
+    write(&folder, "d/e/b", b"b");
+    let out = hash_batch(folder.clone(), paths(&["d"])).await;
+    assert_eq!(out.committed, 4, "{out:?}");
+    assert_eq!(
+        record(&folder, "d/e").unwrap().entry.kind,
+        EntryKind::Directory
+    );
+    assert_eq!(record(&folder, "d/e/b").unwrap().entry.size, 1);
+}
+
+#[tokio::test]
+async fn a_deleted_directory_tombstones_its_indexed_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = quick_folder(dir.path(), FakeContent::new());
+    write(&folder, "d/a", b"a");
+    write(&folder, "d/e/b", b"b");
+    write(&folder, "other", b"o");
+    assert_eq!(
+        hash_batch(folder.clone(), paths(&["d", "other"]))
+            .await
+            .committed,
+        5
+    );
+    std::fs::remove_dir_all(folder.fs.abs("d")).unwrap();
+    let out = hash_batch(folder.clone(), paths(&["d"])).await;
+    assert_eq!(out.committed, 4, "{out:?}");
+    for p in ["d", "d/a", "d/e", "d/e/b"] {
+        let r = record(&folder, p).unwrap();
+        assert!(r.entry.deleted, "{p} is a tombstone");
+        assert_eq!(r.entry.version.get(ME), 2);
+    }
+    assert!(!record(&folder, "other").unwrap().entry.deleted);
+}
+
+#[tokio::test]
+async fn a_path_the_receiver_is_applying_is_deferred() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = quick_folder(dir.path(), FakeContent::new());
+    write(&folder, "a", b"being written by the receiver");
+    let guard = ApplyGuard::new(&folder, "a");
+    let out = hash_batch(folder.clone(), paths(&["a"])).await;
+    assert_eq!(out.deferred, paths(&["a"]));
+    assert_eq!(out.committed, 0);
+    assert!(record(&folder, "a").is_none());
+    drop(guard);
+    assert_eq!(hash_batch(folder.clone(), paths(&["a"])).await.committed, 1);
+}
+
+#[tokio::test]
+async fn an_ignored_path_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = quick_folder(dir.path(), FakeContent::new());
+    write(&folder, ".fleetsyncignore", b"*.log\nbuild/\n");
+    folder.reload_ignore();
+    write(&folder, "a.log", b"noise");
+    write(&folder, "build/x.o", b"obj");
+    write(&folder, "keep", b"k");
+    let out = hash_batch(folder.clone(), paths(&["a.log", "build", "keep"])).await;
+    assert_eq!(out.committed, 1, "{out:?}");
+    assert!(out.deferred.is_empty() && out.failed.is_empty());
+    assert!(record(&folder, "a.log").is_none());
+    assert!(record(&folder, "build").is_none());
+    assert!(record(&folder, "build/x.o").is_none());
+}
+
+#[tokio::test]
+async fn a_file_written_moments_ago_is_deferred() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = folder_with_settle(dir.path(), probe.clone(), Duration::from_secs(600));
+    write(&folder, "fresh", b"still being written?");
+    let old = write(&folder, "old", b"written long ago");
+    let f = std::fs::File::options().write(true).open(old).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let out = hash_batch(folder.clone(), paths(&["fresh", "old"])).await;
+    assert_eq!(out.deferred, paths(&["fresh"]));
+    assert_eq!(out.committed, 1);
+    assert_eq!(
+        probe.imports.load(Ordering::Relaxed),
+        1,
+        "fresh was not read"
+    );
+}
+
+/// Point `l` at `target` through a rename, so the link gets a new inode
+/// even if the old one is about to be freed (a reused inode and a coarse
+/// mtime could leave the stat unchanged).
+fn relink(folder: &Folder, target: &str) {
+    let tmp = folder.fs.abs("l.new");
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, folder.fs.abs("l")).unwrap();
+}
+
+#[tokio::test]
+async fn a_symlink_is_a_new_version_only_when_its_target_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = quick_folder(dir.path(), FakeContent::new());
+    relink(&folder, "t1");
+    assert_eq!(hash_batch(folder.clone(), paths(&["l"])).await.committed, 1);
+    // Recreated with the same target: a new stat, so it is read, and the
+    // index finds it already recorded.
+    relink(&folder, "t1");
+    let out = hash_batch(folder.clone(), paths(&["l"])).await;
+    assert_eq!(out.committed, 0, "{out:?}");
+    relink(&folder, "t2");
+    assert_eq!(hash_batch(folder.clone(), paths(&["l"])).await.committed, 1);
+    let r = record(&folder, "l").unwrap();
+    assert_eq!(r.entry.symlink_target.as_deref(), Some("t2"));
+    assert_eq!(r.entry.version.get(ME), 2);
+}
+
+/// Regression: a file the store could not import (unreadable, the store
+/// failing) came back as `deferred`, so the watcher re-marked it and the
+/// hasher tried again every `settle`, forever. A file that is unchanged
+/// after a failed import is now `failed` (retried after a backoff); one
+/// that changed or vanished meanwhile still settles again.
+#[tokio::test]
+async fn an_unimportable_file_backs_off_instead_of_retrying_every_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    write(&folder, "a", b"cannot be imported");
+    probe.fail.store(true, Ordering::Relaxed);
+    let out = hash_batch(folder.clone(), paths(&["a"])).await;
+    assert_eq!(out.failed, paths(&["a"]));
+    assert!(out.deferred.is_empty());
+    assert!(refs_links(&folder).is_empty(), "its link is removed");
+    assert!(folder
+        .status
+        .last_error()
+        .unwrap()
+        .contains("store is broken"));
+    probe.write_during_import.store(true, Ordering::Relaxed);
+    let out = hash_batch(folder.clone(), paths(&["a"])).await;
+    assert_eq!(out.deferred, paths(&["a"]), "it changed: settle again");
+    assert!(out.failed.is_empty());
+}
+
+#[tokio::test]
+async fn a_hash_task_that_panics_returns_its_paths_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    write(&folder, "a", b"a");
+    write(&folder, "b", b"b");
+    probe.panic.store(true, Ordering::Relaxed);
+    let out = hash_batch_guarded(folder.clone(), paths(&["a", "b"])).await;
+    assert_eq!(out.failed, paths(&["a", "b"]));
+    assert_eq!(out.committed, 0);
+    probe.panic.store(false, Ordering::Relaxed);
+    let out = hash_batch_guarded(folder.clone(), out.failed).await;
+    assert_eq!(out.committed, 2, "{out:?}");
+}
+
+#[tokio::test]
+async fn a_new_directory_skips_names_no_peer_could_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = quick_folder(dir.path(), FakeContent::new());
+    write(&folder, "d/ok", b"ok");
+    write(&folder, "d/back\\slash", b"unsyncable");
+    let out = hash_batch(folder.clone(), paths(&["d"])).await;
+    assert_eq!(out.committed, 2, "{out:?}");
+    assert!(out.failed.is_empty(), "not retried forever: {out:?}");
+    assert!(record(&folder, "d/ok").is_some());
+}
+
+/// Regression: when the index commit of a hashed chunk failed, the hasher
+/// only logged it; the paths came back neither deferred nor failed, so
+/// the change waited for the hourly rescan. Now they come back `failed`,
+/// and the watcher's settle state marks them again after a backoff.
+///
+/// How the commit is made to fail: the real `Index::commit` refuses a
+/// folder that was never initialised in that index. `Folder::new` always
+/// initialises its folder, so the test swaps the (public) `index` field
+/// of a fresh, not yet shared `Folder` for a second index that has never
+/// seen the folder, then swaps the right one back. Permissions cannot
+/// make redb fail here: the tests run as root, and redb keeps its file
+/// open. Reads of the empty index work (the path is simply new), so only
+/// the commit fails, as a full disk or an I/O error would.
+#[tokio::test]
+async fn a_failed_hash_commit_is_retried_not_left_for_the_rescan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut folder = quick_folder(dir.path(), FakeContent::new());
+    let blank = Index::open(&dir.path().join("blank.redb")).unwrap();
+    let good = std::mem::replace(&mut Arc::get_mut(&mut folder).unwrap().index, blank);
+    write(&folder, "a", b"hashed, then the commit fails");
+    std::fs::create_dir(folder.fs.abs("d")).unwrap();
+
+    let out = hash_batch(folder.clone(), paths(&["a", "d"])).await;
+    assert_eq!(out.committed, 0);
+    let mut failed = out.failed.clone();
+    failed.sort();
+    assert_eq!(failed, paths(&["a", "d"]), "{out:?}");
+    assert!(out.deferred.is_empty());
+    assert!(
+        refs_links(&folder).is_empty(),
+        "the chunk's links are removed"
+    );
+    assert!(folder.status.last_error().unwrap().contains("index commit"));
+
+    // The watcher retries them after the backoff, not at the next rescan.
+    let mut settle = Settle::new(folder.cfg.settle);
+    let t0 = Instant::now();
+    settle.batch_done(out.failed, t0);
+    assert!(settle.due(t0).is_empty());
+    let t1 = t0 + RETRY_FIRST;
+    assert_eq!(settle.next_wake(t0), Some(t1));
+    settle.retry_due(t1);
+    let mut due = settle.due(t1);
+    due.sort();
+    assert_eq!(due, paths(&["a", "d"]));
+    let looks: Vec<_> = due
+        .iter()
+        .map(|p| (p.clone(), folder.fs.lstat(p).unwrap()))
+        .collect();
+    settle.looked(looks.clone(), t1, t1);
+    settle.looked(looks, t1, t1);
+    let batch = settle.next_batch(10);
+
+    // The index works again: the retried batch commits both.
+    Arc::get_mut(&mut folder).unwrap().index = good;
+    let out = hash_batch(folder.clone(), batch).await;
+    assert_eq!(out.committed, 2, "{out:?}");
+    assert!(out.failed.is_empty());
+    assert!(record(&folder, "a").is_some() && record(&folder, "d").is_some());
+}
+
+#[test]
+fn observations_go_with_the_first_chunk_and_files_are_chunked() {
+    let meta = Meta {
+        kind: EntryKind::File,
+        stat: crate::record::LocalStat {
+            size: 1,
+            mtime_ns: 1,
+            ino: 1,
+            mode: 0o644,
+        },
+    };
+    let files: Vec<_> = (0..COMMIT_CHUNK * 2 + 1)
+        .map(|i| (i.to_string(), meta))
+        .collect();
+    let observed = vec![("gone".to_string(), Observed::Gone)];
+    let c = chunks(observed, files);
+    let sizes: Vec<_> = c.iter().map(|(o, f)| (o.len(), f.len())).collect();
+    assert_eq!(sizes, vec![(1, COMMIT_CHUNK), (0, COMMIT_CHUNK), (0, 1)]);
+    assert_eq!(c[2].1[0].0, (COMMIT_CHUNK * 2).to_string());
+    assert_eq!(chunks(vec![("x".into(), Observed::Gone)], vec![]).len(), 1);
+    assert!(chunks(vec![], vec![]).is_empty());
+}

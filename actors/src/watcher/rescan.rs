@@ -1,0 +1,176 @@
+//! The rescan: walk the whole folder and compare it with the index, for
+//! what notifications missed (start-up, overflow, the periodic safety net).
+//! Blocking; the watcher runs it on the blocking pool.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use fleetsync_mesh::model::EntryKind;
+use tracing::warn;
+
+use crate::{
+    folder::Folder,
+    index::{now_ns, IndexError},
+    record::{disk_matches, DiskState, Record},
+    rt::TaskError,
+    scan,
+};
+
+/// Walk errors logged per scan (the rest are counted out of the log: a
+/// tree of unreadable directories would otherwise flood it every hour).
+const SCAN_ERRORS_LOGGED: usize = 5;
+
+/// Paths a rescan found different from the index.
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    /// New, changed or deleted: ready for the hasher.
+    pub changed: Vec<String>,
+    /// Files written moments ago: they settle first.
+    pub fresh: Vec<String>,
+}
+
+/// Why a rescan found nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScanError {
+    /// The folder is not there (an unmounted disk?): the folder is put in
+    /// a fault state rather than synced as empty.
+    #[error("folder marker {}/.fleetsync is missing: is the disk mounted? (if the folder was emptied on purpose: mkdir {}/.fleetsync)", root.display(), root.display())]
+    MarkerMissing { root: PathBuf },
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+/// Compare the disk with the index; return the paths worth hashing. A
+/// missing folder marker puts the folder in a fault state.
+pub fn scan_folder(folder: &Folder) -> Result<ScanResult, ScanError> {
+    if folder.fault().is_some() {
+        return Ok(ScanResult::default());
+    }
+    if !folder.fs.has_marker() {
+        let e = ScanError::MarkerMissing {
+            root: folder.cfg.path.clone(),
+        };
+        warn!(folder = folder.id(), "{e}; sync paused");
+        folder.set_fault(Some(e.to_string()));
+        return Err(e);
+    }
+    let mut known = live_records(folder)?;
+    let (found, errors) = scan::walk(&folder.cfg.path, &folder.ignore());
+    for e in errors.iter().take(SCAN_ERRORS_LOGGED) {
+        warn!(folder = folder.id(), "scan: {e}");
+    }
+    let mut out = ScanResult::default();
+    let now = now_ns();
+    for (rel, meta) in found {
+        let disk = DiskState::Present(meta);
+        if disk_matches(&disk, known.remove(&rel).as_ref()) {
+            continue;
+        }
+        if meta.kind == EntryKind::File
+            && scan::written_moments_ago(meta.stat.mtime_ns, now, folder.cfg.settle)
+        {
+            out.fresh.push(rel);
+        } else {
+            out.changed.push(rel);
+        }
+    }
+    // Known but not found: deleted while we were not looking.
+    out.changed.extend(known.into_keys());
+    Ok(out)
+}
+
+/// The index's records of paths that exist (not tombstones), by path.
+fn live_records(folder: &Folder) -> Result<HashMap<String, Record>, IndexError> {
+    let mut known = HashMap::new();
+    folder.index.for_each(folder.id(), |r| {
+        if !r.entry.deleted {
+            known.insert(r.entry.path.clone(), r.clone());
+        }
+    })?;
+    Ok(known)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hasher::{hash_batch, tests::folder_with_settle},
+        testing::{self, FakeContent},
+    };
+    use std::time::{Duration, SystemTime};
+
+    fn set_mtime_past(path: &std::path::Path) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn scan_folder_finds_new_changed_and_deleted_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        // Long enough that "fresh" is surely written moments ago; the
+        // other files are an hour old.
+        let settle = Duration::from_secs(600);
+        let folder = folder_with_settle(dir.path(), FakeContent::new(), settle);
+        let root = folder.cfg.path.clone();
+        for name in ["same", "edited", "gone"] {
+            std::fs::write(root.join(name), name).unwrap();
+            set_mtime_past(&root.join(name));
+        }
+        std::fs::create_dir(root.join("d")).unwrap();
+        let paths = ["same", "edited", "gone", "d"].map(String::from).to_vec();
+        let out = hash_batch(folder.clone(), paths).await;
+        assert_eq!(out.committed, 4, "{out:?}");
+        assert!(scan_folder(&folder).unwrap().changed.is_empty());
+
+        std::fs::write(root.join("edited"), "longer now").unwrap();
+        set_mtime_past(&root.join("edited"));
+        std::fs::remove_file(root.join("gone")).unwrap();
+        std::fs::write(root.join("new"), "n").unwrap();
+        set_mtime_past(&root.join("new"));
+        std::fs::write(root.join("fresh"), "still being written").unwrap();
+        let out = scan_folder(&folder).unwrap();
+        assert_eq!(sorted(out.changed), vec!["edited", "gone", "new"]);
+        assert_eq!(out.fresh, vec!["fresh".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn scan_folder_treats_a_directory_with_other_special_bits_as_unchanged() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let folder = testing::folder(dir.path(), FakeContent::new());
+        let d = folder.cfg.path.join("d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            hash_batch(folder.clone(), vec!["d".into()]).await.committed,
+            1
+        );
+        // setgid is never synced: the same record, by the one rule.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2755)).unwrap();
+        assert!(scan_folder(&folder).unwrap().changed.is_empty());
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(scan_folder(&folder).unwrap().changed, vec!["d".to_string()]);
+    }
+
+    #[test]
+    fn scan_folder_reports_a_missing_folder_marker_as_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = testing::folder(dir.path(), FakeContent::new());
+        std::fs::write(folder.cfg.path.join("a"), "a").unwrap();
+        std::fs::remove_dir_all(folder.cfg.path.join(".fleetsync")).unwrap();
+        let err = scan_folder(&folder).unwrap_err();
+        assert!(matches!(err, ScanError::MarkerMissing { .. }), "{err}");
+        let fault = folder.fault().expect("folder is in a fault state");
+        assert!(fault.contains("is the disk mounted"), "{fault}");
+        // Faulted: later scans find nothing rather than "everything deleted".
+        assert!(scan_folder(&folder).unwrap().changed.is_empty());
+    }
+}

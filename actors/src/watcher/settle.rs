@@ -1,0 +1,374 @@
+//! The settle rule as plain state, with no I/O and no actix: every method
+//! takes the current `Instant`, so it is tested with explicit times. The
+//! watcher actor feeds it events, `lstat` results and hasher outcomes, and
+//! does the I/O it asks for.
+//!
+//! - Dirty paths: when each last changed and what its last `lstat` showed.
+//!   A marked path gets a first look at once (to learn what it is); it is
+//!   ready only once a look `settle` or more after its last change shows
+//!   the same `DiskState` as the look before. A look that shows something
+//!   else restarts the window. At most [`MAX_DIRTY`] paths are tracked:
+//!   past that, [`Settle::mark`] drops them all and asks for a rescan.
+//! - Ready paths: sorted, handed to the hasher in batches
+//!   ([`Settle::next_batch`]).
+//! - Failed paths (the hasher could not import or commit them): marked
+//!   again after a backoff that doubles from [`RETRY_FIRST`] to
+//!   [`RETRY_MAX`] while failures continue, and resets on a batch without
+//!   failures.
+//! - [`Settle::next_wake`]: the exact time the next of these is due.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use crate::record::DiskState;
+
+/// Most paths tracked one by one before falling back to a rescan: the map
+/// costs ~100 bytes a path, so this bounds it to ~10 MB, and a change that
+/// touches more paths than this is cheaper to find by one walk anyway.
+pub const MAX_DIRTY: usize = 100_000;
+
+/// First wait before failed paths are looked at again: long enough not to
+/// spin on a broken index or store, short enough that a passing failure
+/// (a full disk that was cleaned up) costs about a second.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// Longest wait between retries of failed paths (the receiver's backoff
+/// cap too): a lasting failure costs one attempt a minute.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// What [`Settle::mark`] did with a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// It is tracked; it is due for its first look at once.
+    Tracked,
+    /// Too many paths were tracked: all of them were dropped, and only a
+    /// rescan finds what changed now.
+    Overflow,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dirty {
+    /// The last event, or the last look that saw something new.
+    changed: Instant,
+    /// What the last look showed (`None`: not looked at yet).
+    seen: Option<DiskState>,
+}
+
+/// Failed paths waiting for their retry, and the current backoff.
+#[derive(Debug)]
+struct Retry {
+    paths: BTreeSet<String>,
+    at: Option<Instant>,
+    delay: Duration,
+}
+
+#[derive(Debug)]
+pub struct Settle {
+    settle: Duration,
+    max_dirty: usize,
+    dirty: HashMap<String, Dirty>,
+    ready: BTreeSet<String>,
+    retry: Retry,
+}
+
+impl Settle {
+    pub fn new(settle: Duration) -> Self {
+        Self::with_max_dirty(settle, MAX_DIRTY)
+    }
+
+    /// [`Settle::new`] with another bound on tracked paths (tests).
+    pub fn with_max_dirty(settle: Duration, max_dirty: usize) -> Self {
+        Settle {
+            settle,
+            max_dirty,
+            dirty: HashMap::new(),
+            ready: BTreeSet::new(),
+            retry: Retry {
+                paths: BTreeSet::new(),
+                at: None,
+                delay: RETRY_FIRST,
+            },
+        }
+    }
+
+    /// Something happened at `rel` at `now`: (re)start its window.
+    pub fn mark(&mut self, rel: String, now: Instant) -> Marked {
+        if self.dirty.len() >= self.max_dirty {
+            self.dirty.clear();
+            return Marked::Overflow;
+        }
+        self.dirty.insert(
+            rel,
+            Dirty {
+                changed: now,
+                seen: None,
+            },
+        );
+        Marked::Tracked
+    }
+
+    /// Paths due for an `lstat` at `now`: never looked at, or settled.
+    pub fn due(&self, now: Instant) -> Vec<String> {
+        self.dirty
+            .iter()
+            .filter(|(_, d)| d.seen.is_none() || now.duration_since(d.changed) >= self.settle)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// The `lstat` results for paths [`Settle::due`] returned at `asked`,
+    /// arriving at `now`. A path is ready once it showed the same thing
+    /// twice, the second time `settle` after its last change; anything
+    /// new restarts its window.
+    pub fn looked(&mut self, results: Vec<(String, DiskState)>, asked: Instant, now: Instant) {
+        for (rel, disk) in results {
+            let Some(d) = self.dirty.get_mut(&rel) else {
+                continue;
+            };
+            if d.changed > asked {
+                continue; // an event arrived while we looked: look again
+            }
+            match d.seen {
+                Some(prev) if prev == disk && now.duration_since(d.changed) >= self.settle => {
+                    self.dirty.remove(&rel);
+                    self.ready.insert(rel);
+                }
+                Some(prev) if prev == disk => {}
+                Some(_) => {
+                    d.seen = Some(disk);
+                    d.changed = now;
+                }
+                None => d.seen = Some(disk),
+            }
+        }
+    }
+
+    /// When the next dirty path or retry is due (`now` if one is due
+    /// already); `None` if nothing is waiting.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let dirty = self.dirty.values().map(|d| match d.seen {
+            None => now,
+            Some(_) => d.changed + self.settle,
+        });
+        dirty.chain(self.retry.at).min()
+    }
+
+    /// Paths that need no settling (a scan found them changed, a batch
+    /// came back undelivered).
+    pub fn add_ready(&mut self, paths: impl IntoIterator<Item = String>) {
+        self.ready.extend(paths);
+    }
+
+    /// Take up to `max` ready paths, in path order.
+    pub fn next_batch(&mut self, max: usize) -> Vec<String> {
+        let mut batch = Vec::with_capacity(max.min(self.ready.len()));
+        while batch.len() < max {
+            match self.ready.pop_first() {
+                Some(p) => batch.push(p),
+                None => break,
+            }
+        }
+        batch
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// A hasher batch came back at `now` with these paths failed: they are
+    /// looked at again after the backoff, which doubles while failures
+    /// continue. A batch without failures resets the backoff.
+    pub fn batch_done(&mut self, failed: Vec<String>, now: Instant) {
+        if failed.is_empty() {
+            self.retry.delay = RETRY_FIRST;
+            return;
+        }
+        self.retry.paths.extend(failed);
+        if self.retry.at.is_none() {
+            self.retry.at = Some(now + self.retry.delay);
+        }
+        self.retry.delay = (self.retry.delay * 2).min(RETRY_MAX);
+    }
+
+    /// Mark the failed paths whose backoff is over at `now`.
+    pub fn retry_due(&mut self, now: Instant) -> Marked {
+        if self.retry.at.is_none_or(|at| at > now) {
+            return Marked::Tracked;
+        }
+        self.retry.at = None;
+        for rel in std::mem::take(&mut self.retry.paths) {
+            if self.mark(rel, now) == Marked::Overflow {
+                return Marked::Overflow;
+            }
+        }
+        Marked::Tracked
+    }
+
+    #[cfg(test)]
+    fn is_dirty(&self, rel: &str) -> bool {
+        self.dirty.contains_key(rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{LocalStat, Meta};
+    use fleetsync_mesh::model::EntryKind;
+
+    const SETTLE: Duration = Duration::from_millis(200);
+
+    fn file(size: u64) -> DiskState {
+        DiskState::Present(Meta {
+            kind: EntryKind::File,
+            stat: LocalStat {
+                size,
+                mtime_ns: 1,
+                ino: 1,
+                mode: 0o644,
+            },
+        })
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Mark `a` at `t0` and take its first look there: it is then settling.
+    fn settling(t0: Instant, disk: DiskState) -> Settle {
+        let mut s = Settle::new(SETTLE);
+        assert_eq!(s.mark("a".into(), t0), Marked::Tracked);
+        s.looked(vec![("a".into(), disk)], t0, t0);
+        s
+    }
+
+    #[test]
+    fn a_marked_path_gets_its_first_look_at_once() {
+        let t0 = Instant::now();
+        let mut s = Settle::new(SETTLE);
+        s.mark("a".into(), t0);
+        assert_eq!(s.due(t0), vec!["a".to_string()]);
+        assert_eq!(s.next_wake(t0), Some(t0));
+        s.looked(vec![("a".into(), file(1))], t0, t0);
+        assert!(!s.has_ready(), "one look is not settled");
+        assert!(s.due(t0 + ms(1)).is_empty());
+    }
+
+    #[test]
+    fn a_path_is_not_ready_before_settle_and_is_after() {
+        let t0 = Instant::now();
+        let mut s = settling(t0, file(1));
+        assert!(s.due(t0 + SETTLE - ms(1)).is_empty());
+        // A look that arrives early (the timer fired late for another path)
+        // does not hand it on either.
+        s.looked(vec![("a".into(), file(1))], t0 + ms(10), t0 + ms(10));
+        assert!(!s.has_ready());
+        assert_eq!(s.due(t0 + SETTLE), vec!["a".to_string()]);
+        s.looked(vec![("a".into(), file(1))], t0 + SETTLE, t0 + SETTLE);
+        assert_eq!(s.next_batch(10), vec!["a".to_string()]);
+        assert_eq!(s.next_wake(t0 + SETTLE), None);
+    }
+
+    #[test]
+    fn a_change_seen_at_the_second_look_restarts_the_window() {
+        let t0 = Instant::now();
+        let mut s = settling(t0, file(1));
+        let t1 = t0 + SETTLE;
+        s.looked(vec![("a".into(), file(2))], t1, t1);
+        assert!(!s.has_ready(), "still being written");
+        assert_eq!(s.next_wake(t1), Some(t1 + SETTLE));
+        s.looked(vec![("a".into(), file(2))], t1 + SETTLE, t1 + SETTLE);
+        assert!(s.has_ready());
+    }
+
+    #[test]
+    fn a_new_event_restarts_the_window_and_a_look_asked_before_it_is_ignored() {
+        let t0 = Instant::now();
+        let mut s = settling(t0, file(1));
+        let asked = t0 + SETTLE;
+        let event = asked + ms(1);
+        s.mark("a".into(), event);
+        // The look asked before the event reports the old state: ignored.
+        s.looked(vec![("a".into(), file(1))], asked, event + ms(1));
+        assert!(!s.has_ready());
+        assert_eq!(
+            s.next_wake(event + ms(1)),
+            Some(event + ms(1)),
+            "first look again"
+        );
+        s.looked(vec![("a".into(), file(1))], event + ms(1), event + ms(1));
+        assert_eq!(s.next_wake(event + ms(1)), Some(event + SETTLE));
+    }
+
+    #[test]
+    fn the_next_wake_up_is_the_earliest_due_time() {
+        let t0 = Instant::now();
+        let mut s = Settle::new(SETTLE);
+        assert_eq!(s.next_wake(t0), None);
+        s.mark("late".into(), t0 + ms(50));
+        s.mark("early".into(), t0);
+        let t1 = t0 + ms(50);
+        s.looked(
+            vec![("early".into(), file(1)), ("late".into(), file(1))],
+            t1,
+            t1,
+        );
+        assert_eq!(s.next_wake(t1), Some(t0 + SETTLE));
+        s.batch_done(vec!["x".into()], t1);
+        assert_eq!(s.next_wake(t1), Some(t0 + SETTLE), "retry is later");
+        s.mark("new".into(), t1 + ms(5));
+        assert_eq!(s.next_wake(t1 + ms(6)), Some(t1 + ms(6)), "first look now");
+    }
+
+    #[test]
+    fn too_many_dirty_paths_drop_them_all_and_ask_for_a_rescan() {
+        let t0 = Instant::now();
+        let mut s = Settle::with_max_dirty(SETTLE, 3);
+        for p in ["a", "b", "c"] {
+            assert_eq!(s.mark(p.into(), t0), Marked::Tracked);
+        }
+        assert_eq!(s.mark("d".into(), t0), Marked::Overflow);
+        assert!(s.due(t0).is_empty());
+        assert_eq!(s.next_wake(t0), None);
+        assert_eq!(s.mark("e".into(), t0), Marked::Tracked, "room again");
+    }
+
+    #[test]
+    fn ready_paths_go_out_in_bounded_sorted_batches() {
+        let mut s = Settle::new(SETTLE);
+        s.add_ready(["c", "a", "b"].map(String::from));
+        assert_eq!(s.next_batch(2), vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(s.next_batch(2), vec!["c".to_string()]);
+        assert!(!s.has_ready());
+        assert!(s.next_batch(2).is_empty());
+    }
+
+    #[test]
+    fn failed_paths_are_marked_again_after_a_backoff_that_doubles_and_resets() {
+        let t0 = Instant::now();
+        let mut s = Settle::new(SETTLE);
+        s.batch_done(vec!["f".into()], t0);
+        assert_eq!(s.next_wake(t0), Some(t0 + RETRY_FIRST));
+        assert_eq!(s.retry_due(t0 + RETRY_FIRST - ms(1)), Marked::Tracked);
+        assert!(!s.is_dirty("f"), "not before the backoff");
+        s.retry_due(t0 + RETRY_FIRST);
+        assert!(s.is_dirty("f"));
+        assert_eq!(s.due(t0 + RETRY_FIRST), vec!["f".to_string()]);
+        // It fails again: twice as long.
+        let t1 = t0 + ms(1500);
+        s.batch_done(vec!["f".into()], t1);
+        assert_eq!(s.retry.at, Some(t1 + 2 * RETRY_FIRST));
+        for _ in 0..10 {
+            s.retry.at = None;
+            s.batch_done(vec!["f".into()], t1);
+        }
+        assert_eq!(s.retry.at, Some(t1 + RETRY_MAX), "capped");
+        // A batch without failures resets the backoff.
+        s.batch_done(vec![], t1);
+        s.retry.at = None;
+        s.batch_done(vec!["g".into()], t1);
+        assert_eq!(s.retry.at, Some(t1 + RETRY_FIRST));
+    }
+}
