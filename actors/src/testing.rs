@@ -27,12 +27,21 @@ use crate::{
 /// This node's short id in tests.
 pub const ME: ShortId = ShortId(7 << 56);
 
+/// How the fake store holds a blob: fetched bytes, or a file referenced
+/// in place (like the real store's `TryReference` import: if the file is
+/// edited afterwards, the store hands out the edited bytes).
+#[derive(Debug, Clone)]
+enum Stored {
+    Bytes(Vec<u8>),
+    Referenced(PathBuf),
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// What each connected peer can serve.
     peers: BTreeMap<EndpointId, HashMap<Hash, Vec<u8>>>,
     /// The local blob store.
-    store: HashMap<Hash, Vec<u8>>,
+    store: HashMap<Hash, Stored>,
     /// Fetches of these hashes deliver this many bytes, then fail.
     break_after: HashMap<Hash, u64>,
     /// Every fetch asked for, in order: (peer, hash).
@@ -123,15 +132,18 @@ impl Content for FakeContent {
     }
 
     async fn import(&self, path: PathBuf) -> Result<(Hash, Hold), StoreError> {
-        let bytes = std::fs::read(path)?;
-        let hash = Hash::new(&bytes);
-        self.state().store.insert(hash, bytes);
+        let hash = Hash::new(std::fs::read(&path)?);
+        self.state().store.insert(hash, Stored::Referenced(path));
         Ok((hash, Hold::new(())))
     }
 
     async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError> {
-        let bytes = self.state().store.get(&hash).cloned();
-        let bytes = bytes.ok_or_else(|| std::io::Error::other("not in the store"))?;
+        let stored = self.state().store.get(&hash).cloned();
+        let bytes = match stored {
+            Some(Stored::Bytes(b)) => b,
+            Some(Stored::Referenced(p)) => std::fs::read(p)?,
+            None => return Err(std::io::Error::other("not in the store").into()),
+        };
         std::fs::write(target, bytes)?;
         Ok(())
     }
@@ -146,7 +158,7 @@ impl Content for FakeContent {
             Ok(bytes) => {
                 progress.store(bytes.len() as u64, Ordering::Relaxed);
                 let n = bytes.len() as u64;
-                self.state().store.insert(hash, bytes);
+                self.state().store.insert(hash, Stored::Bytes(bytes));
                 Ok(n)
             }
             Err((part, e)) => {

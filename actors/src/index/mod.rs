@@ -183,7 +183,7 @@ pub enum Observed {
 /// One change in a [`Commit`]. Both kinds are resolved against the record
 /// as it is *inside* the write transaction, because the hasher and the
 /// receiver write the same paths concurrently.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Item {
     /// The hasher's observation: skipped if the index already says exactly
     /// this (e.g. the receiver wrote it), adopted from a matching pending
@@ -208,7 +208,7 @@ pub struct Local {
     pub receive_only: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Commit {
     pub items: Vec<Item>,
     /// Pending rows that need nothing done (ours is equal or newer).

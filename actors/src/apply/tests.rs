@@ -1,0 +1,508 @@
+//! The apply pipeline driven through the in-memory content fake: real
+//! folder, real index, real file system; peers and the store are fakes.
+
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+    sync::{atomic::Ordering, Arc},
+};
+
+use fleetsync_mesh::{
+    model::{EntryKind, FileEntry, ShortId, VersionVector},
+    EndpointId, Hash,
+};
+
+use super::*;
+use crate::content::Content;
+use crate::{
+    folder::Folder,
+    index::{Commit, Item, Released},
+    testing::{self, FakeContent, ME},
+};
+
+const PEER_SHORT: u64 = 9 << 56;
+
+fn entry(path: &str, kind: EntryKind, content: Option<&[u8]>, counter: u64) -> FileEntry {
+    FileEntry {
+        path: path.into(),
+        kind,
+        size: content.map_or(0, |c| c.len() as u64),
+        mtime_ns: 1_600_000_000_123_456_789,
+        mode: if kind == EntryKind::Directory { 0o750 } else { 0o640 },
+        hash: content.map(|c| *Hash::new(c).as_bytes()),
+        symlink_target: None,
+        deleted: false,
+        version: VersionVector::from_pairs([(ShortId(PEER_SHORT), counter)]),
+        modified_by: ShortId(PEER_SHORT),
+        sequence: counter,
+    }
+}
+
+fn file(path: &str, content: &[u8], counter: u64) -> FileEntry {
+    entry(path, EntryKind::File, Some(content), counter)
+}
+
+fn job(folder: &Folder, target: FileEntry, from: EndpointId) -> Job {
+    Job {
+        path: target.path.clone(),
+        local: folder.index.get(folder.id(), &target.path).unwrap(),
+        target,
+        conflict_copy: false,
+        verbatim: true,
+        from: *from.as_bytes(),
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    fake: Arc<FakeContent>,
+    folder: Arc<Folder>,
+    peer: EndpointId,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeContent::new();
+    let folder = testing::folder(dir.path(), fake.clone());
+    let peer = FakeContent::new_peer();
+    fake.connect(peer);
+    Fixture {
+        _dir: dir,
+        fake,
+        folder,
+        peer,
+    }
+}
+
+impl Fixture {
+    fn root(&self) -> &Path {
+        self.folder.fs.root()
+    }
+
+    fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.root().join(rel)).unwrap()
+    }
+
+    fn providers(&self) -> Vec<EndpointId> {
+        self.fake.providers()
+    }
+
+    /// Write a local file and record it in the index as ours (the state
+    /// the hasher would leave), so the disk matches the record.
+    fn local_file(&self, rel: &str, content: &[u8]) -> FileEntry {
+        std::fs::write(self.root().join(rel), content).unwrap();
+        let DiskStateFile(stat) = stat_of(self.root(), rel);
+        let mut e = file(rel, content, 1);
+        e.version = VersionVector::from_pairs([(ME, 1)]);
+        e.modified_by = ME;
+        e.mtime_ns = stat.mtime_ns;
+        self.commit(Record {
+            entry: e.clone(),
+            local: Some(stat),
+            local_changed: false,
+            received_from: None,
+            refs: None,
+        });
+        e
+    }
+
+    /// Make a directory and record it as ours.
+    fn local_dir(&self, rel: &str) {
+        std::fs::create_dir(self.root().join(rel)).unwrap();
+        let DiskStateFile(stat) = stat_of(self.root(), rel);
+        let mut e = entry(rel, EntryKind::Directory, None, 1);
+        e.mode = stat.mode;
+        self.commit(Record {
+            entry: e,
+            local: Some(stat),
+            local_changed: false,
+            received_from: None,
+            refs: None,
+        });
+    }
+
+    fn commit(&self, record: Record) {
+        let c = Commit {
+            items: vec![Item::Applied {
+                record,
+                note: "test".into(),
+                resolves: vec![],
+            }],
+            resolved: vec![],
+        };
+        self.folder
+            .index
+            .commit(self.folder.id(), c, self.folder.local())
+            .unwrap();
+    }
+
+    async fn apply(&self, j: Job) -> Outcome {
+        apply_one(&self.folder, j, &self.providers()).await
+    }
+}
+
+struct DiskStateFile(LocalStat);
+
+fn stat_of(root: &Path, rel: &str) -> DiskStateFile {
+    match crate::fsutil::FolderFs::new(root).lstat(rel).unwrap() {
+        crate::record::DiskState::Present(m) => DiskStateFile(m.stat),
+        other => panic!("{rel}: {other:?}"),
+    }
+}
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn files_under_root(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n != ".fleetsync")
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_new_file_is_fetched_verified_and_placed_with_mode_and_mtime() {
+    let fx = fixture();
+    fx.fake.serve(fx.peer, b"hello fleet");
+    let target = file("a.txt", b"hello fleet", 1);
+    let applied = fx.apply(job(&fx.folder, target.clone(), fx.peer)).await.unwrap();
+    assert_eq!(fx.read("a.txt"), b"hello fleet");
+    let meta = std::fs::metadata(fx.root().join("a.txt")).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o640);
+    assert_eq!(
+        meta.mtime() as i64 * 1_000_000_000 + meta.mtime_nsec(),
+        target.mtime_ns
+    );
+    let DiskStateFile(stat) = stat_of(fx.root(), "a.txt");
+    assert_eq!(applied.record.local, Some(stat), "record matches the disk");
+    assert_eq!(applied.record.entry, target);
+    let link = applied.record.refs.clone().expect("content kept in a refs link");
+    assert!(fx.folder.fs.refs_dir().join(link).is_file());
+    assert!(applied.note.starts_with("applied from"), "{}", applied.note);
+    assert_eq!(fx.folder.status.files_in.load(Ordering::Relaxed), 1);
+    assert_eq!(fx.folder.status.bytes_in.load(Ordering::Relaxed), 11);
+}
+
+#[tokio::test]
+async fn a_batch_of_small_files_is_fetched_once_each_and_placed_together() {
+    let fx = fixture();
+    std::fs::create_dir(fx.root().join("d")).unwrap();
+    let jobs: Vec<Job> = (0..20)
+        .map(|i| {
+            let content = format!("file {i}");
+            fx.fake.serve(fx.peer, content.as_bytes());
+            job(&fx.folder, file(&format!("d/{i}"), content.as_bytes(), 1), fx.peer)
+        })
+        .collect();
+    let out = apply_files(&fx.folder, jobs, &fx.providers(), Flush::Batch).await;
+    assert_eq!(out.len(), 20, "one outcome per job");
+    for (j, o) in &out {
+        assert!(o.is_ok(), "{}: {:?}", j.path, o.as_ref().err());
+        assert_eq!(fx.read(&j.path), format!("file {}", &j.path[2..]).as_bytes());
+    }
+    assert_eq!(fx.fake.fetches().len(), 20, "each content fetched exactly once");
+    assert_eq!(
+        std::fs::read_dir(fx.folder.fs.tmp_dir()).unwrap().count(),
+        0,
+        "no temp files left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_local_edit_made_during_the_apply_is_never_overwritten() {
+    let fx = fixture();
+    let mine = fx.local_file("a.txt", b"mine v1");
+    // The user edits the file after the remote change was decided.
+    let j = job(&fx.folder, file("a.txt", b"theirs", 2), fx.peer);
+    std::fs::write(fx.root().join("a.txt"), b"mine v2, not indexed yet").unwrap();
+    fx.fake.serve(fx.peer, b"theirs");
+    let e = fx.apply(j).await.unwrap_err();
+    assert!(matches!(e, ApplyError::LocalChange { .. }), "{e}");
+    assert_eq!(e.disposition(), Disposition::LocalRace);
+    assert_eq!(fx.read("a.txt"), b"mine v2, not indexed yet");
+    assert_eq!(mine.path, "a.txt");
+}
+
+#[tokio::test]
+async fn a_losing_local_file_is_kept_as_a_conflict_copy() {
+    let fx = fixture();
+    fx.local_file("notes.md", b"ours");
+    fx.fake.serve(fx.peer, b"theirs");
+    let mut j = job(&fx.folder, file("notes.md", b"theirs", 2), fx.peer);
+    j.conflict_copy = true;
+    let applied = fx.apply(j).await.unwrap();
+    assert_eq!(fx.read("notes.md"), b"theirs");
+    let names = files_under_root(fx.root());
+    let copy = names
+        .iter()
+        .find(|n| n.starts_with("notes.sync-conflict-") && n.ends_with(".md"))
+        .unwrap_or_else(|| panic!("no conflict copy in {names:?}"));
+    assert_eq!(fx.read(copy), b"ours");
+    assert!(applied.note.contains("conflict"), "{}", applied.note);
+    assert_eq!(fx.folder.status.conflicts.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_fetch_that_breaks_half_way_leaves_the_old_file_and_succeeds_on_retry() {
+    let fx = fixture();
+    fx.local_file("big.bin", b"old content");
+    let new = vec![7u8; 4096];
+    let hash = fx.fake.serve(fx.peer, &new);
+    fx.fake.break_after(hash, 1000);
+    let target = file("big.bin", &new, 2);
+    let e = fx.apply(job(&fx.folder, target.clone(), fx.peer)).await.unwrap_err();
+    assert!(matches!(e, ApplyError::Fetch { .. }), "{e}");
+    assert_eq!(e.disposition(), Disposition::Backoff);
+    assert_eq!(fx.read("big.bin"), b"old content", "never partial");
+    assert_eq!(files_under_root(fx.root()), vec!["big.bin"]);
+    assert!(fx.folder.status.transfers().is_empty(), "transfer no longer shown");
+    fx.fake.mend(&hash);
+    fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
+    assert_eq!(fx.read("big.bin"), new);
+}
+
+#[tokio::test]
+async fn with_no_connected_peer_the_apply_is_retried_later() {
+    let fx = fixture();
+    fx.fake.disconnect(&fx.peer);
+    let e = fx
+        .apply(job(&fx.folder, file("a", b"x", 1), fx.peer))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::NoProvider { .. }), "{e}");
+    assert_eq!(e.disposition(), Disposition::Backoff);
+    assert!(!fx.root().join("a").exists());
+}
+
+#[tokio::test]
+async fn another_peer_serves_what_the_first_cannot() {
+    let fx = fixture();
+    let second = FakeContent::new_peer();
+    let hash = fx.fake.serve(second, b"only the second has it");
+    let providers = vec![fx.peer, second];
+    let j = job(&fx.folder, file("a", b"only the second has it", 1), fx.peer);
+    apply_one(&fx.folder, j, &providers).await.unwrap();
+    assert_eq!(fx.read("a"), b"only the second has it");
+    assert_eq!(fx.fake.fetches(), vec![(fx.peer, hash), (second, hash)]);
+}
+
+#[tokio::test]
+async fn a_metadata_only_change_fetches_nothing() {
+    let fx = fixture();
+    let mine = fx.local_file("run.sh", b"#!/bin/sh\n");
+    let mut target = mine.clone();
+    target.version = target.version.bump(ShortId(PEER_SHORT));
+    target.mode = 0o755;
+    let applied = fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
+    assert_eq!(mode_of(&fx.root().join("run.sh")), 0o755);
+    assert!(fx.fake.fetches().is_empty());
+    assert!(applied.note.starts_with("updated metadata"), "{}", applied.note);
+}
+
+#[tokio::test]
+async fn an_empty_file_needs_no_transfer() {
+    let fx = fixture();
+    fx.apply(job(&fx.folder, file("empty", b"", 1), fx.peer))
+        .await
+        .unwrap();
+    assert_eq!(fx.read("empty"), b"");
+    assert!(fx.fake.fetches().is_empty());
+}
+
+#[tokio::test]
+async fn a_file_replacing_an_empty_directory_is_placed_in_one_round() {
+    // Regression: the directory was removed, but the apply then compared the
+    // disk with its pre-removal snapshot and stopped as a "local race".
+    let fx = fixture();
+    fx.local_dir("x");
+    fx.fake.serve(fx.peer, b"now a file");
+    fx.apply(job(&fx.folder, file("x", b"now a file", 2), fx.peer))
+        .await
+        .unwrap();
+    assert_eq!(fx.read("x"), b"now a file");
+}
+
+#[tokio::test]
+async fn a_non_empty_directory_in_the_way_of_a_file_is_retried() {
+    let fx = fixture();
+    fx.local_dir("x");
+    std::fs::write(fx.root().join("x/keep"), b"k").unwrap();
+    fx.fake.serve(fx.peer, b"f");
+    let e = fx
+        .apply(job(&fx.folder, file("x", b"f", 2), fx.peer))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::InTheWay { .. }), "{e}");
+    assert_eq!(e.disposition(), Disposition::Backoff);
+    assert!(fx.root().join("x/keep").is_file());
+}
+
+#[tokio::test]
+async fn an_unknown_directory_in_the_way_is_a_local_change() {
+    let fx = fixture();
+    std::fs::create_dir(fx.root().join("x")).unwrap();
+    fx.fake.serve(fx.peer, b"f");
+    let e = fx
+        .apply(job(&fx.folder, file("x", b"f", 2), fx.peer))
+        .await
+        .unwrap_err();
+    assert_eq!(e.disposition(), Disposition::LocalRace, "{e}");
+    assert!(fx.root().join("x").is_dir());
+}
+
+#[tokio::test]
+async fn a_path_through_a_symlink_is_rejected_and_nothing_is_written_outside() {
+    let fx = fixture();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), fx.root().join("evil")).unwrap();
+    fx.fake.serve(fx.peer, b"payload");
+    let e = fx
+        .apply(job(&fx.folder, file("evil/x", b"payload", 1), fx.peer))
+        .await
+        .unwrap_err();
+    assert_eq!(e.disposition(), Disposition::Reject, "{e}");
+    let e = fx
+        .apply(job(&fx.folder, entry("evil/d", EntryKind::Directory, None, 1), fx.peer))
+        .await
+        .unwrap_err();
+    assert_eq!(e.disposition(), Disposition::Reject, "{e}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_directory_gets_its_mode_or_a_default_one() {
+    let fx = fixture();
+    fx.apply(job(&fx.folder, entry("d", EntryKind::Directory, None, 1), fx.peer))
+        .await
+        .unwrap();
+    assert_eq!(mode_of(&fx.root().join("d")), 0o750);
+    let mut no_mode = entry("e", EntryKind::Directory, None, 1);
+    no_mode.mode = 0;
+    let applied = fx.apply(job(&fx.folder, no_mode, fx.peer)).await.unwrap();
+    assert_eq!(mode_of(&fx.root().join("e")), 0o755);
+    assert!(applied.note.starts_with("created directory"));
+}
+
+fn tombstone(path: &str, kind: EntryKind, counter: u64) -> FileEntry {
+    let mut e = entry(path, kind, None, counter);
+    e.deleted = true;
+    e
+}
+
+#[tokio::test]
+async fn a_directory_delete_waits_for_its_contents_to_go() {
+    let fx = fixture();
+    fx.local_dir("d");
+    std::fs::write(fx.root().join("d/f"), b"x").unwrap();
+    let j = job(&fx.folder, tombstone("d", EntryKind::Directory, 2), fx.peer);
+    let e = fx.apply(j).await.unwrap_err();
+    assert!(matches!(e, ApplyError::NotEmptyYet { .. }), "{e}");
+    assert_eq!(e.disposition(), Disposition::Soon);
+    assert!(fx.root().join("d/f").is_file());
+}
+
+#[tokio::test]
+async fn a_directory_holding_only_ignored_files_is_kept_but_recorded_deleted() {
+    let fx = fixture();
+    std::fs::write(fx.root().join(".fleetsyncignore"), "*.tmp\n").unwrap();
+    fx.folder.reload_ignore();
+    fx.local_dir("d");
+    std::fs::write(fx.root().join("d/scratch.tmp"), b"x").unwrap();
+    let j = job(&fx.folder, tombstone("d", EntryKind::Directory, 2), fx.peer);
+    let applied = fx.apply(j).await.unwrap();
+    assert!(applied.record.entry.deleted);
+    assert!(fx.root().join("d/scratch.tmp").is_file(), "ignored file kept");
+}
+
+#[tokio::test]
+async fn a_symlink_is_created_as_a_link_and_never_followed() {
+    let fx = fixture();
+    let mut link = entry("l", EntryKind::Symlink, None, 1);
+    link.symlink_target = Some("../../etc/passwd".into());
+    fx.apply(job(&fx.folder, link, fx.peer)).await.unwrap();
+    let target = std::fs::read_link(fx.root().join("l")).unwrap();
+    assert_eq!(target.to_str(), Some("../../etc/passwd"));
+}
+
+#[tokio::test]
+async fn deleting_what_is_already_gone_succeeds_and_a_changed_file_is_kept() {
+    let fx = fixture();
+    let j = job(&fx.folder, tombstone("never-here", EntryKind::File, 2), fx.peer);
+    assert!(fx.apply(j).await.unwrap().record.entry.deleted);
+    fx.local_file("a", b"v1");
+    let j = job(&fx.folder, tombstone("a", EntryKind::File, 2), fx.peer);
+    std::fs::write(fx.root().join("a"), b"v2 edited").unwrap();
+    let e = fx.apply(j).await.unwrap_err();
+    assert_eq!(e.disposition(), Disposition::LocalRace);
+    assert_eq!(fx.read("a"), b"v2 edited");
+}
+
+#[tokio::test]
+async fn content_of_a_file_deleted_a_moment_ago_is_reused_for_its_new_name() {
+    let fx = fixture();
+    let content = b"renamed, not re-downloaded";
+    let hash = *Hash::new(content).as_bytes();
+    std::fs::write(fx.folder.fs.refs_dir().join("lold"), content).unwrap();
+    fx.folder.release(vec![Released {
+        name: "lold".into(),
+        hash: Some(hash),
+    }]);
+    fx.fake.disconnect(&fx.peer);
+    fx.apply(job(&fx.folder, file("new-name", content, 1), fx.peer))
+        .await
+        .unwrap();
+    assert_eq!(fx.read("new-name"), content);
+    assert!(fx.fake.fetches().is_empty(), "nothing downloaded");
+}
+
+#[tokio::test]
+async fn a_local_copy_edited_in_place_since_it_was_hashed_is_not_trusted() {
+    let fx = fixture();
+    let content = b"the real content";
+    // The store references a local file that was then edited in place.
+    let local = fx.root().join("copy");
+    std::fs::write(&local, content).unwrap();
+    fx.fake.import(local.clone()).await.unwrap();
+    std::fs::write(&local, b"edited in place!").unwrap();
+    let hash = fx.fake.serve(fx.peer, content);
+    fx.apply(job(&fx.folder, file("b", content, 1), fx.peer))
+        .await
+        .unwrap();
+    assert_eq!(fx.read("b"), content, "verified content only");
+    assert_eq!(fx.fake.fetches(), vec![(fx.peer, hash)], "fetched instead");
+}
+
+#[tokio::test]
+async fn content_already_in_the_store_needs_no_peer() {
+    let fx = fixture();
+    let content = b"fetched by an earlier attempt";
+    let hash = fx.fake.serve(fx.peer, content);
+    let progress = std::sync::atomic::AtomicU64::new(0);
+    fx.fake.fetch(fx.peer, hash, &progress).await.unwrap();
+    fx.fake.disconnect(&fx.peer);
+    fx.apply(job(&fx.folder, file("a", content, 1), fx.peer))
+        .await
+        .unwrap();
+    assert_eq!(fx.read("a"), content);
+    assert_eq!(fx.fake.fetches().len(), 1, "only the earlier fetch");
+}
+
+#[tokio::test]
+async fn duplicate_content_in_one_batch_still_gets_one_outcome_per_job() {
+    let fx = fixture();
+    fx.fake.serve(fx.peer, b"same");
+    let jobs = vec![
+        job(&fx.folder, file("a", b"same", 1), fx.peer),
+        job(&fx.folder, file("b", b"same", 1), fx.peer),
+    ];
+    let out = apply_files(&fx.folder, jobs, &fx.providers(), Flush::Batch).await;
+    let mut paths: Vec<_> = out.iter().map(|(j, _)| j.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, vec!["a", "b"]);
+    assert!(out.iter().any(|(_, o)| o.is_ok()));
+}
