@@ -5,10 +5,18 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use fleetsync_mesh::identity::short_id;
+use std::sync::Arc;
+
+use fleetsync_mesh::{identity::short_id, EndpointId};
 use serde::Serialize;
 
-use crate::{distributor::msg::GetOutbound, receiver::msg::GetInbound, rt, supervisor::NodeHandle};
+use crate::{
+    distributor::{msg::GetOutbound, Outbound},
+    folder::Folder,
+    receiver::{msg::GetInbound, Inbound},
+    rt,
+    supervisor::NodeHandle,
+};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -79,8 +87,33 @@ pub struct FolderPeer {
 }
 
 pub async fn snapshot(node: &NodeHandle) -> NodeStatus {
-    let mesh = &node.mesh;
-    let peers: Vec<PeerInfo> = mesh
+    let outbound = ask_distributor(node).await;
+    let connected = node.mesh.connected_peers();
+    let mut ids: Vec<_> = node.folders.keys().cloned().collect();
+    ids.sort();
+    let mut folders = Vec::with_capacity(ids.len());
+    for id in ids {
+        let folder = node.folders[&id].clone();
+        let inbound = ask_receiver(node, &id).await;
+        folders.push(folder_info(folder, &connected, &inbound, &outbound).await);
+    }
+    NodeStatus {
+        id: node.mesh.id().to_string(),
+        short_id: node.mesh.short_id().to_string(),
+        listen: node
+            .mesh
+            .listen_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        healthy: node.healthy(),
+        peers: peers(node),
+        folders,
+    }
+}
+
+fn peers(node: &NodeHandle) -> Vec<PeerInfo> {
+    node.mesh
         .peer_status()
         .into_iter()
         .map(|p| PeerInfo {
@@ -92,104 +125,112 @@ pub async fn snapshot(node: &NodeHandle) -> NodeStatus {
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
             last_error: if p.connected { None } else { p.last_error },
         })
-        .collect();
-    let outbound = match node.slots.distributor.get() {
+        .collect()
+}
+
+/// What each peer has been sent (empty if the distributor does not answer
+/// in time: status must answer even when an actor is stuck).
+async fn ask_distributor(node: &NodeHandle) -> Vec<Outbound> {
+    match node.slots.distributor.get() {
         Some(d) => d
             .send(GetOutbound)
             .timeout(QUERY_TIMEOUT)
             .await
             .unwrap_or_default(),
         None => vec![],
-    };
-    let connected = mesh.connected_peers();
-    let mut folders = Vec::new();
-    let mut ids: Vec<_> = node.folders.keys().cloned().collect();
-    ids.sort();
-    for id in ids {
-        let ctx = node.folders[&id].clone();
-        let inbound = match node.slots.receivers.get(&id).and_then(|s| s.get()) {
-            Some(r) => r
-                .send(GetInbound)
-                .timeout(QUERY_TIMEOUT)
-                .await
-                .unwrap_or_default(),
-            None => vec![],
-        };
-        let c = ctx.clone();
-        let (meta, pending) = rt::blocking(move || {
-            (
-                c.index.folder_meta(c.id()).ok().flatten(),
-                c.index.pending_count(c.id()).unwrap_or(0),
-            )
-        })
-        .await
-        .unwrap_or((None, 0));
-        let st = &ctx.status;
-        let fpeers: Vec<FolderPeer> = connected
-            .iter()
-            .map(|p| {
-                let inb = inbound.iter().find(|i| i.peer == *p);
-                let out = outbound.iter().find(|o| o.peer == *p && o.folder == id);
-                FolderPeer {
-                    id: p.to_string(),
-                    received_all: !ctx.mode().can_receive() || inb.is_some_and(|i| i.caught_up),
-                    sent_all: out.is_some_and(|o| o.caught_up),
-                    sent_seq: out.map(|o| o.sent_seq).unwrap_or(0),
-                }
-            })
-            .collect();
-        let fault = ctx.fault();
-        let in_sync = fault.is_none()
-            && pending == 0
-            && st.initial_scan_done.load(Ordering::Relaxed)
-            && fpeers.iter().all(|p| p.received_all);
-        let transfers = st
-            .transfers()
-            .into_iter()
-            .map(|(path, t)| TransferInfo {
-                path,
-                peer: t.peer.clone(),
-                bytes_done: t.done.load(Ordering::Relaxed),
-                bytes_total: t.total,
-            })
-            .collect();
-        let m = meta.unwrap_or(crate::index::FolderMeta {
-            index_id: 0,
-            seq: 0,
-            files: 0,
-            dirs: 0,
-            symlinks: 0,
-            bytes: 0,
-            tombstones: 0,
-        });
-        folders.push(FolderInfo {
-            id: id.clone(),
-            path: ctx.cfg.path.display().to_string(),
-            mode: ctx.mode().to_string(),
-            state: st.phase().as_str().to_string(),
-            seq: m.seq,
-            files: m.files,
-            dirs: m.dirs,
-            symlinks: m.symlinks,
-            bytes: m.bytes,
-            pending,
-            in_sync,
-            conflicts: st.conflicts.load(Ordering::Relaxed),
-            rejected: st.rejected.load(Ordering::Relaxed),
-            files_received: st.files_in.load(Ordering::Relaxed),
-            bytes_received: st.bytes_in.load(Ordering::Relaxed),
-            error: fault,
-            last_error: st.last_error(),
-            transfers,
-            peers: fpeers,
-        });
     }
-    NodeStatus {
-        id: mesh.id().to_string(),
-        short_id: mesh.short_id().to_string(),
-        listen: mesh.listen_addrs().iter().map(|a| a.to_string()).collect(),
-        healthy: node.healthy(),
+}
+
+async fn ask_receiver(node: &NodeHandle, folder: &str) -> Vec<Inbound> {
+    match node.slots.receivers.get(folder).and_then(|s| s.get()) {
+        Some(r) => r
+            .send(GetInbound)
+            .timeout(QUERY_TIMEOUT)
+            .await
+            .unwrap_or_default(),
+        None => vec![],
+    }
+}
+
+async fn folder_info(
+    folder: Arc<Folder>,
+    connected: &[EndpointId],
+    inbound: &[Inbound],
+    outbound: &[Outbound],
+) -> FolderInfo {
+    let f = folder.clone();
+    let (meta, pending) = rt::blocking(move || {
+        (
+            f.index.folder_meta(f.id()).ok().flatten(),
+            f.index.pending_count(f.id()).unwrap_or(0),
+        )
+    })
+    .await
+    .unwrap_or((None, 0));
+    let peers = folder_peers(&folder, connected, inbound, outbound);
+    let st = &folder.status;
+    let fault = folder.fault();
+    let in_sync = fault.is_none()
+        && pending == 0
+        && st.initial_scan_done.load(Ordering::Relaxed)
+        && peers.iter().all(|p| p.received_all);
+    let m = meta.unwrap_or_default();
+    FolderInfo {
+        id: folder.id().to_string(),
+        path: folder.cfg.path.display().to_string(),
+        mode: folder.mode().to_string(),
+        state: st.phase().as_str().to_string(),
+        seq: m.seq,
+        files: m.files,
+        dirs: m.dirs,
+        symlinks: m.symlinks,
+        bytes: m.bytes,
+        pending,
+        in_sync,
+        conflicts: st.conflicts.load(Ordering::Relaxed),
+        rejected: st.rejected.load(Ordering::Relaxed),
+        files_received: st.files_in.load(Ordering::Relaxed),
+        bytes_received: st.bytes_in.load(Ordering::Relaxed),
+        error: fault,
+        last_error: st.last_error(),
+        transfers: transfers(&folder),
         peers,
-        folders,
     }
+}
+
+fn folder_peers(
+    folder: &Folder,
+    connected: &[EndpointId],
+    inbound: &[Inbound],
+    outbound: &[Outbound],
+) -> Vec<FolderPeer> {
+    connected
+        .iter()
+        .map(|p| {
+            let inb = inbound.iter().find(|i| i.peer == *p);
+            let out = outbound
+                .iter()
+                .find(|o| o.peer == *p && o.folder == folder.id());
+            FolderPeer {
+                id: p.to_string(),
+                received_all: !folder.mode().can_receive() || inb.is_some_and(|i| i.caught_up),
+                sent_all: out.is_some_and(|o| o.caught_up),
+                sent_seq: out.map(|o| o.sent_seq).unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+fn transfers(folder: &Folder) -> Vec<TransferInfo> {
+    folder
+        .status
+        .transfers()
+        .into_iter()
+        .map(|(path, t)| TransferInfo {
+            path,
+            peer: t.peer,
+            bytes_done: t.done.load(Ordering::Relaxed),
+            bytes_total: t.total,
+        })
+        .collect()
 }

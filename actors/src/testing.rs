@@ -48,6 +48,12 @@ struct State {
     fetches: Vec<(EndpointId, Hash)>,
 }
 
+/// What a fake peer sent: bytes, then maybe an error.
+struct Sent {
+    bytes: Vec<u8>,
+    error: Option<FetchError>,
+}
+
 /// Peers and a blob store in memory.
 #[derive(Debug, Default)]
 pub struct FakeContent(Mutex<State>);
@@ -104,19 +110,23 @@ impl FakeContent {
         self.state().store.contains_key(hash)
     }
 
-    /// What `peer` would send for `hash`: the bytes, or how it fails.
-    fn send(&self, peer: EndpointId, hash: Hash) -> Result<Vec<u8>, (Vec<u8>, FetchError)> {
+    /// What `peer` would send for `hash`: the bytes, and how it fails
+    /// after them, if it does.
+    fn send(&self, peer: EndpointId, hash: Hash) -> Sent {
         let mut s = self.state();
         s.fetches.push((peer, hash));
         let Some(bytes) = s.peers.get(&peer).and_then(|p| p.get(&hash)).cloned() else {
-            return Err((Vec::new(), FetchError::transfer(&peer, "not found")));
+            return Sent {
+                bytes: Vec::new(),
+                error: Some(FetchError::transfer(&peer, "not found")),
+            };
         };
         match s.break_after.get(&hash) {
-            Some(&n) => {
-                let part = bytes[..(n as usize).min(bytes.len())].to_vec();
-                Err((part, FetchError::transfer(&peer, "connection lost")))
-            }
-            None => Ok(bytes),
+            Some(&n) => Sent {
+                bytes: bytes[..(n as usize).min(bytes.len())].to_vec(),
+                error: Some(FetchError::transfer(&peer, "connection lost")),
+            },
+            None => Sent { bytes, error: None },
         }
     }
 }
@@ -154,16 +164,14 @@ impl Content for FakeContent {
         hash: Hash,
         progress: &AtomicU64,
     ) -> Result<u64, FetchError> {
-        match self.send(peer, hash) {
-            Ok(bytes) => {
-                progress.store(bytes.len() as u64, Ordering::Relaxed);
-                let n = bytes.len() as u64;
-                self.state().store.insert(hash, Stored::Bytes(bytes));
+        let sent = self.send(peer, hash);
+        let n = sent.bytes.len() as u64;
+        progress.store(n, Ordering::Relaxed);
+        match sent.error {
+            Some(e) => Err(e),
+            None => {
+                self.state().store.insert(hash, Stored::Bytes(sent.bytes));
                 Ok(n)
-            }
-            Err((part, e)) => {
-                progress.store(part.len() as u64, Ordering::Relaxed);
-                Err(e)
             }
         }
     }
@@ -176,15 +184,16 @@ impl Content for FakeContent {
         let mut got = Vec::new();
         let mut bytes = 0;
         for (hash, path) in items {
-            match self.send(peer, hash) {
-                Ok(b) => {
-                    std::fs::write(&path, &b).map_err(FetchError::Write)?;
-                    bytes += b.len() as u64;
+            let sent = self.send(peer, hash);
+            match sent.error {
+                None => {
+                    std::fs::write(&path, &sent.bytes).map_err(FetchError::Write)?;
+                    bytes += sent.bytes.len() as u64;
                     got.push(hash);
                 }
-                // Like GetMany: a blob that fails ends the request.
-                Err((part, e)) if !part.is_empty() => return Err(e),
-                Err(_) => {}
+                // Like GetMany: a blob that breaks off ends the request.
+                Some(e) if !sent.bytes.is_empty() => return Err(e),
+                Some(_) => {}
             }
         }
         Ok((got, bytes))
@@ -197,14 +206,12 @@ impl Content for FakeContent {
         file: &std::fs::File,
         progress: &AtomicU64,
     ) -> Result<u64, FetchError> {
-        let (bytes, err) = match self.send(peer, hash) {
-            Ok(b) => (b, None),
-            Err((part, e)) => (part, Some(e)),
-        };
-        file.write_all_at(&bytes, 0).map_err(FetchError::Write)?;
-        progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        match err {
-            None => Ok(bytes.len() as u64),
+        let sent = self.send(peer, hash);
+        file.write_all_at(&sent.bytes, 0)
+            .map_err(FetchError::Write)?;
+        progress.fetch_add(sent.bytes.len() as u64, Ordering::Relaxed);
+        match sent.error {
+            None => Ok(sent.bytes.len() as u64),
             Some(e) => Err(e),
         }
     }

@@ -391,4 +391,3 @@ async fn reimport(folder: &Folder, path: &str) -> Option<Hold> {
         }
     }
 }
-

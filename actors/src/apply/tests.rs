@@ -28,7 +28,11 @@ fn entry(path: &str, kind: EntryKind, content: Option<&[u8]>, counter: u64) -> F
         kind,
         size: content.map_or(0, |c| c.len() as u64),
         mtime_ns: 1_600_000_000_123_456_789,
-        mode: if kind == EntryKind::Directory { 0o750 } else { 0o640 },
+        mode: if kind == EntryKind::Directory {
+            0o750
+        } else {
+            0o640
+        },
         hash: content.map(|c| *Hash::new(c).as_bytes()),
         symlink_target: None,
         deleted: false,
@@ -170,7 +174,10 @@ async fn a_new_file_is_fetched_verified_and_placed_with_mode_and_mtime() {
     let fx = fixture();
     fx.fake.serve(fx.peer, b"hello fleet");
     let target = file("a.txt", b"hello fleet", 1);
-    let applied = fx.apply(job(&fx.folder, target.clone(), fx.peer)).await.unwrap();
+    let applied = fx
+        .apply(job(&fx.folder, target.clone(), fx.peer))
+        .await
+        .unwrap();
     assert_eq!(fx.read("a.txt"), b"hello fleet");
     let meta = std::fs::metadata(fx.root().join("a.txt")).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o640);
@@ -181,7 +188,11 @@ async fn a_new_file_is_fetched_verified_and_placed_with_mode_and_mtime() {
     let DiskStateFile(stat) = stat_of(fx.root(), "a.txt");
     assert_eq!(applied.record.local, Some(stat), "record matches the disk");
     assert_eq!(applied.record.entry, target);
-    let link = applied.record.refs.clone().expect("content kept in a refs link");
+    let link = applied
+        .record
+        .refs
+        .clone()
+        .expect("content kept in a refs link");
     assert!(fx.folder.fs.refs_dir().join(link).is_file());
     assert!(applied.note.starts_with("applied from"), "{}", applied.note);
     assert_eq!(fx.folder.status.files_in.load(Ordering::Relaxed), 1);
@@ -196,16 +207,27 @@ async fn a_batch_of_small_files_is_fetched_once_each_and_placed_together() {
         .map(|i| {
             let content = format!("file {i}");
             fx.fake.serve(fx.peer, content.as_bytes());
-            job(&fx.folder, file(&format!("d/{i}"), content.as_bytes(), 1), fx.peer)
+            job(
+                &fx.folder,
+                file(&format!("d/{i}"), content.as_bytes(), 1),
+                fx.peer,
+            )
         })
         .collect();
     let out = apply_files(&fx.folder, jobs, &fx.providers(), Flush::Batch).await;
     assert_eq!(out.len(), 20, "one outcome per job");
     for (j, o) in &out {
         assert!(o.is_ok(), "{}: {:?}", j.path, o.as_ref().err());
-        assert_eq!(fx.read(&j.path), format!("file {}", &j.path[2..]).as_bytes());
+        assert_eq!(
+            fx.read(&j.path),
+            format!("file {}", &j.path[2..]).as_bytes()
+        );
     }
-    assert_eq!(fx.fake.fetches().len(), 20, "each content fetched exactly once");
+    assert_eq!(
+        fx.fake.fetches().len(),
+        20,
+        "each content fetched exactly once"
+    );
     assert_eq!(
         std::fs::read_dir(fx.folder.fs.tmp_dir()).unwrap().count(),
         0,
@@ -255,12 +277,18 @@ async fn a_fetch_that_breaks_half_way_leaves_the_old_file_and_succeeds_on_retry(
     let hash = fx.fake.serve(fx.peer, &new);
     fx.fake.break_after(hash, 1000);
     let target = file("big.bin", &new, 2);
-    let e = fx.apply(job(&fx.folder, target.clone(), fx.peer)).await.unwrap_err();
+    let e = fx
+        .apply(job(&fx.folder, target.clone(), fx.peer))
+        .await
+        .unwrap_err();
     assert!(matches!(e, ApplyError::Fetch { .. }), "{e}");
     assert_eq!(e.disposition(), Disposition::Backoff);
     assert_eq!(fx.read("big.bin"), b"old content", "never partial");
     assert_eq!(files_under_root(fx.root()), vec!["big.bin"]);
-    assert!(fx.folder.status.transfers().is_empty(), "transfer no longer shown");
+    assert!(
+        fx.folder.status.transfers().is_empty(),
+        "transfer no longer shown"
+    );
     fx.fake.mend(&hash);
     fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
     assert_eq!(fx.read("big.bin"), new);
@@ -301,7 +329,11 @@ async fn a_metadata_only_change_fetches_nothing() {
     let applied = fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
     assert_eq!(mode_of(&fx.root().join("run.sh")), 0o755);
     assert!(fx.fake.fetches().is_empty());
-    assert!(applied.note.starts_with("updated metadata"), "{}", applied.note);
+    assert!(
+        applied.note.starts_with("updated metadata"),
+        "{}",
+        applied.note
+    );
 }
 
 #[tokio::test]
@@ -367,7 +399,11 @@ async fn a_path_through_a_symlink_is_rejected_and_nothing_is_written_outside() {
         .unwrap_err();
     assert_eq!(e.disposition(), Disposition::Reject, "{e}");
     let e = fx
-        .apply(job(&fx.folder, entry("evil/d", EntryKind::Directory, None, 1), fx.peer))
+        .apply(job(
+            &fx.folder,
+            entry("evil/d", EntryKind::Directory, None, 1),
+            fx.peer,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.disposition(), Disposition::Reject, "{e}");
@@ -377,9 +413,13 @@ async fn a_path_through_a_symlink_is_rejected_and_nothing_is_written_outside() {
 #[tokio::test]
 async fn a_directory_gets_its_mode_or_a_default_one() {
     let fx = fixture();
-    fx.apply(job(&fx.folder, entry("d", EntryKind::Directory, None, 1), fx.peer))
-        .await
-        .unwrap();
+    fx.apply(job(
+        &fx.folder,
+        entry("d", EntryKind::Directory, None, 1),
+        fx.peer,
+    ))
+    .await
+    .unwrap();
     assert_eq!(mode_of(&fx.root().join("d")), 0o750);
     let mut no_mode = entry("e", EntryKind::Directory, None, 1);
     no_mode.mode = 0;
@@ -416,7 +456,10 @@ async fn a_directory_holding_only_ignored_files_is_kept_but_recorded_deleted() {
     let j = job(&fx.folder, tombstone("d", EntryKind::Directory, 2), fx.peer);
     let applied = fx.apply(j).await.unwrap();
     assert!(applied.record.entry.deleted);
-    assert!(fx.root().join("d/scratch.tmp").is_file(), "ignored file kept");
+    assert!(
+        fx.root().join("d/scratch.tmp").is_file(),
+        "ignored file kept"
+    );
 }
 
 #[tokio::test]
@@ -432,7 +475,11 @@ async fn a_symlink_is_created_as_a_link_and_never_followed() {
 #[tokio::test]
 async fn deleting_what_is_already_gone_succeeds_and_a_changed_file_is_kept() {
     let fx = fixture();
-    let j = job(&fx.folder, tombstone("never-here", EntryKind::File, 2), fx.peer);
+    let j = job(
+        &fx.folder,
+        tombstone("never-here", EntryKind::File, 2),
+        fx.peer,
+    );
     assert!(fx.apply(j).await.unwrap().record.entry.deleted);
     fx.local_file("a", b"v1");
     let j = job(&fx.folder, tombstone("a", EntryKind::File, 2), fx.peer);

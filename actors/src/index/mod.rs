@@ -108,7 +108,7 @@ db_err!(
 
 pub type Result<T> = std::result::Result<T, IndexError>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FolderMeta {
     /// Random id of this folder's index; changes only if the index is
     /// recreated, telling peers to resend everything.
