@@ -48,10 +48,3 @@ pub(crate) mod testing;
 pub mod watcher;
 
 pub use supervisor::{start_node, NodeHandle, StartError};
-
-use fleetsync_mesh::model::ShortId;
-
-/// Short id of a peer's 32-byte endpoint id.
-pub fn identity_short(peer: &[u8; 32]) -> ShortId {
-    ShortId::from_node_id(peer)
-}

@@ -19,7 +19,7 @@ use fleetsync_mesh::{EndpointId, Hash};
 use n0_future::{BufferedStreamExt, StreamExt};
 use tracing::debug;
 
-use super::{entries::on_disk, ApplyError, Job};
+use super::{error::on_disk, ApplyError, Job};
 use crate::{
     folder::Folder,
     fsutil::{hash_file, random_u32},

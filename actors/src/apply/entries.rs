@@ -5,7 +5,7 @@ use std::{io, sync::Arc};
 use fleetsync_mesh::model::EntryKind;
 use tracing::debug;
 
-use super::{place, Applied, ApplyError, Job, Outcome};
+use super::{error::on_disk, place, Applied, ApplyError, Job, Outcome};
 use crate::{
     folder::{ApplyGuard, Folder},
     fsutil::FolderFs,
@@ -33,17 +33,6 @@ pub(super) async fn apply_entry(folder: &Arc<Folder>, job: &Job) -> Outcome {
     };
     let (local, note) = done?;
     Ok(Applied::new(job, local, None, note, guard))
-}
-
-/// Run a blocking file system step; its error is classified for `path`.
-pub(super) async fn on_disk<T: Send + 'static>(
-    what: &'static str,
-    path: &str,
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> Result<T, ApplyError> {
-    rt::blocking(f)
-        .await?
-        .map_err(ApplyError::io_at(what, path))
 }
 
 async fn lstat(folder: &Folder, path: &str) -> Result<DiskState, ApplyError> {

@@ -11,7 +11,10 @@ use std::{io, sync::Arc};
 
 use fleetsync_mesh::{FetchError, StoreError};
 
-use crate::{fsutil::is_escape, rt::TaskError};
+use crate::{
+    fsutil::is_escape,
+    rt::{self, TaskError},
+};
 
 /// What the receiver does with a failed apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +115,17 @@ impl ApplyError {
             _ => Disposition::Backoff,
         }
     }
+}
+
+/// Run a blocking file system step; its error is classified for `path`.
+pub(super) async fn on_disk<T: Send + 'static>(
+    what: &'static str,
+    path: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, ApplyError> {
+    rt::blocking(f)
+        .await?
+        .map_err(ApplyError::io_at(what, path))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::{
     acquire::{self, Staged},
-    place::{self, Placed},
+    place::{self, Flush, Placed, Ready},
     Applied, ApplyError, Job, Outcome,
 };
 use crate::{
@@ -27,28 +27,6 @@ use crate::{
 
 /// Files prepared at once (content acquired, finished) in a batch.
 const PREPARE_WIDTH: usize = 8;
-
-/// How staged content is made durable before it is placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flush {
-    /// Each file is fsynced as it is finished (big files: the fsync is
-    /// cheap next to their transfer).
-    EachFile,
-    /// One `syncfs` for the whole batch right before placing (many small
-    /// files: an fsync each would dominate).
-    Batch,
-}
-
-/// Content staged and finished, ready to be placed.
-#[derive(Debug, Clone)]
-pub(super) struct Ready {
-    pub staged: Staged,
-    /// What preflight saw at the path; placing re-checks against it.
-    pub disk: DiskState,
-    pub hash: [u8; 32],
-    /// The staged file's stat: the placed file has the same inode.
-    pub stat: LocalStat,
-}
 
 /// What preparing a job gave.
 enum Prepared {

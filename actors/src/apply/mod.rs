@@ -33,16 +33,19 @@ mod place;
 
 use std::sync::Arc;
 
-use fleetsync_mesh::{model::FileEntry, EndpointId};
+use fleetsync_mesh::{
+    model::{FileEntry, ShortId},
+    EndpointId,
+};
 
 pub use self::{
     error::{ApplyError, Disposition},
-    files::{apply_files, Flush},
+    files::apply_files,
+    place::Flush,
 };
 use crate::{
     content::Hold,
     folder::{ApplyGuard, Folder},
-    identity_short,
     record::{LocalStat, Record},
 };
 
@@ -91,7 +94,7 @@ impl Applied {
         note: &str,
         guard: ApplyGuard,
     ) -> Self {
-        let from = identity_short(&job.from);
+        let from = ShortId::from_node_id(&job.from);
         Applied {
             record: Record {
                 entry: job.target.clone(),

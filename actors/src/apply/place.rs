@@ -13,12 +13,39 @@ use std::{collections::BTreeSet, io, sync::atomic::Ordering};
 use fleetsync_mesh::model::EntryKind;
 use tracing::{debug, warn};
 
-use super::{acquire::Staged, files::Ready, ApplyError, Flush, Job};
-use crate::{folder::Folder, fsutil::Session, record::DiskState, rules::conflict_name};
+use super::{acquire::Staged, ApplyError, Job};
+use crate::{
+    folder::Folder,
+    fsutil::Session,
+    record::{DiskState, LocalStat},
+    rules::conflict_name,
+};
 
 /// Conflict copies of one path with the same name stamp tried before
 /// giving up (`name.sync-conflict-…`, then `.1` … `.9`).
 const CONFLICT_NAME_TRIES: usize = 10;
+
+/// How staged content is made durable before it is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Each file is fsynced as it is finished (big files: the fsync is
+    /// cheap next to their transfer).
+    EachFile,
+    /// One `syncfs` for the whole batch right before placing (many small
+    /// files: an fsync each would dominate).
+    Batch,
+}
+
+/// Content staged and finished, ready to be placed.
+#[derive(Debug, Clone)]
+pub(super) struct Ready {
+    pub staged: Staged,
+    /// What preflight saw at the path; placing re-checks against it.
+    pub disk: DiskState,
+    pub hash: [u8; 32],
+    /// The staged file's stat: the placed file has the same inode.
+    pub stat: LocalStat,
+}
 
 /// A file that went into place.
 #[derive(Debug)]

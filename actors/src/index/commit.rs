@@ -12,7 +12,7 @@
 //!   is a duplicate and released).
 //! - Then the pending rows that needed nothing (`Commit::resolved`).
 
-use fleetsync_mesh::model::{Causality, EntryKind, FileEntry};
+use fleetsync_mesh::model::{Causality, EntryKind, FileEntry, ShortId};
 
 use super::{
     now_ns, tables::Tables, Commit, Committed, Index, Item, Local, Observed, Released, Result,
@@ -241,7 +241,7 @@ fn holds_exactly(cur: &Record, rec: &Record) -> bool {
 }
 
 fn adopted_record(a: Adopted, seen: &Observed) -> (Record, String) {
-    let from = crate::identity_short(&a.peer);
+    let from = ShortId::from_node_id(&a.peer);
     let rec = Record {
         entry: a.entry,
         local: seen.stat(),

@@ -7,8 +7,8 @@ use fleetsync_mesh::model::{Causality, FileEntry};
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{
-    schema::{dec, enc},
-    tables::{name, FILES, PENDING, REMOTE},
+    schema::{dec, enc, name},
+    tables::{FILES, PENDING, REMOTE},
     Index, RemoteMark, Result,
 };
 use crate::record::Record;

@@ -281,7 +281,7 @@ impl Index {
             // Another caller may have created it since the read above.
             let existing = t
                 .get(folder)?
-                .map(|v| schema::dec::<FolderMeta>(tables::name::FOLDERS, v.value()))
+                .map(|v| schema::dec::<FolderMeta>(schema::name::FOLDERS, v.value()))
                 .transpose()?;
             match existing {
                 Some(m) => m,

@@ -9,8 +9,8 @@ use fleetsync_mesh::model::FileEntry;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{
-    schema::{dec, id32},
-    tables::{name, path_upper, FILES, FOLDERS, HASHES, HISTORY, PEER_HI, PEER_LO, PENDING, SEQ},
+    schema::{dec, id32, name},
+    tables::{path_upper, FILES, FOLDERS, HASHES, HISTORY, PEER_HI, PEER_LO, PENDING, SEQ},
     FolderMeta, HistoryEvent, Index, Pending, Result,
 };
 use crate::record::Record;

@@ -9,10 +9,22 @@
 use redb::{ReadableTable, Table};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{tables::name, IndexError, Result};
+use super::{IndexError, Result};
 
 /// The format of every value this build writes and reads.
 pub const SCHEMA_VERSION: u8 = 1;
+
+/// Table names, also what [`IndexError::Corrupt`] reports.
+pub(super) mod name {
+    pub const META: &str = "meta";
+    pub const FOLDERS: &str = "folders";
+    pub const FILES: &str = "files";
+    pub const SEQ: &str = "seq";
+    pub const HASHES: &str = "hashes";
+    pub const REMOTE: &str = "remote";
+    pub const PENDING: &str = "pending";
+    pub const HISTORY: &str = "history";
+}
 
 /// The `meta` key holding the database's schema.
 pub(super) const SCHEMA_KEY: &str = "schema";

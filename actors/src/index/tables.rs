@@ -9,22 +9,10 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::{
     now_ns,
-    schema::{dec, enc, id32},
+    schema::{dec, enc, id32, name},
     FolderMeta, HistoryEvent, IndexError, Released, Result, HISTORY_PER_PATH,
 };
 use crate::record::Record;
-
-/// Table names, also what [`IndexError::Corrupt`] reports.
-pub(super) mod name {
-    pub const META: &str = "meta";
-    pub const FOLDERS: &str = "folders";
-    pub const FILES: &str = "files";
-    pub const SEQ: &str = "seq";
-    pub const HASHES: &str = "hashes";
-    pub const REMOTE: &str = "remote";
-    pub const PENDING: &str = "pending";
-    pub const HISTORY: &str = "history";
-}
 
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new(name::META);
 pub(super) const FOLDERS: TableDefinition<&str, &[u8]> = TableDefinition::new(name::FOLDERS);

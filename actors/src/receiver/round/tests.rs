@@ -1,1 +1,496 @@
+//! The round's pure decisions, and whole rounds over a real folder and
+//! index with peers faked by [`FakeContent`].
 
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    path::Path,
+    sync::{atomic::Ordering, Arc},
+};
+
+use fleetsync_mesh::{
+    model::{EntryKind, FileEntry, ShortId, VersionVector},
+    EndpointId, Hash,
+};
+
+use super::*;
+use crate::{
+    content::Content,
+    index::{Index, RemoteMark},
+    record::DiskState,
+    testing::{self, FakeContent, ME},
+};
+
+const P1: u64 = 1 << 56;
+const P2: u64 = 2 << 56;
+
+fn entry(path: &str, kind: EntryKind, content: Option<&[u8]>, by: u64, counter: u64) -> FileEntry {
+    FileEntry {
+        path: path.into(),
+        kind,
+        size: content.map_or(0, |c| c.len() as u64),
+        mtime_ns: 1_700_000_000_000_000_000,
+        mode: if kind == EntryKind::Directory {
+            0o755
+        } else {
+            0o644
+        },
+        hash: content.map(|c| *Hash::new(c).as_bytes()),
+        symlink_target: (kind == EntryKind::Symlink).then(|| "target".to_string()),
+        deleted: false,
+        version: VersionVector::from_pairs([(ShortId(by), counter)]),
+        modified_by: ShortId(by),
+        sequence: counter,
+    }
+}
+
+fn file(path: &str, content: &[u8]) -> FileEntry {
+    entry(path, EntryKind::File, Some(content), P1, 1)
+}
+
+fn pending(peer: u8, e: FileEntry) -> Pending {
+    Pending {
+        path: e.path.clone(),
+        peer: [peer; 32],
+        entry: e,
+    }
+}
+
+fn by_path(rows: Vec<Pending>) -> BTreeMap<String, Vec<Pending>> {
+    let mut m: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+    for r in rows {
+        m.entry(r.path.clone()).or_default().push(r);
+    }
+    m
+}
+
+fn paths(list: &[Planned]) -> Vec<&str> {
+    list.iter().map(|p| p.job.path.as_str()).collect()
+}
+
+#[test]
+fn plan_sorts_jobs_into_steps_and_deletes_children_first() {
+    let mut big = file("big", b"x");
+    big.size = BATCH_FILE_MAX + 1;
+    let mut gone_dir = entry("old", EntryKind::Directory, None, P1, 1);
+    gone_dir.deleted = true;
+    let mut gone_child = file("old/f", b"y");
+    gone_child.deleted = true;
+    let rows = vec![
+        pending(1, entry("d", EntryKind::Directory, None, P1, 1)),
+        pending(1, file("d/small", b"s")),
+        pending(1, big),
+        pending(1, entry("l", EntryKind::Symlink, None, P1, 1)),
+        pending(1, gone_dir),
+        pending(1, gone_child),
+    ];
+    let plan = plan(by_path(rows), &HashMap::new());
+    assert_eq!(paths(&plan.dirs), vec!["d"]);
+    assert_eq!(paths(&plan.small_files), vec!["d/small"]);
+    assert_eq!(paths(&plan.big_files), vec!["big"]);
+    assert_eq!(paths(&plan.links), vec!["l"]);
+    assert_eq!(paths(&plan.deletes), vec!["old/f", "old"]);
+    assert!(plan.keep.is_empty());
+}
+
+fn record(e: FileEntry) -> Record {
+    Record {
+        entry: e,
+        local: None,
+        local_changed: false,
+        received_from: None,
+        refs: None,
+    }
+}
+
+#[test]
+fn rows_of_several_peers_for_one_path_fold_into_one_job() {
+    let v1 = entry("a", EntryKind::File, Some(b"v1"), P1, 1);
+    let mut v2 = entry("a", EntryKind::File, Some(b"v2"), P1, 2);
+    v2.version = v1.version.bump(ShortId(P2));
+    let plan = plan(
+        by_path(vec![pending(1, v1), pending(2, v2.clone())]),
+        &HashMap::new(),
+    );
+    assert_eq!(plan.small_files.len(), 1);
+    let p = &plan.small_files[0];
+    assert_eq!(p.job.target, v2, "the newest wins");
+    assert_eq!(p.rows.len(), 2, "both rows answered by the one job");
+    assert_eq!(p.job.from, [2; 32]);
+}
+
+#[test]
+fn a_row_older_than_our_record_is_kept_not_applied() {
+    let theirs = entry("a", EntryKind::File, Some(b"old"), P1, 1);
+    let mut ours = theirs.clone();
+    ours.version = ours.version.bump(ME);
+    let locals = HashMap::from([("a".to_string(), record(ours))]);
+    let plan = plan(by_path(vec![pending(1, theirs)]), &locals);
+    assert_eq!(plan.keep, vec![("a".to_string(), [1; 32])]);
+    assert!(plan.small_files.is_empty());
+}
+
+#[test]
+fn a_conflict_that_ours_loses_asks_for_a_conflict_copy() {
+    let mut ours = entry("a", EntryKind::File, Some(b"ours"), ME.0, 1);
+    ours.mtime_ns = 1;
+    let mut theirs = entry("a", EntryKind::File, Some(b"theirs"), P1, 1);
+    theirs.mtime_ns = 2;
+    let locals = HashMap::from([("a".to_string(), record(ours.clone()))]);
+    let plan = plan(by_path(vec![pending(1, theirs)]), &locals);
+    let job = &plan.small_files[0].job;
+    assert!(job.conflict_copy);
+    assert_eq!(job.local.as_ref().map(|r| &r.entry), Some(&ours));
+    assert!(!job.verbatim, "a merged vector is not the peer's entry");
+}
+
+fn planned(path: &str, content: &[u8], from: u8) -> Planned {
+    let e = file(path, content);
+    Planned {
+        rows: vec![(path.to_string(), [from; 32])],
+        job: Job {
+            path: path.into(),
+            local: None,
+            target: e,
+            conflict_copy: false,
+            verbatim: true,
+            from: [from; 32],
+        },
+    }
+}
+
+#[test]
+fn a_batch_takes_one_job_per_content_and_at_most_its_size() {
+    let mut q: VecDeque<Planned> = VecDeque::new();
+    q.push_back(planned("a", b"same", 1));
+    q.push_back(planned("b", b"same", 1));
+    q.push_back(planned("c", b"other", 1));
+    let first = next_batch(&mut q);
+    assert_eq!(paths(&first), vec!["a", "c"]);
+    assert_eq!(paths(&next_batch(&mut q)), vec!["b"]);
+    assert!(q.is_empty());
+    let mut many: VecDeque<Planned> = (0..BATCH_FILES + 3)
+        .map(|i| planned(&i.to_string(), i.to_string().as_bytes(), 1))
+        .collect();
+    assert_eq!(next_batch(&mut many).len(), BATCH_FILES);
+    assert_eq!(many.len(), 3);
+}
+
+#[test]
+fn big_files_with_equal_content_share_a_group() {
+    let groups = group_by_hash(vec![
+        planned("a", b"x", 1),
+        planned("b", b"y", 1),
+        planned("c", b"x", 1),
+    ]);
+    let mut sizes: Vec<Vec<&str>> = groups.iter().map(|g| paths(g)).collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![vec!["a", "c"], vec!["b"]]);
+}
+
+#[test]
+fn the_peers_that_announced_are_asked_first() {
+    let peers: Vec<EndpointId> = (0..3).map(|_| FakeContent::new_peer()).collect();
+    let mut p = planned("a", b"x", 0);
+    p.job.from = *peers[2].as_bytes();
+    let order = order_providers(&peers, &[p.clone(), p]);
+    assert_eq!(order, vec![peers[2], peers[0], peers[1]]);
+    let stranger = planned("b", b"y", 9);
+    assert_eq!(order_providers(&peers, &[stranger]), peers);
+}
+
+#[test]
+fn the_ledger_finds_jobs_without_an_outcome_and_with_several() {
+    let plan = Plan {
+        small_files: vec![planned("a", b"1", 1), planned("b", b"2", 1)],
+        deletes: vec![planned("c", b"3", 1)],
+        ..Plan::default()
+    };
+    let mut ledger = Ledger::default();
+    ledger.planned(&plan);
+    ledger.answered("a");
+    ledger.answered("c");
+    ledger.answered("c");
+    let (missing, doubled) = ledger.audit();
+    assert_eq!(
+        missing,
+        vec![("b".to_string(), vec![("b".to_string(), [1; 32])])]
+    );
+    assert_eq!(doubled, vec!["c".to_string()]);
+}
+
+// --- whole rounds -------------------------------------------------------
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    fake: Arc<FakeContent>,
+    folder: Arc<Folder>,
+    peer: EndpointId,
+    seq: u64,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeContent::new();
+    let folder = testing::folder(dir.path(), fake.clone());
+    let peer = FakeContent::new_peer();
+    fake.connect(peer);
+    Fixture {
+        _dir: dir,
+        fake,
+        folder,
+        peer,
+        seq: 0,
+    }
+}
+
+impl Fixture {
+    fn root(&self) -> &Path {
+        self.folder.fs.root()
+    }
+
+    fn key(&self, path: &str) -> Key {
+        (path.to_string(), *self.peer.as_bytes())
+    }
+
+    /// The peer's index batch arrives (as the subscription would store it).
+    fn ingest(&mut self, entries: &[FileEntry]) {
+        self.seq += 1;
+        let mark = RemoteMark {
+            index_id: 1,
+            seq: self.seq,
+        };
+        let peer = *self.peer.as_bytes();
+        self.folder
+            .index
+            .ingest(self.folder.id(), &peer, mark, entries)
+            .unwrap();
+    }
+
+    async fn round(&self, waiting: HashSet<Key>) -> RoundReport {
+        Round::new(self.folder.clone(), self.fake.providers())
+            .run(waiting)
+            .await
+            .unwrap()
+    }
+
+    fn pending_count(&self) -> u64 {
+        self.folder.index.pending_count(self.folder.id()).unwrap()
+    }
+
+    fn recorded(&self, path: &str) -> Option<Record> {
+        self.folder.index.get(self.folder.id(), path).unwrap()
+    }
+
+    /// A local file recorded as ours, disk and index in agreement.
+    fn local_file(&self, rel: &str, content: &[u8]) -> FileEntry {
+        std::fs::write(self.root().join(rel), content).unwrap();
+        let DiskState::Present(m) = self.folder.fs.lstat(rel).unwrap() else {
+            panic!("{rel} not written")
+        };
+        let mut e = entry(rel, EntryKind::File, Some(content), ME.0, 1);
+        e.mtime_ns = m.stat.mtime_ns;
+        let mut r = record(e.clone());
+        r.local = Some(m.stat);
+        let c = Commit {
+            items: vec![Item::Applied {
+                record: r,
+                note: "test".into(),
+                resolves: vec![],
+            }],
+            resolved: vec![],
+        };
+        self.folder
+            .index
+            .commit(self.folder.id(), c, self.folder.local())
+            .unwrap();
+        e
+    }
+}
+
+fn resolved_set(r: &RoundReport) -> HashSet<Key> {
+    r.resolved.iter().cloned().collect()
+}
+
+#[tokio::test]
+async fn a_round_applies_every_kind_and_resolves_every_row() {
+    let mut fx = fixture();
+    let old = fx.local_file("x", b"to be deleted");
+    let mut gone = old.clone();
+    gone.deleted = true;
+    gone.version = old.version.bump(ShortId(P1));
+    let big = vec![5u8; (BATCH_FILE_MAX + 10) as usize];
+    fx.fake.serve(fx.peer, b"small");
+    fx.fake.serve(fx.peer, &big);
+    let entries = vec![
+        entry("d", EntryKind::Directory, None, P1, 1),
+        entry("d/small", EntryKind::File, Some(b"small"), P1, 1),
+        entry("big", EntryKind::File, Some(&big), P1, 1),
+        entry("l", EntryKind::Symlink, None, P1, 1),
+        gone,
+    ];
+    fx.ingest(&entries);
+    let report = fx.round(HashSet::new()).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let want: HashSet<Key> = ["d", "d/small", "big", "l", "x"]
+        .iter()
+        .map(|p| fx.key(p))
+        .collect();
+    assert_eq!(resolved_set(&report), want);
+    assert_eq!(report.resolved.len(), want.len(), "each row answered once");
+    assert!(report.progressed);
+    assert_eq!(fx.pending_count(), 0);
+    assert_eq!(std::fs::read(fx.root().join("d/small")).unwrap(), b"small");
+    assert_eq!(std::fs::read(fx.root().join("big")).unwrap(), big);
+    assert!(std::fs::symlink_metadata(fx.root().join("l"))
+        .unwrap()
+        .is_symlink());
+    assert!(!fx.root().join("x").exists());
+    for e in &entries {
+        let r = fx.recorded(&e.path).unwrap();
+        assert_eq!(
+            (r.entry.deleted, &r.entry.version),
+            (e.deleted, &e.version),
+            "{}",
+            e.path
+        );
+    }
+    assert!(
+        fx.folder.head.borrow().to_owned() > 0,
+        "the distributor was told"
+    );
+}
+
+#[tokio::test]
+async fn content_no_peer_has_is_reported_with_its_cause_and_stays_pending() {
+    let mut fx = fixture();
+    fx.fake.serve(fx.peer, b"here");
+    fx.ingest(&[file("ok", b"here"), file("missing", b"nobody has this")]);
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(resolved_set(&report), HashSet::from([fx.key("ok")]));
+    assert_eq!(report.failed.len(), 1);
+    let f = &report.failed[0];
+    assert_eq!(f.key, fx.key("missing"));
+    assert_eq!(f.wait, Wait::Backoff);
+    assert!(f.cause.to_string().contains("missing"), "{}", f.cause);
+    assert_eq!(fx.pending_count(), 1, "the row waits for its retry");
+    // The content turns up: the next round applies it.
+    fx.fake.serve(fx.peer, b"nobody has this");
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(resolved_set(&report), HashSet::from([fx.key("missing")]));
+    assert_eq!(fx.pending_count(), 0);
+}
+
+#[tokio::test]
+async fn a_local_edit_racing_the_round_goes_to_the_watcher_and_waits() {
+    let mut fx = fixture();
+    let mine = fx.local_file("a", b"mine");
+    std::fs::write(fx.root().join("a"), b"mine, edited, not indexed").unwrap();
+    let mut theirs = file("a", b"theirs");
+    theirs.version = mine.version.bump(ShortId(P1));
+    fx.fake.serve(fx.peer, b"theirs");
+    fx.ingest(&[theirs]);
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(report.races, vec!["a".to_string()]);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].wait, Wait::Race);
+    assert_eq!(
+        std::fs::read(fx.root().join("a")).unwrap(),
+        b"mine, edited, not indexed"
+    );
+}
+
+#[tokio::test]
+async fn a_hostile_path_is_rejected_counted_and_its_row_resolved() {
+    let mut fx = fixture();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), fx.root().join("evil")).unwrap();
+    fx.fake.serve(fx.peer, b"payload");
+    fx.ingest(&[file("evil/x", b"payload")]);
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(resolved_set(&report), HashSet::from([fx.key("evil/x")]));
+    assert!(report.failed.is_empty());
+    assert_eq!(fx.folder.status.rejected.load(Ordering::Relaxed), 1);
+    assert!(fx
+        .folder
+        .status
+        .last_error()
+        .is_some_and(|e| e.contains("evil/x")));
+    assert_eq!(fx.pending_count(), 0);
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn rows_waiting_for_their_retry_are_left_alone() {
+    let mut fx = fixture();
+    fx.fake.serve(fx.peer, b"c");
+    fx.ingest(&[file("a", b"c")]);
+    let report = fx.round(HashSet::from([fx.key("a")])).await;
+    assert_eq!(report.remaining, 1);
+    assert!(report.resolved.is_empty() && report.failed.is_empty());
+    assert!(!fx.root().join("a").exists());
+}
+
+#[tokio::test]
+async fn every_pending_row_gets_exactly_one_answer() {
+    for seed in 0..4u64 {
+        let mut fx = fixture();
+        let mut entries = Vec::new();
+        for i in 0..24u64 {
+            let pick = (i * 7 + seed * 13) % 5;
+            let name = format!("p{i}");
+            let e = match pick {
+                0 => entry(&name, EntryKind::Directory, None, P1, 1),
+                1 => entry(&name, EntryKind::Symlink, None, P1, 1),
+                2 => {
+                    // Content nobody has: fails, retried later.
+                    file(&name, format!("absent {i}").as_bytes())
+                }
+                _ => {
+                    let c = format!("content {i} {seed}");
+                    fx.fake.serve(fx.peer, c.as_bytes());
+                    file(&name, c.as_bytes())
+                }
+            };
+            entries.push(e);
+        }
+        fx.ingest(&entries);
+        let report = fx.round(HashSet::new()).await;
+        let mut answered: Vec<Key> = report.resolved.clone();
+        answered.extend(report.failed.iter().map(|f| f.key.clone()));
+        answered.sort();
+        let mut want: Vec<Key> = entries.iter().map(|e| fx.key(&e.path)).collect();
+        want.sort();
+        assert_eq!(answered, want, "seed {seed}: each row exactly once");
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_keeps_failing_reports_its_rows_failed_not_resolved() {
+    // An index that never initialised the folder refuses every commit
+    // (FolderNotInitialised) while still holding pending rows: the honest
+    // way to make the real Index::commit fail here.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeContent::new();
+    let peer = FakeContent::new_peer();
+    fake.serve(peer, b"content");
+    let mut folder = testing::folder(dir.path(), fake.clone());
+    let broken = Index::open(&dir.path().join("uninitialised.redb")).unwrap();
+    let mark = RemoteMark {
+        index_id: 1,
+        seq: 1,
+    };
+    broken
+        .ingest("f", peer.as_bytes(), mark, &[file("a", b"content")])
+        .unwrap();
+    Arc::get_mut(&mut folder).expect("unshared").index = broken;
+    let report = Round::new(folder.clone(), fake.providers())
+        .run(HashSet::new())
+        .await
+        .unwrap();
+    assert!(report.resolved.is_empty(), "nothing counts as done");
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].wait, Wait::Backoff);
+    assert!(matches!(*report.failed[0].cause, RoundError::Commit(_)));
+    assert_eq!(folder.index.pending_count("f").unwrap(), 1, "row kept");
+    assert!(folder.status.last_error().is_some());
+}
