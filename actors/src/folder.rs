@@ -187,6 +187,15 @@ pub struct Folder {
     pub status: FolderStatus,
 }
 
+/// The folder's marker (`<root>/.fleetsync`) is gone while the index has
+/// content: most likely an unmounted disk. Syncing it as empty would
+/// delete it everywhere, so the folder is paused instead.
+#[derive(Debug, thiserror::Error)]
+#[error("folder marker {}/.fleetsync is missing: is the disk mounted? (if the folder was emptied on purpose: mkdir -p {}/.fleetsync)", root.display(), root.display())]
+pub struct MarkerMissing {
+    pub root: std::path::PathBuf,
+}
+
 /// How long released content stays on disk. A rename reaches a peer as a
 /// delete and a create, often in that order and in different batches; the
 /// create finds the deleted file's content here instead of downloading it.
@@ -387,6 +396,20 @@ impl Folder {
             .flatten()
             .map(|(_, n)| n.clone())
             .collect()
+    }
+
+    /// Pause the folder (a fault, shown in status) if its marker is gone.
+    pub fn check_marker(&self) -> Result<(), MarkerMissing> {
+        if self.fs.has_marker() {
+            return Ok(());
+        }
+        let e = MarkerMissing {
+            root: self.cfg.path.clone(),
+        };
+        tracing::warn!(folder = self.id(), "{e}; sync paused");
+        self.set_fault(Some(e.to_string()));
+        self.status.error(e.to_string());
+        Err(e)
     }
 
     pub fn fault(&self) -> Option<String> {

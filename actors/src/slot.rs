@@ -34,8 +34,4 @@ impl<A: Actor> Slot<A> {
     pub fn set(&self, addr: Addr<A>) {
         *self.0.write().expect("slot lock") = Some(addr);
     }
-
-    pub fn clear(&self) {
-        *self.0.write().expect("slot lock") = None;
-    }
 }

@@ -93,10 +93,34 @@ pub enum StartError {
     Index(#[from] crate::index::IndexError),
     #[error("{0}")]
     Mesh(#[from] fleetsync_mesh::MeshError),
-    #[error("folder {folder}: {message}")]
-    Folder { folder: String, message: String },
+    #[error("folder {folder}: {source}")]
+    Folder {
+        folder: String,
+        #[source]
+        source: PrepareError,
+    },
     #[error("peer {0}: not a valid node id")]
     PeerId(String),
+}
+
+/// A folder could not be made ready for its actors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrepareError {
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare {}: {source}", path.display())]
+    Reserved {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running node, for the binary and for tests.
@@ -189,12 +213,12 @@ pub async fn start_node(config: &Config) -> Result<NodeHandle, StartError> {
     let mut folders = HashMap::new();
     for f in &config.folders {
         let content: Arc<dyn crate::content::Content> = Arc::new(mesh.clone());
-        let ctx = Folder::new(f.clone(), index.clone(), content, mesh.short_id())?;
-        prepare_folder(&ctx).map_err(|message| StartError::Folder {
+        let folder = Folder::new(f.clone(), index.clone(), content, mesh.short_id())?;
+        prepare_folder(&folder).map_err(|source| StartError::Folder {
             folder: f.id.clone(),
-            message,
+            source,
         })?;
-        folders.insert(f.id.clone(), ctx);
+        folders.insert(f.id.clone(), folder);
     }
     let folders = Arc::new(folders);
     let mut slots = Slots::default();
@@ -233,30 +257,29 @@ pub async fn start_node(config: &Config) -> Result<NodeHandle, StartError> {
 /// index has content but whose marker is gone is most likely an unmounted
 /// disk: it is put in a fault state rather than "synced" as empty, which
 /// would delete it everywhere.
-fn prepare_folder(ctx: &Folder) -> Result<(), String> {
-    let root = &ctx.cfg.path;
-    let had_content = ctx
+fn prepare_folder(folder: &Folder) -> Result<(), PrepareError> {
+    let root = &folder.cfg.path;
+    let had_content = folder
         .index
-        .folder_meta(ctx.id())
-        .map_err(|e| e.to_string())?
+        .folder_meta(folder.id())?
         .is_some_and(|m| m.seq > 0);
-    if had_content && !ctx.fs.has_marker() {
-        let msg = format!(
-            "folder marker {}/.fleetsync is missing: is the disk mounted? (if the folder was emptied on purpose: mkdir -p {}/.fleetsync)",
-            root.display(),
-            root.display()
-        );
-        warn!(folder = ctx.id(), "{msg}; sync paused for this folder");
-        ctx.set_fault(Some(msg));
+    if had_content && folder.check_marker().is_err() {
         return Ok(());
     }
-    std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-    ctx.fs
+    std::fs::create_dir_all(root).map_err(|source| PrepareError::Create {
+        path: root.clone(),
+        source,
+    })?;
+    folder
+        .fs
         .ensure_reserved()
-        .map_err(|e| format!("cannot prepare {}: {e}", root.display()))?;
+        .map_err(|source| PrepareError::Reserved {
+            path: root.clone(),
+            source,
+        })?;
     // Nothing is in flight before the receivers start.
-    retention::sweep_tmp(ctx, Duration::ZERO);
-    retention::sweep_refs(ctx, Duration::ZERO);
+    retention::sweep_tmp(folder, Duration::ZERO);
+    retention::sweep_refs(folder, Duration::ZERO);
     Ok(())
 }
 
@@ -313,8 +336,8 @@ impl Supervisor {
                 self.slots.retention.set(addr);
             }
             ActorId::Hasher(f) => {
-                let ctx = self.folders[f].clone();
-                let addr = Hasher::start_in_arbiter(&h, move |_| Hasher::new(ctx));
+                let folder = self.folders[f].clone();
+                let addr = Hasher::start_in_arbiter(&h, move |_| Hasher::new(folder));
                 self.slots.hashers[f].set(addr);
                 // A batch in flight to the old instance is lost: re-derive it.
                 if let Some(w) = self.slots.watchers[f].get() {
@@ -322,15 +345,15 @@ impl Supervisor {
                 }
             }
             ActorId::Watcher(f) => {
-                let ctx = self.folders[f].clone();
+                let folder = self.folders[f].clone();
                 let hasher = self.slots.hashers[f].clone();
-                let addr = Watcher::start_in_arbiter(&h, move |_| Watcher::new(ctx, hasher));
+                let addr = Watcher::start_in_arbiter(&h, move |_| Watcher::new(folder, hasher));
                 self.slots.watchers[f].set(addr);
             }
             ActorId::Receiver(f) => {
-                let ctx = self.folders[f].clone();
+                let folder = self.folders[f].clone();
                 let watcher = self.slots.watchers[f].clone();
-                let addr = Receiver::start_in_arbiter(&h, move |_| Receiver::new(ctx, watcher));
+                let addr = Receiver::start_in_arbiter(&h, move |_| Receiver::new(folder, watcher));
                 for s in self.sessions.values() {
                     addr.do_send(PeerUp(s.clone()));
                 }

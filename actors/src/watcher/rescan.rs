@@ -2,13 +2,13 @@
 //! what notifications missed (start-up, overflow, the periodic safety net).
 //! Blocking; the watcher runs it on the blocking pool.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::collections::HashMap;
 
 use fleetsync_mesh::model::EntryKind;
 use tracing::warn;
 
 use crate::{
-    folder::Folder,
+    folder::{Folder, MarkerMissing},
     index::{now_ns, IndexError},
     record::{disk_matches, DiskState, Record},
     rt::TaskError,
@@ -34,8 +34,8 @@ pub struct ScanResult {
 pub enum ScanError {
     /// The folder is not there (an unmounted disk?): the folder is put in
     /// a fault state rather than synced as empty.
-    #[error("folder marker {}/.fleetsync is missing: is the disk mounted? (if the folder was emptied on purpose: mkdir {}/.fleetsync)", root.display(), root.display())]
-    MarkerMissing { root: PathBuf },
+    #[error(transparent)]
+    MarkerMissing(#[from] MarkerMissing),
     #[error("index: {0}")]
     Index(#[from] IndexError),
     #[error(transparent)]
@@ -48,14 +48,7 @@ pub fn scan_folder(folder: &Folder) -> Result<ScanResult, ScanError> {
     if folder.fault().is_some() {
         return Ok(ScanResult::default());
     }
-    if !folder.fs.has_marker() {
-        let e = ScanError::MarkerMissing {
-            root: folder.cfg.path.clone(),
-        };
-        warn!(folder = folder.id(), "{e}; sync paused");
-        folder.set_fault(Some(e.to_string()));
-        return Err(e);
-    }
+    folder.check_marker()?;
     let mut known = live_records(folder)?;
     let (found, errors) = scan::walk(&folder.cfg.path, &folder.ignore());
     for e in errors.iter().take(SCAN_ERRORS_LOGGED) {
