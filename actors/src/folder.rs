@@ -427,18 +427,19 @@ impl Folder {
 /// does not know it yet (its edit would otherwise be based on a stale
 /// version and look like a conflict).
 pub struct ApplyGuard {
-    ctx: Arc<Folder>,
+    folder: Arc<Folder>,
     path: String,
 }
 
 impl ApplyGuard {
-    pub fn new(ctx: &Arc<Folder>, path: &str) -> Self {
-        ctx.applying
+    pub fn new(folder: &Arc<Folder>, path: &str) -> Self {
+        folder
+            .applying
             .lock()
             .expect("applying lock")
             .insert(path.to_string());
         ApplyGuard {
-            ctx: ctx.clone(),
+            folder: folder.clone(),
             path: path.to_string(),
         }
     }
@@ -452,7 +453,7 @@ impl std::fmt::Debug for ApplyGuard {
 
 impl Drop for ApplyGuard {
     fn drop(&mut self) {
-        self.ctx
+        self.folder
             .applying
             .lock()
             .expect("applying lock")

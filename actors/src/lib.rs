@@ -6,22 +6,28 @@
 //!                  │ MarkDirty          │    ▼                          │
 //!                  └──────────────── Receiver ◄─── index streams ◄──────┘
 //!                                     │  ▲
-//!                             apply ──┘  └── blobs (iroh-blobs, verified)
-//!  Retention: temp files, blob GC protect set.   Supervisor: starts all,
-//!  pings each, restarts the dead or stalled, fans mesh events out.
+//!                             apply ──┘  └── Content (blob store + peers)
+//!  Retention: temp files, refs links, blob GC protect set.
+//!  Supervisor: starts all, pings each, restarts the dead or stalled, fans
+//!  mesh events out.
 //! ```
 //!
+//! Layers, lowest first (a module imports only from layers below it):
+//! - [`msg`] (messages several actors answer), [`record`] (what the index
+//!   records about a path, what the disk shows, and the one rule comparing
+//!   them), [`content`] (the [`content::Content`] seam to the blob store
+//!   and peers), [`rt`], [`slot`].
+//! - [`rules`] (convergence, pure and property-tested), [`fsutil`]
+//!   (confined file system access), [`ignore`], [`scan`].
 //! - [`index`]: the redb index — entries, sequence numbers, pending remote
 //!   entries, peer marks, history. Every actor's state is rebuilt from it.
-//! - [`rules`]: the convergence rules (pure, property-tested).
-//! - [`fsutil`], [`scan`], [`ignore`]: confined filesystem access, walks,
-//!   ignore patterns.
-//! - [`watcher`], [`hasher`], [`distributor`], [`receiver`] (+ [`apply`]),
-//!   [`retention`], [`supervisor`]: the actors, each with a `msg` module
-//!   holding its messages and their reply types.
-//! - [`folder`]: per-folder shared context and live status; [`status`]: the
-//!   node's status snapshot for the admin API.
-//! - [`rt`]: where blocking and async work runs (never on actor threads).
+//! - [`folder`]: what one folder's actors share (config, index, content,
+//!   live status) — survives actor restarts.
+//! - The actors: [`hasher`], [`watcher`], [`distributor`], [`retention`],
+//!   and [`receiver`] with its [`apply`] pipeline; each keeps its messages
+//!   and their reply types in a `msg` module.
+//! - [`supervisor`] (starts and restarts them) and [`status`] (the admin
+//!   API's snapshot).
 
 #![warn(clippy::too_many_lines)]
 
