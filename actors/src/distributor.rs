@@ -96,16 +96,16 @@ impl Handler<Ping> for Distributor {
 impl Handler<PeerUp> for Distributor {
     type Result = ();
 
-    fn handle(&mut self, PeerUp(s): PeerUp, _: &mut Context<Self>) {
-        if self.sessions.contains_key(&s.conn_id) {
+    fn handle(&mut self, PeerUp(session): PeerUp, _: &mut Context<Self>) {
+        if self.sessions.contains_key(&session.conn_id) {
             return;
         }
         let shared = Arc::new(Shared {
             folders: self.folders.clone(),
             progress: self.progress.clone(),
         });
-        let (peer, conn_id) = (s.peer, s.conn_id);
-        let h = rt::spawn(index_stream::serve(s, shared));
+        let (peer, conn_id) = (session.peer, session.conn_id);
+        let h = rt::spawn(index_stream::serve(session, shared));
         self.sessions.insert(conn_id, (peer, h));
     }
 }
@@ -114,13 +114,26 @@ impl Handler<PeerDown> for Distributor {
     type Result = ();
 
     fn handle(&mut self, m: PeerDown, _: &mut Context<Self>) {
-        if let Some((_, h)) = self.sessions.remove(&m.conn_id) {
+        self.session_down(m.peer, m.conn_id);
+    }
+}
+
+impl Distributor {
+    /// Stop serving a session. Its progress goes with the peer's last
+    /// session: when a duplicate connection was replaced, the old one's
+    /// `PeerDown` arrives after the new one's `PeerUp`, and the new
+    /// session's progress must stay.
+    fn session_down(&mut self, peer: EndpointId, conn_id: u64) {
+        if let Some((_, h)) = self.sessions.remove(&conn_id) {
             h.abort();
+        }
+        if self.sessions.values().any(|(p, _)| *p == peer) {
+            return;
         }
         self.progress
             .lock()
             .expect("progress lock")
-            .retain(|(p, _), _| *p != m.peer);
+            .retain(|(p, _), _| *p != peer);
     }
 }
 
@@ -324,5 +337,57 @@ mod tests {
         assert_eq!(progress.len(), 2);
         assert_eq!(of(&a), (12, true));
         assert_eq!(of(&b), (3, false));
+    }
+
+    fn distributor_serving(sessions: &[(u64, EndpointId)]) -> Distributor {
+        let mut d = Distributor::new(Arc::new(HashMap::new()));
+        for (conn_id, peer) in sessions {
+            let task = tokio::spawn(std::future::pending::<()>());
+            d.sessions.insert(*conn_id, (*peer, task));
+        }
+        d
+    }
+
+    fn report(d: &Distributor, peer: EndpointId) {
+        let out = Outbound {
+            peer,
+            folder: "f".into(),
+            sent_seq: 5,
+            caught_up: true,
+        };
+        let mut progress = d.progress.lock().unwrap();
+        progress.insert((peer, "f".into()), out);
+    }
+
+    #[tokio::test]
+    async fn regression_progress_of_a_reconnected_peer_survives_the_old_sessions_down() {
+        let peer = FakeContent::new_peer();
+        // Old session 1 was replaced by session 2, which already reported.
+        let mut d = distributor_serving(&[(1, peer), (2, peer)]);
+        report(&d, peer);
+        d.session_down(peer, 1);
+        assert_eq!(
+            d.progress.lock().unwrap().len(),
+            1,
+            "new session's progress kept"
+        );
+        assert!(d.sessions.contains_key(&2));
+        d.session_down(peer, 2);
+        assert!(d.progress.lock().unwrap().is_empty(), "last session gone");
+        assert!(d.sessions.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_session_down_forgets_only_that_peers_progress() {
+        let (a, b) = (FakeContent::new_peer(), FakeContent::new_peer());
+        let mut d = distributor_serving(&[(1, a), (2, b)]);
+        report(&d, a);
+        report(&d, b);
+        d.session_down(a, 1);
+        let progress = d.progress.lock().unwrap();
+        assert_eq!(
+            progress.keys().map(|(p, _)| *p).collect::<Vec<_>>(),
+            vec![b]
+        );
     }
 }
