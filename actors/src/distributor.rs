@@ -11,29 +11,33 @@
 //! unannounced local edits of receive-only folders. Entries applied from
 //! one peer are offered to all others, so changes travel across the mesh.
 //!
-//! Serving runs in tasks on the node runtime; the actor owns their handles
-//! (aborted on peer loss or restart) and the progress it reports.
+//! The protocol itself (streams, batches, `CaughtUp`, following the head)
+//! is [`fleetsync_mesh::index_stream::serve`]; this module supplies what it
+//! reads ([`Shared`], [`ServedFolder`]) and keeps the policy of what a peer
+//! may see ([`may_send`]). Serving runs in tasks on the node runtime; the
+//! actor owns their handles (aborted on peer loss or restart) and the
+//! progress they report.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use actix::prelude::*;
-use fleetsync_mesh::iroh::endpoint::{RecvStream, SendStream};
+use async_trait::async_trait;
 use fleetsync_mesh::{
-    codec::{read_msg, write_msg},
-    proto::{FolderWant, IndexRequest, IndexResponse, BATCH_ENTRIES, REQUEST_LIMITS},
-    EndpointId, PeerSession,
+    index_stream::{self, BoxError, IndexSource, Peer, SharedFolders, Slice},
+    model::ShortId,
+    EndpointId,
 };
-use tokio::task::{JoinHandle, JoinSet};
-use tracing::{debug, info, warn};
+use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     folder::Folder,
+    index::IndexError,
     msg::{PeerDown, PeerUp, Ping},
-    rt,
+    record::Record,
+    rt::{self, TaskError},
 };
 
 pub mod msg {
@@ -92,16 +96,17 @@ impl Handler<Ping> for Distributor {
 impl Handler<PeerUp> for Distributor {
     type Result = ();
 
-    fn handle(&mut self, PeerUp(s): PeerUp, _: &mut Context<Self>) {
-        if self.sessions.contains_key(&s.conn_id) {
+    fn handle(&mut self, PeerUp(session): PeerUp, _: &mut Context<Self>) {
+        if self.sessions.contains_key(&session.conn_id) {
             return;
         }
-        let h = rt::spawn(serve_session(
-            s.clone(),
-            self.folders.clone(),
-            self.progress.clone(),
-        ));
-        self.sessions.insert(s.conn_id, (s.peer, h));
+        let shared = Arc::new(Shared {
+            folders: self.folders.clone(),
+            progress: self.progress.clone(),
+        });
+        let (peer, conn_id) = (session.peer, session.conn_id);
+        let h = rt::spawn(index_stream::serve(session, shared));
+        self.sessions.insert(conn_id, (peer, h));
     }
 }
 
@@ -109,13 +114,26 @@ impl Handler<PeerDown> for Distributor {
     type Result = ();
 
     fn handle(&mut self, m: PeerDown, _: &mut Context<Self>) {
-        if let Some((_, h)) = self.sessions.remove(&m.conn_id) {
+        self.session_down(m.peer, m.conn_id);
+    }
+}
+
+impl Distributor {
+    /// Stop serving a session. Its progress goes with the peer's last
+    /// session: when a duplicate connection was replaced, the old one's
+    /// `PeerDown` arrives after the new one's `PeerUp`, and the new
+    /// session's progress must stay.
+    fn session_down(&mut self, peer: EndpointId, conn_id: u64) {
+        if let Some((_, h)) = self.sessions.remove(&conn_id) {
             h.abort();
+        }
+        if self.sessions.values().any(|(p, _)| *p == peer) {
+            return;
         }
         self.progress
             .lock()
             .expect("progress lock")
-            .retain(|(p, _), _| *p != m.peer);
+            .retain(|(p, _), _| *p != peer);
     }
 }
 
@@ -134,153 +152,242 @@ impl Handler<GetOutbound> for Distributor {
     }
 }
 
-/// Accept the peer's subscription streams for as long as the connection lives.
-async fn serve_session(
-    s: PeerSession,
+/// Our folders as the index streams of one session see them.
+struct Shared {
     folders: Arc<HashMap<String, Arc<Folder>>>,
     progress: Progress,
-) {
-    let mut streams = JoinSet::new();
-    loop {
-        let (send, recv) = match s.conn.accept_bi().await {
-            Ok(x) => x,
-            Err(e) => {
-                debug!(peer = %s.peer.fmt_short(), "session ended: {e}");
-                return;
-            }
+}
+
+impl SharedFolders for Shared {
+    type Source = ServedFolder;
+
+    fn open(&self, folder: &str, peer: &Peer) -> Option<ServedFolder> {
+        let folder = self.folders.get(folder)?.clone();
+        Some(ServedFolder {
+            folder,
+            peer: peer.short,
+        })
+    }
+
+    fn progress(&self, peer: &Peer, folder: &str, sent_seq: u64, caught_up: bool) {
+        let out = Outbound {
+            peer: peer.id,
+            folder: folder.to_string(),
+            sent_seq,
+            caught_up,
         };
-        streams.spawn(serve_stream(
-            s.clone(),
-            send,
-            recv,
-            folders.clone(),
-            progress.clone(),
-        ));
-        // Reap finished streams so the set stays small.
-        while streams.try_join_next().is_some() {}
+        self.progress
+            .lock()
+            .expect("progress lock")
+            .insert((peer.id, folder.to_string()), out);
     }
 }
 
-async fn serve_stream(
-    s: PeerSession,
-    mut send: SendStream,
-    mut recv: RecvStream,
-    folders: Arc<HashMap<String, Arc<Folder>>>,
-    progress: Progress,
-) {
-    let peer = s.peer.fmt_short().to_string();
-    let req = tokio::time::timeout(
-        Duration::from_secs(10),
-        read_msg::<_, IndexRequest>(&mut recv, REQUEST_LIMITS),
-    )
-    .await;
-    let want: FolderWant = match req {
-        Ok(Ok(Some((IndexRequest::Subscribe(w), _)))) => w,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            warn!(%peer, "rejected malformed index request: {e}");
-            return;
-        }
-        Err(_) => {
-            warn!(%peer, "index request timed out");
-            return;
-        }
-    };
-    let Some(ctx) = folders.get(&want.folder).cloned() else {
-        info!(%peer, folder = %want.folder, "peer asked for a folder we do not share");
-        let _ = write_msg(
-            &mut send,
-            &IndexResponse::NotShared {
-                folder: want.folder,
+/// One folder's index as one peer gets it.
+struct ServedFolder {
+    folder: Arc<Folder>,
+    peer: ShortId,
+}
+
+/// Reading the index to serve a peer failed.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("cannot read the index: {0}")]
+    Index(#[from] IndexError),
+}
+
+#[async_trait]
+impl IndexSource for ServedFolder {
+    fn index_id(&self) -> u64 {
+        self.folder.index_id
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.folder.head.subscribe()
+    }
+
+    async fn read(&self, from: u64, limit: usize) -> Result<Slice, BoxError> {
+        let folder = self.folder.clone();
+        let rows = rt::try_blocking(move || {
+            Ok::<_, ReadError>(folder.index.since(folder.id(), from, limit)?)
+        })
+        .await?;
+        Ok(slice_for(self.peer, from, rows))
+    }
+}
+
+/// The rows read after `from`, as `peer` may have them; the slice reaches
+/// the last row read even when that row is not sent.
+fn slice_for(peer: ShortId, from: u64, rows: Vec<Record>) -> Slice {
+    let up_to = rows.last().map_or(from, |r| r.entry.sequence);
+    let entries = rows
+        .into_iter()
+        .filter(|r| may_send(r, peer))
+        .map(|r| r.entry)
+        .collect();
+    Slice { entries, up_to }
+}
+
+/// No echo (an entry we adopted from `peer` goes back to it only once
+/// changed again), and unannounced local edits of receive-only folders
+/// never leave the node.
+fn may_send(r: &Record, peer: ShortId) -> bool {
+    !r.local_changed && r.received_from != Some(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetsync_mesh::model::{EntryKind, FileEntry, VersionVector};
+
+    use super::*;
+    use crate::testing::{self, FakeContent};
+
+    const PEER: ShortId = ShortId(1);
+    const OTHER: ShortId = ShortId(2);
+
+    fn row(seq: u64, received_from: Option<ShortId>, local_changed: bool) -> Record {
+        Record {
+            entry: FileEntry {
+                path: format!("d{seq}"),
+                kind: EntryKind::Directory,
+                size: 0,
+                mtime_ns: 1,
+                mode: 0o755,
+                hash: None,
+                symlink_target: None,
+                deleted: false,
+                version: VersionVector::from_pairs([(OTHER, seq)]),
+                modified_by: OTHER,
+                sequence: seq,
             },
-        )
-        .await;
-        let _ = send.finish();
-        return;
-    };
-    let folder = ctx.id().to_string();
-    let key = (s.peer, folder.clone());
-    let mut cursor = if want.index_id == ctx.index_id {
-        want.since
-    } else {
-        0
-    };
-    debug!(%peer, %folder, since = cursor, "serving index");
-    let mut head = ctx.head.subscribe();
-    let mut caught_up = false;
-    // The subscriber closing its side ends the subscription.
-    let closed = async {
-        let mut buf = [0u8; 1];
-        let _ = recv.read(&mut buf).await;
-    };
-    tokio::pin!(closed);
-    loop {
-        let c = ctx.clone();
-        let from = cursor;
-        let batch = match rt::blocking(move || c.index.since(c.id(), from, BATCH_ENTRIES)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                warn!(%folder, "cannot read index to serve {peer}: {e}");
-                return;
-            }
-            Err(e) => {
-                warn!(%folder, "cannot read index to serve {peer}: {e}");
-                return;
-            }
-        };
-        if batch.is_empty() {
-            if !caught_up {
-                caught_up = true;
-                let msg = IndexResponse::CaughtUp {
-                    folder: folder.clone(),
-                    index_id: ctx.index_id,
-                    seq: cursor,
-                };
-                if write_msg(&mut send, &msg).await.is_err() {
-                    return;
-                }
-                progress.lock().expect("progress lock").insert(
-                    key.clone(),
-                    Outbound {
-                        peer: s.peer,
-                        folder: folder.clone(),
-                        sent_seq: cursor,
-                        caught_up: true,
-                    },
-                );
-            }
-            tokio::select! {
-                r = head.wait_for(|h| *h > cursor) => if r.is_err() { return },
-                _ = &mut closed => return,
-            }
-            continue;
+            local: None,
+            local_changed,
+            received_from,
+            refs: None,
         }
-        caught_up = false;
-        let up_to = batch.last().map(|r| r.entry.sequence).unwrap_or(cursor);
-        let entries: Vec<_> = batch
-            .into_iter()
-            .filter(|r| !r.local_changed && r.received_from != Some(s.short))
-            .map(|r| r.entry)
-            .collect();
-        let msg = IndexResponse::Batch {
-            folder: folder.clone(),
-            index_id: ctx.index_id,
-            entries,
-            up_to,
-        };
-        if let Err(e) = write_msg(&mut send, &msg).await {
-            debug!(%peer, %folder, "index stream closed: {e}");
-            return;
+    }
+
+    fn paths(s: &Slice) -> Vec<&str> {
+        s.entries.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn an_entry_is_not_echoed_to_the_peer_it_came_from() {
+        assert!(!may_send(&row(1, Some(PEER), false), PEER));
+        assert!(may_send(&row(1, Some(OTHER), false), PEER));
+        assert!(may_send(&row(1, None, false), PEER));
+    }
+
+    #[test]
+    fn an_unannounced_receive_only_edit_is_never_sent() {
+        assert!(!may_send(&row(1, None, true), PEER));
+    }
+
+    #[test]
+    fn a_slice_reaches_the_last_row_read_even_when_it_is_not_sent() {
+        let rows = vec![row(4, None, false), row(5, Some(PEER), false)];
+        let s = slice_for(PEER, 3, rows);
+        assert_eq!(paths(&s), vec!["d4"]);
+        assert_eq!(s.up_to, 5);
+    }
+
+    #[test]
+    fn an_empty_read_stays_where_it_started() {
+        let s = slice_for(PEER, 9, Vec::new());
+        assert!(s.entries.is_empty());
+        assert_eq!(s.up_to, 9);
+    }
+
+    fn shared_with_test_folder(dir: &std::path::Path) -> Shared {
+        let folder = testing::folder(dir, FakeContent::new());
+        let folders = HashMap::from([(folder.id().to_string(), folder)]);
+        Shared {
+            folders: Arc::new(folders),
+            progress: Default::default(),
         }
-        cursor = up_to;
-        progress.lock().expect("progress lock").insert(
-            key.clone(),
-            Outbound {
-                peer: s.peer,
-                folder: folder.clone(),
-                sent_seq: cursor,
-                caught_up: false,
-            },
+    }
+
+    #[test]
+    fn only_configured_folders_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_with_test_folder(dir.path());
+        let peer = Peer::new(FakeContent::new_peer());
+        assert!(shared.open("f", &peer).is_some());
+        assert!(shared.open("not-here", &peer).is_none());
+    }
+
+    #[test]
+    fn progress_keeps_the_latest_report_per_peer_and_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_with_test_folder(dir.path());
+        let (a, b) = (
+            Peer::new(FakeContent::new_peer()),
+            Peer::new(FakeContent::new_peer()),
+        );
+        shared.progress(&a, "f", 10, false);
+        shared.progress(&a, "f", 12, true);
+        shared.progress(&b, "f", 3, false);
+        let progress = shared.progress.lock().unwrap();
+        let of = |p: &Peer| {
+            let o = &progress[&(p.id, "f".to_string())];
+            (o.sent_seq, o.caught_up)
+        };
+        assert_eq!(progress.len(), 2);
+        assert_eq!(of(&a), (12, true));
+        assert_eq!(of(&b), (3, false));
+    }
+
+    fn distributor_serving(sessions: &[(u64, EndpointId)]) -> Distributor {
+        let mut d = Distributor::new(Arc::new(HashMap::new()));
+        for (conn_id, peer) in sessions {
+            let task = tokio::spawn(std::future::pending::<()>());
+            d.sessions.insert(*conn_id, (*peer, task));
+        }
+        d
+    }
+
+    fn report(d: &Distributor, peer: EndpointId) {
+        let out = Outbound {
+            peer,
+            folder: "f".into(),
+            sent_seq: 5,
+            caught_up: true,
+        };
+        let mut progress = d.progress.lock().unwrap();
+        progress.insert((peer, "f".into()), out);
+    }
+
+    #[tokio::test]
+    async fn regression_progress_of_a_reconnected_peer_survives_the_old_sessions_down() {
+        let peer = FakeContent::new_peer();
+        // Old session 1 was replaced by session 2, which already reported.
+        let mut d = distributor_serving(&[(1, peer), (2, peer)]);
+        report(&d, peer);
+        d.session_down(peer, 1);
+        assert_eq!(
+            d.progress.lock().unwrap().len(),
+            1,
+            "new session's progress kept"
+        );
+        assert!(d.sessions.contains_key(&2));
+        d.session_down(peer, 2);
+        assert!(d.progress.lock().unwrap().is_empty(), "last session gone");
+        assert!(d.sessions.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_session_down_forgets_only_that_peers_progress() {
+        let (a, b) = (FakeContent::new_peer(), FakeContent::new_peer());
+        let mut d = distributor_serving(&[(1, a), (2, b)]);
+        report(&d, a);
+        report(&d, b);
+        d.session_down(a, 1);
+        let progress = d.progress.lock().unwrap();
+        assert_eq!(
+            progress.keys().map(|(p, _)| *p).collect::<Vec<_>>(),
+            vec![b]
         );
     }
 }

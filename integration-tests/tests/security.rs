@@ -9,15 +9,13 @@ use fleetsync_integration_tests::*;
 use fleetsync_mesh::{
     auth::{self, FleetKey},
     codec::{read_msg, write_msg},
+    index_stream::{IndexRequest, IndexResponse},
     iroh::{
         endpoint::{presets, Connection},
         Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey,
     },
     model::{EntryKind, FileEntry, ShortId, VersionVector},
-    proto::{
-        Handshake, IndexRequest, IndexResponse, BLOBS_ALPN, CTRL_ALPN, MIN_COMPATIBLE_VERSION,
-        PROTOCOL_VERSION,
-    },
+    proto::{Handshake, BLOBS_ALPN, CTRL_ALPN, MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION},
 };
 
 async fn endpoint() -> Endpoint {

@@ -14,7 +14,12 @@
 //!   ([`FileEntry`](model::FileEntry), [`VersionVector`](model::VersionVector))
 //!   and the validation that keeps hostile paths out.
 //! - [`codec`]: length-prefixed, size-capped postcard frames (zstd when large).
-//! - [`proto`]: ALPN, protocol version, handshake and index-stream messages.
+//! - [`proto`]: ALPNs, protocol version and the handshake messages.
+//! - [`index_stream`]: the index-stream protocol, whole: its messages, the
+//!   serving end and the subscribing end, with the traits through which the
+//!   actors supply folders ([`SharedFolders`](index_stream::SharedFolders),
+//!   [`IndexSource`](index_stream::IndexSource)) and take batches
+//!   ([`IndexSink`](index_stream::IndexSink)).
 //! - [`auth`]: the mutual fleet-secret proof run on every control connection.
 //! - [`gate`]: access control for all protocols.
 //! - [`identity`]: the node key on disk.
@@ -22,8 +27,9 @@
 //! - [`loopback`]: free UDP ports on 127.0.0.1 for local clusters (the demo,
 //!   tests), picked where the kernel never assigns port 0 binds.
 //!
-//! The mesh knows nothing about folders: the actors open index streams on a
-//! [`PeerSession`]'s connection and fetch content with [`Mesh::fetch_blob`].
+//! The mesh knows nothing about folders: the actors serve and follow index
+//! streams on a [`PeerSession`] through [`index_stream`], and fetch content
+//! with the blob operations in [`blobs`].
 
 #![warn(clippy::too_many_lines)]
 
@@ -32,6 +38,7 @@ pub mod blobs;
 pub mod codec;
 pub mod gate;
 pub mod identity;
+pub mod index_stream;
 pub mod loopback;
 pub mod model;
 pub mod net;

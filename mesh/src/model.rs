@@ -285,10 +285,6 @@ impl FileEntry {
                     && self.symlink_target == other.symlink_target
                     && self.size == other.size))
     }
-
-    pub fn hash_hex(&self) -> String {
-        self.hash.map(hex::encode).unwrap_or_default()
-    }
 }
 
 #[cfg(test)]

@@ -4,12 +4,20 @@
 //! control protocol and iroh-blobs behind the [`Gate`]. It keeps one
 //! authenticated connection per peer (dialing known peers with backoff,
 //! accepting inbound ones, de-duplicating simultaneous dials) and reports
-//! sessions coming and going as [`MeshEvent`]s. What flows over a session
-//! (index streams) is the actors' business; blob fetches go through
-//! [`Mesh::fetch_blob`].
+//! sessions coming and going as [`MeshEvent`]s. Index streams run on a
+//! [`PeerSession`] through [`crate::index_stream`]; blob operations are in
+//! [`crate::blobs`].
+//!
+//! Steps, by function: [`Mesh::start`] (`open_store`, `bind_endpoint`,
+//! `static_peers`, router, `dial_loop`); dialing (`due_dials` → `dial` →
+//! `try_dial`); accepting (`CtrlHandler::accept` → `accept_handshake`);
+//! both then `run_session` (`register` with the duplicate tie-break
+//! `new_conn_wins`, `MeshEvent::Up`, `watch_control`, `session_ended`).
 
 use std::{
     collections::HashMap,
+    convert::Infallible,
+    future::Future,
     net::SocketAddr,
     path::PathBuf,
     sync::{
@@ -20,7 +28,10 @@ use std::{
 };
 
 use iroh::{
-    endpoint::{presets, Connection, QuicTransportConfig, RecvStream, SendStream, Side, VarInt},
+    endpoint::{
+        presets, ConnectError, Connection, ConnectionError, QuicTransportConfig, RecvStream,
+        SendStream, Side, VarInt,
+    },
     protocol::{AcceptError, ProtocolHandler, Router},
     Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey,
 };
@@ -50,6 +61,20 @@ pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// Session events waiting for the node: it drains them at once, this is
+/// slack for bursts (every peer reconnecting after a restart).
+const EVENT_QUEUE: usize = 256;
+/// QUIC keep-alive: keeps an idle session (nothing changing) from timing
+/// out, well inside [`IDLE_TIMEOUT`].
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// A peer silent this long is gone: its session ends and dialing resumes.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Outboards up to this size live in the store's database; content itself
+/// never does (see [`Mesh::start`]).
+const MAX_OUTBOARD_INLINED: usize = 16 * 1024;
+/// The dial loop looks at its peers at least this often, even when nothing
+/// wakes it.
+const DIAL_TICK: Duration = Duration::from_secs(1);
 
 /// What the node needs to bring the mesh up.
 #[derive(Debug, Clone)]
@@ -68,18 +93,74 @@ pub struct MeshOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MeshError {
-    #[error("cannot bind {addr}: {message}")]
-    Bind { addr: SocketAddr, message: String },
-    #[error("cannot open blob store at {path}: {message}")]
-    Store { path: PathBuf, message: String },
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: BindError,
+    },
+    #[error("cannot open blob store at {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
-/// An authenticated connection to a fleet member.
+/// Why the endpoint could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    #[error(transparent)]
+    Address(#[from] iroh::endpoint::InvalidSocketAddr),
+    #[error(transparent)]
+    Socket(#[from] iroh::endpoint::BindError),
+}
+
+/// Why a new control connection did not become a session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeFailed {
+    #[error(transparent)]
+    Stream(ConnectionError),
+    #[error(transparent)]
+    Auth(HandshakeError),
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+/// Why dialing a peer did not give a session (it is tried again later).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    #[error("no address known")]
+    NoAddress,
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] HandshakeFailed),
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+}
+
+impl From<HandshakeFailed> for DialError {
+    fn from(e: HandshakeFailed) -> Self {
+        match e {
+            HandshakeFailed::Timeout => DialError::HandshakeTimeout,
+            e => DialError::Handshake(e),
+        }
+    }
+}
+
+/// An authenticated connection to a fleet member. Index streams run on it
+/// through [`crate::index_stream`].
 #[derive(Debug, Clone)]
 pub struct PeerSession {
     pub peer: EndpointId,
     pub short: ShortId,
-    pub conn: Connection,
+    pub(crate) conn: Connection,
     pub conn_id: u64,
     pub peer_version: u32,
 }
@@ -133,6 +214,8 @@ impl PeerRecord {
         }
     }
 
+    /// Remember where the peer can be reached: newest first, no duplicates,
+    /// at most [`MAX_ADDRS_PER_PEER`]; unusable addresses are ignored.
     fn add_addr(&mut self, a: SocketAddr) {
         if a.ip().is_unspecified() || a.port() == 0 {
             return;
@@ -142,6 +225,34 @@ impl PeerRecord {
             self.addrs.truncate(MAX_ADDRS_PER_PEER);
         }
     }
+
+    /// Should the dial loop dial this peer now?
+    fn wants_dial(&self, now: Instant) -> bool {
+        self.live.is_none() && !self.dialing && !self.addrs.is_empty() && self.next_dial <= now
+    }
+
+    /// A dial failed: back off (doubling, up to [`BACKOFF_MAX`]). Returns
+    /// whether the error is news (worth an info line, not a debug one).
+    fn dial_failed(&mut self, msg: String, now: Instant) -> bool {
+        let news = self.last_error.as_deref() != Some(msg.as_str());
+        self.last_error = Some(msg);
+        self.next_dial = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        news
+    }
+}
+
+/// Of two live connections between the same pair, does the `new` one
+/// replace the `existing` one? Both sides keep the connection dialed by
+/// the smaller endpoint id, so a simultaneous dial converges on one
+/// connection without any message; `me` and `peer` are from this side's
+/// point of view, `Side` is our side of each connection.
+fn new_conn_wins(me: EndpointId, peer: EndpointId, new: Side, existing: Side) -> bool {
+    let dialer = |side| match side {
+        Side::Client => me,
+        Side::Server => peer,
+    };
+    dialer(new) < dialer(existing)
 }
 
 #[derive(Debug)]
@@ -170,85 +281,35 @@ pub struct Mesh {
 impl Mesh {
     /// Bind the endpoint, open the blob store and start serving and dialing.
     pub async fn start(opts: MeshOptions) -> Result<(Mesh, mpsc::Receiver<MeshEvent>), MeshError> {
-        let blobs_dir = opts.data_dir.join("blobs");
-        let mut store_opts = iroh_blobs::store::fs::options::Options::new(&blobs_dir);
-        store_opts.gc = opts.gc.clone();
-        // Content never lives in the store's database (its cache would grow
-        // with every small file synced): data is referenced in place or kept
-        // as files; only small outboards are inlined.
-        store_opts.inline = iroh_blobs::store::fs::options::InlineOptions {
-            max_data_inlined: 0,
-            max_outboard_inlined: 16 * 1024,
-        };
-        let store = FsStore::load_with_opts(blobs_dir.join("blobs.db"), store_opts)
-            .await
-            .map_err(|e| MeshError::Store {
-                path: blobs_dir.clone(),
-                message: e.to_string(),
-            })?;
+        let store = open_store(&opts).await?;
         let gate = Gate::new(opts.allow.clone());
-        let transport = QuicTransportConfig::builder()
-            .keep_alive_interval(Duration::from_secs(2))
-            .max_idle_timeout(Some(
-                Duration::from_secs(10)
-                    .try_into()
-                    .expect("10s is a valid idle timeout"),
-            ))
-            .build();
-        let bind_err = |message: String| MeshError::Bind {
-            addr: opts.listen,
-            message,
-        };
-        let endpoint = Endpoint::builder(presets::Minimal)
-            .secret_key(opts.secret_key.clone())
-            .relay_mode(RelayMode::Disabled)
-            .clear_ip_transports()
-            .bind_addr(opts.listen)
-            .map_err(|e| bind_err(e.to_string()))?
-            .transport_config(transport)
-            .hooks(gate.clone())
-            .bind()
-            .await
-            .map_err(|e| bind_err(e.to_string()))?;
-        let (events_tx, events_rx) = mpsc::channel(256);
+        let endpoint = bind_endpoint(&opts, &gate).await?;
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let me = endpoint.id();
-        let mut peers = HashMap::new();
-        for (id, addr) in &opts.static_peers {
-            if *id == me {
-                continue;
-            }
-            let rec = peers.entry(*id).or_insert_with(|| PeerRecord::new(true));
-            rec.add_addr(*addr);
-        }
         let inner = Arc::new(Inner {
             endpoint: endpoint.clone(),
             store: store.clone(),
             key: FleetKey::new(&opts.fleet_secret),
             gate,
             me,
-            peers: Mutex::new(peers),
+            peers: Mutex::new(static_peers(me, &opts.static_peers)),
             blob_conns: Default::default(),
             events: events_tx,
             wake_dialer: Notify::new(),
             handshake_slots: Semaphore::new(MAX_PENDING_HANDSHAKES),
+            // Starts at 1 so that no session is ever numbered 0.
             next_conn_id: AtomicU64::new(1),
             shutdown: tokio::sync::watch::channel(false).0,
         });
+        let ctrl = CtrlHandler {
+            inner: inner.clone(),
+        };
         let router = Router::builder(endpoint)
-            .accept(
-                CTRL_ALPN,
-                CtrlHandler {
-                    inner: inner.clone(),
-                },
-            )
+            .accept(CTRL_ALPN, ctrl)
             .accept(BLOBS_ALPN, BlobsProtocol::new(&store, None))
             .spawn();
         tokio::spawn(dial_loop(inner.clone()));
-        info!(
-            id = %me,
-            addrs = ?inner.listen_addrs(),
-            "mesh up"
-        );
+        info!(id = %me, addrs = ?inner.listen_addrs(), "mesh up");
         Ok((Mesh { inner, router }, events_rx))
     }
 
@@ -298,6 +359,7 @@ impl Mesh {
 
     /// Close every connection and the endpoint; stops the blob store.
     pub async fn shutdown(&self) {
+        // Fails only if the dial loop is already gone, which is the goal.
         let _ = self.inner.shutdown.send(true);
         {
             let peers = self.inner.peers.lock().expect("peers lock");
@@ -312,6 +374,66 @@ impl Mesh {
         }
         self.inner.endpoint.close().await;
     }
+}
+
+/// The blob store in `<data_dir>/blobs`, with the caller's GC.
+async fn open_store(opts: &MeshOptions) -> Result<FsStore, MeshError> {
+    let blobs_dir = opts.data_dir.join("blobs");
+    let mut store_opts = iroh_blobs::store::fs::options::Options::new(&blobs_dir);
+    store_opts.gc = opts.gc.clone();
+    // Content never lives in the store's database (its cache would grow
+    // with every small file synced): data is referenced in place or kept
+    // as files; only small outboards are inlined.
+    store_opts.inline = iroh_blobs::store::fs::options::InlineOptions {
+        max_data_inlined: 0,
+        max_outboard_inlined: MAX_OUTBOARD_INLINED as u64,
+    };
+    FsStore::load_with_opts(blobs_dir.join("blobs.db"), store_opts)
+        .await
+        .map_err(|e| MeshError::Store {
+            path: blobs_dir,
+            source: e.into(),
+        })
+}
+
+/// One endpoint on exactly `opts.listen`: no relay, every connection
+/// through the gate.
+async fn bind_endpoint(opts: &MeshOptions, gate: &Gate) -> Result<Endpoint, MeshError> {
+    let bind_err = |source: BindError| MeshError::Bind {
+        addr: opts.listen,
+        source,
+    };
+    let idle = IDLE_TIMEOUT
+        .try_into()
+        .expect("IDLE_TIMEOUT is a valid idle timeout");
+    let transport = QuicTransportConfig::builder()
+        .keep_alive_interval(KEEP_ALIVE)
+        .max_idle_timeout(Some(idle))
+        .build();
+    Endpoint::builder(presets::Minimal)
+        .secret_key(opts.secret_key.clone())
+        .relay_mode(RelayMode::Disabled)
+        .clear_ip_transports()
+        .bind_addr(opts.listen)
+        .map_err(|e| bind_err(e.into()))?
+        .transport_config(transport)
+        .hooks(gate.clone())
+        .bind()
+        .await
+        .map_err(|e| bind_err(e.into()))
+}
+
+/// The configured peers (never ourselves), to be dialed from the start.
+fn static_peers(
+    me: EndpointId,
+    configured: &[(EndpointId, SocketAddr)],
+) -> HashMap<EndpointId, PeerRecord> {
+    let mut peers = HashMap::new();
+    for (id, addr) in configured.iter().filter(|(id, _)| *id != me) {
+        let rec = peers.entry(*id).or_insert_with(|| PeerRecord::new(true));
+        rec.add_addr(*addr);
+    }
+    peers
 }
 
 impl Inner {
@@ -348,48 +470,25 @@ impl Inner {
         Some(a)
     }
 
-    /// Record a new authenticated connection. Returns false if it lost the
-    /// duplicate tie-break and was closed.
-    fn register(
-        self: &Arc<Self>,
-        peer: EndpointId,
-        conn: &Connection,
-        admitted: &Admitted,
-    ) -> Option<u64> {
+    /// Record a new authenticated connection and return its id, or `None`
+    /// if it lost the duplicate tie-break and was closed.
+    fn register(&self, peer: EndpointId, conn: &Connection, admitted: &Admitted) -> Option<u64> {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let mut peers = self.peers.lock().expect("peers lock");
         let rec = peers.entry(peer).or_insert_with(|| PeerRecord::new(false));
-        for a in &admitted.peer_listen {
-            rec.add_addr(*a);
-        }
-        if let Some(a) = conn.paths().iter().find_map(|p| match p.remote_addr() {
-            iroh::TransportAddr::Ip(s) => Some(*s),
-            _ => None,
-        }) {
-            // The address an inbound connection came from is where the peer's
-            // socket lives (one UDP socket serves both directions).
-            if conn.side() == Side::Server {
-                rec.add_addr(a);
-            }
-        }
+        learn_addrs(rec, conn, admitted);
         rec.backoff = BACKOFF_MIN;
         rec.last_error = None;
-        if let Some(existing) = &rec.live {
-            if existing.conn.close_reason().is_none() {
-                // Both sides keep the connection dialed by the smaller id, so
-                // a simultaneous dial converges on one connection.
-                let dialer = |c: &Connection| match c.side() {
-                    Side::Client => self.me,
-                    Side::Server => peer,
-                };
-                if dialer(conn) < dialer(&existing.conn) {
-                    existing
-                        .conn
-                        .close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
-                } else {
-                    conn.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
-                    return None;
-                }
+        if let Some(existing) = rec
+            .live
+            .as_ref()
+            .filter(|l| l.conn.close_reason().is_none())
+        {
+            if new_conn_wins(self.me, peer, conn.side(), existing.conn.side()) {
+                close_duplicate(&existing.conn);
+            } else {
+                close_duplicate(conn);
+                return None;
             }
         }
         rec.live = Some(Live {
@@ -439,93 +538,156 @@ impl Inner {
         if self.events.send(MeshEvent::Up(session)).await.is_err() {
             return;
         }
-        let (_send, mut recv) = ctrl;
-        // The handshake stream stays open as the control channel; for now
-        // nothing is sent on it after the handshake, so any traffic is a
-        // protocol violation and ends the session.
-        let ctrl_watch = async {
-            match read_msg::<_, Handshake>(&mut recv, auth::HANDSHAKE_LIMITS).await {
-                Ok(None) | Err(_) => {}
-                Ok(Some(_)) => {
-                    warn!(peer = %peer.fmt_short(), "unexpected control message; closing");
-                    conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"protocol violation");
-                }
-            }
-            std::future::pending::<()>().await
-        };
+        let (_send, recv) = ctrl;
         let reason = tokio::select! {
             e = conn.closed() => e.to_string(),
-            _ = ctrl_watch => unreachable!(),
+            never = watch_control(&conn, recv) => match never {},
         };
-        if self.unregister(peer, conn_id, reason.clone()) {
-            info!(peer = %peer.fmt_short(), %reason, "peer disconnected");
-            self.blob_conns.lock().await.remove(&peer);
-            let _ = self.events.send(MeshEvent::Down { peer, conn_id }).await;
-            self.wake_dialer.notify_one();
+        self.session_ended(peer, conn_id, reason).await;
+    }
+
+    /// The session's connection closed: forget it, tell the node, redial.
+    async fn session_ended(&self, peer: EndpointId, conn_id: u64, reason: String) {
+        if !self.unregister(peer, conn_id, reason.clone()) {
+            return;
         }
+        info!(peer = %peer.fmt_short(), %reason, "peer disconnected");
+        self.blob_conns.lock().await.remove(&peer);
+        // Fails only when the node stopped listening (shutting down).
+        let _ = self.events.send(MeshEvent::Down { peer, conn_id }).await;
+        self.wake_dialer.notify_one();
     }
 
     async fn dial(self: Arc<Self>, peer: EndpointId) {
         let res = self.clone().try_dial(peer).await;
         let mut peers = self.peers.lock().expect("peers lock");
-        if let Some(rec) = peers.get_mut(&peer) {
-            rec.dialing = false;
-            if let Err(e) = res {
-                let msg = e.to_string();
-                if rec.last_error.as_deref() != Some(&msg) {
-                    info!(peer = %peer.fmt_short(), "cannot connect: {msg}");
-                } else {
-                    debug!(peer = %peer.fmt_short(), "cannot connect: {msg}");
-                }
-                rec.last_error = Some(msg);
-                rec.next_dial = Instant::now() + rec.backoff;
-                rec.backoff = (rec.backoff * 2).min(BACKOFF_MAX);
+        let Some(rec) = peers.get_mut(&peer) else {
+            return;
+        };
+        rec.dialing = false;
+        if let Err(e) = res {
+            let msg = e.to_string();
+            if rec.dial_failed(msg.clone(), Instant::now()) {
+                info!(peer = %peer.fmt_short(), "cannot connect: {msg}");
+            } else {
+                debug!(peer = %peer.fmt_short(), "cannot connect: {msg}");
             }
         }
     }
 
-    async fn try_dial(self: Arc<Self>, peer: EndpointId) -> Result<(), String> {
-        let addr = self
-            .endpoint_addr(peer)
-            .ok_or_else(|| "no address known".to_string())?;
+    /// Connect to `peer` and prove membership both ways; on success the
+    /// session runs in its own task.
+    async fn try_dial(self: Arc<Self>, peer: EndpointId) -> Result<(), DialError> {
+        let addr = self.endpoint_addr(peer).ok_or(DialError::NoAddress)?;
         let conn = tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, CTRL_ALPN))
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let hs = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            let admitted = auth::dial(
-                &self.key,
-                self.me,
-                peer,
-                self.listen_addrs(),
-                &mut recv,
-                &mut send,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            Ok::<_, String>((admitted, send, recv))
+            .map_err(|_| DialError::ConnectTimeout)??;
+        let handshake = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(HandshakeFailed::Stream)?;
+            let listen = self.listen_addrs();
+            let admitted = auth::dial(&self.key, self.me, peer, listen, &mut recv, &mut send)
+                .await
+                .map_err(HandshakeFailed::Auth)?;
+            Ok((admitted, send, recv))
         };
-        let (admitted, send, recv) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                if conn.close_reason().is_some() {
-                    // Closed under us (a duplicate being dropped, a restart).
-                    debug!(peer = %peer.fmt_short(), "handshake interrupted: {e}");
-                } else {
-                    warn!(peer = %peer.fmt_short(), "handshake failed: {e}");
-                }
-                conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake failed");
-                return Err(format!("handshake failed: {e}"));
-            }
-            Err(_) => {
-                conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake timeout");
-                return Err("handshake timed out".into());
+        let (admitted, send, recv) = match with_deadline(handshake).await {
+            Ok(done) => done,
+            Err(e) => {
+                handshake_failed(&conn, &e, Role::Dialer);
+                return Err(e.into());
             }
         };
         tokio::spawn(self.run_session(conn, admitted, (send, recv)));
         Ok(())
     }
+
+    /// The acceptor's side of the handshake on a new control connection.
+    async fn accept_handshake(&self, conn: &Connection) -> Result<Handshaken, HandshakeFailed> {
+        let peer = conn.remote_id();
+        let handshake = async {
+            let (mut send, mut recv) = conn.accept_bi().await.map_err(HandshakeFailed::Stream)?;
+            let listen = self.listen_addrs();
+            let admitted = auth::accept(&self.key, self.me, peer, listen, &mut recv, &mut send)
+                .await
+                .map_err(HandshakeFailed::Auth)?;
+            Ok((admitted, send, recv))
+        };
+        with_deadline(handshake).await
+    }
+}
+
+/// A handshake's result: the peer's admission and the control stream.
+type Handshaken = (Admitted, SendStream, RecvStream);
+
+/// Run a handshake within [`HANDSHAKE_TIMEOUT`].
+async fn with_deadline(
+    handshake: impl Future<Output = Result<Handshaken, HandshakeFailed>>,
+) -> Result<Handshaken, HandshakeFailed> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .unwrap_or(Err(HandshakeFailed::Timeout))
+}
+
+/// Our side of a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Dialer,
+    Acceptor,
+}
+
+/// Log a failed handshake and close the connection. Quietly if the
+/// connection was closed under us (a duplicate being dropped, a restart);
+/// a dialer's timeout is reported by the dial loop ("cannot connect").
+fn handshake_failed(conn: &Connection, e: &HandshakeFailed, role: Role) {
+    let peer = conn.remote_id().fmt_short();
+    if let HandshakeFailed::Timeout = e {
+        if role == Role::Acceptor {
+            warn!(%peer, "rejected control connection: {e}");
+        }
+        conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake timeout");
+        return;
+    }
+    if conn.close_reason().is_some() {
+        debug!(%peer, "handshake interrupted: {e}");
+    } else if role == Role::Acceptor {
+        warn!(%peer, "rejected control connection: {e}");
+    } else {
+        warn!(%peer, "handshake failed: {e}");
+    }
+    conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake failed");
+}
+
+/// Learn where the peer can be reached from a new connection.
+fn learn_addrs(rec: &mut PeerRecord, conn: &Connection, admitted: &Admitted) {
+    for a in &admitted.peer_listen {
+        rec.add_addr(*a);
+    }
+    // The address an inbound connection came from is where the peer's
+    // socket lives (one UDP socket serves both directions).
+    if conn.side() == Side::Server {
+        if let Some(a) = conn.paths().iter().find_map(|p| match p.remote_addr() {
+            iroh::TransportAddr::Ip(s) => Some(*s),
+            _ => None,
+        }) {
+            rec.add_addr(a);
+        }
+    }
+}
+
+fn close_duplicate(conn: &Connection) {
+    conn.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
+}
+
+/// The handshake stream stays open as the control channel; nothing is sent
+/// on it after the handshake yet, so any message is a protocol violation
+/// and closes the connection. Never returns: the caller waits for the
+/// connection to close.
+async fn watch_control(conn: &Connection, mut recv: RecvStream) -> Infallible {
+    if let Ok(Some(_)) = read_msg::<_, Handshake>(&mut recv, auth::HANDSHAKE_LIMITS).await {
+        warn!(peer = %conn.remote_id().fmt_short(), "unexpected control message; closing");
+        conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"protocol violation");
+    }
+    std::future::pending().await
 }
 
 /// Keeps dialing known peers that have no live session, with per-peer
@@ -533,23 +695,7 @@ impl Inner {
 async fn dial_loop(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
-        let now = Instant::now();
-        let mut due = Vec::new();
-        let mut next_wake = now + Duration::from_secs(1);
-        {
-            let mut peers = inner.peers.lock().expect("peers lock");
-            for (id, rec) in peers.iter_mut() {
-                if rec.live.is_some() || rec.dialing || rec.addrs.is_empty() {
-                    continue;
-                }
-                if rec.next_dial <= now {
-                    rec.dialing = true;
-                    due.push(*id);
-                } else {
-                    next_wake = next_wake.min(rec.next_dial);
-                }
-            }
-        }
+        let (due, next_wake) = due_dials(&inner, Instant::now());
         for id in due {
             tokio::spawn(inner.clone().dial(id));
         }
@@ -561,6 +707,22 @@ async fn dial_loop(inner: Arc<Inner>) {
     }
 }
 
+/// The peers to dial now (marked as dialing) and when to look again.
+fn due_dials(inner: &Inner, now: Instant) -> (Vec<EndpointId>, Instant) {
+    let mut due = Vec::new();
+    let mut next_wake = now + DIAL_TICK;
+    let mut peers = inner.peers.lock().expect("peers lock");
+    for (id, rec) in peers.iter_mut() {
+        if rec.wants_dial(now) {
+            rec.dialing = true;
+            due.push(*id);
+        } else if rec.live.is_none() && !rec.dialing && !rec.addrs.is_empty() {
+            next_wake = next_wake.min(rec.next_dial);
+        }
+    }
+    (due, next_wake)
+}
+
 #[derive(Debug, Clone)]
 struct CtrlHandler {
     inner: Arc<Inner>,
@@ -568,51 +730,161 @@ struct CtrlHandler {
 
 impl ProtocolHandler for CtrlHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
-        let inner = self.inner.clone();
-        let peer = conn.remote_id();
-        let Ok(permit) = inner.handshake_slots.try_acquire() else {
-            warn!(peer = %peer.fmt_short(), "too many pending handshakes; refusing");
+        let Ok(permit) = self.inner.handshake_slots.try_acquire() else {
+            warn!(peer = %conn.remote_id().fmt_short(), "too many pending handshakes; refusing");
             conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"busy");
             return Ok(());
         };
-        let hs = async {
-            let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-            let admitted = auth::accept(
-                &inner.key,
-                inner.me,
-                peer,
-                inner.listen_addrs(),
-                &mut recv,
-                &mut send,
-            )
-            .await
-            .map_err(|e| match e {
-                HandshakeError::BadProof => {
-                    "it does not hold this fleet's secret (membership proof failed)".to_string()
-                }
-                e => e.to_string(),
-            })?;
-            Ok::<_, String>((admitted, send, recv))
-        };
-        let res = tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await;
+        let res = self.inner.accept_handshake(&conn).await;
         drop(permit);
         match res {
-            Ok(Ok((admitted, send, recv))) => {
-                inner.run_session(conn, admitted, (send, recv)).await;
+            Ok((admitted, send, recv)) => {
+                self.inner
+                    .clone()
+                    .run_session(conn, admitted, (send, recv))
+                    .await;
             }
-            Ok(Err(e)) => {
-                if conn.close_reason().is_some() {
-                    debug!(peer = %peer.fmt_short(), "handshake interrupted: {e}");
-                } else {
-                    warn!(peer = %peer.fmt_short(), "rejected control connection: {e}");
-                }
-                conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake failed");
-            }
-            Err(_) => {
-                warn!(peer = %peer.fmt_short(), "rejected control connection: handshake timed out");
-                conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake timeout");
-            }
+            Err(e) => handshake_failed(&conn, &e, Role::Acceptor),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> EndpointId {
+        SecretKey::generate().public()
+    }
+
+    /// Two ids, the smaller first.
+    fn ordered_pair() -> (EndpointId, EndpointId) {
+        let (a, b) = (id(), id());
+        if a < b {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_connection_dialed_by_the_smaller_id_wins_on_both_sides() {
+        let (small, big) = ordered_pair();
+        // The smaller side dialed the new one (it is the client of it); the
+        // existing one was dialed by the bigger side.
+        assert!(new_conn_wins(small, big, Side::Client, Side::Server));
+        // The bigger side sees the same two connections the other way round.
+        assert!(new_conn_wins(big, small, Side::Server, Side::Client));
+        // And when the bigger side's dial is the new one, both keep the old.
+        assert!(!new_conn_wins(big, small, Side::Client, Side::Server));
+        assert!(!new_conn_wins(small, big, Side::Server, Side::Client));
+    }
+
+    #[test]
+    fn a_second_connection_dialed_the_same_way_keeps_the_first() {
+        let (small, big) = ordered_pair();
+        for side in [Side::Client, Side::Server] {
+            assert!(!new_conn_wins(small, big, side, side));
+            assert!(!new_conn_wins(big, small, side, side));
+        }
+    }
+
+    #[test]
+    fn add_addr_ignores_unusable_addresses() {
+        let mut rec = PeerRecord::new(false);
+        rec.add_addr(addr("0.0.0.0:4000"));
+        rec.add_addr(addr("[::]:4000"));
+        rec.add_addr(addr("10.0.0.1:0"));
+        assert!(rec.addrs.is_empty());
+    }
+
+    #[test]
+    fn add_addr_keeps_the_newest_first_without_duplicates() {
+        let mut rec = PeerRecord::new(false);
+        rec.add_addr(addr("10.0.0.1:4000"));
+        rec.add_addr(addr("10.0.0.2:4000"));
+        rec.add_addr(addr("10.0.0.1:4000"));
+        assert_eq!(
+            rec.addrs,
+            vec![addr("10.0.0.2:4000"), addr("10.0.0.1:4000")]
+        );
+    }
+
+    #[test]
+    fn add_addr_is_bounded_and_forgets_the_oldest() {
+        let mut rec = PeerRecord::new(false);
+        let n = MAX_ADDRS_PER_PEER + 3;
+        for port in 1..=n {
+            rec.add_addr(SocketAddr::from(([10, 0, 0, 1], port as u16)));
+        }
+        assert_eq!(rec.addrs.len(), MAX_ADDRS_PER_PEER);
+        assert_eq!(rec.addrs[0].port() as usize, n);
+        assert!(rec
+            .addrs
+            .iter()
+            .all(|a| a.port() as usize > n - MAX_ADDRS_PER_PEER));
+    }
+
+    #[test]
+    fn failed_dials_back_off_doubling_to_the_cap() {
+        let mut rec = PeerRecord::new(true);
+        let now = Instant::now();
+        assert!(rec.dial_failed("refused".into(), now));
+        assert_eq!(rec.next_dial, now + BACKOFF_MIN);
+        assert!(
+            !rec.dial_failed("refused".into(), now),
+            "same error is not news"
+        );
+        assert_eq!(rec.next_dial, now + BACKOFF_MIN * 2);
+        assert!(rec.dial_failed("timed out".into(), now));
+        for _ in 0..20 {
+            rec.dial_failed("timed out".into(), now);
+        }
+        assert_eq!(rec.backoff, BACKOFF_MAX);
+        assert_eq!(rec.next_dial, now + BACKOFF_MAX);
+        assert_eq!(rec.last_error.as_deref(), Some("timed out"));
+    }
+
+    #[test]
+    fn only_idle_peers_with_an_address_and_due_are_dialed() {
+        let mut rec = PeerRecord::new(true);
+        let now = rec.next_dial;
+        assert!(!rec.wants_dial(now), "no address yet");
+        rec.add_addr(addr("10.0.0.1:4000"));
+        assert!(rec.wants_dial(now));
+        rec.dialing = true;
+        assert!(!rec.wants_dial(now), "already dialing");
+        rec.dialing = false;
+        rec.next_dial = now + Duration::from_secs(1);
+        assert!(!rec.wants_dial(now), "backing off");
+    }
+
+    #[test]
+    fn static_peers_never_include_ourselves() {
+        let (me, other) = (id(), id());
+        let configured = [
+            (me, addr("10.0.0.1:4000")),
+            (other, addr("10.0.0.2:4000")),
+            (other, addr("10.0.0.3:4000")),
+        ];
+        let peers = static_peers(me, &configured);
+        assert_eq!(peers.len(), 1);
+        let rec = &peers[&other];
+        assert!(rec.is_static);
+        assert_eq!(rec.addrs.len(), 2);
+    }
+
+    #[test]
+    fn a_dial_error_reads_as_before_in_the_status() {
+        let timeout: DialError = HandshakeFailed::Timeout.into();
+        assert_eq!(timeout.to_string(), "handshake timed out");
+        let refused: DialError = HandshakeFailed::Auth(HandshakeError::Refused("no".into())).into();
+        assert_eq!(refused.to_string(), "handshake failed: peer refused us: no");
+        assert!(std::error::Error::source(&refused).is_some());
     }
 }

@@ -1,12 +1,11 @@
-//! The fleetsync control protocol: its ALPN, version and messages.
+//! The fleetsync control protocol: its ALPNs, version and handshake.
 //!
 //! One QUIC connection per peer pair carries:
 //! - the *handshake stream* (first bi-stream, opened by the dialer): version
 //!   check and mutual proof of the fleet secret ([`Handshake`]); it stays open
 //!   afterwards as the session's control channel;
-//! - one *index stream* per direction (opened by whoever wants the other's
-//!   index): [`IndexRequest::Subscribe`] then a stream of
-//!   [`IndexResponse`]s that never ends while both nodes run.
+//! - one *index stream* per folder and direction (opened by whoever wants
+//!   the other's index): see [`crate::index_stream`].
 //!
 //! Compatibility rule: the ALPN carries the major protocol version; inside
 //! it, [`PROTOCOL_VERSION`] may grow and a peer accepts any version >= our
@@ -16,8 +15,6 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
-
-use crate::model::FileEntry;
 
 /// ALPN of the control protocol (major version 1).
 pub const CTRL_ALPN: &[u8] = b"fleetsync/ctrl/1";
@@ -54,52 +51,3 @@ pub enum Handshake {
     /// Either side: not admitted, and why (never includes secrets).
     Refused { reason: String },
 }
-
-/// Sent by the subscriber on an index stream: one stream per folder, so
-/// each folder has its own flow control.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum IndexRequest {
-    Subscribe(FolderWant),
-}
-
-/// What the subscriber already has of the server's index for one folder.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FolderWant {
-    pub folder: String,
-    /// The server's index id as last seen; a mismatch means the server's
-    /// index was recreated and everything is sent again.
-    pub index_id: u64,
-    /// Highest server sequence number already received.
-    pub since: u64,
-}
-
-/// Sent by the server on an index stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum IndexResponse {
-    /// Entries with sequence numbers in `(previous up_to, up_to]`.
-    Batch {
-        folder: String,
-        index_id: u64,
-        entries: Vec<FileEntry>,
-        up_to: u64,
-    },
-    /// The server has sent everything it had when the subscription started
-    /// (and since): the subscriber is caught up for now.
-    CaughtUp {
-        folder: String,
-        index_id: u64,
-        seq: u64,
-    },
-    /// The server does not share this folder (or does not send it).
-    NotShared { folder: String },
-}
-
-/// Cap on the subscribe frame (it holds one folder id).
-pub const REQUEST_LIMITS: crate::codec::Limits = crate::codec::Limits {
-    max_frame: 4096,
-    max_decoded: 4096,
-};
-
-/// Entries per index batch; keeps frames far below the codec caps even for
-/// long paths (4096 B × 1000 ≈ 4 MiB before compression).
-pub const BATCH_ENTRIES: usize = 1000;

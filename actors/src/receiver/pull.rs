@@ -1,138 +1,161 @@
 //! The receiver's side of index streams: one subscription per peer
-//! session, kept alive for as long as the session lives. Every entry is
-//! screened (hostile or malformed entries are rejected and counted,
-//! ignored paths dropped) before it reaches the actor as [`Ingest`].
+//! session, kept alive for as long as the session lives.
+//!
+//! The protocol (subscribing, resuming, validating every entry, backoff) is
+//! [`fleetsync_mesh::index_stream::subscribe`]; this module is its
+//! [`IndexSink`] for one folder and one peer ([`Sink`]): it reads the
+//! persisted mark, drops the paths this folder ignores, and hands each
+//! batch to the receiver actor as [`Ingest`], whose reply is the
+//! backpressure.
 
-use std::{
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
-};
+use std::sync::{atomic::Ordering, Arc};
 
-use actix::Addr;
+use actix::{Addr, MailboxError};
+use async_trait::async_trait;
 use fleetsync_mesh::{
-    codec::{read_msg, write_msg, Limits},
+    index_stream::{self, BoxError, IndexSink, Mark},
     model::{EntryKind, FileEntry},
-    proto::{FolderWant, IndexRequest, IndexResponse},
-    PeerSession,
+    EndpointId, PeerSession,
 };
-use tracing::{debug, info, warn};
 
 use super::{
     msg::{CaughtUp, Ingest},
     Receiver,
 };
-use crate::{folder::Folder, index::RemoteMark, rt};
+use crate::{
+    folder::Folder,
+    index::{IndexError, RemoteMark},
+    rt::{self, TaskError},
+};
 
-enum Flow {
-    Stop,
-}
-
-/// Keep a subscription to one peer's index alive for the session.
-pub(super) async fn pull(addr: Addr<Receiver>, ctx: Arc<Folder>, s: PeerSession) {
-    let peer = s.peer.fmt_short().to_string();
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        if s.conn.close_reason().is_some() {
-            return;
-        }
-        let c = ctx.clone();
-        let pb = *s.peer.as_bytes();
-        let mark = rt::blocking(move || c.index.remote_mark(c.id(), &pb))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten()
-            .unwrap_or_default();
-        match subscribe(&addr, &ctx, &s, mark).await {
-            Ok(Flow::Stop) => return,
-            Err(e) => debug!(%peer, folder = ctx.id(), "index subscription ended: {e}"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = s.conn.closed() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
-}
-
-async fn subscribe(
-    addr: &Addr<Receiver>,
-    ctx: &Folder,
-    s: &PeerSession,
-    mark: RemoteMark,
-) -> Result<Flow, String> {
-    let peer = s.peer.fmt_short().to_string();
-    let (mut send, mut recv) = s.conn.open_bi().await.map_err(|e| e.to_string())?;
-    let want = FolderWant {
-        folder: ctx.id().to_string(),
-        index_id: mark.index_id,
-        since: mark.seq,
+/// Keep a subscription to one peer's index of `folder` alive for the session.
+pub(super) async fn pull(addr: Addr<Receiver>, folder: Arc<Folder>, session: PeerSession) {
+    let sink = Sink {
+        addr,
+        folder,
+        peer: session.peer,
     };
-    write_msg(&mut send, &IndexRequest::Subscribe(want))
-        .await
-        .map_err(|e| e.to_string())?;
-    loop {
-        let msg = match read_msg::<_, IndexResponse>(&mut recv, Limits::default()).await {
-            Ok(Some((m, _))) => m,
-            Ok(None) => return Err("peer closed the index stream".into()),
-            Err(fleetsync_mesh::codec::CodecError::Io(e)) => return Err(e.to_string()),
-            Err(e) => {
-                warn!(%peer, folder = ctx.id(), "rejected malformed index data from peer: {e}");
-                ctx.status.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(e.to_string());
-            }
+    index_stream::subscribe(&session, sink.folder.id(), &sink).await;
+}
+
+/// Where one peer's index of one folder goes: the receiver actor.
+struct Sink {
+    addr: Addr<Receiver>,
+    folder: Arc<Folder>,
+    peer: EndpointId,
+}
+
+/// Reading where the last subscription ended failed.
+#[derive(Debug, thiserror::Error)]
+enum MarkError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("cannot read the peer's mark: {0}")]
+    Index(#[from] IndexError),
+}
+
+/// Handing a batch to the receiver failed.
+#[derive(Debug, thiserror::Error)]
+enum DeliverError {
+    #[error("the receiver is gone: {0}")]
+    Gone(#[from] MailboxError),
+    #[error("the receiver could not store the batch: {0}")]
+    Refused(#[source] BoxError),
+}
+
+#[async_trait]
+impl IndexSink for Sink {
+    async fn mark(&self) -> Result<Mark, BoxError> {
+        let folder = self.folder.clone();
+        let peer = *self.peer.as_bytes();
+        let mark = rt::try_blocking(move || {
+            Ok::<_, MarkError>(folder.index.remote_mark(folder.id(), &peer)?)
+        })
+        .await?;
+        Ok(mark.map_or_else(Mark::default, |m| Mark {
+            index_id: m.index_id,
+            seq: m.seq,
+        }))
+    }
+
+    async fn ingest(&self, mark: Mark, entries: Vec<FileEntry>) -> Result<(), BoxError> {
+        let batch = Ingest {
+            peer: self.peer,
+            mark: RemoteMark {
+                index_id: mark.index_id,
+                seq: mark.seq,
+            },
+            entries: drop_ignored(&self.folder, entries),
         };
-        match msg {
-            IndexResponse::Batch {
-                folder,
-                index_id,
-                entries,
-                up_to,
-            } => {
-                if folder != ctx.id() {
-                    warn!(%peer, "peer sent entries for folder {folder:?} on the {:?} stream; dropping stream", ctx.id());
-                    return Err("protocol violation".into());
-                }
-                let entries = screen(ctx, &peer, entries);
-                let res = addr
-                    .send(Ingest {
-                        peer: s.peer,
-                        mark: RemoteMark {
-                            index_id,
-                            seq: up_to,
-                        },
-                        entries,
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                res.map_err(|e| e.to_string())?;
-            }
-            IndexResponse::CaughtUp { seq, .. } => {
-                addr.do_send(CaughtUp { peer: s.peer, seq });
-            }
-            IndexResponse::NotShared { folder } => {
-                info!(%peer, %folder, "peer does not share this folder");
-                return Ok(Flow::Stop);
-            }
-        }
+        self.addr
+            .send(batch)
+            .await
+            .map_err(DeliverError::from)?
+            .map_err(|e| DeliverError::Refused(e.into()))?;
+        Ok(())
+    }
+
+    fn caught_up(&self, seq: u64) {
+        self.addr.do_send(CaughtUp {
+            peer: self.peer,
+            seq,
+        });
+    }
+
+    fn rejected(&self) {
+        self.folder.status.rejected.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Drop what must never reach the index: malformed or hostile entries
-/// (logged), and paths this folder ignores (silently: not touched).
-fn screen(ctx: &Folder, peer: &str, entries: Vec<FileEntry>) -> Vec<FileEntry> {
-    let ig = ctx.ignore();
-    let mut out = Vec::with_capacity(entries.len());
-    for e in entries {
-        if let Err(err) = e.validate() {
-            warn!(%peer, folder = ctx.id(), "rejected entry from peer: {err}");
-            ctx.status.rejected.fetch_add(1, Ordering::Relaxed);
-            continue;
+/// `.fleetsyncignore` is node-local: remote entries for ignored paths are
+/// dropped silently (they are not an error, just not ours to touch).
+fn drop_ignored(folder: &Folder, entries: Vec<FileEntry>) -> Vec<FileEntry> {
+    let ignore = folder.ignore();
+    entries
+        .into_iter()
+        .filter(|e| !ignore.is_ignored(&e.path, e.kind == EntryKind::Directory))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetsync_mesh::model::{ShortId, VersionVector};
+
+    use super::*;
+    use crate::testing::{self, FakeContent};
+
+    fn entry(path: &str, kind: EntryKind) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            kind,
+            size: 0,
+            mtime_ns: 1,
+            mode: 0o755,
+            hash: None,
+            symlink_target: None,
+            deleted: false,
+            version: VersionVector::from_pairs([(ShortId(1), 1)]),
+            modified_by: ShortId(1),
+            sequence: 1,
         }
-        if ig.is_ignored(&e.path, e.kind == EntryKind::Directory) {
-            continue;
-        }
-        out.push(e);
     }
-    out
+
+    #[test]
+    fn entries_for_ignored_paths_are_dropped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = testing::folder(dir.path(), FakeContent::new());
+        std::fs::write(folder.cfg.path.join(".fleetsyncignore"), "*.tmp\nbuild/\n").unwrap();
+        folder.reload_ignore();
+        let entries = vec![
+            entry("keep.txt", EntryKind::File),
+            entry("scratch.tmp", EntryKind::File),
+            entry("build", EntryKind::Directory),
+            entry("src", EntryKind::Directory),
+        ];
+        let kept: Vec<String> = drop_ignored(&folder, entries)
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(kept, vec!["keep.txt".to_string(), "src".to_string()]);
+    }
 }

@@ -1,0 +1,1042 @@
+//! The index-stream protocol, in one place: its messages, the serving end
+//! and the subscribing end.
+//!
+//! One bi-stream per (peer, folder), opened by the subscriber:
+//!
+//! ```text
+//!  subscriber                                         server
+//!  Subscribe(FolderWant{folder, index_id, since}) ──►  (within SUBSCRIBE_TIMEOUT)
+//!                                                 ◄──  NotShared, end      (unknown folder)
+//!                                                 ◄──  Batch … Batch       (everything after `since`,
+//!                                                                           from 0 if the index id differs)
+//!                                                 ◄──  CaughtUp
+//!                                                 ◄──  Batch …             (as the folder's head moves)
+//!  closes its side                                ──►  serving ends
+//! ```
+//!
+//! Parts:
+//! - messages: [`IndexRequest`], [`FolderWant`], [`IndexResponse`], and
+//!   their sizes ([`REQUEST_LIMITS`], [`BATCH_ENTRIES`]);
+//! - serving: [`serve`] accepts a session's subscription streams for as
+//!   long as it lives; [`serve_stream`] serves one, reading from a
+//!   [`SharedFolders`] / [`IndexSource`] the caller supplies;
+//! - subscribing: [`subscribe`] keeps one folder's subscription to a peer
+//!   alive for the session (with backoff); [`follow`] runs one stream,
+//!   validating every entry with [`FileEntry::validate`] before handing
+//!   batches to the caller's [`IndexSink`].
+//!
+//! Policy stays with the caller, behind the traits: which entries a peer
+//! may see (the source), which paths a folder ignores and where marks are
+//! persisted (the sink). The per-stream ends are generic over the stream
+//! halves, so they run over in-memory pipes in the unit tests below.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::watch,
+    task::JoinSet,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    codec::{read_msg, write_msg, CodecError, Limits},
+    identity::short_id,
+    model::{FileEntry, ShortId},
+    EndpointId, PeerSession,
+};
+
+/// Sent by the subscriber on an index stream: one stream per folder, so
+/// each folder has its own flow control.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum IndexRequest {
+    Subscribe(FolderWant),
+}
+
+/// What the subscriber already has of the server's index for one folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FolderWant {
+    pub folder: String,
+    /// The server's index id as last seen; a mismatch means the server's
+    /// index was recreated and everything is sent again.
+    pub index_id: u64,
+    /// Highest server sequence number already received.
+    pub since: u64,
+}
+
+/// Sent by the server on an index stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum IndexResponse {
+    /// Entries with sequence numbers in `(previous up_to, up_to]`.
+    Batch {
+        folder: String,
+        index_id: u64,
+        entries: Vec<FileEntry>,
+        up_to: u64,
+    },
+    /// The server has sent everything it had when the subscription started
+    /// (and since): the subscriber is caught up for now.
+    CaughtUp {
+        folder: String,
+        index_id: u64,
+        seq: u64,
+    },
+    /// The server does not share this folder (or does not send it).
+    NotShared { folder: String },
+}
+
+/// Cap on the subscribe frame (it holds one folder id).
+pub const REQUEST_LIMITS: Limits = Limits {
+    max_frame: 4096,
+    max_decoded: 4096,
+};
+
+/// Entries per index batch; keeps frames far below the codec caps even for
+/// long paths (4096 B × 1000 ≈ 4 MiB before compression).
+pub const BATCH_ENTRIES: usize = 1000;
+
+/// How long a server waits for the Subscribe on a stream it accepted: a
+/// member that opens streams and says nothing must not hold them forever.
+pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// First wait before subscribing again after a stream ended: short, since
+/// most ends are a peer restarting its side.
+pub const RESUBSCRIBE_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between subscriptions: a peer that keeps failing (or keeps
+/// sending garbage) is retried at most this often.
+pub const RESUBSCRIBE_MAX: Duration = Duration::from_secs(10);
+
+/// What a caller's trait implementation may fail with; kept as the source
+/// of the stream's error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The node at the other end of an index stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub id: EndpointId,
+    /// The id its entries carry in `received_from` / version vectors.
+    pub short: ShortId,
+}
+
+impl Peer {
+    pub fn new(id: EndpointId) -> Self {
+        Peer {
+            id,
+            short: short_id(&id),
+        }
+    }
+}
+
+/// Where a subscriber stands in a server's index of one folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// The server's index id these sequence numbers belong to.
+    pub index_id: u64,
+    /// Highest server sequence number received.
+    pub seq: u64,
+}
+
+/// One read of a served index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slice {
+    /// The entries this peer may have (possibly fewer than were read).
+    pub entries: Vec<FileEntry>,
+    /// Highest sequence number read, whether sent or filtered out; the
+    /// `from` of the read when there was nothing after it.
+    pub up_to: u64,
+}
+
+/// The serving side's view of this node's folders.
+pub trait SharedFolders: Send + Sync + 'static {
+    type Source: IndexSource;
+
+    /// `folder` as served to `peer`, or `None` if it is not shared.
+    fn open(&self, folder: &str, peer: &Peer) -> Option<Self::Source>;
+
+    /// What `peer` has been sent of `folder` (for status).
+    fn progress(&self, peer: &Peer, folder: &str, sent_seq: u64, caught_up: bool);
+}
+
+/// One folder's index as served to one peer.
+#[async_trait]
+pub trait IndexSource: Send + Sync + 'static {
+    fn index_id(&self) -> u64;
+
+    /// The folder's newest sequence number; moves after every commit.
+    fn head(&self) -> watch::Receiver<u64>;
+
+    /// Entries with sequence numbers above `from`, at most `limit` read,
+    /// minus those this peer must not get.
+    async fn read(&self, from: u64, limit: usize) -> Result<Slice, BoxError>;
+}
+
+/// Where a subscription delivers one peer's index of one folder.
+#[async_trait]
+pub trait IndexSink: Send + Sync {
+    /// Where the previous subscription ended (persisted by the sink).
+    async fn mark(&self) -> Result<Mark, BoxError>;
+
+    /// Store validated entries together with the mark they reach. Nothing
+    /// more is read from the stream until this returns: the backpressure.
+    async fn ingest(&self, mark: Mark, entries: Vec<FileEntry>) -> Result<(), BoxError>;
+
+    /// The server has sent everything up to `seq`.
+    fn caught_up(&self, seq: u64);
+
+    /// One entry or frame from this peer was rejected (already logged).
+    fn rejected(&self);
+}
+
+/// How serving one stream ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The stream ended before a Subscribe arrived.
+    NoRequest,
+    /// The folder asked for is not shared; the peer was told so.
+    NotShared,
+    /// The subscriber closed its side.
+    Unsubscribed,
+    /// The folder's head signal is gone (the folder is shutting down).
+    HeadGone,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("rejected malformed index request: {0}")]
+    Request(#[source] CodecError),
+    #[error("index request timed out")]
+    RequestTimeout,
+    #[error("cannot read index of {folder:?} to serve: {source}")]
+    Source {
+        folder: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("index stream of {folder:?} closed: {source}")]
+    Send {
+        folder: String,
+        #[source]
+        source: CodecError,
+    },
+}
+
+/// The peer does not share the folder: stop asking for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotShared;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    #[error("cannot open an index stream: {0}")]
+    Open(#[source] iroh::endpoint::ConnectionError),
+    #[error("cannot send the subscription: {0}")]
+    Request(#[source] CodecError),
+    #[error("peer closed the index stream")]
+    Closed,
+    #[error("index stream broke: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("malformed index data: {0}")]
+    Malformed(#[source] CodecError),
+    #[error("protocol violation: entries for folder {got:?} on the {want:?} stream")]
+    WrongFolder { want: String, got: String },
+    #[error("cannot store the batch: {0}")]
+    Sink(#[source] BoxError),
+}
+
+// ---------------------------------------------------------------- serving
+
+/// Serve `session`'s subscription streams for as long as its connection
+/// lives. Dropping (aborting) the returned future ends every stream.
+pub async fn serve<F: SharedFolders>(session: PeerSession, folders: Arc<F>) {
+    let peer = Peer::new(session.peer);
+    let mut streams = JoinSet::new();
+    loop {
+        let (send, recv) = match session.conn.accept_bi().await {
+            Ok(halves) => halves,
+            Err(e) => {
+                debug!(peer = %peer.id.fmt_short(), "session ended: {e}");
+                return;
+            }
+        };
+        let folders = folders.clone();
+        streams.spawn(async move {
+            let end = serve_stream(recv, send, &*folders, peer).await;
+            log_served(&peer, end);
+        });
+        // Reap finished streams so the set stays small.
+        while streams.try_join_next().is_some() {}
+    }
+}
+
+fn log_served(peer: &Peer, end: Result<Served, ServeError>) {
+    let peer = peer.id.fmt_short();
+    match end {
+        Ok(how) => debug!(%peer, "index stream done: {how:?}"),
+        Err(e @ ServeError::Send { .. }) => debug!(%peer, "{e}"),
+        Err(e) => warn!(%peer, "{e}"),
+    }
+}
+
+/// Serve one subscription: read the Subscribe, then feed the folder's
+/// index from the subscriber's mark until the subscriber closes its side.
+pub async fn serve_stream<R, W, F>(
+    mut recv: R,
+    mut send: W,
+    folders: &F,
+    peer: Peer,
+) -> Result<Served, ServeError>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+    F: SharedFolders,
+{
+    let Some(want) = read_subscribe(&mut recv).await? else {
+        return Ok(Served::NoRequest);
+    };
+    let Some(source) = folders.open(&want.folder, &peer) else {
+        info!(peer = %peer.id.fmt_short(), folder = %want.folder, "peer asked for a folder we do not share");
+        refuse(&mut send, want.folder).await;
+        return Ok(Served::NotShared);
+    };
+    let cursor = start_seq(&want, source.index_id());
+    debug!(peer = %peer.id.fmt_short(), folder = %want.folder, since = cursor, "serving index");
+    let feed = Feed {
+        folders,
+        source,
+        peer,
+        folder: want.folder,
+        cursor,
+        send,
+    };
+    feed.run(recv).await
+}
+
+async fn read_subscribe<R: AsyncRead + Unpin>(
+    recv: &mut R,
+) -> Result<Option<FolderWant>, ServeError> {
+    let read = read_msg::<_, IndexRequest>(recv, REQUEST_LIMITS);
+    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, read).await {
+        Ok(Ok(Some((IndexRequest::Subscribe(want), _)))) => Ok(Some(want)),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Err(e)) => Err(ServeError::Request(e)),
+        Err(_) => Err(ServeError::RequestTimeout),
+    }
+}
+
+/// Tell the subscriber the folder is not shared and end our side.
+async fn refuse<W: AsyncWrite + Unpin>(send: &mut W, folder: String) {
+    // Best effort: the stream ends either way, and a subscriber that missed
+    // the answer simply asks again later.
+    let _ = write_msg(send, &IndexResponse::NotShared { folder }).await;
+    let _ = send.shutdown().await;
+}
+
+/// Where serving starts: after the subscriber's mark, or from the start if
+/// the mark belongs to an earlier incarnation of our index.
+fn start_seq(want: &FolderWant, index_id: u64) -> u64 {
+    if want.index_id == index_id {
+        want.since
+    } else {
+        0
+    }
+}
+
+/// One folder being fed to one subscriber.
+struct Feed<'a, F: SharedFolders, W> {
+    folders: &'a F,
+    source: F::Source,
+    peer: Peer,
+    folder: String,
+    /// Highest sequence number sent (or skipped as not for this peer).
+    cursor: u64,
+    send: W,
+}
+
+impl<F: SharedFolders, W: AsyncWrite + Unpin + Send> Feed<'_, F, W> {
+    async fn run<R: AsyncRead + Unpin + Send>(mut self, mut recv: R) -> Result<Served, ServeError> {
+        let mut head = self.source.head();
+        let mut caught_up = false;
+        // The subscriber sends nothing after the Subscribe: anything the
+        // read returns (end, error, stray bytes) means it is done.
+        let closed = async move {
+            let mut byte = [0u8; 1];
+            let _ = recv.read(&mut byte).await;
+        };
+        tokio::pin!(closed);
+        loop {
+            let slice = self.read().await?;
+            if slice.up_to > self.cursor {
+                caught_up = false;
+                self.send_batch(slice).await?;
+                continue;
+            }
+            if !caught_up {
+                caught_up = true;
+                self.send_caught_up().await?;
+            }
+            let cursor = self.cursor;
+            tokio::select! {
+                moved = head.wait_for(|h| *h > cursor) => if moved.is_err() {
+                    return Ok(Served::HeadGone);
+                },
+                _ = &mut closed => return Ok(Served::Unsubscribed),
+            }
+        }
+    }
+
+    async fn read(&self) -> Result<Slice, ServeError> {
+        self.source
+            .read(self.cursor, BATCH_ENTRIES)
+            .await
+            .map_err(|source| ServeError::Source {
+                folder: self.folder.clone(),
+                source,
+            })
+    }
+
+    async fn send_batch(&mut self, slice: Slice) -> Result<(), ServeError> {
+        let msg = IndexResponse::Batch {
+            folder: self.folder.clone(),
+            index_id: self.source.index_id(),
+            entries: slice.entries,
+            up_to: slice.up_to,
+        };
+        self.write(&msg).await?;
+        self.cursor = slice.up_to;
+        self.folders
+            .progress(&self.peer, &self.folder, self.cursor, false);
+        Ok(())
+    }
+
+    async fn send_caught_up(&mut self) -> Result<(), ServeError> {
+        let msg = IndexResponse::CaughtUp {
+            folder: self.folder.clone(),
+            index_id: self.source.index_id(),
+            seq: self.cursor,
+        };
+        self.write(&msg).await?;
+        self.folders
+            .progress(&self.peer, &self.folder, self.cursor, true);
+        Ok(())
+    }
+
+    async fn write(&mut self, msg: &IndexResponse) -> Result<(), ServeError> {
+        write_msg(&mut self.send, msg)
+            .await
+            .map(drop)
+            .map_err(|source| ServeError::Send {
+                folder: self.folder.clone(),
+                source,
+            })
+    }
+}
+
+// ------------------------------------------------------------ subscribing
+
+/// Keep a subscription to `session`'s index of `folder` alive for as long
+/// as the session lives, resuming each time from the sink's mark. Returns
+/// when the connection closes or the peer does not share the folder.
+pub async fn subscribe<K: IndexSink>(session: &PeerSession, folder: &str, sink: &K) {
+    let peer = Peer::new(session.peer);
+    let mut backoff = RESUBSCRIBE_MIN;
+    loop {
+        if session.conn.close_reason().is_some() {
+            return;
+        }
+        let mark = resume_mark(&peer, folder, sink).await;
+        match subscribe_once(session, &peer, folder, mark, sink).await {
+            Ok(NotShared) => return,
+            Err(e) => debug!(peer = %peer.id.fmt_short(), folder, "index subscription ended: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = session.conn.closed() => return,
+        }
+        backoff = next_backoff(backoff);
+    }
+}
+
+/// The wait after `current`: doubling, up to [`RESUBSCRIBE_MAX`].
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(RESUBSCRIBE_MAX)
+}
+
+async fn resume_mark<K: IndexSink>(peer: &Peer, folder: &str, sink: &K) -> Mark {
+    sink.mark().await.unwrap_or_else(|e| {
+        // Asking for everything again is always safe, only slower.
+        warn!(peer = %peer.id.fmt_short(), folder, "cannot read where the last subscription ended; starting over: {e}");
+        Mark::default()
+    })
+}
+
+async fn subscribe_once<K: IndexSink>(
+    session: &PeerSession,
+    peer: &Peer,
+    folder: &str,
+    mark: Mark,
+    sink: &K,
+) -> Result<NotShared, SubscribeError> {
+    let (send, recv) = session.conn.open_bi().await.map_err(SubscribeError::Open)?;
+    follow(recv, send, peer, folder, mark, sink).await
+}
+
+/// Run one subscription stream: send the Subscribe, then hand every batch
+/// (validated) to the sink until the stream ends. `send` stays open for the
+/// whole subscription: closing it is how a subscriber unsubscribes.
+pub async fn follow<R, W, K>(
+    mut recv: R,
+    mut send: W,
+    peer: &Peer,
+    folder: &str,
+    mark: Mark,
+    sink: &K,
+) -> Result<NotShared, SubscribeError>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+    K: IndexSink,
+{
+    let want = FolderWant {
+        folder: folder.to_string(),
+        index_id: mark.index_id,
+        since: mark.seq,
+    };
+    write_msg(&mut send, &IndexRequest::Subscribe(want))
+        .await
+        .map_err(SubscribeError::Request)?;
+    loop {
+        match read_response(&mut recv, peer, folder, sink).await? {
+            IndexResponse::Batch {
+                folder: got,
+                index_id,
+                entries,
+                up_to,
+            } => {
+                check_folder(peer, folder, got)?;
+                let entries = screen(peer, folder, entries, sink);
+                let mark = Mark {
+                    index_id,
+                    seq: up_to,
+                };
+                sink.ingest(mark, entries)
+                    .await
+                    .map_err(SubscribeError::Sink)?;
+            }
+            IndexResponse::CaughtUp { seq, .. } => sink.caught_up(seq),
+            IndexResponse::NotShared { folder } => {
+                info!(peer = %peer.id.fmt_short(), %folder, "peer does not share this folder");
+                return Ok(NotShared);
+            }
+        }
+    }
+}
+
+/// The next message; a malformed frame is rejected (logged, counted) and
+/// ends the stream.
+async fn read_response<R: AsyncRead + Unpin, K: IndexSink>(
+    recv: &mut R,
+    peer: &Peer,
+    folder: &str,
+    sink: &K,
+) -> Result<IndexResponse, SubscribeError> {
+    match read_msg::<_, IndexResponse>(recv, Limits::default()).await {
+        Ok(Some((msg, _))) => Ok(msg),
+        Ok(None) => Err(SubscribeError::Closed),
+        Err(CodecError::Io(e)) => Err(SubscribeError::Io(e)),
+        Err(e) => {
+            warn!(peer = %peer.id.fmt_short(), folder, "rejected malformed index data from peer: {e}");
+            sink.rejected();
+            Err(SubscribeError::Malformed(e))
+        }
+    }
+}
+
+/// A stream carries one folder: entries for another are a protocol violation.
+fn check_folder(peer: &Peer, want: &str, got: String) -> Result<(), SubscribeError> {
+    if got == want {
+        return Ok(());
+    }
+    warn!(peer = %peer.id.fmt_short(), "peer sent entries for folder {got:?} on the {want:?} stream; dropping stream");
+    Err(SubscribeError::WrongFolder {
+        want: want.to_string(),
+        got,
+    })
+}
+
+/// Drop malformed or hostile entries one by one (logged, counted); the rest
+/// of the batch goes on.
+fn screen<K: IndexSink>(
+    peer: &Peer,
+    folder: &str,
+    entries: Vec<FileEntry>,
+    sink: &K,
+) -> Vec<FileEntry> {
+    entries
+        .into_iter()
+        .filter(|e| match e.validate() {
+            Ok(()) => true,
+            Err(err) => {
+                warn!(peer = %peer.id.fmt_short(), folder, "rejected entry from peer: {err}");
+                sink.rejected();
+                false
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, sync::Mutex};
+
+    use tokio::{
+        io::{duplex, DuplexStream},
+        sync::mpsc,
+        task::JoinHandle,
+    };
+
+    use super::*;
+    use crate::model::{EntryKind, VersionVector};
+
+    /// Long enough for any step of these tests on a loaded machine; they
+    /// wait for events, never for time.
+    const DEADLINE: Duration = Duration::from_secs(10);
+    const INDEX_ID: u64 = 77;
+    const PIPE: usize = 1 << 20;
+
+    fn entry(path: &str, seq: u64) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            kind: EntryKind::Directory,
+            size: 0,
+            mtime_ns: 1,
+            mode: 0o755,
+            hash: None,
+            symlink_target: None,
+            deleted: false,
+            version: VersionVector::from_pairs([(ShortId(1), seq)]),
+            modified_by: ShortId(1),
+            sequence: seq,
+        }
+    }
+
+    fn peer() -> Peer {
+        Peer::new(iroh::SecretKey::generate().public())
+    }
+
+    /// One folder's index in memory: entries in sequence order and a head.
+    #[derive(Clone)]
+    struct FakeSource {
+        entries: Arc<Mutex<Vec<FileEntry>>>,
+        head: Arc<watch::Sender<u64>>,
+    }
+
+    impl FakeSource {
+        fn with(n: u64) -> Self {
+            let src = FakeSource {
+                entries: Default::default(),
+                head: Arc::new(watch::channel(0).0),
+            };
+            for seq in 1..=n {
+                src.commit(&format!("d{seq}"));
+            }
+            src
+        }
+
+        fn commit(&self, path: &str) {
+            let mut entries = self.entries.lock().unwrap();
+            let seq = entries.len() as u64 + 1;
+            entries.push(entry(path, seq));
+            self.head.send_replace(seq);
+        }
+    }
+
+    #[async_trait]
+    impl IndexSource for FakeSource {
+        fn index_id(&self) -> u64 {
+            INDEX_ID
+        }
+        fn head(&self) -> watch::Receiver<u64> {
+            self.head.subscribe()
+        }
+        async fn read(&self, from: u64, limit: usize) -> Result<Slice, BoxError> {
+            let entries: Vec<FileEntry> = self
+                .entries
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.sequence > from)
+                .take(limit)
+                .cloned()
+                .collect();
+            let up_to = entries.last().map_or(from, |e| e.sequence);
+            Ok(Slice { entries, up_to })
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeFolders {
+        folders: HashMap<String, FakeSource>,
+        progress: Mutex<Vec<(String, u64, bool)>>,
+    }
+
+    impl SharedFolders for FakeFolders {
+        type Source = FakeSource;
+        fn open(&self, folder: &str, _: &Peer) -> Option<FakeSource> {
+            self.folders.get(folder).cloned()
+        }
+        fn progress(&self, _: &Peer, folder: &str, sent_seq: u64, caught_up: bool) {
+            let p = (folder.to_string(), sent_seq, caught_up);
+            self.progress.lock().unwrap().push(p);
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Event {
+        Batch(Mark, Vec<String>),
+        CaughtUp(u64),
+        Rejected,
+    }
+
+    struct FakeSink {
+        events: mpsc::UnboundedSender<Event>,
+        fail_ingest: bool,
+    }
+
+    #[async_trait]
+    impl IndexSink for FakeSink {
+        async fn mark(&self) -> Result<Mark, BoxError> {
+            Ok(Mark::default())
+        }
+        async fn ingest(&self, mark: Mark, entries: Vec<FileEntry>) -> Result<(), BoxError> {
+            if self.fail_ingest {
+                return Err("disk full".into());
+            }
+            let paths = entries.into_iter().map(|e| e.path).collect();
+            self.events.send(Event::Batch(mark, paths)).unwrap();
+            Ok(())
+        }
+        fn caught_up(&self, seq: u64) {
+            self.events.send(Event::CaughtUp(seq)).unwrap();
+        }
+        fn rejected(&self) {
+            self.events.send(Event::Rejected).unwrap();
+        }
+    }
+
+    /// A subscriber running `follow` over in-memory pipes; the test plays
+    /// (or runs) the server on the other ends.
+    struct Subscriber {
+        task: JoinHandle<Result<NotShared, SubscribeError>>,
+        events: mpsc::UnboundedReceiver<Event>,
+        /// The server's ends: it reads the subscriber's requests from
+        /// `recv` and writes responses to `send`.
+        server: Option<(DuplexStream, DuplexStream)>,
+    }
+
+    fn start_subscriber(folder: &str, mark: Mark, fail_ingest: bool) -> Subscriber {
+        let (to_server, server_recv) = duplex(PIPE);
+        let (server_send, from_server) = duplex(PIPE);
+        let (tx, events) = mpsc::unbounded_channel();
+        let sink = FakeSink {
+            events: tx,
+            fail_ingest,
+        };
+        let folder = folder.to_string();
+        let task = tokio::spawn(async move {
+            follow(from_server, to_server, &peer(), &folder, mark, &sink).await
+        });
+        Subscriber {
+            task,
+            events,
+            server: Some((server_recv, server_send)),
+        }
+    }
+
+    impl Subscriber {
+        /// Serve it with the real server over `folders`.
+        fn serve(&mut self, folders: Arc<FakeFolders>) -> JoinHandle<Result<Served, ServeError>> {
+            let (recv, send) = self.server.take().unwrap();
+            tokio::spawn(async move { serve_stream(recv, send, &*folders, peer()).await })
+        }
+
+        /// Play a server by hand: read the Subscribe, send `frames`.
+        async fn play(&mut self, frames: &[&[u8]]) -> FolderWant {
+            let (recv, send) = self.server.as_mut().unwrap();
+            let (IndexRequest::Subscribe(want), _) =
+                read_msg(recv, REQUEST_LIMITS).await.unwrap().unwrap();
+            for f in frames {
+                send.write_all(f).await.unwrap();
+            }
+            want
+        }
+
+        async fn next(&mut self) -> Event {
+            tokio::time::timeout(DEADLINE, self.events.recv())
+                .await
+                .expect("an event before the deadline")
+                .expect("the sink is alive")
+        }
+
+        async fn end(self) -> (Result<NotShared, SubscribeError>, Vec<Event>) {
+            let res = tokio::time::timeout(DEADLINE, self.task)
+                .await
+                .expect("the subscriber ends before the deadline")
+                .unwrap();
+            let mut events = self.events;
+            let mut rest = Vec::new();
+            while let Ok(e) = events.try_recv() {
+                rest.push(e);
+            }
+            (res, rest)
+        }
+    }
+
+    fn folders_with(folder: &str, source: FakeSource) -> Arc<FakeFolders> {
+        let mut f = FakeFolders::default();
+        f.folders.insert(folder.into(), source);
+        Arc::new(f)
+    }
+
+    fn frame(msg: &IndexResponse) -> Vec<u8> {
+        crate::codec::encode(msg).unwrap()
+    }
+
+    fn paths(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
+        range.map(|s| format!("d{s}")).collect()
+    }
+
+    fn mark(seq: u64) -> Mark {
+        Mark {
+            index_id: INDEX_ID,
+            seq,
+        }
+    }
+
+    #[tokio::test]
+    async fn subscriber_gets_batches_then_caught_up_then_live_batches() {
+        let n = BATCH_ENTRIES as u64 + 1;
+        let source = FakeSource::with(n);
+        let folders = folders_with("f", source.clone());
+        let mut sub = start_subscriber("f", Mark::default(), false);
+        let server = sub.serve(folders.clone());
+        let full = BATCH_ENTRIES as u64;
+        assert_eq!(sub.next().await, Event::Batch(mark(full), paths(1..=full)));
+        assert_eq!(sub.next().await, Event::Batch(mark(n), paths(n..=n)));
+        assert_eq!(sub.next().await, Event::CaughtUp(n));
+        source.commit("live");
+        assert_eq!(
+            sub.next().await,
+            Event::Batch(mark(n + 1), vec!["live".into()])
+        );
+        assert_eq!(sub.next().await, Event::CaughtUp(n + 1));
+        sub.task.abort();
+        let end = tokio::time::timeout(DEADLINE, server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end.unwrap(), Served::Unsubscribed);
+        let progress = folders.progress.lock().unwrap().clone();
+        let f = |seq, caught_up| ("f".to_string(), seq, caught_up);
+        assert_eq!(
+            progress,
+            vec![
+                f(full, false),
+                f(n, false),
+                f(n, true),
+                f(n + 1, false),
+                f(n + 1, true)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn resumes_from_the_subscribers_mark() {
+        let folders = folders_with("f", FakeSource::with(5));
+        let mut sub = start_subscriber("f", mark(3), false);
+        let _server = sub.serve(folders);
+        assert_eq!(sub.next().await, Event::Batch(mark(5), paths(4..=5)));
+        assert_eq!(sub.next().await, Event::CaughtUp(5));
+    }
+
+    #[tokio::test]
+    async fn an_index_id_mismatch_restarts_from_zero() {
+        let folders = folders_with("f", FakeSource::with(5));
+        let stale = Mark {
+            index_id: INDEX_ID + 1,
+            seq: 3,
+        };
+        let mut sub = start_subscriber("f", stale, false);
+        let _server = sub.serve(folders);
+        assert_eq!(sub.next().await, Event::Batch(mark(5), paths(1..=5)));
+        assert_eq!(sub.next().await, Event::CaughtUp(5));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_folder_is_not_shared_and_the_subscriber_stops() {
+        let folders = folders_with("f", FakeSource::with(2));
+        let mut sub = start_subscriber("elsewhere", Mark::default(), false);
+        let server = sub.serve(folders);
+        let (res, events) = sub.end().await;
+        assert_eq!(res.unwrap(), NotShared);
+        assert_eq!(events, vec![]);
+        assert_eq!(server.await.unwrap().unwrap(), Served::NotShared);
+    }
+
+    #[tokio::test]
+    async fn a_hostile_entry_is_rejected_and_counted_and_the_rest_of_its_batch_applies() {
+        let mut sub = start_subscriber("f", Mark::default(), false);
+        let batch = IndexResponse::Batch {
+            folder: "f".into(),
+            index_id: INDEX_ID,
+            entries: vec![entry("ok-1", 1), entry("../x", 2), entry("ok-2", 3)],
+            up_to: 3,
+        };
+        sub.play(&[&frame(&batch)]).await;
+        assert_eq!(sub.next().await, Event::Rejected);
+        let ok = vec!["ok-1".to_string(), "ok-2".to_string()];
+        assert_eq!(sub.next().await, Event::Batch(mark(3), ok));
+    }
+
+    #[tokio::test]
+    async fn a_batch_for_another_folder_ends_the_stream_as_a_protocol_violation() {
+        let mut sub = start_subscriber("f", Mark::default(), false);
+        let batch = IndexResponse::Batch {
+            folder: "other".into(),
+            index_id: INDEX_ID,
+            entries: vec![entry("a", 1)],
+            up_to: 1,
+        };
+        sub.play(&[&frame(&batch)]).await;
+        let (res, events) = sub.end().await;
+        assert!(
+            matches!(res, Err(SubscribeError::WrongFolder { ref got, .. }) if got == "other"),
+            "{res:?}"
+        );
+        assert_eq!(events, vec![], "nothing of the other folder was ingested");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_ends_the_stream_with_an_error_and_is_counted() {
+        let mut sub = start_subscriber("f", Mark::default(), false);
+        sub.play(&[&(1u32 << 30).to_be_bytes(), &[0u8; 64]]).await;
+        let (res, events) = sub.end().await;
+        assert!(
+            matches!(
+                res,
+                Err(SubscribeError::Malformed(CodecError::TooLarge { .. }))
+            ),
+            "{res:?}"
+        );
+        assert_eq!(events, vec![Event::Rejected]);
+    }
+
+    #[tokio::test]
+    async fn a_garbage_frame_ends_the_stream_with_an_error_and_is_counted() {
+        let mut sub = start_subscriber("f", Mark::default(), false);
+        sub.play(&[&[0, 0, 0, 5, 0, 0xde, 0xad, 0xbe, 0xef]]).await;
+        let (res, events) = sub.end().await;
+        assert!(
+            matches!(res, Err(SubscribeError::Malformed(CodecError::Decode(_)))),
+            "{res:?}"
+        );
+        assert_eq!(events, vec![Event::Rejected]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_sink_cannot_store_ends_the_stream() {
+        let folders = folders_with("f", FakeSource::with(1));
+        let mut sub = start_subscriber("f", Mark::default(), true);
+        let _server = sub.serve(folders);
+        let (res, _) = sub.end().await;
+        assert!(matches!(res, Err(SubscribeError::Sink(_))), "{res:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_ends_the_stream_ends_the_subscription() {
+        let mut sub = start_subscriber("f", Mark::default(), false);
+        sub.play(&[]).await;
+        drop(sub.server.take());
+        let (res, _) = sub.end().await;
+        assert!(matches!(res, Err(SubscribeError::Closed)), "{res:?}");
+    }
+
+    #[tokio::test]
+    async fn the_server_stops_when_the_subscriber_closes() {
+        let folders = folders_with("f", FakeSource::with(0));
+        let (mut to_server, server_recv) = duplex(PIPE);
+        let (server_send, mut from_server) = duplex(PIPE);
+        let server = tokio::spawn({
+            let folders = folders.clone();
+            async move { serve_stream(server_recv, server_send, &*folders, peer()).await }
+        });
+        let want = FolderWant {
+            folder: "f".into(),
+            index_id: INDEX_ID,
+            since: 0,
+        };
+        write_msg(&mut to_server, &IndexRequest::Subscribe(want))
+            .await
+            .unwrap();
+        let (reply, _) = read_msg::<_, IndexResponse>(&mut from_server, Limits::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(reply, IndexResponse::CaughtUp { seq: 0, .. }),
+            "{reply:?}"
+        );
+        drop(to_server);
+        let end = tokio::time::timeout(DEADLINE, server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end.unwrap(), Served::Unsubscribed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_without_a_subscribe_is_dropped_after_the_deadline() {
+        let folders = FakeFolders::default();
+        let (_to_server, server_recv) = duplex(PIPE);
+        let (server_send, _from_server) = duplex(PIPE);
+        let end = serve_stream(server_recv, server_send, &folders, peer()).await;
+        assert!(matches!(end, Err(ServeError::RequestTimeout)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_rejected() {
+        let folders = FakeFolders::default();
+        let (mut to_server, server_recv) = duplex(PIPE);
+        let (server_send, _from_server) = duplex(PIPE);
+        let big = REQUEST_LIMITS.max_frame as u32 + 1;
+        to_server.write_all(&big.to_be_bytes()).await.unwrap();
+        let end = serve_stream(server_recv, server_send, &folders, peer()).await;
+        assert!(
+            matches!(end, Err(ServeError::Request(CodecError::TooLarge { .. }))),
+            "{end:?}"
+        );
+    }
+
+    #[test]
+    fn serving_starts_after_the_mark_only_for_the_same_index() {
+        let want = |index_id| FolderWant {
+            folder: "f".into(),
+            index_id,
+            since: 9,
+        };
+        assert_eq!(start_seq(&want(INDEX_ID), INDEX_ID), 9);
+        assert_eq!(start_seq(&want(INDEX_ID + 1), INDEX_ID), 0);
+    }
+
+    #[test]
+    fn resubscribe_backoff_doubles_up_to_its_cap() {
+        assert_eq!(next_backoff(RESUBSCRIBE_MIN), RESUBSCRIBE_MIN * 2);
+        let mut b = RESUBSCRIBE_MIN;
+        for _ in 0..20 {
+            b = next_backoff(b);
+        }
+        assert_eq!(b, RESUBSCRIBE_MAX);
+    }
+}
