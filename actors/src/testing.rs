@@ -16,12 +16,16 @@ use std::{
 
 use async_trait::async_trait;
 use fleetsync_config::{FolderConfig, FolderMode, WatchMode};
-use fleetsync_mesh::{model::ShortId, EndpointId, FetchError, Hash, SecretKey, StoreError};
+use fleetsync_mesh::{
+    model::{EntryKind, FileEntry, ShortId, VersionVector},
+    EndpointId, FetchError, Hash, SecretKey, StoreError,
+};
 
 use crate::{
     content::{Content, Hold},
     folder::Folder,
-    index::Index,
+    index::{Commit, Index, Item},
+    record::{DiskState, LocalStat, Record},
 };
 
 /// This node's short id in tests.
@@ -243,6 +247,153 @@ pub fn folder_with_mode(dir: &Path, content: Arc<dyn Content>, mode: FolderMode)
     let folder = Folder::new(folder_config(&root, mode), index, content, ME).expect("folder");
     folder.fs.ensure_reserved().expect("reserved dirs");
     folder
+}
+
+/// A peer's entry: version `{by: counter}`, a fixed mtime, mode 0o750 for
+/// directories and 0o640 otherwise, the content's hash, symlinks pointing
+/// at "target".
+pub fn entry(
+    path: &str,
+    kind: EntryKind,
+    content: Option<&[u8]>,
+    by: ShortId,
+    counter: u64,
+) -> FileEntry {
+    FileEntry {
+        path: path.into(),
+        kind,
+        size: content.map_or(0, |c| c.len() as u64),
+        mtime_ns: 1_600_000_000_123_456_789,
+        mode: if kind == EntryKind::Directory {
+            0o750
+        } else {
+            0o640
+        },
+        hash: content.map(|c| *Hash::new(c).as_bytes()),
+        symlink_target: (kind == EntryKind::Symlink).then(|| "target".to_string()),
+        deleted: false,
+        version: VersionVector::from_pairs([(by, counter)]),
+        modified_by: by,
+        sequence: counter,
+    }
+}
+
+/// A folder with its fake content and one connected peer: the setting of
+/// most apply and receiver tests.
+pub struct Scene {
+    _dir: tempfile::TempDir,
+    pub fake: Arc<FakeContent>,
+    pub folder: Arc<Folder>,
+    pub peer: EndpointId,
+}
+
+impl Scene {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fake = FakeContent::new();
+        let folder = folder(dir.path(), fake.clone());
+        let peer = FakeContent::new_peer();
+        fake.connect(peer);
+        Scene {
+            _dir: dir,
+            fake,
+            folder,
+            peer,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.folder.fs.root()
+    }
+
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.root().join(rel)).expect("read a folder file")
+    }
+
+    /// The stat of what is at `rel` (panics if nothing is).
+    pub fn stat(&self, rel: &str) -> LocalStat {
+        match self.folder.fs.lstat(rel).expect("lstat") {
+            DiskState::Present(m) => m.stat,
+            other => panic!("{rel}: {other:?}"),
+        }
+    }
+
+    /// Write a file and record it as our own first version, disk and index
+    /// in agreement (what the hasher would leave).
+    pub fn local_file(&self, rel: &str, content: &[u8]) -> FileEntry {
+        std::fs::write(self.root().join(rel), content).expect("write");
+        let stat = self.stat(rel);
+        let e = FileEntry {
+            path: rel.into(),
+            kind: EntryKind::File,
+            size: content.len() as u64,
+            mtime_ns: stat.mtime_ns,
+            mode: stat.mode,
+            hash: Some(*Hash::new(content).as_bytes()),
+            symlink_target: None,
+            deleted: false,
+            version: VersionVector::from_pairs([(ME, 1)]),
+            modified_by: ME,
+            sequence: 0,
+        };
+        self.record(e.clone(), Some(stat));
+        e
+    }
+
+    /// Make a directory and record it as ours.
+    pub fn local_dir(&self, rel: &str) {
+        std::fs::create_dir(self.root().join(rel)).expect("mkdir");
+        let stat = self.stat(rel);
+        let e = FileEntry {
+            path: rel.into(),
+            kind: EntryKind::Directory,
+            size: 0,
+            mtime_ns: stat.mtime_ns,
+            mode: stat.mode,
+            hash: None,
+            symlink_target: None,
+            deleted: false,
+            version: VersionVector::from_pairs([(ME, 1)]),
+            modified_by: ME,
+            sequence: 0,
+        };
+        self.record(e, Some(stat));
+    }
+
+    /// Commit `entry` as our record of its path.
+    pub fn record(&self, entry: FileEntry, local: Option<LocalStat>) {
+        let record = Record {
+            entry,
+            local,
+            local_changed: false,
+            received_from: None,
+            refs: None,
+        };
+        let c = Commit {
+            items: vec![Item::Applied {
+                record,
+                note: "test".into(),
+                resolves: vec![],
+            }],
+            resolved: vec![],
+        };
+        let f = &self.folder;
+        f.index.commit(f.id(), c, f.local()).expect("commit");
+    }
+
+    pub fn recorded(&self, path: &str) -> Option<Record> {
+        self.folder
+            .index
+            .get(self.folder.id(), path)
+            .expect("index get")
+    }
+
+    pub fn pending_count(&self) -> u64 {
+        self.folder
+            .index
+            .pending_count(self.folder.id())
+            .expect("count")
+    }
 }
 
 #[cfg(test)]

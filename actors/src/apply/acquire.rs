@@ -15,7 +15,7 @@ use std::{
     sync::{atomic::Ordering, Arc},
 };
 
-use fleetsync_mesh::{EndpointId, Hash};
+use fleetsync_mesh::{EndpointId, FetchError, Hash};
 use n0_future::{BufferedStreamExt, StreamExt};
 use tracing::debug;
 
@@ -173,7 +173,12 @@ async fn fetch_into_store(
             }
         }
     }
-    Err(match last {
+    Err(no_peer_could(job, last))
+}
+
+/// Why no provider gave the content: the last peer's error, or none asked.
+fn no_peer_could(job: &Job, last: Option<FetchError>) -> ApplyError {
+    match last {
         Some(source) => ApplyError::Fetch {
             path: job.path.clone(),
             source: Box::new(source),
@@ -181,7 +186,7 @@ async fn fetch_into_store(
         None => ApplyError::NoProvider {
             path: job.path.clone(),
         },
-    })
+    }
 }
 
 /// Move the stored blob out into a fresh `refs/` link. `None` if the store
@@ -241,15 +246,7 @@ async fn fetch_direct(
         }
     }
     discard(&tmp);
-    Err(match last {
-        Some(source) => ApplyError::Fetch {
-            path: job.path.clone(),
-            source: Box::new(source),
-        },
-        None => ApplyError::NoProvider {
-            path: job.path.clone(),
-        },
-    })
+    Err(no_peer_could(job, last))
 }
 
 /// Fetch the content of a batch of small files with a few `GetMany`

@@ -129,16 +129,29 @@ async fn prepare_one(
         acquire::acquire(folder, job, Hash::from_bytes(hash), providers).await?
     };
     let f = folder.clone();
-    let (st, j) = (staged.clone(), job.clone());
+    let j = job.clone();
     let sync = flush == Flush::EachFile;
-    let finished = rt::blocking(move || finish(&f, &st, &j, sync)).await;
-    match finished.map_err(ApplyError::from).and_then(|r| r) {
-        Ok(stat) => Ok(Prepared::Ready(Ready {
+    let ready = rt::blocking(move || finish_or_abandon(&f, staged, &j, disk, sync)).await?;
+    Ok(Prepared::Ready(ready?))
+}
+
+/// Finish staged content (mode, mtime, fsync when `sync`) into a [`Ready`];
+/// if that fails, the content is abandoned (parked or removed). Blocking.
+fn finish_or_abandon(
+    folder: &Folder,
+    staged: Staged,
+    job: &Job,
+    disk: DiskState,
+    sync: bool,
+) -> Result<Ready, ApplyError> {
+    let hash = hash_of(job)?;
+    match finish(folder, &staged, job, sync) {
+        Ok(stat) => Ok(Ready {
             staged,
             disk,
             hash,
             stat,
-        })),
+        }),
         Err(e) => {
             staged.abandon(folder, hash);
             Err(e)
@@ -278,17 +291,8 @@ fn prepare_from_parked(folder: &Folder, session: &Session, job: &Job) -> Result<
             path: job.path.clone(),
         })?;
     let staged = Staged::Refs(name);
-    let ready = preflight(session, job).and_then(|disk| {
-        let stat = finish(folder, &staged, job, false)?;
-        Ok((disk, stat))
-    });
-    match ready {
-        Ok((disk, stat)) => Ok(Ready {
-            staged,
-            disk,
-            hash,
-            stat,
-        }),
+    match preflight(session, job) {
+        Ok(disk) => finish_or_abandon(folder, staged, job, disk, false),
         Err(e) => {
             staged.abandon(folder, hash);
             Err(e)

@@ -4,11 +4,11 @@
 use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
-    sync::{atomic::Ordering, Arc},
+    sync::atomic::Ordering,
 };
 
 use fleetsync_mesh::{
-    model::{EntryKind, FileEntry, ShortId, VersionVector},
+    model::{EntryKind, FileEntry, ShortId},
     EndpointId, Hash,
 };
 
@@ -16,30 +16,14 @@ use super::*;
 use crate::content::Content;
 use crate::{
     folder::Folder,
-    index::{Commit, Item, Released},
-    testing::{self, FakeContent, ME},
+    index::Released,
+    testing::{self, FakeContent, Scene},
 };
 
 const PEER_SHORT: u64 = 9 << 56;
 
 fn entry(path: &str, kind: EntryKind, content: Option<&[u8]>, counter: u64) -> FileEntry {
-    FileEntry {
-        path: path.into(),
-        kind,
-        size: content.map_or(0, |c| c.len() as u64),
-        mtime_ns: 1_600_000_000_123_456_789,
-        mode: if kind == EntryKind::Directory {
-            0o750
-        } else {
-            0o640
-        },
-        hash: content.map(|c| *Hash::new(c).as_bytes()),
-        symlink_target: None,
-        deleted: false,
-        version: VersionVector::from_pairs([(ShortId(PEER_SHORT), counter)]),
-        modified_by: ShortId(PEER_SHORT),
-        sequence: counter,
-    }
+    testing::entry(path, kind, content, ShortId(PEER_SHORT), counter)
 }
 
 fn file(path: &str, content: &[u8], counter: u64) -> FileEntry {
@@ -57,100 +41,18 @@ fn job(folder: &Folder, target: FileEntry, from: EndpointId) -> Job {
     }
 }
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    fake: Arc<FakeContent>,
-    folder: Arc<Folder>,
-    peer: EndpointId,
+fn fixture() -> Scene {
+    Scene::new()
 }
 
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeContent::new();
-    let folder = testing::folder(dir.path(), fake.clone());
-    let peer = FakeContent::new_peer();
-    fake.connect(peer);
-    Fixture {
-        _dir: dir,
-        fake,
-        folder,
-        peer,
-    }
+trait ApplyIn {
+    /// Apply one job with the scene's connected peers as providers.
+    async fn apply(&self, j: Job) -> Outcome;
 }
 
-impl Fixture {
-    fn root(&self) -> &Path {
-        self.folder.fs.root()
-    }
-
-    fn read(&self, rel: &str) -> Vec<u8> {
-        std::fs::read(self.root().join(rel)).unwrap()
-    }
-
-    fn providers(&self) -> Vec<EndpointId> {
-        self.fake.providers()
-    }
-
-    /// Write a local file and record it in the index as ours (the state
-    /// the hasher would leave), so the disk matches the record.
-    fn local_file(&self, rel: &str, content: &[u8]) -> FileEntry {
-        std::fs::write(self.root().join(rel), content).unwrap();
-        let DiskStateFile(stat) = stat_of(self.root(), rel);
-        let mut e = file(rel, content, 1);
-        e.version = VersionVector::from_pairs([(ME, 1)]);
-        e.modified_by = ME;
-        e.mtime_ns = stat.mtime_ns;
-        self.commit(Record {
-            entry: e.clone(),
-            local: Some(stat),
-            local_changed: false,
-            received_from: None,
-            refs: None,
-        });
-        e
-    }
-
-    /// Make a directory and record it as ours.
-    fn local_dir(&self, rel: &str) {
-        std::fs::create_dir(self.root().join(rel)).unwrap();
-        let DiskStateFile(stat) = stat_of(self.root(), rel);
-        let mut e = entry(rel, EntryKind::Directory, None, 1);
-        e.mode = stat.mode;
-        self.commit(Record {
-            entry: e,
-            local: Some(stat),
-            local_changed: false,
-            received_from: None,
-            refs: None,
-        });
-    }
-
-    fn commit(&self, record: Record) {
-        let c = Commit {
-            items: vec![Item::Applied {
-                record,
-                note: "test".into(),
-                resolves: vec![],
-            }],
-            resolved: vec![],
-        };
-        self.folder
-            .index
-            .commit(self.folder.id(), c, self.folder.local())
-            .unwrap();
-    }
-
+impl ApplyIn for Scene {
     async fn apply(&self, j: Job) -> Outcome {
-        apply_one(&self.folder, j, &self.providers()).await
-    }
-}
-
-struct DiskStateFile(LocalStat);
-
-fn stat_of(root: &Path, rel: &str) -> DiskStateFile {
-    match crate::fsutil::FolderFs::new(root).lstat(rel).unwrap() {
-        crate::record::DiskState::Present(m) => DiskStateFile(m.stat),
-        other => panic!("{rel}: {other:?}"),
+        apply_one(&self.folder, j, &self.fake.providers()).await
     }
 }
 
@@ -185,7 +87,7 @@ async fn a_new_file_is_fetched_verified_and_placed_with_mode_and_mtime() {
         meta.mtime() as i64 * 1_000_000_000 + meta.mtime_nsec(),
         target.mtime_ns
     );
-    let DiskStateFile(stat) = stat_of(fx.root(), "a.txt");
+    let stat = fx.stat("a.txt");
     assert_eq!(applied.record.local, Some(stat), "record matches the disk");
     assert_eq!(applied.record.entry, target);
     let link = applied
@@ -214,7 +116,7 @@ async fn a_batch_of_small_files_is_fetched_once_each_and_placed_together() {
             )
         })
         .collect();
-    let out = apply_files(&fx.folder, jobs, &fx.providers(), Flush::Batch).await;
+    let out = apply_files(&fx.folder, jobs, &fx.fake.providers(), Flush::Batch).await;
     assert_eq!(out.len(), 20, "one outcome per job");
     for (j, o) in &out {
         assert!(o.is_ok(), "{}: {:?}", j.path, o.as_ref().err());
@@ -547,7 +449,7 @@ async fn duplicate_content_in_one_batch_still_gets_one_outcome_per_job() {
         job(&fx.folder, file("a", b"same", 1), fx.peer),
         job(&fx.folder, file("b", b"same", 1), fx.peer),
     ];
-    let out = apply_files(&fx.folder, jobs, &fx.providers(), Flush::Batch).await;
+    let out = apply_files(&fx.folder, jobs, &fx.fake.providers(), Flush::Batch).await;
     let mut paths: Vec<_> = out.iter().map(|(j, _)| j.path.as_str()).collect();
     paths.sort();
     assert_eq!(paths, vec!["a", "b"]);

@@ -3,44 +3,26 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    path::Path,
     sync::{atomic::Ordering, Arc},
 };
 
 use fleetsync_mesh::{
-    model::{EntryKind, FileEntry, ShortId, VersionVector},
-    EndpointId, Hash,
+    model::{EntryKind, FileEntry, ShortId},
+    EndpointId,
 };
 
 use super::*;
 use crate::{
     content::Content,
     index::{Index, RemoteMark},
-    record::DiskState,
-    testing::{self, FakeContent, ME},
+    testing::{self, FakeContent, Scene, ME},
 };
 
 const P1: u64 = 1 << 56;
 const P2: u64 = 2 << 56;
 
 fn entry(path: &str, kind: EntryKind, content: Option<&[u8]>, by: u64, counter: u64) -> FileEntry {
-    FileEntry {
-        path: path.into(),
-        kind,
-        size: content.map_or(0, |c| c.len() as u64),
-        mtime_ns: 1_700_000_000_000_000_000,
-        mode: if kind == EntryKind::Directory {
-            0o755
-        } else {
-            0o644
-        },
-        hash: content.map(|c| *Hash::new(c).as_bytes()),
-        symlink_target: (kind == EntryKind::Symlink).then(|| "target".to_string()),
-        deleted: false,
-        version: VersionVector::from_pairs([(ShortId(by), counter)]),
-        modified_by: ShortId(by),
-        sequence: counter,
-    }
+    testing::entry(path, kind, content, ShortId(by), counter)
 }
 
 fn file(path: &str, content: &[u8]) -> FileEntry {
@@ -220,34 +202,27 @@ fn the_ledger_finds_jobs_without_an_outcome_and_with_several() {
 
 // --- whole rounds -------------------------------------------------------
 
+/// The scene, plus the peer's index sequence as it sends batches.
 struct Fixture {
-    _dir: tempfile::TempDir,
-    fake: Arc<FakeContent>,
-    folder: Arc<Folder>,
-    peer: EndpointId,
+    scene: Scene,
     seq: u64,
 }
 
+impl std::ops::Deref for Fixture {
+    type Target = Scene;
+    fn deref(&self) -> &Scene {
+        &self.scene
+    }
+}
+
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeContent::new();
-    let folder = testing::folder(dir.path(), fake.clone());
-    let peer = FakeContent::new_peer();
-    fake.connect(peer);
     Fixture {
-        _dir: dir,
-        fake,
-        folder,
-        peer,
+        scene: Scene::new(),
         seq: 0,
     }
 }
 
 impl Fixture {
-    fn root(&self) -> &Path {
-        self.folder.fs.root()
-    }
-
     fn key(&self, path: &str) -> Key {
         (path.to_string(), *self.peer.as_bytes())
     }
@@ -260,10 +235,8 @@ impl Fixture {
             seq: self.seq,
         };
         let peer = *self.peer.as_bytes();
-        self.folder
-            .index
-            .ingest(self.folder.id(), &peer, mark, entries)
-            .unwrap();
+        let f = &self.scene.folder;
+        f.index.ingest(f.id(), &peer, mark, entries).unwrap();
     }
 
     async fn round(&self, waiting: HashSet<Key>) -> RoundReport {
@@ -271,39 +244,6 @@ impl Fixture {
             .run(waiting)
             .await
             .unwrap()
-    }
-
-    fn pending_count(&self) -> u64 {
-        self.folder.index.pending_count(self.folder.id()).unwrap()
-    }
-
-    fn recorded(&self, path: &str) -> Option<Record> {
-        self.folder.index.get(self.folder.id(), path).unwrap()
-    }
-
-    /// A local file recorded as ours, disk and index in agreement.
-    fn local_file(&self, rel: &str, content: &[u8]) -> FileEntry {
-        std::fs::write(self.root().join(rel), content).unwrap();
-        let DiskState::Present(m) = self.folder.fs.lstat(rel).unwrap() else {
-            panic!("{rel} not written")
-        };
-        let mut e = entry(rel, EntryKind::File, Some(content), ME.0, 1);
-        e.mtime_ns = m.stat.mtime_ns;
-        let mut r = record(e.clone());
-        r.local = Some(m.stat);
-        let c = Commit {
-            items: vec![Item::Applied {
-                record: r,
-                note: "test".into(),
-                resolves: vec![],
-            }],
-            resolved: vec![],
-        };
-        self.folder
-            .index
-            .commit(self.folder.id(), c, self.folder.local())
-            .unwrap();
-        e
     }
 }
 
