@@ -205,7 +205,7 @@ impl IndexSource for ServedFolder {
     }
 
     fn head(&self) -> watch::Receiver<u64> {
-        self.folder.head.subscribe()
+        self.folder.watch_head()
     }
 
     async fn read(&self, from: u64, limit: usize) -> Result<Slice, BoxError> {

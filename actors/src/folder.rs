@@ -8,7 +8,7 @@
 //! persistent lives in the index.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
@@ -174,9 +174,10 @@ pub struct Folder {
     pub index_id: u64,
     ignore: RwLock<Arc<Ignore>>,
     /// Bumped after every commit; subscribers wait on it.
-    pub head: watch::Sender<u64>,
-    /// Paths the receiver is writing right now: the hasher leaves them be.
-    applying: Mutex<HashSet<String>>,
+    head: watch::Sender<u64>,
+    /// Paths the receiver is writing right now, with how many guards hold
+    /// each (the hasher leaves them be until the last one is dropped).
+    applying: Mutex<HashMap<String, usize>>,
     /// Parked content: `refs/` links holding verified content that an
     /// apply fetched or staged but did not place (abandoned, or prefetched
     /// for a later step). The next apply of the same hash takes it instead
@@ -270,7 +271,7 @@ impl Folder {
             me,
             index_id: meta.index_id,
             head: watch::channel(meta.seq).0,
-            applying: Mutex::new(HashSet::new()),
+            applying: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             released: Mutex::new(Graveyard::default()),
             status: FolderStatus::default(),
@@ -305,12 +306,21 @@ impl Folder {
         self.ignore().is_ignored(rel, is_dir)
     }
 
+    /// The index head moved (a commit wrote entries up to `seq`).
     pub fn announce(&self, seq: u64) {
         self.head.send_replace(seq);
     }
 
+    /// Wait for the head to move (the distributor, per subscription).
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
     pub fn is_applying(&self, rel: &str) -> bool {
-        self.applying.lock().expect("applying lock").contains(rel)
+        self.applying
+            .lock()
+            .expect("applying lock")
+            .contains_key(rel)
     }
 
     /// Park a `refs/` link holding verified content of `hash` for a later
@@ -433,11 +443,12 @@ pub struct ApplyGuard {
 
 impl ApplyGuard {
     pub fn new(folder: &Arc<Folder>, path: &str) -> Self {
-        folder
+        *folder
             .applying
             .lock()
             .expect("applying lock")
-            .insert(path.to_string());
+            .entry(path.to_string())
+            .or_insert(0) += 1;
         ApplyGuard {
             folder: folder.clone(),
             path: path.to_string(),
@@ -453,17 +464,31 @@ impl std::fmt::Debug for ApplyGuard {
 
 impl Drop for ApplyGuard {
     fn drop(&mut self) {
-        self.folder
-            .applying
-            .lock()
-            .expect("applying lock")
-            .remove(&self.path);
+        let mut applying = self.folder.applying.lock().expect("applying lock");
+        if let Some(n) = applying.get_mut(&self.path) {
+            *n -= 1;
+            if *n == 0 {
+                applying.remove(&self.path);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_stays_applying_until_its_last_guard_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = crate::testing::folder(dir.path(), crate::testing::FakeContent::new());
+        let outer = ApplyGuard::new(&folder, "a");
+        let inner = ApplyGuard::new(&folder, "a");
+        drop(inner);
+        assert!(folder.is_applying("a"), "the outer guard still holds it");
+        drop(outer);
+        assert!(!folder.is_applying("a"));
+    }
 
     #[test]
     fn graveyard_expires_by_age_and_by_bound() {

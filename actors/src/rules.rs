@@ -130,9 +130,10 @@ pub fn conflict_name(path: &str, mtime_ns: i64, by: ShortId) -> String {
     format!("{dir}{name}")
 }
 
-/// Whether a path is a conflict copy (these never get conflict copies of
-/// their own: the newest simply wins).
-pub fn is_conflict_copy(path: &str) -> bool {
+/// Whether a path is a conflict copy (the property test checks that
+/// copies are made; nothing else needs to tell them apart).
+#[cfg(test)]
+fn is_conflict_copy(path: &str) -> bool {
     path.rsplit('/')
         .next()
         .unwrap_or(path)

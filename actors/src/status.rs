@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::{
     distributor::{msg::GetOutbound, Outbound},
     folder::Folder,
+    index::{FolderMeta, IndexError},
     receiver::{msg::GetInbound, Inbound},
     rt,
     supervisor::NodeHandle,
@@ -158,23 +159,26 @@ async fn folder_info(
     inbound: &[Inbound],
     outbound: &[Outbound],
 ) -> FolderInfo {
-    let f = folder.clone();
-    let (meta, pending) = rt::blocking(move || {
-        (
-            f.index.folder_meta(f.id()).ok().flatten(),
-            f.index.pending_count(f.id()).unwrap_or(0),
-        )
-    })
-    .await
-    .unwrap_or((None, 0));
+    let (meta, pending) = match read_counts(&folder).await {
+        Ok((meta, pending)) => (meta, Some(pending)),
+        Err(e) => {
+            folder
+                .status
+                .error(format!("status: cannot read the index: {e}"));
+            (None, None)
+        }
+    };
     let peers = folder_peers(&folder, connected, inbound, outbound);
     let st = &folder.status;
     let fault = folder.fault();
-    let in_sync = fault.is_none()
-        && pending == 0
-        && st.initial_scan_done.load(Ordering::Relaxed)
-        && peers.iter().all(|p| p.received_all);
+    let in_sync = in_sync(
+        fault.is_some(),
+        pending,
+        st.initial_scan_done.load(Ordering::Relaxed),
+        &peers,
+    );
     let m = meta.unwrap_or_default();
+    let pending = pending.unwrap_or(0);
     FolderInfo {
         id: folder.id().to_string(),
         path: folder.cfg.path.display().to_string(),
@@ -196,6 +200,32 @@ async fn folder_info(
         transfers: transfers(&folder),
         peers,
     }
+}
+
+/// Reading a folder's counters for status failed.
+#[derive(Debug, thiserror::Error)]
+enum CountsError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Task(#[from] rt::TaskError),
+}
+
+/// The folder's counters and how many remote changes wait.
+async fn read_counts(folder: &Arc<Folder>) -> Result<(Option<FolderMeta>, u64), CountsError> {
+    let f = folder.clone();
+    rt::try_blocking(move || {
+        let meta = f.index.folder_meta(f.id())?;
+        Ok((meta, f.index.pending_count(f.id())?))
+    })
+    .await
+}
+
+/// In sync: no fault, nothing pending (as far as the index can tell: an
+/// unreadable index is not in sync), the first scan done, and every
+/// connected peer has told us it sent all it has.
+fn in_sync(fault: bool, pending: Option<u64>, scanned: bool, peers: &[FolderPeer]) -> bool {
+    !fault && pending == Some(0) && scanned && peers.iter().all(|p| p.received_all)
 }
 
 fn folder_peers(
@@ -233,4 +263,33 @@ fn transfers(folder: &Folder) -> Vec<TransferInfo> {
             bytes_total: t.total,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(received_all: bool) -> FolderPeer {
+        FolderPeer {
+            id: "p".into(),
+            received_all,
+            sent_all: true,
+            sent_seq: 1,
+        }
+    }
+
+    #[test]
+    fn in_sync_needs_no_fault_nothing_pending_a_scan_and_every_peer_caught_up() {
+        let all = [peer(true), peer(true)];
+        assert!(in_sync(false, Some(0), true, &all));
+        assert!(
+            in_sync(false, Some(0), true, &[]),
+            "alone counts as in sync"
+        );
+        assert!(!in_sync(true, Some(0), true, &all), "fault");
+        assert!(!in_sync(false, Some(3), true, &all), "pending");
+        assert!(!in_sync(false, None, true, &all), "index unreadable");
+        assert!(!in_sync(false, Some(0), false, &all), "first scan not done");
+        assert!(!in_sync(false, Some(0), true, &[peer(true), peer(false)]));
+    }
 }

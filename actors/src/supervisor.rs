@@ -236,7 +236,7 @@ pub async fn start_node(config: &Config) -> Result<NodeHandle, StartError> {
         arbiters: HashMap::new(),
         events: Some(events),
         sessions: HashMap::new(),
-        restarts: HashMap::new(),
+        restarts: RestartBudget::new(MAX_RESTARTS, RESTART_WINDOW),
         pinging: HashSet::new(),
         healthy: healthy.clone(),
         failing: HashSet::new(),
@@ -283,6 +283,43 @@ fn prepare_folder(folder: &Folder) -> Result<(), PrepareError> {
     Ok(())
 }
 
+/// How many restarts each actor may have within a sliding window; past
+/// it, the node gives up (a crash loop is for the service manager).
+#[derive(Debug)]
+pub struct RestartBudget {
+    max: usize,
+    window: Duration,
+    seen: HashMap<ActorId, VecDeque<Instant>>,
+}
+
+impl RestartBudget {
+    pub fn new(max: usize, window: Duration) -> Self {
+        RestartBudget {
+            max,
+            window,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Count a restart of `id` at `now`. `Err(n)`: the budget is spent
+    /// (`n` earlier restarts within the window).
+    pub fn spend(&mut self, id: &ActorId, now: Instant) -> Result<(), usize> {
+        let q = self.seen.entry(id.clone()).or_default();
+        q.push_back(now);
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.window)
+        {
+            q.pop_front();
+        }
+        if q.len() > self.max {
+            Err(q.len() - 1)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
@@ -299,7 +336,7 @@ pub struct Supervisor {
     arbiters: HashMap<ActorId, Arbiter>,
     events: Option<mpsc::Receiver<MeshEvent>>,
     sessions: HashMap<u64, PeerSession>,
-    restarts: HashMap<ActorId, VecDeque<Instant>>,
+    restarts: RestartBudget,
     pinging: HashSet<ActorId>,
     failing: HashSet<ActorId>,
     healthy: Arc<AtomicBool>,
@@ -366,17 +403,8 @@ impl Supervisor {
     }
 
     fn restart(&mut self, id: &ActorId, why: &str, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let q = self.restarts.entry(id.clone()).or_default();
-        q.push_back(now);
-        while q
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
-        {
-            q.pop_front();
-        }
-        if q.len() > MAX_RESTARTS {
-            error!(actor = %id, "restarted {} times in {:?}; giving up so the service manager restarts the node", q.len() - 1, RESTART_WINDOW);
+        if let Err(restarts) = self.restarts.spend(id, Instant::now()) {
+            error!(actor = %id, "restarted {restarts} times in {RESTART_WINDOW:?}; giving up so the service manager restarts the node");
             self.fatal.raise(EXIT_CRASH_LOOP);
             ctx.stop();
             return;
@@ -525,5 +553,23 @@ impl Handler<Shutdown> for Supervisor {
             arb.stop();
         }
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_budget_allows_max_per_window_per_actor() {
+        let mut b = RestartBudget::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let hasher = ActorId::Hasher("f".into());
+        assert_eq!(b.spend(&hasher, t0), Ok(()));
+        assert_eq!(b.spend(&hasher, t0 + Duration::from_secs(1)), Ok(()));
+        assert_eq!(b.spend(&ActorId::Retention, t0), Ok(()), "per actor");
+        assert_eq!(b.spend(&hasher, t0 + Duration::from_secs(2)), Err(2));
+        // Once the window has passed, the old restarts no longer count.
+        assert_eq!(b.spend(&hasher, t0 + Duration::from_secs(120)), Ok(()));
     }
 }

@@ -40,7 +40,7 @@ enum Stored {
     Referenced(PathBuf),
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     /// What each connected peer can serve.
     peers: BTreeMap<EndpointId, HashMap<Hash, Vec<u8>>>,
@@ -50,12 +50,27 @@ struct State {
     break_after: HashMap<Hash, u64>,
     /// Every fetch asked for, in order: (peer, hash).
     fetches: Vec<(EndpointId, Hash)>,
+    /// Run once, while this content is being sent (a local edit racing a
+    /// download, a disk going away mid-batch).
+    during: HashMap<Hash, Hook>,
 }
+
+type Hook = Box<dyn FnOnce() + Send>;
 
 /// What a fake peer sent: bytes, then maybe an error.
 struct Sent {
     bytes: Vec<u8>,
     error: Option<FetchError>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("peers", &self.peers.len())
+            .field("store", &self.store.len())
+            .field("fetches", &self.fetches)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Peers and a blob store in memory.
@@ -101,6 +116,11 @@ impl FakeContent {
         self.state().break_after.insert(hash, n);
     }
 
+    /// Run `hook` once, the next time `hash` is being sent.
+    pub fn while_sending(&self, hash: Hash, hook: impl FnOnce() + Send + 'static) {
+        self.state().during.insert(hash, Box::new(hook));
+    }
+
     pub fn mend(&self, hash: &Hash) {
         self.state().break_after.remove(hash);
     }
@@ -117,6 +137,10 @@ impl FakeContent {
     /// What `peer` would send for `hash`: the bytes, and how it fails
     /// after them, if it does.
     fn send(&self, peer: EndpointId, hash: Hash) -> Sent {
+        let hook = self.state().during.remove(&hash);
+        if let Some(hook) = hook {
+            hook();
+        }
         let mut s = self.state();
         s.fetches.push((peer, hash));
         let Some(bytes) = s.peers.get(&peer).and_then(|p| p.get(&hash)).cloned() else {

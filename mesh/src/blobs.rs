@@ -23,7 +23,11 @@ use iroh_blobs::{
 };
 use n0_future::StreamExt;
 
-use crate::{net::Mesh, proto::BLOBS_ALPN, EndpointId};
+use crate::{
+    net::{Mesh, CLOSE_DUPLICATE},
+    proto::BLOBS_ALPN,
+    EndpointId,
+};
 
 /// A blob store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -223,20 +227,39 @@ impl Mesh {
         })
     }
 
-    /// The blob connection to `peer`, dialed on first use and kept.
+    /// The blob connection to `peer`, dialed on first use and kept. The
+    /// map is never locked across a dial: one unreachable peer must not
+    /// hold up fetches from the others.
     async fn blob_conn(&self, peer: EndpointId) -> Result<Connection, FetchError> {
-        let mut conns = self.inner.blob_conns.lock().await;
-        if let Some(c) = conns.get(&peer) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.open_blob_conn(&peer).await {
+            return Ok(c);
         }
+        let conn = self.dial_blobs(peer).await?;
+        let mut conns = self.inner.blob_conns.lock().await;
+        // Another fetch may have dialed meanwhile: keep the first.
+        if let Some(c) = conns.get(&peer).filter(|c| c.close_reason().is_none()) {
+            conn.close(CLOSE_DUPLICATE.into(), b"duplicate blob connection");
+            return Ok(c.clone());
+        }
+        conns.insert(peer, conn.clone());
+        Ok(conn)
+    }
+
+    async fn open_blob_conn(&self, peer: &EndpointId) -> Option<Connection> {
+        let conns = self.inner.blob_conns.lock().await;
+        conns
+            .get(peer)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    async fn dial_blobs(&self, peer: EndpointId) -> Result<Connection, FetchError> {
         let short = || peer.fmt_short().to_string();
         let addr = self
             .inner
             .endpoint_addr(peer)
             .ok_or_else(|| FetchError::NoAddress(short()))?;
-        let conn = tokio::time::timeout(
+        tokio::time::timeout(
             crate::net::DIAL_TIMEOUT,
             self.inner.endpoint.connect(addr, BLOBS_ALPN),
         )
@@ -245,9 +268,7 @@ impl Mesh {
         .map_err(|source| FetchError::Connect {
             peer: short(),
             source,
-        })?;
-        conns.insert(peer, conn.clone());
-        Ok(conn)
+        })
     }
 }
 

@@ -19,6 +19,9 @@ pub const MAX_DECODED: usize = 32 << 20;
 /// Payloads larger than this are worth compressing (index batches).
 pub const COMPRESS_OVER: usize = 4 << 10;
 const FLAG_ZSTD: u8 = 1;
+/// zstd's default level: index batches compress well already, and a
+/// higher level would cost the sender CPU on every batch.
+const ZSTD_LEVEL: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -59,7 +62,7 @@ impl Default for Limits {
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
     let raw = postcard::to_stdvec(msg)?;
     let (flags, payload) = if raw.len() > COMPRESS_OVER {
-        let z = zstd::bulk::compress(&raw, 3).map_err(CodecError::Io)?;
+        let z = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(CodecError::Io)?;
         if z.len() < raw.len() {
             (FLAG_ZSTD, z)
         } else {
@@ -218,7 +221,7 @@ mod tests {
     #[tokio::test]
     async fn zstd_bomb_is_capped() {
         let raw = postcard::to_stdvec(&Msg::Big(vec!["a".repeat(1 << 20); 4])).unwrap();
-        let z = zstd::bulk::compress(&raw, 3).unwrap();
+        let z = zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap();
         let mut frame = ((z.len() + 1) as u32).to_be_bytes().to_vec();
         frame.push(FLAG_ZSTD);
         frame.extend_from_slice(&z);

@@ -100,10 +100,8 @@ pub(super) async fn acquire(
     hash: Hash,
     providers: &[EndpointId],
 ) -> Result<Staged, ApplyError> {
-    if let Some(name) = folder.unpark(hash.as_bytes()) {
-        if folder.fs.refs_dir().join(&name).is_file() {
-            return Ok(Staged::Refs(name));
-        }
+    if let Some(name) = take_parked(folder, hash.as_bytes()) {
+        return Ok(Staged::Refs(name));
     }
     if let Some(name) = revive_released(folder, hash).await? {
         return Ok(Staged::Refs(name));
@@ -122,6 +120,17 @@ pub(super) async fn acquire(
         return Ok(Staged::Refs(name));
     }
     fetch_direct(folder, job, hash, providers).await
+}
+
+/// Parked content of this hash, if its link is still a file of its own. A
+/// link that another file shares (a record that was superseded after its
+/// file was placed) would tie two files together: it is left for
+/// retention to sweep once nothing uses it.
+pub(super) fn take_parked(folder: &Folder, hash: &[u8; 32]) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let name = folder.unpark(hash)?;
+    let meta = std::fs::symlink_metadata(folder.fs.refs_dir().join(&name)).ok()?;
+    (meta.is_file() && meta.nlink() == 1).then_some(name)
 }
 
 /// Content a file deleted a moment ago left in `refs/`, if still intact.

@@ -80,6 +80,18 @@ pub enum ApplyError {
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
+    #[error("{path}: placed, but its directory could not be made durable: {source}")]
+    NotDurable {
+        path: String,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error("{path}: a non-empty directory is in the way")]
+    DirectoryInTheWay {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Task(#[from] TaskError),
 }

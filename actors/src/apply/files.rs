@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::{
     acquire::{self, Staged},
-    place::{self, Flush, Placed, Ready},
+    place::{self, Flush, Placed, Placement, Ready},
     Applied, ApplyError, Job, Outcome,
 };
 use crate::{
@@ -30,8 +30,11 @@ const PREPARE_WIDTH: usize = 8;
 
 /// What preparing a job gave.
 enum Prepared {
-    /// Only metadata changed and is set: nothing to place.
-    Done(Applied),
+    /// Only metadata changed, and it is set: nothing to place.
+    MetadataSet {
+        stat: LocalStat,
+        refs: Option<String>,
+    },
     Ready(Ready),
 }
 
@@ -51,7 +54,11 @@ pub async fn apply_files(
     let mut ready = Vec::new();
     for (job, guard, prepared) in prepare_all(folder, jobs, providers, flush).await {
         match prepared {
-            Ok(Prepared::Done(applied)) => out.push((job, Ok(applied))),
+            // The job's one guard goes with its outcome, to the commit.
+            Ok(Prepared::MetadataSet { stat, refs }) => {
+                let applied = Applied::new(&job, Some(stat), refs, "updated metadata", guard);
+                out.push((job, Ok(applied)));
+            }
             Ok(Prepared::Ready(r)) => ready.push((job, guard, r)),
             Err(e) => out.push((job, Err(e))),
         }
@@ -119,8 +126,8 @@ async fn prepare_one(
     let f = folder.clone();
     let j = job.clone();
     let disk = rt::blocking(move || preflight(&session_for(&f, &j.path)?, &j)).await??;
-    if let Some(done) = update_metadata_only(folder, job, &disk).await? {
-        return Ok(Prepared::Done(done));
+    if let Some(set) = update_metadata_only(folder, job, &disk).await? {
+        return Ok(set);
     }
     let hash = hash_of(job)?;
     let staged = if Hash::from_bytes(hash) == Hash::EMPTY {
@@ -179,12 +186,14 @@ fn preflight(session: &Session, job: &Job) -> Result<DiskState, ApplyError> {
         });
     }
     if matches!(disk, DiskState::Present(m) if m.kind == EntryKind::Directory) {
-        session
-            .remove_dir(&job.path)
-            .map_err(|_| ApplyError::InTheWay {
-                path: job.path.clone(),
-                what: "a non-empty directory",
-            })?;
+        session.remove_dir(&job.path).map_err(|e| {
+            match ApplyError::io("remove", &job.path, e) {
+                ApplyError::Io { path, source, .. } => {
+                    ApplyError::DirectoryInTheWay { path, source }
+                }
+                escape => escape,
+            }
+        })?;
         return Ok(DiskState::Missing);
     }
     Ok(disk)
@@ -195,12 +204,11 @@ async fn update_metadata_only(
     folder: &Arc<Folder>,
     job: &Job,
     disk: &DiskState,
-) -> Result<Option<Applied>, ApplyError> {
+) -> Result<Option<Prepared>, ApplyError> {
     let on_disk_file = matches!(disk, DiskState::Present(m) if m.kind == EntryKind::File);
     if !on_disk_file || !same_content(job.local.as_ref(), job) {
         return Ok(None);
     }
-    let guard = ApplyGuard::new(folder, &job.path);
     let fs = folder.fs.clone();
     let p = job.path.clone();
     let (mode, mtime) = (job.target.mode, job.target.mtime_ns);
@@ -214,13 +222,7 @@ async fn update_metadata_only(
     .await?
     .map_err(ApplyError::io_at("set metadata", &job.path))?;
     let refs = job.local.as_ref().and_then(|l| l.refs.clone());
-    Ok(Some(Applied::new(
-        job,
-        Some(stat),
-        refs,
-        "updated metadata",
-        guard,
-    )))
+    Ok(Some(Prepared::MetadataSet { stat, refs }))
 }
 
 /// Mode and mtime on the staged file, fsync when asked (blocking).
@@ -313,23 +315,34 @@ async fn place_ready(
     let jobs: Vec<Job> = plan.iter().map(|(j, _)| j.clone()).collect();
     let f = folder.clone();
     let placed = rt::blocking(move || place::place_all(&f, &plan, flush)).await;
-    let placed: Vec<Result<Placed, ApplyError>> = match placed {
+    let placed: Vec<Placement> = match placed {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => whole_batch(&jobs, Arc::new(e)),
-        Err(e) => whole_batch(&jobs, Arc::new(e)),
+        Ok(Err(e)) => not_placed(whole_batch(&jobs, Arc::new(e))),
+        Err(e) => not_placed(whole_batch(&jobs, Arc::new(e))),
     };
     let mut out = Vec::with_capacity(ready.len());
-    for ((job, guard, r), result) in ready.into_iter().zip(placed) {
-        let outcome = match result {
-            Ok(p) => Ok(placed_file(folder, &job, guard, &r, p).await),
-            Err(e) => {
+    for ((job, guard, r), placement) in ready.into_iter().zip(placed) {
+        let outcome = match placement {
+            Placement::Placed(p) => Ok(placed_file(folder, &job, guard, &r, p).await),
+            Placement::NotPlaced(e) => {
                 r.staged.abandon(folder, r.hash);
                 Err(e)
             }
+            Placement::NotDurable(e) => Err(e),
         };
         out.push((job, outcome));
     }
     out
+}
+
+fn not_placed(errors: Vec<Result<(), ApplyError>>) -> Vec<Placement> {
+    errors
+        .into_iter()
+        .map(|r| match r {
+            Ok(()) => unreachable!("whole_batch gives only errors"),
+            Err(e) => Placement::NotPlaced(e),
+        })
+        .collect()
 }
 
 /// The record of a placed file, and the store's reference to it.
@@ -370,6 +383,32 @@ async fn reimport(folder: &Folder, path: &str) -> Option<Hold> {
             // Served again once the hasher re-imports it on its next look.
             warn!(folder = folder.id(), %path, "cannot reference the placed file in the store: {e}");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_failing_as_a_whole_fails_each_of_its_jobs_with_the_cause() {
+        let job = |p: &str| Job {
+            path: p.into(),
+            local: None,
+            target: crate::testing::entry(p, EntryKind::File, Some(b"x"), crate::testing::ME, 1),
+            conflict_copy: false,
+            verbatim: true,
+            from: [0; 32],
+        };
+        let cause = Arc::new(io::Error::other("syncfs failed"));
+        let out: Vec<Result<(), ApplyError>> = whole_batch(&[job("a"), job("b")], cause);
+        assert_eq!(out.len(), 2);
+        for (r, p) in out.iter().zip(["a", "b"]) {
+            let e = r.as_ref().unwrap_err();
+            assert!(matches!(e, ApplyError::Batch { path, .. } if path == p));
+            let source = std::error::Error::source(e).map(|s| s.to_string());
+            assert_eq!(source.as_deref(), Some("syncfs failed"));
         }
     }
 }

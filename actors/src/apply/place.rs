@@ -57,34 +57,66 @@ pub(super) struct Placed {
     pub copy: Option<String>,
 }
 
+/// What became of one file at the placer.
+#[derive(Debug)]
+pub(super) enum Placement {
+    Placed(Placed),
+    /// The path was not touched: the staged content may be used again.
+    NotPlaced(ApplyError),
+    /// Renamed into place, but its directory could not be made durable. The
+    /// content now belongs to the placed file and must not be reused; the
+    /// retry finds the file there and the hasher adopts it.
+    NotDurable(ApplyError),
+}
+
 /// Place every ready file (blocking). The outer error is one for the whole
-/// batch (the root or the filesystem sync failed); per file, the result.
+/// batch, raised before anything was renamed (the root could not be
+/// opened or the filesystem sync failed); per file, its placement.
 pub(super) fn place_all(
     folder: &Folder,
     plan: &[(Job, Ready)],
     flush: Flush,
-) -> io::Result<Vec<Result<Placed, ApplyError>>> {
+) -> io::Result<Vec<Placement>> {
     let session = folder.fs.session()?;
     if flush == Flush::Batch {
         session.sync_filesystem()?;
     }
-    let mut dirs = BTreeSet::new();
-    let out = plan
+    let mut out: Vec<Placement> = plan
         .iter()
-        .map(|(job, ready)| place_one(&session, job, ready, &mut dirs))
+        .map(|(job, ready)| match place_one(&session, job, ready) {
+            Ok(p) => Placement::Placed(p),
+            Err(e) => Placement::NotPlaced(e),
+        })
         .collect();
-    for d in dirs {
-        session.sync_dir(&d)?;
-    }
+    sync_dirs(&session, plan, &mut out);
     Ok(out)
 }
 
-fn place_one(
-    session: &Session,
-    job: &Job,
-    ready: &Ready,
-    dirs: &mut BTreeSet<String>,
-) -> Result<Placed, ApplyError> {
+/// One fsync per directory that received a file; a file whose directory
+/// could not be synced is not durable yet.
+fn sync_dirs(session: &Session, plan: &[(Job, Ready)], out: &mut [Placement]) {
+    let placed = |i: usize| matches!(out[i], Placement::Placed(_));
+    let dirs: BTreeSet<&str> = (0..plan.len())
+        .filter(|i| placed(*i))
+        .map(|i| parent_dir(&plan[i].0.path))
+        .collect();
+    for d in dirs {
+        let Err(e) = session.sync_dir(d) else {
+            continue;
+        };
+        let cause = std::sync::Arc::new(e);
+        for (i, (job, _)) in plan.iter().enumerate() {
+            if matches!(out[i], Placement::Placed(_)) && parent_dir(&job.path) == d {
+                out[i] = Placement::NotDurable(ApplyError::NotDurable {
+                    path: job.path.clone(),
+                    source: cause.clone(),
+                });
+            }
+        }
+    }
+}
+
+fn place_one(session: &Session, job: &Job, ready: &Ready) -> Result<Placed, ApplyError> {
     // Last look before we replace: did someone write to the path meanwhile?
     let now = session
         .lstat(&job.path)
@@ -101,7 +133,6 @@ fn place_one(
         None
     };
     let moved = put_in_place(session, job, &ready.staged)?;
-    dirs.insert(parent_dir(&job.path).to_string());
     Ok(Placed { moved, copy })
 }
 

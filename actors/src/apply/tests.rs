@@ -2,7 +2,7 @@
 //! folder, real index, real file system; peers and the store are fakes.
 
 use std::{
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
     path::Path,
     sync::atomic::Ordering,
 };
@@ -271,7 +271,7 @@ async fn a_non_empty_directory_in_the_way_of_a_file_is_retried() {
         .apply(job(&fx.folder, file("x", b"f", 2), fx.peer))
         .await
         .unwrap_err();
-    assert!(matches!(e, ApplyError::InTheWay { .. }), "{e}");
+    assert!(matches!(e, ApplyError::DirectoryInTheWay { .. }), "{e}");
     assert_eq!(e.disposition(), Disposition::Backoff);
     assert!(fx.root().join("x/keep").is_file());
 }
@@ -454,4 +454,160 @@ async fn duplicate_content_in_one_batch_still_gets_one_outcome_per_job() {
     paths.sort();
     assert_eq!(paths, vec!["a", "b"]);
     assert!(out.iter().any(|(_, o)| o.is_ok()));
+}
+
+#[tokio::test]
+async fn the_hasher_stays_off_a_path_until_its_applied_record_is_gone() {
+    // Regression: a metadata-only apply dropped its guard before the
+    // record was committed, so the hasher could index against a stale one.
+    let fx = fixture();
+    let mine = fx.local_file("run.sh", b"echo");
+    let mut target = mine.clone();
+    target.version = target.version.bump(ShortId(PEER_SHORT));
+    target.mode = 0o755;
+    let applied = fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
+    assert!(fx.folder.is_applying("run.sh"), "metadata-only apply");
+    drop(applied);
+    assert!(!fx.folder.is_applying("run.sh"));
+    fx.fake.serve(fx.peer, b"new");
+    let applied = fx
+        .apply(job(&fx.folder, file("new", b"new", 1), fx.peer))
+        .await
+        .unwrap();
+    assert!(fx.folder.is_applying("new"), "content apply");
+    drop(applied);
+    assert!(!fx.folder.is_applying("new"));
+}
+
+#[tokio::test]
+async fn a_local_edit_made_while_the_content_downloads_is_never_overwritten() {
+    let fx = fixture();
+    fx.local_file("a", b"v1");
+    let new = b"v2 from the fleet";
+    let hash = fx.fake.serve(fx.peer, new);
+    let path = fx.root().join("a");
+    fx.fake.while_sending(hash, move || {
+        std::fs::write(path, b"v1 edited meanwhile").unwrap()
+    });
+    let e = fx
+        .apply(job(&fx.folder, file("a", new, 2), fx.peer))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::LocalChange { .. }), "{e}");
+    assert_eq!(fx.read("a"), b"v1 edited meanwhile");
+    // The edit is indexed (as the hasher would), the entry decided again
+    // as a conflict: the downloaded content was kept, no peer is needed.
+    fx.local_file("a", b"v1 edited meanwhile");
+    fx.fake.disconnect(&fx.peer);
+    let mut j = job(&fx.folder, file("a", new, 2), fx.peer);
+    j.conflict_copy = true;
+    fx.apply(j).await.unwrap();
+    assert_eq!(fx.read("a"), new);
+    assert_eq!(fx.fake.fetches().len(), 1, "fetched once");
+}
+
+#[tokio::test]
+async fn a_parked_link_that_a_placed_file_shares_is_never_placed_again() {
+    // Regression: a superseded record's refs link (already a second name of
+    // a placed file) was parked and could be placed at another path, tying
+    // the two files to one inode.
+    let fx = fixture();
+    let content = b"shared content";
+    let hash = fx.fake.serve(fx.peer, content);
+    let first = fx
+        .apply(job(&fx.folder, file("first", content, 1), fx.peer))
+        .await
+        .unwrap();
+    let link = first.record.refs.clone().unwrap();
+    fx.folder.park(*hash.as_bytes(), link);
+    fx.apply(job(&fx.folder, file("second", content, 1), fx.peer))
+        .await
+        .unwrap();
+    let ino = |p: &str| std::fs::metadata(fx.root().join(p)).unwrap().ino();
+    assert_ne!(ino("first"), ino("second"));
+    std::fs::write(fx.root().join("first"), b"edited").unwrap();
+    assert_eq!(fx.read("second"), content, "editing one leaves the other");
+}
+
+#[tokio::test]
+async fn a_special_file_in_the_way_of_a_directory_is_retried_not_replaced() {
+    let fx = fixture();
+    let fifo = fx.root().join("d");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let e = fx
+        .apply(job(
+            &fx.folder,
+            entry("d", EntryKind::Directory, None, 1),
+            fx.peer,
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::InTheWay { .. }), "{e}");
+    assert_eq!(e.disposition(), Disposition::Backoff);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+#[tokio::test]
+async fn a_directory_chmod_not_yet_indexed_is_a_local_change() {
+    // Directories compare on permission bits everywhere (record::dir_mode):
+    // a chmod the hasher has not indexed yet is a local change, so a
+    // remote delete waits for it to become a version of its own.
+    let fx = fixture();
+    fx.local_dir("d");
+    std::fs::set_permissions(fx.root().join("d"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let e = fx
+        .apply(job(
+            &fx.folder,
+            tombstone("d", EntryKind::Directory, 2),
+            fx.peer,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.disposition(), Disposition::LocalRace, "{e}");
+    assert!(fx.root().join("d").is_dir());
+}
+
+#[tokio::test]
+async fn when_the_folder_root_vanishes_mid_batch_every_job_still_gets_an_outcome() {
+    let fx = fixture();
+    let root = fx.root().to_path_buf();
+    let away = root.with_file_name("root-away");
+    let jobs: Vec<Job> = (0..5)
+        .map(|i| {
+            let c = format!("small {i}");
+            let h = fx.fake.serve(fx.peer, c.as_bytes());
+            if i == 0 {
+                let (r, a) = (root.clone(), away.clone());
+                fx.fake
+                    .while_sending(h, move || std::fs::rename(r, a).unwrap());
+            }
+            job(&fx.folder, file(&format!("f{i}"), c.as_bytes(), 1), fx.peer)
+        })
+        .collect();
+    let out = apply_files(&fx.folder, jobs.clone(), &fx.fake.providers(), Flush::Batch).await;
+    assert_eq!(out.len(), 5, "one outcome per job");
+    for (j, o) in &out {
+        let e = o
+            .as_ref()
+            .err()
+            .unwrap_or_else(|| panic!("{} applied without a root", j.path));
+        assert_eq!(e.disposition(), Disposition::Backoff, "{}: {e}", j.path);
+    }
+    std::fs::rename(&away, &root).unwrap();
+    let out = apply_files(&fx.folder, jobs, &fx.fake.providers(), Flush::Batch).await;
+    assert!(
+        out.iter().all(|(_, o)| o.is_ok()),
+        "applied once the root is back"
+    );
+    assert_eq!(fx.read("f3"), b"small 3");
 }

@@ -98,6 +98,10 @@ pub struct Inbound {
 
 /// How often due retries are looked for (sooner ones schedule a wake-up).
 const RETRY_TICK: Duration = Duration::from_millis(250);
+/// A round that could not run at all (the index unreadable) is tried again
+/// after this, doubling up to [`ROUND_RETRY_MAX`] while it keeps failing.
+const ROUND_RETRY_FIRST: Duration = Duration::from_millis(500);
+const ROUND_RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub struct Receiver {
     folder: Arc<Folder>,
@@ -109,6 +113,8 @@ pub struct Receiver {
     running: bool,
     again: bool,
     retries: Retries,
+    /// Rounds in a row that could not run at all.
+    failed_rounds: u32,
 }
 
 impl Receiver {
@@ -121,6 +127,7 @@ impl Receiver {
             running: false,
             again: false,
             retries: Retries::default(),
+            failed_rounds: 0,
         }
     }
 
@@ -141,21 +148,30 @@ impl Receiver {
         let task = rt::spawn(round.run(waiting));
         ctx.spawn(task.into_actor(self).map(|res, act, ctx| {
             act.running = false;
-            let report = match res {
-                Ok(Ok(report)) => report,
-                Ok(Err(e)) => act.round_failed(e.to_string()),
-                Err(e) => act.round_failed(e.to_string()),
-            };
-            act.round_done(report, ctx);
+            match res {
+                Ok(Ok(report)) => {
+                    act.failed_rounds = 0;
+                    act.round_done(report, ctx);
+                }
+                Ok(Err(e)) => act.round_failed(e.to_string(), ctx),
+                Err(e) => act.round_failed(e.to_string(), ctx),
+            }
         }));
     }
 
-    fn round_failed(&mut self, why: String) -> RoundReport {
-        warn!(folder = self.folder.id(), "receiver round failed: {why}");
+    /// Nothing was applied and nothing reported: try the whole round again
+    /// after a backoff, so pending rows never wait for an unrelated event.
+    fn round_failed(&mut self, why: String, ctx: &mut Context<Self>) {
+        self.failed_rounds += 1;
+        let delay = round_retry_delay(self.failed_rounds);
+        warn!(
+            folder = self.folder.id(),
+            "receiver round failed: {why}; trying again in {delay:?}"
+        );
         self.folder
             .status
             .error(format!("receiver round failed: {why}"));
-        RoundReport::default()
+        ctx.run_later(delay, |act, ctx| act.kick(ctx));
     }
 
     fn round_done(&mut self, report: RoundReport, ctx: &mut Context<Self>) {
@@ -202,6 +218,12 @@ impl Receiver {
             });
         }
     }
+}
+
+/// Wait before the round after `failed` rounds in a row could not run.
+fn round_retry_delay(failed: u32) -> Duration {
+    let doublings = failed.saturating_sub(1).min(8);
+    (ROUND_RETRY_FIRST * 2u32.pow(doublings)).min(ROUND_RETRY_MAX)
 }
 
 impl Actor for Receiver {

@@ -26,6 +26,12 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 const MAX_DOUBLINGS: u32 = 12;
 /// Beyond a settle window twice over, the watcher has indexed the edit.
 const RACE_MARGIN: Duration = Duration::from_millis(100);
+/// Attempts after which a failure is worth a warning: the first time it
+/// looks persistent, then every so often (not on every retry).
+const WARN_SOON_FIRST: u32 = 8;
+const WARN_SOON_EVERY: u32 = 20;
+const WARN_BACKOFF_FIRST: u32 = 3;
+const WARN_BACKOFF_EVERY: u32 = 10;
 /// Entries remembered at most; past it every wait is forgotten (bounded
 /// memory; the rows stay pending and are simply tried again).
 pub const MAX_RETRY_ENTRIES: usize = 100_000;
@@ -67,8 +73,10 @@ impl Wait {
     pub fn warn(self, attempts: u32) -> bool {
         match self {
             Wait::Race => false,
-            Wait::Soon => attempts == 8 || attempts.is_multiple_of(20),
-            Wait::Backoff => attempts == 3 || attempts.is_multiple_of(10),
+            Wait::Soon => attempts == WARN_SOON_FIRST || attempts.is_multiple_of(WARN_SOON_EVERY),
+            Wait::Backoff => {
+                attempts == WARN_BACKOFF_FIRST || attempts.is_multiple_of(WARN_BACKOFF_EVERY)
+            }
         }
     }
 }
@@ -131,12 +139,9 @@ impl Retries {
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 

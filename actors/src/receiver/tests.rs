@@ -109,3 +109,13 @@ async fn a_failed_entry_is_retried_on_its_own_once_the_content_exists() {
     .await;
     assert!(fake.fetches().len() >= 2, "applied by a retry");
 }
+
+#[test]
+fn a_round_that_cannot_run_is_retried_after_a_doubling_wait() {
+    let waits: Vec<Duration> = (1..=9).map(round_retry_delay).collect();
+    assert_eq!(waits[0], Duration::from_millis(500));
+    assert_eq!(waits[1], Duration::from_secs(1));
+    assert_eq!(waits[3], Duration::from_secs(4));
+    assert_eq!(waits[8], ROUND_RETRY_MAX);
+    assert_eq!(round_retry_delay(u32::MAX), ROUND_RETRY_MAX);
+}

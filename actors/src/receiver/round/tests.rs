@@ -295,7 +295,7 @@ async fn a_round_applies_every_kind_and_resolves_every_row() {
         );
     }
     assert!(
-        fx.folder.head.borrow().to_owned() > 0,
+        *fx.folder.watch_head().borrow() > 0,
         "the distributor was told"
     );
 }
