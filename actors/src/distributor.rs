@@ -34,6 +34,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     folder::Folder,
+    health::Health,
     index::IndexError,
     msg::{PeerDown, PeerUp, Ping},
     record::Record,
@@ -63,14 +64,16 @@ pub struct Outbound {
 type Progress = Arc<Mutex<BTreeMap<(EndpointId, String), Outbound>>>;
 
 pub struct Distributor {
+    health: Arc<Health>,
     folders: Arc<HashMap<String, Arc<Folder>>>,
     sessions: HashMap<u64, (EndpointId, JoinHandle<()>)>,
     progress: Progress,
 }
 
 impl Distributor {
-    pub fn new(folders: Arc<HashMap<String, Arc<Folder>>>) -> Self {
+    pub fn new(folders: Arc<HashMap<String, Arc<Folder>>>, health: Arc<Health>) -> Self {
         Distributor {
+            health,
             folders,
             sessions: HashMap::new(),
             progress: Default::default(),
@@ -90,7 +93,9 @@ impl Actor for Distributor {
 
 impl Handler<Ping> for Distributor {
     type Result = ();
-    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {
+        self.health.pong();
+    }
 }
 
 impl Handler<PeerUp> for Distributor {
@@ -340,7 +345,7 @@ mod tests {
     }
 
     fn distributor_serving(sessions: &[(u64, EndpointId)]) -> Distributor {
-        let mut d = Distributor::new(Arc::new(HashMap::new()));
+        let mut d = Distributor::new(Arc::new(HashMap::new()), crate::health::Health::new(1));
         for (conn_id, peer) in sessions {
             let task = tokio::spawn(std::future::pending::<()>());
             d.sessions.insert(*conn_id, (*peer, task));

@@ -16,7 +16,8 @@
 //! - [`msg`] (messages several actors answer), [`record`] (what the index
 //!   records about a path, what the disk shows, and the one rule comparing
 //!   them), [`content`] (the [`content::Content`] seam to the blob store
-//!   and peers), [`rt`], [`slot`].
+//!   and peers), [`health`] (progress reports, the stall verdict, the
+//!   generation fence), [`rt`], [`slot`].
 //! - [`rules`] (convergence, pure and property-tested), [`fsutil`]
 //!   (confined file system access), [`ignore`], [`scan`].
 //! - [`index`]: the redb index — entries, sequence numbers, pending remote
@@ -37,6 +38,7 @@ pub mod distributor;
 pub mod folder;
 pub mod fsutil;
 pub mod hasher;
+pub mod health;
 pub mod ignore;
 pub mod index;
 pub mod msg;

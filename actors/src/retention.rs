@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     folder::{Folder, RELEASE_GRACE},
+    health::Health,
     index::{Index, IndexError},
     msg::Ping,
     rt,
@@ -63,11 +64,12 @@ pub const GC_EVERY: Duration = Duration::from_secs(600);
 
 pub struct Retention {
     folders: Arc<HashMap<String, Arc<Folder>>>,
+    health: Arc<Health>,
 }
 
 impl Retention {
-    pub fn new(folders: Arc<HashMap<String, Arc<Folder>>>) -> Self {
-        Retention { folders }
+    pub fn new(folders: Arc<HashMap<String, Arc<Folder>>>, health: Arc<Health>) -> Self {
+        Retention { folders, health }
     }
 
     /// Remove released links whose grace is over.
@@ -112,7 +114,9 @@ impl Actor for Retention {
 
 impl Handler<Ping> for Retention {
     type Result = ();
-    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {
+        self.health.pong();
+    }
 }
 
 /// Remove `refs` links no record uses, no apply parked and no release

@@ -38,6 +38,7 @@ use crate::{
     distributor::Distributor,
     folder::Folder,
     hasher::Hasher,
+    health::Health,
     index::Index,
     msg::{PeerDown, PeerUp, Ping},
     receiver::Receiver,
@@ -237,6 +238,7 @@ pub async fn start_node(config: &Config) -> Result<NodeHandle, StartError> {
         events: Some(events),
         sessions: HashMap::new(),
         restarts: RestartBudget::new(MAX_RESTARTS, RESTART_WINDOW),
+        healths: HashMap::new(),
         pinging: HashSet::new(),
         healthy: healthy.clone(),
         failing: HashSet::new(),
@@ -337,6 +339,8 @@ pub struct Supervisor {
     events: Option<mpsc::Receiver<MeshEvent>>,
     sessions: HashMap<u64, PeerSession>,
     restarts: RestartBudget,
+    /// The current incarnation of each actor.
+    healths: HashMap<ActorId, Arc<Health>>,
     pinging: HashSet<ActorId>,
     failing: HashSet<ActorId>,
     healthy: Arc<AtomicBool>,
@@ -358,10 +362,16 @@ impl Supervisor {
     fn spawn_actor(&mut self, id: &ActorId) {
         let arb = Arbiter::new();
         let h = arb.handle();
+        let generation = self.healths.get(id).map_or(1, |old| old.generation() + 1);
+        let health = Health::new(generation);
+        if let Some(old) = self.healths.insert(id.clone(), health.clone()) {
+            old.retire();
+        }
         match id {
             ActorId::Distributor => {
                 let folders = self.folders.clone();
-                let addr = Distributor::start_in_arbiter(&h, move |_| Distributor::new(folders));
+                let addr =
+                    Distributor::start_in_arbiter(&h, move |_| Distributor::new(folders, health));
                 for s in self.sessions.values() {
                     addr.do_send(PeerUp(s.clone()));
                 }
@@ -369,12 +379,13 @@ impl Supervisor {
             }
             ActorId::Retention => {
                 let folders = self.folders.clone();
-                let addr = Retention::start_in_arbiter(&h, move |_| Retention::new(folders));
+                let addr =
+                    Retention::start_in_arbiter(&h, move |_| Retention::new(folders, health));
                 self.slots.retention.set(addr);
             }
             ActorId::Hasher(f) => {
                 let folder = self.folders[f].clone();
-                let addr = Hasher::start_in_arbiter(&h, move |_| Hasher::new(folder));
+                let addr = Hasher::start_in_arbiter(&h, move |_| Hasher::new(folder, health));
                 self.slots.hashers[f].set(addr);
                 // A batch in flight to the old instance is lost: re-derive it.
                 if let Some(w) = self.slots.watchers[f].get() {
@@ -384,13 +395,15 @@ impl Supervisor {
             ActorId::Watcher(f) => {
                 let folder = self.folders[f].clone();
                 let hasher = self.slots.hashers[f].clone();
-                let addr = Watcher::start_in_arbiter(&h, move |_| Watcher::new(folder, hasher));
+                let addr =
+                    Watcher::start_in_arbiter(&h, move |_| Watcher::new(folder, hasher, health));
                 self.slots.watchers[f].set(addr);
             }
             ActorId::Receiver(f) => {
                 let folder = self.folders[f].clone();
                 let watcher = self.slots.watchers[f].clone();
-                let addr = Receiver::start_in_arbiter(&h, move |_| Receiver::new(folder, watcher));
+                let addr =
+                    Receiver::start_in_arbiter(&h, move |_| Receiver::new(folder, watcher, health));
                 for s in self.sessions.values() {
                     addr.do_send(PeerUp(s.clone()));
                 }

@@ -37,6 +37,7 @@ use tracing::{debug, warn};
 use crate::{
     content::Hold,
     folder::Folder,
+    health::Health,
     index::{IndexError, Observed},
     msg::Ping,
     record::Meta,
@@ -107,11 +108,12 @@ pub enum HashError {
 
 pub struct Hasher {
     folder: Arc<Folder>,
+    health: Arc<Health>,
 }
 
 impl Hasher {
-    pub fn new(folder: Arc<Folder>) -> Self {
-        Hasher { folder }
+    pub fn new(folder: Arc<Folder>, health: Arc<Health>) -> Self {
+        Hasher { folder, health }
     }
 }
 
@@ -121,7 +123,9 @@ impl Actor for Hasher {
 
 impl Handler<Ping> for Hasher {
     type Result = ();
-    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {
+        self.health.pong();
+    }
 }
 
 impl Handler<HashPaths> for Hasher {

@@ -15,7 +15,8 @@
 use fleetsync_mesh::model::{Causality, EntryKind, FileEntry, ShortId};
 
 use super::{
-    now_ns, tables::Tables, Commit, Committed, Index, Item, Local, Observed, Released, Result,
+    now_ns, tables::Tables, Commit, Committed, Index, IndexError, Item, Local, Observed, Released,
+    Result,
 };
 use crate::{
     record::{disk_matches, DiskState, LocalStat, Meta, Record},
@@ -27,7 +28,25 @@ impl Index {
     /// next sequence number), resolve pending rows, append history — one
     /// durable transaction.
     pub fn commit(&self, folder: &str, commit: Commit, local: Local) -> Result<Committed> {
+        self.commit_unless(folder, commit, local, || false)
+    }
+
+    /// [`Index::commit`] by a writer that may have been replaced meanwhile
+    /// (the generation fence): `replaced` is asked inside the write
+    /// transaction, so a writer replaced before it commits writes nothing
+    /// ([`IndexError::Fenced`]) — write transactions are serialised, so
+    /// nothing its successor commits can be overwritten by it.
+    pub fn commit_unless(
+        &self,
+        folder: &str,
+        commit: Commit,
+        local: Local,
+        replaced: impl Fn() -> bool,
+    ) -> Result<Committed> {
         let tx = self.db.begin_write()?;
+        if replaced() {
+            return Err(IndexError::Fenced);
+        }
         let out = {
             let mut r = Resolver {
                 t: Tables::open(&tx, folder)?,

@@ -2,7 +2,7 @@
 //! are resolved against the index inside the transaction.
 
 use super::fixtures::*;
-use super::{Commit, Index, IndexError, Local, Observed, Released};
+use super::{Commit, Index, IndexError, Item, Local, Observed, Released};
 
 fn dir(ino: u64, mode: u32) -> Observed {
     Observed::Dir {
@@ -277,4 +277,20 @@ fn commit_on_an_unknown_folder_is_an_error() {
     let err = idx.commit("nope", Commit::default(), ME).unwrap_err();
     assert!(matches!(err, IndexError::FolderNotInitialised { folder } if folder == "nope"));
     assert_eq!(idx.folder_meta("nope").unwrap(), None);
+}
+
+#[test]
+fn a_replaced_writer_commits_nothing() {
+    let (_d, idx) = open();
+    let c = Commit {
+        items: vec![Item::Applied {
+            record: rec(file("a", 1, &[(1, 1)])),
+            note: "late".into(),
+            resolves: vec![],
+        }],
+        resolved: vec![],
+    };
+    let r = idx.commit_unless("f", c, ME, || true);
+    assert!(matches!(r, Err(IndexError::Fenced)), "{r:?}");
+    assert!(idx.get("f", "a").unwrap().is_none(), "nothing written");
 }

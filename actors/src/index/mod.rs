@@ -85,6 +85,9 @@ pub enum IndexError {
         #[source]
         source: CorruptValue,
     },
+    /// The writer was replaced (a restarted actor): nothing was written.
+    #[error("not committed: the actor that made these changes was replaced")]
+    Fenced,
 }
 
 /// redb reports each step with its own error type; all of them are the

@@ -42,6 +42,7 @@ use self::{
 };
 use crate::{
     folder::Folder,
+    health::Health,
     msg::{PeerDown, PeerUp, Ping},
     rt,
     slot::Slot,
@@ -105,6 +106,7 @@ const ROUND_RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub struct Receiver {
     folder: Arc<Folder>,
+    health: Arc<Health>,
     watcher: Slot<Watcher>,
     /// Pull task per session (by connection id).
     sessions: HashMap<u64, (EndpointId, JoinHandle<()>)>,
@@ -118,8 +120,9 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub fn new(folder: Arc<Folder>, watcher: Slot<Watcher>) -> Self {
+    pub fn new(folder: Arc<Folder>, watcher: Slot<Watcher>, health: Arc<Health>) -> Self {
         Receiver {
+            health,
             folder,
             watcher,
             sessions: HashMap::new(),
@@ -248,7 +251,9 @@ impl Actor for Receiver {
 
 impl Handler<Ping> for Receiver {
     type Result = ();
-    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {
+        self.health.pong();
+    }
 }
 
 impl Handler<PeerUp> for Receiver {

@@ -10,6 +10,7 @@ use fleetsync_mesh::{
 
 use super::*;
 use crate::{
+    health::Health,
     index::RemoteMark,
     testing::{self, FakeContent},
 };
@@ -49,7 +50,7 @@ async fn an_ingested_batch_is_applied_without_further_prompting() {
     fake.serve(peer, b"one");
     fake.serve(peer, b"two");
     let folder = testing::folder(dir.path(), fake.clone());
-    let receiver = Receiver::new(folder.clone(), Slot::default()).start();
+    let receiver = Receiver::new(folder.clone(), Slot::default(), Health::new(1)).start();
     let n = receiver
         .send(Ingest {
             peer,
@@ -84,7 +85,7 @@ async fn a_failed_entry_is_retried_on_its_own_once_the_content_exists() {
     let peer = FakeContent::new_peer();
     fake.connect(peer);
     let folder = testing::folder(dir.path(), fake.clone());
-    let receiver = Receiver::new(folder.clone(), Slot::default()).start();
+    let receiver = Receiver::new(folder.clone(), Slot::default(), Health::new(1)).start();
     receiver
         .send(Ingest {
             peer,

@@ -37,6 +37,7 @@ use crate::{
         msg::{HashOutcome, HashPaths},
         Hasher,
     },
+    health::Health,
     ignore::IGNORE_FILE,
     msg::Ping,
     record::DiskState,
@@ -98,6 +99,7 @@ const TICK: Duration = Duration::from_millis(250);
 const MIN_WAKE: Duration = Duration::from_millis(2);
 
 pub struct Watcher {
+    health: Arc<Health>,
     folder: Arc<Folder>,
     hasher: Slot<Hasher>,
     os_watch: Option<OsWatch>,
@@ -113,8 +115,9 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(folder: Arc<Folder>, hasher: Slot<Hasher>) -> Self {
+    pub fn new(folder: Arc<Folder>, hasher: Slot<Hasher>, health: Arc<Health>) -> Self {
         Watcher {
+            health,
             settle: Settle::new(folder.cfg.settle),
             folder,
             hasher,
@@ -363,7 +366,9 @@ impl Actor for Watcher {
 
 impl Handler<Ping> for Watcher {
     type Result = ();
-    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {
+        self.health.pong();
+    }
 }
 
 impl Handler<FsEvent> for Watcher {
