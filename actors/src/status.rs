@@ -16,7 +16,7 @@ use crate::{
     index::{FolderMeta, IndexError},
     receiver::{msg::GetInbound, Inbound},
     rt,
-    supervisor::NodeHandle,
+    supervisor::{board::ActorState, NodeHandle},
 };
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,9 +26,12 @@ pub struct NodeStatus {
     pub id: String,
     pub short_id: String,
     pub listen: Vec<String>,
+    /// The supervisor is alive and every actor healthy.
     pub healthy: bool,
     pub peers: Vec<PeerInfo>,
     pub folders: Vec<FolderInfo>,
+    /// Every actor as the supervisor last judged it.
+    pub actors: Vec<ActorState>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +113,7 @@ pub async fn snapshot(node: &NodeHandle) -> NodeStatus {
         healthy: node.healthy(),
         peers: peers(node),
         folders,
+        actors: node.board.actors(),
     }
 }
 

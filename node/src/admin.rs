@@ -6,6 +6,7 @@
 //! | `GET /health`                  | 200 `ok` / 503 `unhealthy`              |
 //! | `GET /metrics`                 | Prometheus text                         |
 //! | `GET /history?folder=&path=`   | JSON list of history events             |
+//! | `POST /debug/fault?kind=&actor=&folder=&for_ms=` | inject a fault (`[debug] fault_injection` only) |
 //!
 //! Plus the plain-text rendering `fleetsync status` / `history` print.
 
@@ -15,12 +16,17 @@ use axum::{
     extract::{Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     Json, Router,
 };
 use fleetsync_actors::{
     rt,
     status::{snapshot, NodeStatus},
+    supervisor::{
+        board::ActorState,
+        faults::{Fault, FaultError},
+        Injection,
+    },
     NodeHandle,
 };
 use serde::Serialize;
@@ -47,6 +53,7 @@ pub async fn serve(
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/history", get(history))
+        .route("/debug/fault", post(fault))
         .with_state(node);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -165,7 +172,75 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
         "Transfers in progress.",
         per(&|f| f.transfers.len() as f64),
     );
+    actor_metrics(&mut out, &st);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Per actor: restarts (a counter), health, and how long ago its work
+/// last moved.
+fn actor_metrics(out: &mut String, st: &NodeStatus) {
+    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&ActorState) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for a in &st.actors {
+            let _ = writeln!(out, "{name}{{actor=\"{}\"}} {}", a.name, value(a));
+        }
+    };
+    family(
+        "fleetsync_actor_restarts_total",
+        "counter",
+        "Times the supervisor replaced this actor.",
+        &|a| a.restarts as f64,
+    );
+    family(
+        "fleetsync_actor_healthy",
+        "gauge",
+        "1 if the actor answers its pings and its work moves.",
+        &|a| a.healthy as u8 as f64,
+    );
+    family(
+        "fleetsync_actor_last_progress_seconds",
+        "gauge",
+        "Seconds since the actor's work last moved.",
+        &|a| a.last_progress_ms as f64 / 1000.0,
+    );
+}
+
+/// `POST /debug/fault?kind=stall|panic&actor=hasher[&folder=ID][&for_ms=N]`.
+async fn fault(
+    State(node): State<NodeHandle>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let injection = match injection_of(&q) {
+        Ok(i) => i,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+    };
+    match node.inject(injection).await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e @ FaultError::Disabled) => (StatusCode::FORBIDDEN, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Default stall length when `for_ms` is not given.
+const DEFAULT_STALL_MS: u64 = 60_000;
+
+fn injection_of(q: &HashMap<String, String>) -> Result<Injection, String> {
+    let kind = q.get("kind").map(String::as_str);
+    let ms = match q.get("for_ms") {
+        Some(v) => v.parse::<u64>().map_err(|e| format!("for_ms={v}: {e}"))?,
+        None => DEFAULT_STALL_MS,
+    };
+    let fault = match kind {
+        Some("stall") => Fault::Stall(std::time::Duration::from_millis(ms)),
+        Some("panic") => Fault::Panic,
+        other => return Err(format!("kind={other:?}: use stall or panic")),
+    };
+    let actor = q.get("actor").cloned().ok_or("need actor=NAME")?;
+    Ok(Injection::Actor {
+        kind: actor,
+        folder: q.get("folder").cloned(),
+        fault,
+    })
 }
 
 #[derive(Serialize)]
@@ -253,7 +328,7 @@ pub fn render_status(v: &serde_json::Value) -> String {
         s(&v["short_id"]),
         s(&v["id"]),
         if v["healthy"].as_bool() == Some(false) {
-            "  UNHEALTHY: an actor is not answering"
+            "  UNHEALTHY: see the actors below"
         } else {
             ""
         }
@@ -286,6 +361,7 @@ pub fn render_status(v: &serde_json::Value) -> String {
         }
         let _ = writeln!(o, "{line}");
     }
+    render_actors(&mut o, v);
     let folders = v["folders"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(o, "folders: {}", folders.len());
     for f in &folders {
@@ -337,6 +413,40 @@ pub fn render_status(v: &serde_json::Value) -> String {
         }
     }
     o
+}
+
+/// One line per actor: health, restarts, work in flight and its age.
+fn render_actors(o: &mut String, v: &serde_json::Value) {
+    let actors = v["actors"].as_array().cloned().unwrap_or_default();
+    let healthy = actors
+        .iter()
+        .filter(|a| a["healthy"].as_bool() == Some(true))
+        .count();
+    let _ = writeln!(o, "actors: {healthy} healthy of {}", actors.len());
+    for a in &actors {
+        let ok = a["healthy"].as_bool() == Some(true);
+        let restarts = a["restarts"].as_u64().unwrap_or(0);
+        let busy = a["busy"].as_u64().unwrap_or(0);
+        let progress = a["last_progress_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+        let mut line = format!(
+            "  {} {}",
+            if ok { "●" } else { "✗" },
+            a["name"].as_str().unwrap_or("?")
+        );
+        if busy > 0 {
+            let _ = write!(
+                line,
+                "  working ({busy}), last progress {progress:.1} s ago"
+            );
+        }
+        if restarts > 0 {
+            let _ = write!(line, "  restarted {restarts}×");
+        }
+        if !ok {
+            line.push_str("  NOT HEALTHY");
+        }
+        let _ = writeln!(o, "{line}");
+    }
 }
 
 /// `fleetsync history` text.

@@ -57,11 +57,41 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fault injection for tests and drills (needs `[debug] fault_injection = true`).
+    Debug {
+        #[command(subcommand)]
+        cmd: DebugCmd,
+        #[command(flatten)]
+        at: Where,
+    },
     /// Start a local 3-node cluster in temp dirs and show files syncing.
     Demo {
         /// Keep the cluster running until Ctrl-C instead of exiting.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCmd {
+    /// Block an actor's thread (the supervisor should replace it).
+    Stall {
+        /// watcher, hasher, receiver, distributor or retention.
+        actor: String,
+        /// How long (e.g. 60s, 5m).
+        #[arg(long = "for", default_value = "60s")]
+        duration: String,
+        /// Folder of a per-folder actor (default: the first folder).
+        #[arg(long)]
+        folder: Option<String>,
+    },
+    /// Make an actor panic (the supervisor should restart it).
+    Panic {
+        /// watcher, hasher, receiver, distributor or retention.
+        actor: String,
+        /// Folder of a per-folder actor (default: the first folder).
+        #[arg(long)]
+        folder: Option<String>,
     },
 }
 
@@ -148,6 +178,7 @@ pub fn main() -> i32 {
             path,
             json,
         } => history(at, &folder, &path, json),
+        Cmd::Debug { cmd, at } => debug(at, cmd),
         Cmd::Demo { keep } => demo::run(keep),
     };
     match res {
@@ -348,5 +379,41 @@ fn history(w: Where, folder: &str, path: &str, json: bool) -> anyhow::Result<i32
     }
     let v: serde_json::Value = serde_json::from_str(&body).context("history reply")?;
     print!("{}", crate::admin::render_history(&v));
+    Ok(0)
+}
+
+fn debug(w: Where, cmd: DebugCmd) -> anyhow::Result<i32> {
+    let config = w.load(&Overrides::default())?;
+    let enc = crate::admin::urlencode;
+    let folder_q = |f: &Option<String>| {
+        f.as_ref()
+            .map(|f| format!("&folder={}", enc(f)))
+            .unwrap_or_default()
+    };
+    let query = match &cmd {
+        DebugCmd::Stall {
+            actor,
+            duration,
+            folder,
+        } => {
+            let d = fleetsync_config::parse_duration(duration)
+                .map_err(|e| anyhow::anyhow!("--for {duration}: {e}"))?;
+            format!(
+                "/debug/fault?kind=stall&actor={}&for_ms={}{}",
+                enc(actor),
+                d.as_millis(),
+                folder_q(folder)
+            )
+        }
+        DebugCmd::Panic { actor, folder } => {
+            format!(
+                "/debug/fault?kind=panic&actor={}{}",
+                enc(actor),
+                folder_q(folder)
+            )
+        }
+    };
+    client::post(client::admin_addr(&config)?, &query)?;
+    println!("fault injected");
     Ok(0)
 }

@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.0 GET for the local admin API. The API only ever
+//! A minimal HTTP/1.0 client for the local admin API. The API only ever
 //! listens on loopback and answers small JSON documents, so a plain TCP
 //! exchange is all that is needed (no HTTP client stack in the CLI).
 
@@ -32,13 +32,22 @@ pub fn admin_addr(config: &fleetsync_config::Config) -> anyhow::Result<SocketAdd
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    request(addr, "GET", path)
+}
+
+/// A POST without a body (the admin API takes its arguments in the query).
+pub fn post(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    request(addr, "POST", path)
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
     let unreachable = |why: String| Unreachable { addr, why };
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| unreachable(e.to_string()))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\nContent-Length: 0\r\n\r\n"
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)

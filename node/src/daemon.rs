@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use fleetsync_actors::NodeHandle;
 use fleetsync_config::{Config, LogFormat};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -68,16 +69,16 @@ async fn run_node(config: Config) -> anyhow::Result<i32> {
         folders = config.folders.len(),
         "fleetsync running"
     );
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let watchdog = tokio::spawn(feed_watchdog(node.clone()));
+    notify(&[sd_notify::NotifyState::Ready]);
+    let systemd = tokio::spawn(notify_systemd(node.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let code = tokio::select! {
         _ = tokio::signal::ctrl_c() => { info!("interrupted; shutting down"); 0 }
         _ = term.recv() => { info!("terminated; shutting down"); 0 }
         c = node.fatal() => c,
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    watchdog.abort();
+    notify(&[sd_notify::NotifyState::Stopping]);
+    systemd.abort();
     admin.abort();
     let _ = std::fs::remove_file(config.data_dir.join(crate::admin::ADDR_FILE));
     // Shutdown must not hang forever on a wedged peer.
@@ -90,19 +91,72 @@ async fn run_node(config: Config) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// `WATCHDOG=1` at half the configured interval, only while every actor
-/// answers its ping: a stuck node gets restarted by systemd.
-async fn feed_watchdog(node: fleetsync_actors::NodeHandle) {
-    let Some(interval) = sd_notify::watchdog_enabled() else {
+/// How often `STATUS=` is refreshed for the service manager.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Talk to systemd (no-op without `NOTIFY_SOCKET`): `WATCHDOG=1` at half
+/// the configured interval, only while the supervisor is alive and every
+/// actor is healthy (the board's freshness, not a sticky flag), so a
+/// stuck node is restarted by systemd; `STATUS=` a one-line summary.
+async fn notify_systemd(node: NodeHandle) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
-    };
-    let every = interval / 2;
-    loop {
-        tokio::time::sleep(every).await;
-        if node.healthy() {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-        } else {
-            warn!("an actor is not answering; withholding the systemd watchdog ping");
-        }
     }
+    let status = tokio::spawn(report_status(node.clone()));
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        feed_watchdog(&node, interval / 2).await;
+    }
+    status.await.ok();
+}
+
+async fn feed_watchdog(node: &NodeHandle, every: Duration) {
+    let mut withheld = false;
+    loop {
+        if node.healthy() {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+            withheld = false;
+        } else if !withheld {
+            warn!("an actor is unhealthy or the supervisor is stuck; withholding the systemd watchdog ping");
+            withheld = true;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn report_status(node: NodeHandle) {
+    loop {
+        let st = fleetsync_actors::status::snapshot(&node).await;
+        notify(&[sd_notify::NotifyState::Status(&status_line(&st))]);
+        tokio::time::sleep(STATUS_EVERY).await;
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    // Best effort: the service manager may be gone (shutting down).
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!("systemd notify failed: {e}");
+    }
+}
+
+/// `2/3 peers connected, 1/1 folders in sync, 0 restarts` (+ the
+/// unhealthy actors, if any).
+pub fn status_line(st: &fleetsync_actors::status::NodeStatus) -> String {
+    let up = st.peers.iter().filter(|p| p.connected).count();
+    let synced = st.folders.iter().filter(|f| f.in_sync).count();
+    let restarts: u64 = st.actors.iter().map(|a| a.restarts).sum();
+    let mut line = format!(
+        "{up}/{} peers connected, {synced}/{} folders in sync, {restarts} restarts",
+        st.peers.len(),
+        st.folders.len()
+    );
+    let sick: Vec<&str> = st
+        .actors
+        .iter()
+        .filter(|a| !a.healthy)
+        .map(|a| a.name.as_str())
+        .collect();
+    if !sick.is_empty() {
+        line.push_str(&format!("; unhealthy: {}", sick.join(", ")));
+    }
+    line
 }

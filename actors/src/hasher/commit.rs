@@ -8,6 +8,7 @@ use std::{path::PathBuf, sync::atomic::Ordering, sync::Arc};
 use tracing::info;
 
 use crate::{
+    health::Health,
     content::Hold,
     folder::Folder,
     index::{Commit, Item, Observed},
@@ -132,7 +133,8 @@ async fn import_path(
 /// Re-check the imported files, then let the index resolve every
 /// observation against its current state in one transaction (skip, adopt
 /// a pending remote entry, or bump to a new local version). Blocking.
-pub fn commit_chunk(folder: &Folder, chunk: Chunk) -> Result<Committed, HashError> {
+/// The commit is fenced: a hasher replaced meanwhile writes nothing.
+pub fn commit_chunk(folder: &Folder, health: &Health, chunk: Chunk) -> Result<Committed, HashError> {
     let (items, deferred) = recheck(folder, chunk)?;
     if items.is_empty() {
         return Ok(Committed {
@@ -144,7 +146,10 @@ pub fn commit_chunk(folder: &Folder, chunk: Chunk) -> Result<Committed, HashErro
         items,
         resolved: vec![],
     };
-    let c = folder.index.commit(folder.id(), commit, folder.local())?;
+    let replaced = || !health.is_current();
+    let c = folder
+        .index
+        .commit_unless(folder.id(), commit, folder.local(), replaced)?;
     folder.release(c.released);
     if c.written > 0 {
         folder

@@ -132,15 +132,33 @@ impl Handler<HashPaths> for Hasher {
     type Result = ResponseFuture<HashOutcome>;
 
     fn handle(&mut self, msg: HashPaths, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(hash_batch_guarded(self.folder.clone(), msg.paths))
+        let work = self.health.begin();
+        let batch = hash_batch_guarded(self.folder.clone(), self.health.clone(), msg.paths);
+        Box::pin(async move {
+            let out = batch.await;
+            drop(work);
+            out
+        })
     }
 }
 
 /// [`hash_batch`] as a task of its own: if it panics, its paths come back
 /// as failed (retried after a backoff) instead of being lost.
-pub async fn hash_batch_guarded(folder: Arc<Folder>, paths: Vec<String>) -> HashOutcome {
-    match rt::spawn(hash_batch(folder.clone(), paths.clone())).await {
+/// The task belongs to this hasher incarnation: replacing the hasher
+/// aborts it (and fences its commits).
+pub async fn hash_batch_guarded(
+    folder: Arc<Folder>,
+    health: Arc<Health>,
+    paths: Vec<String>,
+) -> HashOutcome {
+    let task = health.spawn(hash_batch(folder.clone(), health.clone(), paths.clone()));
+    match task.await {
         Ok(out) => out,
+        // Replaced: the paths go back, to the next hasher; nothing to report.
+        Err(e) if e.is_cancelled() => HashOutcome {
+            failed: paths,
+            ..HashOutcome::default()
+        },
         Err(e) => {
             let e = HashError::Task(TaskError(e));
             warn!(folder = folder.id(), "{e}");
@@ -154,7 +172,7 @@ pub async fn hash_batch_guarded(folder: Arc<Folder>, paths: Vec<String>) -> Hash
 }
 
 /// Look at `paths`, hash what changed, commit it; see the module docs.
-pub async fn hash_batch(folder: Arc<Folder>, paths: Vec<String>) -> HashOutcome {
+pub async fn hash_batch(folder: Arc<Folder>, health: Arc<Health>, paths: Vec<String>) -> HashOutcome {
     if folder.fault().is_some() {
         // Paused: the rescan after the fault clears finds everything.
         return HashOutcome::default();
@@ -179,9 +197,9 @@ pub async fn hash_batch(folder: Arc<Folder>, paths: Vec<String>) -> HashOutcome 
         committed: 0,
     };
     for (observed, files) in chunks(plan.observed, plan.files) {
-        let (imported, holds) = import_files(&folder, files, &mut out).await;
+        let (imported, holds) = import_files(&folder, &health, files, &mut out).await;
         let chunk = Chunk { observed, imported };
-        commit_or_fail(&folder, chunk, &mut out).await;
+        commit_or_fail(&folder, &health, chunk, &mut out).await;
         // Held until the commit, so blob GC cannot drop what we referenced.
         drop(holds);
     }
@@ -223,6 +241,7 @@ fn chunks(observed: Vec<Observation>, files: Vec<ToHash>) -> Vec<(Vec<Observatio
 /// still as it was (unreadable, or the store failed: backoff).
 async fn import_files(
     folder: &Arc<Folder>,
+    health: &Health,
     files: Vec<ToHash>,
     out: &mut HashOutcome,
 ) -> (Vec<Imported>, Vec<Hold>) {
@@ -240,6 +259,7 @@ async fn import_files(
     let mut imported = Vec::with_capacity(results.len());
     let mut holds = Vec::with_capacity(results.len());
     let mut broken = Vec::new();
+    health.progress();
     for (rel, meta, res) in results {
         match res {
             Ok((i, hold)) => {
@@ -288,20 +308,31 @@ async fn sort_failed_imports(
 
 /// Commit a chunk; if that fails, its paths are returned as failed (and
 /// the links made for it removed: nothing references them).
-async fn commit_or_fail(folder: &Arc<Folder>, chunk: Chunk, out: &mut HashOutcome) {
+async fn commit_or_fail(
+    folder: &Arc<Folder>,
+    health: &Arc<Health>,
+    chunk: Chunk,
+    out: &mut HashOutcome,
+) {
     if chunk.is_empty() {
         return;
     }
     let (paths, links) = (chunk.paths(), chunk.links());
     let f = folder.clone();
-    match rt::try_blocking(move || commit_chunk(&f, chunk)).await {
+    let h = health.clone();
+    match rt::try_blocking(move || commit_chunk(&f, &h, chunk)).await {
         Ok(Committed { written, deferred }) => {
+            health.progress();
             out.committed += written;
             out.deferred.extend(deferred);
         }
         Err(e) => {
-            warn!(folder = folder.id(), "{e}; retrying {} paths", paths.len());
-            folder.status.error(e.to_string());
+            if matches!(e, HashError::Index(IndexError::Fenced)) {
+                debug!(folder = folder.id(), "a replaced hasher's commit was fenced off");
+            } else {
+                warn!(folder = folder.id(), "{e}; retrying {} paths", paths.len());
+                folder.status.error(e.to_string());
+            }
             for n in &links {
                 folder.fs.remove_ref(n);
             }

@@ -135,7 +135,7 @@ async fn a_new_file_is_committed_with_a_bumped_vector_and_a_refs_link() {
     let content = FakeContent::new();
     let folder = quick_folder(dir.path(), content.clone());
     write(&folder, "a.txt", b"hello");
-    let out = hash_batch(folder.clone(), paths(&["a.txt"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a.txt"])).await;
     assert_eq!(out.committed, 1, "{out:?}");
     assert!(out.deferred.is_empty() && out.failed.is_empty());
     let r = record(&folder, "a.txt").expect("recorded");
@@ -151,7 +151,7 @@ async fn a_new_file_is_committed_with_a_bumped_vector_and_a_refs_link() {
     // An edit is a new version on top.
     write(&folder, "a.txt", b"hello again");
     assert_eq!(
-        hash_batch(folder.clone(), paths(&["a.txt"]))
+        hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a.txt"]))
             .await
             .committed,
         1
@@ -166,9 +166,9 @@ async fn an_unchanged_file_is_skipped_without_reading_it() {
     let probe = Arc::new(Probe::default());
     let folder = quick_folder(dir.path(), probe.clone());
     write(&folder, "a", b"content");
-    assert_eq!(hash_batch(folder.clone(), paths(&["a"])).await.committed, 1);
+    assert_eq!(hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await.committed, 1);
     assert_eq!(probe.imports.load(Ordering::Relaxed), 1);
-    let out = hash_batch(folder.clone(), paths(&["a"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await;
     assert_eq!(out.committed, 0);
     assert!(out.deferred.is_empty() && out.failed.is_empty());
     assert_eq!(probe.imports.load(Ordering::Relaxed), 1, "not read again");
@@ -181,7 +181,7 @@ async fn a_file_changed_while_being_hashed_is_deferred() {
     let folder = quick_folder(dir.path(), probe.clone());
     write(&folder, "a", b"first");
     probe.write_during_import.store(true, Ordering::Relaxed);
-    let out = hash_batch(folder.clone(), paths(&["a"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await;
     assert_eq!(out.committed, 0);
     assert_eq!(out.deferred, paths(&["a"]));
     assert!(record(&folder, "a").is_none());
@@ -194,7 +194,7 @@ async fn a_new_directorys_contents_are_queued() {
     let folder = quick_folder(dir.path(), FakeContent::new());
     write(&folder, "d/a", b"a");
     write(&folder, "d/e/b", b"b");
-    let out = hash_batch(folder.clone(), paths(&["d"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["d"])).await;
     assert_eq!(out.committed, 4, "{out:?}");
     assert_eq!(
         record(&folder, "d/e").unwrap().entry.kind,
@@ -211,13 +211,13 @@ async fn a_deleted_directory_tombstones_its_indexed_children() {
     write(&folder, "d/e/b", b"b");
     write(&folder, "other", b"o");
     assert_eq!(
-        hash_batch(folder.clone(), paths(&["d", "other"]))
+        hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["d", "other"]))
             .await
             .committed,
         5
     );
     std::fs::remove_dir_all(folder.fs.abs("d")).unwrap();
-    let out = hash_batch(folder.clone(), paths(&["d"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["d"])).await;
     assert_eq!(out.committed, 4, "{out:?}");
     for p in ["d", "d/a", "d/e", "d/e/b"] {
         let r = record(&folder, p).unwrap();
@@ -233,12 +233,12 @@ async fn a_path_the_receiver_is_applying_is_deferred() {
     let folder = quick_folder(dir.path(), FakeContent::new());
     write(&folder, "a", b"being written by the receiver");
     let guard = ApplyGuard::new(&folder, "a");
-    let out = hash_batch(folder.clone(), paths(&["a"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await;
     assert_eq!(out.deferred, paths(&["a"]));
     assert_eq!(out.committed, 0);
     assert!(record(&folder, "a").is_none());
     drop(guard);
-    assert_eq!(hash_batch(folder.clone(), paths(&["a"])).await.committed, 1);
+    assert_eq!(hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await.committed, 1);
 }
 
 #[tokio::test]
@@ -250,7 +250,7 @@ async fn an_ignored_path_is_skipped() {
     write(&folder, "a.log", b"noise");
     write(&folder, "build/x.o", b"obj");
     write(&folder, "keep", b"k");
-    let out = hash_batch(folder.clone(), paths(&["a.log", "build", "keep"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a.log", "build", "keep"])).await;
     assert_eq!(out.committed, 1, "{out:?}");
     assert!(out.deferred.is_empty() && out.failed.is_empty());
     assert!(record(&folder, "a.log").is_none());
@@ -268,7 +268,7 @@ async fn a_file_written_moments_ago_is_deferred() {
     let f = std::fs::File::options().write(true).open(old).unwrap();
     f.set_modified(SystemTime::now() - Duration::from_secs(3600))
         .unwrap();
-    let out = hash_batch(folder.clone(), paths(&["fresh", "old"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["fresh", "old"])).await;
     assert_eq!(out.deferred, paths(&["fresh"]));
     assert_eq!(out.committed, 1);
     assert_eq!(
@@ -292,14 +292,14 @@ async fn a_symlink_is_a_new_version_only_when_its_target_changes() {
     let dir = tempfile::tempdir().unwrap();
     let folder = quick_folder(dir.path(), FakeContent::new());
     relink(&folder, "t1");
-    assert_eq!(hash_batch(folder.clone(), paths(&["l"])).await.committed, 1);
+    assert_eq!(hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["l"])).await.committed, 1);
     // Recreated with the same target: a new stat, so it is read, and the
     // index finds it already recorded.
     relink(&folder, "t1");
-    let out = hash_batch(folder.clone(), paths(&["l"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["l"])).await;
     assert_eq!(out.committed, 0, "{out:?}");
     relink(&folder, "t2");
-    assert_eq!(hash_batch(folder.clone(), paths(&["l"])).await.committed, 1);
+    assert_eq!(hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["l"])).await.committed, 1);
     let r = record(&folder, "l").unwrap();
     assert_eq!(r.entry.symlink_target.as_deref(), Some("t2"));
     assert_eq!(r.entry.version.get(ME), 2);
@@ -317,7 +317,7 @@ async fn an_unimportable_file_backs_off_instead_of_retrying_every_settle() {
     let folder = quick_folder(dir.path(), probe.clone());
     write(&folder, "a", b"cannot be imported");
     probe.fail.store(true, Ordering::Relaxed);
-    let out = hash_batch(folder.clone(), paths(&["a"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await;
     assert_eq!(out.failed, paths(&["a"]));
     assert!(out.deferred.is_empty());
     assert!(refs_links(&folder).is_empty(), "its link is removed");
@@ -327,7 +327,7 @@ async fn an_unimportable_file_backs_off_instead_of_retrying_every_settle() {
         .unwrap()
         .contains("store is broken"));
     probe.write_during_import.store(true, Ordering::Relaxed);
-    let out = hash_batch(folder.clone(), paths(&["a"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await;
     assert_eq!(out.deferred, paths(&["a"]), "it changed: settle again");
     assert!(out.failed.is_empty());
 }
@@ -340,11 +340,11 @@ async fn a_hash_task_that_panics_returns_its_paths_as_failed() {
     write(&folder, "a", b"a");
     write(&folder, "b", b"b");
     probe.panic.store(true, Ordering::Relaxed);
-    let out = hash_batch_guarded(folder.clone(), paths(&["a", "b"])).await;
+    let out = hash_batch_guarded(folder.clone(), crate::health::Health::new(1), paths(&["a", "b"])).await;
     assert_eq!(out.failed, paths(&["a", "b"]));
     assert_eq!(out.committed, 0);
     probe.panic.store(false, Ordering::Relaxed);
-    let out = hash_batch_guarded(folder.clone(), out.failed).await;
+    let out = hash_batch_guarded(folder.clone(), crate::health::Health::new(1), out.failed).await;
     assert_eq!(out.committed, 2, "{out:?}");
 }
 
@@ -354,7 +354,7 @@ async fn a_new_directory_skips_names_no_peer_could_accept() {
     let folder = quick_folder(dir.path(), FakeContent::new());
     write(&folder, "d/ok", b"ok");
     write(&folder, "d/back\\slash", b"unsyncable");
-    let out = hash_batch(folder.clone(), paths(&["d"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["d"])).await;
     assert_eq!(out.committed, 2, "{out:?}");
     assert!(out.failed.is_empty(), "not retried forever: {out:?}");
     assert!(record(&folder, "d/ok").is_some());
@@ -382,7 +382,7 @@ async fn a_failed_hash_commit_is_retried_not_left_for_the_rescan() {
     write(&folder, "a", b"hashed, then the commit fails");
     std::fs::create_dir(folder.fs.abs("d")).unwrap();
 
-    let out = hash_batch(folder.clone(), paths(&["a", "d"])).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a", "d"])).await;
     assert_eq!(out.committed, 0);
     let mut failed = out.failed.clone();
     failed.sort();
@@ -415,7 +415,7 @@ async fn a_failed_hash_commit_is_retried_not_left_for_the_rescan() {
 
     // The index works again: the retried batch commits both.
     Arc::get_mut(&mut folder).unwrap().index = good;
-    let out = hash_batch(folder.clone(), batch).await;
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), batch).await;
     assert_eq!(out.committed, 2, "{out:?}");
     assert!(out.failed.is_empty());
     assert!(record(&folder, "a").is_some() && record(&folder, "d").is_some());

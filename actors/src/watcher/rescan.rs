@@ -119,7 +119,7 @@ mod tests {
         }
         std::fs::create_dir(root.join("d")).unwrap();
         let paths = ["same", "edited", "gone", "d"].map(String::from).to_vec();
-        let out = hash_batch(folder.clone(), paths).await;
+        let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths).await;
         assert_eq!(out.committed, 4, "{out:?}");
         assert!(scan_folder(&folder).unwrap().changed.is_empty());
 
@@ -143,7 +143,7 @@ mod tests {
         std::fs::create_dir(&d).unwrap();
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(
-            hash_batch(folder.clone(), vec!["d".into()]).await.committed,
+            hash_batch(folder.clone(), crate::health::Health::new(1), vec!["d".into()]).await.committed,
             1
         );
         // setgid is never synced: the same record, by the one rule.

@@ -1,0 +1,267 @@
+//! Bringing a node up: identity, index, mesh, folders, then the
+//! [`Supervisor`] that starts every actor. [`NodeHandle`] is what the
+//! binary and the tests hold.
+
+use std::{
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use actix::prelude::*;
+use fleetsync_config::Config;
+use fleetsync_mesh::{identity, EndpointId, Mesh, MeshOptions};
+
+use super::{
+    board::Board,
+    faults::{Fault, FaultError, InjectFault},
+    ActorId, Settings, Shutdown, Slots, Supervisor,
+};
+use crate::{folder::Folder, index::Index, retention, slot::Slot};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("{0}")]
+    Identity(#[from] identity::IdentityError),
+    #[error("{0}")]
+    Index(#[from] crate::index::IndexError),
+    #[error("{0}")]
+    Mesh(#[from] fleetsync_mesh::MeshError),
+    #[error("folder {folder}: {source}")]
+    Folder {
+        folder: String,
+        #[source]
+        source: PrepareError,
+    },
+    #[error("peer {0}: not a valid node id")]
+    PeerId(String),
+}
+
+/// A folder could not be made ready for its actors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrepareError {
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare {}: {source}", path.display())]
+    Reserved {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running node, for the binary and for tests.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub mesh: Mesh,
+    pub index: Index,
+    pub folders: Arc<HashMap<String, Arc<Folder>>>,
+    pub slots: Slots,
+    pub supervisor: Addr<Supervisor>,
+    /// What the supervisor last saw of every actor.
+    pub board: Arc<Board>,
+    fault_injection: bool,
+    fatal: Arc<Fatal>,
+}
+
+/// A fault to inject (`fleetsync debug …`, tests, drills).
+#[derive(Debug, Clone)]
+pub enum Injection {
+    /// `kind` is `watcher`, `hasher`, `receiver`, `distributor` or
+    /// `retention`; per-folder actors take `folder`, else the first folder.
+    Actor {
+        kind: String,
+        folder: Option<String>,
+        fault: Fault,
+    },
+}
+
+/// Set when the node must exit (restart budget spent).
+#[derive(Default)]
+pub struct Fatal {
+    code: std::sync::atomic::AtomicI32,
+    notify: tokio::sync::Notify,
+}
+
+impl Fatal {
+    pub(super) fn raise(&self, code: i32) {
+        self.code.store(code, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+}
+
+impl NodeHandle {
+    /// The supervisor is alive (its board is fresh) and every actor is
+    /// healthy: what may feed the systemd watchdog.
+    pub fn healthy(&self) -> bool {
+        self.board.healthy()
+    }
+
+    pub fn id(&self) -> EndpointId {
+        self.mesh.id()
+    }
+
+    /// Resolves with an exit code if the node gave up (crash loop).
+    pub async fn fatal(&self) -> i32 {
+        loop {
+            let n = self.fatal.notify.notified();
+            let c = self.fatal.code.load(Ordering::SeqCst);
+            if c != 0 {
+                return c;
+            }
+            n.await;
+        }
+    }
+
+    /// Inject a fault — refused unless `[debug] fault_injection` is on
+    /// (the one place that rule is checked).
+    pub async fn inject(&self, injection: Injection) -> Result<(), FaultError> {
+        if !self.fault_injection {
+            return Err(FaultError::Disabled);
+        }
+        match injection {
+            Injection::Actor {
+                kind,
+                folder,
+                fault,
+            } => {
+                let folder = folder.or_else(|| self.first_folder()).unwrap_or_default();
+                let actor = ActorId::parse(&kind, &folder)
+                    .ok_or_else(|| FaultError::NoSuchActor(kind.clone()))?;
+                let msg = InjectFault { actor, fault };
+                self.supervisor
+                    .send(msg)
+                    .await
+                    .map_err(|_| FaultError::NoSuchActor("supervisor".into()))?
+            }
+        }
+    }
+
+    fn first_folder(&self) -> Option<String> {
+        self.folders.keys().min().cloned()
+    }
+
+    /// Stop actors, close connections, flush the store.
+    pub async fn shutdown(&self) {
+        let _ = self.supervisor.send(Shutdown).await;
+        self.mesh.shutdown().await;
+    }
+}
+
+/// Open everything and start the actors. Call inside an actix `System`
+/// running on a multi-threaded tokio runtime.
+pub async fn start_node(config: &Config) -> Result<NodeHandle, StartError> {
+    start_node_with(config, Settings::default()).await
+}
+
+/// [`start_node`] with supervision settings of the caller's choosing.
+pub async fn start_node_with(
+    config: &Config,
+    settings: Settings,
+) -> Result<NodeHandle, StartError> {
+    crate::rt::init(tokio::runtime::Handle::current());
+    let data_dir = config.data_dir.clone();
+    let secret_key = identity::load_or_create(&data_dir)?;
+    let index = Index::open(&data_dir.join("index.redb"))?;
+    let mut static_peers = Vec::new();
+    for p in &config.mesh.peers {
+        let id =
+            EndpointId::from_bytes(&p.id).map_err(|_| StartError::PeerId(hex::encode(p.id)))?;
+        static_peers.push((id, p.addr));
+    }
+    let allow = match &config.mesh.allow {
+        None => None,
+        Some(ids) => Some(
+            ids.iter()
+                .map(|b| EndpointId::from_bytes(b).map_err(|_| StartError::PeerId(hex::encode(b))))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let (mesh, events) = Mesh::start(MeshOptions {
+        data_dir: data_dir.clone(),
+        secret_key,
+        listen: config.mesh.listen,
+        fleet_secret: config.mesh.fleet_secret.0,
+        static_peers,
+        allow,
+        gc: Some(retention::gc_config(index.clone(), retention::GC_EVERY)),
+    })
+    .await?;
+    let mut folders = HashMap::new();
+    for f in &config.folders {
+        let content: Arc<dyn crate::content::Content> = Arc::new(mesh.clone());
+        let folder = Folder::new(f.clone(), index.clone(), content, mesh.short_id())?;
+        prepare_folder(&folder).map_err(|source| StartError::Folder {
+            folder: f.id.clone(),
+            source,
+        })?;
+        folders.insert(f.id.clone(), folder);
+    }
+    let folders = Arc::new(folders);
+    let mut slots = Slots::default();
+    for id in folders.keys() {
+        slots.watchers.insert(id.clone(), Slot::default());
+        slots.hashers.insert(id.clone(), Slot::default());
+        slots.receivers.insert(id.clone(), Slot::default());
+    }
+    let board = Arc::new(Board::new(settings.ping_interval));
+    let fatal = Arc::new(Fatal::default());
+    let sup = Supervisor::new(
+        settings.clone(),
+        folders.clone(),
+        slots.clone(),
+        events,
+        board.clone(),
+        fatal.clone(),
+    );
+    let supervisor = sup.start();
+    Ok(NodeHandle {
+        mesh,
+        index,
+        folders,
+        slots,
+        supervisor,
+        board,
+        fault_injection: settings.fault_injection,
+        fatal,
+    })
+}
+
+/// Make the folder usable before any actor touches it. A folder whose
+/// index has content but whose marker is gone is most likely an unmounted
+/// disk: it is put in a fault state rather than "synced" as empty, which
+/// would delete it everywhere.
+fn prepare_folder(folder: &Folder) -> Result<(), PrepareError> {
+    let root = &folder.cfg.path;
+    let had_content = folder
+        .index
+        .folder_meta(folder.id())?
+        .is_some_and(|m| m.seq > 0);
+    if had_content && folder.check_marker().is_err() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).map_err(|source| PrepareError::Create {
+        path: root.clone(),
+        source,
+    })?;
+    folder
+        .fs
+        .ensure_reserved()
+        .map_err(|source| PrepareError::Reserved {
+            path: root.clone(),
+            source,
+        })?;
+    // Nothing is in flight before the receivers start.
+    retention::sweep_tmp(folder, Duration::ZERO);
+    retention::sweep_refs(folder, Duration::ZERO);
+    Ok(())
+}
