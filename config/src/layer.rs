@@ -73,10 +73,21 @@ pub(crate) struct Layered {
     pub peers: Option<Sourced<Vec<String>>>,
     pub mdns: Option<Sourced<bool>>,
     pub allow: Option<Sourced<Vec<String>>>,
+    pub transfer_stall_timeout: Option<Sourced<String>>,
     pub admin_listen: Option<Sourced<String>>,
     pub log_level: Option<Sourced<String>>,
     pub log_format: Option<Sourced<String>>,
+    pub supervisor: LayeredSupervisor,
+    pub fault_injection: Option<Sourced<bool>>,
     pub folders: Vec<LayeredFolder>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LayeredSupervisor {
+    pub ping_interval: Option<Sourced<String>>,
+    pub stall_timeout: Option<Sourced<String>>,
+    pub max_restarts: Option<Sourced<i64>>,
+    pub restart_window: Option<Sourced<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -100,9 +111,15 @@ const ENV_MESH_FLEET_SECRET_FILE: &str = "FLEETSYNC_MESH_FLEET_SECRET_FILE";
 const ENV_MESH_PEERS: &str = "FLEETSYNC_MESH_PEERS";
 const ENV_MESH_MDNS: &str = "FLEETSYNC_MESH_MDNS";
 const ENV_MESH_ALLOW: &str = "FLEETSYNC_MESH_ALLOW";
+const ENV_MESH_TRANSFER_STALL_TIMEOUT: &str = "FLEETSYNC_MESH_TRANSFER_STALL_TIMEOUT";
 const ENV_ADMIN_LISTEN: &str = "FLEETSYNC_ADMIN_LISTEN";
 const ENV_LOG_LEVEL: &str = "FLEETSYNC_LOG_LEVEL";
 const ENV_LOG_FORMAT: &str = "FLEETSYNC_LOG_FORMAT";
+const ENV_SUPERVISOR_PING_INTERVAL: &str = "FLEETSYNC_SUPERVISOR_PING_INTERVAL";
+const ENV_SUPERVISOR_STALL_TIMEOUT: &str = "FLEETSYNC_SUPERVISOR_STALL_TIMEOUT";
+const ENV_SUPERVISOR_MAX_RESTARTS: &str = "FLEETSYNC_SUPERVISOR_MAX_RESTARTS";
+const ENV_SUPERVISOR_RESTART_WINDOW: &str = "FLEETSYNC_SUPERVISOR_RESTART_WINDOW";
+const ENV_DEBUG_FAULT_INJECTION: &str = "FLEETSYNC_DEBUG_FAULT_INJECTION";
 
 pub(crate) const ENV_FIXED: &[&str] = &[
     ENV_DATA_DIR,
@@ -112,9 +129,15 @@ pub(crate) const ENV_FIXED: &[&str] = &[
     ENV_MESH_PEERS,
     ENV_MESH_MDNS,
     ENV_MESH_ALLOW,
+    ENV_MESH_TRANSFER_STALL_TIMEOUT,
     ENV_ADMIN_LISTEN,
     ENV_LOG_LEVEL,
     ENV_LOG_FORMAT,
+    ENV_SUPERVISOR_PING_INTERVAL,
+    ENV_SUPERVISOR_STALL_TIMEOUT,
+    ENV_SUPERVISOR_MAX_RESTARTS,
+    ENV_SUPERVISOR_RESTART_WINDOW,
+    ENV_DEBUG_FAULT_INJECTION,
 ];
 
 /// The `<ID>` part of a folder's env var names: uppercase, and every char
@@ -138,6 +161,8 @@ impl Layered {
         let mesh = raw.mesh.unwrap_or_default();
         let admin = raw.admin.unwrap_or_default();
         let log = raw.log.unwrap_or_default();
+        let supervisor = raw.supervisor.unwrap_or_default();
+        let debug = raw.debug.unwrap_or_default();
         let folders = raw
             .folders
             .unwrap_or_default()
@@ -174,9 +199,29 @@ impl Layered {
             peers: mesh.peers.map(|v| Sourced::file(v, "mesh.peers")),
             mdns: mesh.mdns.map(|v| Sourced::file(v, "mesh.mdns")),
             allow: mesh.allow.map(|v| Sourced::file(v, "mesh.allow")),
+            transfer_stall_timeout: mesh
+                .transfer_stall_timeout
+                .map(|v| Sourced::file(v, "mesh.transfer_stall_timeout")),
             admin_listen: admin.listen.map(|v| Sourced::file(v, "admin.listen")),
             log_level: log.level.map(|v| Sourced::file(v, "log.level")),
             log_format: log.format.map(|v| Sourced::file(v, "log.format")),
+            supervisor: LayeredSupervisor {
+                ping_interval: supervisor
+                    .ping_interval
+                    .map(|v| Sourced::file(v, "supervisor.ping_interval")),
+                stall_timeout: supervisor
+                    .stall_timeout
+                    .map(|v| Sourced::file(v, "supervisor.stall_timeout")),
+                max_restarts: supervisor
+                    .max_restarts
+                    .map(|v| Sourced::file(v, "supervisor.max_restarts")),
+                restart_window: supervisor
+                    .restart_window
+                    .map(|v| Sourced::file(v, "supervisor.restart_window")),
+            },
+            fault_injection: debug
+                .fault_injection
+                .map(|v| Sourced::file(v, "debug.fault_injection")),
             folders,
         }
     }
@@ -212,9 +257,29 @@ impl Layered {
                     self.mdns = Some(Sourced::env(parse_env_bool(&name, &value)?, &name))
                 }
                 ENV_MESH_ALLOW => self.allow = Some(Sourced::env(split_list(&value), &name)),
+                ENV_MESH_TRANSFER_STALL_TIMEOUT => {
+                    self.transfer_stall_timeout = Some(Sourced::env(value, &name))
+                }
                 ENV_ADMIN_LISTEN => self.admin_listen = Some(Sourced::env(value, &name)),
                 ENV_LOG_LEVEL => self.log_level = Some(Sourced::env(value, &name)),
                 ENV_LOG_FORMAT => self.log_format = Some(Sourced::env(value, &name)),
+                ENV_SUPERVISOR_PING_INTERVAL => {
+                    self.supervisor.ping_interval = Some(Sourced::env(value, &name))
+                }
+                ENV_SUPERVISOR_STALL_TIMEOUT => {
+                    self.supervisor.stall_timeout = Some(Sourced::env(value, &name))
+                }
+                ENV_SUPERVISOR_MAX_RESTARTS => {
+                    let n = parse_env_int(&name, &value)?;
+                    self.supervisor.max_restarts = Some(Sourced::env(n, &name))
+                }
+                ENV_SUPERVISOR_RESTART_WINDOW => {
+                    self.supervisor.restart_window = Some(Sourced::env(value, &name))
+                }
+                ENV_DEBUG_FAULT_INJECTION => {
+                    let on = parse_env_bool(&name, &value)?;
+                    self.fault_injection = Some(Sourced::env(on, &name))
+                }
                 _ => self.apply_folder_env(&name, value)?,
             }
         }
@@ -378,4 +443,16 @@ fn parse_env_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
             "use true/false, 1/0 or yes/no",
         )),
     }
+}
+
+/// A whole number; the range is checked in validation, like a file value.
+fn parse_env_int(name: &str, value: &str) -> Result<i64, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::invalid(
+            "<env>",
+            name,
+            format!("{value:?} is not a whole number"),
+            "use digits only, e.g. 5",
+        )
+    })
 }

@@ -21,7 +21,8 @@
 //! 3. **Validated** (`validate`): the winning value of each setting is
 //!    parsed into its type, defaults fill the gaps, paths are made absolute
 //!    and cross-field rules are checked (folders must not overlap each other
-//!    or `data_dir`, the admin API must be loopback-only, ...). The result is
+//!    or `data_dir`, the admin API must be loopback-only, the supervisor's
+//!    timings must fit each other, ...). The result is
 //!    [`Config`]; the rest of the program trusts it without re-checking.
 //!
 //! [`Config::load`] → [`Config::load_with_env`] (reads the file) →
@@ -44,12 +45,17 @@
 //! Names are `FLEETSYNC_<SECTION>_<KEY>` in upper case: `FLEETSYNC_DATA_DIR`,
 //! `FLEETSYNC_MESH_LISTEN`, `FLEETSYNC_MESH_FLEET_SECRET`,
 //! `FLEETSYNC_MESH_FLEET_SECRET_FILE`, `FLEETSYNC_MESH_PEERS`,
-//! `FLEETSYNC_MESH_MDNS`, `FLEETSYNC_MESH_ALLOW`, `FLEETSYNC_ADMIN_LISTEN`,
-//! `FLEETSYNC_LOG_LEVEL`, `FLEETSYNC_LOG_FORMAT`.
+//! `FLEETSYNC_MESH_MDNS`, `FLEETSYNC_MESH_ALLOW`,
+//! `FLEETSYNC_MESH_TRANSFER_STALL_TIMEOUT`, `FLEETSYNC_ADMIN_LISTEN`,
+//! `FLEETSYNC_LOG_LEVEL`, `FLEETSYNC_LOG_FORMAT`,
+//! `FLEETSYNC_SUPERVISOR_PING_INTERVAL`, `FLEETSYNC_SUPERVISOR_STALL_TIMEOUT`,
+//! `FLEETSYNC_SUPERVISOR_MAX_RESTARTS`, `FLEETSYNC_SUPERVISOR_RESTART_WINDOW`,
+//! `FLEETSYNC_DEBUG_FAULT_INJECTION`.
 //!
 //! * Lists (`PEERS`, `ALLOW`) are comma-separated; blank entries are dropped,
 //!   so an empty value means an empty list.
-//! * `MDNS` accepts true/false, 1/0, yes/no (any case).
+//! * Booleans (`MDNS`, `FAULT_INJECTION`) accept true/false, 1/0, yes/no
+//!   (any case); `MAX_RESTARTS` is a whole number.
 //! * Values are trimmed of surrounding whitespace.
 //! * Folder settings are `FLEETSYNC_FOLDER_<ID>_<KEY>` with `<KEY>` one of
 //!   `PATH`, `MODE`, `SETTLE`, `RESCAN`, `WATCH`, `POLL_INTERVAL`. `<ID>` is
@@ -106,6 +112,23 @@ pub const DEFAULT_MESH_LISTEN: &str = "0.0.0.0:7300";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7380";
 pub const CONFIG_FILE_NAME: &str = "fleetsync.toml";
 
+/// `[supervisor] ping_interval`: often enough that a dead actor is noticed
+/// within a second or two, rarely enough to cost nothing on an idle node.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// `[supervisor] stall_timeout`: ten pings, and longer than any single
+/// step of healthy work goes without reporting progress.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[supervisor] max_restarts`: a few restarts heal a transient wedge; more
+/// than this within `restart_window` is a crash loop the process should not
+/// hide from its service manager.
+pub const DEFAULT_MAX_RESTARTS: usize = 5;
+/// `[supervisor] restart_window`: the span `max_restarts` is counted over.
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// `[mesh] transfer_stall_timeout`: long enough for a slow but live link to
+/// deliver its next verified chunk, short enough that failing over to
+/// another peer beats waiting.
+pub const DEFAULT_TRANSFER_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Every variable starting with this is either a config setting or an error.
 pub const ENV_PREFIX: &str = "FLEETSYNC_";
 /// `FLEETSYNC_*` variables that belong to other parts of the program (the
@@ -136,6 +159,8 @@ pub struct Config {
     pub mesh: MeshConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub supervisor: SupervisorConfig,
+    pub debug: DebugConfig,
     pub folders: Vec<FolderConfig>,
 }
 
@@ -147,6 +172,9 @@ pub struct MeshConfig {
     pub mdns: bool,
     /// `None`: any node that knows the fleet secret.
     pub allow: Option<Vec<NodeIdBytes>>,
+    /// A fetch that receives no verified bytes for this long is cancelled
+    /// and resumed with another peer. Between 1s and 1h.
+    pub transfer_stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +188,43 @@ pub struct LogConfig {
     /// A tracing filter directive, e.g. `info,fleetsync=debug`.
     pub level: String,
     pub format: LogFormat,
+}
+
+/// How the supervisor judges and restarts actors. Validated: every duration
+/// is positive, `ping_interval <= 1m`,
+/// `2 * ping_interval <= stall_timeout <= 1h`,
+/// `restart_window >= stall_timeout`, `1 <= max_restarts <= 1000`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupervisorConfig {
+    /// How often each actor is pinged.
+    pub ping_interval: Duration,
+    /// An actor with work pending and no progress for this long, or that
+    /// has not answered a ping for this long, is replaced.
+    pub stall_timeout: Duration,
+    /// More restarts than this within `restart_window` and the process
+    /// exits (code 70) for its service manager to restart it.
+    pub max_restarts: usize,
+    pub restart_window: Duration,
+}
+
+impl Default for SupervisorConfig {
+    /// The built-in defaults, for code that runs without a config file.
+    fn default() -> Self {
+        SupervisorConfig {
+            ping_interval: DEFAULT_PING_INTERVAL,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            restart_window: DEFAULT_RESTART_WINDOW,
+        }
+    }
+}
+
+/// Settings for tests and fault drills; all off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DebugConfig {
+    /// Allow `fleetsync debug stall|panic|hang-fetch` through the admin
+    /// API. Only valid while the admin API listens on loopback.
+    pub fault_injection: bool,
 }
 
 #[derive(Debug, Clone)]

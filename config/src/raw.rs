@@ -13,6 +13,8 @@ pub(crate) struct RawConfig {
     pub mesh: Option<RawMesh>,
     pub admin: Option<RawAdmin>,
     pub log: Option<RawLog>,
+    pub supervisor: Option<RawSupervisor>,
+    pub debug: Option<RawDebug>,
     pub folders: Option<Vec<RawFolder>>,
 }
 
@@ -25,6 +27,7 @@ pub(crate) struct RawMesh {
     pub peers: Option<Vec<String>>,
     pub mdns: Option<bool>,
     pub allow: Option<Vec<String>>,
+    pub transfer_stall_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +41,22 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawLog {
     pub level: Option<String>,
     pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSupervisor {
+    pub ping_interval: Option<String>,
+    pub stall_timeout: Option<String>,
+    /// Range-checked in validation, so any TOML integer is accepted here.
+    pub max_restarts: Option<i64>,
+    pub restart_window: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDebug {
+    pub fault_injection: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +78,7 @@ pub(crate) struct RawFolder {
 enum Kind {
     Str,
     Bool,
+    Int,
     StrList,
     Table,
     TableList,
@@ -69,6 +89,8 @@ const TOP_KEYS: &[(&str, Kind)] = &[
     ("mesh", Kind::Table),
     ("admin", Kind::Table),
     ("log", Kind::Table),
+    ("supervisor", Kind::Table),
+    ("debug", Kind::Table),
     ("folders", Kind::TableList),
 ];
 const MESH_KEYS: &[(&str, Kind)] = &[
@@ -78,9 +100,17 @@ const MESH_KEYS: &[(&str, Kind)] = &[
     ("peers", Kind::StrList),
     ("mdns", Kind::Bool),
     ("allow", Kind::StrList),
+    ("transfer_stall_timeout", Kind::Str),
 ];
 const ADMIN_KEYS: &[(&str, Kind)] = &[("listen", Kind::Str)];
 const LOG_KEYS: &[(&str, Kind)] = &[("level", Kind::Str), ("format", Kind::Str)];
+const SUPERVISOR_KEYS: &[(&str, Kind)] = &[
+    ("ping_interval", Kind::Str),
+    ("stall_timeout", Kind::Str),
+    ("max_restarts", Kind::Int),
+    ("restart_window", Kind::Str),
+];
+const DEBUG_KEYS: &[(&str, Kind)] = &[("fault_injection", Kind::Bool)];
 const FOLDER_KEYS: &[(&str, Kind)] = &[
     ("id", Kind::Str),
     ("path", Kind::Str),
@@ -138,6 +168,8 @@ fn check_shape(top: &Table, file: &str) -> Result<(), ConfigError> {
         ("mesh", MESH_KEYS),
         ("admin", ADMIN_KEYS),
         ("log", LOG_KEYS),
+        ("supervisor", SUPERVISOR_KEYS),
+        ("debug", DEBUG_KEYS),
     ] {
         if let Some(Value::Table(t)) = top.get(section) {
             check_table(t, section, &format!("in [{section}]"), keys, file)?;
@@ -222,6 +254,10 @@ fn check_kind(
         Kind::Bool if !value.is_bool() => wrong(
             "a boolean",
             format!("write {key} = true or {key} = false (no quotes)"),
+        ),
+        Kind::Int if !value.is_integer() => wrong(
+            "an integer",
+            format!("write a whole number without quotes, e.g. {key} = 5"),
         ),
         Kind::StrList => match value {
             Value::Array(items) => {

@@ -4,7 +4,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::validate::{DEFAULT_LOG_LEVEL, DEFAULT_POLL_INTERVAL, DEFAULT_RESCAN, DEFAULT_SETTLE};
-use crate::{FolderMode, InitParams, LogFormat, WatchMode};
+use crate::{
+    FolderMode, InitParams, LogFormat, WatchMode, DEFAULT_MAX_RESTARTS, DEFAULT_PING_INTERVAL,
+    DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_STALL_TIMEOUT,
+};
 
 /// A TOML string literal. Going through `toml` gets escaping right for
 /// quotes, backslashes (Windows paths) and control characters.
@@ -68,6 +71,8 @@ fleet_secret = {secret}
 mdns = {mdns}
 # Only talk to these node ids (64 hex). Absent = any node that knows the fleet secret.
 # allow = ["<64-hex node id>"]
+# A transfer receiving no verified bytes this long moves to another peer (1s to 1h).
+transfer_stall_timeout = {transfer_stall}
 
 [admin]
 # Local HTTP admin API. Unauthenticated, so it must be a loopback address.
@@ -78,8 +83,28 @@ listen = {admin_listen}
 level = {level}
 # {formats}
 format = {format}
+
+[supervisor]
+# How often each internal actor is pinged (at most 1m).
+ping_interval = {ping}
+# An actor with work pending and no progress (or no answer) this long is replaced.
+# At least 2 x ping_interval, at most 1h.
+stall_timeout = {stall}
+# More restarts than this within restart_window (at least stall_timeout):
+# the node exits with code 70 for its service manager to restart it (1 to 1000).
+max_restarts = {max_restarts}
+restart_window = {window}
+
+[debug]
+# Allow `fleetsync debug stall|panic|hang-fetch` (tests and fault drills only).
+fault_injection = false
 "#,
         mdns = p.mdns,
+        transfer_stall = dur(DEFAULT_TRANSFER_STALL_TIMEOUT),
+        ping = dur(DEFAULT_PING_INTERVAL),
+        stall = dur(DEFAULT_STALL_TIMEOUT),
+        max_restarts = DEFAULT_MAX_RESTARTS,
+        window = dur(DEFAULT_RESTART_WINDOW),
         admin_listen = q(&p.admin_listen.to_string()),
         level = q(DEFAULT_LOG_LEVEL),
         formats = alternatives(LogFormat::ALL.iter().map(|f| f.as_str())),

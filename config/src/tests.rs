@@ -117,6 +117,13 @@ fn defaults_for_minimal_file() {
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Human);
     assert!(c.folders.is_empty(), "no folders is a valid relay node");
+    assert_eq!(c.mesh.transfer_stall_timeout, Duration::from_secs(30));
+    assert_eq!(c.supervisor.ping_interval, Duration::from_secs(1));
+    assert_eq!(c.supervisor.stall_timeout, Duration::from_secs(10));
+    assert_eq!(c.supervisor.max_restarts, 5);
+    assert_eq!(c.supervisor.restart_window, Duration::from_secs(60));
+    assert_eq!(c.supervisor, SupervisorConfig::default());
+    assert!(!c.debug.fault_injection);
 }
 
 #[test]
@@ -146,11 +153,19 @@ fleet_secret = "{}"
 peers = ["{a}@127.0.0.1:7301", "{b}@[::1]:7302"]
 mdns = false
 allow = ["{a}", "{b}"]
+transfer_stall_timeout = "45s"
 [admin]
 listen = "[::1]:7381"
 [log]
 level = "info,fleetsync=debug"
 format = "json"
+[supervisor]
+ping_interval = "500ms"
+stall_timeout = "20s"
+max_restarts = 3
+restart_window = "5m"
+[debug]
+fault_injection = true
 [[folders]]
 id = "a.B_c-1"
 path = "/srv/a"
@@ -184,6 +199,17 @@ mode = "send-only"
     assert_eq!(c.admin.listen, "[::1]:7381".parse::<SocketAddr>().unwrap());
     assert_eq!(c.log.level, "info,fleetsync=debug");
     assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.mesh.transfer_stall_timeout, Duration::from_secs(45));
+    assert_eq!(
+        c.supervisor,
+        SupervisorConfig {
+            ping_interval: Duration::from_millis(500),
+            stall_timeout: Duration::from_secs(20),
+            max_restarts: 3,
+            restart_window: Duration::from_secs(300),
+        }
+    );
+    assert!(c.debug.fault_injection);
     let a = &c.folders[0];
     assert_eq!(a.id, "a.B_c-1");
     assert_eq!(a.mode, FolderMode::ReceiveOnly);
@@ -216,7 +242,11 @@ fn unknown_key_in_section() {
 #[test]
 fn unknown_key_at_top_level() {
     let e = err(&format!("data_dri = \"/x\"\n{}", with_secret("")));
-    assert_invalid(&e, "data_dri", "data_dir, mesh, admin, log, folders");
+    assert_invalid(
+        &e,
+        "data_dri",
+        "data_dir, mesh, admin, log, supervisor, debug, folders",
+    );
 }
 
 #[test]
@@ -225,7 +255,11 @@ fn unknown_section() {
         "{}[loggging]\nlevel = \"info\"\n",
         with_secret("")
     ));
-    assert_invalid(&e, "loggging", "data_dir, mesh, admin, log, folders");
+    assert_invalid(
+        &e,
+        "loggging",
+        "data_dir, mesh, admin, log, supervisor, debug, folders",
+    );
 }
 
 #[test]
@@ -450,6 +484,305 @@ fn bad_log_level() {
         with_secret("")
     ));
     assert_invalid(&e, "log.level", "info");
+}
+
+// ------------------------------------------------- supervisor, transfers, debug
+
+fn supervisor_toml(rest: &str) -> String {
+    format!("{}[supervisor]\n{rest}", with_secret(""))
+}
+
+#[test]
+fn unknown_key_in_supervisor_and_debug() {
+    let e = err(&supervisor_toml("stall_timout = \"10s\"\n"));
+    assert_invalid(
+        &e,
+        "supervisor.stall_timout",
+        "ping_interval, stall_timeout, max_restarts, restart_window",
+    );
+    assert!(
+        problem(&e).contains("did you mean \"stall_timeout\""),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{}[debug]\nfault_injetion = true\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "debug.fault_injetion", "fault_injection");
+    assert!(
+        problem(&e).contains("did you mean \"fault_injection\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn supervisor_and_debug_value_types() {
+    let e = err(&supervisor_toml("max_restarts = \"5\"\n"));
+    assert_invalid(&e, "supervisor.max_restarts", "max_restarts = 5");
+    assert!(problem(&e).contains("expected an integer"), "{e}");
+    let e = err(&supervisor_toml("ping_interval = 1\n"));
+    assert_invalid(&e, "supervisor.ping_interval", "quote the value");
+    let e = err(&format!(
+        "{}[debug]\nfault_injection = \"yes\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "debug.fault_injection", "fault_injection = true");
+    let e = err(&supervisor_toml("stall_timeout = \"soon\"\n"));
+    assert_invalid(&e, "supervisor.stall_timeout", "\"200ms\", \"5s\", \"1h\"");
+}
+
+#[test]
+fn supervisor_durations_must_be_positive() {
+    for key in ["ping_interval", "stall_timeout", "restart_window"] {
+        let e = err(&supervisor_toml(&format!("{key} = \"0s\"\n")));
+        assert_invalid(&e, &format!("supervisor.{key}"), "use a positive duration");
+        assert_eq!(problem(&e), format!("{key} is 0"));
+    }
+}
+
+#[test]
+fn ping_interval_at_most_a_minute() {
+    let e = err(&supervisor_toml(
+        "ping_interval = \"61s\"\nstall_timeout = \"5m\"\n",
+    ));
+    assert_invalid(&e, "supervisor.ping_interval", "at most \"1m\"");
+    let c = parse(&supervisor_toml(
+        "ping_interval = \"1m\"\nstall_timeout = \"2m\"\nrestart_window = \"2m\"\n",
+    ));
+    assert_eq!(c.supervisor.ping_interval, Duration::from_secs(60));
+}
+
+#[test]
+fn stall_timeout_at_least_two_ping_intervals() {
+    let e = err(&supervisor_toml("stall_timeout = \"1999ms\"\n"));
+    assert_invalid(&e, "supervisor.stall_timeout", "at least \"2s\"");
+    assert!(problem(&e).contains("between two pings"), "{e}");
+    let c = parse(&supervisor_toml("stall_timeout = \"2s\"\n"));
+    assert_eq!(c.supervisor.stall_timeout, Duration::from_secs(2));
+}
+
+#[test]
+fn two_pings_rule_blames_ping_interval_when_stall_timeout_is_default() {
+    // The default stall_timeout is 10s, so a 6s ping breaks the rule; the
+    // operator changed ping_interval, so that is the key to name.
+    let e = err(&supervisor_toml("ping_interval = \"6s\"\n"));
+    assert_invalid(
+        &e,
+        "supervisor.ping_interval",
+        "ping_interval to at most \"5s\"",
+    );
+    let e = err_full(
+        &with_secret(""),
+        &[("FLEETSYNC_SUPERVISOR_PING_INTERVAL", "30s")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_SUPERVISOR_PING_INTERVAL",
+        "stall_timeout to at least \"1m\"",
+    );
+}
+
+#[test]
+fn stall_timeout_at_most_an_hour() {
+    let e = err(&supervisor_toml(
+        "stall_timeout = \"61m\"\nrestart_window = \"2h\"\n",
+    ));
+    assert_invalid(&e, "supervisor.stall_timeout", "at most \"1h\"");
+    let c = parse(&supervisor_toml(
+        "stall_timeout = \"1h\"\nrestart_window = \"1h\"\n",
+    ));
+    assert_eq!(c.supervisor.stall_timeout, Duration::from_secs(3600));
+}
+
+#[test]
+fn max_restarts_between_1_and_1000() {
+    for bad in ["0", "-1", "1001"] {
+        let e = err(&supervisor_toml(&format!("max_restarts = {bad}\n")));
+        assert_invalid(&e, "supervisor.max_restarts", "whole number from 1 to 1000");
+        assert!(problem(&e).contains(bad), "{e}");
+    }
+    assert!(problem(&err(&supervisor_toml("max_restarts = 0\n"))).contains("first stall"));
+    for good in [1, 1000] {
+        let c = parse(&supervisor_toml(&format!("max_restarts = {good}\n")));
+        assert_eq!(c.supervisor.max_restarts, good);
+    }
+}
+
+#[test]
+fn restart_window_at_least_stall_timeout() {
+    let e = err(&supervisor_toml("restart_window = \"9s\"\n"));
+    assert_invalid(&e, "supervisor.restart_window", "at least \"10s\"");
+    assert!(problem(&e).contains("stall_timeout 10s"), "{e}");
+    // Only stall_timeout was changed, so it is the key named.
+    let e = err(&supervisor_toml("stall_timeout = \"2m\"\n"));
+    assert_invalid(
+        &e,
+        "supervisor.stall_timeout",
+        "stall_timeout to at most \"1m\"",
+    );
+    let c = parse(&supervisor_toml("restart_window = \"10s\"\n"));
+    assert_eq!(c.supervisor.restart_window, Duration::from_secs(10));
+}
+
+#[test]
+fn transfer_stall_timeout_between_a_second_and_an_hour() {
+    let text = |v: &str| with_secret(&format!("transfer_stall_timeout = \"{v}\"\n"));
+    let e = err(&text("999ms"));
+    assert_invalid(&e, "mesh.transfer_stall_timeout", "at least \"1s\"");
+    let e = err(&text("0s"));
+    assert_invalid(
+        &e,
+        "mesh.transfer_stall_timeout",
+        "positive duration, e.g. \"30s\"",
+    );
+    let e = err(&text("61m"));
+    assert_invalid(&e, "mesh.transfer_stall_timeout", "at most \"1h\"");
+    let e = err(&text("later"));
+    assert_invalid(
+        &e,
+        "mesh.transfer_stall_timeout",
+        "\"200ms\", \"5s\", \"1h\"",
+    );
+    assert_eq!(
+        parse(&text("1s")).mesh.transfer_stall_timeout,
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        parse(&text("1h")).mesh.transfer_stall_timeout,
+        Duration::from_secs(3600)
+    );
+}
+
+#[test]
+fn fault_injection_on_loopback_admin_is_accepted() {
+    let text = |admin: &str| {
+        format!(
+            "{}[admin]\nlisten = \"{admin}\"\n[debug]\nfault_injection = true\n",
+            with_secret("")
+        )
+    };
+    assert!(parse(&text("127.0.0.1:7380")).debug.fault_injection);
+    assert!(parse(&text("[::1]:7380")).debug.fault_injection);
+}
+
+fn validate_ctx() -> validate::Ctx {
+    validate::Ctx {
+        file_label: CFG.to_string(),
+        config_path: PathBuf::from(CFG),
+        config_dir: PathBuf::from("/etc/fleetsync"),
+    }
+}
+
+/// Validation refuses a non-loopback admin address before it gets here, so
+/// no config can reach this rule today; call it directly to keep it honest.
+#[test]
+fn fault_injection_refused_when_admin_is_not_loopback() {
+    let ctx = validate_ctx();
+    let public: SocketAddr = "0.0.0.0:7380".parse().unwrap();
+    let on = |origin: layer::Origin| layer::Sourced {
+        value: true,
+        origin,
+    };
+    let e = validate::debug(
+        &ctx,
+        Some(&on(layer::Origin::File("debug.fault_injection".into()))),
+        public,
+    )
+    .unwrap_err();
+    assert_invalid(
+        &e,
+        "debug.fault_injection",
+        "loopback address such as \"127.0.0.1:7380\"",
+    );
+    assert!(problem(&e).contains("0.0.0.0:7380"), "{e}");
+    let var = "FLEETSYNC_DEBUG_FAULT_INJECTION";
+    let e = validate::debug(&ctx, Some(&on(layer::Origin::Env(var.into()))), public).unwrap_err();
+    assert_invalid_at(&e, "<env>", var, "set fault_injection = false");
+
+    // Off, or on behind loopback: fine whatever the address.
+    let off = layer::Sourced {
+        value: false,
+        origin: layer::Origin::File("debug.fault_injection".into()),
+    };
+    assert!(
+        !validate::debug(&ctx, Some(&off), public)
+            .unwrap()
+            .fault_injection
+    );
+    assert!(!validate::debug(&ctx, None, public).unwrap().fault_injection);
+    let loopback: SocketAddr = "127.0.0.1:7380".parse().unwrap();
+    let allowed = on(layer::Origin::File("debug.fault_injection".into()));
+    assert!(
+        validate::debug(&ctx, Some(&allowed), loopback)
+            .unwrap()
+            .fault_injection
+    );
+}
+
+#[test]
+fn env_overrides_supervisor_transfer_and_debug() {
+    let file = format!(
+        "{}[supervisor]\nstall_timeout = \"30s\"\nmax_restarts = 2\n",
+        with_secret("transfer_stall_timeout = \"10s\"\n")
+    );
+    let vars = [
+        ("FLEETSYNC_MESH_TRANSFER_STALL_TIMEOUT", "2m"),
+        ("FLEETSYNC_SUPERVISOR_PING_INTERVAL", "250ms"),
+        ("FLEETSYNC_SUPERVISOR_STALL_TIMEOUT", "5s"),
+        ("FLEETSYNC_SUPERVISOR_MAX_RESTARTS", " 7 "),
+        ("FLEETSYNC_SUPERVISOR_RESTART_WINDOW", "10m"),
+        ("FLEETSYNC_DEBUG_FAULT_INJECTION", "yes"),
+    ];
+    let c = try_parse_full(&file, &vars, &Overrides::default()).unwrap();
+    assert_eq!(c.mesh.transfer_stall_timeout, Duration::from_secs(120));
+    assert_eq!(
+        c.supervisor,
+        SupervisorConfig {
+            ping_interval: Duration::from_millis(250),
+            stall_timeout: Duration::from_secs(5),
+            max_restarts: 7,
+            restart_window: Duration::from_secs(600),
+        }
+    );
+    assert!(c.debug.fault_injection);
+    // Without the env the file's values stand.
+    let c = try_parse_full(&file, &[], &Overrides::default()).unwrap();
+    assert_eq!(c.supervisor.stall_timeout, Duration::from_secs(30));
+    assert_eq!(c.supervisor.max_restarts, 2);
+    assert_eq!(c.mesh.transfer_stall_timeout, Duration::from_secs(10));
+}
+
+#[test]
+fn env_supervisor_errors_name_the_variable() {
+    let check = |var: &str, value: &str, fix: &str| {
+        let e = err_full(&with_secret(""), &[(var, value)], &Overrides::default());
+        assert_invalid_at(&e, "<env>", var, fix);
+    };
+    check("FLEETSYNC_SUPERVISOR_MAX_RESTARTS", "lots", "digits only");
+    check("FLEETSYNC_SUPERVISOR_MAX_RESTARTS", "0", "from 1 to 1000");
+    check(
+        "FLEETSYNC_SUPERVISOR_STALL_TIMEOUT",
+        "1s",
+        "at least \"2s\"",
+    );
+    check(
+        "FLEETSYNC_SUPERVISOR_RESTART_WINDOW",
+        "0s",
+        "positive duration",
+    );
+    check(
+        "FLEETSYNC_MESH_TRANSFER_STALL_TIMEOUT",
+        "2h",
+        "at most \"1h\"",
+    );
+    check("FLEETSYNC_DEBUG_FAULT_INJECTION", "maybe", "yes/no");
+    check(
+        "FLEETSYNC_SUPERVISOR_STALL_TIMOUT",
+        "5s",
+        "FLEETSYNC_SUPERVISOR_STALL_TIMEOUT",
+    );
 }
 
 // --------------------------------------------------------------- folders
@@ -1231,6 +1564,12 @@ fn render_init_config_round_trips() {
         assert_eq!(f.watch, WatchMode::Notify);
         assert_eq!(f.poll_interval, Duration::from_secs(2));
     }
+    assert_eq!(
+        c.mesh.transfer_stall_timeout,
+        DEFAULT_TRANSFER_STALL_TIMEOUT
+    );
+    assert_eq!(c.supervisor, SupervisorConfig::default());
+    assert_eq!(c.debug, DebugConfig::default());
 }
 
 #[test]
@@ -1256,10 +1595,18 @@ fn render_init_config_shows_every_key() {
         "peers",
         "mdns",
         "allow",
+        "transfer_stall_timeout =",
         "[admin]",
         "[log]",
         "level",
         "format",
+        "[supervisor]",
+        "ping_interval =",
+        "stall_timeout =",
+        "max_restarts =",
+        "restart_window =",
+        "[debug]",
+        "fault_injection =",
         "[[folders]]",
         "id =",
         "path =",

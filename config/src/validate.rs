@@ -5,11 +5,13 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::ConfigError;
-use crate::layer::{Layered, LayeredFolder, Origin, Sourced};
+use crate::layer::{Layered, LayeredFolder, LayeredSupervisor, Origin, Sourced};
 use crate::types::{parse_duration, parse_node_id, Choices, FleetSecret, PeerAddr};
 use crate::{
-    AdminConfig, Config, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig, WatchMode,
-    DEFAULT_ADMIN_LISTEN, DEFAULT_MESH_LISTEN,
+    AdminConfig, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig,
+    SupervisorConfig, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_RESTARTS, DEFAULT_MESH_LISTEN,
+    DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
+    DEFAULT_TRANSFER_STALL_TIMEOUT,
 };
 
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
@@ -20,6 +22,23 @@ pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_SETTLE: Duration = Duration::from_secs(3600);
 /// A full rescan walks the whole tree; sub-second rescans just burn CPU.
 const MIN_RESCAN: Duration = Duration::from_secs(1);
+/// Pinged less often than this, a dead actor goes unnoticed for minutes.
+const MAX_PING_INTERVAL: Duration = Duration::from_secs(60);
+/// An actor stuck longer than this holds its folder still for over an hour:
+/// that is an outage, not patience.
+const MAX_STALL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `stall_timeout` spans at least this many pings, so a healthy actor is
+/// never judged on one late pong between two pings.
+const MIN_PINGS_PER_STALL: u32 = 2;
+/// At least one restart must be allowed, or the first stall ends the node.
+const MIN_MAX_RESTARTS: usize = 1;
+/// Beyond this a crash loop never exhausts its budget.
+const MAX_MAX_RESTARTS: usize = 1000;
+/// Shorter, and the ordinary pauses of a healthy transfer (a dial, a
+/// congested link) would count as stalls.
+const MIN_TRANSFER_STALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longer, and a hung peer holds a file back for over an hour.
+const MAX_TRANSFER_STALL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 const MESH_LISTEN_FIX: &str =
     "use <ip>:<port>, e.g. \"0.0.0.0:7300\" (all IPv4 interfaces) or \"[::]:7300\"";
@@ -132,6 +151,12 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
         peers: peers(ctx, l.peers.as_ref())?,
         mdns: l.mdns.as_ref().is_none_or(|m| m.value),
         allow: allow(ctx, l.allow.as_ref())?,
+        transfer_stall_timeout: ruled_duration(
+            ctx,
+            l.transfer_stall_timeout.as_ref(),
+            &TRANSFER_STALL_TIMEOUT,
+        )?
+        .value,
     };
 
     let admin_listen = listen_addr(
@@ -156,6 +181,8 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
         level: log_level(ctx, l.log_level.as_ref())?,
         format: parse_enum(ctx, l.log_format.as_ref(), LogFormat::Human)?,
     };
+    let supervisor = supervisor(ctx, &l.supervisor)?;
+    let debug = debug(ctx, l.fault_injection.as_ref(), admin_listen)?;
 
     let mut folders: Vec<FolderConfig> = Vec::with_capacity(l.folders.len());
     for (i, f) in l.folders.iter().enumerate() {
@@ -171,6 +198,8 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
             listen: admin_listen,
         },
         log,
+        supervisor,
+        debug,
         folders,
     })
 }
@@ -325,6 +354,234 @@ fn duration<'a>(
         )
     })?;
     Ok((d, Some(&v.origin)))
+}
+
+/// A duration setting's accepted range and purpose, so that every bound
+/// error names the key, the limit and what the setting is for.
+struct DurationRule {
+    /// The file key; a defaulted value is reported here, where it would be set.
+    key: &'static str,
+    default: Duration,
+    /// Inclusive. Zero is never accepted, whatever this says.
+    min: Duration,
+    /// Inclusive; `None`: no upper bound.
+    max: Option<Duration>,
+    /// What the setting does, for the fix text.
+    what: &'static str,
+}
+
+const PING_INTERVAL: DurationRule = DurationRule {
+    key: "supervisor.ping_interval",
+    default: DEFAULT_PING_INTERVAL,
+    min: Duration::ZERO,
+    max: Some(MAX_PING_INTERVAL),
+    what: "how often the supervisor pings each actor",
+};
+const STALL_TIMEOUT: DurationRule = DurationRule {
+    key: "supervisor.stall_timeout",
+    default: DEFAULT_STALL_TIMEOUT,
+    min: Duration::ZERO,
+    max: Some(MAX_STALL_TIMEOUT),
+    what: "how long an actor may show no progress before it is replaced",
+};
+const RESTART_WINDOW: DurationRule = DurationRule {
+    key: "supervisor.restart_window",
+    default: DEFAULT_RESTART_WINDOW,
+    min: Duration::ZERO,
+    max: None,
+    what: "the span max_restarts is counted over",
+};
+const TRANSFER_STALL_TIMEOUT: DurationRule = DurationRule {
+    key: "mesh.transfer_stall_timeout",
+    default: DEFAULT_TRANSFER_STALL_TIMEOUT,
+    min: MIN_TRANSFER_STALL_TIMEOUT,
+    max: Some(MAX_TRANSFER_STALL_TIMEOUT),
+    what: "how long a transfer may receive no verified bytes before it moves to another peer",
+};
+
+/// A validated duration and where it came from; a default is attributed to
+/// its file key.
+struct Timed {
+    value: Duration,
+    origin: Origin,
+    explicit: bool,
+}
+
+fn ruled_duration(
+    ctx: &Ctx,
+    value: Option<&Sourced<String>>,
+    rule: &DurationRule,
+) -> Result<Timed, ConfigError> {
+    let (value, origin) = duration(ctx, value, rule.default)?;
+    let Some(origin) = origin else {
+        return Ok(Timed {
+            value,
+            origin: Origin::File(rule.key.to_string()),
+            explicit: false,
+        });
+    };
+    let name = short_key(rule.key);
+    let (what, default) = (rule.what, human(rule.default));
+    if value.is_zero() {
+        return Err(ctx.err(
+            origin,
+            format!("{name} is 0"),
+            format!("use a positive duration, e.g. \"{default}\" (the default; {what})"),
+        ));
+    }
+    if value < rule.min {
+        return Err(ctx.err(
+            origin,
+            format!(
+                "{name} {} is shorter than {}",
+                human(value),
+                human(rule.min)
+            ),
+            format!(
+                "use a {name} of at least \"{}\" ({what}; default \"{default}\")",
+                human(rule.min)
+            ),
+        ));
+    }
+    if let Some(max) = rule.max.filter(|max| value > *max) {
+        return Err(ctx.err(
+            origin,
+            format!("{name} {} is longer than {}", human(value), human(max)),
+            format!(
+                "use a {name} of at most \"{}\" ({what}; default \"{default}\")",
+                human(max)
+            ),
+        ));
+    }
+    Ok(Timed {
+        value,
+        origin: origin.clone(),
+        explicit: true,
+    })
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// `supervisor.stall_timeout` → `stall_timeout`.
+fn short_key(key: &str) -> &str {
+    key.rsplit_once('.').map_or(key, |(_, k)| k)
+}
+
+fn supervisor(ctx: &Ctx, s: &LayeredSupervisor) -> Result<SupervisorConfig, ConfigError> {
+    let ping = ruled_duration(ctx, s.ping_interval.as_ref(), &PING_INTERVAL)?;
+    let stall = ruled_duration(ctx, s.stall_timeout.as_ref(), &STALL_TIMEOUT)?;
+    let max_restarts = max_restarts(ctx, s.max_restarts.as_ref())?;
+    let window = ruled_duration(ctx, s.restart_window.as_ref(), &RESTART_WINDOW)?;
+    if stall.value < ping.value * MIN_PINGS_PER_STALL {
+        return Err(ctx.err(
+            blame(&stall, &ping),
+            format!(
+                "stall_timeout {} is less than {MIN_PINGS_PER_STALL} × ping_interval {}; \
+                 an actor would be judged stalled between two pings",
+                human(stall.value),
+                human(ping.value)
+            ),
+            format!(
+                "set stall_timeout to at least \"{}\" or ping_interval to at most \"{}\"",
+                human(ping.value * MIN_PINGS_PER_STALL),
+                human(stall.value / MIN_PINGS_PER_STALL)
+            ),
+        ));
+    }
+    if window.value < stall.value {
+        return Err(ctx.err(
+            blame(&window, &stall),
+            format!(
+                "restart_window {} is shorter than stall_timeout {}; restarts after stalls \
+                 could never add up to max_restarts within it, so a stall loop would never end",
+                human(window.value),
+                human(stall.value)
+            ),
+            format!(
+                "set restart_window to at least \"{}\" or stall_timeout to at most \"{}\"",
+                human(stall.value),
+                human(window.value)
+            ),
+        ));
+    }
+    Ok(SupervisorConfig {
+        ping_interval: ping.value,
+        stall_timeout: stall.value,
+        max_restarts,
+        restart_window: window.value,
+    })
+}
+
+/// Which of two settings a rule between them is reported against: the
+/// dependent one if it was set, else the other. The defaults satisfy every
+/// rule, so when a rule fails at least one of them was set.
+fn blame<'a>(dependent: &'a Timed, other: &'a Timed) -> &'a Origin {
+    if dependent.explicit || !other.explicit {
+        &dependent.origin
+    } else {
+        &other.origin
+    }
+}
+
+fn max_restarts(ctx: &Ctx, value: Option<&Sourced<i64>>) -> Result<usize, ConfigError> {
+    let Some(v) = value else {
+        return Ok(DEFAULT_MAX_RESTARTS);
+    };
+    let in_range = usize::try_from(v.value)
+        .ok()
+        .filter(|n| (MIN_MAX_RESTARTS..=MAX_MAX_RESTARTS).contains(n));
+    in_range.ok_or_else(|| {
+        let too_few = usize::try_from(v.value).map_or(true, |n| n < MIN_MAX_RESTARTS);
+        let why = if too_few {
+            "the first stall would end the node"
+        } else {
+            "a crash loop would never exhaust it"
+        };
+        ctx.err(
+            &v.origin,
+            format!(
+                "max_restarts {} is outside {MIN_MAX_RESTARTS}-{MAX_MAX_RESTARTS}; {why}",
+                v.value
+            ),
+            format!(
+                "use a whole number from {MIN_MAX_RESTARTS} to {MAX_MAX_RESTARTS}: the restarts \
+                 allowed within restart_window before the node exits for its service manager \
+                 to restart it (default {DEFAULT_MAX_RESTARTS})"
+            ),
+        )
+    })
+}
+
+/// Fault injection lets whoever reaches the admin API stall or crash this
+/// node, so it is only allowed while that API is loopback-only. The admin
+/// address is already required to be loopback; this check keeps the rule
+/// true should that requirement ever be relaxed.
+pub(crate) fn debug(
+    ctx: &Ctx,
+    fault_injection: Option<&Sourced<bool>>,
+    admin_listen: SocketAddr,
+) -> Result<DebugConfig, ConfigError> {
+    let Some(on) = fault_injection.filter(|f| f.value) else {
+        return Ok(DebugConfig::default());
+    };
+    if !admin_listen.ip().is_loopback() {
+        return Err(ctx.err(
+            &on.origin,
+            format!(
+                "fault injection is on while the admin API listens on {admin_listen}, \
+                 which is not loopback; anyone who reaches it could stall or crash this node"
+            ),
+            format!(
+                "set fault_injection = false, or admin.listen to a loopback address such as \
+                 \"{DEFAULT_ADMIN_LISTEN}\""
+            ),
+        ));
+    }
+    Ok(DebugConfig {
+        fault_injection: true,
+    })
 }
 
 fn folder(
