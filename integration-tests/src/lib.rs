@@ -226,6 +226,10 @@ pub struct Node {
     pub peers: Vec<(String, [u8; 32], SocketAddr)>,
     /// Extra lines appended to the config (e.g. `allow = [...]` in [mesh]).
     pub mesh_extra: String,
+    /// Extra config sections (e.g. `[supervisor]`, `[debug]`).
+    pub extra: String,
+    /// Extra environment for the process (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -259,6 +263,8 @@ impl Node {
             folders,
             peers: vec![],
             mesh_extra: String::new(),
+            extra: String::new(),
+            env: Vec::new(),
             child: None,
             starts: 0,
         }
@@ -293,6 +299,7 @@ impl Node {
         t.push_str("]\n");
         t.push_str(&self.mesh_extra);
         t.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\nlevel = \"debug\"\n");
+        t.push_str(&self.extra);
         for f in &self.folders {
             t.push_str(&format!(
                 "\n[[folders]]\nid = \"{}\"\npath = {:?}\nmode = \"{}\"\nsettle = \"{}\"\nrescan = \"1h\"\n",
@@ -323,6 +330,7 @@ impl Node {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .arg("run")
             .arg("--config")
@@ -389,6 +397,55 @@ impl Node {
         }
         let _ = c.kill();
         c.wait().ok()
+    }
+
+    /// Wait (bounded) for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let c = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Send a signal (SIGSTOP / SIGCONT: freeze and thaw the node).
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = self
+            .pid()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32));
+        let pid = pid.expect("node is running");
+        rustix::process::kill_process(pid, sig).expect("signal the node");
+    }
+
+    /// Run `fleetsync ARGS --config <this node's config>`; exit code, stdout
+    /// and stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run fleetsync");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// This node's actor `name` as `status --json` shows it.
+    pub fn actor(&self, name: &str) -> Option<Value> {
+        let st = self.status()?;
+        st["actors"]
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
     }
 
     /// SIGKILL: the crash case.

@@ -61,8 +61,6 @@ enum Cmd {
     Debug {
         #[command(subcommand)]
         cmd: DebugCmd,
-        #[command(flatten)]
-        at: Where,
     },
     /// Start a local 3-node cluster in temp dirs and show files syncing.
     Demo {
@@ -76,6 +74,8 @@ enum Cmd {
 enum DebugCmd {
     /// Block an actor's thread (the supervisor should replace it).
     Stall {
+        #[command(flatten)]
+        at: Where,
         /// watcher, hasher, receiver, distributor or retention.
         actor: String,
         /// How long (e.g. 60s, 5m).
@@ -87,6 +87,8 @@ enum DebugCmd {
     },
     /// Make an actor panic (the supervisor should restart it).
     Panic {
+        #[command(flatten)]
+        at: Where,
         /// watcher, hasher, receiver, distributor or retention.
         actor: String,
         /// Folder of a per-folder actor (default: the first folder).
@@ -178,7 +180,7 @@ pub fn main() -> i32 {
             path,
             json,
         } => history(at, &folder, &path, json),
-        Cmd::Debug { cmd, at } => debug(at, cmd),
+        Cmd::Debug { cmd } => debug(cmd),
         Cmd::Demo { keep } => demo::run(keep),
     };
     match res {
@@ -382,8 +384,11 @@ fn history(w: Where, folder: &str, path: &str, json: bool) -> anyhow::Result<i32
     Ok(0)
 }
 
-fn debug(w: Where, cmd: DebugCmd) -> anyhow::Result<i32> {
-    let config = w.load(&Overrides::default())?;
+fn debug(cmd: DebugCmd) -> anyhow::Result<i32> {
+    let at = match &cmd {
+        DebugCmd::Stall { at, .. } | DebugCmd::Panic { at, .. } => at,
+    };
+    let config = at.load(&Overrides::default())?;
     let enc = crate::admin::urlencode;
     let folder_q = |f: &Option<String>| {
         f.as_ref()
@@ -395,6 +400,7 @@ fn debug(w: Where, cmd: DebugCmd) -> anyhow::Result<i32> {
             actor,
             duration,
             folder,
+            ..
         } => {
             let d = fleetsync_config::parse_duration(duration)
                 .map_err(|e| anyhow::anyhow!("--for {duration}: {e}"))?;
@@ -405,7 +411,7 @@ fn debug(w: Where, cmd: DebugCmd) -> anyhow::Result<i32> {
                 folder_q(folder)
             )
         }
-        DebugCmd::Panic { actor, folder } => {
+        DebugCmd::Panic { actor, folder, .. } => {
             format!(
                 "/debug/fault?kind=panic&actor={}{}",
                 enc(actor),

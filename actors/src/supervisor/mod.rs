@@ -34,6 +34,7 @@ pub mod node;
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use actix::prelude::*;
+use fleetsync_config::{Config, SupervisorConfig};
 use fleetsync_mesh::{MeshEvent, PeerSession};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -56,7 +57,7 @@ use crate::{
     receiver::Receiver,
     retention::Retention,
     slot::Slot,
-    watcher::{msg::Rescan, Watcher},
+    watcher::{msg::HasherReplaced, Watcher},
 };
 
 /// Exit code when the restart budget is spent.
@@ -75,12 +76,23 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
+        Settings::of(&SupervisorConfig::default(), false)
+    }
+}
+
+impl Settings {
+    /// `[supervisor]` and `[debug] fault_injection` of the config.
+    pub fn from_config(config: &Config) -> Self {
+        Settings::of(&config.supervisor, config.debug.fault_injection)
+    }
+
+    fn of(s: &SupervisorConfig, fault_injection: bool) -> Self {
         Settings {
-            ping_interval: Duration::from_secs(1),
-            stall_timeout: Duration::from_secs(10),
-            max_restarts: 5,
-            restart_window: Duration::from_secs(60),
-            fault_injection: false,
+            ping_interval: s.ping_interval,
+            stall_timeout: s.stall_timeout,
+            max_restarts: s.max_restarts,
+            restart_window: s.restart_window,
+            fault_injection,
         }
     }
 }
@@ -246,10 +258,10 @@ impl Supervisor {
                 let folder = self.folders[f].clone();
                 let addr = Hasher::start_in_arbiter(&h, move |_| Hasher::new(folder, health));
                 self.slots.hashers[f].set(addr);
-                // A batch in flight to the old incarnation is lost (and
-                // fenced): re-derive it.
+                // A batch at the old incarnation will never count (its
+                // commits are fenced): the watcher sends it again.
                 if let Some(w) = self.slots.watchers[f].get() {
-                    w.do_send(Rescan);
+                    w.do_send(HasherReplaced);
                 }
             }
             ActorId::Watcher(f) => {

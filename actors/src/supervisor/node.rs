@@ -160,7 +160,7 @@ impl NodeHandle {
 /// Open everything and start the actors. Call inside an actix `System`
 /// running on a multi-threaded tokio runtime.
 pub async fn start_node(config: &Config) -> Result<NodeHandle, StartError> {
-    start_node_with(config, Settings::default()).await
+    start_node_with(config, Settings::from_config(config)).await
 }
 
 /// [`start_node`] with supervision settings of the caller's choosing.
@@ -216,7 +216,7 @@ pub async fn start_node_with(
     let board = Arc::new(Board::new(settings.ping_interval));
     let fatal = Arc::new(Fatal::default());
     let sup = Supervisor::new(
-        settings.clone(),
+        settings,
         folders.clone(),
         slots.clone(),
         events,

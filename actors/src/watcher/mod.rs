@@ -73,6 +73,13 @@ pub mod msg {
     #[derive(Debug, Message)]
     #[rtype(result = "()")]
     pub struct Rescan;
+
+    /// The hasher was replaced: a batch in flight to the old one will
+    /// never be answered (or its answer no longer counts). Send its paths
+    /// again, to the new one.
+    #[derive(Debug, Message)]
+    #[rtype(result = "()")]
+    pub struct HasherReplaced;
 }
 
 use msg::{FsEvent, MarkDirty, Rescan};
@@ -106,7 +113,10 @@ pub struct Watcher {
     overflow: Arc<AtomicBool>,
     settle: Settle,
     /// A hasher batch is in flight.
-    in_flight: bool,
+    /// The batch at the hasher, if one is: its number and its paths.
+    in_flight: Option<(u64, Vec<String>)>,
+    /// Numbers batches, so an answer to an abandoned one is ignored.
+    batches_sent: u64,
     /// An `lstat` round is running.
     checking: bool,
     scanning: bool,
@@ -123,7 +133,8 @@ impl Watcher {
             hasher,
             os_watch: None,
             overflow: Arc::new(AtomicBool::new(false)),
-            in_flight: false,
+            in_flight: None,
+            batches_sent: 0,
             checking: false,
             scanning: false,
             scan_again: false,
@@ -288,21 +299,27 @@ impl Watcher {
 
     /// Send the next batch to the hasher if none is in flight.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight || !self.settle.has_ready() {
+        if self.in_flight.is_some() || !self.settle.has_ready() {
             return;
         }
         let Some(hasher) = self.hasher.get() else {
             return;
         };
         let batch = self.settle.next_batch(BATCH);
-        self.in_flight = true;
-        let sent = batch.clone();
+        self.batches_sent += 1;
+        let id = self.batches_sent;
+        self.in_flight = Some((id, batch.clone()));
         ctx.spawn(
             hasher
                 .send(HashPaths { paths: batch })
                 .into_actor(self)
                 .map(move |res, act, ctx| {
-                    act.in_flight = false;
+                    // An abandoned batch's answer (a replaced hasher): its
+                    // paths were sent again already.
+                    if act.in_flight.as_ref().map(|(i, _)| *i) != Some(id) {
+                        return;
+                    }
+                    let (_, sent) = act.in_flight.take().expect("checked");
                     match res {
                         Ok(out) => act.hashed(out, ctx),
                         Err(e) => {
@@ -313,6 +330,19 @@ impl Watcher {
                     }
                 }),
         );
+    }
+
+    /// Give up on the batch at a replaced hasher: its paths go out again.
+    fn abandon_batch(&mut self, ctx: &mut Context<Self>) {
+        if let Some((_, paths)) = self.in_flight.take() {
+            debug!(
+                folder = self.folder.id(),
+                paths = paths.len(),
+                "hasher replaced; sending its batch again"
+            );
+            self.settle.add_ready(paths);
+        }
+        self.flush(ctx);
     }
 
     /// A batch came back: deferred paths settle again, failed ones wait
@@ -407,6 +437,14 @@ impl Handler<MarkDirty> for Watcher {
         for p in m.paths {
             self.mark(p, ctx);
         }
+    }
+}
+
+impl Handler<msg::HasherReplaced> for Watcher {
+    type Result = ();
+
+    fn handle(&mut self, _: msg::HasherReplaced, ctx: &mut Context<Self>) {
+        self.abandon_batch(ctx);
     }
 }
 

@@ -143,7 +143,13 @@ mod tests {
         std::fs::create_dir(&d).unwrap();
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(
-            hash_batch(folder.clone(), crate::health::Health::new(1), vec!["d".into()]).await.committed,
+            hash_batch(
+                folder.clone(),
+                crate::health::Health::new(1),
+                vec!["d".into()]
+            )
+            .await
+            .committed,
             1
         );
         // setgid is never synced: the same record, by the one rule.
