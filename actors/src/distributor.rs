@@ -108,9 +108,11 @@ impl Handler<PeerUp> for Distributor {
         let shared = Arc::new(Shared {
             folders: self.folders.clone(),
             progress: self.progress.clone(),
+            health: self.health.clone(),
         });
         let (peer, conn_id) = (session.peer, session.conn_id);
-        let h = rt::spawn(index_stream::serve(session, shared));
+        // Owned by this incarnation: a replaced distributor serves nothing.
+        let h = self.health.spawn(index_stream::serve(session, shared));
         self.sessions.insert(conn_id, (peer, h));
     }
 }
@@ -161,6 +163,10 @@ impl Handler<GetOutbound> for Distributor {
 struct Shared {
     folders: Arc<HashMap<String, Arc<Folder>>>,
     progress: Progress,
+    /// Every batch sent is progress of the distributor. Waiting for a peer
+    /// to read is not its own work: a slow peer is the mesh's business
+    /// (QUIC flow control, the idle timeout), not a reason to restart.
+    health: Arc<Health>,
 }
 
 impl SharedFolders for Shared {
@@ -175,6 +181,7 @@ impl SharedFolders for Shared {
     }
 
     fn progress(&self, peer: &Peer, folder: &str, sent_seq: u64, caught_up: bool) {
+        self.health.progress();
         let out = Outbound {
             peer: peer.id,
             folder: folder.to_string(),
@@ -311,7 +318,23 @@ mod tests {
         Shared {
             folders: Arc::new(folders),
             progress: Default::default(),
+            health: Health::new(1),
         }
+    }
+
+    #[test]
+    fn every_batch_sent_is_progress_of_the_distributor() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_with_test_folder(dir.path());
+        let before = shared.health.vitals().last_progress_ms;
+        let peer = Peer::new(FakeContent::new_peer());
+        // Time must pass for the stamp to move: wait for the clock tick.
+        let start = crate::health::now_ms();
+        while crate::health::now_ms() == start {
+            std::hint::spin_loop();
+        }
+        shared.progress(&peer, "f", 3, false);
+        assert!(shared.health.vitals().last_progress_ms > before);
     }
 
     #[test]

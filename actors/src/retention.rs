@@ -75,9 +75,11 @@ impl Retention {
     /// Remove released links whose grace is over.
     fn expire_released(&mut self, ctx: &mut Context<Self>) {
         let folders = self.folders.clone();
+        let busy = self.health.begin();
         let work = rt::blocking(move || {
             for folder in folders.values() {
                 folder.expire_released(RELEASE_GRACE);
+                busy.progress();
             }
         });
         ctx.spawn(work.into_actor(self).map(|res, _, _| {
@@ -87,12 +89,16 @@ impl Retention {
         }));
     }
 
+    /// A sweep is work (the supervisor sees it move folder by folder).
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let folders = self.folders.clone();
+        let busy = self.health.begin();
         let work = rt::blocking(move || {
             for folder in folders.values() {
                 sweep_tmp(folder, TMP_MAX_AGE);
+                busy.progress();
                 sweep_refs(folder, UNUSED_REF_MAX_AGE);
+                busy.progress();
             }
         });
         ctx.spawn(work.into_actor(self).map(|res, _, _| {
