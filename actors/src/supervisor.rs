@@ -214,7 +214,9 @@ pub async fn start_node(config: &Config) -> Result<NodeHandle, StartError> {
     let mut folders = HashMap::new();
     for f in &config.folders {
         let content: Arc<dyn crate::content::Content> = Arc::new(mesh.clone());
-        let folder = Folder::new(f.clone(), index.clone(), content, mesh.short_id())?;
+        // Wiring point: `config.mesh.transfer_stall_timeout` once the key exists.
+        let stall = crate::folder::DEFAULT_TRANSFER_STALL_TIMEOUT;
+        let folder = Folder::new(f.clone(), index.clone(), content, mesh.short_id(), stall)?;
         prepare_folder(&folder).map_err(|source| StartError::Folder {
             folder: f.id.clone(),
             source,
