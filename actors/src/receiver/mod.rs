@@ -175,6 +175,9 @@ impl Receiver {
             .spawn(round.run(waiting, self.big_in_flight.clone()));
         ctx.spawn(task.into_actor(self).map(|res, act, ctx| {
             act.running = false;
+            if !act.health.is_current() {
+                return; // replaced: the successor redoes the round
+            }
             match res {
                 Ok(Ok(report)) => {
                     act.failed_rounds = 0;
@@ -247,6 +250,9 @@ impl Receiver {
         ctx.spawn(task.into_actor(self).map(move |res, act, ctx| {
             for p in &paths {
                 act.big_in_flight.remove(p);
+            }
+            if !act.health.is_current() {
+                return; // replaced: the successor redoes the job
             }
             let report = res.unwrap_or_else(|e| lost_job(rows, e));
             act.take_outcomes(report, ctx);
