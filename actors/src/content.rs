@@ -33,7 +33,8 @@ impl fmt::Debug for Hold {
 /// its BLAKE3 hash before it is written (invariant 3).
 #[async_trait]
 pub trait Content: Send + Sync + fmt::Debug + 'static {
-    /// Peers that can be asked for content right now, in no particular order.
+    /// Peers that can be asked for content right now (every connected
+    /// member, not only the one that announced it), in no particular order.
     fn providers(&self) -> Vec<EndpointId>;
 
     /// Is this blob complete in the local store?
@@ -47,7 +48,9 @@ pub trait Content: Send + Sync + fmt::Debug + 'static {
     async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError>;
 
     /// Fetch a blob from `peer` into the store (resuming what is there);
-    /// `progress` follows the bytes received. Returns the bytes received.
+    /// `progress` follows the bytes received (the caller's no-progress
+    /// deadline watches it). Returns the bytes received. Dropping the
+    /// future cancels the transfer; the store keeps the verified part.
     async fn fetch(
         &self,
         peer: EndpointId,
@@ -56,12 +59,13 @@ pub trait Content: Send + Sync + fmt::Debug + 'static {
     ) -> Result<u64, FetchError>;
 
     /// Fetch many small blobs from `peer` in one request, each straight
-    /// into its file. Returns the hashes that arrived whole and the bytes
-    /// received.
+    /// into its file; `progress` follows the bytes received. Returns the
+    /// hashes that arrived whole and the bytes received.
     async fn fetch_many(
         &self,
         peer: EndpointId,
         items: Vec<(Hash, PathBuf)>,
+        progress: &AtomicU64,
     ) -> Result<(Vec<Hash>, u64), FetchError>;
 
     /// Stream a blob from `peer` into `file`, bypassing the store.
@@ -106,8 +110,9 @@ impl Content for Mesh {
         &self,
         peer: EndpointId,
         items: Vec<(Hash, PathBuf)>,
+        progress: &AtomicU64,
     ) -> Result<(Vec<Hash>, u64), FetchError> {
-        self.fetch_many_to(peer, items).await
+        self.fetch_many_to(peer, items, progress).await
     }
 
     async fn fetch_direct(

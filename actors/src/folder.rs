@@ -17,7 +17,7 @@ use std::{
 };
 
 use fleetsync_config::{FolderConfig, FolderMode};
-use fleetsync_mesh::model::ShortId;
+use fleetsync_mesh::{model::ShortId, EndpointId};
 use tokio::sync::watch;
 
 use crate::{
@@ -185,8 +185,26 @@ pub struct Folder {
     parked: Mutex<HashMap<[u8; 32], String>>,
     /// Refs links the index just stopped using, kept for [`RELEASE_GRACE`].
     released: Mutex<Graveyard>,
+    /// A transfer that receives no verified bytes for this long is given
+    /// up on that peer (`[mesh] transfer_stall_timeout`).
+    pub transfer_stall: Duration,
+    /// Peers whose transfer of some content stalled or failed, and when:
+    /// they are asked last for that content until the mark expires.
+    slow: Mutex<HashMap<([u8; 32], EndpointId), Instant>>,
     pub status: FolderStatus,
 }
+
+/// `[mesh] transfer_stall_timeout`'s default (the config crate owns it).
+pub use fleetsync_config::DEFAULT_TRANSFER_STALL_TIMEOUT;
+
+/// How long a peer stays "slow" for a content after its transfer of it
+/// stalled or failed: long enough that retries ask the others first,
+/// short enough that a peer that recovered is asked first again soon.
+pub const SLOW_MARK_TTL: Duration = Duration::from_secs(300);
+
+/// Slow marks kept at most; past it the expired ones go, then all (bounded
+/// memory: a forgotten mark only changes the order peers are asked in).
+const SLOW_MARKS_MAX: usize = 4096;
 
 /// The folder's marker (`<root>/.fleetsync`) is gone while the index has
 /// content: most likely an unmounted disk. Syncing it as empty would
@@ -260,6 +278,7 @@ impl Folder {
         index: Index,
         content: Arc<dyn Content>,
         me: ShortId,
+        transfer_stall: Duration,
     ) -> Result<Arc<Self>, IndexError> {
         let meta = index.ensure_folder(&cfg.id)?;
         Ok(Arc::new(Folder {
@@ -274,6 +293,8 @@ impl Folder {
             applying: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             released: Mutex::new(Graveyard::default()),
+            transfer_stall,
+            slow: Mutex::new(HashMap::new()),
             status: FolderStatus::default(),
         }))
     }
@@ -408,6 +429,27 @@ impl Folder {
             .collect()
     }
 
+    /// `peer`'s transfer of this content stalled or failed: ask it last
+    /// for a while ([`SLOW_MARK_TTL`]).
+    pub fn mark_slow(&self, hash: [u8; 32], peer: EndpointId) {
+        let mut m = self.slow.lock().expect("slow lock");
+        if m.len() >= SLOW_MARKS_MAX {
+            m.retain(|_, at| at.elapsed() < SLOW_MARK_TTL);
+            if m.len() >= SLOW_MARKS_MAX {
+                m.clear();
+            }
+        }
+        m.insert((hash, peer), Instant::now());
+    }
+
+    /// When `peer` was last marked slow for this content, if the mark is
+    /// still in force.
+    pub fn slow_since(&self, hash: &[u8; 32], peer: &EndpointId) -> Option<Instant> {
+        let m = self.slow.lock().expect("slow lock");
+        let at = *m.get(&(*hash, *peer))?;
+        (at.elapsed() < SLOW_MARK_TTL).then_some(at)
+    }
+
     /// Pause the folder (a fault, shown in status) if its marker is gone.
     pub fn check_marker(&self) -> Result<(), MarkerMissing> {
         if self.fs.has_marker() {
@@ -488,6 +530,31 @@ mod tests {
         assert!(folder.is_applying("a"), "the outer guard still holds it");
         drop(outer);
         assert!(!folder.is_applying("a"));
+    }
+
+    #[test]
+    fn slow_marks_are_per_content_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = crate::testing::folder(dir.path(), crate::testing::FakeContent::new());
+        let (p, q) = (
+            crate::testing::FakeContent::new_peer(),
+            crate::testing::FakeContent::new_peer(),
+        );
+        let before = Instant::now();
+        folder.mark_slow([1; 32], p);
+        assert!(folder.slow_since(&[1; 32], &p).is_some_and(|t| t >= before));
+        assert!(folder.slow_since(&[2; 32], &p).is_none(), "other content");
+        assert!(folder.slow_since(&[1; 32], &q).is_none(), "other peer");
+        for i in 0..SLOW_MARKS_MAX {
+            folder.mark_slow(
+                [(i % 251) as u8, (i / 251) as u8, 9, 9]
+                    .repeat(8)
+                    .try_into()
+                    .unwrap(),
+                q,
+            );
+        }
+        assert!(folder.slow.lock().unwrap().len() <= SLOW_MARKS_MAX);
     }
 
     #[test]

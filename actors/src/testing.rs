@@ -1,7 +1,7 @@
 //! Test fixtures: an in-memory [`Content`] (peers that serve blobs, a
-//! local store, fetches that break half way) and a [`Folder`] on a temp
-//! dir with a real index, so actors and the apply pipeline are tested
-//! without iroh.
+//! local store, fetches that break half way, peers that hang mid-transfer)
+//! and a [`Folder`] on a temp dir with a real index, so actors and the
+//! apply pipeline are tested without iroh.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -21,9 +21,13 @@ use fleetsync_mesh::{
     EndpointId, FetchError, Hash, SecretKey, StoreError,
 };
 
+use tokio::sync::watch;
+
 use crate::{
+    apply::Sources,
     content::{Content, Hold},
-    folder::Folder,
+    folder::{Folder, DEFAULT_TRANSFER_STALL_TIMEOUT},
+    health::Health,
     index::{Commit, Index, Item},
     record::{DiskState, LocalStat, Record},
 };
@@ -48,6 +52,9 @@ struct State {
     store: HashMap<Hash, Stored>,
     /// Fetches of these hashes deliver this many bytes, then fail.
     break_after: HashMap<Hash, u64>,
+    /// Fetches of a hash from a peer that deliver this many bytes, then
+    /// send nothing more (the connection stays up) until released.
+    hangs: HashMap<(EndpointId, Hash), (u64, watch::Sender<bool>)>,
     /// Every fetch asked for, in order: (peer, hash).
     fetches: Vec<(EndpointId, Hash)>,
     /// Run once, while this content is being sent (a local edit racing a
@@ -57,10 +64,23 @@ struct State {
 
 type Hook = Box<dyn FnOnce() + Send>;
 
-/// What a fake peer sent: bytes, then maybe an error.
+/// What a fake peer sent: bytes, then maybe a hang (until released), then
+/// maybe an error.
 struct Sent {
     bytes: Vec<u8>,
+    hang: Option<watch::Receiver<bool>>,
     error: Option<FetchError>,
+}
+
+impl Sent {
+    /// Wait out the hang, if any: until released (the transfer then fails,
+    /// like a connection that finally drops) or the fetch is cancelled.
+    async fn hang(&mut self) {
+        if let Some(mut released) = self.hang.take() {
+            // An error means the fake is gone: also the end of the hang.
+            released.wait_for(|r| *r).await.ok();
+        }
+    }
 }
 
 impl std::fmt::Debug for State {
@@ -125,6 +145,22 @@ impl FakeContent {
         self.state().break_after.remove(hash);
     }
 
+    /// Fetches of `hash` from `peer` deliver `after` bytes, then nothing:
+    /// the peer stays connected and the transfer open, until
+    /// [`FakeContent::release`] (or the fetch is cancelled).
+    pub fn hang(&self, peer: EndpointId, hash: Hash, after: u64) {
+        let released = watch::channel(false).0;
+        self.state().hangs.insert((peer, hash), (after, released));
+    }
+
+    /// End a hang: the fetches held by it fail ("connection lost"), later
+    /// ones are served again.
+    pub fn release(&self, peer: EndpointId, hash: Hash) {
+        if let Some((_, released)) = self.state().hangs.remove(&(peer, hash)) {
+            released.send_replace(true);
+        }
+    }
+
     /// Every fetch asked for so far: (peer, hash).
     pub fn fetches(&self) -> Vec<(EndpointId, Hash)> {
         self.state().fetches.clone()
@@ -146,15 +182,30 @@ impl FakeContent {
         let Some(bytes) = s.peers.get(&peer).and_then(|p| p.get(&hash)).cloned() else {
             return Sent {
                 bytes: Vec::new(),
+                hang: None,
                 error: Some(FetchError::transfer(&peer, "not found")),
             };
         };
+        let lost = || Some(FetchError::transfer(&peer, "connection lost"));
+        let upto = |n: u64| bytes[..(n as usize).min(bytes.len())].to_vec();
+        if let Some((n, released)) = s.hangs.get(&(peer, hash)) {
+            return Sent {
+                bytes: upto(*n),
+                hang: Some(released.subscribe()),
+                error: lost(),
+            };
+        }
         match s.break_after.get(&hash) {
             Some(&n) => Sent {
-                bytes: bytes[..(n as usize).min(bytes.len())].to_vec(),
-                error: Some(FetchError::transfer(&peer, "connection lost")),
+                bytes: upto(n),
+                hang: None,
+                error: lost(),
             },
-            None => Sent { bytes, error: None },
+            None => Sent {
+                bytes,
+                hang: None,
+                error: None,
+            },
         }
     }
 }
@@ -192,9 +243,10 @@ impl Content for FakeContent {
         hash: Hash,
         progress: &AtomicU64,
     ) -> Result<u64, FetchError> {
-        let sent = self.send(peer, hash);
+        let mut sent = self.send(peer, hash);
         let n = sent.bytes.len() as u64;
         progress.store(n, Ordering::Relaxed);
+        sent.hang().await;
         match sent.error {
             Some(e) => Err(e),
             None => {
@@ -208,11 +260,14 @@ impl Content for FakeContent {
         &self,
         peer: EndpointId,
         items: Vec<(Hash, PathBuf)>,
+        progress: &AtomicU64,
     ) -> Result<(Vec<Hash>, u64), FetchError> {
         let mut got = Vec::new();
         let mut bytes = 0;
         for (hash, path) in items {
-            let sent = self.send(peer, hash);
+            let mut sent = self.send(peer, hash);
+            progress.fetch_add(sent.bytes.len() as u64, Ordering::Relaxed);
+            sent.hang().await;
             match sent.error {
                 None => {
                     std::fs::write(&path, &sent.bytes).map_err(FetchError::Write)?;
@@ -234,10 +289,11 @@ impl Content for FakeContent {
         file: &std::fs::File,
         progress: &AtomicU64,
     ) -> Result<u64, FetchError> {
-        let sent = self.send(peer, hash);
+        let mut sent = self.send(peer, hash);
         file.write_all_at(&sent.bytes, 0)
             .map_err(FetchError::Write)?;
         progress.fetch_add(sent.bytes.len() as u64, Ordering::Relaxed);
+        sent.hang().await;
         match sent.error {
             None => Ok(sent.bytes.len() as u64),
             Some(e) => Err(e),
@@ -265,12 +321,29 @@ pub fn folder(dir: &Path, content: Arc<dyn Content>) -> Arc<Folder> {
 }
 
 pub fn folder_with_mode(dir: &Path, content: Arc<dyn Content>, mode: FolderMode) -> Arc<Folder> {
+    folder_with(dir, content, mode, DEFAULT_TRANSFER_STALL_TIMEOUT)
+}
+
+/// A folder whose transfers give up on a peer after `stall` without data.
+pub fn folder_with(
+    dir: &Path,
+    content: Arc<dyn Content>,
+    mode: FolderMode,
+    stall: Duration,
+) -> Arc<Folder> {
     let root = dir.join("root");
     std::fs::create_dir_all(&root).expect("create folder root");
     let index = Index::open(&dir.join("index.redb")).expect("open index");
-    let folder = Folder::new(folder_config(&root, mode), index, content, ME).expect("folder");
+    let cfg = folder_config(&root, mode);
+    let folder = Folder::new(cfg, index, content, ME, stall).expect("folder");
     folder.fs.ensure_reserved().expect("reserved dirs");
     folder
+}
+
+/// Every connected peer of `content`, as a fresh attempt of a receiver
+/// incarnation of its own.
+pub fn sources(content: &dyn Content) -> Sources {
+    Sources::new(content.providers(), Health::new(1))
 }
 
 /// A peer's entry: version `{by: counter}`, a fixed mtime, mode 0o750 for
@@ -313,9 +386,14 @@ pub struct Scene {
 
 impl Scene {
     pub fn new() -> Self {
+        Scene::with_stall(DEFAULT_TRANSFER_STALL_TIMEOUT)
+    }
+
+    /// A scene whose transfers give up on a peer after `stall` without data.
+    pub fn with_stall(stall: Duration) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let fake = FakeContent::new();
-        let folder = folder(dir.path(), fake.clone());
+        let folder = folder_with(dir.path(), fake.clone(), FolderMode::SendReceive, stall);
         let peer = FakeContent::new_peer();
         fake.connect(peer);
         Scene {
@@ -441,5 +519,36 @@ mod tests {
         let other = FakeContent::new_peer();
         assert!(fake.fetch(other, h, &progress).await.is_err());
         assert_eq!(fake.fetches().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_hanging_peer_sends_part_then_nothing_until_released() {
+        let fake = FakeContent::new();
+        let (slow, fast) = (FakeContent::new_peer(), FakeContent::new_peer());
+        let h = fake.serve(slow, b"hello world");
+        fake.serve(fast, b"hello world");
+        fake.hang(slow, h, 4);
+        let progress = Arc::new(AtomicU64::new(0));
+        let held = {
+            let (fake, progress) = (fake.clone(), progress.clone());
+            tokio::spawn(async move { fake.fetch(slow, h, &progress).await })
+        };
+        let start = std::time::Instant::now();
+        while fake.fetches().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never asked");
+            tokio::task::yield_now().await;
+        }
+        // Other peers and other content are not held.
+        assert_eq!(fake.fetch(fast, h, &AtomicU64::new(0)).await.unwrap(), 11);
+        assert_eq!(
+            progress.load(Ordering::Relaxed),
+            4,
+            "the part before the hang"
+        );
+        assert!(!held.is_finished(), "held open");
+        fake.release(slow, h);
+        assert!(held.await.unwrap().is_err(), "released: the transfer fails");
+        let n = fake.fetch(slow, h, &AtomicU64::new(0)).await.unwrap();
+        assert_eq!(n, 11, "served again after the release");
     }
 }

@@ -2,6 +2,11 @@
 //! transfers from peers. Callers (the actors) see operations, never the
 //! store or a connection; every byte that arrives here has been verified
 //! against its BLAKE3 hash by iroh-blobs before it is written anywhere.
+//!
+//! Serving side: every blob request passes [`serve_events`], the
+//! provider's per-request intercept, which is where the fault injection
+//! [`Mesh::hang_blob_serving`] holds requests (accepted, answered with
+//! nothing) until its deadline.
 
 use std::{
     collections::HashMap,
@@ -19,9 +24,11 @@ use iroh_blobs::{
     },
     get::fsm::{self, BlobContentNext, EndBlobNext},
     get::request::GetBlobItem,
+    provider::events::{EventMask, EventSender, ProviderMessage, RequestMode},
     BlobFormat, Hash,
 };
 use n0_future::StreamExt;
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
     net::{Mesh, CLOSE_DUPLICATE},
@@ -158,6 +165,7 @@ impl Mesh {
         &self,
         peer: EndpointId,
         items: Vec<(Hash, PathBuf)>,
+        progress: &AtomicU64,
     ) -> Result<(Vec<Hash>, u64), FetchError> {
         let conn = self.blob_conn(peer).await?;
         let targets: HashMap<Hash, PathBuf> = items.into_iter().collect();
@@ -187,7 +195,7 @@ impl Mesh {
                 .await
                 .map_err(|e| FetchError::transfer(&peer, e))?;
             let file = std::fs::File::create(&targets[&hash]).map_err(FetchError::Write)?;
-            let (end, n) = write_verified(&peer, content, &file).await?;
+            let (end, n) = write_verified(&peer, content, &file, progress).await?;
             bytes += n;
             done.push(hash);
             next = match end.next() {
@@ -273,11 +281,13 @@ impl Mesh {
 }
 
 /// Write one blob's verified leaves into `file`; returns the end of the
-/// blob (to go on to the next child) and the payload bytes written.
+/// blob (to go on to the next child) and the payload bytes written, which
+/// `progress` also counts as they arrive.
 async fn write_verified(
     peer: &EndpointId,
     mut content: fsm::AtBlobContent,
     file: &std::fs::File,
+    progress: &AtomicU64,
 ) -> Result<(fsm::AtEndBlob, u64), FetchError> {
     let mut bytes = 0u64;
     loop {
@@ -289,10 +299,223 @@ async fn write_verified(
                     file.write_all_at(&leaf.data, leaf.offset)
                         .map_err(FetchError::Write)?;
                     bytes += leaf.data.len() as u64;
+                    progress.fetch_add(leaf.data.len() as u64, Ordering::Relaxed);
                 }
                 content = c;
             }
             BlobContentNext::Done(end) => return Ok((end, bytes)),
         }
+    }
+}
+
+/// Blob requests waiting for the provider's answer to the intercept: they
+/// are answered at once, so this is only slack for bursts.
+const SERVE_EVENTS_QUEUE: usize = 64;
+
+/// Until when blob requests are held (the `hang-fetch` fault); `None` or a
+/// past instant: served normally.
+pub(crate) type HangSwitch = watch::Sender<Option<Instant>>;
+
+/// The provider's event hook and the switch that makes it hold requests.
+///
+/// Every `Get`/`GetMany` request is intercepted (one local message per
+/// request, not per chunk: the per-chunk throttle hook would cost every
+/// transfer). While the switch says so, the answer waits: the request is
+/// accepted, its stream stays open, and no data is sent, on connections old
+/// and new, exactly what a peer whose keep-alives still arrive but whose
+/// transfers never move looks like. A transfer already sending when the
+/// hang starts goes on.
+pub(crate) fn serve_events() -> (EventSender, HangSwitch) {
+    let mask = EventMask {
+        get: RequestMode::Intercept,
+        get_many: RequestMode::Intercept,
+        ..EventMask::DEFAULT
+    };
+    let (events, requests) = EventSender::channel(SERVE_EVENTS_QUEUE, mask);
+    let switch = watch::channel(None).0;
+    tokio::spawn(answer_requests(requests, switch.subscribe()));
+    (events, switch)
+}
+
+/// Let each request through, once the hang (if any) is over.
+async fn answer_requests(
+    mut requests: tokio::sync::mpsc::Receiver<ProviderMessage>,
+    hang: watch::Receiver<Option<Instant>>,
+) {
+    while let Some(msg) = requests.recv().await {
+        let hang = hang.clone();
+        match msg {
+            ProviderMessage::GetRequestReceived(m) => {
+                tokio::spawn(async move {
+                    hang_over(hang).await;
+                    // The requester may have given up meanwhile: nothing to tell.
+                    m.tx.send(Ok(())).await.ok();
+                });
+            }
+            ProviderMessage::GetManyRequestReceived(m) => {
+                tokio::spawn(async move {
+                    hang_over(hang).await;
+                    m.tx.send(Ok(())).await.ok();
+                });
+            }
+            // The mask asks for nothing else; anything more is not held.
+            _ => {}
+        }
+    }
+}
+
+/// Wait until the switch no longer holds requests (it may be moved either
+/// way while we wait).
+async fn hang_over(mut hang: watch::Receiver<Option<Instant>>) {
+    loop {
+        let until = *hang.borrow_and_update();
+        let Some(until) = until.filter(|u| *u > Instant::now()) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            changed = hang.changed() => {
+                if changed.is_err() {
+                    return; // the mesh is gone
+                }
+            }
+        }
+    }
+}
+
+impl Mesh {
+    /// Fault injection (`fleetsync debug hang-fetch`): until `until`, accept
+    /// blob requests from peers and send them nothing. A later call moves
+    /// the deadline either way (a past instant ends the hang at once).
+    pub fn hang_blob_serving(&self, until: std::time::Instant) {
+        self.inner.hang.send_replace(Some(Instant::from_std(until)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{MeshEvent, MeshOptions, SecretKey};
+
+    /// Generous for a loaded machine; every wait ends as soon as it can.
+    const DEADLINE: Duration = Duration::from_secs(30);
+    /// Content of this size spans many chunk groups and is never inlined.
+    const BLOB: usize = 200 * 1024;
+
+    struct Node {
+        mesh: Mesh,
+        events: mpsc::Receiver<MeshEvent>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Two members that know each other, both connected.
+    async fn pair() -> (Node, Node) {
+        let keys = [SecretKey::generate(), SecretKey::generate()];
+        let addrs = [
+            crate::loopback::free_udp_addr().unwrap(),
+            crate::loopback::free_udp_addr().unwrap(),
+        ];
+        let mut nodes = Vec::new();
+        for i in 0..2 {
+            let dir = tempfile::tempdir().unwrap();
+            let (mesh, events) = Mesh::start(MeshOptions {
+                data_dir: dir.path().to_path_buf(),
+                secret_key: keys[i].clone(),
+                listen: addrs[i],
+                fleet_secret: [7; 32],
+                static_peers: vec![(keys[1 - i].public(), addrs[1 - i])],
+                allow: None,
+                gc: None,
+            })
+            .await
+            .unwrap();
+            nodes.push(Node {
+                mesh,
+                events,
+                _dir: dir,
+            });
+        }
+        for n in &mut nodes {
+            let up = tokio::time::timeout(DEADLINE, n.events.recv()).await;
+            assert!(matches!(up, Ok(Some(MeshEvent::Up(_)))), "{up:?}");
+        }
+        let b = nodes.pop().unwrap();
+        let a = nodes.pop().unwrap();
+        (a, b)
+    }
+
+    /// A file of `BLOB` bytes in `a`'s store (referenced in place).
+    async fn content(a: &Node, seed: u8) -> (Hash, TempTag) {
+        let path = a._dir.path().join(format!("blob-{seed}"));
+        let bytes: Vec<u8> = (0..BLOB).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        std::fs::write(&path, bytes).unwrap();
+        let tag = a.mesh.import_in_place(path).await.unwrap();
+        (tag.hash(), tag)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_node_accepts_requests_sends_nothing_and_serves_them_when_released() {
+        let (a, b) = pair().await;
+        let peer = a.mesh.id();
+        let (warm, _t1) = content(&a, 3).await;
+        let (big, _t2) = content(&a, 5).await;
+        let (many, _t3) = content(&a, 7).await;
+        // The blob connection exists before the hang starts.
+        let n = b.mesh.fetch_blob(peer, warm, &AtomicU64::new(0)).await;
+        assert_eq!(n.unwrap(), BLOB as u64);
+
+        a.mesh
+            .hang_blob_serving(std::time::Instant::now() + Duration::from_secs(600));
+        let got = Arc::new(AtomicU64::new(0));
+        let got_many = Arc::new(AtomicU64::new(0));
+        let single = {
+            let (m, got) = (b.mesh.clone(), got.clone());
+            tokio::spawn(async move { m.fetch_blob(peer, big, &got).await })
+        };
+        let target = b._dir.path().join("many-target");
+        let batch = {
+            let (m, got, t) = (b.mesh.clone(), got_many.clone(), target.clone());
+            tokio::spawn(async move { m.fetch_many_to(peer, vec![(many, t)], &got).await })
+        };
+        // Nothing may arrive while the node hangs: watch a while.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!single.is_finished() && !batch.is_finished(), "held open");
+        assert_eq!(got.load(Ordering::Relaxed), 0, "no bytes while hung");
+        assert_eq!(got_many.load(Ordering::Relaxed), 0, "no bytes while hung");
+
+        a.mesh.hang_blob_serving(std::time::Instant::now());
+        let n = tokio::time::timeout(DEADLINE, single)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n.unwrap(), BLOB as u64, "served once released");
+        let (done, bytes) = tokio::time::timeout(DEADLINE, batch)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((done, bytes), (vec![many], BLOB as u64));
+        assert_eq!(got_many.load(Ordering::Relaxed), BLOB as u64);
+        assert_eq!(std::fs::read(&target).unwrap().len(), BLOB);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hang_ends_by_itself_at_its_deadline() {
+        let (a, b) = pair().await;
+        let (hash, _tag) = content(&a, 9).await;
+        let until = std::time::Instant::now() + Duration::from_millis(800);
+        a.mesh.hang_blob_serving(until);
+        let progress = AtomicU64::new(0);
+        let fetch = b.mesh.fetch_blob(a.mesh.id(), hash, &progress);
+        let n = tokio::time::timeout(DEADLINE, fetch).await.unwrap();
+        assert_eq!(n.unwrap(), BLOB as u64);
+        assert!(
+            std::time::Instant::now() >= until,
+            "served before the hang ended"
+        );
     }
 }

@@ -269,6 +269,8 @@ pub(crate) struct Inner {
     handshake_slots: Semaphore,
     next_conn_id: AtomicU64,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Holds blob requests while set (fault injection).
+    pub(crate) hang: crate::blobs::HangSwitch,
 }
 
 /// The running mesh. Cheap to clone.
@@ -285,6 +287,7 @@ impl Mesh {
         let gate = Gate::new(opts.allow.clone());
         let endpoint = bind_endpoint(&opts, &gate).await?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (serve_events, hang) = crate::blobs::serve_events();
         let me = endpoint.id();
         let inner = Arc::new(Inner {
             endpoint: endpoint.clone(),
@@ -300,13 +303,14 @@ impl Mesh {
             // Starts at 1 so that no session is ever numbered 0.
             next_conn_id: AtomicU64::new(1),
             shutdown: tokio::sync::watch::channel(false).0,
+            hang,
         });
         let ctrl = CtrlHandler {
             inner: inner.clone(),
         };
         let router = Router::builder(endpoint)
             .accept(CTRL_ALPN, ctrl)
-            .accept(BLOBS_ALPN, BlobsProtocol::new(&store, None))
+            .accept(BLOBS_ALPN, BlobsProtocol::new(&store, Some(serve_events)))
             .spawn();
         tokio::spawn(dial_loop(inner.clone()));
         info!(id = %me, addrs = ?inner.listen_addrs(), "mesh up");

@@ -8,18 +8,28 @@
 //! peer straight into a temp file. Content that came from a local copy is
 //! re-hashed before it is trusted (invariant 3): the copy may have been
 //! edited in place since it was hashed.
+//!
+//! Every transfer runs under the no-progress deadline
+//! ([`watched`](super::watchdog::watched)). A peer whose transfer stalls
+//! or fails is marked slow for that content ([`Folder::mark_slow`]) and the
+//! next one is asked ([`candidates`]: connected peers only, the announcer
+//! first, slow ones last); a stalled `GetMany` leaves its files to the
+//! one-by-one path.
 
 use std::{
     collections::{BTreeMap, HashSet},
     path::PathBuf,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
-use fleetsync_mesh::{EndpointId, FetchError, Hash};
+use fleetsync_mesh::{EndpointId, Hash};
 use n0_future::{BufferedStreamExt, StreamExt};
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::{error::on_disk, ApplyError, Job};
+use super::{error::on_disk, watchdog::watched, ApplyError, Job, Sources};
 use crate::{
     folder::Folder,
     fsutil::{hash_file, random_u32},
@@ -98,7 +108,7 @@ pub(super) async fn acquire(
     folder: &Arc<Folder>,
     job: &Job,
     hash: Hash,
-    providers: &[EndpointId],
+    sources: &Sources,
 ) -> Result<Staged, ApplyError> {
     if let Some(name) = take_parked(folder, hash.as_bytes()) {
         return Ok(Staged::Refs(name));
@@ -114,12 +124,12 @@ pub(super) async fn acquire(
         false
     });
     if !had {
-        fetch_into_store(folder, job, hash, providers).await?;
+        fetch_into_store(folder, job, hash, sources).await?;
     }
     if let Some(name) = export_to_refs(folder, job, hash, had).await? {
         return Ok(Staged::Refs(name));
     }
-    fetch_direct(folder, job, hash, providers).await
+    fetch_direct(folder, job, hash, sources).await
 }
 
 /// Parked content of this hash, if its link is still a file of its own. A
@@ -158,44 +168,113 @@ fn revive(folder: &Folder, hash: &[u8; 32]) -> Option<String> {
     None
 }
 
-/// Fetch into the store from the first provider that has it (resuming
-/// whatever an earlier attempt left there).
+/// Who to ask for `hash`, best first: connected peers only; the peer that
+/// announced the job (`from`), then the attempt's order, then any other
+/// connected member; peers whose transfer of this content stalled or
+/// failed go last, and those that did so during this very attempt (since
+/// `sources.started`) are not asked again in it.
+fn candidates(folder: &Folder, hash: &Hash, from: &[u8; 32], sources: &Sources) -> Vec<EndpointId> {
+    let live = folder.content.providers();
+    let mut order: Vec<EndpointId> = sources
+        .providers
+        .iter()
+        .filter(|p| live.contains(p))
+        .copied()
+        .collect();
+    for p in live {
+        if !order.contains(&p) {
+            order.push(p);
+        }
+    }
+    let mut ranked: Vec<(bool, bool, EndpointId)> = Vec::with_capacity(order.len());
+    for p in order {
+        match folder.slow_since(hash.as_bytes(), &p) {
+            Some(at) if at >= sources.started => {}
+            mark => ranked.push((mark.is_some(), p.as_bytes() != from, p)),
+        }
+    }
+    // Stable: within each rank the attempt's order stays.
+    ranked.sort_by_key(|(slow, other, _)| (*slow, *other));
+    ranked.into_iter().map(|(_, _, p)| p).collect()
+}
+
+/// The next peer to ask for the job's content, not yet asked in this loop.
+fn next_peer(
+    folder: &Folder,
+    job: &Job,
+    hash: &Hash,
+    sources: &Sources,
+    asked: &[EndpointId],
+) -> Option<EndpointId> {
+    candidates(folder, hash, &job.from, sources)
+        .into_iter()
+        .find(|p| !asked.contains(p))
+}
+
+/// How one transfer from one peer ended, as the job's error if it failed
+/// (the peer is then marked slow for this content).
+fn attempt_failed(
+    folder: &Folder,
+    job: &Job,
+    hash: &Hash,
+    peer: EndpointId,
+    res: Result<Result<u64, fleetsync_mesh::FetchError>, super::Stalled>,
+) -> Result<u64, ApplyError> {
+    let e = match res {
+        Ok(Ok(n)) => return Ok(n),
+        Ok(Err(e)) => {
+            debug!(folder = folder.id(), path = %job.path, peer = %peer.fmt_short(), "fetch failed: {e}");
+            ApplyError::Fetch {
+                path: job.path.clone(),
+                source: Box::new(e),
+            }
+        }
+        Err(stalled) => {
+            info!(folder = folder.id(), path = %job.path, peer = %peer.fmt_short(), "transfer stalled ({stalled}); asking another peer");
+            ApplyError::Stalled {
+                path: job.path.clone(),
+                peer: peer.fmt_short().to_string(),
+                source: stalled,
+            }
+        }
+    };
+    folder.mark_slow(*hash.as_bytes(), peer);
+    Err(e)
+}
+
+/// Fetch into the store from the best peer that gives it (each attempt
+/// resuming whatever the earlier ones verified).
 async fn fetch_into_store(
     folder: &Folder,
     job: &Job,
     hash: Hash,
-    providers: &[EndpointId],
+    sources: &Sources,
 ) -> Result<(), ApplyError> {
+    let mut asked = Vec::new();
     let mut last = None;
-    for peer in providers {
+    while let Some(peer) = next_peer(folder, job, &hash, sources, &asked) {
+        asked.push(peer);
         let t = folder
             .status
             .track(&job.path, peer.fmt_short().to_string(), job.target.size);
-        match folder.content.fetch(*peer, hash, &t.done).await {
+        let fetch = folder.content.fetch(peer, hash, &t.done);
+        let res = watched(fetch, &t.done, folder.transfer_stall, &sources.health).await;
+        match attempt_failed(folder, job, &hash, peer, res) {
             Ok(n) => {
                 folder.status.bytes_in.fetch_add(n, Ordering::Relaxed);
                 return Ok(());
             }
-            Err(e) => {
-                debug!(folder = folder.id(), path = %job.path, "fetch failed: {e}");
-                last = Some(e);
-            }
+            Err(e) => last = Some(e),
         }
     }
     Err(no_peer_could(job, last))
 }
 
 /// Why no provider gave the content: the last peer's error, or none asked.
-fn no_peer_could(job: &Job, last: Option<FetchError>) -> ApplyError {
-    match last {
-        Some(source) => ApplyError::Fetch {
-            path: job.path.clone(),
-            source: Box::new(source),
-        },
-        None => ApplyError::NoProvider {
-            path: job.path.clone(),
-        },
-    }
+fn no_peer_could(job: &Job, last: Option<ApplyError>) -> ApplyError {
+    last.unwrap_or_else(|| ApplyError::NoProvider {
+        path: job.path.clone(),
+    })
 }
 
 /// Move the stored blob out into a fresh `refs/` link. `None` if the store
@@ -231,25 +310,25 @@ async fn fetch_direct(
     folder: &Folder,
     job: &Job,
     hash: Hash,
-    providers: &[EndpointId],
+    sources: &Sources,
 ) -> Result<Staged, ApplyError> {
     let name = folder.fs.new_tmp_name();
     let tmp = folder.fs.tmp_dir().join(&name);
+    let mut asked = Vec::new();
     let mut last = None;
-    for peer in providers {
+    while let Some(peer) = next_peer(folder, job, &hash, sources, &asked) {
+        asked.push(peer);
         let file = std::fs::File::create(&tmp)
             .map_err(ApplyError::io_at("create temp file", &job.path))?;
         let t = folder
             .status
             .track(&job.path, peer.fmt_short().to_string(), job.target.size);
-        let res = folder
-            .content
-            .fetch_direct(*peer, hash, &file, &t.done)
-            .await;
+        let fetch = folder.content.fetch_direct(peer, hash, &file, &t.done);
+        let res = watched(fetch, &t.done, folder.transfer_stall, &sources.health).await;
         // Counted whether or not it completed: these bytes crossed the wire.
         let n = t.done.load(Ordering::Relaxed);
         folder.status.bytes_in.fetch_add(n, Ordering::Relaxed);
-        match res {
+        match attempt_failed(folder, job, &hash, peer, res) {
             Ok(_) => return Ok(Staged::Tmp(name)),
             Err(e) => last = Some(e),
         }
@@ -262,9 +341,9 @@ async fn fetch_direct(
 /// requests per peer, straight into files that become parked `refs/`
 /// links (no per-blob store bookkeeping on the way in). What does not
 /// arrive is fetched one by one by [`acquire`].
-pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], providers: &[EndpointId]) {
+pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], sources: &Sources) {
     revive_all_released(folder, jobs).await;
-    let want = wanted(folder, jobs, providers).await;
+    let want = wanted(folder, jobs, sources).await;
     let requests: Vec<(EndpointId, Vec<(Hash, PathBuf)>)> = want
         .into_iter()
         .flat_map(|(peer, items)| {
@@ -274,7 +353,7 @@ pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], providers: &[En
         })
         .collect();
     let arrived: Vec<(Hash, PathBuf)> = n0_future::stream::iter(requests)
-        .map(|(peer, items)| fetch_many(folder, peer, items))
+        .map(|(peer, items)| fetch_many(folder, peer, items, sources))
         .buffered_unordered(FETCH_STREAMS)
         .collect::<Vec<_>>()
         .await
@@ -316,12 +395,13 @@ async fn revive_all_released(folder: &Arc<Folder>, jobs: &[Job]) {
     }
 }
 
-/// What to fetch from whom: each missing hash once, from the peer that
-/// announced it (or the first provider), into a fresh temp path.
+/// What to fetch from whom: each missing hash once, from the best
+/// candidate (the peer that announced it, unless that one is slow for it),
+/// into a fresh temp path.
 async fn wanted(
     folder: &Folder,
     jobs: &[Job],
-    providers: &[EndpointId],
+    sources: &Sources,
 ) -> BTreeMap<EndpointId, Vec<(Hash, PathBuf)>> {
     let mut want: BTreeMap<EndpointId, Vec<(Hash, PathBuf)>> = BTreeMap::new();
     let mut seen = HashSet::new();
@@ -336,11 +416,7 @@ async fn wanted(
         {
             continue;
         }
-        let from = providers
-            .iter()
-            .find(|p| *p.as_bytes() == job.from)
-            .or(providers.first());
-        if let Some(p) = from {
+        if let Some(p) = candidates(folder, &h, &job.from, sources).first() {
             let tmp = folder.fs.tmp_dir().join(folder.fs.new_tmp_name());
             want.entry(*p).or_default().push((h, tmp));
         }
@@ -348,28 +424,42 @@ async fn wanted(
     want
 }
 
-/// One `GetMany` request; returns what arrived whole (the rest of the
-/// temp files removed).
+/// One `GetMany` request under the no-progress deadline; returns what
+/// arrived whole (the rest of the temp files removed). If it fails or
+/// stalls, the peer is marked slow for every content it was asked for,
+/// and those files are fetched one by one, from others first.
 async fn fetch_many(
     folder: &Folder,
     peer: EndpointId,
     items: Vec<(Hash, PathBuf)>,
+    sources: &Sources,
 ) -> Vec<(Hash, PathBuf)> {
-    let got: HashSet<Hash> = match folder.content.fetch_many(peer, items.clone()).await {
-        Ok((got, bytes)) => {
-            folder.status.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-            got.into_iter().collect()
+    let bytes = AtomicU64::new(0);
+    let fetch = folder.content.fetch_many(peer, items.clone(), &bytes);
+    let res = watched(fetch, &bytes, folder.transfer_stall, &sources.health).await;
+    let why = match res {
+        Ok(Ok((got, n))) => {
+            folder.status.bytes_in.fetch_add(n, Ordering::Relaxed);
+            let got: HashSet<Hash> = got.into_iter().collect();
+            return keep_arrived(items, &got);
         }
-        Err(e) => {
-            let n = items.len();
-            debug!(
-                folder = folder.id(),
-                files = n,
-                "batch fetch failed ({e}); fetching one by one"
-            );
-            HashSet::new()
-        }
+        Ok(Err(e)) => e.to_string(),
+        Err(stalled) => stalled.to_string(),
     };
+    debug!(
+        folder = folder.id(),
+        files = items.len(),
+        peer = %peer.fmt_short(),
+        "batch fetch failed ({why}); fetching one by one"
+    );
+    for (h, _) in &items {
+        folder.mark_slow(*h.as_bytes(), peer);
+    }
+    keep_arrived(items, &HashSet::new())
+}
+
+/// The items in `got`; the temp files of the others are removed.
+fn keep_arrived(items: Vec<(Hash, PathBuf)>, got: &HashSet<Hash>) -> Vec<(Hash, PathBuf)> {
     let (ok, missed): (Vec<_>, Vec<_>) = items.into_iter().partition(|(h, _)| got.contains(h));
     for (_, tmp) in missed {
         discard(&tmp);

@@ -56,6 +56,13 @@ pub enum ApplyError {
     NoHash { path: String },
     #[error("{path}: no connected peer to fetch from")]
     NoProvider { path: String },
+    #[error("fetch {path} from {peer}: {source}")]
+    Stalled {
+        path: String,
+        peer: String,
+        #[source]
+        source: super::Stalled,
+    },
     #[error("fetch {path}: {source}")]
     Fetch {
         path: String,
@@ -169,5 +176,14 @@ mod tests {
         assert_eq!(dir.disposition(), Disposition::Soon);
         let none = ApplyError::NoProvider { path: "f".into() };
         assert_eq!(none.disposition(), Disposition::Backoff);
+        let stalled = ApplyError::Stalled {
+            path: "f".into(),
+            peer: "abc".into(),
+            source: super::super::Stalled {
+                idle: std::time::Duration::from_secs(30),
+            },
+        };
+        assert_eq!(stalled.disposition(), Disposition::Backoff);
+        assert!(stalled.to_string().contains("no data for 30s"), "{stalled}");
     }
 }

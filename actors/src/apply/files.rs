@@ -8,14 +8,14 @@
 
 use std::{io, sync::Arc};
 
-use fleetsync_mesh::{model::EntryKind, EndpointId, Hash};
+use fleetsync_mesh::{model::EntryKind, Hash};
 use n0_future::{BufferedStreamExt, StreamExt};
 use tracing::warn;
 
 use super::{
     acquire::{self, Staged},
     place::{self, Flush, Placed, Placement, Ready},
-    Applied, ApplyError, Job, Outcome,
+    Applied, ApplyError, Job, Outcome, Sources,
 };
 use crate::{
     content::Hold,
@@ -44,15 +44,15 @@ type Preparing = (Job, ApplyGuard, Result<Prepared, ApplyError>);
 pub async fn apply_files(
     folder: &Arc<Folder>,
     jobs: Vec<Job>,
-    providers: &[EndpointId],
+    sources: &Sources,
     flush: Flush,
 ) -> Vec<(Job, Outcome)> {
     if flush == Flush::Batch {
-        acquire::prefetch(folder, &jobs, providers).await;
+        acquire::prefetch(folder, &jobs, sources).await;
     }
     let mut out = Vec::with_capacity(jobs.len());
     let mut ready = Vec::new();
-    for (job, guard, prepared) in prepare_all(folder, jobs, providers, flush).await {
+    for (job, guard, prepared) in prepare_all(folder, jobs, sources, flush).await {
         match prepared {
             // The job's one guard goes with its outcome, to the commit.
             Ok(Prepared::MetadataSet { stat, refs }) => {
@@ -75,7 +75,7 @@ pub async fn apply_files(
 async fn prepare_all(
     folder: &Arc<Folder>,
     jobs: Vec<Job>,
-    providers: &[EndpointId],
+    sources: &Sources,
     flush: Flush,
 ) -> Vec<Preparing> {
     // One job per hash can take parked content; a duplicate (the round
@@ -88,7 +88,7 @@ async fn prepare_all(
     let others: Vec<Preparing> = n0_future::stream::iter(rest)
         .map(|job| async move {
             let guard = ApplyGuard::new(folder, &job.path);
-            let prepared = prepare_one(folder, &job, providers, flush).await;
+            let prepared = prepare_one(folder, &job, sources, flush).await;
             (job, guard, prepared)
         })
         .buffered_unordered(PREPARE_WIDTH)
@@ -120,7 +120,7 @@ fn hash_of(job: &Job) -> Result<[u8; 32], ApplyError> {
 async fn prepare_one(
     folder: &Arc<Folder>,
     job: &Job,
-    providers: &[EndpointId],
+    sources: &Sources,
     flush: Flush,
 ) -> Result<Prepared, ApplyError> {
     let f = folder.clone();
@@ -133,7 +133,7 @@ async fn prepare_one(
     let staged = if Hash::from_bytes(hash) == Hash::EMPTY {
         acquire::empty(folder, &job.path).await?
     } else {
-        acquire::acquire(folder, job, Hash::from_bytes(hash), providers).await?
+        acquire::acquire(folder, job, Hash::from_bytes(hash), sources).await?
     };
     let f = folder.clone();
     let j = job.clone();

@@ -15,7 +15,9 @@
 //!   batch of one ([`Flush::EachFile`]), small files share one `syncfs`
 //!   ([`Flush::Batch`]).
 //! - [`acquire`]: verified content into `.fleetsync/{refs,tmp}`: parked
-//!   content, a just-deleted file's content (a rename), the store, peers.
+//!   content, a just-deleted file's content (a rename), the store, peers
+//!   (announcer first, peers that stalled on this content last).
+//! - [`watchdog`]: the no-progress deadline every transfer runs under.
 //! - [`place`]: the one placer: re-check the disk, keep a conflict copy if
 //!   ours lost, rename into place, fsync the directories.
 //!
@@ -30,14 +32,16 @@ mod entries;
 mod error;
 mod files;
 mod place;
+mod watchdog;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use fleetsync_mesh::{
     model::{FileEntry, ShortId},
     EndpointId,
 };
 
+pub use self::watchdog::Stalled;
 pub use self::{
     error::{ApplyError, Disposition},
     files::apply_files,
@@ -46,8 +50,41 @@ pub use self::{
 use crate::{
     content::Hold,
     folder::{ApplyGuard, Folder},
+    health::Health,
     record::{LocalStat, Record},
 };
+
+/// Where content may come from, and whose work its transfers are.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Peers in the order to ask them (the announcers first). Peers that
+    /// connect later are asked after these; peers marked slow for a
+    /// content go last.
+    pub providers: Vec<EndpointId>,
+    /// The receiver incarnation the transfers report progress to.
+    pub health: Arc<Health>,
+    /// When this attempt began: a peer whose transfer of a content stalled
+    /// or failed since then is not asked again for it in this attempt.
+    pub started: Instant,
+}
+
+impl Sources {
+    pub fn new(providers: Vec<EndpointId>, health: Arc<Health>) -> Self {
+        Sources {
+            providers,
+            health,
+            started: Instant::now(),
+        }
+    }
+
+    /// The same attempt, asking `providers` in this order.
+    pub fn ordered(&self, providers: Vec<EndpointId>) -> Self {
+        Sources {
+            providers,
+            ..self.clone()
+        }
+    }
+}
 
 /// One decided change to carry out.
 #[derive(Debug, Clone)]
@@ -111,9 +148,9 @@ impl Applied {
 }
 
 /// Apply one job: a file as a batch of one, anything else directly.
-pub async fn apply_one(folder: &Arc<Folder>, job: Job, providers: &[EndpointId]) -> Outcome {
+pub async fn apply_one(folder: &Arc<Folder>, job: Job, sources: &Sources) -> Outcome {
     if job.is_file() {
-        let mut out = apply_files(folder, vec![job], providers, Flush::EachFile).await;
+        let mut out = apply_files(folder, vec![job], sources, Flush::EachFile).await;
         return match out.pop() {
             Some((_, outcome)) => outcome,
             None => unreachable!("apply_files answers every job"),

@@ -2,6 +2,7 @@
 //! folder, real index, real file system; peers and the store are fakes.
 
 use std::{
+    collections::HashSet,
     os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
     path::Path,
     sync::atomic::Ordering,
@@ -52,7 +53,7 @@ trait ApplyIn {
 
 impl ApplyIn for Scene {
     async fn apply(&self, j: Job) -> Outcome {
-        apply_one(&self.folder, j, &self.fake.providers()).await
+        apply_one(&self.folder, j, &testing::sources(&*self.fake)).await
     }
 }
 
@@ -116,7 +117,7 @@ async fn a_batch_of_small_files_is_fetched_once_each_and_placed_together() {
             )
         })
         .collect();
-    let out = apply_files(&fx.folder, jobs, &fx.fake.providers(), Flush::Batch).await;
+    let out = apply_files(&fx.folder, jobs, &testing::sources(&*fx.fake), Flush::Batch).await;
     assert_eq!(out.len(), 20, "one outcome per job");
     for (j, o) in &out {
         assert!(o.is_ok(), "{}: {:?}", j.path, o.as_ref().err());
@@ -214,9 +215,9 @@ async fn another_peer_serves_what_the_first_cannot() {
     let fx = fixture();
     let second = FakeContent::new_peer();
     let hash = fx.fake.serve(second, b"only the second has it");
-    let providers = vec![fx.peer, second];
+    let sources = Sources::new(vec![fx.peer, second], crate::health::Health::new(1));
     let j = job(&fx.folder, file("a", b"only the second has it", 1), fx.peer);
-    apply_one(&fx.folder, j, &providers).await.unwrap();
+    apply_one(&fx.folder, j, &sources).await.unwrap();
     assert_eq!(fx.read("a"), b"only the second has it");
     assert_eq!(fx.fake.fetches(), vec![(fx.peer, hash), (second, hash)]);
 }
@@ -449,7 +450,7 @@ async fn duplicate_content_in_one_batch_still_gets_one_outcome_per_job() {
         job(&fx.folder, file("a", b"same", 1), fx.peer),
         job(&fx.folder, file("b", b"same", 1), fx.peer),
     ];
-    let out = apply_files(&fx.folder, jobs, &fx.fake.providers(), Flush::Batch).await;
+    let out = apply_files(&fx.folder, jobs, &testing::sources(&*fx.fake), Flush::Batch).await;
     let mut paths: Vec<_> = out.iter().map(|(j, _)| j.path.as_str()).collect();
     paths.sort();
     assert_eq!(paths, vec!["a", "b"]);
@@ -594,7 +595,13 @@ async fn when_the_folder_root_vanishes_mid_batch_every_job_still_gets_an_outcome
             job(&fx.folder, file(&format!("f{i}"), c.as_bytes(), 1), fx.peer)
         })
         .collect();
-    let out = apply_files(&fx.folder, jobs.clone(), &fx.fake.providers(), Flush::Batch).await;
+    let out = apply_files(
+        &fx.folder,
+        jobs.clone(),
+        &testing::sources(&*fx.fake),
+        Flush::Batch,
+    )
+    .await;
     assert_eq!(out.len(), 5, "one outcome per job");
     for (j, o) in &out {
         let e = o
@@ -604,10 +611,141 @@ async fn when_the_folder_root_vanishes_mid_batch_every_job_still_gets_an_outcome
         assert_eq!(e.disposition(), Disposition::Backoff, "{}: {e}", j.path);
     }
     std::fs::rename(&away, &root).unwrap();
-    let out = apply_files(&fx.folder, jobs, &fx.fake.providers(), Flush::Batch).await;
+    let out = apply_files(&fx.folder, jobs, &testing::sources(&*fx.fake), Flush::Batch).await;
     assert!(
         out.iter().all(|(_, o)| o.is_ok()),
         "applied once the root is back"
     );
     assert_eq!(fx.read("f3"), b"small 3");
+}
+
+// --- deadlines and failover (paused time: the stall timeout passes at once)
+
+const STALL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Slack over the stall timeout: the watchdog looks once a second.
+const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Another connected peer that serves `content` too.
+fn second_peer(fx: &Scene, content: &[u8]) -> EndpointId {
+    let p = FakeContent::new_peer();
+    fx.fake.serve(p, content);
+    p
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_stalls_mid_transfer_is_given_up_and_another_finishes_the_file() {
+    let fx = Scene::with_stall(STALL);
+    let content = vec![3u8; 64 * 1024];
+    let hash = fx.fake.serve(fx.peer, &content);
+    let other = second_peer(&fx, &content);
+    fx.fake.hang(fx.peer, hash, 1000);
+    let start = tokio::time::Instant::now();
+    fx.apply(job(&fx.folder, file("big", &content, 1), fx.peer))
+        .await
+        .unwrap();
+    let waited = start.elapsed();
+    assert!(waited >= STALL && waited <= STALL + TICK, "{waited:?}");
+    assert_eq!(fx.read("big"), content);
+    assert_eq!(
+        fx.fake.fetches(),
+        vec![(fx.peer, hash), (other, hash)],
+        "the announcer first, then the other member"
+    );
+    assert!(fx.folder.slow_since(hash.as_bytes(), &fx.peer).is_some());
+    assert!(fx.folder.slow_since(hash.as_bytes(), &other).is_none());
+    assert!(fx.folder.status.transfers().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_only_peer_stalls_the_job_fails_and_its_retry_asks_a_new_member_first() {
+    let fx = Scene::with_stall(STALL);
+    let content = vec![4u8; 64 * 1024];
+    let hash = fx.fake.serve(fx.peer, &content);
+    fx.fake.hang(fx.peer, hash, 0);
+    let target = file("big", &content, 1);
+    let e = fx
+        .apply(job(&fx.folder, target.clone(), fx.peer))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Stalled { .. }), "{e}");
+    assert_eq!(e.disposition(), Disposition::Backoff);
+    assert_eq!(fx.fake.fetches().len(), 1, "not asked twice in one attempt");
+    assert!(!fx.root().join("big").exists());
+    // A member that has the content connects: the retry asks it before
+    // the announcer, which is slow for this content.
+    let other = second_peer(&fx, &content);
+    fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
+    assert_eq!(fx.fake.fetches(), vec![(fx.peer, hash), (other, hash)]);
+    assert_eq!(fx.read("big"), content);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_batch_request_falls_back_to_one_by_one_from_other_peers() {
+    let fx = Scene::with_stall(STALL);
+    let other = FakeContent::new_peer();
+    let contents: Vec<String> = (0..6).map(|i| format!("small {i}")).collect();
+    let hashes: Vec<Hash> = contents
+        .iter()
+        .map(|c| {
+            fx.fake.serve(other, c.as_bytes());
+            fx.fake.serve(fx.peer, c.as_bytes())
+        })
+        .collect();
+    // Six files make three requests of two; the second one hangs.
+    fx.fake.hang(fx.peer, hashes[2], 0);
+    let jobs: Vec<Job> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| job(&fx.folder, file(&format!("s{i}"), c.as_bytes(), 1), fx.peer))
+        .collect();
+    let start = tokio::time::Instant::now();
+    let out = apply_files(&fx.folder, jobs, &testing::sources(&*fx.fake), Flush::Batch).await;
+    assert!(start.elapsed() >= STALL);
+    assert_eq!(out.len(), 6);
+    for (j, o) in &out {
+        assert!(o.is_ok(), "{}: {:?}", j.path, o.as_ref().err());
+        assert_eq!(
+            fx.read(&j.path),
+            contents[j.path[1..].parse::<usize>().unwrap()].as_bytes()
+        );
+    }
+    let fetches = fx.fake.fetches();
+    let from_other: HashSet<Hash> = fetches
+        .iter()
+        .filter(|(p, _)| *p == other)
+        .map(|(_, h)| *h)
+        .collect();
+    assert_eq!(
+        from_other,
+        HashSet::from([hashes[2], hashes[3]]),
+        "only what stalled"
+    );
+    let asked_again = fetches
+        .iter()
+        .filter(|f| **f == (fx.peer, hashes[2]))
+        .count();
+    assert_eq!(
+        asked_again, 1,
+        "the stalled peer is not asked again in this attempt"
+    );
+    assert!(!fetches.contains(&(fx.peer, hashes[3])));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_direct_fetch_that_stalls_goes_on_with_another_peer() {
+    let fx = Scene::with_stall(STALL);
+    let content = b"the real content";
+    // The store's copy is stale (edited in place): only a direct fetch helps.
+    let local = fx.root().join("copy");
+    std::fs::write(&local, content).unwrap();
+    fx.fake.import(local.clone()).await.unwrap();
+    std::fs::write(&local, b"edited in place!").unwrap();
+    let hash = fx.fake.serve(fx.peer, content);
+    let other = second_peer(&fx, content);
+    fx.fake.hang(fx.peer, hash, 4);
+    fx.apply(job(&fx.folder, file("b", content, 1), fx.peer))
+        .await
+        .unwrap();
+    assert_eq!(fx.read("b"), content, "no byte of the stalled attempt left");
+    assert_eq!(fx.fake.fetches(), vec![(fx.peer, hash), (other, hash)]);
 }

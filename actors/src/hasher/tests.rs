@@ -37,7 +37,8 @@ pub(crate) fn folder_with_settle(
     let mut cfg = testing::folder_config(&root, FolderMode::SendReceive);
     cfg.settle = settle;
     let index = Index::open(&dir.join("index.redb")).unwrap();
-    let folder = Folder::new(cfg, index, content, ME).unwrap();
+    let stall = crate::folder::DEFAULT_TRANSFER_STALL_TIMEOUT;
+    let folder = Folder::new(cfg, index, content, ME, stall).unwrap();
     folder.fs.ensure_reserved().unwrap();
     folder
 }
@@ -115,8 +116,9 @@ impl Content for Probe {
         &self,
         peer: EndpointId,
         items: Vec<(Hash, PathBuf)>,
+        progress: &std::sync::atomic::AtomicU64,
     ) -> Result<(Vec<Hash>, u64), FetchError> {
-        self.inner.fetch_many(peer, items).await
+        self.inner.fetch_many(peer, items, progress).await
     }
     async fn fetch_direct(
         &self,

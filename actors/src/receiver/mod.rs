@@ -11,36 +11,51 @@
 //! Processing rounds ([`round::Round`], at most one running, further kicks
 //! coalesced) read pending entries, decide with [`crate::rules`], and carry
 //! the decisions out through [`crate::apply`]: directories first, then
-//! files, then deletions deepest first. Results are committed in batches;
-//! failures wait by cause ([`retry`]); a local edit that raced an apply is
-//! handed to the watcher so it becomes a proper conflict.
+//! small files and symlinks, then deletions deepest first. Big files are
+//! handed off: each content group is a job of its own ([`big`]), in flight
+//! next to the rounds (which skip its paths), so a stalled transfer holds
+//! back nothing else. Results are committed in batches ([`outcomes`]: the
+//! same rules for rounds and big-file jobs); failures wait by cause
+//! ([`retry`]); a local edit that raced an apply is handed to the watcher
+//! so it becomes a proper conflict.
+//!
+//! Supervision: a round, each big-file job, each transfer and each ingest
+//! is work of this incarnation's [`Health`]; outcomes, commits and bytes
+//! arriving are progress. Every task is started with [`Health::spawn`]
+//! (aborted when the incarnation is replaced) and every commit is fenced
+//! ([`crate::index::Index::commit_unless`]).
 //!
 //! Parts: `pull` (index subscriptions), [`round`] (one processing round),
+//! [`big`] (big-file jobs), [`outcomes`] (outcomes into the index),
 //! [`retry`] (when a failed entry is tried again).
 //!
 //! All state that matters is in the index (`pending`, `remote`): a restarted
 //! receiver just starts pulling and processing again.
 
+pub mod big;
+pub mod outcomes;
 mod pull;
 pub mod retry;
 pub mod round;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
 use actix::prelude::*;
 use fleetsync_mesh::EndpointId;
-use tokio::task::JoinHandle;
+use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::warn;
 
 use self::{
-    retry::Retries,
-    round::{Failure, Round, RoundReport},
+    outcomes::{Failure, Planned, RoundError, RoundReport},
+    retry::{Retries, Wait},
+    round::Round,
 };
 use crate::{
+    apply::Sources,
     folder::Folder,
     health::Health,
     msg::{PeerDown, PeerUp, Ping},
@@ -117,6 +132,10 @@ pub struct Receiver {
     retries: Retries,
     /// Rounds in a row that could not run at all.
     failed_rounds: u32,
+    /// Paths whose big-file job is in flight: rounds leave them alone.
+    big_in_flight: HashSet<String>,
+    /// Big-file jobs transferring at once ([`big::BIG_CONCURRENCY`]).
+    big_slots: Arc<Semaphore>,
 }
 
 impl Receiver {
@@ -131,6 +150,8 @@ impl Receiver {
             again: false,
             retries: Retries::default(),
             failed_rounds: 0,
+            big_in_flight: HashSet::new(),
+            big_slots: Arc::new(Semaphore::new(big::BIG_CONCURRENCY)),
         }
     }
 
@@ -147,10 +168,16 @@ impl Receiver {
         self.again = false;
         self.folder.status.syncing.store(true, Ordering::Relaxed);
         let waiting = self.retries.waiting(Instant::now());
-        let round = Round::new(self.folder.clone(), self.folder.content.providers());
-        let task = rt::spawn(round.run(waiting));
+        let sources = Sources::new(self.folder.content.providers(), self.health.clone());
+        let round = Round::new(self.folder.clone(), sources);
+        let task = self
+            .health
+            .spawn(round.run(waiting, self.big_in_flight.clone()));
         ctx.spawn(task.into_actor(self).map(|res, act, ctx| {
             act.running = false;
+            if !act.health.is_current() {
+                return; // replaced: the successor redoes the round
+            }
             match res {
                 Ok(Ok(report)) => {
                     act.failed_rounds = 0;
@@ -177,7 +204,23 @@ impl Receiver {
         ctx.run_later(delay, |act, ctx| act.kick(ctx));
     }
 
-    fn round_done(&mut self, report: RoundReport, ctx: &mut Context<Self>) {
+    fn round_done(&mut self, mut report: RoundReport, ctx: &mut Context<Self>) {
+        for group in std::mem::take(&mut report.big_files) {
+            self.start_big(group, ctx);
+        }
+        let (progressed, remaining) = (report.progressed, report.remaining);
+        self.take_outcomes(report, ctx);
+        if progressed || self.again {
+            self.kick(ctx);
+        } else {
+            let busy = remaining > 0 || !self.big_in_flight.is_empty();
+            self.folder.status.syncing.store(busy, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolved rows are done with, failed ones wait for their retry, raced
+    /// paths go to the watcher.
+    fn take_outcomes(&mut self, report: RoundReport, ctx: &mut Context<Self>) {
         for key in &report.resolved {
             self.retries.done(key);
         }
@@ -189,12 +232,33 @@ impl Receiver {
                 });
             }
         }
-        if report.progressed || self.again {
-            self.kick(ctx);
-        } else {
-            let busy = report.remaining > 0;
-            self.folder.status.syncing.store(busy, Ordering::Relaxed);
-        }
+    }
+
+    /// Run a group of big-file jobs next to the rounds; its paths are in
+    /// flight until it reports back.
+    fn start_big(&mut self, group: Vec<Planned>, ctx: &mut Context<Self>) {
+        let paths: Vec<String> = group.iter().map(|p| p.job.path.clone()).collect();
+        let rows: Vec<_> = group.iter().flat_map(|p| p.rows.clone()).collect();
+        self.big_in_flight.extend(paths.iter().cloned());
+        let job = big::run(
+            self.folder.clone(),
+            group,
+            self.health.clone(),
+            self.big_slots.clone(),
+        );
+        let task = self.health.spawn(job);
+        ctx.spawn(task.into_actor(self).map(move |res, act, ctx| {
+            for p in &paths {
+                act.big_in_flight.remove(p);
+            }
+            if !act.health.is_current() {
+                return; // replaced: the successor redoes the job
+            }
+            let report = res.unwrap_or_else(|e| lost_job(rows, e));
+            act.take_outcomes(report, ctx);
+            // Its paths are free again; newer rows may wait for them.
+            act.kick(ctx);
+        }));
     }
 
     /// Remember when each failure is due; wake up for one due before the
@@ -220,6 +284,24 @@ impl Receiver {
                 }
             });
         }
+    }
+}
+
+/// A big-file job that ended without a report (it panicked, or it was
+/// aborted with its incarnation): its rows are tried again after a backoff.
+fn lost_job(rows: Vec<retry::Key>, e: tokio::task::JoinError) -> RoundReport {
+    let cause = Arc::new(RoundError::Task(rt::TaskError(e)));
+    let failed = rows
+        .into_iter()
+        .map(|key| Failure {
+            key,
+            wait: Wait::Backoff,
+            cause: cause.clone(),
+        })
+        .collect();
+    RoundReport {
+        failed,
+        ..RoundReport::default()
     }
 }
 
@@ -265,9 +347,10 @@ impl Handler<PeerUp> for Receiver {
         }
         // send-only folders never apply remote changes: don't even ask.
         let pull = if self.folder.mode().can_receive() {
-            rt::spawn(pull::pull(ctx.address(), self.folder.clone(), s.clone()))
+            let pull = pull::pull(ctx.address(), self.folder.clone(), s.clone());
+            self.health.spawn(pull)
         } else {
-            rt::spawn(async {})
+            self.health.spawn(async {})
         };
         self.sessions.insert(s.conn_id, (s.peer, pull));
         self.inbound.insert(
@@ -303,9 +386,11 @@ impl Handler<Ingest> for Receiver {
     fn handle(&mut self, m: Ingest, _: &mut Context<Self>) -> Self::Result {
         let f = self.folder.clone();
         let peer = *m.peer.as_bytes();
+        let work = self.health.begin();
         let fut = rt::blocking(move || f.index.ingest(f.id(), &peer, m.mark, &m.entries));
-        Box::pin(fut.into_actor(self).map(|res, act, ctx| {
+        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             let n = res??;
+            work.progress();
             if n > 0 {
                 act.kick(ctx);
             }

@@ -1,98 +1,44 @@
 //! One processing round: pending remote entries → decisions → disk → index.
 //!
 //! ```text
-//!  read pending ─► plan (rules::decide per path) ─► resolve the kept rows
+//!  read pending (minus rows waiting for a retry or a big-file job)
+//!    ─► plan (rules::decide per path) ─► resolve the kept rows
 //!    ─► directories (parents first) ─► small files (batches, one syncfs)
-//!    ─► symlinks ─► big files (a few at a time) ─► deletions (children first)
+//!    ─► symlinks ─► deletions (children first)
 //!    ─► check: every planned job got exactly one outcome
+//!  big files ─► handed off (RoundReport::big_files): each content group
+//!               runs outside the round (super::big), so a stalled one
+//!               holds back nothing else
 //! ```
 //!
-//! Every outcome is recorded against the pending rows it answers: applied
-//! (committed with the rows resolved in one transaction), rejected (rows
-//! resolved), or failed with a cause and a [`Wait`]. Commits are retried;
-//! if one still fails, the rows it would have resolved are reported as
-//! failed (they stay pending and are tried again), never dropped.
+//! Outcomes go through [`Outcomes`] (recorded against their rows,
+//! committed with retries behind the generation fence, audited).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
+    sync::Arc,
 };
 
 use fleetsync_mesh::{model::EntryKind, EndpointId};
-use n0_future::{BufferedStreamExt, StreamExt};
-use tracing::{debug, error, info, warn};
 
-use super::retry::{Key, Wait};
+pub use super::outcomes::{Failure, Planned, RoundError, RoundReport};
+use super::{outcomes::Outcomes, retry::Key};
 use crate::{
-    apply::{self, apply_files, ApplyError, Disposition, Flush, Job, Outcome},
-    content::Hold,
-    folder::{ApplyGuard, Folder},
-    index::{Commit, Committed, IndexError, Item, Pending},
+    apply::{self, apply_files, Flush, Job, Sources},
+    folder::Folder,
+    health::Work,
+    index::Pending,
     record::Record,
-    rt::{self, TaskError},
+    rt,
     rules::{decide, Decision},
 };
 
 /// Pending rows read per round (beyond those waiting for a retry).
 const ROUND_LIMIT: usize = 2000;
-/// Big files applied at once.
-const BIG_CONCURRENCY: usize = 4;
 /// Files up to this size are applied in batches sharing one sync.
 pub const BATCH_FILE_MAX: u64 = 1 << 20;
 /// Files per batch.
 const BATCH_FILES: usize = 512;
-/// Applied entries per index commit while big files stream in.
-const COMMIT_EVERY: usize = 200;
-/// Attempts at one index commit before its rows are reported failed.
-const COMMIT_ATTEMPTS: u32 = 3;
-/// Wait before the second attempt (doubling after).
-const COMMIT_RETRY: Duration = Duration::from_millis(50);
-
-/// Why a round could not run at all, or why a row was not applied.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RoundError {
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-    #[error("index: {0}")]
-    Index(#[from] IndexError),
-    #[error("index commit failed {COMMIT_ATTEMPTS} times: {0}")]
-    Commit(#[source] IndexError),
-    #[error(transparent)]
-    Task(#[from] TaskError),
-    #[error("{path}: the round gave this job no outcome (a bug; retried)")]
-    NoOutcome { path: String },
-}
-
-/// A pending row to try again, and why.
-#[derive(Debug)]
-pub struct Failure {
-    pub key: Key,
-    pub wait: Wait,
-    pub cause: Arc<RoundError>,
-}
-
-/// What a round did.
-#[derive(Debug, Default)]
-pub struct RoundReport {
-    /// Rows done with: applied and committed, rejected, or nothing to do.
-    pub resolved: Vec<Key>,
-    pub failed: Vec<Failure>,
-    /// Paths a local edit raced: the watcher should look at them.
-    pub races: Vec<String>,
-    /// Something changed: worth another round at once.
-    pub progressed: bool,
-    /// Rows left waiting for their retry (not looked at).
-    pub remaining: usize,
-}
-
-/// A decided job and the pending rows it answers.
-#[derive(Debug, Clone)]
-pub struct Planned {
-    pub job: Job,
-    pub rows: Vec<Key>,
-}
 
 /// The round's decisions, in the order they are carried out.
 #[derive(Debug, Default)]
@@ -220,107 +166,67 @@ pub fn group_by_hash(big: Vec<Planned>) -> Vec<Vec<Planned>> {
     groups.into_values().collect()
 }
 
-/// Outcomes per planned path: exactly one each, checked at the end.
-#[derive(Debug, Default)]
-struct Ledger {
-    answers: HashMap<String, (Vec<Key>, u32)>,
-}
-
-impl Ledger {
-    fn planned(&mut self, plan: &Plan) {
-        let all = [
-            &plan.dirs,
-            &plan.small_files,
-            &plan.links,
-            &plan.big_files,
-            &plan.deletes,
-        ];
-        for p in all.into_iter().flatten() {
-            self.answers.insert(p.job.path.clone(), (p.rows.clone(), 0));
-        }
-    }
-
-    fn answered(&mut self, path: &str) {
-        if let Some((_, n)) = self.answers.get_mut(path) {
-            *n += 1;
-        }
-    }
-
-    /// Planned jobs with no outcome (their rows), and jobs answered twice.
-    fn audit(self) -> (Vec<(String, Vec<Key>)>, Vec<String>) {
-        let mut missing = Vec::new();
-        let mut doubled = Vec::new();
-        for (path, (rows, n)) in self.answers {
-            match n {
-                0 => missing.push((path, rows)),
-                1 => {}
-                _ => doubled.push(path),
-            }
-        }
-        (missing, doubled)
-    }
-}
-
-/// Changes on their way into the index, with what keeps them safe until
-/// committed (GC holds, hasher guards) and the rows they answer.
-#[derive(Debug, Default)]
-struct Batch {
-    commit: Commit,
-    held: Vec<(Option<Hold>, ApplyGuard)>,
-    rows: Vec<Key>,
-}
-
-/// One round, from reading pending rows to the last commit.
+/// One round, from reading pending rows to the last commit. It is work of
+/// its receiver incarnation while it lives.
 pub struct Round {
     folder: Arc<Folder>,
-    providers: Vec<EndpointId>,
-    report: RoundReport,
-    batch: Batch,
-    ledger: Ledger,
+    sources: Sources,
+    out: Outcomes,
+    _work: Work,
 }
 
 impl Round {
-    pub fn new(folder: Arc<Folder>, providers: Vec<EndpointId>) -> Self {
+    pub fn new(folder: Arc<Folder>, sources: Sources) -> Self {
+        let out = Outcomes::new(folder.clone(), sources.health.clone());
         Round {
+            _work: sources.health.begin(),
             folder,
-            providers,
-            report: RoundReport::default(),
-            batch: Batch::default(),
-            ledger: Ledger::default(),
+            sources,
+            out,
         }
     }
 
-    /// Run every step; rows in `waiting` are left for their retry.
-    pub async fn run(mut self, waiting: HashSet<Key>) -> Result<RoundReport, RoundError> {
-        let pending = self.read_pending(&waiting).await?;
+    /// Run every step; rows in `waiting` are left for their retry, paths
+    /// in `in_flight` for their big-file job. Big files are handed off in
+    /// the report.
+    pub async fn run(
+        mut self,
+        waiting: HashSet<Key>,
+        in_flight: HashSet<String>,
+    ) -> Result<RoundReport, RoundError> {
+        let pending = self.read_pending(&waiting, &in_flight).await?;
         if pending.is_empty() {
-            return Ok(self.report);
+            return Ok(self.out.report);
         }
         let locals = self.read_locals(&pending).await?;
         let plan = plan(pending, &locals);
-        self.ledger.planned(&plan);
+        // Big files owe their outcome to their own job, not to the round.
+        let owed = [&plan.dirs, &plan.small_files, &plan.links, &plan.deletes];
+        self.out.planned(owed.into_iter().flatten());
         self.resolve_kept(plan.keep).await;
         self.directories(plan.dirs).await;
         self.small_files(plan.small_files).await;
         self.one_by_one(plan.links).await;
-        self.big_files(plan.big_files).await;
+        self.out.report.big_files = group_by_hash(plan.big_files);
         self.one_by_one(plan.deletes).await;
-        self.audit();
-        Ok(self.report)
+        self.out.audit();
+        Ok(self.out.report)
     }
 
-    /// Pending rows by path, minus those waiting for a retry.
+    /// Pending rows by path, minus those waiting for a retry or for the
+    /// big-file job in flight on their path.
     async fn read_pending(
         &mut self,
         waiting: &HashSet<Key>,
+        in_flight: &HashSet<String>,
     ) -> Result<BTreeMap<String, Vec<Pending>>, RoundError> {
         let f = self.folder.clone();
-        let limit = ROUND_LIMIT + waiting.len();
+        let limit = ROUND_LIMIT + waiting.len() + in_flight.len();
         let rows = rt::blocking(move || f.index.pending(f.id(), limit)).await??;
         let mut by_path: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
         for p in rows {
-            if waiting.contains(&(p.path.clone(), p.peer)) {
-                self.report.remaining += 1;
+            if in_flight.contains(&p.path) || waiting.contains(&(p.path.clone(), p.peer)) {
+                self.out.report.remaining += 1;
             } else {
                 by_path.entry(p.path.clone()).or_default().push(p);
             }
@@ -341,16 +247,14 @@ impl Round {
         if keep.is_empty() {
             return;
         }
-        self.batch.commit.resolved.extend(keep.iter().cloned());
-        self.batch.rows.extend(keep);
-        self.report.progressed = true;
-        self.commit(true).await;
+        self.out.resolve(keep);
+        self.out.commit(true).await;
     }
 
     async fn directories(&mut self, dirs: Vec<Planned>) {
         self.one_by_one(dirs).await;
         // Directories are committed before their contents' rows may be.
-        self.commit(true).await;
+        self.out.commit(true).await;
     }
 
     /// Small files in batches that share one filesystem sync.
@@ -358,7 +262,9 @@ impl Round {
         let mut queue: VecDeque<Planned> = small.into();
         while !queue.is_empty() {
             let batch = next_batch(&mut queue);
-            let providers = order_providers(&self.providers, &batch);
+            let sources = self
+                .sources
+                .ordered(order_providers(&self.sources.providers, &batch));
             let mut rows: HashMap<String, Vec<Key>> = HashMap::new();
             let jobs: Vec<Job> = batch
                 .into_iter()
@@ -367,183 +273,21 @@ impl Round {
                     p.job
                 })
                 .collect();
-            for (job, outcome) in apply_files(&self.folder, jobs, &providers, Flush::Batch).await {
+            for (job, outcome) in apply_files(&self.folder, jobs, &sources, Flush::Batch).await {
                 let rows = rows.remove(&job.path).unwrap_or_default();
-                self.record(&job, rows, outcome);
+                self.out.record(&job, rows, outcome);
             }
-            self.commit(true).await;
+            self.out.commit(true).await;
         }
     }
 
     /// Jobs applied one after the other (directories, links, deletions).
     async fn one_by_one(&mut self, jobs: Vec<Planned>) {
         for p in jobs {
-            let outcome = apply::apply_one(&self.folder, p.job.clone(), &self.providers).await;
-            self.record(&p.job, p.rows, outcome);
+            let outcome = apply::apply_one(&self.folder, p.job.clone(), &self.sources).await;
+            self.out.record(&p.job, p.rows, outcome);
         }
-        self.commit(true).await;
-    }
-
-    /// Big files a few at a time, committed as they land.
-    async fn big_files(&mut self, big: Vec<Planned>) {
-        let folder = self.folder.clone();
-        let all = self.providers.clone();
-        let mut results = n0_future::stream::iter(group_by_hash(big))
-            .map(|group| {
-                let folder = folder.clone();
-                let providers = order_providers(&all, &group);
-                async move {
-                    let mut outs = Vec::with_capacity(group.len());
-                    for p in group {
-                        let outcome = apply::apply_one(&folder, p.job.clone(), &providers).await;
-                        outs.push((p, outcome));
-                    }
-                    outs
-                }
-            })
-            .buffered_unordered(BIG_CONCURRENCY);
-        while let Some(outs) = results.next().await {
-            for (p, outcome) in outs {
-                self.record(&p.job, p.rows, outcome);
-            }
-            self.commit(false).await;
-        }
-        drop(results);
-        self.commit(true).await;
-    }
-
-    /// Take one outcome into the report and the next commit.
-    fn record(&mut self, job: &Job, rows: Vec<Key>, outcome: Outcome) {
-        self.ledger.answered(&job.path);
-        let e = match outcome {
-            Ok(applied) => {
-                info!(folder = self.folder.id(), path = %job.path, "{}", applied.note);
-                self.batch.commit.items.push(Item::Applied {
-                    record: applied.record,
-                    note: applied.note,
-                    resolves: rows.clone(),
-                });
-                self.batch.held.push((applied.hold, applied.guard));
-                self.batch.rows.extend(rows);
-                self.report.progressed = true;
-                return;
-            }
-            Err(e) => e,
-        };
-        match Wait::of(e.disposition()) {
-            None => self.rejected(job, rows, e),
-            Some(wait) => {
-                if e.disposition() == Disposition::LocalRace {
-                    debug!(folder = self.folder.id(), path = %job.path, "local change raced a remote one; re-indexing first");
-                    self.report.races.push(job.path.clone());
-                }
-                self.fail(rows, wait, Arc::new(e.into()));
-            }
-        }
-    }
-
-    fn rejected(&mut self, job: &Job, rows: Vec<Key>, e: ApplyError) {
-        warn!(folder = self.folder.id(), path = %job.path, "rejected remote entry: {e}");
-        self.folder.status.rejected.fetch_add(1, Ordering::Relaxed);
-        self.folder
-            .status
-            .error(format!("rejected {}: {e}", job.path));
-        self.batch.commit.resolved.extend(rows.iter().cloned());
-        self.batch.rows.extend(rows);
-        self.report.progressed = true;
-    }
-
-    fn fail(&mut self, rows: Vec<Key>, wait: Wait, cause: Arc<RoundError>) {
-        for key in rows {
-            self.report.failed.push(Failure {
-                key,
-                wait,
-                cause: cause.clone(),
-            });
-        }
-    }
-
-    /// Commit what is collected (when `force`, or past [`COMMIT_EVERY`]).
-    async fn commit(&mut self, force: bool) {
-        let n = self.batch.commit.items.len();
-        if self.batch.commit.is_empty() || (!force && n < COMMIT_EVERY) {
-            return;
-        }
-        let Batch { commit, held, rows } = std::mem::take(&mut self.batch);
-        match commit_with_retries(&self.folder, commit).await {
-            Ok(done) => {
-                self.committed(done);
-                self.report.resolved.extend(rows);
-            }
-            Err(e) => {
-                warn!(
-                    folder = self.folder.id(),
-                    "{e}; its changes stay pending and are retried"
-                );
-                self.folder.status.error(e.to_string());
-                self.fail(rows, Wait::Backoff, Arc::new(e));
-            }
-        }
-        // Only now may the hasher look at the paths and GC at the content.
-        drop(held);
-    }
-
-    fn committed(&self, done: Committed) {
-        if done.written > 0 {
-            self.folder.announce(done.meta.seq);
-        }
-        self.folder.release(done.released);
-        for r in done.superseded {
-            debug!(folder = self.folder.id(), path = %r.entry.path, "index moved on while applying; deciding again");
-            if let (Some(n), Some(h)) = (r.refs, r.entry.hash) {
-                self.folder.park(h, n);
-            }
-        }
-    }
-
-    /// Every planned job must have had exactly one outcome.
-    fn audit(&mut self) {
-        let (missing, doubled) = std::mem::take(&mut self.ledger).audit();
-        for path in &doubled {
-            error!(folder = self.folder.id(), %path, "a job had more than one outcome (a bug)");
-        }
-        debug_assert!(
-            doubled.is_empty(),
-            "jobs with several outcomes: {doubled:?}"
-        );
-        for (path, rows) in missing {
-            error!(folder = self.folder.id(), %path, "a planned job had no outcome (a bug); retrying it");
-            let cause = Arc::new(RoundError::NoOutcome { path });
-            self.fail(rows, Wait::Backoff, cause);
-        }
-    }
-}
-
-/// Commit, trying again a few times: a failed write transaction wrote
-/// nothing, so another attempt is safe.
-async fn commit_with_retries(
-    folder: &Arc<Folder>,
-    commit: Commit,
-) -> Result<Committed, RoundError> {
-    let mut wait = COMMIT_RETRY;
-    let mut attempt = 1;
-    loop {
-        let f = folder.clone();
-        let c = commit.clone();
-        let res = rt::blocking(move || f.index.commit(f.id(), c, f.local())).await?;
-        match res {
-            Ok(done) => return Ok(done),
-            Err(e) if attempt >= COMMIT_ATTEMPTS => return Err(RoundError::Commit(e)),
-            Err(e) => {
-                debug!(
-                    folder = folder.id(),
-                    attempt, "index commit failed ({e}); trying again"
-                );
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-                attempt += 1;
-            }
-        }
+        self.out.commit(true).await;
     }
 }
 

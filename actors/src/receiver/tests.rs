@@ -12,7 +12,8 @@ use super::*;
 use crate::{
     health::Health,
     index::RemoteMark,
-    testing::{self, FakeContent},
+    receiver::round::BATCH_FILE_MAX,
+    testing::{self, FakeContent, Scene},
 };
 
 /// Generous: a loaded CI machine; the waits end as soon as the condition holds.
@@ -109,6 +110,73 @@ async fn a_failed_entry_is_retried_on_its_own_once_the_content_exists() {
     })
     .await;
     assert!(fake.fetches().len() >= 2, "applied by a retry");
+}
+
+fn ingest(peer: EndpointId, seq: u64, entries: Vec<FileEntry>) -> Ingest {
+    Ingest {
+        peer,
+        mark: RemoteMark { index_id: 1, seq },
+        entries,
+    }
+}
+
+#[actix::test]
+async fn a_big_file_whose_peer_hangs_holds_back_nothing_else_and_lands_once_another_peer_serves_it()
+{
+    let scene = Scene::new();
+    let (fake, folder, peer) = (scene.fake.clone(), scene.folder.clone(), scene.peer);
+    let gone = scene.local_file("gone", b"to be deleted");
+    let big = vec![9u8; BATCH_FILE_MAX as usize + 1];
+    let big_hash = fake.serve(peer, &big);
+    fake.serve(peer, b"small");
+    // The peer accepts the fetch, sends a little, then nothing (its
+    // connection stays up): only the transfer deadline would end it.
+    fake.hang(peer, big_hash, 1000);
+    let receiver = Receiver::new(folder.clone(), Slot::default(), Health::new(1)).start();
+    receiver
+        .send(ingest(peer, 1, vec![file("big", &big)]))
+        .await
+        .unwrap()
+        .unwrap();
+    let in_transfer = || folder.status.transfers().iter().any(|(p, _)| p == "big");
+    until("the big file's transfer to hang", in_transfer).await;
+
+    let mut dir = file("d", b"");
+    (dir.kind, dir.size, dir.hash) = (EntryKind::Directory, 0, None);
+    let mut tombstone = gone.clone();
+    tombstone.deleted = true;
+    tombstone.version = gone.version.bump(ShortId(1 << 56));
+    let batch = vec![dir, file("d/small", b"small"), tombstone];
+    receiver
+        .send(ingest(peer, 2, batch))
+        .await
+        .unwrap()
+        .unwrap();
+    let root = folder.fs.root().to_path_buf();
+    until("the small file, directory and delete", || {
+        std::fs::read(root.join("d/small")).is_ok_and(|c| c == b"small")
+            && !root.join("gone").exists()
+            && folder.index.pending_count("f").unwrap() == 1
+    })
+    .await;
+    assert!(in_transfer(), "applied while the big file still hangs");
+    assert!(!root.join("big").exists());
+    let big_fetches = || fake.fetches().iter().filter(|f| f.1 == big_hash).count();
+    assert_eq!(big_fetches(), 1, "the hung transfer was never restarted");
+
+    // Another member that has the content; the hung connection finally drops.
+    let other = FakeContent::new_peer();
+    fake.serve(other, &big);
+    fake.release(peer, big_hash);
+    until("the big file from the other member", || {
+        std::fs::read(root.join("big")).is_ok_and(|c| c == big)
+    })
+    .await;
+    until("no pending rows", || {
+        folder.index.pending_count("f").unwrap() == 0
+    })
+    .await;
+    assert!(fake.fetches().contains(&(other, big_hash)));
 }
 
 #[test]

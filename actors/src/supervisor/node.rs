@@ -199,7 +199,8 @@ pub async fn start_node_with(
     let mut folders = HashMap::new();
     for f in &config.folders {
         let content: Arc<dyn crate::content::Content> = Arc::new(mesh.clone());
-        let folder = Folder::new(f.clone(), index.clone(), content, mesh.short_id())?;
+        let stall = config.mesh.transfer_stall_timeout;
+        let folder = Folder::new(f.clone(), index.clone(), content, mesh.short_id(), stall)?;
         prepare_folder(&folder).map_err(|source| StartError::Folder {
             folder: f.id.clone(),
             source,

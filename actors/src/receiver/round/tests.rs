@@ -8,13 +8,15 @@ use std::{
 
 use fleetsync_mesh::{
     model::{EntryKind, FileEntry, ShortId},
-    EndpointId,
+    EndpointId, Hash,
 };
 
 use super::*;
 use crate::{
     content::Content,
+    health::Health,
     index::{Index, RemoteMark},
+    receiver::{big, retry::Wait},
     testing::{self, FakeContent, Scene, ME},
 };
 
@@ -180,26 +182,6 @@ fn the_peers_that_announced_are_asked_first() {
     assert_eq!(order_providers(&peers, &[stranger]), peers);
 }
 
-#[test]
-fn the_ledger_finds_jobs_without_an_outcome_and_with_several() {
-    let plan = Plan {
-        small_files: vec![planned("a", b"1", 1), planned("b", b"2", 1)],
-        deletes: vec![planned("c", b"3", 1)],
-        ..Plan::default()
-    };
-    let mut ledger = Ledger::default();
-    ledger.planned(&plan);
-    ledger.answered("a");
-    ledger.answered("c");
-    ledger.answered("c");
-    let (missing, doubled) = ledger.audit();
-    assert_eq!(
-        missing,
-        vec![("b".to_string(), vec![("b".to_string(), [1; 32])])]
-    );
-    assert_eq!(doubled, vec!["c".to_string()]);
-}
-
 // --- whole rounds -------------------------------------------------------
 
 /// The scene, plus the peer's index sequence as it sends batches.
@@ -239,11 +221,22 @@ impl Fixture {
         f.index.ingest(f.id(), &peer, mark, entries).unwrap();
     }
 
+    /// One round, then the big-file jobs it handed off, as the receiver
+    /// would run them: one report for all.
     async fn round(&self, waiting: HashSet<Key>) -> RoundReport {
-        Round::new(self.folder.clone(), self.fake.providers())
-            .run(waiting)
+        let sources = testing::sources(&*self.fake);
+        let mut report = Round::new(self.folder.clone(), sources.clone())
+            .run(waiting, HashSet::new())
             .await
-            .unwrap()
+            .unwrap();
+        for group in std::mem::take(&mut report.big_files) {
+            let done = big::apply_group(self.folder.clone(), group, &sources).await;
+            report.resolved.extend(done.resolved);
+            report.failed.extend(done.failed);
+            report.races.extend(done.races);
+            report.progressed |= done.progressed;
+        }
+        report
     }
 }
 
@@ -423,8 +416,8 @@ async fn a_commit_that_keeps_failing_reports_its_rows_failed_not_resolved() {
         .ingest("f", peer.as_bytes(), mark, &[file("a", b"content")])
         .unwrap();
     Arc::get_mut(&mut folder).expect("unshared").index = broken;
-    let report = Round::new(folder.clone(), fake.providers())
-        .run(HashSet::new())
+    let report = Round::new(folder.clone(), testing::sources(&*fake))
+        .run(HashSet::new(), HashSet::new())
         .await
         .unwrap();
     assert!(report.resolved.is_empty(), "nothing counts as done");
@@ -433,4 +426,73 @@ async fn a_commit_that_keeps_failing_reports_its_rows_failed_not_resolved() {
     assert!(matches!(*report.failed[0].cause, RoundError::Commit(_)));
     assert_eq!(folder.index.pending_count("f").unwrap(), 1, "row kept");
     assert!(folder.status.last_error().is_some());
+}
+
+#[tokio::test]
+async fn a_round_hands_big_files_off_and_leaves_paths_in_flight_alone() {
+    let mut fx = fixture();
+    let big = vec![6u8; (BATCH_FILE_MAX + 1) as usize];
+    fx.fake.serve(fx.peer, &big);
+    fx.fake.serve(fx.peer, b"small");
+    fx.ingest(&[
+        file("big", &big),
+        file("busy", b"small"),
+        file("s", b"small"),
+    ]);
+    let report = Round::new(fx.folder.clone(), testing::sources(&*fx.fake))
+        .run(HashSet::new(), HashSet::from(["busy".to_string()]))
+        .await
+        .unwrap();
+    let handed: Vec<Vec<&str>> = report.big_files.iter().map(|g| paths(g)).collect();
+    assert_eq!(handed, vec![vec!["big"]], "handed off, not applied");
+    assert!(!fx.root().join("big").exists());
+    assert!(fx.fake.fetches().iter().all(|(_, h)| *h != Hash::new(&big)));
+    assert_eq!(resolved_set(&report), HashSet::from([fx.key("s")]));
+    assert_eq!(report.remaining, 1, "the path in flight waits for its job");
+    assert!(!fx.root().join("busy").exists());
+    assert!(report.failed.is_empty());
+}
+
+#[tokio::test]
+async fn a_replaced_receivers_round_commits_nothing_and_reports_nothing() {
+    let mut fx = fixture();
+    fx.fake.serve(fx.peer, b"late");
+    fx.ingest(&[file("a", b"late")]);
+    let health = Health::new(1);
+    let round = Round::new(
+        fx.folder.clone(),
+        Sources::new(fx.fake.providers(), health.clone()),
+    );
+    // Replaced before it commits: the fence is checked in the transaction.
+    health.retire();
+    let report = round.run(HashSet::new(), HashSet::new()).await.unwrap();
+    assert!(report.resolved.is_empty() && report.failed.is_empty());
+    assert!(fx.recorded("a").is_none(), "no record written");
+    assert_eq!(fx.pending_count(), 1, "its successor finds the row");
+}
+
+#[tokio::test]
+async fn a_round_is_work_of_its_receiver_while_it_runs() {
+    let fx = fixture();
+    let health = Health::new(1);
+    let round = Round::new(
+        fx.folder.clone(),
+        Sources::new(fx.fake.providers(), health.clone()),
+    );
+    assert_eq!(health.vitals().busy, 1);
+    round.run(HashSet::new(), HashSet::new()).await.unwrap();
+    assert_eq!(health.vitals().busy, 0);
+}
+
+#[tokio::test]
+async fn a_failed_big_file_job_reports_its_rows_failed_with_their_wait() {
+    let mut fx = fixture();
+    let big = vec![8u8; (BATCH_FILE_MAX + 1) as usize];
+    // Nobody has the content.
+    fx.ingest(&[file("big", &big)]);
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].key, fx.key("big"));
+    assert_eq!(report.failed[0].wait, Wait::Backoff);
+    assert_eq!(fx.pending_count(), 1);
 }

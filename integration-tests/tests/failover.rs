@@ -1,0 +1,137 @@
+//! Failover: a member that freezes in the middle of serving a big file is
+//! replaced by another member that has the content, and nothing else of
+//! the folder waits for the big file meanwhile.
+//!
+//! The freeze is a SIGSTOP of the serving process: its keep-alives stop,
+//! so its connections end after the QUIC idle timeout (10 s) unless the
+//! transfer deadline (`[mesh] transfer_stall_timeout`, 30 s by default)
+//! gives up first. `fleetsync debug hang-fetch` (a node that keeps its
+//! connections alive but sends no data, so only the transfer deadline can
+//! end the fetch) has no CLI yet; the mechanism is tested in
+//! `fleetsync-mesh` (`blobs::tests`) and the deadline in the actors' unit
+//! tests.
+
+use std::{
+    fs,
+    time::{Duration, Instant},
+};
+
+use fleetsync_integration_tests::*;
+
+fn folders(_: usize) -> Vec<FolderSpec> {
+    vec![FolderSpec::new("shared")]
+}
+
+/// Big enough that a loopback transfer is caught half way.
+const BIG: u64 = 768 << 20;
+
+/// (peer short id, bytes done, bytes total) of `n`'s transfer of `path`.
+fn transfer(n: &Node, path: &str) -> Option<(String, u64, u64)> {
+    let f = n.folder_status("shared")?;
+    let t = f["transfers"]
+        .as_array()?
+        .iter()
+        .find(|t| t["path"] == path)?
+        .clone();
+    Some((
+        t["peer"].as_str()?.to_string(),
+        t["bytes_done"].as_u64()?,
+        t["bytes_total"].as_u64()?,
+    ))
+}
+
+fn signal(n: &Node, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(n.pid().expect("running") as i32).expect("pid");
+    rustix::process::kill_process(pid, sig).expect("signal");
+}
+
+/// The whole file, with the expected content (size first: hashing is slow).
+fn has_big(n: &Node, want: &str) -> bool {
+    fs::metadata(n.path("big.bin")).is_ok_and(|m| m.len() == BIG)
+        && hash_file(&n.path("big.bin")).as_deref() == Some(want)
+}
+
+#[test]
+fn a_member_frozen_mid_transfer_is_replaced_by_another_and_holds_back_nothing_else() {
+    let mut c = Cluster::start(3, Topology::Full, folders);
+    fs::write(c.nodes[2].path("old.txt"), b"to be deleted").unwrap();
+    wait_until(DEADLINE, "old.txt everywhere", || {
+        c.nodes.iter().all(|n| n.path("old.txt").exists())
+    });
+    // n1 is away while the big file reaches n2: two members have it.
+    c.nodes[1].stop();
+    write_big(&c.nodes[0].path("big.bin"), BIG, 11);
+    let want = hash_file(&c.nodes[0].path("big.bin")).unwrap();
+    wait_until(Duration::from_secs(120), "the big file on n2", || {
+        has_big(&c.nodes[2], &want)
+    });
+    c.nodes[1].start();
+
+    // Whoever n1 fetches from is frozen half way.
+    let mut from = String::new();
+    wait_until(
+        DEADLINE,
+        "n1 half way through the big file",
+        || match transfer(&c.nodes[1], "big.bin") {
+            Some((peer, done, total)) if done > 0 && done < total / 2 => {
+                from = peer;
+                true
+            }
+            _ => false,
+        },
+    );
+    let frozen = if c.nodes[0].id_hex().starts_with(&from) {
+        0
+    } else {
+        2
+    };
+    let up = 2 - frozen;
+    assert!(c.nodes[frozen].id_hex().starts_with(&from), "{from}");
+    signal(&c.nodes[frozen], rustix::process::Signal::STOP);
+    let stopped = Instant::now();
+
+    // Meanwhile, on the member that is up: small files and a delete.
+    for i in 0..5 {
+        fs::write(c.nodes[up].path(&format!("small-{i}.txt")), format!("{i}")).unwrap();
+    }
+    fs::remove_file(c.nodes[up].path("old.txt")).unwrap();
+    let n1 = &c.nodes[1];
+    let small_in = wait_until(DEADLINE, "small files and the delete on n1", || {
+        (0..5).all(|i| fs::read(n1.path(&format!("small-{i}.txt"))).is_ok())
+            && !n1.path("old.txt").exists()
+    });
+    assert!(
+        !n1.path("big.bin").exists(),
+        "the small files and the delete came after the big file: they waited for it"
+    );
+
+    let up_id = c.nodes[up].id_hex();
+    let mut failover = None;
+    wait_until(DEADLINE, "n1 receiving from the member that is up", || {
+        let moving = transfer(n1, "big.bin")
+            .is_some_and(|(peer, done, _)| up_id.starts_with(&peer) && done > 0);
+        if moving || n1.path("big.bin").exists() {
+            failover = Some(stopped.elapsed());
+        }
+        failover.is_some()
+    });
+    wait_until(Duration::from_secs(120), "the big file on n1", || {
+        has_big(n1, &want)
+    });
+    eprintln!(
+        "froze n{from} half way; on n1: small files and the delete {small_in:?} later, \
+         bytes from n{up} {failover:?} later, the whole big file {:?} later",
+        stopped.elapsed(),
+        from = frozen
+    );
+    let received = n1.folder_status("shared").unwrap()["bytes_received"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        received < BIG,
+        "received {received} bytes for a {BIG}-byte file: the verified part was fetched again"
+    );
+
+    signal(&c.nodes[frozen], rustix::process::Signal::CONT);
+    c.wait_converged("all three after the frozen member wakes up");
+}
