@@ -5,11 +5,9 @@
 //! The freeze is a SIGSTOP of the serving process: its keep-alives stop,
 //! so its connections end after the QUIC idle timeout (10 s) unless the
 //! transfer deadline (`[mesh] transfer_stall_timeout`, 30 s by default)
-//! gives up first. `fleetsync debug hang-fetch` (a node that keeps its
+//! gives up first. With `fleetsync debug hang-fetch` a node keeps its
 //! connections alive but sends no data, so only the transfer deadline can
-//! end the fetch) has no CLI yet; the mechanism is tested in
-//! `fleetsync-mesh` (`blobs::tests`) and the deadline in the actors' unit
-//! tests.
+//! end the fetch: the second test.
 
 use std::{
     fs,
@@ -134,4 +132,85 @@ fn a_member_frozen_mid_transfer_is_replaced_by_another_and_holds_back_nothing_el
 
     signal(&c.nodes[frozen], rustix::process::Signal::CONT);
     c.wait_converged("all three after the frozen member wakes up");
+}
+
+/// Megabytes enough that the failover is visibly a transfer, small enough
+/// for a loaded CI machine.
+const FAILOVER_BIG: u64 = 64 << 20;
+
+#[test]
+fn a_node_that_hangs_its_fetches_is_failed_over_and_small_changes_do_not_wait() {
+    // Only n0 ever announces the big file (send-only: it relays nothing),
+    // and then hangs its blob serving. n1 holds the same bytes in a folder
+    // it does not share: it announces nothing, but serves the blob (blobs
+    // go by hash) — "any member that has it". n3, send-only too, writes
+    // small changes. n2 arrives late: it must ask the hung announcer
+    // first, give up after the transfer deadline and fetch from n1, while
+    // n3's small changes reach it at once.
+    let mut c = Cluster::new(4, Topology::Full, |i| match i {
+        0 | 3 => vec![FolderSpec::new("shared").mode("send-only")],
+        1 => vec![FolderSpec::new("other")],
+        _ => vec![FolderSpec::new("shared")],
+    });
+    c.nodes[0].extra = "\n[debug]\nfault_injection = true\n".into();
+    for n in &mut c.nodes {
+        n.mesh_extra = "transfer_stall_timeout = \"3s\"\n".into();
+    }
+    for i in [0, 1, 3] {
+        c.nodes[i].start();
+    }
+    fs::write(c.nodes[3].path("old.txt"), b"to be deleted").unwrap();
+    write_big(&c.nodes[0].path("big.bin"), FAILOVER_BIG, 7);
+    write_big(&c.nodes[1].path("big.bin"), FAILOVER_BIG, 7);
+    let want = hash_file(&c.nodes[0].path("big.bin")).unwrap();
+    let indexed = |n: &Node, folder: &str| {
+        n.folder_status(folder)
+            .is_some_and(|f| f["files"].as_u64() >= Some(1))
+    };
+    wait_until(DEADLINE, "n0, n1 and n3 to index their files", || {
+        indexed(&c.nodes[0], "shared")
+            && indexed(&c.nodes[1], "other")
+            && indexed(&c.nodes[3], "shared")
+    });
+    let (code, out, err) = c.nodes[0].cli(&["debug", "hang-fetch", "--for", "10m"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let started = Instant::now();
+    c.nodes[2].start();
+    fs::write(
+        c.nodes[3].path("small.txt"),
+        b"not waiting for the big file",
+    )
+    .unwrap();
+    fs::remove_file(c.nodes[3].path("old.txt")).unwrap();
+    let n2 = &c.nodes[2];
+    let copy = |n: &Node| {
+        fs::metadata(n.path("big.bin")).is_ok_and(|m| m.len() == FAILOVER_BIG)
+            && hash_file(&n.path("big.bin")).as_deref() == Some(want.as_str())
+    };
+    wait_until(DEADLINE, "the small file and the delete on n2", || {
+        n2.path("small.txt").exists() && !n2.path("old.txt").exists()
+    });
+    let small_after = started.elapsed();
+    assert!(
+        !copy(n2),
+        "the small changes came first (the big file needs the deadline)"
+    );
+    wait_until(DEADLINE, "the big file on n2, from n1", || copy(n2));
+    let big_after = started.elapsed();
+    assert!(
+        big_after >= Duration::from_secs(3),
+        "the big file came before the transfer deadline ({big_after:?}): was the hung node asked?\n{}",
+        dump_logs(&[&c.nodes[2], &c.nodes[0]])
+    );
+    let n2_log = n2.log();
+    assert!(
+        n2_log.contains("transfer stalled"),
+        "the deadline gave the hung node up"
+    );
+    eprintln!(
+        "n2 started; small file + delete after {small_after:?}, big file ({} MiB, announcer hung, \
+         transfer_stall_timeout 3 s) after {big_after:?}",
+        FAILOVER_BIG >> 20,
+    );
 }

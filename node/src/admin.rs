@@ -205,7 +205,8 @@ fn actor_metrics(out: &mut String, st: &NodeStatus) {
     );
 }
 
-/// `POST /debug/fault?kind=stall|panic&actor=hasher[&folder=ID][&for_ms=N]`.
+/// `POST /debug/fault?kind=stall|panic&actor=hasher[&folder=ID][&for_ms=N]`,
+/// or `kind=hang-fetch&for_ms=N`.
 async fn fault(
     State(node): State<NodeHandle>,
     Query(q): Query<HashMap<String, String>>,
@@ -233,7 +234,10 @@ fn injection_of(q: &HashMap<String, String>) -> Result<Injection, String> {
     let fault = match kind {
         Some("stall") => Fault::Stall(std::time::Duration::from_millis(ms)),
         Some("panic") => Fault::Panic,
-        other => return Err(format!("kind={other:?}: use stall or panic")),
+        Some("hang-fetch") => {
+            return Ok(Injection::HangFetch(std::time::Duration::from_millis(ms)))
+        }
+        other => return Err(format!("kind={other:?}: use stall, panic or hang-fetch")),
     };
     let actor = q.get("actor").cloned().ok_or("need actor=NAME")?;
     Ok(Injection::Actor {

@@ -85,6 +85,14 @@ enum DebugCmd {
         #[arg(long)]
         folder: Option<String>,
     },
+    /// Serve blob requests without sending data (peers should fail over).
+    HangFetch {
+        #[command(flatten)]
+        at: Where,
+        /// How long (e.g. 60s, 5m).
+        #[arg(long = "for")]
+        duration: String,
+    },
     /// Make an actor panic (the supervisor should restart it).
     Panic {
         #[command(flatten)]
@@ -386,7 +394,9 @@ fn history(w: Where, folder: &str, path: &str, json: bool) -> anyhow::Result<i32
 
 fn debug(cmd: DebugCmd) -> anyhow::Result<i32> {
     let at = match &cmd {
-        DebugCmd::Stall { at, .. } | DebugCmd::Panic { at, .. } => at,
+        DebugCmd::Stall { at, .. }
+        | DebugCmd::Panic { at, .. }
+        | DebugCmd::HangFetch { at, .. } => at,
     };
     let config = at.load(&Overrides::default())?;
     let enc = crate::admin::urlencode;
@@ -410,6 +420,11 @@ fn debug(cmd: DebugCmd) -> anyhow::Result<i32> {
                 d.as_millis(),
                 folder_q(folder)
             )
+        }
+        DebugCmd::HangFetch { duration, .. } => {
+            let d = fleetsync_config::parse_duration(duration)
+                .map_err(|e| anyhow::anyhow!("--for {duration}: {e}"))?;
+            format!("/debug/fault?kind=hang-fetch&for_ms={}", d.as_millis())
         }
         DebugCmd::Panic { actor, folder, .. } => {
             format!(

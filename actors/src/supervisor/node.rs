@@ -82,6 +82,9 @@ pub enum Injection {
         folder: Option<String>,
         fault: Fault,
     },
+    /// Serve blob requests without sending data for this long (peers must
+    /// fail over to another member).
+    HangFetch(Duration),
 }
 
 /// Set when the node must exit (restart budget spent).
@@ -142,6 +145,11 @@ impl NodeHandle {
                     .send(msg)
                     .await
                     .map_err(|_| FaultError::NoSuchActor("supervisor".into()))?
+            }
+            Injection::HangFetch(d) => {
+                tracing::warn!("fault injection: serving blobs without sending data for {d:?}");
+                self.mesh.hang_blob_serving(std::time::Instant::now() + d);
+                Ok(())
             }
         }
     }
