@@ -311,7 +311,13 @@ mod tests {
         let folder = quick_folder(dir, FakeContent::new());
         write(&folder, "a", b"in use");
         assert_eq!(
-            hash_batch(folder.clone(), crate::health::Health::new(1), vec!["a".into()]).await.committed,
+            hash_batch(
+                folder.clone(),
+                crate::health::Health::new(1),
+                vec!["a".into()]
+            )
+            .await
+            .committed,
             1
         );
         let in_use = folder
@@ -365,7 +371,13 @@ mod tests {
         let folder = quick_folder(dir.path(), FakeContent::new());
         write(&folder, "a", b"keep me");
         assert_eq!(
-            hash_batch(folder.clone(), crate::health::Health::new(1), vec!["a".into()]).await.committed,
+            hash_batch(
+                folder.clone(),
+                crate::health::Health::new(1),
+                vec!["a".into()]
+            )
+            .await
+            .committed,
             1
         );
         let cfg = gc_config(folder.index.clone(), GC_EVERY);

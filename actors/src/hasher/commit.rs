@@ -8,9 +8,9 @@ use std::{path::PathBuf, sync::atomic::Ordering, sync::Arc};
 use tracing::info;
 
 use crate::{
-    health::Health,
     content::Hold,
     folder::Folder,
+    health::Health,
     index::{Commit, Item, Observed},
     record::{DiskState, Meta},
     rt,
@@ -134,7 +134,11 @@ async fn import_path(
 /// observation against its current state in one transaction (skip, adopt
 /// a pending remote entry, or bump to a new local version). Blocking.
 /// The commit is fenced: a hasher replaced meanwhile writes nothing.
-pub fn commit_chunk(folder: &Folder, health: &Health, chunk: Chunk) -> Result<Committed, HashError> {
+pub fn commit_chunk(
+    folder: &Folder,
+    health: &Health,
+    chunk: Chunk,
+) -> Result<Committed, HashError> {
     let (items, deferred) = recheck(folder, chunk)?;
     if items.is_empty() {
         return Ok(Committed {

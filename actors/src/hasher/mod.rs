@@ -172,7 +172,11 @@ pub async fn hash_batch_guarded(
 }
 
 /// Look at `paths`, hash what changed, commit it; see the module docs.
-pub async fn hash_batch(folder: Arc<Folder>, health: Arc<Health>, paths: Vec<String>) -> HashOutcome {
+pub async fn hash_batch(
+    folder: Arc<Folder>,
+    health: Arc<Health>,
+    paths: Vec<String>,
+) -> HashOutcome {
     if folder.fault().is_some() {
         // Paused: the rescan after the fault clears finds everything.
         return HashOutcome::default();
@@ -328,7 +332,10 @@ async fn commit_or_fail(
         }
         Err(e) => {
             if matches!(e, HashError::Index(IndexError::Fenced)) {
-                debug!(folder = folder.id(), "a replaced hasher's commit was fenced off");
+                debug!(
+                    folder = folder.id(),
+                    "a replaced hasher's commit was fenced off"
+                );
             } else {
                 warn!(folder = folder.id(), "{e}; retrying {} paths", paths.len());
                 folder.status.error(e.to_string());

@@ -135,7 +135,12 @@ async fn a_new_file_is_committed_with_a_bumped_vector_and_a_refs_link() {
     let content = FakeContent::new();
     let folder = quick_folder(dir.path(), content.clone());
     write(&folder, "a.txt", b"hello");
-    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a.txt"])).await;
+    let out = hash_batch(
+        folder.clone(),
+        crate::health::Health::new(1),
+        paths(&["a.txt"]),
+    )
+    .await;
     assert_eq!(out.committed, 1, "{out:?}");
     assert!(out.deferred.is_empty() && out.failed.is_empty());
     let r = record(&folder, "a.txt").expect("recorded");
@@ -151,9 +156,13 @@ async fn a_new_file_is_committed_with_a_bumped_vector_and_a_refs_link() {
     // An edit is a new version on top.
     write(&folder, "a.txt", b"hello again");
     assert_eq!(
-        hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a.txt"]))
-            .await
-            .committed,
+        hash_batch(
+            folder.clone(),
+            crate::health::Health::new(1),
+            paths(&["a.txt"])
+        )
+        .await
+        .committed,
         1
     );
     let r = record(&folder, "a.txt").unwrap();
@@ -166,7 +175,12 @@ async fn an_unchanged_file_is_skipped_without_reading_it() {
     let probe = Arc::new(Probe::default());
     let folder = quick_folder(dir.path(), probe.clone());
     write(&folder, "a", b"content");
-    assert_eq!(hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await.committed, 1);
+    assert_eq!(
+        hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"]))
+            .await
+            .committed,
+        1
+    );
     assert_eq!(probe.imports.load(Ordering::Relaxed), 1);
     let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await;
     assert_eq!(out.committed, 0);
@@ -211,9 +225,13 @@ async fn a_deleted_directory_tombstones_its_indexed_children() {
     write(&folder, "d/e/b", b"b");
     write(&folder, "other", b"o");
     assert_eq!(
-        hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["d", "other"]))
-            .await
-            .committed,
+        hash_batch(
+            folder.clone(),
+            crate::health::Health::new(1),
+            paths(&["d", "other"])
+        )
+        .await
+        .committed,
         5
     );
     std::fs::remove_dir_all(folder.fs.abs("d")).unwrap();
@@ -238,7 +256,12 @@ async fn a_path_the_receiver_is_applying_is_deferred() {
     assert_eq!(out.committed, 0);
     assert!(record(&folder, "a").is_none());
     drop(guard);
-    assert_eq!(hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await.committed, 1);
+    assert_eq!(
+        hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"]))
+            .await
+            .committed,
+        1
+    );
 }
 
 #[tokio::test]
@@ -250,7 +273,12 @@ async fn an_ignored_path_is_skipped() {
     write(&folder, "a.log", b"noise");
     write(&folder, "build/x.o", b"obj");
     write(&folder, "keep", b"k");
-    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a.log", "build", "keep"])).await;
+    let out = hash_batch(
+        folder.clone(),
+        crate::health::Health::new(1),
+        paths(&["a.log", "build", "keep"]),
+    )
+    .await;
     assert_eq!(out.committed, 1, "{out:?}");
     assert!(out.deferred.is_empty() && out.failed.is_empty());
     assert!(record(&folder, "a.log").is_none());
@@ -268,7 +296,12 @@ async fn a_file_written_moments_ago_is_deferred() {
     let f = std::fs::File::options().write(true).open(old).unwrap();
     f.set_modified(SystemTime::now() - Duration::from_secs(3600))
         .unwrap();
-    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["fresh", "old"])).await;
+    let out = hash_batch(
+        folder.clone(),
+        crate::health::Health::new(1),
+        paths(&["fresh", "old"]),
+    )
+    .await;
     assert_eq!(out.deferred, paths(&["fresh"]));
     assert_eq!(out.committed, 1);
     assert_eq!(
@@ -292,14 +325,24 @@ async fn a_symlink_is_a_new_version_only_when_its_target_changes() {
     let dir = tempfile::tempdir().unwrap();
     let folder = quick_folder(dir.path(), FakeContent::new());
     relink(&folder, "t1");
-    assert_eq!(hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["l"])).await.committed, 1);
+    assert_eq!(
+        hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["l"]))
+            .await
+            .committed,
+        1
+    );
     // Recreated with the same target: a new stat, so it is read, and the
     // index finds it already recorded.
     relink(&folder, "t1");
     let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["l"])).await;
     assert_eq!(out.committed, 0, "{out:?}");
     relink(&folder, "t2");
-    assert_eq!(hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["l"])).await.committed, 1);
+    assert_eq!(
+        hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["l"]))
+            .await
+            .committed,
+        1
+    );
     let r = record(&folder, "l").unwrap();
     assert_eq!(r.entry.symlink_target.as_deref(), Some("t2"));
     assert_eq!(r.entry.version.get(ME), 2);
@@ -340,7 +383,12 @@ async fn a_hash_task_that_panics_returns_its_paths_as_failed() {
     write(&folder, "a", b"a");
     write(&folder, "b", b"b");
     probe.panic.store(true, Ordering::Relaxed);
-    let out = hash_batch_guarded(folder.clone(), crate::health::Health::new(1), paths(&["a", "b"])).await;
+    let out = hash_batch_guarded(
+        folder.clone(),
+        crate::health::Health::new(1),
+        paths(&["a", "b"]),
+    )
+    .await;
     assert_eq!(out.failed, paths(&["a", "b"]));
     assert_eq!(out.committed, 0);
     probe.panic.store(false, Ordering::Relaxed);
@@ -382,7 +430,12 @@ async fn a_failed_hash_commit_is_retried_not_left_for_the_rescan() {
     write(&folder, "a", b"hashed, then the commit fails");
     std::fs::create_dir(folder.fs.abs("d")).unwrap();
 
-    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a", "d"])).await;
+    let out = hash_batch(
+        folder.clone(),
+        crate::health::Health::new(1),
+        paths(&["a", "d"]),
+    )
+    .await;
     assert_eq!(out.committed, 0);
     let mut failed = out.failed.clone();
     failed.sort();
