@@ -71,6 +71,9 @@ pub struct FolderStatus {
     pub conflicts: AtomicU64,
     pub rejected: AtomicU64,
     pub initial_scan_done: AtomicBool,
+    /// The watcher knows of local changes the index does not have yet
+    /// (paths settling or at the hasher, new directories not looked into).
+    pub unindexed: AtomicBool,
 }
 
 impl Default for FolderStatus {
@@ -87,6 +90,7 @@ impl Default for FolderStatus {
             conflicts: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             initial_scan_done: AtomicBool::new(false),
+            unindexed: AtomicBool::new(false),
         }
     }
 }

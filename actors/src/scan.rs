@@ -1,7 +1,10 @@
-//! Full walk of a folder ([`walk`]): every syncable path with its
-//! `lstat`, never following symlinks, skipping ignored subtrees without
-//! descending; and [`written_moments_ago`], the rule the watcher's rescan
-//! and the hasher share for a file found while it may still be written.
+//! Walks of a folder: [`walk`] (the whole folder) and [`walk_under`] (one
+//! directory in it) list every syncable path with its `lstat`, never
+//! following symlinks, skipping ignored subtrees without descending, and
+//! call a progress hook per entry (a walk of a huge tree is long work the
+//! supervisor must see move); and [`written_moments_ago`], the rule the
+//! watcher's rescan and the hasher share for a file found while it may
+//! still be written.
 
 use std::{io, path::Path, time::Duration};
 
@@ -27,25 +30,51 @@ pub enum WalkError {
 
 /// Walk `root`; returns (relative path, meta) for every file, dir and
 /// symlink that is not ignored. Unreadable entries are reported, not fatal.
-pub fn walk(root: &Path, ignore: &Ignore) -> (Vec<(String, Meta)>, Vec<WalkError>) {
+/// `progress` is called once per entry.
+pub fn walk(
+    root: &Path,
+    ignore: &Ignore,
+    progress: &dyn Fn(),
+) -> (Vec<(String, Meta)>, Vec<WalkError>) {
+    walk_from(root, root, ignore, progress)
+}
+
+/// [`walk`] of the directory `rel` of the folder at `root` and everything
+/// below it (`rel` itself is not listed). Paths are relative to `root`.
+pub fn walk_under(
+    root: &Path,
+    rel: &str,
+    ignore: &Ignore,
+    progress: &dyn Fn(),
+) -> (Vec<(String, Meta)>, Vec<WalkError>) {
+    walk_from(root, &root.join(rel), ignore, progress)
+}
+
+fn walk_from(
+    root: &Path,
+    start: &Path,
+    ignore: &Ignore,
+    progress: &dyn Fn(),
+) -> (Vec<(String, Meta)>, Vec<WalkError>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    let mut wb = ignore::WalkBuilder::new(root);
+    let mut wb = ignore::WalkBuilder::new(start);
     wb.standard_filters(false)
         .hidden(false)
         .follow_links(false)
         .same_file_system(false);
-    let root_owned = root.to_path_buf();
+    let (root_owned, start_owned) = (root.to_path_buf(), start.to_path_buf());
     let ig = ignore.clone();
     wb.filter_entry(move |e| {
         let is_dir = e.file_type().is_some_and(|t| t.is_dir());
         match rel_of(&root_owned, e.path()) {
             Some(rel) => !ig.is_ignored(&rel, is_dir),
-            // The root itself, or a name we cannot sync (non-UTF-8, …).
-            None => e.path() == root_owned,
+            // The start itself, or a name we cannot sync (non-UTF-8, …).
+            None => e.path() == start_owned,
         }
     });
     for item in wb.build() {
+        progress();
         let e = match item {
             Ok(e) => e,
             Err(err) => {
@@ -53,6 +82,9 @@ pub fn walk(root: &Path, ignore: &Ignore) -> (Vec<(String, Meta)>, Vec<WalkError
                 continue;
             }
         };
+        if e.depth() == 0 {
+            continue;
+        }
         let Some(rel) = rel_of(root, e.path()) else {
             continue;
         };
@@ -98,7 +130,7 @@ mod tests {
         let out_dir = tempfile::tempdir().unwrap();
         std::fs::write(out_dir.path().join("secret"), b"x").unwrap();
         std::os::unix::fs::symlink(out_dir.path(), r.join("link")).unwrap();
-        let (found, errs) = walk(r, &Ignore::load(r));
+        let (found, errs) = walk(r, &Ignore::load(r), &|| {});
         assert!(errs.is_empty(), "{errs:?}");
         let mut names: Vec<_> = found.iter().map(|(p, m)| (p.as_str(), m.kind)).collect();
         names.sort_by_key(|(p, _)| p.to_string());
@@ -111,6 +143,32 @@ mod tests {
                 ("link", EntryKind::Symlink),
             ]
         );
+    }
+
+    #[test]
+    fn walk_under_lists_a_directorys_tree_relative_to_the_root_with_progress() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("top/new/deeper")).unwrap();
+        std::fs::write(r.join("top/new/a.txt"), b"a").unwrap();
+        std::fs::write(r.join("top/new/deeper/b.txt"), b"b").unwrap();
+        std::fs::write(r.join("top/new/deeper/b.o"), b"b").unwrap();
+        std::fs::write(r.join("top/other.txt"), b"o").unwrap();
+        std::fs::write(r.join(".fleetsyncignore"), b"*.o\n").unwrap();
+        let entries = std::cell::Cell::new(0);
+        let (found, errs) = walk_under(r, "top/new", &Ignore::load(r), &|| {
+            entries.set(entries.get() + 1)
+        });
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut names: Vec<_> = found.iter().map(|(p, _)| p.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["top/new/a.txt", "top/new/deeper", "top/new/deeper/b.txt"]
+        );
+        assert!(entries.get() >= names.len(), "progress per entry");
+        let (gone, _) = walk_under(r, "top/missing", &Ignore::load(r), &|| {});
+        assert!(gone.is_empty());
     }
 
     #[test]
@@ -143,7 +201,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let (found, errs) = walk(r, &Ignore::load(r));
+        let (found, errs) = walk(r, &Ignore::load(r), &|| {});
         assert!(errs.is_empty(), "{errs:?}");
         let names: Vec<_> = found.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(names, vec!["keep.txt"]);

@@ -179,6 +179,7 @@ async fn folder_info(
         fault.is_some(),
         pending,
         st.initial_scan_done.load(Ordering::Relaxed),
+        st.unindexed.load(Ordering::Relaxed),
         &peers,
     );
     let m = meta.unwrap_or_default();
@@ -226,10 +227,17 @@ async fn read_counts(folder: &Arc<Folder>) -> Result<(Option<FolderMeta>, u64), 
 }
 
 /// In sync: no fault, nothing pending (as far as the index can tell: an
-/// unreadable index is not in sync), the first scan done, and every
-/// connected peer has told us it sent all it has.
-fn in_sync(fault: bool, pending: Option<u64>, scanned: bool, peers: &[FolderPeer]) -> bool {
-    !fault && pending == Some(0) && scanned && peers.iter().all(|p| p.received_all)
+/// unreadable index is not in sync), the first scan done, no local change
+/// the watcher knows of still missing from the index, and every connected
+/// peer has told us it sent all it has.
+fn in_sync(
+    fault: bool,
+    pending: Option<u64>,
+    scanned: bool,
+    unindexed: bool,
+    peers: &[FolderPeer],
+) -> bool {
+    !fault && pending == Some(0) && scanned && !unindexed && peers.iter().all(|p| p.received_all)
 }
 
 fn folder_peers(
@@ -283,17 +291,30 @@ mod tests {
     }
 
     #[test]
-    fn in_sync_needs_no_fault_nothing_pending_a_scan_and_every_peer_caught_up() {
+    fn in_sync_needs_no_fault_nothing_pending_a_scan_nothing_unindexed_and_every_peer_caught_up() {
         let all = [peer(true), peer(true)];
-        assert!(in_sync(false, Some(0), true, &all));
+        assert!(in_sync(false, Some(0), true, false, &all));
         assert!(
-            in_sync(false, Some(0), true, &[]),
+            in_sync(false, Some(0), true, false, &[]),
             "alone counts as in sync"
         );
-        assert!(!in_sync(true, Some(0), true, &all), "fault");
-        assert!(!in_sync(false, Some(3), true, &all), "pending");
-        assert!(!in_sync(false, None, true, &all), "index unreadable");
-        assert!(!in_sync(false, Some(0), false, &all), "first scan not done");
-        assert!(!in_sync(false, Some(0), true, &[peer(true), peer(false)]));
+        assert!(!in_sync(true, Some(0), true, false, &all), "fault");
+        assert!(!in_sync(false, Some(3), true, false, &all), "pending");
+        assert!(!in_sync(false, None, true, false, &all), "index unreadable");
+        assert!(
+            !in_sync(false, Some(0), false, false, &all),
+            "first scan not done"
+        );
+        assert!(
+            !in_sync(false, Some(0), true, true, &all),
+            "the watcher holds changes the index does not have yet"
+        );
+        assert!(!in_sync(
+            false,
+            Some(0),
+            true,
+            false,
+            &[peer(true), peer(false)]
+        ));
     }
 }

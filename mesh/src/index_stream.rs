@@ -30,7 +30,13 @@
 //! persisted (the sink). The per-stream ends are generic over the stream
 //! halves, so they run over in-memory pipes in the unit tests below.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -447,21 +453,70 @@ pub async fn subscribe<K: IndexSink>(session: &PeerSession, folder: &str, sink: 
             return;
         }
         let mark = resume_mark(&peer, folder, sink).await;
-        match subscribe_once(session, &peer, folder, mark, sink).await {
+        let heard = Heard::new(sink);
+        match subscribe_once(session, &peer, folder, mark, &heard).await {
             Ok(NotShared) => return,
             Err(e) => debug!(peer = %peer.id.fmt_short(), folder, "index subscription ended: {e}"),
         }
+        backoff = next_backoff(backoff, heard.anything());
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = session.conn.closed() => return,
         }
-        backoff = next_backoff(backoff);
     }
 }
 
-/// The wait after `current`: doubling, up to [`RESUBSCRIBE_MAX`].
-fn next_backoff(current: Duration) -> Duration {
-    (current * 2).min(RESUBSCRIBE_MAX)
+/// The wait before subscribing again, after waiting `current` last time.
+/// A subscription that worked (the peer sent anything) starts the backoff
+/// over: only streams that keep failing at once wait longer, doubling up
+/// to [`RESUBSCRIBE_MAX`]. (Without the reset, a session whose streams had
+/// broken a few times over its life waited the maximum after every break.)
+fn next_backoff(current: Duration, worked: bool) -> Duration {
+    if worked {
+        RESUBSCRIBE_MIN
+    } else {
+        (current * 2).min(RESUBSCRIBE_MAX)
+    }
+}
+
+/// The caller's sink, noting whether the peer sent anything on a stream.
+struct Heard<'a, K> {
+    sink: &'a K,
+    heard: AtomicBool,
+}
+
+impl<'a, K: IndexSink> Heard<'a, K> {
+    fn new(sink: &'a K) -> Self {
+        Heard {
+            sink,
+            heard: AtomicBool::new(false),
+        }
+    }
+
+    fn anything(&self) -> bool {
+        self.heard.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl<K: IndexSink> IndexSink for Heard<'_, K> {
+    async fn mark(&self) -> Result<Mark, BoxError> {
+        self.sink.mark().await
+    }
+
+    async fn ingest(&self, mark: Mark, entries: Vec<FileEntry>) -> Result<(), BoxError> {
+        self.heard.store(true, Ordering::Relaxed);
+        self.sink.ingest(mark, entries).await
+    }
+
+    fn caught_up(&self, seq: u64) {
+        self.heard.store(true, Ordering::Relaxed);
+        self.sink.caught_up(seq);
+    }
+
+    fn rejected(&self) {
+        self.sink.rejected();
+    }
 }
 
 async fn resume_mark<K: IndexSink>(peer: &Peer, folder: &str, sink: &K) -> Mark {
@@ -1031,12 +1086,47 @@ mod tests {
     }
 
     #[test]
-    fn resubscribe_backoff_doubles_up_to_its_cap() {
-        assert_eq!(next_backoff(RESUBSCRIBE_MIN), RESUBSCRIBE_MIN * 2);
+    fn resubscribe_backoff_doubles_up_to_its_cap_while_streams_fail() {
+        assert_eq!(next_backoff(RESUBSCRIBE_MIN, false), RESUBSCRIBE_MIN * 2);
         let mut b = RESUBSCRIBE_MIN;
         for _ in 0..20 {
-            b = next_backoff(b);
+            b = next_backoff(b, false);
         }
         assert_eq!(b, RESUBSCRIBE_MAX);
+    }
+
+    /// Regression (issue 8): the backoff never reset after a subscription
+    /// that worked, so once a session's streams had broken a few times,
+    /// every later break waited the maximum before resubscribing.
+    #[test]
+    fn a_subscription_that_worked_starts_the_resubscribe_backoff_over() {
+        assert_eq!(next_backoff(RESUBSCRIBE_MAX, true), RESUBSCRIBE_MIN);
+        assert_eq!(next_backoff(RESUBSCRIBE_MIN * 4, true), RESUBSCRIBE_MIN);
+    }
+
+    #[tokio::test]
+    async fn the_subscription_notes_whether_the_peer_sent_anything() {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let sink = FakeSink {
+            events: tx,
+            fail_ingest: false,
+        };
+        let heard = Heard::new(&sink);
+        heard.rejected();
+        assert!(
+            !heard.anything(),
+            "a rejected frame is not a working stream"
+        );
+        heard.caught_up(3);
+        assert!(heard.anything(), "caught up");
+        let heard = Heard::new(&sink);
+        heard.ingest(mark(1), vec![]).await.unwrap();
+        assert!(heard.anything(), "a batch");
+        // Everything reaches the caller's sink.
+        let mut got = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            got.push(e);
+        }
+        assert_eq!(got.len(), 3, "{got:?}");
     }
 }

@@ -72,6 +72,14 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outboards up to this size live in the store's database; content itself
 /// never does (see [`Mesh::start`]).
 const MAX_OUTBOARD_INLINED: usize = 16 * 1024;
+/// How long after a connection was registered a second one with the same
+/// peer may still be the other half of a simultaneous dial (both sides
+/// dialing at once; a dial on a working link completes well within this).
+/// Later, the peer dialed again because it lost the first connection (it
+/// restarted, or its side timed out): ours is dead even if we have not
+/// noticed yet, which takes up to [`IDLE_TIMEOUT`], and keeping it would
+/// turn the peer away as a duplicate until then.
+const SIMULTANEOUS_DIAL_WINDOW: Duration = Duration::from_secs(3);
 /// The dial loop looks at its peers at least this often, even when nothing
 /// wakes it.
 const DIAL_TICK: Duration = Duration::from_secs(1);
@@ -199,6 +207,8 @@ struct Live {
     conn: Connection,
     conn_id: u64,
     since: SystemTime,
+    /// When it was registered (monotonic, for the duplicate tie-break).
+    registered: Instant,
 }
 
 impl PeerRecord {
@@ -243,11 +253,22 @@ impl PeerRecord {
 }
 
 /// Of two live connections between the same pair, does the `new` one
-/// replace the `existing` one? Both sides keep the connection dialed by
+/// replace the `existing` one (registered `existing_age` ago)? Within
+/// [`SIMULTANEOUS_DIAL_WINDOW`] both sides keep the connection dialed by
 /// the smaller endpoint id, so a simultaneous dial converges on one
 /// connection without any message; `me` and `peer` are from this side's
-/// point of view, `Side` is our side of each connection.
-fn new_conn_wins(me: EndpointId, peer: EndpointId, new: Side, existing: Side) -> bool {
+/// point of view, `Side` is our side of each connection. Past it, the new
+/// one wins: the peer only dials when it has no connection to us.
+fn new_conn_wins(
+    me: EndpointId,
+    peer: EndpointId,
+    new: Side,
+    existing: Side,
+    existing_age: Duration,
+) -> bool {
+    if existing_age > SIMULTANEOUS_DIAL_WINDOW {
+        return true;
+    }
     let dialer = |side| match side {
         Side::Client => me,
         Side::Server => peer,
@@ -488,7 +509,8 @@ impl Inner {
             .as_ref()
             .filter(|l| l.conn.close_reason().is_none())
         {
-            if new_conn_wins(self.me, peer, conn.side(), existing.conn.side()) {
+            let age = existing.registered.elapsed();
+            if new_conn_wins(self.me, peer, conn.side(), existing.conn.side(), age) {
                 close_duplicate(&existing.conn);
             } else {
                 close_duplicate(conn);
@@ -499,6 +521,7 @@ impl Inner {
             conn: conn.clone(),
             conn_id,
             since: SystemTime::now(),
+            registered: Instant::now(),
         });
         Some(conn_id)
     }
@@ -776,25 +799,57 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// An existing connection registered just now: a simultaneous dial.
+    const FRESH: Duration = Duration::ZERO;
+
     #[test]
     fn the_connection_dialed_by_the_smaller_id_wins_on_both_sides() {
         let (small, big) = ordered_pair();
         // The smaller side dialed the new one (it is the client of it); the
         // existing one was dialed by the bigger side.
-        assert!(new_conn_wins(small, big, Side::Client, Side::Server));
+        assert!(new_conn_wins(small, big, Side::Client, Side::Server, FRESH));
         // The bigger side sees the same two connections the other way round.
-        assert!(new_conn_wins(big, small, Side::Server, Side::Client));
+        assert!(new_conn_wins(big, small, Side::Server, Side::Client, FRESH));
         // And when the bigger side's dial is the new one, both keep the old.
-        assert!(!new_conn_wins(big, small, Side::Client, Side::Server));
-        assert!(!new_conn_wins(small, big, Side::Server, Side::Client));
+        assert!(!new_conn_wins(
+            big,
+            small,
+            Side::Client,
+            Side::Server,
+            FRESH
+        ));
+        assert!(!new_conn_wins(
+            small,
+            big,
+            Side::Server,
+            Side::Client,
+            FRESH
+        ));
     }
 
     #[test]
     fn a_second_connection_dialed_the_same_way_keeps_the_first() {
         let (small, big) = ordered_pair();
         for side in [Side::Client, Side::Server] {
-            assert!(!new_conn_wins(small, big, side, side));
-            assert!(!new_conn_wins(big, small, side, side));
+            assert!(!new_conn_wins(small, big, side, side, FRESH));
+            assert!(!new_conn_wins(big, small, side, side, FRESH));
+        }
+    }
+
+    /// Regression (issue 8): a peer killed with -9 and restarted dials
+    /// again; our old connection to it looks alive until it times out, and
+    /// won the tie-break, so the restarted peer was turned away as a
+    /// duplicate for up to IDLE_TIMEOUT after every restart.
+    #[test]
+    fn a_peer_dialing_again_after_the_simultaneous_dial_window_replaces_the_old_connection() {
+        let (small, big) = ordered_pair();
+        let old = SIMULTANEOUS_DIAL_WINDOW + Duration::from_millis(1);
+        for (me, peer) in [(small, big), (big, small)] {
+            for new in [Side::Client, Side::Server] {
+                for existing in [Side::Client, Side::Server] {
+                    assert!(new_conn_wins(me, peer, new, existing, old));
+                }
+            }
         }
     }
 

@@ -2,10 +2,12 @@
 //! of paths that are *stable*.
 //!
 //! Sources: OS notifications ([`os_watch`]: inotify, or polling for bind
-//! mounts and network filesystems), a full rescan ([`rescan`]) at start-up
-//! and every `rescan` interval as a safety net, a rescan whenever the event
-//! queue overflows, paths the receiver hands back, and paths the hasher
-//! could not commit (retried after a backoff).
+//! mounts and network filesystems), a look into every directory that
+//! appears, once it is watched ([`new_dirs`]: what was written into it
+//! before its watch existed produced no event), a full rescan ([`rescan`])
+//! at start-up and every `rescan` interval as a safety net, a rescan
+//! whenever the event queue overflows, paths the receiver hands back, and
+//! paths the hasher could not commit (retried after a backoff).
 //!
 //! Settle rule ([`settle`], plain state tested with explicit times): a path
 //! is handed on only once its `lstat` is unchanged for `settle` after the
@@ -13,13 +15,23 @@
 //! the I/O around it: `lstat` calls and walks on the blocking pool, one
 //! timer armed for the exact next wake-up, and one batch at a time in
 //! flight to the hasher (backpressure; paths arriving meanwhile are
-//! coalesced). At most one scan runs and one more is pending.
+//! coalesced). At most one scan runs and one more is pending; at most one
+//! look into new directories runs, the ones appearing meanwhile wait.
+//!
+//! Supervision: scans, looks into new directories and `lstat` rounds are
+//! work of this incarnation (`Health::begin`, run through `Health::spawn`)
+//! and report progress per entry. The folder's live status says whether
+//! the watcher still holds local changes the index lacks
+//! (`FolderStatus::unindexed`), so `in_sync` is never claimed on the
+//! strength of the index alone.
 
+mod new_dirs;
 mod os_watch;
 mod rescan;
 pub mod settle;
 
 use std::{
+    collections::BTreeSet,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -60,6 +72,10 @@ pub mod msg {
     #[rtype(result = "()")]
     pub struct FsEvent {
         pub paths: Vec<PathBuf>,
+        /// The paths may be directories that just appeared (created or
+        /// moved in): what is inside them is looked at once they are
+        /// watched.
+        pub appeared: bool,
     }
 
     /// Look at these paths again (the receiver saw them change under it).
@@ -109,9 +125,15 @@ pub struct Watcher {
     health: Arc<Health>,
     folder: Arc<Folder>,
     hasher: Slot<Hasher>,
-    os_watch: Option<OsWatch>,
+    os_watch: Option<Arc<OsWatch>>,
+    /// The OS watch is being set up: new directories wait for it.
+    os_watch_starting: bool,
     overflow: Arc<AtomicBool>,
     settle: Settle,
+    /// Directories that appeared and are not looked into yet.
+    new_dirs: BTreeSet<String>,
+    /// A look into new directories is running.
+    looking_into: bool,
     /// A hasher batch is in flight.
     /// The batch at the hasher, if one is: its number and its paths.
     in_flight: Option<(u64, Vec<String>)>,
@@ -121,6 +143,9 @@ pub struct Watcher {
     checking: bool,
     scanning: bool,
     scan_again: bool,
+    /// A rescan for changes that may have been missed (events lost, ignore
+    /// rules changed) is pending or running.
+    catching_up: bool,
     timer_armed: bool,
 }
 
@@ -132,12 +157,16 @@ impl Watcher {
             folder,
             hasher,
             os_watch: None,
+            os_watch_starting: false,
             overflow: Arc::new(AtomicBool::new(false)),
+            new_dirs: BTreeSet::new(),
+            looking_into: false,
             in_flight: None,
             batches_sent: 0,
             checking: false,
             scanning: false,
             scan_again: false,
+            catching_up: false,
             timer_armed: false,
         }
     }
@@ -155,6 +184,13 @@ impl Watcher {
             folder = self.folder.id(),
             "too many changes to track one by one; rescanning"
         );
+        self.rescan_for_lost_changes(ctx);
+    }
+
+    /// Changes were (or may have been) missed: only a walk finds them, and
+    /// until it has, the index is known to lack them.
+    fn rescan_for_lost_changes(&mut self, ctx: &mut Context<Self>) {
+        self.catching_up = true;
         self.request_scan(ctx);
     }
 
@@ -189,18 +225,28 @@ impl Watcher {
             mode: self.folder.cfg.watch,
             poll: self.folder.cfg.poll_interval,
         };
-        // Setting up a recursive inotify watch walks the tree: not on our thread.
-        let fut = rt::blocking(move || os_watch::start(&spec, forward));
-        ctx.spawn(fut.into_actor(self).map(|res, act, _| match res {
-            Ok(Ok(w)) => act.os_watch = Some(w),
-            Ok(Err(e)) => {
-                act.folder.status.error(format!("cannot watch folder: {e}"));
-                warn!(
-                    folder = act.folder.id(),
-                    "cannot watch folder: {e}; relying on rescans"
-                );
+        self.os_watch_starting = true;
+        // Setting up a recursive inotify watch walks the tree: not on our
+        // thread. Not counted as work: `notify` reports no progress while
+        // it walks, and a huge tree must not read as a stall.
+        let task = self
+            .health
+            .spawn(rt::blocking(move || os_watch::start(&spec, forward)));
+        ctx.spawn(task.into_actor(self).map(|res, act, ctx| {
+            act.os_watch_starting = false;
+            match res {
+                Ok(Ok(Ok(w))) => act.os_watch = Some(Arc::new(w)),
+                Ok(Ok(Err(e))) => {
+                    act.folder.status.error(format!("cannot watch folder: {e}"));
+                    warn!(
+                        folder = act.folder.id(),
+                        "cannot watch folder: {e}; relying on rescans"
+                    );
+                }
+                Ok(Err(e)) => warn!(folder = act.folder.id(), "watch setup failed: {e}"),
+                Err(_) => return, // retired: the replacement watches
             }
-            Err(e) => warn!(folder = act.folder.id(), "watch setup failed: {e}"),
+            act.look_into_new_dirs(ctx);
         }));
     }
 
@@ -213,11 +259,16 @@ impl Watcher {
         self.folder.status.scanning.store(true, Ordering::Relaxed);
         let folder = self.folder.clone();
         let started = Instant::now();
-        ctx.spawn(
-            rt::try_blocking(move || scan_folder(&folder))
-                .into_actor(self)
-                .map(move |res, act, ctx| act.scanned(res, started, ctx)),
-        );
+        let work = self.health.begin();
+        let task = self.health.spawn(rt::try_blocking(move || {
+            scan_folder(&folder, &|| work.progress())
+        }));
+        ctx.spawn(task.into_actor(self).map(move |res, act, ctx| {
+            // Cancelled: this incarnation was retired, its replacement scans.
+            if let Ok(res) = res {
+                act.scanned(res, started, ctx);
+            }
+        }));
     }
 
     fn scanned(
@@ -250,8 +301,77 @@ impl Watcher {
             .store(true, Ordering::Relaxed);
         if std::mem::take(&mut self.scan_again) {
             self.request_scan(ctx);
+        } else {
+            // A scan that started after the loss has covered it.
+            self.catching_up = false;
         }
         self.flush(ctx);
+        self.publish();
+    }
+
+    /// Look into the directories that appeared, once the OS watch is up:
+    /// make sure each is watched, then walk it and mark what is inside.
+    fn look_into_new_dirs(&mut self, ctx: &mut Context<Self>) {
+        if self.looking_into || self.os_watch_starting || self.new_dirs.is_empty() {
+            return;
+        }
+        self.looking_into = true;
+        let dirs = new_dirs::outermost(std::mem::take(&mut self.new_dirs));
+        let (folder, watch) = (self.folder.clone(), self.os_watch.clone());
+        let work = self.health.begin();
+        let task = self.health.spawn(rt::blocking(move || {
+            new_dirs::look_into(&folder, watch.as_deref(), &dirs, &|| work.progress())
+        }));
+        ctx.spawn(task.into_actor(self).map(|res, act, ctx| {
+            act.looking_into = false;
+            match res {
+                Ok(Ok(found)) => act.found_in_new_dirs(found, ctx),
+                Ok(Err(e)) => {
+                    // What those directories hold is unknown: walk everything.
+                    warn!(
+                        folder = act.folder.id(),
+                        "looking into new directories failed: {e}; rescanning"
+                    );
+                    act.rescan_for_lost_changes(ctx);
+                }
+                Err(_) => return, // retired: the replacement scans at start
+            }
+            act.look_into_new_dirs(ctx);
+            act.publish();
+        }));
+    }
+
+    fn found_in_new_dirs(&mut self, found: new_dirs::Found, ctx: &mut Context<Self>) {
+        for (dir, e) in &found.unwatched {
+            warn!(
+                folder = self.folder.id(),
+                path = %dir,
+                "cannot watch new directory ({e}); its later changes wait for a rescan"
+            );
+            self.folder.status.error(format!("cannot watch {dir}: {e}"));
+        }
+        if found.errors > 0 {
+            debug!(
+                folder = self.folder.id(),
+                errors = found.errors,
+                "unreadable entries in new directories"
+            );
+        }
+        for p in found.paths {
+            self.mark(p, ctx);
+        }
+    }
+
+    /// Tell the folder's status whether local changes are still on their
+    /// way to the index.
+    fn publish(&self) {
+        let busy = !self.settle.is_idle()
+            || self.in_flight.is_some()
+            || self.looking_into
+            || !self.new_dirs.is_empty()
+            || self.catching_up
+            || self.overflow.load(Ordering::Relaxed);
+        self.folder.status.unindexed.store(busy, Ordering::Relaxed);
     }
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
@@ -260,7 +380,7 @@ impl Watcher {
                 folder = self.folder.id(),
                 "change notifications overflowed; rescanning"
             );
-            self.request_scan(ctx);
+            self.rescan_for_lost_changes(ctx);
         }
         if self.settle.retry_due(Instant::now()) == Marked::Overflow {
             self.overflowed(ctx);
@@ -270,6 +390,7 @@ impl Watcher {
         }
         self.flush(ctx);
         self.arm(ctx);
+        self.publish();
     }
 
     /// `lstat` the paths that are due, on the blocking pool.
@@ -281,20 +402,22 @@ impl Watcher {
         }
         self.checking = true;
         let folder = self.folder.clone();
-        ctx.spawn(
-            rt::blocking(move || lstat_all(&folder, due))
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    act.checking = false;
-                    match res {
-                        Ok(results) => act.settle.looked(results, asked, Instant::now()),
-                        // The paths stay dirty: the next tick looks again.
-                        Err(e) => warn!(folder = act.folder.id(), "lstat round failed: {e}"),
-                    }
-                    act.flush(ctx);
-                    act.arm(ctx);
-                }),
-        );
+        let work = self.health.begin();
+        let task = self.health.spawn(rt::blocking(move || {
+            lstat_all(&folder, due, &|| work.progress())
+        }));
+        ctx.spawn(task.into_actor(self).map(move |res, act, ctx| {
+            act.checking = false;
+            match res {
+                Ok(Ok(results)) => act.settle.looked(results, asked, Instant::now()),
+                // The paths stay dirty: the next tick looks again.
+                Ok(Err(e)) => warn!(folder = act.folder.id(), "lstat round failed: {e}"),
+                Err(_) => return, // retired
+            }
+            act.flush(ctx);
+            act.arm(ctx);
+            act.publish();
+        }));
     }
 
     /// Send the next batch to the hasher if none is in flight.
@@ -309,6 +432,7 @@ impl Watcher {
         self.batches_sent += 1;
         let id = self.batches_sent;
         self.in_flight = Some((id, batch.clone()));
+        self.publish();
         ctx.spawn(
             hasher
                 .send(HashPaths { paths: batch })
@@ -326,6 +450,7 @@ impl Watcher {
                             // Hasher restarting: keep the paths.
                             debug!(folder = act.folder.id(), "hasher unavailable: {e}");
                             act.settle.add_ready(sent);
+                            act.publish();
                         }
                     }
                 }),
@@ -361,15 +486,17 @@ impl Watcher {
         self.settle.batch_done(out.failed, Instant::now());
         self.flush(ctx);
         self.arm(ctx);
+        self.publish();
     }
 }
 
 /// Change detection only (the hasher re-checks safely before acting): one
 /// plain `lstat` per path; an unreadable path counts as missing.
-fn lstat_all(folder: &Folder, paths: Vec<String>) -> Vec<(String, DiskState)> {
+fn lstat_all(folder: &Folder, paths: Vec<String>, progress: &dyn Fn()) -> Vec<(String, DiskState)> {
     paths
         .into_iter()
         .map(|p| {
+            progress();
             let disk = rustix::fs::lstat(folder.fs.abs(&p))
                 .map(|st| meta_from_stat(&st))
                 .unwrap_or(DiskState::Missing);
@@ -419,14 +546,19 @@ impl Handler<FsEvent> for Watcher {
                     "ignore patterns changed; rescanning"
                 );
                 self.folder.reload_ignore();
-                self.request_scan(ctx);
+                self.rescan_for_lost_changes(ctx);
                 continue;
             }
             if ig.is_ignored_regardless_of_kind(&rel) {
                 continue;
             }
+            if ev.appeared {
+                self.new_dirs.insert(rel.clone());
+            }
             self.mark(rel, ctx);
         }
+        self.look_into_new_dirs(ctx);
+        self.publish();
     }
 }
 
@@ -437,6 +569,7 @@ impl Handler<MarkDirty> for Watcher {
         for p in m.paths {
             self.mark(p, ctx);
         }
+        self.publish();
     }
 }
 
@@ -455,3 +588,6 @@ impl Handler<Rescan> for Watcher {
         self.request_scan(ctx);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,24 +4,53 @@
 //! inotify watches). Events go to the watcher as [`FsEvent`]s; anything
 //! that means events were lost raises the overflow flag, and the watcher
 //! rescans.
+//!
+//! The recursive inotify watch has a gap: `notify` reports a new directory
+//! first and adds its watch later (after it has read every queued event),
+//! so whatever is written into the directory meanwhile produces no event.
+//! Events for paths that may be directories which just appeared say so
+//! (`appeared`), and [`OsWatch::watch_new_dir`] lets the watcher make sure
+//! such a directory is watched before it looks inside.
 
 use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
 use actix::Recipient;
 use fleetsync_config::WatchMode;
-use notify::{RecursiveMode, Watcher as _};
+use notify::{
+    event::{CreateKind, ModifyKind, RenameMode},
+    EventKind, RecursiveMode, Watcher as _,
+};
 use tracing::warn;
 
 use super::msg::FsEvent;
 
-pub type OsWatch = Box<dyn notify::Watcher + Send>;
+/// The running OS watch of one folder.
+pub struct OsWatch {
+    inner: Mutex<Box<dyn notify::Watcher + Send>>,
+    /// inotify (not polling): only its watches have the new-directory gap.
+    native: bool,
+}
+
+impl OsWatch {
+    /// Make sure the directory `abs` (and everything below it) is watched,
+    /// and return only once it is: whatever is created in it afterwards
+    /// produces events. Blocking (it waits for `notify`'s thread). A
+    /// polling watch sees new directories whole at its next poll anyway.
+    pub fn watch_new_dir(&self, abs: &Path) -> notify::Result<()> {
+        if !self.native {
+            return Ok(());
+        }
+        let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        w.watch(abs, RecursiveMode::Recursive)
+    }
+}
 
 /// Hands `notify`'s events to the watcher actor.
 #[derive(Clone)]
@@ -36,16 +65,33 @@ impl notify::EventHandler for Forward {
         match res {
             Ok(ev) if ev.need_rescan() => self.overflow.store(true, Ordering::Relaxed),
             // Reads (ours included: scans, hashing, serving) change nothing.
-            Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
+            Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
             Ok(ev) => {
+                let appeared = may_be_a_new_dir(&ev.kind);
+                let msg = FsEvent {
+                    paths: ev.paths,
+                    appeared,
+                };
                 // A full mailbox: the rescan finds what this event said.
-                if self.to.try_send(FsEvent { paths: ev.paths }).is_err() {
+                if self.to.try_send(msg).is_err() {
                     self.overflow.store(true, Ordering::Relaxed);
                 }
             }
             Err(_) => self.overflow.store(true, Ordering::Relaxed),
         }
     }
+}
+
+/// May this event's path be a directory that just appeared (created, or
+/// moved in: a rename does not say whether it moved a directory)? The
+/// polling watch reports every new path as `Create(Any)` and has no gap:
+/// those are not flagged.
+pub fn may_be_a_new_dir(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Create(CreateKind::Folder)
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Any))
+    )
 }
 
 /// Where and how to watch.
@@ -68,7 +114,11 @@ pub fn start(spec: &WatchSpec, forward: Forward) -> notify::Result<OsWatch> {
         return start_poll(&spec.root, forward, cfg);
     }
     let native = notify::RecommendedWatcher::new(forward.clone(), cfg)
-        .and_then(|w| watch(w, &spec.root).map(|w| Box::new(w) as OsWatch));
+        .and_then(|w| watch(w, &spec.root))
+        .map(|w| OsWatch {
+            inner: Mutex::new(Box::new(w)),
+            native: true,
+        });
     native.or_else(|e| {
         warn!(
             folder = spec.folder,
@@ -81,7 +131,10 @@ pub fn start(spec: &WatchSpec, forward: Forward) -> notify::Result<OsWatch> {
 
 fn start_poll(root: &Path, forward: Forward, cfg: notify::Config) -> notify::Result<OsWatch> {
     let w = notify::PollWatcher::new(forward, cfg)?;
-    Ok(Box::new(watch(w, root)?))
+    Ok(OsWatch {
+        inner: Mutex::new(Box::new(watch(w, root)?)),
+        native: false,
+    })
 }
 
 /// Watch `root` recursively, except our own `.fleetsync/`: temp and refs
@@ -91,4 +144,33 @@ fn watch<W: notify::Watcher>(mut w: W, root: &Path) -> notify::Result<W> {
     // Best effort: if it cannot be unwatched, its events are ignored later.
     let _ = w.unwatch(&root.join(fleetsync_mesh::model::RESERVED_DIR));
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{DataChange, RemoveKind};
+
+    #[test]
+    fn only_created_directories_and_names_moved_in_may_be_new_directories() {
+        let new_dir = [
+            EventKind::Create(CreateKind::Folder),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Any)),
+        ];
+        for k in new_dir {
+            assert!(may_be_a_new_dir(&k), "{k:?}");
+        }
+        let not = [
+            EventKind::Create(CreateKind::File),
+            // The polling watch reports every new path so.
+            EventKind::Create(CreateKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Remove(RemoveKind::Folder),
+        ];
+        for k in not {
+            assert!(!may_be_a_new_dir(&k), "{k:?}");
+        }
+    }
 }

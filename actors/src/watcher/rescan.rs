@@ -43,14 +43,15 @@ pub enum ScanError {
 }
 
 /// Compare the disk with the index; return the paths worth hashing. A
-/// missing folder marker puts the folder in a fault state.
-pub fn scan_folder(folder: &Folder) -> Result<ScanResult, ScanError> {
+/// missing folder marker puts the folder in a fault state. `progress` is
+/// called for every record read and every entry walked.
+pub fn scan_folder(folder: &Folder, progress: &dyn Fn()) -> Result<ScanResult, ScanError> {
     if folder.fault().is_some() {
         return Ok(ScanResult::default());
     }
     folder.check_marker()?;
-    let mut known = live_records(folder)?;
-    let (found, errors) = scan::walk(&folder.cfg.path, &folder.ignore());
+    let mut known = live_records(folder, progress)?;
+    let (found, errors) = scan::walk(&folder.cfg.path, &folder.ignore(), progress);
     for e in errors.iter().take(SCAN_ERRORS_LOGGED) {
         warn!(folder = folder.id(), "scan: {e}");
     }
@@ -75,9 +76,13 @@ pub fn scan_folder(folder: &Folder) -> Result<ScanResult, ScanError> {
 }
 
 /// The index's records of paths that exist (not tombstones), by path.
-fn live_records(folder: &Folder) -> Result<HashMap<String, Record>, IndexError> {
+fn live_records(
+    folder: &Folder,
+    progress: &dyn Fn(),
+) -> Result<HashMap<String, Record>, IndexError> {
     let mut known = HashMap::new();
     folder.index.for_each(folder.id(), |r| {
+        progress();
         if !r.entry.deleted {
             known.insert(r.entry.path.clone(), r.clone());
         }
@@ -121,7 +126,7 @@ mod tests {
         let paths = ["same", "edited", "gone", "d"].map(String::from).to_vec();
         let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths).await;
         assert_eq!(out.committed, 4, "{out:?}");
-        assert!(scan_folder(&folder).unwrap().changed.is_empty());
+        assert!(scan_folder(&folder, &|| {}).unwrap().changed.is_empty());
 
         std::fs::write(root.join("edited"), "longer now").unwrap();
         set_mtime_past(&root.join("edited"));
@@ -129,7 +134,7 @@ mod tests {
         std::fs::write(root.join("new"), "n").unwrap();
         set_mtime_past(&root.join("new"));
         std::fs::write(root.join("fresh"), "still being written").unwrap();
-        let out = scan_folder(&folder).unwrap();
+        let out = scan_folder(&folder, &|| {}).unwrap();
         assert_eq!(sorted(out.changed), vec!["edited", "gone", "new"]);
         assert_eq!(out.fresh, vec!["fresh".to_string()]);
     }
@@ -154,9 +159,12 @@ mod tests {
         );
         // setgid is never synced: the same record, by the one rule.
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2755)).unwrap();
-        assert!(scan_folder(&folder).unwrap().changed.is_empty());
+        assert!(scan_folder(&folder, &|| {}).unwrap().changed.is_empty());
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
-        assert_eq!(scan_folder(&folder).unwrap().changed, vec!["d".to_string()]);
+        assert_eq!(
+            scan_folder(&folder, &|| {}).unwrap().changed,
+            vec!["d".to_string()]
+        );
     }
 
     #[test]
@@ -165,11 +173,11 @@ mod tests {
         let folder = testing::folder(dir.path(), FakeContent::new());
         std::fs::write(folder.cfg.path.join("a"), "a").unwrap();
         std::fs::remove_dir_all(folder.cfg.path.join(".fleetsync")).unwrap();
-        let err = scan_folder(&folder).unwrap_err();
+        let err = scan_folder(&folder, &|| {}).unwrap_err();
         assert!(matches!(err, ScanError::MarkerMissing { .. }), "{err}");
         let fault = folder.fault().expect("folder is in a fault state");
         assert!(fault.contains("is the disk mounted"), "{fault}");
         // Faulted: later scans find nothing rather than "everything deleted".
-        assert!(scan_folder(&folder).unwrap().changed.is_empty());
+        assert!(scan_folder(&folder, &|| {}).unwrap().changed.is_empty());
     }
 }

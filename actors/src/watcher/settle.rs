@@ -206,6 +206,12 @@ impl Settle {
         Marked::Tracked
     }
 
+    /// Nothing tracked: no path settling, ready, or waiting for a retry.
+    /// Until then the index does not have every local change yet.
+    pub fn is_idle(&self) -> bool {
+        self.dirty.is_empty() && self.ready.is_empty() && self.retry.paths.is_empty()
+    }
+
     #[cfg(test)]
     fn is_dirty(&self, rel: &str) -> bool {
         self.dirty.contains_key(rel)
@@ -254,6 +260,25 @@ mod tests {
         s.looked(vec![("a".into(), file(1))], t0, t0);
         assert!(!s.has_ready(), "one look is not settled");
         assert!(s.due(t0 + ms(1)).is_empty());
+    }
+
+    #[test]
+    fn settle_is_idle_only_once_every_path_was_handed_on_and_none_waits_for_a_retry() {
+        let t0 = Instant::now();
+        let mut s = Settle::new(SETTLE);
+        assert!(s.is_idle());
+        s.mark("a".into(), t0);
+        assert!(!s.is_idle(), "dirty");
+        s.looked(vec![("a".into(), file(1))], t0, t0);
+        s.looked(vec![("a".into(), file(1))], t0 + SETTLE, t0 + SETTLE);
+        assert!(s.has_ready());
+        assert!(!s.is_idle(), "ready, not handed on");
+        assert_eq!(s.next_batch(10), vec!["a".to_string()]);
+        assert!(s.is_idle());
+        s.batch_done(vec!["a".into()], t0 + SETTLE);
+        assert!(!s.is_idle(), "waiting for its retry");
+        assert_eq!(s.retry_due(t0 + SETTLE + RETRY_FIRST), Marked::Tracked);
+        assert!(!s.is_idle(), "marked again");
     }
 
     #[test]
