@@ -40,8 +40,13 @@ pub trait Content: Send + Sync + fmt::Debug + 'static {
     /// Is this blob complete in the local store?
     async fn has(&self, hash: Hash) -> Result<bool, StoreError>;
 
-    /// Hash the file at `path` and reference it in place (no copy).
-    async fn import(&self, path: PathBuf) -> Result<(Hash, Hold), StoreError>;
+    /// Hash the file at `path` and reference it in place (no copy);
+    /// `progress` is called as the hashing moves (with the byte offset).
+    async fn import(
+        &self,
+        path: PathBuf,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(Hash, Hold), StoreError>;
 
     /// Move a stored blob out to `target`; the store keeps referencing it
     /// there.
@@ -88,8 +93,12 @@ impl Content for Mesh {
         self.has_blob(hash).await
     }
 
-    async fn import(&self, path: PathBuf) -> Result<(Hash, Hold), StoreError> {
-        let tag = self.import_in_place(path).await?;
+    async fn import(
+        &self,
+        path: PathBuf,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(Hash, Hold), StoreError> {
+        let tag = self.import_in_place(path, progress).await?;
         Ok((tag.hash(), Hold::new(tag)))
     }
 

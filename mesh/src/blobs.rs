@@ -18,7 +18,7 @@ use std::{
 use iroh::endpoint::Connection;
 use iroh_blobs::{
     api::{
-        blobs::{AddPathOptions, ExportMode, ExportOptions, ImportMode},
+        blobs::{AddPathOptions, AddProgressItem, ExportMode, ExportOptions, ImportMode},
         remote::GetProgressItem,
         TempTag,
     },
@@ -101,17 +101,31 @@ impl Mesh {
 
     /// Hash the file at `path` and reference it from the store in place (no
     /// copy). The tag keeps the entry from garbage collection until dropped.
-    pub async fn import_in_place(&self, path: PathBuf) -> Result<TempTag, StoreError> {
-        Ok(self
-            .inner
-            .store
-            .add_path_with_opts(AddPathOptions {
-                path,
-                format: BlobFormat::Raw,
-                mode: ImportMode::TryReference,
-            })
-            .temp_tag()
-            .await?)
+    /// `progress` is called with the byte offset reached, as the store
+    /// reports it (hashing a huge file is long work its owner must see
+    /// move; the store may skip reports when its channel is full).
+    pub async fn import_in_place(
+        &self,
+        path: PathBuf,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<TempTag, StoreError> {
+        let add = self.inner.store.add_path_with_opts(AddPathOptions {
+            path,
+            format: BlobFormat::Raw,
+            mode: ImportMode::TryReference,
+        });
+        let mut events = add.stream().await;
+        while let Some(event) = events.next().await {
+            match event {
+                AddProgressItem::CopyProgress(at) | AddProgressItem::OutboardProgress(at) => {
+                    progress(at)
+                }
+                AddProgressItem::Size(_) | AddProgressItem::CopyDone => progress(0),
+                AddProgressItem::Done(tag) => return Ok(tag),
+                AddProgressItem::Error(e) => return Err(e.into()),
+            }
+        }
+        Err(std::io::Error::other("the blob store ended the import without a result").into())
     }
 
     /// Move a stored blob out to `target`; the store keeps referencing it
@@ -453,7 +467,7 @@ mod tests {
         let path = a._dir.path().join(format!("blob-{seed}"));
         let bytes: Vec<u8> = (0..BLOB).map(|i| (i as u8).wrapping_mul(seed)).collect();
         std::fs::write(&path, bytes).unwrap();
-        let tag = a.mesh.import_in_place(path).await.unwrap();
+        let tag = a.mesh.import_in_place(path, &|_| {}).await.unwrap();
         (tag.hash(), tag)
     }
 
@@ -517,5 +531,30 @@ mod tests {
             std::time::Instant::now() >= until,
             "served before the hang ended"
         );
+    }
+
+    /// Issue 8: hashing a huge file took longer than the stall timeout
+    /// without a sign of life, so the supervisor took the hasher for stuck.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_import_reports_progress_while_it_hashes() {
+        let (a, _b) = pair().await;
+        let path = a._dir.path().join("big");
+        let len = 8u64 << 20;
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let tag = a
+            .mesh
+            .import_in_place(path, &|at| seen.lock().unwrap().push(at))
+            .await
+            .unwrap();
+        assert_eq!(tag.hash(), Hash::new(&bytes));
+        let seen = seen.into_inner().unwrap();
+        let beyond_start = seen.iter().filter(|&&at| at > 0).count();
+        assert!(
+            beyond_start >= 2,
+            "progress while hashing, not only at the ends: {seen:?}"
+        );
+        assert!(seen.iter().all(|&at| at <= len), "{seen:?}");
     }
 }

@@ -16,6 +16,7 @@
 //! first, slow ones last); a stalled `GetMany` leaves its files to the
 //! one-by-one path.
 
+use crate::health::Health;
 use std::{
     collections::{BTreeMap, HashSet},
     path::PathBuf,
@@ -361,7 +362,7 @@ pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], sources: &Sourc
         .flatten()
         .collect();
     n0_future::stream::iter(arrived)
-        .map(|(hash, tmp)| park_arrived(folder, hash, tmp))
+        .map(|(hash, tmp)| park_arrived(folder, hash, tmp, &sources.health))
         .buffered_unordered(IMPORT_WIDTH)
         .collect::<Vec<()>>()
         .await;
@@ -468,14 +469,18 @@ fn keep_arrived(items: Vec<(Hash, PathBuf)>, got: &HashSet<Hash>) -> Vec<(Hash, 
 }
 
 /// A verified arrival becomes a parked `refs/` link the store references.
-async fn park_arrived(folder: &Folder, hash: Hash, tmp: PathBuf) {
+async fn park_arrived(folder: &Folder, hash: Hash, tmp: PathBuf, health: &Health) {
     let name = refs_name(&hash);
     let refs = folder.fs.refs_dir().join(&name);
     if std::fs::rename(&tmp, &refs).is_err() {
         discard(&tmp);
         return;
     }
-    match folder.content.import(refs.clone()).await {
+    match folder
+        .content
+        .import(refs.clone(), &|_| health.progress())
+        .await
+    {
         Ok((got, _hold)) if got == hash => folder.park(*hash.as_bytes(), name),
         _ => discard(&refs), // fetched again later
     }

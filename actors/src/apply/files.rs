@@ -6,6 +6,7 @@
 //!
 //! Every job gets exactly one outcome, whatever fails and wherever.
 
+use crate::health::Health;
 use std::{io, sync::Arc};
 
 use fleetsync_mesh::{model::EntryKind, Hash};
@@ -64,7 +65,7 @@ pub async fn apply_files(
         }
     }
     if !ready.is_empty() {
-        out.extend(place_ready(folder, ready, flush).await);
+        out.extend(place_ready(folder, ready, flush, &sources.health).await);
     }
     out
 }
@@ -307,6 +308,7 @@ async fn place_ready(
     folder: &Arc<Folder>,
     ready: Vec<(Job, ApplyGuard, Ready)>,
     flush: Flush,
+    health: &Health,
 ) -> Vec<(Job, Outcome)> {
     let plan: Vec<(Job, Ready)> = ready
         .iter()
@@ -323,7 +325,7 @@ async fn place_ready(
     let mut out = Vec::with_capacity(ready.len());
     for ((job, guard, r), placement) in ready.into_iter().zip(placed) {
         let outcome = match placement {
-            Placement::Placed(p) => Ok(placed_file(folder, &job, guard, &r, p).await),
+            Placement::Placed(p) => Ok(placed_file(folder, &job, guard, &r, p, health).await),
             Placement::NotPlaced(e) => {
                 r.staged.abandon(folder, r.hash);
                 Err(e)
@@ -352,13 +354,14 @@ async fn placed_file(
     guard: ApplyGuard,
     ready: &Ready,
     placed: Placed,
+    health: &Health,
 ) -> Applied {
     let mut refs = ready.staged.refs_name();
     let mut hold = None;
     if placed.moved {
         // The refs link is gone (moved into place): reference the path.
         refs = None;
-        hold = reimport(folder, &job.path).await;
+        hold = reimport(folder, &job.path, health).await;
     }
     let note = match &placed.copy {
         Some(copy) => {
@@ -376,8 +379,11 @@ async fn placed_file(
     applied
 }
 
-async fn reimport(folder: &Folder, path: &str) -> Option<Hold> {
-    match folder.content.import(folder.fs.abs(path)).await {
+/// Hashing a placed file again is long for a big one: progress of the
+/// receiver, like the transfer before it.
+async fn reimport(folder: &Folder, path: &str, health: &Health) -> Option<Hold> {
+    let progress = |_| health.progress();
+    match folder.content.import(folder.fs.abs(path), &progress).await {
         Ok((_, hold)) => Some(hold),
         Err(e) => {
             // Served again once the hasher re-imports it on its next look.

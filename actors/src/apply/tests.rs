@@ -417,7 +417,7 @@ async fn a_local_copy_edited_in_place_since_it_was_hashed_is_not_trusted() {
     // The store references a local file that was then edited in place.
     let local = fx.root().join("copy");
     std::fs::write(&local, content).unwrap();
-    fx.fake.import(local.clone()).await.unwrap();
+    fx.fake.import(local.clone(), &|_| {}).await.unwrap();
     std::fs::write(&local, b"edited in place!").unwrap();
     let hash = fx.fake.serve(fx.peer, content);
     fx.apply(job(&fx.folder, file("b", content, 1), fx.peer))
@@ -738,7 +738,7 @@ async fn a_direct_fetch_that_stalls_goes_on_with_another_peer() {
     // The store's copy is stale (edited in place): only a direct fetch helps.
     let local = fx.root().join("copy");
     std::fs::write(&local, content).unwrap();
-    fx.fake.import(local.clone()).await.unwrap();
+    fx.fake.import(local.clone(), &|_| {}).await.unwrap();
     std::fs::write(&local, b"edited in place!").unwrap();
     let hash = fx.fake.serve(fx.peer, content);
     let other = second_peer(&fx, content);

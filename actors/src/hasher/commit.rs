@@ -73,6 +73,7 @@ pub async fn import(
     folder: &Arc<Folder>,
     rel: &str,
     meta: Meta,
+    progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(Imported, Hold), HashError> {
     let refs = if meta.stat.size > 0 {
         link_ref(folder, rel).await
@@ -83,7 +84,7 @@ pub async fn import(
         Some(n) => folder.fs.refs_dir().join(n),
         None => folder.fs.abs(rel),
     };
-    match import_path(folder, abs, rel).await {
+    match import_path(folder, abs, rel, progress).await {
         Ok((hash, hold)) => Ok((
             Imported {
                 path: rel.to_string(),
@@ -118,10 +119,11 @@ async fn import_path(
     folder: &Folder,
     abs: PathBuf,
     rel: &str,
+    progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<([u8; 32], Hold), HashError> {
     let (hash, hold) = folder
         .content
-        .import(abs)
+        .import(abs, progress)
         .await
         .map_err(|source| HashError::Import {
             path: rel.to_string(),

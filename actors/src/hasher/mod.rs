@@ -253,7 +253,9 @@ async fn import_files(
         .map(|(rel, meta)| {
             let folder = folder.clone();
             async move {
-                let res = import(&folder, &rel, meta).await;
+                // Each step of the store's hashing is progress: a file of
+                // many GiB takes longer than the stall timeout.
+                let res = import(&folder, &rel, meta, &|_| health.progress()).await;
                 (rel, meta, res)
             }
         })

@@ -69,8 +69,9 @@ fn refs_links(folder: &Folder) -> Vec<String> {
         .collect()
 }
 
-/// [`FakeContent`] that counts imports, and can fail them or modify the
-/// file while it is being imported.
+/// [`FakeContent`] that counts imports, and can fail them, modify the
+/// file while it is being imported, or hash slowly (reporting progress
+/// until `slow` is cleared, like a store hashing a huge file).
 #[derive(Debug, Default)]
 struct Probe {
     inner: FakeContent,
@@ -78,6 +79,7 @@ struct Probe {
     fail: AtomicBool,
     panic: AtomicBool,
     write_during_import: AtomicBool,
+    slow: AtomicBool,
 }
 
 #[async_trait]
@@ -88,7 +90,11 @@ impl Content for Probe {
     async fn has(&self, hash: Hash) -> Result<bool, StoreError> {
         self.inner.has(hash).await
     }
-    async fn import(&self, path: PathBuf) -> Result<(Hash, Hold), StoreError> {
+    async fn import(
+        &self,
+        path: PathBuf,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(Hash, Hold), StoreError> {
         self.imports.fetch_add(1, Ordering::Relaxed);
         if self.write_during_import.load(Ordering::Relaxed) {
             // `path` is the refs link: the same inode as the user's file.
@@ -99,7 +105,14 @@ impl Content for Probe {
         if self.fail.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("store is broken").into());
         }
-        self.inner.import(path).await
+        let mut at = 0;
+        while self.slow.load(Ordering::Relaxed) {
+            at += 1 << 20;
+            progress(at);
+            // Pacing of the simulated hashing, not a wait for a condition.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.inner.import(path, progress).await
     }
     async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError> {
         self.inner.export(hash, target).await
@@ -497,4 +510,37 @@ fn observations_go_with_the_first_chunk_and_files_are_chunked() {
     assert_eq!(c[2].1[0].0, (COMMIT_CHUNK * 2).to_string());
     assert_eq!(chunks(vec![("x".into(), Observed::Gone)], vec![]).len(), 1);
     assert!(chunks(vec![], vec![]).is_empty());
+}
+
+/// Issue 8: hashing one huge file takes longer than the stall timeout; the
+/// store's progress while it hashes must reach the hasher's health, or the
+/// supervisor replaces a hasher that is working.
+#[tokio::test]
+async fn a_long_import_is_progress_of_the_hasher() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    write(&folder, "huge", b"pretend many GiB");
+    probe.slow.store(true, Ordering::Relaxed);
+    let health = crate::health::Health::new(1);
+    let batch = tokio::spawn(hash_batch(folder.clone(), health.clone(), paths(&["huge"])));
+    until("the import to start", || {
+        probe.imports.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let when_started = health.vitals().last_progress_ms;
+    until("progress from inside the import", || {
+        health.vitals().last_progress_ms > when_started
+    })
+    .await;
+    probe.slow.store(false, Ordering::Relaxed);
+    assert_eq!(batch.await.unwrap().committed, 1);
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
