@@ -553,7 +553,7 @@ class Bench:
         try:
             q = self.quick
             self.s3_reps = 1 if q else 3
-            self.s6_idle(3 if q else 10)
+            self.s6_idle(a.idle or (3 if q else 10))
             self.s1(3 if q else 10)
             self.s3(self.s3_reps, 1000 if q else 10000, 10 if q else 100)
             self.s4(1 if q else 3, 100)
@@ -612,6 +612,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes, few repetitions (CI smoke run)")
     ap.add_argument("--workdir", default=None, help="where temp dirs go (default: $TMPDIR)")
     ap.add_argument("--json", help="also write raw results here")
+    ap.add_argument("--idle", type=float, default=None, help="seconds S6 measures idle CPU over (default 10, quick 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = ap.parse_args()
     args.tools = args.tools.split(",")
