@@ -41,6 +41,8 @@ pub struct PeerInfo {
     pub connected: bool,
     pub addrs: Vec<String>,
     pub is_static: bool,
+    /// `static`, `exchange` or `inbound`: how this node came to know it.
+    pub source: String,
     pub rtt_ms: Option<f64>,
     pub last_error: Option<String>,
 }
@@ -127,6 +129,7 @@ fn peers(node: &NodeHandle) -> Vec<PeerInfo> {
             connected: p.connected,
             addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
             is_static: p.is_static,
+            source: p.source.to_string(),
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
             last_error: if p.connected { None } else { p.last_error },
         })

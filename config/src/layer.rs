@@ -74,6 +74,8 @@ pub(crate) struct Layered {
     pub mdns: Option<Sourced<bool>>,
     pub allow: Option<Sourced<Vec<String>>>,
     pub transfer_stall_timeout: Option<Sourced<String>>,
+    pub peer_exchange: Option<Sourced<bool>>,
+    pub max_peers: Option<Sourced<i64>>,
     pub admin_listen: Option<Sourced<String>>,
     pub log_level: Option<Sourced<String>>,
     pub log_format: Option<Sourced<String>>,
@@ -112,6 +114,8 @@ const ENV_MESH_PEERS: &str = "FLEETSYNC_MESH_PEERS";
 const ENV_MESH_MDNS: &str = "FLEETSYNC_MESH_MDNS";
 const ENV_MESH_ALLOW: &str = "FLEETSYNC_MESH_ALLOW";
 const ENV_MESH_TRANSFER_STALL_TIMEOUT: &str = "FLEETSYNC_MESH_TRANSFER_STALL_TIMEOUT";
+const ENV_MESH_PEER_EXCHANGE: &str = "FLEETSYNC_MESH_PEER_EXCHANGE";
+const ENV_MESH_MAX_PEERS: &str = "FLEETSYNC_MESH_MAX_PEERS";
 const ENV_ADMIN_LISTEN: &str = "FLEETSYNC_ADMIN_LISTEN";
 const ENV_LOG_LEVEL: &str = "FLEETSYNC_LOG_LEVEL";
 const ENV_LOG_FORMAT: &str = "FLEETSYNC_LOG_FORMAT";
@@ -130,6 +134,8 @@ pub(crate) const ENV_FIXED: &[&str] = &[
     ENV_MESH_MDNS,
     ENV_MESH_ALLOW,
     ENV_MESH_TRANSFER_STALL_TIMEOUT,
+    ENV_MESH_PEER_EXCHANGE,
+    ENV_MESH_MAX_PEERS,
     ENV_ADMIN_LISTEN,
     ENV_LOG_LEVEL,
     ENV_LOG_FORMAT,
@@ -202,6 +208,10 @@ impl Layered {
             transfer_stall_timeout: mesh
                 .transfer_stall_timeout
                 .map(|v| Sourced::file(v, "mesh.transfer_stall_timeout")),
+            peer_exchange: mesh
+                .peer_exchange
+                .map(|v| Sourced::file(v, "mesh.peer_exchange")),
+            max_peers: mesh.max_peers.map(|v| Sourced::file(v, "mesh.max_peers")),
             admin_listen: admin.listen.map(|v| Sourced::file(v, "admin.listen")),
             log_level: log.level.map(|v| Sourced::file(v, "log.level")),
             log_format: log.format.map(|v| Sourced::file(v, "log.format")),
@@ -259,6 +269,13 @@ impl Layered {
                 ENV_MESH_ALLOW => self.allow = Some(Sourced::env(split_list(&value), &name)),
                 ENV_MESH_TRANSFER_STALL_TIMEOUT => {
                     self.transfer_stall_timeout = Some(Sourced::env(value, &name))
+                }
+                ENV_MESH_PEER_EXCHANGE => {
+                    let on = parse_env_bool(&name, &value)?;
+                    self.peer_exchange = Some(Sourced::env(on, &name))
+                }
+                ENV_MESH_MAX_PEERS => {
+                    self.max_peers = Some(Sourced::env(parse_env_int(&name, &value)?, &name))
                 }
                 ENV_ADMIN_LISTEN => self.admin_listen = Some(Sourced::env(value, &name)),
                 ENV_LOG_LEVEL => self.log_level = Some(Sourced::env(value, &name)),

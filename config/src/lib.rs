@@ -46,7 +46,8 @@
 //! `FLEETSYNC_MESH_LISTEN`, `FLEETSYNC_MESH_FLEET_SECRET`,
 //! `FLEETSYNC_MESH_FLEET_SECRET_FILE`, `FLEETSYNC_MESH_PEERS`,
 //! `FLEETSYNC_MESH_MDNS`, `FLEETSYNC_MESH_ALLOW`,
-//! `FLEETSYNC_MESH_TRANSFER_STALL_TIMEOUT`, `FLEETSYNC_ADMIN_LISTEN`,
+//! `FLEETSYNC_MESH_TRANSFER_STALL_TIMEOUT`, `FLEETSYNC_MESH_PEER_EXCHANGE`,
+//! `FLEETSYNC_MESH_MAX_PEERS`, `FLEETSYNC_ADMIN_LISTEN`,
 //! `FLEETSYNC_LOG_LEVEL`, `FLEETSYNC_LOG_FORMAT`,
 //! `FLEETSYNC_SUPERVISOR_PING_INTERVAL`, `FLEETSYNC_SUPERVISOR_STALL_TIMEOUT`,
 //! `FLEETSYNC_SUPERVISOR_MAX_RESTARTS`, `FLEETSYNC_SUPERVISOR_RESTART_WINDOW`,
@@ -54,8 +55,9 @@
 //!
 //! * Lists (`PEERS`, `ALLOW`) are comma-separated; blank entries are dropped,
 //!   so an empty value means an empty list.
-//! * Booleans (`MDNS`, `FAULT_INJECTION`) accept true/false, 1/0, yes/no
-//!   (any case); `MAX_RESTARTS` is a whole number.
+//! * Booleans (`MDNS`, `PEER_EXCHANGE`, `FAULT_INJECTION`) accept
+//!   true/false, 1/0, yes/no (any case); `MAX_RESTARTS` and `MAX_PEERS` are
+//!   whole numbers.
 //! * Values are trimmed of surrounding whitespace.
 //! * Folder settings are `FLEETSYNC_FOLDER_<ID>_<KEY>` with `<KEY>` one of
 //!   `PATH`, `MODE`, `SETTLE`, `RESCAN`, `WATCH`, `POLL_INTERVAL`. `<ID>` is
@@ -128,6 +130,9 @@ pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// deliver its next verified chunk, short enough that failing over to
 /// another peer beats waiting.
 pub const DEFAULT_TRANSFER_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[mesh] max_peers`: a full mesh up to 32 nodes; past it, a mesh of
+/// bounded degree (every change still reaches every node, relayed).
+pub const DEFAULT_MAX_PEERS: usize = 32;
 
 /// Every variable starting with this is either a config setting or an error.
 pub const ENV_PREFIX: &str = "FLEETSYNC_";
@@ -175,6 +180,12 @@ pub struct MeshConfig {
     /// A fetch that receives no verified bytes for this long is cancelled
     /// and resumed with another peer. Between 1s and 1h.
     pub transfer_stall_timeout: Duration,
+    /// Tell connected members which other members we know, and dial the
+    /// ones they tell us of (one bootstrap peer is enough).
+    pub peer_exchange: bool,
+    /// Stop dialing peers learned by exchange once this many sessions are
+    /// live (configured peers are always dialed). 1 to 1024.
+    pub max_peers: usize,
 }
 
 #[derive(Debug, Clone)]

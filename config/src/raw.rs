@@ -28,6 +28,8 @@ pub(crate) struct RawMesh {
     pub mdns: Option<bool>,
     pub allow: Option<Vec<String>>,
     pub transfer_stall_timeout: Option<String>,
+    pub peer_exchange: Option<bool>,
+    pub max_peers: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +103,8 @@ const MESH_KEYS: &[(&str, Kind)] = &[
     ("mdns", Kind::Bool),
     ("allow", Kind::StrList),
     ("transfer_stall_timeout", Kind::Str),
+    ("peer_exchange", Kind::Bool),
+    ("max_peers", Kind::Int),
 ];
 const ADMIN_KEYS: &[(&str, Kind)] = &[("listen", Kind::Str)];
 const LOG_KEYS: &[(&str, Kind)] = &[("level", Kind::Str), ("format", Kind::Str)];

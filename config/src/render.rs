@@ -5,8 +5,9 @@ use std::path::Path;
 
 use crate::validate::{DEFAULT_LOG_LEVEL, DEFAULT_POLL_INTERVAL, DEFAULT_RESCAN, DEFAULT_SETTLE};
 use crate::{
-    FolderMode, InitParams, LogFormat, WatchMode, DEFAULT_MAX_RESTARTS, DEFAULT_PING_INTERVAL,
-    DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_STALL_TIMEOUT,
+    FolderMode, InitParams, LogFormat, WatchMode, DEFAULT_MAX_PEERS, DEFAULT_MAX_RESTARTS,
+    DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
+    DEFAULT_TRANSFER_STALL_TIMEOUT,
 };
 
 /// A TOML string literal. Going through `toml` gets escaping right for
@@ -73,6 +74,10 @@ mdns = {mdns}
 # allow = ["<64-hex node id>"]
 # A transfer receiving no verified bytes this long moves to another peer (1s to 1h).
 transfer_stall_timeout = {transfer_stall}
+# Learn the other members from the connected ones (one bootstrap peer is enough).
+peer_exchange = true
+# Live sessions past which peers learned by exchange are no longer dialed (1 to 1024).
+max_peers = {max_peers}
 
 [admin]
 # Local HTTP admin API. Unauthenticated, so it must be a loopback address.
@@ -101,6 +106,7 @@ fault_injection = false
 "#,
         mdns = p.mdns,
         transfer_stall = dur(DEFAULT_TRANSFER_STALL_TIMEOUT),
+        max_peers = DEFAULT_MAX_PEERS,
         ping = dur(DEFAULT_PING_INTERVAL),
         stall = dur(DEFAULT_STALL_TIMEOUT),
         max_restarts = DEFAULT_MAX_RESTARTS,

@@ -118,6 +118,8 @@ fn defaults_for_minimal_file() {
     assert_eq!(c.log.format, LogFormat::Human);
     assert!(c.folders.is_empty(), "no folders is a valid relay node");
     assert_eq!(c.mesh.transfer_stall_timeout, Duration::from_secs(30));
+    assert!(c.mesh.peer_exchange);
+    assert_eq!(c.mesh.max_peers, 32);
     assert_eq!(c.supervisor.ping_interval, Duration::from_secs(1));
     assert_eq!(c.supervisor.stall_timeout, Duration::from_secs(10));
     assert_eq!(c.supervisor.max_restarts, 5);
@@ -656,6 +658,26 @@ fn transfer_stall_timeout_between_a_second_and_an_hour() {
 }
 
 #[test]
+fn max_peers_is_a_whole_number_from_1_to_1024_and_peer_exchange_a_bool() {
+    let text = |v: &str| with_secret(&format!("max_peers = {v}\n"));
+    assert_eq!(parse(&text("1")).mesh.max_peers, 1);
+    assert_eq!(parse(&text("1024")).mesh.max_peers, 1024);
+    for bad in ["0", "1025", "-3"] {
+        let e = err(&text(bad));
+        assert_invalid(&e, "mesh.max_peers", "whole number from 1 to 1024");
+    }
+    let e = err(&text("\"many\""));
+    assert!(e.to_string().contains("mesh.max_peers"), "{e}");
+    assert!(
+        !parse(&with_secret("peer_exchange = false\n"))
+            .mesh
+            .peer_exchange
+    );
+    let e = err(&with_secret("peer_exchange = \"no\"\n"));
+    assert!(e.to_string().contains("mesh.peer_exchange"), "{e}");
+}
+
+#[test]
 fn fault_injection_on_loopback_admin_is_accepted() {
     let text = |admin: &str| {
         format!(
@@ -719,6 +741,25 @@ fn fault_injection_refused_when_admin_is_not_loopback() {
             .unwrap()
             .fault_injection
     );
+}
+
+#[test]
+fn env_overrides_peer_exchange_and_max_peers() {
+    let file = with_secret("peer_exchange = true\nmax_peers = 8\n");
+    let vars = [
+        ("FLEETSYNC_MESH_PEER_EXCHANGE", "no"),
+        ("FLEETSYNC_MESH_MAX_PEERS", " 3 "),
+    ];
+    let c = try_parse_full(&file, &vars, &Overrides::default()).unwrap();
+    assert!(!c.mesh.peer_exchange);
+    assert_eq!(c.mesh.max_peers, 3);
+    let e = try_parse_full(
+        &file,
+        &[("FLEETSYNC_MESH_MAX_PEERS", "0")],
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("FLEETSYNC_MESH_MAX_PEERS"), "{e}");
 }
 
 #[test]

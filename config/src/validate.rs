@@ -9,8 +9,8 @@ use crate::layer::{Layered, LayeredFolder, LayeredSupervisor, Origin, Sourced};
 use crate::types::{parse_duration, parse_node_id, Choices, FleetSecret, PeerAddr};
 use crate::{
     AdminConfig, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig,
-    SupervisorConfig, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_RESTARTS, DEFAULT_MESH_LISTEN,
-    DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
+    SupervisorConfig, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_PEERS, DEFAULT_MAX_RESTARTS,
+    DEFAULT_MESH_LISTEN, DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
     DEFAULT_TRANSFER_STALL_TIMEOUT,
 };
 
@@ -32,6 +32,9 @@ const MAX_STALL_TIMEOUT: Duration = Duration::from_secs(3600);
 const MIN_PINGS_PER_STALL: u32 = 2;
 /// At least one restart must be allowed, or the first stall ends the node.
 const MIN_MAX_RESTARTS: usize = 1;
+/// Sessions cost a few hundred KiB each; past this a node is a hub, not a
+/// fleet member.
+const MAX_MAX_PEERS: usize = 1024;
 /// Beyond this a crash loop never exhausts its budget.
 const MAX_MAX_RESTARTS: usize = 1000;
 /// Shorter, and the ordinary pauses of a healthy transfer (a dial, a
@@ -157,6 +160,8 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
             &TRANSFER_STALL_TIMEOUT,
         )?
         .value,
+        peer_exchange: l.peer_exchange.as_ref().is_none_or(|m| m.value),
+        max_peers: max_peers(ctx, l.max_peers.as_ref())?,
     };
 
     let admin_listen = listen_addr(
@@ -523,6 +528,25 @@ fn blame<'a>(dependent: &'a Timed, other: &'a Timed) -> &'a Origin {
     } else {
         &other.origin
     }
+}
+
+fn max_peers(ctx: &Ctx, value: Option<&Sourced<i64>>) -> Result<usize, ConfigError> {
+    let Some(v) = value else {
+        return Ok(DEFAULT_MAX_PEERS);
+    };
+    usize::try_from(v.value)
+        .ok()
+        .filter(|n| (1..=MAX_MAX_PEERS).contains(n))
+        .ok_or_else(|| {
+            ctx.err(
+                &v.origin,
+                format!("max_peers {} is outside 1-{MAX_MAX_PEERS}", v.value),
+                format!(
+                    "use a whole number from 1 to {MAX_MAX_PEERS}: how many live sessions a node \
+                     keeps before it stops dialing peers it learned of (default {DEFAULT_MAX_PEERS})"
+                ),
+            )
+        })
 }
 
 fn max_restarts(ctx: &Ctx, value: Option<&Sourced<i64>>) -> Result<usize, ConfigError> {

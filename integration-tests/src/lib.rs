@@ -525,8 +525,12 @@ pub fn get(addr: SocketAddr, path: &str) -> Option<String> {
 pub enum Topology {
     /// Everyone knows everyone.
     Full,
-    /// 0 – 1 – 2 – …: each knows only its neighbours.
+    /// 0 – 1 – 2 – …: each knows only its neighbours, and peer exchange
+    /// is off so that the chain stays one (changes must be relayed).
     Chain,
+    /// Every node knows only node 0; node 0 knows nobody (peer exchange
+    /// must do the rest).
+    Star,
 }
 
 pub struct Cluster {
@@ -550,11 +554,17 @@ impl Cluster {
                 let linked = match topo {
                     Topology::Full => i != j,
                     Topology::Chain => i.abs_diff(j) == 1,
+                    Topology::Star => i != 0 && j == 0,
                 };
                 if linked {
                     let other = (nodes[j].name.clone(), nodes[j].id, nodes[j].udp);
                     nodes[i].peers.push(other);
                 }
+            }
+        }
+        if let Topology::Chain = topo {
+            for n in &mut nodes {
+                n.mesh_extra.push_str("peer_exchange = false\n");
             }
         }
         Cluster { dir, nodes }

@@ -444,6 +444,8 @@ mod tests {
                 static_peers: vec![(keys[1 - i].public(), addrs[1 - i])],
                 allow: None,
                 gc: None,
+                peer_exchange: false,
+                max_peers: 32,
             })
             .await
             .unwrap();

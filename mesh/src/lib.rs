@@ -21,6 +21,8 @@
 //!   [`IndexSource`](index_stream::IndexSource)) and take batches
 //!   ([`IndexSink`](index_stream::IndexSink)).
 //! - [`auth`]: the mutual fleet-secret proof run on every control connection.
+//! - [`exchange`]: peer exchange, the rules for what members tell each
+//!   other about the members they know (caps, address scope).
 //! - [`gate`]: access control for all protocols.
 //! - [`identity`]: the node key on disk.
 //! - [`net`]: [`Mesh`], which ties the above together and owns the blob store.
@@ -36,6 +38,7 @@
 pub mod auth;
 pub mod blobs;
 pub mod codec;
+pub mod exchange;
 pub mod gate;
 pub mod identity;
 pub mod index_stream;

@@ -12,7 +12,9 @@
 //! `static_peers`, router, `dial_loop`); dialing (`due_dials` → `dial` →
 //! `try_dial`); accepting (`CtrlHandler::accept` → `accept_handshake`);
 //! both then `run_session` (`register` with the duplicate tie-break
-//! `new_conn_wins`, `MeshEvent::Up`, `watch_control`, `session_ended`).
+//! `new_conn_wins`, `MeshEvent::Up`, `control`: peer lists both ways
+//! through [`crate::exchange`] and `learn`, `session_ended`). Past
+//! `max_peers` live sessions only configured peers are dialed.
 
 use std::{
     collections::HashMap,
@@ -41,11 +43,12 @@ use tracing::{debug, info, warn};
 
 use crate::{
     auth::{self, Admitted, FleetKey, HandshakeError, HANDSHAKE_TIMEOUT},
-    codec::read_msg,
+    codec::{read_msg, write_msg, CodecError},
+    exchange::{self, Control},
     gate::Gate,
     identity::short_id,
     model::ShortId,
-    proto::{Handshake, BLOBS_ALPN, CTRL_ALPN},
+    proto::{BLOBS_ALPN, CTRL_ALPN},
 };
 
 /// Close code when a duplicate connection between two peers is dropped.
@@ -96,6 +99,10 @@ pub struct MeshOptions {
     pub allow: Option<Vec<EndpointId>>,
     /// Blob garbage collection (the caller decides what stays live).
     pub gc: Option<iroh_blobs::store::GcConfig>,
+    /// Tell members which members we know and dial those they tell us of.
+    pub peer_exchange: bool,
+    /// Live sessions past which learned peers are no longer dialed.
+    pub max_peers: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +193,9 @@ pub struct PeerStatus {
     pub connected: bool,
     pub addrs: Vec<SocketAddr>,
     pub is_static: bool,
+    /// How we came to know it: `static` (configured), `exchange` (a member
+    /// told us), `inbound` (it connected to us first).
+    pub source: &'static str,
     pub last_error: Option<String>,
     pub connected_since: Option<SystemTime>,
     pub rtt: Option<Duration>,
@@ -195,6 +205,11 @@ pub struct PeerStatus {
 struct PeerRecord {
     addrs: Vec<SocketAddr>,
     is_static: bool,
+    /// Proved membership to us at least once (a session): only such peers
+    /// are passed on in peer exchange.
+    proven: bool,
+    /// The member whose peer list told us of it (until it proves itself).
+    learned_from: Option<EndpointId>,
     live: Option<Live>,
     dialing: bool,
     next_dial: Instant,
@@ -216,6 +231,8 @@ impl PeerRecord {
         PeerRecord {
             addrs: Vec::new(),
             is_static,
+            proven: false,
+            learned_from: None,
             live: None,
             dialing: false,
             next_dial: Instant::now(),
@@ -233,6 +250,16 @@ impl PeerRecord {
         if !self.addrs.contains(&a) {
             self.addrs.insert(0, a);
             self.addrs.truncate(MAX_ADDRS_PER_PEER);
+        }
+    }
+
+    fn source(&self) -> &'static str {
+        if self.is_static {
+            "static"
+        } else if self.learned_from.is_some() {
+            "exchange"
+        } else {
+            "inbound"
         }
     }
 
@@ -287,6 +314,10 @@ pub(crate) struct Inner {
     pub(crate) blob_conns: tokio::sync::Mutex<HashMap<EndpointId, Connection>>,
     events: mpsc::Sender<MeshEvent>,
     wake_dialer: Notify,
+    /// Bumped when a member proves itself: the exchange sends lists again.
+    members_changed: tokio::sync::watch::Sender<u64>,
+    peer_exchange: bool,
+    max_peers: usize,
     handshake_slots: Semaphore,
     next_conn_id: AtomicU64,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -320,6 +351,9 @@ impl Mesh {
             blob_conns: Default::default(),
             events: events_tx,
             wake_dialer: Notify::new(),
+            members_changed: tokio::sync::watch::channel(0).0,
+            peer_exchange: opts.peer_exchange,
+            max_peers: opts.max_peers,
             handshake_slots: Semaphore::new(MAX_PENDING_HANDSHAKES),
             // Starts at 1 so that no session is ever numbered 0.
             next_conn_id: AtomicU64::new(1),
@@ -360,6 +394,7 @@ impl Mesh {
                 connected: r.live.is_some(),
                 addrs: r.addrs.clone(),
                 is_static: r.is_static,
+                source: r.source(),
                 last_error: r.last_error.clone(),
                 connected_since: r.live.as_ref().map(|l| l.since),
                 rtt: r
@@ -502,6 +537,10 @@ impl Inner {
         let mut peers = self.peers.lock().expect("peers lock");
         let rec = peers.entry(peer).or_insert_with(|| PeerRecord::new(false));
         learn_addrs(rec, conn, admitted);
+        if !rec.proven {
+            rec.proven = true;
+            self.members_changed.send_modify(|n| *n += 1);
+        }
         rec.backoff = BACKOFF_MIN;
         rec.last_error = None;
         if let Some(existing) = rec
@@ -565,10 +604,9 @@ impl Inner {
         if self.events.send(MeshEvent::Up(session)).await.is_err() {
             return;
         }
-        let (_send, recv) = ctrl;
         let reason = tokio::select! {
             e = conn.closed() => e.to_string(),
-            never = watch_control(&conn, recv) => match never {},
+            never = self.clone().control(&conn, admitted.peer_version, ctrl) => match never {},
         };
         self.session_ended(peer, conn_id, reason).await;
     }
@@ -692,10 +730,7 @@ fn learn_addrs(rec: &mut PeerRecord, conn: &Connection, admitted: &Admitted) {
     // The address an inbound connection came from is where the peer's
     // socket lives (one UDP socket serves both directions).
     if conn.side() == Side::Server {
-        if let Some(a) = conn.paths().iter().find_map(|p| match p.remote_addr() {
-            iroh::TransportAddr::Ip(s) => Some(*s),
-            _ => None,
-        }) {
+        if let Some(a) = remote_ip(conn) {
             rec.add_addr(a);
         }
     }
@@ -705,16 +740,154 @@ fn close_duplicate(conn: &Connection) {
     conn.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
 }
 
-/// The handshake stream stays open as the control channel; nothing is sent
-/// on it after the handshake yet, so any message is a protocol violation
-/// and closes the connection. Never returns: the caller waits for the
-/// connection to close.
-async fn watch_control(conn: &Connection, mut recv: RecvStream) -> Infallible {
-    if let Ok(Some(_)) = read_msg::<_, Handshake>(&mut recv, auth::HANDSHAKE_LIMITS).await {
-        warn!(peer = %conn.remote_id().fmt_short(), "unexpected control message; closing");
-        conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"protocol violation");
+/// Records a peer's list may add that have not proven themselves yet:
+/// per member, and over all, so no member can fill our memory or make us
+/// dial an address list in bulk.
+const MAX_UNPROVEN_PER_SOURCE: usize = 128;
+const MAX_UNPROVEN: usize = 1024;
+/// Peer lists go out at most this often on a session.
+const EXCHANGE_MIN_GAP: Duration = Duration::from_secs(1);
+/// Close code for a broken control-stream rule.
+pub const CLOSE_PROTOCOL: u32 = 400;
+
+impl Inner {
+    /// The members we know (proven by a session once), with addresses.
+    fn known_members(&self) -> Vec<(EndpointId, Vec<SocketAddr>)> {
+        let peers = self.peers.lock().expect("peers lock");
+        peers
+            .iter()
+            .filter(|(_, r)| r.proven)
+            .map(|(id, r)| (*id, r.addrs.clone()))
+            .collect()
     }
-    std::future::pending().await
+
+    /// Remember the members `from` told us of, within the caps, and wake
+    /// the dial loop. A peer we know already keeps its own addresses
+    /// (hearsay never displaces what a peer told us itself).
+    fn learn(&self, from: EndpointId, hints: Vec<exchange::PeerHint>) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        let unproven = |peers: &HashMap<EndpointId, PeerRecord>, src: Option<EndpointId>| {
+            peers
+                .values()
+                .filter(|r| !r.proven && r.learned_from.is_some())
+                .filter(|r| src.is_none() || r.learned_from == src)
+                .count()
+        };
+        let mut added = 0;
+        for h in hints {
+            if let Some(rec) = peers.get_mut(&h.id) {
+                if rec.addrs.is_empty() {
+                    h.addrs.iter().for_each(|a| rec.add_addr(*a));
+                }
+                continue;
+            }
+            if unproven(&peers, Some(from)) >= MAX_UNPROVEN_PER_SOURCE
+                || unproven(&peers, None) >= MAX_UNPROVEN
+            {
+                debug!(peer = %from.fmt_short(), "peer list over the cap; rest ignored");
+                break;
+            }
+            let mut rec = PeerRecord::new(false);
+            rec.learned_from = Some(from);
+            h.addrs.iter().for_each(|a| rec.add_addr(*a));
+            peers.insert(h.id, rec);
+            added += 1;
+        }
+        drop(peers);
+        if added > 0 {
+            info!(peer = %from.fmt_short(), added, "learned members by peer exchange");
+            self.wake_dialer.notify_one();
+        }
+    }
+
+    /// The session's control stream after the handshake: peer lists both
+    /// ways. Never returns; the caller waits for the connection to close.
+    async fn control(
+        self: Arc<Self>,
+        conn: &Connection,
+        peer_version: u32,
+        (send, recv): (SendStream, RecvStream),
+    ) -> Infallible {
+        // Version 1 peers treat any control message as a violation.
+        let sends = self.peer_exchange && peer_version >= 2;
+        let sending = async {
+            if sends {
+                if let Err(e) = self.send_peer_lists(conn, send).await {
+                    debug!(peer = %conn.remote_id().fmt_short(), "peer lists: {e}");
+                }
+            }
+        };
+        tokio::join!(sending, self.read_control(conn, recv));
+        std::future::pending().await
+    }
+
+    /// Send our member list now and again whenever it changes.
+    async fn send_peer_lists(
+        &self,
+        conn: &Connection,
+        mut send: SendStream,
+    ) -> Result<(), CodecError> {
+        let peer = conn.remote_id();
+        let local = remote_ip(conn).is_some_and(|a| exchange::only_this_host(&a.ip()));
+        let mut changed = self.members_changed.subscribe();
+        let mut last = None;
+        loop {
+            let hints = exchange::hints_for(&self.known_members(), peer, local);
+            if last.as_ref() != Some(&hints) {
+                write_msg(
+                    &mut send,
+                    &Control::Peers {
+                        peers: hints.clone(),
+                    },
+                )
+                .await?;
+                last = Some(hints);
+            }
+            if changed.changed().await.is_err() {
+                return Ok(());
+            }
+            tokio::time::sleep(EXCHANGE_MIN_GAP).await;
+            changed.borrow_and_update();
+        }
+    }
+
+    /// Read the peer's control messages until the stream ends; a message
+    /// that breaks the rules closes the connection.
+    async fn read_control(&self, conn: &Connection, mut recv: RecvStream) {
+        let from = conn.remote_id();
+        loop {
+            let violation = match read_msg::<_, Control>(&mut recv, exchange::CONTROL_LIMITS).await
+            {
+                Ok(Some((Control::Peers { peers }, _))) => {
+                    match exchange::accept_hints(peers, self.me, from) {
+                        Ok(hints) if self.peer_exchange => {
+                            self.learn(from, hints);
+                            continue;
+                        }
+                        Ok(_) => continue,
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Ok(None) => return,
+                Err(e) if conn.close_reason().is_some() => {
+                    debug!(peer = %from.fmt_short(), "control stream: {e}");
+                    return;
+                }
+                Err(e) => e.to_string(),
+            };
+            warn!(peer = %from.fmt_short(), "control message refused: {violation}; closing");
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol violation");
+            return;
+        }
+    }
+}
+
+/// The address of the peer's end of the connection.
+fn remote_ip(conn: &Connection) -> Option<SocketAddr> {
+    conn.paths().iter().find_map(|p| match p.remote_addr() {
+        iroh::TransportAddr::Ip(s) => Some(*s),
+        _ => None,
+    })
 }
 
 /// Keeps dialing known peers that have no live session, with per-peer
@@ -739,9 +912,20 @@ fn due_dials(inner: &Inner, now: Instant) -> (Vec<EndpointId>, Instant) {
     let mut due = Vec::new();
     let mut next_wake = now + DIAL_TICK;
     let mut peers = inner.peers.lock().expect("peers lock");
+    // Sessions we have or are dialing: past max_peers only configured
+    // peers are dialed; learned ones reach us through the members we
+    // have (bounded degree).
+    let mut busy = peers
+        .values()
+        .filter(|r| r.live.is_some() || r.dialing)
+        .count();
     for (id, rec) in peers.iter_mut() {
+        if busy >= inner.max_peers && !rec.is_static {
+            continue;
+        }
         if rec.wants_dial(now) {
             rec.dialing = true;
+            busy += 1;
             due.push(*id);
         } else if rec.live.is_none() && !rec.dialing && !rec.addrs.is_empty() {
             next_wake = next_wake.min(rec.next_dial);
@@ -945,5 +1129,80 @@ mod tests {
         let refused: DialError = HandshakeFailed::Auth(HandshakeError::Refused("no".into())).into();
         assert_eq!(refused.to_string(), "handshake failed: peer refused us: no");
         assert!(std::error::Error::source(&refused).is_some());
+    }
+
+    async fn lone_mesh(dir: &std::path::Path) -> Mesh {
+        let (mesh, _events) = Mesh::start(MeshOptions {
+            data_dir: dir.to_path_buf(),
+            secret_key: SecretKey::generate(),
+            listen: crate::loopback::free_udp_addr().unwrap(),
+            fleet_secret: [9; 32],
+            static_peers: vec![],
+            allow: None,
+            gc: None,
+            peer_exchange: true,
+            max_peers: 32,
+        })
+        .await
+        .unwrap();
+        mesh
+    }
+
+    fn hints(n: usize, first_octet: u8) -> Vec<exchange::PeerHint> {
+        (0..n)
+            .map(|i| exchange::PeerHint {
+                id: id(),
+                addrs: vec![addr(&format!(
+                    "{first_octet}.0.{}.{}:7300",
+                    i / 250,
+                    i % 250 + 1
+                ))],
+            })
+            .collect()
+    }
+
+    /// Issue 9: a member must not be able to make us remember (and dial)
+    /// an address list in bulk.
+    #[tokio::test]
+    async fn one_member_can_add_at_most_its_share_of_unproven_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = lone_mesh(dir.path()).await;
+        let (a, b) = (id(), id());
+        mesh.inner.learn(a, hints(exchange::MAX_HINTS, 10));
+        mesh.inner.learn(a, hints(exchange::MAX_HINTS, 11));
+        mesh.inner.learn(a, hints(exchange::MAX_HINTS, 12));
+        let from_a = mesh.peer_status().len();
+        assert_eq!(from_a, MAX_UNPROVEN_PER_SOURCE);
+        assert!(mesh.peer_status().iter().all(|p| p.source == "exchange"));
+        mesh.inner.learn(b, hints(10, 13));
+        assert_eq!(mesh.peer_status().len(), from_a + 10, "b has its own share");
+        mesh.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn hearsay_never_replaces_the_addresses_of_a_known_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = lone_mesh(dir.path()).await;
+        let (a, b, known) = (id(), id(), id());
+        mesh.inner.learn(
+            a,
+            vec![exchange::PeerHint {
+                id: known,
+                addrs: vec![addr("10.1.1.1:7300")],
+            }],
+        );
+        mesh.inner.learn(
+            b,
+            vec![exchange::PeerHint {
+                id: known,
+                addrs: vec![addr("10.6.6.6:7300")],
+            }],
+        );
+        let st = mesh.peer_status();
+        assert_eq!(st.len(), 1);
+        assert_eq!(st[0].addrs, vec![addr("10.1.1.1:7300")]);
+        // Only members proven to us are passed on: hearsay is not.
+        assert!(mesh.inner.known_members().is_empty());
+        mesh.shutdown().await;
     }
 }

@@ -21,7 +21,9 @@ pub const CTRL_ALPN: &[u8] = b"fleetsync/ctrl/1";
 /// ALPN of blob transfer (iroh-blobs).
 pub const BLOBS_ALPN: &[u8] = iroh_blobs::ALPN;
 /// This build's protocol version.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: the control stream carries peer lists ([`crate::exchange`]) after
+/// the handshake; they are sent to version 2 peers only.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest peer version this build still talks to.
 pub const MIN_COMPATIBLE_VERSION: u32 = 1;
 

@@ -350,10 +350,11 @@ pub fn render_status(v: &serde_json::Value) -> String {
             .map(|a| a.iter().map(s).collect())
             .unwrap_or_default();
         let mut line = format!(
-            "  {} {}  {}",
+            "  {} {}  {}  ({})",
             if c { "●" } else { "○" },
             s(&p["short_id"]),
-            addrs.join(",")
+            addrs.join(","),
+            s(&p["source"])
         );
         if let Some(rtt) = p["rtt_ms"].as_f64() {
             let _ = write!(line, "  rtt {rtt:.1} ms");

@@ -120,7 +120,8 @@ fn run_in(dir: &Path, keep: bool) -> anyhow::Result<i32> {
             child: None,
         });
     }
-    // A–B–C chain: A and C never talk directly.
+    // A–B–C chain in the configs: A and C learn of each other from B
+    // (peer exchange) and then connect directly.
     let links: [&[usize]; 3] = [&[1], &[0, 2], &[1]];
     for (i, n) in nodes.iter().enumerate() {
         let text = render_init_config(&InitParams {
@@ -141,7 +142,7 @@ fn run_in(dir: &Path, keep: bool) -> anyhow::Result<i32> {
         std::fs::write(&n.config, text)?;
     }
     println!(
-        "fleetsync demo: 3 nodes on 127.0.0.1, linked A — B — C, in {}",
+        "fleetsync demo: 3 nodes on 127.0.0.1, configured A — B — C (A and C meet through B), in {}",
         dir.display()
     );
     for (i, n) in nodes.iter_mut().enumerate() {

@@ -202,6 +202,8 @@ pub async fn start_node_with(
         static_peers,
         allow,
         gc: Some(retention::gc_config(index.clone(), retention::GC_EVERY)),
+        peer_exchange: config.mesh.peer_exchange,
+        max_peers: config.mesh.max_peers,
     })
     .await?;
     let mut folders = HashMap::new();

@@ -1,0 +1,111 @@
+//! Fleet mesh between real nodes on loopback: one bootstrap peer is
+//! enough (peer exchange), the fleet outlives its bootstrap node, and a
+//! mesh of bounded degree still carries every change everywhere.
+
+use std::{fs, time::Instant};
+
+use fleetsync_integration_tests::*;
+use serde_json::Value;
+
+fn folders(_: usize) -> Vec<FolderSpec> {
+    vec![FolderSpec::new("shared")]
+}
+
+/// The peers `n` is connected to, with how it came to know each.
+fn connected(n: &Node) -> Vec<(String, String)> {
+    let Some(st) = n.status() else {
+        return Vec::new();
+    };
+    st["peers"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| p["connected"] == true)
+                .map(|p| (str_of(&p["short_id"]), str_of(&p["source"])))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// Every node except those in `except` has the same tree; returns it.
+fn converged(c: &Cluster, except: &[usize], what: &str) -> usize {
+    let live: Vec<&Node> = (0..c.nodes.len())
+        .filter(|i| !except.contains(i))
+        .map(|i| &c.nodes[i])
+        .collect();
+    let mut size = 0;
+    wait_until(DEADLINE, what, || {
+        let trees: Vec<_> = live.iter().map(|n| tree(&n.path(""))).collect();
+        size = trees[0].len();
+        trees.windows(2).all(|w| w[0] == w[1])
+    });
+    size
+}
+
+#[test]
+fn eight_nodes_that_know_only_node_one_form_a_full_mesh_and_keep_converging_without_it() {
+    const N: usize = 8;
+    let started = Instant::now();
+    let mut c = Cluster::start(N, Topology::Star, folders);
+    wait_until(DEADLINE, "every node connected to all 7 others", || {
+        c.nodes.iter().all(|n| connected(n).len() == N - 1)
+    });
+    let meshed = started.elapsed();
+    // The spokes met through the hub: they know each other by exchange.
+    let by_exchange = connected(&c.nodes[3])
+        .iter()
+        .filter(|(_, src)| src == "exchange" || src == "inbound")
+        .count();
+    assert!(by_exchange >= N - 2, "{:?}", connected(&c.nodes[3]));
+
+    for i in [2, 5, 7] {
+        fs::write(c.nodes[i].path(&format!("from-{i}.txt")), format!("n{i}")).unwrap();
+    }
+    let t0 = Instant::now();
+    assert_eq!(converged(&c, &[], "the files of n2, n5, n7 everywhere"), 3);
+    let first = t0.elapsed();
+
+    // Without the bootstrap node, the rest go on among themselves.
+    c.nodes[0].stop();
+    fs::write(c.nodes[3].path("after-hub.txt"), "n3").unwrap();
+    fs::remove_file(c.nodes[6].path("from-5.txt")).unwrap();
+    let t1 = Instant::now();
+    let size = converged(&c, &[0], "n3's file and n6's delete on n1..n7");
+    assert_eq!(size, 3, "from-2, from-7, after-hub");
+    assert!(!c.nodes[1].path("from-5.txt").exists());
+    let second = t1.elapsed();
+    fs::write(c.nodes[7].path("again.txt"), "n7").unwrap();
+    converged(&c, &[0], "a later file on n1..n7");
+    eprintln!(
+        "{N} nodes, each knowing only n0: full mesh after {meshed:?}; \
+         3 files converged in {first:?}; without n0: converged in {second:?}"
+    );
+}
+
+#[test]
+fn a_bounded_degree_mesh_still_carries_every_change_everywhere() {
+    const N: usize = 6;
+    let mut c = Cluster::new(N, Topology::Star, folders);
+    for n in &mut c.nodes {
+        n.mesh_extra = "max_peers = 2\n".into();
+    }
+    for n in &mut c.nodes {
+        n.start();
+    }
+    c.wait_connected();
+    for i in [1, 4, 5] {
+        fs::write(c.nodes[i].path(&format!("from-{i}.txt")), format!("n{i}")).unwrap();
+    }
+    assert_eq!(converged(&c, &[], "every file on every node"), 3);
+    // Spokes dial at most max_peers - they may still be dialed by others.
+    let degrees: Vec<usize> = c.nodes.iter().map(|n| connected(n).len()).collect();
+    assert!(
+        degrees[1..].iter().any(|&d| d < N - 1),
+        "max_peers = 2 and yet a full mesh: {degrees:?}"
+    );
+    eprintln!("degrees with max_peers = 2: {degrees:?}");
+}
