@@ -25,6 +25,8 @@
 //!   other about the members they know (caps, address scope).
 //! - [`gate`]: access control for all protocols.
 //! - [`identity`]: the node key on disk.
+//! - [`mdns`]: LAN discovery: the fleet tag, and which mDNS finds are
+//!   members to dial.
 //! - [`net`]: [`Mesh`], which ties the above together and owns the blob store.
 //! - [`loopback`]: free UDP ports on 127.0.0.1 for local clusters (the demo,
 //!   tests), picked where the kernel never assigns port 0 binds.
@@ -43,6 +45,7 @@ pub mod gate;
 pub mod identity;
 pub mod index_stream;
 pub mod loopback;
+pub mod mdns;
 pub mod model;
 pub mod net;
 pub mod proto;
