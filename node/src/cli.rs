@@ -137,7 +137,7 @@ struct InitArgs {
     /// Local admin API address.
     #[arg(long = "admin-listen", default_value = DEFAULT_ADMIN_LISTEN)]
     admin_listen: String,
-    /// Static peer <node-id>@<ip>:<port> (repeatable).
+    /// Static peer <node-id>@<ip>:<port> or <node-id>@<host name>:<port> (repeatable).
     #[arg(long = "peer")]
     peers: Vec<String>,
     /// Disable LAN discovery in the generated config.
