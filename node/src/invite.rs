@@ -49,7 +49,9 @@ pub fn invite(
     if ips.len() > MAX_TICKET_ADDRS || hosts.len() > MAX_TICKET_HOSTS {
         bail!("a ticket holds at most {MAX_TICKET_ADDRS} addresses and {MAX_TICKET_HOSTS} host names; pass fewer --addr");
     }
-    let expires_at = SystemTime::now() + expires;
+    let expires_at = SystemTime::now()
+        .checked_add(expires)
+        .with_context(|| format!("--expires {expires_text}: too far in the future"))?;
     let ticket = FleetTicket {
         secret: config.mesh.fleet_secret.0,
         node: me,
@@ -233,6 +235,9 @@ fn read_ticket(arg: &str) -> Result<FleetTicket, String> {
     ticket
         .check_fresh(SystemTime::now())
         .map_err(|e| e.to_string())?;
+    if ticket.addrs.is_empty() && ticket.hosts.is_empty() {
+        return Err("the ticket holds no address to reach the fleet; ask for one made with --addr HOST:PORT".into());
+    }
     Ok(ticket)
 }
 

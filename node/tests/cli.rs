@@ -445,8 +445,11 @@ fn join_refuses_expired_and_malformed_tickets_with_one_line() {
         .unwrap()
         .as_secs()
         - 3 * 3600;
+    let mut nowhere = FleetTicket::parse(&good).unwrap();
+    nowhere.addrs.clear();
     let cases = [
         (expired.encode(), "expired 3h ago"),
+        (nowhere.encode(), "holds no address"),
         (good[..good.len() - 7].to_string(), "malformed ticket"),
         (typo(&good, good.len() / 2), "malformed ticket"),
         (
