@@ -106,8 +106,8 @@ mod tests;
 pub use error::ConfigError;
 pub use render::render_init_config;
 pub use types::{
-    parse_duration, parse_node_id, FleetSecret, FolderMode, LogFormat, NodeIdBytes, PeerAddr,
-    WatchMode,
+    check_host_name, parse_duration, parse_node_id, FleetSecret, FolderMode, LogFormat,
+    NodeIdBytes, PeerAddr, PeerHost, WatchMode,
 };
 
 pub const DEFAULT_MESH_LISTEN: &str = "0.0.0.0:7300";
@@ -348,10 +348,13 @@ impl Config {
     }
 }
 
-/// The process's `FLEETSYNC_*` variables. `std::env::vars()` would panic on
-/// any non-Unicode variable, even one unrelated to fleetsync, so read the
-/// raw environment and only insist on Unicode for our own variables.
-fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
+/// The process's `FLEETSYNC_*` variables, as [`Config::load`] applies
+/// them; public so commands that write a config (`fleetsync join`) can
+/// validate it against the same environment the daemon will see.
+/// `std::env::vars()` would panic on any non-Unicode variable, even one
+/// unrelated to fleetsync, so read the raw environment and only insist on
+/// Unicode for our own variables.
+pub fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
     let mut vars = Vec::new();
     for (name, value) in std::env::vars_os() {
         let Some(name) = name.to_str().filter(|n| n.starts_with(ENV_PREFIX)) else {

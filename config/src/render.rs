@@ -51,7 +51,8 @@ listen = {mesh_listen}
 # Instead of inline, it can live in its own file (whitespace is trimmed):
 # fleet_secret_file = "fleet.secret"
 fleet_secret = {secret}
-# Static peers: "<64-hex node id>@<ip>:<port>".
+# Static peers: "<64-hex node id>@<ip>:<port>" or "<64-hex node id>@<host name>:<port>"
+# (names are resolved before every connection attempt).
 "#,
         data_dir = qp(&p.data_dir),
         mesh_listen = q(&p.mesh_listen.to_string()),

@@ -194,7 +194,7 @@ mode = "send-only"
     assert_eq!(c.mesh.peers[1].id, [0xbb; 32]);
     assert_eq!(
         c.mesh.peers[1].addr,
-        "[::1]:7302".parse::<SocketAddr>().unwrap()
+        PeerHost::Ip("[::1]:7302".parse::<SocketAddr>().unwrap())
     );
     assert!(!c.mesh.mdns);
     assert_eq!(c.mesh.allow, Some(vec![[0xaa; 32], [0xbb; 32]]));
@@ -454,10 +454,72 @@ fn peer_with_short_id_or_bad_address() {
     assert_invalid(&e, "mesh.peers[0]", "<64-hex node id>@<ip>:<port>");
     assert!(problem(&e).contains("found 4 chars"), "{e}");
     let e = err(&with_secret(&format!(
-        "peers = [\"{}@host:1\"]\n",
+        "peers = [\"{}@host_1:1\"]\n",
         node_id(1)
     )));
     assert_invalid(&e, "mesh.peers[0]", "<64-hex node id>@<ip>:<port>");
+    assert!(problem(&e).contains("not a valid host name label"), "{e}");
+    let e = err(&with_secret(&format!(
+        "peers = [\"{}@10.0.0.300:7300\"]\n",
+        node_id(1)
+    )));
+    assert_invalid(&e, "mesh.peers[0]", "<host name>:<port>");
+    assert!(
+        problem(&e).contains("neither an IP address nor a host name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn host_name_peers_are_accepted() {
+    let text = with_secret(&format!(
+        "peers = [\"{a}@host.example:7300\", \"{b}@localhost:1\", \"{a}@fleet-1.lan.:65535\"]\n",
+        a = node_id(0xaa),
+        b = node_id(0xbb),
+    ));
+    let c = parse(&text);
+    let name = |host: &str, port| PeerHost::Name {
+        host: host.to_string(),
+        port,
+    };
+    assert_eq!(c.mesh.peers[0].addr, name("host.example", 7300));
+    assert_eq!(c.mesh.peers[1].addr, name("localhost", 1));
+    assert_eq!(c.mesh.peers[2].addr, name("fleet-1.lan.", 65535));
+    // Round trip through the text form `init` and `join` write.
+    assert_eq!(
+        c.mesh.peers[0].to_string(),
+        format!("{}@host.example:7300", node_id(0xaa))
+    );
+    let long_label = "a".repeat(64);
+    for bad in [
+        format!("{long_label}.example:7300"),
+        "-host.example:7300".to_string(),
+        "host..example:7300".to_string(),
+        format!("{}bc:7300", "a.".repeat(126)),
+    ] {
+        let e = err(&with_secret(&format!(
+            "peers = [\"{}@{bad}\"]\n",
+            node_id(1)
+        )));
+        assert_invalid(&e, "mesh.peers[0]", "<host name>:<port>");
+    }
+}
+
+#[test]
+fn a_peer_without_a_port_is_an_error() {
+    for (addr, why) in [
+        ("host.example", "has no port"),
+        ("host.example:0", "not a number from 1 to 65535"),
+        ("host.example:99999", "not a number from 1 to 65535"),
+        ("host.example:", "not a number from 1 to 65535"),
+    ] {
+        let e = err(&with_secret(&format!(
+            "peers = [\"{}@{addr}\"]\n",
+            node_id(1)
+        )));
+        assert_invalid(&e, "mesh.peers[0]", "<host name>:<port>");
+        assert!(problem(&e).contains(why), "{addr}: {e}");
+    }
 }
 
 #[test]
@@ -1762,7 +1824,7 @@ proptest! {
     #[test]
     // From ip + port: a V6 address's flowinfo is not part of its text form.
     fn peer_addr_round_trips(id in any::<[u8; 32]>(), ip in any::<std::net::IpAddr>(), port in any::<u16>()) {
-        let p = PeerAddr { id, addr: SocketAddr::new(ip, port) };
+        let p = PeerAddr { id, addr: PeerHost::Ip(SocketAddr::new(ip, port)) };
         prop_assert_eq!(p.to_string().parse::<PeerAddr>().unwrap(), p);
     }
 

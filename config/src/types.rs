@@ -54,11 +54,104 @@ fn decode_32(s: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-/// A statically configured peer: `<64-hex node id>@<ip>:<port>`.
+/// A statically configured peer: `<64-hex node id>@<ip>:<port>` or
+/// `<64-hex node id>@<host name>:<port>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerAddr {
     pub id: NodeIdBytes,
-    pub addr: SocketAddr,
+    pub addr: PeerHost,
+}
+
+/// Where a static peer is: an address, or a host name the mesh resolves
+/// before every dial (so a peer whose address changes is found again on
+/// reconnect). Parsing does no I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerHost {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl From<SocketAddr> for PeerHost {
+    fn from(a: SocketAddr) -> Self {
+        PeerHost::Ip(a)
+    }
+}
+
+impl FromStr for PeerHost {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(PeerHost::Ip(a));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+            format!("address {s:?} has no port; expected <ip>:<port> or <host name>:<port>")
+        })?;
+        let port = match port.parse::<u16>() {
+            Ok(p) if p != 0 => p,
+            _ => {
+                return Err(format!(
+                    "address {s:?}: port {port:?} is not a number from 1 to 65535"
+                ))
+            }
+        };
+        if host.contains(':') || host.starts_with('[') {
+            return Err(format!(
+                "address {s:?} is not an <ip>:<port> socket address"
+            ));
+        }
+        check_host_name(host).map_err(|why| format!("address {s:?}: {why}"))?;
+        Ok(PeerHost::Name {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// RFC 1123 host name: dot-separated labels of 1-63 letters, digits and
+/// hyphens, not starting or ending with a hyphen, at most 253 bytes. A
+/// trailing dot (fully qualified) is allowed.
+pub fn check_host_name(host: &str) -> Result<(), String> {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() {
+        return Err("empty host name".to_string());
+    }
+    if name.len() > 253 {
+        return Err(format!("host name is {} bytes, at most 253", name.len()));
+    }
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{host:?} is neither an IP address nor a host name (a name's last label is not all digits)"
+        ));
+    }
+    for label in name.split('.') {
+        let ok = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{label:?} is not a valid host name label \
+                 (1-63 letters, digits or '-', not starting or ending with '-')"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for PeerHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerHost::Ip(a) => write!(f, "{a}"),
+            PeerHost::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 impl FromStr for PeerAddr {
@@ -70,9 +163,7 @@ impl FromStr for PeerAddr {
             .split_once('@')
             .ok_or_else(|| "missing '@' between node id and address".to_string())?;
         let id = parse_node_id(id).map_err(|e| format!("node id: {e}"))?;
-        let addr = addr
-            .parse::<SocketAddr>()
-            .map_err(|_| format!("address {addr:?} is not an <ip>:<port> socket address"))?;
+        let addr = addr.parse::<PeerHost>()?;
         Ok(PeerAddr { id, addr })
     }
 }

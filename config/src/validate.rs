@@ -49,7 +49,8 @@ const ADMIN_LISTEN_FIX: &str = "use <ip>:<port> on a loopback address, e.g. \"12
 const SECRET_FIX: &str =
     "use 64 hex chars (32 bytes), e.g. from `openssl rand -hex 32`, or run \"fleetsync init\"";
 const PEER_FIX: &str =
-    "write each peer as \"<64-hex node id>@<ip>:<port>\" (IPv6: \"<64-hex node id>@[::1]:7300\")";
+    "write each peer as \"<64-hex node id>@<ip>:<port>\" (IPv6: \"<64-hex node id>@[::1]:7300\") \
+     or \"<64-hex node id>@<host name>:<port>\"";
 const NODE_ID_FIX: &str = "a node id is 64 hex chars (32 bytes), the node's public key";
 const DURATION_FIX: &str = "use a number with a unit, e.g. \"200ms\", \"5s\", \"1h\"";
 

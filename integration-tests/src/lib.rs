@@ -230,6 +230,9 @@ pub struct Node {
     pub extra: String,
     /// Extra environment for the process (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// Start with the config file as it is (written by `fleetsync join`,
+    /// say) instead of writing one from the fields above.
+    pub keep_config: bool,
     child: Option<Child>,
     starts: u32,
 }
@@ -265,6 +268,7 @@ impl Node {
             mesh_extra: String::new(),
             extra: String::new(),
             env: Vec::new(),
+            keep_config: false,
             child: None,
             starts: 0,
         }
@@ -318,7 +322,9 @@ impl Node {
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
-        self.write_config();
+        if !self.keep_config {
+            self.write_config();
+        }
         self.starts += 1;
         // The previous run's address (after a kill -9) must not be read.
         let addr_file = self.data.join("admin.addr");

@@ -442,6 +442,7 @@ mod tests {
                 listen: addrs[i],
                 fleet_secret: [7; 32],
                 static_peers: vec![(keys[1 - i].public(), addrs[1 - i])],
+                static_peer_names: Vec::new(),
                 allow: None,
                 gc: None,
                 peer_exchange: false,

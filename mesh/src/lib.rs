@@ -28,6 +28,9 @@
 //! - [`mdns`]: LAN discovery: the fleet tag, and which mDNS finds are
 //!   members to dial.
 //! - [`net`]: [`Mesh`], which ties the above together and owns the blob store.
+//! - [`ticket`]: join tickets ([`FleetTicket`](ticket::FleetTicket)), the
+//!   one string `fleetsync invite` prints and `fleetsync join` consumes:
+//!   fleet secret, a member's id and addresses, expiry.
 //! - [`loopback`]: free UDP ports on 127.0.0.1 for local clusters (the demo,
 //!   tests), picked where the kernel never assigns port 0 binds.
 //!
@@ -49,6 +52,7 @@ pub mod mdns;
 pub mod model;
 pub mod net;
 pub mod proto;
+pub mod ticket;
 
 pub use blobs::{FetchError, StoreError};
 pub use iroh;

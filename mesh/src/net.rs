@@ -89,6 +89,9 @@ const SIMULTANEOUS_DIAL_WINDOW: Duration = Duration::from_secs(3);
 /// The dial loop looks at its peers at least this often, even when nothing
 /// wakes it.
 const DIAL_TICK: Duration = Duration::from_secs(1);
+/// A host-name lookup taking longer than this fails the dial (which backs
+/// off and resolves again next time).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the node needs to bring the mesh up.
 #[derive(Debug, Clone)]
@@ -99,6 +102,9 @@ pub struct MeshOptions {
     pub listen: SocketAddr,
     pub fleet_secret: [u8; 32],
     pub static_peers: Vec<(EndpointId, SocketAddr)>,
+    /// Static peers given by host name and port: resolved before every
+    /// dial, so a peer whose address changes is found again on reconnect.
+    pub static_peer_names: Vec<(EndpointId, String, u16)>,
     pub allow: Option<Vec<EndpointId>>,
     /// Blob garbage collection (the caller decides what stays live).
     pub gc: Option<iroh_blobs::store::GcConfig>,
@@ -155,6 +161,12 @@ pub enum HandshakeFailed {
 pub enum DialError {
     #[error("no address known")]
     NoAddress,
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("connect timed out")]
     ConnectTimeout,
     #[error(transparent)]
@@ -209,6 +221,10 @@ pub struct PeerStatus {
 #[derive(Debug)]
 struct PeerRecord {
     addrs: Vec<SocketAddr>,
+    /// Configured host names (and ports), looked up before every dial.
+    names: Vec<(String, u16)>,
+    /// What `names` resolved to at the last dial (replaced each time).
+    resolved: Vec<SocketAddr>,
     is_static: bool,
     /// Proved membership to us at least once (a session): only such peers
     /// are passed on in peer exchange.
@@ -237,6 +253,8 @@ impl PeerRecord {
     fn new(is_static: bool) -> Self {
         PeerRecord {
             addrs: Vec::new(),
+            names: Vec::new(),
+            resolved: Vec::new(),
             is_static,
             proven: false,
             learned_from: None,
@@ -275,7 +293,12 @@ impl PeerRecord {
 
     /// Should the dial loop dial this peer now?
     fn wants_dial(&self, now: Instant) -> bool {
-        self.live.is_none() && !self.dialing && !self.addrs.is_empty() && self.next_dial <= now
+        self.live.is_none() && !self.dialing && self.dialable() && self.next_dial <= now
+    }
+
+    /// Whether there is anything to dial: an address or a name to resolve.
+    fn dialable(&self) -> bool {
+        !self.addrs.is_empty() || !self.names.is_empty()
     }
 
     /// A dial failed: back off (doubling, up to [`BACKOFF_MAX`]). Returns
@@ -359,7 +382,11 @@ impl Mesh {
             key: FleetKey::new(&opts.fleet_secret),
             gate,
             me,
-            peers: Mutex::new(static_peers(me, &opts.static_peers)),
+            peers: Mutex::new(static_peers(
+                me,
+                &opts.static_peers,
+                &opts.static_peer_names,
+            )),
             blob_conns: Default::default(),
             events: events_tx,
             wake_dialer: Notify::new(),
@@ -409,7 +436,7 @@ impl Mesh {
             .map(|(id, r)| PeerStatus {
                 id: *id,
                 connected: r.live.is_some(),
-                addrs: r.addrs.clone(),
+                addrs: r.addrs.iter().chain(&r.resolved).copied().collect(),
                 is_static: r.is_static,
                 source: r.source(),
                 last_error: r.last_error.clone(),
@@ -531,13 +558,63 @@ async fn learn_from_lan(inner: Arc<Inner>, mut found: impl Stream<Item = mdns::F
 fn static_peers(
     me: EndpointId,
     configured: &[(EndpointId, SocketAddr)],
+    named: &[(EndpointId, String, u16)],
 ) -> HashMap<EndpointId, PeerRecord> {
     let mut peers = HashMap::new();
     for (id, addr) in configured.iter().filter(|(id, _)| *id != me) {
         let rec = peers.entry(*id).or_insert_with(|| PeerRecord::new(true));
         rec.add_addr(*addr);
     }
+    for (id, host, port) in named.iter().filter(|(id, ..)| *id != me) {
+        let rec = peers.entry(*id).or_insert_with(|| PeerRecord::new(true));
+        rec.names.push((host.clone(), *port));
+    }
     peers
+}
+
+/// Look up every name; the addresses of those that resolve, or the first
+/// error if none does. A name answering nothing is an error too.
+async fn resolve_names<F, Fut>(
+    names: &[(String, u16)],
+    lookup: F,
+) -> Result<Vec<SocketAddr>, DialError>
+where
+    F: Fn(String, u16) -> Fut,
+    Fut: Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
+    let mut out = Vec::new();
+    let mut first_err = None;
+    for (host, port) in names {
+        let res = tokio::time::timeout(RESOLVE_TIMEOUT, lookup(host.clone(), *port))
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "lookup timed out",
+                ))
+            });
+        match res {
+            Ok(addrs) if !addrs.is_empty() => out.extend(addrs),
+            Ok(_) => {
+                let e = std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses");
+                first_err.get_or_insert((host.clone(), e));
+            }
+            Err(e) => {
+                first_err.get_or_insert((host.clone(), e));
+            }
+        }
+    }
+    match first_err {
+        Some((host, source)) if out.is_empty() => Err(DialError::Resolve { host, source }),
+        _ => Ok(out),
+    }
+}
+
+/// The system resolver.
+async fn system_lookup(host: String, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .collect())
 }
 
 impl Inner {
@@ -564,11 +641,11 @@ impl Inner {
     pub(crate) fn endpoint_addr(&self, peer: EndpointId) -> Option<EndpointAddr> {
         let peers = self.peers.lock().expect("peers lock");
         let rec = peers.get(&peer)?;
-        if rec.addrs.is_empty() {
+        if rec.addrs.is_empty() && rec.resolved.is_empty() {
             return None;
         }
         let mut a = EndpointAddr::new(peer);
-        for s in &rec.addrs {
+        for s in rec.addrs.iter().chain(&rec.resolved) {
             a = a.with_ip_addr(*s);
         }
         Some(a)
@@ -687,6 +764,7 @@ impl Inner {
     /// Connect to `peer` and prove membership both ways; on success the
     /// session runs in its own task.
     async fn try_dial(self: Arc<Self>, peer: EndpointId) -> Result<(), DialError> {
+        self.resolve_peer(peer).await?;
         let addr = self.endpoint_addr(peer).ok_or(DialError::NoAddress)?;
         let conn = tokio::time::timeout(DIAL_TIMEOUT, self.endpoint.connect(addr, CTRL_ALPN))
             .await
@@ -707,6 +785,30 @@ impl Inner {
             }
         };
         tokio::spawn(self.run_session(conn, admitted, (send, recv)));
+        Ok(())
+    }
+
+    /// Resolve the peer's configured host names afresh (every dial, so a
+    /// moved peer is found on reconnect) into its `resolved` addresses.
+    async fn resolve_peer(&self, peer: EndpointId) -> Result<(), DialError> {
+        let names = {
+            let peers = self.peers.lock().expect("peers lock");
+            match peers.get(&peer) {
+                Some(rec) if !rec.names.is_empty() => rec.names.clone(),
+                _ => return Ok(()),
+            }
+        };
+        let res = resolve_names(&names, system_lookup).await;
+        let mut peers = self.peers.lock().expect("peers lock");
+        let Some(rec) = peers.get_mut(&peer) else {
+            return Ok(());
+        };
+        match res {
+            Ok(resolved) => rec.resolved = resolved,
+            // Addresses learned from an earlier session may still work.
+            Err(e) if rec.addrs.is_empty() => return Err(e),
+            Err(e) => debug!(peer = %peer.fmt_short(), "{e}; dialing known addresses"),
+        }
         Ok(())
     }
 
@@ -1002,7 +1104,7 @@ fn due_dials(inner: &Inner, now: Instant) -> (Vec<EndpointId>, Instant) {
             rec.dialing = true;
             busy += 1;
             due.push(*id);
-        } else if rec.live.is_none() && !rec.dialing && !rec.addrs.is_empty() {
+        } else if rec.live.is_none() && !rec.dialing && rec.dialable() {
             next_wake = next_wake.min(rec.next_dial);
         }
     }
@@ -1190,11 +1292,55 @@ mod tests {
             (other, addr("10.0.0.2:4000")),
             (other, addr("10.0.0.3:4000")),
         ];
-        let peers = static_peers(me, &configured);
+        let named = [
+            (me, "localhost".to_string(), 4000),
+            (other, "peer.example".to_string(), 4001),
+        ];
+        let peers = static_peers(me, &configured, &named);
         assert_eq!(peers.len(), 1);
         let rec = &peers[&other];
         assert!(rec.is_static);
         assert_eq!(rec.addrs.len(), 2);
+        assert_eq!(rec.names, vec![("peer.example".to_string(), 4001)]);
+    }
+
+    #[test]
+    fn a_peer_known_only_by_name_is_dialed() {
+        let mut rec = PeerRecord::new(true);
+        rec.names.push(("peer.example".to_string(), 4000));
+        assert!(rec.wants_dial(rec.next_dial));
+    }
+
+    /// Names are looked up afresh on each call (each dial): a changed DNS
+    /// answer is used at the next reconnect, a failure is a resolve error.
+    #[tokio::test]
+    async fn names_are_resolved_at_each_dial() {
+        let calls = std::sync::atomic::AtomicU16::new(0);
+        let lookup = |host: String, port: u16| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                assert_eq!(host, "peer.example");
+                match n {
+                    0 => Ok(vec![SocketAddr::from(([10, 0, 0, 1], port))]),
+                    1 => Ok(vec![SocketAddr::from(([10, 0, 0, 2], port))]),
+                    2 => Ok(vec![]),
+                    _ => Err(std::io::Error::other("no such host")),
+                }
+            }
+        };
+        let names = vec![("peer.example".to_string(), 7300)];
+        let first = resolve_names(&names, &lookup).await.unwrap();
+        assert_eq!(first, vec![addr("10.0.0.1:7300")]);
+        let second = resolve_names(&names, &lookup).await.unwrap();
+        assert_eq!(second, vec![addr("10.0.0.2:7300")]);
+        for _ in 0..2 {
+            let e = resolve_names(&names, &lookup).await.unwrap_err();
+            assert!(matches!(e, DialError::Resolve { ref host, .. } if host == "peer.example"));
+            assert!(
+                e.to_string().starts_with("cannot resolve peer.example: "),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -1213,6 +1359,7 @@ mod tests {
             listen: crate::loopback::free_udp_addr().unwrap(),
             fleet_secret: [9; 32],
             static_peers: vec![],
+            static_peer_names: vec![],
             allow: None,
             gc: None,
             peer_exchange: true,

@@ -11,7 +11,7 @@ use fleetsync_config::{
     CONFIG_FILE_NAME, DEFAULT_ADMIN_LISTEN, DEFAULT_MESH_LISTEN,
 };
 
-use crate::{client, daemon, demo};
+use crate::{client, daemon, demo, invite};
 
 pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
@@ -35,6 +35,10 @@ enum Cmd {
     Init(InitArgs),
     /// Print this node's id (creating the identity if missing).
     Id(Where),
+    /// Print a join ticket for this fleet (its last line of output).
+    Invite(InviteArgs),
+    /// Write a config that joins the fleet of a ticket from `fleetsync invite`.
+    Join(JoinArgs),
     /// Run the node in the foreground until SIGINT/SIGTERM.
     Run(RunArgs),
     /// Show peers, folders and transfers of the running node.
@@ -133,12 +137,44 @@ struct InitArgs {
     /// Local admin API address.
     #[arg(long = "admin-listen", default_value = DEFAULT_ADMIN_LISTEN)]
     admin_listen: String,
-    /// Static peer <node-id>@<ip>:<port> (repeatable).
+    /// Static peer <node-id>@<ip>:<port> or <node-id>@<host name>:<port> (repeatable).
     #[arg(long = "peer")]
     peers: Vec<String>,
     /// Disable LAN discovery in the generated config.
     #[arg(long = "no-mdns")]
     no_mdns: bool,
+    /// Overwrite an existing config file.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct InviteArgs {
+    #[command(flatten)]
+    at: Where,
+    /// How long `join` accepts the ticket (e.g. 1h, 24h, 7d).
+    #[arg(long, default_value = "24h")]
+    expires: String,
+    /// Address the new node dials, <ip>:<port> or <host name>:<port>
+    /// (repeatable). Default: the running node's listen addresses, else
+    /// mesh.listen if it is a specific address.
+    #[arg(long = "addr")]
+    addrs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// The ticket, or - to read it from stdin (keeps it out of the process list).
+    ticket: String,
+    /// Data directory to create.
+    #[arg(long = "data-dir", short = 'd')]
+    data_dir: PathBuf,
+    /// Folder to sync.
+    #[arg(long)]
+    folder: PathBuf,
+    /// Folder id (the same on every node sharing the folder). Default: the directory name.
+    #[arg(long = "folder-id")]
+    folder_id: Option<String>,
     /// Overwrite an existing config file.
     #[arg(long)]
     force: bool,
@@ -180,6 +216,14 @@ pub fn main() -> i32 {
     let res = match cli.cmd {
         Cmd::Init(a) => init(a),
         Cmd::Id(w) => id(w),
+        Cmd::Invite(a) => invite_cmd(a),
+        Cmd::Join(a) => invite::join(invite::JoinRequest {
+            ticket: a.ticket,
+            data_dir: a.data_dir,
+            folder: a.folder,
+            folder_id: a.folder_id,
+            force: a.force,
+        }),
         Cmd::Run(a) => run(a),
         Cmd::Status { at, json } => status(at, json),
         Cmd::History {
@@ -225,7 +269,7 @@ impl Where {
     }
 }
 
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -257,23 +301,7 @@ fn init(a: InitArgs) -> anyhow::Result<i32> {
     let mut folders = Vec::new();
     for f in &a.folder {
         let path = absolute(f)?;
-        let id = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(|s| {
-                s.chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                            c
-                        } else {
-                            '-'
-                        }
-                    })
-                    .collect::<String>()
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "default".to_string());
-        folders.push((id, path));
+        folders.push((folder_id_from_path(&path), path));
     }
     let peers = a
         .peers
@@ -316,8 +344,38 @@ fn init(a: InitArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A folder id from a directory name: characters outside the id alphabet
+/// become '-', so `init` and `join` agree on the id of the same directory.
+pub(crate) fn folder_id_from_path(path: &Path) -> String {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(|s| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string())
+}
+
+fn invite_cmd(a: InviteArgs) -> anyhow::Result<i32> {
+    let config = a.at.load(&Overrides::default())?;
+    let expires = fleetsync_config::parse_duration(&a.expires)
+        .map_err(|e| anyhow::anyhow!("--expires {}: {e}", a.expires))?;
+    if expires.is_zero() {
+        bail!("--expires {}: must be longer than zero", a.expires);
+    }
+    invite::invite(&config, expires, &a.expires, &a.addrs)
+}
+
 /// The config holds the fleet secret: owner-only.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let tmp = path.with_extension("toml.tmp");
     let mut f = std::fs::OpenOptions::new()

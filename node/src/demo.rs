@@ -134,7 +134,7 @@ fn run_in(dir: &Path, keep: bool) -> anyhow::Result<i32> {
                 .iter()
                 .map(|j| PeerAddr {
                     id: ids[*j],
-                    addr: listens[*j],
+                    addr: listens[*j].into(),
                 })
                 .collect(),
             mdns: false,

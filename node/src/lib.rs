@@ -1,7 +1,9 @@
 //! The `fleetsync` binary's library half.
 //!
-//! - [`cli`]: subcommands (`init`, `id`, `run`, `status`, `history`,
-//!   `demo`) and their exit codes.
+//! - [`cli`]: subcommands (`init`, `id`, `invite`, `join`, `run`,
+//!   `status`, `history`, `demo`) and their exit codes.
+//! - [`invite`]: `invite` prints a join ticket, `join` turns one into a
+//!   config (rendered like `init`'s, validated with the environment).
 //! - [`daemon`]: `run` — logging, the actix system on a multi-threaded
 //!   tokio runtime, [`fleetsync_actors::start_node`], the admin API, systemd
 //!   notification (`READY=1`, `WATCHDOG=1` only while every actor answers),
@@ -18,3 +20,4 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod demo;
+pub mod invite;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use actix::prelude::*;
-use fleetsync_config::Config;
+use fleetsync_config::{Config, PeerHost};
 use fleetsync_mesh::{identity, EndpointId, Mesh, MeshOptions};
 
 use super::{
@@ -181,10 +181,14 @@ pub async fn start_node_with(
     let secret_key = identity::load_or_create(&data_dir)?;
     let index = Index::open(&data_dir.join("index.redb"))?;
     let mut static_peers = Vec::new();
+    let mut static_peer_names = Vec::new();
     for p in &config.mesh.peers {
         let id =
             EndpointId::from_bytes(&p.id).map_err(|_| StartError::PeerId(hex::encode(p.id)))?;
-        static_peers.push((id, p.addr));
+        match &p.addr {
+            PeerHost::Ip(a) => static_peers.push((id, *a)),
+            PeerHost::Name { host, port } => static_peer_names.push((id, host.clone(), *port)),
+        }
     }
     let allow = match &config.mesh.allow {
         None => None,
@@ -200,6 +204,7 @@ pub async fn start_node_with(
         listen: config.mesh.listen,
         fleet_secret: config.mesh.fleet_secret.0,
         static_peers,
+        static_peer_names,
         allow,
         gc: Some(retention::gc_config(index.clone(), retention::GC_EVERY)),
         peer_exchange: config.mesh.peer_exchange,
