@@ -95,7 +95,7 @@ pub fn members(
                 .copied()
                 .take(MAX_FIND_ADDRS)
                 .collect();
-            (tagged && endpoint_info.endpoint_id != me && !addrs.is_empty()).then(|| Found {
+            (tagged && endpoint_info.endpoint_id != me && !addrs.is_empty()).then_some(Found {
                 id: endpoint_info.endpoint_id,
                 addrs,
             })

@@ -47,9 +47,9 @@ use crate::{
     auth::{self, Admitted, FleetKey, HandshakeError, HANDSHAKE_TIMEOUT},
     codec::{read_msg, write_msg, CodecError},
     exchange::{self, Control},
-    mdns,
     gate::Gate,
     identity::short_id,
+    mdns,
     model::ShortId,
     proto::{BLOBS_ALPN, CTRL_ALPN},
 };
