@@ -230,6 +230,11 @@ pub struct Node {
     pub extra: String,
     /// Extra environment for the process (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// Run inside this network namespace (`ip netns exec`); its admin API
+    /// is then reached through the CLI run in the same namespace.
+    pub netns: Option<String>,
+    /// `mdns = true` (only inside a network namespace the test made).
+    pub mdns: bool,
     /// Start with the config file as it is (written by `fleetsync join`,
     /// say) instead of writing one from the fields above.
     pub keep_config: bool,
@@ -268,6 +273,8 @@ impl Node {
             mesh_extra: String::new(),
             extra: String::new(),
             env: Vec::new(),
+            netns: None,
+            mdns: false,
             keep_config: false,
             child: None,
             starts: 0,
@@ -293,7 +300,7 @@ impl Node {
 
     pub fn write_config(&self) {
         let mut t = String::new();
-        t.push_str(&format!("data_dir = {:?}\n\n[mesh]\nlisten = \"{}\"\nfleet_secret = \"{}\"\nmdns = false\npeers = [", self.data, self.udp, hex::encode(self.secret)));
+        t.push_str(&format!("data_dir = {:?}\n\n[mesh]\nlisten = \"{}\"\nfleet_secret = \"{}\"\nmdns = {}\npeers = [", self.data, self.udp, hex::encode(self.secret), self.mdns));
         let peers: Vec<String> = self
             .peers
             .iter()
@@ -330,7 +337,7 @@ impl Node {
         let addr_file = self.data.join("admin.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::File::create(self.log_path()).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = self.command();
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("FLEETSYNC_") {
                 cmd.env_remove(k);
@@ -359,10 +366,32 @@ impl Node {
                         .ok()
                         .and_then(|t| t.trim().parse::<SocketAddr>().ok())
                 });
-                admin.is_some_and(|a| get(a, "/health").is_some() || get(a, "/status").is_some())
+                admin.is_some_and(|a| {
+                    self.netns.is_some()
+                        || get(a, "/health").is_some()
+                        || get(a, "/status").is_some()
+                })
             },
         );
         self.admin = admin.expect("waited for it");
+        if self.netns.is_some() {
+            wait_until(Duration::from_secs(30), &format!("{name}'s status"), || {
+                self.status().is_some()
+            });
+        }
+    }
+
+    /// `fleetsync`, inside the node's network namespace if it has one
+    /// (`ip netns exec` execs it: the child is the node itself).
+    fn command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        }
     }
 
     fn poll_exit(&mut self) {
@@ -431,7 +460,8 @@ impl Node {
     /// Run `fleetsync ARGS --config <this node's config>`; exit code, stdout
     /// and stderr.
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(bin())
+        let out = self
+            .command()
             .args(args)
             .arg("--config")
             .arg(&self.config)
@@ -463,6 +493,12 @@ impl Node {
     }
 
     pub fn status(&self) -> Option<Value> {
+        if self.netns.is_some() {
+            let (code, out, _) = self.cli(&["status", "--json"]);
+            return (code == 0)
+                .then(|| serde_json::from_str(&out).ok())
+                .flatten();
+        }
         get(self.admin, "/status").and_then(|b| serde_json::from_str(&b).ok())
     }
 

@@ -447,6 +447,7 @@ mod tests {
                 gc: None,
                 peer_exchange: false,
                 max_peers: 32,
+                mdns: false,
             })
             .await
             .unwrap();

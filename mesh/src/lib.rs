@@ -25,6 +25,8 @@
 //!   other about the members they know (caps, address scope).
 //! - [`gate`]: access control for all protocols.
 //! - [`identity`]: the node key on disk.
+//! - [`mdns`]: LAN discovery: the fleet tag, and which mDNS finds are
+//!   members to dial.
 //! - [`net`]: [`Mesh`], which ties the above together and owns the blob store.
 //! - [`ticket`]: join tickets ([`FleetTicket`](ticket::FleetTicket)), the
 //!   one string `fleetsync invite` prints and `fleetsync join` consumes:
@@ -46,6 +48,7 @@ pub mod gate;
 pub mod identity;
 pub mod index_stream;
 pub mod loopback;
+pub mod mdns;
 pub mod model;
 pub mod net;
 pub mod proto;

@@ -38,6 +38,8 @@ use iroh::{
     Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey,
 };
 use iroh_blobs::{store::fs::FsStore, BlobsProtocol};
+use iroh_mdns_address_lookup::MdnsAddressLookup;
+use n0_future::{Stream, StreamExt};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -47,6 +49,7 @@ use crate::{
     exchange::{self, Control},
     gate::Gate,
     identity::short_id,
+    mdns,
     model::ShortId,
     proto::{BLOBS_ALPN, CTRL_ALPN},
 };
@@ -109,6 +112,8 @@ pub struct MeshOptions {
     pub peer_exchange: bool,
     /// Live sessions past which learned peers are no longer dialed.
     pub max_peers: usize,
+    /// Find fleet members on the LAN with mDNS (and be found).
+    pub mdns: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +231,8 @@ struct PeerRecord {
     proven: bool,
     /// The member whose peer list told us of it (until it proves itself).
     learned_from: Option<EndpointId>,
+    /// Found on the LAN by mDNS.
+    found_by_mdns: bool,
     live: Option<Live>,
     dialing: bool,
     next_dial: Instant,
@@ -251,6 +258,7 @@ impl PeerRecord {
             is_static,
             proven: false,
             learned_from: None,
+            found_by_mdns: false,
             live: None,
             dialing: false,
             next_dial: Instant::now(),
@@ -276,6 +284,8 @@ impl PeerRecord {
             "static"
         } else if self.learned_from.is_some() {
             "exchange"
+        } else if self.found_by_mdns {
+            "mdns"
         } else {
             "inbound"
         }
@@ -360,7 +370,9 @@ impl Mesh {
     pub async fn start(opts: MeshOptions) -> Result<(Mesh, mpsc::Receiver<MeshEvent>), MeshError> {
         let store = open_store(&opts).await?;
         let gate = Gate::new(opts.allow.clone());
-        let endpoint = bind_endpoint(&opts, &gate).await?;
+        let tag = mdns::fleet_tag(&opts.fleet_secret);
+        let lan = opts.mdns.then(|| lan_lookup(&opts, &tag)).flatten();
+        let endpoint = bind_endpoint(&opts, &gate, lan.as_ref(), &tag).await?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (serve_events, hang) = crate::blobs::serve_events();
         let me = endpoint.id();
@@ -395,6 +407,11 @@ impl Mesh {
             .accept(BLOBS_ALPN, BlobsProtocol::new(&store, Some(serve_events)))
             .spawn();
         tokio::spawn(dial_loop(inner.clone()));
+        if let Some(lan) = lan {
+            let found = mdns::members(lan.subscribe().await, me, tag);
+            tokio::spawn(learn_from_lan(inner.clone(), found));
+            info!("mDNS on: finding fleet members on the local network");
+        }
         info!(id = %me, addrs = ?inner.listen_addrs(), "mesh up");
         Ok((Mesh { inner, router }, events_rx))
     }
@@ -485,7 +502,12 @@ async fn open_store(opts: &MeshOptions) -> Result<FsStore, MeshError> {
 
 /// One endpoint on exactly `opts.listen`: no relay, every connection
 /// through the gate.
-async fn bind_endpoint(opts: &MeshOptions, gate: &Gate) -> Result<Endpoint, MeshError> {
+async fn bind_endpoint(
+    opts: &MeshOptions,
+    gate: &Gate,
+    lan: Option<&MdnsAddressLookup>,
+    tag: &[u8; 32],
+) -> Result<Endpoint, MeshError> {
     let bind_err = |source: BindError| MeshError::Bind {
         addr: opts.listen,
         source,
@@ -497,17 +519,39 @@ async fn bind_endpoint(opts: &MeshOptions, gate: &Gate) -> Result<Endpoint, Mesh
         .keep_alive_interval(KEEP_ALIVE)
         .max_idle_timeout(Some(idle))
         .build();
-    Endpoint::builder(presets::Minimal)
+    let mut builder = Endpoint::builder(presets::Minimal)
         .secret_key(opts.secret_key.clone())
         .relay_mode(RelayMode::Disabled)
         .clear_ip_transports()
         .bind_addr(opts.listen)
         .map_err(|e| bind_err(e.into()))?
         .transport_config(transport)
-        .hooks(gate.clone())
-        .bind()
-        .await
-        .map_err(|e| bind_err(e.into()))
+        .hooks(gate.clone());
+    if let Some(lan) = lan {
+        builder = builder
+            .address_lookup(lan.clone())
+            .user_data_for_address_lookup(mdns::user_data_value(tag));
+    }
+    builder.bind().await.map_err(|e| bind_err(e.into()))
+}
+
+/// The fleet's mDNS lookup, or `None` (logged) where the host has no
+/// multicast: the node runs on without LAN discovery.
+fn lan_lookup(opts: &MeshOptions, tag: &[u8; 32]) -> Option<MdnsAddressLookup> {
+    match mdns::lookup(opts.secret_key.public(), tag) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("{e}; LAN discovery off (configured peers and peer exchange still work)");
+            None
+        }
+    }
+}
+
+/// Dial the fleet members mDNS finds.
+async fn learn_from_lan(inner: Arc<Inner>, mut found: impl Stream<Item = mdns::Found> + Unpin) {
+    while let Some(f) = found.next().await {
+        inner.learn_mdns(f);
+    }
 }
 
 /// The configured peers (never ourselves), to be dialed from the start.
@@ -852,7 +896,38 @@ const EXCHANGE_MIN_GAP: Duration = Duration::from_secs(1);
 /// Close code for a broken control-stream rule.
 pub const CLOSE_PROTOCOL: u32 = 400;
 
+/// Members found by mDNS that have not proven themselves yet, at most
+/// (anyone on the LAN can advertise our tag).
+const MAX_UNPROVEN_MDNS: usize = 32;
+
 impl Inner {
+    /// A member found on the LAN: remember it (within the cap) and dial.
+    /// A peer we know already keeps the addresses it told us itself.
+    fn learn_mdns(&self, found: mdns::Found) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        if let Some(rec) = peers.get_mut(&found.id) {
+            if rec.addrs.is_empty() {
+                found.addrs.iter().for_each(|a| rec.add_addr(*a));
+            }
+        } else {
+            let unproven = peers
+                .values()
+                .filter(|r| r.found_by_mdns && !r.proven)
+                .count();
+            if unproven >= MAX_UNPROVEN_MDNS {
+                debug!(peer = %found.id.fmt_short(), "mDNS find over the cap; ignored");
+                return;
+            }
+            let mut rec = PeerRecord::new(false);
+            rec.found_by_mdns = true;
+            found.addrs.iter().for_each(|a| rec.add_addr(*a));
+            peers.insert(found.id, rec);
+            info!(peer = %found.id.fmt_short(), addrs = ?found.addrs, "found by mDNS");
+        }
+        drop(peers);
+        self.wake_dialer.notify_one();
+    }
+
     /// The members we know (proven by a session once), with addresses.
     fn known_members(&self) -> Vec<(EndpointId, Vec<SocketAddr>)> {
         let peers = self.peers.lock().expect("peers lock");
@@ -1289,6 +1364,7 @@ mod tests {
             gc: None,
             peer_exchange: true,
             max_peers: 32,
+            mdns: false,
         })
         .await
         .unwrap();

@@ -46,9 +46,6 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
 }
 
 async fn run_node(config: Config) -> anyhow::Result<i32> {
-    if config.mesh.mdns {
-        info!("mesh.mdns is set, but LAN discovery is not part of this build yet: nodes find each other through mesh.peers (and inbound connections)");
-    }
     let node = fleetsync_actors::start_node(&config).await?;
     let (admin, admin_addr) = match crate::admin::serve(config.admin.listen, node.clone()).await {
         Ok(h) => h,

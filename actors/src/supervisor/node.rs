@@ -209,6 +209,7 @@ pub async fn start_node_with(
         gc: Some(retention::gc_config(index.clone(), retention::GC_EVERY)),
         peer_exchange: config.mesh.peer_exchange,
         max_peers: config.mesh.max_peers,
+        mdns: config.mesh.mdns,
     })
     .await?;
     let mut folders = HashMap::new();
