@@ -10,7 +10,8 @@
 //!
 //! Steps, by function: [`Mesh::start`] (`open_store`, `bind_endpoint`,
 //! `static_peers`, router, `dial_loop`); dialing (`due_dials` → `dial` →
-//! `try_dial`); accepting (`CtrlHandler::accept` → `accept_handshake`);
+//! `try_dial`); accepting (`CtrlHandler::accept`, which takes a slot from
+//! [`Admission`] first, → `accept_handshake`);
 //! both then `run_session` (`register` with the duplicate tie-break
 //! `new_conn_wins`, `MeshEvent::Up`, `watch_control`, `session_ended`).
 
@@ -18,7 +19,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -36,10 +37,11 @@ use iroh::{
     Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey,
 };
 use iroh_blobs::{store::fs::FsStore, BlobsProtocol};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::{
+    admission::{Admission, Permit},
     auth::{self, Admitted, FleetKey, HandshakeError, HANDSHAKE_TIMEOUT},
     codec::read_msg,
     gate::Gate,
@@ -55,11 +57,11 @@ pub const CLOSE_HANDSHAKE: u32 = 401;
 /// Close code on shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 0;
 
-/// How many strangers may be mid-handshake at once.
-const MAX_PENDING_HANDSHAKES: usize = 64;
 pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Redial within this after a peer was too busy with strangers.
+const BUSY_RETRY: Duration = Duration::from_millis(200);
 const MAX_ADDRS_PER_PEER: usize = 8;
 /// Session events waiting for the node: it drains them at once, this is
 /// slack for bursts (every peer reconnecting after a restart).
@@ -135,6 +137,8 @@ pub enum HandshakeFailed {
     Auth(HandshakeError),
     #[error("handshake timed out")]
     Timeout,
+    #[error("handshake slot taken by a newer stranger")]
+    Evicted,
 }
 
 /// Why dialing a peer did not give a session (it is tried again later).
@@ -151,6 +155,8 @@ pub enum DialError {
     Handshake(#[source] HandshakeFailed),
     #[error("handshake timed out")]
     HandshakeTimeout,
+    #[error("the peer is busy with other handshakes")]
+    Busy,
 }
 
 impl From<HandshakeFailed> for DialError {
@@ -241,6 +247,19 @@ impl PeerRecord {
         self.live.is_none() && !self.dialing && !self.addrs.is_empty() && self.next_dial <= now
     }
 
+    /// The peer turned us away while strangers flood it: its admission
+    /// lets newcomers in as the flood churns, so try again soon (at a
+    /// random point of the next [`BUSY_RETRY`], so that members do not
+    /// retry in step) rather than backing off, which would leave a member
+    /// nobody configured out for long. Returns whether the error is news.
+    fn turned_away(&mut self, msg: String, now: Instant) -> bool {
+        let news = self.last_error.as_deref() != Some(msg.as_str());
+        self.last_error = Some(msg);
+        let jitter = getrandom::u64().unwrap_or(0) % BUSY_RETRY.as_millis() as u64;
+        self.next_dial = now + BUSY_RETRY / 2 + Duration::from_millis(jitter / 2);
+        news
+    }
+
     /// A dial failed: back off (doubling, up to [`BACKOFF_MAX`]). Returns
     /// whether the error is news (worth an info line, not a debug one).
     fn dial_failed(&mut self, msg: String, now: Instant) -> bool {
@@ -287,7 +306,8 @@ pub(crate) struct Inner {
     pub(crate) blob_conns: tokio::sync::Mutex<HashMap<EndpointId, Connection>>,
     events: mpsc::Sender<MeshEvent>,
     wake_dialer: Notify,
-    handshake_slots: Semaphore,
+    /// Who may run a handshake now (see [`crate::admission`]).
+    pub(crate) admission: Admission,
     next_conn_id: AtomicU64,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Holds blob requests while set (fault injection).
@@ -308,8 +328,15 @@ impl Mesh {
         let gate = Gate::new(opts.allow.clone());
         let endpoint = bind_endpoint(&opts, &gate).await?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let (serve_events, hang) = crate::blobs::serve_events();
+        let (serve_events, hang) = crate::blobs::serve_events(gate.clone());
         let me = endpoint.id();
+        let admission = Admission::new();
+        for id in opts.static_peers.iter().map(|(id, _)| id) {
+            admission.remember(*id);
+        }
+        for id in opts.allow.iter().flatten() {
+            admission.remember(*id);
+        }
         let inner = Arc::new(Inner {
             endpoint: endpoint.clone(),
             store: store.clone(),
@@ -320,7 +347,7 @@ impl Mesh {
             blob_conns: Default::default(),
             events: events_tx,
             wake_dialer: Notify::new(),
-            handshake_slots: Semaphore::new(MAX_PENDING_HANDSHAKES),
+            admission,
             // Starts at 1 so that no session is ever numbered 0.
             next_conn_id: AtomicU64::new(1),
             shutdown: tokio::sync::watch::channel(false).0,
@@ -550,6 +577,7 @@ impl Inner {
     ) {
         let peer = conn.remote_id();
         self.gate.admit(peer);
+        self.admission.remember(peer);
         let Some(conn_id) = self.register(peer, &conn, &admitted) else {
             debug!(peer = %peer.fmt_short(), "dropped duplicate connection");
             return;
@@ -594,7 +622,12 @@ impl Inner {
         rec.dialing = false;
         if let Err(e) = res {
             let msg = e.to_string();
-            if rec.dial_failed(msg.clone(), Instant::now()) {
+            let news = if let DialError::Busy = e {
+                rec.turned_away(msg.clone(), Instant::now())
+            } else {
+                rec.dial_failed(msg.clone(), Instant::now())
+            };
+            if news {
                 info!(peer = %peer.fmt_short(), "cannot connect: {msg}");
             } else {
                 debug!(peer = %peer.fmt_short(), "cannot connect: {msg}");
@@ -612,14 +645,16 @@ impl Inner {
         let handshake = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(HandshakeFailed::Stream)?;
             let listen = self.listen_addrs();
-            let admitted = auth::dial(&self.key, self.me, peer, listen, &mut recv, &mut send)
-                .await
-                .map_err(HandshakeFailed::Auth)?;
+            let res = auth::dial(&self.key, self.me, peer, listen, &mut recv, &mut send).await;
+            let admitted = res_or_refuse(res, &mut send).await?;
             Ok((admitted, send, recv))
         };
-        let (admitted, send, recv) = match with_deadline(handshake).await {
+        let (admitted, send, recv) = match with_deadline(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(done) => done,
             Err(e) => {
+                if turned_away(&conn) {
+                    return Err(DialError::Busy);
+                }
                 handshake_failed(&conn, &e, Role::Dialer);
                 return Err(e.into());
             }
@@ -628,29 +663,61 @@ impl Inner {
         Ok(())
     }
 
-    /// The acceptor's side of the handshake on a new control connection.
-    async fn accept_handshake(&self, conn: &Connection) -> Result<Handshaken, HandshakeFailed> {
+    /// The acceptor's side of the handshake on a new control connection,
+    /// within the deadline of its admission lane.
+    async fn accept_handshake(
+        &self,
+        conn: &Connection,
+        permit: &Permit,
+    ) -> Result<Handshaken, HandshakeFailed> {
         let peer = conn.remote_id();
         let handshake = async {
             let (mut send, mut recv) = conn.accept_bi().await.map_err(HandshakeFailed::Stream)?;
+            // The stream shows up with its first bytes: the peer spoke.
+            permit.spoke();
             let listen = self.listen_addrs();
-            let admitted = auth::accept(&self.key, self.me, peer, listen, &mut recv, &mut send)
-                .await
-                .map_err(HandshakeFailed::Auth)?;
+            let res = auth::accept(&self.key, self.me, peer, listen, &mut recv, &mut send).await;
+            let admitted = res_or_refuse(res, &mut send).await?;
             Ok((admitted, send, recv))
         };
-        with_deadline(handshake).await
+        with_deadline(permit.deadline(), handshake).await
     }
+}
+
+/// How long a refusal may take to reach the peer before the connection is
+/// closed (closing discards what is still unsent).
+const REFUSAL_FLUSH: Duration = Duration::from_millis(250);
+
+/// On a failed handshake in which we told the peer why, let that message
+/// arrive (bounded by [`REFUSAL_FLUSH`]): a member with a wrong secret or an
+/// old version then logs the reason instead of a bare close.
+async fn res_or_refuse(
+    res: Result<Admitted, HandshakeError>,
+    send: &mut SendStream,
+) -> Result<Admitted, HandshakeFailed> {
+    let e = match res {
+        Ok(admitted) => return Ok(admitted),
+        Err(e) => e,
+    };
+    // Finishing fails only if the stream is already gone: nothing to flush.
+    if e.refusal_sent() && send.finish().is_ok() {
+        // Either outcome ends the wait; the handshake has failed regardless.
+        tokio::time::timeout(REFUSAL_FLUSH, send.stopped())
+            .await
+            .ok();
+    }
+    Err(HandshakeFailed::Auth(e))
 }
 
 /// A handshake's result: the peer's admission and the control stream.
 type Handshaken = (Admitted, SendStream, RecvStream);
 
-/// Run a handshake within [`HANDSHAKE_TIMEOUT`].
+/// Run a handshake within `deadline`.
 async fn with_deadline(
+    deadline: Duration,
     handshake: impl Future<Output = Result<Handshaken, HandshakeFailed>>,
 ) -> Result<Handshaken, HandshakeFailed> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    tokio::time::timeout(deadline, handshake)
         .await
         .unwrap_or(Err(HandshakeFailed::Timeout))
 }
@@ -667,12 +734,21 @@ enum Role {
 /// a dialer's timeout is reported by the dial loop ("cannot connect").
 fn handshake_failed(conn: &Connection, e: &HandshakeFailed, role: Role) {
     let peer = conn.remote_id().fmt_short();
-    if let HandshakeFailed::Timeout = e {
-        if role == Role::Acceptor {
-            warn!(%peer, "rejected control connection: {e}");
+    match e {
+        HandshakeFailed::Timeout => {
+            if role == Role::Acceptor {
+                warn!(%peer, "rejected control connection: {e}");
+            }
+            conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake timeout");
+            return;
         }
-        conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake timeout");
-        return;
+        // Part of a flood's churn (or a member's retry): not news.
+        HandshakeFailed::Evicted => {
+            debug!(%peer, "rejected control connection: {e}");
+            conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"evicted");
+            return;
+        }
+        _ => {}
     }
     if conn.close_reason().is_some() {
         debug!(%peer, "handshake interrupted: {e}");
@@ -684,6 +760,19 @@ fn handshake_failed(conn: &Connection, e: &HandshakeFailed, role: Role) {
     conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake failed");
 }
 
+/// Did the peer close the connection because its handshake slots for
+/// strangers were taken ("busy", "evicted")? That says nothing about us
+/// or the link: see [`PeerRecord::turned_away`].
+fn turned_away(conn: &Connection) -> bool {
+    match conn.close_reason() {
+        Some(ConnectionError::ApplicationClosed(close)) => {
+            close.error_code == VarInt::from_u32(CLOSE_HANDSHAKE)
+                && matches!(&close.reason[..], b"busy" | b"evicted")
+        }
+        _ => false,
+    }
+}
+
 /// Learn where the peer can be reached from a new connection.
 fn learn_addrs(rec: &mut PeerRecord, conn: &Connection, admitted: &Admitted) {
     for a in &admitted.peer_listen {
@@ -692,13 +781,18 @@ fn learn_addrs(rec: &mut PeerRecord, conn: &Connection, admitted: &Admitted) {
     // The address an inbound connection came from is where the peer's
     // socket lives (one UDP socket serves both directions).
     if conn.side() == Side::Server {
-        if let Some(a) = conn.paths().iter().find_map(|p| match p.remote_addr() {
-            iroh::TransportAddr::Ip(s) => Some(*s),
-            _ => None,
-        }) {
+        if let Some(a) = remote_socket(conn) {
             rec.add_addr(a);
         }
     }
+}
+
+/// The peer's UDP address on the connection's first IP path.
+fn remote_socket(conn: &Connection) -> Option<SocketAddr> {
+    conn.paths().iter().find_map(|p| match p.remote_addr() {
+        iroh::TransportAddr::Ip(s) => Some(*s),
+        _ => None,
+    })
 }
 
 fn close_duplicate(conn: &Connection) {
@@ -755,14 +849,36 @@ struct CtrlHandler {
     inner: Arc<Inner>,
 }
 
+impl CtrlHandler {
+    /// A handshake slot for this connection, or close it as busy. Refusals
+    /// are logged in batches: a flood must not become a log flood.
+    fn admit(&self, conn: &Connection) -> Option<Permit> {
+        let ip: Option<IpAddr> = remote_socket(conn).map(|a| a.ip());
+        match self.inner.admission.enter(conn.remote_id(), ip) {
+            Ok(permit) => Some(permit),
+            Err(busy) => {
+                if let Some(n) = busy.report {
+                    warn!(
+                        "too many pending handshakes from strangers: refused {n} \
+                         connection(s) (latest from {ip:?})"
+                    );
+                }
+                conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"busy");
+                None
+            }
+        }
+    }
+}
+
 impl ProtocolHandler for CtrlHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
-        let Ok(permit) = self.inner.handshake_slots.try_acquire() else {
-            warn!(peer = %conn.remote_id().fmt_short(), "too many pending handshakes; refusing");
-            conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"busy");
+        let Some(permit) = self.admit(&conn) else {
             return Ok(());
         };
-        let res = self.inner.accept_handshake(&conn).await;
+        let res = tokio::select! {
+            res = self.inner.accept_handshake(&conn, &permit) => res,
+            () = permit.evicted() => Err(HandshakeFailed::Evicted),
+        };
         drop(permit);
         match res {
             Ok((admitted, send, recv)) => {
@@ -907,6 +1023,20 @@ mod tests {
         assert_eq!(rec.backoff, BACKOFF_MAX);
         assert_eq!(rec.next_dial, now + BACKOFF_MAX);
         assert_eq!(rec.last_error.as_deref(), Some("timed out"));
+    }
+
+    #[test]
+    fn a_busy_peer_is_retried_soon_without_growing_the_backoff() {
+        let mut rec = PeerRecord::new(false);
+        let now = Instant::now();
+        rec.dial_failed("refused".into(), now);
+        let backoff = rec.backoff;
+        for _ in 0..20 {
+            rec.turned_away("busy".into(), now);
+            assert!(rec.next_dial >= now + BUSY_RETRY / 2);
+            assert!(rec.next_dial <= now + BUSY_RETRY);
+        }
+        assert_eq!(rec.backoff, backoff, "busy is not a failure of the link");
     }
 
     #[test]
