@@ -3,10 +3,12 @@
 //! store or a connection; every byte that arrives here has been verified
 //! against its BLAKE3 hash by iroh-blobs before it is written anywhere.
 //!
-//! Serving side: every blob request passes [`serve_events`], the
-//! provider's per-request intercept, which is where the fault injection
-//! [`Mesh::hang_blob_serving`] holds requests (accepted, answered with
-//! nothing) until its deadline.
+//! Serving side: every blob connection and request passes [`serve_events`],
+//! the provider's intercept. It refuses any endpoint that has not proven
+//! fleet membership (on connect, and again on every request, which the
+//! [`Gate`] hook alone would not do for a connection already open), and it
+//! is where the fault injection [`Mesh::hang_blob_serving`] holds requests
+//! (accepted, answered with nothing) until its deadline.
 
 use std::{
     collections::HashMap,
@@ -24,13 +26,18 @@ use iroh_blobs::{
     },
     get::fsm::{self, BlobContentNext, EndBlobNext},
     get::request::GetBlobItem,
-    provider::events::{EventMask, EventSender, ProviderMessage, RequestMode},
+    provider::events::{
+        AbortReason, ConnectMode, EventMask, EventResult, EventSender, ObserveMode,
+        ProviderMessage, RequestMode,
+    },
     BlobFormat, Hash,
 };
 use n0_future::StreamExt;
 use tokio::{sync::watch, time::Instant};
+use tracing::warn;
 
 use crate::{
+    gate::Gate,
     net::{Mesh, CLOSE_DUPLICATE},
     proto::BLOBS_ALPN,
     EndpointId,
@@ -332,41 +339,103 @@ pub(crate) type HangSwitch = watch::Sender<Option<Instant>>;
 
 /// The provider's event hook and the switch that makes it hold requests.
 ///
-/// Every `Get`/`GetMany` request is intercepted (one local message per
-/// request, not per chunk: the per-chunk throttle hook would cost every
+/// Every connection is intercepted and refused unless its endpoint proved
+/// membership to `gate`; so is every `Get`/`GetMany` request, whose
+/// connection's member is looked up again; so is `Observe` (which we do
+/// not use, but which tells what we hold). Push stays off.
+/// That is one local message per connection and per request, not per
+/// chunk: the per-chunk throttle hook would cost every
 /// transfer). While the switch says so, the answer waits: the request is
 /// accepted, its stream stays open, and no data is sent, on connections old
 /// and new, exactly what a peer whose keep-alives still arrive but whose
 /// transfers never move looks like. A transfer already sending when the
 /// hang starts goes on.
-pub(crate) fn serve_events() -> (EventSender, HangSwitch) {
+pub(crate) fn serve_events(gate: Gate) -> (EventSender, HangSwitch) {
     let mask = EventMask {
+        connected: ConnectMode::Intercept,
         get: RequestMode::Intercept,
         get_many: RequestMode::Intercept,
+        observe: ObserveMode::Intercept,
         ..EventMask::DEFAULT
     };
     let (events, requests) = EventSender::channel(SERVE_EVENTS_QUEUE, mask);
     let switch = watch::channel(None).0;
-    tokio::spawn(answer_requests(requests, switch.subscribe()));
+    tokio::spawn(answer_requests(requests, switch.subscribe(), gate));
     (events, switch)
 }
 
-/// Let each request through, once the hang (if any) is over.
+/// Who is on each open blob connection (the provider's connection ids),
+/// so that each request can be checked against current membership.
+#[derive(Debug, Default)]
+struct Clients(HashMap<u64, EndpointId>);
+
+impl Clients {
+    /// A new connection: only proven members may use it.
+    fn connected(&mut self, gate: &Gate, conn: u64, who: Option<EndpointId>) -> EventResult {
+        match who {
+            Some(id) if gate.is_member(&id) => {
+                self.0.insert(conn, id);
+                Ok(())
+            }
+            _ => {
+                let who = who.map(|id| id.fmt_short().to_string());
+                warn!(peer = ?who, "refused blob connection: not a proven fleet member");
+                Err(AbortReason::Permission)
+            }
+        }
+    }
+
+    /// A request: its connection's endpoint must still be a member.
+    fn request(&self, gate: &Gate, conn: u64) -> EventResult {
+        match self.0.get(&conn) {
+            Some(id) if gate.is_member(id) => Ok(()),
+            _ => {
+                warn!(conn, "refused blob request: not a proven fleet member");
+                Err(AbortReason::Permission)
+            }
+        }
+    }
+}
+
+/// Admit members' connections; let each of their requests through, once
+/// the hang (if any) is over.
 async fn answer_requests(
     mut requests: tokio::sync::mpsc::Receiver<ProviderMessage>,
     hang: watch::Receiver<Option<Instant>>,
+    gate: Gate,
 ) {
+    let mut clients = Clients::default();
     while let Some(msg) = requests.recv().await {
         let hang = hang.clone();
         match msg {
+            ProviderMessage::ClientConnected(m) => {
+                let verdict = clients.connected(&gate, m.connection_id, m.endpoint_id);
+                // A client that is gone already needs no answer.
+                m.tx.send(verdict).await.ok();
+            }
+            ProviderMessage::ConnectionClosed(m) => {
+                clients.0.remove(&m.connection_id);
+            }
             ProviderMessage::GetRequestReceived(m) => {
+                if let Err(e) = clients.request(&gate, m.connection_id) {
+                    m.tx.send(Err(e)).await.ok();
+                    continue;
+                }
                 tokio::spawn(async move {
                     hang_over(hang).await;
                     // The requester may have given up meanwhile: nothing to tell.
                     m.tx.send(Ok(())).await.ok();
                 });
             }
+            ProviderMessage::ObserveRequestReceived(m) => {
+                let verdict = clients.request(&gate, m.connection_id);
+                m.tx.send(verdict).await.ok();
+            }
             ProviderMessage::GetManyRequestReceived(m) => {
+                if let Err(e) = clients.request(&gate, m.connection_id) {
+                    m.tx.send(Err(e)).await.ok();
+                    continue;
+                }
                 tokio::spawn(async move {
                     hang_over(hang).await;
                     m.tx.send(Ok(())).await.ok();
@@ -535,6 +604,61 @@ mod tests {
             std::time::Instant::now() >= until,
             "served before the hang ended"
         );
+    }
+
+    /// A bare endpoint on 127.0.0.1 without the gate hook: only the
+    /// provider's own intercept stands between a client and the content.
+    async fn bare_endpoint() -> iroh::Endpoint {
+        iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+            .secret_key(SecretKey::generate())
+            .relay_mode(iroh::RelayMode::Disabled)
+            .clear_ip_transports()
+            .bind_addr("127.0.0.1:0")
+            .unwrap()
+            .bind()
+            .await
+            .unwrap()
+    }
+
+    /// Issue 9: the blob provider itself refuses endpoints that have not
+    /// proven membership, and checks again on each request of an open
+    /// connection, even when the connection got past the endpoint hook.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_provider_serves_proven_members_only_checked_per_request() {
+        let store = iroh_blobs::store::mem::MemStore::new();
+        let tag = store.add_slice(b"members only").await.unwrap();
+        let gate = Gate::new(None);
+        let (events, _hang) = serve_events(gate.clone());
+        let server = bare_endpoint().await;
+        let router = iroh::protocol::Router::builder(server.clone())
+            .accept(
+                BLOBS_ALPN,
+                iroh_blobs::BlobsProtocol::new(&store, Some(events)),
+            )
+            .spawn();
+        let addr = iroh::EndpointAddr::new(server.id()).with_ip_addr(server.bound_sockets()[0]);
+        let client = bare_endpoint().await;
+        let get = |conn| iroh_blobs::get::request::get_blob(conn, tag.hash);
+
+        let conn = client.connect(addr.clone(), BLOBS_ALPN).await.unwrap();
+        let refused = tokio::time::timeout(DEADLINE, get(conn)).await.unwrap();
+        assert!(refused.is_err(), "a stranger fetched a blob by its hash");
+
+        gate.admit(client.id());
+        let conn = client.connect(addr.clone(), BLOBS_ALPN).await.unwrap();
+        let got = tokio::time::timeout(DEADLINE, get(conn.clone()))
+            .await
+            .unwrap();
+        assert_eq!(&got.unwrap()[..], b"members only");
+
+        // Membership gone: the same open connection is refused next time.
+        gate.revoke(&client.id());
+        let again = tokio::time::timeout(DEADLINE, get(conn)).await.unwrap();
+        assert!(
+            again.is_err(),
+            "a revoked member fetched on an open connection"
+        );
+        router.shutdown().await.unwrap();
     }
 
     /// Issue 8: hashing a huge file took longer than the stall timeout

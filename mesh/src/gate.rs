@@ -45,11 +45,17 @@ impl Gate {
         self.0.allow.as_ref().is_none_or(|a| a.contains(id))
     }
 
-    /// Record a proven member. Membership lasts for the life of the
-    /// process: the proof cannot be revoked without changing the secret,
-    /// which means a restart.
+    /// Record a proven member. Membership lasts until [`Gate::revoke`] or
+    /// the end of the process.
     pub fn admit(&self, id: EndpointId) {
         self.0.members.write().expect("gate lock").insert(id);
+    }
+
+    /// Forget a member: every protocol refuses it from now on (the blob
+    /// provider checks membership on each request, so this reaches
+    /// connections already open too).
+    pub fn revoke(&self, id: &EndpointId) {
+        self.0.members.write().expect("gate lock").remove(id);
     }
 
     pub fn is_member(&self, id: &EndpointId) -> bool {

@@ -1,11 +1,13 @@
 //! fleetsync's network side.
 //!
 //! ```text
-//!              ┌──────────────── Mesh (net) ─────────────────┐
-//!  peers ◄───► │ iroh Endpoint ─► Gate (endpoint hook, every │
-//!              │   ALPN)            connection passes it)    │
-//!              │ Router ─┬─ CTRL_ALPN → handshake (auth) ────►│─► MeshEvent::Up(PeerSession)
-//!              │         └─ BLOBS_ALPN → iroh-blobs (FsStore) │
+//!              ┌──────────────── Mesh (net) ──────────────────┐
+//!  peers ◄───► │ iroh Endpoint ─► Gate (endpoint hook, every  │
+//!              │   ALPN)            connection passes it)     │
+//!              │ Router ─┬─ CTRL_ALPN → admission → handshake ├─► MeshEvent::Up(PeerSession)
+//!              │         │                (auth)              │
+//!              │         └─ BLOBS_ALPN → iroh-blobs (FsStore, │
+//!              │              members only, every request)    │
 //!              │ dial loop: known peers, backoff, dedupe      │
 //!              └──────────────────────────────────────────────┘
 //! ```
@@ -20,7 +22,11 @@
 //!   actors supply folders ([`SharedFolders`](index_stream::SharedFolders),
 //!   [`IndexSource`](index_stream::IndexSource)) and take batches
 //!   ([`IndexSink`](index_stream::IndexSink)).
-//! - [`auth`]: the mutual fleet-secret proof run on every control connection.
+//! - [`auth`]: the mutual fleet-secret proof run on every control connection
+//!   (the dialer proves first).
+//! - [`admission`]: who may run a handshake now: a lane for known ids and a
+//!   bounded stranger lane (per source IP, per id, overall), with eviction
+//!   of stale strangers, so stalled strangers cannot lock members out.
 //! - [`exchange`]: peer exchange, the rules for what members tell each
 //!   other about the members they know (caps, address scope).
 //! - [`gate`]: access control for all protocols.
@@ -40,6 +46,7 @@
 
 #![warn(clippy::too_many_lines)]
 
+pub mod admission;
 pub mod auth;
 pub mod blobs;
 pub mod codec;

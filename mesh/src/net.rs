@@ -10,7 +10,8 @@
 //!
 //! Steps, by function: [`Mesh::start`] (`open_store`, `bind_endpoint`,
 //! `static_peers`, router, `dial_loop`); dialing (`due_dials` → `dial` →
-//! `try_dial`); accepting (`CtrlHandler::accept` → `accept_handshake`);
+//! `try_dial`); accepting (`CtrlHandler::accept`, which takes a slot from
+//! [`Admission`] first, → `accept_handshake`);
 //! both then `run_session` (`register` with the duplicate tie-break
 //! `new_conn_wins`, `MeshEvent::Up`, `control`: peer lists both ways
 //! through [`crate::exchange`] and `learn`, `session_ended`). Past
@@ -20,7 +21,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -40,10 +41,11 @@ use iroh::{
 use iroh_blobs::{store::fs::FsStore, BlobsProtocol};
 use iroh_mdns_address_lookup::MdnsAddressLookup;
 use n0_future::{Stream, StreamExt};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::{
+    admission::{Admission, Permit},
     auth::{self, Admitted, FleetKey, HandshakeError, HANDSHAKE_TIMEOUT},
     codec::{read_msg, write_msg, CodecError},
     exchange::{self, Control},
@@ -61,11 +63,11 @@ pub const CLOSE_HANDSHAKE: u32 = 401;
 /// Close code on shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 0;
 
-/// How many strangers may be mid-handshake at once.
-const MAX_PENDING_HANDSHAKES: usize = 64;
 pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Redial within this after a peer was too busy with strangers.
+const BUSY_RETRY: Duration = Duration::from_millis(200);
 const MAX_ADDRS_PER_PEER: usize = 8;
 /// Session events waiting for the node: it drains them at once, this is
 /// slack for bursts (every peer reconnecting after a restart).
@@ -153,6 +155,8 @@ pub enum HandshakeFailed {
     Auth(HandshakeError),
     #[error("handshake timed out")]
     Timeout,
+    #[error("handshake slot taken by a newer stranger")]
+    Evicted,
 }
 
 /// Why dialing a peer did not give a session (it is tried again later).
@@ -175,6 +179,8 @@ pub enum DialError {
     Handshake(#[source] HandshakeFailed),
     #[error("handshake timed out")]
     HandshakeTimeout,
+    #[error("the peer is busy with other handshakes")]
+    Busy,
 }
 
 impl From<HandshakeFailed> for DialError {
@@ -301,6 +307,19 @@ impl PeerRecord {
         !self.addrs.is_empty() || !self.names.is_empty()
     }
 
+    /// The peer turned us away while strangers flood it: its admission
+    /// lets newcomers in as the flood churns, so try again soon (at a
+    /// random point of the next [`BUSY_RETRY`], so that members do not
+    /// retry in step) rather than backing off, which would leave a member
+    /// nobody configured out for long. Returns whether the error is news.
+    fn turned_away(&mut self, msg: String, now: Instant) -> bool {
+        let news = self.last_error.as_deref() != Some(msg.as_str());
+        self.last_error = Some(msg);
+        let jitter = getrandom::u64().unwrap_or(0) % BUSY_RETRY.as_millis() as u64;
+        self.next_dial = now + BUSY_RETRY / 2 + Duration::from_millis(jitter / 2);
+        news
+    }
+
     /// A dial failed: back off (doubling, up to [`BACKOFF_MAX`]). Returns
     /// whether the error is news (worth an info line, not a debug one).
     fn dial_failed(&mut self, msg: String, now: Instant) -> bool {
@@ -351,7 +370,8 @@ pub(crate) struct Inner {
     members_changed: tokio::sync::watch::Sender<u64>,
     peer_exchange: bool,
     max_peers: usize,
-    handshake_slots: Semaphore,
+    /// Who may run a handshake now (see [`crate::admission`]).
+    pub(crate) admission: Admission,
     next_conn_id: AtomicU64,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Holds blob requests while set (fault injection).
@@ -374,8 +394,15 @@ impl Mesh {
         let lan = opts.mdns.then(|| lan_lookup(&opts, &tag)).flatten();
         let endpoint = bind_endpoint(&opts, &gate, lan.as_ref(), &tag).await?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let (serve_events, hang) = crate::blobs::serve_events();
+        let (serve_events, hang) = crate::blobs::serve_events(gate.clone());
         let me = endpoint.id();
+        let admission = Admission::new();
+        for id in opts.static_peers.iter().map(|(id, _)| id) {
+            admission.remember(*id);
+        }
+        for id in opts.allow.iter().flatten() {
+            admission.remember(*id);
+        }
         let inner = Arc::new(Inner {
             endpoint: endpoint.clone(),
             store: store.clone(),
@@ -393,7 +420,7 @@ impl Mesh {
             members_changed: tokio::sync::watch::channel(0).0,
             peer_exchange: opts.peer_exchange,
             max_peers: opts.max_peers,
-            handshake_slots: Semaphore::new(MAX_PENDING_HANDSHAKES),
+            admission,
             // Starts at 1 so that no session is ever numbered 0.
             next_conn_id: AtomicU64::new(1),
             shutdown: tokio::sync::watch::channel(false).0,
@@ -710,6 +737,7 @@ impl Inner {
     ) {
         let peer = conn.remote_id();
         self.gate.admit(peer);
+        self.admission.remember(peer);
         let Some(conn_id) = self.register(peer, &conn, &admitted) else {
             debug!(peer = %peer.fmt_short(), "dropped duplicate connection");
             return;
@@ -753,7 +781,12 @@ impl Inner {
         rec.dialing = false;
         if let Err(e) = res {
             let msg = e.to_string();
-            if rec.dial_failed(msg.clone(), Instant::now()) {
+            let news = if let DialError::Busy = e {
+                rec.turned_away(msg.clone(), Instant::now())
+            } else {
+                rec.dial_failed(msg.clone(), Instant::now())
+            };
+            if news {
                 info!(peer = %peer.fmt_short(), "cannot connect: {msg}");
             } else {
                 debug!(peer = %peer.fmt_short(), "cannot connect: {msg}");
@@ -772,14 +805,16 @@ impl Inner {
         let handshake = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(HandshakeFailed::Stream)?;
             let listen = self.listen_addrs();
-            let admitted = auth::dial(&self.key, self.me, peer, listen, &mut recv, &mut send)
-                .await
-                .map_err(HandshakeFailed::Auth)?;
+            let res = auth::dial(&self.key, self.me, peer, listen, &mut recv, &mut send).await;
+            let admitted = res_or_refuse(res, &mut send).await?;
             Ok((admitted, send, recv))
         };
-        let (admitted, send, recv) = match with_deadline(handshake).await {
+        let (admitted, send, recv) = match with_deadline(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(done) => done,
             Err(e) => {
+                if turned_away(&conn) {
+                    return Err(DialError::Busy);
+                }
                 handshake_failed(&conn, &e, Role::Dialer);
                 return Err(e.into());
             }
@@ -812,29 +847,61 @@ impl Inner {
         Ok(())
     }
 
-    /// The acceptor's side of the handshake on a new control connection.
-    async fn accept_handshake(&self, conn: &Connection) -> Result<Handshaken, HandshakeFailed> {
+    /// The acceptor's side of the handshake on a new control connection,
+    /// within the deadline of its admission lane.
+    async fn accept_handshake(
+        &self,
+        conn: &Connection,
+        permit: &Permit,
+    ) -> Result<Handshaken, HandshakeFailed> {
         let peer = conn.remote_id();
         let handshake = async {
             let (mut send, mut recv) = conn.accept_bi().await.map_err(HandshakeFailed::Stream)?;
+            // The stream shows up with its first bytes: the peer spoke.
+            permit.spoke();
             let listen = self.listen_addrs();
-            let admitted = auth::accept(&self.key, self.me, peer, listen, &mut recv, &mut send)
-                .await
-                .map_err(HandshakeFailed::Auth)?;
+            let res = auth::accept(&self.key, self.me, peer, listen, &mut recv, &mut send).await;
+            let admitted = res_or_refuse(res, &mut send).await?;
             Ok((admitted, send, recv))
         };
-        with_deadline(handshake).await
+        with_deadline(permit.deadline(), handshake).await
     }
+}
+
+/// How long a refusal may take to reach the peer before the connection is
+/// closed (closing discards what is still unsent).
+const REFUSAL_FLUSH: Duration = Duration::from_millis(250);
+
+/// On a failed handshake in which we told the peer why, let that message
+/// arrive (bounded by [`REFUSAL_FLUSH`]): a member with a wrong secret or an
+/// old version then logs the reason instead of a bare close.
+async fn res_or_refuse(
+    res: Result<Admitted, HandshakeError>,
+    send: &mut SendStream,
+) -> Result<Admitted, HandshakeFailed> {
+    let e = match res {
+        Ok(admitted) => return Ok(admitted),
+        Err(e) => e,
+    };
+    // Finishing fails only if the stream is already gone: nothing to flush.
+    if e.refusal_sent() && send.finish().is_ok() {
+        // Either outcome ends the wait; the handshake has failed regardless.
+        tokio::time::timeout(REFUSAL_FLUSH, send.stopped())
+            .await
+            .ok();
+    }
+    Err(HandshakeFailed::Auth(e))
 }
 
 /// A handshake's result: the peer's admission and the control stream.
 type Handshaken = (Admitted, SendStream, RecvStream);
 
-/// Run a handshake within [`HANDSHAKE_TIMEOUT`].
+/// Run a handshake within `deadline`.
 async fn with_deadline(
+    deadline: Duration,
     handshake: impl Future<Output = Result<Handshaken, HandshakeFailed>>,
 ) -> Result<Handshaken, HandshakeFailed> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    tokio::time::timeout(deadline, handshake)
         .await
         .unwrap_or(Err(HandshakeFailed::Timeout))
 }
@@ -851,12 +918,21 @@ enum Role {
 /// a dialer's timeout is reported by the dial loop ("cannot connect").
 fn handshake_failed(conn: &Connection, e: &HandshakeFailed, role: Role) {
     let peer = conn.remote_id().fmt_short();
-    if let HandshakeFailed::Timeout = e {
-        if role == Role::Acceptor {
-            warn!(%peer, "rejected control connection: {e}");
+    match e {
+        HandshakeFailed::Timeout => {
+            if role == Role::Acceptor {
+                warn!(%peer, "rejected control connection: {e}");
+            }
+            conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake timeout");
+            return;
         }
-        conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake timeout");
-        return;
+        // Part of a flood's churn (or a member's retry): not news.
+        HandshakeFailed::Evicted => {
+            debug!(%peer, "rejected control connection: {e}");
+            conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"evicted");
+            return;
+        }
+        _ => {}
     }
     if conn.close_reason().is_some() {
         debug!(%peer, "handshake interrupted: {e}");
@@ -868,6 +944,19 @@ fn handshake_failed(conn: &Connection, e: &HandshakeFailed, role: Role) {
     conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"handshake failed");
 }
 
+/// Did the peer close the connection because its handshake slots for
+/// strangers were taken ("busy", "evicted")? That says nothing about us
+/// or the link: see [`PeerRecord::turned_away`].
+fn turned_away(conn: &Connection) -> bool {
+    match conn.close_reason() {
+        Some(ConnectionError::ApplicationClosed(close)) => {
+            close.error_code == VarInt::from_u32(CLOSE_HANDSHAKE)
+                && matches!(&close.reason[..], b"busy" | b"evicted")
+        }
+        _ => false,
+    }
+}
+
 /// Learn where the peer can be reached from a new connection.
 fn learn_addrs(rec: &mut PeerRecord, conn: &Connection, admitted: &Admitted) {
     for a in &admitted.peer_listen {
@@ -876,10 +965,18 @@ fn learn_addrs(rec: &mut PeerRecord, conn: &Connection, admitted: &Admitted) {
     // The address an inbound connection came from is where the peer's
     // socket lives (one UDP socket serves both directions).
     if conn.side() == Side::Server {
-        if let Some(a) = remote_ip(conn) {
+        if let Some(a) = remote_socket(conn) {
             rec.add_addr(a);
         }
     }
+}
+
+/// The peer's UDP address on the connection's first IP path.
+fn remote_socket(conn: &Connection) -> Option<SocketAddr> {
+    conn.paths().iter().find_map(|p| match p.remote_addr() {
+        iroh::TransportAddr::Ip(s) => Some(*s),
+        _ => None,
+    })
 }
 
 fn close_duplicate(conn: &Connection) {
@@ -1005,7 +1102,7 @@ impl Inner {
         mut send: SendStream,
     ) -> Result<(), CodecError> {
         let peer = conn.remote_id();
-        let local = remote_ip(conn).is_some_and(|a| exchange::only_this_host(&a.ip()));
+        let local = remote_socket(conn).is_some_and(|a| exchange::only_this_host(&a.ip()));
         let mut changed = self.members_changed.subscribe();
         let mut last = None;
         loop {
@@ -1059,14 +1156,6 @@ impl Inner {
     }
 }
 
-/// The address of the peer's end of the connection.
-fn remote_ip(conn: &Connection) -> Option<SocketAddr> {
-    conn.paths().iter().find_map(|p| match p.remote_addr() {
-        iroh::TransportAddr::Ip(s) => Some(*s),
-        _ => None,
-    })
-}
-
 /// Keeps dialing known peers that have no live session, with per-peer
 /// exponential backoff.
 async fn dial_loop(inner: Arc<Inner>) {
@@ -1116,14 +1205,36 @@ struct CtrlHandler {
     inner: Arc<Inner>,
 }
 
+impl CtrlHandler {
+    /// A handshake slot for this connection, or close it as busy. Refusals
+    /// are logged in batches: a flood must not become a log flood.
+    fn admit(&self, conn: &Connection) -> Option<Permit> {
+        let ip: Option<IpAddr> = remote_socket(conn).map(|a| a.ip());
+        match self.inner.admission.enter(conn.remote_id(), ip) {
+            Ok(permit) => Some(permit),
+            Err(busy) => {
+                if let Some(n) = busy.report {
+                    warn!(
+                        "too many pending handshakes from strangers: refused {n} \
+                         connection(s) (latest from {ip:?})"
+                    );
+                }
+                conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"busy");
+                None
+            }
+        }
+    }
+}
+
 impl ProtocolHandler for CtrlHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
-        let Ok(permit) = self.inner.handshake_slots.try_acquire() else {
-            warn!(peer = %conn.remote_id().fmt_short(), "too many pending handshakes; refusing");
-            conn.close(VarInt::from_u32(CLOSE_HANDSHAKE), b"busy");
+        let Some(permit) = self.admit(&conn) else {
             return Ok(());
         };
-        let res = self.inner.accept_handshake(&conn).await;
+        let res = tokio::select! {
+            res = self.inner.accept_handshake(&conn, &permit) => res,
+            () = permit.evicted() => Err(HandshakeFailed::Evicted),
+        };
         drop(permit);
         match res {
             Ok((admitted, send, recv)) => {
@@ -1268,6 +1379,20 @@ mod tests {
         assert_eq!(rec.backoff, BACKOFF_MAX);
         assert_eq!(rec.next_dial, now + BACKOFF_MAX);
         assert_eq!(rec.last_error.as_deref(), Some("timed out"));
+    }
+
+    #[test]
+    fn a_busy_peer_is_retried_soon_without_growing_the_backoff() {
+        let mut rec = PeerRecord::new(false);
+        let now = Instant::now();
+        rec.dial_failed("refused".into(), now);
+        let backoff = rec.backoff;
+        for _ in 0..20 {
+            rec.turned_away("busy".into(), now);
+            assert!(rec.next_dial >= now + BUSY_RETRY / 2);
+            assert!(rec.next_dial <= now + BUSY_RETRY);
+        }
+        assert_eq!(rec.backoff, backoff, "busy is not a failure of the link");
     }
 
     #[test]

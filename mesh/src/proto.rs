@@ -20,14 +20,20 @@ use serde::{Deserialize, Serialize};
 pub const CTRL_ALPN: &[u8] = b"fleetsync/ctrl/1";
 /// ALPN of blob transfer (iroh-blobs).
 pub const BLOBS_ALPN: &[u8] = iroh_blobs::ALPN;
-/// This build's protocol version.
-/// 2: the control stream carries peer lists ([`crate::exchange`]) after
-/// the handshake; they are sent to version 2 peers only.
+/// This build's protocol version. Version 2 reordered the handshake so the
+/// acceptor proves itself only after the dialer has (see [`crate::auth`]);
+/// version 1 nodes are refused, because a version 1 acceptor hands any
+/// stranger a MAC to test secret guesses against offline.
+/// The control stream carries peer lists ([`crate::exchange`]) after the
+/// handshake.
 pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest peer version this build still talks to.
-pub const MIN_COMPATIBLE_VERSION: u32 = 1;
+pub const MIN_COMPATIBLE_VERSION: u32 = 2;
 
-/// Handshake messages, in the order they are sent.
+/// Handshake messages. Version 2 sends `Hello` → `Challenge2` → `Proof` →
+/// `Welcome2` (or `Refused` at any step); `Challenge` and `Welcome` are
+/// version 1's, kept only so that postcard's positional tags stay stable,
+/// and are refused as unexpected.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Handshake {
     /// dialer → acceptor
@@ -36,7 +42,8 @@ pub enum Handshake {
         min_version: u32,
         nonce: [u8; 32],
     },
-    /// acceptor → dialer: proves the acceptor holds the secret.
+    /// Version 1 (refused): the acceptor's MAC before the dialer proved
+    /// anything.
     Challenge {
         version: u32,
         min_version: u32,
@@ -48,8 +55,21 @@ pub enum Handshake {
         mac: [u8; 32],
         listen: Vec<SocketAddr>,
     },
-    /// acceptor → dialer: admitted.
+    /// Version 1 (refused): admitted, without the acceptor's proof.
     Welcome { listen: Vec<SocketAddr> },
     /// Either side: not admitted, and why (never includes secrets).
     Refused { reason: String },
+    /// acceptor → dialer: versions and the acceptor's nonce, and no MAC: a
+    /// stranger learns nothing it could test secret guesses against.
+    Challenge2 {
+        version: u32,
+        min_version: u32,
+        nonce: [u8; 32],
+    },
+    /// acceptor → dialer, only after the dialer's `Proof` checked out:
+    /// admitted, and the acceptor's own proof.
+    Welcome2 {
+        mac: [u8; 32],
+        listen: Vec<SocketAddr>,
+    },
 }
