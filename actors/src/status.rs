@@ -41,8 +41,18 @@ pub struct PeerInfo {
     pub connected: bool,
     pub addrs: Vec<String>,
     pub is_static: bool,
-    /// `static`, `exchange` or `inbound`: how this node came to know it.
+    /// `static`, `exchange`, `mdns` or `inbound`: how this node came to
+    /// know it.
     pub source: String,
+    /// The address the session runs over, while connected.
+    pub addr: Option<String>,
+    /// Whether that path is direct (relays are never used: always, while
+    /// connected).
+    pub direct: bool,
+    /// The peer's protocol version, while connected.
+    pub version: Option<u32>,
+    /// Seconds since the peer was last connected (0 while it is).
+    pub last_seen_secs_ago: Option<u64>,
     pub rtt_ms: Option<f64>,
     pub last_error: Option<String>,
 }
@@ -130,6 +140,12 @@ fn peers(node: &NodeHandle) -> Vec<PeerInfo> {
             addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
             is_static: p.is_static,
             source: p.source.to_string(),
+            addr: p.addr.map(|a| a.to_string()),
+            direct: p.addr.is_some(),
+            version: p.version,
+            last_seen_secs_ago: p
+                .last_seen
+                .map(|t| t.elapsed().map(|d| d.as_secs()).unwrap_or(0)),
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
             last_error: if p.connected { None } else { p.last_error },
         })

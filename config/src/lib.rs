@@ -45,7 +45,7 @@
 //! Names are `FLEETSYNC_<SECTION>_<KEY>` in upper case: `FLEETSYNC_DATA_DIR`,
 //! `FLEETSYNC_MESH_LISTEN`, `FLEETSYNC_MESH_FLEET_SECRET`,
 //! `FLEETSYNC_MESH_FLEET_SECRET_FILE`, `FLEETSYNC_MESH_PEERS`,
-//! `FLEETSYNC_MESH_MDNS`, `FLEETSYNC_MESH_ALLOW`,
+//! `FLEETSYNC_MESH_MDNS`, `FLEETSYNC_MESH_ALLOW`, `FLEETSYNC_MESH_DENY`,
 //! `FLEETSYNC_MESH_TRANSFER_STALL_TIMEOUT`, `FLEETSYNC_MESH_PEER_EXCHANGE`,
 //! `FLEETSYNC_MESH_MAX_PEERS`, `FLEETSYNC_ADMIN_LISTEN`,
 //! `FLEETSYNC_LOG_LEVEL`, `FLEETSYNC_LOG_FORMAT`,
@@ -53,7 +53,7 @@
 //! `FLEETSYNC_SUPERVISOR_MAX_RESTARTS`, `FLEETSYNC_SUPERVISOR_RESTART_WINDOW`,
 //! `FLEETSYNC_DEBUG_FAULT_INJECTION`.
 //!
-//! * Lists (`PEERS`, `ALLOW`) are comma-separated; blank entries are dropped,
+//! * Lists (`PEERS`, `ALLOW`, `DENY`) are comma-separated; blank entries are dropped,
 //!   so an empty value means an empty list.
 //! * Booleans (`MDNS`, `PEER_EXCHANGE`, `FAULT_INJECTION`) accept
 //!   true/false, 1/0, yes/no (any case); `MAX_RESTARTS` and `MAX_PEERS` are
@@ -177,6 +177,9 @@ pub struct MeshConfig {
     pub mdns: bool,
     /// `None`: any node that knows the fleet secret.
     pub allow: Option<Vec<NodeIdBytes>>,
+    /// Nodes refused although they may hold the secret (revoked members):
+    /// never dialed, refused on every protocol, never passed on.
+    pub deny: Vec<NodeIdBytes>,
     /// A fetch that receives no verified bytes for this long is cancelled
     /// and resumed with another peer. Between 1s and 1h.
     pub transfer_stall_timeout: Duration,

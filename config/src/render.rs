@@ -73,6 +73,8 @@ fleet_secret = {secret}
 mdns = {mdns}
 # Only talk to these node ids (64 hex). Absent = any node that knows the fleet secret.
 # allow = ["<64-hex node id>"]
+# Refuse these nodes although they hold the fleet secret (revoked members).
+# deny = ["<64-hex node id>"]
 # A transfer receiving no verified bytes this long moves to another peer (1s to 1h).
 transfer_stall_timeout = {transfer_stall}
 # Learn the other members from the connected ones (one bootstrap peer is enough).

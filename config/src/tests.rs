@@ -806,6 +806,19 @@ fn fault_injection_refused_when_admin_is_not_loopback() {
 }
 
 #[test]
+fn deny_lists_node_ids_and_names_a_bad_entry() {
+    let id = "ab".repeat(32);
+    let c = parse(&with_secret(&format!("deny = [\"{id}\"]\n")));
+    assert_eq!(c.mesh.deny, vec![[0xab; 32]]);
+    assert!(parse(&with_secret("")).mesh.deny.is_empty());
+    let e = err(&with_secret("deny = [\"nope\"]\n"));
+    assert!(e.to_string().contains("mesh.deny"), "{e}");
+    let vars = [("FLEETSYNC_MESH_DENY", id.as_str())];
+    let c = try_parse_full(&with_secret(""), &vars, &Overrides::default()).unwrap();
+    assert_eq!(c.mesh.deny.len(), 1);
+}
+
+#[test]
 fn env_overrides_peer_exchange_and_max_peers() {
     let file = with_secret("peer_exchange = true\nmax_peers = 8\n");
     let vars = [

@@ -154,7 +154,8 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
         fleet_secret: fleet_secret(ctx, &l)?,
         peers: peers(ctx, l.peers.as_ref())?,
         mdns: l.mdns.as_ref().is_none_or(|m| m.value),
-        allow: allow(ctx, l.allow.as_ref())?,
+        allow: node_ids(ctx, l.allow.as_ref())?,
+        deny: node_ids(ctx, l.deny.as_ref())?.unwrap_or_default(),
         transfer_stall_timeout: ruled_duration(
             ctx,
             l.transfer_stall_timeout.as_ref(),
@@ -299,7 +300,8 @@ fn peers(ctx: &Ctx, value: Option<&Sourced<Vec<String>>>) -> Result<Vec<PeerAddr
         .collect()
 }
 
-fn allow(
+/// A list of node ids (`allow`, `deny`), each checked and named on error.
+fn node_ids(
     ctx: &Ctx,
     value: Option<&Sourced<Vec<String>>>,
 ) -> Result<Option<Vec<[u8; 32]>>, ConfigError> {

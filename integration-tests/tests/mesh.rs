@@ -61,6 +61,21 @@ fn eight_nodes_that_know_only_node_one_form_a_full_mesh_and_keep_converging_with
         .filter(|(_, src)| src == "exchange" || src == "inbound")
         .count();
     assert!(by_exchange >= N - 2, "{:?}", connected(&c.nodes[3]));
+    // status --json: each peer with id, connected, source, addr, rtt, version.
+    let st = c.nodes[3].status().unwrap();
+    for p in st["peers"].as_array().unwrap() {
+        assert!(p["id"].as_str().is_some_and(|id| id.len() == 64), "{p}");
+        assert_eq!(p["connected"], true, "{p}");
+        assert!(
+            p["addr"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:")),
+            "{p}"
+        );
+        assert!(p["rtt_ms"].as_f64().is_some(), "{p}");
+        assert_eq!(p["version"], 2, "{p}");
+        assert_eq!(p["direct"], true, "{p}");
+    }
 
     for i in [2, 5, 7] {
         fs::write(c.nodes[i].path(&format!("from-{i}.txt")), format!("n{i}")).unwrap();
@@ -108,4 +123,52 @@ fn a_bounded_degree_mesh_still_carries_every_change_everywhere() {
         "max_peers = 2 and yet a full mesh: {degrees:?}"
     );
     eprintln!("degrees with max_peers = 2: {degrees:?}");
+}
+
+/// `[mesh] deny` revokes a node that still holds the fleet secret: it is
+/// refused on every protocol, never dialed, and its changes go nowhere.
+#[test]
+fn a_denied_node_is_refused_and_its_changes_reach_nobody() {
+    let mut c = Cluster::new(3, Topology::Full, folders);
+    let denied = c.nodes[2].id_hex();
+    for n in &mut c.nodes[..2] {
+        n.mesh_extra = format!("deny = [\"{denied}\"]\n");
+    }
+    for n in &mut c.nodes {
+        n.start();
+    }
+    fs::write(c.nodes[2].path("from-revoked.txt"), "should go nowhere").unwrap();
+    fs::write(c.nodes[0].path("from-n0.txt"), "n0").unwrap();
+    wait_until(DEADLINE, "n0's file on n1", || {
+        c.nodes[1].path("from-n0.txt").exists()
+    });
+    wait_until(
+        DEADLINE,
+        "n0 and n1 refusing the denied node's dials",
+        || {
+            c.nodes[..2]
+                .iter()
+                .all(|n| n.log().contains("denied by this node"))
+        },
+    );
+    assert!(
+        connected(&c.nodes[2]).is_empty(),
+        "{:?}",
+        connected(&c.nodes[2])
+    );
+    for n in &c.nodes[..2] {
+        assert!(!n.path("from-revoked.txt").exists(), "{} got it", n.name);
+        let st = n.status().unwrap();
+        let ids: Vec<&str> = st["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["id"].as_str())
+            .collect();
+        assert!(
+            !ids.contains(&denied.as_str()),
+            "{} keeps a record: {ids:?}",
+            n.name
+        );
+    }
 }

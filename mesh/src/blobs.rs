@@ -513,6 +513,7 @@ mod tests {
                 static_peers: vec![(keys[1 - i].public(), addrs[1 - i])],
                 static_peer_names: Vec::new(),
                 allow: None,
+                deny: vec![],
                 gc: None,
                 peer_exchange: false,
                 max_peers: 32,
@@ -627,7 +628,7 @@ mod tests {
     async fn the_provider_serves_proven_members_only_checked_per_request() {
         let store = iroh_blobs::store::mem::MemStore::new();
         let tag = store.add_slice(b"members only").await.unwrap();
-        let gate = Gate::new(None);
+        let gate = Gate::new(None, vec![]);
         let (events, _hang) = serve_events(gate.clone());
         let server = bare_endpoint().await;
         let router = iroh::protocol::Router::builder(server.clone())

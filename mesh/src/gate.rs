@@ -4,7 +4,8 @@
 //! - control protocol: anyone may connect, but only to run the membership
 //!   handshake (bounded in time and bytes by [`crate::auth`]);
 //! - blobs: only peers that proved fleet membership in this process;
-//! - anything else, or a node outside the optional allowlist: refused.
+//! - anything else, a node outside the optional allowlist, or a denied
+//!   node (`[mesh] deny`: it may still hold the secret): refused.
 
 use std::{
     collections::HashSet,
@@ -26,6 +27,7 @@ pub const CLOSE_FORBIDDEN: u32 = 403;
 struct State {
     members: RwLock<HashSet<EndpointId>>,
     allow: Option<HashSet<EndpointId>>,
+    deny: HashSet<EndpointId>,
 }
 
 /// Shared, cheap to clone: the mesh admits members, the hook reads.
@@ -33,16 +35,19 @@ struct State {
 pub struct Gate(Arc<State>);
 
 impl Gate {
-    pub fn new(allow: Option<Vec<EndpointId>>) -> Self {
+    pub fn new(allow: Option<Vec<EndpointId>>, deny: Vec<EndpointId>) -> Self {
         Gate(Arc::new(State {
             members: RwLock::new(HashSet::new()),
             allow: allow.map(|a| a.into_iter().collect()),
+            deny: deny.into_iter().collect(),
         }))
     }
 
-    /// Whether the allowlist (if any) lets this node in at all.
+    /// Whether this node may be talked to at all: not denied, and in the
+    /// allowlist if there is one. The one rule for every protocol, the
+    /// dial loop and peer exchange.
     pub fn allowed(&self, id: &EndpointId) -> bool {
-        self.0.allow.as_ref().is_none_or(|a| a.contains(id))
+        !self.0.deny.contains(id) && self.0.allow.as_ref().is_none_or(|a| a.contains(id))
     }
 
     /// Record a proven member. Membership lasts until [`Gate::revoke`] or
@@ -63,6 +68,9 @@ impl Gate {
     }
 
     fn decide(&self, alpn: &[u8], remote: &EndpointId) -> Result<(), &'static str> {
+        if self.0.deny.contains(remote) {
+            return Err("denied by this node ([mesh] deny)");
+        }
         if !self.allowed(remote) {
             return Err("not in this node's allowlist");
         }
@@ -107,7 +115,7 @@ mod tests {
 
     #[test]
     fn strangers_get_the_handshake_only() {
-        let g = Gate::new(None);
+        let g = Gate::new(None, vec![]);
         let x = SecretKey::generate().public();
         assert!(g.decide(CTRL_ALPN, &x).is_ok());
         assert!(g.decide(BLOBS_ALPN, &x).is_err());
@@ -120,10 +128,23 @@ mod tests {
     fn allowlist_narrows_everything() {
         let ok = SecretKey::generate().public();
         let no = SecretKey::generate().public();
-        let g = Gate::new(Some(vec![ok]));
+        let g = Gate::new(Some(vec![ok]), vec![]);
         g.admit(no);
         assert!(g.decide(CTRL_ALPN, &no).is_err());
         assert!(g.decide(BLOBS_ALPN, &no).is_err());
         assert!(g.decide(CTRL_ALPN, &ok).is_ok());
+    }
+
+    #[test]
+    fn a_denied_member_is_refused_everywhere_even_when_proven() {
+        let bad = SecretKey::generate().public();
+        let good = SecretKey::generate().public();
+        let g = Gate::new(None, vec![bad]);
+        g.admit(bad);
+        assert!(!g.allowed(&bad));
+        assert!(g.decide(CTRL_ALPN, &bad).is_err());
+        assert!(g.decide(BLOBS_ALPN, &bad).is_err());
+        assert!(g.allowed(&good));
+        assert!(g.decide(CTRL_ALPN, &good).is_ok());
     }
 }

@@ -108,6 +108,8 @@ pub struct MeshOptions {
     /// dial, so a peer whose address changes is found again on reconnect.
     pub static_peer_names: Vec<(EndpointId, String, u16)>,
     pub allow: Option<Vec<EndpointId>>,
+    /// Refused on every protocol, never dialed, never passed on.
+    pub deny: Vec<EndpointId>,
     /// Blob garbage collection (the caller decides what stays live).
     pub gc: Option<iroh_blobs::store::GcConfig>,
     /// Tell members which members we know and dial those they tell us of.
@@ -221,6 +223,12 @@ pub struct PeerStatus {
     pub source: &'static str,
     pub last_error: Option<String>,
     pub connected_since: Option<SystemTime>,
+    /// The address the live session runs over (direct: relays are off).
+    pub addr: Option<SocketAddr>,
+    /// The peer's protocol version, while connected.
+    pub version: Option<u32>,
+    /// Now while connected; when the last session ended otherwise.
+    pub last_seen: Option<SystemTime>,
     pub rtt: Option<Duration>,
 }
 
@@ -239,6 +247,8 @@ struct PeerRecord {
     learned_from: Option<EndpointId>,
     /// Found on the LAN by mDNS.
     found_by_mdns: bool,
+    /// When its last session ended (now, while it is connected).
+    last_seen: Option<SystemTime>,
     live: Option<Live>,
     dialing: bool,
     next_dial: Instant,
@@ -253,6 +263,8 @@ struct Live {
     since: SystemTime,
     /// When it was registered (monotonic, for the duplicate tie-break).
     registered: Instant,
+    /// The peer's protocol version (from the handshake).
+    version: u32,
 }
 
 impl PeerRecord {
@@ -265,6 +277,7 @@ impl PeerRecord {
             proven: false,
             learned_from: None,
             found_by_mdns: false,
+            last_seen: None,
             live: None,
             dialing: false,
             next_dial: Instant::now(),
@@ -320,16 +333,31 @@ impl PeerRecord {
         news
     }
 
-    /// A dial failed: back off (doubling, up to [`BACKOFF_MAX`]). Returns
-    /// whether the error is news (worth an info line, not a debug one).
+    /// A dial failed: back off (doubling, up to [`BACKOFF_MAX`]), waiting
+    /// a random part of the upper half of the backoff so that the nodes
+    /// of a fleet that lost the same peer (a hub restarting) do not redial
+    /// it in step. Returns whether the error is news (worth an info line,
+    /// not a debug one).
     fn dial_failed(&mut self, msg: String, now: Instant) -> bool {
         let news = self.last_error.as_deref() != Some(msg.as_str());
         self.last_error = Some(msg);
-        self.next_dial = now + self.backoff;
+        self.next_dial = now + jittered(self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         news
     }
 }
+
+/// A random wait in `[d/2, d]`.
+fn jittered(d: Duration) -> Duration {
+    let half = d / 2;
+    let span = half.as_millis().max(1) as u64;
+    half + Duration::from_millis(getrandom::u64().unwrap_or(0) % (span + 1))
+}
+
+/// After a session ends, the redial waits a random moment up to this:
+/// enough to spread a whole fleet's redials of a restarted hub, short
+/// enough not to matter for one node's recovery.
+const REDIAL_SPREAD: Duration = Duration::from_millis(500);
 
 /// Of two live connections between the same pair, does the `new` one
 /// replace the `existing` one (registered `existing_age` ago)? Within
@@ -389,7 +417,7 @@ impl Mesh {
     /// Bind the endpoint, open the blob store and start serving and dialing.
     pub async fn start(opts: MeshOptions) -> Result<(Mesh, mpsc::Receiver<MeshEvent>), MeshError> {
         let store = open_store(&opts).await?;
-        let gate = Gate::new(opts.allow.clone());
+        let gate = Gate::new(opts.allow.clone(), opts.deny.clone());
         let tag = mdns::fleet_tag(&opts.fleet_secret);
         let lan = opts.mdns.then(|| lan_lookup(&opts, &tag)).flatten();
         let endpoint = bind_endpoint(&opts, &gate, lan.as_ref(), &tag).await?;
@@ -403,17 +431,18 @@ impl Mesh {
         for id in opts.allow.iter().flatten() {
             admission.remember(*id);
         }
+        // A denied (or not allowed) configured peer is never dialed.
+        let peers = static_peers(me, &opts.static_peers, &opts.static_peer_names)
+            .into_iter()
+            .filter(|(id, _)| gate.allowed(id))
+            .collect();
         let inner = Arc::new(Inner {
             endpoint: endpoint.clone(),
             store: store.clone(),
             key: FleetKey::new(&opts.fleet_secret),
             gate,
             me,
-            peers: Mutex::new(static_peers(
-                me,
-                &opts.static_peers,
-                &opts.static_peer_names,
-            )),
+            peers: Mutex::new(peers),
             blob_conns: Default::default(),
             events: events_tx,
             wake_dialer: Notify::new(),
@@ -468,6 +497,13 @@ impl Mesh {
                 source: r.source(),
                 last_error: r.last_error.clone(),
                 connected_since: r.live.as_ref().map(|l| l.since),
+                addr: r.live.as_ref().and_then(|l| remote_socket(&l.conn)),
+                version: r.live.as_ref().map(|l| l.version),
+                last_seen: if r.live.is_some() {
+                    Some(SystemTime::now())
+                } else {
+                    r.last_seen
+                },
                 rtt: r
                     .live
                     .as_ref()
@@ -709,6 +745,7 @@ impl Inner {
             conn_id,
             since: SystemTime::now(),
             registered: Instant::now(),
+            version: admitted.peer_version,
         });
         Some(conn_id)
     }
@@ -722,8 +759,9 @@ impl Inner {
             return false;
         }
         rec.live = None;
+        rec.last_seen = Some(SystemTime::now());
         rec.last_error = Some(reason);
-        rec.next_dial = Instant::now();
+        rec.next_dial = Instant::now() + jittered(REDIAL_SPREAD);
         true
     }
 
@@ -1001,6 +1039,9 @@ impl Inner {
     /// A member found on the LAN: remember it (within the cap) and dial.
     /// A peer we know already keeps the addresses it told us itself.
     fn learn_mdns(&self, found: mdns::Found) {
+        if !self.gate.allowed(&found.id) {
+            return;
+        }
         let mut peers = self.peers.lock().expect("peers lock");
         if let Some(rec) = peers.get_mut(&found.id) {
             if rec.addrs.is_empty() {
@@ -1030,7 +1071,7 @@ impl Inner {
         let peers = self.peers.lock().expect("peers lock");
         peers
             .iter()
-            .filter(|(_, r)| r.proven)
+            .filter(|(id, r)| r.proven && self.gate.allowed(id))
             .map(|(id, r)| (*id, r.addrs.clone()))
             .collect()
     }
@@ -1048,7 +1089,7 @@ impl Inner {
                 .count()
         };
         let mut added = 0;
-        for h in hints {
+        for h in hints.into_iter().filter(|h| self.gate.allowed(&h.id)) {
             if let Some(rec) = peers.get_mut(&h.id) {
                 if rec.addrs.is_empty() {
                     h.addrs.iter().for_each(|a| rec.add_addr(*a));
@@ -1362,23 +1403,37 @@ mod tests {
     }
 
     #[test]
-    fn failed_dials_back_off_doubling_to_the_cap() {
+    fn failed_dials_back_off_doubling_to_the_cap_with_jitter() {
         let mut rec = PeerRecord::new(true);
         let now = Instant::now();
+        let within = |rec: &PeerRecord, d: Duration| {
+            rec.next_dial >= now + d / 2 && rec.next_dial <= now + d
+        };
         assert!(rec.dial_failed("refused".into(), now));
-        assert_eq!(rec.next_dial, now + BACKOFF_MIN);
+        assert!(within(&rec, BACKOFF_MIN));
         assert!(
             !rec.dial_failed("refused".into(), now),
             "same error is not news"
         );
-        assert_eq!(rec.next_dial, now + BACKOFF_MIN * 2);
+        assert!(within(&rec, BACKOFF_MIN * 2));
         assert!(rec.dial_failed("timed out".into(), now));
         for _ in 0..20 {
             rec.dial_failed("timed out".into(), now);
         }
         assert_eq!(rec.backoff, BACKOFF_MAX);
-        assert_eq!(rec.next_dial, now + BACKOFF_MAX);
+        assert!(within(&rec, BACKOFF_MAX));
         assert_eq!(rec.last_error.as_deref(), Some("timed out"));
+    }
+
+    /// Issue 9: nodes that lose the same peer must not redial it in step.
+    #[test]
+    fn backoff_waits_are_spread_not_in_step() {
+        let waits: std::collections::HashSet<Duration> =
+            (0..50).map(|_| jittered(Duration::from_secs(10))).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= Duration::from_secs(5) && *w <= Duration::from_secs(10)));
+        assert!(waits.len() > 10, "{} distinct waits of 50", waits.len());
     }
 
     #[test]
@@ -1486,6 +1541,7 @@ mod tests {
             static_peers: vec![],
             static_peer_names: vec![],
             allow: None,
+            deny: vec![],
             gc: None,
             peer_exchange: true,
             max_peers: 32,

@@ -359,6 +359,14 @@ pub fn render_status(v: &serde_json::Value) -> String {
         if let Some(rtt) = p["rtt_ms"].as_f64() {
             let _ = write!(line, "  rtt {rtt:.1} ms");
         }
+        if let Some(v) = p["version"].as_u64() {
+            let _ = write!(line, "  v{v}");
+        }
+        if !c {
+            if let Some(ago) = p["last_seen_secs_ago"].as_u64() {
+                let _ = write!(line, "  seen {ago} s ago");
+            }
+        }
         if !c {
             if let Some(e) = p["last_error"].as_str() {
                 let _ = write!(line, "  ({e})");

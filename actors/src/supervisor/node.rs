@@ -190,14 +190,13 @@ pub async fn start_node_with(
             PeerHost::Name { host, port } => static_peer_names.push((id, host.clone(), *port)),
         }
     }
-    let allow = match &config.mesh.allow {
-        None => None,
-        Some(ids) => Some(
-            ids.iter()
-                .map(|b| EndpointId::from_bytes(b).map_err(|_| StartError::PeerId(hex::encode(b))))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+    let ids = |list: &[[u8; 32]]| {
+        list.iter()
+            .map(|b| EndpointId::from_bytes(b).map_err(|_| StartError::PeerId(hex::encode(b))))
+            .collect::<Result<Vec<_>, _>>()
     };
+    let allow = config.mesh.allow.as_deref().map(ids).transpose()?;
+    let deny = ids(&config.mesh.deny)?;
     let (mesh, events) = Mesh::start(MeshOptions {
         data_dir: data_dir.clone(),
         secret_key,
@@ -206,6 +205,7 @@ pub async fn start_node_with(
         static_peers,
         static_peer_names,
         allow,
+        deny,
         gc: Some(retention::gc_config(index.clone(), retention::GC_EVERY)),
         peer_exchange: config.mesh.peer_exchange,
         max_peers: config.mesh.max_peers,
