@@ -55,4 +55,4 @@ pub mod supervisor;
 pub(crate) mod testing;
 pub mod watcher;
 
-pub use supervisor::{start_node, NodeHandle, StartError};
+pub use supervisor::{access_of, start_node, NodeHandle, StartError};

@@ -172,3 +172,47 @@ fn a_denied_node_is_refused_and_its_changes_reach_nobody() {
         );
     }
 }
+
+/// Revocation without a restart: add a member to `[mesh] deny` and send
+/// SIGHUP; its sessions end at once and it is refused from then on.
+#[test]
+fn a_member_denied_on_reload_is_disconnected_at_once_and_refused_after() {
+    let mut c = Cluster::start(3, Topology::Full, folders);
+    fs::write(c.nodes[2].path("before.txt"), "still a member").unwrap();
+    c.wait_converged("n2's file everywhere while it is a member");
+    let denied = c.nodes[2].id_hex();
+    let t0 = Instant::now();
+    for n in &mut c.nodes[..2] {
+        n.mesh_extra = format!("deny = [\"{denied}\"]\n");
+        n.write_config();
+        n.signal(rustix::process::Signal::HUP);
+    }
+    wait_until(DEADLINE, "n2 cut off by n0 and n1", || {
+        connected(&c.nodes[2]).is_empty()
+            && c.nodes[..2].iter().all(|n| {
+                n.status().is_some_and(|st| {
+                    st["peers"]
+                        .as_array()
+                        .is_some_and(|ps| ps.iter().all(|p| p["id"] != denied.as_str()))
+                })
+            })
+    });
+    let cut_after = t0.elapsed();
+    fs::write(c.nodes[2].path("after.txt"), "revoked").unwrap();
+    wait_until(DEADLINE, "n0 refusing n2's redials", || {
+        c.nodes[0].log().contains("denied by this node")
+    });
+    fs::write(c.nodes[0].path("n0-after.txt"), "members only").unwrap();
+    wait_until(DEADLINE, "n0's new file on n1", || {
+        c.nodes[1].path("n0-after.txt").exists()
+    });
+    for n in &c.nodes[..2] {
+        assert!(
+            !n.path("after.txt").exists(),
+            "{} got the revoked node's file",
+            n.name
+        );
+    }
+    assert!(!c.nodes[2].path("n0-after.txt").exists());
+    eprintln!("n2 disconnected {cut_after:?} after the SIGHUP");
+}

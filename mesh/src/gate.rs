@@ -26,6 +26,12 @@ pub const CLOSE_FORBIDDEN: u32 = 403;
 #[derive(Debug, Default)]
 struct State {
     members: RwLock<HashSet<EndpointId>>,
+    access: RwLock<Access>,
+}
+
+/// `[mesh] allow` and `deny`, replaced as a whole on reload.
+#[derive(Debug, Default)]
+struct Access {
     allow: Option<HashSet<EndpointId>>,
     deny: HashSet<EndpointId>,
 }
@@ -36,18 +42,32 @@ pub struct Gate(Arc<State>);
 
 impl Gate {
     pub fn new(allow: Option<Vec<EndpointId>>, deny: Vec<EndpointId>) -> Self {
-        Gate(Arc::new(State {
-            members: RwLock::new(HashSet::new()),
+        let g = Gate::default();
+        g.set_access(allow, deny);
+        g
+    }
+
+    /// Replace the allowlist and the deny list; members no longer allowed
+    /// lose their membership (the caller closes their connections).
+    pub fn set_access(&self, allow: Option<Vec<EndpointId>>, deny: Vec<EndpointId>) {
+        *self.0.access.write().expect("gate lock") = Access {
             allow: allow.map(|a| a.into_iter().collect()),
             deny: deny.into_iter().collect(),
-        }))
+        };
+        let mut members = self.0.members.write().expect("gate lock");
+        members.retain(|id| self.allowed(id));
     }
 
     /// Whether this node may be talked to at all: not denied, and in the
     /// allowlist if there is one. The one rule for every protocol, the
     /// dial loop and peer exchange.
     pub fn allowed(&self, id: &EndpointId) -> bool {
-        !self.0.deny.contains(id) && self.0.allow.as_ref().is_none_or(|a| a.contains(id))
+        let access = self.0.access.read().expect("gate lock");
+        !access.deny.contains(id) && access.allow.as_ref().is_none_or(|a| a.contains(id))
+    }
+
+    fn denied(&self, id: &EndpointId) -> bool {
+        self.0.access.read().expect("gate lock").deny.contains(id)
     }
 
     /// Record a proven member. Membership lasts until [`Gate::revoke`] or
@@ -68,7 +88,7 @@ impl Gate {
     }
 
     fn decide(&self, alpn: &[u8], remote: &EndpointId) -> Result<(), &'static str> {
-        if self.0.deny.contains(remote) {
+        if self.denied(remote) {
             return Err("denied by this node ([mesh] deny)");
         }
         if !self.allowed(remote) {

@@ -49,7 +49,7 @@ use crate::{
     auth::{self, Admitted, FleetKey, HandshakeError, HANDSHAKE_TIMEOUT},
     codec::{read_msg, write_msg, CodecError},
     exchange::{self, Control},
-    gate::Gate,
+    gate::{Gate, CLOSE_FORBIDDEN},
     identity::short_id,
     mdns,
     model::ShortId,
@@ -514,6 +514,48 @@ impl Mesh {
         out
     }
 
+    /// Apply a new `[mesh] allow` / `deny` (a config reload): nodes no
+    /// longer allowed lose their membership, their sessions are closed at
+    /// once (403) and their records dropped, so they are neither dialed
+    /// nor passed on; their redials are refused by the gate. Returns the
+    /// ids cut off.
+    pub async fn set_access(
+        &self,
+        allow: Option<Vec<EndpointId>>,
+        deny: Vec<EndpointId>,
+    ) -> Vec<EndpointId> {
+        self.inner.gate.set_access(allow, deny);
+        let cut: Vec<EndpointId> = {
+            let mut peers = self.inner.peers.lock().expect("peers lock");
+            let cut: Vec<EndpointId> = peers
+                .keys()
+                .filter(|id| !self.inner.gate.allowed(id))
+                .copied()
+                .collect();
+            for id in &cut {
+                // A live session ends the usual way (the node hears of it;
+                // `unregister` then drops the record); idle records go now.
+                match peers.get(id).and_then(|r| r.live.as_ref()) {
+                    Some(live) => live
+                        .conn
+                        .close(VarInt::from_u32(CLOSE_FORBIDDEN), b"denied"),
+                    None => {
+                        peers.remove(id);
+                    }
+                }
+            }
+            cut
+        };
+        let mut blob_conns = self.inner.blob_conns.lock().await;
+        for id in &cut {
+            if let Some(conn) = blob_conns.remove(id) {
+                conn.close(VarInt::from_u32(CLOSE_FORBIDDEN), b"denied");
+            }
+            info!(peer = %id.fmt_short(), "access revoked: disconnected");
+        }
+        cut
+    }
+
     /// Peers with a live authenticated session right now.
     pub fn connected_peers(&self) -> Vec<EndpointId> {
         let peers = self.inner.peers.lock().expect("peers lock");
@@ -762,6 +804,9 @@ impl Inner {
         rec.last_seen = Some(SystemTime::now());
         rec.last_error = Some(reason);
         rec.next_dial = Instant::now() + jittered(REDIAL_SPREAD);
+        if !self.gate.allowed(&peer) {
+            peers.remove(&peer); // revoked while connected
+        }
         true
     }
 

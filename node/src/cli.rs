@@ -418,7 +418,8 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         log_format: a.log_format,
     };
     let config = a.at.load(&overrides)?;
-    daemon::run(config)
+    let at = a.at.clone();
+    daemon::run(config, Box::new(move || at.load(&overrides)))
 }
 
 fn status(w: Where, json: bool) -> anyhow::Result<i32> {

@@ -33,7 +33,10 @@ fn quiet(level: &str) -> String {
     }
 }
 
-pub fn run(config: Config) -> anyhow::Result<i32> {
+/// Loads the config again (same file, env and flags) for a reload.
+pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send>;
+
+pub fn run(config: Config, reload: Reload) -> anyhow::Result<i32> {
     init_logging(&config);
     let system = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -42,10 +45,10 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
             .build()
             .expect("tokio runtime")
     });
-    system.block_on(run_node(config))
+    system.block_on(run_node(config, reload))
 }
 
-async fn run_node(config: Config) -> anyhow::Result<i32> {
+async fn run_node(config: Config, reload: Reload) -> anyhow::Result<i32> {
     let node = fleetsync_actors::start_node(&config).await?;
     let (admin, admin_addr) = match crate::admin::serve(config.admin.listen, node.clone()).await {
         Ok(h) => h,
@@ -69,10 +72,14 @@ async fn run_node(config: Config) -> anyhow::Result<i32> {
     notify(&[sd_notify::NotifyState::Ready]);
     let systemd = tokio::spawn(notify_systemd(node.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let code = tokio::select! {
-        _ = tokio::signal::ctrl_c() => { info!("interrupted; shutting down"); 0 }
-        _ = term.recv() => { info!("terminated; shutting down"); 0 }
-        c = node.fatal() => c,
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let code = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { info!("interrupted; shutting down"); break 0 }
+            _ = term.recv() => { info!("terminated; shutting down"); break 0 }
+            _ = hup.recv() => reload_access(&node, &reload).await,
+            c = node.fatal() => break c,
+        }
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     systemd.abort();
@@ -86,6 +93,30 @@ async fn run_node(config: Config) -> anyhow::Result<i32> {
         warn!("shutdown took too long; exiting anyway");
     }
     Ok(code)
+}
+
+/// SIGHUP: read the config again and apply `[mesh] allow` and `deny`
+/// (revoking a member takes effect at once, without a restart). A config
+/// that does not load is refused with its error; the node keeps running
+/// as it was. Other changes need a restart.
+async fn reload_access(node: &NodeHandle, reload: &Reload) {
+    let config = match reload() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("reload refused, keeping the running config: {e:#}");
+            return;
+        }
+    };
+    match fleetsync_actors::access_of(&config) {
+        Ok((allow, deny)) => {
+            let cut = node.mesh.set_access(allow, deny).await;
+            info!(
+                disconnected = cut.len(),
+                "reloaded [mesh] allow and deny (other changes need a restart)"
+            );
+        }
+        Err(e) => warn!("reload refused, keeping the running config: {e}"),
+    }
 }
 
 /// How often `STATUS=` is refreshed for the service manager.

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 pub use self::node::{
-    start_node, start_node_with, Injection, NodeHandle, PrepareError, StartError,
+    access_of, start_node, start_node_with, Injection, NodeHandle, PrepareError, StartError,
 };
 use self::{
     board::{ActorState, Board},

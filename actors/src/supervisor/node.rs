@@ -102,6 +102,19 @@ impl Fatal {
     }
 }
 
+/// `[mesh] allow` and `deny` as endpoint ids.
+pub fn access_of(
+    config: &Config,
+) -> Result<(Option<Vec<EndpointId>>, Vec<EndpointId>), StartError> {
+    let ids = |list: &[[u8; 32]]| {
+        list.iter()
+            .map(|b| EndpointId::from_bytes(b).map_err(|_| StartError::PeerId(hex::encode(b))))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let allow = config.mesh.allow.as_deref().map(ids).transpose()?;
+    Ok((allow, ids(&config.mesh.deny)?))
+}
+
 impl NodeHandle {
     /// The supervisor is alive (its board is fresh) and every actor is
     /// healthy: what may feed the systemd watchdog.
@@ -190,13 +203,7 @@ pub async fn start_node_with(
             PeerHost::Name { host, port } => static_peer_names.push((id, host.clone(), *port)),
         }
     }
-    let ids = |list: &[[u8; 32]]| {
-        list.iter()
-            .map(|b| EndpointId::from_bytes(b).map_err(|_| StartError::PeerId(hex::encode(b))))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let allow = config.mesh.allow.as_deref().map(ids).transpose()?;
-    let deny = ids(&config.mesh.deny)?;
+    let (allow, deny) = access_of(config)?;
     let (mesh, events) = Mesh::start(MeshOptions {
         data_dir: data_dir.clone(),
         secret_key,
