@@ -74,6 +74,7 @@ pub(crate) struct Layered {
     pub mdns: Option<Sourced<bool>>,
     pub allow: Option<Sourced<Vec<String>>>,
     pub deny: Option<Sourced<Vec<String>>>,
+    pub ticket_peers: Option<Sourced<Vec<String>>>,
     pub transfer_stall_timeout: Option<Sourced<String>>,
     pub peer_exchange: Option<Sourced<bool>>,
     pub max_peers: Option<Sourced<i64>>,
@@ -115,6 +116,7 @@ const ENV_MESH_PEERS: &str = "FLEETSYNC_MESH_PEERS";
 const ENV_MESH_MDNS: &str = "FLEETSYNC_MESH_MDNS";
 const ENV_MESH_ALLOW: &str = "FLEETSYNC_MESH_ALLOW";
 const ENV_MESH_DENY: &str = "FLEETSYNC_MESH_DENY";
+const ENV_MESH_TICKET_PEERS: &str = "FLEETSYNC_MESH_TICKET_PEERS";
 const ENV_MESH_TRANSFER_STALL_TIMEOUT: &str = "FLEETSYNC_MESH_TRANSFER_STALL_TIMEOUT";
 const ENV_MESH_PEER_EXCHANGE: &str = "FLEETSYNC_MESH_PEER_EXCHANGE";
 const ENV_MESH_MAX_PEERS: &str = "FLEETSYNC_MESH_MAX_PEERS";
@@ -136,6 +138,7 @@ pub(crate) const ENV_FIXED: &[&str] = &[
     ENV_MESH_MDNS,
     ENV_MESH_ALLOW,
     ENV_MESH_DENY,
+    ENV_MESH_TICKET_PEERS,
     ENV_MESH_TRANSFER_STALL_TIMEOUT,
     ENV_MESH_PEER_EXCHANGE,
     ENV_MESH_MAX_PEERS,
@@ -209,6 +212,9 @@ impl Layered {
             mdns: mesh.mdns.map(|v| Sourced::file(v, "mesh.mdns")),
             allow: mesh.allow.map(|v| Sourced::file(v, "mesh.allow")),
             deny: mesh.deny.map(|v| Sourced::file(v, "mesh.deny")),
+            ticket_peers: mesh
+                .ticket_peers
+                .map(|v| Sourced::file(v, "mesh.ticket_peers")),
             transfer_stall_timeout: mesh
                 .transfer_stall_timeout
                 .map(|v| Sourced::file(v, "mesh.transfer_stall_timeout")),
@@ -272,6 +278,9 @@ impl Layered {
                 }
                 ENV_MESH_ALLOW => self.allow = Some(Sourced::env(split_list(&value), &name)),
                 ENV_MESH_DENY => self.deny = Some(Sourced::env(split_list(&value), &name)),
+                ENV_MESH_TICKET_PEERS => {
+                    self.ticket_peers = Some(Sourced::env(split_list(&value), &name))
+                }
                 ENV_MESH_TRANSFER_STALL_TIMEOUT => {
                     self.transfer_stall_timeout = Some(Sourced::env(value, &name))
                 }

@@ -46,6 +46,7 @@
 //! `FLEETSYNC_MESH_LISTEN`, `FLEETSYNC_MESH_FLEET_SECRET`,
 //! `FLEETSYNC_MESH_FLEET_SECRET_FILE`, `FLEETSYNC_MESH_PEERS`,
 //! `FLEETSYNC_MESH_MDNS`, `FLEETSYNC_MESH_ALLOW`, `FLEETSYNC_MESH_DENY`,
+//! `FLEETSYNC_MESH_TICKET_PEERS`,
 //! `FLEETSYNC_MESH_TRANSFER_STALL_TIMEOUT`, `FLEETSYNC_MESH_PEER_EXCHANGE`,
 //! `FLEETSYNC_MESH_MAX_PEERS`, `FLEETSYNC_ADMIN_LISTEN`,
 //! `FLEETSYNC_LOG_LEVEL`, `FLEETSYNC_LOG_FORMAT`,
@@ -53,7 +54,7 @@
 //! `FLEETSYNC_SUPERVISOR_MAX_RESTARTS`, `FLEETSYNC_SUPERVISOR_RESTART_WINDOW`,
 //! `FLEETSYNC_DEBUG_FAULT_INJECTION`.
 //!
-//! * Lists (`PEERS`, `ALLOW`, `DENY`) are comma-separated; blank entries are dropped,
+//! * Lists (`PEERS`, `TICKET_PEERS`, `ALLOW`, `DENY`) are comma-separated; blank entries are dropped,
 //!   so an empty value means an empty list.
 //! * Booleans (`MDNS`, `PEER_EXCHANGE`, `FAULT_INJECTION`) accept
 //!   true/false, 1/0, yes/no (any case); `MAX_RESTARTS` and `MAX_PEERS` are
@@ -180,6 +181,9 @@ pub struct MeshConfig {
     /// Nodes refused although they may hold the secret (revoked members):
     /// never dialed, refused on every protocol, never passed on.
     pub deny: Vec<NodeIdBytes>,
+    /// Peers written by `fleetsync join` from a ticket: dialed like
+    /// `peers`, shown as found by `ticket`.
+    pub ticket_peers: Vec<PeerAddr>,
     /// A fetch that receives no verified bytes for this long is cancelled
     /// and resumed with another peer. Between 1s and 1h.
     pub transfer_stall_timeout: Duration,
@@ -277,6 +281,8 @@ pub struct InitParams {
     pub mesh_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub peers: Vec<PeerAddr>,
+    /// Peers from a join ticket (`fleetsync join`).
+    pub ticket_peers: Vec<PeerAddr>,
     pub mdns: bool,
 }
 

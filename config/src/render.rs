@@ -67,6 +67,14 @@ fleet_secret = {secret}
         }
         let _ = writeln!(w, "]");
     }
+    if !p.ticket_peers.is_empty() {
+        let _ = writeln!(w, "# From the join ticket (dialed like peers).");
+        let _ = writeln!(w, "ticket_peers = [");
+        for peer in &p.ticket_peers {
+            let _ = writeln!(w, "    {},", q(&peer.to_string()));
+        }
+        let _ = writeln!(w, "]");
+    }
     let _ = write!(
         w,
         r#"# Find fleet members on the local network via mDNS.

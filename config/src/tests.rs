@@ -1645,6 +1645,7 @@ fn init_params(folders: Vec<(String, PathBuf)>) -> InitParams {
             },
         ],
         mdns: false,
+        ticket_peers: vec![],
     }
 }
 

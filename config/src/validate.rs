@@ -156,6 +156,7 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
         mdns: l.mdns.as_ref().is_none_or(|m| m.value),
         allow: node_ids(ctx, l.allow.as_ref())?,
         deny: node_ids(ctx, l.deny.as_ref())?.unwrap_or_default(),
+        ticket_peers: peers(ctx, l.ticket_peers.as_ref())?,
         transfer_stall_timeout: ruled_duration(
             ctx,
             l.transfer_stall_timeout.as_ref(),

@@ -104,6 +104,16 @@ fn an_invited_node_joins_with_a_ticket_and_syncs_both_ways() {
             && arrives(&n0, "from-n1.txt", b"hello from the new node")
     });
 
+    // The new node shows where it learned of n0.
+    let st = n1.status().unwrap();
+    let sources: Vec<&str> = st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["source"].as_str())
+        .collect();
+    assert_eq!(sources, vec!["ticket"], "{st}");
+
     let secret = hex::encode(t.secret);
     let body = &ticket["fleetsync".len()..];
     for n in [&n0, &n1] {

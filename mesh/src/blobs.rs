@@ -514,6 +514,7 @@ mod tests {
                 static_peer_names: Vec::new(),
                 allow: None,
                 deny: vec![],
+                ticket_peers: vec![],
                 gc: None,
                 peer_exchange: false,
                 max_peers: 32,

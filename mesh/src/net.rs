@@ -110,6 +110,8 @@ pub struct MeshOptions {
     pub allow: Option<Vec<EndpointId>>,
     /// Refused on every protocol, never dialed, never passed on.
     pub deny: Vec<EndpointId>,
+    /// Which of the static peers came from a join ticket (for status).
+    pub ticket_peers: Vec<EndpointId>,
     /// Blob garbage collection (the caller decides what stays live).
     pub gc: Option<iroh_blobs::store::GcConfig>,
     /// Tell members which members we know and dial those they tell us of.
@@ -247,6 +249,8 @@ struct PeerRecord {
     learned_from: Option<EndpointId>,
     /// Found on the LAN by mDNS.
     found_by_mdns: bool,
+    /// A static peer that came from a join ticket.
+    from_ticket: bool,
     /// When its last session ended (now, while it is connected).
     last_seen: Option<SystemTime>,
     live: Option<Live>,
@@ -277,6 +281,7 @@ impl PeerRecord {
             proven: false,
             learned_from: None,
             found_by_mdns: false,
+            from_ticket: false,
             last_seen: None,
             live: None,
             dialing: false,
@@ -299,7 +304,9 @@ impl PeerRecord {
     }
 
     fn source(&self) -> &'static str {
-        if self.is_static {
+        if self.from_ticket {
+            "ticket"
+        } else if self.is_static {
             "static"
         } else if self.learned_from.is_some() {
             "exchange"
@@ -435,6 +442,10 @@ impl Mesh {
         let peers = static_peers(me, &opts.static_peers, &opts.static_peer_names)
             .into_iter()
             .filter(|(id, _)| gate.allowed(id))
+            .map(|(id, mut rec)| {
+                rec.from_ticket = opts.ticket_peers.contains(&id);
+                (id, rec)
+            })
             .collect();
         let inner = Arc::new(Inner {
             endpoint: endpoint.clone(),
@@ -1587,6 +1598,7 @@ mod tests {
             static_peer_names: vec![],
             allow: None,
             deny: vec![],
+            ticket_peers: vec![],
             gc: None,
             peer_exchange: true,
             max_peers: 32,

@@ -327,6 +327,7 @@ fn init(a: InitArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("--admin-listen {}", a.admin_listen))?,
         peers,
         mdns: !a.no_mdns,
+        ticket_peers: vec![],
     });
     // Validate what we are about to write, so init never leaves a broken file.
     Config::from_toml_str(

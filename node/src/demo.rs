@@ -138,6 +138,7 @@ fn run_in(dir: &Path, keep: bool) -> anyhow::Result<i32> {
                 })
                 .collect(),
             mdns: false,
+            ticket_peers: vec![],
         });
         std::fs::write(&n.config, text)?;
     }

@@ -186,7 +186,8 @@ pub fn join(req: JoinRequest) -> anyhow::Result<i32> {
         fleet_secret: FleetSecret(ticket.secret),
         mesh_listen: DEFAULT_MESH_LISTEN.parse().expect("default mesh listen"),
         admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("default admin listen"),
-        peers: ticket_peers(&ticket),
+        peers: vec![],
+        ticket_peers: ticket_peers(&ticket),
         mdns: true,
     };
     // The environment decides listen addresses and mDNS the way it will

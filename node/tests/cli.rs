@@ -359,9 +359,13 @@ fn join_writes_a_config_that_loads_with_env_overrides() {
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:0");
     assert!(!c.mesh.mdns);
     assert_eq!(c.mesh.fleet_secret.to_hex(), secret);
-    assert_eq!(c.mesh.peers.len(), 1);
+    assert!(
+        c.mesh.peers.is_empty(),
+        "the inviting member is a ticket peer"
+    );
+    assert_eq!(c.mesh.ticket_peers.len(), 1);
     assert_eq!(
-        c.mesh.peers[0].to_string(),
+        c.mesh.ticket_peers[0].to_string(),
         format!("{member_id}@{member_listen}")
     );
     assert_eq!(c.folders.len(), 1);

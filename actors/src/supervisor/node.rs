@@ -195,9 +195,13 @@ pub async fn start_node_with(
     let index = Index::open(&data_dir.join("index.redb"))?;
     let mut static_peers = Vec::new();
     let mut static_peer_names = Vec::new();
-    for p in &config.mesh.peers {
+    let mut ticket_peers = Vec::new();
+    for p in config.mesh.peers.iter().chain(&config.mesh.ticket_peers) {
         let id =
             EndpointId::from_bytes(&p.id).map_err(|_| StartError::PeerId(hex::encode(p.id)))?;
+        if config.mesh.ticket_peers.contains(p) {
+            ticket_peers.push(id);
+        }
         match &p.addr {
             PeerHost::Ip(a) => static_peers.push((id, *a)),
             PeerHost::Name { host, port } => static_peer_names.push((id, host.clone(), *port)),
@@ -213,6 +217,7 @@ pub async fn start_node_with(
         static_peer_names,
         allow,
         deny,
+        ticket_peers,
         gc: Some(retention::gc_config(index.clone(), retention::GC_EVERY)),
         peer_exchange: config.mesh.peer_exchange,
         max_peers: config.mesh.max_peers,
