@@ -23,6 +23,16 @@ fn folders(_: usize) -> Vec<FolderSpec> {
 /// Big enough that a loopback transfer is caught half way.
 const BIG: u64 = 768 << 20;
 
+/// The two tests move about 1 GiB through the disk each; run side by side
+/// on a 2-core machine they starved each other past the deadlines once.
+/// One at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one still runs.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// (peer short id, bytes done, bytes total) of `n`'s transfer of `path`.
 fn transfer(n: &Node, path: &str) -> Option<(String, u64, u64)> {
     let f = n.folder_status("shared")?;
@@ -51,6 +61,7 @@ fn has_big(n: &Node, want: &str) -> bool {
 
 #[test]
 fn a_member_frozen_mid_transfer_is_replaced_by_another_and_holds_back_nothing_else() {
+    let _serial = one_at_a_time();
     let mut c = Cluster::start(3, Topology::Full, folders);
     fs::write(c.nodes[2].path("old.txt"), b"to be deleted").unwrap();
     wait_until(DEADLINE, "old.txt everywhere", || {
@@ -140,6 +151,7 @@ const FAILOVER_BIG: u64 = 64 << 20;
 
 #[test]
 fn a_node_that_hangs_its_fetches_is_failed_over_and_small_changes_do_not_wait() {
+    let _serial = one_at_a_time();
     // Only n0 ever announces the big file (send-only: it relays nothing),
     // and then hangs its blob serving. n1 holds the same bytes in a folder
     // it does not share: it announces nothing, but serves the blob (blobs
