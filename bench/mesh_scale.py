@@ -41,19 +41,12 @@ import tempfile
 import time
 import urllib.request
 
+# The /proc readers and the deadline wait are bench.py's (same directory).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import cpu_ticks, status_kib, wait  # noqa: E402
+
 MAX_PEERS = 32
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def wait(what, cond, timeout, poll):
-    """Poll cond() until true; seconds it took."""
-    t0 = time.monotonic()
-    while True:
-        if cond():
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(poll)
 
 
 def free_udp_ports(n):
@@ -82,23 +75,6 @@ def free_udp_ports(n):
         for s in held:
             s.close()
     return ports
-
-
-def status_kib(pid, field):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return int(parts[11]) + int(parts[12])  # utime + stime
 
 
 def proc_stop_all(procs, timeout=15):
