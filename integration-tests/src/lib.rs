@@ -83,6 +83,21 @@ pub fn free_udp() -> SocketAddr {
     fleetsync_mesh::loopback::free_udp_addr().unwrap()
 }
 
+/// An iroh endpoint of a fresh identity on 127.0.0.1 (no relay), for tests
+/// that play a stranger or a hand-built member from `fleetsync-mesh` parts.
+pub async fn loopback_endpoint() -> fleetsync_mesh::iroh::Endpoint {
+    use fleetsync_mesh::iroh::{endpoint::presets, Endpoint, RelayMode, SecretKey};
+    Endpoint::builder(presets::Minimal)
+        .secret_key(SecretKey::generate())
+        .relay_mode(RelayMode::Disabled)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .unwrap()
+        .bind()
+        .await
+        .unwrap()
+}
+
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).unwrap();

@@ -14,7 +14,7 @@ use std::{
 
 use fleetsync_integration_tests::*;
 use fleetsync_mesh::{
-    iroh::{endpoint::presets, Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey},
+    iroh::{EndpointAddr, EndpointId},
     proto::CTRL_ALPN,
 };
 
@@ -35,22 +35,10 @@ struct Flood {
     open_now: AtomicU64,
 }
 
-async fn stranger_endpoint() -> Endpoint {
-    Endpoint::builder(presets::Minimal)
-        .secret_key(SecretKey::generate())
-        .relay_mode(RelayMode::Disabled)
-        .clear_ip_transports()
-        .bind_addr("127.0.0.1:0")
-        .unwrap()
-        .bind()
-        .await
-        .unwrap()
-}
-
 /// One stranger: connect on the control ALPN, open the handshake stream,
 /// send nothing; whenever the node closes the connection, connect again.
 async fn stall(target: EndpointAddr, flood: Arc<Flood>) {
-    let ep = stranger_endpoint().await;
+    let ep = loopback_endpoint().await;
     while !flood.stop.load(Ordering::Relaxed) {
         let Ok(conn) = ep.connect(target.clone(), CTRL_ALPN).await else {
             tokio::task::yield_now().await;

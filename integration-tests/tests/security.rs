@@ -10,25 +10,10 @@ use fleetsync_mesh::{
     auth::{self, FleetKey},
     codec::{read_msg, write_msg},
     index_stream::{IndexRequest, IndexResponse},
-    iroh::{
-        endpoint::{presets, Connection},
-        Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey,
-    },
+    iroh::{endpoint::Connection, EndpointAddr, EndpointId},
     model::{EntryKind, FileEntry, ShortId, VersionVector},
     proto::{Handshake, BLOBS_ALPN, CTRL_ALPN, MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION},
 };
-
-async fn endpoint() -> Endpoint {
-    Endpoint::builder(presets::Minimal)
-        .secret_key(SecretKey::generate())
-        .relay_mode(RelayMode::Disabled)
-        .clear_ip_transports()
-        .bind_addr("127.0.0.1:0")
-        .unwrap()
-        .bind()
-        .await
-        .unwrap()
-}
 
 fn addr_of(n: &Node) -> EndpointAddr {
     EndpointAddr::new(EndpointId::from_bytes(&n.id).unwrap()).with_ip_addr(n.udp)
@@ -147,7 +132,7 @@ fn a_hostile_member_is_rejected_and_logged_and_honest_sync_goes_on() {
     let next = std::sync::Arc::new(tokio::sync::Notify::new());
     let next2 = next.clone();
     let (ep, _conn) = rt.block_on(async {
-        let ep = endpoint().await;
+        let ep = loopback_endpoint().await;
         let conn = ep.connect(a_addr.clone(), CTRL_ALPN).await.unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let me = ep.id();
@@ -233,7 +218,7 @@ fn a_stranger_without_the_secret_learns_nothing_and_can_fetch_nothing() {
     let a_addr = addr_of(a);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let ep = endpoint().await;
+        let ep = loopback_endpoint().await;
         // 1. The handshake with a wrong secret fails: the node checks the
         //    stranger's proof first and refuses it, never showing its own.
         let conn = ep.connect(a_addr.clone(), CTRL_ALPN).await.unwrap();
@@ -332,7 +317,7 @@ fn a_stranger_without_the_secret_learns_nothing_and_can_fetch_nothing() {
     // Positive control: with the secret, the same fetch works.
     let secret = a.secret;
     rt.block_on(async {
-        let ep = endpoint().await;
+        let ep = loopback_endpoint().await;
         let conn = ep.connect(a_addr.clone(), CTRL_ALPN).await.unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         auth::dial(
