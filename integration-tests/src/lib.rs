@@ -9,6 +9,8 @@
 //!   never sleep for a fixed time.
 //! - [`tree`] snapshots a folder (kind, content hash, exec bit, link
 //!   target) for convergence checks.
+//! - [`member::Member`] is a scripted fleet member (holds the secret,
+//!   answers index subscriptions with whatever a test scripts).
 
 use std::{
     collections::BTreeMap,
@@ -20,6 +22,8 @@ use std::{
     sync::OnceLock,
     time::{Duration, Instant},
 };
+
+pub mod member;
 
 pub use serde_json::Value;
 

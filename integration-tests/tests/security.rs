@@ -5,35 +5,18 @@
 
 use std::{fs, os::unix::fs::symlink, path::Path};
 
-use fleetsync_integration_tests::*;
+use fleetsync_integration_tests::{
+    member::{addr_of, dir_entry},
+    *,
+};
 use fleetsync_mesh::{
     auth::{self, FleetKey},
     codec::{read_msg, write_msg},
     index_stream::{IndexRequest, IndexResponse},
-    iroh::{endpoint::Connection, EndpointAddr, EndpointId},
-    model::{EntryKind, FileEntry, ShortId, VersionVector},
+    iroh::endpoint::Connection,
+    model::{EntryKind, FileEntry, ShortId},
     proto::{Handshake, BLOBS_ALPN, CTRL_ALPN, MIN_COMPATIBLE_VERSION, PROTOCOL_VERSION},
 };
-
-fn addr_of(n: &Node) -> EndpointAddr {
-    EndpointAddr::new(EndpointId::from_bytes(&n.id).unwrap()).with_ip_addr(n.udp)
-}
-
-fn dir_entry(path: &str, me: ShortId) -> FileEntry {
-    FileEntry {
-        path: path.into(),
-        kind: EntryKind::Directory,
-        size: 0,
-        mtime_ns: 1,
-        mode: 0o755,
-        hash: None,
-        symlink_target: None,
-        deleted: false,
-        version: VersionVector::from_pairs([(me, 1)]),
-        modified_by: me,
-        sequence: 1,
-    }
-}
 
 /// Serve the node's subscriptions: first a batch of hostile entries (plus
 /// honest ones), then an oversized frame, then garbage, then an honest,
