@@ -24,7 +24,7 @@ use crate::{
     content::Content,
     fsutil::FolderFs,
     ignore::Ignore,
-    index::{Index, IndexError, Released},
+    index::{Index, IndexError, Limits, Released},
 };
 
 /// A transfer in progress, for `fleetsync status`.
@@ -70,6 +70,12 @@ pub struct FolderStatus {
     pub bytes_in: AtomicU64,
     pub conflicts: AtomicU64,
     pub rejected: AtomicU64,
+    /// Remote entries deferred by the folder's caps (`max_pending`,
+    /// `max_files`): not stored, offered again by their peer later.
+    pub deferred: AtomicU64,
+    /// Peers (short id) whose entries wait because the folder holds
+    /// `max_files` paths, with the message status shows.
+    full: Mutex<BTreeMap<String, String>>,
     pub initial_scan_done: AtomicBool,
     /// The watcher knows of local changes the index does not have yet
     /// (paths settling or at the hasher, new directories not looked into).
@@ -89,6 +95,8 @@ impl Default for FolderStatus {
             bytes_in: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
+            full: Mutex::new(BTreeMap::new()),
             initial_scan_done: AtomicBool::new(false),
             unindexed: AtomicBool::new(false),
         }
@@ -116,6 +124,22 @@ impl FolderStatus {
 
     pub fn error(&self, msg: impl Into<String>) {
         *self.last_error.lock().expect("status lock") = Some((SystemTime::now(), msg.into()));
+    }
+
+    /// While `Some`: `peer`'s new paths wait because the folder is full
+    /// (shown as the folder's error); `None` when they flow again.
+    pub fn set_full(&self, peer: &str, msg: Option<String>) {
+        let mut full = self.full.lock().expect("status lock");
+        match msg {
+            Some(m) => full.insert(peer.to_string(), m),
+            None => full.remove(peer),
+        };
+    }
+
+    /// Why the folder takes no new paths, if it is full.
+    pub fn full(&self) -> Option<String> {
+        let full = self.full.lock().expect("status lock");
+        full.values().next().cloned()
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -301,6 +325,14 @@ impl Folder {
             slow: Mutex::new(HashMap::new()),
             status: FolderStatus::default(),
         }))
+    }
+
+    /// The caps on what this folder takes from peers.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_pending: self.cfg.max_pending,
+            max_files: self.cfg.max_files,
+        }
     }
 
     pub fn id(&self) -> &str {

@@ -76,6 +76,13 @@ pub struct FolderInfo {
     pub in_sync: bool,
     pub conflicts: u64,
     pub rejected: u64,
+    /// Remote entries deferred by the folder's caps (`max_pending`,
+    /// `max_files`); their peers offer them again once there is room.
+    pub deferred: u64,
+    /// Entries the folder may hold (`max_files`) and its pending cap per
+    /// peer (`max_pending`).
+    pub max_files: u64,
+    pub max_pending: u64,
     pub files_received: u64,
     pub bytes_received: u64,
     pub error: Option<String>,
@@ -217,9 +224,14 @@ async fn folder_info(
         in_sync,
         conflicts: st.conflicts.load(Ordering::Relaxed),
         rejected: st.rejected.load(Ordering::Relaxed),
+        deferred: st.deferred.load(Ordering::Relaxed),
+        max_files: folder.cfg.max_files,
+        max_pending: folder.cfg.max_pending,
         files_received: st.files_in.load(Ordering::Relaxed),
         bytes_received: st.bytes_in.load(Ordering::Relaxed),
-        error: fault,
+        // A full folder is an error the operator must act on (delete
+        // files or raise max_files), though the rest keeps syncing.
+        error: fault.or_else(|| st.full()),
         last_error: st.last_error(),
         transfers: transfers(&folder),
         peers,

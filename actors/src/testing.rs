@@ -317,6 +317,8 @@ pub fn folder_config(root: &Path, mode: FolderMode) -> FolderConfig {
         rescan: Duration::from_secs(3600),
         watch: WatchMode::Notify,
         poll_interval: Duration::from_secs(1),
+        max_pending: fleetsync_config::DEFAULT_MAX_PENDING,
+        max_files: fleetsync_config::DEFAULT_MAX_FILES,
     }
 }
 
@@ -482,6 +484,7 @@ impl Scene {
                 record,
                 note: "test".into(),
                 resolves: vec![],
+                from: [0; 32],
             }],
             resolved: vec![],
         };

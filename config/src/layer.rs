@@ -103,6 +103,8 @@ pub(crate) struct LayeredFolder {
     pub rescan: Option<Sourced<String>>,
     pub watch: Option<Sourced<String>>,
     pub poll_interval: Option<Sourced<String>>,
+    pub max_pending: Option<Sourced<i64>>,
+    pub max_files: Option<Sourced<i64>>,
 }
 
 pub(crate) const FOLDER_ENV_KEYS: &[&str] =
@@ -192,6 +194,8 @@ impl Layered {
                     poll_interval: f
                         .poll_interval
                         .map(|v| Sourced::file(v, key("poll_interval"))),
+                    max_pending: f.max_pending.map(|v| Sourced::file(v, key("max_pending"))),
+                    max_files: f.max_files.map(|v| Sourced::file(v, key("max_files"))),
                 }
             })
             .collect();

@@ -135,6 +135,16 @@ pub const DEFAULT_TRANSFER_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// bounded degree (every change still reaches every node, relayed).
 pub const DEFAULT_MAX_PEERS: usize = 32;
 
+/// `[[folders]] max_pending`: 100,000 waiting rows per peer (a few tens of
+/// MB of index at most) is far more than one peer's normal backlog, so an
+/// honest peer's initial sync of a large folder only paces itself to the
+/// apply rate, while a member flooding entries stops there.
+pub const DEFAULT_MAX_PENDING: u64 = 100_000;
+/// `[[folders]] max_files`: 10 million paths, well above any folder a
+/// fleet of this kind syncs, yet a bound on the index and inodes one
+/// member's announcements can make this node create.
+pub const DEFAULT_MAX_FILES: u64 = 10_000_000;
+
 /// Every variable starting with this is either a config setting or an error.
 pub const ENV_PREFIX: &str = "FLEETSYNC_";
 /// `FLEETSYNC_*` variables that belong to other parts of the program (the
@@ -255,6 +265,17 @@ pub struct FolderConfig {
     pub rescan: Duration,
     pub watch: WatchMode,
     pub poll_interval: Duration,
+    /// `max_pending`: remote changes one peer may have waiting (received,
+    /// not applied yet) in this folder. Past it, that peer's further
+    /// entries are deferred — not acknowledged, so it offers them again
+    /// once its rows drain — and counted. Default [`DEFAULT_MAX_PENDING`].
+    pub max_pending: u64,
+    /// `max_files`: paths this folder's index may hold (files, directories,
+    /// symlinks, remembered deletions, and pending remote changes). Past
+    /// it, remote entries for new paths are deferred and status shows the
+    /// folder as full; changes to paths it holds still apply. Default
+    /// [`DEFAULT_MAX_FILES`].
+    pub max_files: u64,
 }
 
 /// CLI flags the node binary may pass; `None` = not given. See [`flag`] for

@@ -160,6 +160,10 @@ fn folder_block(c: &str, id: &str, path: &Path) -> String {
 {c}watch = {watch}
 {c}# Scan interval when watch = "poll".
 {c}poll_interval = {poll}
+{c}# Remote changes one peer may have waiting here; past it, its further ones wait.
+{c}max_pending = {max_pending}
+{c}# Paths this folder may hold; past it, new remote paths wait (status: folder full).
+{c}max_files = {max_files}
 "#,
         modes = alternatives(FolderMode::ALL.iter().map(|m| m.as_str())),
         mode = q(FolderMode::SendReceive.as_str()),
@@ -168,6 +172,8 @@ fn folder_block(c: &str, id: &str, path: &Path) -> String {
         watches = alternatives(WatchMode::ALL.iter().map(|m| m.as_str())),
         watch = q(WatchMode::Notify.as_str()),
         poll = dur(DEFAULT_POLL_INTERVAL),
+        max_pending = crate::DEFAULT_MAX_PENDING,
+        max_files = crate::DEFAULT_MAX_FILES,
     )
 }
 

@@ -142,7 +142,30 @@ fn folder_defaults() {
     assert_eq!(f.rescan, Duration::from_secs(3600));
     assert_eq!(f.watch, WatchMode::Notify);
     assert_eq!(f.poll_interval, Duration::from_secs(2));
+    assert_eq!(f.max_pending, 100_000);
+    assert_eq!(f.max_files, 10_000_000);
     assert!(c.folder("other").is_none());
+}
+
+#[test]
+fn max_pending_and_max_files_are_whole_numbers_from_1_to_a_billion() {
+    for key in ["max_pending", "max_files"] {
+        let text = |v: &str| {
+            format!(
+                "{}{}{key} = {v}\n",
+                with_secret(""),
+                folder_toml("shared", "/srv/shared")
+            )
+        };
+        let f = parse(&text("7")).folder("shared").unwrap().clone();
+        assert_eq!(if key == "max_pending" { f.max_pending } else { f.max_files }, 7);
+        for bad in ["0", "-1", "1000000001"] {
+            let e = err(&text(bad));
+            assert_invalid(&e, &format!("folders[0].{key}"), "whole number from 1 to");
+        }
+        let e = err(&text("\"lots\""));
+        assert!(e.to_string().contains(&format!("folders[0].{key}")), "{e}");
+    }
 }
 
 #[test]

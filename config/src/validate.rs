@@ -11,7 +11,7 @@ use crate::{
     AdminConfig, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig,
     SupervisorConfig, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_PEERS, DEFAULT_MAX_RESTARTS,
     DEFAULT_MESH_LISTEN, DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
-    DEFAULT_TRANSFER_STALL_TIMEOUT,
+    DEFAULT_MAX_FILES, DEFAULT_MAX_PENDING, DEFAULT_TRANSFER_STALL_TIMEOUT,
 };
 
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
@@ -35,6 +35,9 @@ const MIN_MAX_RESTARTS: usize = 1;
 /// Sessions cost a few hundred KiB each; past this a node is a hub, not a
 /// fleet member.
 const MAX_MAX_PEERS: usize = 1024;
+/// `max_pending` / `max_files` above this are no cap at all: the index of a
+/// billion paths does not fit a node this daemon runs on.
+const MAX_FOLDER_CAP: u64 = 1_000_000_000;
 /// Beyond this a crash loop never exhausts its budget.
 const MAX_MAX_RESTARTS: usize = 1000;
 /// Shorter, and the ordinary pauses of a healthy transfer (a dial, a
@@ -751,7 +754,47 @@ fn folder(
         rescan,
         watch,
         poll_interval,
+        max_pending: folder_cap(
+            ctx,
+            "max_pending",
+            f.max_pending.as_ref(),
+            DEFAULT_MAX_PENDING,
+            "remote changes one peer may have waiting in this folder",
+        )?,
+        max_files: folder_cap(
+            ctx,
+            "max_files",
+            f.max_files.as_ref(),
+            DEFAULT_MAX_FILES,
+            "paths the folder's index may hold",
+        )?,
     })
+}
+
+/// A folder's `max_pending` / `max_files`: a whole number from 1 to
+/// [`MAX_FOLDER_CAP`].
+fn folder_cap(
+    ctx: &Ctx,
+    key: &str,
+    value: Option<&Sourced<i64>>,
+    default: u64,
+    what: &str,
+) -> Result<u64, ConfigError> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    u64::try_from(v.value)
+        .ok()
+        .filter(|n| (1..=MAX_FOLDER_CAP).contains(n))
+        .ok_or_else(|| {
+            ctx.err(
+                &v.origin,
+                format!("{key} {} is outside 1-{MAX_FOLDER_CAP}", v.value),
+                format!(
+                    "use a whole number from 1 to {MAX_FOLDER_CAP}: {what} (default {default})"
+                ),
+            )
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use fleetsync_mesh::model::{Causality, EntryKind, FileEntry, ShortId};
 
 use super::{
     now_ns, tables::Tables, Commit, Committed, Index, IndexError, Item, Local, Observed, Released,
-    Result,
+    Result, Via,
 };
 use crate::{
     record::{disk_matches, DiskState, LocalStat, Meta, Record},
@@ -62,7 +62,8 @@ impl Index {
                         record,
                         note,
                         resolves,
-                    } => r.applied(record, note, &resolves)?,
+                        from,
+                    } => r.applied(record, note, &resolves, Via::Peer(from))?,
                 }
             }
             for (path, peer) in &commit.resolved {
@@ -101,14 +102,19 @@ impl Resolver<'_> {
             return Ok(());
         }
         let candidate = local_entry(path, cur.as_ref(), seen, self.local);
-        let (rec, note) = match self.adoptable(path, cur.as_ref(), &candidate)? {
+        let (rec, note, via) = match self.adoptable(path, cur.as_ref(), &candidate)? {
             Some(adopted) => {
                 self.t.remove_pending(path, &adopted.peer)?;
-                adopted_record(adopted, seen)
+                let via = Via::Peer(adopted.peer);
+                let (rec, note) = adopted_record(adopted, seen);
+                (rec, note, via)
             }
-            None => local_record(candidate, seen, self.local),
+            None => {
+                let (rec, note) = local_record(candidate, seen, self.local);
+                (rec, note, Via::Local)
+            }
         };
-        self.write(cur, rec, note)
+        self.write(cur, rec, note, via)
     }
 
     /// A pending entry with exactly the content the disk shows, which the
@@ -144,6 +150,7 @@ impl Resolver<'_> {
         record: Record,
         note: String,
         resolves: &[(String, [u8; 32])],
+        via: Via,
     ) -> Result<()> {
         let cur = self.t.get(&record.entry.path)?;
         if moved_past(cur.as_ref(), &record.entry) {
@@ -163,12 +170,12 @@ impl Resolver<'_> {
                 }
                 Ok(())
             }
-            cur => self.write(cur, record, note),
+            cur => self.write(cur, record, note, via),
         }
     }
 
-    fn write(&mut self, cur: Option<Record>, rec: Record, note: String) -> Result<()> {
-        self.released.extend(self.t.write(cur, rec, note)?);
+    fn write(&mut self, cur: Option<Record>, rec: Record, note: String, via: Via) -> Result<()> {
+        self.released.extend(self.t.write(cur, rec, note, via)?);
         self.written += 1;
         Ok(())
     }

@@ -257,6 +257,7 @@ fn resolved_rows_are_removed_but_a_superseded_record_keeps_its_rows() {
             record: rec(concurrent),
             note: "x".into(),
             resolves: vec![("c".into(), PEER)],
+            from: PEER,
         }],
         resolved: vec![("a".into(), PEER)],
     };
@@ -287,6 +288,7 @@ fn a_replaced_writer_commits_nothing() {
             record: rec(file("a", 1, &[(1, 1)])),
             note: "late".into(),
             resolves: vec![],
+            from: PEER,
         }],
         resolved: vec![],
     };

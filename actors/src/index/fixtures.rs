@@ -4,7 +4,8 @@
 pub(super) use fleetsync_mesh::model::{Causality, EntryKind, FileEntry, ShortId, VersionVector};
 
 use super::{
-    schema::SCHEMA_KEY, tables::META, Commit, Committed, Index, Item, Local, Observed, RemoteMark,
+    schema::SCHEMA_KEY, tables::META, Commit, Committed, Index, Ingested, Item, Limits, Local,
+    Observed, RemoteMark,
 };
 pub(super) use crate::record::{LocalStat, Record};
 
@@ -49,6 +50,7 @@ pub(super) fn applied(record: Record) -> Item {
         record,
         note: "test".into(),
         resolves: vec![],
+        from: PEER,
     }
 }
 
@@ -98,10 +100,21 @@ pub(super) fn stat(size: u64, ino: u64) -> LocalStat {
     }
 }
 
-/// Ingest `entries` from `peer` with a mark of index 1 at `seq`.
+/// Ingest `entries` from `peer` with a mark of index 1 at `seq`, no caps;
+/// how many were stored.
 pub(super) fn ingest(idx: &Index, peer: &[u8; 32], seq: u64, entries: &[FileEntry]) -> usize {
+    ingest_capped(idx, peer, seq, entries, Limits::NONE).stored
+}
+
+pub(super) fn ingest_capped(
+    idx: &Index,
+    peer: &[u8; 32],
+    seq: u64,
+    entries: &[FileEntry],
+    limits: Limits,
+) -> Ingested {
     let mark = RemoteMark { index_id: 1, seq };
-    idx.ingest("f", peer, mark, entries).unwrap()
+    idx.ingest("f", peer, mark, entries, limits).unwrap()
 }
 
 pub(super) fn open() -> (tempfile::TempDir, Index) {

@@ -51,10 +51,12 @@ mod commit_tests;
 #[cfg(test)]
 mod fixtures;
 mod ingest;
+mod migrate;
 mod read;
 mod schema;
 mod tables;
 
+pub use ingest::{Full, Ingested, Limits};
 pub use schema::{CorruptValue, SCHEMA_VERSION};
 
 /// Page cache of the index database. redb's default is 1 GiB and fills as
@@ -154,6 +156,22 @@ pub struct HistoryEvent {
     pub applied_from: Option<ShortId>,
     /// Free text: "local edit", "applied", "conflict: kept … as …".
     pub note: String,
+    /// Who handed us this change, as proven (unlike `modified_by` and
+    /// `version`, which the sender claims).
+    pub via: Via,
+}
+
+/// Where a change recorded in the history came from, as this node knows
+/// it (not as the entry claims).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Via {
+    /// Made on this node (seen on its disk).
+    Local,
+    /// Received from this peer: the endpoint id its session's handshake
+    /// proved (the key of the pending row the change answered).
+    Peer([u8; 32]),
+    /// Recorded before the index kept the sender (schema 1).
+    Unknown,
 }
 
 /// Nanoseconds since the Unix epoch (0 before it, `i64::MAX` after 2262).
@@ -200,6 +218,9 @@ pub enum Item {
         record: Record,
         note: String,
         resolves: Vec<(String, [u8; 32])>,
+        /// The peer whose index announced it (its proven endpoint id):
+        /// the history's [`Via::Peer`].
+        from: [u8; 32],
     },
 }
 
@@ -264,11 +285,8 @@ impl Index {
             .set_cache_size(INDEX_CACHE)
             .create(path)?;
         let tx = db.begin_write()?;
-        {
-            let mut meta = tx.open_table(tables::META)?;
-            schema::check_or_init(&mut meta)?;
-            tables::create_all(&tx)?;
-        }
+        schema::check_or_init(&tx)?;
+        tables::create_all(&tx)?;
         tx.commit()?;
         Ok(Index { db: Arc::new(db) })
     }
@@ -350,7 +368,7 @@ mod tests {
             Index::open(&p),
             Err(IndexError::Corrupt {
                 table: "meta",
-                source: CorruptValue::Schema { found: 0 }
+                source: CorruptValue::Schema { found: 0, .. }
             })
         ));
     }

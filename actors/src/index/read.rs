@@ -204,7 +204,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
-    use super::super::{tables::FILES, CorruptValue, IndexError, SCHEMA_VERSION};
+    use super::super::{tables::FILES, CorruptValue, IndexError, Limits, SCHEMA_VERSION};
 
     #[test]
     fn descendants_stop_at_the_prefix() {
@@ -261,7 +261,7 @@ mod tests {
             &[file("a", 1, &[(2, 1)]), file("b", 1, &[(2, 1)])],
         );
         ingest(&idx, &other, 1, &[file("a", 2, &[(3, 1)])]);
-        idx.ingest("g", &PEER, Default::default(), &[file("a", 3, &[(2, 1)])])
+        idx.ingest("g", &PEER, Default::default(), &[file("a", 3, &[(2, 1)])], Limits::NONE)
             .unwrap();
         assert_eq!(idx.pending_count("f").unwrap(), 3);
         assert_eq!(idx.pending_count("g").unwrap(), 1);
@@ -288,7 +288,7 @@ mod tests {
         put(&idx, vec![file("a", 3, &[(1, 2)]), gone]);
         ingest(&idx, &PEER, 1, &[file("p", 4, &[(2, 1)])]);
         idx.ensure_folder("g").unwrap();
-        idx.ingest("g", &PEER, Default::default(), &[file("q", 5, &[(2, 1)])])
+        idx.ingest("g", &PEER, Default::default(), &[file("q", 5, &[(2, 1)])], Limits::NONE)
             .unwrap();
         let mut live = idx.live_hashes().unwrap();
         live.sort();

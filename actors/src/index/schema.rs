@@ -2,17 +2,22 @@
 //! for values, `peer` for the 32-byte peer ids inside keys, and
 //! `check_or_init`, the schema check [`super::Index::open`] runs.
 //!
-//! Only schema 1 exists. A value of any other schema is refused as corrupt
-//! (never decoded as if it were schema 1), and a database whose `meta`
-//! table names a newer schema is refused at open.
+//! Every value starts with the schema of the build that wrote it. A table's
+//! values are readable from the schema its format last changed
+//! ([`readable_since`]): schema 2 changed only `history` (each line records
+//! the proven sender, [`super::Via`]) and added the `pending_peers`
+//! counters, so a `files` value of schema 1 is still read as it is, while a
+//! `history` value of schema 1 is refused as corrupt (never misread). A
+//! database whose `meta` table names a newer schema is refused at open; one
+//! of schema 1 is migrated in the opening transaction ([`super::migrate`]).
 
-use redb::{ReadableTable, Table};
+use redb::{ReadableTable, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{IndexError, Result};
+use super::{tables::META, IndexError, Result};
 
 /// The format of every value this build writes and reads.
-pub const SCHEMA_VERSION: u8 = 1;
+pub const SCHEMA_VERSION: u8 = 2;
 
 /// Table names, also what [`IndexError::Corrupt`] reports.
 pub(super) mod name {
@@ -24,6 +29,16 @@ pub(super) mod name {
     pub const REMOTE: &str = "remote";
     pub const PENDING: &str = "pending";
     pub const HISTORY: &str = "history";
+    pub const PENDING_PEERS: &str = "pending_peers";
+}
+
+/// The oldest schema whose values of `table` this build reads as they are:
+/// the schema in which the table's value format last changed.
+pub(super) fn readable_since(table: &str) -> u8 {
+    match table {
+        name::HISTORY => 2,
+        _ => 1,
+    }
 }
 
 /// The `meta` key holding the database's schema.
@@ -35,8 +50,8 @@ pub(super) const SCHEMA_KEY: &str = "schema";
 pub enum CorruptValue {
     #[error("empty value")]
     Empty,
-    #[error("value of schema {found}; this build reads only schema {SCHEMA_VERSION}")]
-    Schema { found: u8 },
+    #[error("value of schema {found}; this build reads schema {oldest} to {SCHEMA_VERSION} here")]
+    Schema { found: u8, oldest: u8 },
     #[error("{0}")]
     Decode(#[from] postcard::Error),
     /// A peer id or content hash in a key that is not 32 bytes long.
@@ -55,11 +70,12 @@ pub(super) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub(super) fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T> {
+    let oldest = readable_since(table);
     match b.split_first() {
-        Some((&SCHEMA_VERSION, rest)) => {
+        Some((&found, rest)) if (oldest..=SCHEMA_VERSION).contains(&found) => {
             postcard::from_bytes(rest).map_err(|e| corrupt(table, e.into()))
         }
-        Some((&found, _)) => Err(corrupt(table, CorruptValue::Schema { found })),
+        Some((&found, _)) => Err(corrupt(table, CorruptValue::Schema { found, oldest })),
         None => Err(corrupt(table, CorruptValue::Empty)),
     }
 }
@@ -71,26 +87,31 @@ pub(super) fn id32(table: &'static str, key: &[u8]) -> Result<[u8; 32]> {
 }
 
 /// Stamp a new database with [`SCHEMA_VERSION`], accept one of this
-/// schema, refuse anything else.
-pub(super) fn check_or_init(meta: &mut Table<&str, &[u8]>) -> Result<()> {
+/// schema, migrate one of schema 1 (in `tx`, the opening transaction, so
+/// a crash leaves it at schema 1), refuse anything else.
+pub(super) fn check_or_init(tx: &WriteTransaction) -> Result<()> {
+    let mut meta = tx.open_table(META)?;
     let found = meta.get(SCHEMA_KEY)?.map(|v| v.value().first().copied());
     match found {
-        None => {
-            meta.insert(SCHEMA_KEY, [SCHEMA_VERSION].as_slice())?;
-            Ok(())
+        None => {}
+        Some(Some(SCHEMA_VERSION)) => return Ok(()),
+        Some(Some(found)) if found > SCHEMA_VERSION => {
+            return Err(IndexError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            })
         }
-        Some(Some(SCHEMA_VERSION)) => Ok(()),
-        Some(Some(found)) if found > SCHEMA_VERSION => Err(IndexError::SchemaTooNew {
-            found,
-            supported: SCHEMA_VERSION,
-        }),
-        // MIGRATION: schema 1 is the first format, so nothing older exists.
-        // The first format change adds its step here: rewrite every value
-        // of the previous schema, then store the new schema byte, in this
-        // transaction.
-        Some(Some(found)) => Err(corrupt(name::META, CorruptValue::Schema { found })),
-        Some(None) => Err(corrupt(name::META, CorruptValue::Empty)),
+        Some(Some(1)) => super::migrate::from_v1(tx)?,
+        Some(Some(found)) => {
+            return Err(corrupt(
+                name::META,
+                CorruptValue::Schema { found, oldest: 1 },
+            ))
+        }
+        Some(None) => return Err(corrupt(name::META, CorruptValue::Empty)),
     }
+    meta.insert(SCHEMA_KEY, [SCHEMA_VERSION].as_slice())?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -117,7 +138,7 @@ mod tests {
             dec::<RemoteMark>("remote", &b),
             Err(IndexError::Corrupt {
                 table: "remote",
-                source: CorruptValue::Schema { found } })
+                source: CorruptValue::Schema { found, .. } })
             if found == SCHEMA_VERSION + 1
         ));
         assert!(matches!(

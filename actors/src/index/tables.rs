@@ -10,7 +10,7 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use super::{
     now_ns,
     schema::{dec, enc, id32, name},
-    FolderMeta, HistoryEvent, IndexError, Released, Result, HISTORY_PER_PATH,
+    FolderMeta, HistoryEvent, IndexError, Released, Result, Via, HISTORY_PER_PATH,
 };
 use crate::record::Record;
 
@@ -25,6 +25,33 @@ pub(super) const PENDING: TableDefinition<(&str, &str, &[u8]), &[u8]> =
     TableDefinition::new(name::PENDING);
 pub(super) const HISTORY: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new(name::HISTORY);
+/// How many `pending` rows each peer has in each folder, kept in step by
+/// [`add_pending`] / [`Tables::remove_pending`] (the caps on pending rows
+/// read it instead of counting rows). A plain counter: no schema byte.
+pub(super) const PENDING_PEERS: TableDefinition<(&str, &[u8]), u64> =
+    TableDefinition::new(name::PENDING_PEERS);
+
+pub(super) type PendingPeers<'t> = Table<'t, (&'static str, &'static [u8]), u64>;
+
+/// Count one more (`Count::Add`) or one fewer pending row of `peer`.
+pub(super) fn count_pending(
+    t: &mut PendingPeers<'_>,
+    folder: &str,
+    peer: &[u8; 32],
+    how: Count,
+) -> Result<()> {
+    let n = t.get((folder, peer.as_slice()))?.map_or(0, |v| v.value());
+    let n = match how {
+        Count::Add => n.saturating_add(1),
+        Count::Remove => n.saturating_sub(1),
+    };
+    if n == 0 {
+        t.remove((folder, peer.as_slice()))?;
+    } else {
+        t.insert((folder, peer.as_slice()), n)?;
+    }
+    Ok(())
+}
 
 /// Create every table (but `meta`, which the schema check opens), so read
 /// transactions never find one missing.
@@ -36,6 +63,7 @@ pub(super) fn create_all(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(REMOTE)?;
     tx.open_table(PENDING)?;
     tx.open_table(HISTORY)?;
+    tx.open_table(PENDING_PEERS)?;
     Ok(())
 }
 
@@ -61,6 +89,7 @@ pub(super) struct Tables<'t> {
     hashes: Table<'t, (&'static [u8], &'static str, &'static str), ()>,
     history: Table<'t, (&'static str, &'static str, u64), &'static [u8]>,
     pending: Table<'t, (&'static str, &'static str, &'static [u8]), &'static [u8]>,
+    pending_peers: PendingPeers<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -84,6 +113,7 @@ impl<'t> Tables<'t> {
             hashes: tx.open_table(HASHES)?,
             history: tx.open_table(HISTORY)?,
             pending: tx.open_table(PENDING)?,
+            pending_peers: tx.open_table(PENDING_PEERS)?,
         })
     }
 
@@ -111,7 +141,13 @@ impl<'t> Tables<'t> {
     }
 
     pub(super) fn remove_pending(&mut self, path: &str, peer: &[u8; 32]) -> Result<()> {
-        self.pending.remove((self.folder, path, peer.as_slice()))?;
+        if self
+            .pending
+            .remove((self.folder, path, peer.as_slice()))?
+            .is_some()
+        {
+            count_pending(&mut self.pending_peers, self.folder, peer, Count::Remove)?;
+        }
         Ok(())
     }
 
@@ -123,6 +159,7 @@ impl<'t> Tables<'t> {
         old: Option<Record>,
         mut rec: Record,
         note: String,
+        via: Via,
     ) -> Result<Option<Released>> {
         if let Some(old) = &old {
             self.unindex(old)?;
@@ -130,7 +167,7 @@ impl<'t> Tables<'t> {
         self.meta.seq += 1;
         rec.entry.sequence = self.meta.seq;
         self.index(&rec)?;
-        self.append_history(&rec, note)?;
+        self.append_history(&rec, note, via)?;
         Ok(old.and_then(|old| released_by(old, &rec)))
     }
 
@@ -165,7 +202,7 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    fn append_history(&mut self, rec: &Record, note: String) -> Result<()> {
+    fn append_history(&mut self, rec: &Record, note: String, via: Via) -> Result<()> {
         let e = &rec.entry;
         let ev = HistoryEvent {
             seq: e.sequence,
@@ -178,6 +215,7 @@ impl<'t> Tables<'t> {
             recorded_ns: now_ns(),
             applied_from: rec.received_from,
             note,
+            via,
         };
         let path = e.path.as_str();
         self.history
@@ -215,7 +253,7 @@ fn released_by(old: Record, new: &Record) -> Option<Released> {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Count {
+pub(super) enum Count {
     Add,
     Remove,
 }
@@ -246,6 +284,7 @@ fn count(meta: &mut FolderMeta, e: &FileEntry, how: Count) {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
+    use super::super::{Commit, Item};
     use super::*;
 
     #[test]
@@ -337,4 +376,28 @@ mod tests {
         assert_eq!(idx.paths_with_hash("f", &[2; 32]).unwrap(), vec!["a"]);
         assert!(idx.paths_with_hash("f", &[1; 32]).unwrap().is_empty());
     }
+    #[test]
+    fn history_records_the_proven_sender_next_to_the_claimed_author() {
+        let (_d, idx) = open();
+        // The entry claims node 1 made it; peer [3; 32] sent it.
+        let forged = file("a", 1, &[(1, 1)]);
+        let c = Commit {
+            items: vec![Item::Applied {
+                record: rec(forged),
+                note: "applied".into(),
+                resolves: vec![],
+                from: [3; 32],
+            }],
+            resolved: vec![],
+        };
+        idx.commit("f", c, ME).unwrap();
+        commit(&idx, vec![observed("a", seen_file(10, 1, 2, None))]);
+        let h = idx.history("f", "a").unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].modified_by, ShortId(1));
+        assert_eq!(h[0].via, Via::Peer([3; 32]));
+        assert_eq!(h[1].modified_by, ME.me);
+        assert_eq!(h[1].via, Via::Local);
+    }
 }
+

@@ -68,12 +68,13 @@ pub mod msg {
     use actix::Message;
     use fleetsync_mesh::{model::FileEntry, EndpointId};
 
-    use crate::index::{IndexError, RemoteMark};
+    use crate::index::{IndexError, Ingested, RemoteMark};
 
     /// A validated batch of a peer's index. The reply (how many entries
-    /// became pending) is the subscription's backpressure.
+    /// became pending, how many the folder's caps deferred) is the
+    /// subscription's backpressure.
     #[derive(Debug, Message)]
-    #[rtype(result = "Result<usize, IngestError>")]
+    #[rtype(result = "Result<Ingested, IngestError>")]
     pub struct Ingest {
         pub peer: EndpointId,
         pub mark: RemoteMark,
@@ -103,6 +104,8 @@ pub mod msg {
 }
 
 use msg::{CaughtUp, GetInbound, Ingest, IngestError};
+
+use crate::index::Ingested;
 
 /// What we know of one peer's index of this folder.
 #[derive(Debug, Clone)]
@@ -381,17 +384,22 @@ impl Handler<PeerDown> for Receiver {
 }
 
 impl Handler<Ingest> for Receiver {
-    type Result = ResponseActFuture<Self, Result<usize, IngestError>>;
+    type Result = ResponseActFuture<Self, Result<Ingested, IngestError>>;
 
     fn handle(&mut self, m: Ingest, _: &mut Context<Self>) -> Self::Result {
         let f = self.folder.clone();
         let peer = *m.peer.as_bytes();
         let work = self.health.begin();
-        let fut = rt::blocking(move || f.index.ingest(f.id(), &peer, m.mark, &m.entries));
+        let limits = f.limits();
+        let fut = rt::blocking(move || f.index.ingest(f.id(), &peer, m.mark, &m.entries, limits));
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             let n = res??;
             work.progress();
-            if n > 0 {
+            act.folder
+                .status
+                .deferred
+                .fetch_add(n.deferred as u64, Ordering::Relaxed);
+            if n.stored > 0 {
                 act.kick(ctx);
             }
             Ok(n)

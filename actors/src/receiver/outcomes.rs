@@ -177,6 +177,7 @@ impl Outcomes {
                     record: applied.record,
                     note: applied.note,
                     resolves: rows.clone(),
+                    from: job.from,
                 });
                 self.batch.held.push((applied.hold, applied.guard));
                 self.batch.rows.extend(rows);

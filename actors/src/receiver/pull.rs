@@ -7,11 +7,22 @@
 //! persisted mark, drops the paths this folder ignores, and hands each
 //! batch to the receiver actor as [`Ingest`], whose reply is the
 //! backpressure.
+//!
+//! When the folder's caps defer part of a batch (the peer has
+//! `max_pending` rows waiting, or the folder holds `max_files` paths), the
+//! index keeps the peer's mark short of the deferred entries, and the sink
+//! holds the stream (reads nothing more) until there is room, then offers
+//! the batch again: the deferred entries arrive once rows drain, and a
+//! restart in between resumes from the mark. Nothing is dropped.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
 
 use actix::{Addr, MailboxError};
 use async_trait::async_trait;
+use tracing::{info, warn};
 use fleetsync_mesh::{
     index_stream::{self, BoxError, IndexSink, Mark},
     model::{EntryKind, FileEntry},
@@ -24,7 +35,7 @@ use super::{
 };
 use crate::{
     folder::Folder,
-    index::{IndexError, RemoteMark},
+    index::{Full, IndexError, RemoteMark},
     rt::{self, TaskError},
 };
 
@@ -45,12 +56,13 @@ struct Sink {
     peer: EndpointId,
 }
 
-/// Reading where the last subscription ended failed.
+/// Reading the index for a subscription (where the last one ended,
+/// whether a held batch has room) failed.
 #[derive(Debug, thiserror::Error)]
-enum MarkError {
+enum ReadError {
     #[error(transparent)]
     Task(#[from] TaskError),
-    #[error("cannot read the peer's mark: {0}")]
+    #[error("cannot read the index: {0}")]
     Index(#[from] IndexError),
 }
 
@@ -69,7 +81,7 @@ impl IndexSink for Sink {
         let folder = self.folder.clone();
         let peer = *self.peer.as_bytes();
         let mark = rt::try_blocking(move || {
-            Ok::<_, MarkError>(folder.index.remote_mark(folder.id(), &peer)?)
+            Ok::<_, ReadError>(folder.index.remote_mark(folder.id(), &peer)?)
         })
         .await?;
         Ok(mark.map_or_else(Mark::default, |m| Mark {
@@ -79,20 +91,34 @@ impl IndexSink for Sink {
     }
 
     async fn ingest(&self, mark: Mark, entries: Vec<FileEntry>) -> Result<(), BoxError> {
-        let batch = Ingest {
-            peer: self.peer,
-            mark: RemoteMark {
-                index_id: mark.index_id,
-                seq: mark.seq,
-            },
-            entries: drop_ignored(&self.folder, entries),
+        let mark = RemoteMark {
+            index_id: mark.index_id,
+            seq: mark.seq,
         };
-        self.addr
-            .send(batch)
-            .await
-            .map_err(DeliverError::from)?
-            .map_err(|e| DeliverError::Refused(e.into()))?;
-        Ok(())
+        let entries = drop_ignored(&self.folder, entries);
+        let mut waited = false;
+        loop {
+            let batch = Ingest {
+                peer: self.peer,
+                mark,
+                entries: entries.clone(),
+            };
+            let done = self
+                .addr
+                .send(batch)
+                .await
+                .map_err(DeliverError::from)?
+                .map_err(|e| DeliverError::Refused(e.into()))?;
+            let Some(full) = done.full else {
+                self.show_full(None);
+                return Ok(());
+            };
+            if !waited {
+                self.report_deferral(full, done.deferred);
+                waited = true;
+            }
+            self.wait_for_room().await?;
+        }
     }
 
     fn caught_up(&self, seq: u64) {
@@ -104,6 +130,56 @@ impl IndexSink for Sink {
 
     fn rejected(&self) {
         self.folder.status.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How often a held stream looks whether its folder has room again.
+const ROOM_POLL: Duration = Duration::from_millis(500);
+
+impl Sink {
+    /// Log (once per held batch) and show why entries wait.
+    fn report_deferral(&self, full: Full, deferred: usize) {
+        let peer = self.peer.fmt_short();
+        let folder = self.folder.id();
+        match full {
+            Full::Pending { rows } => info!(
+                folder,
+                %peer,
+                "{deferred} entries from this peer wait: it has {rows} changes pending here (max_pending {})",
+                self.folder.cfg.max_pending
+            ),
+            Full::Files { held } => {
+                let msg = format!(
+                    "folder full: it holds {held} paths (max_files {}); new paths from peers wait \
+                     until files are deleted here or max_files is raised",
+                    self.folder.cfg.max_files
+                );
+                warn!(folder, %peer, "{msg}");
+                self.show_full(Some(msg));
+            }
+        }
+    }
+
+    fn show_full(&self, msg: Option<String>) {
+        let peer = self.peer.fmt_short().to_string();
+        self.folder.status.set_full(&peer, msg);
+    }
+
+    /// Until a new pending row of this peer would fit the folder's caps.
+    async fn wait_for_room(&self) -> Result<(), BoxError> {
+        loop {
+            tokio::time::sleep(ROOM_POLL).await;
+            let folder = self.folder.clone();
+            let peer = *self.peer.as_bytes();
+            let full = rt::try_blocking(move || {
+                let limits = folder.limits();
+                Ok::<_, ReadError>(folder.index.full(folder.id(), &peer, limits)?)
+            })
+            .await?;
+            if full.is_none() {
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -64,7 +64,7 @@ async fn an_ingested_batch_is_applied_without_further_prompting() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(n, 2, "both entries became pending");
+    assert_eq!(n.stored, 2, "both entries became pending");
     let root = folder.fs.root().to_path_buf();
     until("both files on disk", || {
         std::fs::read(root.join("a")).is_ok_and(|c| c == b"one")
