@@ -83,6 +83,9 @@ pub struct FolderInfo {
     /// peer (`max_pending`).
     pub max_files: u64,
     pub max_pending: u64,
+    /// The folder holds `max_files` paths: new remote paths wait (`error`
+    /// says so).
+    pub full: bool,
     pub files_received: u64,
     pub bytes_received: u64,
     pub error: Option<String>,
@@ -227,6 +230,7 @@ async fn folder_info(
         deferred: st.deferred.load(Ordering::Relaxed),
         max_files: folder.cfg.max_files,
         max_pending: folder.cfg.max_pending,
+        full: st.full().is_some(),
         files_received: st.files_in.load(Ordering::Relaxed),
         bytes_received: st.bytes_in.load(Ordering::Relaxed),
         // A full folder is an error the operator must act on (delete

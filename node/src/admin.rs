@@ -20,6 +20,7 @@ use axum::{
     Json, Router,
 };
 use fleetsync_actors::{
+    index::{HistoryEvent, Via},
     rt,
     status::{snapshot, NodeStatus},
     supervisor::{
@@ -29,6 +30,7 @@ use fleetsync_actors::{
     },
     NodeHandle,
 };
+use fleetsync_mesh::model::ShortId;
 use serde::Serialize;
 
 /// `<data_dir>/admin.addr`: the address the running node's admin API is
@@ -158,6 +160,16 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
         per(&|f| f.rejected as f64),
     );
     gauge(
+        "fleetsync_folder_deferred_total",
+        "Remote entries deferred by max_pending / max_files (offered again later).",
+        per(&|f| f.deferred as f64),
+    );
+    gauge(
+        "fleetsync_folder_full",
+        "1 if the folder holds max_files paths and new remote paths wait.",
+        per(&|f| f.full as u8 as f64),
+    );
+    gauge(
         "fleetsync_folder_files_received_total",
         "Files written from peers.",
         per(&|f| f.files_received as f64),
@@ -258,6 +270,40 @@ struct HistoryRow {
     recorded_ns: i64,
     applied_from: Option<String>,
     note: String,
+    /// Short id of the node this change came through, as proven (the
+    /// session's endpoint id; this node for a local change; null for
+    /// lines recorded before the index kept it). `modified_by` is only
+    /// what the entry claims.
+    via: Option<String>,
+    /// The full endpoint id of the peer it was received from (null for a
+    /// local change).
+    received_from: Option<String>,
+}
+
+impl HistoryRow {
+    fn new(e: HistoryEvent, me: &str) -> Self {
+        let (via, received_from) = match e.via {
+            Via::Local => (Some(me.to_string()), None),
+            Via::Peer(id) => (
+                Some(ShortId::from_node_id(&id).to_string()),
+                Some(hex::encode(id)),
+            ),
+            Via::Unknown => (None, None),
+        };
+        HistoryRow {
+            seq: e.seq,
+            modified_by: e.modified_by.to_string(),
+            mtime_ns: e.mtime_ns,
+            hash: e.hash.map(hex::encode),
+            deleted: e.deleted,
+            size: e.size,
+            recorded_ns: e.recorded_ns,
+            applied_from: e.applied_from.map(|s| s.to_string()),
+            note: e.note,
+            via,
+            received_from,
+        }
+    }
 }
 
 async fn history(
@@ -271,21 +317,12 @@ async fn history(
         return (StatusCode::NOT_FOUND, format!("no folder {folder:?}\n")).into_response();
     }
     let index = node.index.clone();
+    let me = node.mesh.short_id().to_string();
     let rows = rt::blocking(move || index.history(&folder, &path)).await;
     match rows {
         Ok(Ok(rows)) => Json(
             rows.into_iter()
-                .map(|e| HistoryRow {
-                    seq: e.seq,
-                    modified_by: e.modified_by.to_string(),
-                    mtime_ns: e.mtime_ns,
-                    hash: e.hash.map(hex::encode),
-                    deleted: e.deleted,
-                    size: e.size,
-                    recorded_ns: e.recorded_ns,
-                    applied_from: e.applied_from.map(|s| s.to_string()),
-                    note: e.note,
-                })
+                .map(|e| HistoryRow::new(e, &me))
                 .collect::<Vec<_>>(),
         )
         .into_response(),
@@ -421,6 +458,13 @@ pub fn render_status(v: &serde_json::Value) -> String {
                 u(&f["rejected"])
             );
         }
+        if u(&f["deferred"]) > 0 {
+            let _ = writeln!(
+                o,
+                "    deferred by max_pending/max_files: {} (offered again when there is room)",
+                u(&f["deferred"])
+            );
+        }
         if let Some(e) = f["last_error"].as_str() {
             let _ = writeln!(o, "    last error: {e}");
         }
@@ -483,12 +527,15 @@ pub fn render_history(v: &serde_json::Value) -> String {
                 r["size"].as_u64().unwrap_or(0)
             )
         };
+        // `by` is what the entry claims; `via` the node it came through,
+        // which the handshake proved.
         let _ = writeln!(
             o,
-            "seq {:>6}  t={}  by {}  {}  {}",
+            "seq {:>6}  t={}  by {}  via {}  {}  {}",
             r["seq"].as_u64().unwrap_or(0),
             when,
             r["modified_by"].as_str().unwrap_or("?"),
+            r["via"].as_str().unwrap_or("?"),
             what,
             r["note"].as_str().unwrap_or("")
         );
