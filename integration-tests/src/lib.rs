@@ -206,6 +206,9 @@ pub struct FolderSpec {
     pub id: String,
     pub mode: String,
     pub settle: String,
+    /// Further `key = value` lines of this `[[folders]]` block (values as
+    /// TOML: quote strings yourself).
+    pub extra: Vec<(String, String)>,
 }
 
 impl FolderSpec {
@@ -214,7 +217,14 @@ impl FolderSpec {
             id: id.into(),
             mode: "send-receive".into(),
             settle: "100ms".into(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Set another folder key, e.g. `.key("max_files", "20")`.
+    pub fn key(mut self, k: &str, toml_value: &str) -> Self {
+        self.extra.push((k.into(), toml_value.into()));
+        self
     }
 
     pub fn mode(mut self, m: &str) -> Self {
@@ -338,6 +348,9 @@ impl Node {
                 f.mode,
                 f.settle
             ));
+            for (k, v) in &f.extra {
+                t.push_str(&format!("{k} = {v}\n"));
+            }
         }
         std::fs::write(&self.config, t).unwrap();
     }
