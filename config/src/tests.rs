@@ -158,7 +158,14 @@ fn max_pending_and_max_files_are_whole_numbers_from_1_to_a_billion() {
             )
         };
         let f = parse(&text("7")).folder("shared").unwrap().clone();
-        assert_eq!(if key == "max_pending" { f.max_pending } else { f.max_files }, 7);
+        assert_eq!(
+            if key == "max_pending" {
+                f.max_pending
+            } else {
+                f.max_files
+            },
+            7
+        );
         for bad in ["0", "-1", "1000000001"] {
             let e = err(&text(bad));
             assert_invalid(&e, &format!("folders[0].{key}"), "whole number from 1 to");

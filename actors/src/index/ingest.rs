@@ -161,7 +161,9 @@ impl Room {
         peer: &[u8; 32],
         limits: Limits,
     ) -> Result<Self> {
-        let from_peer = counts.get((folder, peer.as_slice()))?.map_or(0, |v| v.value());
+        let from_peer = counts
+            .get((folder, peer.as_slice()))?
+            .map_or(0, |v| v.value());
         let mut pending = 0u64;
         for item in counts.range((folder, PEER_LO)..(folder, PEER_HI))? {
             pending = pending.saturating_add(item?.1.value());
@@ -363,9 +365,15 @@ mod tests {
         assert_eq!(idx.pending_from("f", &PEER).unwrap(), 3);
         // The mark stops before the first deferred entry: it is offered again.
         assert_eq!(idx.remote_mark("f", &PEER).unwrap().unwrap().seq, 3);
-        assert_eq!(idx.full("f", &PEER, limits).unwrap(), Some(Full::Pending { rows: 3 }));
+        assert_eq!(
+            idx.full("f", &PEER, limits).unwrap(),
+            Some(Full::Pending { rows: 3 })
+        );
         // Another peer has its own allowance.
-        assert_eq!(ingest_capped(&idx, &[8; 32], 1, &dirs(9..=9), limits).stored, 1);
+        assert_eq!(
+            ingest_capped(&idx, &[8; 32], 1, &dirs(9..=9), limits).stored,
+            1
+        );
         apply_all(&idx);
         assert_eq!(idx.pending_from("f", &PEER).unwrap(), 0);
         assert_eq!(idx.full("f", &PEER, limits).unwrap(), None);
@@ -375,7 +383,11 @@ mod tests {
         assert_eq!(idx.remote_mark("f", &PEER).unwrap().unwrap().seq, 5);
         apply_all(&idx);
         for d in dirs(1..=5) {
-            assert!(idx.get("f", &d.path).unwrap().is_some(), "{} arrived", d.path);
+            assert!(
+                idx.get("f", &d.path).unwrap().is_some(),
+                "{} arrived",
+                d.path
+            );
         }
     }
 
@@ -383,7 +395,10 @@ mod tests {
     fn a_replaced_pending_row_needs_no_room() {
         let (_d, idx) = open();
         let limits = caps(2, u64::MAX);
-        assert_eq!(ingest_capped(&idx, &PEER, 2, &dirs(1..=2), limits).stored, 2);
+        assert_eq!(
+            ingest_capped(&idx, &PEER, 2, &dirs(1..=2), limits).stored,
+            2
+        );
         let mut newer = dirs(1..=1);
         newer[0].version = newer[0].version.bump(ShortId(2));
         newer[0].sequence = 3;
@@ -406,14 +421,21 @@ mod tests {
         assert_eq!((got.stored, got.deferred), (2, 2));
         assert_eq!(got.full, Some(Full::Files { held: 3 }));
         assert_eq!(idx.remote_mark("f", &PEER).unwrap().unwrap().seq, 1);
-        let paths: Vec<_> = idx.pending("f", 10).unwrap().into_iter().map(|p| p.path).collect();
+        let paths: Vec<_> = idx
+            .pending("f", 10)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
         assert_eq!(paths, vec!["a", "d001"]);
         apply_all(&idx);
-        assert_eq!(idx.full("f", &PEER, limits).unwrap(), Some(Full::Files { held: 3 }));
+        assert_eq!(
+            idx.full("f", &PEER, limits).unwrap(),
+            Some(Full::Files { held: 3 })
+        );
         // Room again (a path deleted and its tombstone gone is what frees
         // it for real; a bigger cap here): the deferred ones arrive.
         let got = ingest_capped(&idx, &PEER, 4, &batch, caps(u64::MAX, 10));
         assert_eq!((got.stored, got.deferred), (2, 0));
     }
 }
-

@@ -131,9 +131,14 @@ mod tests {
             let mut p = tx.open_table(PENDING).unwrap();
             let mut row = vec![1u8];
             row.extend(postcard::to_stdvec(&file("b", 2, &[(5, 1)])).unwrap());
-            p.insert(("f", "b", PEER.as_slice()), row.as_slice()).unwrap();
-            p.insert(("f", "c", PEER.as_slice()), row.as_slice()).unwrap();
-            tx.open_table(PENDING_PEERS).unwrap().retain(|_, _| false).unwrap();
+            p.insert(("f", "b", PEER.as_slice()), row.as_slice())
+                .unwrap();
+            p.insert(("f", "c", PEER.as_slice()), row.as_slice())
+                .unwrap();
+            tx.open_table(PENDING_PEERS)
+                .unwrap()
+                .retain(|_, _| false)
+                .unwrap();
             tx.open_table(META)
                 .unwrap()
                 .insert(SCHEMA_KEY, [1u8].as_slice())

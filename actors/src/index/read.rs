@@ -261,8 +261,14 @@ mod tests {
             &[file("a", 1, &[(2, 1)]), file("b", 1, &[(2, 1)])],
         );
         ingest(&idx, &other, 1, &[file("a", 2, &[(3, 1)])]);
-        idx.ingest("g", &PEER, Default::default(), &[file("a", 3, &[(2, 1)])], Limits::NONE)
-            .unwrap();
+        idx.ingest(
+            "g",
+            &PEER,
+            Default::default(),
+            &[file("a", 3, &[(2, 1)])],
+            Limits::NONE,
+        )
+        .unwrap();
         assert_eq!(idx.pending_count("f").unwrap(), 3);
         assert_eq!(idx.pending_count("g").unwrap(), 1);
         let mut a: Vec<_> = idx
@@ -288,8 +294,14 @@ mod tests {
         put(&idx, vec![file("a", 3, &[(1, 2)]), gone]);
         ingest(&idx, &PEER, 1, &[file("p", 4, &[(2, 1)])]);
         idx.ensure_folder("g").unwrap();
-        idx.ingest("g", &PEER, Default::default(), &[file("q", 5, &[(2, 1)])], Limits::NONE)
-            .unwrap();
+        idx.ingest(
+            "g",
+            &PEER,
+            Default::default(),
+            &[file("q", 5, &[(2, 1)])],
+            Limits::NONE,
+        )
+        .unwrap();
         let mut live = idx.live_hashes().unwrap();
         live.sort();
         // 1 once though two paths share it; 2 only in a tombstone: gone.

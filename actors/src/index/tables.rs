@@ -400,4 +400,3 @@ mod tests {
         assert_eq!(h[1].via, Via::Local);
     }
 }
-

@@ -22,12 +22,12 @@ use std::{
 
 use actix::{Addr, MailboxError};
 use async_trait::async_trait;
-use tracing::{info, warn};
 use fleetsync_mesh::{
     index_stream::{self, BoxError, IndexSink, Mark},
     model::{EntryKind, FileEntry},
     EndpointId, PeerSession,
 };
+use tracing::{info, warn};
 
 use super::{
     msg::{CaughtUp, Ingest},

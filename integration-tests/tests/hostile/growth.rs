@@ -20,11 +20,7 @@ fn folder_u64(n: &Node, key: &str) -> u64 {
 
 /// `count` entries made by `make(i)`, numbered 1.. as the member's index
 /// sequence, in batches of `per_batch`.
-fn batches(
-    count: u64,
-    per_batch: usize,
-    make: impl Fn(u64) -> FileEntry,
-) -> Vec<Vec<FileEntry>> {
+fn batches(count: u64, per_batch: usize, make: impl Fn(u64) -> FileEntry) -> Vec<Vec<FileEntry>> {
     let all: Vec<FileEntry> = (1..=count)
         .map(|i| FileEntry {
             sequence: i,
@@ -109,7 +105,10 @@ fn unbounded_growth_entries_stop_at_max_files() {
     assert!(on_disk <= cap, "{on_disk} paths on disk");
     assert!(f["deferred"].as_u64().unwrap() > 0, "{f}");
     let err = f["error"].as_str().unwrap_or_default();
-    assert!(err.contains("folder full") && err.contains("max_files"), "{f}");
+    assert!(
+        err.contains("folder full") && err.contains("max_files"),
+        "{f}"
+    );
     assert_eq!(metric(a, "fleetsync_folder_full"), 1.0);
     sync_honest_file(b, a, "honest.txt", b"v2\n");
     assert!(a.status().is_some(), "the node is up");
@@ -138,7 +137,11 @@ fn forged_authorship_history_names_the_proven_sender() {
     let member_short = ShortId::from_node_id(proven.as_bytes()).to_string();
     assert_eq!(row["modified_by"], victim.to_string(), "{row}");
     assert_eq!(row["via"], member_short, "{row}");
-    assert_eq!(row["received_from"], hex::encode(proven.as_bytes()), "{row}");
+    assert_eq!(
+        row["received_from"],
+        hex::encode(proven.as_bytes()),
+        "{row}"
+    );
     let (_, text, _) = a.cli(&["history", "--folder", "shared", "forged"]);
     assert!(
         text.contains(&format!("by {victim}  via {member_short}")),

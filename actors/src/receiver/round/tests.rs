@@ -218,7 +218,9 @@ impl Fixture {
         };
         let peer = *self.peer.as_bytes();
         let f = &self.scene.folder;
-        f.index.ingest(f.id(), &peer, mark, entries, crate::index::Limits::NONE).unwrap();
+        f.index
+            .ingest(f.id(), &peer, mark, entries, crate::index::Limits::NONE)
+            .unwrap();
     }
 
     /// One round, then the big-file jobs it handed off, as the receiver
@@ -413,7 +415,13 @@ async fn a_commit_that_keeps_failing_reports_its_rows_failed_not_resolved() {
         seq: 1,
     };
     broken
-        .ingest("f", peer.as_bytes(), mark, &[file("a", b"content")], crate::index::Limits::NONE)
+        .ingest(
+            "f",
+            peer.as_bytes(),
+            mark,
+            &[file("a", b"content")],
+            crate::index::Limits::NONE,
+        )
         .unwrap();
     Arc::get_mut(&mut folder).expect("unshared").index = broken;
     let report = Round::new(folder.clone(), testing::sources(&*fake))
