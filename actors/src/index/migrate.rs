@@ -1,4 +1,4 @@
-//! Migration of an index of schema 1 to [`SCHEMA_VERSION`] 2, run by
+//! Migration of an index of schema 1 to [`super::SCHEMA_VERSION`] 2, run by
 //! `schema::check_or_init` inside the opening transaction (all or nothing):
 //!
 //! - every `history` line is rewritten with [`Via::Unknown`] (schema 1 did
@@ -13,7 +13,7 @@ use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    schema::{enc, id32, name, CorruptValue, SCHEMA_VERSION},
+    schema::{enc, id32, name, CorruptValue},
     tables::{HISTORY, PENDING, PENDING_PEERS},
     HistoryEvent, IndexError, Result, Via,
 };
@@ -96,7 +96,6 @@ fn count_pending(tx: &WriteTransaction) -> Result<()> {
     for ((folder, peer), n) in &counts {
         t.insert((folder.as_str(), peer.as_slice()), *n)?;
     }
-    debug_assert_eq!(SCHEMA_VERSION, 2, "a newer schema adds its own step");
     Ok(())
 }
 

@@ -13,13 +13,20 @@
 //! | `hashes`   | (hash, folder, path)         | () — find local copies of content |
 //! | `remote`   | (folder, peer id)            | [`RemoteMark`]: how far we read the peer's index |
 //! | `pending`  | (folder, path, peer id)      | a peer's entry not yet applied |
-//! | `history`  | (folder, path, seq)          | [`HistoryEvent`] — the audit trail |
+//! | `history`  | (folder, path, seq)          | [`HistoryEvent`] — the audit trail, with the proven sender ([`Via`]) |
+//! | `pending_peers` | (folder, peer id)       | u64: that peer's `pending` rows (for [`Limits`]) |
 //!
-//! Every value starts with a schema byte ([`SCHEMA_VERSION`]). There is
-//! only schema 1 so far: a value of any other schema is refused as
-//! [`IndexError::Corrupt`], never misread, and [`Index::open`] refuses a
-//! database of a newer schema. The first format change adds its migration
-//! step where `schema::check_or_init` marks it.
+//! Every value starts with a schema byte ([`SCHEMA_VERSION`], now 2; the
+//! `pending_peers` counters are plain u64). A value of a schema its table
+//! cannot read is refused as [`IndexError::Corrupt`], never misread, and
+//! [`Index::open`] refuses a database of a newer schema. A database of
+//! schema 1 is migrated when opened (`migrate`: history lines gain
+//! [`Via::Unknown`], the pending counters are counted).
+//!
+//! Ingest enforces the folder's caps ([`Limits`]): past `max_pending` rows
+//! from one peer, or `max_files` paths in the folder, entries are deferred —
+//! not stored, and the peer's mark stops short of them, so they are
+//! offered again.
 //!
 //! Ingesting a peer's batch writes its entries to `pending` and advances its
 //! [`RemoteMark`] in one transaction; applying an entry writes the new

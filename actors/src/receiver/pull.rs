@@ -133,6 +133,14 @@ impl IndexSink for Sink {
     }
 }
 
+/// A subscription that ends (the session closed, the task aborted) no
+/// longer holds entries back: its "folder full" goes from status.
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.show_full(None);
+    }
+}
+
 /// How often a held stream looks whether its folder has room again.
 const ROOM_POLL: Duration = Duration::from_millis(500);
 
