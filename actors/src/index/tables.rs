@@ -26,7 +26,7 @@ pub(super) const PENDING: TableDefinition<(&str, &str, &[u8]), &[u8]> =
 pub(super) const HISTORY: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new(name::HISTORY);
 /// How many `pending` rows each peer has in each folder, kept in step by
-/// [`add_pending`] / [`Tables::remove_pending`] (the caps on pending rows
+/// [`count_pending`] / [`Tables::remove_pending`] (the caps on pending rows
 /// read it instead of counting rows). A plain counter: no schema byte.
 pub(super) const PENDING_PEERS: TableDefinition<(&str, &[u8]), u64> =
     TableDefinition::new(name::PENDING_PEERS);
