@@ -317,6 +317,8 @@ pub fn folder_config(root: &Path, mode: FolderMode) -> FolderConfig {
         rescan: Duration::from_secs(3600),
         watch: WatchMode::Notify,
         poll_interval: Duration::from_secs(1),
+        min_free: fleetsync_config::MinFree::Bytes(0),
+        umask: fleetsync_config::Umask::default(),
     }
 }
 

@@ -103,10 +103,20 @@ pub(crate) struct LayeredFolder {
     pub rescan: Option<Sourced<String>>,
     pub watch: Option<Sourced<String>>,
     pub poll_interval: Option<Sourced<String>>,
+    pub min_free: Option<Sourced<String>>,
+    pub umask: Option<Sourced<String>>,
 }
 
-pub(crate) const FOLDER_ENV_KEYS: &[&str] =
-    &["PATH", "MODE", "SETTLE", "RESCAN", "WATCH", "POLL_INTERVAL"];
+pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
+    "PATH",
+    "MODE",
+    "SETTLE",
+    "RESCAN",
+    "WATCH",
+    "POLL_INTERVAL",
+    "MIN_FREE",
+    "UMASK",
+];
 
 const ENV_DATA_DIR: &str = "FLEETSYNC_DATA_DIR";
 const ENV_MESH_LISTEN: &str = "FLEETSYNC_MESH_LISTEN";
@@ -192,6 +202,8 @@ impl Layered {
                     poll_interval: f
                         .poll_interval
                         .map(|v| Sourced::file(v, key("poll_interval"))),
+                    min_free: f.min_free.map(|v| Sourced::file(v, key("min_free"))),
+                    umask: f.umask.map(|v| Sourced::file(v, key("umask"))),
                 }
             })
             .collect();
@@ -354,6 +366,8 @@ impl Layered {
                     "SETTLE" => folder.settle = v,
                     "RESCAN" => folder.rescan = v,
                     "WATCH" => folder.watch = v,
+                    "MIN_FREE" => folder.min_free = v,
+                    "UMASK" => folder.umask = v,
                     _ => folder.poll_interval = v,
                 }
                 Ok(())

@@ -73,6 +73,8 @@ pub(crate) struct RawFolder {
     pub rescan: Option<String>,
     pub watch: Option<String>,
     pub poll_interval: Option<String>,
+    pub min_free: Option<String>,
+    pub umask: Option<String>,
 }
 
 /// The TOML shape a leaf key must have. Checked before serde runs because
@@ -127,6 +129,8 @@ const FOLDER_KEYS: &[(&str, Kind)] = &[
     ("rescan", Kind::Str),
     ("watch", Kind::Str),
     ("poll_interval", Kind::Str),
+    ("min_free", Kind::Str),
+    ("umask", Kind::Str),
 ];
 
 /// Parse and shape-check the file text. `file` is how errors name the file.
