@@ -240,8 +240,24 @@ fn finish(
     sync: bool,
 ) -> Result<LocalStat, ApplyError> {
     let (mode, mtime) = (file_mode(folder, job), job.target.mtime_ns);
-    finish_tmp(&staged.path(folder), mode, mtime, sync)
-        .map_err(ApplyError::io_at("finish", &job.path))
+    let stat = finish_tmp(&staged.path(folder), mode, mtime, sync)
+        .map_err(ApplyError::io_at("finish", &job.path))?;
+    same_size(job, stat.size)?;
+    Ok(stat)
+}
+
+/// The staged content is verified against the entry's hash, so its length
+/// is the blob's true size: an entry announcing another size is garbage
+/// (a hostile member, or a broken one) and is not applied.
+fn same_size(job: &Job, actual: u64) -> Result<(), ApplyError> {
+    if actual == job.target.size {
+        return Ok(());
+    }
+    Err(ApplyError::SizeMismatch {
+        path: job.path.clone(),
+        announced: job.target.size,
+        actual,
+    })
 }
 
 /// Parked content for each job, checked and finished in one blocking call.

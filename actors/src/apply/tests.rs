@@ -768,3 +768,52 @@ async fn a_direct_fetch_that_stalls_goes_on_with_another_peer() {
     assert_eq!(fx.read("b"), content, "no byte of the stalled attempt left");
     assert_eq!(fx.fake.fetches(), vec![(fx.peer, hash), (other, hash)]);
 }
+
+#[tokio::test]
+async fn content_of_another_size_than_announced_is_rejected_and_not_placed() {
+    // The blob is honest (it hashes right) but the entry lies about its
+    // size: the verified length decides, and the entry is garbage.
+    let fx = fixture();
+    fx.fake.serve(fx.peer, b"twelve bytes");
+    let mut target = file("liar", b"twelve bytes", 1);
+    target.size = 5;
+    let e = fx
+        .apply(job(&fx.folder, target.clone(), fx.peer))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ApplyError::SizeMismatch { announced: 5, actual: 12, .. }),
+        "{e}"
+    );
+    assert_eq!(e.disposition(), Disposition::Reject);
+    assert!(!fx.root().join("liar").exists(), "not applied");
+    // The same content announced with its true size still applies.
+    target.size = 12;
+    target.path = "honest".into();
+    fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
+    assert_eq!(fx.read("honest"), b"twelve bytes");
+}
+
+#[tokio::test]
+async fn a_fetch_that_does_not_fit_is_not_started_and_says_no_space() {
+    let fx = Scene::with_cfg(crate::folder::DEFAULT_TRANSFER_STALL_TIMEOUT, |c| {
+        c.min_free = fleetsync_config::MinFree::Percent(0);
+    });
+    fx.fake.serve(fx.peer, b"small honest content");
+    let mut huge = file("huge", b"small honest content", 1);
+    huge.size = 10 << 40; // 10 TiB
+    let e = fx.apply(job(&fx.folder, huge, fx.peer)).await.unwrap_err();
+    assert!(matches!(e, ApplyError::NoSpace { .. }), "{e}");
+    assert_eq!(e.disposition(), Disposition::NoSpace);
+    assert!(e.to_string().contains("no space on the filesystem of"), "{e}");
+    assert!(fx.fake.fetches().is_empty(), "no byte was asked for");
+    // A reserve bigger than the disk refuses even a small file.
+    let fx = Scene::with_cfg(crate::folder::DEFAULT_TRANSFER_STALL_TIMEOUT, |c| {
+        c.min_free = fleetsync_config::MinFree::Bytes(u64::MAX / 4);
+    });
+    fx.fake.serve(fx.peer, b"small honest content");
+    let small = file("small", b"small honest content", 1);
+    let e = fx.apply(job(&fx.folder, small, fx.peer)).await.unwrap_err();
+    assert!(matches!(e, ApplyError::NoSpace { .. }), "{e}");
+    assert!(fx.fake.fetches().is_empty());
+}
