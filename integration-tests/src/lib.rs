@@ -206,6 +206,8 @@ pub struct FolderSpec {
     pub id: String,
     pub mode: String,
     pub settle: String,
+    /// Extra lines for the folder's `[[folders]]` block (e.g. `umask = "077"`).
+    pub extra: String,
 }
 
 impl FolderSpec {
@@ -214,7 +216,15 @@ impl FolderSpec {
             id: id.into(),
             mode: "send-receive".into(),
             settle: "100ms".into(),
+            extra: String::new(),
         }
+    }
+
+    /// Add a line to the folder's `[[folders]]` block.
+    pub fn with(mut self, line: &str) -> Self {
+        self.extra.push_str(line);
+        self.extra.push('\n');
+        self
     }
 
     pub fn mode(mut self, m: &str) -> Self {
@@ -332,11 +342,12 @@ impl Node {
         t.push_str(&self.extra);
         for f in &self.folders {
             t.push_str(&format!(
-                "\n[[folders]]\nid = \"{}\"\npath = {:?}\nmode = \"{}\"\nsettle = \"{}\"\nrescan = \"1h\"\n",
+                "\n[[folders]]\nid = \"{}\"\npath = {:?}\nmode = \"{}\"\nsettle = \"{}\"\nrescan = \"1h\"\n{}",
                 f.id,
                 self.folder(&f.id),
                 f.mode,
-                f.settle
+                f.settle,
+                f.extra
             ));
         }
         std::fs::write(&self.config, t).unwrap();
