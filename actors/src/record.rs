@@ -204,10 +204,19 @@ mod tests {
     fn a_file_mode_counts_only_by_its_exec_bits() {
         let r = rec(EntryKind::File, Some(stat(1, 0o100644)), 0o100644, false);
         let disk = |mode| present(EntryKind::File, stat(1, mode));
-        assert!(disk_matches(&disk(0o100600), Some(&r)), "umask bits are local");
+        assert!(
+            disk_matches(&disk(0o100600), Some(&r)),
+            "umask bits are local"
+        );
         assert!(disk_matches(&disk(0o100666), Some(&r)));
-        assert!(!disk_matches(&disk(0o100744), Some(&r)), "chmod u+x is a change");
-        assert!(!disk_matches(&disk(0o100645), Some(&r)), "chmod o+x is a change");
+        assert!(
+            !disk_matches(&disk(0o100744), Some(&r)),
+            "chmod u+x is a change"
+        );
+        assert!(
+            !disk_matches(&disk(0o100645), Some(&r)),
+            "chmod o+x is a change"
+        );
     }
 
     #[test]

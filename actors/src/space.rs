@@ -131,7 +131,11 @@ mod tests {
         assert!(decide(&disk, 9 * GIB, MinFree::Default).is_ok());
         let e = decide(&disk, 9 * GIB + 1, MinFree::Default).unwrap_err();
         assert_eq!((e.need, e.reserve), (10 * GIB + 1, GIB));
-        assert!(e.to_string().starts_with("no space on the filesystem of /srv"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("no space on the filesystem of /srv"),
+            "{e}"
+        );
         assert!(decide(&disk, 10 * GIB, MinFree::Bytes(0)).is_ok());
         assert!(decide(&disk, 5 * GIB, MinFree::Percent(5)).is_ok());
         assert!(decide(&disk, 5 * GIB + 1, MinFree::Percent(5)).is_err());

@@ -55,10 +55,7 @@ impl MinFree {
 impl fmt::Display for MinFree {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MinFree::Default => write!(
-                f,
-                "min(1GiB, {DEFAULT_MIN_FREE_PERCENT}%) (default)"
-            ),
+            MinFree::Default => write!(f, "min(1GiB, {DEFAULT_MIN_FREE_PERCENT}%) (default)"),
             MinFree::Bytes(n) => write!(f, "{n} bytes"),
             MinFree::Percent(p) => write!(f, "{p}%"),
         }
@@ -145,7 +142,16 @@ mod tests {
         assert_eq!(MinFree::parse("500 MB"), Ok(MinFree::Bytes(500_000_000)));
         assert_eq!(MinFree::parse("0"), Ok(MinFree::Bytes(0)));
         assert_eq!(MinFree::parse("5%"), Ok(MinFree::Percent(5)));
-        for bad in ["", "x", "1.5GiB", "-1", "51%", "5.5%", "1PiB", "99999999999TiB"] {
+        for bad in [
+            "",
+            "x",
+            "1.5GiB",
+            "-1",
+            "51%",
+            "5.5%",
+            "1PiB",
+            "99999999999TiB",
+        ] {
             assert!(MinFree::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -1129,13 +1129,7 @@ fn zero_poll_interval() {
 
 #[test]
 fn min_free_and_umask_parse_and_default() {
-    let text = |extra: &str| {
-        format!(
-            "{}{}{extra}",
-            with_secret(""),
-            folder_toml("a", "/srv/a")
-        )
-    };
+    let text = |extra: &str| format!("{}{}{extra}", with_secret(""), folder_toml("a", "/srv/a"));
     let f = &parse(&text("")).folders[0];
     assert_eq!(f.min_free, crate::MinFree::Default);
     assert_eq!(f.umask, crate::Umask(0o022));
@@ -1148,13 +1142,7 @@ fn min_free_and_umask_parse_and_default() {
 
 #[test]
 fn bad_min_free_and_umask_name_the_key() {
-    let text = |extra: &str| {
-        format!(
-            "{}{}{extra}",
-            with_secret(""),
-            folder_toml("a", "/srv/a")
-        )
-    };
+    let text = |extra: &str| format!("{}{}{extra}", with_secret(""), folder_toml("a", "/srv/a"));
     for bad in ["lots", "1.5GiB", "80%", "-1"] {
         let e = err(&text(&format!("min_free = \"{bad}\"\n")));
         assert_invalid(&e, "folders[0].min_free", "\"1GiB\"");

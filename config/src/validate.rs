@@ -8,10 +8,10 @@ use crate::error::ConfigError;
 use crate::layer::{Layered, LayeredFolder, LayeredSupervisor, Origin, Sourced};
 use crate::types::{parse_duration, parse_node_id, Choices, FleetSecret, PeerAddr};
 use crate::{
-    AdminConfig, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig, MinFree, Umask,
-    SupervisorConfig, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_PEERS, DEFAULT_MAX_RESTARTS,
-    DEFAULT_MESH_LISTEN, DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
-    DEFAULT_TRANSFER_STALL_TIMEOUT,
+    AdminConfig, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig,
+    MinFree, SupervisorConfig, Umask, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_PEERS,
+    DEFAULT_MAX_RESTARTS, DEFAULT_MESH_LISTEN, DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW,
+    DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_STALL_TIMEOUT,
 };
 
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";

@@ -405,7 +405,11 @@ async fn batch_fits(
     let mut seen = HashSet::new();
     let total = jobs
         .iter()
-        .filter(|j| j.target.hash.is_some_and(|h| hashes.contains(&h) && seen.insert(h)))
+        .filter(|j| {
+            j.target
+                .hash
+                .is_some_and(|h| hashes.contains(&h) && seen.insert(h))
+        })
         .fold(0u64, |n, j| n.saturating_add(j.target.size));
     match jobs.first() {
         Some(job) if total > 0 => ensure_space(folder, job, total).await.is_ok(),

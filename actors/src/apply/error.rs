@@ -13,8 +13,8 @@ use fleetsync_mesh::{FetchError, StoreError};
 
 use crate::{
     fsutil::is_escape,
-    space::SpaceError,
     rt::{self, TaskError},
+    space::SpaceError,
 };
 
 /// What the receiver does with a failed apply.

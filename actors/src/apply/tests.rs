@@ -349,7 +349,11 @@ async fn a_received_file_mode_keeps_only_exec_bits_through_the_umask() {
         target.mode = mode;
         let applied = fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
         assert_eq!(mode_of(&fx.root().join(name)), want, "{name}");
-        assert_eq!(applied.record.local, Some(fx.stat(name)), "record matches the disk");
+        assert_eq!(
+            applied.record.local,
+            Some(fx.stat(name)),
+            "record matches the disk"
+        );
     }
 }
 
@@ -782,7 +786,14 @@ async fn content_of_another_size_than_announced_is_rejected_and_not_placed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, ApplyError::SizeMismatch { announced: 5, actual: 12, .. }),
+        matches!(
+            e,
+            ApplyError::SizeMismatch {
+                announced: 5,
+                actual: 12,
+                ..
+            }
+        ),
         "{e}"
     );
     assert_eq!(e.disposition(), Disposition::Reject);
@@ -805,7 +816,10 @@ async fn a_fetch_that_does_not_fit_is_not_started_and_says_no_space() {
     let e = fx.apply(job(&fx.folder, huge, fx.peer)).await.unwrap_err();
     assert!(matches!(e, ApplyError::NoSpace { .. }), "{e}");
     assert_eq!(e.disposition(), Disposition::NoSpace);
-    assert!(e.to_string().contains("no space on the filesystem of"), "{e}");
+    assert!(
+        e.to_string().contains("no space on the filesystem of"),
+        "{e}"
+    );
     assert!(fx.fake.fetches().is_empty(), "no byte was asked for");
     // A reserve bigger than the disk refuses even a small file.
     let fx = Scene::with_cfg(crate::folder::DEFAULT_TRANSFER_STALL_TIMEOUT, |c| {

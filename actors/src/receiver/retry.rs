@@ -197,7 +197,10 @@ mod tests {
     #[test]
     fn no_space_backs_off_like_a_disk_error_and_warns_at_once() {
         for a in 1..=20 {
-            assert_eq!(Wait::NoSpace.delay(SETTLE, a), Wait::Backoff.delay(SETTLE, a));
+            assert_eq!(
+                Wait::NoSpace.delay(SETTLE, a),
+                Wait::Backoff.delay(SETTLE, a)
+            );
         }
         let warned: Vec<u32> = (1..=30).filter(|a| Wait::NoSpace.warn(*a)).collect();
         assert_eq!(warned, vec![1, 10, 20, 30]);

@@ -79,7 +79,10 @@ fn announced_10tb_file_is_refused_for_no_space_and_the_node_keeps_syncing() {
         e.contains("huge.bin") && e.contains("no space on the filesystem of")
     });
     let e = last_error(n0);
-    assert!(e.contains("needed") && e.contains("10995116277760 announced"), "{e}");
+    assert!(
+        e.contains("needed") && e.contains("10995116277760 announced"),
+        "{e}"
+    );
     assert!(counter(n0, "pending") >= 1, "the entry stays pending");
     assert!(!n0.path("huge.bin").exists());
     assert!(
@@ -160,7 +163,11 @@ fn permission_bits_go_through_each_nodes_umask_and_converge_without_echo() {
             assert_eq!(h.len(), 1, "{rel} on {}: one version only: {h:?}", n.name);
         }
     }
-    assert_eq!(mode_of(&n0.path("ww.txt")), Some(0o666), "n0's own file untouched");
+    assert_eq!(
+        mode_of(&n0.path("ww.txt")),
+        Some(0o666),
+        "n0's own file untouched"
+    );
 
     // A local chmod +x is a change: it reaches n0 as the exec bit.
     std::fs::write(n1.path("tool"), b"tool").unwrap();
@@ -173,7 +180,12 @@ fn permission_bits_go_through_each_nodes_umask_and_converge_without_echo() {
     std::fs::write(n0.path("marker3"), b"3").unwrap();
     wait_content(n1, "marker3", b"3");
     for n in [n0, n1] {
-        assert_eq!(history(n, "tool").len(), 2, "create and chmod on {}", n.name);
+        assert_eq!(
+            history(n, "tool").len(),
+            2,
+            "create and chmod on {}",
+            n.name
+        );
     }
     assert_eq!(mode_of(&n1.path("tool")), Some(0o700));
 }
@@ -234,7 +246,11 @@ fn disk_full_keeps_the_old_file_says_no_space_and_recovers_without_leftovers() {
         let e = last_error(n1).to_lowercase();
         e.contains("doc.bin") && e.contains("no space")
     });
-    assert_eq!(std::fs::read(n1.path("doc.bin")).unwrap(), old, "old file intact");
+    assert_eq!(
+        std::fs::read(n1.path("doc.bin")).unwrap(),
+        old,
+        "old file intact"
+    );
 
     std::fs::remove_file(&filler).unwrap();
     wait_content(n1, "doc.bin", &new);
