@@ -344,13 +344,19 @@ impl Session {
 
     pub fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
         let (dir, name) = self.open_parent(rel, true)?;
-        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        let made = match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::EXIST) => false,
             Err(e) => return Err(to_io(e)),
-        }
-        // mkdir honours the umask; set the mode the entry asks for.
+        };
         let d = FolderFs::open_dir_at(&dir, OsStr::new(name)).map_err(|_| symlink_err(rel))?;
-        rustix::fs::fchmod(&d, Mode::from_raw_mode(mode & 0o777)).map_err(to_io)
+        // mkdir honours the process umask; set the mode asked for. A
+        // directory that was there keeps its mode (a directory's mode is
+        // not synced, record::synced_mode).
+        if made {
+            rustix::fs::fchmod(&d, Mode::from_raw_mode(mode & 0o777)).map_err(to_io)?;
+        }
+        Ok(())
     }
 
     /// Create or atomically replace a symlink (never following the old one).

@@ -19,7 +19,8 @@
 //!   and peers), [`health`] (progress reports, the stall verdict, the
 //!   generation fence), [`rt`], [`slot`].
 //! - [`rules`] (convergence, pure and property-tested), [`fsutil`]
-//!   (confined file system access), [`ignore`], [`scan`].
+//!   (confined file system access), [`space`] (room for a fetch),
+//!   [`ignore`], [`scan`].
 //! - [`index`]: the redb index — entries, sequence numbers, pending remote
 //!   entries, peer marks, history. Every actor's state is rebuilt from it.
 //! - [`folder`]: what one folder's actors share (config, index, content,
@@ -49,6 +50,7 @@ pub mod rt;
 pub mod rules;
 pub mod scan;
 pub mod slot;
+pub mod space;
 pub mod status;
 pub mod supervisor;
 #[cfg(test)]

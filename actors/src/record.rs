@@ -59,26 +59,52 @@ pub enum DiskState {
     Present(Meta),
 }
 
-/// Permission bits of a directory as we compare them (setuid, setgid and
-/// sticky bits are never synced).
-pub fn dir_mode(mode: u32) -> u32 {
-    mode & 0o777
+/// The part of a mode that is synced: a file's executable bits, nothing
+/// of a directory's or a symlink's. Everything else about permissions is
+/// the receiving node's own business (its folder `umask`,
+/// [`applied_mode`]), so a difference there is never a change to sync.
+pub fn synced_mode(kind: EntryKind, mode: u32) -> u32 {
+    match kind {
+        EntryKind::File => mode & 0o111,
+        EntryKind::Directory | EntryKind::Symlink => 0,
+    }
+}
+
+/// The permission bits a received entry gets here: a file `0o666` plus
+/// the sender's executable bits, a directory `0o777`, both without the
+/// folder's `umask` bits. Never setuid, setgid or sticky, never more
+/// than the umask allows, whatever the sender's mode says.
+pub fn applied_mode(kind: EntryKind, remote: u32, umask: u32) -> u32 {
+    let wanted = match kind {
+        EntryKind::File => 0o666 | synced_mode(kind, remote),
+        EntryKind::Directory | EntryKind::Symlink => 0o777,
+    };
+    wanted & !umask & 0o777
+}
+
+/// A stat as it is compared: only the synced part of its mode counts.
+fn comparable(kind: EntryKind, stat: LocalStat) -> LocalStat {
+    LocalStat {
+        mode: synced_mode(kind, stat.mode),
+        ..stat
+    }
 }
 
 /// Does the disk still show what the index recorded for this path?
 ///
 /// - nothing recorded (or a tombstone): only if nothing is there;
-/// - a directory: a directory with the same permission bits;
+/// - a directory: a directory (its mode is not synced);
 /// - a file or symlink: the same kind with the same size, mtime, inode and
-///   mode (a rewrite in place changes mtime; a replacement, the inode).
+///   synced mode bits ([`synced_mode`]; a rewrite in place changes mtime; a
+///   replacement, the inode; `chmod +x`, the exec bits).
 pub fn disk_matches(disk: &DiskState, rec: Option<&Record>) -> bool {
     match (disk, Record::live(rec)) {
         (DiskState::Missing, None) => true,
         (DiskState::Present(m), Some(r)) => {
             r.entry.kind == m.kind
                 && match m.kind {
-                    EntryKind::Directory => dir_mode(r.entry.mode) == dir_mode(m.stat.mode),
-                    _ => r.local == Some(m.stat),
+                    EntryKind::Directory => true,
+                    k => r.local.map(|l| comparable(k, l)) == Some(comparable(k, m.stat)),
                 }
         }
         _ => false,
@@ -158,13 +184,13 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_matches_on_permission_bits_not_inode_or_special_bits() {
+    fn a_directory_matches_whatever_its_mode_or_inode() {
         let r = rec(EntryKind::Directory, Some(stat(1, 0o2755)), 0o2755, false);
         assert!(disk_matches(
             &present(EntryKind::Directory, stat(9, 0o755)),
             Some(&r)
         ));
-        assert!(!disk_matches(
+        assert!(disk_matches(
             &present(EntryKind::Directory, stat(1, 0o700)),
             Some(&r)
         ));
@@ -172,6 +198,51 @@ mod tests {
             &present(EntryKind::File, stat(1, 0o755)),
             Some(&r)
         ));
+    }
+
+    #[test]
+    fn a_file_mode_counts_only_by_its_exec_bits() {
+        let r = rec(EntryKind::File, Some(stat(1, 0o100644)), 0o100644, false);
+        let disk = |mode| present(EntryKind::File, stat(1, mode));
+        assert!(
+            disk_matches(&disk(0o100600), Some(&r)),
+            "umask bits are local"
+        );
+        assert!(disk_matches(&disk(0o100666), Some(&r)));
+        assert!(
+            !disk_matches(&disk(0o100744), Some(&r)),
+            "chmod u+x is a change"
+        );
+        assert!(
+            !disk_matches(&disk(0o100645), Some(&r)),
+            "chmod o+x is a change"
+        );
+    }
+
+    #[test]
+    fn a_received_mode_is_masked_by_the_umask_keeping_only_exec_bits() {
+        let f = |remote, umask| applied_mode(EntryKind::File, remote, umask);
+        assert_eq!(f(0o100644, 0o022), 0o644);
+        assert_eq!(f(0o100777, 0o022), 0o755, "never world-writable");
+        assert_eq!(f(0o104777, 0o022), 0o755, "never setuid");
+        assert_eq!(f(0o100000, 0o022), 0o644, "never mode 0");
+        assert_eq!(f(0o100755, 0o077), 0o700);
+        assert_eq!(f(0o100711, 0o000), 0o777);
+        let d = |remote, umask| applied_mode(EntryKind::Directory, remote, umask);
+        assert_eq!(d(0, 0o022), 0o755);
+        assert_eq!(d(0o2700, 0o022), 0o755, "a directory's mode is not synced");
+        assert_eq!(d(0o777, 0o027), 0o750);
+        // What a node applies matches what it compares: the synced part
+        // survives the mask (unless the umask removes it everywhere).
+        for umask in [0o022, 0o077, 0o002] {
+            for remote in [0o100644, 0o100755, 0o100700] {
+                let applied = f(remote, umask);
+                assert_eq!(
+                    synced_mode(EntryKind::File, applied),
+                    synced_mode(EntryKind::File, remote) & !umask
+                );
+            }
+        }
     }
 
     #[test]

@@ -319,6 +319,8 @@ pub fn folder_config(root: &Path, mode: FolderMode) -> FolderConfig {
         poll_interval: Duration::from_secs(1),
         max_pending: fleetsync_config::DEFAULT_MAX_PENDING,
         max_files: fleetsync_config::DEFAULT_MAX_FILES,
+        min_free: fleetsync_config::MinFree::Bytes(0),
+        umask: fleetsync_config::Umask::default(),
     }
 }
 
@@ -339,10 +341,21 @@ pub fn folder_with(
     mode: FolderMode,
     stall: Duration,
 ) -> Arc<Folder> {
+    folder_with_cfg(dir, content, stall, |c| c.mode = mode)
+}
+
+/// A folder whose config `edit` changes first.
+pub fn folder_with_cfg(
+    dir: &Path,
+    content: Arc<dyn Content>,
+    stall: Duration,
+    edit: impl FnOnce(&mut FolderConfig),
+) -> Arc<Folder> {
     let root = dir.join("root");
     std::fs::create_dir_all(&root).expect("create folder root");
     let index = Index::open(&dir.join("index.redb")).expect("open index");
-    let cfg = folder_config(&root, mode);
+    let mut cfg = folder_config(&root, FolderMode::SendReceive);
+    edit(&mut cfg);
     let folder = Folder::new(cfg, index, content, ME, stall).expect("folder");
     folder.fs.ensure_reserved().expect("reserved dirs");
     folder
@@ -399,9 +412,14 @@ impl Scene {
 
     /// A scene whose transfers give up on a peer after `stall` without data.
     pub fn with_stall(stall: Duration) -> Self {
+        Scene::with_cfg(stall, |_| {})
+    }
+
+    /// A scene whose folder config `edit` changes first.
+    pub fn with_cfg(stall: Duration, edit: impl FnOnce(&mut FolderConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let fake = FakeContent::new();
-        let folder = folder_with(dir.path(), fake.clone(), FolderMode::SendReceive, stall);
+        let folder = folder_with_cfg(dir.path(), fake.clone(), stall, edit);
         let peer = FakeContent::new_peer();
         fake.connect(peer);
         Scene {

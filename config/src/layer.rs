@@ -105,10 +105,20 @@ pub(crate) struct LayeredFolder {
     pub poll_interval: Option<Sourced<String>>,
     pub max_pending: Option<Sourced<i64>>,
     pub max_files: Option<Sourced<i64>>,
+    pub min_free: Option<Sourced<String>>,
+    pub umask: Option<Sourced<String>>,
 }
 
-pub(crate) const FOLDER_ENV_KEYS: &[&str] =
-    &["PATH", "MODE", "SETTLE", "RESCAN", "WATCH", "POLL_INTERVAL"];
+pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
+    "PATH",
+    "MODE",
+    "SETTLE",
+    "RESCAN",
+    "WATCH",
+    "POLL_INTERVAL",
+    "MIN_FREE",
+    "UMASK",
+];
 
 const ENV_DATA_DIR: &str = "FLEETSYNC_DATA_DIR";
 const ENV_MESH_LISTEN: &str = "FLEETSYNC_MESH_LISTEN";
@@ -196,6 +206,8 @@ impl Layered {
                         .map(|v| Sourced::file(v, key("poll_interval"))),
                     max_pending: f.max_pending.map(|v| Sourced::file(v, key("max_pending"))),
                     max_files: f.max_files.map(|v| Sourced::file(v, key("max_files"))),
+                    min_free: f.min_free.map(|v| Sourced::file(v, key("min_free"))),
+                    umask: f.umask.map(|v| Sourced::file(v, key("umask"))),
                 }
             })
             .collect();
@@ -358,6 +370,8 @@ impl Layered {
                     "SETTLE" => folder.settle = v,
                     "RESCAN" => folder.rescan = v,
                     "WATCH" => folder.watch = v,
+                    "MIN_FREE" => folder.min_free = v,
+                    "UMASK" => folder.umask = v,
                     _ => folder.poll_interval = v,
                 }
                 Ok(())

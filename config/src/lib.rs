@@ -61,7 +61,8 @@
 //!   whole numbers.
 //! * Values are trimmed of surrounding whitespace.
 //! * Folder settings are `FLEETSYNC_FOLDER_<ID>_<KEY>` with `<KEY>` one of
-//!   `PATH`, `MODE`, `SETTLE`, `RESCAN`, `WATCH`, `POLL_INTERVAL`. `<ID>` is
+//!   `PATH`, `MODE`, `SETTLE`, `RESCAN`, `WATCH`, `POLL_INTERVAL`, `MIN_FREE`,
+//!   `UMASK`. `<ID>` is
 //!   the folder id upper-cased with every char outside `[A-Z0-9]` replaced
 //!   by `_` (`shared-logs` → `FLEETSYNC_FOLDER_SHARED_LOGS_SETTLE`). They
 //!   change a folder defined in the file; they cannot create one. If two
@@ -98,6 +99,7 @@ mod error;
 mod layer;
 mod raw;
 mod render;
+mod space;
 mod types;
 mod validate;
 
@@ -106,6 +108,7 @@ mod tests;
 
 pub use error::ConfigError;
 pub use render::render_init_config;
+pub use space::{parse_size, MinFree, Umask, DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT};
 pub use types::{
     check_host_name, parse_duration, parse_node_id, FleetSecret, FolderMode, LogFormat,
     NodeIdBytes, PeerAddr, PeerHost, WatchMode,
@@ -276,6 +279,16 @@ pub struct FolderConfig {
     /// folder as full; changes to paths it holds still apply. Default
     /// [`DEFAULT_MAX_FILES`].
     pub max_files: u64,
+    /// `min_free`: space a fetch must leave free, beyond the announced size,
+    /// on the folder's filesystem and on the one holding `data_dir` (blob
+    /// store and index). A size ("1GiB", "500MB", "0") or a share of the
+    /// filesystem ("5%", at most 50%). Default: the smaller of 1 GiB and 5%.
+    pub min_free: MinFree,
+    /// `umask`: permission bits a received file or directory never gets
+    /// (octal, default "022"). Only the executable bits are synced: a
+    /// received file gets `0o666 & !umask` plus the sender's exec bits
+    /// `& !umask`; a directory `0o777 & !umask`.
+    pub umask: Umask,
 }
 
 /// CLI flags the node binary may pass; `None` = not given. See [`flag`] for

@@ -75,6 +75,8 @@ pub(crate) struct RawFolder {
     pub poll_interval: Option<String>,
     pub max_pending: Option<i64>,
     pub max_files: Option<i64>,
+    pub min_free: Option<String>,
+    pub umask: Option<String>,
 }
 
 /// The TOML shape a leaf key must have. Checked before serde runs because
@@ -131,6 +133,8 @@ const FOLDER_KEYS: &[(&str, Kind)] = &[
     ("poll_interval", Kind::Str),
     ("max_pending", Kind::Int),
     ("max_files", Kind::Int),
+    ("min_free", Kind::Str),
+    ("umask", Kind::Str),
 ];
 
 /// Parse and shape-check the file text. `file` is how errors name the file.

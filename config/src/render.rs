@@ -164,6 +164,12 @@ fn folder_block(c: &str, id: &str, path: &Path) -> String {
 {c}max_pending = {max_pending}
 {c}# Paths this folder may hold; past it, new remote paths wait (status: folder full).
 {c}max_files = {max_files}
+{c}# Space a fetch must leave free on this folder's and data_dir's file systems,
+{c}# beyond the file's size: a size ("1GiB", "500MB") or a share ("5%").
+{c}# Default: the smaller of 1GiB and 5%.
+{c}# min_free = "1GiB"
+{c}# Permission bits received files never get (only the executable bit is synced).
+{c}umask = "022"
 "#,
         modes = alternatives(FolderMode::ALL.iter().map(|m| m.as_str())),
         mode = q(FolderMode::SendReceive.as_str()),

@@ -303,7 +303,7 @@ fn unknown_key_in_folder() {
     assert_invalid(
         &e,
         "folders[0].pth",
-        "id, path, mode, settle, rescan, watch, poll_interval",
+        "id, path, mode, settle, rescan, watch, poll_interval, min_free, umask",
     );
 }
 
@@ -1155,6 +1155,34 @@ fn zero_poll_interval() {
         folder_toml("a", "/srv/a")
     ));
     assert_invalid(&e, "folders[0].poll_interval", "positive interval");
+}
+
+#[test]
+fn min_free_and_umask_parse_and_default() {
+    let text = |extra: &str| format!("{}{}{extra}", with_secret(""), folder_toml("a", "/srv/a"));
+    let f = &parse(&text("")).folders[0];
+    assert_eq!(f.min_free, crate::MinFree::Default);
+    assert_eq!(f.umask, crate::Umask(0o022));
+    let f = &parse(&text("min_free = \"2GiB\"\numask = \"077\"\n")).folders[0];
+    assert_eq!(f.min_free, crate::MinFree::Bytes(2 << 30));
+    assert_eq!(f.umask, crate::Umask(0o077));
+    let f = &parse(&text("min_free = \"10%\"\n")).folders[0];
+    assert_eq!(f.min_free, crate::MinFree::Percent(10));
+}
+
+#[test]
+fn bad_min_free_and_umask_name_the_key() {
+    let text = |extra: &str| format!("{}{}{extra}", with_secret(""), folder_toml("a", "/srv/a"));
+    for bad in ["lots", "1.5GiB", "80%", "-1"] {
+        let e = err(&text(&format!("min_free = \"{bad}\"\n")));
+        assert_invalid(&e, "folders[0].min_free", "\"1GiB\"");
+    }
+    for bad in ["999", "rw-", ""] {
+        let e = err(&text(&format!("umask = \"{bad}\"\n")));
+        assert_invalid(&e, "folders[0].umask", "\"022\"");
+    }
+    let e = err(&text("umask = 22\n"));
+    assert_invalid(&e, "folders[0].umask", "quote the value");
 }
 
 #[test]

@@ -9,9 +9,10 @@ use crate::layer::{Layered, LayeredFolder, LayeredSupervisor, Origin, Sourced};
 use crate::types::{parse_duration, parse_node_id, Choices, FleetSecret, PeerAddr};
 use crate::{
     AdminConfig, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig,
-    SupervisorConfig, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_FILES, DEFAULT_MAX_PEERS,
-    DEFAULT_MAX_PENDING, DEFAULT_MAX_RESTARTS, DEFAULT_MESH_LISTEN, DEFAULT_PING_INTERVAL,
-    DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_STALL_TIMEOUT,
+    MinFree, SupervisorConfig, Umask, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_FILES,
+    DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING, DEFAULT_MAX_RESTARTS, DEFAULT_MESH_LISTEN,
+    DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
+    DEFAULT_TRANSFER_STALL_TIMEOUT,
 };
 
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
@@ -746,6 +747,8 @@ fn folder(
         ));
     }
 
+    let (min_free, umask) = space(ctx, f)?;
+
     Ok(FolderConfig {
         id: id.value.clone(),
         path,
@@ -768,6 +771,8 @@ fn folder(
             DEFAULT_MAX_FILES,
             "paths the folder's index may hold",
         )?,
+        min_free,
+        umask,
     })
 }
 
@@ -795,6 +800,31 @@ fn folder_cap(
                 ),
             )
         })
+
+/// A folder's `min_free` and `umask`.
+fn space(ctx: &Ctx, f: &LayeredFolder) -> Result<(MinFree, Umask), ConfigError> {
+    let min_free = match &f.min_free {
+        None => MinFree::Default,
+        Some(v) => MinFree::parse(&v.value).map_err(|problem| {
+            ctx.err(
+                &v.origin,
+                problem,
+                "use a size such as \"1GiB\" or \"500MB\", or a share of the filesystem \
+                 such as \"5%\" (at most 50%); default: the smaller of 1GiB and 5%",
+            )
+        })?,
+    };
+    let umask = match &f.umask {
+        None => Umask::default(),
+        Some(v) => Umask::parse(&v.value).map_err(|problem| {
+            ctx.err(
+                &v.origin,
+                problem,
+                "use octal permission bits such as \"022\" (default) or \"077\"",
+            )
+        })?,
+    };
+    Ok((min_free, umask))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -346,7 +346,7 @@ impl Node {
                 f.id,
                 self.folder(&f.id),
                 f.mode,
-                f.settle
+                f.settle,
             ));
             for (k, v) in &f.extra {
                 t.push_str(&format!("{k} = {v}\n"));

@@ -34,7 +34,7 @@ use super::{error::on_disk, watchdog::watched, ApplyError, Job, Sources};
 use crate::{
     folder::Folder,
     fsutil::{hash_file, random_u32},
-    rt,
+    rt, space,
 };
 
 /// Parallel `GetMany` requests per peer when prefetching a batch.
@@ -125,12 +125,30 @@ pub(super) async fn acquire(
         false
     });
     if !had {
+        ensure_space(folder, job, job.target.size).await?;
         fetch_into_store(folder, job, hash, sources).await?;
     }
     if let Some(name) = export_to_refs(folder, job, hash, had).await? {
         return Ok(Staged::Refs(name));
     }
+    ensure_space(folder, job, job.target.size).await?;
     fetch_direct(folder, job, hash, sources).await
+}
+
+/// Is there room for `size` more bytes (plus the folder's `min_free`) on
+/// the folder's filesystem and the data dir's? Checked before every fetch,
+/// so a huge announcement is refused before its first byte, and a fetch
+/// that failed on a full disk does not grow again until space is back.
+async fn ensure_space(folder: &Folder, job: &Job, size: u64) -> Result<(), ApplyError> {
+    let root = folder.cfg.path.clone();
+    let data = folder.index.dir().to_path_buf();
+    let min_free = folder.cfg.min_free;
+    rt::blocking(move || space::check(&root, &data, size, min_free))
+        .await?
+        .map_err(|source| ApplyError::NoSpace {
+            path: job.path.clone(),
+            source,
+        })
 }
 
 /// Parked content of this hash, if its link is still a file of its own. A
@@ -345,6 +363,9 @@ async fn fetch_direct(
 pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], sources: &Sources) {
     revive_all_released(folder, jobs).await;
     let want = wanted(folder, jobs, sources).await;
+    if !batch_fits(folder, jobs, &want).await {
+        return;
+    }
     let requests: Vec<(EndpointId, Vec<(Hash, PathBuf)>)> = want
         .into_iter()
         .flat_map(|(peer, items)| {
@@ -366,6 +387,34 @@ pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], sources: &Sourc
         .buffered_unordered(IMPORT_WIDTH)
         .collect::<Vec<()>>()
         .await;
+}
+
+/// Does everything a prefetch would fetch fit? If not, nothing is
+/// prefetched: each file then takes [`acquire`], which checks its own size
+/// and says which one does not fit.
+async fn batch_fits(
+    folder: &Folder,
+    jobs: &[Job],
+    want: &BTreeMap<EndpointId, Vec<(Hash, PathBuf)>>,
+) -> bool {
+    let hashes: HashSet<[u8; 32]> = want
+        .values()
+        .flatten()
+        .map(|(h, _)| *h.as_bytes())
+        .collect();
+    let mut seen = HashSet::new();
+    let total = jobs
+        .iter()
+        .filter(|j| {
+            j.target
+                .hash
+                .is_some_and(|h| hashes.contains(&h) && seen.insert(h))
+        })
+        .fold(0u64, |n, j| n.saturating_add(j.target.size));
+    match jobs.first() {
+        Some(job) if total > 0 => ensure_space(folder, job, total).await.is_ok(),
+        _ => true,
+    }
 }
 
 /// Content of files deleted a moment ago (a rename's other half) is

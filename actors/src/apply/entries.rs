@@ -9,12 +9,9 @@ use super::{error::on_disk, place, Applied, ApplyError, Job, Outcome};
 use crate::{
     folder::{ApplyGuard, Folder},
     fsutil::FolderFs,
-    record::{disk_matches, safe_to_replace, DiskState, LocalStat},
+    record::{applied_mode, disk_matches, safe_to_replace, DiskState, LocalStat},
     rt,
 };
-
-/// Mode of a directory an entry asks for, where the entry has none.
-const DEFAULT_DIR_MODE: u32 = 0o755;
 
 /// What an entry left on disk: its stat (none for a deletion) and a note.
 type Done = (Option<LocalStat>, &'static str);
@@ -139,11 +136,8 @@ async fn make_dir(folder: &Arc<Folder>, job: &Job) -> Result<Done, ApplyError> {
         // A file or link we know is in the way.
         DiskState::Present(_) => clear_the_way(folder, job).await?,
     }
-    let mode = if job.target.mode & 0o777 == 0 {
-        DEFAULT_DIR_MODE
-    } else {
-        job.target.mode
-    };
+    // Whatever mode the sender's directory has: 0o777 through our umask.
+    let mode = applied_mode(EntryKind::Directory, job.target.mode, folder.cfg.umask.0);
     let fs = folder.fs.clone();
     let p = job.path.clone();
     let stat = on_disk("mkdir", &job.path, move || {

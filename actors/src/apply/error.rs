@@ -14,6 +14,7 @@ use fleetsync_mesh::{FetchError, StoreError};
 use crate::{
     fsutil::is_escape,
     rt::{self, TaskError},
+    space::SpaceError,
 };
 
 /// What the receiver does with a failed apply.
@@ -28,6 +29,9 @@ pub enum Disposition {
     Soon,
     /// Anything else (no peer has the content, a disk error): back off.
     Backoff,
+    /// The disk is full (or would be): back off like any disk error, and
+    /// say so in status at once.
+    NoSpace,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +103,28 @@ pub enum ApplyError {
         #[source]
         source: io::Error,
     },
+    #[error("{path}: {source}")]
+    NoSpace {
+        path: String,
+        #[source]
+        source: SpaceError,
+    },
+    #[error("{what} {path}: no space left on the device: {source}")]
+    DiskFull {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path}: announced as {announced} bytes but its content is {actual} bytes; \
+         a garbage announcement, rejected"
+    )]
+    SizeMismatch {
+        path: String,
+        announced: u64,
+        actual: u64,
+    },
     #[error(transparent)]
     Task(#[from] TaskError),
 }
@@ -107,7 +133,13 @@ impl ApplyError {
     /// The one classifier for file system errors: an escape is refused for
     /// good, anything else is worth another try.
     pub fn io(what: &'static str, path: &str, source: io::Error) -> Self {
-        if is_escape(&source) {
+        if is_no_space(&source) {
+            ApplyError::DiskFull {
+                what,
+                path: path.to_string(),
+                source,
+            }
+        } else if is_escape(&source) {
             ApplyError::Escape {
                 path: path.to_string(),
                 source,
@@ -131,9 +163,36 @@ impl ApplyError {
             ApplyError::Escape { .. } => Disposition::Reject,
             ApplyError::LocalChange { .. } => Disposition::LocalRace,
             ApplyError::NotEmptyYet { .. } => Disposition::Soon,
+            ApplyError::SizeMismatch { .. } => Disposition::Reject,
+            ApplyError::NoSpace { .. } | ApplyError::DiskFull { .. } => Disposition::NoSpace,
+            ApplyError::Fetch { source, .. } if no_space_in(source.as_ref()) => {
+                Disposition::NoSpace
+            }
             _ => Disposition::Backoff,
         }
     }
+}
+
+/// A full disk or an exhausted quota.
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(c) if c == rustix::io::Errno::NOSPC.raw_os_error()
+            || c == rustix::io::Errno::DQUOT.raw_os_error()
+    )
+}
+
+/// Does a full disk show anywhere in this error's chain (a fetch that could
+/// not write what it received)?
+fn no_space_in(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.downcast_ref::<io::Error>().is_some_and(is_no_space) {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Run a blocking file system step; its error is classified for `path`.

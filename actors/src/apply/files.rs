@@ -22,7 +22,7 @@ use crate::{
     content::Hold,
     folder::{ApplyGuard, Folder},
     fsutil::{finish_tmp, set_meta, Session},
-    record::{safe_to_replace, DiskState, LocalStat, Record},
+    record::{applied_mode, safe_to_replace, DiskState, LocalStat, Record},
     rt,
 };
 
@@ -212,7 +212,7 @@ async fn update_metadata_only(
     }
     let fs = folder.fs.clone();
     let p = job.path.clone();
-    let (mode, mtime) = (job.target.mode, job.target.mtime_ns);
+    let (mode, mtime) = (file_mode(folder, job), job.target.mtime_ns);
     let stat = rt::blocking(move || -> io::Result<LocalStat> {
         set_meta(&fs, &p, mode, mtime)?;
         match fs.lstat(&p)? {
@@ -226,6 +226,12 @@ async fn update_metadata_only(
     Ok(Some(Prepared::MetadataSet { stat, refs }))
 }
 
+/// The mode the job's file gets here: the sender's exec bits through the
+/// folder's umask ([`applied_mode`]).
+fn file_mode(folder: &Folder, job: &Job) -> u32 {
+    applied_mode(EntryKind::File, job.target.mode, folder.cfg.umask.0)
+}
+
 /// Mode and mtime on the staged file, fsync when asked (blocking).
 fn finish(
     folder: &Folder,
@@ -233,9 +239,25 @@ fn finish(
     job: &Job,
     sync: bool,
 ) -> Result<LocalStat, ApplyError> {
-    let (mode, mtime) = (job.target.mode, job.target.mtime_ns);
-    finish_tmp(&staged.path(folder), mode, mtime, sync)
-        .map_err(ApplyError::io_at("finish", &job.path))
+    let (mode, mtime) = (file_mode(folder, job), job.target.mtime_ns);
+    let stat = finish_tmp(&staged.path(folder), mode, mtime, sync)
+        .map_err(ApplyError::io_at("finish", &job.path))?;
+    same_size(job, stat.size)?;
+    Ok(stat)
+}
+
+/// The staged content is verified against the entry's hash, so its length
+/// is the blob's true size: an entry announcing another size is garbage
+/// (a hostile member, or a broken one) and is not applied.
+fn same_size(job: &Job, actual: u64) -> Result<(), ApplyError> {
+    if actual == job.target.size {
+        return Ok(());
+    }
+    Err(ApplyError::SizeMismatch {
+        path: job.path.clone(),
+        announced: job.target.size,
+        actual,
+    })
 }
 
 /// Parked content for each job, checked and finished in one blocking call.

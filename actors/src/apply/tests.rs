@@ -83,7 +83,8 @@ async fn a_new_file_is_fetched_verified_and_placed_with_mode_and_mtime() {
         .unwrap();
     assert_eq!(fx.read("a.txt"), b"hello fleet");
     let meta = std::fs::metadata(fx.root().join("a.txt")).unwrap();
-    assert_eq!(meta.mode() & 0o777, 0o640);
+    // The sender's 0o640 has no exec bits: 0o666 through the umask 022.
+    assert_eq!(meta.mode() & 0o777, 0o644);
     assert_eq!(
         meta.mtime() as i64 * 1_000_000_000 + meta.mtime_nsec(),
         target.mtime_ns
@@ -314,7 +315,7 @@ async fn a_path_through_a_symlink_is_rejected_and_nothing_is_written_outside() {
 }
 
 #[tokio::test]
-async fn a_directory_gets_its_mode_or_a_default_one() {
+async fn a_directory_gets_0o777_through_the_umask_whatever_its_sender_says() {
     let fx = fixture();
     fx.apply(job(
         &fx.folder,
@@ -323,12 +324,37 @@ async fn a_directory_gets_its_mode_or_a_default_one() {
     ))
     .await
     .unwrap();
-    assert_eq!(mode_of(&fx.root().join("d")), 0o750);
-    let mut no_mode = entry("e", EntryKind::Directory, None, 1);
-    no_mode.mode = 0;
-    let applied = fx.apply(job(&fx.folder, no_mode, fx.peer)).await.unwrap();
-    assert_eq!(mode_of(&fx.root().join("e")), 0o755);
-    assert!(applied.note.starts_with("created directory"));
+    assert_eq!(mode_of(&fx.root().join("d")), 0o755);
+    for (name, mode) in [("e", 0), ("g", 0o42777), ("h", 0o700)] {
+        let mut e = entry(name, EntryKind::Directory, None, 1);
+        e.mode = mode;
+        let applied = fx.apply(job(&fx.folder, e, fx.peer)).await.unwrap();
+        assert_eq!(mode_of(&fx.root().join(name)), 0o755, "{mode:o}");
+        assert!(applied.note.starts_with("created directory"));
+    }
+}
+
+#[tokio::test]
+async fn a_received_file_mode_keeps_only_exec_bits_through_the_umask() {
+    // A member asking for world-writable, setuid or mode 0 gets neither.
+    let fx = fixture();
+    for (name, mode, want) in [
+        ("ww", 0o100666, 0o644),
+        ("suid", 0o104777, 0o755),
+        ("zero", 0o100000, 0o644),
+        ("x", 0o100700, 0o744),
+    ] {
+        fx.fake.serve(fx.peer, name.as_bytes());
+        let mut target = file(name, name.as_bytes(), 1);
+        target.mode = mode;
+        let applied = fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
+        assert_eq!(mode_of(&fx.root().join(name)), want, "{name}");
+        assert_eq!(
+            applied.record.local,
+            Some(fx.stat(name)),
+            "record matches the disk"
+        );
+    }
 }
 
 fn tombstone(path: &str, kind: EntryKind, counter: u64) -> FileEntry {
@@ -559,23 +585,20 @@ async fn a_special_file_in_the_way_of_a_directory_is_retried_not_replaced() {
 }
 
 #[tokio::test]
-async fn a_directory_chmod_not_yet_indexed_is_a_local_change() {
-    // Directories compare on permission bits everywhere (record::dir_mode):
-    // a chmod the hasher has not indexed yet is a local change, so a
-    // remote delete waits for it to become a version of its own.
+async fn a_directory_chmod_is_not_a_local_change() {
+    // A directory's mode is not synced (record::synced_mode): a chmod
+    // neither holds back a remote delete nor becomes a version.
     let fx = fixture();
     fx.local_dir("d");
     std::fs::set_permissions(fx.root().join("d"), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let e = fx
-        .apply(job(
-            &fx.folder,
-            tombstone("d", EntryKind::Directory, 2),
-            fx.peer,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(e.disposition(), Disposition::LocalRace, "{e}");
-    assert!(fx.root().join("d").is_dir());
+    fx.apply(job(
+        &fx.folder,
+        tombstone("d", EntryKind::Directory, 2),
+        fx.peer,
+    ))
+    .await
+    .unwrap();
+    assert!(!fx.root().join("d").exists());
 }
 
 #[tokio::test]
@@ -748,4 +771,63 @@ async fn a_direct_fetch_that_stalls_goes_on_with_another_peer() {
         .unwrap();
     assert_eq!(fx.read("b"), content, "no byte of the stalled attempt left");
     assert_eq!(fx.fake.fetches(), vec![(fx.peer, hash), (other, hash)]);
+}
+
+#[tokio::test]
+async fn content_of_another_size_than_announced_is_rejected_and_not_placed() {
+    // The blob is honest (it hashes right) but the entry lies about its
+    // size: the verified length decides, and the entry is garbage.
+    let fx = fixture();
+    fx.fake.serve(fx.peer, b"twelve bytes");
+    let mut target = file("liar", b"twelve bytes", 1);
+    target.size = 5;
+    let e = fx
+        .apply(job(&fx.folder, target.clone(), fx.peer))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApplyError::SizeMismatch {
+                announced: 5,
+                actual: 12,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(e.disposition(), Disposition::Reject);
+    assert!(!fx.root().join("liar").exists(), "not applied");
+    // The same content announced with its true size still applies.
+    target.size = 12;
+    target.path = "honest".into();
+    fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
+    assert_eq!(fx.read("honest"), b"twelve bytes");
+}
+
+#[tokio::test]
+async fn a_fetch_that_does_not_fit_is_not_started_and_says_no_space() {
+    let fx = Scene::with_cfg(crate::folder::DEFAULT_TRANSFER_STALL_TIMEOUT, |c| {
+        c.min_free = fleetsync_config::MinFree::Percent(0);
+    });
+    fx.fake.serve(fx.peer, b"small honest content");
+    let mut huge = file("huge", b"small honest content", 1);
+    huge.size = 10 << 40; // 10 TiB
+    let e = fx.apply(job(&fx.folder, huge, fx.peer)).await.unwrap_err();
+    assert!(matches!(e, ApplyError::NoSpace { .. }), "{e}");
+    assert_eq!(e.disposition(), Disposition::NoSpace);
+    assert!(
+        e.to_string().contains("no space on the filesystem of"),
+        "{e}"
+    );
+    assert!(fx.fake.fetches().is_empty(), "no byte was asked for");
+    // A reserve bigger than the disk refuses even a small file.
+    let fx = Scene::with_cfg(crate::folder::DEFAULT_TRANSFER_STALL_TIMEOUT, |c| {
+        c.min_free = fleetsync_config::MinFree::Bytes(u64::MAX / 4);
+    });
+    fx.fake.serve(fx.peer, b"small honest content");
+    let small = file("small", b"small honest content", 1);
+    let e = fx.apply(job(&fx.folder, small, fx.peer)).await.unwrap_err();
+    assert!(matches!(e, ApplyError::NoSpace { .. }), "{e}");
+    assert!(fx.fake.fetches().is_empty());
 }

@@ -228,8 +228,9 @@ impl Observed {
 }
 
 /// Does the index already say what the disk shows? Directories, files and
-/// absences by the one rule, [`disk_matches`]: a directory by its
-/// permission bits ([`crate::record::dir_mode`]), a file by kind and stat.
+/// absences by the one rule, [`disk_matches`]: a directory by its kind
+/// (its mode is not synced), a file by kind, stat and exec bits
+/// ([`crate::record::synced_mode`]).
 /// A symlink's content is its target: one re-created with the same target
 /// (a new inode and mtime) is already recorded.
 fn already_recorded(cur: Option<&Record>, seen: &Observed) -> bool {

@@ -276,6 +276,9 @@ pub struct Released {
 #[derive(Clone, Debug)]
 pub struct Index {
     db: Arc<Database>,
+    /// The directory holding the index file (the node's data dir, where
+    /// the blob store lives too): its free space is checked before fetches.
+    dir: Arc<Path>,
 }
 
 impl Index {
@@ -295,7 +298,19 @@ impl Index {
         schema::check_or_init(&tx)?;
         tables::create_all(&tx)?;
         tx.commit()?;
-        Ok(Index { db: Arc::new(db) })
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Ok(Index {
+            db: Arc::new(db),
+            dir: dir.into(),
+        })
+    }
+
+    /// The directory holding the index file.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The folder's metadata, creating it (with a fresh index id) if new.

@@ -45,6 +45,9 @@ pub enum Wait {
     Soon,
     /// Anything else: doubling up to a minute.
     Backoff,
+    /// The disk is full: doubling up to a minute like [`Wait::Backoff`]
+    /// (space comes back on its own time), warned about at once.
+    NoSpace,
 }
 
 impl Wait {
@@ -55,6 +58,7 @@ impl Wait {
             Disposition::LocalRace => Some(Wait::Race),
             Disposition::Soon => Some(Wait::Soon),
             Disposition::Backoff => Some(Wait::Backoff),
+            Disposition::NoSpace => Some(Wait::NoSpace),
         }
     }
 
@@ -65,7 +69,7 @@ impl Wait {
         match self {
             Wait::Race => settle * 2 + RACE_MARGIN,
             Wait::Soon => doubling(SOON_BASE),
-            Wait::Backoff => doubling(BACKOFF_BASE),
+            Wait::Backoff | Wait::NoSpace => doubling(BACKOFF_BASE),
         }
     }
 
@@ -77,6 +81,7 @@ impl Wait {
             Wait::Backoff => {
                 attempts == WARN_BACKOFF_FIRST || attempts.is_multiple_of(WARN_BACKOFF_EVERY)
             }
+            Wait::NoSpace => attempts == 1 || attempts.is_multiple_of(WARN_BACKOFF_EVERY),
         }
     }
 }
@@ -186,6 +191,19 @@ mod tests {
         assert_eq!(Wait::of(Disposition::LocalRace), Some(Wait::Race));
         assert_eq!(Wait::of(Disposition::Soon), Some(Wait::Soon));
         assert_eq!(Wait::of(Disposition::Backoff), Some(Wait::Backoff));
+        assert_eq!(Wait::of(Disposition::NoSpace), Some(Wait::NoSpace));
+    }
+
+    #[test]
+    fn no_space_backs_off_like_a_disk_error_and_warns_at_once() {
+        for a in 1..=20 {
+            assert_eq!(
+                Wait::NoSpace.delay(SETTLE, a),
+                Wait::Backoff.delay(SETTLE, a)
+            );
+        }
+        let warned: Vec<u32> = (1..=30).filter(|a| Wait::NoSpace.warn(*a)).collect();
+        assert_eq!(warned, vec![1, 10, 20, 30]);
     }
 
     #[test]

@@ -1,4 +1,8 @@
-//! Hostile fleet members (issue 10): a scripted member that holds the secret
-//! sends what no honest node would; the node stays up and safe.
+//! Hostile fleet members and hostile local users (issue 10): one test
+//! binary, a module per group of cases. A scripted member
+//! (`fleetsync_integration_tests::member`) holds the secret and sends what
+//! no honest node would; a local user swaps files and symlinks under the
+//! node. The node must reject, count and log, stay up and keep syncing.
 
 mod growth;
+mod space;
