@@ -52,6 +52,12 @@ pub trait Content: Send + Sync + fmt::Debug + 'static {
     /// there.
     async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError>;
 
+    /// Make everything the store recorded so far durable. Called before an
+    /// index commit that references new content: the index is durable at
+    /// once, the store's bookkeeping only in batches, and a crash between
+    /// the two would leave an index entry this node can never serve.
+    async fn sync(&self) -> Result<(), StoreError>;
+
     /// Fetch a blob from `peer` into the store (resuming what is there);
     /// `progress` follows the bytes received (the caller's no-progress
     /// deadline watches it). Returns the bytes received. Dropping the
@@ -104,6 +110,10 @@ impl Content for Mesh {
 
     async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError> {
         self.export_in_place(hash, target).await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.sync_store().await
     }
 
     async fn fetch(

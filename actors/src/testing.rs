@@ -4,7 +4,7 @@
 //! apply pipeline are tested without iroh.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
@@ -50,6 +50,8 @@ struct State {
     peers: BTreeMap<EndpointId, HashMap<Hash, Vec<u8>>>,
     /// The local blob store.
     store: HashMap<Hash, Stored>,
+    /// Store entries made since the last `sync` (a crash loses them).
+    unsynced: HashSet<Hash>,
     /// Fetches of these hashes deliver this many bytes, then fail.
     break_after: HashMap<Hash, u64>,
     /// Fetches of a hash from a peer that deliver this many bytes, then
@@ -166,6 +168,21 @@ impl FakeContent {
         self.state().fetches.clone()
     }
 
+    /// A crash of the real store: entries recorded since the last
+    /// [`Content::sync`] are lost.
+    pub fn crash(&self) {
+        let mut s = self.state();
+        for h in std::mem::take(&mut s.unsynced) {
+            s.store.remove(&h);
+        }
+    }
+
+    fn stored(&self, hash: Hash, how: Stored) {
+        let mut s = self.state();
+        s.store.insert(hash, how);
+        s.unsynced.insert(hash);
+    }
+
     pub fn in_store(&self, hash: &Hash) -> bool {
         self.state().store.contains_key(hash)
     }
@@ -228,7 +245,7 @@ impl Content for FakeContent {
         let bytes = std::fs::read(&path)?;
         progress(bytes.len() as u64);
         let hash = Hash::new(bytes);
-        self.state().store.insert(hash, Stored::Referenced(path));
+        self.stored(hash, Stored::Referenced(path));
         Ok((hash, Hold::new(())))
     }
 
@@ -240,6 +257,11 @@ impl Content for FakeContent {
             None => return Err(std::io::Error::other("not in the store").into()),
         };
         std::fs::write(target, bytes)?;
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.state().unsynced.clear();
         Ok(())
     }
 
@@ -256,7 +278,7 @@ impl Content for FakeContent {
         match sent.error {
             Some(e) => Err(e),
             None => {
-                self.state().store.insert(hash, Stored::Bytes(sent.bytes));
+                self.stored(hash, Stored::Bytes(sent.bytes));
                 Ok(n)
             }
         }

@@ -264,6 +264,11 @@ pub struct Node {
     pub netns: Option<String>,
     /// `mdns = true` (only inside a network namespace the test made).
     pub mdns: bool,
+    /// Run the node (and its CLI) through this command, e.g.
+    /// `["env", "LD_PRELOAD=…", "FAKETIME=+1d"]`. It must exec the node,
+    /// not fork it (`env`, `taskset`, `nice` do; the `faketime` launcher
+    /// forks), so that `stop` and `kill9` reach the node itself.
+    pub wrapper: Vec<String>,
     /// Start with the config file as it is (written by `fleetsync join`,
     /// say) instead of writing one from the fields above.
     pub keep_config: bool,
@@ -304,6 +309,7 @@ impl Node {
             env: Vec::new(),
             netns: None,
             mdns: false,
+            wrapper: Vec::new(),
             keep_config: false,
             child: None,
             starts: 0,
@@ -414,16 +420,18 @@ impl Node {
     }
 
     /// `fleetsync`, inside the node's network namespace if it has one
-    /// (`ip netns exec` execs it: the child is the node itself).
+    /// (`ip netns exec` execs it: the child is the node itself), through
+    /// the node's wrapper if it has one.
     fn command(&self) -> Command {
-        match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin());
-                c
-            }
-            None => Command::new(bin()),
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            argv.extend(["ip", "netns", "exec", ns].map(Into::into));
         }
+        argv.extend(self.wrapper.iter().map(Into::into));
+        argv.push(bin().into());
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c
     }
 
     fn poll_exit(&mut self) {

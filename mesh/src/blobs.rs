@@ -135,6 +135,16 @@ impl Mesh {
         Err(std::io::Error::other("the blob store ended the import without a result").into())
     }
 
+    /// Commit what the store has recorded so far (imports, fetches,
+    /// exports) to its database, and wait for it. The store batches its
+    /// bookkeeping for up to half a second: without this, a crash right
+    /// after an index commit can leave the index referencing content the
+    /// store has forgotten (or still places in a file it has moved away),
+    /// which this node then can never serve.
+    pub async fn sync_store(&self) -> Result<(), StoreError> {
+        Ok(self.inner.store.sync_db().await?)
+    }
+
     /// Move a stored blob out to `target`; the store keeps referencing it
     /// there (a rename when the data is a file of the store's own).
     pub async fn export_in_place(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError> {

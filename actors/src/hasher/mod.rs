@@ -102,6 +102,11 @@ pub enum HashError {
     },
     #[error("index commit: {0}")]
     Index(#[from] IndexError),
+    #[error("blob store sync before the index commit: {source}")]
+    StoreSync {
+        #[source]
+        source: StoreError,
+    },
     #[error(transparent)]
     Task(#[from] TaskError),
 }
@@ -312,6 +317,21 @@ async fn sort_failed_imports(
     }
 }
 
+/// The store's record of the chunk's imports made durable before the index
+/// references them: a crash in between would leave index entries whose
+/// content this node has forgotten and never re-imports (the disk matches
+/// the record), so no peer could ever fetch them from it.
+async fn store_synced(folder: &Folder, chunk: &Chunk) -> Result<(), HashError> {
+    if chunk.imported.is_empty() {
+        return Ok(());
+    }
+    folder
+        .content
+        .sync()
+        .await
+        .map_err(|source| HashError::StoreSync { source })
+}
+
 /// Commit a chunk; if that fails, its paths are returned as failed (and
 /// the links made for it removed: nothing references them).
 async fn commit_or_fail(
@@ -326,7 +346,11 @@ async fn commit_or_fail(
     let (paths, links) = (chunk.paths(), chunk.links());
     let f = folder.clone();
     let h = health.clone();
-    match rt::try_blocking(move || commit_chunk(&f, &h, chunk)).await {
+    let committed = match store_synced(folder, &chunk).await {
+        Ok(()) => rt::try_blocking(move || commit_chunk(&f, &h, chunk)).await,
+        Err(e) => Err(e),
+    };
+    match committed {
         Ok(Committed { written, deferred }) => {
             health.progress();
             out.committed += written;

@@ -117,6 +117,9 @@ impl Content for Probe {
     async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError> {
         self.inner.export(hash, target).await
     }
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync().await
+    }
     async fn fetch(
         &self,
         peer: EndpointId,
@@ -543,4 +546,26 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Issue 10, case 13 (kill -9 at random points): the store records an
+/// import in batches, the index commits at once. A crash right after the
+/// commit must not leave an entry whose content the store forgot: the
+/// disk matches the record, so nothing would ever import it again and no
+/// peer could fetch it from this node.
+#[tokio::test]
+async fn kill9_right_after_a_hash_commit_leaves_the_content_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = FakeContent::new();
+    let folder = quick_folder(dir.path(), content.clone());
+    write(&folder, "a.txt", b"committed just before the crash");
+    let out = hash_batch(folder.clone(), Health::new(1), paths(&["a.txt"])).await;
+    assert_eq!(out.committed, 1, "{out:?}");
+    content.crash();
+    let r = record(&folder, "a.txt").expect("recorded");
+    let hash = Hash::from_bytes(r.entry.hash.unwrap());
+    assert!(
+        content.in_store(&hash),
+        "the index references content the store lost in the crash"
+    );
 }

@@ -8,11 +8,12 @@
 //!   new local version on top of the current record.
 //! - An applied record (receiver): superseded if the index moved past it
 //!   (its pending rows stay); otherwise the pending rows it answers are
-//!   removed, and it is written unless already recorded (then its refs link
-//!   is a duplicate and released).
+//!   removed (unless a newer entry replaced one meanwhile: that row stays),
+//!   and it is written unless already recorded (then its refs link is a
+//!   duplicate and released).
 //! - Then the pending rows that needed nothing (`Commit::resolved`).
 
-use fleetsync_mesh::model::{Causality, EntryKind, FileEntry, ShortId};
+use fleetsync_mesh::model::{Causality, EntryKind, FileEntry, ShortId, VersionVector};
 
 use super::{
     now_ns, tables::Tables, Commit, Committed, Index, IndexError, Item, Local, Observed, Released,
@@ -159,7 +160,7 @@ impl Resolver<'_> {
             return Ok(());
         }
         for (path, peer) in resolves {
-            self.t.remove_pending(path, peer)?;
+            self.resolve_covered(path, peer, &record.entry.version)?;
         }
         match cur {
             Some(cur) if holds_exactly(&cur, &record) => {
@@ -172,6 +173,24 @@ impl Resolver<'_> {
             }
             cur => self.write(cur, record, note, via),
         }
+    }
+
+    /// Remove a pending row an applied record answers, unless the row is
+    /// no longer the one that was applied: ingest replaces a peer's row
+    /// for a path when a newer entry arrives (a delete after the create
+    /// being fetched, say), and that newer row must stay for the next
+    /// round, not vanish with the older one.
+    fn resolve_covered(&mut self, path: &str, peer: &[u8; 32], applied: &VersionVector) -> Result<()> {
+        let newer = self.t.pending_row(path, peer)?.is_some_and(|row| {
+            matches!(
+                row.version.compare(applied),
+                Causality::Dominates | Causality::Concurrent
+            )
+        });
+        if !newer {
+            self.t.remove_pending(path, peer)?;
+        }
+        Ok(())
     }
 
     fn write(&mut self, cur: Option<Record>, rec: Record, note: String, via: Via) -> Result<()> {

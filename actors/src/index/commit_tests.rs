@@ -296,3 +296,41 @@ fn a_replaced_writer_commits_nothing() {
     assert!(matches!(r, Err(IndexError::Fenced)), "{r:?}");
     assert!(idx.get("f", "a").unwrap().is_none(), "nothing written");
 }
+
+/// Issue 10, case 13 (seen in the kill -9 chaos test): a peer's delete
+/// arrives while the receiver is still fetching the create it replaced
+/// as the peer's pending row. Committing the create must not resolve the
+/// newer delete with it: that row stays for the next round (it was lost,
+/// and the deleted file stayed on the receivers for good).
+#[test]
+fn kill9_an_applied_create_keeps_the_newer_pending_delete_that_replaced_its_row() {
+    let (_d, idx) = open();
+    let created = file("x", 1, &[(2, 1)]);
+    ingest(&idx, &PEER, 1, &[created.clone()]);
+    let mut deleted = file("x", 1, &[(2, 2)]);
+    deleted.deleted = true;
+    ingest(&idx, &PEER, 2, &[deleted]);
+    let c = Commit {
+        items: vec![Item::Applied {
+            record: rec(created),
+            note: "applied".into(),
+            resolves: vec![("x".into(), PEER)],
+        }],
+        resolved: vec![],
+    };
+    assert_eq!(idx.commit("f", c, ME).unwrap().written, 1);
+    let left = idx.pending_for("f", "x").unwrap();
+    assert_eq!(left.len(), 1, "the newer row was resolved with the older one");
+    assert!(left[0].entry.deleted);
+    // The row the record answers is still resolved as before.
+    let c = Commit {
+        items: vec![Item::Applied {
+            record: rec(left[0].entry.clone()),
+            note: "deleted".into(),
+            resolves: vec![("x".into(), PEER)],
+        }],
+        resolved: vec![],
+    };
+    idx.commit("f", c, ME).unwrap();
+    assert!(idx.pending_for("f", "x").unwrap().is_empty());
+}

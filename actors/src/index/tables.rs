@@ -140,6 +140,14 @@ impl<'t> Tables<'t> {
         Ok(out)
     }
 
+    /// `peer`'s pending row for `path`, if any.
+    pub(super) fn pending_row(&self, path: &str, peer: &[u8; 32]) -> Result<Option<FileEntry>> {
+        self.pending
+            .get((self.folder, path, peer.as_slice()))?
+            .map(|v| dec(name::PENDING, v.value()))
+            .transpose()
+    }
+
     pub(super) fn remove_pending(&mut self, path: &str, peer: &[u8; 32]) -> Result<()> {
         if self
             .pending

@@ -24,6 +24,7 @@ use std::{
     time::Duration,
 };
 
+use fleetsync_mesh::StoreError;
 use tracing::{debug, error, info, warn};
 
 use super::retry::{Key, Wait};
@@ -53,6 +54,8 @@ pub enum RoundError {
     Index(#[from] IndexError),
     #[error("index commit failed {COMMIT_ATTEMPTS} times: {0}")]
     Commit(#[source] IndexError),
+    #[error("blob store sync before the index commit: {0}")]
+    StoreSync(#[source] StoreError),
     #[error(transparent)]
     Task(#[from] TaskError),
     #[error("{path}: the round gave this job no outcome (a bug; retried)")]
@@ -291,6 +294,13 @@ async fn commit_with_retries(
     health: &Arc<Health>,
     commit: Commit,
 ) -> Result<Option<Committed>, RoundError> {
+    if commit.items.iter().any(|i| matches!(i, Item::Applied { .. })) {
+        // What the store recorded for this content (fetched, exported to
+        // `refs/`, imported) is made durable before the index points at
+        // it: a crash in between would leave an entry this node can never
+        // serve (forgotten, or placed in a file the store moved away).
+        folder.content.sync().await.map_err(RoundError::StoreSync)?;
+    }
     let mut wait = COMMIT_RETRY;
     let mut attempt = 1;
     loop {

@@ -504,3 +504,34 @@ async fn a_failed_big_file_job_reports_its_rows_failed_with_their_wait() {
     assert_eq!(report.failed[0].wait, Wait::Backoff);
     assert_eq!(fx.pending_count(), 1);
 }
+
+/// Issue 10, case 13 (kill -9 at random points): content a round fetched
+/// into the store and placed is durable in the store before the index
+/// records it, so a crash right after the commit cannot leave an applied
+/// entry this node could never serve onward.
+#[tokio::test]
+async fn kill9_right_after_an_apply_commit_leaves_the_content_in_the_store() {
+    let mut fx = fixture();
+    let big = vec![9u8; (BATCH_FILE_MAX + 10) as usize];
+    fx.fake.serve(fx.peer, b"small one");
+    fx.fake.serve(fx.peer, &big);
+    fx.ingest(&[
+        file("small", b"small one"),
+        entry("big", EntryKind::File, Some(&big), P1, 1),
+    ]);
+    let report = fx.round(HashSet::new()).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let stored: Vec<Hash> = ["small", "big"]
+        .iter()
+        .map(|p| Hash::from_bytes(fx.recorded(p).unwrap().entry.hash.unwrap()))
+        .filter(|h| fx.fake.in_store(h))
+        .collect();
+    assert!(!stored.is_empty(), "the big file went through the store");
+    fx.fake.crash();
+    for h in stored {
+        assert!(
+            fx.fake.in_store(&h),
+            "the index references content the store lost in the crash"
+        );
+    }
+}
