@@ -107,6 +107,13 @@ pub const BATCH_ENTRIES: usize = 1000;
 /// member that opens streams and says nothing must not hold them forever.
 pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Index streams served at once on one session. A node subscribes once
+/// per folder it shares with us (plus, briefly, a resubscription racing
+/// the end of the stream it replaces), so this leaves room for dozens of
+/// shared folders, while a member opening streams without end is refused
+/// past it: each served stream is a task reading our index.
+pub const MAX_SERVED_STREAMS: usize = 64;
+
 /// First wait before subscribing again after a stream ended: short, since
 /// most ends are a peer restarting its side.
 pub const RESUBSCRIBE_MIN: Duration = Duration::from_millis(500);
@@ -271,15 +278,40 @@ pub async fn serve<F: SharedFolders>(session: PeerSession, folders: Arc<F>) {
                 return;
             }
         };
+        // Reap finished streams so the set counts only live ones.
+        while streams.try_join_next().is_some() {}
+        if streams.len() >= MAX_SERVED_STREAMS {
+            refuse_stream(&session, &peer, send, recv);
+            continue;
+        }
         let folders = folders.clone();
         streams.spawn(async move {
             let end = serve_stream(recv, send, &*folders, peer).await;
             log_served(&peer, end);
         });
-        // Reap finished streams so the set stays small.
-        while streams.try_join_next().is_some() {}
     }
 }
+
+/// A stream over [`MAX_SERVED_STREAMS`]: reset at once (the subscriber
+/// sees the stream end and retries with backoff), logged the first time
+/// per session, counted in the peer's status.
+fn refuse_stream(
+    session: &PeerSession,
+    peer: &Peer,
+    mut send: iroh::endpoint::SendStream,
+    mut recv: iroh::endpoint::RecvStream,
+) {
+    if session.refused_streams_before() == 0 {
+        warn!(peer = %peer.id.fmt_short(), "peer opened more than {MAX_SERVED_STREAMS} index streams at once; refusing the extras");
+    }
+    session.count_refused_stream();
+    // Either fails only if the stream is already gone: refused either way.
+    let _ = send.reset(REFUSED_STREAM.into());
+    let _ = recv.stop(REFUSED_STREAM.into());
+}
+
+/// QUIC error code on a refused index stream.
+const REFUSED_STREAM: u32 = 429;
 
 fn log_served(peer: &Peer, end: Result<Served, ServeError>) {
     let peer = peer.id.fmt_short();
