@@ -1,7 +1,9 @@
-//! Wire-level hostility from a member holding the secret (issue 10, cases 1
-//! and 2): oversized version vectors and counters at `u64::MAX` are
-//! rejected and counted, the node stays up and keeps syncing both ways, and
-//! a local edit of a path the member tried to poison still propagates.
+//! Wire-level hostility from a member holding the secret (issue 10, cases 1,
+//! 2 and the mesh part of 6): oversized version vectors and counters at
+//! `u64::MAX` are rejected and counted, the node stays up and keeps syncing
+//! both ways, and a local edit of a path the member tried to poison still
+//! propagates; index streams past the per-session cap are refused and
+//! counted.
 
 use std::fs;
 
@@ -9,7 +11,11 @@ use fleetsync_integration_tests::{
     member::{dir_entry, Member},
     *,
 };
-use fleetsync_mesh::model::{FileEntry, ShortId, VersionVector};
+use fleetsync_mesh::{
+    codec::write_msg,
+    index_stream::{FolderWant, IndexRequest, MAX_SERVED_STREAMS},
+    model::{FileEntry, ShortId, VersionVector},
+};
 
 /// Entries a hostile member sends with a `pairs`-long vector each, of
 /// pseudo-random (incompressible) ids and counters, so the node's own index
@@ -88,5 +94,58 @@ fn oversized_version_vectors_and_counter_overflow_are_rejected_and_sync_goes_on(
         fs::read(b.path("victim.txt")).is_ok_and(|d| d == b"v2 after the attack")
     });
     assert!(a.status().is_some(), "a is up");
+    drop(member);
+}
+
+/// The member's entry in `node`'s status: its refused index streams.
+fn refused_streams(node: &Node, member: &Member) -> u64 {
+    let id = member.ep.id().to_string();
+    node.status()
+        .and_then(|st| {
+            st["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["id"].as_str() == Some(id.as_str()))?["refused_streams"]
+                .as_u64()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn subscribe_streams_per_session_are_capped_and_counted() {
+    let c = Cluster::start(2, Topology::Full, |_| vec![FolderSpec::new("shared")]);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let member = Member::join(a);
+    let extra = 20;
+    let opened = MAX_SERVED_STREAMS + extra;
+    let held = member.rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..opened {
+            let (mut send, recv) = member.conn.open_bi().await.unwrap();
+            let want = FolderWant {
+                folder: "shared".into(),
+                index_id: 0,
+                since: 0,
+            };
+            // A refused stream may already be stopped: that is the point.
+            write_msg(&mut send, &IndexRequest::Subscribe(want)).await.ok();
+            held.push((send, recv));
+        }
+        held
+    });
+    wait_until(DEADLINE, "the streams past the cap to be refused", || {
+        refused_streams(a, &member) >= extra as u64
+    });
+    assert!(
+        a.log().contains("index streams at once; refusing the extras"),
+        "{}",
+        a.log_tail(40)
+    );
+    // The node is up and still syncing both ways.
+    fs::write(b.path("from-b.txt"), "b").unwrap();
+    wait_until(DEADLINE, "b's file on a", || a.path("from-b.txt").exists());
+    fs::write(a.path("from-a.txt"), "a").unwrap();
+    wait_until(DEADLINE, "a's file on b", || b.path("from-a.txt").exists());
+    drop(held);
     drop(member);
 }
