@@ -20,14 +20,14 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
 };
 
 use actix::prelude::*;
 use async_trait::async_trait;
 use fleetsync_mesh::{
     index_stream::{self, BoxError, IndexSource, Peer, SharedFolders, Slice},
-    model::ShortId,
+    model::{FileEntry, ShortId},
     EndpointId,
 };
 use tokio::{sync::watch, task::JoinHandle};
@@ -192,6 +192,14 @@ impl SharedFolders for Shared {
             .lock()
             .expect("progress lock")
             .insert((peer.id, folder.to_string()), out);
+    }
+
+    /// An entry too large to send (a hostile vector merged locally): counted
+    /// with the folder's other rejected hostile input.
+    fn unsendable(&self, _: &Peer, folder: &str, _: &FileEntry) {
+        if let Some(f) = self.folders.get(folder) {
+            f.status.rejected.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

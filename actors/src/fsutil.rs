@@ -78,7 +78,12 @@ pub fn meta_from_stat(st: &rustix::fs::Stat) -> DiskState {
             } else {
                 0
             },
-            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
+            // Saturating: a file touched past 2262 (or before 1678) must not
+            // overflow; it records as the furthest representable moment.
+            mtime_ns: st
+                .st_mtime
+                .saturating_mul(1_000_000_000)
+                .saturating_add(st.st_mtime_nsec as i64),
             ino: st.st_ino,
             mode: st.st_mode & 0o7777,
         },

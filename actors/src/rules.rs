@@ -357,7 +357,7 @@ mod tests {
                 hash,
                 symlink_target: None,
                 deleted,
-                version: prev.bump(me),
+                version: prev.bump(me).unwrap(),
                 modified_by: me,
                 sequence: 0,
             };
@@ -396,7 +396,7 @@ mod tests {
                             .unwrap_or_default();
                         let mut c = l.clone();
                         c.path = name.clone();
-                        c.version = prev.bump(me);
+                        c.version = prev.bump(me).unwrap();
                         c.modified_by = me;
                         let keep = self.nodes[to]
                             .get(&name)

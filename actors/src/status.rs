@@ -29,6 +29,9 @@ pub struct NodeStatus {
     /// The supervisor is alive and every actor healthy.
     pub healthy: bool,
     pub peers: Vec<PeerInfo>,
+    /// Peers forgotten since start (nobody configured them, and they stayed
+    /// unreachable or were evicted past the cap on remembered peers).
+    pub peers_forgotten: u64,
     pub folders: Vec<FolderInfo>,
     /// Every actor as the supervisor last judged it.
     pub actors: Vec<ActorState>,
@@ -55,6 +58,8 @@ pub struct PeerInfo {
     pub last_seen_secs_ago: Option<u64>,
     pub rtt_ms: Option<f64>,
     pub last_error: Option<String>,
+    /// Index streams it opened past the per-session cap, refused.
+    pub refused_streams: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,6 +139,7 @@ pub async fn snapshot(node: &NodeHandle) -> NodeStatus {
             .collect(),
         healthy: node.healthy(),
         peers: peers(node),
+        peers_forgotten: node.mesh.forgotten_peers(),
         folders,
         actors: node.board.actors(),
     }
@@ -158,6 +164,7 @@ fn peers(node: &NodeHandle) -> Vec<PeerInfo> {
                 .map(|t| t.elapsed().map(|d| d.as_secs()).unwrap_or(0)),
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
             last_error: if p.connected { None } else { p.last_error },
+            refused_streams: p.refused_streams,
         })
         .collect()
 }

@@ -211,6 +211,12 @@ impl Admission {
         self.lock().known.insert(id);
     }
 
+    /// `id` is no longer known (a forgotten peer): back to the stranger
+    /// lane until it proves membership again.
+    pub fn forget(&self, id: &EndpointId) {
+        self.lock().known.remove(id);
+    }
+
     pub fn is_known(&self, id: &EndpointId) -> bool {
         self.lock().known.contains(id)
     }

@@ -66,6 +66,12 @@ impl Gate {
         !access.deny.contains(id) && access.allow.as_ref().is_none_or(|a| a.contains(id))
     }
 
+    /// Named in the allowlist (`[mesh] allow`), if there is one.
+    pub fn listed(&self, id: &EndpointId) -> bool {
+        let access = self.0.access.read().expect("gate lock");
+        access.allow.as_ref().is_some_and(|a| a.contains(id))
+    }
+
     fn denied(&self, id: &EndpointId) -> bool {
         self.0.access.read().expect("gate lock").deny.contains(id)
     }

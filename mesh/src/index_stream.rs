@@ -48,7 +48,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    codec::{read_msg, write_msg, CodecError, Limits},
+    codec::{encode, read_msg, write_msg, CodecError, Limits},
     identity::short_id,
     model::{FileEntry, ShortId},
     EndpointId, PeerSession,
@@ -107,6 +107,13 @@ pub const BATCH_ENTRIES: usize = 1000;
 /// member that opens streams and says nothing must not hold them forever.
 pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Index streams served at once on one session. A node subscribes once
+/// per folder it shares with us (plus, briefly, a resubscription racing
+/// the end of the stream it replaces), so this leaves room for dozens of
+/// shared folders, while a member opening streams without end is refused
+/// past it: each served stream is a task reading our index.
+pub const MAX_SERVED_STREAMS: usize = 64;
+
 /// First wait before subscribing again after a stream ended: short, since
 /// most ends are a peer restarting its side.
 pub const RESUBSCRIBE_MIN: Duration = Duration::from_millis(500);
@@ -163,6 +170,10 @@ pub trait SharedFolders: Send + Sync + 'static {
 
     /// What `peer` has been sent of `folder` (for status).
     fn progress(&self, peer: &Peer, folder: &str, sent_seq: u64, caught_up: bool);
+
+    /// `entry` of `folder` cannot be sent to `peer` at all (it does not fit
+    /// a frame on its own) and was skipped (already logged): count it.
+    fn unsendable(&self, peer: &Peer, folder: &str, entry: &FileEntry);
 }
 
 /// One folder's index as served to one peer.
@@ -267,15 +278,40 @@ pub async fn serve<F: SharedFolders>(session: PeerSession, folders: Arc<F>) {
                 return;
             }
         };
+        // Reap finished streams so the set counts only live ones.
+        while streams.try_join_next().is_some() {}
+        if streams.len() >= MAX_SERVED_STREAMS {
+            refuse_stream(&session, &peer, send, recv);
+            continue;
+        }
         let folders = folders.clone();
         streams.spawn(async move {
             let end = serve_stream(recv, send, &*folders, peer).await;
             log_served(&peer, end);
         });
-        // Reap finished streams so the set stays small.
-        while streams.try_join_next().is_some() {}
     }
 }
+
+/// A stream over [`MAX_SERVED_STREAMS`]: reset at once (the subscriber
+/// sees the stream end and retries with backoff), logged the first time
+/// per session, counted in the peer's status.
+fn refuse_stream(
+    session: &PeerSession,
+    peer: &Peer,
+    mut send: iroh::endpoint::SendStream,
+    mut recv: iroh::endpoint::RecvStream,
+) {
+    if session.refused_streams_before() == 0 {
+        warn!(peer = %peer.id.fmt_short(), "peer opened more than {MAX_SERVED_STREAMS} index streams at once; refusing the extras");
+    }
+    session.count_refused_stream();
+    // Either fails only if the stream is already gone: refused either way.
+    let _ = send.reset(REFUSED_STREAM.into());
+    let _ = recv.stop(REFUSED_STREAM.into());
+}
+
+/// QUIC error code on a refused index stream.
+const REFUSED_STREAM: u32 = 429;
 
 fn log_served(peer: &Peer, end: Result<Served, ServeError>) {
     let peer = peer.id.fmt_short();
@@ -403,18 +439,71 @@ impl<F: SharedFolders, W: AsyncWrite + Unpin + Send> Feed<'_, F, W> {
             })
     }
 
+    /// Send one read as batches. A batch too large for one frame (only
+    /// hostile vectors make entries that big) is halved until each part
+    /// fits, and an entry that cannot fit a frame on its own is skipped
+    /// (logged, counted) with the cursor moving past it: the stream never
+    /// wedges re-sending what cannot be sent.
     async fn send_batch(&mut self, slice: Slice) -> Result<(), ServeError> {
+        // Parts still to send, the next one last.
+        let mut todo = vec![slice];
+        while let Some(part) = todo.pop() {
+            match self.encode_batch(part) {
+                Ok((frame, up_to)) => {
+                    self.write_frame(&frame).await?;
+                    self.cursor = up_to;
+                    self.folders
+                        .progress(&self.peer, &self.folder, self.cursor, false);
+                }
+                Err(Unfit(mut part, _)) if part.entries.len() > 1 => {
+                    let (first, rest) = halve(&mut part);
+                    todo.push(rest);
+                    todo.push(first);
+                }
+                // Not the entries' fault (cannot happen with our own folder
+                // ids): give up on the stream as before.
+                Err(Unfit(part, e)) if part.entries.is_empty() => return Err(self.send_error(e)),
+                Err(Unfit(mut part, _)) => {
+                    for entry in part.entries.drain(..) {
+                        self.skip_unsendable(&entry);
+                    }
+                    todo.push(part);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One part as a frame, or the part back if it is too large for one.
+    fn encode_batch(&self, part: Slice) -> Result<(Vec<u8>, u64), Unfit> {
         let msg = IndexResponse::Batch {
             folder: self.folder.clone(),
             index_id: self.source.index_id(),
-            entries: slice.entries,
-            up_to: slice.up_to,
+            entries: part.entries,
+            up_to: part.up_to,
         };
-        self.write(&msg).await?;
-        self.cursor = slice.up_to;
-        self.folders
-            .progress(&self.peer, &self.folder, self.cursor, false);
-        Ok(())
+        match encode(&msg) {
+            Ok(frame) => Ok((frame, part.up_to)),
+            Err(e) => {
+                let IndexResponse::Batch { entries, .. } = msg else {
+                    unreachable!("built as a batch above")
+                };
+                let part = Slice {
+                    entries,
+                    up_to: part.up_to,
+                };
+                Err(Unfit(part, e))
+            }
+        }
+    }
+
+    fn skip_unsendable(&self, entry: &FileEntry) {
+        warn!(
+            peer = %self.peer.id.fmt_short(), folder = %self.folder, path = %entry.path,
+            vector = entry.version.len(),
+            "entry too large for an index frame; not sent"
+        );
+        self.folders.unsendable(&self.peer, &self.folder, entry);
     }
 
     async fn send_caught_up(&mut self) -> Result<(), ServeError> {
@@ -430,14 +519,47 @@ impl<F: SharedFolders, W: AsyncWrite + Unpin + Send> Feed<'_, F, W> {
     }
 
     async fn write(&mut self, msg: &IndexResponse) -> Result<(), ServeError> {
-        write_msg(&mut self.send, msg)
-            .await
-            .map(drop)
-            .map_err(|source| ServeError::Send {
-                folder: self.folder.clone(),
-                source,
-            })
+        let frame = encode(msg).map_err(|source| self.send_error(source))?;
+        self.write_frame(&frame).await
     }
+
+    async fn write_frame(&mut self, frame: &[u8]) -> Result<(), ServeError> {
+        match self.send.write_all(frame).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.send_error(CodecError::Io(e))),
+        }
+    }
+
+    fn send_error(&self, source: CodecError) -> ServeError {
+        ServeError::Send {
+            folder: self.folder.clone(),
+            source,
+        }
+    }
+}
+
+/// A batch that does not encode into one frame, handed back whole, and why.
+struct Unfit(Slice, CodecError);
+
+/// Split a part of two or more entries (in sequence order) in two: the
+/// first half reaches its last entry's sequence number, the second the
+/// part's `up_to`.
+fn halve(part: &mut Slice) -> (Slice, Slice) {
+    let rest = part.entries.split_off(part.entries.len() / 2);
+    let first = std::mem::take(&mut part.entries);
+    let first_up_to = first
+        .last()
+        .map_or(part.up_to, |e| e.sequence.min(part.up_to));
+    (
+        Slice {
+            entries: first,
+            up_to: first_up_to,
+        },
+        Slice {
+            entries: rest,
+            up_to: part.up_to,
+        },
+    )
 }
 
 // ------------------------------------------------------------ subscribing
@@ -735,6 +857,7 @@ mod tests {
     struct FakeFolders {
         folders: HashMap<String, FakeSource>,
         progress: Mutex<Vec<(String, u64, bool)>>,
+        unsendable: Mutex<Vec<String>>,
     }
 
     impl SharedFolders for FakeFolders {
@@ -745,6 +868,9 @@ mod tests {
         fn progress(&self, _: &Peer, folder: &str, sent_seq: u64, caught_up: bool) {
             let p = (folder.to_string(), sent_seq, caught_up);
             self.progress.lock().unwrap().push(p);
+        }
+        fn unsendable(&self, _: &Peer, _: &str, entry: &FileEntry) {
+            self.unsendable.lock().unwrap().push(entry.path.clone());
         }
     }
 
@@ -1072,6 +1198,93 @@ mod tests {
             matches!(end, Err(ServeError::Request(CodecError::TooLarge { .. }))),
             "{end:?}"
         );
+    }
+
+    /// An entry whose vector has `pairs` random (incompressible) pairs.
+    fn heavy(path: &str, seq: u64, pairs: usize) -> FileEntry {
+        let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = || {
+            // xorshift64: fast, and zstd finds nothing to squeeze.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let version = VersionVector::from_pairs(
+            (0..pairs).map(|_| (ShortId(next()), next() >> 2 | 1)),
+        );
+        FileEntry {
+            version,
+            ..entry(path, seq)
+        }
+    }
+
+    /// Regression (issue 10, oversized version vectors): a batch over the
+    /// frame cap failed to encode and ended the stream, and the subscriber
+    /// asked again from the same point forever. Now it is split until each
+    /// part fits, and an entry that fits no frame is skipped and counted.
+    #[tokio::test]
+    async fn oversized_version_vectors_split_the_batch_and_skip_what_cannot_fit() {
+        // ~1 MiB per heavy entry, so ten of them exceed the 8 MiB cap;
+        // the giant alone does too.
+        let per = (1 << 20) / 18;
+        let source = FakeSource::with(0);
+        let mut want_paths = Vec::new();
+        {
+            let mut entries = source.entries.lock().unwrap();
+            for seq in 1..=12u64 {
+                let (path, e) = match seq {
+                    6 => ("giant".to_string(), heavy("giant", seq, 10 * per)),
+                    s if s % 2 == 0 => (format!("h{s}"), heavy(&format!("h{s}"), s, per)),
+                    s => (format!("d{s}"), entry(&format!("d{s}"), s)),
+                };
+                if seq != 6 {
+                    want_paths.push(path);
+                }
+                entries.push(e);
+            }
+        }
+        source.head.send_replace(12);
+        let folders = folders_with("f", source);
+        let (mut to_server, server_recv) = duplex(PIPE);
+        let (server_send, mut from_server) = duplex(PIPE);
+        let server = tokio::spawn({
+            let folders = folders.clone();
+            async move { serve_stream(server_recv, server_send, &*folders, peer()).await }
+        });
+        let want = FolderWant {
+            folder: "f".into(),
+            index_id: INDEX_ID,
+            since: 0,
+        };
+        write_msg(&mut to_server, &IndexRequest::Subscribe(want))
+            .await
+            .unwrap();
+        let (mut got, mut marks) = (Vec::new(), Vec::new());
+        loop {
+            let read = read_msg::<_, IndexResponse>(&mut from_server, Limits::default());
+            let reply = tokio::time::timeout(DEADLINE, read).await.unwrap();
+            match reply.unwrap().expect("the stream stays open") {
+                (IndexResponse::Batch { entries, up_to, .. }, _) => {
+                    got.extend(entries.into_iter().map(|e| e.path));
+                    marks.push(up_to);
+                }
+                (IndexResponse::CaughtUp { seq, .. }, _) => {
+                    assert_eq!(seq, 12);
+                    break;
+                }
+                (other, _) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, want_paths, "everything but the giant, in order");
+        assert!(marks.len() > 1, "the batch was split: {marks:?}");
+        assert!(marks.windows(2).all(|w| w[0] < w[1]), "{marks:?}");
+        assert_eq!(marks.last(), Some(&12));
+        assert_eq!(*folders.unsendable.lock().unwrap(), vec!["giant"]);
+        assert!(!server.is_finished(), "the stream is still served");
+        drop(to_server);
+        let end = tokio::time::timeout(DEADLINE, server).await.unwrap();
+        assert_eq!(end.unwrap().unwrap(), Served::Unsubscribed);
     }
 
     #[test]

@@ -39,6 +39,36 @@ impl fmt::Debug for ShortId {
     }
 }
 
+/// Highest version counter accepted from a peer or produced by
+/// [`VersionVector::bump`] (2^62). A node bumps its counter once per local
+/// change, so an honest fleet never gets near it; the headroom up to
+/// `u64::MAX` means no counter arithmetic can wrap.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
+/// Most (node, counter) pairs accepted in one version vector. A vector has
+/// one pair per node that ever changed the path, and a fleet has at most a
+/// few hundred nodes, so only a hostile member reaches this. The cap keeps
+/// one entry (and so an index batch) far below the frame limits.
+///
+/// The rule: validation is the gate. Entries from peers over the cap are
+/// rejected. Local merges are not capped: merging two capped vectors and
+/// bumping can exceed it (only with hostile input), and such an entry is
+/// then rejected by peers in turn, while the index server splits batches
+/// (and skips an entry that cannot fit a frame at all) so a stream never
+/// wedges on it.
+pub const MAX_VECTOR_LEN: usize = 1024;
+
+/// Largest file size accepted from a peer (2^60 bytes, an exbibyte): far
+/// beyond any disk, low enough that sums of a few sizes cannot overflow.
+pub const MAX_FILE_SIZE: u64 = 1 << 60;
+
+/// [`VersionVector::bump`] would take a counter past [`MAX_COUNTER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("version counter of {node} is at its ceiling ({MAX_COUNTER}); cannot record a new change")]
+pub struct CounterOverflow {
+    pub node: ShortId,
+}
+
 /// How two versions relate causally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Causality {
@@ -77,12 +107,20 @@ impl VersionVector {
     }
 
     /// A new local change by `node`: its counter moves past everything this
-    /// vector has seen from it.
-    pub fn bump(&self, node: ShortId) -> Self {
+    /// vector has seen from it. Checked: a counter never wraps (a wrapped
+    /// counter would make the change look older than the one it replaces
+    /// and lose it) and never passes [`MAX_COUNTER`], which peers would
+    /// reject. [`FileEntry::validate`] keeps peers' counters at or below
+    /// [`MAX_COUNTER`], so this fails only for a vector stored before that
+    /// check existed.
+    pub fn bump(&self, node: ShortId) -> Result<Self, CounterOverflow> {
         let mut next = self.clone();
         let c = next.0.entry(node).or_insert(0);
-        *c += 1;
-        next
+        *c = c
+            .checked_add(1)
+            .filter(|n| *n <= MAX_COUNTER)
+            .ok_or(CounterOverflow { node })?;
+        Ok(next)
     }
 
     /// The least vector that dominates-or-equals both.
@@ -258,6 +296,15 @@ impl FileEntry {
         if self.version.is_empty() {
             return bad("empty version vector");
         }
+        if self.version.len() > MAX_VECTOR_LEN {
+            return bad("version vector longer than MAX_VECTOR_LEN");
+        }
+        if self.version.iter().any(|(_, c)| c == 0 || c > MAX_COUNTER) {
+            return bad("version counter zero or above MAX_COUNTER");
+        }
+        if self.size > MAX_FILE_SIZE {
+            return bad("size above MAX_FILE_SIZE");
+        }
         if self.deleted {
             return Ok(());
         }
@@ -320,8 +367,58 @@ mod tests {
         let m = a.merge(&b);
         assert!(matches!(m.compare(&a), Causality::Dominates));
         assert!(matches!(m.compare(&b), Causality::Dominates));
-        assert_eq!(m.bump(ShortId(2)).compare(&m), Causality::Dominates);
-        assert_eq!(m.bump(ShortId(2)).get(ShortId(2)), 2);
+        assert_eq!(m.bump(ShortId(2)).unwrap().compare(&m), Causality::Dominates);
+        assert_eq!(m.bump(ShortId(2)).unwrap().get(ShortId(2)), 2);
+    }
+
+    /// Regression (issue 10, counter overflow): `bump` did `+= 1`, so a
+    /// counter a member had set to `u64::MAX` panicked (debug) or wrapped
+    /// to 0 and lost the change (release).
+    #[test]
+    fn counter_overflow_bump_is_checked() {
+        let me = ShortId(2);
+        assert_eq!(
+            vv(&[(2, u64::MAX)]).bump(me),
+            Err(CounterOverflow { node: me })
+        );
+        assert!(vv(&[(2, MAX_COUNTER)]).bump(me).is_err());
+        let top = vv(&[(2, MAX_COUNTER - 1)]).bump(me).unwrap();
+        assert_eq!(top.get(me), MAX_COUNTER);
+    }
+
+    fn dir(version: VersionVector) -> FileEntry {
+        FileEntry {
+            path: "d".into(),
+            kind: EntryKind::Directory,
+            size: 0,
+            mtime_ns: 1,
+            mode: 0o755,
+            hash: None,
+            symlink_target: None,
+            deleted: false,
+            version,
+            modified_by: ShortId(1),
+            sequence: 1,
+        }
+    }
+
+    /// Regression (issue 10, oversized version vectors / counter overflow):
+    /// only "non-empty" was checked.
+    #[test]
+    fn oversized_vectors_absurd_counters_and_sizes_are_rejected() {
+        let pairs = |n: u64| vv(&(1..=n).map(|i| (i, 1)).collect::<Vec<_>>());
+        assert!(dir(pairs(MAX_VECTOR_LEN as u64)).validate().is_ok());
+        assert!(dir(pairs(MAX_VECTOR_LEN as u64 + 1)).validate().is_err());
+        assert!(dir(vv(&[(1, MAX_COUNTER)])).validate().is_ok());
+        assert!(dir(vv(&[(1, MAX_COUNTER + 1)])).validate().is_err());
+        assert!(dir(vv(&[(1, u64::MAX)])).validate().is_err());
+        let zero = VersionVector(BTreeMap::from([(ShortId(1), 0)]));
+        assert!(dir(zero).validate().is_err(), "a zero counter is empty");
+        let mut big = dir(vv(&[(1, 1)]));
+        big.size = MAX_FILE_SIZE;
+        assert!(big.validate().is_ok());
+        big.size = MAX_FILE_SIZE + 1;
+        assert!(big.validate().is_err());
     }
 
     #[test]

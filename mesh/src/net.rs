@@ -88,6 +88,17 @@ const MAX_OUTBOARD_INLINED: usize = 16 * 1024;
 /// noticed yet, which takes up to [`IDLE_TIMEOUT`], and keeping it would
 /// turn the peer away as a duplicate until then.
 const SIMULTANEOUS_DIAL_WINDOW: Duration = Duration::from_secs(3);
+/// A peer nobody configured that is not connected is forgotten after this
+/// many dials in a row failed (about five minutes at [`BACKOFF_MAX`]): its
+/// record, gate membership and known-lane admission go, and the dial loop
+/// stops dialling it. A real member that comes back dials us (or is told
+/// of again by peer exchange) and is remembered anew. Without this, every
+/// identity a secret holder ever made stayed dialled for good.
+const FORGET_AFTER_FAILED_DIALS: u32 = 30;
+/// Peers nobody configured that we remember at most. Past it, registering
+/// a new one forgets the idle one seen longest ago (live sessions and
+/// configured peers are never evicted).
+pub const MAX_REMEMBERED_PEERS: usize = 1024;
 /// The dial loop looks at its peers at least this often, even when nothing
 /// wakes it.
 const DIAL_TICK: Duration = Duration::from_secs(1);
@@ -205,6 +216,21 @@ pub struct PeerSession {
     pub(crate) conn: Connection,
     pub conn_id: u64,
     pub peer_version: u32,
+    /// Index streams refused on this session (over the per-session cap);
+    /// shown in the peer's status.
+    pub(crate) refused_streams: Arc<AtomicU64>,
+}
+
+impl PeerSession {
+    /// One more index stream of this session refused.
+    pub(crate) fn count_refused_stream(&self) {
+        self.refused_streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Index streams of this peer refused so far.
+    pub(crate) fn refused_streams_before(&self) -> u64 {
+        self.refused_streams.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
@@ -232,6 +258,8 @@ pub struct PeerStatus {
     /// Now while connected; when the last session ended otherwise.
     pub last_seen: Option<SystemTime>,
     pub rtt: Option<Duration>,
+    /// Index streams it opened past the per-session cap, refused.
+    pub refused_streams: u64,
 }
 
 #[derive(Debug)]
@@ -258,6 +286,10 @@ struct PeerRecord {
     next_dial: Instant,
     backoff: Duration,
     last_error: Option<String>,
+    /// Dials in a row that failed (reset by a session).
+    failed_dials: u32,
+    /// Index streams of its sessions refused (over the cap).
+    refused_streams: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -288,7 +320,17 @@ impl PeerRecord {
             next_dial: Instant::now(),
             backoff: BACKOFF_MIN,
             last_error: None,
+            failed_dials: 0,
+            refused_streams: Arc::default(),
         }
+    }
+
+    /// A peer nobody configured, idle, whose dials keep failing: forget it.
+    fn forgettable(&self) -> bool {
+        !self.is_static
+            && self.live.is_none()
+            && !self.dialing
+            && self.failed_dials >= FORGET_AFTER_FAILED_DIALS
     }
 
     /// Remember where the peer can be reached: newest first, no duplicates,
@@ -350,8 +392,27 @@ impl PeerRecord {
         self.last_error = Some(msg);
         self.next_dial = now + jittered(self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.failed_dials = self.failed_dials.saturating_add(1);
         news
     }
+}
+
+/// At [`MAX_REMEMBERED_PEERS`] peers nobody configured, forget the idle
+/// one seen longest ago (never seen counts as oldest) to make room for a
+/// new one; returns it. With none idle (all live or being dialled) nothing
+/// is evicted: live sessions end, and their records become evictable.
+fn make_room(peers: &mut HashMap<EndpointId, PeerRecord>) -> Option<EndpointId> {
+    let learned = peers.values().filter(|r| !r.is_static).count();
+    if learned < MAX_REMEMBERED_PEERS {
+        return None;
+    }
+    let oldest = peers
+        .iter()
+        .filter(|(_, r)| !r.is_static && r.live.is_none() && !r.dialing)
+        .min_by_key(|(_, r)| r.last_seen)
+        .map(|(id, _)| *id)?;
+    peers.remove(&oldest);
+    Some(oldest)
 }
 
 /// A random wait in `[d/2, d]`.
@@ -408,6 +469,9 @@ pub(crate) struct Inner {
     /// Who may run a handshake now (see [`crate::admission`]).
     pub(crate) admission: Admission,
     next_conn_id: AtomicU64,
+    /// Peers forgotten (see [`FORGET_AFTER_FAILED_DIALS`] and
+    /// [`MAX_REMEMBERED_PEERS`]).
+    forgotten_peers: AtomicU64,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Holds blob requests while set (fault injection).
     pub(crate) hang: crate::blobs::HangSwitch,
@@ -463,6 +527,7 @@ impl Mesh {
             admission,
             // Starts at 1 so that no session is ever numbered 0.
             next_conn_id: AtomicU64::new(1),
+            forgotten_peers: AtomicU64::new(0),
             shutdown: tokio::sync::watch::channel(false).0,
             hang,
         });
@@ -489,6 +554,12 @@ impl Mesh {
 
     pub fn short_id(&self) -> ShortId {
         short_id(&self.inner.me)
+    }
+
+    /// Peers forgotten since start: idle ones nobody configured whose dials
+    /// kept failing, or evicted past [`MAX_REMEMBERED_PEERS`].
+    pub fn forgotten_peers(&self) -> u64 {
+        self.inner.forgotten_peers.load(Ordering::Relaxed)
     }
 
     /// The UDP addresses peers can reach us on.
@@ -519,6 +590,7 @@ impl Mesh {
                     .live
                     .as_ref()
                     .and_then(|l| l.conn.paths().iter().map(|p| p.rtt()).min()),
+                refused_streams: r.refused_streams.load(Ordering::Relaxed),
             })
             .collect();
         out.sort_by_key(|p| p.id);
@@ -772,8 +844,14 @@ impl Inner {
     fn register(&self, peer: EndpointId, conn: &Connection, admitted: &Admitted) -> Option<u64> {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let mut peers = self.peers.lock().expect("peers lock");
+        if !peers.contains_key(&peer) {
+            if let Some(evicted) = make_room(&mut peers) {
+                self.forgotten(evicted, "to make room for a new peer");
+            }
+        }
         let rec = peers.entry(peer).or_insert_with(|| PeerRecord::new(false));
         learn_addrs(rec, conn, admitted);
+        rec.failed_dials = 0;
         if !rec.proven {
             rec.proven = true;
             self.members_changed.send_modify(|n| *n += 1);
@@ -843,6 +921,7 @@ impl Inner {
             conn: conn.clone(),
             conn_id,
             peer_version: admitted.peer_version,
+            refused_streams: self.refused_streams_of(peer),
         };
         if self.events.send(MeshEvent::Up(session)).await.is_err() {
             return;
@@ -868,6 +947,12 @@ impl Inner {
 
     async fn dial(self: Arc<Self>, peer: EndpointId) {
         let res = self.clone().try_dial(peer).await;
+        self.dial_done(peer, res);
+    }
+
+    /// After a dial: back off on failure, and forget a peer nobody
+    /// configured once its dials kept failing.
+    fn dial_done(&self, peer: EndpointId, res: Result<(), DialError>) {
         let mut peers = self.peers.lock().expect("peers lock");
         let Some(rec) = peers.get_mut(&peer) else {
             return;
@@ -885,7 +970,34 @@ impl Inner {
             } else {
                 debug!(peer = %peer.fmt_short(), "cannot connect: {msg}");
             }
+            if rec.forgettable() {
+                peers.remove(&peer);
+                self.forgotten(peer, "after failing to connect too often");
+            }
         }
+    }
+
+    /// `peer`'s record is gone: it also loses its gate membership and its
+    /// known-lane admission (unless configured in the allowlist), and is
+    /// no longer passed on. Counted for status.
+    fn forgotten(&self, peer: EndpointId, why: &str) {
+        self.gate.revoke(&peer);
+        if !self.gate.listed(&peer) {
+            self.admission.forget(&peer);
+        }
+        self.members_changed.send_modify(|n| *n += 1);
+        self.forgotten_peers.fetch_add(1, Ordering::Relaxed);
+        info!(peer = %peer.fmt_short(), "forgot peer {why}");
+    }
+
+    /// The refused-streams counter of `peer`'s record (a fresh one if the
+    /// record is gone meanwhile).
+    fn refused_streams_of(&self, peer: EndpointId) -> Arc<AtomicU64> {
+        let peers = self.peers.lock().expect("peers lock");
+        peers
+            .get(&peer)
+            .map(|r| r.refused_streams.clone())
+            .unwrap_or_default()
     }
 
     /// Connect to `peer` and prove membership both ways; on success the
@@ -1665,5 +1777,68 @@ mod tests {
         // Only members proven to us are passed on: hearsay is not.
         assert!(mesh.inner.known_members().is_empty());
         mesh.shutdown().await;
+    }
+
+    fn remembered(last_seen_secs: u64) -> PeerRecord {
+        let mut rec = PeerRecord::new(false);
+        rec.proven = true;
+        rec.last_seen = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(last_seen_secs));
+        rec
+    }
+
+    /// Issue 10 (unbounded growth): every identity a secret holder made
+    /// stayed a member and was dialled for good.
+    #[tokio::test]
+    async fn fake_identities_unreachable_peers_are_forgotten_after_failed_dials() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = lone_mesh(dir.path()).await;
+        let inner = &mesh.inner;
+        let (fake, configured) = (id(), id());
+        {
+            let mut peers = inner.peers.lock().unwrap();
+            peers.insert(fake, remembered(1));
+            let mut rec = PeerRecord::new(true);
+            rec.add_addr(addr("10.0.0.2:7300"));
+            peers.insert(configured, rec);
+        }
+        for id in [fake, configured] {
+            inner.gate.admit(id);
+            inner.admission.remember(id);
+        }
+        for i in 0..FORGET_AFTER_FAILED_DIALS {
+            assert_eq!(mesh.peer_status().len(), 2, "still known after {i} failures");
+            inner.dial_done(fake, Err(DialError::NoAddress));
+            inner.dial_done(configured, Err(DialError::NoAddress));
+        }
+        let st = mesh.peer_status();
+        assert_eq!(st.len(), 1, "{st:?}");
+        assert_eq!(st[0].id, configured, "a configured peer is never forgotten");
+        assert!(!inner.gate.is_member(&fake));
+        assert!(!inner.admission.is_known(&fake));
+        assert!(inner.admission.is_known(&configured));
+        assert_eq!(mesh.forgotten_peers(), 1);
+        mesh.shutdown().await;
+    }
+
+    #[test]
+    fn fake_identities_remembered_peers_are_capped_evicting_the_idle_one_seen_longest_ago() {
+        let mut peers = HashMap::new();
+        let configured = id();
+        peers.insert(configured, PeerRecord::new(true));
+        let ids: Vec<EndpointId> = (0..MAX_REMEMBERED_PEERS - 1).map(|_| id()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            peers.insert(*id, remembered(100 + i as u64));
+        }
+        assert_eq!(make_room(&mut peers), None, "under the cap");
+        let oldest = id();
+        peers.insert(oldest, remembered(1));
+        let mut busy = remembered(0);
+        busy.dialing = true;
+        peers.insert(id(), busy);
+        // Now over the cap: the idle peer seen longest ago goes, not the
+        // one being dialled nor the configured one.
+        assert_eq!(make_room(&mut peers), Some(oldest));
+        assert_eq!(make_room(&mut peers), Some(ids[0]));
+        assert!(peers.contains_key(&configured));
     }
 }

@@ -123,6 +123,7 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
         "Peers this node knows of.",
         vec![(String::new(), st.peers.len() as f64)],
     );
+
     let per = |f: &dyn Fn(&fleetsync_actors::status::FolderInfo) -> f64| {
         st.folders
             .iter()
@@ -185,7 +186,32 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
         per(&|f| f.transfers.len() as f64),
     );
     actor_metrics(&mut out, &st);
+    growth_metrics(&mut out, &st);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// What bounds the mesh keeps against a member making up identities or
+/// opening streams without end (issue 10).
+fn growth_metrics(out: &mut String, st: &NodeStatus) {
+    let _ = writeln!(
+        out,
+        "# HELP fleetsync_peers_forgotten_total Peers forgotten: unconfigured and unreachable, or evicted past the cap.\n\
+         # TYPE fleetsync_peers_forgotten_total counter\n\
+         fleetsync_peers_forgotten_total {}",
+        st.peers_forgotten
+    );
+    let _ = writeln!(
+        out,
+        "# HELP fleetsync_peer_refused_streams_total Index streams a peer opened past the per-session cap, refused.\n\
+         # TYPE fleetsync_peer_refused_streams_total counter"
+    );
+    for p in &st.peers {
+        let _ = writeln!(
+            out,
+            "fleetsync_peer_refused_streams_total{{peer=\"{}\"}} {}",
+            p.short_id, p.refused_streams
+        );
+    }
 }
 
 /// Per actor: restarts (a counter), health, and how long ago its work

@@ -228,7 +228,7 @@ async fn a_metadata_only_change_fetches_nothing() {
     let fx = fixture();
     let mine = fx.local_file("run.sh", b"#!/bin/sh\n");
     let mut target = mine.clone();
-    target.version = target.version.bump(ShortId(PEER_SHORT));
+    target.version = target.version.bump(ShortId(PEER_SHORT)).unwrap();
     target.mode = 0o755;
     let applied = fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
     assert_eq!(mode_of(&fx.root().join("run.sh")), 0o755);
@@ -490,7 +490,7 @@ async fn the_hasher_stays_off_a_path_until_its_applied_record_is_gone() {
     let fx = fixture();
     let mine = fx.local_file("run.sh", b"echo");
     let mut target = mine.clone();
-    target.version = target.version.bump(ShortId(PEER_SHORT));
+    target.version = target.version.bump(ShortId(PEER_SHORT)).unwrap();
     target.mode = 0o755;
     let applied = fx.apply(job(&fx.folder, target, fx.peer)).await.unwrap();
     assert!(fx.folder.is_applying("run.sh"), "metadata-only apply");

@@ -163,7 +163,7 @@ async fn a_new_file_is_committed_with_a_bumped_vector_and_a_refs_link() {
     assert!(out.deferred.is_empty() && out.failed.is_empty());
     let r = record(&folder, "a.txt").expect("recorded");
     assert_eq!(r.entry.kind, EntryKind::File);
-    assert_eq!(r.entry.version, VersionVector::new().bump(ME));
+    assert_eq!(r.entry.version, VersionVector::new().bump(ME).unwrap());
     assert_eq!(r.entry.hash, Some(*Hash::new(b"hello").as_bytes()));
     assert_eq!(r.entry.size, 5);
     assert!(content.in_store(&Hash::new(b"hello")));

@@ -13,7 +13,9 @@
 //!   duplicate and released).
 //! - Then the pending rows that needed nothing (`Commit::resolved`).
 
-use fleetsync_mesh::model::{Causality, EntryKind, FileEntry, ShortId, VersionVector};
+use fleetsync_mesh::model::{
+    Causality, CounterOverflow, EntryKind, FileEntry, ShortId, VersionVector,
+};
 
 use super::{
     now_ns, tables::Tables, Commit, Committed, Index, IndexError, Item, Local, Observed, Released,
@@ -102,7 +104,17 @@ impl Resolver<'_> {
             self.release_duplicate(seen.link());
             return Ok(());
         }
-        let candidate = local_entry(path, cur.as_ref(), seen, self.local);
+        let candidate = match local_entry(path, cur.as_ref(), seen, self.local) {
+            Ok(candidate) => candidate,
+            Err(e) => {
+                // Only a vector stored before validation capped counters
+                // gets here: refuse loudly rather than wrap and lose the
+                // change; the rest of the commit goes on.
+                tracing::error!(folder = %self.t.folder(), path, "local change not recorded: {e}");
+                self.release_duplicate(seen.link());
+                return Ok(());
+            }
+        };
         let (rec, note, via) = match self.adoptable(path, cur.as_ref(), &candidate)? {
             Some(adopted) => {
                 self.t.remove_pending(path, &adopted.peer)?;
@@ -315,12 +327,17 @@ fn local_record(entry: FileEntry, seen: &Observed, l: Local) -> (Record, String)
 
 /// The entry a local observation produces, on top of `cur`: the version
 /// bumped for us, except in a receive-only folder (never announced).
-fn local_entry(path: &str, cur: Option<&Record>, seen: &Observed, l: Local) -> FileEntry {
+fn local_entry(
+    path: &str,
+    cur: Option<&Record>,
+    seen: &Observed,
+    l: Local,
+) -> std::result::Result<FileEntry, CounterOverflow> {
     let base = cur.map(|r| r.entry.version.clone()).unwrap_or_default();
     let version = if l.receive_only {
         base
     } else {
-        base.bump(l.me)
+        base.bump(l.me)?
     };
     let mut e = FileEntry {
         path: path.to_string(),
@@ -355,5 +372,5 @@ fn local_entry(path: &str, cur: Option<&Record>, seen: &Observed, l: Local) -> F
             e.hash = Some(*hash);
         }
     }
-    e
+    Ok(e)
 }

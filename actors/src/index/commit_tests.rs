@@ -63,7 +63,7 @@ fn observations_bump_skip_or_adopt_inside_the_transaction() {
     // A peer's newer entry is pending and the disk now shows exactly it
     // (our receiver wrote it): adopt it, don't mint a local version.
     let mut remote = file("a", 2, &[(9 << 56, 1)]);
-    remote.version = a.entry.version.bump(ShortId(9 << 56));
+    remote.version = a.entry.version.bump(ShortId(9 << 56)).unwrap();
     ingest(&idx, &PEER, 1, std::slice::from_ref(&remote));
     commit(&idx, vec![observed("a", seen_file(10, 2, 2, None))]);
     let a2 = current(&idx, "a");

@@ -93,6 +93,11 @@ pub(super) struct Tables<'t> {
 }
 
 impl<'t> Tables<'t> {
+    /// The folder these tables belong to (for log lines).
+    pub(super) fn folder(&self) -> &str {
+        self.folder
+    }
+
     /// Fails with [`IndexError::FolderNotInitialised`] for a folder
     /// [`super::Index::ensure_folder`] never created.
     pub(super) fn open(tx: &'t WriteTransaction, folder: &'t str) -> Result<Self> {
@@ -356,7 +361,7 @@ mod tests {
         let mut max = file("b", 2, &[(1, 1)]);
         max.size = u64::MAX;
         assert_eq!(put(&idx, vec![max]).meta.bytes, u64::MAX);
-        huge.version = huge.version.bump(ShortId(1));
+        huge.version = huge.version.bump(ShortId(1)).unwrap();
         huge.size = 1;
         let m = put(&idx, vec![huge]).meta;
         assert_eq!((m.files, m.bytes), (2, u64::MAX - (1 << 63) + 1));

@@ -145,7 +145,7 @@ async fn a_big_file_whose_peer_hangs_holds_back_nothing_else_and_lands_once_anot
     (dir.kind, dir.size, dir.hash) = (EntryKind::Directory, 0, None);
     let mut tombstone = gone.clone();
     tombstone.deleted = true;
-    tombstone.version = gone.version.bump(ShortId(1 << 56));
+    tombstone.version = gone.version.bump(ShortId(1 << 56)).unwrap();
     let batch = vec![dir, file("d/small", b"small"), tombstone];
     receiver
         .send(ingest(peer, 2, batch))

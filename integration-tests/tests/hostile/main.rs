@@ -6,3 +6,4 @@
 
 mod growth;
 mod space;
+mod wire;

@@ -90,7 +90,7 @@ fn record(e: FileEntry) -> Record {
 fn rows_of_several_peers_for_one_path_fold_into_one_job() {
     let v1 = entry("a", EntryKind::File, Some(b"v1"), P1, 1);
     let mut v2 = entry("a", EntryKind::File, Some(b"v2"), P1, 2);
-    v2.version = v1.version.bump(ShortId(P2));
+    v2.version = v1.version.bump(ShortId(P2)).unwrap();
     let plan = plan(
         by_path(vec![pending(1, v1), pending(2, v2.clone())]),
         &HashMap::new(),
@@ -106,7 +106,7 @@ fn rows_of_several_peers_for_one_path_fold_into_one_job() {
 fn a_row_older_than_our_record_is_kept_not_applied() {
     let theirs = entry("a", EntryKind::File, Some(b"old"), P1, 1);
     let mut ours = theirs.clone();
-    ours.version = ours.version.bump(ME);
+    ours.version = ours.version.bump(ME).unwrap();
     let locals = HashMap::from([("a".to_string(), record(ours))]);
     let plan = plan(by_path(vec![pending(1, theirs)]), &locals);
     assert_eq!(plan.keep, vec![("a".to_string(), [1; 32])]);
@@ -252,7 +252,7 @@ async fn a_round_applies_every_kind_and_resolves_every_row() {
     let old = fx.local_file("x", b"to be deleted");
     let mut gone = old.clone();
     gone.deleted = true;
-    gone.version = old.version.bump(ShortId(P1));
+    gone.version = old.version.bump(ShortId(P1)).unwrap();
     let big = vec![5u8; (BATCH_FILE_MAX + 10) as usize];
     fx.fake.serve(fx.peer, b"small");
     fx.fake.serve(fx.peer, &big);
@@ -321,7 +321,7 @@ async fn a_local_edit_racing_the_round_goes_to_the_watcher_and_waits() {
     let mine = fx.local_file("a", b"mine");
     std::fs::write(fx.root().join("a"), b"mine, edited, not indexed").unwrap();
     let mut theirs = file("a", b"theirs");
-    theirs.version = mine.version.bump(ShortId(P1));
+    theirs.version = mine.version.bump(ShortId(P1)).unwrap();
     fx.fake.serve(fx.peer, b"theirs");
     fx.ingest(&[theirs]);
     let report = fx.round(HashSet::new()).await;
