@@ -800,6 +800,7 @@ fn folder_cap(
                 ),
             )
         })
+}
 
 /// A folder's `min_free` and `umask`.
 fn space(ctx: &Ctx, f: &LayeredFolder) -> Result<(MinFree, Umask), ConfigError> {

@@ -315,6 +315,7 @@ fn kill9_an_applied_create_keeps_the_newer_pending_delete_that_replaced_its_row(
             record: rec(created),
             note: "applied".into(),
             resolves: vec![("x".into(), PEER)],
+            from: PEER,
         }],
         resolved: vec![],
     };
@@ -328,6 +329,7 @@ fn kill9_an_applied_create_keeps_the_newer_pending_delete_that_replaced_its_row(
             record: rec(left[0].entry.clone()),
             note: "deleted".into(),
             resolves: vec![("x".into(), PEER)],
+            from: PEER,
         }],
         resolved: vec![],
     };

@@ -400,7 +400,7 @@ mod tests {
             2
         );
         let mut newer = dirs(1..=1);
-        newer[0].version = newer[0].version.bump(ShortId(2));
+        newer[0].version = newer[0].version.bump(ShortId(2)).unwrap();
         newer[0].sequence = 3;
         let got = ingest_capped(&idx, &PEER, 3, &newer, limits);
         assert_eq!((got.stored, got.deferred), (1, 0));
