@@ -159,7 +159,8 @@ impl Sink {
             Full::Files { held } => {
                 let msg = format!(
                     "folder full: it holds {held} paths (max_files {}, deletions included: they \
-                     are remembered); new paths from peers wait until max_files is raised and fleetsync restarted",
+                     are remembered); new paths from peers wait until max_files is raised and \
+                     fleetsync restarted",
                     self.folder.cfg.max_files
                 );
                 warn!(folder, %peer, "{msg}");
