@@ -118,6 +118,8 @@ pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
     "POLL_INTERVAL",
     "MIN_FREE",
     "UMASK",
+    "MAX_PENDING",
+    "MAX_FILES",
 ];
 
 const ENV_DATA_DIR: &str = "FLEETSYNC_DATA_DIR";
@@ -372,6 +374,12 @@ impl Layered {
                     "WATCH" => folder.watch = v,
                     "MIN_FREE" => folder.min_free = v,
                     "UMASK" => folder.umask = v,
+                    "MAX_PENDING" => {
+                        folder.max_pending = Some(Sourced::env(parse_env_int(name, &value)?, name))
+                    }
+                    "MAX_FILES" => {
+                        folder.max_files = Some(Sourced::env(parse_env_int(name, &value)?, name))
+                    }
                     _ => folder.poll_interval = v,
                 }
                 Ok(())

@@ -1438,6 +1438,10 @@ fn env_folder_override() {
         ("FLEETSYNC_FOLDER_SHARED_MODE", "send-only"),
         ("FLEETSYNC_FOLDER_SHARED_PATH", "/srv/elsewhere"),
         ("FLEETSYNC_FOLDER_SHARED_RESCAN", "5m"),
+        ("FLEETSYNC_FOLDER_SHARED_MAX_PENDING", "500"),
+        ("FLEETSYNC_FOLDER_SHARED_MAX_FILES", "2000"),
+        ("FLEETSYNC_FOLDER_SHARED_UMASK", "077"),
+        ("FLEETSYNC_FOLDER_SHARED_MIN_FREE", "10%"),
     ];
     let c = try_parse_full(&file, &vars, &Overrides::default()).unwrap();
     let logs = c.folder("shared-logs").unwrap();
@@ -1450,6 +1454,26 @@ fn env_folder_override() {
     assert_eq!(shared.path, Path::new("/srv/elsewhere"));
     assert_eq!(shared.rescan, Duration::from_secs(300));
     assert_eq!(shared.settle, Duration::from_millis(200));
+    assert_eq!((shared.max_pending, shared.max_files), (500, 2000));
+    assert_eq!(shared.umask, crate::Umask::parse("077").unwrap());
+    assert_eq!(shared.min_free, crate::MinFree::parse("10%").unwrap());
+    assert_eq!(logs.max_pending, crate::DEFAULT_MAX_PENDING);
+}
+
+#[test]
+fn env_folder_cap_that_is_not_a_number_names_the_variable() {
+    let file = format!("{}{}", with_secret(""), folder_toml("docs", "/srv/docs"));
+    let e = err_full(
+        &file,
+        &[("FLEETSYNC_FOLDER_DOCS_MAX_FILES", "lots")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_FOLDER_DOCS_MAX_FILES",
+        "digits only",
+    );
 }
 
 #[test]

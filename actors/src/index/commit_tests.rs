@@ -321,7 +321,11 @@ fn kill9_an_applied_create_keeps_the_newer_pending_delete_that_replaced_its_row(
     };
     assert_eq!(idx.commit("f", c, ME).unwrap().written, 1);
     let left = idx.pending_for("f", "x").unwrap();
-    assert_eq!(left.len(), 1, "the newer row was resolved with the older one");
+    assert_eq!(
+        left.len(),
+        1,
+        "the newer row was resolved with the older one"
+    );
     assert!(left[0].entry.deleted);
     // The row the record answers is still resolved as before.
     let c = Commit {
