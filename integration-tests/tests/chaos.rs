@@ -336,22 +336,30 @@ fn kill9_at_random_points_during_a_stream_leaves_only_complete_files_and_converg
 fn converge_on(c: &Cluster, model: &BTreeMap<String, Item>, seed: u64) {
     let mut diff = String::new();
     let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_until(DEADLINE, "all nodes to hold the writer's final state", || {
-            diff.clear();
-            for n in &c.nodes {
-                let t = tree(&n.path(""));
-                if &t != model {
-                    diff = describe_diff(&n.name, &t, model);
-                    return false;
+        wait_until(
+            DEADLINE,
+            "all nodes to hold the writer's final state",
+            || {
+                diff.clear();
+                for n in &c.nodes {
+                    let t = tree(&n.path(""));
+                    if &t != model {
+                        diff = describe_diff(&n.name, &t, model);
+                        return false;
+                    }
                 }
-            }
-            true
-        })
+                true
+            },
+        )
     }));
     assert!(ok.is_ok(), "seed {seed}: no convergence: {diff}");
 }
 
-fn describe_diff(name: &str, got: &BTreeMap<String, Item>, want: &BTreeMap<String, Item>) -> String {
+fn describe_diff(
+    name: &str,
+    got: &BTreeMap<String, Item>,
+    want: &BTreeMap<String, Item>,
+) -> String {
     let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
     let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
     let differ: Vec<_> = want
@@ -441,12 +449,16 @@ fn conflict_copies(node: &Node, stem: &str) -> Vec<String> {
 /// file is placed a moment before its record is committed).
 fn recorded_at(node: &Node, rel: &str) -> SystemTime {
     let mut ns = None;
-    wait_until(DEADLINE, &format!("{}'s record of {rel}", node.name), || {
-        ns = history(node, rel)
-            .last()
-            .and_then(|r| r["recorded_ns"].as_i64());
-        ns.is_some()
-    });
+    wait_until(
+        DEADLINE,
+        &format!("{}'s record of {rel}", node.name),
+        || {
+            ns = history(node, rel)
+                .last()
+                .and_then(|r| r["recorded_ns"].as_i64());
+            ns.is_some()
+        },
+    );
     let ns = ns.unwrap();
     SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
 }
@@ -488,7 +500,12 @@ fn causal_edit_beats_a_newer_mtime(c: &Cluster) {
     );
     assert!(offset_from_now(recorded_at(a, "plan.txt")).abs() < 3600);
     // a has seen b's version; its edit is causally later, mtime a day older.
-    edit(a, "plan.txt", "a's later edit, by the right clock", Duration::ZERO);
+    edit(
+        a,
+        "plan.txt",
+        "a's later edit, by the right clock",
+        Duration::ZERO,
+    );
     let want = Some("a's later edit, by the right clock".to_string());
     wait_until(DEADLINE, "a's causally later edit on every node", || {
         c.nodes.iter().all(|n| read(n, "plan.txt") == want)
@@ -514,24 +531,38 @@ fn concurrent_edits_leave_one_conflict_copy(c: &mut Cluster) {
     let seq = |n: &Node| n.folder_status("shared").and_then(|f| f["seq"].as_u64());
     let before = seq(&c.nodes[0]);
     edit(&c.nodes[0], "both.txt", "a's edit", Duration::ZERO);
-    wait_until(DEADLINE, "a to index its edit", || seq(&c.nodes[0]) > before);
+    wait_until(DEADLINE, "a to index its edit", || {
+        seq(&c.nodes[0]) > before
+    });
     edit(&c.nodes[1], "both.txt", "b's edit, a day ahead", DAY);
     c.nodes[1].start();
     c.wait_connected();
     // Concurrent: the newer mtime (b's) wins; a's edit is kept as a copy.
     let want = Some("b's edit, a day ahead".to_string());
-    wait_until(DEADLINE, "b's edit and one conflict copy everywhere", || {
-        c.nodes
-            .iter()
-            .all(|n| read(n, "both.txt") == want && conflict_copies(n, "both").len() == 1)
-    });
+    wait_until(
+        DEADLINE,
+        "b's edit and one conflict copy everywhere",
+        || {
+            c.nodes
+                .iter()
+                .all(|n| read(n, "both.txt") == want && conflict_copies(n, "both").len() == 1)
+        },
+    );
     c.wait_converged("after the partition");
     let copies = conflict_copies(&c.nodes[0], "both");
     let a_short = c.nodes[0].id_hex()[..10].to_string();
-    assert!(copies[0].ends_with(&format!("-{a_short}.txt")), "{copies:?}");
+    assert!(
+        copies[0].ends_with(&format!("-{a_short}.txt")),
+        "{copies:?}"
+    );
     for n in &c.nodes {
         assert_eq!(conflict_copies(n, "both"), copies, "{}", n.name);
-        assert_eq!(read(n, &copies[0]).as_deref(), Some("a's edit"), "{}", n.name);
+        assert_eq!(
+            read(n, &copies[0]).as_deref(),
+            Some("a's edit"),
+            "{}",
+            n.name
+        );
         assert_eq!(read(n, "both.txt"), want, "{}", n.name);
     }
 }

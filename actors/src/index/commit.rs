@@ -173,7 +173,12 @@ impl Resolver<'_> {
     /// for a path when a newer entry arrives (a delete after the create
     /// being fetched, say), and that newer row must stay for the next
     /// round, not vanish with the older one.
-    fn resolve_covered(&mut self, path: &str, peer: &[u8; 32], applied: &VersionVector) -> Result<()> {
+    fn resolve_covered(
+        &mut self,
+        path: &str,
+        peer: &[u8; 32],
+        applied: &VersionVector,
+    ) -> Result<()> {
         let newer = self.t.pending_row(path, peer)?.is_some_and(|row| {
             matches!(
                 row.version.compare(applied),

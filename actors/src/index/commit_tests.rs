@@ -304,7 +304,7 @@ fn a_replaced_writer_commits_nothing() {
 fn kill9_an_applied_create_keeps_the_newer_pending_delete_that_replaced_its_row() {
     let (_d, idx) = open();
     let created = file("x", 1, &[(2, 1)]);
-    ingest(&idx, &PEER, 1, &[created.clone()]);
+    ingest(&idx, &PEER, 1, std::slice::from_ref(&created));
     let mut deleted = file("x", 1, &[(2, 2)]);
     deleted.deleted = true;
     ingest(&idx, &PEER, 2, &[deleted]);
@@ -318,7 +318,11 @@ fn kill9_an_applied_create_keeps_the_newer_pending_delete_that_replaced_its_row(
     };
     assert_eq!(idx.commit("f", c, ME).unwrap().written, 1);
     let left = idx.pending_for("f", "x").unwrap();
-    assert_eq!(left.len(), 1, "the newer row was resolved with the older one");
+    assert_eq!(
+        left.len(),
+        1,
+        "the newer row was resolved with the older one"
+    );
     assert!(left[0].entry.deleted);
     // The row the record answers is still resolved as before.
     let c = Commit {

@@ -293,7 +293,11 @@ async fn commit_with_retries(
     health: &Arc<Health>,
     commit: Commit,
 ) -> Result<Option<Committed>, RoundError> {
-    if commit.items.iter().any(|i| matches!(i, Item::Applied { .. })) {
+    if commit
+        .items
+        .iter()
+        .any(|i| matches!(i, Item::Applied { .. }))
+    {
         // What the store recorded for this content (fetched, exported to
         // `refs/`, imported) is made durable before the index points at
         // it: a crash in between would leave an entry this node can never
