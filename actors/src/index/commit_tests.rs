@@ -306,7 +306,7 @@ fn a_replaced_writer_commits_nothing() {
 fn kill9_an_applied_create_keeps_the_newer_pending_delete_that_replaced_its_row() {
     let (_d, idx) = open();
     let created = file("x", 1, &[(2, 1)]);
-    ingest(&idx, &PEER, 1, &[created.clone()]);
+    ingest(&idx, &PEER, 1, std::slice::from_ref(&created));
     let mut deleted = file("x", 1, &[(2, 2)]);
     deleted.deleted = true;
     ingest(&idx, &PEER, 2, &[deleted]);
