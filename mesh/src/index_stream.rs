@@ -1210,9 +1210,8 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let version = VersionVector::from_pairs(
-            (0..pairs).map(|_| (ShortId(next()), next() >> 2 | 1)),
-        );
+        let version =
+            VersionVector::from_pairs((0..pairs).map(|_| (ShortId(next()), next() >> 2 | 1)));
         FileEntry {
             version,
             ..entry(path, seq)

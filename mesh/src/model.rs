@@ -367,7 +367,10 @@ mod tests {
         let m = a.merge(&b);
         assert!(matches!(m.compare(&a), Causality::Dominates));
         assert!(matches!(m.compare(&b), Causality::Dominates));
-        assert_eq!(m.bump(ShortId(2)).unwrap().compare(&m), Causality::Dominates);
+        assert_eq!(
+            m.bump(ShortId(2)).unwrap().compare(&m),
+            Causality::Dominates
+        );
         assert_eq!(m.bump(ShortId(2)).unwrap().get(ShortId(2)), 2);
     }
 

@@ -1806,7 +1806,11 @@ mod tests {
             inner.admission.remember(id);
         }
         for i in 0..FORGET_AFTER_FAILED_DIALS {
-            assert_eq!(mesh.peer_status().len(), 2, "still known after {i} failures");
+            assert_eq!(
+                mesh.peer_status().len(),
+                2,
+                "still known after {i} failures"
+            );
             inner.dial_done(fake, Err(DialError::NoAddress));
             inner.dial_done(configured, Err(DialError::NoAddress));
         }

@@ -115,17 +115,28 @@ fn framed(payload: &[u8], zstd: bool) -> Vec<u8> {
     out
 }
 
+/// Decodes bytes as one message type under limits; returns the peak
+/// allocation.
+type Decoder = fn(&[u8], Limits) -> usize;
+
 fn check_all_messages(bytes: &[u8]) {
-    let cases: [(&str, Limits, fn(&[u8], Limits) -> usize); 4] = [
+    let cases: [(&str, Limits, Decoder); 4] = [
         ("IndexRequest", REQUEST_LIMITS, decode_all::<IndexRequest>),
-        ("IndexResponse", Limits::default(), decode_all::<IndexResponse>),
+        (
+            "IndexResponse",
+            Limits::default(),
+            decode_all::<IndexResponse>,
+        ),
         ("Handshake", HANDSHAKE_LIMITS, decode_all::<Handshake>),
         ("Control", CONTROL_LIMITS, decode_all::<Control>),
     ];
     for (name, limits, decode) in cases {
         let peak = decode(bytes, limits);
         let most = budget(limits, bytes.len());
-        assert!(peak <= most, "{name}: {peak} bytes allocated, budget {most}");
+        assert!(
+            peak <= most,
+            "{name}: {peak} bytes allocated, budget {most}"
+        );
     }
 }
 
@@ -267,7 +278,13 @@ fn file_entry() -> impl Strategy<Value = FileEntry> {
         any::<u64>()
     ];
     (
-        ("[a-z./\\\\\u{0}-\u{1f}]{0,12}", kind, size, any::<i64>(), any::<u32>()),
+        (
+            "[a-z./\\\\\u{0}-\u{1f}]{0,12}",
+            kind,
+            size,
+            any::<i64>(),
+            any::<u32>(),
+        ),
         (
             proptest::option::of(any::<[u8; 32]>()),
             proptest::option::of(".{0,8}"),

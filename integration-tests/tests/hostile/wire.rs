@@ -31,7 +31,8 @@ fn oversized(n: usize, pairs: usize) -> Vec<FileEntry> {
     (0..n)
         .map(|i| {
             let mut e = dir_entry(&format!("vv-{i}"), ShortId(1));
-            e.version = VersionVector::from_pairs((0..pairs).map(|_| (ShortId(next()), next() >> 40 | 1)));
+            e.version =
+                VersionVector::from_pairs((0..pairs).map(|_| (ShortId(next()), next() >> 40 | 1)));
             e
         })
         .collect()
@@ -78,9 +79,16 @@ fn oversized_version_vectors_and_counter_overflow_are_rejected_and_sync_goes_on(
     assert!(st["rejected"].as_u64().unwrap() >= 101, "{st}");
     let log = a.log();
     for needle in ["longer than MAX_VECTOR_LEN", "above MAX_COUNTER"] {
-        assert!(log.contains(needle), "log lacks {needle:?}:\n{}", a.log_tail(60));
+        assert!(
+            log.contains(needle),
+            "log lacks {needle:?}:\n{}",
+            a.log_tail(60)
+        );
     }
-    assert!(a.path("victim.txt").exists(), "the hostile tombstone was applied");
+    assert!(
+        a.path("victim.txt").exists(),
+        "the hostile tombstone was applied"
+    );
 
     // Still syncing both ways with the honest peer.
     fs::write(b.path("from-b.txt"), "b").unwrap();
@@ -128,7 +136,9 @@ fn subscribe_streams_per_session_are_capped_and_counted() {
                 since: 0,
             };
             // A refused stream may already be stopped: that is the point.
-            write_msg(&mut send, &IndexRequest::Subscribe(want)).await.ok();
+            write_msg(&mut send, &IndexRequest::Subscribe(want))
+                .await
+                .ok();
             held.push((send, recv));
         }
         held
@@ -137,7 +147,8 @@ fn subscribe_streams_per_session_are_capped_and_counted() {
         refused_streams(a, &member) >= extra as u64
     });
     assert!(
-        a.log().contains("index streams at once; refusing the extras"),
+        a.log()
+            .contains("index streams at once; refusing the extras"),
         "{}",
         a.log_tail(40)
     );
