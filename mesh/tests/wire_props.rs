@@ -115,8 +115,12 @@ fn framed(payload: &[u8], zstd: bool) -> Vec<u8> {
     out
 }
 
+/// Decodes bytes as one message type under limits; returns the peak
+/// allocation.
+type Decoder = fn(&[u8], Limits) -> usize;
+
 fn check_all_messages(bytes: &[u8]) {
-    let cases: [(&str, Limits, fn(&[u8], Limits) -> usize); 4] = [
+    let cases: [(&str, Limits, Decoder); 4] = [
         ("IndexRequest", REQUEST_LIMITS, decode_all::<IndexRequest>),
         (
             "IndexResponse",
