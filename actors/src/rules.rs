@@ -347,8 +347,14 @@ mod tests {
         // Every node that adopts the directory loses the file to it and
         // keeps it under the same name the settling node gave it.
         let copy = kept_copy(&file, None, ShortId(1));
-        assert_eq!(copy.path, conflict_name("d", file.mtime_ns, file.modified_by));
-        assert_eq!((copy.hash, copy.version.clone()), (file.hash, vv(&[(1, 1)])));
+        assert_eq!(
+            copy.path,
+            conflict_name("d", file.mtime_ns, file.modified_by)
+        );
+        assert_eq!(
+            (copy.hash, copy.version.clone()),
+            (file.hash, vv(&[(1, 1)]))
+        );
         // Nodes that adopt the directory replace the file (the directory
         // is its causal successor); the copy reaches them as an entry.
         assert!(matches!(
@@ -368,12 +374,27 @@ mod tests {
     enum Op {
         /// Write a file (parents become directories, like `mkdir -p`; a
         /// directory there is removed first, like `rm -r`).
-        Edit { node: usize, path: usize, mtime: i64 },
+        Edit {
+            node: usize,
+            path: usize,
+            mtime: i64,
+        },
         /// Make a directory (a file there is removed first).
-        Mkdir { node: usize, path: usize, mtime: i64 },
+        Mkdir {
+            node: usize,
+            path: usize,
+            mtime: i64,
+        },
         /// `rm -r`.
-        Delete { node: usize, path: usize, mtime: i64 },
-        Sync { from: usize, to: usize },
+        Delete {
+            node: usize,
+            path: usize,
+            mtime: i64,
+        },
+        Sync {
+            from: usize,
+            to: usize,
+        },
     }
 
     fn op(nodes: usize, paths: usize) -> impl Strategy<Value = Op> {
@@ -428,7 +449,10 @@ mod tests {
             if deleted && prev.is_none_or(|e| e.deleted) {
                 return;
             }
-            let version = prev.map(|e| e.version.clone()).unwrap_or_default().bump(me(n));
+            let version = prev
+                .map(|e| e.version.clone())
+                .unwrap_or_default()
+                .bump(me(n));
             let hash = (kind == EntryKind::File && !deleted).then(|| {
                 self.next_content = self.next_content.wrapping_add(1);
                 [self.next_content; 32]
@@ -520,7 +544,11 @@ mod tests {
         fn copy(&mut self, n: usize, file: &FileEntry) {
             let base = kept_copy(file, None, me(n)).path;
             for i in 0.. {
-                let name = if i == 0 { base.clone() } else { format!("{base}.{i}") };
+                let name = if i == 0 {
+                    base.clone()
+                } else {
+                    format!("{base}.{i}")
+                };
                 let prev = self.nodes[n].get(&name);
                 if prev.is_some_and(|e| !e.deleted && e.hash == file.hash) {
                     return;

@@ -193,7 +193,10 @@ mod tests {
         for (rel, at) in [("d/x", "d"), ("d/y/z", "d"), ("e/f/g", "e/f")] {
             let err = fs.mkdir(rel, 0o755).unwrap_err();
             assert!(is_blocked_by_file(&err) && !is_escape(&err), "{rel}: {err}");
-            assert!(err.to_string().contains(&format!("{at:?} is a file")), "{err}");
+            assert!(
+                err.to_string().contains(&format!("{at:?} is a file")),
+                "{err}"
+            );
             let e = ApplyError::io("mkdir", rel, err);
             assert!(matches!(e, ApplyError::BlockedByFile { .. }), "{e:?}");
             assert_eq!(e.disposition(), Disposition::Soon, "{rel}");

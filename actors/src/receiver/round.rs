@@ -280,7 +280,8 @@ impl Round {
                         path: path.to_string(),
                         source: cause.clone(),
                     };
-                    self.out.record(&copy.job, copy.rows, Err(failed(&copy.job.path)));
+                    self.out
+                        .record(&copy.job, copy.rows, Err(failed(&copy.job.path)));
                     Err(failed(&dir.job.path))
                 }
             };

@@ -148,7 +148,10 @@ fn peer_file_loses(p: Planned, prev_copy: Option<Record>, me: ShortId) -> DirWin
             job: copy,
             rows: Vec::new(),
         },
-        dir: Planned { job: dir, rows: p.rows },
+        dir: Planned {
+            job: dir,
+            rows: p.rows,
+        },
     }
 }
 

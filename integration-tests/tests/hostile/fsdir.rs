@@ -42,10 +42,14 @@ fn hash_of(bytes: &[u8]) -> String {
 /// Every node caught up: nothing pending (no entry retried forever).
 fn wait_nothing_pending(c: &Cluster) {
     for n in &c.nodes {
-        wait_until(DEADLINE, &format!("{} to have nothing pending", n.name), || {
-            n.folder_status("shared")
-                .is_some_and(|f| f["pending"].as_u64() == Some(0))
-        });
+        wait_until(
+            DEADLINE,
+            &format!("{} to have nothing pending", n.name),
+            || {
+                n.folder_status("shared")
+                    .is_some_and(|f| f["pending"].as_u64() == Some(0))
+            },
+        );
     }
 }
 
@@ -97,12 +101,18 @@ fn fsdir_file_vs_directory_with_live_children_converges_without_loss() {
     let copies: Vec<&String> = t.keys().filter(|k| k.contains(".sync-conflict-")).collect();
     assert_eq!(copies, vec![&copy], "exactly one copy");
     for n in &c.nodes {
-        assert_eq!(fs::read_to_string(n.path(&copy)).unwrap(), "file d made on b");
+        assert_eq!(
+            fs::read_to_string(n.path(&copy)).unwrap(),
+            "file d made on b"
+        );
         assert_eq!(fs::read_to_string(n.path("d/x")).unwrap(), "x edited on a");
         assert_eq!(fs::read_to_string(n.path("d/z")).unwrap(), "z made on a");
     }
     // b deleted what a did not touch again: gone everywhere.
-    assert!(!t.contains_key("d/y") && !t.contains_key("d/sub/w"), "{t:?}");
+    assert!(
+        !t.contains_key("d/y") && !t.contains_key("d/sub/w"),
+        "{t:?}"
+    );
     // e's children were all deleted: the file wins.
     assert_eq!(
         fs::read_to_string(c.nodes[a].path("e")).unwrap(),
@@ -110,8 +120,16 @@ fn fsdir_file_vs_directory_with_live_children_converges_without_loss() {
     );
     // No content any user wrote and nobody deleted is lost.
     let have = contents(&t);
-    for kept in ["x edited on a", "z made on a", "file d made on b", "file e made on b"] {
-        assert!(have.contains(&hash_of(kept.as_bytes())), "{kept:?} lost: {t:?}");
+    for kept in [
+        "x edited on a",
+        "z made on a",
+        "file d made on b",
+        "file e made on b",
+    ] {
+        assert!(
+            have.contains(&hash_of(kept.as_bytes())),
+            "{kept:?} lost: {t:?}"
+        );
     }
     // Nothing was refused as an escape (a symlink in the path), nothing
     // rejected.
@@ -124,7 +142,11 @@ fn fsdir_file_vs_directory_with_live_children_converges_without_loss() {
             logs(&c)
         );
         let rejected = n.folder_status("shared").map(|f| f["rejected"].as_u64());
-        assert!(matches!(rejected, Some(Some(0) | None)), "{}: {rejected:?}", n.name);
+        assert!(
+            matches!(rejected, Some(Some(0) | None)),
+            "{}: {rejected:?}",
+            n.name
+        );
     }
 }
 

@@ -521,7 +521,9 @@ async fn fsdir_a_peer_file_over_our_directory_with_live_children_is_kept_as_a_co
         d.version.compare(&file.version),
         fleetsync_mesh::model::Causality::Dominates
     );
-    assert!(fx.recorded(&copy).is_some_and(|r| r.entry.hash == file.hash));
+    assert!(fx
+        .recorded(&copy)
+        .is_some_and(|r| r.entry.hash == file.hash));
 }
 
 #[tokio::test]
