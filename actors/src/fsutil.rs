@@ -37,22 +37,39 @@ fn to_io(e: rustix::io::Errno) -> io::Error {
     io::Error::from(e)
 }
 
-/// A path that would leave the folder root through a symlink (or a
-/// non-directory where a directory should be).
+/// A path that would leave the folder root through a symlink.
 #[derive(Debug)]
 pub struct Escape(pub String);
 
 impl std::fmt::Display for Escape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:?} leads through a symlink or non-directory; refused",
-            self.0
-        )
+        write!(f, "{:?} leads through a symlink; refused", self.0)
     }
 }
 
 impl std::error::Error for Escape {}
+
+/// A path whose parent component `at` is a file (or another
+/// non-directory that is not a symlink) where a directory is expected.
+/// Not an escape: a file that won against a directory stands there until
+/// the file-vs-directory rule settles it (`rules::directory_wins`).
+#[derive(Debug)]
+pub struct BlockedByFile {
+    pub path: String,
+    pub at: String,
+}
+
+impl std::fmt::Display for BlockedByFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?}: {:?} is a file where a directory is expected",
+            self.path, self.at
+        )
+    }
+}
+
+impl std::error::Error for BlockedByFile {}
 
 fn symlink_err(rel: &str) -> io::Error {
     io::Error::other(Escape(rel.to_string()))
@@ -61,6 +78,27 @@ fn symlink_err(rel: &str) -> io::Error {
 /// Is this the error [`FolderFs`] gives for a path through a symlink?
 pub fn is_escape(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|i| i.is::<Escape>())
+}
+
+/// Is this the error [`FolderFs`] gives for a path through a file?
+pub fn is_blocked_by_file(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<BlockedByFile>())
+}
+
+/// `openat(O_DIRECTORY | O_NOFOLLOW)` of `comp` failed with ELOOP or
+/// ENOTDIR: a symlink there is an escape; anything else that is not a
+/// directory (a file) merely blocks the path for now.
+fn not_a_dir_err(parent: impl AsFd, comp: &str, at: &str, rel: &str) -> io::Error {
+    match rustix::fs::statat(parent, comp, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Symlink => {
+            io::Error::other(BlockedByFile {
+                path: rel.to_string(),
+                at: at.to_string(),
+            })
+        }
+        // A symlink, or gone meanwhile (it may come back as one): refuse.
+        _ => symlink_err(rel),
+    }
 }
 
 pub fn meta_from_stat(st: &rustix::fs::Stat) -> DiskState {
@@ -282,11 +320,14 @@ impl Session {
         validate_rel_path(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut dir = Dir::Root(&self.root);
         let mut comps = rel.split('/').peekable();
+        let mut walked = 0;
         loop {
             let comp = comps.next().expect("validated path is non-empty");
             if comps.peek().is_none() {
                 return Ok((dir, comp));
             }
+            walked += comp.len() + usize::from(walked > 0);
+            let at = &rel[..walked];
             let name = OsStr::new(comp);
             dir = match FolderFs::open_dir_at(&dir, name) {
                 Ok(d) => Dir::Owned(d),
@@ -296,24 +337,29 @@ impl Session {
                         Err(e) => return Err(to_io(e)),
                     }
                     Dir::Owned(FolderFs::open_dir_at(&dir, name).map_err(|e| match e {
-                        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => symlink_err(rel),
+                        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+                            not_a_dir_err(&dir, comp, at, rel)
+                        }
                         e => to_io(e),
                     })?)
                 }
                 Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
-                    return Err(symlink_err(rel))
+                    return Err(not_a_dir_err(&dir, comp, at, rel))
                 }
                 Err(e) => return Err(to_io(e)),
             };
         }
     }
 
-    /// `lstat` of a path inside the root. A parent that is missing means the
-    /// path is missing; a parent that is a symlink means we must not look.
+    /// `lstat` of a path inside the root. A parent that is missing (or a
+    /// file) means the path is missing; a parent that is a symlink means we
+    /// must not look.
     pub fn lstat(&self, rel: &str) -> io::Result<DiskState> {
         let (dir, name) = match self.open_parent(rel, false) {
             Ok(x) => x,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(DiskState::Missing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || is_blocked_by_file(&e) => {
+                return Ok(DiskState::Missing)
+            }
             Err(e) => return Err(e),
         };
         match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {

@@ -9,6 +9,15 @@
 //!   kept under the path with the *merged* version vector; if the local side
 //!   loses, its content is first kept as a conflict copy beside it.
 //!
+//! File vs directory (paths are not independent: `d` and `d/x`): a live
+//! file or symlink at `d` and a live entry below `d/` cannot both be on
+//! disk. The directory wins while anything below it is live
+//! ([`directory_wins`]): `d` becomes a directory whose version dominates
+//! the file's, and the file is kept as a conflict copy named after it
+//! ([`kept_copy`], the same name on every node). Once everything below `d`
+//! is deleted (tombstones that dominate), nothing blocks the file and it
+//! wins on its versions like any entry. Children are never dropped.
+//!
 //! A node only ever moves to a state with a larger version vector (or, for
 //! equal vectors, a larger entry under [`beats`]), so each node changes
 //! finitely often; two neighbours that have seen each other's final state
@@ -17,7 +26,7 @@
 
 use std::cmp::Ordering;
 
-use fleetsync_mesh::model::{Causality, EntryKind, FileEntry, ShortId};
+use fleetsync_mesh::model::{Causality, CounterOverflow, EntryKind, FileEntry, ShortId};
 
 use crate::record::Record;
 
@@ -102,6 +111,58 @@ pub fn decide(local: Option<&Record>, remote: &FileEntry) -> Decision {
             }
         }
     }
+}
+
+/// Can this entry not stand where something below it is live?
+pub fn blocks_children(e: &FileEntry) -> bool {
+    !e.deleted && e.kind != EntryKind::Directory
+}
+
+/// The file-vs-directory rule: `file` (live, not a directory) stands at a
+/// path below which something is live, so the directory wins. This is the
+/// directory entry `me` records for the path: its version dominates every
+/// version of the path this node has seen (`file`'s is the latest), so the
+/// file cannot come back unless someone edits it again. Nodes that settle
+/// the same conflict concurrently make concurrent directory entries, which
+/// [`decide`] merges like any other.
+pub fn directory_wins(file: &FileEntry, me: ShortId) -> Result<FileEntry, CounterOverflow> {
+    Ok(FileEntry {
+        path: file.path.clone(),
+        kind: EntryKind::Directory,
+        size: 0,
+        mtime_ns: file.mtime_ns,
+        mode: 0o755,
+        hash: None,
+        symlink_target: None,
+        deleted: false,
+        version: file.version.bump(me)?,
+        modified_by: me,
+        sequence: 0,
+    })
+}
+
+/// The conflict copy of `file` after it lost to a directory (or any
+/// conflict): a new local entry of `me` at [`conflict_name`] of the loser,
+/// over whatever this node recorded at that name (`prev`).
+pub fn kept_copy(
+    file: &FileEntry,
+    prev: Option<&FileEntry>,
+    me: ShortId,
+) -> Result<FileEntry, CounterOverflow> {
+    let mut copy = file.clone();
+    copy.path = copy_name(file);
+    copy.version = prev
+        .map(|p| p.version.clone())
+        .unwrap_or_default()
+        .bump(me)?;
+    copy.modified_by = me;
+    copy.sequence = 0;
+    Ok(copy)
+}
+
+/// Where [`kept_copy`] puts `file`.
+pub fn copy_name(file: &FileEntry) -> String {
+    conflict_name(&file.path, file.mtime_ns, file.modified_by)
 }
 
 /// `dir/name.ext` → `dir/name.sync-conflict-YYYYMMDD-HHMMSS-<short id>.ext`,
@@ -286,15 +347,57 @@ mod tests {
         assert_eq!(format_utc(0), "19700101-000000");
     }
 
-    // ---- simulation: random edit histories on N nodes converge ----
+    #[test]
+    fn a_directory_with_live_children_beats_a_file_and_keeps_it_as_a_copy() {
+        let mut file = entry(7, 5_000_000_000, 2, vv(&[(1, 1), (2, 3)]));
+        file.path = "d".into();
+        assert!(blocks_children(&file));
+        let dir = directory_wins(&file, ShortId(1)).unwrap();
+        assert_eq!(dir.kind, EntryKind::Directory);
+        assert!(!blocks_children(&dir));
+        assert_eq!(dir.version.compare(&file.version), Causality::Dominates);
+        // Every node that adopts the directory loses the file to it and
+        // keeps it under the same name the settling node gave it.
+        let copy = kept_copy(&file, None, ShortId(1)).unwrap();
+        assert_eq!(
+            copy.path,
+            conflict_name("d", file.mtime_ns, file.modified_by)
+        );
+        assert_eq!(
+            (copy.hash, copy.version.clone()),
+            (file.hash, vv(&[(1, 1)]))
+        );
+        // Nodes that adopt the directory replace the file (the directory
+        // is its causal successor); the copy reaches them as an entry.
+        assert!(matches!(
+            decide(Some(&rec(file.clone())), &dir),
+            Decision::Apply { .. }
+        ));
+        assert_eq!(decide(Some(&rec(dir)), &file), Decision::Keep);
+    }
+
+    // ---- simulation: random file/directory histories on N nodes converge ----
+
+    /// Paths the random histories touch: files and directories with
+    /// children, nested ("d/s" is a directory only implicitly).
+    const PATHS: [&str; 5] = ["a.txt", "d", "d/x", "d/y", "d/s/z"];
 
     #[derive(Clone, Debug)]
     enum Op {
+        /// Write a file (parents become directories, like `mkdir -p`; a
+        /// directory there is removed first, like `rm -r`).
         Edit {
             node: usize,
             path: usize,
             mtime: i64,
         },
+        /// Make a directory (a file there is removed first).
+        Mkdir {
+            node: usize,
+            path: usize,
+            mtime: i64,
+        },
+        /// `rm -r`.
         Delete {
             node: usize,
             path: usize,
@@ -307,70 +410,124 @@ mod tests {
     }
 
     fn op(nodes: usize, paths: usize) -> impl Strategy<Value = Op> {
+        let at = move || (0..nodes, 0..paths, 0i64..20);
         prop_oneof![
-            (0..nodes, 0..paths, 0i64..20).prop_map(|(node, path, mtime)| Op::Edit {
-                node,
-                path,
-                mtime
-            }),
-            (0..nodes, 0..paths, 0i64..20).prop_map(|(node, path, mtime)| Op::Delete {
-                node,
-                path,
-                mtime
-            }),
+            at().prop_map(|(node, path, mtime)| Op::Edit { node, path, mtime }),
+            at().prop_map(|(node, path, mtime)| Op::Mkdir { node, path, mtime }),
+            at().prop_map(|(node, path, mtime)| Op::Delete { node, path, mtime }),
+            (0..nodes, 0..nodes).prop_map(|(from, to)| Op::Sync { from, to }),
             (0..nodes, 0..nodes).prop_map(|(from, to)| Op::Sync { from, to }),
         ]
     }
 
     type State = BTreeMap<String, FileEntry>;
 
+    fn parent(path: &str) -> Option<&str> {
+        path.rsplit_once('/').map(|(d, _)| d)
+    }
+
+    fn live(s: &State, path: &str) -> Option<EntryKind> {
+        s.get(path).filter(|e| !e.deleted).map(|e| e.kind)
+    }
+
+    fn live_below(s: &State, path: &str) -> Vec<String> {
+        let prefix = format!("{path}/");
+        s.iter()
+            .filter(|(k, e)| k.starts_with(&prefix) && !e.deleted)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     struct Sim {
         nodes: Vec<State>,
         next_content: u8,
+        /// Writes so far: keeps every write's mtime distinct (a conflict
+        /// copy's name comes from its mtime and author).
+        writes: i64,
         /// (node, content hash) pairs that lost a conflict on that node.
         lost: Vec<(usize, [u8; 32])>,
+        /// Contents of files that lost to a directory: must survive.
+        kept: Vec<[u8; 32]>,
+    }
+
+    fn me(n: usize) -> ShortId {
+        ShortId((n as u64 + 1) << 56)
     }
 
     impl Sim {
-        fn local_write(
-            &mut self,
-            n: usize,
-            path: String,
-            mtime: i64,
-            deleted: bool,
-            hash: Option<[u8; 32]>,
-        ) {
-            let me = ShortId((n as u64 + 1) << 56);
-            let prev = self.nodes[n]
-                .get(&path)
-                .map(|e| e.version.clone())
-                .unwrap_or_default();
-            if deleted && self.nodes[n].get(&path).is_none_or(|e| e.deleted) {
+        /// A local change at `path` on node `n` (what its scanner records).
+        fn record(&mut self, n: usize, path: &str, kind: EntryKind, mtime: i64, deleted: bool) {
+            let prev = self.nodes[n].get(path);
+            if deleted && prev.is_none_or(|e| e.deleted) {
                 return;
             }
+            let version = prev
+                .map(|e| e.version.clone())
+                .unwrap_or_default()
+                .bump(me(n))
+                .unwrap();
+            let hash = (kind == EntryKind::File && !deleted).then(|| {
+                self.next_content = self.next_content.wrapping_add(1);
+                [self.next_content; 32]
+            });
+            self.writes += 1;
             let e = FileEntry {
-                path: path.clone(),
-                kind: EntryKind::File,
-                size: 1,
-                mtime_ns: mtime,
+                path: path.to_string(),
+                kind,
+                size: u64::from(hash.is_some()),
+                // Seconds apart: copies are named to the second.
+                mtime_ns: (mtime * 10_000 + self.writes) * 1_000_000_000,
                 mode: 0o644,
                 hash,
                 symlink_target: None,
                 deleted,
-                version: prev.bump(me).unwrap(),
-                modified_by: me,
+                version,
+                modified_by: me(n),
                 sequence: 0,
             };
-            self.nodes[n].insert(path, e);
+            self.nodes[n].insert(path.to_string(), e);
         }
 
-        fn edit(&mut self, n: usize, path: String, mtime: i64) {
-            self.next_content = self.next_content.wrapping_add(1);
-            let h = [self.next_content; 32];
-            self.local_write(n, path, mtime, false, Some(h));
+        /// `rm -r path` on node `n`.
+        fn remove(&mut self, n: usize, path: &str, mtime: i64) {
+            for child in live_below(&self.nodes[n], path).iter().rev() {
+                self.record(n, child, EntryKind::File, mtime, true);
+            }
+            self.record(n, path, EntryKind::File, mtime, true);
         }
 
-        /// Deliver every entry of `from` to `to` (what the distributor does).
+        /// `mkdir -p` of `path`'s parents on node `n`.
+        fn make_parents(&mut self, n: usize, path: &str, mtime: i64) {
+            let Some(p) = parent(path) else { return };
+            self.make_parents(n, p, mtime);
+            match live(&self.nodes[n], p) {
+                Some(EntryKind::Directory) => {}
+                Some(_) => {
+                    self.remove(n, p, mtime);
+                    self.record(n, p, EntryKind::Directory, mtime, false);
+                }
+                None => self.record(n, p, EntryKind::Directory, mtime, false),
+            }
+        }
+
+        fn write(&mut self, n: usize, path: &str, kind: EntryKind, mtime: i64) {
+            self.make_parents(n, path, mtime);
+            let here = live(&self.nodes[n], path);
+            if here.is_some() && here != Some(kind) {
+                // Replacing one kind by another: what was there goes first.
+                for child in live_below(&self.nodes[n], path).iter().rev() {
+                    self.record(n, child, EntryKind::File, mtime, true);
+                }
+            }
+            if kind == EntryKind::Directory && here == Some(kind) {
+                return;
+            }
+            self.record(n, path, kind, mtime, false);
+        }
+
+        /// Deliver every entry of `from` to `to` (what the distributor
+        /// does), then let `to` settle its tree (what its receiver and
+        /// scanner do).
         fn sync(&mut self, from: usize, to: usize) {
             if from == to {
                 return;
@@ -387,26 +544,62 @@ mod tests {
                     if conflict_copy {
                         let l = local.unwrap().entry;
                         self.lost.push((to, l.hash.unwrap()));
-                        let name = conflict_name(&l.path, l.mtime_ns, l.modified_by);
-                        // The copy is a brand-new local file on `to`.
-                        let me = ShortId((to as u64 + 1) << 56);
-                        let prev = self.nodes[to]
-                            .get(&name)
-                            .map(|e| e.version.clone())
-                            .unwrap_or_default();
-                        let mut c = l.clone();
-                        c.path = name.clone();
-                        c.version = prev.bump(me).unwrap();
-                        c.modified_by = me;
-                        let keep = self.nodes[to]
-                            .get(&name)
-                            .is_none_or(|e| e.deleted || e.hash != c.hash);
-                        if keep {
-                            self.nodes[to].insert(name, c);
-                        }
+                        self.copy(to, &l);
                     }
                     self.nodes[to].insert(r.path.clone(), entry);
                 }
+            }
+            self.settle(to);
+        }
+
+        /// Keep `file` as its conflict copy on node `n` (a new local file);
+        /// a name taken by other content gets `.1`, `.2`, … (as the placer).
+        fn copy(&mut self, n: usize, file: &FileEntry) {
+            let base = copy_name(file);
+            for i in 0.. {
+                let name = if i == 0 {
+                    base.clone()
+                } else {
+                    format!("{base}.{i}")
+                };
+                let prev = self.nodes[n].get(&name);
+                if prev.is_some_and(|e| !e.deleted && e.hash == file.hash) {
+                    return;
+                }
+                if prev.is_none_or(|e| e.deleted) {
+                    let mut c = kept_copy(file, prev, me(n)).unwrap();
+                    c.path = name.clone();
+                    self.nodes[n].insert(name, c);
+                    return;
+                }
+            }
+        }
+
+        /// Make node `n`'s entries a tree: a file with something live below
+        /// it loses to the directory (the rule under test); a live entry
+        /// whose parent is gone brings the parent back (placing it creates
+        /// the directory, which the scanner records).
+        fn settle(&mut self, n: usize) {
+            loop {
+                let s = &self.nodes[n];
+                let blocked = s
+                    .values()
+                    .find(|e| blocks_children(e) && !live_below(s, &e.path).is_empty())
+                    .cloned();
+                if let Some(file) = blocked {
+                    if let Some(h) = file.hash {
+                        self.kept.push(h);
+                    }
+                    self.copy(n, &file);
+                    self.nodes[n].insert(file.path.clone(), directory_wins(&file, me(n)).unwrap());
+                    continue;
+                }
+                let orphan = s.iter().find_map(|(k, e)| {
+                    let p = parent(k).filter(|p| !e.deleted && live(s, p).is_none())?;
+                    Some(p.to_string())
+                });
+                let Some(p) = orphan else { return };
+                self.record(n, &p, EntryKind::Directory, 0, false);
             }
         }
     }
@@ -416,15 +609,24 @@ mod tests {
         #[test]
         fn random_histories_converge(
             n in 2usize..5,
-            ops in proptest::collection::vec(op(4, 3), 1..60),
+            ops in proptest::collection::vec(op(4, PATHS.len()), 1..60),
         ) {
-            let mut sim = Sim { nodes: vec![State::new(); n], next_content: 0, lost: vec![] };
+            let mut sim = Sim {
+                nodes: vec![State::new(); n],
+                next_content: 0,
+                writes: 0,
+                lost: vec![],
+                kept: vec![],
+            };
             for o in ops {
                 match o {
-                    Op::Edit { node, path, mtime } => sim.edit(node % n, format!("p{path}.txt"), mtime),
-                    Op::Delete { node, path, mtime } => {
-                        sim.local_write(node % n, format!("p{path}.txt"), mtime, true, None)
+                    Op::Edit { node, path, mtime } => {
+                        sim.write(node % n, PATHS[path], EntryKind::File, mtime)
                     }
+                    Op::Mkdir { node, path, mtime } => {
+                        sim.write(node % n, PATHS[path], EntryKind::Directory, mtime)
+                    }
+                    Op::Delete { node, path, mtime } => sim.remove(node % n, PATHS[path], mtime),
                     Op::Sync { from, to } => sim.sync(from % n, to % n),
                 }
             }
@@ -439,6 +641,19 @@ mod tests {
             for i in 1..n {
                 prop_assert_eq!(&sim.nodes[0], &sim.nodes[i], "node 0 and {} differ", i);
             }
+            // The same tree everywhere: everything live sits in a live
+            // directory (no child orphaned below a file or a tombstone).
+            let s = &sim.nodes[0];
+            for (k, e) in s.iter().filter(|(_, e)| !e.deleted) {
+                if let Some(p) = parent(k) {
+                    prop_assert_eq!(live(s, p), Some(EntryKind::Directory), "{} under {}", k, p);
+                }
+                prop_assert!(e.kind == EntryKind::Directory || live_below(s, k).is_empty());
+            }
+            // A file that lost to a directory survives as its copy.
+            for h in &sim.kept {
+                prop_assert!(s.values().any(|e| !e.deleted && e.hash == Some(*h)), "lost {:?}", h[0]);
+            }
             // No content that lost a conflict vanished: it survives as a
             // conflict copy (or, by a later edit's choice, in history).
             for (_, h) in &sim.lost {
@@ -450,13 +665,14 @@ mod tests {
 
         #[test]
         fn decide_is_deterministic_and_antisymmetric(
-            a in (0u8..4, 0i64..4, 1u64..4, proptest::collection::vec((1u64..4, 1u64..4), 1..4), any::<bool>()),
-            b in (0u8..4, 0i64..4, 1u64..4, proptest::collection::vec((1u64..4, 1u64..4), 1..4), any::<bool>()),
+            a in (0u8..4, 0i64..4, 1u64..4, proptest::collection::vec((1u64..4, 1u64..4), 1..4), any::<bool>(), any::<bool>()),
+            b in (0u8..4, 0i64..4, 1u64..4, proptest::collection::vec((1u64..4, 1u64..4), 1..4), any::<bool>(), any::<bool>()),
         ) {
-            let mk = |(h, m, by, v, d): (u8, i64, u64, Vec<(u64, u64)>, bool)| {
+            let mk = |(h, m, by, v, d, dir): (u8, i64, u64, Vec<(u64, u64)>, bool, bool)| {
                 let mut e = entry(h, m, by, vv(&v));
                 e.deleted = d;
-                if d { e.hash = None; e.size = 0; }
+                if d || dir { e.hash = None; e.size = 0; }
+                if dir { e.kind = EntryKind::Directory; }
                 e
             };
             let (a, b) = (mk(a), mk(b));
@@ -466,6 +682,18 @@ mod tests {
             if a.version.compare(&b.version) == Causality::Concurrent && a != b {
                 let both = matches!(ab, Decision::Apply { .. }) && matches!(ba, Decision::Apply { .. });
                 prop_assert!(!both || a.same_content(&b));
+            }
+            // A live file that loses to anything else is kept as a copy.
+            let concurrent = a.version.compare(&b.version) != Causality::DominatedBy;
+            if let (Decision::Apply { conflict_copy, ref entry, .. }, true) = (&ab, concurrent) {
+                let lost = !a.deleted && a.kind == EntryKind::File && !entry.same_content(&a);
+                prop_assert!(!lost || *conflict_copy, "{:?} lost to {:?}", a, entry);
+            }
+            // The directory that wins over a file dominates it.
+            if blocks_children(&a) {
+                let d = directory_wins(&a, ShortId(9)).unwrap();
+                prop_assert_eq!(decide(Some(&rec(a.clone())), &d).clone(), decide(Some(&rec(a.clone())), &d));
+                prop_assert_eq!(decide(Some(&rec(d)), &a), Decision::Keep);
             }
             prop_assert_eq!(ab, decide(Some(&rec(a)), &b));
         }

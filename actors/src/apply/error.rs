@@ -4,15 +4,17 @@
 //! is the one place that decides whether it is retried, retried soon,
 //! waited out until a local edit is indexed, or rejected for good. File
 //! system errors pass through [`ApplyError::io`], the one escape
-//! classifier: a path that leads through a symlink is rejected, anything
-//! else is retried.
+//! classifier: a path that leads through a symlink is rejected; a path
+//! through a file (a file that won against a directory, until the
+//! file-vs-directory rule settles it) is retried soon; anything else is
+//! retried.
 
 use std::{io, sync::Arc};
 
 use fleetsync_mesh::{FetchError, StoreError};
 
 use crate::{
-    fsutil::is_escape,
+    fsutil::{is_blocked_by_file, is_escape},
     rt::{self, TaskError},
     space::SpaceError,
 };
@@ -21,6 +23,7 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
     /// Never doing this (the path leads through a symlink): drop the entry.
+    /// Only an escape is rejected: a file in the way of a directory is not.
     Reject,
     /// The local path changed under us: let the watcher index the edit
     /// first, then decide again (it may now be a conflict).
@@ -37,8 +40,14 @@ pub enum Disposition {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApplyError {
-    #[error("{path}: leads through a symlink or non-directory; refused")]
+    #[error("{path}: leads through a symlink; refused")]
     Escape {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: blocked by a file where a directory is expected")]
+    BlockedByFile {
         path: String,
         #[source]
         source: io::Error,
@@ -144,6 +153,11 @@ impl ApplyError {
                 path: path.to_string(),
                 source,
             }
+        } else if is_blocked_by_file(&source) {
+            ApplyError::BlockedByFile {
+                path: path.to_string(),
+                source,
+            }
         } else {
             ApplyError::Io {
                 what,
@@ -162,7 +176,8 @@ impl ApplyError {
         match self {
             ApplyError::Escape { .. } => Disposition::Reject,
             ApplyError::LocalChange { .. } => Disposition::LocalRace,
-            ApplyError::NotEmptyYet { .. } => Disposition::Soon,
+            // The parent's file-vs-directory resolution lands first.
+            ApplyError::NotEmptyYet { .. } | ApplyError::BlockedByFile { .. } => Disposition::Soon,
             ApplyError::SizeMismatch { .. } => Disposition::Reject,
             ApplyError::NoSpace { .. } | ApplyError::DiskFull { .. } => Disposition::NoSpace,
             ApplyError::Fetch { source, .. } if no_space_in(source.as_ref()) => {
@@ -225,6 +240,42 @@ mod tests {
         let e = ApplyError::io("mkdir", "x", plain);
         assert_eq!(e.disposition(), Disposition::Backoff);
         assert!(std::error::Error::source(&e).is_some(), "source kept");
+    }
+
+    #[test]
+    fn a_file_where_a_directory_is_expected_is_retried_not_an_escape() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("d"), b"file won").unwrap();
+        std::fs::create_dir(root.path().join("e")).unwrap();
+        std::fs::write(root.path().join("e/f"), b"deeper").unwrap();
+        let fs = FolderFs::new(root.path());
+        for (rel, at) in [("d/x", "d"), ("d/y/z", "d"), ("e/f/g", "e/f")] {
+            let err = fs.mkdir(rel, 0o755).unwrap_err();
+            assert!(is_blocked_by_file(&err) && !is_escape(&err), "{rel}: {err}");
+            assert!(
+                err.to_string().contains(&format!("{at:?} is a file")),
+                "{err}"
+            );
+            let e = ApplyError::io("mkdir", rel, err);
+            assert!(matches!(e, ApplyError::BlockedByFile { .. }), "{e:?}");
+            assert_eq!(e.disposition(), Disposition::Soon, "{rel}");
+            // Nothing can be below a file: a deletion there is done.
+            assert_eq!(
+                fs.lstat(rel).unwrap(),
+                crate::record::DiskState::Missing,
+                "{rel}"
+            );
+        }
+        // A symlink in the path still is an escape, wherever it points.
+        std::os::unix::fs::symlink("d", root.path().join("to_file")).unwrap();
+        std::os::unix::fs::symlink("e", root.path().join("to_dir")).unwrap();
+        std::os::unix::fs::symlink("gone", root.path().join("dangling")).unwrap();
+        for rel in ["to_file/x", "to_dir/x", "dangling/x", "to_dir/f/x"] {
+            let err = fs.mkdir(rel, 0o755).unwrap_err();
+            assert!(fs.lstat(rel).is_err(), "{rel}: must not look");
+            let e = ApplyError::io("mkdir", rel, err);
+            assert_eq!(e.disposition(), Disposition::Reject, "{rel}: {e}");
+        }
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod outcomes;
 mod pull;
 pub mod retry;
 pub mod round;
+pub mod tree;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

@@ -22,9 +22,13 @@ use std::{
 use fleetsync_mesh::{model::EntryKind, EndpointId};
 
 pub use super::outcomes::{Failure, Planned, RoundError, RoundReport};
-use super::{outcomes::Outcomes, retry::Key};
+use super::{
+    outcomes::Outcomes,
+    retry::Key,
+    tree::{self, DirWins},
+};
 use crate::{
-    apply::{self, apply_files, Flush, Job, Sources},
+    apply::{self, apply_files, ApplyError, Flush, Job, Sources},
     folder::Folder,
     health::Work,
     index::Pending,
@@ -51,6 +55,9 @@ pub struct Plan {
     pub big_files: Vec<Planned>,
     /// Children before their parents.
     pub deletes: Vec<Planned>,
+    /// Peers' files that lost to a directory with live children (after
+    /// the small files: copy first, then the directory).
+    pub dir_wins: Vec<DirWins>,
 }
 
 /// Decide every path from its pending rows and our record.
@@ -199,13 +206,16 @@ impl Round {
             return Ok(self.out.report);
         }
         let locals = self.read_locals(&pending).await?;
-        let plan = plan(pending, &locals);
+        let plan = self.settle_tree(plan(pending, &locals)).await?;
         // Big files owe their outcome to their own job, not to the round.
         let owed = [&plan.dirs, &plan.small_files, &plan.links, &plan.deletes];
         self.out.planned(owed.into_iter().flatten());
+        let settled = plan.dir_wins.iter().flat_map(|w| [&w.copy, &w.dir]);
+        self.out.planned(settled);
         self.resolve_kept(plan.keep).await;
         self.directories(plan.dirs).await;
         self.small_files(plan.small_files).await;
+        self.directories_that_won(plan.dir_wins).await;
         self.one_by_one(plan.links).await;
         self.out.report.big_files = group_by_hash(plan.big_files);
         self.one_by_one(plan.deletes).await;
@@ -241,6 +251,43 @@ impl Round {
         let f = self.folder.clone();
         let paths: Vec<String> = pending.keys().cloned().collect();
         Ok(rt::blocking(move || f.index.get_many(f.id(), &paths)).await??)
+    }
+
+    /// File vs directory: the plan becomes a tree (see [`tree`]).
+    async fn settle_tree(&self, mut plan: Plan) -> Result<Plan, RoundError> {
+        let f = self.folder.clone();
+        rt::blocking(move || {
+            tree::settle(&f.index, f.id(), f.me, &mut plan)?;
+            Ok(plan)
+        })
+        .await?
+    }
+
+    /// Each peer file that lost to a directory: its conflict copy is kept
+    /// first; only then is the directory recorded (answering the file's
+    /// rows), so the content is never let go before it is safe.
+    async fn directories_that_won(&mut self, won: Vec<DirWins>) {
+        for DirWins { copy, dir } in won {
+            let copied = apply::apply_one(&self.folder, copy.job.clone(), &self.sources).await;
+            let outcome = match copied {
+                Ok(applied) => {
+                    self.out.record(&copy.job, copy.rows, Ok(applied));
+                    apply::apply_one(&self.folder, dir.job.clone(), &self.sources).await
+                }
+                Err(e) => {
+                    let cause: Arc<dyn std::error::Error + Send + Sync> = Arc::new(e);
+                    let failed = |path: &str| ApplyError::Batch {
+                        path: path.to_string(),
+                        source: cause.clone(),
+                    };
+                    self.out
+                        .record(&copy.job, copy.rows, Err(failed(&copy.job.path)));
+                    Err(failed(&dir.job.path))
+                }
+            };
+            self.out.record(&dir.job, dir.rows, outcome);
+        }
+        self.out.commit(true).await;
     }
 
     async fn resolve_kept(&mut self, keep: Vec<Key>) {

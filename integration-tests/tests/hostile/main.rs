@@ -4,6 +4,7 @@
 //! no honest node would; a local user swaps files and symlinks under the
 //! node. The node must reject, count and log, stay up and keep syncing.
 
+mod fsdir;
 mod growth;
 mod space;
 mod wire;

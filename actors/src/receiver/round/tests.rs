@@ -535,3 +535,78 @@ async fn kill9_right_after_an_apply_commit_leaves_the_content_in_the_store() {
         );
     }
 }
+
+// ---- file vs directory (issue 10, case 5) ----
+
+#[tokio::test]
+async fn fsdir_a_peer_file_over_our_directory_with_live_children_is_kept_as_a_copy() {
+    let mut fx = fixture();
+    fx.local_dir("d");
+    fx.local_file("d/x", b"our child");
+    // The peer replaced d by a file after seeing our directory.
+    let mut file = entry("d", EntryKind::File, Some(b"peer file"), P1, 1);
+    file.version = fx.recorded("d").unwrap().entry.version.merge(&file.version);
+    fx.fake.serve(fx.peer, b"peer file");
+    fx.ingest(std::slice::from_ref(&file));
+    let report = fx.round(HashSet::new()).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(fx.pending_count(), 0);
+    assert_eq!(fx.read("d/x"), b"our child");
+    let copy = crate::rules::conflict_name("d", file.mtime_ns, file.modified_by);
+    assert_eq!(fx.read(&copy), b"peer file");
+    let d = fx.recorded("d").unwrap().entry;
+    assert_eq!(d.kind, EntryKind::Directory);
+    assert_eq!(
+        d.version.compare(&file.version),
+        fleetsync_mesh::model::Causality::Dominates
+    );
+    assert!(fx
+        .recorded(&copy)
+        .is_some_and(|r| r.entry.hash == file.hash));
+}
+
+#[tokio::test]
+async fn fsdir_a_file_over_a_directory_whose_children_are_deleted_wins() {
+    let mut fx = fixture();
+    fx.local_dir("e");
+    let child = fx.local_file("e/x", b"deleted by the peer");
+    let mut gone = child.clone();
+    gone.deleted = true;
+    gone.version = child.version.bump(ShortId(P1)).unwrap();
+    let mut file = entry("e", EntryKind::File, Some(b"peer file"), P1, 1);
+    file.version = fx
+        .recorded("e")
+        .unwrap()
+        .entry
+        .version
+        .bump(ShortId(P1))
+        .unwrap();
+    fx.fake.serve(fx.peer, b"peer file");
+    fx.ingest(&[gone, file]);
+    for _ in 0..5 {
+        if fx.pending_count() == 0 {
+            break;
+        }
+        fx.round(HashSet::new()).await;
+    }
+    assert_eq!(fx.pending_count(), 0);
+    assert_eq!(fx.read("e"), b"peer file");
+    assert_eq!(fx.recorded("e").unwrap().entry.kind, EntryKind::File);
+}
+
+#[tokio::test]
+async fn fsdir_a_peer_child_under_our_file_moves_the_file_aside() {
+    let mut fx = fixture();
+    let ours = fx.local_file("d", b"our file");
+    fx.fake.serve(fx.peer, b"peer child");
+    fx.ingest(&[entry("d/x", EntryKind::File, Some(b"peer child"), P1, 1)]);
+    let report = fx.round(HashSet::new()).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(fx.pending_count(), 0);
+    assert_eq!(fx.read("d/x"), b"peer child");
+    let copy = crate::rules::conflict_name("d", ours.mtime_ns, ours.modified_by);
+    assert_eq!(fx.read(&copy), b"our file");
+    let d = fx.recorded("d").unwrap().entry;
+    assert_eq!(d.kind, EntryKind::Directory);
+    assert_eq!(d.version, ours.version.bump(ME).unwrap());
+}
