@@ -340,3 +340,29 @@ fn kill9_an_applied_create_keeps_the_newer_pending_delete_that_replaced_its_row(
     idx.commit("f", c, ME).unwrap();
     assert!(idx.pending_for("f", "x").unwrap().is_empty());
 }
+
+/// Regression (issue 10, counter overflow): our counter stored at
+/// `u64::MAX` (accepted before validation capped counters) made the next
+/// local edit panic (debug) or wrap to 0 and be lost (release). Now that
+/// edit is refused (logged), its refs link released, and the rest of the
+/// commit goes on.
+#[test]
+fn counter_overflow_a_local_edit_on_a_counter_at_its_ceiling_is_refused_not_wrapped() {
+    let (_d, idx) = open();
+    put(&idx, vec![file("a", 1, &[(ME.me.0, u64::MAX)])]);
+    let c = commit(
+        &idx,
+        vec![
+            observed("a", seen_file(10, 5, 2, Some("link-a"))),
+            observed("b", seen_file(10, 6, 3, None)),
+        ],
+    );
+    assert_eq!(c.written, 1, "b is still recorded");
+    assert_eq!(current(&idx, "a").entry.version.get(ME.me), u64::MAX);
+    assert_eq!(current(&idx, "a").entry.hash, Some([1; 32]));
+    assert!(
+        c.released.iter().any(|r| r.name == "link-a"),
+        "{:?}",
+        c.released
+    );
+}
