@@ -18,7 +18,7 @@
 
 use crate::health::Health;
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -26,11 +26,15 @@ use std::{
     },
 };
 
-use fleetsync_mesh::{EndpointId, Hash};
+use fleetsync_mesh::{EndpointId, FetchError, Hash};
 use n0_future::{BufferedStreamExt, StreamExt};
 use tracing::{debug, info};
 
-use super::{error::on_disk, watchdog::watched, ApplyError, Job, Sources};
+use super::{
+    error::on_disk,
+    watchdog::{capped, watched},
+    ApplyError, Job, Sources,
+};
 use crate::{
     folder::Folder,
     fsutil::{hash_file, random_u32},
@@ -277,6 +281,7 @@ async fn fetch_into_store(
             .status
             .track(&job.path, peer.fmt_short().to_string(), job.target.size);
         let fetch = folder.content.fetch(peer, hash, &t.done);
+        let fetch = bounded(fetch, &t.done, job.target.size, &peer);
         let res = watched(fetch, &t.done, folder.transfer_stall, &sources.health).await;
         match attempt_failed(folder, job, &hash, peer, res) {
             Ok(n) => {
@@ -287,6 +292,20 @@ async fn fetch_into_store(
         }
     }
     Err(no_peer_could(job, last))
+}
+
+/// A fetch cut off once it brings more than `announced` bytes ([`capped`]);
+/// being cut is its error (the entry is then rejected, see
+/// [`ApplyError::disposition`]).
+async fn bounded<T>(
+    fetch: impl std::future::Future<Output = Result<T, FetchError>>,
+    bytes: &AtomicU64,
+    announced: u64,
+    peer: &EndpointId,
+) -> Result<T, FetchError> {
+    capped(fetch, bytes, announced)
+        .await
+        .unwrap_or_else(|over| Err(FetchError::transfer(peer, over)))
 }
 
 /// Why no provider gave the content: the last peer's error, or none asked.
@@ -343,6 +362,7 @@ async fn fetch_direct(
             .status
             .track(&job.path, peer.fmt_short().to_string(), job.target.size);
         let fetch = folder.content.fetch_direct(peer, hash, &file, &t.done);
+        let fetch = bounded(fetch, &t.done, job.target.size, &peer);
         let res = watched(fetch, &t.done, folder.transfer_stall, &sources.health).await;
         // Counted whether or not it completed: these bytes crossed the wire.
         let n = t.done.load(Ordering::Relaxed);
@@ -366,6 +386,7 @@ pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], sources: &Sourc
     if !batch_fits(folder, jobs, &want).await {
         return;
     }
+    let sizes = sizes(jobs);
     let requests: Vec<(EndpointId, Vec<(Hash, PathBuf)>)> = want
         .into_iter()
         .flat_map(|(peer, items)| {
@@ -375,7 +396,10 @@ pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], sources: &Sourc
         })
         .collect();
     let arrived: Vec<(Hash, PathBuf)> = n0_future::stream::iter(requests)
-        .map(|(peer, items)| fetch_many(folder, peer, items, sources))
+        .map(|(peer, items)| {
+            let limit = announced(&sizes, &items);
+            fetch_many(folder, peer, items, limit, sources)
+        })
         .buffered_unordered(FETCH_STREAMS)
         .collect::<Vec<_>>()
         .await
@@ -482,10 +506,12 @@ async fn fetch_many(
     folder: &Folder,
     peer: EndpointId,
     items: Vec<(Hash, PathBuf)>,
+    limit: u64,
     sources: &Sources,
 ) -> Vec<(Hash, PathBuf)> {
     let bytes = AtomicU64::new(0);
     let fetch = folder.content.fetch_many(peer, items.clone(), &bytes);
+    let fetch = bounded(fetch, &bytes, limit, &peer);
     let res = watched(fetch, &bytes, folder.transfer_stall, &sources.health).await;
     let why = match res {
         Ok(Ok((got, n))) => {
@@ -506,6 +532,27 @@ async fn fetch_many(
         folder.mark_slow(*h.as_bytes(), peer);
     }
     keep_arrived(items, &HashSet::new())
+}
+
+/// The most any job announced for each content.
+fn sizes(jobs: &[Job]) -> HashMap<[u8; 32], u64> {
+    let mut sizes: HashMap<[u8; 32], u64> = HashMap::new();
+    for j in jobs {
+        if let Some(h) = j.target.hash {
+            let s = sizes.entry(h).or_default();
+            *s = (*s).max(j.target.size);
+        }
+    }
+    sizes
+}
+
+/// The bytes announced for these items' contents: a `GetMany` that brings
+/// more is cut.
+fn announced(sizes: &HashMap<[u8; 32], u64>, items: &[(Hash, PathBuf)]) -> u64 {
+    items
+        .iter()
+        .map(|(h, _)| sizes.get(h.as_bytes()).copied().unwrap_or(0))
+        .fold(0u64, u64::saturating_add)
 }
 
 /// The items in `got`; the temp files of the others are removed.

@@ -11,6 +11,8 @@
 
 use std::{io, sync::Arc};
 
+use super::watchdog::Oversized;
+
 use fleetsync_mesh::{FetchError, StoreError};
 
 use crate::{
@@ -180,6 +182,9 @@ impl ApplyError {
             ApplyError::NotEmptyYet { .. } | ApplyError::BlockedByFile { .. } => Disposition::Soon,
             ApplyError::SizeMismatch { .. } => Disposition::Reject,
             ApplyError::NoSpace { .. } | ApplyError::DiskFull { .. } => Disposition::NoSpace,
+            ApplyError::Fetch { source, .. } if in_chain::<Oversized>(source.as_ref()) => {
+                Disposition::Reject
+            }
             ApplyError::Fetch { source, .. } if no_space_in(source.as_ref()) => {
                 Disposition::NoSpace
             }
@@ -200,9 +205,23 @@ pub fn is_no_space(e: &io::Error) -> bool {
 /// Does a full disk show anywhere in this error's chain (a fetch that could
 /// not write what it received)?
 fn no_space_in(e: &(dyn std::error::Error + 'static)) -> bool {
+    any_in_chain(e, |e| {
+        e.downcast_ref::<io::Error>().is_some_and(is_no_space)
+    })
+}
+
+/// Is an error of type `T` anywhere in this error's chain?
+fn in_chain<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    any_in_chain(e, |e| e.is::<T>())
+}
+
+fn any_in_chain(
+    e: &(dyn std::error::Error + 'static),
+    pred: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut cur = Some(e);
     while let Some(e) = cur {
-        if e.downcast_ref::<io::Error>().is_some_and(is_no_space) {
+        if pred(e) {
             return true;
         }
         cur = e.source();

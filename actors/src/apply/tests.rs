@@ -831,3 +831,30 @@ async fn a_fetch_that_does_not_fit_is_not_started_and_says_no_space() {
     assert!(matches!(e, ApplyError::NoSpace { .. }), "{e}");
     assert!(fx.fake.fetches().is_empty());
 }
+
+#[tokio::test]
+async fn a_fetch_bringing_more_than_announced_is_cut_and_rejected() {
+    // The entry says 1000 bytes, its hash names 300 KiB: the transfer is
+    // cut once it passes the announced size (plus slack), long before the
+    // stall deadline, and the entry is rejected, not retried.
+    let fx = fixture();
+    let big = vec![7u8; 300 << 10];
+    let h = fx.fake.serve(fx.peer, &big);
+    fx.fake.hang(fx.peer, h, 200 << 10);
+    let mut liar = file("liar", &big, 1);
+    liar.size = 1000;
+    let e = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        fx.apply(job(&fx.folder, liar, fx.peer)),
+    )
+    .await
+    .expect("cut well before the stall deadline")
+    .unwrap_err();
+    assert_eq!(e.disposition(), Disposition::Reject, "{e}");
+    assert!(
+        e.to_string().contains("more than the 1000 announced"),
+        "{e}"
+    );
+    assert!(!fx.root().join("liar").exists());
+    fx.fake.release(fx.peer, h);
+}

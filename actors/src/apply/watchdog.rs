@@ -86,6 +86,47 @@ pub async fn watched<T>(
     }
 }
 
+/// How often [`capped`] looks at the byte counter.
+const CAP_TICK: Duration = Duration::from_millis(20);
+/// Bytes a transfer may report beyond the announced size before it is cut
+/// (counters may round up to a chunk group).
+pub const CAP_SLACK: u64 = 64 << 10;
+
+/// A transfer brought more bytes than its entry announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{received} bytes received, more than the {announced} announced; given up")]
+pub struct Oversized {
+    pub announced: u64,
+    pub received: u64,
+}
+
+/// Run `transfer`, cancelling it once `bytes` passes `announced` (plus
+/// [`CAP_SLACK`]): content that an entry under-announces (its hash names
+/// a bigger blob) never fills the disk past what the free-space check
+/// allowed. Dropping the transfer cancels it, as for [`watched`].
+pub async fn capped<T>(
+    transfer: impl Future<Output = T>,
+    bytes: &AtomicU64,
+    announced: u64,
+) -> Result<T, Oversized> {
+    let limit = announced.saturating_add(CAP_SLACK);
+    let mut ticks = tokio::time::interval(CAP_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(transfer);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut transfer => return Ok(out),
+            _ = ticks.tick() => {
+                let received = bytes.load(Ordering::Relaxed);
+                if received > limit {
+                    return Err(Oversized { announced, received });
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -175,5 +216,22 @@ mod tests {
         );
         assert!(task.await.unwrap().is_err());
         assert_eq!(health.vitals().busy, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transfer_past_its_announced_size_is_cut() {
+        let bytes = AtomicU64::new(0);
+        // 1 KiB every 10 ms for ever: far past 4 KiB + slack.
+        let endless = transfer(&bytes, Duration::from_millis(10), u32::MAX, false);
+        let e = capped(endless, &bytes, 4096).await.unwrap_err();
+        assert_eq!(e.announced, 4096);
+        assert!(e.received > 4096 + CAP_SLACK, "{e}");
+        assert!(
+            e.received < 4096 + CAP_SLACK + 8 * 1024,
+            "cut within a tick: {e}"
+        );
+        let bytes = AtomicU64::new(0);
+        let honest = transfer(&bytes, Duration::from_millis(10), 4, false);
+        assert_eq!(capped(honest, &bytes, 4096).await, Ok(4096));
     }
 }

@@ -96,6 +96,12 @@ fn announced_10tb_file_is_refused_for_no_space_and_the_node_keeps_syncing() {
     wait_content(n0, "honest.txt", b"from n1");
     std::fs::write(n0.path("back.txt"), b"from n0").unwrap();
     wait_content(n1, "back.txt", b"from n0");
+    // An honest big file is not cut by the announced-size cap.
+    write_big(&n1.path("big.bin"), 24 << 20, 5);
+    let want = hash_file(&n1.path("big.bin"));
+    wait_until(DEADLINE, "big.bin to arrive on n0", || {
+        hash_file(&n0.path("big.bin")) == want
+    });
     assert!(n0.log().contains("no space on the filesystem of"));
     drop(member);
 }
