@@ -303,7 +303,7 @@ fn unknown_key_in_folder() {
     assert_invalid(
         &e,
         "folders[0].pth",
-        "id, path, mode, settle, rescan, watch, poll_interval, min_free, umask",
+        "id, path, mode, settle, rescan, watch, poll_interval, max_pending, max_files, min_free, umask",
     );
 }
 
