@@ -240,6 +240,22 @@ impl FolderFs {
         }
     }
 
+    /// Identity of `<root>/.fleetsync` as its path resolves now (device,
+    /// inode, ctime), or an error if it is not a plain directory. The blob
+    /// store opens `refs/` links by path: the same stamp before and after
+    /// proves the path led to our directory all along (renaming it away
+    /// and back changes its ctime; replacing `refs/` changes its content).
+    pub fn reserved_stamp(&self) -> io::Result<(u64, u64, i64, i64)> {
+        let st = rustix::fs::lstat(&self.root.join(RESERVED_DIR)).map_err(to_io)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Err(io::Error::other(format!(
+                "{RESERVED_DIR} in {} is not a plain directory",
+                self.root.display()
+            )));
+        }
+        Ok((st.st_dev, st.st_ino, st.st_ctime, st.st_ctime_nsec as i64))
+    }
+
     /// A fresh temp path for content on its way in.
     pub fn new_tmp_name(&self) -> String {
         format!("{:016x}.part", random_u64())
@@ -466,6 +482,64 @@ impl Session {
         Ok(link)
     }
 
+    /// Open the regular file at `rel` once, never following a symlink
+    /// (neither on the way nor at the end): what is hashed, linked and
+    /// re-checked is this descriptor's inode, whatever the path becomes.
+    /// A symlink, fifo or device there is refused with [`NotRegular`].
+    pub fn open_regular(&self, rel: &str) -> io::Result<Opened> {
+        let (dir, name) = self.open_parent(rel, false)?;
+        // NONBLOCK: a fifo swapped in must not hang the open.
+        let flags = OFlags::RDONLY
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::NOCTTY
+            | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP) => return Err(not_regular(rel)),
+            Err(e) => return Err(to_io(e)),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(to_io)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(not_regular(rel));
+        }
+        Ok(Opened { fd, stat })
+    }
+
+    /// Hard-link the opened file into `refs/` from its descriptor (not its
+    /// path, which may point elsewhere by now) and return the link's name.
+    /// The link is checked to be the opened inode. Linking changes the
+    /// inode's ctime: the stat is taken again for the later re-check.
+    pub fn link_opened(&self, file: &mut Opened) -> io::Result<String> {
+        let refs = self.refs_fd()?;
+        let link = format!("l{:016x}", random_u64());
+        link_fd(&file.fd, refs, &link)?;
+        match rustix::fs::statat(refs, link.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if same_inode(&st, &file.stat) => {
+                file.stat = rustix::fs::fstat(&file.fd).map_err(to_io)?;
+                Ok(link)
+            }
+            res => {
+                let _ = rustix::fs::unlinkat(refs, link.as_str(), AtFlags::empty());
+                Err(res.map_or_else(to_io, |_| not_regular(&link)))
+            }
+        }
+    }
+
+    /// Is `rel` still exactly the opened file (same inode, size, mtime,
+    /// mode and ctime)? ctime catches a rewrite that restored the mtime.
+    pub fn still_is(&self, rel: &str, file: &Opened) -> bool {
+        let Ok((dir, name)) = self.open_parent(rel, false) else {
+            return false;
+        };
+        let Ok(now) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return false;
+        };
+        same_inode(&now, &file.stat)
+            && meta_from_stat(&now) == file.meta()
+            && (now.st_ctime, now.st_ctime_nsec) == (file.stat.st_ctime, file.stat.st_ctime_nsec)
+    }
+
     pub fn remove_ref(&self, name: &str) {
         if name.contains('/') || name.starts_with('.') {
             return;
@@ -482,6 +556,78 @@ impl Session {
         let (dir, name) = self.open_parent(rel, true)?;
         rustix::fs::renameat(refs, refs_name, &dir, name).map_err(to_io)?;
         rustix::fs::fsync(&dir).map_err(to_io)
+    }
+}
+
+/// A regular file opened by [`Session::open_regular`], with its `fstat`.
+#[derive(Debug)]
+pub struct Opened {
+    fd: OwnedFd,
+    stat: rustix::fs::Stat,
+}
+
+impl Opened {
+    /// Kind and stat as `lstat` would compare them.
+    pub fn meta(&self) -> DiskState {
+        meta_from_stat(&self.stat)
+    }
+
+    /// BLAKE3 of the content, read through the descriptor. Blocking.
+    pub fn hash(&self) -> io::Result<[u8; 32]> {
+        let mut file = std::fs::File::from(self.fd.try_clone()?);
+        std::io::Seek::rewind(&mut file)?;
+        let mut h = blake3::Hasher::new();
+        h.update_reader(file)?;
+        Ok(*h.finalize().as_bytes())
+    }
+
+    /// Does the file at `path` (resolved by the kernel, following
+    /// symlinks) have this inode?
+    pub fn is_at(&self, path: &Path) -> bool {
+        rustix::fs::stat(path).is_ok_and(|st| same_inode(&st, &self.stat))
+    }
+}
+
+/// Something other than a regular file where one was expected (a symlink
+/// swapped in, a fifo…): never read.
+#[derive(Debug)]
+pub struct NotRegular(pub String);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} is not a regular file (any more); not read", self.0)
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+fn not_regular(rel: &str) -> io::Error {
+    io::Error::other(NotRegular(rel.to_string()))
+}
+
+fn same_inode(a: &rustix::fs::Stat, b: &rustix::fs::Stat) -> bool {
+    (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+}
+
+/// `linkat` of an open file into `dir` as `name`. `AT_EMPTY_PATH` needs
+/// CAP_DAC_READ_SEARCH (root has it); without it, the `/proc/self/fd`
+/// magic link is followed, which resolves to the descriptor's inode too.
+fn link_fd(fd: &OwnedFd, dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    match rustix::fs::linkat(fd, "", dir, name, AtFlags::EMPTY_PATH) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
+            use std::os::fd::AsRawFd;
+            let magic = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                magic.as_str(),
+                dir,
+                name,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(to_io)
+        }
+        Err(e) => Err(to_io(e)),
     }
 }
 
