@@ -1,0 +1,140 @@
+//! A local user with write access to a synced folder (the node runs as
+//! root): symlink races, staging directories, long names, local exposure.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use fleetsync_integration_tests::*;
+
+fn folders(_: usize) -> Vec<FolderSpec> {
+    vec![FolderSpec::new("shared").settle("0s")]
+}
+
+fn mode_of(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Does any file below `dir` contain `needle`?
+fn any_file_contains(dir: &Path, needle: &[u8]) -> Option<String> {
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let md = fs::symlink_metadata(&p).ok()?;
+        if md.is_dir() {
+            if let Some(hit) = any_file_contains(&p, needle) {
+                return Some(hit);
+            }
+        } else if md.is_file() {
+            let bytes = fs::read(&p).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                return Some(p.display().to_string());
+            }
+        }
+    }
+    None
+}
+
+/// A "secret" outside every folder: big enough to live in a blob file, with
+/// a marker to look for on the peer.
+fn secret_file(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let marker = format!("SECRET-{}", hex::encode(random_bytes::<8>())).into_bytes();
+    let mut bytes = pseudo_random(64 << 10, 7);
+    bytes.extend_from_slice(&marker);
+    let p = dir.join("shadow");
+    fs::write(&p, &bytes).unwrap();
+    (p, marker)
+}
+
+#[test]
+fn hasher_race_a_symlink_to_a_file_outside_never_sends_its_content() {
+    let c = Cluster::start(2, Topology::Full, folders);
+    let outside = tempfile::tempdir().unwrap();
+    let (secret, marker) = secret_file(outside.path());
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    std::os::unix::fs::symlink(&secret, a.path("plain-link")).unwrap();
+    // The race: a file swapped with a symlink to the secret and back (the
+    // same inode, size and mtime each time) while the node hashes it.
+    fs::write(a.path("swap"), vec![b'x'; 64 << 10]).unwrap();
+    let (keep, evil) = (a.path(".keep"), a.path(".evil"));
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut swaps = 0;
+    while Instant::now() < until {
+        std::os::unix::fs::symlink(&secret, &evil).unwrap();
+        fs::rename(a.path("swap"), &keep).unwrap();
+        fs::rename(&evil, a.path("swap")).unwrap();
+        fs::rename(&keep, a.path("swap")).unwrap();
+        swaps += 1;
+    }
+    fs::write(a.path("done"), b"done").unwrap();
+    wait_until(DEADLINE, "b to receive the last file", || {
+        b.path("done").exists() && b.path("plain-link").is_symlink()
+    });
+    c.wait_converged("the swapped file settles");
+    assert!(swaps > 100, "only {swaps} swaps");
+    if let Some(hit) = any_file_contains(&b.root, &marker) {
+        panic!("the secret reached the peer: {hit}\n{}", dump_logs(&[a, b]));
+    }
+    assert!(any_file_contains(&a.data, &marker).is_none(), "stored on a");
+}
+
+#[test]
+fn local_exposure_data_dir_and_index_are_private_after_init_and_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fresh");
+    let folder = dir.path().join("f");
+    let out = std::process::Command::new(bin())
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .arg("--folder")
+        .arg(&folder)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode_of(&data), 0o700, "data dir after init");
+    for f in fs::read_dir(&data).unwrap().flatten() {
+        assert_eq!(mode_of(&f.path()) & 0o077, 0, "{:?}", f.path());
+    }
+    // A data dir an older version left open is tightened on start.
+    let mut c = Cluster::new(1, Topology::Full, folders);
+    let n = &mut c.nodes[0];
+    fs::set_permissions(&n.data, fs::Permissions::from_mode(0o755)).unwrap();
+    n.start();
+    wait_until(DEADLINE, "the node to answer", || n.status().is_some());
+    assert_eq!(mode_of(&n.data), 0o700, "data dir after start");
+    assert_eq!(mode_of(&n.data.join("index.redb")), 0o600, "index");
+    assert_eq!(mode_of(&n.data.join("identity.key")), 0o600, "key");
+}
+
+/// A raw request to the admin API with this `Host`: the status line.
+fn request_with_host(addr: std::net::SocketAddr, host: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET /status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    buf.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn local_exposure_admin_api_refuses_a_foreign_host() {
+    let c = Cluster::start(1, Topology::Full, folders);
+    let n = &c.nodes[0];
+    let port = n.admin.port();
+    for evil in ["evil.example", &format!("evil.example:{port}"), "127.0.0.1:1"] {
+        let line = request_with_host(n.admin, evil);
+        assert!(line.contains(" 421 "), "Host {evil}: {line}");
+    }
+    for good in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let line = request_with_host(n.admin, &good);
+        assert!(line.contains(" 200 "), "Host {good}: {line}");
+    }
+    let (code, out, err) = n.cli(&["status"]);
+    assert_eq!(code, 0, "fleetsync status: {out}{err}");
+    wait_until(DEADLINE, "the refusal to be logged", || {
+        n.log().contains("refused a request for another host")
+    });
+}
