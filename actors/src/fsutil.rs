@@ -372,7 +372,7 @@ impl Session {
     /// Create or atomically replace a symlink (never following the old one).
     pub fn symlink(&self, rel: &str, target: &str) -> io::Result<()> {
         let (dir, name) = self.open_parent(rel, true)?;
-        let tmp = format!(".{name}{TMP_MARK}{:08x}", random_u32());
+        let tmp = symlink_tmp_name(name, random_u32());
         rustix::fs::symlinkat(target, &dir, tmp.as_str()).map_err(to_io)?;
         if let Err(e) = rustix::fs::renameat(&dir, tmp.as_str(), &dir, name) {
             let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
@@ -631,6 +631,15 @@ fn link_fd(fd: &OwnedFd, dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     }
 }
 
+/// The temp name a symlink is created under before it is renamed over
+/// `name`: `.<name><TMP_MARK><8 hex>`, the name shortened so the whole
+/// stays within NAME_MAX (a long name must not make it fail forever).
+fn symlink_tmp_name(name: &str, nonce: u32) -> String {
+    use fleetsync_mesh::model::{shorten_name, MAX_NAME_LEN};
+    let room = MAX_NAME_LEN - 1 - TMP_MARK.len() - 8;
+    format!(".{}{TMP_MARK}{nonce:08x}", shorten_name(name, room))
+}
+
 pub fn random_u32() -> u32 {
     let mut b = [0u8; 4];
     getrandom::fill(&mut b).expect("OS random source unavailable");
@@ -773,6 +782,21 @@ mod tests {
             b"hello"
         );
         assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn long_names_a_symlink_with_a_long_name_is_created() {
+        let root = tempfile::tempdir().unwrap();
+        let fs = FolderFs::new(root.path());
+        fs.ensure_reserved().unwrap();
+        for name in ["l".repeat(240), "é".repeat(127), "x".repeat(255)] {
+            fs.symlink(&name, "target").unwrap();
+            assert_eq!(fs.read_link(&name).unwrap(), "target");
+            let tmp = symlink_tmp_name(&name, u32::MAX);
+            assert!(tmp.len() <= 255 && tmp.contains(TMP_MARK), "{tmp}");
+            assert_eq!(tmp, symlink_tmp_name(&name, u32::MAX));
+        }
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 4, "no temp left");
     }
 
     #[test]

@@ -138,3 +138,75 @@ fn local_exposure_admin_api_refuses_a_foreign_host() {
         n.log().contains("refused a request for another host")
     });
 }
+
+#[test]
+fn long_names_a_240_byte_symlink_and_file_sync() {
+    let c = Cluster::start(2, Topology::Full, folders);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let link = "l".repeat(240);
+    let file = format!("{}.txt", "é".repeat(123));
+    let full = "f".repeat(255);
+    std::os::unix::fs::symlink("some/target", a.path(&link)).unwrap();
+    fs::write(a.path(&file), b"long").unwrap();
+    fs::write(a.path(&full), b"full").unwrap();
+    wait_until(DEADLINE, "the long names on b", || {
+        b.path(&link).is_symlink() && b.path(&file).exists() && b.path(&full).exists()
+    });
+    // Replacing the symlink goes through a temp name too.
+    fs::remove_file(a.path(&link)).unwrap();
+    std::os::unix::fs::symlink("other/target", a.path(&link)).unwrap();
+    let t = c.wait_converged("the replaced symlink");
+    assert_eq!(t.get(&link), Some(&Item::Link("other/target".into())));
+    assert!(!b.log().contains("File name too long"), "{}", b.log_tail(30));
+}
+
+fn set_mtime(p: &Path, secs: u64) {
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap();
+}
+
+#[test]
+fn long_names_a_conflict_on_a_250_byte_name_converges() {
+    let mut c = Cluster::start(2, Topology::Full, folders);
+    let name = format!("{}.txt", "c".repeat(246));
+    let loser = fleetsync_mesh::model::ShortId(u64::from_be_bytes(
+        c.nodes[0].id[..8].try_into().unwrap(),
+    ));
+    let loser_mtime = 1_800_000_000;
+    let base = fleetsync_actors::rules::conflict_name(&name, loser_mtime as i64 * 1_000_000_000, loser);
+    // The first conflict name is taken already: the copy needs the next
+    // one (`….1`), which must fit too.
+    fs::write(c.nodes[0].path(&name), b"base").unwrap();
+    fs::write(c.nodes[0].path(&base), b"an older copy").unwrap();
+    c.wait_converged("the base versions");
+
+    c.nodes[1].stop();
+    fs::write(c.nodes[0].path(&name), b"edit made on a").unwrap();
+    set_mtime(&c.nodes[0].path(&name), loser_mtime);
+    wait_until(DEADLINE, "a to index its edit", || {
+        c.nodes[0]
+            .folder_status("shared")
+            .is_some_and(|f| f["seq"].as_u64() >= Some(3))
+    });
+    fs::write(c.nodes[1].path(&name), b"edit made on b, later").unwrap();
+    set_mtime(&c.nodes[1].path(&name), loser_mtime + 100);
+    c.nodes[1].start();
+    c.wait_connected();
+    let t = c.wait_converged("both nodes to agree after the partition");
+    let copy = fleetsync_actors::rules::conflict_name_try(
+        &name,
+        loser_mtime as i64 * 1_000_000_000,
+        loser,
+        1,
+    );
+    assert!(copy.len() <= 255);
+    assert!(t.contains_key(&copy), "{:?}\n{}", t.keys(), dump_logs(&[&c.nodes[0], &c.nodes[1]]));
+    for n in &c.nodes {
+        assert_eq!(fs::read(n.path(&copy)).unwrap(), b"edit made on a");
+        assert_eq!(fs::read(n.path(&name)).unwrap(), b"edit made on b, later");
+    }
+}
