@@ -85,15 +85,37 @@ pub fn meta_from_stat(st: &rustix::fs::Stat) -> DiskState {
     })
 }
 
-/// One folder root. Cheap to clone; holds no descriptors between calls.
+/// One folder root. Cheap to clone. Holds one descriptor: the staging
+/// directory `.fleetsync/tmp`, opened without following symlinks and
+/// pinned, so every temp file is created, written, renamed and swept in
+/// that very directory however the path `<root>/.fleetsync` changes.
 #[derive(Debug, Clone)]
 pub struct FolderFs {
     root: PathBuf,
+    tmp: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<OwnedFd>>>>,
 }
+
+/// What [`FolderFs::tmp_dir`] returns when the staging directory cannot be
+/// opened safely: a path on which every operation fails.
+const NO_STAGING: &str = "/proc/self/fd/-1/fleetsync-staging-refused";
 
 impl FolderFs {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        FolderFs { root: root.into() }
+        FolderFs {
+            root: root.into(),
+            tmp: Default::default(),
+        }
+    }
+
+    /// The pinned staging directory, opened (and pinned) on first use.
+    fn tmp_fd(&self) -> io::Result<std::sync::Arc<OwnedFd>> {
+        let mut pin = self.tmp.lock().expect("staging pin lock");
+        if let Some(fd) = pin.as_ref() {
+            return Ok(fd.clone());
+        }
+        let fd = std::sync::Arc::new(self.session_unpinned()?.open_reserved(TMP_DIR)?);
+        *pin = Some(fd.clone());
+        Ok(fd)
     }
 
     pub fn root(&self) -> &Path {
@@ -104,8 +126,21 @@ impl FolderFs {
         self.root.join(rel)
     }
 
+    /// The staging directory as a path through its pinned descriptor
+    /// (`/proc/self/fd/N`): a local user who replaces `.fleetsync` or its
+    /// `tmp` with a symlink cannot make the node write there. Valid while
+    /// the node runs; not a path to persist.
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join(RESERVED_DIR).join(TMP_DIR)
+        use std::os::fd::AsRawFd;
+        match self.tmp_fd() {
+            Ok(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            Err(e) => {
+                // Not a warning each time: the session's own open of the
+                // staging directory fails with the reason and reports it.
+                tracing::debug!(root = %self.root.display(), "staging directory refused: {e}");
+                PathBuf::from(NO_STAGING)
+            }
+        }
     }
 
     pub fn refs_dir(&self) -> PathBuf {
@@ -126,6 +161,16 @@ impl FolderFs {
     /// Keep it short-lived: it pins the directory that was the root when
     /// it was opened.
     pub fn session(&self) -> io::Result<Session> {
+        let session = self.session_unpinned()?;
+        // Temp files live in the pinned staging directory, wherever the
+        // path leads now (a fresh open could find a replaced one).
+        if let Ok(fd) = self.tmp_fd() {
+            let _ = session.tmp.set(fd.try_clone()?);
+        }
+        Ok(session)
+    }
+
+    fn session_unpinned(&self) -> io::Result<Session> {
         Ok(Session {
             root: self.open_root()?,
             tmp: std::sync::OnceLock::new(),
@@ -200,8 +245,13 @@ impl FolderFs {
         self.session()?.place_from_refs(refs_name, rel)
     }
 
-    /// Create `<root>/.fleetsync/tmp` (refusing symlinks), the folder
-    /// marker that also tells us the folder is really there (mounted).
+    /// Create `<root>/.fleetsync` with `tmp/` and `refs/` (owner-only: the
+    /// node's staging area), the folder marker that also tells us the
+    /// folder is really there (mounted). One of them that is a symlink
+    /// (planted by a local user to redirect the node's writes) is removed
+    /// and replaced by a plain directory, with a warning; anything else
+    /// that is not a directory is refused. The staging directory is pinned
+    /// afresh.
     pub fn ensure_reserved(&self) -> io::Result<()> {
         let root = self.open_root()?;
         for (parent_is_root, name) in [(true, RESERVED_DIR), (false, TMP_DIR), (false, REFS_DIR)] {
@@ -210,7 +260,8 @@ impl FolderFs {
             } else {
                 Self::open_dir_at(&root, OsStr::new(RESERVED_DIR)).map_err(to_io)?
             };
-            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
+            self.replace_symlink(&parent, name)?;
+            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                 Err(e) => return Err(to_io(e)),
             }
@@ -221,7 +272,23 @@ impl FolderFs {
                 ))
             })?;
         }
-        Ok(())
+        *self.tmp.lock().expect("staging pin lock") = None;
+        self.tmp_fd().map(drop)
+    }
+
+    /// Remove `name` in `parent` if it is a symlink (never following it).
+    fn replace_symlink(&self, parent: &OwnedFd, name: &str) -> io::Result<()> {
+        let Ok(st) = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return Ok(());
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+            return Ok(());
+        }
+        tracing::warn!(
+            root = %self.root.display(),
+            "{name} in the folder's staging area is a symlink (someone tried to redirect the node's writes); replaced with a plain directory"
+        );
+        rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(to_io)
     }
 
     pub fn has_marker(&self) -> bool {
@@ -240,12 +307,32 @@ impl FolderFs {
         }
     }
 
-    /// Identity of `<root>/.fleetsync` as its path resolves now (device,
-    /// inode, ctime), or an error if it is not a plain directory. The blob
-    /// store opens `refs/` links by path: the same stamp before and after
-    /// proves the path led to our directory all along (renaming it away
-    /// and back changes its ctime; replacing `refs/` changes its content).
-    pub fn reserved_stamp(&self) -> io::Result<(u64, u64, i64, i64)> {
+    /// `<root>/.fleetsync/refs/<name>` as a real path, for the blob store
+    /// (which keeps such paths and opens them later), with the stamp of
+    /// `.fleetsync` as the path resolves now; an error unless that is our
+    /// own directory (the one the pinned staging directory is in).
+    pub fn store_ref_path(&self, name: &str) -> io::Result<(PathBuf, ReservedStamp)> {
+        let stamp = self.reserved_stamp()?;
+        let ours = rustix::fs::statat(&*self.tmp_fd()?, "..", AtFlags::empty()).map_err(to_io)?;
+        if (ours.st_dev, ours.st_ino) != (stamp.0, stamp.1) {
+            return Err(io::Error::other(format!(
+                "{RESERVED_DIR} in {} was replaced while the node runs; restart the node to recreate it",
+                self.root.display()
+            )));
+        }
+        Ok((self.refs_dir().join(name), stamp))
+    }
+
+    /// Did `<root>/.fleetsync` stay the same directory since `stamp` was
+    /// taken? Renaming it away and back changes its ctime; replacing
+    /// `refs/` in it changes its ctime too. The blob store opens `refs/`
+    /// paths by name: the same stamp before and after proves the path led
+    /// to our directory all along.
+    pub fn still_reserved(&self, stamp: &ReservedStamp) -> bool {
+        self.reserved_stamp().is_ok_and(|now| now == *stamp)
+    }
+
+    fn reserved_stamp(&self) -> io::Result<ReservedStamp> {
         let st = rustix::fs::lstat(&self.root.join(RESERVED_DIR)).map_err(to_io)?;
         if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
             return Err(io::Error::other(format!(
@@ -253,7 +340,12 @@ impl FolderFs {
                 self.root.display()
             )));
         }
-        Ok((st.st_dev, st.st_ino, st.st_ctime, st.st_ctime_nsec as i64))
+        Ok(ReservedStamp(
+            st.st_dev,
+            st.st_ino,
+            st.st_ctime,
+            st.st_ctime_nsec as i64,
+        ))
     }
 
     /// A fresh temp path for content on its way in.
@@ -261,6 +353,11 @@ impl FolderFs {
         format!("{:016x}.part", random_u64())
     }
 }
+
+/// Identity of `<root>/.fleetsync` (device, inode, ctime): see
+/// [`FolderFs::still_reserved`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservedStamp(u64, u64, i64, i64);
 
 /// A directory descriptor: the session's root, or one opened on the way.
 pub enum Dir<'a> {
@@ -804,7 +901,39 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join(RESERVED_DIR)).unwrap();
-        assert!(FolderFs::new(root.path()).ensure_reserved().is_err());
         assert!(!FolderFs::new(root.path()).has_marker());
+        std::fs::write(root.path().join("file"), b"x").unwrap();
+        let fs = FolderFs::new(root.path().join("file"));
+        assert!(fs.ensure_reserved().is_err(), "a file is no folder root");
+    }
+
+    #[test]
+    fn staging_dirs_a_symlink_is_replaced_and_never_written_through() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join(TMP_DIR)).unwrap();
+        std::fs::create_dir(outside.path().join(REFS_DIR)).unwrap();
+        let reserved = root.path().join(RESERVED_DIR);
+        // Planted before start: replaced by a plain directory.
+        std::os::unix::fs::symlink(outside.path(), &reserved).unwrap();
+        let fs = FolderFs::new(root.path());
+        fs.ensure_reserved().unwrap();
+        assert!(std::fs::symlink_metadata(&reserved).unwrap().is_dir());
+        std::fs::remove_dir(reserved.join(TMP_DIR)).unwrap();
+        std::os::unix::fs::symlink(outside.path().join(TMP_DIR), reserved.join(TMP_DIR)).unwrap();
+        fs.ensure_reserved().unwrap();
+        assert!(std::fs::symlink_metadata(reserved.join(TMP_DIR)).unwrap().is_dir());
+        // Swapped while running: temp files still go to the real one.
+        std::fs::rename(&reserved, root.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &reserved).unwrap();
+        std::fs::write(fs.tmp_dir().join("a.part"), b"content").unwrap();
+        let st = finish_tmp(&fs.tmp_dir().join("a.part"), 0o644, 0, false).unwrap();
+        assert_eq!(st.size, 7);
+        assert!(root.path().join("moved/tmp/a.part").exists());
+        assert_eq!(std::fs::read_dir(outside.path().join(TMP_DIR)).unwrap().count(), 0);
+        // Placing takes it from the pinned directory too.
+        fs.place("a.part", "x", true).unwrap();
+        assert_eq!(std::fs::read(root.path().join("x")).unwrap(), b"content");
+        assert_eq!(std::fs::read_dir(outside.path().join(REFS_DIR)).unwrap().count(), 0);
     }
 }

@@ -144,14 +144,18 @@ async fn import_ref(
     opened: &Arc<Opened>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<([u8; 32], Hold), HashError> {
-    let abs = folder.fs.refs_dir().join(link);
-    let stamp = || folder.fs.reserved_stamp().ok();
-    let before = stamp();
-    if before.is_none() || !opened.is_at(&abs) {
+    let (abs, stamp) = folder
+        .fs
+        .store_ref_path(link)
+        .map_err(|source| HashError::Disk {
+            path: rel.to_string(),
+            source,
+        })?;
+    if !opened.is_at(&abs) {
         return Err(HashError::Changed(rel.to_string()));
     }
     let out = import_path(folder, abs.clone(), rel, progress).await?;
-    if stamp() != before || !opened.is_at(&abs) {
+    if !folder.fs.still_reserved(&stamp) || !opened.is_at(&abs) {
         warn!(
             folder = folder.id(),
             path = rel,
