@@ -295,6 +295,11 @@ impl FolderFs {
         matches!(self.lstat_abs_marker(), Ok(Some(EntryKind::Directory)))
     }
 
+    /// Is `<root>/.fleetsync` a symlink?
+    pub fn marker_is_symlink(&self) -> bool {
+        matches!(self.lstat_abs_marker(), Ok(Some(EntryKind::Symlink)))
+    }
+
     fn lstat_abs_marker(&self) -> io::Result<Option<EntryKind>> {
         let root = self.open_root()?;
         match rustix::fs::statat(&root, RESERVED_DIR, AtFlags::SYMLINK_NOFOLLOW) {

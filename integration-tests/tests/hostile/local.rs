@@ -73,7 +73,7 @@ fn hasher_race_a_symlink_to_a_file_outside_never_sends_its_content() {
     wait_until(DEADLINE, "b to receive the last file", || {
         b.path("done").exists() && b.path("plain-link").is_symlink()
     });
-    c.wait_converged("the swapped file settles");
+    converged(&c, "the swapped file settles");
     assert!(swaps > 100, "only {swaps} swaps");
     if let Some(hit) = any_file_contains(&b.root, &marker) {
         panic!("the secret reached the peer: {hit}\n{}", dump_logs(&[a, b]));
@@ -208,5 +208,62 @@ fn long_names_a_conflict_on_a_250_byte_name_converges() {
     for n in &c.nodes {
         assert_eq!(fs::read(n.path(&copy)).unwrap(), b"edit made on a");
         assert_eq!(fs::read(n.path(&name)).unwrap(), b"edit made on b, later");
+    }
+}
+
+/// `wait_converged`, with both logs in the panic message.
+fn converged(c: &Cluster, what: &str) -> std::collections::BTreeMap<String, Item> {
+    let started = Instant::now();
+    loop {
+        let trees: Vec<_> = c.nodes.iter().map(|n| tree(&n.path(""))).collect();
+        if trees.windows(2).all(|w| w[0] == w[1]) {
+            return trees[0].clone();
+        }
+        if started.elapsed() > DEADLINE {
+            let nodes: Vec<&Node> = c.nodes.iter().collect();
+            panic!("timed out waiting for {what}: {trees:?}\n{}", dump_logs(&nodes));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|rd| rd.count()).unwrap_or(0)
+}
+
+#[test]
+fn staging_dirs_a_symlinked_fleetsync_is_never_written_through() {
+    let mut c = Cluster::start(2, Topology::Full, folders);
+    let outside = tempfile::tempdir().unwrap();
+    for sub in ["tmp", "refs"] {
+        fs::create_dir(outside.path().join(sub)).unwrap();
+    }
+    // A local user on b moves the staging area away and plants a symlink.
+    let reserved = c.nodes[1].path(".fleetsync");
+    // (Moved out of the folder, where it would be synced as a plain dir.)
+    fs::rename(&reserved, c.dir.path().join("moved-staging")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &reserved).unwrap();
+    for i in 0..5 {
+        fs::write(c.nodes[0].path(&format!("small-{i}")), format!("small {i}")).unwrap();
+    }
+    write_big(&c.nodes[0].path("big.bin"), 3 << 20, 11);
+    let t = converged(&c, "b to apply with its staging area replaced");
+    assert_eq!(t.len(), 6, "{:?}", t.keys());
+    for sub in ["tmp", "refs"] {
+        assert_eq!(count_files(&outside.path().join(sub)), 0, "written through to {sub}");
+    }
+    // On restart the symlink is refused (it may stand for an unmounted
+    // disk's marker), with a clear log line; still nothing written there.
+    let b = &mut c.nodes[1];
+    b.stop();
+    b.start();
+    wait_until(DEADLINE, "the refusal to be logged", || {
+        b.log().contains(".fleetsync is a symlink")
+    });
+    let st = b.folder_status("shared").unwrap();
+    assert!(st.to_string().contains("is a symlink"), "{st}");
+    assert_eq!(count_files(outside.path()), 2, "the outside dir is untouched");
+    for sub in ["tmp", "refs"] {
+        assert_eq!(count_files(&outside.path().join(sub)), 0, "written through to {sub}");
     }
 }
