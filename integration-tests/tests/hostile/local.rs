@@ -238,32 +238,45 @@ fn staging_dirs_a_symlinked_fleetsync_is_never_written_through() {
     for sub in ["tmp", "refs"] {
         fs::create_dir(outside.path().join(sub)).unwrap();
     }
-    // A local user on b moves the staging area away and plants a symlink.
+    // A local user on b replaces the staging directories with symlinks
+    // (the real ones moved out of the folder, where they would be synced).
     let reserved = c.nodes[1].path(".fleetsync");
-    // (Moved out of the folder, where it would be synced as a plain dir.)
-    fs::rename(&reserved, c.dir.path().join("moved-staging")).unwrap();
-    std::os::unix::fs::symlink(outside.path(), &reserved).unwrap();
+    for sub in ["tmp", "refs"] {
+        fs::rename(reserved.join(sub), c.dir.path().join(format!("moved-{sub}"))).unwrap();
+        std::os::unix::fs::symlink(outside.path().join(sub), reserved.join(sub)).unwrap();
+    }
     for i in 0..5 {
         fs::write(c.nodes[0].path(&format!("small-{i}")), format!("small {i}")).unwrap();
     }
     write_big(&c.nodes[0].path("big.bin"), 3 << 20, 11);
     let t = converged(&c, "b to apply with its staging area replaced");
     assert_eq!(t.len(), 6, "{:?}", t.keys());
+    let untouched = |outside: &Path| {
+        for sub in ["tmp", "refs"] {
+            assert_eq!(count_files(&outside.join(sub)), 0, "written through to {sub}");
+        }
+    };
+    untouched(outside.path());
+    // On restart they are replaced by plain directories, with a log line.
+    c.nodes[1].stop();
+    c.nodes[1].start();
+    let b = &c.nodes[1];
+    wait_until(DEADLINE, "the replacement to be logged", || {
+        b.log().contains("replaced with a plain directory")
+    });
     for sub in ["tmp", "refs"] {
-        assert_eq!(count_files(&outside.path().join(sub)), 0, "written through to {sub}");
+        assert!(fs::symlink_metadata(reserved.join(sub)).unwrap().is_dir(), "{sub}");
     }
-    // On restart the symlink is refused (it may stand for an unmounted
-    // disk's marker), with a clear log line; still nothing written there.
+    // The marker itself a symlink: refused (it may stand in for an
+    // unmounted disk's), with its own message; still nothing written there.
     let b = &mut c.nodes[1];
     b.stop();
+    fs::rename(&reserved, c.dir.path().join("moved-reserved")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &reserved).unwrap();
     b.start();
     wait_until(DEADLINE, "the refusal to be logged", || {
         b.log().contains(".fleetsync is a symlink")
     });
-    let st = b.folder_status("shared").unwrap();
-    assert!(st.to_string().contains("is a symlink"), "{st}");
-    assert_eq!(count_files(outside.path()), 2, "the outside dir is untouched");
-    for sub in ["tmp", "refs"] {
-        assert_eq!(count_files(&outside.path().join(sub)), 0, "written through to {sub}");
-    }
+    untouched(outside.path());
+    assert_eq!(count_files(outside.path()), 2);
 }
