@@ -338,7 +338,7 @@ impl FolderFs {
     }
 
     fn reserved_stamp(&self) -> io::Result<ReservedStamp> {
-        let st = rustix::fs::lstat(&self.root.join(RESERVED_DIR)).map_err(to_io)?;
+        let st = rustix::fs::lstat(self.root.join(RESERVED_DIR)).map_err(to_io)?;
         if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
             return Err(io::Error::other(format!(
                 "{RESERVED_DIR} in {} is not a plain directory",
@@ -591,11 +591,8 @@ impl Session {
     pub fn open_regular(&self, rel: &str) -> io::Result<Opened> {
         let (dir, name) = self.open_parent(rel, false)?;
         // NONBLOCK: a fifo swapped in must not hang the open.
-        let flags = OFlags::RDONLY
-            | OFlags::NOFOLLOW
-            | OFlags::NONBLOCK
-            | OFlags::NOCTTY
-            | OFlags::CLOEXEC;
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::LOOP) => return Err(not_regular(rel)),
@@ -898,7 +895,11 @@ mod tests {
             assert!(tmp.len() <= 255 && tmp.contains(TMP_MARK), "{tmp}");
             assert_eq!(tmp, symlink_tmp_name(&name, u32::MAX));
         }
-        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 4, "no temp left");
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            4,
+            "no temp left"
+        );
     }
 
     #[test]
@@ -927,7 +928,9 @@ mod tests {
         std::fs::remove_dir(reserved.join(TMP_DIR)).unwrap();
         std::os::unix::fs::symlink(outside.path().join(TMP_DIR), reserved.join(TMP_DIR)).unwrap();
         fs.ensure_reserved().unwrap();
-        assert!(std::fs::symlink_metadata(reserved.join(TMP_DIR)).unwrap().is_dir());
+        assert!(std::fs::symlink_metadata(reserved.join(TMP_DIR))
+            .unwrap()
+            .is_dir());
         // Swapped while running: temp files still go to the real one.
         std::fs::rename(&reserved, root.path().join("moved")).unwrap();
         std::os::unix::fs::symlink(outside.path(), &reserved).unwrap();
@@ -935,10 +938,20 @@ mod tests {
         let st = finish_tmp(&fs.tmp_dir().join("a.part"), 0o644, 0, false).unwrap();
         assert_eq!(st.size, 7);
         assert!(root.path().join("moved/tmp/a.part").exists());
-        assert_eq!(std::fs::read_dir(outside.path().join(TMP_DIR)).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(outside.path().join(TMP_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
         // Placing takes it from the pinned directory too.
         fs.place("a.part", "x", true).unwrap();
         assert_eq!(std::fs::read(root.path().join("x")).unwrap(), b"content");
-        assert_eq!(std::fs::read_dir(outside.path().join(REFS_DIR)).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(outside.path().join(REFS_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

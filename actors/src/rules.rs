@@ -126,7 +126,11 @@ pub fn conflict_name_try(path: &str, mtime_ns: i64, by: ShortId, n: usize) -> St
         _ => (file, ""),
     };
     let marker = format!(".sync-conflict-{}-{by}", format_utc(mtime_ns));
-    let tail = if n == 0 { String::new() } else { format!(".{n}") };
+    let tail = if n == 0 {
+        String::new()
+    } else {
+        format!(".{n}")
+    };
     let fixed = marker.len() + tail.len();
     // A short extension is kept whole; the stem gives way first.
     let ext = shorten_name(ext, MAX_NAME_LEN - fixed);
@@ -287,7 +291,10 @@ mod tests {
         assert!(is_conflict_copy(&conflict_name("a/b.txt", t, id)));
         let long = conflict_name(&format!("{}.bin", "x".repeat(250)), t, id);
         assert!(long.len() <= 255 && long.ends_with("-deadbeef01.bin"));
-        assert_eq!(conflict_name_try("a.txt", t, id, 3), format!("{}.3", conflict_name("a.txt", t, id)));
+        assert_eq!(
+            conflict_name_try("a.txt", t, id, 3),
+            format!("{}.3", conflict_name("a.txt", t, id))
+        );
     }
 
     #[test]

@@ -619,7 +619,10 @@ fn hasher_race_a_swap_between_open_and_link_links_the_opened_inode() {
     assert_eq!(std::fs::read(&linked).unwrap(), b"innocent");
     assert!(!std::fs::symlink_metadata(&linked).unwrap().is_symlink());
     assert!(!opened.is_at(&secret));
-    assert!(!session.still_is("a", &opened), "the re-check sees the swap");
+    assert!(
+        !session.still_is("a", &opened),
+        "the re-check sees the swap"
+    );
     // Deleted outright: no link can be made; never one to the secret.
     write(&folder, "b", b"innocent");
     let mut opened = session.open_regular("b").unwrap();
@@ -648,7 +651,10 @@ async fn hasher_race_a_staging_dir_swapped_during_import_is_not_indexed() {
     })));
     let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await;
     assert_eq!(out.committed, 0, "{out:?}");
-    assert!(record(&folder, "a").is_none(), "the secret's hash was indexed");
+    assert!(
+        record(&folder, "a").is_none(),
+        "the secret's hash was indexed"
+    );
 }
 
 #[tokio::test]

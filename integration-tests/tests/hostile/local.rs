@@ -113,7 +113,11 @@ fn local_exposure_data_dir_and_index_are_private_after_init_and_start() {
 fn request_with_host(addr: std::net::SocketAddr, host: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET /status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
     buf.lines().next().unwrap_or_default().to_string()
@@ -124,7 +128,11 @@ fn local_exposure_admin_api_refuses_a_foreign_host() {
     let c = Cluster::start(1, Topology::Full, folders);
     let n = &c.nodes[0];
     let port = n.admin.port();
-    for evil in ["evil.example", &format!("evil.example:{port}"), "127.0.0.1:1"] {
+    for evil in [
+        "evil.example",
+        &format!("evil.example:{port}"),
+        "127.0.0.1:1",
+    ] {
         let line = request_with_host(n.admin, evil);
         assert!(line.contains(" 421 "), "Host {evil}: {line}");
     }
@@ -157,7 +165,11 @@ fn long_names_a_240_byte_symlink_and_file_sync() {
     std::os::unix::fs::symlink("other/target", a.path(&link)).unwrap();
     let t = c.wait_converged("the replaced symlink");
     assert_eq!(t.get(&link), Some(&Item::Link("other/target".into())));
-    assert!(!b.log().contains("File name too long"), "{}", b.log_tail(30));
+    assert!(
+        !b.log().contains("File name too long"),
+        "{}",
+        b.log_tail(30)
+    );
 }
 
 fn set_mtime(p: &Path, secs: u64) {
@@ -173,11 +185,11 @@ fn set_mtime(p: &Path, secs: u64) {
 fn long_names_a_conflict_on_a_250_byte_name_converges() {
     let mut c = Cluster::start(2, Topology::Full, folders);
     let name = format!("{}.txt", "c".repeat(246));
-    let loser = fleetsync_mesh::model::ShortId(u64::from_be_bytes(
-        c.nodes[0].id[..8].try_into().unwrap(),
-    ));
+    let loser =
+        fleetsync_mesh::model::ShortId(u64::from_be_bytes(c.nodes[0].id[..8].try_into().unwrap()));
     let loser_mtime = 1_800_000_000;
-    let base = fleetsync_actors::rules::conflict_name(&name, loser_mtime as i64 * 1_000_000_000, loser);
+    let base =
+        fleetsync_actors::rules::conflict_name(&name, loser_mtime as i64 * 1_000_000_000, loser);
     // The first conflict name is taken already: the copy needs the next
     // one (`….1`), which must fit too.
     fs::write(c.nodes[0].path(&name), b"base").unwrap();
@@ -204,7 +216,12 @@ fn long_names_a_conflict_on_a_250_byte_name_converges() {
         1,
     );
     assert!(copy.len() <= 255);
-    assert!(t.contains_key(&copy), "{:?}\n{}", t.keys(), dump_logs(&[&c.nodes[0], &c.nodes[1]]));
+    assert!(
+        t.contains_key(&copy),
+        "{:?}\n{}",
+        t.keys(),
+        dump_logs(&[&c.nodes[0], &c.nodes[1]])
+    );
     for n in &c.nodes {
         assert_eq!(fs::read(n.path(&copy)).unwrap(), b"edit made on a");
         assert_eq!(fs::read(n.path(&name)).unwrap(), b"edit made on b, later");
@@ -221,7 +238,10 @@ fn converged(c: &Cluster, what: &str) -> std::collections::BTreeMap<String, Item
         }
         if started.elapsed() > DEADLINE {
             let nodes: Vec<&Node> = c.nodes.iter().collect();
-            panic!("timed out waiting for {what}: {trees:?}\n{}", dump_logs(&nodes));
+            panic!(
+                "timed out waiting for {what}: {trees:?}\n{}",
+                dump_logs(&nodes)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -242,7 +262,11 @@ fn staging_dirs_a_symlinked_fleetsync_is_never_written_through() {
     // (the real ones moved out of the folder, where they would be synced).
     let reserved = c.nodes[1].path(".fleetsync");
     for sub in ["tmp", "refs"] {
-        fs::rename(reserved.join(sub), c.dir.path().join(format!("moved-{sub}"))).unwrap();
+        fs::rename(
+            reserved.join(sub),
+            c.dir.path().join(format!("moved-{sub}")),
+        )
+        .unwrap();
         std::os::unix::fs::symlink(outside.path().join(sub), reserved.join(sub)).unwrap();
     }
     for i in 0..5 {
@@ -253,7 +277,11 @@ fn staging_dirs_a_symlinked_fleetsync_is_never_written_through() {
     assert_eq!(t.len(), 6, "{:?}", t.keys());
     let untouched = |outside: &Path| {
         for sub in ["tmp", "refs"] {
-            assert_eq!(count_files(&outside.join(sub)), 0, "written through to {sub}");
+            assert_eq!(
+                count_files(&outside.join(sub)),
+                0,
+                "written through to {sub}"
+            );
         }
     };
     untouched(outside.path());
@@ -265,7 +293,10 @@ fn staging_dirs_a_symlinked_fleetsync_is_never_written_through() {
         b.log().contains("replaced with a plain directory")
     });
     for sub in ["tmp", "refs"] {
-        assert!(fs::symlink_metadata(reserved.join(sub)).unwrap().is_dir(), "{sub}");
+        assert!(
+            fs::symlink_metadata(reserved.join(sub)).unwrap().is_dir(),
+            "{sub}"
+        );
     }
     // The marker itself a symlink: refused (it may stand in for an
     // unmounted disk's), with its own message; still nothing written there.
