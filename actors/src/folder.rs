@@ -238,9 +238,14 @@ const SLOW_MARKS_MAX: usize = 4096;
 /// content: most likely an unmounted disk. Syncing it as empty would
 /// delete it everywhere, so the folder is paused instead.
 #[derive(Debug, thiserror::Error)]
-#[error("folder marker {}/.fleetsync is missing: is the disk mounted? (if the folder was emptied on purpose: mkdir -p {}/.fleetsync)", root.display(), root.display())]
-pub struct MarkerMissing {
-    pub root: std::path::PathBuf,
+pub enum MarkerMissing {
+    #[error("folder marker {}/.fleetsync is missing: is the disk mounted? (if the folder was emptied on purpose: mkdir -p {}/.fleetsync)", root.display(), root.display())]
+    Missing { root: std::path::PathBuf },
+    /// Planted by a local user to redirect the node's staging writes (or
+    /// to fake the marker of an unmounted disk): never followed, never
+    /// replaced silently, since the real disk may be the one missing.
+    #[error("folder marker {}/.fleetsync is a symlink, not the node's directory; sync paused (remove the symlink; if the folder was emptied on purpose: mkdir {}/.fleetsync)", root.display(), root.display())]
+    Symlink { root: std::path::PathBuf },
 }
 
 /// How long released content stays on disk. A rename reaches a peer as a
@@ -491,8 +496,11 @@ impl Folder {
         if self.fs.has_marker() {
             return Ok(());
         }
-        let e = MarkerMissing {
-            root: self.cfg.path.clone(),
+        let root = self.cfg.path.clone();
+        let e = if self.fs.marker_is_symlink() {
+            MarkerMissing::Symlink { root }
+        } else {
+            MarkerMissing::Missing { root }
         };
         tracing::warn!(folder = self.id(), "{e}; sync paused");
         self.set_fault(Some(e.to_string()));

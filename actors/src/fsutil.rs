@@ -128,15 +128,37 @@ pub fn meta_from_stat(st: &rustix::fs::Stat) -> DiskState {
     })
 }
 
-/// One folder root. Cheap to clone; holds no descriptors between calls.
+/// One folder root. Cheap to clone. Holds one descriptor: the staging
+/// directory `.fleetsync/tmp`, opened without following symlinks and
+/// pinned, so every temp file is created, written, renamed and swept in
+/// that very directory however the path `<root>/.fleetsync` changes.
 #[derive(Debug, Clone)]
 pub struct FolderFs {
     root: PathBuf,
+    tmp: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<OwnedFd>>>>,
 }
+
+/// What [`FolderFs::tmp_dir`] returns when the staging directory cannot be
+/// opened safely: a path on which every operation fails.
+const NO_STAGING: &str = "/proc/self/fd/-1/fleetsync-staging-refused";
 
 impl FolderFs {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        FolderFs { root: root.into() }
+        FolderFs {
+            root: root.into(),
+            tmp: Default::default(),
+        }
+    }
+
+    /// The pinned staging directory, opened (and pinned) on first use.
+    fn tmp_fd(&self) -> io::Result<std::sync::Arc<OwnedFd>> {
+        let mut pin = self.tmp.lock().expect("staging pin lock");
+        if let Some(fd) = pin.as_ref() {
+            return Ok(fd.clone());
+        }
+        let fd = std::sync::Arc::new(self.session_unpinned()?.open_reserved(TMP_DIR)?);
+        *pin = Some(fd.clone());
+        Ok(fd)
     }
 
     pub fn root(&self) -> &Path {
@@ -147,8 +169,21 @@ impl FolderFs {
         self.root.join(rel)
     }
 
+    /// The staging directory as a path through its pinned descriptor
+    /// (`/proc/self/fd/N`): a local user who replaces `.fleetsync` or its
+    /// `tmp` with a symlink cannot make the node write there. Valid while
+    /// the node runs; not a path to persist.
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join(RESERVED_DIR).join(TMP_DIR)
+        use std::os::fd::AsRawFd;
+        match self.tmp_fd() {
+            Ok(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            Err(e) => {
+                // Not a warning each time: the session's own open of the
+                // staging directory fails with the reason and reports it.
+                tracing::debug!(root = %self.root.display(), "staging directory refused: {e}");
+                PathBuf::from(NO_STAGING)
+            }
+        }
     }
 
     pub fn refs_dir(&self) -> PathBuf {
@@ -169,6 +204,16 @@ impl FolderFs {
     /// Keep it short-lived: it pins the directory that was the root when
     /// it was opened.
     pub fn session(&self) -> io::Result<Session> {
+        let session = self.session_unpinned()?;
+        // Temp files live in the pinned staging directory, wherever the
+        // path leads now (a fresh open could find a replaced one).
+        if let Ok(fd) = self.tmp_fd() {
+            let _ = session.tmp.set(fd.try_clone()?);
+        }
+        Ok(session)
+    }
+
+    fn session_unpinned(&self) -> io::Result<Session> {
         Ok(Session {
             root: self.open_root()?,
             tmp: std::sync::OnceLock::new(),
@@ -243,8 +288,13 @@ impl FolderFs {
         self.session()?.place_from_refs(refs_name, rel)
     }
 
-    /// Create `<root>/.fleetsync/tmp` (refusing symlinks), the folder
-    /// marker that also tells us the folder is really there (mounted).
+    /// Create `<root>/.fleetsync` with `tmp/` and `refs/` (owner-only: the
+    /// node's staging area), the folder marker that also tells us the
+    /// folder is really there (mounted). One of them that is a symlink
+    /// (planted by a local user to redirect the node's writes) is removed
+    /// and replaced by a plain directory, with a warning; anything else
+    /// that is not a directory is refused. The staging directory is pinned
+    /// afresh.
     pub fn ensure_reserved(&self) -> io::Result<()> {
         let root = self.open_root()?;
         for (parent_is_root, name) in [(true, RESERVED_DIR), (false, TMP_DIR), (false, REFS_DIR)] {
@@ -253,7 +303,8 @@ impl FolderFs {
             } else {
                 Self::open_dir_at(&root, OsStr::new(RESERVED_DIR)).map_err(to_io)?
             };
-            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
+            self.replace_symlink(&parent, name)?;
+            match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                 Err(e) => return Err(to_io(e)),
             }
@@ -264,11 +315,32 @@ impl FolderFs {
                 ))
             })?;
         }
-        Ok(())
+        *self.tmp.lock().expect("staging pin lock") = None;
+        self.tmp_fd().map(drop)
+    }
+
+    /// Remove `name` in `parent` if it is a symlink (never following it).
+    fn replace_symlink(&self, parent: &OwnedFd, name: &str) -> io::Result<()> {
+        let Ok(st) = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return Ok(());
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+            return Ok(());
+        }
+        tracing::warn!(
+            root = %self.root.display(),
+            "{name} in the folder's staging area is a symlink (someone tried to redirect the node's writes); replaced with a plain directory"
+        );
+        rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(to_io)
     }
 
     pub fn has_marker(&self) -> bool {
         matches!(self.lstat_abs_marker(), Ok(Some(EntryKind::Directory)))
+    }
+
+    /// Is `<root>/.fleetsync` a symlink?
+    pub fn marker_is_symlink(&self) -> bool {
+        matches!(self.lstat_abs_marker(), Ok(Some(EntryKind::Symlink)))
     }
 
     fn lstat_abs_marker(&self) -> io::Result<Option<EntryKind>> {
@@ -283,11 +355,57 @@ impl FolderFs {
         }
     }
 
+    /// `<root>/.fleetsync/refs/<name>` as a real path, for the blob store
+    /// (which keeps such paths and opens them later), with the stamp of
+    /// `.fleetsync` as the path resolves now; an error unless that is our
+    /// own directory (the one the pinned staging directory is in).
+    pub fn store_ref_path(&self, name: &str) -> io::Result<(PathBuf, ReservedStamp)> {
+        let stamp = self.reserved_stamp()?;
+        let ours = rustix::fs::statat(&*self.tmp_fd()?, "..", AtFlags::empty()).map_err(to_io)?;
+        if (ours.st_dev, ours.st_ino) != (stamp.0, stamp.1) {
+            return Err(io::Error::other(format!(
+                "{RESERVED_DIR} in {} was replaced while the node runs; restart the node to recreate it",
+                self.root.display()
+            )));
+        }
+        Ok((self.refs_dir().join(name), stamp))
+    }
+
+    /// Did `<root>/.fleetsync` stay the same directory since `stamp` was
+    /// taken? Renaming it away and back changes its ctime; replacing
+    /// `refs/` in it changes its ctime too. The blob store opens `refs/`
+    /// paths by name: the same stamp before and after proves the path led
+    /// to our directory all along.
+    pub fn still_reserved(&self, stamp: &ReservedStamp) -> bool {
+        self.reserved_stamp().is_ok_and(|now| now == *stamp)
+    }
+
+    fn reserved_stamp(&self) -> io::Result<ReservedStamp> {
+        let st = rustix::fs::lstat(self.root.join(RESERVED_DIR)).map_err(to_io)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Err(io::Error::other(format!(
+                "{RESERVED_DIR} in {} is not a plain directory",
+                self.root.display()
+            )));
+        }
+        Ok(ReservedStamp(
+            st.st_dev,
+            st.st_ino,
+            st.st_ctime,
+            st.st_ctime_nsec as i64,
+        ))
+    }
+
     /// A fresh temp path for content on its way in.
     pub fn new_tmp_name(&self) -> String {
         format!("{:016x}.part", random_u64())
     }
 }
+
+/// Identity of `<root>/.fleetsync` (device, inode, ctime): see
+/// [`FolderFs::still_reserved`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservedStamp(u64, u64, i64, i64);
 
 /// A directory descriptor: the session's root, or one opened on the way.
 pub enum Dir<'a> {
@@ -413,7 +531,7 @@ impl Session {
     /// Create or atomically replace a symlink (never following the old one).
     pub fn symlink(&self, rel: &str, target: &str) -> io::Result<()> {
         let (dir, name) = self.open_parent(rel, true)?;
-        let tmp = format!(".{name}{TMP_MARK}{:08x}", random_u32());
+        let tmp = symlink_tmp_name(name, random_u32());
         rustix::fs::symlinkat(target, &dir, tmp.as_str()).map_err(to_io)?;
         if let Err(e) = rustix::fs::renameat(&dir, tmp.as_str(), &dir, name) {
             let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
@@ -523,6 +641,61 @@ impl Session {
         Ok(link)
     }
 
+    /// Open the regular file at `rel` once, never following a symlink
+    /// (neither on the way nor at the end): what is hashed, linked and
+    /// re-checked is this descriptor's inode, whatever the path becomes.
+    /// A symlink, fifo or device there is refused with [`NotRegular`].
+    pub fn open_regular(&self, rel: &str) -> io::Result<Opened> {
+        let (dir, name) = self.open_parent(rel, false)?;
+        // NONBLOCK: a fifo swapped in must not hang the open.
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP) => return Err(not_regular(rel)),
+            Err(e) => return Err(to_io(e)),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(to_io)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(not_regular(rel));
+        }
+        Ok(Opened { fd, stat })
+    }
+
+    /// Hard-link the opened file into `refs/` from its descriptor (not its
+    /// path, which may point elsewhere by now) and return the link's name.
+    /// The link is checked to be the opened inode. Linking changes the
+    /// inode's ctime: the stat is taken again for the later re-check.
+    pub fn link_opened(&self, file: &mut Opened) -> io::Result<String> {
+        let refs = self.refs_fd()?;
+        let link = format!("l{:016x}", random_u64());
+        link_fd(&file.fd, refs, &link)?;
+        match rustix::fs::statat(refs, link.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if same_inode(&st, &file.stat) => {
+                file.stat = rustix::fs::fstat(&file.fd).map_err(to_io)?;
+                Ok(link)
+            }
+            res => {
+                let _ = rustix::fs::unlinkat(refs, link.as_str(), AtFlags::empty());
+                Err(res.map_or_else(to_io, |_| not_regular(&link)))
+            }
+        }
+    }
+
+    /// Is `rel` still exactly the opened file (same inode, size, mtime,
+    /// mode and ctime)? ctime catches a rewrite that restored the mtime.
+    pub fn still_is(&self, rel: &str, file: &Opened) -> bool {
+        let Ok((dir, name)) = self.open_parent(rel, false) else {
+            return false;
+        };
+        let Ok(now) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return false;
+        };
+        same_inode(&now, &file.stat)
+            && meta_from_stat(&now) == file.meta()
+            && (now.st_ctime, now.st_ctime_nsec) == (file.stat.st_ctime, file.stat.st_ctime_nsec)
+    }
+
     pub fn remove_ref(&self, name: &str) {
         if name.contains('/') || name.starts_with('.') {
             return;
@@ -540,6 +713,87 @@ impl Session {
         rustix::fs::renameat(refs, refs_name, &dir, name).map_err(to_io)?;
         rustix::fs::fsync(&dir).map_err(to_io)
     }
+}
+
+/// A regular file opened by [`Session::open_regular`], with its `fstat`.
+#[derive(Debug)]
+pub struct Opened {
+    fd: OwnedFd,
+    stat: rustix::fs::Stat,
+}
+
+impl Opened {
+    /// Kind and stat as `lstat` would compare them.
+    pub fn meta(&self) -> DiskState {
+        meta_from_stat(&self.stat)
+    }
+
+    /// BLAKE3 of the content, read through the descriptor. Blocking.
+    pub fn hash(&self) -> io::Result<[u8; 32]> {
+        let mut file = std::fs::File::from(self.fd.try_clone()?);
+        std::io::Seek::rewind(&mut file)?;
+        let mut h = blake3::Hasher::new();
+        h.update_reader(file)?;
+        Ok(*h.finalize().as_bytes())
+    }
+
+    /// Does the file at `path` (resolved by the kernel, following
+    /// symlinks) have this inode?
+    pub fn is_at(&self, path: &Path) -> bool {
+        rustix::fs::stat(path).is_ok_and(|st| same_inode(&st, &self.stat))
+    }
+}
+
+/// Something other than a regular file where one was expected (a symlink
+/// swapped in, a fifo…): never read.
+#[derive(Debug)]
+pub struct NotRegular(pub String);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} is not a regular file (any more); not read", self.0)
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+fn not_regular(rel: &str) -> io::Error {
+    io::Error::other(NotRegular(rel.to_string()))
+}
+
+fn same_inode(a: &rustix::fs::Stat, b: &rustix::fs::Stat) -> bool {
+    (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+}
+
+/// `linkat` of an open file into `dir` as `name`. `AT_EMPTY_PATH` needs
+/// CAP_DAC_READ_SEARCH (root has it); without it, the `/proc/self/fd`
+/// magic link is followed, which resolves to the descriptor's inode too.
+fn link_fd(fd: &OwnedFd, dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    match rustix::fs::linkat(fd, "", dir, name, AtFlags::EMPTY_PATH) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
+            use std::os::fd::AsRawFd;
+            let magic = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                magic.as_str(),
+                dir,
+                name,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(to_io)
+        }
+        Err(e) => Err(to_io(e)),
+    }
+}
+
+/// The temp name a symlink is created under before it is renamed over
+/// `name`: `.<name><TMP_MARK><8 hex>`, the name shortened so the whole
+/// stays within NAME_MAX (a long name must not make it fail forever).
+fn symlink_tmp_name(name: &str, nonce: u32) -> String {
+    use fleetsync_mesh::model::{shorten_name, MAX_NAME_LEN};
+    let room = MAX_NAME_LEN - 1 - TMP_MARK.len() - 8;
+    format!(".{}{TMP_MARK}{nonce:08x}", shorten_name(name, room))
 }
 
 pub fn random_u32() -> u32 {
@@ -687,11 +941,74 @@ mod tests {
     }
 
     #[test]
+    fn long_names_a_symlink_with_a_long_name_is_created() {
+        let root = tempfile::tempdir().unwrap();
+        let fs = FolderFs::new(root.path());
+        fs.ensure_reserved().unwrap();
+        for name in ["l".repeat(240), "é".repeat(127), "x".repeat(255)] {
+            fs.symlink(&name, "target").unwrap();
+            assert_eq!(fs.read_link(&name).unwrap(), "target");
+            let tmp = symlink_tmp_name(&name, u32::MAX);
+            assert!(tmp.len() <= 255 && tmp.contains(TMP_MARK), "{tmp}");
+            assert_eq!(tmp, symlink_tmp_name(&name, u32::MAX));
+        }
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            4,
+            "no temp left"
+        );
+    }
+
+    #[test]
     fn reserved_dir_must_be_real() {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join(RESERVED_DIR)).unwrap();
-        assert!(FolderFs::new(root.path()).ensure_reserved().is_err());
         assert!(!FolderFs::new(root.path()).has_marker());
+        std::fs::write(root.path().join("file"), b"x").unwrap();
+        let fs = FolderFs::new(root.path().join("file"));
+        assert!(fs.ensure_reserved().is_err(), "a file is no folder root");
+    }
+
+    #[test]
+    fn staging_dirs_a_symlink_is_replaced_and_never_written_through() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join(TMP_DIR)).unwrap();
+        std::fs::create_dir(outside.path().join(REFS_DIR)).unwrap();
+        let reserved = root.path().join(RESERVED_DIR);
+        // Planted before start: replaced by a plain directory.
+        std::os::unix::fs::symlink(outside.path(), &reserved).unwrap();
+        let fs = FolderFs::new(root.path());
+        fs.ensure_reserved().unwrap();
+        assert!(std::fs::symlink_metadata(&reserved).unwrap().is_dir());
+        std::fs::remove_dir(reserved.join(TMP_DIR)).unwrap();
+        std::os::unix::fs::symlink(outside.path().join(TMP_DIR), reserved.join(TMP_DIR)).unwrap();
+        fs.ensure_reserved().unwrap();
+        assert!(std::fs::symlink_metadata(reserved.join(TMP_DIR))
+            .unwrap()
+            .is_dir());
+        // Swapped while running: temp files still go to the real one.
+        std::fs::rename(&reserved, root.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &reserved).unwrap();
+        std::fs::write(fs.tmp_dir().join("a.part"), b"content").unwrap();
+        let st = finish_tmp(&fs.tmp_dir().join("a.part"), 0o644, 0, false).unwrap();
+        assert_eq!(st.size, 7);
+        assert!(root.path().join("moved/tmp/a.part").exists());
+        assert_eq!(
+            std::fs::read_dir(outside.path().join(TMP_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
+        // Placing takes it from the pinned directory too.
+        fs.place("a.part", "x", true).unwrap();
+        assert_eq!(std::fs::read(root.path().join("x")).unwrap(), b"content");
+        assert_eq!(
+            std::fs::read_dir(outside.path().join(REFS_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

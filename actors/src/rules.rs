@@ -169,6 +169,15 @@ pub fn copy_name(file: &FileEntry) -> String {
 /// from the *loser's* mtime and author, so every node that keeps the same
 /// loser picks the same name.
 pub fn conflict_name(path: &str, mtime_ns: i64, by: ShortId) -> String {
+    conflict_name_try(path, mtime_ns, by, 0)
+}
+
+/// The `n`th candidate conflict name (`n > 0` when the first is taken:
+/// `….ext.n`). Always within NAME_MAX: the stem is shortened first, then
+/// the extension, never the marker or the try number, so the result is
+/// the same on every node and never fails for being too long.
+pub fn conflict_name_try(path: &str, mtime_ns: i64, by: ShortId, n: usize) -> String {
+    use fleetsync_mesh::model::{shorten_name, MAX_NAME_LEN};
     let (dir, file) = match path.rfind('/') {
         Some(i) => (&path[..=i], &path[i + 1..]),
         None => ("", path),
@@ -177,18 +186,17 @@ pub fn conflict_name(path: &str, mtime_ns: i64, by: ShortId) -> String {
         Some(i) if i > 0 => (&file[..i], &file[i..]),
         _ => (file, ""),
     };
-    let stamp = format_utc(mtime_ns);
-    let mut name = format!("{stem}.sync-conflict-{stamp}-{by}{ext}");
-    // Stay within NAME_MAX by shortening the stem, never the marker.
-    if name.len() > fleetsync_mesh::model::MAX_NAME_LEN {
-        let over = name.len() - fleetsync_mesh::model::MAX_NAME_LEN;
-        let mut keep = stem.len().saturating_sub(over);
-        while !stem.is_char_boundary(keep) {
-            keep -= 1;
-        }
-        name = format!("{}.sync-conflict-{stamp}-{by}{ext}", &stem[..keep]);
-    }
-    format!("{dir}{name}")
+    let marker = format!(".sync-conflict-{}-{by}", format_utc(mtime_ns));
+    let tail = if n == 0 {
+        String::new()
+    } else {
+        format!(".{n}")
+    };
+    let fixed = marker.len() + tail.len();
+    // A short extension is kept whole; the stem gives way first.
+    let ext = shorten_name(ext, MAX_NAME_LEN - fixed);
+    let stem = shorten_name(stem, MAX_NAME_LEN - fixed - ext.len());
+    format!("{dir}{stem}{marker}{ext}{tail}")
 }
 
 /// Whether a path is a conflict copy (the property test checks that
@@ -344,6 +352,42 @@ mod tests {
         assert!(is_conflict_copy(&conflict_name("a/b.txt", t, id)));
         let long = conflict_name(&format!("{}.bin", "x".repeat(250)), t, id);
         assert!(long.len() <= 255 && long.ends_with("-deadbeef01.bin"));
+        assert_eq!(
+            conflict_name_try("a.txt", t, id, 3),
+            format!("{}.3", conflict_name("a.txt", t, id))
+        );
+    }
+
+    #[test]
+    fn long_names_conflict_names_stay_within_name_max_on_char_boundaries() {
+        let t = 1_795_376_140 * 1_000_000_000i64;
+        let id = ShortId(0xdeadbeef01020304);
+        let names = [
+            format!("{}.bin", "x".repeat(250)),
+            format!("{}.bin", "é".repeat(125)),
+            format!("d/{}", "ü".repeat(127)),
+            format!("a.{}", "e".repeat(252)),
+            format!("{}.{}", "ö".repeat(60), "ß".repeat(66)),
+            "€".repeat(85),
+        ];
+        for name in &names {
+            for n in [0, 1, 9] {
+                let c = conflict_name_try(name, t, id, n);
+                let file = c.rsplit('/').next().unwrap();
+                assert!(file.len() <= 255, "{} bytes: {c}", file.len());
+                assert!(is_conflict_copy(&c), "{c}");
+                assert!(fleetsync_mesh::model::validate_rel_path(&c).is_ok(), "{c}");
+                // Deterministic: every node names the same loser the same.
+                assert_eq!(c, conflict_name_try(name, t, id, n));
+                if n > 0 {
+                    assert!(c.ends_with(&format!(".{n}")), "{c}");
+                }
+            }
+        }
+        // Different tries stay different after shortening.
+        let a = conflict_name_try(&names[0], t, id, 1);
+        assert_ne!(a, conflict_name_try(&names[0], t, id, 2));
+        assert_ne!(a, conflict_name_try(&names[0], t, ShortId(1), 1));
         assert_eq!(format_utc(0), "19700101-000000");
     }
 

@@ -36,16 +36,19 @@ pub enum IdentityError {
     },
 }
 
-/// Load the identity, creating it (0600) when missing.
+/// Load the identity, creating it (0600) when missing. The data dir is
+/// made private first ([`private_data_dir`]): every command that uses it
+/// (`init`, `join`, node start) comes through here.
 pub fn load_or_create(data_dir: &Path) -> Result<SecretKey, IdentityError> {
+    private_data_dir(data_dir).map_err(|source| IdentityError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
     let path = data_dir.join(IDENTITY_FILE);
+    tighten(&path, 0o600);
     match fs::read_to_string(&path) {
         Ok(text) => parse(&text).ok_or(IdentityError::Corrupt { path }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(data_dir).map_err(|source| IdentityError::DataDir {
-                path: data_dir.to_owned(),
-                source,
-            })?;
             let key = SecretKey::generate();
             write_new(&path, &key).map_err(|source| IdentityError::Write {
                 path: path.clone(),
@@ -54,6 +57,45 @@ pub fn load_or_create(data_dir: &Path) -> Result<SecretKey, IdentityError> {
             Ok(key)
         }
         Err(source) => Err(IdentityError::Read { path, source }),
+    }
+}
+
+/// Create the data dir owner-only (0700): it holds the key, the index
+/// and the blob store, which other local users must not read. A data dir
+/// an older version created with default permissions is tightened (with a
+/// warning) rather than refused, so an upgrade keeps working.
+pub fn private_data_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    tighten(dir, 0o700);
+    Ok(())
+}
+
+/// Remove group and other permission bits from an existing `path` (if it
+/// has any), logging that we did. Best effort: a file we may not chmod is
+/// left as it is, with a warning.
+pub fn tighten(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    let now = meta.permissions().mode() & 0o777;
+    if meta.file_type().is_symlink() || now & !mode & 0o077 == 0 {
+        return;
+    }
+    match fs::set_permissions(path, fs::Permissions::from_mode(now & mode)) {
+        Ok(()) => tracing::warn!(
+            path = %path.display(),
+            "was readable by other users (mode {now:o}); now {:o}",
+            now & mode
+        ),
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            "is readable by other users (mode {now:o}) and cannot be tightened: {e}"
+        ),
     }
 }
 

@@ -210,6 +210,20 @@ pub struct FileEntry {
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest single path component, in bytes (NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;
+/// `name` cut to at most `max` bytes on a UTF-8 character boundary (the
+/// one rule for every name fleetsync builds from a user's name: temp
+/// names, conflict copies), so a generated name stays within
+/// [`MAX_NAME_LEN`] and stays valid UTF-8, the same on every node.
+pub fn shorten_name(name: &str, max: usize) -> &str {
+    if name.len() <= max {
+        return name;
+    }
+    let mut end = max;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
 /// Longest symlink target we accept.
 pub const MAX_SYMLINK_TARGET: usize = 4096;
 /// The per-folder directory fleetsync owns (temp files, markers); never synced.

@@ -56,6 +56,10 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/history", get(history))
         .route("/debug/fault", post(fault))
+        .layer(axum::middleware::from_fn_with_state(
+            allowed_hosts(bound),
+            check_host,
+        ))
         .with_state(node);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -63,6 +67,49 @@ pub async fn serve(
         }
     });
     Ok((task, bound))
+}
+
+/// The `Host` headers a local client sends to the admin API bound at
+/// `bound`: the address itself and the loopback names of its port.
+fn allowed_hosts(bound: SocketAddr) -> std::sync::Arc<Vec<String>> {
+    let port = bound.port();
+    let mut hosts = vec![
+        bound.to_string(),
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ];
+    hosts.dedup();
+    std::sync::Arc::new(hosts)
+}
+
+/// Refuse (421) a request whose `Host` is not this API's own loopback
+/// address: a web page that rebinds a DNS name to 127.0.0.1 sends its own
+/// name there, and must not read the status.
+async fn check_host(
+    State(allowed): State<std::sync::Arc<Vec<String>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match host {
+        Some(h) if allowed.iter().any(|a| a.eq_ignore_ascii_case(h)) => next.run(req).await,
+        _ => {
+            tracing::warn!(
+                host = host.unwrap_or("(none)"),
+                path = req.uri().path(),
+                "admin API: refused a request for another host (DNS rebinding?)"
+            );
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                "Host must be this node's loopback admin address\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 /// The address a running node recorded in `<data_dir>/admin.addr`.

@@ -28,7 +28,7 @@ use std::{
 
 use fleetsync_mesh::{EndpointId, FetchError, Hash};
 use n0_future::{BufferedStreamExt, StreamExt};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{
     error::on_disk,
@@ -324,10 +324,22 @@ async fn export_to_refs(
     was_local: bool,
 ) -> Result<Option<String>, ApplyError> {
     let name = refs_name(&hash);
-    let path = folder.fs.refs_dir().join(&name);
+    // The store writes to (and keeps) a real path: only through our own
+    // `.fleetsync`, checked before and after (see `still_reserved`).
+    let (path, stamp) = match folder.fs.store_ref_path(&name) {
+        Ok(p) => p,
+        Err(e) => {
+            debug!(folder = folder.id(), path = %job.path, "no export: {e}");
+            return Ok(None);
+        }
+    };
     if let Err(e) = folder.content.export(hash, path.clone()).await {
         debug!(folder = folder.id(), path = %job.path, "export failed: {e}");
         discard(&path);
+        return Ok(None);
+    }
+    if !folder.fs.still_reserved(&stamp) {
+        warn!(folder = folder.id(), path = %job.path, "the staging directory was replaced during an export; content fetched directly instead");
         return Ok(None);
     }
     if was_local {
@@ -567,7 +579,10 @@ fn keep_arrived(items: Vec<(Hash, PathBuf)>, got: &HashSet<Hash>) -> Vec<(Hash, 
 /// A verified arrival becomes a parked `refs/` link the store references.
 async fn park_arrived(folder: &Folder, hash: Hash, tmp: PathBuf, health: &Health) {
     let name = refs_name(&hash);
-    let refs = folder.fs.refs_dir().join(&name);
+    let Ok((refs, stamp)) = folder.fs.store_ref_path(&name) else {
+        discard(&tmp);
+        return;
+    };
     if std::fs::rename(&tmp, &refs).is_err() {
         discard(&tmp);
         return;
@@ -577,7 +592,9 @@ async fn park_arrived(folder: &Folder, hash: Hash, tmp: PathBuf, health: &Health
         .import(refs.clone(), &|_| health.progress())
         .await
     {
-        Ok((got, _hold)) if got == hash => folder.park(*hash.as_bytes(), name),
+        Ok((got, _hold)) if got == hash && folder.fs.still_reserved(&stamp) => {
+            folder.park(*hash.as_bytes(), name)
+        }
         _ => discard(&refs), // fetched again later
     }
 }

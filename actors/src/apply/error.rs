@@ -127,6 +127,15 @@ pub enum ApplyError {
         #[source]
         source: io::Error,
     },
+    /// The filesystem here cannot hold this name (its NAME_MAX is below
+    /// the wire limit: eCryptfs, some network filesystems): retrying never
+    /// helps, so the entry is rejected (logged once, counted).
+    #[error("{path}: name too long for this filesystem; not applied")]
+    NameTooLong {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error(
         "{path}: announced as {announced} bytes but its content is {actual} bytes; \
          a garbage announcement, rejected"
@@ -141,8 +150,10 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    /// The one classifier for file system errors: an escape is refused for
-    /// good, anything else is worth another try.
+    /// The one classifier for file system errors: an escape or a name this
+    /// filesystem cannot hold is refused for good, anything else is worth
+    /// another try. (Every name fleetsync makes up itself is kept within
+    /// NAME_MAX, so "too long" is always the entry's own name.)
     pub fn io(what: &'static str, path: &str, source: io::Error) -> Self {
         if is_no_space(&source) {
             ApplyError::DiskFull {
@@ -157,6 +168,11 @@ impl ApplyError {
             }
         } else if is_blocked_by_file(&source) {
             ApplyError::BlockedByFile {
+                path: path.to_string(),
+                source,
+            }
+        } else if source.raw_os_error() == Some(rustix::io::Errno::NAMETOOLONG.raw_os_error()) {
+            ApplyError::NameTooLong {
                 path: path.to_string(),
                 source,
             }
@@ -176,7 +192,7 @@ impl ApplyError {
 
     pub fn disposition(&self) -> Disposition {
         match self {
-            ApplyError::Escape { .. } => Disposition::Reject,
+            ApplyError::Escape { .. } | ApplyError::NameTooLong { .. } => Disposition::Reject,
             ApplyError::LocalChange { .. } => Disposition::LocalRace,
             // The parent's file-vs-directory resolution lands first.
             ApplyError::NotEmptyYet { .. } | ApplyError::BlockedByFile { .. } => Disposition::Soon,
@@ -255,6 +271,10 @@ mod tests {
         let e = ApplyError::io("mkdir", "evil/x", escape);
         assert_eq!(e.disposition(), Disposition::Reject);
         assert!(e.to_string().contains("refused"), "{e}");
+        let long = io::Error::from_raw_os_error(rustix::io::Errno::NAMETOOLONG.raw_os_error());
+        let e = ApplyError::io("place", "x", long);
+        assert_eq!(e.disposition(), Disposition::Reject, "{e}");
+        assert!(e.to_string().contains("name too long"), "{e}");
         let plain = io::Error::new(io::ErrorKind::PermissionDenied, "no");
         let e = ApplyError::io("mkdir", "x", plain);
         assert_eq!(e.disposition(), Disposition::Backoff);

@@ -18,7 +18,7 @@ use crate::{
     folder::Folder,
     fsutil::Session,
     record::{DiskState, LocalStat},
-    rules::conflict_name,
+    rules::conflict_name_try,
 };
 
 /// Conflict copies of one path with the same name stamp tried before
@@ -169,13 +169,8 @@ pub(super) fn move_aside(session: &Session, job: &Job) -> Result<Option<String>,
     let Some(l) = job.local.as_ref().filter(|r| !r.entry.deleted) else {
         return Ok(None);
     };
-    let base = conflict_name(&job.path, l.entry.mtime_ns, l.entry.modified_by);
     for n in 0..CONFLICT_NAME_TRIES {
-        let candidate = if n == 0 {
-            base.clone()
-        } else {
-            format!("{base}.{n}")
-        };
+        let candidate = conflict_name_try(&job.path, l.entry.mtime_ns, l.entry.modified_by, n);
         match session.rename_noreplace(&job.path, &candidate) {
             Ok(()) => return Ok(Some(candidate)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,

@@ -5,11 +5,12 @@
 
 use std::{path::PathBuf, sync::atomic::Ordering, sync::Arc};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     content::Hold,
     folder::Folder,
+    fsutil::Opened,
     health::Health,
     index::{Commit, Item, Observed},
     record::{DiskState, Meta},
@@ -26,6 +27,8 @@ pub struct Imported {
     pub meta: Meta,
     pub hash: [u8; 32],
     pub refs: Option<String>,
+    /// The file as opened for hashing: the re-check compares with it.
+    pub opened: Arc<Opened>,
 }
 
 /// One index commit's worth of observations.
@@ -65,32 +68,31 @@ pub struct Committed {
     pub deferred: Vec<String>,
 }
 
-/// Hash and import the file at `rel`. It is first hard-linked into
-/// `refs/` and the store references the link (stable across renames and
-/// replacements of the user's path). The [`Hold`] keeps the blob from
-/// garbage collection until the commit.
+/// Hash and import the file at `rel`. The file is opened once, never
+/// through a symlink, and everything after works on that descriptor's
+/// inode ([`open_checked`]): it is hard-linked into `refs/` and the store
+/// references the link (stable across renames and replacements of the
+/// user's path). The [`Hold`] keeps the blob from garbage collection until
+/// the commit.
 pub async fn import(
     folder: &Arc<Folder>,
     rel: &str,
     meta: Meta,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(Imported, Hold), HashError> {
-    let refs = if meta.stat.size > 0 {
-        link_ref(folder, rel).await
-    } else {
-        None
+    let (opened, refs) = open_checked(folder, rel, meta).await?;
+    let res = match &refs {
+        Some(n) => import_ref(folder, n, rel, &opened, progress).await,
+        None => import_unlinked(folder, rel, &opened, progress).await,
     };
-    let abs = match &refs {
-        Some(n) => folder.fs.refs_dir().join(n),
-        None => folder.fs.abs(rel),
-    };
-    match import_path(folder, abs, rel, progress).await {
+    match res {
         Ok((hash, hold)) => Ok((
             Imported {
                 path: rel.to_string(),
                 meta,
                 hash,
                 refs,
+                opened,
             },
             hold,
         )),
@@ -103,16 +105,87 @@ pub async fn import(
     }
 }
 
-/// A `refs/` link to the file, if this filesystem can make one. Without
-/// hard links (another filesystem mounted below the root, exFAT…) the
-/// store references the path itself, so any failure means "no link".
-async fn link_ref(folder: &Arc<Folder>, rel: &str) -> Option<String> {
+/// Open `rel` (no symlink followed), check it is still what `lstat` showed
+/// the classifier, and link it into `refs/` from the descriptor. Without
+/// hard links (another filesystem mounted below the root, exFAT…) there
+/// is no link. Empty files get none either (nothing to serve).
+async fn open_checked(
+    folder: &Arc<Folder>,
+    rel: &str,
+    meta: Meta,
+) -> Result<(Arc<Opened>, Option<String>), HashError> {
     let f = folder.clone();
     let r = rel.to_string();
-    rt::blocking(move || f.fs.link_ref(&r).ok())
-        .await
-        .ok()
-        .flatten()
+    rt::blocking(move || {
+        let session = f.fs.session().map_err(HashError::Root)?;
+        let disk = |source| HashError::Disk {
+            path: r.clone(),
+            source,
+        };
+        let mut opened = session.open_regular(&r).map_err(disk)?;
+        if opened.meta() != DiskState::Present(meta) {
+            return Err(HashError::Changed(r));
+        }
+        let refs = (meta.stat.size > 0)
+            .then(|| session.link_opened(&mut opened).ok())
+            .flatten();
+        Ok((Arc::new(opened), refs))
+    })
+    .await?
+}
+
+/// Import the `refs/` link. The store opens it by path: the reserved
+/// directory must be the same before and after (nobody swapped it for a
+/// symlink meanwhile) and the path must still lead to the opened inode.
+async fn import_ref(
+    folder: &Folder,
+    link: &str,
+    rel: &str,
+    opened: &Arc<Opened>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<([u8; 32], Hold), HashError> {
+    let (abs, stamp) = folder
+        .fs
+        .store_ref_path(link)
+        .map_err(|source| HashError::Disk {
+            path: rel.to_string(),
+            source,
+        })?;
+    if !opened.is_at(&abs) {
+        return Err(HashError::Changed(rel.to_string()));
+    }
+    let out = import_path(folder, abs.clone(), rel, progress).await?;
+    if !folder.fs.still_reserved(&stamp) || !opened.is_at(&abs) {
+        warn!(
+            folder = folder.id(),
+            path = rel,
+            "the staging directory was replaced while a file was hashed; not indexed"
+        );
+        return Err(HashError::Changed(rel.to_string()));
+    }
+    Ok(out)
+}
+
+/// Import the user's path itself (no link could be made). The store opens
+/// it by path, which may lead elsewhere by then: its hash must be the hash
+/// of what the opened descriptor holds.
+async fn import_unlinked(
+    folder: &Folder,
+    rel: &str,
+    opened: &Arc<Opened>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<([u8; 32], Hold), HashError> {
+    let (hash, hold) = import_path(folder, folder.fs.abs(rel), rel, progress).await?;
+    let o = opened.clone();
+    let ours = rt::blocking(move || o.hash()).await?;
+    match ours {
+        Ok(h) if h == hash => Ok((hash, hold)),
+        Ok(_) => Err(HashError::Changed(rel.to_string())),
+        Err(source) => Err(HashError::Disk {
+            path: rel.to_string(),
+            source,
+        }),
+    }
 }
 
 async fn import_path(
@@ -190,7 +263,8 @@ fn recheck(folder: &Folder, chunk: Chunk) -> Result<(Vec<Item>, Vec<String>), Ha
     }
     let session = folder.fs.session().map_err(HashError::Root)?;
     for i in chunk.imported {
-        if !matches!(session.lstat(&i.path), Ok(DiskState::Present(now)) if now == i.meta) {
+        // Same inode, stat and ctime as the descriptor that was hashed.
+        if !session.still_is(&i.path, &i.opened) {
             if let Some(n) = &i.refs {
                 folder.fs.remove_ref(n);
             }

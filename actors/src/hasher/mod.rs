@@ -100,6 +100,10 @@ pub enum HashError {
         #[source]
         source: StoreError,
     },
+    /// The file changed, or was swapped for something else, while it was
+    /// being hashed: it settles and is looked at again.
+    #[error("{0} changed while it was hashed")]
+    Changed(String),
     #[error("index commit: {0}")]
     Index(#[from] IndexError),
     #[error("blob store sync before the index commit: {source}")]

@@ -80,6 +80,16 @@ struct Probe {
     panic: AtomicBool,
     write_during_import: AtomicBool,
     slow: AtomicBool,
+    /// Run once, at the start of the next import, with its path.
+    during_import: std::sync::Mutex<Option<Hook>>,
+}
+
+struct Hook(Box<dyn FnOnce(&Path) + Send>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("hook")
+    }
 }
 
 #[async_trait]
@@ -96,6 +106,10 @@ impl Content for Probe {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(Hash, Hold), StoreError> {
         self.imports.fetch_add(1, Ordering::Relaxed);
+        let hook = self.during_import.lock().unwrap().take();
+        if let Some(hook) = hook {
+            (hook.0)(&path);
+        }
         if self.write_during_import.load(Ordering::Relaxed) {
             // `path` is the refs link: the same inode as the user's file.
             let mut f = std::fs::File::options().append(true).open(&path)?;
@@ -568,4 +582,120 @@ async fn kill9_right_after_a_hash_commit_leaves_the_content_in_the_store() {
         content.in_store(&hash),
         "the index references content the store lost in the crash"
     );
+}
+
+/// What the classifier's `lstat` showed at `rel`.
+fn lstat_meta(folder: &Folder, rel: &str) -> Meta {
+    match folder.fs.lstat(rel).unwrap() {
+        crate::record::DiskState::Present(m) => m,
+        other => panic!("{rel}: {other:?}"),
+    }
+}
+
+/// A secret outside the folder, and `rel` in the folder replaced by a
+/// symlink to it (what a local user can do between `lstat` and open).
+fn swap_for_symlink(folder: &Folder, rel: &str, outside: &Path) -> PathBuf {
+    let secret = outside.join("shadow");
+    std::fs::write(&secret, b"root:secret-hash:19000").unwrap();
+    let p = folder.fs.abs(rel);
+    std::fs::remove_file(&p).unwrap();
+    std::os::unix::fs::symlink(&secret, &p).unwrap();
+    secret
+}
+
+#[tokio::test]
+async fn hasher_race_a_symlink_swapped_in_before_the_open_is_never_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    for (rel, bytes) in [("a", &b"innocent"[..]), ("empty", &b""[..])] {
+        let probe = Arc::new(Probe::default());
+        let folder = quick_folder(&dir.path().join(rel), probe.clone());
+        write(&folder, rel, bytes);
+        let meta = lstat_meta(&folder, rel);
+        swap_for_symlink(&folder, rel, outside.path());
+        let res = super::commit::import(&folder, rel, meta, &|_| {}).await;
+        assert!(res.is_err(), "{rel}: the symlink was imported");
+        assert_eq!(probe.imports.load(Ordering::Relaxed), 0, "{rel}: read");
+        assert!(!probe.inner.in_store(&Hash::new(b"root:secret-hash:19000")));
+        assert!(refs_links(&folder).is_empty(), "{rel}: a link was left");
+        // The whole batch: nothing of the secret is indexed.
+        let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&[rel])).await;
+        assert!(out.failed.is_empty(), "{out:?}");
+        let r = record(&folder, rel).expect("the symlink is indexed as one");
+        assert_eq!(r.entry.kind, EntryKind::Symlink);
+        assert!(!probe.inner.in_store(&Hash::new(b"root:secret-hash:19000")));
+    }
+}
+
+#[test]
+fn hasher_race_a_swap_between_open_and_link_links_the_opened_inode() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let folder = quick_folder(dir.path(), FakeContent::new());
+    write(&folder, "a", b"innocent");
+    let session = folder.fs.session().unwrap();
+    let mut opened = session.open_regular("a").unwrap();
+    // The user's file moved aside (still alive), a symlink in its place.
+    std::fs::rename(folder.fs.abs("a"), folder.fs.abs("kept")).unwrap();
+    write(&folder, "a", b"placeholder");
+    let secret = swap_for_symlink(&folder, "a", outside.path());
+    let link = session.link_opened(&mut opened).unwrap();
+    let linked = folder.fs.refs_dir().join(&link);
+    assert_eq!(std::fs::read(&linked).unwrap(), b"innocent");
+    assert!(!std::fs::symlink_metadata(&linked).unwrap().is_symlink());
+    assert!(!opened.is_at(&secret));
+    assert!(
+        !session.still_is("a", &opened),
+        "the re-check sees the swap"
+    );
+    // Deleted outright: no link can be made; never one to the secret.
+    write(&folder, "b", b"innocent");
+    let mut opened = session.open_regular("b").unwrap();
+    swap_for_symlink(&folder, "b", outside.path());
+    assert!(session.link_opened(&mut opened).is_err());
+}
+
+#[tokio::test]
+async fn hasher_race_a_staging_dir_swapped_during_import_is_not_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    write(&folder, "a", b"innocent");
+    let secret = outside.path().join("shadow");
+    std::fs::write(&secret, b"root:secret-hash:19000").unwrap();
+    let (root, fake) = (folder.cfg.path.clone(), outside.path().join("fake"));
+    *probe.during_import.lock().unwrap() = Some(Hook(Box::new(move |path: &Path| {
+        // `.fleetsync` moved away and replaced by a symlink to a tree
+        // whose `refs/<same name>` leads to the secret.
+        let link = path.file_name().unwrap();
+        std::fs::create_dir_all(fake.join("refs")).unwrap();
+        std::os::unix::fs::symlink(&secret, fake.join("refs").join(link)).unwrap();
+        std::fs::rename(root.join(".fleetsync"), root.join(".moved")).unwrap();
+        std::os::unix::fs::symlink(&fake, root.join(".fleetsync")).unwrap();
+    })));
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await;
+    assert_eq!(out.committed, 0, "{out:?}");
+    assert!(
+        record(&folder, "a").is_none(),
+        "the secret's hash was indexed"
+    );
+}
+
+#[tokio::test]
+async fn hasher_race_a_rewrite_that_restores_the_mtime_is_deferred() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    let p = write(&folder, "a", b"first");
+    *probe.during_import.lock().unwrap() = Some(Hook(Box::new(move |_: &Path| {
+        // Same size, same inode, mtime put back: only ctime tells.
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        std::io::Write::write_all(&mut &f, b"FIRST").unwrap();
+        f.set_modified(mtime).unwrap();
+    })));
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths(&["a"])).await;
+    assert_eq!(out.committed, 0, "{out:?}");
+    assert_eq!(out.deferred, paths(&["a"]));
 }

@@ -272,6 +272,21 @@ pub struct Released {
     pub hash: Option<[u8; 32]>,
 }
 
+/// The index names every synced path: owner-only (0600). Created so
+/// before the database opens it (no window with default permissions); an
+/// existing one an older version made is tightened.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    fleetsync_mesh::identity::tighten(path, 0o600);
+    Ok(())
+}
+
 /// Shared handle; all methods block, so actors call them on the blocking pool.
 #[derive(Clone, Debug)]
 pub struct Index {
@@ -291,6 +306,10 @@ impl Index {
                 source,
             })?;
         }
+        create_private(path).map_err(|source| IndexError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let db = Database::builder()
             .set_cache_size(INDEX_CACHE)
             .create(path)?;

@@ -6,5 +6,6 @@
 
 mod fsdir;
 mod growth;
+mod local;
 mod space;
 mod wire;
