@@ -697,12 +697,17 @@ impl Session {
     }
 
     pub fn remove_ref(&self, name: &str) {
+        self.unlink_ref(name);
+    }
+
+    /// Remove `refs/<name>` through the `refs/` descriptor (never a path
+    /// that a symlink could redirect); true if it was removed.
+    pub fn unlink_ref(&self, name: &str) -> bool {
         if name.contains('/') || name.starts_with('.') {
-            return;
+            return false;
         }
-        if let Ok(refs) = self.refs_fd() {
-            let _ = rustix::fs::unlinkat(refs, name, AtFlags::empty());
-        }
+        self.refs_fd()
+            .is_ok_and(|refs| rustix::fs::unlinkat(refs, name, AtFlags::empty()).is_ok())
     }
 
     /// Move `refs/<name>` itself into place (when hard links are not

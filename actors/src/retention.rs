@@ -136,6 +136,11 @@ pub fn sweep_refs(folder: &Folder, max_age: Duration) -> usize {
     let Some(keep) = refs_to_keep(folder, max_age) else {
         return 0;
     };
+    // Removal goes through the `refs/` descriptor: if the listed path was
+    // redirected by a symlink, nothing outside is ever removed.
+    let Ok(session) = folder.fs.session() else {
+        return 0;
+    };
     let now = SystemTime::now();
     let mut n = 0;
     for e in rd.flatten() {
@@ -148,7 +153,7 @@ pub fn sweep_refs(folder: &Folder, max_age: Duration) -> usize {
         let old = max_age.is_zero()
             || e.metadata()
                 .map_or(true, |m| age(now, ctime(&m)) >= max_age);
-        if old && std::fs::remove_file(e.path()).is_ok() {
+        if old && session.unlink_ref(&name) {
             n += 1;
         }
     }
