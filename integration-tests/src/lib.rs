@@ -709,3 +709,28 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Set a file's mtime to `secs` after the epoch (tests that need a known
+/// order of edits, whatever the clock did).
+pub fn set_mtime(p: &Path, secs: u64) {
+    std::fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap();
+}
+
+/// The conflict copies of `stem` in the root of `node`'s first folder,
+/// sorted.
+pub fn conflict_copies(node: &Node, stem: &str) -> Vec<String> {
+    let prefix = format!("{stem}.sync-conflict-");
+    let mut v: Vec<String> = std::fs::read_dir(node.path(""))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|f| f.starts_with(&prefix))
+        .collect();
+    v.sort();
+    v
+}

@@ -434,17 +434,6 @@ fn read(node: &Node, rel: &str) -> Option<String> {
     fs::read_to_string(node.path(rel)).ok()
 }
 
-fn conflict_copies(node: &Node, stem: &str) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(node.path(""))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|f| f.starts_with(&format!("{stem}.sync-conflict-")))
-        .collect();
-    v.sort();
-    v
-}
-
 /// When `node` recorded the last version of `rel`, by its own clock (the
 /// file is placed a moment before its record is committed).
 fn recorded_at(node: &Node, rel: &str) -> SystemTime {

@@ -1,35 +1,12 @@
 //! Conflicting edits made while nodes were apart (one stopped: a
 //! partition), resolved the same way on every node.
 
-use std::{
-    fs,
-    time::{Duration, SystemTime},
-};
+use std::fs;
 
 use fleetsync_integration_tests::*;
 
 fn folders(_: usize) -> Vec<FolderSpec> {
     vec![FolderSpec::new("shared")]
-}
-
-fn set_mtime(p: &std::path::Path, secs: u64) {
-    fs::File::options()
-        .write(true)
-        .open(p)
-        .unwrap()
-        .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-        .unwrap();
-}
-
-fn conflict_copies(n: &Node, stem: &str) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(n.path(""))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|f| f.starts_with(&format!("{stem}.sync-conflict-")))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -4,25 +4,12 @@
 //! conflict copy; a file whose directory was emptied wins. Every node ends
 //! with the same tree, no content is lost, nothing retries forever.
 
-use std::{
-    collections::BTreeSet,
-    fs,
-    time::{Duration, SystemTime},
-};
+use std::{collections::BTreeSet, fs};
 
 use fleetsync_integration_tests::*;
 
 fn folders(_: usize) -> Vec<FolderSpec> {
     vec![FolderSpec::new("shared")]
-}
-
-fn set_mtime(p: &std::path::Path, secs: u64) {
-    fs::File::options()
-        .write(true)
-        .open(p)
-        .unwrap()
-        .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-        .unwrap();
 }
 
 /// Content hashes of every file in a tree.
