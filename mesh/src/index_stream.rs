@@ -981,6 +981,32 @@ mod tests {
         Arc::new(f)
     }
 
+    /// A server on pipes, subscribed to folder "f" from the start: the
+    /// subscriber's pipe ends and the server task.
+    async fn subscribed(
+        folders: &Arc<FakeFolders>,
+    ) -> (
+        DuplexStream,
+        DuplexStream,
+        JoinHandle<Result<Served, ServeError>>,
+    ) {
+        let (mut to_server, server_recv) = duplex(PIPE);
+        let (server_send, from_server) = duplex(PIPE);
+        let server = tokio::spawn({
+            let folders = folders.clone();
+            async move { serve_stream(server_recv, server_send, &*folders, peer()).await }
+        });
+        let want = FolderWant {
+            folder: "f".into(),
+            index_id: INDEX_ID,
+            since: 0,
+        };
+        write_msg(&mut to_server, &IndexRequest::Subscribe(want))
+            .await
+            .unwrap();
+        (to_server, from_server, server)
+    }
+
     fn frame(msg: &IndexResponse) -> Vec<u8> {
         crate::codec::encode(msg).unwrap()
     }
@@ -1147,20 +1173,7 @@ mod tests {
     #[tokio::test]
     async fn the_server_stops_when_the_subscriber_closes() {
         let folders = folders_with("f", FakeSource::with(0));
-        let (mut to_server, server_recv) = duplex(PIPE);
-        let (server_send, mut from_server) = duplex(PIPE);
-        let server = tokio::spawn({
-            let folders = folders.clone();
-            async move { serve_stream(server_recv, server_send, &*folders, peer()).await }
-        });
-        let want = FolderWant {
-            folder: "f".into(),
-            index_id: INDEX_ID,
-            since: 0,
-        };
-        write_msg(&mut to_server, &IndexRequest::Subscribe(want))
-            .await
-            .unwrap();
+        let (to_server, mut from_server, server) = subscribed(&folders).await;
         let (reply, _) = read_msg::<_, IndexResponse>(&mut from_server, Limits::default())
             .await
             .unwrap()
@@ -1245,20 +1258,7 @@ mod tests {
         }
         source.head.send_replace(12);
         let folders = folders_with("f", source);
-        let (mut to_server, server_recv) = duplex(PIPE);
-        let (server_send, mut from_server) = duplex(PIPE);
-        let server = tokio::spawn({
-            let folders = folders.clone();
-            async move { serve_stream(server_recv, server_send, &*folders, peer()).await }
-        });
-        let want = FolderWant {
-            folder: "f".into(),
-            index_id: INDEX_ID,
-            since: 0,
-        };
-        write_msg(&mut to_server, &IndexRequest::Subscribe(want))
-            .await
-            .unwrap();
+        let (to_server, mut from_server, server) = subscribed(&folders).await;
         let (mut got, mut marks) = (Vec::new(), Vec::new());
         loop {
             let read = read_msg::<_, IndexResponse>(&mut from_server, Limits::default());
