@@ -51,6 +51,11 @@ fn entry(n: &NodeHandle, path: &str) -> Option<fleetsync_mesh::model::FileEntry>
 
 #[test]
 fn two_in_process_nodes_converge_to_identical_index_entries() {
+    // Logs go to the test's captured output, shown only when it fails.
+    tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("fleetsync=debug,fleetsync_actors=debug,fleetsync_mesh=debug")
+        .init();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let secret = hex::encode(random_bytes::<32>());

@@ -5,7 +5,8 @@
 //! mounts and network filesystems), a look into every directory that
 //! appears, once it is watched ([`new_dirs`]: what was written into it
 //! before its watch existed produced no event), a full rescan ([`rescan`])
-//! at start-up and every `rescan` interval as a safety net, a rescan
+//! at start-up (begun once the OS watch is up, so no change falls between
+//! the two) and every `rescan` interval as a safety net, a rescan
 //! whenever the event queue overflows, paths the receiver hands back, and
 //! paths the hasher could not commit (retried after a backoff).
 //!
@@ -147,6 +148,10 @@ pub struct Watcher {
     /// rules changed) is pending or running.
     catching_up: bool,
     timer_armed: bool,
+    /// Tests: how long setting up the OS watch takes at least (a huge
+    /// tree, a slow filesystem).
+    #[cfg(test)]
+    slow_watch_setup: Duration,
 }
 
 impl Watcher {
@@ -168,6 +173,8 @@ impl Watcher {
             scan_again: false,
             catching_up: false,
             timer_armed: false,
+            #[cfg(test)]
+            slow_watch_setup: Duration::ZERO,
         }
     }
 
@@ -229,9 +236,13 @@ impl Watcher {
         // Setting up a recursive inotify watch walks the tree: not on our
         // thread. Not counted as work: `notify` reports no progress while
         // it walks, and a huge tree must not read as a stall.
-        let task = self
-            .health
-            .spawn(rt::blocking(move || os_watch::start(&spec, forward)));
+        #[cfg(test)]
+        let slow = self.slow_watch_setup;
+        let task = self.health.spawn(rt::blocking(move || {
+            #[cfg(test)]
+            std::thread::sleep(slow);
+            os_watch::start(&spec, forward)
+        }));
         ctx.spawn(task.into_actor(self).map(|res, act, ctx| {
             act.os_watch_starting = false;
             match res {
@@ -246,6 +257,10 @@ impl Watcher {
                 Ok(Err(e)) => warn!(folder = act.folder.id(), "watch setup failed: {e}"),
                 Err(_) => return, // retired: the replacement watches
             }
+            // Only now: a file written after a scan that ran before the
+            // watch existed would have produced neither an event nor a
+            // row (the scan had passed), until the next hourly rescan.
+            act.request_scan(ctx);
             act.look_into_new_dirs(ctx);
         }));
     }
@@ -513,8 +528,8 @@ impl Actor for Watcher {
         if self.folder.fault().is_some() {
             return;
         }
+        // The first scan starts once the OS watch is up (see there).
         self.start_os_watch(ctx);
-        self.request_scan(ctx);
         ctx.run_interval(TICK, |act, ctx| act.on_tick(ctx));
         let every = self.folder.cfg.rescan;
         ctx.run_interval(every, |act, ctx| act.request_scan(ctx));
