@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::{
     content::Content,
     fsutil::FolderFs,
+    guard::DeleteGuard,
     ignore::Ignore,
     index::{Index, IndexError, Limits, Released},
 };
@@ -220,6 +221,9 @@ pub struct Folder {
     /// they are asked last for that content until the mark expires.
     slow: Mutex<HashMap<([u8; 32], EndpointId), Instant>>,
     pub status: FolderStatus,
+    /// The mass-delete guard ([`crate::guard`]): what it holds, the
+    /// burst window.
+    pub deletes: Mutex<DeleteGuard>,
 }
 
 /// `[mesh] transfer_stall_timeout`'s default (the config crate owns it).
@@ -329,6 +333,7 @@ impl Folder {
             transfer_stall,
             slow: Mutex::new(HashMap::new()),
             status: FolderStatus::default(),
+            deletes: Mutex::new(DeleteGuard::default()),
         }))
     }
 

@@ -20,7 +20,8 @@
 //!   generation fence), [`rt`], [`slot`].
 //! - [`rules`] (convergence, pure and property-tested), [`fsutil`]
 //!   (confined file system access), [`space`] (room for a fetch),
-//!   [`ignore`], [`scan`].
+//!   [`ignore`], [`scan`], [`guard`] (the mass-delete guard's rule and
+//!   state).
 //! - [`index`]: the redb index — entries, sequence numbers, pending remote
 //!   entries, peer marks, history. Every actor's state is rebuilt from it.
 //! - [`folder`]: what one folder's actors share (config, index, content,
@@ -38,6 +39,7 @@ pub mod content;
 pub mod distributor;
 pub mod folder;
 pub mod fsutil;
+pub mod guard;
 pub mod hasher;
 pub mod health;
 pub mod ignore;

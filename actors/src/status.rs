@@ -97,6 +97,12 @@ pub struct FolderInfo {
     pub last_error: Option<String>,
     pub transfers: Vec<TransferInfo>,
     pub peers: Vec<FolderPeer>,
+    /// Deletes from peers the mass-delete guard holds (paths; 0: none),
+    /// until `fleetsync folder resume`.
+    pub deletes_held: u64,
+    /// Of those, live files; and the folder's files when the burst began.
+    pub deletes_held_files: u64,
+    pub deletes_held_of: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,6 +226,9 @@ async fn folder_info(
     );
     let m = meta.unwrap_or_default();
     let pending = pending.unwrap_or(0);
+    let held = folder.deletes.lock().expect("guard lock").held();
+    let (deletes_held, deletes_held_files, deletes_held_of) =
+        held.map_or((0, 0, 0), |h| (h.paths, h.files_deleted, h.files));
     FolderInfo {
         id: folder.id().to_string(),
         path: folder.cfg.path.display().to_string(),
@@ -246,6 +255,9 @@ async fn folder_info(
         last_error: st.last_error(),
         transfers: transfers(&folder),
         peers,
+        deletes_held,
+        deletes_held_files,
+        deletes_held_of,
     }
 }
 

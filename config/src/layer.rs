@@ -107,6 +107,7 @@ pub(crate) struct LayeredFolder {
     pub max_files: Option<Sourced<i64>>,
     pub min_free: Option<Sourced<String>>,
     pub umask: Option<Sourced<String>>,
+    pub max_delete_fraction: Option<Sourced<f64>>,
 }
 
 pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
@@ -120,6 +121,7 @@ pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
     "UMASK",
     "MAX_PENDING",
     "MAX_FILES",
+    "MAX_DELETE_FRACTION",
 ];
 
 const ENV_DATA_DIR: &str = "FLEETSYNC_DATA_DIR";
@@ -210,6 +212,9 @@ impl Layered {
                     max_files: f.max_files.map(|v| Sourced::file(v, key("max_files"))),
                     min_free: f.min_free.map(|v| Sourced::file(v, key("min_free"))),
                     umask: f.umask.map(|v| Sourced::file(v, key("umask"))),
+                    max_delete_fraction: f
+                        .max_delete_fraction
+                        .map(|v| Sourced::file(v, key("max_delete_fraction"))),
                 }
             })
             .collect();
@@ -380,6 +385,10 @@ impl Layered {
                     "MAX_FILES" => {
                         folder.max_files = Some(Sourced::env(parse_env_int(name, &value)?, name))
                     }
+                    "MAX_DELETE_FRACTION" => {
+                        folder.max_delete_fraction =
+                            Some(Sourced::env(parse_env_fraction(name, &value)?, name))
+                    }
                     _ => folder.poll_interval = v,
                 }
                 Ok(())
@@ -510,6 +519,17 @@ fn parse_env_int(name: &str, value: &str) -> Result<i64, ConfigError> {
             name,
             format!("{value:?} is not a whole number"),
             "use digits only, e.g. 5",
+        )
+    })
+}
+
+fn parse_env_fraction(name: &str, value: &str) -> Result<f64, ConfigError> {
+    value.trim().parse().map_err(|_| {
+        ConfigError::invalid(
+            "<env>",
+            name,
+            format!("{value:?} is not a number"),
+            "use a number above 0 and at most 1, e.g. 0.5",
         )
     })
 }

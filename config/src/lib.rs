@@ -143,6 +143,15 @@ pub const DEFAULT_MAX_PEERS: usize = 32;
 /// honest peer's initial sync of a large folder only paces itself to the
 /// apply rate, while a member flooding entries stops there.
 pub const DEFAULT_MAX_PENDING: u64 = 100_000;
+/// `[[folders]] max_delete_fraction`: a burst of deletes from peers that
+/// would remove more than half of a folder is held for the operator.
+pub const DEFAULT_MAX_DELETE_FRACTION: f64 = 0.5;
+/// The mass-delete guard looks only at folders holding at least this many
+/// files: deleting most of a handful of files is ordinary work.
+pub const DELETE_GUARD_MIN_FILES: u64 = 100;
+/// Deletes from peers arriving within this window of each other count as
+/// one burst.
+pub const DELETE_BURST_WINDOW: Duration = Duration::from_secs(10);
 /// `[[folders]] max_files`: 10 million paths, well above any folder a
 /// fleet of this kind syncs, yet a bound on the index and inodes one
 /// member's announcements can make this node create.
@@ -289,6 +298,14 @@ pub struct FolderConfig {
     /// received file gets `0o666 & !umask` plus the sender's exec bits
     /// `& !umask`; a directory `0o777 & !umask`.
     pub umask: Umask,
+    /// `max_delete_fraction`: the mass-delete guard. When deletes arriving
+    /// from peers in one burst (one batch, or several within
+    /// [`DELETE_BURST_WINDOW`]) would remove more than this share of a
+    /// folder holding at least [`DELETE_GUARD_MIN_FILES`] files, the folder
+    /// holds its deletes from peers until `fleetsync folder resume`.
+    /// Above 0, at most 1 (1 turns the guard off). Default
+    /// [`DEFAULT_MAX_DELETE_FRACTION`].
+    pub max_delete_fraction: f64,
 }
 
 /// CLI flags the node binary may pass; `None` = not given. See [`flag`] for

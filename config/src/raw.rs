@@ -77,6 +77,7 @@ pub(crate) struct RawFolder {
     pub max_files: Option<i64>,
     pub min_free: Option<String>,
     pub umask: Option<String>,
+    pub max_delete_fraction: Option<f64>,
 }
 
 /// The TOML shape a leaf key must have. Checked before serde runs because
@@ -87,6 +88,8 @@ enum Kind {
     Str,
     Bool,
     Int,
+    /// A number: integer or float.
+    Number,
     StrList,
     Table,
     TableList,
@@ -135,6 +138,7 @@ const FOLDER_KEYS: &[(&str, Kind)] = &[
     ("max_files", Kind::Int),
     ("min_free", Kind::Str),
     ("umask", Kind::Str),
+    ("max_delete_fraction", Kind::Number),
 ];
 
 /// Parse and shape-check the file text. `file` is how errors name the file.
@@ -274,6 +278,10 @@ fn check_kind(
         Kind::Int if !value.is_integer() => wrong(
             "an integer",
             format!("write a whole number without quotes, e.g. {key} = 5"),
+        ),
+        Kind::Number if !value.is_integer() && !value.is_float() => wrong(
+            "a number",
+            format!("write a number without quotes, e.g. {key} = 0.5"),
         ),
         Kind::StrList => match value {
             Value::Array(items) => {

@@ -170,6 +170,9 @@ fn folder_block(c: &str, id: &str, path: &Path) -> String {
 {c}# min_free = "1GiB"
 {c}# Permission bits received files never get (only the executable bit is synced).
 {c}umask = "022"
+{c}# Deletes from peers in one burst that would remove more than this share of
+{c}# a folder of 100+ files are held until: fleetsync folder resume (1 = off).
+{c}max_delete_fraction = 0.5
 "#,
         modes = alternatives(FolderMode::ALL.iter().map(|m| m.as_str())),
         mode = q(FolderMode::SendReceive.as_str()),

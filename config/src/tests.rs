@@ -303,7 +303,7 @@ fn unknown_key_in_folder() {
     assert_invalid(
         &e,
         "folders[0].pth",
-        "id, path, mode, settle, rescan, watch, poll_interval, max_pending, max_files, min_free, umask",
+        "id, path, mode, settle, rescan, watch, poll_interval, max_pending, max_files, min_free, umask, max_delete_fraction",
     );
 }
 
@@ -1936,4 +1936,41 @@ proptest! {
             prop_assert!(!e.to_string().contains('\n'));
         }
     }
+}
+
+#[test]
+fn max_delete_fraction_defaults_to_a_half_and_takes_numbers_above_0_up_to_1() {
+    let text = |v: &str| {
+        format!(
+            "{}{}max_delete_fraction = {v}\n",
+            with_secret(""),
+            folder_toml("shared", "/srv/shared")
+        )
+    };
+    let plain = format!("{}{}", with_secret(""), folder_toml("shared", "/srv/shared"));
+    let f = parse(&plain).folder("shared").unwrap().clone();
+    assert_eq!(f.max_delete_fraction, crate::DEFAULT_MAX_DELETE_FRACTION);
+    assert_eq!(f.max_delete_fraction, 0.5);
+    for (v, want) in [("0.25", 0.25), ("1", 1.0), ("1.0", 1.0)] {
+        let f = parse(&text(v)).folder("shared").unwrap().clone();
+        assert_eq!(f.max_delete_fraction, want, "{v}");
+    }
+    for bad in ["0", "0.0", "-0.5", "1.5", "2"] {
+        let e = err(&text(bad));
+        assert_invalid(&e, "folders[0].max_delete_fraction", "above 0 and at most 1");
+    }
+    let e = err(&text("\"half\""));
+    assert_invalid(&e, "folders[0].max_delete_fraction", "a number");
+}
+
+#[test]
+fn env_overrides_max_delete_fraction_and_names_the_variable_when_bad() {
+    let file = format!("{}{}", with_secret(""), folder_toml("docs", "/srv/docs"));
+    let var = "FLEETSYNC_FOLDER_DOCS_MAX_DELETE_FRACTION";
+    let c = try_parse_full(&file, &[(var, "0.9")], &Overrides::default()).unwrap();
+    assert_eq!(c.folder("docs").unwrap().max_delete_fraction, 0.9);
+    let e = err_full(&file, &[(var, "most")], &Overrides::default());
+    assert_invalid_at(&e, "<env>", var, "at most 1");
+    let e = err_full(&file, &[(var, "3")], &Overrides::default());
+    assert_invalid_at(&e, "<env>", var, "above 0 and at most 1");
 }

@@ -10,7 +10,8 @@ use crate::types::{parse_duration, parse_node_id, Choices, FleetSecret, PeerAddr
 use crate::{
     AdminConfig, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig,
     MinFree, SupervisorConfig, Umask, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_FILES,
-    DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING, DEFAULT_MAX_RESTARTS, DEFAULT_MESH_LISTEN,
+    DEFAULT_MAX_DELETE_FRACTION, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING, DEFAULT_MAX_RESTARTS,
+    DEFAULT_MESH_LISTEN,
     DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
     DEFAULT_TRANSFER_STALL_TIMEOUT,
 };
@@ -773,7 +774,27 @@ fn folder(
         )?,
         min_free,
         umask,
+        max_delete_fraction: delete_fraction(ctx, f.max_delete_fraction.as_ref())?,
     })
+}
+
+/// A folder's `max_delete_fraction`: above 0, at most 1.
+fn delete_fraction(ctx: &Ctx, value: Option<&Sourced<f64>>) -> Result<f64, ConfigError> {
+    let Some(v) = value else {
+        return Ok(DEFAULT_MAX_DELETE_FRACTION);
+    };
+    if v.value > 0.0 && v.value <= 1.0 {
+        return Ok(v.value);
+    }
+    Err(ctx.err(
+        &v.origin,
+        format!("max_delete_fraction {} is outside (0, 1]", v.value),
+        format!(
+            "use a number above 0 and at most 1: the share of the folder a burst of deletes \
+             from peers may remove before it is held (default {DEFAULT_MAX_DELETE_FRACTION}; \
+             1 turns the guard off)"
+        ),
+    ))
 }
 
 /// A folder's `max_pending` / `max_files`: a whole number from 1 to

@@ -6,6 +6,7 @@
 //! | `GET /health`                  | 200 `ok` / 503 `unhealthy`              |
 //! | `GET /metrics`                 | Prometheus text                         |
 //! | `GET /history?folder=&path=`   | JSON list of history events             |
+//! | `POST /folders/{id}/resume`    | JSON `{"folder","resumed"}`: apply the deletes the mass-delete guard holds |
 //! | `POST /debug/fault?kind=&actor=&folder=&for_ms=` | inject a fault (`[debug] fault_injection` only) |
 //!
 //! Plus the plain-text rendering `fleetsync status` / `history` print.
@@ -13,7 +14,7 @@
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr};
 
 use axum::{
-    extract::{Query, State},
+    extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -55,6 +56,7 @@ pub async fn serve(
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/history", get(history))
+        .route("/folders/{id}/resume", post(resume))
         .route("/debug/fault", post(fault))
         .layer(axum::middleware::from_fn_with_state(
             allowed_hosts(bound),
@@ -133,6 +135,26 @@ pub fn write_addr_file(data_dir: &std::path::Path, addr: SocketAddr) -> std::io:
 
 async fn status(State(node): State<NodeHandle>) -> Json<NodeStatus> {
     Json(snapshot(&node).await)
+}
+
+#[derive(Serialize)]
+struct Resumed {
+    folder: String,
+    /// Paths whose held deletes are now applied.
+    resumed: u64,
+}
+
+/// `POST /folders/{id}/resume`: the deletes from peers the mass-delete
+/// guard holds in the folder are applied.
+async fn resume(State(node): State<NodeHandle>, Path(id): Path<String>) -> Response {
+    match node.resume_deletes(&id) {
+        Some(resumed) => Json(Resumed {
+            folder: id,
+            resumed,
+        })
+        .into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response(),
+    }
 }
 
 async fn health(State(node): State<NodeHandle>) -> Response {
@@ -226,6 +248,11 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
         "fleetsync_folder_bytes_received_total",
         "Bytes fetched from peers.",
         per(&|f| f.bytes_received as f64),
+    );
+    gauge(
+        "fleetsync_folder_deletes_held",
+        "Deletes from peers held by the mass-delete guard (fleetsync folder resume applies them).",
+        per(&|f| f.deletes_held as f64),
     );
     gauge(
         "fleetsync_folder_transfers",
@@ -431,8 +458,24 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// `fleetsync status` text.
-pub fn render_status(v: &serde_json::Value) -> String {
+/// The status line of a folder whose deletes from peers are held, with
+/// the commands to go on (`config`: the file the CLI was given).
+fn held_line(f: &serde_json::Value, config: &str) -> Option<String> {
+    let held = f["deletes_held"].as_u64().filter(|n| *n > 0)?;
+    let id = f["id"].as_str().unwrap_or("?");
+    let files = f["deletes_held_files"].as_u64().unwrap_or(0);
+    let of = f["deletes_held_of"].as_u64().unwrap_or(0);
+    let pct = if of == 0 { 0 } else { files * 100 / of };
+    Some(format!(
+        "folder {id}: holding {held} deletes from peers ({files} of its {of} files, {pct}%); \
+         to apply them run: fleetsync folder resume --config {config} --folder {id}; \
+         to undo on the fleet: fleetsync restore --config {config} --folder {id} PATH"
+    ))
+}
+
+/// `fleetsync status` text; `config` is the config file named in the
+/// commands it suggests.
+pub fn render_status(v: &serde_json::Value, config: &str) -> String {
     let mut o = String::new();
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
     let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
@@ -507,6 +550,9 @@ pub fn render_status(v: &serde_json::Value) -> String {
         );
         if let Some(e) = f["error"].as_str() {
             let _ = writeln!(o, "    ERROR: {e}");
+        }
+        if let Some(line) = held_line(f, config) {
+            let _ = writeln!(o, "    HELD: {line}");
         }
         for t in f["transfers"].as_array().cloned().unwrap_or_default() {
             let done = u(&t["bytes_done"]);

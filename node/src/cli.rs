@@ -61,6 +61,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Folder operations.
+    Folder {
+        #[command(subcommand)]
+        cmd: FolderCmd,
+    },
     /// Fault injection for tests and drills (needs `[debug] fault_injection = true`).
     Debug {
         #[command(subcommand)]
@@ -71,6 +76,19 @@ enum Cmd {
         /// Keep the cluster running until Ctrl-C instead of exiting.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FolderCmd {
+    /// Apply the deletes from peers that the mass-delete guard holds
+    /// (`max_delete_fraction`; `fleetsync status` shows them).
+    Resume {
+        #[command(flatten)]
+        at: Where,
+        /// Folder id.
+        #[arg(long)]
+        folder: String,
     },
 }
 
@@ -232,6 +250,9 @@ pub fn main() -> i32 {
             path,
             json,
         } => history(at, &folder, &path, json),
+        Cmd::Folder {
+            cmd: FolderCmd::Resume { at, folder },
+        } => resume(at, &folder),
         Cmd::Debug { cmd } => debug(cmd),
         Cmd::Demo { keep } => demo::run(keep),
     };
@@ -431,7 +452,20 @@ fn status(w: Where, json: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let st: serde_json::Value = serde_json::from_str(&body).context("status reply")?;
-    print!("{}", crate::admin::render_status(&st));
+    let path = w.config_path()?;
+    print!("{}", crate::admin::render_status(&st, &path.display().to_string()));
+    Ok(0)
+}
+
+fn resume(w: Where, folder: &str) -> anyhow::Result<i32> {
+    let config = w.load(&Overrides::default())?;
+    let q = format!("/folders/{}/resume", crate::admin::urlencode(folder));
+    let body = client::post(client::admin_addr(&config)?, &q)?;
+    let v: serde_json::Value = serde_json::from_str(&body).context("resume reply")?;
+    match v["resumed"].as_u64().unwrap_or(0) {
+        0 => println!("folder {folder}: no deletes were held"),
+        n => println!("folder {folder}: applying {n} held deletes from peers"),
+    }
     Ok(0)
 }
 

@@ -102,9 +102,14 @@ pub mod msg {
     #[derive(Debug, Message)]
     #[rtype(result = "Vec<super::Inbound>")]
     pub struct GetInbound;
+
+    /// Run a round now (the mass-delete guard let its deletes through).
+    #[derive(Debug, Message)]
+    #[rtype(result = "()")]
+    pub struct Kick;
 }
 
-use msg::{CaughtUp, GetInbound, Ingest, IngestError};
+use msg::{CaughtUp, GetInbound, Ingest, IngestError, Kick};
 
 use crate::index::Ingested;
 
@@ -225,9 +230,12 @@ impl Receiver {
     /// Resolved rows are done with, failed ones wait for their retry, raced
     /// paths go to the watcher.
     fn take_outcomes(&mut self, report: RoundReport, ctx: &mut Context<Self>) {
+        let mut guard = self.folder.deletes.lock().expect("guard lock");
         for key in &report.resolved {
             self.retries.done(key);
+            guard.done(key);
         }
+        drop(guard);
         self.schedule_retries(report.failed, ctx);
         if !report.races.is_empty() {
             if let Some(w) = self.watcher.get() {
@@ -424,6 +432,14 @@ impl Handler<GetInbound> for Receiver {
 
     fn handle(&mut self, _: GetInbound, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.inbound.values().cloned().collect())
+    }
+}
+
+impl Handler<Kick> for Receiver {
+    type Result = ();
+
+    fn handle(&mut self, _: Kick, ctx: &mut Context<Self>) {
+        self.kick(ctx);
     }
 }
 

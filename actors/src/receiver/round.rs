@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  read pending (minus rows waiting for a retry or a big-file job)
-//!    ─► plan (rules::decide per path) ─► resolve the kept rows
+//!    ─► plan (rules::decide per path) ─► mass-delete guard (crate::guard)
+//!    ─► resolve the kept rows
 //!    ─► directories (parents first) ─► small files (batches, one syncfs)
 //!    ─► symlinks ─► deletions (children first)
 //!    ─► check: every planned job got exactly one outcome
@@ -17,9 +18,11 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::Arc,
+    time::Instant,
 };
 
 use fleetsync_mesh::{model::EntryKind, EndpointId};
+use tracing::warn;
 
 pub use super::outcomes::{Failure, Planned, RoundError, RoundReport};
 use super::{
@@ -30,6 +33,7 @@ use super::{
 use crate::{
     apply::{self, apply_files, ApplyError, Flush, Job, Sources},
     folder::Folder,
+    guard::{Delete, Removes},
     health::Work,
     index::Pending,
     record::Record,
@@ -173,6 +177,20 @@ pub fn group_by_hash(big: Vec<Planned>) -> Vec<Vec<Planned>> {
     groups.into_values().collect()
 }
 
+/// What a planned delete would remove here, for the guard.
+fn delete_of(p: &Planned) -> Delete {
+    let removes = match Record::live(p.job.local.as_ref()) {
+        None => Removes::Nothing,
+        Some(r) if r.entry.kind == EntryKind::File => Removes::File,
+        Some(_) => Removes::Other,
+    };
+    Delete {
+        path: p.job.path.clone(),
+        peers: p.rows.iter().map(|(_, peer)| *peer).collect(),
+        removes,
+    }
+}
+
 /// One round, from reading pending rows to the last commit. It is work of
 /// its receiver incarnation while it lives.
 pub struct Round {
@@ -206,7 +224,8 @@ impl Round {
             return Ok(self.out.report);
         }
         let locals = self.read_locals(&pending).await?;
-        let plan = self.settle_tree(plan(pending, &locals)).await?;
+        let plan = self.guard_deletes(plan(pending, &locals)).await?;
+        let plan = self.settle_tree(plan).await?;
         // Big files owe their outcome to their own job, not to the round.
         let owed = [&plan.dirs, &plan.small_files, &plan.links, &plan.deletes];
         self.out.planned(owed.into_iter().flatten());
@@ -231,10 +250,16 @@ impl Round {
         in_flight: &HashSet<String>,
     ) -> Result<BTreeMap<String, Vec<Pending>>, RoundError> {
         let f = self.folder.clone();
-        let limit = ROUND_LIMIT + waiting.len() + in_flight.len();
+        let held = f.deletes.lock().expect("guard lock").held_rows();
+        let limit = ROUND_LIMIT + waiting.len() + in_flight.len() + held;
         let rows = rt::blocking(move || f.index.pending(f.id(), limit)).await??;
+        let guard = self.folder.deletes.lock().expect("guard lock");
         let mut by_path: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
         for p in rows {
+            if p.entry.deleted && guard.is_held(&p.path, &p.peer) {
+                // Held by the mass-delete guard until `folder resume`.
+                continue;
+            }
             if in_flight.contains(&p.path) || waiting.contains(&(p.path.clone(), p.peer)) {
                 self.out.report.remaining += 1;
             } else {
@@ -251,6 +276,44 @@ impl Round {
         let f = self.folder.clone();
         let paths: Vec<String> = pending.keys().cloned().collect();
         Ok(rt::blocking(move || f.index.get_many(f.id(), &paths)).await??)
+    }
+
+    /// The mass-delete guard ([`crate::guard`]): deletes it holds leave the
+    /// plan (their rows stay pending); the rest go on.
+    async fn guard_deletes(&self, mut plan: Plan) -> Result<Plan, RoundError> {
+        if plan.deletes.is_empty() {
+            return Ok(plan);
+        }
+        let f = self.folder.clone();
+        let files = rt::blocking(move || f.index.folder_meta(f.id()))
+            .await??
+            .map_or(0, |m| m.files);
+        let deletes: Vec<Delete> = plan.deletes.iter().map(delete_of).collect();
+        let mut guard = self.folder.deletes.lock().expect("guard lock");
+        let was_holding = guard.held().is_some();
+        let verdict = guard.judge(
+            Instant::now(),
+            files,
+            self.folder.cfg.max_delete_fraction,
+            &deletes,
+        );
+        if let Some(held) = guard.held().filter(|_| !was_holding) {
+            warn!(
+                folder = self.folder.id(),
+                "holding {} deletes from peers ({} of {} files): more than max_delete_fraction {} in one burst; \
+                 apply them with: fleetsync folder resume --folder {}",
+                held.paths,
+                held.files_deleted,
+                held.files,
+                self.folder.cfg.max_delete_fraction,
+                self.folder.id()
+            );
+        }
+        drop(guard);
+        let mut verdict = verdict.into_iter();
+        plan.deletes
+            .retain(|_| verdict.next().expect("one verdict per delete"));
+        Ok(plan)
     }
 
     /// File vs directory: the plan becomes a tree (see [`tree`]).

@@ -167,6 +167,19 @@ impl NodeHandle {
         }
     }
 
+    /// `fleetsync folder resume`: let the deletes from peers that the
+    /// mass-delete guard holds in `folder` through ([`crate::guard`]).
+    /// How many paths; `None`: no such folder.
+    pub fn resume_deletes(&self, folder: &str) -> Option<u64> {
+        let f = self.folders.get(folder)?;
+        let n = f.deletes.lock().expect("guard lock").resume();
+        // A receiver being replaced runs a round as it starts anyway.
+        if let Some(r) = self.slots.receivers.get(folder).and_then(Slot::get) {
+            r.do_send(crate::receiver::msg::Kick);
+        }
+        Some(n)
+    }
+
     fn first_folder(&self) -> Option<String> {
         self.folders.keys().min().cloned()
     }

@@ -1,0 +1,368 @@
+//! The mass-delete guard: one mistaken `rm -rf` on one node must not empty
+//! the folder on every node.
+//!
+//! Rule ([`exceeds`]): deletes arriving from peers in one burst (one
+//! processing round, or several within [`DELETE_BURST_WINDOW`] of each
+//! other) that would remove more than `max_delete_fraction` of a folder
+//! holding at least [`DELETE_GUARD_MIN_FILES`] live files are *held*: the
+//! folder stops applying deletes from peers (this burst's and any later
+//! one's) until the operator runs `fleetsync folder resume`. Everything
+//! else (new files, edits, directories) keeps syncing.
+//!
+//! Held deletes stay what they were, pending rows in the index: nothing is
+//! lost, and after a restart the first rounds see them again as one burst
+//! and hold them again. [`DeleteGuard::resume`] approves the rows held at
+//! that moment: they are applied without being counted again.
+//!
+//! Only deletes that remove something live here count or are held; a
+//! delete of a path this node no longer has just records the tombstone.
+//! The burst's share is taken of the files the folder held when it began
+//! (live files now plus the deletes of the window already applied).
+//!
+//! Memory: the held and approved rows are pending rows (bounded by the
+//! folder's `max_pending` per peer); the window keeps one count per round
+//! within [`DELETE_BURST_WINDOW`], at most [`WINDOW_ROUNDS_MAX`].
+
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    time::{Instant, SystemTime},
+};
+
+pub use fleetsync_config::{DELETE_BURST_WINDOW, DELETE_GUARD_MIN_FILES};
+
+/// A pending row: (path, peer that announced it).
+pub type Key = (String, [u8; 32]);
+
+/// Round counts kept in the window at most (older ones are merged).
+const WINDOW_ROUNDS_MAX: usize = 1024;
+
+/// The rule: does a burst of `burst` file deletes exceed `max_fraction` of
+/// a folder that held `files` live files when the burst began? Folders
+/// under [`DELETE_GUARD_MIN_FILES`] files are never held; a fraction of 1
+/// (or more) turns the guard off.
+pub fn exceeds(files: u64, burst: u64, max_fraction: f64) -> bool {
+    if max_fraction >= 1.0 || files < DELETE_GUARD_MIN_FILES {
+        return false;
+    }
+    burst as f64 > max_fraction * files as f64
+}
+
+/// What a planned delete would take away on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removes {
+    /// The path is not live here: only its tombstone is recorded.
+    Nothing,
+    /// A live file.
+    File,
+    /// A live directory or symlink (held with the files, not counted).
+    Other,
+}
+
+/// One planned delete: its path, the peers whose rows it answers, and
+/// what it would remove.
+#[derive(Debug, Clone)]
+pub struct Delete {
+    pub path: String,
+    pub peers: Vec<[u8; 32]>,
+    pub removes: Removes,
+}
+
+/// What the guard holds, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldInfo {
+    /// Paths whose deletes are held.
+    pub paths: u64,
+    /// Of those, live files.
+    pub files_deleted: u64,
+    /// Live files of the folder when the burst began.
+    pub files: u64,
+    pub since: SystemTime,
+}
+
+#[derive(Debug)]
+struct Hold {
+    files: u64,
+    since: SystemTime,
+    /// Held paths: the peers whose rows are held, and whether a file.
+    paths: BTreeMap<String, (Vec<[u8; 32]>, bool)>,
+}
+
+/// The guard's state for one folder (in [`crate::folder::Folder`]: it
+/// outlives receiver incarnations; a restart rebuilds it from the pending
+/// rows, see the module doc).
+#[derive(Debug, Default)]
+pub struct DeleteGuard {
+    /// File deletes from peers applied recently: (when, how many).
+    recent: VecDeque<(Instant, u64)>,
+    hold: Option<Hold>,
+    /// Rows the operator let through (`folder resume`), until resolved.
+    approved: HashSet<Key>,
+}
+
+impl DeleteGuard {
+    /// Judge a round's planned deletes: `true` to apply now, `false` held.
+    /// `files` is the folder's live files now, before these deletes.
+    pub fn judge(
+        &mut self,
+        now: Instant,
+        files: u64,
+        max_fraction: f64,
+        deletes: &[Delete],
+    ) -> Vec<bool> {
+        self.prune(now);
+        let fresh = |d: &Delete| {
+            d.removes != Removes::Nothing
+                && !d
+                    .peers
+                    .iter()
+                    .all(|p| self.approved.contains(&(d.path.clone(), *p)))
+        };
+        let verdict: Vec<bool> = deletes.iter().map(|d| !fresh(d)).collect();
+        let counted = deletes
+            .iter()
+            .zip(&verdict)
+            .filter(|(d, apply)| !**apply && d.removes == Removes::File)
+            .count() as u64;
+        if verdict.iter().all(|apply| *apply) {
+            return verdict;
+        }
+        if self.hold.is_none() {
+            let recent: u64 = self.recent.iter().map(|(_, n)| n).sum();
+            let before = files + recent;
+            if !exceeds(before, recent + counted, max_fraction) {
+                self.applied(now, counted);
+                return vec![true; deletes.len()];
+            }
+            self.hold = Some(Hold {
+                files: before,
+                since: SystemTime::now(),
+                paths: BTreeMap::new(),
+            });
+        }
+        let hold = self.hold.as_mut().expect("holding");
+        for (d, apply) in deletes.iter().zip(&verdict) {
+            if !*apply {
+                let (peers, _) = hold
+                    .paths
+                    .entry(d.path.clone())
+                    .or_insert_with(|| (Vec::new(), d.removes == Removes::File));
+                for p in &d.peers {
+                    if !peers.contains(p) {
+                        peers.push(*p);
+                    }
+                }
+            }
+        }
+        verdict
+    }
+
+    /// Forget window counts older than [`DELETE_BURST_WINDOW`].
+    fn prune(&mut self, now: Instant) {
+        while let Some((at, _)) = self.recent.front() {
+            if now.saturating_duration_since(*at) <= DELETE_BURST_WINDOW {
+                break;
+            }
+            self.recent.pop_front();
+        }
+    }
+
+    fn applied(&mut self, now: Instant, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if self.recent.len() >= WINDOW_ROUNDS_MAX {
+            // Bounded: fold the oldest into the next (kept a little longer).
+            if let Some((_, old)) = self.recent.pop_front() {
+                if let Some((_, next)) = self.recent.front_mut() {
+                    *next += old;
+                }
+            }
+        }
+        self.recent.push_back((now, n));
+    }
+
+    /// Is this pending row held? (The round leaves it alone.)
+    pub fn is_held(&self, path: &str, peer: &[u8; 32]) -> bool {
+        self.hold
+            .as_ref()
+            .and_then(|h| h.paths.get(path))
+            .is_some_and(|(peers, _)| peers.contains(peer))
+    }
+
+    /// Held rows (for the round's read limit).
+    pub fn held_rows(&self) -> usize {
+        self.hold
+            .as_ref()
+            .map_or(0, |h| h.paths.values().map(|(p, _)| p.len()).sum())
+    }
+
+    /// A row was resolved (applied, superseded, rejected): it is neither
+    /// held nor approved any more. Holding ends when nothing is left held.
+    pub fn done(&mut self, (path, peer): &Key) {
+        self.approved.remove(&(path.clone(), *peer));
+        let Some(hold) = self.hold.as_mut() else {
+            return;
+        };
+        if let Some((peers, _)) = hold.paths.get_mut(path) {
+            peers.retain(|p| p != peer);
+            if peers.is_empty() {
+                hold.paths.remove(path);
+            }
+        }
+        if hold.paths.is_empty() {
+            self.hold = None;
+        }
+    }
+
+    /// The operator lets the held deletes through: they are applied by the
+    /// next rounds and not counted again. Returns how many paths.
+    pub fn resume(&mut self) -> u64 {
+        let Some(hold) = self.hold.take() else {
+            return 0;
+        };
+        let n = hold.paths.len() as u64;
+        for (path, (peers, _)) in hold.paths {
+            for p in peers {
+                self.approved.insert((path.clone(), p));
+            }
+        }
+        self.recent.clear();
+        n
+    }
+
+    /// What is held, if anything.
+    pub fn held(&self) -> Option<HeldInfo> {
+        let h = self.hold.as_ref()?;
+        Some(HeldInfo {
+            paths: h.paths.len() as u64,
+            files_deleted: h.paths.values().filter(|(_, file)| *file).count() as u64,
+            files: h.files,
+            since: h.since,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const A: [u8; 32] = [1; 32];
+    const B: [u8; 32] = [2; 32];
+
+    fn files(prefix: &str, n: usize, peer: [u8; 32]) -> Vec<Delete> {
+        (0..n)
+            .map(|i| Delete {
+                path: format!("{prefix}{i:04}"),
+                peers: vec![peer],
+                removes: Removes::File,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_rule_holds_more_than_the_fraction_of_a_folder_of_at_least_100_files() {
+        assert!(exceeds(200, 160, 0.5));
+        assert!(exceeds(200, 101, 0.5));
+        assert!(!exceeds(200, 100, 0.5), "exactly the fraction passes");
+        assert!(!exceeds(200, 20, 0.5));
+        assert!(!exceeds(99, 99, 0.5), "small folders are never held");
+        assert!(exceeds(100, 51, 0.5));
+        assert!(!exceeds(200, 200, 1.0), "1 turns the guard off");
+        assert!(exceeds(1000, 11, 0.01));
+    }
+
+    #[test]
+    fn a_burst_in_one_round_is_held_and_a_small_one_passes() {
+        let now = Instant::now();
+        let mut g = DeleteGuard::default();
+        assert!(g.judge(now, 200, 0.5, &files("a", 20, A)).iter().all(|v| *v));
+        assert_eq!(g.held(), None);
+        let mut g = DeleteGuard::default();
+        let v = g.judge(now, 200, 0.5, &files("a", 160, A));
+        assert!(v.iter().all(|v| !*v));
+        let info = g.held().unwrap();
+        assert_eq!((info.paths, info.files_deleted, info.files), (160, 160, 200));
+        assert!(g.is_held("a0000", &A));
+        assert!(!g.is_held("a0000", &B));
+        assert_eq!(g.held_rows(), 160);
+    }
+
+    #[test]
+    fn rounds_within_the_window_add_up_and_older_ones_do_not() {
+        let t0 = Instant::now();
+        let mut g = DeleteGuard::default();
+        // 60 of 200 applied, then 60 more of the remaining 140 within 10 s:
+        // 120 of the 200 the burst began with.
+        assert!(g.judge(t0, 200, 0.5, &files("a", 60, A)).iter().all(|v| *v));
+        let t1 = t0 + Duration::from_secs(5);
+        assert!(g.judge(t1, 140, 0.5, &files("b", 60, A)).iter().all(|v| !*v));
+        assert_eq!(g.held().unwrap().files, 200);
+
+        let mut g = DeleteGuard::default();
+        assert!(g.judge(t0, 200, 0.5, &files("a", 60, A)).iter().all(|v| *v));
+        let later = t0 + DELETE_BURST_WINDOW + Duration::from_secs(1);
+        assert!(g.judge(later, 140, 0.5, &files("b", 60, A)).iter().all(|v| *v));
+        assert_eq!(g.held(), None);
+    }
+
+    #[test]
+    fn while_holding_every_delete_from_peers_waits_but_tombstones_of_absent_paths_pass() {
+        let now = Instant::now();
+        let mut g = DeleteGuard::default();
+        g.judge(now, 200, 0.5, &files("a", 160, A));
+        let mut later = files("z", 1, B);
+        later.push(Delete {
+            path: "gone".into(),
+            peers: vec![B],
+            removes: Removes::Nothing,
+        });
+        later.push(Delete {
+            path: "dir".into(),
+            peers: vec![B],
+            removes: Removes::Other,
+        });
+        assert_eq!(g.judge(now, 200, 0.5, &later), vec![false, true, false]);
+        let info = g.held().unwrap();
+        assert_eq!((info.paths, info.files_deleted), (162, 161));
+    }
+
+    #[test]
+    fn resume_lets_the_held_rows_through_uncounted_and_ends_the_hold() {
+        let now = Instant::now();
+        let mut g = DeleteGuard::default();
+        let burst = files("a", 160, A);
+        g.judge(now, 200, 0.5, &burst);
+        assert_eq!(g.resume(), 160);
+        assert_eq!(g.held(), None);
+        assert!(!g.is_held("a0000", &A));
+        assert!(g.judge(now, 200, 0.5, &burst).iter().all(|v| *v));
+        for d in &burst {
+            g.done(&(d.path.clone(), A));
+        }
+        // Approval was for those rows only: a new burst is held again.
+        assert!(g.judge(now, 200, 0.5, &burst).iter().all(|v| !*v));
+    }
+
+    #[test]
+    fn the_hold_ends_when_every_held_row_is_resolved_otherwise() {
+        let now = Instant::now();
+        let mut g = DeleteGuard::default();
+        let burst = files("a", 150, A);
+        g.judge(now, 200, 0.5, &burst);
+        for d in &burst[..149] {
+            g.done(&(d.path.clone(), A));
+        }
+        assert_eq!(g.held().unwrap().paths, 1);
+        g.done(&("a0149".to_string(), A));
+        assert_eq!(g.held(), None);
+    }
+
+    #[test]
+    fn a_fraction_of_one_never_holds() {
+        let mut g = DeleteGuard::default();
+        let v = g.judge(Instant::now(), 200, 1.0, &files("a", 200, A));
+        assert!(v.iter().all(|v| *v));
+    }
+}

@@ -1,0 +1,156 @@
+//! The mass-delete guard: a burst of deletes from one node that would
+//! remove most of a folder is held on the others (status says so, with the
+//! command to go on) while everything else keeps syncing; `fleetsync
+//! folder resume` applies it; an ordinary delete passes unhindered.
+
+use std::fs;
+
+use fleetsync_integration_tests::*;
+use serde_json::Value;
+
+const FILES: usize = 200;
+
+fn folders(_: usize) -> Vec<FolderSpec> {
+    vec![FolderSpec::new("shared")]
+}
+
+fn name(i: usize) -> String {
+    format!("d{}/file-{i:03}.txt", i % 4)
+}
+
+/// A 3-node cluster whose folder holds [`FILES`] files on every node.
+fn cluster_with_files() -> Cluster {
+    let c = Cluster::start(3, Topology::Full, folders);
+    let a = &c.nodes[0];
+    for d in 0..4 {
+        fs::create_dir_all(a.path(&format!("d{d}"))).unwrap();
+    }
+    for i in 0..FILES {
+        fs::write(a.path(&name(i)), format!("content of file {i}\n")).unwrap();
+    }
+    for n in &c.nodes {
+        wait_until(DEADLINE, &format!("{FILES} files on {}", n.name), || {
+            files_on_disk(n) == FILES && field(n, "files") == FILES as u64
+        });
+    }
+    c
+}
+
+fn files_on_disk(n: &Node) -> usize {
+    tree(&n.path(""))
+        .values()
+        .filter(|i| matches!(i, Item::File { .. }))
+        .count()
+}
+
+fn field(n: &Node, key: &str) -> u64 {
+    n.folder_status("shared")
+        .and_then(|f: Value| f[key].as_u64())
+        .unwrap_or(0)
+}
+
+/// Every pending row of the node is a held delete, and some are held.
+fn holding_all_pending(n: &Node) -> bool {
+    n.folder_status("shared").is_some_and(|f| {
+        let held = f["deletes_held"].as_u64().unwrap_or(0);
+        held > 0 && f["pending"].as_u64() == Some(held)
+    })
+}
+
+#[test]
+fn deleting_80_percent_on_one_node_is_held_on_the_others_until_resume() {
+    let mut c = cluster_with_files();
+    let deleted: Vec<usize> = (0..FILES).filter(|i| i % 5 != 0).collect();
+    assert_eq!(deleted.len(), 160);
+    for i in &deleted {
+        fs::remove_file(c.nodes[0].path(&name(*i))).unwrap();
+    }
+    for n in &c.nodes[1..] {
+        wait_until(DEADLINE, &format!("{} to hold the deletes", n.name), || {
+            holding_all_pending(n)
+        });
+        // The burst may have begun with a batch that passed, never with
+        // more than the fraction (0.5) of the folder.
+        let left = files_on_disk(n);
+        assert!(left >= FILES / 2, "{}: only {left} files left", n.name);
+        eprintln!(
+            "{}: held {} deletes, {left} of {FILES} files still there",
+            n.name,
+            field(n, "deletes_held")
+        );
+    }
+
+    // The status line says what is held and how to go on.
+    let b = &c.nodes[1];
+    let (code, out, err) = b.cli(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("holding"))
+        .unwrap_or_else(|| panic!("no holding line in status:\n{out}"));
+    let resume = format!(
+        "fleetsync folder resume --config {} --folder shared",
+        b.config.display()
+    );
+    assert!(line.contains("deletes from peers"), "{line}");
+    assert!(line.contains(&resume), "{line}");
+    assert!(line.contains("fleetsync restore"), "{line}");
+    let metrics = get(b.admin, "/metrics").unwrap();
+    assert!(
+        metrics.contains("fleetsync_folder_deletes_held{folder=\"shared\"}"),
+        "{metrics}"
+    );
+
+    // Everything else keeps syncing.
+    fs::write(c.nodes[0].path("new.txt"), "made while held\n").unwrap();
+    for n in &c.nodes[1..] {
+        wait_until(DEADLINE, &format!("new.txt on {}", n.name), || {
+            fs::read(n.path("new.txt")).is_ok_and(|b| b == b"made while held\n")
+        });
+        assert!(field(n, "deletes_held") > 0, "{}: still held", n.name);
+    }
+
+    // Still held after a restart (the rows are pending in the index; the
+    // restarted receiver sees them again as one burst).
+    let held_before = files_on_disk(&c.nodes[1]);
+    c.nodes[1].stop();
+    c.nodes[1].start();
+    c.wait_connected();
+    let b = &c.nodes[1];
+    wait_until(DEADLINE, "b to hold the deletes after a restart", || {
+        holding_all_pending(b)
+    });
+    assert_eq!(files_on_disk(b), held_before, "nothing deleted on restart");
+
+    // `folder resume` applies them, on each node that holds them.
+    for n in &c.nodes[1..] {
+        let (code, out, err) = n.cli(&["folder", "resume", "--folder", "shared"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("held deletes"), "{out}");
+    }
+    let t = c.wait_converged("the deletes applied everywhere");
+    let files = t.values().filter(|i| matches!(i, Item::File { .. })).count();
+    assert_eq!(files, FILES - deleted.len() + 1);
+    for n in &c.nodes[1..] {
+        wait_until(DEADLINE, &format!("{} to hold nothing", n.name), || {
+            n.folder_status("shared")
+                .is_some_and(|f| f["deletes_held"] == 0 && f["pending"] == 0)
+        });
+    }
+    let (_, out, _) = c.nodes[1].cli(&["status"]);
+    assert!(!out.contains("holding"), "{out}");
+}
+
+#[test]
+fn deleting_10_percent_passes_unhindered() {
+    let c = cluster_with_files();
+    for i in (0..FILES).filter(|i| i % 10 == 0) {
+        fs::remove_file(c.nodes[0].path(&name(i))).unwrap();
+    }
+    let t = c.wait_converged("the deletes applied everywhere");
+    let files = t.values().filter(|i| matches!(i, Item::File { .. })).count();
+    assert_eq!(files, FILES - FILES / 10);
+    for n in &c.nodes[1..] {
+        assert_eq!(field(n, "deletes_held"), 0, "{}", n.name);
+    }
+}
