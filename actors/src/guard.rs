@@ -277,13 +277,19 @@ mod tests {
     fn a_burst_in_one_round_is_held_and_a_small_one_passes() {
         let now = Instant::now();
         let mut g = DeleteGuard::default();
-        assert!(g.judge(now, 200, 0.5, &files("a", 20, A)).iter().all(|v| *v));
+        assert!(g
+            .judge(now, 200, 0.5, &files("a", 20, A))
+            .iter()
+            .all(|v| *v));
         assert_eq!(g.held(), None);
         let mut g = DeleteGuard::default();
         let v = g.judge(now, 200, 0.5, &files("a", 160, A));
         assert!(v.iter().all(|v| !*v));
         let info = g.held().unwrap();
-        assert_eq!((info.paths, info.files_deleted, info.files), (160, 160, 200));
+        assert_eq!(
+            (info.paths, info.files_deleted, info.files),
+            (160, 160, 200)
+        );
         assert!(g.is_held("a0000", &A));
         assert!(!g.is_held("a0000", &B));
         assert_eq!(g.held_rows(), 160);
@@ -297,13 +303,19 @@ mod tests {
         // 120 of the 200 the burst began with.
         assert!(g.judge(t0, 200, 0.5, &files("a", 60, A)).iter().all(|v| *v));
         let t1 = t0 + Duration::from_secs(5);
-        assert!(g.judge(t1, 140, 0.5, &files("b", 60, A)).iter().all(|v| !*v));
+        assert!(g
+            .judge(t1, 140, 0.5, &files("b", 60, A))
+            .iter()
+            .all(|v| !*v));
         assert_eq!(g.held().unwrap().files, 200);
 
         let mut g = DeleteGuard::default();
         assert!(g.judge(t0, 200, 0.5, &files("a", 60, A)).iter().all(|v| *v));
         let later = t0 + DELETE_BURST_WINDOW + Duration::from_secs(1);
-        assert!(g.judge(later, 140, 0.5, &files("b", 60, A)).iter().all(|v| *v));
+        assert!(g
+            .judge(later, 140, 0.5, &files("b", 60, A))
+            .iter()
+            .all(|v| *v));
         assert_eq!(g.held(), None);
     }
 

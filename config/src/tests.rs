@@ -1947,7 +1947,11 @@ fn max_delete_fraction_defaults_to_a_half_and_takes_numbers_above_0_up_to_1() {
             folder_toml("shared", "/srv/shared")
         )
     };
-    let plain = format!("{}{}", with_secret(""), folder_toml("shared", "/srv/shared"));
+    let plain = format!(
+        "{}{}",
+        with_secret(""),
+        folder_toml("shared", "/srv/shared")
+    );
     let f = parse(&plain).folder("shared").unwrap().clone();
     assert_eq!(f.max_delete_fraction, crate::DEFAULT_MAX_DELETE_FRACTION);
     assert_eq!(f.max_delete_fraction, 0.5);
@@ -1957,7 +1961,11 @@ fn max_delete_fraction_defaults_to_a_half_and_takes_numbers_above_0_up_to_1() {
     }
     for bad in ["0", "0.0", "-0.5", "1.5", "2"] {
         let e = err(&text(bad));
-        assert_invalid(&e, "folders[0].max_delete_fraction", "above 0 and at most 1");
+        assert_invalid(
+            &e,
+            "folders[0].max_delete_fraction",
+            "above 0 and at most 1",
+        );
     }
     let e = err(&text("\"half\""));
     assert_invalid(&e, "folders[0].max_delete_fraction", "a number");

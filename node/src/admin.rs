@@ -465,7 +465,7 @@ fn held_line(f: &serde_json::Value, config: &str) -> Option<String> {
     let id = f["id"].as_str().unwrap_or("?");
     let files = f["deletes_held_files"].as_u64().unwrap_or(0);
     let of = f["deletes_held_of"].as_u64().unwrap_or(0);
-    let pct = if of == 0 { 0 } else { files * 100 / of };
+    let pct = (files * 100).checked_div(of).unwrap_or(0);
     Some(format!(
         "folder {id}: holding {held} deletes from peers ({files} of its {of} files, {pct}%); \
          to apply them run: fleetsync folder resume --config {config} --folder {id}; \

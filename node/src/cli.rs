@@ -453,7 +453,10 @@ fn status(w: Where, json: bool) -> anyhow::Result<i32> {
     }
     let st: serde_json::Value = serde_json::from_str(&body).context("status reply")?;
     let path = w.config_path()?;
-    print!("{}", crate::admin::render_status(&st, &path.display().to_string()));
+    print!(
+        "{}",
+        crate::admin::render_status(&st, &path.display().to_string())
+    );
     Ok(0)
 }
 

@@ -129,7 +129,10 @@ fn deleting_80_percent_on_one_node_is_held_on_the_others_until_resume() {
         assert!(out.contains("held deletes"), "{out}");
     }
     let t = c.wait_converged("the deletes applied everywhere");
-    let files = t.values().filter(|i| matches!(i, Item::File { .. })).count();
+    let files = t
+        .values()
+        .filter(|i| matches!(i, Item::File { .. }))
+        .count();
     assert_eq!(files, FILES - deleted.len() + 1);
     for n in &c.nodes[1..] {
         wait_until(DEADLINE, &format!("{} to hold nothing", n.name), || {
@@ -148,7 +151,10 @@ fn deleting_10_percent_passes_unhindered() {
         fs::remove_file(c.nodes[0].path(&name(i))).unwrap();
     }
     let t = c.wait_converged("the deletes applied everywhere");
-    let files = t.values().filter(|i| matches!(i, Item::File { .. })).count();
+    let files = t
+        .values()
+        .filter(|i| matches!(i, Item::File { .. }))
+        .count();
     assert_eq!(files, FILES - FILES / 10);
     for n in &c.nodes[1..] {
         assert_eq!(field(n, "deletes_held"), 0, "{}", n.name);
