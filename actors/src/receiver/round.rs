@@ -177,18 +177,40 @@ pub fn group_by_hash(big: Vec<Planned>) -> Vec<Vec<Planned>> {
     groups.into_values().collect()
 }
 
-/// What a planned delete would remove here, for the guard.
-fn delete_of(p: &Planned) -> Delete {
-    let removes = match Record::live(p.job.local.as_ref()) {
-        None => Removes::Nothing,
-        Some(r) if r.entry.kind == EntryKind::File => Removes::File,
-        Some(_) => Removes::Other,
-    };
-    Delete {
-        path: p.job.path.clone(),
-        peers: p.rows.iter().map(|(_, peer)| *peer).collect(),
-        removes,
+/// The plan's deletes as the guard sees them: what each would remove
+/// here. A file whose content arrives under another path in the same
+/// round is being renamed, not lost: it removes nothing (each new file
+/// accounts for one delete of its content, so deleting many copies of one
+/// content and creating one is still counted).
+pub fn guarded_deletes(plan: &Plan) -> Vec<Delete> {
+    let mut arriving: HashMap<[u8; 32], usize> = HashMap::new();
+    for p in plan.small_files.iter().chain(&plan.big_files) {
+        if let Some(h) = p.job.target.hash {
+            *arriving.entry(h).or_default() += 1;
+        }
     }
+    let mut renamed = |hash: Option<[u8; 32]>| {
+        let n = hash.and_then(|h| arriving.get_mut(&h)).filter(|n| **n > 0);
+        n.map(|n| *n -= 1).is_some()
+    };
+    plan.deletes
+        .iter()
+        .map(|p| {
+            let removes = match Record::live(p.job.local.as_ref()) {
+                None => Removes::Nothing,
+                Some(r) if r.entry.kind == EntryKind::File && renamed(r.entry.hash) => {
+                    Removes::Nothing
+                }
+                Some(r) if r.entry.kind == EntryKind::File => Removes::File,
+                Some(_) => Removes::Other,
+            };
+            Delete {
+                path: p.job.path.clone(),
+                peers: p.rows.iter().map(|(_, peer)| *peer).collect(),
+                removes,
+            }
+        })
+        .collect()
 }
 
 /// One round, from reading pending rows to the last commit. It is work of
@@ -288,7 +310,7 @@ impl Round {
         let files = rt::blocking(move || f.index.folder_meta(f.id()))
             .await??
             .map_or(0, |m| m.files);
-        let deletes: Vec<Delete> = plan.deletes.iter().map(delete_of).collect();
+        let deletes = guarded_deletes(&plan);
         let mut guard = self.folder.deletes.lock().expect("guard lock");
         let was_holding = guard.held().is_some();
         let verdict = guard.judge(

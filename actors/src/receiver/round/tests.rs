@@ -12,6 +12,7 @@ use fleetsync_mesh::{
 };
 
 use super::*;
+use crate::guard::Removes;
 use crate::{
     content::Content,
     health::Health,
@@ -609,4 +610,68 @@ async fn fsdir_a_peer_child_under_our_file_moves_the_file_aside() {
     let d = fx.recorded("d").unwrap().entry;
     assert_eq!(d.kind, EntryKind::Directory);
     assert_eq!(d.version, ours.version.bump(ME).unwrap());
+}
+
+fn deleted(e: &FileEntry, by: u64) -> FileEntry {
+    let mut gone = e.clone();
+    gone.deleted = true;
+    gone.version = e.version.bump(ShortId(by)).unwrap();
+    gone
+}
+
+#[test]
+fn a_delete_whose_content_arrives_elsewhere_in_the_round_is_a_rename_not_counted() {
+    let old: Vec<FileEntry> = (0..3)
+        .map(|i| entry(&format!("old/{i}"), EntryKind::File, Some(b"same"), P1, 1))
+        .collect();
+    let locals: HashMap<String, Record> = old
+        .iter()
+        .map(|e| (e.path.clone(), record(e.clone())))
+        .collect();
+    let mut rows: Vec<Pending> = old.iter().map(|e| pending(1, deleted(e, P1))).collect();
+    // One new file with that content: it accounts for one delete only.
+    rows.push(pending(1, file("new/0", b"same")));
+    let plan = plan(by_path(rows), &locals);
+    let removes: Vec<Removes> = guarded_deletes(&plan).iter().map(|d| d.removes).collect();
+    let renamed = removes.iter().filter(|r| **r == Removes::Nothing).count();
+    assert_eq!(renamed, 1, "{removes:?}");
+    assert_eq!(removes.len() - renamed, 2);
+    assert!(removes.iter().all(|r| matches!(r, Removes::Nothing | Removes::File)));
+}
+
+#[tokio::test]
+async fn a_mass_delete_stays_pending_and_on_disk_until_resume() {
+    let mut fx = fixture();
+    let files: Vec<FileEntry> = (0..100)
+        .map(|i| fx.local_file(&format!("f{i:03}"), format!("{i}").as_bytes()))
+        .collect();
+    let gone: Vec<FileEntry> = files[..60].iter().map(|e| deleted(e, P1)).collect();
+    fx.fake.serve(fx.peer, b"new");
+    let mut batch = gone.clone();
+    batch.push(entry("new", EntryKind::File, Some(b"new"), P1, 1));
+    fx.ingest(&batch);
+
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(resolved_set(&report), HashSet::from([fx.key("new")]));
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(fx.pending_count(), 60, "held, not lost");
+    assert!(fx.root().join("f000").exists() && fx.root().join("new").exists());
+    let held = fx.folder.deletes.lock().unwrap().held().unwrap();
+    assert_eq!((held.paths, held.files_deleted, held.files), (60, 60, 100));
+
+    // The next round leaves the held rows alone.
+    let again = fx.round(HashSet::new()).await;
+    assert!(again.resolved.is_empty() && again.failed.is_empty() && !again.progressed);
+
+    assert_eq!(fx.folder.deletes.lock().unwrap().resume(), 60);
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(report.resolved.len(), 60);
+    let mut guard = fx.folder.deletes.lock().unwrap();
+    for key in &report.resolved {
+        guard.done(key);
+    }
+    assert_eq!(guard.held(), None);
+    drop(guard);
+    assert_eq!(fx.pending_count(), 0);
+    assert!(!fx.root().join("f000").exists() && fx.root().join("f060").exists());
 }
