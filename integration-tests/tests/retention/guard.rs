@@ -160,3 +160,24 @@ fn deleting_10_percent_passes_unhindered() {
         assert_eq!(field(n, "deletes_held"), 0, "{}", n.name);
     }
 }
+
+#[test]
+fn renaming_most_of_the_folder_is_not_a_mass_delete() {
+    let c = cluster_with_files();
+    let a = &c.nodes[0];
+    for d in 0..3 {
+        fs::rename(a.path(&format!("d{d}")), a.path(&format!("moved{d}"))).unwrap();
+    }
+    let t = c.wait_converged("the renames applied everywhere");
+    let files = t
+        .values()
+        .filter(|i| matches!(i, Item::File { .. }))
+        .count();
+    assert_eq!(files, FILES);
+    assert!(t
+        .keys()
+        .all(|p| !p.starts_with("d0") && !p.starts_with("d2")));
+    for n in &c.nodes[1..] {
+        assert_eq!(field(n, "deletes_held"), 0, "{}", n.name);
+    }
+}

@@ -636,7 +636,9 @@ fn a_delete_whose_content_arrives_elsewhere_in_the_round_is_a_rename_not_counted
     let renamed = removes.iter().filter(|r| **r == Removes::Nothing).count();
     assert_eq!(renamed, 1, "{removes:?}");
     assert_eq!(removes.len() - renamed, 2);
-    assert!(removes.iter().all(|r| matches!(r, Removes::Nothing | Removes::File)));
+    assert!(removes
+        .iter()
+        .all(|r| matches!(r, Removes::Nothing | Removes::File)));
 }
 
 #[tokio::test]
