@@ -38,6 +38,7 @@ pub mod content;
 pub mod distributor;
 pub mod folder;
 pub mod fsutil;
+pub mod gc_gate;
 pub mod hasher;
 pub mod health;
 pub mod ignore;

@@ -7,6 +7,7 @@
 //! | `GET /metrics`                 | Prometheus text                         |
 //! | `GET /history?folder=&path=`   | JSON list of history events             |
 //! | `POST /debug/fault?kind=&actor=&folder=&for_ms=` | inject a fault (`[debug] fault_injection` only) |
+//! | `POST /retention/sweep`        | sweep every folder and run blob GC now; JSON report |
 //!
 //! Plus the plain-text rendering `fleetsync status` / `history` print.
 
@@ -56,6 +57,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/history", get(history))
         .route("/debug/fault", post(fault))
+        .route("/retention/sweep", post(sweep))
         .layer(axum::middleware::from_fn_with_state(
             allowed_hosts(bound),
             check_host,
@@ -133,6 +135,16 @@ pub fn write_addr_file(data_dir: &std::path::Path, addr: SocketAddr) -> std::io:
 
 async fn status(State(node): State<NodeHandle>) -> Json<NodeStatus> {
     Json(snapshot(&node).await)
+}
+
+/// `POST /retention/sweep`: temp files, unused links and blob garbage
+/// now rather than on retention's timer (an operator command; waits for
+/// the GC run).
+async fn sweep(State(node): State<NodeHandle>) -> Response {
+    match node.sweep().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn health(State(node): State<NodeHandle>) -> Response {
@@ -234,6 +246,7 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
     );
     actor_metrics(&mut out, &st);
     growth_metrics(&mut out, &st);
+    retention_metrics(&mut out, &st);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -259,6 +272,45 @@ fn growth_metrics(out: &mut String, st: &NodeStatus) {
             p.short_id, p.refused_streams
         );
     }
+}
+
+/// What retention did: per folder its last sweep and what sweeps removed;
+/// blob GC runs.
+fn retention_metrics(out: &mut String, st: &NodeStatus) {
+    type Get = fn(&fleetsync_actors::status::FolderInfo) -> u64;
+    let families: [(&str, &str, &str, Get); 3] = [
+        (
+            "fleetsync_retention_last_sweep_timestamp_seconds",
+            "gauge",
+            "Unix time of the folder's last retention sweep (0: never).",
+            |f| f.last_sweep_secs,
+        ),
+        (
+            "fleetsync_retention_swept_files_total",
+            "counter",
+            "Stale temp files and unused links retention removed.",
+            |f| f.swept_files,
+        ),
+        (
+            "fleetsync_retention_swept_bytes_total",
+            "counter",
+            "Bytes of those files.",
+            |f| f.swept_bytes,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for f in &st.folders {
+            let _ = writeln!(out, "{name}{{folder=\"{}\"}} {}", f.id, get(f));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP fleetsync_retention_gc_runs_total Blob garbage collection runs completed.\n\
+         # TYPE fleetsync_retention_gc_runs_total counter\n\
+         fleetsync_retention_gc_runs_total {}",
+        st.gc.runs
+    );
 }
 
 /// Per actor: restarts (a counter), health, and how long ago its work
@@ -523,6 +575,14 @@ pub fn render_status(v: &serde_json::Value) -> String {
         }
         if u(&f["conflicts"]) > 0 {
             let _ = writeln!(o, "    conflicts resolved: {}", u(&f["conflicts"]));
+        }
+        if let Some(at) = f["last_sweep"].as_str() {
+            let _ = writeln!(
+                o,
+                "    last sweep {at}: {} stale files removed ({}) since start",
+                u(&f["swept_files"]),
+                human_bytes(u(&f["swept_bytes"]))
+            );
         }
         if u(&f["rejected"]) > 0 {
             let _ = writeln!(

@@ -173,7 +173,7 @@ impl Receiver {
         self.folder.status.syncing.store(true, Ordering::Relaxed);
         let waiting = self.retries.waiting(Instant::now());
         let sources = Sources::new(self.folder.content.providers(), self.health.clone());
-        let round = Round::new(self.folder.clone(), sources);
+        let round = Round::new(self.folder.clone(), sources).retrying(self.retries.keys());
         let task = self
             .health
             .spawn(round.run(waiting, self.big_in_flight.clone()));
@@ -225,10 +225,12 @@ impl Receiver {
     /// Resolved rows are done with, failed ones wait for their retry, raced
     /// paths go to the watcher.
     fn take_outcomes(&mut self, report: RoundReport, ctx: &mut Context<Self>) {
-        for key in &report.resolved {
+        for key in report.resolved.iter().chain(&report.stale) {
             self.retries.done(key);
         }
         self.schedule_retries(report.failed, ctx);
+        let marks = self.retries.len();
+        self.folder.status.retrying.store(marks, Ordering::Relaxed);
         if !report.races.is_empty() {
             if let Some(w) = self.watcher.get() {
                 w.do_send(MarkDirty {

@@ -133,6 +133,19 @@ impl Retries {
             .collect()
     }
 
+    /// Every row with a retry mark.
+    pub fn keys(&self) -> HashSet<Key> {
+        self.map.keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub fn any_due(&self, now: Instant) -> bool {
         self.map.values().any(|s| s.next <= now)
     }
@@ -144,10 +157,6 @@ impl Retries {
         }
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.map.len()
-    }
 }
 
 #[cfg(test)]
