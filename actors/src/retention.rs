@@ -76,7 +76,13 @@ pub const FORCED_GC_WAIT: Duration = Duration::from_secs(60);
 /// behind since the last one — its index moved (`head` is not the head it
 /// was last swept at) or that sweep kept young files to look at again —
 /// and the last one is `every` old. Pure, so the gate is tested alone.
-pub fn due(head: u64, swept_head: u64, leftovers: bool, since_last: Duration, every: Duration) -> bool {
+pub fn due(
+    head: u64,
+    swept_head: u64,
+    leftovers: bool,
+    since_last: Duration,
+    every: Duration,
+) -> bool {
     (head != swept_head || leftovers) && since_last >= every
 }
 
@@ -190,9 +196,16 @@ impl Retention {
             if st.gc_head.swap(head, Ordering::Relaxed) != head {
                 self.gc.mark_dirty();
             }
-            let since = Duration::from_millis(now.saturating_sub(st.last_ms.load(Ordering::Relaxed)));
+            let since =
+                Duration::from_millis(now.saturating_sub(st.last_ms.load(Ordering::Relaxed)));
             let leftovers = st.leftovers.load(Ordering::Relaxed);
-            if due(head, st.head.load(Ordering::Relaxed), leftovers, since, SWEEP_EVERY) {
+            if due(
+                head,
+                st.head.load(Ordering::Relaxed),
+                leftovers,
+                since,
+                SWEEP_EVERY,
+            ) {
                 sweep.push(folder.clone());
             }
         }
@@ -468,8 +481,14 @@ mod tests {
         let every = SWEEP_EVERY;
         assert!(!due(7, 7, false, every * 10, every), "idle: nothing moved");
         assert!(due(8, 7, false, every, every), "the index moved");
-        assert!(!due(8, 7, false, every / 2, every), "but not before the period");
-        assert!(due(7, 7, true, every, every), "young leftovers to look at again");
+        assert!(
+            !due(8, 7, false, every / 2, every),
+            "but not before the period"
+        );
+        assert!(
+            due(7, 7, true, every, every),
+            "young leftovers to look at again"
+        );
         assert!(due(0, u64::MAX, false, every, every), "never swept");
     }
 
@@ -489,7 +508,10 @@ mod tests {
         std::fs::write(tmp.join("new.part"), b"in progress").unwrap();
         let s = sweep_folder(&folder, RELEASE_GRACE);
         assert_eq!((s.files, s.young), (0, 1));
-        assert!(st.leftovers.load(Ordering::Relaxed), "the young file is looked at again");
+        assert!(
+            st.leftovers.load(Ordering::Relaxed),
+            "the young file is looked at again"
+        );
         assert_eq!(st.files.load(Ordering::Relaxed), 1);
         assert_eq!(st.bytes.load(Ordering::Relaxed), 5);
     }

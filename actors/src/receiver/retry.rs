@@ -156,7 +156,6 @@ impl Retries {
             s.next = now;
         }
     }
-
 }
 
 #[cfg(test)]

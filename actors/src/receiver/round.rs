@@ -155,7 +155,8 @@ pub fn stale_waits(waiting: &HashSet<Key>, rows: &[Pending], complete: bool) -> 
     if !complete || waiting.is_empty() {
         return Vec::new();
     }
-    let live: HashSet<(&str, &[u8; 32])> = rows.iter().map(|p| (p.path.as_str(), &p.peer)).collect();
+    let live: HashSet<(&str, &[u8; 32])> =
+        rows.iter().map(|p| (p.path.as_str(), &p.peer)).collect();
     waiting
         .iter()
         .filter(|(path, peer)| !live.contains(&(path.as_str(), peer)))

@@ -253,9 +253,8 @@ impl Supervisor {
             ActorId::Retention => {
                 let folders = self.folders.clone();
                 let gc = self.gc.clone();
-                let addr = Retention::start_in_arbiter(&h, move |_| {
-                    Retention::new(folders, health, gc)
-                });
+                let addr =
+                    Retention::start_in_arbiter(&h, move |_| Retention::new(folders, health, gc));
                 self.slots.retention.set(addr);
             }
             ActorId::Hasher(f) => {

@@ -82,7 +82,9 @@ fn forced_gc_never_removes_content_mid_transfer() {
     });
     assert_eq!(hash_file(&c.nodes[1].path("big.bin")).unwrap(), want);
     let fetched = bytes_received(&c.nodes[1]) - before;
-    eprintln!("{during} forced sweeps while resuming; {fetched} of {size} bytes fetched after the cut");
+    eprintln!(
+        "{during} forced sweeps while resuming; {fetched} of {size} bytes fetched after the cut"
+    );
     assert!(
         fetched < size,
         "fetched {fetched} bytes after the cut: the partial content was collected and the transfer started over"
@@ -115,7 +117,11 @@ fn a_forced_sweep_removes_content_no_entry_references() {
     for n in &c.nodes {
         let report = sweep(n);
         let left = store_files(n, &hash);
-        assert!(left.is_empty(), "{}: still in the store after a sweep: {left:?} ({report})", n.name);
+        assert!(
+            left.is_empty(),
+            "{}: still in the store after a sweep: {left:?} ({report})",
+            n.name
+        );
         let refs = fs::read_dir(n.path(".fleetsync/refs")).unwrap().count();
         assert_eq!(refs, 0, "{}: a content link outlived its file", n.name);
     }
@@ -145,7 +151,10 @@ fn stale_temp_files_and_start_up_orphans_are_swept() {
     let report = sweep(n);
     assert_eq!(report["folders"][0]["files"].as_u64(), Some(1), "{report}");
     assert!(!tmp.join("old.part").exists(), "the stale temp file stays");
-    assert!(tmp.join("new.part").exists(), "a young temp file was removed");
+    assert!(
+        tmp.join("new.part").exists(),
+        "a young temp file was removed"
+    );
     assert!(
         n.path(".fleetsync/refs/orphan").exists(),
         "a young unused link was removed while running (a commit may be about to use it)"
@@ -155,7 +164,10 @@ fn stale_temp_files_and_start_up_orphans_are_swept() {
     c.nodes[0].stop();
     c.nodes[0].start();
     let n = &c.nodes[0];
-    assert!(!tmp.join("new.part").exists(), "temp file orphaned by the stop survived the start");
+    assert!(
+        !tmp.join("new.part").exists(),
+        "temp file orphaned by the stop survived the start"
+    );
     assert!(
         !n.path(".fleetsync/refs/orphan").exists(),
         "unused link survived the start"
@@ -170,7 +182,11 @@ fn maps(n: &Node) -> Value {
     // is: at most one per peer, whatever happened before.
     let peers = st["peers"].as_array().unwrap().len() as u64;
     let conns = m["blob_conns"].as_u64().unwrap();
-    assert!(conns <= peers, "{} blob connections for {peers} peers", conns);
+    assert!(
+        conns <= peers,
+        "{} blob connections for {peers} peers",
+        conns
+    );
     m["blob_conns"] = Value::Null;
     m
 }
@@ -190,7 +206,9 @@ fn maps_return_to_their_baseline_after_many_create_sync_delete_cycles() {
             fs::read(b.path("same.bin")).ok().as_deref() == Some(&content[..])
         });
         fs::remove_file(a.path("same.bin")).unwrap();
-        wait_until(DEADLINE, "same.bin gone on b", || !b.path("same.bin").exists());
+        wait_until(DEADLINE, "same.bin gone on b", || {
+            !b.path("same.bin").exists()
+        });
     }
     fs::create_dir(a.path("many")).unwrap();
     for i in 0..300u64 {
@@ -200,7 +218,9 @@ fn maps_return_to_their_baseline_after_many_create_sync_delete_cycles() {
         fs::read_dir(b.path("many")).map(|d| d.count()).unwrap_or(0) == 300
     });
     fs::remove_dir_all(a.path("many")).unwrap();
-    wait_until(DEADLINE, "the directory gone on b", || !b.path("many").exists());
+    wait_until(DEADLINE, "the directory gone on b", || {
+        !b.path("many").exists()
+    });
     c.wait_converged("after the cycles");
     for n in &c.nodes {
         sweep(n);
