@@ -159,11 +159,11 @@ class Churn:
     def files(self, node):
         out = []
         for d in range(DIRS):
-            p = os.path.join(node.folder, f"d{d}")
-            try:
-                out.extend(os.path.join(p, f) for f in os.listdir(p))
-            except OSError:
-                pass
+            for p in (os.path.join(node.folder, f"d{d}"), os.path.join(node.folder, f"d{d}.moved")):
+                try:
+                    out.extend(os.path.join(p, f) for f in os.listdir(p))
+                except OSError:
+                    pass
         return out
 
     def content(self):

@@ -695,6 +695,29 @@ mod tests {
     }
 
     #[test]
+    fn prune_forgets_expired_slow_marks_and_old_parked_links_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = crate::testing::folder(dir.path(), crate::testing::FakeContent::new());
+        let p = crate::testing::FakeContent::new_peer();
+        folder.mark_slow([1; 32], p);
+        folder.slow.lock().unwrap().insert(
+            ([2; 32], p),
+            Instant::now() - SLOW_MARK_TTL - Duration::from_secs(1),
+        );
+        folder.park([3; 32], "fresh".into());
+        folder
+            .parked
+            .lock()
+            .unwrap()
+            .insert([4; 32], (Instant::now() - PARKED_MAX_AGE, "old".into()));
+        assert_eq!(folder.prune(PARKED_MAX_AGE), 2);
+        let m = folder.maps();
+        assert_eq!((m.slow, m.parked), (1, 1));
+        assert_eq!(folder.parked_names(), vec!["fresh".to_string()]);
+        assert_eq!(folder.prune(PARKED_MAX_AGE), 0, "nothing else is old");
+    }
+
+    #[test]
     fn graveyard_expires_by_age_and_by_bound() {
         let mut g = Graveyard::default();
         g.add([1; 32], "a".into());
