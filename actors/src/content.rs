@@ -48,6 +48,14 @@ pub trait Content: Send + Sync + fmt::Debug + 'static {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(Hash, Hold), StoreError>;
 
+    /// Keep `hash` from blob garbage collection while the returned hold
+    /// lives (taken before a fetch into the store, dropped once the
+    /// content is out in a `refs/` link). `None` if the store cannot give
+    /// one (the pending row still protects it; see `retention`).
+    async fn hold(&self, _hash: Hash) -> Option<Hold> {
+        None
+    }
+
     /// Move a stored blob out to `target`; the store keeps referencing it
     /// there.
     async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError>;
@@ -106,6 +114,16 @@ impl Content for Mesh {
     ) -> Result<(Hash, Hold), StoreError> {
         let tag = self.import_in_place(path, progress).await?;
         Ok((tag.hash(), Hold::new(tag)))
+    }
+
+    async fn hold(&self, hash: Hash) -> Option<Hold> {
+        match self.hold_blob(hash).await {
+            Ok(tag) => Some(Hold::new(tag)),
+            Err(e) => {
+                tracing::debug!("no temp tag for {hash}: {e}");
+                None
+            }
+        }
     }
 
     async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError> {

@@ -81,6 +81,55 @@ pub struct FolderStatus {
     /// The watcher knows of local changes the index does not have yet
     /// (paths settling or at the hasher, new directories not looked into).
     pub unindexed: AtomicBool,
+    /// What retention did here last (status, metrics, its own gate).
+    pub sweeps: SweepStats,
+    /// Rows the receiver holds a retry mark for (its map's size).
+    pub retrying: std::sync::atomic::AtomicUsize,
+}
+
+/// Retention's record of one folder: when it last swept, what it removed,
+/// and what its gate compares (the index head it last swept at, and
+/// whether that sweep left something to come back for).
+#[derive(Debug)]
+pub struct SweepStats {
+    /// Unix ms of the last sweep; 0: never.
+    pub last_ms: AtomicU64,
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    /// The folder's head when it was last swept (`u64::MAX`: never).
+    pub head: AtomicU64,
+    /// The last sweep kept files it must look at again once they age
+    /// (young temp files or unused links).
+    pub leftovers: AtomicBool,
+    /// The folder's head when the blob collector was last told about it.
+    pub gc_head: AtomicU64,
+}
+
+impl Default for SweepStats {
+    fn default() -> Self {
+        SweepStats {
+            last_ms: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            head: AtomicU64::new(u64::MAX),
+            leftovers: AtomicBool::new(false),
+            gc_head: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+/// How many entries each of a folder's in-memory maps holds (status's
+/// debug section: tests check they return to their baseline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FolderMaps {
+    pub applying: usize,
+    pub parked: usize,
+    pub released: usize,
+    pub slow: usize,
+    pub transfers: usize,
+    pub full: usize,
+    /// The receiver's retry marks.
+    pub retrying: usize,
 }
 
 impl Default for FolderStatus {
@@ -100,6 +149,8 @@ impl Default for FolderStatus {
             full: Mutex::new(BTreeMap::new()),
             initial_scan_done: AtomicBool::new(false),
             unindexed: AtomicBool::new(false),
+            sweeps: SweepStats::default(),
+            retrying: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -211,7 +262,7 @@ pub struct Folder {
     /// apply fetched or staged but did not place (abandoned, or prefetched
     /// for a later step). The next apply of the same hash takes it instead
     /// of fetching again.
-    parked: Mutex<HashMap<[u8; 32], String>>,
+    parked: Mutex<HashMap<[u8; 32], (Instant, String)>>,
     /// Refs links the index just stopped using, kept for [`RELEASE_GRACE`].
     released: Mutex<Graveyard>,
     /// A transfer that receives no verified bytes for this long is given
@@ -263,6 +314,11 @@ const GRAVEYARD_MAX: usize = 100_000;
 /// Parked links remembered at most; past it the memory is cleared (the
 /// links themselves are swept by retention once old).
 const PARKED_MAX: usize = 1024;
+
+/// A parked link no apply took within this long is forgotten
+/// ([`Folder::prune`]); retention then removes the link like any unused
+/// one. An abandoned apply retries within minutes, so an hour is plenty.
+pub const PARKED_MAX_AGE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Default)]
 struct Graveyard {
@@ -397,11 +453,12 @@ impl Folder {
         if m.len() >= PARKED_MAX {
             m.clear(); // retention removes the links themselves
         }
-        m.insert(hash, name);
+        m.insert(hash, (Instant::now(), name));
     }
 
     pub fn unpark(&self, hash: &[u8; 32]) -> Option<String> {
-        self.parked.lock().expect("parked lock").remove(hash)
+        let mut m = self.parked.lock().expect("parked lock");
+        m.remove(hash).map(|(_, n)| n)
     }
 
     pub fn is_parked(&self, hash: &[u8; 32]) -> bool {
@@ -411,7 +468,43 @@ impl Folder {
     /// Names of the parked links (retention leaves them be).
     pub fn parked_names(&self) -> Vec<String> {
         let m = self.parked.lock().expect("parked lock");
-        m.values().cloned().collect()
+        m.values().map(|(_, n)| n.clone()).collect()
+    }
+
+    /// The index head: the sequence number of the folder's last change.
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// Drop what only remembers something that no longer matters: slow
+    /// marks past [`SLOW_MARK_TTL`] and parked links older than
+    /// `parked_age` (their links are then unused and swept). Returns how
+    /// many entries went.
+    pub fn prune(&self, parked_age: Duration) -> usize {
+        let mut n = 0;
+        {
+            let mut slow = self.slow.lock().expect("slow lock");
+            let before = slow.len();
+            slow.retain(|_, at| at.elapsed() < SLOW_MARK_TTL);
+            n += before - slow.len();
+        }
+        let mut parked = self.parked.lock().expect("parked lock");
+        let before = parked.len();
+        parked.retain(|_, (at, _)| at.elapsed() < parked_age);
+        n + before - parked.len()
+    }
+
+    /// Sizes of the folder's in-memory maps.
+    pub fn maps(&self) -> FolderMaps {
+        FolderMaps {
+            applying: self.applying.lock().expect("applying lock").len(),
+            parked: self.parked.lock().expect("parked lock").len(),
+            released: self.released.lock().expect("released lock").len,
+            slow: self.slow.lock().expect("slow lock").len(),
+            transfers: self.status.transfers.lock().expect("status lock").len(),
+            full: self.status.full.lock().expect("status lock").len(),
+            retrying: self.status.retrying.load(Ordering::Relaxed),
+        }
     }
 
     /// Refs links nothing references any more: those with a known hash
@@ -604,6 +697,29 @@ mod tests {
             );
         }
         assert!(folder.slow.lock().unwrap().len() <= SLOW_MARKS_MAX);
+    }
+
+    #[test]
+    fn prune_forgets_expired_slow_marks_and_old_parked_links_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = crate::testing::folder(dir.path(), crate::testing::FakeContent::new());
+        let p = crate::testing::FakeContent::new_peer();
+        folder.mark_slow([1; 32], p);
+        folder.slow.lock().unwrap().insert(
+            ([2; 32], p),
+            Instant::now() - SLOW_MARK_TTL - Duration::from_secs(1),
+        );
+        folder.park([3; 32], "fresh".into());
+        folder
+            .parked
+            .lock()
+            .unwrap()
+            .insert([4; 32], (Instant::now() - PARKED_MAX_AGE, "old".into()));
+        assert_eq!(folder.prune(PARKED_MAX_AGE), 2);
+        let m = folder.maps();
+        assert_eq!((m.slow, m.parked), (1, 1));
+        assert_eq!(folder.parked_names(), vec!["fresh".to_string()]);
+        assert_eq!(folder.prune(PARKED_MAX_AGE), 0, "nothing else is old");
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod distributor;
 pub mod folder;
 pub mod fsutil;
 pub mod guard;
+pub mod gc_gate;
 pub mod hasher;
 pub mod health;
 pub mod ignore;

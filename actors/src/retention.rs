@@ -3,29 +3,33 @@
 //!
 //! - Temp files in each folder's `.fleetsync/tmp` left by a crash or an
 //!   aborted transfer: all of them at start-up (before any receiver runs),
-//!   then any older than [`TMP_MAX_AGE`] every [`SWEEP_EVERY`]
-//!   ([`sweep_tmp`]).
+//!   then any older than [`TMP_MAX_AGE`] ([`sweep_tmp`]).
 //! - `refs` links the index released: kept for [`RELEASE_GRACE`] so a
 //!   rename's create can reuse a delete's content, then removed (checked
 //!   every [`RELEASE_GRACE`]); any other link no record uses and no apply
 //!   parked, once older than [`UNUSED_REF_MAX_AGE`] ([`sweep_refs`]).
 //! - Blobs no index entry (current or pending) references: the blob
 //!   store's garbage collector runs with [`gc_config`], whose protect
-//!   callback reads the live set from the index and refuses to let a run
-//!   proceed without it. Files referenced in place are never deleted by
-//!   it, only the store's bookkeeping for them.
-//! - In-memory maps are bounded by their owners (watcher dirty set,
-//!   receiver retry map, history rows per path in the index).
+//!   callback waits for its turn at the [`GcGate`], reads the live set
+//!   from the index and refuses to let a run proceed without it. Files
+//!   referenced in place are never deleted by it, only the store's
+//!   bookkeeping for them; content being fetched is held by a temp tag
+//!   (`Content::hold`) and by its pending row.
+//! - In-memory maps: bounded by their owners (watcher dirty set, receiver
+//!   retry map, history rows per path in the index); the folder's slow
+//!   marks and parked links are pruned here ([`Folder::prune`]).
 //!
-//! Left out for now: keeping previous versions of overwritten files, and
-//! expiring tombstones (kept forever, so a node that was offline for months
-//! cannot resurrect deleted files).
+//! The timer is gated ([`due`]): a folder is swept only if its index moved
+//! since its last sweep or that sweep left young files to look at again,
+//! and blob GC runs only if some index moved; an idle node compares a few
+//! integers every [`RELEASE_GRACE`] and touches nothing. `fleetsync sweep`
+//! ([`Sweep`]) forces a sweep of every folder and a GC run at once.
 
 use std::{
     collections::{HashMap, HashSet},
     fmt::Display,
     os::unix::fs::MetadataExt,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -34,10 +38,12 @@ use iroh_blobs::{
     store::{GcConfig, ProtectOutcome},
     Hash,
 };
+use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::{
-    folder::{Folder, RELEASE_GRACE},
+    folder::{Folder, PARKED_MAX_AGE, RELEASE_GRACE},
+    gc_gate::{GcGate, GcRunError, GC_POLL},
     health::Health,
     index::{Index, IndexError},
     msg::Ping,
@@ -54,50 +60,169 @@ pub const TMP_MAX_AGE: Duration = Duration::from_secs(3600);
 /// commit in flight.
 pub const UNUSED_REF_MAX_AGE: Duration = Duration::from_secs(3600);
 
-/// How often temp files and unused links are swept: leftovers cost only
-/// disk space, so ten minutes keeps the walk of `tmp/` and `refs/` rare.
+/// How often a folder that changed is swept (temp files and unused
+/// links): leftovers cost only disk space, so ten minutes keeps the walk
+/// of `tmp/` and `refs/` rare.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
-/// How often blob garbage collection runs: each run reads the whole live
-/// set from the index, and unreferenced blobs cost only bookkeeping.
+/// How often blob garbage collection may run (only if an index moved):
+/// each run reads the whole live set from the index.
 pub const GC_EVERY: Duration = Duration::from_secs(600);
+
+/// How long a forced sweep waits for its blob GC run.
+pub const FORCED_GC_WAIT: Duration = Duration::from_secs(60);
+
+/// Is a timed sweep of a folder due? Only if something may have been left
+/// behind since the last one — its index moved (`head` is not the head it
+/// was last swept at) or that sweep kept young files to look at again —
+/// and the last one is `every` old. Pure, so the gate is tested alone.
+pub fn due(
+    head: u64,
+    swept_head: u64,
+    leftovers: bool,
+    since_last: Duration,
+    every: Duration,
+) -> bool {
+    (head != swept_head || leftovers) && since_last >= every
+}
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Swept {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files kept only because they are young: the next sweep must look
+    /// again.
+    #[serde(skip)]
+    pub young: u64,
+}
+
+impl Swept {
+    fn add(&mut self, o: Swept) {
+        self.files += o.files;
+        self.bytes += o.bytes;
+        self.young += o.young;
+    }
+}
+
+/// A forced sweep's answer (`POST /retention/sweep`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    pub folders: Vec<FolderSwept>,
+    /// Blob GC runs completed since start (this sweep's included).
+    pub gc_runs: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FolderSwept {
+    pub id: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A forced sweep failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("retention is not running (restarting?); try again")]
+    NotRunning,
+    #[error("sweep: {0}")]
+    Task(#[from] rt::TaskError),
+    #[error(transparent)]
+    Gc(#[from] GcRunError),
+}
+
+/// Sweep every folder now and run blob GC, then answer.
+#[derive(Message)]
+#[rtype(result = "Result<SweepReport, SweepError>")]
+pub struct Sweep;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Sweep one folder (blocking): released links past `grace`, temp files,
+/// unused links, forgotten maps; recorded in the folder's status.
+pub fn sweep_folder(folder: &Folder, grace: Duration) -> Swept {
+    let head = folder.head();
+    folder.expire_released(grace);
+    folder.prune(PARKED_MAX_AGE);
+    let mut s = sweep_tmp(folder, TMP_MAX_AGE);
+    s.add(sweep_refs(folder, UNUSED_REF_MAX_AGE));
+    record(folder, head, s);
+    s
+}
+
+/// Record a sweep in the folder's status (and the head it saw, for the gate).
+pub fn record(folder: &Folder, head: u64, s: Swept) {
+    let st = &folder.status.sweeps;
+    st.files.fetch_add(s.files, Ordering::Relaxed);
+    st.bytes.fetch_add(s.bytes, Ordering::Relaxed);
+    st.head.store(head, Ordering::Relaxed);
+    st.leftovers.store(s.young > 0, Ordering::Relaxed);
+    st.last_ms.store(now_ms(), Ordering::Relaxed);
+}
 
 pub struct Retention {
     folders: Arc<HashMap<String, Arc<Folder>>>,
     health: Arc<Health>,
+    gc: Arc<GcGate>,
 }
 
 impl Retention {
-    pub fn new(folders: Arc<HashMap<String, Arc<Folder>>>, health: Arc<Health>) -> Self {
-        Retention { folders, health }
+    pub fn new(
+        folders: Arc<HashMap<String, Arc<Folder>>>,
+        health: Arc<Health>,
+        gc: Arc<GcGate>,
+    ) -> Self {
+        Retention {
+            folders,
+            health,
+            gc,
+        }
     }
 
-    /// Remove released links whose grace is over.
-    fn expire_released(&mut self, ctx: &mut Context<Self>) {
-        let folders = self.folders.clone();
+    /// Every [`RELEASE_GRACE`]: released links whose grace is over go
+    /// (in memory first: nothing is touched unless some expired); a folder
+    /// whose index moved makes blob GC due; folders the gate lets through
+    /// are swept. An idle node does nothing else.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        let mut sweep = Vec::new();
+        for folder in self.folders.values() {
+            let st = &folder.status.sweeps;
+            let head = folder.head();
+            if st.gc_head.swap(head, Ordering::Relaxed) != head {
+                self.gc.mark_dirty();
+            }
+            let since =
+                Duration::from_millis(now.saturating_sub(st.last_ms.load(Ordering::Relaxed)));
+            let leftovers = st.leftovers.load(Ordering::Relaxed);
+            if due(
+                head,
+                st.head.load(Ordering::Relaxed),
+                leftovers,
+                since,
+                SWEEP_EVERY,
+            ) {
+                sweep.push(folder.clone());
+            }
+        }
+        let released: Vec<_> = (self.folders.values())
+            .filter(|f| f.maps().released > 0)
+            .cloned()
+            .collect();
+        if sweep.is_empty() && released.is_empty() {
+            return;
+        }
         let busy = self.health.begin();
         let work = rt::blocking(move || {
-            for folder in folders.values() {
+            for folder in released {
                 folder.expire_released(RELEASE_GRACE);
-                busy.progress();
             }
-        });
-        ctx.spawn(work.into_actor(self).map(|res, _, _| {
-            if let Err(e) = res {
-                warn!("expiring released content failed: {e}");
-            }
-        }));
-    }
-
-    /// A sweep is work (the supervisor sees it move folder by folder).
-    fn sweep(&mut self, ctx: &mut Context<Self>) {
-        let folders = self.folders.clone();
-        let busy = self.health.begin();
-        let work = rt::blocking(move || {
-            for folder in folders.values() {
-                sweep_tmp(folder, TMP_MAX_AGE);
-                busy.progress();
-                sweep_refs(folder, UNUSED_REF_MAX_AGE);
+            for folder in sweep {
+                sweep_folder(&folder, RELEASE_GRACE);
                 busy.progress();
             }
         });
@@ -113,8 +238,7 @@ impl Actor for Retention {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(RELEASE_GRACE, Self::expire_released);
-        ctx.run_interval(SWEEP_EVERY, Self::sweep);
+        ctx.run_interval(RELEASE_GRACE, Self::tick);
     }
 }
 
@@ -125,24 +249,60 @@ impl Handler<Ping> for Retention {
     }
 }
 
+/// A forced sweep (the operator's `fleetsync sweep`): every folder now,
+/// released links included (their grace only saves a rename's refetch),
+/// then one blob GC run, waited for.
+impl Handler<Sweep> for Retention {
+    type Result = ResponseFuture<Result<SweepReport, SweepError>>;
+
+    fn handle(&mut self, _: Sweep, _: &mut Context<Self>) -> Self::Result {
+        let folders = self.folders.clone();
+        let busy = self.health.begin();
+        let gc = self.gc.clone();
+        Box::pin(async move {
+            let swept = rt::blocking(move || {
+                let mut out = Vec::new();
+                for f in folders.values() {
+                    let s = sweep_folder(f, Duration::ZERO);
+                    busy.progress();
+                    out.push(FolderSwept {
+                        id: f.id().to_string(),
+                        files: s.files,
+                        bytes: s.bytes,
+                    });
+                }
+                out.sort_by(|a, b| a.id.cmp(&b.id));
+                out
+            })
+            .await?;
+            let runs = gc.run_now(FORCED_GC_WAIT).await?;
+            info!(gc_runs = runs.finished, "forced retention sweep done");
+            Ok(SweepReport {
+                folders: swept,
+                gc_runs: runs.finished,
+            })
+        })
+    }
+}
+
 /// Remove `refs` links no record uses, no apply parked and no release
 /// keeps in its grace, once older than `max_age` (so a link made a moment
 /// ago for a commit in flight survives). With `ZERO` (start-up, nothing in
-/// flight) released links go too. Returns how many were removed.
-pub fn sweep_refs(folder: &Folder, max_age: Duration) -> usize {
+/// flight) released links go too. Returns what was removed.
+pub fn sweep_refs(folder: &Folder, max_age: Duration) -> Swept {
+    let mut n = Swept::default();
     let Ok(rd) = std::fs::read_dir(folder.fs.refs_dir()) else {
-        return 0;
+        return n;
     };
     let Some(keep) = refs_to_keep(folder, max_age) else {
-        return 0;
+        return n;
     };
     // Removal goes through the `refs/` descriptor: if the listed path was
     // redirected by a symlink, nothing outside is ever removed.
     let Ok(session) = folder.fs.session() else {
-        return 0;
+        return n;
     };
     let now = SystemTime::now();
-    let mut n = 0;
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if keep.contains(&name) {
@@ -150,17 +310,19 @@ pub fn sweep_refs(folder: &Folder, max_age: Duration) -> usize {
         }
         // The content's mtime can be anything; creating the link set its
         // ctime, so that is the age that counts.
-        let old = max_age.is_zero()
-            || e.metadata()
-                .map_or(true, |m| age(now, ctime(&m)) >= max_age);
-        if old && session.unlink_ref(&name) {
-            n += 1;
+        let meta = e.metadata().ok();
+        let old = max_age.is_zero() || meta.as_ref().is_none_or(|m| age(now, ctime(m)) >= max_age);
+        if !old {
+            n.young += 1;
+        } else if session.unlink_ref(&name) {
+            n.files += 1;
+            n.bytes += meta.map_or(0, |m| m.len());
         }
     }
-    if n > 0 {
+    if n.files > 0 {
         debug!(
             folder = folder.id(),
-            removed = n,
+            removed = n.files,
             "released content no entry needs"
         );
     }
@@ -198,44 +360,61 @@ fn age(now: SystemTime, t: SystemTime) -> Duration {
 }
 
 /// Remove temp files older than `max_age` (all of them with `ZERO`).
-/// Returns how many were removed.
-pub fn sweep_tmp(folder: &Folder, max_age: Duration) -> usize {
+/// Returns what was removed.
+pub fn sweep_tmp(folder: &Folder, max_age: Duration) -> Swept {
+    let mut n = Swept::default();
     let Ok(rd) = std::fs::read_dir(folder.fs.tmp_dir()) else {
-        return 0;
+        return n;
     };
     let now = SystemTime::now();
-    let mut n = 0;
     for e in rd.flatten() {
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .map_or(true, |t| age(now, t) >= max_age);
-        if old && e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => n += 1,
-                Err(err) => warn!(folder = folder.id(), "cannot remove stale temp file: {err}"),
+        if !e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+            continue;
+        }
+        let meta = e.metadata().ok();
+        let old = meta
+            .as_ref()
+            .and_then(|m| m.modified().ok())
+            .is_none_or(|t| age(now, t) >= max_age);
+        if !old {
+            n.young += 1;
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => {
+                n.files += 1;
+                n.bytes += meta.map_or(0, |m| m.len());
             }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => warn!(folder = folder.id(), "cannot remove stale temp file: {err}"),
         }
     }
-    if n > 0 {
+    if n.files > 0 {
         info!(
             folder = folder.id(),
-            removed = n,
+            removed = n.files,
             "removed stale temp files"
         );
     }
     n
 }
 
-/// Blob garbage collection that keeps every hash the index still needs.
-pub fn gc_config(index: Index, every: Duration) -> GcConfig {
+/// Blob garbage collection that runs when the gate says (see
+/// [`GcGate`]) and keeps every hash the index still needs.
+pub fn gc_config(index: Index, gate: Arc<GcGate>) -> GcConfig {
     GcConfig {
-        interval: every,
+        interval: GC_POLL,
         add_protected: Some(Arc::new(move |live| {
             let index = index.clone();
+            let gate = gate.clone();
             Box::pin(async move {
+                let turn = gate.next_turn().await;
                 let hashes = rt::try_blocking(move || Ok::<_, LiveSetError>(index.live_hashes()?));
-                protect(live, hashes.await)
+                let outcome = protect(live, hashes.await);
+                if matches!(outcome, ProtectOutcome::Abort) {
+                    gate.skip(turn);
+                }
+                outcome
             })
         })),
     }
@@ -298,6 +477,46 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_folder_is_never_swept_a_changed_one_once_per_period() {
+        let every = SWEEP_EVERY;
+        assert!(!due(7, 7, false, every * 10, every), "idle: nothing moved");
+        assert!(due(8, 7, false, every, every), "the index moved");
+        assert!(
+            !due(8, 7, false, every / 2, every),
+            "but not before the period"
+        );
+        assert!(
+            due(7, 7, true, every, every),
+            "young leftovers to look at again"
+        );
+        assert!(due(0, u64::MAX, false, every, every), "never swept");
+    }
+
+    #[test]
+    fn a_sweep_records_what_it_removed_and_what_it_must_come_back_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = quick_folder(dir.path(), FakeContent::new());
+        let tmp = folder.fs.tmp_dir();
+        std::fs::write(tmp.join("old.part"), b"12345").unwrap();
+        set_mtime(&tmp.join("old.part"), SystemTime::now() - 2 * TMP_MAX_AGE);
+        let s = sweep_folder(&folder, RELEASE_GRACE);
+        assert_eq!((s.files, s.bytes, s.young), (1, 5, 0));
+        let st = &folder.status.sweeps;
+        assert_eq!(st.head.load(Ordering::Relaxed), folder.head());
+        assert!(st.last_ms.load(Ordering::Relaxed) > 0);
+        assert!(!st.leftovers.load(Ordering::Relaxed));
+        std::fs::write(tmp.join("new.part"), b"in progress").unwrap();
+        let s = sweep_folder(&folder, RELEASE_GRACE);
+        assert_eq!((s.files, s.young), (0, 1));
+        assert!(
+            st.leftovers.load(Ordering::Relaxed),
+            "the young file is looked at again"
+        );
+        assert_eq!(st.files.load(Ordering::Relaxed), 1);
+        assert_eq!(st.bytes.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
     fn sweep_tmp_removes_only_files_older_than_max_age_and_all_with_zero() {
         let dir = tempfile::tempdir().unwrap();
         let folder = quick_folder(dir.path(), FakeContent::new());
@@ -306,9 +525,9 @@ mod tests {
         set_mtime(&tmp.join("old.part"), SystemTime::now() - 2 * TMP_MAX_AGE);
         std::fs::write(tmp.join("new.part"), b"a transfer in progress").unwrap();
         std::fs::create_dir(tmp.join("subdir")).unwrap();
-        assert_eq!(sweep_tmp(&folder, TMP_MAX_AGE), 1);
+        assert_eq!(sweep_tmp(&folder, TMP_MAX_AGE).files, 1);
         assert_eq!(names(&tmp), vec!["new.part", "subdir"]);
-        assert_eq!(sweep_tmp(&folder, Duration::ZERO), 1);
+        assert_eq!(sweep_tmp(&folder, Duration::ZERO).files, 1);
         assert_eq!(
             names(&tmp),
             vec!["subdir"],
@@ -357,7 +576,7 @@ mod tests {
         let (folder, in_use) = folder_with_links(dir.path()).await;
         let refs = folder.fs.refs_dir();
         // Made just now (ctime), however old its mtime: kept.
-        assert_eq!(sweep_refs(&folder, UNUSED_REF_MAX_AGE), 0);
+        assert_eq!(sweep_refs(&folder, UNUSED_REF_MAX_AGE).files, 0);
         assert!(refs.join("unused").exists());
         // Once older than the max age (by ctime), only the unused one goes.
         let max_age = Duration::from_millis(1);
@@ -370,7 +589,7 @@ mod tests {
         kept.sort();
         assert_eq!(names(&refs), kept);
         // At start-up (ZERO) released links go too; used and parked stay.
-        assert_eq!(sweep_refs(&folder, Duration::ZERO), 0);
+        assert_eq!(sweep_refs(&folder, Duration::ZERO).files, 0);
         let mut kept = vec!["parked".to_string(), in_use];
         kept.sort();
         assert_eq!(names(&refs), kept);
@@ -391,10 +610,13 @@ mod tests {
             .committed,
             1
         );
-        let cfg = gc_config(folder.index.clone(), GC_EVERY);
+        let gate = Arc::new(GcGate::new(GC_EVERY));
+        let cfg = gc_config(folder.index.clone(), gate.clone());
         let cb = cfg.add_protected.expect("a protect callback");
         let mut live = HashSet::new();
+        let asked = tokio::spawn(async move { gate.run_now(Duration::from_secs(30)).await });
         assert!(matches!(cb(&mut live).await, ProtectOutcome::Continue));
+        drop(asked);
         assert!(live.contains(&Hash::new(b"keep me")));
     }
 

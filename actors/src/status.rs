@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     distributor::{msg::GetOutbound, Outbound},
-    folder::Folder,
+    folder::{Folder, FolderMaps},
     index::{FolderMeta, IndexError},
     receiver::{msg::GetInbound, Inbound},
     rt,
@@ -35,6 +35,36 @@ pub struct NodeStatus {
     pub folders: Vec<FolderInfo>,
     /// Every actor as the supervisor last judged it.
     pub actors: Vec<ActorState>,
+    /// Blob garbage collection (retention).
+    pub gc: GcInfo,
+    /// Sizes of in-memory maps, to check they stay bounded.
+    pub debug: DebugInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GcInfo {
+    /// Runs completed since start.
+    pub runs: u64,
+    /// Runs skipped because the index could not be read.
+    pub skipped: u64,
+    /// When the last run completed (RFC 3339), if any.
+    pub last_run: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DebugInfo {
+    /// Per folder id.
+    pub folder_maps: std::collections::BTreeMap<String, FolderMaps>,
+    pub peers_known: usize,
+    pub blob_conns: usize,
+}
+
+/// Unix ms as RFC 3339 (seconds), `None` for 0 (never).
+pub fn rfc3339_ms(ms: u64) -> Option<String> {
+    (ms > 0).then(|| {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        humantime::format_rfc3339_seconds(t).to_string()
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +133,13 @@ pub struct FolderInfo {
     /// Of those, live files; and the folder's files when the burst began.
     pub deletes_held_files: u64,
     pub deletes_held_of: u64,
+    /// When retention last swept the folder (RFC 3339), if ever.
+    pub last_sweep: Option<String>,
+    /// Unix seconds of that sweep (0: never), for metrics.
+    pub last_sweep_secs: u64,
+    /// Files (temp files, unused links) retention removed, and their bytes.
+    pub swept_files: u64,
+    pub swept_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,6 +185,29 @@ pub async fn snapshot(node: &NodeHandle) -> NodeStatus {
         peers_forgotten: node.mesh.forgotten_peers(),
         folders,
         actors: node.board.actors(),
+        gc: gc_info(node),
+        debug: debug_info(node).await,
+    }
+}
+
+fn gc_info(node: &NodeHandle) -> GcInfo {
+    let r = node.gc.runs();
+    GcInfo {
+        runs: r.finished,
+        skipped: r.skipped,
+        last_run: rfc3339_ms(r.last_ms),
+    }
+}
+
+async fn debug_info(node: &NodeHandle) -> DebugInfo {
+    DebugInfo {
+        folder_maps: node
+            .folders
+            .iter()
+            .map(|(id, f)| (id.clone(), f.maps()))
+            .collect(),
+        peers_known: node.mesh.peer_status().len(),
+        blob_conns: node.mesh.blob_conn_count().await,
     }
 }
 
@@ -258,6 +318,10 @@ async fn folder_info(
         deletes_held,
         deletes_held_files,
         deletes_held_of,
+        last_sweep: rfc3339_ms(st.sweeps.last_ms.load(Ordering::Relaxed)),
+        last_sweep_secs: st.sweeps.last_ms.load(Ordering::Relaxed) / 1000,
+        swept_files: st.sweeps.files.load(Ordering::Relaxed),
+        swept_bytes: st.sweeps.bytes.load(Ordering::Relaxed),
     }
 }
 

@@ -135,6 +135,21 @@ impl Mesh {
         Err(std::io::Error::other("the blob store ended the import without a result").into())
     }
 
+    /// Keep `hash` (complete, partial or not there yet) from garbage
+    /// collection until the tag is dropped: taken before a fetch into the
+    /// store and held until its content is out in a `refs/` link, so a GC
+    /// run never removes what a transfer is writing.
+    pub async fn hold_blob(&self, hash: Hash) -> Result<TempTag, StoreError> {
+        let tags = self.inner.store.tags();
+        let tag = tags.temp_tag(iroh_blobs::HashAndFormat::raw(hash)).await;
+        Ok(tag.map_err(iroh_blobs::api::Error::from)?)
+    }
+
+    /// Blob connections kept open to peers (status's debug section).
+    pub async fn blob_conn_count(&self) -> usize {
+        self.inner.blob_conns.lock().await.len()
+    }
+
     /// Commit what the store has recorded so far (imports, fetches,
     /// exports) to its database, and wait for it. The store batches its
     /// bookkeeping for up to half a second: without this, a crash right
@@ -280,6 +295,9 @@ impl Mesh {
             conn.close(CLOSE_DUPLICATE.into(), b"duplicate blob connection");
             return Ok(c.clone());
         }
+        // Connections to peers that went away are dropped here (bounded:
+        // the map holds open connections only, plus this one).
+        conns.retain(|_, c| c.close_reason().is_none());
         conns.insert(peer, conn.clone());
         Ok(conn)
     }

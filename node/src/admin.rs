@@ -8,6 +8,7 @@
 //! | `GET /history?folder=&path=`   | JSON list of history events             |
 //! | `POST /folders/{id}/resume`    | JSON `{"folder","resumed"}`: apply the deletes the mass-delete guard holds |
 //! | `POST /debug/fault?kind=&actor=&folder=&for_ms=` | inject a fault (`[debug] fault_injection` only) |
+//! | `POST /retention/sweep`        | sweep every folder and run blob GC now; JSON report |
 //!
 //! Plus the plain-text rendering `fleetsync status` / `history` print.
 
@@ -58,6 +59,7 @@ pub async fn serve(
         .route("/history", get(history))
         .route("/folders/{id}/resume", post(resume))
         .route("/debug/fault", post(fault))
+        .route("/retention/sweep", post(sweep))
         .layer(axum::middleware::from_fn_with_state(
             allowed_hosts(bound),
             check_host,
@@ -154,6 +156,16 @@ async fn resume(State(node): State<NodeHandle>, Path(id): Path<String>) -> Respo
         })
         .into_response(),
         None => (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response(),
+    }
+}
+
+/// `POST /retention/sweep`: temp files, unused links and blob garbage
+/// now rather than on retention's timer (an operator command; waits for
+/// the GC run).
+async fn sweep(State(node): State<NodeHandle>) -> Response {
+    match node.sweep().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }
 
@@ -261,6 +273,7 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
     );
     actor_metrics(&mut out, &st);
     growth_metrics(&mut out, &st);
+    retention_metrics(&mut out, &st);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -286,6 +299,45 @@ fn growth_metrics(out: &mut String, st: &NodeStatus) {
             p.short_id, p.refused_streams
         );
     }
+}
+
+/// What retention did: per folder its last sweep and what sweeps removed;
+/// blob GC runs.
+fn retention_metrics(out: &mut String, st: &NodeStatus) {
+    type Get = fn(&fleetsync_actors::status::FolderInfo) -> u64;
+    let families: [(&str, &str, &str, Get); 3] = [
+        (
+            "fleetsync_retention_last_sweep_timestamp_seconds",
+            "gauge",
+            "Unix time of the folder's last retention sweep (0: never).",
+            |f| f.last_sweep_secs,
+        ),
+        (
+            "fleetsync_retention_swept_files_total",
+            "counter",
+            "Stale temp files and unused links retention removed.",
+            |f| f.swept_files,
+        ),
+        (
+            "fleetsync_retention_swept_bytes_total",
+            "counter",
+            "Bytes of those files.",
+            |f| f.swept_bytes,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for f in &st.folders {
+            let _ = writeln!(out, "{name}{{folder=\"{}\"}} {}", f.id, get(f));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP fleetsync_retention_gc_runs_total Blob garbage collection runs completed.\n\
+         # TYPE fleetsync_retention_gc_runs_total counter\n\
+         fleetsync_retention_gc_runs_total {}",
+        st.gc.runs
+    );
 }
 
 /// Per actor: restarts (a counter), health, and how long ago its work
@@ -569,6 +621,14 @@ pub fn render_status(v: &serde_json::Value, config: &str) -> String {
         }
         if u(&f["conflicts"]) > 0 {
             let _ = writeln!(o, "    conflicts resolved: {}", u(&f["conflicts"]));
+        }
+        if let Some(at) = f["last_sweep"].as_str() {
+            let _ = writeln!(
+                o,
+                "    last sweep {at}: {} stale files removed ({}) since start",
+                u(&f["swept_files"]),
+                human_bytes(u(&f["swept_bytes"]))
+            );
         }
         if u(&f["rejected"]) > 0 {
             let _ = writeln!(

@@ -66,6 +66,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FolderCmd,
     },
+    /// Sweep now: remove stale temp files, unused content links and blob
+    /// store content no file needs, on the running node (retention does
+    /// this on its own timer; this is for operators and tests).
+    Sweep {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long)]
+        json: bool,
+    },
     /// Fault injection for tests and drills (needs `[debug] fault_injection = true`).
     Debug {
         #[command(subcommand)]
@@ -253,6 +262,7 @@ pub fn main() -> i32 {
         Cmd::Folder {
             cmd: FolderCmd::Resume { at, folder },
         } => resume(at, &folder),
+        Cmd::Sweep { at, json } => sweep(at, json),
         Cmd::Debug { cmd } => debug(cmd),
         Cmd::Demo { keep } => demo::run(keep),
     };
@@ -469,6 +479,29 @@ fn resume(w: Where, folder: &str) -> anyhow::Result<i32> {
         0 => println!("folder {folder}: no deletes were held"),
         n => println!("folder {folder}: applying {n} held deletes from peers"),
     }
+    Ok(0)
+}
+
+fn sweep(w: Where, json: bool) -> anyhow::Result<i32> {
+    let config = w.load(&Overrides::default())?;
+    let body = client::post_slow(client::admin_addr(&config)?, "/retention/sweep")?;
+    if json {
+        println!("{body}");
+        return Ok(0);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("sweep reply")?;
+    for f in v["folders"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "folder {}: removed {} stale files ({} bytes)",
+            f["id"].as_str().unwrap_or("?"),
+            f["files"].as_u64().unwrap_or(0),
+            f["bytes"].as_u64().unwrap_or(0)
+        );
+    }
+    println!(
+        "blob garbage collection done ({} runs since start)",
+        v["gc_runs"].as_u64().unwrap_or(0)
+    );
     Ok(0)
 }
 

@@ -32,19 +32,25 @@ pub fn admin_addr(config: &fleetsync_config::Config) -> anyhow::Result<SocketAdd
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    request(addr, "GET", path)
+    request(addr, "GET", path, Duration::from_secs(10))
 }
 
 /// A POST without a body (the admin API takes its arguments in the query).
 pub fn post(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    request(addr, "POST", path)
+    request(addr, "POST", path, Duration::from_secs(10))
 }
 
-fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
+/// A POST whose answer waits for work on the node (a forced sweep waits
+/// for a blob GC run, up to a minute).
+pub fn post_slow(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    request(addr, "POST", path, Duration::from_secs(90))
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, wait: Duration) -> anyhow::Result<String> {
     let unreachable = |why: String| Unreachable { addr, why };
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| unreachable(e.to_string()))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(wait))?;
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\nContent-Length: 0\r\n\r\n"

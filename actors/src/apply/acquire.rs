@@ -128,11 +128,17 @@ pub(super) async fn acquire(
         );
         false
     });
+    // From before the fetch until the content is out in `refs/`, GC must
+    // not take what the transfer writes (the pending row protects it too,
+    // but only from the next live-set read on).
+    let hold = folder.content.hold(hash).await;
     if !had {
         ensure_space(folder, job, job.target.size).await?;
         fetch_into_store(folder, job, hash, sources).await?;
     }
-    if let Some(name) = export_to_refs(folder, job, hash, had).await? {
+    let exported = export_to_refs(folder, job, hash, had).await?;
+    drop(hold);
+    if let Some(name) = exported {
         return Ok(Staged::Refs(name));
     }
     ensure_space(folder, job, job.target.size).await?;

@@ -178,7 +178,7 @@ impl Receiver {
         self.folder.status.syncing.store(true, Ordering::Relaxed);
         let waiting = self.retries.waiting(Instant::now());
         let sources = Sources::new(self.folder.content.providers(), self.health.clone());
-        let round = Round::new(self.folder.clone(), sources);
+        let round = Round::new(self.folder.clone(), sources).retrying(self.retries.keys());
         let task = self
             .health
             .spawn(round.run(waiting, self.big_in_flight.clone()));
@@ -231,12 +231,14 @@ impl Receiver {
     /// paths go to the watcher.
     fn take_outcomes(&mut self, report: RoundReport, ctx: &mut Context<Self>) {
         let mut guard = self.folder.deletes.lock().expect("guard lock");
-        for key in &report.resolved {
+        for key in report.resolved.iter().chain(&report.stale) {
             self.retries.done(key);
             guard.done(key);
         }
         drop(guard);
         self.schedule_retries(report.failed, ctx);
+        let marks = self.retries.len();
+        self.folder.status.retrying.store(marks, Ordering::Relaxed);
         if !report.races.is_empty() {
             if let Some(w) = self.watcher.get() {
                 w.do_send(MarkDirty {

@@ -89,6 +89,8 @@ pub struct RoundReport {
     pub progressed: bool,
     /// Rows left waiting for their retry or their big-file job (not looked at).
     pub remaining: usize,
+    /// Retry marks whose row no longer exists (see `round::stale_waits`).
+    pub stale: Vec<Key>,
     /// Big-file jobs handed off, grouped by content: each group runs
     /// outside the round ([`super::big`]).
     pub big_files: Vec<Vec<Planned>>,

@@ -133,6 +133,19 @@ impl Retries {
             .collect()
     }
 
+    /// Every row with a retry mark.
+    pub fn keys(&self) -> HashSet<Key> {
+        self.map.keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub fn any_due(&self, now: Instant) -> bool {
         self.map.values().any(|s| s.next <= now)
     }
@@ -142,11 +155,6 @@ impl Retries {
         for s in self.map.values_mut() {
             s.next = now;
         }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.map.len()
     }
 }
 

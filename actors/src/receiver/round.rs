@@ -151,6 +151,23 @@ pub fn order_providers(all: &[EndpointId], group: &[Planned]) -> Vec<EndpointId>
 
 /// The next batch of small files: at most [`BATCH_FILES`], one job per
 /// content hash (the first fetch serves the duplicates in a later batch).
+/// Retry marks whose pending row is gone (resolved by a later version, by
+/// the hasher adopting it, or by a peer's newer row): forgotten, so the
+/// retry map holds only rows that exist. Only a `complete` read (every
+/// pending row of the folder) can tell.
+pub fn stale_waits(waiting: &HashSet<Key>, rows: &[Pending], complete: bool) -> Vec<Key> {
+    if !complete || waiting.is_empty() {
+        return Vec::new();
+    }
+    let live: HashSet<(&str, &[u8; 32])> =
+        rows.iter().map(|p| (p.path.as_str(), &p.peer)).collect();
+    waiting
+        .iter()
+        .filter(|(path, peer)| !live.contains(&(path.as_str(), peer)))
+        .cloned()
+        .collect()
+}
+
 pub fn next_batch(queue: &mut VecDeque<Planned>) -> Vec<Planned> {
     let mut seen = HashSet::new();
     let mut batch = Vec::new();
@@ -219,6 +236,8 @@ pub struct Round {
     folder: Arc<Folder>,
     sources: Sources,
     out: Outcomes,
+    /// Every row the receiver holds a retry mark for (due or not).
+    retrying: HashSet<Key>,
     _work: Work,
 }
 
@@ -230,7 +249,15 @@ impl Round {
             folder,
             sources,
             out,
+            retrying: HashSet::new(),
         }
+    }
+
+    /// The rows with a retry mark: those whose row is gone are reported
+    /// stale, so the mark is forgotten.
+    pub fn retrying(mut self, keys: HashSet<Key>) -> Self {
+        self.retrying = keys;
+        self
     }
 
     /// Run every step; rows in `waiting` are left for their retry, paths
@@ -275,6 +302,7 @@ impl Round {
         let held = f.deletes.lock().expect("guard lock").held_rows();
         let limit = ROUND_LIMIT + waiting.len() + in_flight.len() + held;
         let rows = rt::blocking(move || f.index.pending(f.id(), limit)).await??;
+        self.out.report.stale = stale_waits(&self.retrying, &rows, rows.len() < limit);
         let guard = self.folder.deletes.lock().expect("guard lock");
         let mut by_path: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
         for p in rows {

@@ -174,6 +174,7 @@ pub struct Supervisor {
     budget: RestartBudget,
     board: Arc<Board>,
     fatal: Arc<Fatal>,
+    gc: Arc<crate::gc_gate::GcGate>,
 }
 
 impl Supervisor {
@@ -183,7 +184,7 @@ impl Supervisor {
         slots: Slots,
         events: mpsc::Receiver<MeshEvent>,
         board: Arc<Board>,
-        fatal: Arc<Fatal>,
+        (fatal, gc): (Arc<Fatal>, Arc<crate::gc_gate::GcGate>),
     ) -> Self {
         Supervisor {
             budget: RestartBudget::new(settings.max_restarts, settings.restart_window),
@@ -195,6 +196,7 @@ impl Supervisor {
             sessions: HashMap::new(),
             board,
             fatal,
+            gc,
         }
     }
 
@@ -250,8 +252,9 @@ impl Supervisor {
             }
             ActorId::Retention => {
                 let folders = self.folders.clone();
+                let gc = self.gc.clone();
                 let addr =
-                    Retention::start_in_arbiter(&h, move |_| Retention::new(folders, health));
+                    Retention::start_in_arbiter(&h, move |_| Retention::new(folders, health, gc));
                 self.slots.retention.set(addr);
             }
             ActorId::Hasher(f) => {

@@ -17,7 +17,7 @@ use super::{
     faults::{Fault, FaultError, InjectFault},
     ActorId, Settings, Shutdown, Slots, Supervisor,
 };
-use crate::{folder::Folder, index::Index, retention, slot::Slot};
+use crate::{folder::Folder, gc_gate::GcGate, index::Index, retention, slot::Slot};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -70,6 +70,8 @@ pub struct NodeHandle {
     pub board: Arc<Board>,
     fault_injection: bool,
     fatal: Arc<Fatal>,
+    /// When blob GC runs (status reads its runs, `sweep` forces one).
+    pub gc: Arc<GcGate>,
 }
 
 /// A fault to inject (`fleetsync debug …`, tests, drills).
@@ -180,6 +182,18 @@ impl NodeHandle {
         Some(n)
     }
 
+    /// Sweep every folder and run blob GC now (`fleetsync sweep`).
+    pub async fn sweep(&self) -> Result<retention::SweepReport, retention::SweepError> {
+        let r = self
+            .slots
+            .retention
+            .get()
+            .ok_or(retention::SweepError::NotRunning)?;
+        r.send(retention::Sweep)
+            .await
+            .map_err(|_| retention::SweepError::NotRunning)?
+    }
+
     fn first_folder(&self) -> Option<String> {
         self.folders.keys().min().cloned()
     }
@@ -221,6 +235,7 @@ pub async fn start_node_with(
         }
     }
     let (allow, deny) = access_of(config)?;
+    let gc = Arc::new(GcGate::new(retention::GC_EVERY));
     let (mesh, events) = Mesh::start(MeshOptions {
         data_dir: data_dir.clone(),
         secret_key,
@@ -231,7 +246,7 @@ pub async fn start_node_with(
         allow,
         deny,
         ticket_peers,
-        gc: Some(retention::gc_config(index.clone(), retention::GC_EVERY)),
+        gc: Some(retention::gc_config(index.clone(), gc.clone())),
         peer_exchange: config.mesh.peer_exchange,
         max_peers: config.mesh.max_peers,
         mdns: config.mesh.mdns,
@@ -263,7 +278,7 @@ pub async fn start_node_with(
         slots.clone(),
         events,
         board.clone(),
-        fatal.clone(),
+        (fatal.clone(), gc.clone()),
     );
     let supervisor = sup.start();
     Ok(NodeHandle {
@@ -275,6 +290,7 @@ pub async fn start_node_with(
         board,
         fault_injection: settings.fault_injection,
         fatal,
+        gc,
     })
 }
 
@@ -302,8 +318,11 @@ fn prepare_folder(folder: &Folder) -> Result<(), PrepareError> {
             path: root.clone(),
             source,
         })?;
-    // Nothing is in flight before the receivers start.
-    retention::sweep_tmp(folder, Duration::ZERO);
-    retention::sweep_refs(folder, Duration::ZERO);
+    // Nothing is in flight before the receivers start: every temp file
+    // and every link no record uses is an orphan of the last run.
+    let head = folder.head();
+    let mut swept = retention::sweep_tmp(folder, Duration::ZERO);
+    swept.files += retention::sweep_refs(folder, Duration::ZERO).files;
+    retention::record(folder, head, swept);
     Ok(())
 }

@@ -1,3 +1,4 @@
 //! Retention and undo (issue 11): one test binary, a module per part.
 
 mod guard;
+mod gc;

@@ -77,6 +77,22 @@ fn plan_sorts_jobs_into_steps_and_deletes_children_first() {
     assert!(plan.keep.is_empty());
 }
 
+#[test]
+fn retry_marks_of_rows_that_are_gone_are_stale_only_after_a_complete_read() {
+    let waiting: HashSet<Key> = [("a".to_string(), [1; 32]), ("b".to_string(), [1; 32])].into();
+    let rows = vec![pending(1, file("a", b"x")), pending(2, file("b", b"y"))];
+    let stale = stale_waits(&waiting, &rows, true);
+    assert_eq!(
+        stale,
+        vec![("b".to_string(), [1; 32])],
+        "b's row is another peer's"
+    );
+    assert!(
+        stale_waits(&waiting, &rows, false).is_empty(),
+        "a partial read tells nothing"
+    );
+}
+
 fn record(e: FileEntry) -> Record {
     Record {
         entry: e,

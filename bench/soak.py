@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""Soak: 3 fleetsync nodes on 127.0.0.1 under seeded churn for a while.
+
+Started by bench/soak.sh (which builds fleetsync, release). Each node gets
+creates, modifies, deletes and renames (of files and, now and then, of a
+whole directory) at --rate operations per second, spread over the three
+nodes, for --duration. Every --every seconds, and at the start and the end,
+it prints per node: RSS, index size (index.redb), versions size
+(<folder>/.fleetsync/versions), blob store size and live files. At the end,
+after the fleet has converged, a verdict line:
+
+    VERDICT: RSS flat within 10% (worst: node b +3.2% from 41.0 MiB after warm-up)
+
+RSS is compared with the first sample taken under churn (after warm-up:
+the allocator's first growth is not a leak), so a run needs at least two
+intervals. Everything runs in a temp dir; every process started here is
+stopped here. --seed replays the same sequence of operations.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+NODES = ("a", "b", "c")
+DIRS = 20
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def duration(text):
+    """'90', '90s', '2m', '1h' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def du(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def mib(n):
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+class Node:
+    def __init__(self, binary, base, name, secret):
+        self.name = name
+        self.data = os.path.join(base, name, "data")
+        self.folder = os.path.join(base, name, "folder")
+        os.makedirs(self.data)
+        os.makedirs(self.folder)
+        self.id = subprocess.check_output([binary, "id", "--data-dir", self.data], text=True).strip()
+        self.udp = free_port(socket.SOCK_DGRAM)
+        self.admin = free_port()
+        self.secret = secret
+        self.proc = None
+
+    def write_config(self, others):
+        peers = ", ".join(f'"{o.id}@127.0.0.1:{o.udp}"' for o in others)
+        cfg = (
+            f'data_dir = "{self.data}"\n[mesh]\nlisten = "127.0.0.1:{self.udp}"\n'
+            f'fleet_secret = "{self.secret}"\nmdns = false\npeers = [{peers}]\n'
+            f'[admin]\nlisten = "127.0.0.1:{self.admin}"\n'
+            f'[log]\nlevel = "{os.environ.get("FLEETSYNC_SOAK_LOG", "warn")}"\n'
+            f'[[folders]]\nid = "soak"\npath = "{self.folder}"\n'
+        )
+        self.config = os.path.join(self.data, "fleetsync.toml")
+        with open(self.config, "w") as f:
+            f.write(cfg)
+
+    def start(self, binary):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETSYNC_")}
+        log = open(os.path.join(self.data, "node.log"), "w")
+        self.proc = subprocess.Popen([binary, "run", "--config", self.config], stdout=log, stderr=log, env=env)
+
+    def status(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/status", timeout=5) as r:
+                return json.loads(r.read())
+        except Exception:
+            return None
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def sample(self):
+        st = self.status() or {}
+        f = (st.get("folders") or [{}])[0]
+        return dict(
+            rss=rss_kib(self.proc.pid) * 1024,
+            index=os.path.getsize(os.path.join(self.data, "index.redb")),
+            versions=du(os.path.join(self.folder, ".fleetsync", "versions")),
+            blobs=du(os.path.join(self.data, "blobs")),
+            files=f.get("files", 0),
+            alive=self.proc.poll() is None,
+        )
+
+
+def wait(what, cond, timeout):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+class Churn:
+    """Seeded operations on the nodes' folders."""
+
+    def __init__(self, nodes, seed, max_files, max_size):
+        self.rng = random.Random(seed)
+        self.nodes = nodes
+        self.max_files = max_files
+        self.max_size = max_size
+        self.counter = 0
+        self.ops = dict(create=0, modify=0, delete=0, rename=0, rename_dir=0)
+
+    def files(self, node):
+        out = []
+        for d in range(DIRS):
+            for p in (os.path.join(node.folder, f"d{d}"), os.path.join(node.folder, f"d{d}.moved")):
+                try:
+                    out.extend(os.path.join(p, f) for f in os.listdir(p))
+                except OSError:
+                    pass
+        return out
+
+    def content(self):
+        n = self.rng.randrange(0, self.max_size)
+        return self.rng.getrandbits(8 * n).to_bytes(n, "little") if n else b""
+
+    def step(self):
+        node = self.rng.choice(self.nodes)
+        files = self.files(node)
+        r = self.rng.random()
+        try:
+            if not files or (r < 0.35 and len(files) < self.max_files):
+                self.create(node)
+            elif r < 0.65:
+                self.write(self.rng.choice(files))
+                self.ops["modify"] += 1
+            elif r < 0.85:
+                os.remove(self.rng.choice(files))
+                self.ops["delete"] += 1
+            elif r < 0.99:
+                self.rename(node, self.rng.choice(files))
+            else:
+                self.rename_dir(node)
+        except OSError:
+            pass  # a sync changed the tree under us: the next step goes on
+
+    def create(self, node):
+        self.counter += 1
+        d = os.path.join(node.folder, f"d{self.rng.randrange(DIRS)}")
+        os.makedirs(d, exist_ok=True)
+        self.write(os.path.join(d, f"f{self.counter}-{node.name}.bin"))
+        self.ops["create"] += 1
+
+    def write(self, path):
+        tmp = path + ".soak-tmp"
+        with open(tmp, "wb") as f:
+            f.write(self.content())
+        os.replace(tmp, path)
+
+    def rename(self, node, path):
+        self.counter += 1
+        d = os.path.join(node.folder, f"d{self.rng.randrange(DIRS)}")
+        os.makedirs(d, exist_ok=True)
+        os.rename(path, os.path.join(d, f"r{self.counter}-{node.name}.bin"))
+        self.ops["rename"] += 1
+
+    def rename_dir(self, node):
+        """A whole directory moves away (and back, the next time)."""
+        d = os.path.join(node.folder, f"d{self.rng.randrange(DIRS)}")
+        moved = d + ".moved"
+        if os.path.isdir(d) and not os.path.exists(moved):
+            os.rename(d, moved)
+        elif os.path.isdir(moved) and not os.path.exists(d):
+            os.rename(moved, d)
+        else:
+            return
+        self.ops["rename_dir"] += 1
+
+
+def report(label, nodes, elapsed):
+    rows = []
+    for n in nodes:
+        s = n.sample()
+        rows.append(s)
+        print(
+            f"[{elapsed:7.0f}s] {label:<6} node {n.name}: rss {mib(s['rss']):>10}  index {mib(s['index']):>10}  "
+            f"versions {mib(s['versions']):>10}  blobs {mib(s['blobs']):>10}  files {s['files']:>6}"
+            + ("" if s["alive"] else "  (EXITED)"),
+            flush=True,
+        )
+    return rows
+
+
+def converged(nodes):
+    sts = [n.status() for n in nodes]
+    if not all(sts):
+        return False
+    fs = [st["folders"][0] for st in sts]
+    return all(f["in_sync"] for f in fs) and len({f["files"] for f in fs}) == 1
+
+
+def verdict(warm, end, nodes, tolerance):
+    worst = max(range(len(nodes)), key=lambda i: (end[i]["rss"] - warm[i]["rss"]) / max(warm[i]["rss"], 1))
+    growth = (end[worst]["rss"] - warm[worst]["rss"]) * 100.0 / max(warm[worst]["rss"], 1)
+    flat = growth <= tolerance and all(s["alive"] for s in end)
+    word = "flat" if flat else "NOT flat"
+    for i, n in enumerate(nodes):
+        print(
+            f"node {n.name}: rss {mib(warm[i]['rss'])} -> {mib(end[i]['rss'])}, index {mib(warm[i]['index'])} -> "
+            f"{mib(end[i]['index'])}, versions {mib(warm[i]['versions'])} -> {mib(end[i]['versions'])}",
+            flush=True,
+        )
+    print(
+        f"VERDICT: RSS {word} within {tolerance:g}% (worst: node {nodes[worst].name} {growth:+.1f}% "
+        f"from {mib(warm[worst]['rss'])} after warm-up to {mib(end[worst]['rss'])} at the end)",
+        flush=True,
+    )
+    return flat
+
+
+def run(args, base):
+    secret = os.urandom(32).hex()
+    nodes = [Node(args.fleetsync, base, n, secret) for n in NODES]
+    for n in nodes:
+        n.write_config([o for o in nodes if o is not n])
+    try:
+        for n in nodes:
+            n.start(args.fleetsync)
+        wait("nodes to connect", lambda: all((n.status() or {}).get("peers") and
+                                               all(p["connected"] for p in n.status()["peers"]) for n in nodes), 60)
+        churn = Churn(nodes, args.seed, args.files, args.max_size)
+        for _ in range(args.files // 2):
+            churn.create(churn.rng.choice(nodes))
+        wait("the initial files to sync", lambda: converged(nodes), 300)
+        t0 = time.monotonic()
+        samples = [report("start", nodes, 0)]
+        end_at = t0 + args.duration
+        next_report = t0 + args.every
+        period = 1.0 / args.rate
+        next_op = t0
+        while time.monotonic() < end_at:
+            now = time.monotonic()
+            if now >= next_report:
+                samples.append(report("churn", nodes, now - t0))
+                next_report += args.every
+            if now < next_op:
+                time.sleep(min(next_op - now, 0.05))
+                continue
+            churn.step()
+            next_op += period
+        print(f"operations: {json.dumps(churn.ops)}", flush=True)
+        wait("the fleet to converge after the churn", lambda: converged(nodes), 600)
+        end = report("end", nodes, time.monotonic() - t0)
+        warm = samples[1] if len(samples) > 1 else samples[0]
+        return 0 if verdict(warm, end, nodes, args.tolerance) else 1
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fleetsync", required=True, help="the fleetsync binary")
+    p.add_argument("--duration", type=duration, default=duration("30m"), help="churn time (90s, 2m, 30m; default 30m)")
+    p.add_argument("--rate", type=float, default=20.0, help="operations per second over the fleet (default 20)")
+    p.add_argument("--every", type=duration, default=60.0, help="seconds between samples (default 60)")
+    p.add_argument("--seed", type=int, default=1, help="churn seed (default 1)")
+    p.add_argument("--files", type=int, default=400, help="files at most per node's working set (default 400)")
+    p.add_argument("--max-size", type=int, default=64 << 10, help="largest file in bytes (default 64 KiB)")
+    p.add_argument("--tolerance", type=float, default=10.0, help="RSS growth allowed after warm-up, %% (default 10)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) after the run")
+    args = p.parse_args()
+    base = tempfile.mkdtemp(prefix="fleetsync-soak-")
+    print(f"soak: 3 nodes in {base}, {args.duration:g}s at {args.rate:g} ops/s, seed {args.seed}", flush=True)
+    try:
+        code = run(args, base)
+    finally:
+        if args.keep:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
