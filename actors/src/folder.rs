@@ -25,6 +25,7 @@ use crate::{
     fsutil::FolderFs,
     ignore::Ignore,
     index::{Index, IndexError, Limits, Released},
+    tombs::Readers,
 };
 
 /// A transfer in progress, for `fleetsync status`.
@@ -220,6 +221,9 @@ pub struct Folder {
     /// they are asked last for that content until the mark expires.
     slow: Mutex<HashMap<([u8; 32], EndpointId), Instant>>,
     pub status: FolderStatus,
+    /// How far each peer has read our index, and the horizon of expired
+    /// tombstones ([`crate::tombs`]).
+    pub readers: Readers,
 }
 
 /// `[mesh] transfer_stall_timeout`'s default (the config crate owns it).
@@ -314,6 +318,7 @@ impl Folder {
         transfer_stall: Duration,
     ) -> Result<Arc<Self>, IndexError> {
         let meta = index.ensure_folder(&cfg.id)?;
+        let readers = Readers::load(&index, &cfg.id)?;
         Ok(Arc::new(Folder {
             fs: FolderFs::new(&cfg.path),
             ignore: RwLock::new(Arc::new(Ignore::load(&cfg.path))),
@@ -329,6 +334,7 @@ impl Folder {
             transfer_stall,
             slow: Mutex::new(HashMap::new()),
             status: FolderStatus::default(),
+            readers,
         }))
     }
 

@@ -17,9 +17,11 @@
 //! - In-memory maps are bounded by their owners (watcher dirty set,
 //!   receiver retry map, history rows per path in the index).
 //!
-//! Left out for now: keeping previous versions of overwritten files, and
-//! expiring tombstones (kept forever, so a node that was offline for months
-//! cannot resurrect deleted files).
+//! - Tombstones older than the folder's `tombstone_ttl` that every peer
+//!   seen within the TTL has read ([`crate::tombs::expire`]), every
+//!   [`crate::tombs::sweep_every`] of the shortest TTL.
+//!
+//! Left out for now: keeping previous versions of overwritten files.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -41,7 +43,7 @@ use crate::{
     health::Health,
     index::{Index, IndexError},
     msg::Ping,
-    rt,
+    rt, tombs,
 };
 
 /// Temp files older than this are left over (a transfer in progress
@@ -89,6 +91,26 @@ impl Retention {
         }));
     }
 
+    /// Forget old tombstones every peer has read (saving the peers' reads
+    /// first). Work, like a sweep.
+    fn expire_tombstones(&mut self, ctx: &mut Context<Self>) {
+        let folders = self.folders.clone();
+        let busy = self.health.begin();
+        let work = rt::blocking(move || {
+            for folder in folders.values() {
+                if let Err(e) = tombs::expire(folder) {
+                    warn!(folder = folder.id(), "expiring tombstones failed: {e}");
+                }
+                busy.progress();
+            }
+        });
+        ctx.spawn(work.into_actor(self).map(|res, _, _| {
+            if let Err(e) = res {
+                warn!("expiring tombstones failed: {e}");
+            }
+        }));
+    }
+
     /// A sweep is work (the supervisor sees it move folder by folder).
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let folders = self.folders.clone();
@@ -115,6 +137,10 @@ impl Actor for Retention {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(RELEASE_GRACE, Self::expire_released);
         ctx.run_interval(SWEEP_EVERY, Self::sweep);
+        let shortest_ttl = self.folders.values().map(|f| f.cfg.tombstone_ttl).min();
+        if let Some(ttl) = shortest_ttl {
+            ctx.run_interval(tombs::sweep_every(ttl), Self::expire_tombstones);
+        }
     }
 }
 

@@ -343,6 +343,7 @@ pub fn folder_config(root: &Path, mode: FolderMode) -> FolderConfig {
         max_files: fleetsync_config::DEFAULT_MAX_FILES,
         min_free: fleetsync_config::MinFree::Bytes(0),
         umask: fleetsync_config::Umask::default(),
+        tombstone_ttl: std::time::Duration::from_secs(180 * 24 * 3600),
     }
 }
 

@@ -107,6 +107,7 @@ pub(crate) struct LayeredFolder {
     pub max_files: Option<Sourced<i64>>,
     pub min_free: Option<Sourced<String>>,
     pub umask: Option<Sourced<String>>,
+    pub tombstone_ttl: Option<Sourced<String>>,
 }
 
 pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
@@ -120,6 +121,7 @@ pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
     "UMASK",
     "MAX_PENDING",
     "MAX_FILES",
+    "TOMBSTONE_TTL",
 ];
 
 const ENV_DATA_DIR: &str = "FLEETSYNC_DATA_DIR";
@@ -210,6 +212,9 @@ impl Layered {
                     max_files: f.max_files.map(|v| Sourced::file(v, key("max_files"))),
                     min_free: f.min_free.map(|v| Sourced::file(v, key("min_free"))),
                     umask: f.umask.map(|v| Sourced::file(v, key("umask"))),
+                    tombstone_ttl: f
+                        .tombstone_ttl
+                        .map(|v| Sourced::file(v, key("tombstone_ttl"))),
                 }
             })
             .collect();
@@ -374,6 +379,7 @@ impl Layered {
                     "WATCH" => folder.watch = v,
                     "MIN_FREE" => folder.min_free = v,
                     "UMASK" => folder.umask = v,
+                    "TOMBSTONE_TTL" => folder.tombstone_ttl = v,
                     "MAX_PENDING" => {
                         folder.max_pending = Some(Sourced::env(parse_env_int(name, &value)?, name))
                     }

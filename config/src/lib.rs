@@ -289,6 +289,11 @@ pub struct FolderConfig {
     /// received file gets `0o666 & !umask` plus the sender's exec bits
     /// `& !umask`; a directory `0o777 & !umask`.
     pub umask: Umask,
+    /// `tombstone_ttl`: how long a deletion is remembered ("180d" by
+    /// default, at least "1s"). A tombstone older than this is forgotten
+    /// once every peer seen within the TTL has read past it; a peer that
+    /// comes back after missing forgotten deletions is told to rescan.
+    pub tombstone_ttl: Duration,
 }
 
 /// CLI flags the node binary may pass; `None` = not given. See [`flag`] for

@@ -77,6 +77,7 @@ pub(crate) struct RawFolder {
     pub max_files: Option<i64>,
     pub min_free: Option<String>,
     pub umask: Option<String>,
+    pub tombstone_ttl: Option<String>,
 }
 
 /// The TOML shape a leaf key must have. Checked before serde runs because
@@ -135,6 +136,7 @@ const FOLDER_KEYS: &[(&str, Kind)] = &[
     ("max_files", Kind::Int),
     ("min_free", Kind::Str),
     ("umask", Kind::Str),
+    ("tombstone_ttl", Kind::Str),
 ];
 
 /// Parse and shape-check the file text. `file` is how errors name the file.
