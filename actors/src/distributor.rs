@@ -243,7 +243,8 @@ impl Drop for ServedFolder {
     fn drop(&mut self) {
         let read = self.folder.readers.closed(self.id);
         let (folder, id) = (self.folder.clone(), self.id);
-        rt::spawn_blocking(move || {
+        // Without a runtime (unit tests) the next tombstone sweep saves it.
+        rt::try_spawn_blocking(move || {
             if let Err(e) = folder.index.save_peer_reads(folder.id(), &[(id, read)]) {
                 warn!(
                     folder = folder.id(),
