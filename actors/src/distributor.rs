@@ -31,6 +31,7 @@ use fleetsync_mesh::{
     EndpointId,
 };
 use tokio::{sync::watch, task::JoinHandle};
+use tracing::warn;
 
 use crate::{
     folder::Folder,
@@ -174,14 +175,24 @@ impl SharedFolders for Shared {
 
     fn open(&self, folder: &str, peer: &Peer) -> Option<ServedFolder> {
         let folder = self.folders.get(folder)?.clone();
+        let id = *peer.id.as_bytes();
+        folder.readers.opened(id, folder.cfg.tombstone_ttl / 2);
         Some(ServedFolder {
             folder,
             peer: peer.short,
+            id,
+            echo_upto: Mutex::new(None),
         })
     }
 
     fn progress(&self, peer: &Peer, folder: &str, sent_seq: u64, caught_up: bool) {
         self.health.progress();
+        if let Some(f) = self.folders.get(folder) {
+            // Sent is as good as read for expiry: a peer that lost what
+            // it was sent asks from below our horizon and is told to read
+            // everything again.
+            f.readers.read(*peer.id.as_bytes(), sent_seq);
+        }
         let out = Outbound {
             peer: peer.id,
             folder: folder.to_string(),
@@ -203,10 +214,45 @@ impl SharedFolders for Shared {
     }
 }
 
-/// One folder's index as one peer gets it.
+/// One folder's index as one peer gets it (one per subscription stream).
 struct ServedFolder {
     folder: Arc<Folder>,
     peer: ShortId,
+    id: [u8; 32],
+    /// Rows up to this sequence number go to the peer even if they came
+    /// from it: set at the first read, to the head then if that read is a
+    /// full one (from 0), else 0. A peer reading everything again (its
+    /// index is new, or we told it "too old") learns what we hold of its
+    /// own entries too, so it can tell what the fleet no longer has.
+    echo_upto: Mutex<Option<u64>>,
+}
+
+impl ServedFolder {
+    fn echo_upto(&self, from: u64) -> u64 {
+        let head = *self.folder.watch_head().borrow();
+        *self
+            .echo_upto
+            .lock()
+            .expect("echo lock")
+            .get_or_insert(if from == 0 { head } else { 0 })
+    }
+}
+
+/// The stream ended: the peer was seen now, and how far it read is saved.
+impl Drop for ServedFolder {
+    fn drop(&mut self) {
+        let read = self.folder.readers.closed(self.id);
+        let (folder, id) = (self.folder.clone(), self.id);
+        // Without a runtime (unit tests) the next tombstone sweep saves it.
+        rt::try_spawn_blocking(move || {
+            if let Err(e) = folder.index.save_peer_reads(folder.id(), &[(id, read)]) {
+                warn!(
+                    folder = folder.id(),
+                    "cannot save how far a peer read our index: {e}"
+                );
+            }
+        });
+    }
 }
 
 /// Reading the index to serve a peer failed.
@@ -228,23 +274,29 @@ impl IndexSource for ServedFolder {
         self.folder.watch_head()
     }
 
+    fn horizon(&self) -> u64 {
+        self.folder.readers.horizon()
+    }
+
     async fn read(&self, from: u64, limit: usize) -> Result<Slice, BoxError> {
+        let echo_upto = self.echo_upto(from);
         let folder = self.folder.clone();
         let rows = rt::try_blocking(move || {
             Ok::<_, ReadError>(folder.index.since(folder.id(), from, limit)?)
         })
         .await?;
-        Ok(slice_for(self.peer, from, rows))
+        Ok(slice_for(self.peer, from, rows, echo_upto))
     }
 }
 
-/// The rows read after `from`, as `peer` may have them; the slice reaches
-/// the last row read even when that row is not sent.
-fn slice_for(peer: ShortId, from: u64, rows: Vec<Record>) -> Slice {
+/// The rows read after `from`, as `peer` may have them (rows up to
+/// `echo_upto` even if they came from it); the slice reaches the last row
+/// read even when that row is not sent.
+fn slice_for(peer: ShortId, from: u64, rows: Vec<Record>, echo_upto: u64) -> Slice {
     let up_to = rows.last().map_or(from, |r| r.entry.sequence);
     let entries = rows
         .into_iter()
-        .filter(|r| may_send(r, peer))
+        .filter(|r| may_send(r, peer) || (!r.local_changed && r.entry.sequence <= echo_upto))
         .map(|r| r.entry)
         .collect();
     Slice { entries, up_to }
@@ -301,6 +353,19 @@ mod tests {
     }
 
     #[test]
+    fn a_full_read_gets_the_peers_own_entries_back_but_never_unannounced_edits() {
+        let rows = vec![
+            row(1, Some(PEER), false),
+            row(2, None, true),
+            row(3, Some(PEER), false),
+        ];
+        let s = slice_for(PEER, 0, rows, 2);
+        // Up to the head of the full read's start (2), echoed; after it, not.
+        assert_eq!(paths(&s), vec!["d1"]);
+        assert_eq!(s.up_to, 3);
+    }
+
+    #[test]
     fn an_unannounced_receive_only_edit_is_never_sent() {
         assert!(!may_send(&row(1, None, true), PEER));
     }
@@ -308,14 +373,14 @@ mod tests {
     #[test]
     fn a_slice_reaches_the_last_row_read_even_when_it_is_not_sent() {
         let rows = vec![row(4, None, false), row(5, Some(PEER), false)];
-        let s = slice_for(PEER, 3, rows);
+        let s = slice_for(PEER, 3, rows, 0);
         assert_eq!(paths(&s), vec!["d4"]);
         assert_eq!(s.up_to, 5);
     }
 
     #[test]
     fn an_empty_read_stays_where_it_started() {
-        let s = slice_for(PEER, 9, Vec::new());
+        let s = slice_for(PEER, 9, Vec::new(), 0);
         assert!(s.entries.is_empty());
         assert_eq!(s.up_to, 9);
     }

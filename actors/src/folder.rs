@@ -26,6 +26,7 @@ use crate::{
     guard::DeleteGuard,
     ignore::Ignore,
     index::{Index, IndexError, Limits, Released},
+    tombs::Readers,
 };
 
 /// A transfer in progress, for `fleetsync status`.
@@ -275,6 +276,9 @@ pub struct Folder {
     /// The mass-delete guard ([`crate::guard`]): what it holds, the
     /// burst window.
     pub deletes: Mutex<DeleteGuard>,
+    /// How far each peer has read our index, and the horizon of expired
+    /// tombstones ([`crate::tombs`]).
+    pub readers: Readers,
 }
 
 /// `[mesh] transfer_stall_timeout`'s default (the config crate owns it).
@@ -374,6 +378,7 @@ impl Folder {
         transfer_stall: Duration,
     ) -> Result<Arc<Self>, IndexError> {
         let meta = index.ensure_folder(&cfg.id)?;
+        let readers = Readers::load(&index, &cfg.id)?;
         Ok(Arc::new(Folder {
             fs: FolderFs::new(&cfg.path),
             ignore: RwLock::new(Arc::new(Ignore::load(&cfg.path))),
@@ -390,6 +395,7 @@ impl Folder {
             slow: Mutex::new(HashMap::new()),
             status: FolderStatus::default(),
             deletes: Mutex::new(DeleteGuard::default()),
+            readers,
         }))
     }
 

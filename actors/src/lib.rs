@@ -58,6 +58,7 @@ pub mod status;
 pub mod supervisor;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod tombs;
 pub mod watcher;
 
 pub use supervisor::{access_of, start_node, NodeHandle, StartError};

@@ -24,6 +24,10 @@
 //! and blob GC runs only if some index moved; an idle node compares a few
 //! integers every [`RELEASE_GRACE`] and touches nothing. `fleetsync sweep`
 //! ([`Sweep`]) forces a sweep of every folder and a GC run at once.
+//!
+//! - Tombstones older than the folder's `tombstone_ttl` that every peer
+//!   seen within the TTL has read ([`crate::tombs::expire`]), every
+//!   [`crate::tombs::sweep_every`] of the shortest TTL.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -47,7 +51,7 @@ use crate::{
     health::Health,
     index::{Index, IndexError},
     msg::Ping,
-    rt,
+    rt, tombs,
 };
 
 /// Temp files older than this are left over (a transfer in progress
@@ -234,11 +238,37 @@ impl Retention {
     }
 }
 
+impl Retention {
+    /// Forget old tombstones every peer has read (saving the peers' reads
+    /// first). Work, like a sweep.
+    fn expire_tombstones(&mut self, ctx: &mut Context<Self>) {
+        let folders = self.folders.clone();
+        let busy = self.health.begin();
+        let work = rt::blocking(move || {
+            for folder in folders.values() {
+                if let Err(e) = tombs::expire(folder) {
+                    warn!(folder = folder.id(), "expiring tombstones failed: {e}");
+                }
+                busy.progress();
+            }
+        });
+        ctx.spawn(work.into_actor(self).map(|res, _, _| {
+            if let Err(e) = res {
+                warn!("expiring tombstones failed: {e}");
+            }
+        }));
+    }
+}
+
 impl Actor for Retention {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(RELEASE_GRACE, Self::tick);
+        let shortest_ttl = self.folders.values().map(|f| f.cfg.tombstone_ttl).min();
+        if let Some(ttl) = shortest_ttl {
+            ctx.run_interval(tombs::sweep_every(ttl), Self::expire_tombstones);
+        }
     }
 }
 

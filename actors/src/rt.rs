@@ -44,6 +44,17 @@ where
     handle().spawn_blocking(f)
 }
 
+/// [`spawn_blocking`] from code that may run outside any runtime (a
+/// `Drop` in a plain unit test): `None`, and nothing runs, if there is none.
+pub fn try_spawn_blocking<F, R>(f: F) -> Option<JoinHandle<R>>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let handle = MAIN.get().cloned().or_else(|| Handle::try_current().ok())?;
+    Some(handle.spawn_blocking(f))
+}
+
 /// Run blocking work on the pool and wait for it; a panic in `f` becomes an
 /// error instead of taking the caller down.
 pub async fn blocking<F, R>(f: F) -> Result<R, TaskError>

@@ -104,6 +104,11 @@ pub struct FolderInfo {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
+    /// Deletions remembered (tombstones not expired yet).
+    pub tombstones: u64,
+    /// Highest sequence number whose tombstone expired (0: none): a peer
+    /// that last read us below it is told to rescan.
+    pub tombstone_horizon: u64,
     /// Remote changes received but not applied yet.
     pub pending: u64,
     /// Nothing pending here and every connected peer has told us it sent
@@ -299,6 +304,8 @@ async fn folder_info(
         dirs: m.dirs,
         symlinks: m.symlinks,
         bytes: m.bytes,
+        tombstones: m.tombstones,
+        tombstone_horizon: folder.readers.horizon(),
         pending,
         in_sync,
         conflicts: st.conflicts.load(Ordering::Relaxed),

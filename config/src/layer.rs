@@ -108,6 +108,7 @@ pub(crate) struct LayeredFolder {
     pub min_free: Option<Sourced<String>>,
     pub umask: Option<Sourced<String>>,
     pub max_delete_fraction: Option<Sourced<f64>>,
+    pub tombstone_ttl: Option<Sourced<String>>,
 }
 
 pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
@@ -122,6 +123,7 @@ pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
     "MAX_PENDING",
     "MAX_FILES",
     "MAX_DELETE_FRACTION",
+    "TOMBSTONE_TTL",
 ];
 
 const ENV_DATA_DIR: &str = "FLEETSYNC_DATA_DIR";
@@ -215,6 +217,9 @@ impl Layered {
                     max_delete_fraction: f
                         .max_delete_fraction
                         .map(|v| Sourced::file(v, key("max_delete_fraction"))),
+                    tombstone_ttl: f
+                        .tombstone_ttl
+                        .map(|v| Sourced::file(v, key("tombstone_ttl"))),
                 }
             })
             .collect();
@@ -379,6 +384,7 @@ impl Layered {
                     "WATCH" => folder.watch = v,
                     "MIN_FREE" => folder.min_free = v,
                     "UMASK" => folder.umask = v,
+                    "TOMBSTONE_TTL" => folder.tombstone_ttl = v,
                     "MAX_PENDING" => {
                         folder.max_pending = Some(Sourced::env(parse_env_int(name, &value)?, name))
                     }

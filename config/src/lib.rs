@@ -306,6 +306,11 @@ pub struct FolderConfig {
     /// Above 0, at most 1 (1 turns the guard off). Default
     /// [`DEFAULT_MAX_DELETE_FRACTION`].
     pub max_delete_fraction: f64,
+    /// `tombstone_ttl`: how long a deletion is remembered ("180d" by
+    /// default, at least "1s"). A tombstone older than this is forgotten
+    /// once every peer seen within the TTL has read past it; a peer that
+    /// comes back after missing forgotten deletions is told to rescan.
+    pub tombstone_ttl: Duration,
 }
 
 /// CLI flags the node binary may pass; `None` = not given. See [`flag`] for

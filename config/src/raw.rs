@@ -78,6 +78,7 @@ pub(crate) struct RawFolder {
     pub min_free: Option<String>,
     pub umask: Option<String>,
     pub max_delete_fraction: Option<f64>,
+    pub tombstone_ttl: Option<String>,
 }
 
 /// The TOML shape a leaf key must have. Checked before serde runs because
@@ -139,6 +140,7 @@ const FOLDER_KEYS: &[(&str, Kind)] = &[
     ("min_free", Kind::Str),
     ("umask", Kind::Str),
     ("max_delete_fraction", Kind::Number),
+    ("tombstone_ttl", Kind::Str),
 ];
 
 /// Parse and shape-check the file text. `file` is how errors name the file.

@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::validate::{DEFAULT_LOG_LEVEL, DEFAULT_POLL_INTERVAL, DEFAULT_RESCAN, DEFAULT_SETTLE};
+use crate::validate::{
+    DEFAULT_LOG_LEVEL, DEFAULT_POLL_INTERVAL, DEFAULT_RESCAN, DEFAULT_SETTLE, DEFAULT_TOMBSTONE_TTL,
+};
 use crate::{
     FolderMode, InitParams, LogFormat, WatchMode, DEFAULT_MAX_PEERS, DEFAULT_MAX_RESTARTS,
     DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
@@ -173,6 +175,8 @@ fn folder_block(c: &str, id: &str, path: &Path) -> String {
 {c}# Deletes from peers in one burst that would remove more than this share of
 {c}# a folder of 100+ files are held until: fleetsync folder resume (1 = off).
 {c}max_delete_fraction = 0.5
+{c}# How long deletions are remembered (at least 1s); longer than any node stays offline.
+{c}tombstone_ttl = {tombstone_ttl}
 "#,
         modes = alternatives(FolderMode::ALL.iter().map(|m| m.as_str())),
         mode = q(FolderMode::SendReceive.as_str()),
@@ -183,6 +187,7 @@ fn folder_block(c: &str, id: &str, path: &Path) -> String {
         poll = dur(DEFAULT_POLL_INTERVAL),
         max_pending = crate::DEFAULT_MAX_PENDING,
         max_files = crate::DEFAULT_MAX_FILES,
+        tombstone_ttl = dur(DEFAULT_TOMBSTONE_TTL),
     )
 }
 

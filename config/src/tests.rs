@@ -303,7 +303,7 @@ fn unknown_key_in_folder() {
     assert_invalid(
         &e,
         "folders[0].pth",
-        "id, path, mode, settle, rescan, watch, poll_interval, max_pending, max_files, min_free, umask, max_delete_fraction",
+        "id, path, mode, settle, rescan, watch, poll_interval, max_pending, max_files, min_free, umask, max_delete_fraction, tombstone_ttl",
     );
 }
 
@@ -1131,6 +1131,30 @@ fn settle_longer_than_an_hour() {
         Duration::from_secs(3600)
     );
     assert_eq!(parse(&text("0s")).folders[0].settle, Duration::ZERO);
+}
+
+#[test]
+fn tombstone_ttl_defaults_to_180_days_and_is_at_least_a_second() {
+    let text = |v: &str| {
+        format!(
+            "{}{}tombstone_ttl = \"{v}\"\n",
+            with_secret(""),
+            folder_toml("a", "/srv/a")
+        )
+    };
+    let plain = format!("{}{}", with_secret(""), folder_toml("a", "/srv/a"));
+    assert_eq!(
+        parse(&plain).folders[0].tombstone_ttl,
+        Duration::from_secs(180 * 24 * 3600)
+    );
+    assert_eq!(
+        parse(&text("2s")).folders[0].tombstone_ttl,
+        Duration::from_secs(2)
+    );
+    let e = err(&text("500ms"));
+    assert_invalid(&e, "folders[0].tombstone_ttl", "at least \"1s\"");
+    let e = err(&text("soon"));
+    assert_invalid(&e, "folders[0].tombstone_ttl", "a number with a unit");
 }
 
 #[test]

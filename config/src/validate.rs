@@ -23,6 +23,9 @@ pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_SETTLE: Duration = Duration::from_secs(3600);
 /// A full rescan walks the whole tree; sub-second rescans just burn CPU.
 const MIN_RESCAN: Duration = Duration::from_secs(1);
+/// `[[folders]] tombstone_ttl` default: 180 days.
+pub(crate) const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(180 * 24 * 3600);
+const MIN_TOMBSTONE_TTL: Duration = Duration::from_secs(1);
 /// Pinged less often than this, a dead actor goes unnoticed for minutes.
 const MAX_PING_INTERVAL: Duration = Duration::from_secs(60);
 /// An actor stuck longer than this holds its folder still for over an hour:
@@ -774,6 +777,7 @@ fn folder(
         min_free,
         umask,
         max_delete_fraction: delete_fraction(ctx, f.max_delete_fraction.as_ref())?,
+        tombstone_ttl: tombstone_ttl(ctx, f)?,
     })
 }
 
@@ -794,6 +798,23 @@ fn delete_fraction(ctx: &Ctx, value: Option<&Sourced<f64>>) -> Result<f64, Confi
              1 turns the guard off)"
         ),
     ))
+}
+
+/// A folder's `tombstone_ttl`: at least [`MIN_TOMBSTONE_TTL`].
+fn tombstone_ttl(ctx: &Ctx, f: &LayeredFolder) -> Result<Duration, ConfigError> {
+    let (ttl, origin) = duration(ctx, f.tombstone_ttl.as_ref(), DEFAULT_TOMBSTONE_TTL)?;
+    if let Some(origin) = origin.filter(|_| ttl < MIN_TOMBSTONE_TTL) {
+        return Err(ctx.err(
+            origin,
+            format!(
+                "tombstone_ttl {} is shorter than 1s",
+                humantime::format_duration(ttl)
+            ),
+            "use a tombstone_ttl of at least \"1s\" (how long deletions are remembered; \
+             default \"180d\", longer than any node stays offline)",
+        ));
+    }
+    Ok(ttl)
 }
 
 /// A folder's `max_pending` / `max_files`: a whole number from 1 to

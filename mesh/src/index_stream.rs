@@ -7,6 +7,8 @@
 //!  subscriber                                         server
 //!  Subscribe(FolderWant{folder, index_id, since}) ──►  (within SUBSCRIBE_TIMEOUT)
 //!                                                 ◄──  NotShared, end      (unknown folder)
+//!                                                 ◄──  TooOld, end         (`since` below the horizon:
+//!                                                                           read again from 0)
 //!                                                 ◄──  Batch … Batch       (everything after `since`,
 //!                                                                           from 0 if the index id differs)
 //!                                                 ◄──  CaughtUp
@@ -24,6 +26,15 @@
 //!   alive for the session (with backoff); [`follow`] runs one stream,
 //!   validating every entry with [`FileEntry::validate`] before handing
 //!   batches to the caller's [`IndexSink`].
+//!
+//! Tombstone expiry: a server forgets deletions every peer it still
+//! hears from has read, and records the highest sequence number it
+//! forgot (its horizon, [`IndexSource::horizon`]). A subscriber asking for
+//! entries after a `since` below the horizon would miss deletions, so it
+//! is answered [`IndexResponse::TooOld`] instead of batches; [`subscribe`]
+//! then tells the sink ([`IndexSink::too_old`]) and subscribes again from
+//! 0, and the sink settles what the full read showed once it is caught up
+//! ([`IndexSink::settle`]). `since` 0 is a full read and never too old.
 //!
 //! Policy stays with the caller, behind the traits: which entries a peer
 //! may see (the source), which paths a folder ignores and where marks are
@@ -91,6 +102,20 @@ pub enum IndexResponse {
     },
     /// The server does not share this folder (or does not send it).
     NotShared { folder: String },
+    /// The subscriber's `since` is below the server's horizon: deletions
+    /// after it were forgotten, so it must read the index again from 0.
+    /// (Appended: the earlier variants keep their tags.)
+    TooOld {
+        folder: String,
+        index_id: u64,
+        horizon: u64,
+    },
+}
+
+/// Is a subscription from `since` too old for a server whose horizon is
+/// `horizon`? A full read (0) never is.
+pub fn too_old(since: u64, horizon: u64) -> bool {
+    since > 0 && since < horizon
 }
 
 /// Cap on the subscribe frame (it holds one folder id).
@@ -187,6 +212,12 @@ pub trait IndexSource: Send + Sync + 'static {
     /// Entries with sequence numbers above `from`, at most `limit` read,
     /// minus those this peer must not get.
     async fn read(&self, from: u64, limit: usize) -> Result<Slice, BoxError>;
+
+    /// The highest sequence number whose tombstone was forgotten (0:
+    /// none): a subscription from below it is answered "too old".
+    fn horizon(&self) -> u64 {
+        0
+    }
 }
 
 /// Where a subscription delivers one peer's index of one folder.
@@ -204,6 +235,23 @@ pub trait IndexSink: Send + Sync {
 
     /// One entry or frame from this peer was rejected (already logged).
     fn rejected(&self);
+
+    /// The server forgot deletions after our mark (its horizon is
+    /// `horizon`): the next subscription reads from 0. The sink notes it
+    /// durably, so its [`IndexSink::mark`] says 0 until the full read is
+    /// settled, even across a restart.
+    async fn too_old(&self, horizon: u64) -> Result<(), BoxError> {
+        let _ = horizon;
+        Ok(())
+    }
+
+    /// Called (and awaited) after every `CaughtUp`, once [`IndexSink::caught_up`]
+    /// ran: a sink that was reading from 0 after [`IndexSink::too_old`]
+    /// settles here what the full read showed.
+    async fn settle(&self, seq: u64) -> Result<(), BoxError> {
+        let _ = seq;
+        Ok(())
+    }
 }
 
 /// How serving one stream ended without an error.
@@ -213,6 +261,9 @@ pub enum Served {
     NoRequest,
     /// The folder asked for is not shared; the peer was told so.
     NotShared,
+    /// The subscriber's mark is below our horizon; it was told to read
+    /// again from 0.
+    TooOld,
     /// The subscriber closed its side.
     Unsubscribed,
     /// The folder's head signal is gone (the folder is shutting down).
@@ -240,9 +291,14 @@ pub enum ServeError {
     },
 }
 
-/// The peer does not share the folder: stop asking for it.
+/// How a subscription stream ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotShared;
+pub enum Ended {
+    /// The peer does not share the folder: stop asking for it.
+    NotShared,
+    /// Our mark is below the peer's horizon: read its index again from 0.
+    TooOld { horizon: u64 },
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -344,6 +400,17 @@ where
         return Ok(Served::NotShared);
     };
     let cursor = start_seq(&want, source.index_id());
+    let horizon = source.horizon();
+    if too_old(cursor, horizon) {
+        info!(peer = %peer.id.fmt_short(), folder = %want.folder, since = cursor, horizon, "peer missed forgotten deletions; telling it to read again from 0");
+        let msg = IndexResponse::TooOld {
+            folder: want.folder,
+            index_id: source.index_id(),
+            horizon,
+        };
+        answer_and_end(&mut send, &msg).await;
+        return Ok(Served::TooOld);
+    }
     debug!(peer = %peer.id.fmt_short(), folder = %want.folder, since = cursor, "serving index");
     let feed = Feed {
         folders,
@@ -370,9 +437,14 @@ async fn read_subscribe<R: AsyncRead + Unpin>(
 
 /// Tell the subscriber the folder is not shared and end our side.
 async fn refuse<W: AsyncWrite + Unpin>(send: &mut W, folder: String) {
+    answer_and_end(send, &IndexResponse::NotShared { folder }).await;
+}
+
+/// Send a final answer and end our side.
+async fn answer_and_end<W: AsyncWrite + Unpin>(send: &mut W, msg: &IndexResponse) {
     // Best effort: the stream ends either way, and a subscriber that missed
     // the answer simply asks again later.
-    let _ = write_msg(send, &IndexResponse::NotShared { folder }).await;
+    let _ = write_msg(send, msg).await;
     let _ = send.shutdown().await;
 }
 
@@ -570,14 +642,27 @@ fn halve(part: &mut Slice) -> (Slice, Slice) {
 pub async fn subscribe<K: IndexSink>(session: &PeerSession, folder: &str, sink: &K) {
     let peer = Peer::new(session.peer);
     let mut backoff = RESUBSCRIBE_MIN;
+    // After "too old", read from 0 whatever the sink says (a sink that
+    // could not note it must not loop on the same answer).
+    let mut from_zero = false;
     loop {
         if session.conn.close_reason().is_some() {
             return;
         }
-        let mark = resume_mark(&peer, folder, sink).await;
+        let mut mark = resume_mark(&peer, folder, sink).await;
+        if from_zero {
+            mark.seq = 0;
+        }
         let heard = Heard::new(sink);
         match subscribe_once(session, &peer, folder, mark, &heard).await {
-            Ok(NotShared) => return,
+            Ok(Ended::NotShared) => return,
+            Ok(Ended::TooOld { horizon }) => {
+                from_zero = true;
+                if let Err(e) = sink.too_old(horizon).await {
+                    warn!(peer = %peer.id.fmt_short(), folder, "cannot note that the peer's index must be read again: {e}");
+                }
+                continue;
+            }
             Err(e) => debug!(peer = %peer.id.fmt_short(), folder, "index subscription ended: {e}"),
         }
         backoff = next_backoff(backoff, heard.anything());
@@ -639,6 +724,14 @@ impl<K: IndexSink> IndexSink for Heard<'_, K> {
     fn rejected(&self) {
         self.sink.rejected();
     }
+
+    async fn too_old(&self, horizon: u64) -> Result<(), BoxError> {
+        self.sink.too_old(horizon).await
+    }
+
+    async fn settle(&self, seq: u64) -> Result<(), BoxError> {
+        self.sink.settle(seq).await
+    }
 }
 
 async fn resume_mark<K: IndexSink>(peer: &Peer, folder: &str, sink: &K) -> Mark {
@@ -655,7 +748,7 @@ async fn subscribe_once<K: IndexSink>(
     folder: &str,
     mark: Mark,
     sink: &K,
-) -> Result<NotShared, SubscribeError> {
+) -> Result<Ended, SubscribeError> {
     let (send, recv) = session.conn.open_bi().await.map_err(SubscribeError::Open)?;
     follow(recv, send, peer, folder, mark, sink).await
 }
@@ -670,7 +763,7 @@ pub async fn follow<R, W, K>(
     folder: &str,
     mark: Mark,
     sink: &K,
-) -> Result<NotShared, SubscribeError>
+) -> Result<Ended, SubscribeError>
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
@@ -702,10 +795,17 @@ where
                     .await
                     .map_err(SubscribeError::Sink)?;
             }
-            IndexResponse::CaughtUp { seq, .. } => sink.caught_up(seq),
+            IndexResponse::CaughtUp { seq, .. } => {
+                sink.caught_up(seq);
+                sink.settle(seq).await.map_err(SubscribeError::Sink)?;
+            }
             IndexResponse::NotShared { folder } => {
                 info!(peer = %peer.id.fmt_short(), %folder, "peer does not share this folder");
-                return Ok(NotShared);
+                return Ok(Ended::NotShared);
+            }
+            IndexResponse::TooOld { horizon, .. } => {
+                info!(peer = %peer.id.fmt_short(), folder, since = mark.seq, horizon, "peer forgot deletions we never read; reading its index again from 0");
+                return Ok(Ended::TooOld { horizon });
             }
         }
     }
@@ -808,6 +908,7 @@ mod tests {
     struct FakeSource {
         entries: Arc<Mutex<Vec<FileEntry>>>,
         head: Arc<watch::Sender<u64>>,
+        horizon: u64,
     }
 
     impl FakeSource {
@@ -815,6 +916,7 @@ mod tests {
             let src = FakeSource {
                 entries: Default::default(),
                 head: Arc::new(watch::channel(0).0),
+                horizon: 0,
             };
             for seq in 1..=n {
                 src.commit(&format!("d{seq}"));
@@ -837,6 +939,9 @@ mod tests {
         }
         fn head(&self) -> watch::Receiver<u64> {
             self.head.subscribe()
+        }
+        fn horizon(&self) -> u64 {
+            self.horizon
         }
         async fn read(&self, from: u64, limit: usize) -> Result<Slice, BoxError> {
             let entries: Vec<FileEntry> = self
@@ -910,7 +1015,7 @@ mod tests {
     /// A subscriber running `follow` over in-memory pipes; the test plays
     /// (or runs) the server on the other ends.
     struct Subscriber {
-        task: JoinHandle<Result<NotShared, SubscribeError>>,
+        task: JoinHandle<Result<Ended, SubscribeError>>,
         events: mpsc::UnboundedReceiver<Event>,
         /// The server's ends: it reads the subscriber's requests from
         /// `recv` and writes responses to `send`.
@@ -961,7 +1066,7 @@ mod tests {
                 .expect("the sink is alive")
         }
 
-        async fn end(self) -> (Result<NotShared, SubscribeError>, Vec<Event>) {
+        async fn end(self) -> (Result<Ended, SubscribeError>, Vec<Event>) {
             let res = tokio::time::timeout(DEADLINE, self.task)
                 .await
                 .expect("the subscriber ends before the deadline")
@@ -1019,6 +1124,35 @@ mod tests {
         Mark {
             index_id: INDEX_ID,
             seq,
+        }
+    }
+
+    #[test]
+    fn only_a_partial_read_from_below_the_horizon_is_too_old() {
+        assert!(too_old(3, 5));
+        assert!(!too_old(5, 5));
+        assert!(!too_old(9, 5));
+        assert!(!too_old(0, 5));
+        assert!(!too_old(3, 0));
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_below_the_horizon_is_told_too_old_and_gets_no_entries() {
+        let mut source = FakeSource::with(8);
+        source.horizon = 5;
+        let folders = folders_with("f", source);
+        let mut sub = start_subscriber("f", mark(3), false);
+        let server = sub.serve(folders.clone());
+        let (res, events) = sub.end().await;
+        assert_eq!(res.unwrap(), Ended::TooOld { horizon: 5 });
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(server.await.unwrap().unwrap(), Served::TooOld);
+        // From the horizon, or a full read from 0, it is served as before.
+        for (since, first) in [(5, 6), (0, 1)] {
+            let mut sub = start_subscriber("f", mark(since), false);
+            let _server = sub.serve(folders.clone());
+            assert_eq!(sub.next().await, Event::Batch(mark(8), paths(first..=8)));
+            assert_eq!(sub.next().await, Event::CaughtUp(8));
         }
     }
 
@@ -1087,7 +1221,7 @@ mod tests {
         let mut sub = start_subscriber("elsewhere", Mark::default(), false);
         let server = sub.serve(folders);
         let (res, events) = sub.end().await;
-        assert_eq!(res.unwrap(), NotShared);
+        assert_eq!(res.unwrap(), Ended::NotShared);
         assert_eq!(events, vec![]);
         assert_eq!(server.await.unwrap().unwrap(), Served::NotShared);
     }

@@ -15,9 +15,13 @@
 //! | `pending`  | (folder, path, peer id)      | a peer's entry not yet applied |
 //! | `history`  | (folder, path, seq)          | [`HistoryEvent`] — the audit trail, with the proven sender ([`Via`]) |
 //! | `pending_peers` | (folder, peer id)       | u64: that peer's `pending` rows (for [`Limits`]) |
+//! | `peer_reads` | (folder, peer id)          | [`PeerRead`]: how far a peer read our index, when last seen |
+//! | `horizons` | folder                       | u64: highest sequence number whose tombstone expired |
+//! | `rescans`  | (folder, peer id)            | u64: that peer said "too old": read it again from 0 (value: how far it had read us) |
 //!
-//! Every value starts with a schema byte ([`SCHEMA_VERSION`], now 2; the
-//! `pending_peers` counters are plain u64). A value of a schema its table
+//! Every value starts with a schema byte ([`SCHEMA_VERSION`], now 3; the
+//! `pending_peers`, `horizons` and `rescans` values are plain u64). Schema
+//! 3 only added the last three tables (tombstone expiry, `tombs`). A value of a schema its table
 //! cannot read is refused as [`IndexError::Corrupt`], never misread, and
 //! [`Index::open`] refuses a database of a newer schema. A database of
 //! schema 1 is migrated when opened (`migrate`: history lines gain
@@ -62,9 +66,11 @@ mod migrate;
 mod read;
 mod schema;
 mod tables;
+mod tombs;
 
 pub use ingest::{Full, Ingested, Limits};
 pub use schema::{CorruptValue, SCHEMA_VERSION};
+pub use tombs::{read_bound, Expired, Expiry, PeerRead};
 
 /// Page cache of the index database. redb's default is 1 GiB and fills as
 /// pages are read; 16 MiB keeps memory flat however large the folder is.

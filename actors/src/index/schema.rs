@@ -17,7 +17,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::{tables::META, IndexError, Result};
 
 /// The format of every value this build writes and reads.
-pub const SCHEMA_VERSION: u8 = 2;
+pub const SCHEMA_VERSION: u8 = 3;
 
 /// Table names, also what [`IndexError::Corrupt`] reports.
 pub(super) mod name {
@@ -30,6 +30,9 @@ pub(super) mod name {
     pub const PENDING: &str = "pending";
     pub const HISTORY: &str = "history";
     pub const PENDING_PEERS: &str = "pending_peers";
+    pub const PEER_READS: &str = "peer_reads";
+    pub const HORIZONS: &str = "horizons";
+    pub const RESCANS: &str = "rescans";
 }
 
 /// The oldest schema whose values of `table` this build reads as they are:
@@ -102,6 +105,9 @@ pub(super) fn check_or_init(tx: &WriteTransaction) -> Result<()> {
             })
         }
         Some(Some(1)) => super::migrate::from_v1(tx)?,
+        // Schema 3 only added tables (tombstone expiry), which
+        // `tables::create_all` creates; no value changed format.
+        Some(Some(2)) => {}
         Some(Some(found)) => {
             return Err(corrupt(
                 name::META,

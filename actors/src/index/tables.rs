@@ -31,6 +31,17 @@ pub(super) const HISTORY: TableDefinition<(&str, &str, u64), &[u8]> =
 pub(super) const PENDING_PEERS: TableDefinition<(&str, &[u8]), u64> =
     TableDefinition::new(name::PENDING_PEERS);
 
+/// Per folder and subscribing peer: how far it read our index and when we
+/// last saw it ([`super::PeerRead`]).
+pub(super) const PEER_READS: TableDefinition<(&str, &[u8]), &[u8]> =
+    TableDefinition::new(name::PEER_READS);
+/// Per folder: the highest sequence number whose tombstone was expired.
+/// A plain u64: no schema byte.
+pub(super) const HORIZONS: TableDefinition<&str, u64> = TableDefinition::new(name::HORIZONS);
+/// Per folder and peer whose index we must read again from 0 (it answered
+/// "too old"): how far it had read ours then. A plain u64: no schema byte.
+pub(super) const RESCANS: TableDefinition<(&str, &[u8]), u64> = TableDefinition::new(name::RESCANS);
+
 pub(super) type PendingPeers<'t> = Table<'t, (&'static str, &'static [u8]), u64>;
 
 /// Count one more (`Count::Add`) or one fewer pending row of `peer`.
@@ -64,6 +75,9 @@ pub(super) fn create_all(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(PENDING)?;
     tx.open_table(HISTORY)?;
     tx.open_table(PENDING_PEERS)?;
+    tx.open_table(PEER_READS)?;
+    tx.open_table(HORIZONS)?;
+    tx.open_table(RESCANS)?;
     Ok(())
 }
 
@@ -182,6 +196,51 @@ impl<'t> Tables<'t> {
         self.index(&rec)?;
         self.append_history(&rec, note, via)?;
         Ok(old.and_then(|old| released_by(old, &rec)))
+    }
+
+    /// Drop an expired tombstone whole: its `files` and `seq` rows, its
+    /// history, its share of the counters. No sequence number is handed
+    /// out: peers that read past it lose nothing, and those that did not
+    /// are below the horizon (`super::tombs`).
+    pub(super) fn forget(&mut self, old: &Record) -> Result<()> {
+        let path = old.entry.path.as_str();
+        self.unindex(old)?;
+        self.files.remove((self.folder, path))?;
+        let lines: Vec<u64> = self
+            .history
+            .range((self.folder, path, 0)..=(self.folder, path, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().2))
+            .collect::<std::result::Result<_, _>>()?;
+        for seq in lines {
+            self.history.remove((self.folder, path, seq))?;
+        }
+        Ok(())
+    }
+
+    /// When this node recorded `path` at `seq` (its history line), if known.
+    pub(super) fn recorded_ns(&self, path: &str, seq: u64) -> Result<Option<i64>> {
+        self.history
+            .get((self.folder, path, seq))?
+            .map(|v| dec::<HistoryEvent>(name::HISTORY, v.value()).map(|h| h.recorded_ns))
+            .transpose()
+    }
+
+    /// The path recorded under `seq`, if any.
+    pub(super) fn path_at(&self, seq: u64) -> Result<Option<String>> {
+        Ok(self
+            .seqs
+            .get((self.folder, seq))?
+            .map(|v| v.value().to_string()))
+    }
+
+    /// The first sequence number above `after` that is in use.
+    pub(super) fn next_seq(&self, after: u64) -> Result<Option<u64>> {
+        let next = self
+            .seqs
+            .range((self.folder, after.saturating_add(1))..=(self.folder, u64::MAX))?
+            .next()
+            .transpose()?;
+        Ok(next.map(|(k, _)| k.value().1))
     }
 
     /// Store the meta the writes changed; the caller commits.

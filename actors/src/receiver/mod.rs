@@ -107,6 +107,15 @@ pub mod msg {
     #[derive(Debug, Message)]
     #[rtype(result = "()")]
     pub struct Kick;
+
+    /// Paths taken away from disk outside a round (files the fleet deleted
+    /// while this node was away, `crate::tombs::take_away`): the watcher
+    /// records them as local deletions.
+    #[derive(Debug, Message)]
+    #[rtype(result = "()")]
+    pub struct Recheck {
+        pub paths: Vec<String>,
+    }
 }
 
 use msg::{CaughtUp, GetInbound, Ingest, IngestError, Kick};
@@ -425,6 +434,22 @@ impl Handler<CaughtUp> for Receiver {
         if let Some(i) = self.inbound.get_mut(&m.peer) {
             i.caught_up = true;
             i.seq = m.seq;
+        }
+    }
+}
+
+impl Handler<msg::Recheck> for Receiver {
+    type Result = ();
+
+    fn handle(&mut self, m: msg::Recheck, _: &mut Context<Self>) {
+        match self.watcher.get() {
+            Some(w) => w.do_send(MarkDirty { paths: m.paths }),
+            // No watcher right now: its successor's first scan finds them.
+            None => warn!(
+                folder = self.folder.id(),
+                "watcher unavailable; {} removed paths wait for its next scan",
+                m.paths.len()
+            ),
         }
     }
 }

@@ -30,13 +30,14 @@ use fleetsync_mesh::{
 use tracing::{info, warn};
 
 use super::{
-    msg::{CaughtUp, Ingest},
+    msg::{CaughtUp, Ingest, Recheck},
     Receiver,
 };
 use crate::{
     folder::Folder,
     index::{Full, IndexError, RemoteMark},
     rt::{self, TaskError},
+    tombs::{self, Rescan},
 };
 
 /// Keep a subscription to one peer's index of `folder` alive for the session.
@@ -45,6 +46,7 @@ pub(super) async fn pull(addr: Addr<Receiver>, folder: Arc<Folder>, session: Pee
         addr,
         folder,
         peer: session.peer,
+        rescan: Rescan::default(),
     };
     index_stream::subscribe(&session, sink.folder.id(), &sink).await;
 }
@@ -54,6 +56,8 @@ struct Sink {
     addr: Addr<Receiver>,
     folder: Arc<Folder>,
     peer: EndpointId,
+    /// The full read after the peer said "too old", while it goes on.
+    rescan: Rescan,
 }
 
 /// Reading the index for a subscription (where the last one ended,
@@ -80,14 +84,60 @@ impl IndexSink for Sink {
     async fn mark(&self) -> Result<Mark, BoxError> {
         let folder = self.folder.clone();
         let peer = *self.peer.as_bytes();
-        let mark = rt::try_blocking(move || {
-            Ok::<_, ReadError>(folder.index.remote_mark(folder.id(), &peer)?)
+        let (mark, rescan) = rt::try_blocking(move || {
+            let mark = folder.index.remote_mark(folder.id(), &peer)?;
+            let rescan = folder.index.rescan_owed(folder.id(), &peer)?;
+            Ok::<_, ReadError>((mark, rescan))
         })
         .await?;
-        Ok(mark.map_or_else(Mark::default, |m| Mark {
+        let mut mark = mark.map_or_else(Mark::default, |m| Mark {
             index_id: m.index_id,
             seq: m.seq,
-        }))
+        });
+        // A full read owed (even one a restart cut short) starts over.
+        if rescan.is_some() {
+            mark.seq = 0;
+            self.rescan.start();
+        }
+        Ok(mark)
+    }
+
+    /// Noted with how far the peer had read us before it was away (kept,
+    /// so a restart in the middle of the full read does not count what the
+    /// new session read of our edits made meanwhile).
+    async fn too_old(&self, _horizon: u64) -> Result<(), BoxError> {
+        let folder = self.folder.clone();
+        let peer = *self.peer.as_bytes();
+        rt::try_blocking(move || {
+            if folder.index.rescan_owed(folder.id(), &peer)?.is_some() {
+                return Ok(()); // noted before (a full read cut short)
+            }
+            let read_by = folder.readers.read_by(&peer);
+            Ok::<_, ReadError>(folder.index.set_rescan(folder.id(), &peer, Some(read_by))?)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn settle(&self, _seq: u64) -> Result<(), BoxError> {
+        let Some(peer_has) = self.rescan.finish() else {
+            return Ok(());
+        };
+        let folder = self.folder.clone();
+        let peer = *self.peer.as_bytes();
+        let removed = rt::try_blocking(move || {
+            let Some(read_by) = folder.index.rescan_owed(folder.id(), &peer)? else {
+                return Ok(Vec::new());
+            };
+            let removed = tombs::take_away(&folder, &peer_has, read_by)?;
+            folder.index.set_rescan(folder.id(), &peer, None)?;
+            Ok::<_, ReadError>(removed)
+        })
+        .await?;
+        if !removed.is_empty() {
+            self.addr.do_send(Recheck { paths: removed });
+        }
+        Ok(())
     }
 
     async fn ingest(&self, mark: Mark, entries: Vec<FileEntry>) -> Result<(), BoxError> {
@@ -95,6 +145,7 @@ impl IndexSink for Sink {
             index_id: mark.index_id,
             seq: mark.seq,
         };
+        self.rescan.saw(entries.iter().map(|e| e.path.as_str()));
         let entries = drop_ignored(&self.folder, entries);
         let mut waited = false;
         loop {
