@@ -25,6 +25,7 @@ use crate::{
     fsutil::FolderFs,
     ignore::Ignore,
     index::{Index, IndexError, Limits, Released},
+    versions::Versions,
 };
 
 /// A transfer in progress, for `fleetsync status`.
@@ -220,6 +221,8 @@ pub struct Folder {
     /// they are asked last for that content until the mark expires.
     slow: Mutex<HashMap<([u8; 32], EndpointId), Instant>>,
     pub status: FolderStatus,
+    /// Kept versions of replaced content (`.fleetsync/versions/`).
+    pub versions: Arc<Versions>,
 }
 
 /// `[mesh] transfer_stall_timeout`'s default (the config crate owns it).
@@ -305,6 +308,16 @@ impl Graveyard {
     }
 }
 
+/// The folder's store of kept versions. One that cannot be read (its
+/// directory replaced by a symlink…) starts empty: each keep then tries
+/// again and fails with the reason, which the apply reports.
+fn open_versions(cfg: &FolderConfig) -> Versions {
+    Versions::open(&cfg.path, cfg.versions).unwrap_or_else(|e| {
+        tracing::warn!(folder = %cfg.id, "kept versions not readable: {e}");
+        Versions::empty(&cfg.path, cfg.versions)
+    })
+}
+
 impl Folder {
     pub fn new(
         cfg: FolderConfig,
@@ -314,6 +327,7 @@ impl Folder {
         transfer_stall: Duration,
     ) -> Result<Arc<Self>, IndexError> {
         let meta = index.ensure_folder(&cfg.id)?;
+        let versions = Arc::new(open_versions(&cfg));
         Ok(Arc::new(Folder {
             fs: FolderFs::new(&cfg.path),
             ignore: RwLock::new(Arc::new(Ignore::load(&cfg.path))),
@@ -329,6 +343,7 @@ impl Folder {
             transfer_stall,
             slow: Mutex::new(HashMap::new()),
             status: FolderStatus::default(),
+            versions,
         }))
     }
 

@@ -55,6 +55,7 @@ pub mod status;
 pub mod supervisor;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod versions;
 pub mod watcher;
 
 pub use supervisor::{access_of, start_node, NodeHandle, StartError};

@@ -343,6 +343,7 @@ pub fn folder_config(root: &Path, mode: FolderMode) -> FolderConfig {
         max_files: fleetsync_config::DEFAULT_MAX_FILES,
         min_free: fleetsync_config::MinFree::Bytes(0),
         umask: fleetsync_config::Umask::default(),
+        versions: fleetsync_config::VersionsPolicy::default(),
     }
 }
 

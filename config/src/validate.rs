@@ -773,6 +773,7 @@ fn folder(
         )?,
         min_free,
         umask,
+        versions: crate::VersionsPolicy::default(),
     })
 }
 
