@@ -45,6 +45,7 @@ pub mod index;
 pub mod msg;
 pub mod receiver;
 pub mod record;
+pub mod restore;
 pub mod retention;
 pub mod rt;
 pub mod rules;

@@ -6,6 +6,7 @@
 //! | `GET /health`                  | 200 `ok` / 503 `unhealthy`              |
 //! | `GET /metrics`                 | Prometheus text                         |
 //! | `GET /history?folder=&path=`   | JSON list of history events             |
+//! | `POST /folders/{id}/restore?path=&version=\|at=` | restore kept versions; JSON report |
 //! | `POST /debug/fault?kind=&actor=&folder=&for_ms=` | inject a fault (`[debug] fault_injection` only) |
 //!
 //! Plus the plain-text rendering `fleetsync status` / `history` print.
@@ -13,7 +14,7 @@
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr};
 
 use axum::{
-    extract::{Query, State},
+    extract::{Path as UrlPath, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -21,6 +22,7 @@ use axum::{
 };
 use fleetsync_actors::{
     index::{HistoryEvent, Via},
+    restore::{self, RestoreError},
     rt,
     status::{snapshot, NodeStatus},
     supervisor::{
@@ -55,6 +57,7 @@ pub async fn serve(
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/history", get(history))
+        .route("/folders/{id}/restore", post(restore_folder))
         .route("/debug/fault", post(fault))
         .layer(axum::middleware::from_fn_with_state(
             allowed_hosts(bound),
@@ -400,6 +403,42 @@ async fn history(
         )
         .into_response(),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// `POST /folders/{id}/restore?path=P[&version=VID | &at=TIME]`: write kept
+/// versions back (see `fleetsync_actors::restore`); the JSON report. 404
+/// for an unknown folder or nothing kept under the path, 400 for bad
+/// arguments, 409 when the folder cannot take a restore.
+async fn restore_folder(
+    State(node): State<NodeHandle>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(folder) = node.folders.get(&id).cloned() else {
+        return (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response();
+    };
+    let Some(path) = q.get("path").cloned() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "need ?path=PATH (a file or a directory; \".\" for the whole folder)\n",
+        )
+            .into_response();
+    };
+    let arg = |k: &str| q.get(k).map(String::as_str);
+    let when =
+        match crate::restore::when_of(arg("version"), arg("at"), std::time::SystemTime::now()) {
+            Ok(w) => w,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        };
+    let req = restore::Request { path, when };
+    match rt::blocking(move || restore::restore(&folder, &req)).await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(e @ RestoreError::Choose(_))) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

@@ -61,6 +61,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Bring back kept versions: a file, or every file under a directory
+    /// (deleted ones included) as of a time. Each is written as a new local
+    /// change that reaches the fleet; what it replaces is kept first.
+    Restore(RestoreArgs),
     /// Fault injection for tests and drills (needs `[debug] fault_injection = true`).
     Debug {
         #[command(subcommand)]
@@ -149,6 +153,32 @@ struct InitArgs {
 }
 
 #[derive(Debug, Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    at: Where,
+    /// Folder id.
+    #[arg(long)]
+    folder: String,
+    /// Path inside the folder: a file, or a directory (also one that is
+    /// gone); "." for the whole folder.
+    path: String,
+    /// Restore this version (an id `fleetsync versions` lists).
+    #[arg(long, conflicts_with = "time")]
+    version: Option<String>,
+    /// Restore what each file held at this time: RFC 3339
+    /// (2026-11-30T09:00:00Z) or a time ago (10m, 2h, 3d). Default: each
+    /// file's newest kept version.
+    #[arg(long = "at", id = "time")]
+    time: Option<String>,
+    /// Machine-readable output (the API's report).
+    #[arg(long)]
+    json: bool,
+}
+
+/// A restore answers once every file is written back: allow for big ones.
+const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+#[derive(Debug, Args)]
 struct InviteArgs {
     #[command(flatten)]
     at: Where,
@@ -232,6 +262,7 @@ pub fn main() -> i32 {
             path,
             json,
         } => history(at, &folder, &path, json),
+        Cmd::Restore(a) => restore(a),
         Cmd::Debug { cmd } => debug(cmd),
         Cmd::Demo { keep } => demo::run(keep),
     };
@@ -450,6 +481,27 @@ fn history(w: Where, folder: &str, path: &str, json: bool) -> anyhow::Result<i32
     let v: serde_json::Value = serde_json::from_str(&body).context("history reply")?;
     print!("{}", crate::admin::render_history(&v));
     Ok(0)
+}
+
+fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
+    let config = a.at.load(&Overrides::default())?;
+    let enc = crate::admin::urlencode;
+    let mut q = format!("/folders/{}/restore?path={}", enc(&a.folder), enc(&a.path));
+    if let Some(v) = &a.version {
+        q.push_str(&format!("&version={}", enc(v)));
+    }
+    if let Some(t) = &a.time {
+        q.push_str(&format!("&at={}", enc(t)));
+    }
+    let body = client::post_slow(client::admin_addr(&config)?, &q, RESTORE_TIMEOUT)?;
+    let v: serde_json::Value = serde_json::from_str(&body).context("restore reply")?;
+    if a.json {
+        println!("{body}");
+    } else {
+        print!("{}", crate::restore::render(&v, a.time.as_deref()));
+    }
+    let failed = v["failed"].as_array().is_some_and(|f| !f.is_empty());
+    Ok(if failed { EXIT_FAILURE } else { 0 })
 }
 
 fn debug(cmd: DebugCmd) -> anyhow::Result<i32> {

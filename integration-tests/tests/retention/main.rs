@@ -1,0 +1,5 @@
+//! Retention and undo (issue 11): kept versions, restore, the mass-delete
+//! guard, tombstone expiry, garbage collection. One test binary, a module
+//! per part.
+
+mod restore;
