@@ -17,8 +17,11 @@
 //! - In-memory maps are bounded by their owners (watcher dirty set,
 //!   receiver retry map, history rows per path in the index).
 //!
-//! Left out for now: keeping previous versions of overwritten files, and
-//! expiring tombstones (kept forever, so a node that was offline for months
+//! - Kept versions past their folder's `keep` / `max_bytes`: checked every
+//!   [`VERSIONS_EVICT_EVERY`] (cheap), evicted oldest first
+//!   ([`crate::versions`]).
+//!
+//! Left out for now: expiring tombstones (kept forever, so a node that was offline for months
 //! cannot resurrect deleted files).
 
 use std::{
@@ -62,6 +65,11 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// set from the index, and unreferenced blobs cost only bookkeeping.
 pub const GC_EVERY: Duration = Duration::from_secs(600);
 
+/// How often kept versions are checked against their limits (`keep`,
+/// `max_bytes`): the check is O(1) per folder, so a short `keep` (tests)
+/// is honoured within a second.
+pub const VERSIONS_EVICT_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Retention {
     folders: Arc<HashMap<String, Arc<Folder>>>,
     health: Arc<Health>,
@@ -85,6 +93,40 @@ impl Retention {
         ctx.spawn(work.into_actor(self).map(|res, _, _| {
             if let Err(e) = res {
                 warn!("expiring released content failed: {e}");
+            }
+        }));
+    }
+
+    /// Evict kept versions past their folder's limits. Asking is O(1) per
+    /// folder on the actor's thread; only a folder with something to
+    /// remove costs a blocking task.
+    fn evict_versions(&mut self, ctx: &mut Context<Self>) {
+        let now = SystemTime::now();
+        let due: Vec<Arc<Folder>> = self
+            .folders
+            .values()
+            .filter(|f| f.versions.evict_due(now))
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let busy = self.health.begin();
+        let work = rt::blocking(move || {
+            for folder in due {
+                let gone = folder.versions.evict(now);
+                debug!(
+                    folder = folder.id(),
+                    count = gone.count,
+                    bytes = gone.bytes,
+                    "versions evicted"
+                );
+                busy.progress();
+            }
+        });
+        ctx.spawn(work.into_actor(self).map(|res, _, _| {
+            if let Err(e) = res {
+                warn!("evicting versions failed: {e}");
             }
         }));
     }
@@ -115,6 +157,7 @@ impl Actor for Retention {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(RELEASE_GRACE, Self::expire_released);
         ctx.run_interval(SWEEP_EVERY, Self::sweep);
+        ctx.run_interval(VERSIONS_EVICT_EVERY, Self::evict_versions);
     }
 }
 

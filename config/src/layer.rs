@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::error::ConfigError;
-use crate::raw::RawConfig;
+use crate::raw::{RawConfig, RawVersions};
 use crate::{flag, suggest, Overrides, ENV_IGNORED, ENV_PREFIX};
 
 /// Where a value was set; decides how an error about it is labelled and
@@ -107,6 +107,11 @@ pub(crate) struct LayeredFolder {
     pub max_files: Option<Sourced<i64>>,
     pub min_free: Option<Sourced<String>>,
     pub umask: Option<Sourced<String>>,
+    /// `versions = "off"` (the word form; env `..._VERSIONS`).
+    pub versions_word: Option<Sourced<String>>,
+    pub versions_keep: Option<Sourced<String>>,
+    pub versions_max_bytes: Option<Sourced<String>>,
+    pub versions_local: Option<Sourced<bool>>,
 }
 
 pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
@@ -118,6 +123,7 @@ pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
     "POLL_INTERVAL",
     "MIN_FREE",
     "UMASK",
+    "VERSIONS",
     "MAX_PENDING",
     "MAX_FILES",
 ];
@@ -210,6 +216,7 @@ impl Layered {
                     max_files: f.max_files.map(|v| Sourced::file(v, key("max_files"))),
                     min_free: f.min_free.map(|v| Sourced::file(v, key("min_free"))),
                     umask: f.umask.map(|v| Sourced::file(v, key("umask"))),
+                    ..versions_layer(f.versions, &key)
                 }
             })
             .collect();
@@ -374,6 +381,7 @@ impl Layered {
                     "WATCH" => folder.watch = v,
                     "MIN_FREE" => folder.min_free = v,
                     "UMASK" => folder.umask = v,
+                    "VERSIONS" => folder.versions_word = v,
                     "MAX_PENDING" => {
                         folder.max_pending = Some(Sourced::env(parse_env_int(name, &value)?, name))
                     }
@@ -512,4 +520,23 @@ fn parse_env_int(name: &str, value: &str) -> Result<i64, ConfigError> {
             "use digits only, e.g. 5",
         )
     })
+}
+
+/// The versions keys of a folder, flattened (each with its own origin).
+fn versions_layer(raw: Option<RawVersions>, key: &dyn Fn(&str) -> String) -> LayeredFolder {
+    match raw {
+        None => LayeredFolder::default(),
+        Some(RawVersions::Word(w)) => LayeredFolder {
+            versions_word: Some(Sourced::file(w, key("versions"))),
+            ..LayeredFolder::default()
+        },
+        Some(RawVersions::Table(t)) => LayeredFolder {
+            versions_keep: t.keep.map(|v| Sourced::file(v, key("versions.keep"))),
+            versions_max_bytes: t
+                .max_bytes
+                .map(|v| Sourced::file(v, key("versions.max_bytes"))),
+            versions_local: t.local.map(|v| Sourced::file(v, key("versions.local"))),
+            ..LayeredFolder::default()
+        },
+    }
 }

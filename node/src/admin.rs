@@ -7,6 +7,7 @@
 //! | `GET /metrics`                 | Prometheus text                         |
 //! | `GET /history?folder=&path=`   | JSON list of history events             |
 //! | `POST /folders/{id}/restore?path=&version=\|at=` | restore kept versions; JSON report |
+//! | `GET /folders/{id}/versions?path=` | JSON list of kept versions, newest first (under `path` if given) |
 //! | `POST /debug/fault?kind=&actor=&folder=&for_ms=` | inject a fault (`[debug] fault_injection` only) |
 //!
 //! Plus the plain-text rendering `fleetsync status` / `history` print.
@@ -14,7 +15,7 @@
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr};
 
 use axum::{
-    extract::{Path as UrlPath, Query, State},
+    extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -58,6 +59,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/history", get(history))
         .route("/folders/{id}/restore", post(restore_folder))
+        .route("/folders/{id}/versions", get(versions))
         .route("/debug/fault", post(fault))
         .layer(axum::middleware::from_fn_with_state(
             allowed_hosts(bound),
@@ -229,6 +231,16 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
         "fleetsync_folder_bytes_received_total",
         "Bytes fetched from peers.",
         per(&|f| f.bytes_received as f64),
+    );
+    gauge(
+        "fleetsync_folder_versions_bytes",
+        "Bytes the folder's kept versions take on disk (compressed).",
+        per(&|f| f.versions_bytes as f64),
+    );
+    gauge(
+        "fleetsync_folder_versions",
+        "Versions the folder keeps.",
+        per(&|f| f.versions_count as f64),
     );
     gauge(
         "fleetsync_folder_transfers",
@@ -413,7 +425,7 @@ async fn history(
 /// arguments, 409 when the folder cannot take a restore.
 async fn restore_folder(
     State(node): State<NodeHandle>,
-    UrlPath(id): UrlPath<String>,
+    Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(folder) = node.folders.get(&id).cloned() else {
@@ -441,6 +453,50 @@ async fn restore_folder(
         Ok(Err(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// The kept versions of a folder, newest first; `?path=` limits them to
+/// a file or everything under a directory.
+async fn versions(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(folder) = node.folders.get(&id) else {
+        return (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response();
+    };
+    Json(folder.versions.list(q.get("path").map(String::as_str))).into_response()
+}
+
+/// `fleetsync versions`: one line per kept version.
+pub fn render_versions(v: &serde_json::Value) -> String {
+    let mut o = String::new();
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        o.push_str("no kept versions\n");
+    }
+    for r in rows {
+        let ms = r["kept_at_ms"].as_u64().unwrap_or(0);
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let _ = writeln!(
+            o,
+            "{}  {}  {}  by {}  {} by {}  {}",
+            humantime::format_rfc3339_seconds(when),
+            r["path"].as_str().unwrap_or("?"),
+            human_bytes(r["size"].as_u64().unwrap_or(0)),
+            r["modified_by"].as_str().unwrap_or("?"),
+            match r["reason"].as_str().unwrap_or("?") {
+                "overwrite" => "overwritten",
+                "delete" => "deleted",
+                "local" => "edited",
+                "restore" => "restored over",
+                other => other,
+            },
+            r["replaced_by"].as_str().unwrap_or("?"),
+            r["id"].as_str().unwrap_or("?"),
+        );
+    }
+    o
 }
 
 pub fn urlencode(s: &str) -> String {
@@ -558,6 +614,14 @@ pub fn render_status(v: &serde_json::Value) -> String {
                 human_bytes(done),
                 human_bytes(total),
                 done as f64 * 100.0 / total as f64
+            );
+        }
+        if u(&f["versions_count"]) > 0 {
+            let _ = writeln!(
+                o,
+                "    versions kept: {} ({})",
+                u(&f["versions_count"]),
+                human_bytes(u(&f["versions_bytes"]))
             );
         }
         if u(&f["conflicts"]) > 0 {

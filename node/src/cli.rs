@@ -65,6 +65,19 @@ enum Cmd {
     /// (deleted ones included) as of a time. Each is written as a new local
     /// change that reaches the fleet; what it replaces is kept first.
     Restore(RestoreArgs),
+    /// List the kept versions of a folder (newest first): when, path, size,
+    /// author, what replaced it, version id.
+    Versions {
+        #[command(flatten)]
+        at: Where,
+        /// Folder id.
+        #[arg(long)]
+        folder: String,
+        /// Only this file, or everything under this directory.
+        path: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Fault injection for tests and drills (needs `[debug] fault_injection = true`).
     Debug {
         #[command(subcommand)]
@@ -263,6 +276,12 @@ pub fn main() -> i32 {
             json,
         } => history(at, &folder, &path, json),
         Cmd::Restore(a) => restore(a),
+        Cmd::Versions {
+            at,
+            folder,
+            path,
+            json,
+        } => versions(at, &folder, path.as_deref(), json),
         Cmd::Debug { cmd } => debug(cmd),
         Cmd::Demo { keep } => demo::run(keep),
     };
@@ -502,6 +521,22 @@ fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
     }
     let failed = v["failed"].as_array().is_some_and(|f| !f.is_empty());
     Ok(if failed { EXIT_FAILURE } else { 0 })
+}
+
+fn versions(w: Where, folder: &str, path: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let config = w.load(&Overrides::default())?;
+    let mut q = format!("/folders/{}/versions", crate::admin::urlencode(folder));
+    if let Some(p) = path {
+        q.push_str(&format!("?path={}", crate::admin::urlencode(p)));
+    }
+    let body = client::get(client::admin_addr(&config)?, &q)?;
+    if json {
+        println!("{body}");
+        return Ok(0);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("versions reply")?;
+    print!("{}", crate::admin::render_versions(&v));
+    Ok(0)
 }
 
 fn debug(cmd: DebugCmd) -> anyhow::Result<i32> {

@@ -169,8 +169,23 @@ impl Catalogue {
         }
     }
 
+    /// Does anything go at `now_ms`? O(1): only the oldest version can be
+    /// past `keep`, and the total is kept up to date.
+    fn due(&self, policy: &VersionsPolicy, now_ms: u64) -> bool {
+        let keep_ms = u64::try_from(policy.keep.as_millis()).unwrap_or(u64::MAX);
+        self.bytes > policy.max_bytes
+            || self
+                .by_id
+                .values()
+                .next()
+                .is_some_and(|v| v.kept_at_ms < now_ms.saturating_sub(keep_ms))
+    }
+
     /// Take out the versions the policy lets go.
     fn take_evicted(&mut self, policy: &VersionsPolicy, now_ms: u64) -> Vec<VersionInfo> {
+        if !self.due(policy, now_ms) {
+            return Vec::new();
+        }
         let sizes: Vec<(u64, u64)> = self
             .by_id
             .values()
@@ -484,6 +499,15 @@ impl Versions {
                 source,
             })?;
         Ok(out)
+    }
+
+    /// Would [`Versions::evict`] remove anything at `now`? Cheap (no I/O,
+    /// O(1)): retention asks every second and evicts only when due.
+    pub fn evict_due(&self, now: SystemTime) -> bool {
+        self.catalogue
+            .lock()
+            .expect("versions lock")
+            .due(&self.policy, unix_ms(now))
     }
 
     /// Remove the versions the policy lets go at `now` (older than `keep`,
