@@ -115,7 +115,12 @@ impl Retention {
         let work = rt::blocking(move || {
             for folder in due {
                 let gone = folder.versions.evict(now);
-                debug!(folder = folder.id(), count = gone.count, bytes = gone.bytes, "versions evicted");
+                debug!(
+                    folder = folder.id(),
+                    count = gone.count,
+                    bytes = gone.bytes,
+                    "versions evicted"
+                );
                 busy.progress();
             }
         });
