@@ -3,3 +3,4 @@
 //! per part.
 
 mod restore;
+mod versions;
