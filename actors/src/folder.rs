@@ -27,6 +27,7 @@ use crate::{
     ignore::Ignore,
     index::{Index, IndexError, Limits, Released},
     tombs::Readers,
+    versions::Versions,
 };
 
 /// A transfer in progress, for `fleetsync status`.
@@ -279,6 +280,8 @@ pub struct Folder {
     /// How far each peer has read our index, and the horizon of expired
     /// tombstones ([`crate::tombs`]).
     pub readers: Readers,
+    /// Kept versions of replaced content (`.fleetsync/versions/`).
+    pub versions: Arc<Versions>,
 }
 
 /// `[mesh] transfer_stall_timeout`'s default (the config crate owns it).
@@ -369,6 +372,16 @@ impl Graveyard {
     }
 }
 
+/// The folder's store of kept versions. One that cannot be read (its
+/// directory replaced by a symlink…) starts empty: each keep then tries
+/// again and fails with the reason, which the apply reports.
+fn open_versions(cfg: &FolderConfig) -> Versions {
+    Versions::open(&cfg.path, cfg.versions).unwrap_or_else(|e| {
+        tracing::warn!(folder = %cfg.id, "kept versions not readable: {e}");
+        Versions::empty(&cfg.path, cfg.versions)
+    })
+}
+
 impl Folder {
     pub fn new(
         cfg: FolderConfig,
@@ -379,6 +392,7 @@ impl Folder {
     ) -> Result<Arc<Self>, IndexError> {
         let meta = index.ensure_folder(&cfg.id)?;
         let readers = Readers::load(&index, &cfg.id)?;
+        let versions = Arc::new(open_versions(&cfg));
         Ok(Arc::new(Folder {
             fs: FolderFs::new(&cfg.path),
             ignore: RwLock::new(Arc::new(Ignore::load(&cfg.path))),
@@ -396,6 +410,7 @@ impl Folder {
             status: FolderStatus::default(),
             deletes: Mutex::new(DeleteGuard::default()),
             readers,
+            versions,
         }))
     }
 

@@ -733,6 +733,12 @@ impl Opened {
         meta_from_stat(&self.stat)
     }
 
+    /// The opened file itself (a second descriptor of the same open file:
+    /// reads through it see this inode, whatever the path becomes).
+    pub fn file(&self) -> io::Result<std::fs::File> {
+        Ok(std::fs::File::from(self.fd.try_clone()?))
+    }
+
     /// BLAKE3 of the content, read through the descriptor. Blocking.
     pub fn hash(&self) -> io::Result<[u8; 32]> {
         let mut file = std::fs::File::from(self.fd.try_clone()?);

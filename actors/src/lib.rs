@@ -48,6 +48,7 @@ pub mod index;
 pub mod msg;
 pub mod receiver;
 pub mod record;
+pub mod restore;
 pub mod retention;
 pub mod rt;
 pub mod rules;
@@ -59,6 +60,7 @@ pub mod supervisor;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tombs;
+pub mod versions;
 pub mod watcher;
 
 pub use supervisor::{access_of, start_node, NodeHandle, StartError};

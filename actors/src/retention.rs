@@ -28,6 +28,10 @@
 //! - Tombstones older than the folder's `tombstone_ttl` that every peer
 //!   seen within the TTL has read ([`crate::tombs::expire`]), every
 //!   [`crate::tombs::sweep_every`] of the shortest TTL.
+//!
+//! - Kept versions past their folder's `keep` / `max_bytes`: checked every
+//!   [`VERSIONS_EVICT_EVERY`] (cheap), evicted oldest first
+//!   ([`crate::versions`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -168,6 +172,11 @@ pub fn record(folder: &Folder, head: u64, s: Swept) {
     st.last_ms.store(now_ms(), Ordering::Relaxed);
 }
 
+/// How often kept versions are checked against their limits (`keep`,
+/// `max_bytes`): the check is O(1) per folder, so a short `keep` (tests)
+/// is honoured within a second.
+pub const VERSIONS_EVICT_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Retention {
     folders: Arc<HashMap<String, Arc<Folder>>>,
     health: Arc<Health>,
@@ -260,6 +269,42 @@ impl Retention {
     }
 }
 
+impl Retention {
+    /// Evict kept versions past their folder's limits. Asking is O(1) per
+    /// folder on the actor's thread; only a folder with something to
+    /// remove costs a blocking task.
+    fn evict_versions(&mut self, ctx: &mut Context<Self>) {
+        let now = SystemTime::now();
+        let due: Vec<Arc<Folder>> = self
+            .folders
+            .values()
+            .filter(|f| f.versions.evict_due(now))
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let busy = self.health.begin();
+        let work = rt::blocking(move || {
+            for folder in due {
+                let gone = folder.versions.evict(now);
+                debug!(
+                    folder = folder.id(),
+                    count = gone.count,
+                    bytes = gone.bytes,
+                    "versions evicted"
+                );
+                busy.progress();
+            }
+        });
+        ctx.spawn(work.into_actor(self).map(|res, _, _| {
+            if let Err(e) = res {
+                warn!("evicting versions failed: {e}");
+            }
+        }));
+    }
+}
+
 impl Actor for Retention {
     type Context = Context<Self>;
 
@@ -269,6 +314,7 @@ impl Actor for Retention {
         if let Some(ttl) = shortest_ttl {
             ctx.run_interval(tombs::sweep_every(ttl), Self::expire_tombstones);
         }
+        ctx.run_interval(VERSIONS_EVICT_EVERY, Self::evict_versions);
     }
 }
 

@@ -128,6 +128,9 @@ pub struct FolderInfo {
     pub full: bool,
     pub files_received: u64,
     pub bytes_received: u64,
+    /// Kept versions (`.fleetsync/versions/`): bytes on disk and count.
+    pub versions_bytes: u64,
+    pub versions_count: u64,
     pub error: Option<String>,
     pub last_error: Option<String>,
     pub transfers: Vec<TransferInfo>,
@@ -316,6 +319,8 @@ async fn folder_info(
         full: st.full().is_some(),
         files_received: st.files_in.load(Ordering::Relaxed),
         bytes_received: st.bytes_in.load(Ordering::Relaxed),
+        versions_bytes: folder.versions.bytes(),
+        versions_count: folder.versions.count() as u64,
         // A full folder is an error the operator must act on (delete
         // files or raise max_files), though the rest keeps syncing.
         error: fault.or_else(|| st.full()),

@@ -345,6 +345,7 @@ pub fn folder_config(root: &Path, mode: FolderMode) -> FolderConfig {
         umask: fleetsync_config::Umask::default(),
         max_delete_fraction: fleetsync_config::DEFAULT_MAX_DELETE_FRACTION,
         tombstone_ttl: std::time::Duration::from_secs(180 * 24 * 3600),
+        versions: fleetsync_config::VersionsPolicy::default(),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::error::ConfigError;
-use crate::raw::RawConfig;
+use crate::raw::{RawConfig, RawVersions};
 use crate::{flag, suggest, Overrides, ENV_IGNORED, ENV_PREFIX};
 
 /// Where a value was set; decides how an error about it is labelled and
@@ -109,6 +109,11 @@ pub(crate) struct LayeredFolder {
     pub umask: Option<Sourced<String>>,
     pub max_delete_fraction: Option<Sourced<f64>>,
     pub tombstone_ttl: Option<Sourced<String>>,
+    /// `versions = "off"` (the word form; env `..._VERSIONS`).
+    pub versions_word: Option<Sourced<String>>,
+    pub versions_keep: Option<Sourced<String>>,
+    pub versions_max_bytes: Option<Sourced<String>>,
+    pub versions_local: Option<Sourced<bool>>,
 }
 
 pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
@@ -120,6 +125,7 @@ pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
     "POLL_INTERVAL",
     "MIN_FREE",
     "UMASK",
+    "VERSIONS",
     "MAX_PENDING",
     "MAX_FILES",
     "MAX_DELETE_FRACTION",
@@ -220,6 +226,7 @@ impl Layered {
                     tombstone_ttl: f
                         .tombstone_ttl
                         .map(|v| Sourced::file(v, key("tombstone_ttl"))),
+                    ..versions_layer(f.versions, &key)
                 }
             })
             .collect();
@@ -385,6 +392,7 @@ impl Layered {
                     "MIN_FREE" => folder.min_free = v,
                     "UMASK" => folder.umask = v,
                     "TOMBSTONE_TTL" => folder.tombstone_ttl = v,
+                    "VERSIONS" => folder.versions_word = v,
                     "MAX_PENDING" => {
                         folder.max_pending = Some(Sourced::env(parse_env_int(name, &value)?, name))
                     }
@@ -538,4 +546,23 @@ fn parse_env_fraction(name: &str, value: &str) -> Result<f64, ConfigError> {
             "use a number above 0 and at most 1, e.g. 0.5",
         )
     })
+}
+
+/// The versions keys of a folder, flattened (each with its own origin).
+fn versions_layer(raw: Option<RawVersions>, key: &dyn Fn(&str) -> String) -> LayeredFolder {
+    match raw {
+        None => LayeredFolder::default(),
+        Some(RawVersions::Word(w)) => LayeredFolder {
+            versions_word: Some(Sourced::file(w, key("versions"))),
+            ..LayeredFolder::default()
+        },
+        Some(RawVersions::Table(t)) => LayeredFolder {
+            versions_keep: t.keep.map(|v| Sourced::file(v, key("versions.keep"))),
+            versions_max_bytes: t
+                .max_bytes
+                .map(|v| Sourced::file(v, key("versions.max_bytes"))),
+            versions_local: t.local.map(|v| Sourced::file(v, key("versions.local"))),
+            ..LayeredFolder::default()
+        },
+    }
 }

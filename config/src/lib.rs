@@ -311,6 +311,53 @@ pub struct FolderConfig {
     /// once every peer seen within the TTL has read past it; a peer that
     /// comes back after missing forgotten deletions is told to rescan.
     pub tombstone_ttl: Duration,
+    /// `versions`: previous contents kept when a sync overwrites or deletes
+    /// a file (`<folder>/.fleetsync/versions/`). `versions = { keep =
+    /// "30d", max_bytes = "1GiB", local = false }` (those are the
+    /// defaults, each key optional) or `versions = "off"`.
+    pub versions: VersionsPolicy,
+}
+
+/// `[[folders]] versions`: what a folder keeps of replaced content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionsPolicy {
+    /// False with `versions = "off"`: nothing new is kept (versions kept
+    /// earlier can still be listed, read and restored, and still expire).
+    pub enabled: bool,
+    /// `keep`: a version older than this goes. Default 30 days.
+    pub keep: Duration,
+    /// `max_bytes`: the versions of the folder take at most this much disk
+    /// (compressed); past it the oldest go. Default 1 GiB.
+    pub max_bytes: u64,
+    /// `local`: also keep what the node's own user overwrote (best effort:
+    /// only while the old content is still intact). Default false.
+    pub local: bool,
+}
+
+/// `versions.keep`'s default.
+pub const DEFAULT_VERSIONS_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+/// `versions.max_bytes`'s default.
+pub const DEFAULT_VERSIONS_MAX_BYTES: u64 = 1 << 30;
+
+impl Default for VersionsPolicy {
+    fn default() -> Self {
+        VersionsPolicy {
+            enabled: true,
+            keep: DEFAULT_VERSIONS_KEEP,
+            max_bytes: DEFAULT_VERSIONS_MAX_BYTES,
+            local: false,
+        }
+    }
+}
+
+impl VersionsPolicy {
+    /// `versions = "off"`.
+    pub fn off() -> Self {
+        VersionsPolicy {
+            enabled: false,
+            ..Self::default()
+        }
+    }
 }
 
 /// CLI flags the node binary may pass; `None` = not given. See [`flag`] for

@@ -79,6 +79,23 @@ pub(crate) struct RawFolder {
     pub umask: Option<String>,
     pub max_delete_fraction: Option<f64>,
     pub tombstone_ttl: Option<String>,
+    pub versions: Option<RawVersions>,
+}
+
+/// `versions = "off"` or `versions = { keep, max_bytes, local }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawVersions {
+    Word(String),
+    Table(RawVersionsTable),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVersionsTable {
+    pub keep: Option<String>,
+    pub max_bytes: Option<String>,
+    pub local: Option<bool>,
 }
 
 /// The TOML shape a leaf key must have. Checked before serde runs because
@@ -94,6 +111,8 @@ enum Kind {
     StrList,
     Table,
     TableList,
+    /// A word (`"off"`) or an inline table of its own keys.
+    StrOrTable,
 }
 
 const TOP_KEYS: &[(&str, Kind)] = &[
@@ -141,6 +160,12 @@ const FOLDER_KEYS: &[(&str, Kind)] = &[
     ("umask", Kind::Str),
     ("max_delete_fraction", Kind::Number),
     ("tombstone_ttl", Kind::Str),
+    ("versions", Kind::StrOrTable),
+];
+const VERSIONS_KEYS: &[(&str, Kind)] = &[
+    ("keep", Kind::Str),
+    ("max_bytes", Kind::Str),
+    ("local", Kind::Bool),
 ];
 
 /// Parse and shape-check the file text. `file` is how errors name the file.
@@ -207,6 +232,15 @@ fn check_shape(top: &Table, file: &str) -> Result<(), ConfigError> {
                     FOLDER_KEYS,
                     file,
                 )?;
+                if let Some(Value::Table(v)) = t.get("versions") {
+                    check_table(
+                        v,
+                        &format!("folders[{i}].versions"),
+                        "in versions = { ... }",
+                        VERSIONS_KEYS,
+                        file,
+                    )?;
+                }
             }
         }
     }
@@ -306,6 +340,12 @@ fn check_kind(
                 format!("{key} is a list of quoted strings: {key} = [\"...\", \"...\"]"),
             ),
         },
+        Kind::StrOrTable if !value.is_str() && !value.is_table() => wrong(
+            "a string or an inline table",
+            format!(
+                "write {key} = \"off\" or {key} = {{ keep = \"30d\", max_bytes = \"1GiB\", local = false }}"
+            ),
+        ),
         Kind::Table if !value.is_table() => wrong(
             "a table",
             format!("put its keys under a [{key}] section header"),

@@ -303,7 +303,7 @@ fn unknown_key_in_folder() {
     assert_invalid(
         &e,
         "folders[0].pth",
-        "id, path, mode, settle, rescan, watch, poll_interval, max_pending, max_files, min_free, umask, max_delete_fraction, tombstone_ttl",
+        "id, path, mode, settle, rescan, watch, poll_interval, max_pending, max_files, min_free, umask, max_delete_fraction, tombstone_ttl, versions",
     );
 }
 
@@ -1195,6 +1195,55 @@ fn min_free_and_umask_parse_and_default() {
 }
 
 #[test]
+fn versions_default_on_and_parse_off_or_a_table() {
+    let text = |extra: &str| format!("{}{}{extra}", with_secret(""), folder_toml("a", "/srv/a"));
+    let f = &parse(&text("")).folders[0];
+    assert_eq!(f.versions, crate::VersionsPolicy::default());
+    assert!(f.versions.enabled && !f.versions.local);
+    assert_eq!(f.versions.keep, Duration::from_secs(30 * 86_400));
+    assert_eq!(f.versions.max_bytes, 1 << 30);
+    let f = &parse(&text("versions = \"off\"\n")).folders[0];
+    assert!(!f.versions.enabled);
+    let f = &parse(&text(
+        "versions = { keep = \"3s\", max_bytes = \"10KiB\", local = true }\n",
+    ))
+    .folders[0];
+    assert_eq!(
+        f.versions,
+        crate::VersionsPolicy {
+            enabled: true,
+            keep: Duration::from_secs(3),
+            max_bytes: 10 << 10,
+            local: true
+        }
+    );
+    let f = &parse(&text("versions = { max_bytes = \"0\" }\n")).folders[0];
+    assert_eq!(
+        (f.versions.max_bytes, f.versions.keep),
+        (0, crate::DEFAULT_VERSIONS_KEEP)
+    );
+}
+
+#[test]
+fn bad_versions_name_the_key_and_the_fix() {
+    let text = |extra: &str| format!("{}{}{extra}", with_secret(""), folder_toml("a", "/srv/a"));
+    let e = err(&text("versions = \"no\"\n"));
+    assert_invalid(&e, "folders[0].versions", "versions = \"off\"");
+    let e = err(&text("versions = 3\n"));
+    assert_invalid(&e, "folders[0].versions", "keep = \"30d\"");
+    let e = err(&text("versions = { kep = \"1d\" }\n"));
+    assert_invalid(&e, "folders[0].versions.kep", "keep, max_bytes, local");
+    let e = err(&text("versions = { keep = \"soon\" }\n"));
+    assert_invalid(&e, "folders[0].versions.keep", "\"5s\"");
+    let e = err(&text("versions = { keep = \"0s\" }\n"));
+    assert_invalid(&e, "folders[0].versions.keep", "positive duration");
+    let e = err(&text("versions = { max_bytes = \"lots\" }\n"));
+    assert_invalid(&e, "folders[0].versions.max_bytes", "\"1GiB\"");
+    let e = err(&text("versions = { local = \"yes\" }\n"));
+    assert_invalid(&e, "folders[0].versions.local", "true or");
+}
+
+#[test]
 fn bad_min_free_and_umask_name_the_key() {
     let text = |extra: &str| format!("{}{}{extra}", with_secret(""), folder_toml("a", "/srv/a"));
     for bad in ["lots", "1.5GiB", "80%", "-1"] {
@@ -1466,6 +1515,7 @@ fn env_folder_override() {
         ("FLEETSYNC_FOLDER_SHARED_MAX_FILES", "2000"),
         ("FLEETSYNC_FOLDER_SHARED_UMASK", "077"),
         ("FLEETSYNC_FOLDER_SHARED_MIN_FREE", "10%"),
+        ("FLEETSYNC_FOLDER_SHARED_VERSIONS", "off"),
     ];
     let c = try_parse_full(&file, &vars, &Overrides::default()).unwrap();
     let logs = c.folder("shared-logs").unwrap();
@@ -1481,6 +1531,8 @@ fn env_folder_override() {
     assert_eq!((shared.max_pending, shared.max_files), (500, 2000));
     assert_eq!(shared.umask, crate::Umask::parse("077").unwrap());
     assert_eq!(shared.min_free, crate::MinFree::parse("10%").unwrap());
+    assert!(!shared.versions.enabled);
+    assert!(logs.versions.enabled);
     assert_eq!(logs.max_pending, crate::DEFAULT_MAX_PENDING);
 }
 

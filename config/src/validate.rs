@@ -778,6 +778,7 @@ fn folder(
         umask,
         max_delete_fraction: delete_fraction(ctx, f.max_delete_fraction.as_ref())?,
         tombstone_ttl: tombstone_ttl(ctx, f)?,
+        versions: versions(ctx, f)?,
     })
 }
 
@@ -815,6 +816,47 @@ fn tombstone_ttl(ctx: &Ctx, f: &LayeredFolder) -> Result<Duration, ConfigError> 
         ));
     }
     Ok(ttl)
+}
+
+const VERSIONS_FIX: &str = "write versions = \"off\", or versions = { keep = \"30d\", \
+     max_bytes = \"1GiB\", local = false } (those are the defaults; each key optional)";
+
+/// A folder's `versions`: "off", or the table's keys over the defaults.
+fn versions(ctx: &Ctx, f: &LayeredFolder) -> Result<crate::VersionsPolicy, ConfigError> {
+    let mut policy = crate::VersionsPolicy::default();
+    // "on" (from the environment, say) keeps the table's values.
+    if let Some(w) = f.versions_word.as_ref().filter(|w| w.value != "on") {
+        return match w.value.as_str() {
+            "off" => Ok(crate::VersionsPolicy::off()),
+            other => Err(ctx.err(
+                &w.origin,
+                format!("versions = {other:?} is neither \"off\" nor a table"),
+                VERSIONS_FIX,
+            )),
+        };
+    }
+    let (keep, origin) = duration(ctx, f.versions_keep.as_ref(), policy.keep)?;
+    if let Some(origin) = origin.filter(|_| keep.is_zero()) {
+        return Err(ctx.err(
+            origin,
+            "versions.keep is 0, which would drop every version at once",
+            "use a positive duration such as \"30d\", or versions = \"off\" to keep none",
+        ));
+    }
+    policy.keep = keep;
+    if let Some(v) = &f.versions_max_bytes {
+        policy.max_bytes = crate::parse_size(&v.value).map_err(|problem| {
+            ctx.err(
+                &v.origin,
+                problem,
+                "use a size such as \"1GiB\" or \"500MB\" (default 1GiB), or versions = \"off\"",
+            )
+        })?;
+    }
+    if let Some(v) = &f.versions_local {
+        policy.local = v.value;
+    }
+    Ok(policy)
 }
 
 /// A folder's `max_pending` / `max_files`: a whole number from 1 to

@@ -7,6 +7,8 @@
 //! | `GET /metrics`                 | Prometheus text                         |
 //! | `GET /history?folder=&path=`   | JSON list of history events             |
 //! | `POST /folders/{id}/resume`    | JSON `{"folder","resumed"}`: apply the deletes the mass-delete guard holds |
+//! | `POST /folders/{id}/restore?path=&version=\|at=` | restore kept versions; JSON report |
+//! | `GET /folders/{id}/versions?path=` | JSON list of kept versions, newest first (under `path` if given) |
 //! | `POST /debug/fault?kind=&actor=&folder=&for_ms=` | inject a fault (`[debug] fault_injection` only) |
 //! | `POST /retention/sweep`        | sweep every folder and run blob GC now; JSON report |
 //!
@@ -23,6 +25,7 @@ use axum::{
 };
 use fleetsync_actors::{
     index::{HistoryEvent, Via},
+    restore::{self, RestoreError},
     rt,
     status::{snapshot, NodeStatus},
     supervisor::{
@@ -58,6 +61,8 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/history", get(history))
         .route("/folders/{id}/resume", post(resume))
+        .route("/folders/{id}/restore", post(restore_folder))
+        .route("/folders/{id}/versions", get(versions))
         .route("/debug/fault", post(fault))
         .route("/retention/sweep", post(sweep))
         .layer(axum::middleware::from_fn_with_state(
@@ -265,6 +270,16 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
         "fleetsync_folder_deletes_held",
         "Deletes from peers held by the mass-delete guard (fleetsync folder resume applies them).",
         per(&|f| f.deletes_held as f64),
+    );
+    gauge(
+        "fleetsync_folder_versions_bytes",
+        "Bytes the folder's kept versions take on disk (compressed).",
+        per(&|f| f.versions_bytes as f64),
+    );
+    gauge(
+        "fleetsync_folder_versions",
+        "Versions the folder keeps.",
+        per(&|f| f.versions_count as f64),
     );
     gauge(
         "fleetsync_folder_transfers",
@@ -483,6 +498,86 @@ async fn history(
     }
 }
 
+/// `POST /folders/{id}/restore?path=P[&version=VID | &at=TIME]`: write kept
+/// versions back (see `fleetsync_actors::restore`); the JSON report. 404
+/// for an unknown folder or nothing kept under the path, 400 for bad
+/// arguments, 409 when the folder cannot take a restore.
+async fn restore_folder(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(folder) = node.folders.get(&id).cloned() else {
+        return (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response();
+    };
+    let Some(path) = q.get("path").cloned() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "need ?path=PATH (a file or a directory; \".\" for the whole folder)\n",
+        )
+            .into_response();
+    };
+    let arg = |k: &str| q.get(k).map(String::as_str);
+    let when =
+        match crate::restore::when_of(arg("version"), arg("at"), std::time::SystemTime::now()) {
+            Ok(w) => w,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        };
+    let req = restore::Request { path, when };
+    match rt::blocking(move || restore::restore(&folder, &req)).await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(e @ RestoreError::Choose(_))) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// The kept versions of a folder, newest first; `?path=` limits them to
+/// a file or everything under a directory.
+async fn versions(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(folder) = node.folders.get(&id) else {
+        return (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response();
+    };
+    Json(folder.versions.list(q.get("path").map(String::as_str))).into_response()
+}
+
+/// `fleetsync versions`: one line per kept version.
+pub fn render_versions(v: &serde_json::Value) -> String {
+    let mut o = String::new();
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        o.push_str("no kept versions\n");
+    }
+    for r in rows {
+        let ms = r["kept_at_ms"].as_u64().unwrap_or(0);
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let _ = writeln!(
+            o,
+            "{}  {}  {}  by {}  {} by {}  {}",
+            humantime::format_rfc3339_seconds(when),
+            r["path"].as_str().unwrap_or("?"),
+            human_bytes(r["size"].as_u64().unwrap_or(0)),
+            r["modified_by"].as_str().unwrap_or("?"),
+            match r["reason"].as_str().unwrap_or("?") {
+                "overwrite" => "overwritten",
+                "delete" => "deleted",
+                "local" => "edited",
+                "restore" => "restored over",
+                other => other,
+            },
+            r["replaced_by"].as_str().unwrap_or("?"),
+            r["id"].as_str().unwrap_or("?"),
+        );
+    }
+    o
+}
+
 pub fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
@@ -617,6 +712,14 @@ pub fn render_status(v: &serde_json::Value, config: &str) -> String {
                 human_bytes(done),
                 human_bytes(total),
                 done as f64 * 100.0 / total as f64
+            );
+        }
+        if u(&f["versions_count"]) > 0 {
+            let _ = writeln!(
+                o,
+                "    versions kept: {} ({})",
+                u(&f["versions_count"]),
+                human_bytes(u(&f["versions_bytes"]))
             );
         }
         if u(&f["conflicts"]) > 0 {

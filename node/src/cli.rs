@@ -75,6 +75,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Bring back kept versions: a file, or every file under a directory
+    /// (deleted ones included) as of a time. Each is written as a new local
+    /// change that reaches the fleet; what it replaces is kept first.
+    Restore(RestoreArgs),
+    /// List the kept versions of a folder (newest first): when, path, size,
+    /// author, what replaced it, version id.
+    Versions {
+        #[command(flatten)]
+        at: Where,
+        /// Folder id.
+        #[arg(long)]
+        folder: String,
+        /// Only this file, or everything under this directory.
+        path: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Fault injection for tests and drills (needs `[debug] fault_injection = true`).
     Debug {
         #[command(subcommand)]
@@ -176,6 +193,36 @@ struct InitArgs {
 }
 
 #[derive(Debug, Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    at: Where,
+    /// Folder id.
+    #[arg(long)]
+    folder: String,
+    /// Path inside the folder: a file, or a directory (also one that is
+    /// gone); "." for the whole folder.
+    path: String,
+    /// Restore this version (an id `fleetsync versions` lists).
+    #[arg(long, conflicts_with = "time")]
+    version: Option<String>,
+    /// Restore what each file held at this time: RFC 3339
+    /// (2026-11-30T09:00:00Z) or a time ago (10m, 2h, 3d). Default: each
+    /// file's newest kept version.
+    #[arg(long = "at", id = "time")]
+    time: Option<String>,
+    /// Machine-readable output (the API's report).
+    #[arg(long)]
+    json: bool,
+}
+
+/// A restore answers once every file is written back: allow for big ones.
+const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A forced sweep answers once its blob GC run is done (the node waits up
+/// to a minute for it).
+const SWEEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+#[derive(Debug, Args)]
 struct InviteArgs {
     #[command(flatten)]
     at: Where,
@@ -263,6 +310,13 @@ pub fn main() -> i32 {
             cmd: FolderCmd::Resume { at, folder },
         } => resume(at, &folder),
         Cmd::Sweep { at, json } => sweep(at, json),
+        Cmd::Restore(a) => restore(a),
+        Cmd::Versions {
+            at,
+            folder,
+            path,
+            json,
+        } => versions(at, &folder, path.as_deref(), json),
         Cmd::Debug { cmd } => debug(cmd),
         Cmd::Demo { keep } => demo::run(keep),
     };
@@ -484,7 +538,7 @@ fn resume(w: Where, folder: &str) -> anyhow::Result<i32> {
 
 fn sweep(w: Where, json: bool) -> anyhow::Result<i32> {
     let config = w.load(&Overrides::default())?;
-    let body = client::post_slow(client::admin_addr(&config)?, "/retention/sweep")?;
+    let body = client::post_slow(client::admin_addr(&config)?, "/retention/sweep", SWEEP_TIMEOUT)?;
     if json {
         println!("{body}");
         return Ok(0);
@@ -519,6 +573,43 @@ fn history(w: Where, folder: &str, path: &str, json: bool) -> anyhow::Result<i32
     }
     let v: serde_json::Value = serde_json::from_str(&body).context("history reply")?;
     print!("{}", crate::admin::render_history(&v));
+    Ok(0)
+}
+
+fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
+    let config = a.at.load(&Overrides::default())?;
+    let enc = crate::admin::urlencode;
+    let mut q = format!("/folders/{}/restore?path={}", enc(&a.folder), enc(&a.path));
+    if let Some(v) = &a.version {
+        q.push_str(&format!("&version={}", enc(v)));
+    }
+    if let Some(t) = &a.time {
+        q.push_str(&format!("&at={}", enc(t)));
+    }
+    let body = client::post_slow(client::admin_addr(&config)?, &q, RESTORE_TIMEOUT)?;
+    let v: serde_json::Value = serde_json::from_str(&body).context("restore reply")?;
+    if a.json {
+        println!("{body}");
+    } else {
+        print!("{}", crate::restore::render(&v, a.time.as_deref()));
+    }
+    let failed = v["failed"].as_array().is_some_and(|f| !f.is_empty());
+    Ok(if failed { EXIT_FAILURE } else { 0 })
+}
+
+fn versions(w: Where, folder: &str, path: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let config = w.load(&Overrides::default())?;
+    let mut q = format!("/folders/{}/versions", crate::admin::urlencode(folder));
+    if let Some(p) = path {
+        q.push_str(&format!("?path={}", crate::admin::urlencode(p)));
+    }
+    let body = client::get(client::admin_addr(&config)?, &q)?;
+    if json {
+        println!("{body}");
+        return Ok(0);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("versions reply")?;
+    print!("{}", crate::admin::render_versions(&v));
     Ok(0)
 }
 

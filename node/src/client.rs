@@ -31,26 +31,35 @@ pub fn admin_addr(config: &fleetsync_config::Config) -> anyhow::Result<SocketAdd
     })
 }
 
+/// How long a reply may take to start: the admin API answers from memory
+/// or a quick index read.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    request(addr, "GET", path, Duration::from_secs(10))
+    request(addr, "GET", path, REPLY_TIMEOUT)
 }
 
 /// A POST without a body (the admin API takes its arguments in the query).
 pub fn post(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    request(addr, "POST", path, Duration::from_secs(10))
+    request(addr, "POST", path, REPLY_TIMEOUT)
 }
 
-/// A POST whose answer waits for work on the node (a forced sweep waits
-/// for a blob GC run, up to a minute).
-pub fn post_slow(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    request(addr, "POST", path, Duration::from_secs(90))
+/// A POST whose work may take long (a restore writes files back before it
+/// answers).
+pub fn post_slow(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
+    request(addr, "POST", path, timeout)
 }
 
-fn request(addr: SocketAddr, method: &str, path: &str, wait: Duration) -> anyhow::Result<String> {
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    reply_timeout: Duration,
+) -> anyhow::Result<String> {
     let unreachable = |why: String| Unreachable { addr, why };
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| unreachable(e.to_string()))?;
-    s.set_read_timeout(Some(wait))?;
+    s.set_read_timeout(Some(reply_timeout))?;
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\nContent-Length: 0\r\n\r\n"

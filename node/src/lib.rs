@@ -1,7 +1,7 @@
 //! The `fleetsync` binary's library half.
 //!
 //! - [`cli`]: subcommands (`init`, `id`, `invite`, `join`, `run`,
-//!   `status`, `history`, `demo`) and their exit codes.
+//!   `status`, `history`, `restore`, `demo`) and their exit codes.
 //! - [`invite`]: `invite` prints a join ticket, `join` turns one into a
 //!   config (rendered like `init`'s, validated with the environment).
 //! - [`daemon`]: `run` — logging, the actix system on a multi-threaded
@@ -11,6 +11,7 @@
 //! - [`admin`]: the local admin API on 127.0.0.1 (JSON status, history,
 //!   health, Prometheus metrics) and the text rendering the CLI prints.
 //! - [`client`]: the CLI side of the admin API.
+//! - [`restore`]: `restore`'s arguments (a version, a time) and its text.
 //! - [`demo`]: a 3-node cluster on loopback that shows sync happening.
 //!
 //! `anyhow` lives here only; the library crates return typed errors.
@@ -21,3 +22,4 @@ pub mod client;
 pub mod daemon;
 pub mod demo;
 pub mod invite;
+pub mod restore;

@@ -5,12 +5,13 @@ use std::{io, sync::Arc};
 use fleetsync_mesh::model::EntryKind;
 use tracing::debug;
 
-use super::{error::on_disk, place, Applied, ApplyError, Job, Outcome};
+use super::{error::on_disk, keep, place, Applied, ApplyError, Job, Outcome};
 use crate::{
     folder::{ApplyGuard, Folder},
     fsutil::FolderFs,
     record::{applied_mode, disk_matches, safe_to_replace, DiskState, LocalStat},
     rt,
+    versions::Reason,
 };
 
 /// What an entry left on disk: its stat (none for a deletion) and a note.
@@ -58,12 +59,20 @@ fn stat_after(fs: &FolderFs, rel: &str) -> io::Result<LocalStat> {
 }
 
 async fn delete(folder: &Arc<Folder>, job: &Job) -> Result<Done, ApplyError> {
-    let DiskState::Present(m) = replaceable(folder, job).await? else {
+    let DiskState::Present(mut m) = replaceable(folder, job).await? else {
         return Ok((None, "deleted"));
     };
+    if keep_before_delete(folder, job, DiskState::Present(m)).await? {
+        // Keeping took a while: what is there now?
+        let DiskState::Present(now) = replaceable(folder, job).await? else {
+            return Ok((None, "deleted"));
+        };
+        m = now;
+    }
     let f = folder.clone();
     let p = job.path.clone();
-    match on_disk("delete", &job.path, move || remove(&f, &p, m.kind)).await? {
+    let removal = on_disk("delete", &job.path, move || remove(&f, &p, m.kind));
+    match removal.await? {
         Removal::Removed => {}
         Removal::OnlyIgnoredLeft => {
             debug!(folder = folder.id(), path = %job.path, "directory holds only ignored files; kept");
@@ -78,6 +87,27 @@ async fn delete(folder: &Arc<Folder>, job: &Job) -> Result<Done, ApplyError> {
         }
     }
     Ok((None, "deleted"))
+}
+
+/// Keep the file a delete removes as a version (see [`keep`]); true if
+/// it tried.
+async fn keep_before_delete(
+    folder: &Arc<Folder>,
+    job: &Job,
+    disk: DiskState,
+) -> Result<bool, ApplyError> {
+    let f = folder.clone();
+    let j = job.clone();
+    on_disk("keep a version", &job.path, move || {
+        Ok(keep::keep_replaced(
+            &f,
+            &f.fs.session()?,
+            &j,
+            &disk,
+            Reason::Delete,
+        ))
+    })
+    .await
 }
 
 enum Removal {

@@ -20,6 +20,8 @@
 //! - [`watchdog`]: the no-progress deadline every transfer runs under.
 //! - [`place`]: the one placer: re-check the disk, keep a conflict copy if
 //!   ours lost, rename into place, fsync the directories.
+//! - [`keep`]: the synced content a remote change replaces or deletes is
+//!   kept as a version first (`.fleetsync/versions/`).
 //!
 //! Guarantees (ARCHITECTURE.md, invariants 1–4): every path is walked with
 //! `O_NOFOLLOW`; a file is old or new after a crash, never partial; only
@@ -31,6 +33,7 @@ mod acquire;
 mod entries;
 mod error;
 mod files;
+mod keep;
 mod place;
 mod watchdog;
 

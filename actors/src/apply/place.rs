@@ -13,12 +13,13 @@ use std::{collections::BTreeSet, io, sync::atomic::Ordering};
 use fleetsync_mesh::model::EntryKind;
 use tracing::{debug, warn};
 
-use super::{acquire::Staged, ApplyError, Job};
+use super::{acquire::Staged, keep, ApplyError, Job};
 use crate::{
     folder::Folder,
     fsutil::Session,
     record::{DiskState, LocalStat},
     rules::conflict_name_try,
+    versions::Reason,
 };
 
 /// Conflict copies of one path with the same name stamp tried before
@@ -83,10 +84,12 @@ pub(super) fn place_all(
     }
     let mut out: Vec<Placement> = plan
         .iter()
-        .map(|(job, ready)| match place_one(&session, job, ready) {
-            Ok(p) => Placement::Placed(p),
-            Err(e) => Placement::NotPlaced(e),
-        })
+        .map(
+            |(job, ready)| match place_one(folder, &session, job, ready) {
+                Ok(p) => Placement::Placed(p),
+                Err(e) => Placement::NotPlaced(e),
+            },
+        )
         .collect();
     sync_dirs(&session, plan, &mut out);
     Ok(out)
@@ -116,15 +119,17 @@ fn sync_dirs(session: &Session, plan: &[(Job, Ready)], out: &mut [Placement]) {
     }
 }
 
-fn place_one(session: &Session, job: &Job, ready: &Ready) -> Result<Placed, ApplyError> {
+fn place_one(
+    folder: &Folder,
+    session: &Session,
+    job: &Job,
+    ready: &Ready,
+) -> Result<Placed, ApplyError> {
     // Last look before we replace: did someone write to the path meanwhile?
-    let now = session
-        .lstat(&job.path)
-        .map_err(ApplyError::io_at("lstat", &job.path))?;
-    if now != ready.disk {
-        return Err(ApplyError::LocalChange {
-            path: job.path.clone(),
-        });
+    unchanged_since_preflight(session, job, ready)?;
+    if keep::keep_replaced(folder, session, job, &ready.disk, Reason::Overwrite) {
+        // Keeping took a while: look again.
+        unchanged_since_preflight(session, job, ready)?;
     }
     let ours_is_a_file = matches!(ready.disk, DiskState::Present(m) if m.kind == EntryKind::File);
     let copy = if job.conflict_copy && ours_is_a_file {
@@ -134,6 +139,22 @@ fn place_one(session: &Session, job: &Job, ready: &Ready) -> Result<Placed, Appl
     };
     let moved = put_in_place(session, job, &ready.staged)?;
     Ok(Placed { moved, copy })
+}
+
+fn unchanged_since_preflight(
+    session: &Session,
+    job: &Job,
+    ready: &Ready,
+) -> Result<(), ApplyError> {
+    let now = session
+        .lstat(&job.path)
+        .map_err(ApplyError::io_at("lstat", &job.path))?;
+    if now != ready.disk {
+        return Err(ApplyError::LocalChange {
+            path: job.path.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Rename staged content over the path; true if the `refs/` file itself

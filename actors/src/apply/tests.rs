@@ -858,3 +858,71 @@ async fn a_fetch_bringing_more_than_announced_is_cut_and_rejected() {
     assert!(!fx.root().join("liar").exists());
     fx.fake.release(fx.peer, h);
 }
+
+fn versions_of(fx: &Scene, path: &str) -> Vec<crate::versions::VersionInfo> {
+    fx.folder.versions.list(Some(path))
+}
+
+#[tokio::test]
+async fn synced_content_a_peer_overwrites_is_kept_as_a_version() {
+    let fx = fixture();
+    let old = fx.local_file("a.txt", b"old synced content");
+    fx.fake.serve(fx.peer, b"new");
+    let target = file("a.txt", b"new", 2);
+    fx.apply(job(&fx.folder, target.clone(), fx.peer))
+        .await
+        .unwrap();
+    assert_eq!(fx.read("a.txt"), b"new");
+    let kept = versions_of(&fx, "a.txt");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let v = &kept[0];
+    assert_eq!(v.reason, crate::versions::Reason::Overwrite);
+    assert_eq!(v.replaced_by, target.modified_by.to_string());
+    assert_eq!(v.modified_by, old.modified_by.to_string());
+    assert_eq!(v.mtime_ns, old.mtime_ns);
+    assert_eq!(
+        fx.folder.versions.read(&v.id).unwrap(),
+        b"old synced content"
+    );
+}
+
+#[tokio::test]
+async fn synced_content_a_peer_deletes_is_kept_as_a_version() {
+    let fx = fixture();
+    fx.local_file("gone.txt", b"was here");
+    let j = job(
+        &fx.folder,
+        tombstone("gone.txt", EntryKind::File, 2),
+        fx.peer,
+    );
+    fx.apply(j).await.unwrap();
+    assert!(!fx.root().join("gone.txt").exists());
+    let kept = versions_of(&fx, "gone.txt");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].reason, crate::versions::Reason::Delete);
+    assert_eq!(fx.folder.versions.read(&kept[0].id).unwrap(), b"was here");
+}
+
+#[tokio::test]
+async fn a_conflict_copy_a_new_file_or_versions_off_keep_no_version() {
+    let fx = fixture();
+    fx.local_file("notes.md", b"ours");
+    fx.fake.serve(fx.peer, b"theirs");
+    let mut j = job(&fx.folder, file("notes.md", b"theirs", 2), fx.peer);
+    j.conflict_copy = true;
+    fx.apply(j).await.unwrap();
+    fx.fake.serve(fx.peer, b"fresh");
+    fx.apply(job(&fx.folder, file("fresh", b"fresh", 1), fx.peer))
+        .await
+        .unwrap();
+    assert_eq!(fx.folder.versions.count(), 0);
+
+    let fx = Scene::with_cfg(crate::folder::DEFAULT_TRANSFER_STALL_TIMEOUT, |c| {
+        c.versions = fleetsync_config::VersionsPolicy::off();
+    });
+    fx.local_file("a", b"old");
+    let j = job(&fx.folder, tombstone("a", EntryKind::File, 2), fx.peer);
+    fx.apply(j).await.unwrap();
+    assert_eq!(fx.folder.versions.count(), 0);
+    assert!(!fx.folder.versions.dir().exists());
+}

@@ -1,5 +1,9 @@
-//! Retention and undo (issue 11): one test binary, a module per part.
+//! Retention and undo (issue 11): kept versions, restore, the mass-delete
+//! guard, tombstone expiry, garbage collection. One test binary, a module
+//! per part.
 
-mod guard;
 mod gc;
+mod guard;
+mod restore;
 mod tombstones;
+mod versions;
