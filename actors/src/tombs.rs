@@ -30,9 +30,11 @@ use fleetsync_mesh::model::EntryKind;
 use tracing::{debug, info, warn};
 
 use crate::{
+    apply::keep_file_at,
     folder::Folder,
     index::{read_bound, Expiry, IndexError, PeerRead},
     record::{disk_matches, Record},
+    versions::{KeepMeta, Reason},
 };
 
 /// Tombstones removed per index transaction.
@@ -315,7 +317,31 @@ fn remove_if_unchanged(folder: &Folder, rec: &Record) -> std::io::Result<bool> {
             Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => Ok(false),
             Err(e) => Err(e),
         },
-        EntryKind::File | EntryKind::Symlink => folder.fs.remove_file(path).map(|()| true),
+        EntryKind::File => {
+            keep_taken_away(folder, rec, &disk);
+            folder.fs.remove_file(path).map(|()| true)
+        }
+        EntryKind::Symlink => folder.fs.remove_file(path).map(|()| true),
+    }
+}
+
+/// A file taken away is kept as a version first (reason delete, replaced
+/// by "rescan"), so a wrong take-away — a peer whose index lacks the path
+/// for another reason than a forgotten delete — is undone with `fleetsync
+/// restore`. Failing to keep is logged and shown, and does not stop it.
+fn keep_taken_away(folder: &Folder, rec: &Record, disk: &crate::record::DiskState) {
+    let path = rec.entry.path.as_str();
+    let meta = KeepMeta::of_entry(&rec.entry, "rescan".into(), Reason::Delete);
+    let kept = (folder.fs.session().map_err(|e| e.to_string()))
+        .and_then(|session| keep_file_at(folder, &session, path, disk, meta));
+    if let Err(e) = kept {
+        warn!(
+            folder = folder.id(),
+            path, "content taken away not kept as a version: {e}"
+        );
+        folder.status.error(format!(
+            "{path}: content taken away not kept as a version: {e}"
+        ));
     }
 }
 

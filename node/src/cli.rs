@@ -538,7 +538,11 @@ fn resume(w: Where, folder: &str) -> anyhow::Result<i32> {
 
 fn sweep(w: Where, json: bool) -> anyhow::Result<i32> {
     let config = w.load(&Overrides::default())?;
-    let body = client::post_slow(client::admin_addr(&config)?, "/retention/sweep", SWEEP_TIMEOUT)?;
+    let body = client::post_slow(
+        client::admin_addr(&config)?,
+        "/retention/sweep",
+        SWEEP_TIMEOUT,
+    )?;
     if json {
         println!("{body}");
         return Ok(0);

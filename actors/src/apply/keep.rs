@@ -42,22 +42,7 @@ pub(super) fn keep_replaced(
         return false;
     }
     let meta = KeepMeta::of_entry(&record.entry, job.target.modified_by.to_string(), reason);
-    let kept = session
-        .open_regular(&job.path)
-        .and_then(|opened| {
-            // The very inode preflight saw, or nothing.
-            if opened.meta() != *disk {
-                return Err(std::io::Error::other("changed while being opened"));
-            }
-            opened.file()
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|file| {
-            folder
-                .versions
-                .keep_file(&file, meta)
-                .map_err(|e| e.to_string())
-        });
+    let kept = keep_file_at(folder, session, &job.path, disk, meta);
     match kept {
         Ok(_) => true,
         Err(e) => {
@@ -69,4 +54,30 @@ pub(super) fn keep_replaced(
             true
         }
     }
+}
+
+/// Keep the regular file at `path` as a version, if it is still the very
+/// inode `disk` describes (opened without following symlinks). The one
+/// way a file on disk becomes a version: applies and take-aways use it.
+pub(crate) fn keep_file_at(
+    folder: &Folder,
+    session: &Session,
+    path: &str,
+    disk: &DiskState,
+    meta: KeepMeta,
+) -> Result<(), String> {
+    let file = session
+        .open_regular(path)
+        .and_then(|opened| {
+            if opened.meta() != *disk {
+                return Err(std::io::Error::other("changed while being opened"));
+            }
+            opened.file()
+        })
+        .map_err(|e| e.to_string())?;
+    folder
+        .versions
+        .keep_file(&file, meta)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

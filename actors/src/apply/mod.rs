@@ -34,6 +34,7 @@ mod entries;
 mod error;
 mod files;
 mod keep;
+pub(crate) use keep::keep_file_at;
 mod place;
 mod watchdog;
 

@@ -101,4 +101,14 @@ fn a_node_away_longer_than_the_ttl_brings_no_deleted_file_back_and_its_new_file_
         "{}",
         dump_logs(&[&c.nodes[2]])
     );
+    // What it took away is kept as a version there: undoable.
+    let (code, out, err) = c.nodes[2].cli(&["versions", "--json", "--folder", "shared"]);
+    assert_eq!(code, 0, "fleetsync versions failed: {err}");
+    let kept: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for p in DOOMED {
+        assert!(
+            kept.as_array().unwrap().iter().any(|v| v["path"] == *p),
+            "{p} taken away but not kept as a version: {out}"
+        );
+    }
 }
