@@ -177,6 +177,10 @@ fn folder_block(c: &str, id: &str, path: &Path) -> String {
 {c}max_delete_fraction = 0.5
 {c}# How long deletions are remembered (at least 1s); longer than any node stays offline.
 {c}tombstone_ttl = {tombstone_ttl}
+{c}# What peers overwrite or delete is kept under .fleetsync/versions/ (zstd)
+{c}# for `keep`, oldest first past `max_bytes`; versions = "off" keeps nothing.
+{c}# fleetsync versions / fleetsync restore list and bring them back.
+{c}versions = {{ keep = "30d", max_bytes = "1GiB" }}
 "#,
         modes = alternatives(FolderMode::ALL.iter().map(|m| m.as_str())),
         mode = q(FolderMode::SendReceive.as_str()),

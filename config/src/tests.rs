@@ -1205,7 +1205,7 @@ fn versions_default_on_and_parse_off_or_a_table() {
     let f = &parse(&text("versions = \"off\"\n")).folders[0];
     assert!(!f.versions.enabled);
     let f = &parse(&text(
-        "versions = { keep = \"3s\", max_bytes = \"10KiB\", local = true }\n",
+        "versions = { keep = \"3s\", max_bytes = \"10KiB\", local = false }\n",
     ))
     .folders[0];
     assert_eq!(
@@ -1214,7 +1214,7 @@ fn versions_default_on_and_parse_off_or_a_table() {
             enabled: true,
             keep: Duration::from_secs(3),
             max_bytes: 10 << 10,
-            local: true
+            local: false
         }
     );
     let f = &parse(&text("versions = { max_bytes = \"0\" }\n")).folders[0];
@@ -1241,6 +1241,8 @@ fn bad_versions_name_the_key_and_the_fix() {
     assert_invalid(&e, "folders[0].versions.max_bytes", "\"1GiB\"");
     let e = err(&text("versions = { local = \"yes\" }\n"));
     assert_invalid(&e, "folders[0].versions.local", "true or");
+    let e = err(&text("versions = { local = true }\n"));
+    assert_invalid(&e, "folders[0].versions.local", "set it to false");
 }
 
 #[test]

@@ -10,7 +10,14 @@ use fleetsync_integration_tests::*;
 
 #[test]
 fn renaming_a_directory_of_1000_files_leaves_no_old_directory_behind() {
-    let c = Cluster::start(2, Topology::Full, |_| vec![FolderSpec::new("shared")]);
+    // Guard off: this test is about the rename itself. Known limit of the
+    // mass-delete guard (issue 11, open): when a rename of more than half
+    // the folder reaches a peer as deletes first (the old name sorts
+    // first) and creates in later batches, the deletes are held until
+    // `fleetsync folder resume`.
+    let c = Cluster::start(2, Topology::Full, |_| {
+        vec![FolderSpec::new("shared").key("max_delete_fraction", "1")]
+    });
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     fs::create_dir_all(a.path("s5/d000")).unwrap();
     for i in 0..1000 {
