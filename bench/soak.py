@@ -77,8 +77,9 @@ def mib(n):
 
 
 class Node:
-    def __init__(self, binary, base, name, secret):
+    def __init__(self, binary, base, name, secret, folder_toml=()):
         self.name = name
+        self.folder_toml = folder_toml
         self.data = os.path.join(base, name, "data")
         self.folder = os.path.join(base, name, "folder")
         os.makedirs(self.data)
@@ -97,6 +98,7 @@ class Node:
             f'[admin]\nlisten = "127.0.0.1:{self.admin}"\n'
             f'[log]\nlevel = "{os.environ.get("FLEETSYNC_SOAK_LOG", "warn")}"\n'
             f'[[folders]]\nid = "soak"\npath = "{self.folder}"\n'
+            + "".join(f"{line}\n" for line in self.folder_toml)
         )
         self.config = os.path.join(self.data, "fleetsync.toml")
         with open(self.config, "w") as f:
@@ -266,7 +268,7 @@ def verdict(warm, end, nodes, tolerance):
 
 def run(args, base):
     secret = os.urandom(32).hex()
-    nodes = [Node(args.fleetsync, base, n, secret) for n in NODES]
+    nodes = [Node(args.fleetsync, base, n, secret, args.folder_key) for n in NODES]
     for n in nodes:
         n.write_config([o for o in nodes if o is not n])
     try:
@@ -314,6 +316,8 @@ def main():
     p.add_argument("--files", type=int, default=400, help="files at most per node's working set (default 400)")
     p.add_argument("--max-size", type=int, default=64 << 10, help="largest file in bytes (default 64 KiB)")
     p.add_argument("--tolerance", type=float, default=10.0, help="RSS growth allowed after warm-up, %% (default 10)")
+    p.add_argument("--folder-key", action="append", default=[],
+                   help='extra key for the folder, repeatable, e.g. --folder-key \'tombstone_ttl = "2m"\'')
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) after the run")
     args = p.parse_args()
     base = tempfile.mkdtemp(prefix="fleetsync-soak-")
