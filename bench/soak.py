@@ -242,60 +242,133 @@ def converged(nodes):
     return all(f["in_sync"] for f in fs) and len({f["files"] for f in fs}) == 1
 
 
+def growth(before, after, key):
+    return (after[key] - before[key]) * 100.0 / max(before[key], 1)
+
+
 def verdict(warm, end, nodes, tolerance):
-    worst = max(range(len(nodes)), key=lambda i: (end[i]["rss"] - warm[i]["rss"]) / max(warm[i]["rss"], 1))
-    growth = (end[worst]["rss"] - warm[worst]["rss"]) * 100.0 / max(warm[worst]["rss"], 1)
-    flat = growth <= tolerance and all(s["alive"] for s in end)
-    word = "flat" if flat else "NOT flat"
+    """Flat: every node's RSS and index size grew at most `tolerance` % from
+    the baseline sample to the end, and every node is still running."""
     for i, n in enumerate(nodes):
         print(
             f"node {n.name}: rss {mib(warm[i]['rss'])} -> {mib(end[i]['rss'])}, index {mib(warm[i]['index'])} -> "
             f"{mib(end[i]['index'])}, versions {mib(warm[i]['versions'])} -> {mib(end[i]['versions'])}",
             flush=True,
         )
-    print(
-        f"VERDICT: RSS {word} within {tolerance:g}% (worst: node {nodes[worst].name} {growth:+.1f}% "
-        f"from {mib(warm[worst]['rss'])} after warm-up to {mib(end[worst]['rss'])} at the end)",
-        flush=True,
-    )
+    flat = all(s["alive"] for s in end)
+    for key in ("rss", "index"):
+        worst = max(range(len(nodes)), key=lambda i: growth(warm[i], end[i], key))
+        g = growth(warm[worst], end[worst], key)
+        flat = flat and g <= tolerance
+        print(
+            f"VERDICT {key}: {'flat' if g <= tolerance else 'NOT flat'} within {tolerance:g}% (worst: node "
+            f"{nodes[worst].name} {g:+.1f}% from {mib(warm[worst][key])} to {mib(end[worst][key])} at the end)",
+            flush=True,
+        )
+    print(f"VERDICT: {'flat' if flat else 'NOT flat'}", flush=True)
     return flat
 
 
-def run(args, base):
+def make_fleet(args, base):
     secret = os.urandom(32).hex()
     nodes = [Node(args.fleetsync, base, n, secret, args.folder_key) for n in NODES]
     for n in nodes:
         n.write_config([o for o in nodes if o is not n])
+    return nodes
+
+
+def start_fleet(args, nodes):
+    for n in nodes:
+        n.start(args.fleetsync)
+    wait("nodes to connect", lambda: all((n.status() or {}).get("peers") and
+                                           all(p["connected"] for p in n.status()["peers"]) for n in nodes), 60)
+
+
+class Sampler:
+    """Samples every --every seconds; the baseline for the verdict is the
+    first sample at or after --warmup (caches fill and the retained data
+    reaches its limits first)."""
+
+    def __init__(self, nodes, args):
+        self.nodes = nodes
+        self.every = args.every
+        self.warmup = args.warmup
+        self.t0 = time.monotonic()
+        self.next = self.t0 + self.every
+        self.samples = [(0.0, report("start", nodes, 0))]
+
+    def tick(self, label="churn"):
+        now = time.monotonic()
+        if now >= self.next:
+            self.samples.append((now - self.t0, report(label, self.nodes, now - self.t0)))
+            self.next += self.every
+
+    def finish(self, tolerance):
+        end = report("end", self.nodes, time.monotonic() - self.t0)
+        warm_at, warm = next(((t, s) for t, s in self.samples if t >= self.warmup), self.samples[-1])
+        print(f"baseline: the sample at {warm_at:.0f}s (first at or after --warmup {self.warmup:g}s)", flush=True)
+        return verdict(warm, end, self.nodes, tolerance)
+
+
+def run_churn(args, nodes):
+    churn = Churn(nodes, args.seed, args.files, args.max_size)
+    for _ in range(args.files // 2):
+        churn.create(churn.rng.choice(nodes))
+    wait("the initial files to sync", lambda: converged(nodes), 300)
+    sampler = Sampler(nodes, args)
+    end_at = sampler.t0 + args.duration
+    period = 1.0 / args.rate
+    next_op = sampler.t0
+    while time.monotonic() < end_at:
+        sampler.tick()
+        now = time.monotonic()
+        if now < next_op:
+            time.sleep(min(next_op - now, 0.05))
+            continue
+        churn.step()
+        next_op += period
+    print(f"operations: {json.dumps(churn.ops)}", flush=True)
+    wait("the fleet to converge after the churn", lambda: converged(nodes), 600)
+    return sampler.finish(args.tolerance)
+
+
+def run_cycles(args, nodes):
+    """One path, over and over: written on node a, synced to b and c,
+    deleted on a, gone on b and c. Nothing else changes, so whatever grows
+    is kept per cycle."""
+    rng = random.Random(args.seed)
+    rel = os.path.join("cycle", "one.bin")
+    origin, others = nodes[0], nodes[1:]
+    os.makedirs(os.path.join(origin.folder, "cycle"), exist_ok=True)
+    wait("the cycle directory to sync", lambda: all(os.path.isdir(os.path.join(n.folder, "cycle")) for n in others), 60)
+    sampler = Sampler(nodes, args)
+    for i in range(args.cycles):
+        data = rng.getrandbits(8 * 1024).to_bytes(1024, "little")
+        with open(os.path.join(origin.folder, rel + ".soak-tmp"), "wb") as f:
+            f.write(data)
+        os.replace(os.path.join(origin.folder, rel + ".soak-tmp"), os.path.join(origin.folder, rel))
+        wait(f"cycle {i}: the file on every node", lambda: all(read(os.path.join(n.folder, rel)) == data for n in others), 60)
+        os.remove(os.path.join(origin.folder, rel))
+        wait(f"cycle {i}: the file gone everywhere", lambda: not any(os.path.exists(os.path.join(n.folder, rel)) for n in others), 60)
+        sampler.tick(f"{i + 1}")
+    print(f"cycles: {args.cycles}", flush=True)
+    return sampler.finish(args.tolerance)
+
+
+def read(path):
     try:
-        for n in nodes:
-            n.start(args.fleetsync)
-        wait("nodes to connect", lambda: all((n.status() or {}).get("peers") and
-                                               all(p["connected"] for p in n.status()["peers"]) for n in nodes), 60)
-        churn = Churn(nodes, args.seed, args.files, args.max_size)
-        for _ in range(args.files // 2):
-            churn.create(churn.rng.choice(nodes))
-        wait("the initial files to sync", lambda: converged(nodes), 300)
-        t0 = time.monotonic()
-        samples = [report("start", nodes, 0)]
-        end_at = t0 + args.duration
-        next_report = t0 + args.every
-        period = 1.0 / args.rate
-        next_op = t0
-        while time.monotonic() < end_at:
-            now = time.monotonic()
-            if now >= next_report:
-                samples.append(report("churn", nodes, now - t0))
-                next_report += args.every
-            if now < next_op:
-                time.sleep(min(next_op - now, 0.05))
-                continue
-            churn.step()
-            next_op += period
-        print(f"operations: {json.dumps(churn.ops)}", flush=True)
-        wait("the fleet to converge after the churn", lambda: converged(nodes), 600)
-        end = report("end", nodes, time.monotonic() - t0)
-        warm = samples[1] if len(samples) > 1 else samples[0]
-        return 0 if verdict(warm, end, nodes, args.tolerance) else 1
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def run(args, base):
+    nodes = make_fleet(args, base)
+    try:
+        start_fleet(args, nodes)
+        ok = run_cycles(args, nodes) if args.cycles else run_churn(args, nodes)
+        return 0 if ok else 1
     finally:
         for n in nodes:
             n.stop()
@@ -310,6 +383,10 @@ def main():
     p.add_argument("--seed", type=int, default=1, help="churn seed (default 1)")
     p.add_argument("--files", type=int, default=400, help="files at most per node's working set (default 400)")
     p.add_argument("--max-size", type=int, default=64 << 10, help="largest file in bytes (default 64 KiB)")
+    p.add_argument("--warmup", type=duration, default=duration("5m"),
+                   help="the verdict compares the end with the first sample at or after this (default 5m)")
+    p.add_argument("--cycles", type=int, default=0,
+                   help="instead of churn: write, sync, delete one path this many times (index and memory must stay flat)")
     p.add_argument("--tolerance", type=float, default=10.0, help="RSS growth allowed after warm-up, %% (default 10)")
     p.add_argument("--folder-key", action="append", default=[],
                    help='extra key for the folder, repeatable, e.g. --folder-key \'tombstone_ttl = "2m"\'')
