@@ -71,6 +71,7 @@ async fn run_node(config: Config, reload: Reload) -> anyhow::Result<i32> {
     );
     notify(&[sd_notify::NotifyState::Ready]);
     let systemd = tokio::spawn(notify_systemd(node.clone()));
+    let trim = tokio::spawn(crate::memory::trim_periodically());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let code = loop {
@@ -83,6 +84,7 @@ async fn run_node(config: Config, reload: Reload) -> anyhow::Result<i32> {
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     systemd.abort();
+    trim.abort();
     admin.abort();
     let _ = std::fs::remove_file(config.data_dir.join(crate::admin::ADDR_FILE));
     // Shutdown must not hang forever on a wedged peer.

@@ -13,6 +13,7 @@
 //! - [`client`]: the CLI side of the admin API.
 //! - [`restore`]: `restore`'s arguments (a version, a time) and its text.
 //! - [`demo`]: a 3-node cluster on loopback that shows sync happening.
+//! - [`memory`]: the allocator knobs (two malloc arenas, a trim a minute).
 //!
 //! `anyhow` lives here only; the library crates return typed errors.
 
@@ -22,4 +23,5 @@ pub mod client;
 pub mod daemon;
 pub mod demo;
 pub mod invite;
+pub mod memory;
 pub mod restore;
