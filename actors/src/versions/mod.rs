@@ -443,11 +443,7 @@ impl Versions {
             size: 0,
             mtime_ns: meta.mtime_ns,
             hash: String::new(),
-            version: meta
-                .version
-                .iter()
-                .map(|(n, c)| (n.to_string(), c))
-                .collect(),
+            version: stored_vector(&meta.version),
             modified_by: meta.modified_by.to_string(),
             replaced_by: meta.replaced_by,
             kept_at_ms,
@@ -507,16 +503,13 @@ impl Versions {
     /// of the same entry is skipped. Bounded: never a walk of the whole
     /// catalogue.
     pub fn recently_kept(&self, path: &str, hash: &[u8; 32], version: &VersionVector) -> bool {
-        let hash = hex::encode(hash);
+        let (hash, version) = (hex::encode(hash), stored_vector(version));
         let cat = self.catalogue.lock().expect("versions lock");
-        cat.by_id.values().rev().take(RECENT).any(|v| {
-            v.path == path
-                && v.hash == hash
-                && v.version.len() == version.iter().count()
-                && version
-                    .iter()
-                    .all(|(n, c)| v.version.get(&n.to_string()) == Some(&c))
-        })
+        cat.by_id
+            .values()
+            .rev()
+            .take(RECENT)
+            .any(|v| v.path == path && v.hash == hash && v.version == version)
     }
 
     /// The catalogue entry of version `id`.
@@ -625,6 +618,11 @@ impl Versions {
     pub fn count(&self) -> usize {
         self.catalogue.lock().expect("versions lock").by_id.len()
     }
+}
+
+/// A version vector as a version's metadata stores it.
+fn stored_vector(v: &VersionVector) -> BTreeMap<String, u64> {
+    v.iter().map(|(n, c)| (n.to_string(), c)).collect()
 }
 
 /// Is `path` the path `prefix`, or under the directory `prefix`? An empty
