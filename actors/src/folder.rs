@@ -87,6 +87,11 @@ pub struct FolderStatus {
     pub sweeps: SweepStats,
     /// Rows the receiver holds a retry mark for (its map's size).
     pub retrying: std::sync::atomic::AtomicUsize,
+    /// `versions.local`: the node's own deletes and replacements whose old
+    /// content was kept, and those it could not be kept for (no intact
+    /// copy left: an in-place overwrite, no hard link, ...).
+    pub versions_local_kept: AtomicU64,
+    pub versions_local_missed: AtomicU64,
 }
 
 /// Retention's record of one folder: when it last swept, what it removed,
@@ -153,6 +158,8 @@ impl Default for FolderStatus {
             unindexed: AtomicBool::new(false),
             sweeps: SweepStats::default(),
             retrying: std::sync::atomic::AtomicUsize::new(0),
+            versions_local_kept: AtomicU64::new(0),
+            versions_local_missed: AtomicU64::new(0),
         }
     }
 }

@@ -700,6 +700,26 @@ impl Session {
         self.unlink_ref(name);
     }
 
+    /// Open `refs/<name>` for reading through the `refs/` descriptor,
+    /// never following a symlink; only a regular file is returned.
+    pub fn open_ref(&self, name: &str) -> io::Result<std::fs::File> {
+        if name.contains('/') || name.starts_with('.') {
+            return Err(not_regular(name));
+        }
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(self.refs_fd()?, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP) => return Err(not_regular(name)),
+            Err(e) => return Err(to_io(e)),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(to_io)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(not_regular(name));
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
     /// Remove `refs/<name>` through the `refs/` descriptor (never a path
     /// that a symlink could redirect); true if it was removed.
     pub fn unlink_ref(&self, name: &str) -> bool {

@@ -131,6 +131,10 @@ pub struct FolderInfo {
     /// Kept versions (`.fleetsync/versions/`): bytes on disk and count.
     pub versions_bytes: u64,
     pub versions_count: u64,
+    /// `versions.local`: own deletes/replacements kept, and those whose
+    /// old content had no intact copy left (in-place overwrites...).
+    pub versions_local_kept: u64,
+    pub versions_local_missed: u64,
     pub error: Option<String>,
     pub last_error: Option<String>,
     pub transfers: Vec<TransferInfo>,
@@ -321,6 +325,8 @@ async fn folder_info(
         bytes_received: st.bytes_in.load(Ordering::Relaxed),
         versions_bytes: folder.versions.bytes(),
         versions_count: folder.versions.count() as u64,
+        versions_local_kept: st.versions_local_kept.load(Ordering::Relaxed),
+        versions_local_missed: st.versions_local_missed.load(Ordering::Relaxed),
         // A full folder is an error the operator must act on (delete
         // files or raise max_files), though the rest keeps syncing.
         error: fault.or_else(|| st.full()),

@@ -329,8 +329,9 @@ pub struct VersionsPolicy {
     /// `max_bytes`: the versions of the folder take at most this much disk
     /// (compressed); past it the oldest go. Default 1 GiB.
     pub max_bytes: u64,
-    /// `local`: also keep what the node's own user overwrote. Only `false`
-    /// is accepted by this build (keeping local edits is not built yet).
+    /// `local`: also keep what the node's own user deleted or replaced
+    /// (from the node's `refs/` copy of the synced content, when it is
+    /// still intact). Default false.
     pub local: bool,
 }
 

@@ -180,7 +180,8 @@ fn folder_block(c: &str, id: &str, path: &Path) -> String {
 {c}# What peers overwrite or delete is kept under .fleetsync/versions/ (zstd)
 {c}# for `keep`, oldest first past `max_bytes`; versions = "off" keeps nothing.
 {c}# fleetsync versions / fleetsync restore list and bring them back.
-{c}versions = {{ keep = "30d", max_bytes = "1GiB" }}
+{c}# local = true also keeps what this node's own user deletes or replaces.
+{c}versions = {{ keep = "30d", max_bytes = "1GiB", local = false }}
 "#,
         modes = alternatives(FolderMode::ALL.iter().map(|m| m.as_str())),
         mode = q(FolderMode::SendReceive.as_str()),

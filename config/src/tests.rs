@@ -1217,6 +1217,9 @@ fn versions_default_on_and_parse_off_or_a_table() {
             local: false
         }
     );
+    let f = &parse(&text("versions = { local = true }\n")).folders[0];
+    assert!(f.versions.enabled && f.versions.local);
+    assert_eq!(f.versions.keep, crate::DEFAULT_VERSIONS_KEEP);
     let f = &parse(&text("versions = { max_bytes = \"0\" }\n")).folders[0];
     assert_eq!(
         (f.versions.max_bytes, f.versions.keep),
@@ -1241,8 +1244,6 @@ fn bad_versions_name_the_key_and_the_fix() {
     assert_invalid(&e, "folders[0].versions.max_bytes", "\"1GiB\"");
     let e = err(&text("versions = { local = \"yes\" }\n"));
     assert_invalid(&e, "folders[0].versions.local", "true or");
-    let e = err(&text("versions = { local = true }\n"));
-    assert_invalid(&e, "folders[0].versions.local", "set it to false");
 }
 
 #[test]

@@ -853,15 +853,8 @@ fn versions(ctx: &Ctx, f: &LayeredFolder) -> Result<crate::VersionsPolicy, Confi
             )
         })?;
     }
-    // Keeping the node's own edits is not built yet: refusing the key is
-    // honest, accepting it would promise an undo that does not exist.
-    if let Some(v) = f.versions_local.as_ref().filter(|v| v.value) {
-        return Err(ctx.err(
-            &v.origin,
-            "versions.local = true is not supported by this build (only content replaced by \
-             peers is kept)",
-            "remove versions.local or set it to false",
-        ));
+    if let Some(v) = &f.versions_local {
+        policy.local = v.value;
     }
     Ok(policy)
 }

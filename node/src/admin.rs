@@ -320,7 +320,7 @@ fn growth_metrics(out: &mut String, st: &NodeStatus) {
 /// blob GC runs.
 fn retention_metrics(out: &mut String, st: &NodeStatus) {
     type Get = fn(&fleetsync_actors::status::FolderInfo) -> u64;
-    let families: [(&str, &str, &str, Get); 3] = [
+    let families: [(&str, &str, &str, Get); 5] = [
         (
             "fleetsync_retention_last_sweep_timestamp_seconds",
             "gauge",
@@ -338,6 +338,19 @@ fn retention_metrics(out: &mut String, st: &NodeStatus) {
             "counter",
             "Bytes of those files.",
             |f| f.swept_bytes,
+        ),
+        (
+            "fleetsync_versions_local_kept_total",
+            "counter",
+            "The node's own deletes and replacements kept as versions (versions.local = true).",
+            |f| f.versions_local_kept,
+        ),
+        (
+            "fleetsync_versions_local_missed_total",
+            "counter",
+            "The node's own changes whose old content had no intact copy left to keep \
+             (in-place overwrites, no hard link; versions.local = true).",
+            |f| f.versions_local_missed,
         ),
     ];
     for (name, kind, help, get) in families {

@@ -229,6 +229,9 @@ pub fn commit_chunk(
     let c = folder
         .index
         .commit_unless(folder.id(), commit, folder.local(), replaced)?;
+    // Before the release: the replaced content's refs links must still
+    // be there to be kept from.
+    super::keep_local::keep_replaced_locally(folder, &c.replaced_locally, &|_| health.progress());
     folder.release(c.released);
     if c.written > 0 {
         folder

@@ -26,6 +26,7 @@
 
 mod classify;
 mod commit;
+mod keep_local;
 
 use std::{io, sync::Arc, time::Instant};
 

@@ -57,6 +57,7 @@ impl Index {
                 written: 0,
                 superseded: Vec::new(),
                 released: Vec::new(),
+                replaced_locally: Vec::new(),
             };
             for item in commit.items {
                 match item {
@@ -86,6 +87,7 @@ struct Resolver<'t> {
     written: usize,
     superseded: Vec<Record>,
     released: Vec<Released>,
+    replaced_locally: Vec<Record>,
 }
 
 /// A pending remote entry that an observation turned out to be.
@@ -124,6 +126,9 @@ impl Resolver<'_> {
             }
             None => {
                 let (rec, note) = local_record(candidate, seen, self.local);
+                if let Some(old) = cur.as_ref().filter(|c| replaces_content(c, &rec)) {
+                    self.replaced_locally.push(old.clone());
+                }
                 (rec, note, Via::Local)
             }
         };
@@ -229,6 +234,7 @@ impl Resolver<'_> {
             written: self.written,
             superseded: self.superseded,
             released: self.released,
+            replaced_locally: self.replaced_locally,
         })
     }
 }
@@ -313,6 +319,21 @@ fn adopted_record(a: Adopted, seen: &Observed) -> (Record, String) {
         refs: seen.link(),
     };
     (rec, format!("applied from {from}"))
+}
+
+/// Does the local record `new` take away content `old` had on this disk?
+/// True when `old` is a live file that was on disk and `new` deletes it,
+/// puts something else than a file there, or holds other content (a
+/// change of mtime or mode alone keeps the content). What `versions.local`
+/// keeps.
+pub(crate) fn replaces_content(old: &Record, new: &Record) -> bool {
+    let had = Record::live(Some(old))
+        .filter(|o| o.entry.kind == EntryKind::File && o.local.is_some())
+        .and_then(|o| o.entry.hash);
+    let has = Record::live(Some(new))
+        .filter(|n| n.entry.kind == EntryKind::File)
+        .and_then(|n| n.entry.hash);
+    had.is_some() && had != has
 }
 
 fn local_record(entry: FileEntry, seen: &Observed, l: Local) -> (Record, String) {

@@ -366,3 +366,54 @@ fn counter_overflow_a_local_edit_on_a_counter_at_its_ceiling_is_refused_not_wrap
         c.released
     );
 }
+
+/// What `versions.local` keeps: the record a local observation replaced
+/// with other content, a delete or another kind — never one that only
+/// changed its stat, a file that was never on this disk, or a change our
+/// receiver made (adopted).
+#[test]
+fn a_local_delete_or_new_content_reports_the_record_it_replaced() {
+    let (_d, idx) = open();
+    commit(&idx, vec![observed("a", seen_file(10, 1, 1, Some("l1")))]);
+    commit(&idx, vec![observed("b", seen_file(10, 2, 2, Some("l2")))]);
+    commit(&idx, vec![observed("c", seen_file(10, 3, 3, Some("l3")))]);
+    commit(&idx, vec![observed("d", seen_file(10, 4, 4, Some("l4")))]);
+    let c = commit(
+        &idx,
+        vec![
+            observed("a", Observed::Gone),
+            observed("b", seen_file(10, 5, 5, Some("l5"))),
+            // Same content, another inode (touched, or copied back).
+            observed("c", seen_file(10, 6, 3, Some("l6"))),
+            observed("d", dir(4, 0o40755)),
+        ],
+    );
+    assert_eq!(c.written, 4);
+    let got: Vec<_> = c
+        .replaced_locally
+        .iter()
+        .map(|r| (r.entry.path.as_str(), r.refs.as_deref(), r.entry.hash))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a", Some("l1"), Some([1; 32])),
+            ("b", Some("l2"), Some([2; 32])),
+            ("d", Some("l4"), Some([4; 32])),
+        ]
+    );
+    // A peer's content our receiver wrote is adopted: nothing local.
+    let mut remote = file("b", 8, &[(9 << 56, 1)]);
+    remote.version = current(&idx, "b")
+        .entry
+        .version
+        .bump(ShortId(9 << 56))
+        .unwrap();
+    ingest(&idx, &PEER, 1, std::slice::from_ref(&remote));
+    let c = commit(&idx, vec![observed("b", seen_file(10, 9, 8, Some("l9")))]);
+    assert_eq!((c.written, c.replaced_locally.len()), (1, 0));
+    // A record never on this disk (applied, not yet placed) had nothing here.
+    put(&idx, vec![file("e", 1, &[(1, 1)])]);
+    let c = commit(&idx, vec![observed("e", seen_file(10, 10, 6, None))]);
+    assert_eq!((c.written, c.replaced_locally.len()), (1, 0));
+}

@@ -268,6 +268,11 @@ pub struct Committed {
     /// Refs links nothing references any more: the caller hands them to
     /// [`crate::folder::Folder::release`].
     pub released: Vec<Released>,
+    /// The records a local observation replaced with other content, a
+    /// delete or another kind (`commit::replaces_content`): what
+    /// `versions.local` keeps, from their refs links, before the caller
+    /// releases those.
+    pub replaced_locally: Vec<Record>,
 }
 
 /// A `refs` link the index stopped using, with the hash its record had

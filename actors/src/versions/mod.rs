@@ -52,6 +52,9 @@ pub const VERSIONS_DIR: &str = "versions";
 /// zstd level: 3 is zstd's default, fast enough to run on the apply path.
 const LEVEL: i32 = 3;
 
+/// How many of the newest versions [`Versions::recently_kept`] looks at.
+const RECENT: usize = 64;
+
 /// `replaced_by` of a version the node's own user (or a restore) replaced.
 pub const LOCAL: &str = "local";
 
@@ -94,6 +97,10 @@ pub struct VersionInfo {
     /// Bytes the version file takes on disk (compressed, with metadata).
     pub stored_bytes: u64,
 }
+
+/// What one keep writes: the metadata, the hash the content must have (if
+/// checked), and the progress callback.
+type Keeping<'a> = (KeepMeta, Option<[u8; 32]>, &'a dyn Fn(u64));
 
 /// What is known about content about to be kept; size and hash are
 /// measured from the bytes themselves.
@@ -144,6 +151,8 @@ pub enum VersionsError {
     NoMarker { root: PathBuf },
     #[error("{path}: not a regular file; not kept")]
     NotRegular { path: PathBuf },
+    #[error("{path}: the copy to keep no longer holds the content (hash {want}); not kept")]
+    ContentChanged { path: String, want: String },
     #[error("no kept version {id:?}")]
     NotFound { id: String },
     #[error("version {id}: {source}")]
@@ -355,11 +364,37 @@ impl Versions {
         file: &File,
         meta: KeepMeta,
     ) -> Result<Option<VersionInfo>, VersionsError> {
+        self.keep_checked(file, meta, None, &|_| {})
+    }
+
+    /// [`Versions::keep_file`] of content that must have hash `want`
+    /// (a copy that may have been rewritten since it was hashed): checked
+    /// in the same pass that compresses it, and nothing is kept
+    /// ([`VersionsError::ContentChanged`]) if it differs. `progress` is
+    /// called with the bytes read so far (a caller whose health is judged
+    /// by progress reports it).
+    pub fn keep_file_as(
+        &self,
+        file: &File,
+        meta: KeepMeta,
+        want: [u8; 32],
+        progress: &dyn Fn(u64),
+    ) -> Result<Option<VersionInfo>, VersionsError> {
+        self.keep_checked(file, meta, Some(want), progress)
+    }
+
+    fn keep_checked(
+        &self,
+        file: &File,
+        meta: KeepMeta,
+        want: Option<[u8; 32]>,
+        progress: &dyn Fn(u64),
+    ) -> Result<Option<VersionInfo>, VersionsError> {
         if !self.policy.enabled {
             return Ok(None);
         }
         let now = SystemTime::now();
-        let info = self.write_version(file, meta, unix_ms(now))?;
+        let info = self.write_version(file, (meta, want, progress), unix_ms(now))?;
         self.catalogue
             .lock()
             .expect("versions lock")
@@ -373,14 +408,14 @@ impl Versions {
     fn write_version(
         &self,
         file: &File,
-        meta: KeepMeta,
+        what: Keeping<'_>,
         kept_at_ms: u64,
     ) -> Result<VersionInfo, VersionsError> {
         let vdir = self.versions_dir(true)?;
         let tmp_dir = self.reserved_subdir(TMP_DIR, false)?;
         let tmp_name = format!("version-{:016x}.part", random_u64());
         let out = create_tmp(&tmp_dir, &tmp_name).map_err(self.io_err("create a temp file"))?;
-        let res = self.fill_and_place(file, &out, meta, kept_at_ms, (&tmp_dir, &tmp_name), &vdir);
+        let res = self.fill_and_place(file, &out, what, kept_at_ms, (&tmp_dir, &tmp_name), &vdir);
         if res.is_err() {
             // A half-written temp file is worth nothing: gone now rather
             // than at retention's next sweep.
@@ -397,7 +432,7 @@ impl Versions {
         &self,
         src: &File,
         out: &File,
-        meta: KeepMeta,
+        (meta, want, progress): Keeping<'_>,
         kept_at_ms: u64,
         (tmp_dir, tmp_name): (&OwnedFd, &str),
         vdir: &OwnedFd,
@@ -408,18 +443,21 @@ impl Versions {
             size: 0,
             mtime_ns: meta.mtime_ns,
             hash: String::new(),
-            version: meta
-                .version
-                .iter()
-                .map(|(n, c)| (n.to_string(), c))
-                .collect(),
+            version: stored_vector(&meta.version),
             modified_by: meta.modified_by.to_string(),
             replaced_by: meta.replaced_by,
             kept_at_ms,
             reason: meta.reason,
         };
         let room = header.room();
-        let (size, hash) = compress(src, out, 8 + room as u64).map_err(self.io_err("compress"))?;
+        let (size, hash) =
+            compress(src, out, 8 + room as u64, progress).map_err(self.io_err("compress"))?;
+        if let Some(want) = want.filter(|w| *w != hash) {
+            return Err(VersionsError::ContentChanged {
+                path: header.path,
+                want: hex::encode(want),
+            });
+        }
         header.size = size;
         header.hash = hex::encode(hash);
         for ms in kept_at_ms.. {
@@ -457,6 +495,21 @@ impl Versions {
             .filter(|v| prefix.is_none_or(|p| under(&v.path, p)))
             .cloned()
             .collect()
+    }
+
+    /// Is the superseded entry (`path`, content `hash`, `version`) among
+    /// the newest [`RECENT`] versions already? A restore keeps what it
+    /// replaces, then the watcher sees the restored file: the second keep
+    /// of the same entry is skipped. Bounded: never a walk of the whole
+    /// catalogue.
+    pub fn recently_kept(&self, path: &str, hash: &[u8; 32], version: &VersionVector) -> bool {
+        let (hash, version) = (hex::encode(hash), stored_vector(version));
+        let cat = self.catalogue.lock().expect("versions lock");
+        cat.by_id
+            .values()
+            .rev()
+            .take(RECENT)
+            .any(|v| v.path == path && v.hash == hash && v.version == version)
     }
 
     /// The catalogue entry of version `id`.
@@ -567,6 +620,11 @@ impl Versions {
     }
 }
 
+/// A version vector as a version's metadata stores it.
+fn stored_vector(v: &VersionVector) -> BTreeMap<String, u64> {
+    v.iter().map(|(n, c)| (n.to_string(), c)).collect()
+}
+
 /// Is `path` the path `prefix`, or under the directory `prefix`? An empty
 /// prefix (or "/") is the whole folder.
 pub fn under(path: &str, prefix: &str) -> bool {
@@ -619,7 +677,12 @@ fn create_tmp(dir: &OwnedFd, name: &str) -> io::Result<File> {
 
 /// Compress all of `src` (from its start) into `out` at `offset`, hashing
 /// it on the way; returns its size and BLAKE3.
-fn compress(src: &File, out: &File, offset: u64) -> io::Result<(u64, [u8; 32])> {
+fn compress(
+    src: &File,
+    out: &File,
+    offset: u64,
+    progress: &dyn Fn(u64),
+) -> io::Result<(u64, [u8; 32])> {
     let mut src = src;
     src.seek(SeekFrom::Start(0))?;
     let mut out = out;
@@ -639,6 +702,7 @@ fn compress(src: &File, out: &File, offset: u64) -> io::Result<(u64, [u8; 32])> 
         hasher.update(&buf[..n]);
         enc.write_all(&buf[..n])?;
         size += n as u64;
+        progress(size);
     }
     enc.finish()?.flush()?;
     Ok((size, *hasher.finalize().as_bytes()))

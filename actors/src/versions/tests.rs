@@ -270,3 +270,43 @@ fn under_matches_the_path_and_what_lies_below_it() {
     assert!(under("x", ""));
     assert!(under("x", "/"));
 }
+
+/// `keep_file_as`: a copy rewritten since it was hashed is not kept (and
+/// leaves no temp file); an intact one is, and is then "recently kept"
+/// for the same path, hash and vector only.
+#[test]
+fn a_copy_is_kept_only_with_the_expected_hash_and_once_per_superseded_entry() {
+    let root = folder();
+    let v = Versions::open(root.path(), VersionsPolicy::default()).unwrap();
+    let p = root.path().join("copy");
+    std::fs::write(&p, b"rewritten in place").unwrap();
+    let want = *blake3::hash(b"the old bytes").as_bytes();
+    let file = File::open(&p).unwrap();
+    let err = v
+        .keep_file_as(&file, meta("a", Reason::Local), want, &|_| {})
+        .unwrap_err();
+    assert!(
+        matches!(&err, VersionsError::ContentChanged { path, .. } if path == "a"),
+        "{err}"
+    );
+    assert_eq!(v.count(), 0);
+    assert!(names_in(&root.path().join(RESERVED_DIR).join(TMP_DIR)).is_empty());
+    assert!(!v.recently_kept("a", &want, &meta("a", Reason::Local).version));
+
+    std::fs::write(&p, b"the old bytes").unwrap();
+    let file = File::open(&p).unwrap();
+    let info = v
+        .keep_file_as(&file, meta("a", Reason::Local), want, &|_| {})
+        .unwrap()
+        .expect("kept");
+    assert_eq!(
+        (info.reason, v.read(&info.id).unwrap()),
+        (Reason::Local, b"the old bytes".to_vec())
+    );
+    let vv = meta("a", Reason::Local).version;
+    assert!(v.recently_kept("a", &want, &vv));
+    assert!(!v.recently_kept("b", &want, &vv));
+    assert!(!v.recently_kept("a", &[0; 32], &vv));
+    let newer = vv.bump(ShortId(0xab)).unwrap();
+    assert!(!v.recently_kept("a", &want, &newer));
+}

@@ -185,3 +185,112 @@ fn versions_off_keeps_nothing() {
     assert!(version_files(b, "shared").is_empty());
     assert!(listed(b, &["--folder", "shared"]).is_empty());
 }
+
+/// The listed versions of `path` on `node`: (reason, id, hash), newest first.
+fn versions_of(node: &Node, path: &str) -> Vec<(String, String, String)> {
+    listed(node, &["--folder", "shared"])
+        .iter()
+        .filter(|v| v["path"] == path)
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            (s("reason"), s("id"), s("hash"))
+        })
+        .collect()
+}
+
+/// The exact bytes of version `id` of folder "shared" on `node`.
+fn version_bytes(node: &Node, id: &str) -> Vec<u8> {
+    let file = node.path(&format!(".fleetsync/versions/{id}.zst"));
+    let bytes = zstd::stream::decode_all(&fs::read(&file).unwrap()[..]).unwrap();
+    zstd_tool_agrees(&file, &bytes);
+    bytes
+}
+
+fn local_counter(node: &Node, key: &str) -> u64 {
+    node.folder_status("shared")
+        .and_then(|f| f[key].as_u64())
+        .unwrap_or(0)
+}
+
+/// `versions = { local = true }` on A: A's own delete and its replace by
+/// write-temp-and-rename are kept on A (reason "local", exact old bytes),
+/// an in-place overwrite has no intact copy left and is counted as missed,
+/// a restore on A reaches every node and is not kept twice, and B (the
+/// default) keeps none of its own user's changes.
+#[test]
+fn local_deletes_and_replacements_are_kept_with_versions_local() {
+    let c = Cluster::start(2, Topology::Full, |i| {
+        let f = FolderSpec::new("shared");
+        vec![if i == 0 {
+            f.key("versions", "{ local = true }")
+        } else {
+            f
+        }]
+    });
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let gone = pseudo_random(70_000, 11);
+    let (swap1, swap2) = (pseudo_random(20_000, 12), pseudo_random(9_000, 13));
+    fs::create_dir_all(a.path("d")).unwrap();
+    fs::write(a.path("d/gone.bin"), &gone).unwrap();
+    fs::write(a.path("swap.txt"), &swap1).unwrap();
+    fs::write(a.path("inplace.txt"), pseudo_random(4_000, 14)).unwrap();
+    fs::write(a.path("b-own.txt"), pseudo_random(3_000, 15)).unwrap();
+    c.wait_converged("the first contents on both");
+
+    fs::remove_file(a.path("d/gone.bin")).unwrap();
+    // An editor's save: a temp file (outside the folder, same file
+    // system) renamed over the old one.
+    let tmp = a.folder("shared").parent().unwrap().join("swap.tmp");
+    fs::write(&tmp, &swap2).unwrap();
+    fs::rename(&tmp, a.path("swap.txt")).unwrap();
+    // Rewritten in place: the old bytes are gone from every copy.
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(a.path("inplace.txt"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"rewritten"))
+        .unwrap();
+    fs::remove_file(b.path("b-own.txt")).unwrap();
+    c.wait_converged("the local changes on both");
+
+    let kept = versions_of(a, "d/gone.bin");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].0, "local");
+    assert_eq!(version_bytes(a, &kept[0].1), gone);
+    let kept = versions_of(a, "swap.txt");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].0, "local");
+    assert_eq!(version_bytes(a, &kept[0].1), swap1);
+    assert!(versions_of(a, "inplace.txt").is_empty());
+    wait_until(DEADLINE, "the in-place overwrite counted as missed", || {
+        local_counter(a, "versions_local_missed") >= 1
+    });
+    assert_eq!(local_counter(a, "versions_local_kept"), 2);
+    // B's own delete is kept on A as a peer's delete; B keeps nothing of
+    // its own user's (default: local = false).
+    assert_eq!(versions_of(a, "b-own.txt")[0].0, "delete");
+    assert!(versions_of(b, "b-own.txt").is_empty());
+    assert_eq!(local_counter(b, "versions_local_kept"), 0);
+    assert!(listed(b, &["--folder", "shared"])
+        .iter()
+        .all(|v| v["reason"] != "local"));
+
+    // A restore on A (which alone kept these) reaches B.
+    for path in ["d/gone.bin", "swap.txt"] {
+        let (code, out, err) = a.cli(&["restore", "--folder", "shared", path]);
+        assert_eq!(code, 0, "restore {path}: {out}\n{err}");
+    }
+    for n in &c.nodes {
+        wait_until(DEADLINE, &format!("the restores on {}", n.name), || {
+            fs::read(n.path("d/gone.bin")).is_ok_and(|g| g == gone)
+                && fs::read(n.path("swap.txt")).is_ok_and(|s| s == swap1)
+        });
+    }
+    // The restore kept what it replaced once (reason restore): the
+    // watcher seeing the restored file does not keep it again.
+    let reasons: Vec<String> = versions_of(a, "swap.txt")
+        .into_iter()
+        .map(|v| v.0)
+        .collect();
+    assert_eq!(reasons, ["restore", "local"]);
+}
