@@ -179,7 +179,11 @@ fn peer_file_loses(
 /// directory record of: placing a child makes them before their own entry
 /// is applied (a peer can commit, and send, a child before its directory).
 /// Blocking: reads the index.
-pub fn unrecorded_parents(index: &Index, folder: &str, plan: &Plan) -> Result<Vec<String>, IndexError> {
+pub fn unrecorded_parents(
+    index: &Index,
+    folder: &str,
+    plan: &Plan,
+) -> Result<Vec<String>, IndexError> {
     let mut parents: BTreeSet<String> = BTreeSet::new();
     for p in all_planned(plan).filter(|p| !p.job.target.deleted) {
         let path = p.job.path.as_str();

@@ -322,4 +322,3 @@ pub(crate) fn test_version(path: &str, mtime_ns: i64, kept_at_ms: u64) -> Versio
 
 #[cfg(test)]
 mod tests;
-

@@ -34,7 +34,13 @@ fn keep(folder: &Folder, rel: &str, reason: Reason) -> String {
         replaced_by: "peer".into(),
         reason,
     };
-    folder.versions.keep_file(&file, meta).unwrap().unwrap().meta.id
+    folder
+        .versions
+        .keep_file(&file, meta)
+        .unwrap()
+        .unwrap()
+        .meta
+        .id
 }
 
 fn write(folder: &Folder, rel: &str, data: &[u8]) {
@@ -216,8 +222,16 @@ fn wait_past(t: u64) {
 #[test]
 fn a_restored_file_gets_the_mode_it_was_kept_with() {
     assert_eq!(restored_mode(Some(0o100_755), Some(0o644), 0o022), 0o755);
-    assert_eq!(restored_mode(Some(0o4755), None, 0o022), 0o755, "never setuid");
-    assert_eq!(restored_mode(None, Some(0o600), 0o022), 0o600, "kept without a mode");
+    assert_eq!(
+        restored_mode(Some(0o4755), None, 0o022),
+        0o755,
+        "never setuid"
+    );
+    assert_eq!(
+        restored_mode(None, Some(0o600), 0o022),
+        0o600,
+        "kept without a mode"
+    );
     assert_eq!(restored_mode(None, None, 0o022), 0o644);
     assert_eq!(restored_mode(None, None, 0o077), 0o600);
 }

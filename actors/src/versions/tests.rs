@@ -147,7 +147,11 @@ fn the_same_content_kept_twice_at_once_gets_two_ids() {
     let root = folder();
     let v = Versions::open(root.path(), VersionsPolicy::default()).unwrap();
     let ids: std::collections::BTreeSet<String> = (0..5)
-        .map(|_| keep_bytes(&v, root.path(), "same", b"same bytes", Reason::Overwrite).meta.id)
+        .map(|_| {
+            keep_bytes(&v, root.path(), "same", b"same bytes", Reason::Overwrite)
+                .meta
+                .id
+        })
         .collect();
     assert_eq!(ids.len(), 5);
     assert_eq!(v.count(), 5);
