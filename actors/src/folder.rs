@@ -137,6 +137,8 @@ pub struct FolderMaps {
     pub full: usize,
     /// The receiver's retry marks.
     pub retrying: usize,
+    /// Parent directories the receiver made before their own entry came.
+    pub expected_dirs: usize,
 }
 
 impl Default for FolderStatus {
@@ -280,6 +282,9 @@ pub struct Folder {
     /// Peers whose transfer of some content stalled or failed, and when:
     /// they are asked last for that content until the mark expires.
     slow: Mutex<HashMap<([u8; 32], EndpointId), Instant>>,
+    /// Parent directories the receiver makes for peers' entries before it
+    /// has the directory's own entry, and since when ([`Folder::expect_dirs`]).
+    expected_dirs: Mutex<HashMap<String, Instant>>,
     pub status: FolderStatus,
     /// The mass-delete guard ([`crate::guard`]): what it holds, the
     /// burst window.
@@ -302,6 +307,17 @@ pub const SLOW_MARK_TTL: Duration = Duration::from_secs(300);
 /// Slow marks kept at most; past it the expired ones go, then all (bounded
 /// memory: a forgotten mark only changes the order peers are asked in).
 const SLOW_MARKS_MAX: usize = 4096;
+
+/// How long a parent directory the receiver made waits for its own entry
+/// before the watcher may record it as a local one. The entry follows its
+/// children within seconds; minutes cover a peer that is slow to settle a
+/// directory still being filled.
+pub const EXPECTED_DIR_TTL: Duration = Duration::from_secs(600);
+
+/// Expected directories remembered at most; past it the expired ones go,
+/// then the oldest half (bounded memory: a forgotten mark only lets the
+/// watcher record that directory as a local version, as before).
+const EXPECTED_DIRS_MAX: usize = 10_000;
 
 /// The folder's marker (`<root>/.fleetsync`) is gone while the index has
 /// content: most likely an unmounted disk. Syncing it as empty would
@@ -389,6 +405,18 @@ fn open_versions(cfg: &FolderConfig) -> Versions {
     })
 }
 
+/// Make room in the expected directories: the expired ones go, then the
+/// older half if that was not enough.
+fn shrink_expected(m: &mut HashMap<String, Instant>, now: Instant) {
+    m.retain(|_, at| now.duration_since(*at) < EXPECTED_DIR_TTL);
+    if m.len() >= EXPECTED_DIRS_MAX {
+        let mut ages: Vec<Instant> = m.values().copied().collect();
+        ages.sort_unstable();
+        let cut = ages[ages.len() / 2];
+        m.retain(|_, at| *at > cut);
+    }
+}
+
 impl Folder {
     pub fn new(
         cfg: FolderConfig,
@@ -414,6 +442,7 @@ impl Folder {
             released: Mutex::new(Graveyard::default()),
             transfer_stall,
             slow: Mutex::new(HashMap::new()),
+            expected_dirs: Mutex::new(HashMap::new()),
             status: FolderStatus::default(),
             deletes: Mutex::new(DeleteGuard::default()),
             readers,
@@ -516,10 +545,47 @@ impl Folder {
             slow.retain(|_, at| at.elapsed() < SLOW_MARK_TTL);
             n += before - slow.len();
         }
+        {
+            let mut dirs = self.expected_dirs.lock().expect("expected dirs lock");
+            let before = dirs.len();
+            dirs.retain(|_, at| at.elapsed() < EXPECTED_DIR_TTL);
+            n += before - dirs.len();
+        }
         let mut parked = self.parked.lock().expect("parked lock");
         let before = parked.len();
         parked.retain(|_, (at, _)| at.elapsed() < parked_age);
         n + before - parked.len()
+    }
+
+    /// The receiver is about to apply peers' entries below these
+    /// directories, which it has no live record of: applying a child makes
+    /// them. Their own entries are on their way (a peer may commit a child
+    /// before its directory); until one is applied the hasher leaves the
+    /// directory unrecorded ([`Folder::is_expected_dir`]) instead of
+    /// authoring a new local version of it, which could reach the origin
+    /// after it deleted the tree and bring the directory back everywhere.
+    pub fn expect_dirs(&self, dirs: impl IntoIterator<Item = String>) {
+        let now = Instant::now();
+        let mut m = self.expected_dirs.lock().expect("expected dirs lock");
+        for d in dirs {
+            if m.len() >= EXPECTED_DIRS_MAX {
+                shrink_expected(&mut m, now);
+            }
+            m.insert(d, now);
+        }
+    }
+
+    /// Is `rel` a directory the receiver made for a peer's child and whose
+    /// own entry has not been applied yet (within [`EXPECTED_DIR_TTL`])?
+    pub fn is_expected_dir(&self, rel: &str) -> bool {
+        let m = self.expected_dirs.lock().expect("expected dirs lock");
+        m.get(rel).is_some_and(|at| at.elapsed() < EXPECTED_DIR_TTL)
+    }
+
+    /// The entry of `rel` was applied (made, or deleted): no longer expected.
+    pub fn dir_arrived(&self, rel: &str) {
+        let mut m = self.expected_dirs.lock().expect("expected dirs lock");
+        m.remove(rel);
     }
 
     /// Sizes of the folder's in-memory maps.
@@ -532,6 +598,7 @@ impl Folder {
             transfers: self.status.transfers.lock().expect("status lock").len(),
             full: self.status.full.lock().expect("status lock").len(),
             retrying: self.status.retrying.load(Ordering::Relaxed),
+            expected_dirs: self.expected_dirs.lock().expect("expected dirs lock").len(),
         }
     }
 

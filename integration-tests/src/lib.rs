@@ -551,6 +551,12 @@ impl Node {
             .cloned()
     }
 
+    /// Does `folder`'s status say it is in sync with nothing pending?
+    pub fn in_sync(&self, folder: &str) -> bool {
+        self.folder_status(folder)
+            .is_some_and(|f| f["in_sync"] == true && f["pending"] == 0)
+    }
+
     pub fn connected_peers(&self) -> usize {
         self.status()
             .and_then(|s| {

@@ -28,11 +28,6 @@ fn seq(n: &Node) -> u64 {
         .unwrap_or(0)
 }
 
-fn in_sync(n: &Node) -> bool {
-    n.folder_status("shared")
-        .is_some_and(|f| f["in_sync"] == true && f["pending"] == 0)
-}
-
 #[test]
 fn create_modify_delete_dirs_empty_files_modes_mtimes_and_symlinks() {
     let c = Cluster::start(2, Topology::Full, folders);
@@ -114,7 +109,7 @@ fn rename_of_a_directory_reuses_local_content() {
     }
     fs::write(a.path("single.bin"), pseudo_random(1 << 20, 99)).unwrap();
     c.wait_converged("the photos on b");
-    wait_until(DEADLINE, "b in sync", || in_sync(b));
+    wait_until(DEADLINE, "b in sync", || b.in_sync("shared"));
     let before = bytes_received(b);
     assert!(before >= 40 * (64 << 10), "b fetched only {before} bytes");
 
@@ -125,7 +120,7 @@ fn rename_of_a_directory_reuses_local_content() {
     assert!(t.contains_key("archive/photos-2026/2026/img-039.raw"));
     assert!(t.contains_key("archive/single-renamed.bin"));
     assert!(!t.contains_key("photos") && !t.contains_key("single.bin"));
-    wait_until(DEADLINE, "b in sync", || in_sync(b));
+    wait_until(DEADLINE, "b in sync", || b.in_sync("shared"));
     assert_eq!(
         bytes_received(b),
         before,
@@ -220,7 +215,7 @@ fn no_echo_and_a_restart_resends_and_refetches_nothing() {
     }
     c.wait_converged("50 files on b");
     wait_until(DEADLINE, "both in sync", || {
-        in_sync(&c.nodes[0]) && in_sync(&c.nodes[1])
+        c.nodes[0].in_sync("shared") && c.nodes[1].in_sync("shared")
     });
     let (seq_a, seq_b) = (seq(&c.nodes[0]), seq(&c.nodes[1]));
     // Applying on b must not have produced new local versions that come back.
@@ -231,7 +226,7 @@ fn no_echo_and_a_restart_resends_and_refetches_nothing() {
     c.nodes[1].start();
     c.wait_connected();
     wait_until(DEADLINE, "b in sync after restart", || {
-        in_sync(&c.nodes[1]) && in_sync(&c.nodes[0])
+        c.nodes[1].in_sync("shared") && c.nodes[0].in_sync("shared")
     });
     assert_eq!(
         seq(&c.nodes[0]),

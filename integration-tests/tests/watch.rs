@@ -11,11 +11,6 @@ fn folders(_: usize) -> Vec<FolderSpec> {
     vec![FolderSpec::new("shared")]
 }
 
-fn in_sync(n: &Node) -> bool {
-    n.folder_status("shared")
-        .is_some_and(|f| f["in_sync"] == true && f["pending"] == 0)
-}
-
 fn indexed_files(n: &Node) -> u64 {
     n.folder_status("shared")
         .and_then(|f| f["files"].as_u64())
@@ -71,7 +66,7 @@ fn files_written_into_new_directories_at_once_are_never_missed() {
         let mut last = (0, 0);
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             wait_until(DEADLINE, "both nodes in sync with every file", || {
-                let synced = in_sync(a) && in_sync(b);
+                let synced = a.in_sync("shared") && b.in_sync("shared");
                 last = (indexed_files(a), indexed_files(b));
                 synced && last.1 as usize == written
             })
@@ -80,8 +75,8 @@ fn files_written_into_new_directories_at_once_are_never_missed() {
         assert!(
             res.is_ok() && ta == tb,
             "round {round} (written in {took:?}): indexed (a, b) = {last:?} of {written}; in_sync (a, b) = ({}, {}); differences: {:#?}",
-            in_sync(a),
-            in_sync(b),
+            a.in_sync("shared"),
+            b.in_sync("shared"),
             differences(&ta, &tb)
         );
         eprintln!(
@@ -180,7 +175,9 @@ fn a_receiver_killed_and_restarted_during_a_stream_of_writes_catches_up_promptly
     assert_eq!(files_in(&stream), written);
     assert!(converged.len() > written, "{} paths", converged.len());
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
-    wait_until(DEADLINE, "both nodes in sync", || in_sync(a) && in_sync(b));
+    wait_until(DEADLINE, "both nodes in sync", || {
+        a.in_sync("shared") && b.in_sync("shared")
+    });
     eprintln!(
         "{written} files streamed over {RESTARTS} kill -9 restarts of b; receiving again after each restart: {recovered:?}; converged {took:?} after the last restart"
     );

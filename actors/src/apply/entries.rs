@@ -30,6 +30,9 @@ pub(super) async fn apply_entry(folder: &Arc<Folder>, job: &Job) -> Outcome {
         }
     };
     let (local, note) = done?;
+    // Its own entry is here: the hasher may look at it again (after the
+    // commit; the apply guard holds it off until then).
+    folder.dir_arrived(&job.path);
     Ok(Applied::new(job, local, None, note, guard))
 }
 

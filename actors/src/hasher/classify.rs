@@ -191,6 +191,13 @@ impl Classifier<'_> {
                 }
             }
         }
+        if !known && self.folder.is_expected_dir(&rel) {
+            // Made by the receiver for a peer's child before the
+            // directory's own entry came: that entry is its version (the
+            // receiver applies it). A version of our own could outlive a
+            // delete of the tree on the origin and bring it back.
+            return;
+        }
         self.plan
             .observed
             .push((rel, Observed::Dir { stat: meta.stat }));

@@ -366,11 +366,15 @@ impl Round {
         Ok(plan)
     }
 
-    /// File vs directory: the plan becomes a tree (see [`tree`]).
+    /// File vs directory: the plan becomes a tree (see [`tree`]). The
+    /// parents its entries will make without a record of their own are
+    /// marked expected first, so the watcher does not record them as ours
+    /// ([`Folder::expect_dirs`]).
     async fn settle_tree(&self, mut plan: Plan) -> Result<Plan, RoundError> {
         let f = self.folder.clone();
         rt::blocking(move || {
             tree::settle(&f.index, f.id(), f.me, &mut plan)?;
+            f.expect_dirs(tree::unrecorded_parents(&f.index, f.id(), &plan)?);
             Ok(plan)
         })
         .await?

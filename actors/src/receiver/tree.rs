@@ -175,6 +175,28 @@ fn peer_file_loses(
     }
 }
 
+/// The parents of the round's live entries that this node has no live
+/// directory record of: placing a child makes them before their own entry
+/// is applied (a peer can commit, and send, a child before its directory).
+/// Blocking: reads the index.
+pub fn unrecorded_parents(
+    index: &Index,
+    folder: &str,
+    plan: &Plan,
+) -> Result<Vec<String>, IndexError> {
+    let mut parents: BTreeSet<String> = BTreeSet::new();
+    for p in all_planned(plan).filter(|p| !p.job.target.deleted) {
+        let path = p.job.path.as_str();
+        parents.extend(path.match_indices('/').map(|(i, _)| path[..i].to_string()));
+    }
+    let parents: Vec<String> = parents.into_iter().collect();
+    let recorded = index.get_many(folder, &parents)?;
+    let is_dir = |p: &String| {
+        Record::live(recorded.get(p)).is_some_and(|r| r.entry.kind == EntryKind::Directory)
+    };
+    Ok(parents.into_iter().filter(|p| !is_dir(p)).collect())
+}
+
 /// Our own files with something planned live below them: the directory
 /// wins, ours is moved aside as its conflict copy.
 fn settle_our_files(view: &View, me: ShortId, plan: &mut Plan) -> Result<(), IndexError> {

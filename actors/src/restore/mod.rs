@@ -170,15 +170,15 @@ fn restore_one(folder: &Folder, v: &VersionInfo) -> Result<Outcome, PathError> {
     }
     let session = folder.fs.session()?;
     let before = session.lstat(&v.path)?;
-    let (mode, kept_current) = match before {
-        DiskState::Missing => (applied_mode(EntryKind::File, 0, folder.cfg.umask.0), None),
+    let (current_mode, kept_current) = match before {
+        DiskState::Missing => (None, None),
         DiskState::Present(m) if m.kind == EntryKind::File => {
             let current = session.open_regular(&v.path)?;
             if hex::encode(current.hash()?) == v.hash {
                 return Ok(Outcome::Unchanged);
             }
             let kept = keep_current(folder, &v.path, &before, &current)?;
-            (m.stat.mode, Some(kept))
+            (Some(m.stat.mode), Some(kept))
         }
         DiskState::Present(m) => {
             return Err(PathError::NotAFile(match m.kind {
@@ -188,6 +188,7 @@ fn restore_one(folder: &Folder, v: &VersionInfo) -> Result<Outcome, PathError> {
         }
         DiskState::Special => return Err(PathError::NotAFile("special file")),
     };
+    let mode = restored_mode(v.mode, current_mode, folder.cfg.umask.0);
     let tmp = stage(folder, v, mode)?;
     let placed = match session.lstat(&v.path) {
         Ok(now) if now == before => session.place(&tmp, &v.path, true).map_err(PathError::Io),
@@ -198,6 +199,18 @@ fn restore_one(folder: &Folder, v: &VersionInfo) -> Result<Outcome, PathError> {
         remove_tmp(folder, &tmp);
     }
     placed.map(|()| Outcome::Restored { kept_current })
+}
+
+/// The permission bits a restored file gets: those it had when it was
+/// kept (never setuid, setgid or sticky); for a version kept before modes
+/// were recorded, the replaced file's, or a new file's (`0o666` through
+/// the folder's umask).
+fn restored_mode(kept: Option<u32>, current: Option<u32>, umask: u32) -> u32 {
+    match (kept, current) {
+        (Some(kept), _) => kept & 0o777,
+        (None, Some(current)) => current,
+        (None, None) => applied_mode(EntryKind::File, 0, umask),
+    }
 }
 
 /// Keep the file at `rel` (opened as `current`) as a version before it is
@@ -226,7 +239,7 @@ fn keep_current(
         meta.mtime_ns = m.stat.mtime_ns;
     }
     let kept = folder.versions.keep_file(&current.file()?, meta)?;
-    kept.map(|info| info.id).ok_or(PathError::NotKept)
+    kept.map(|info| info.meta.id).ok_or(PathError::NotKept)
 }
 
 /// Version `v`'s bytes in a finished temp file (mode, mtime now, fsynced);
@@ -291,7 +304,7 @@ fn remove_tmp(folder: &Folder, name: &str) {
 
 #[cfg(test)]
 pub(crate) fn test_version(path: &str, mtime_ns: i64, kept_at_ms: u64) -> VersionInfo {
-    VersionInfo {
+    crate::versions::VersionMeta {
         id: format!("{kept_at_ms:013}-{:08x}", fsutil::random_u32()),
         path: path.into(),
         size: 0,
@@ -302,8 +315,9 @@ pub(crate) fn test_version(path: &str, mtime_ns: i64, kept_at_ms: u64) -> Versio
         replaced_by: String::new(),
         kept_at_ms,
         reason: Reason::Overwrite,
-        stored_bytes: 0,
+        mode: None,
     }
+    .into_info(0)
 }
 
 #[cfg(test)]

@@ -34,7 +34,13 @@ fn keep(folder: &Folder, rel: &str, reason: Reason) -> String {
         replaced_by: "peer".into(),
         reason,
     };
-    folder.versions.keep_file(&file, meta).unwrap().unwrap().id
+    folder
+        .versions
+        .keep_file(&file, meta)
+        .unwrap()
+        .unwrap()
+        .meta
+        .id
 }
 
 fn write(folder: &Folder, rel: &str, data: &[u8]) {
@@ -211,4 +217,38 @@ fn wait_past(t: u64) {
     {
         std::thread::yield_now();
     }
+}
+
+#[test]
+fn a_restored_file_gets_the_mode_it_was_kept_with() {
+    assert_eq!(restored_mode(Some(0o100_755), Some(0o644), 0o022), 0o755);
+    assert_eq!(
+        restored_mode(Some(0o4755), None, 0o022),
+        0o755,
+        "never setuid"
+    );
+    assert_eq!(
+        restored_mode(None, Some(0o600), 0o022),
+        0o600,
+        "kept without a mode"
+    );
+    assert_eq!(restored_mode(None, None, 0o022), 0o644);
+    assert_eq!(restored_mode(None, None, 0o077), 0o600);
+}
+
+#[test]
+fn an_executable_deleted_and_restored_is_executable_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = folder(dir.path());
+    write(&f, "run.sh", b"#!/bin/sh\n");
+    let exec = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(f.fs.abs("run.sh"), exec).unwrap();
+    let id = keep(&f, "run.sh", Reason::Delete);
+    assert_eq!(f.versions.get(&id).unwrap().mode, Some(0o755), "recorded");
+    std::fs::remove_file(f.fs.abs("run.sh")).unwrap();
+
+    restore(&f, &req("run.sh", When::Newest)).unwrap();
+    let mode = std::fs::metadata(f.fs.abs("run.sh")).unwrap().mode();
+    assert_eq!(mode & 0o777, 0o755);
 }

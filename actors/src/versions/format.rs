@@ -30,34 +30,39 @@ pub const SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
 /// damaged length field.
 const MAX_HEADER: u32 = 1 << 20;
 
-/// The metadata frame's JSON.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct Header {
+/// The metadata frame's JSON: what is known about one kept version
+/// (listed as part of [`VersionInfo`], which adds what it takes on disk).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionMeta {
+    /// `<kept_at_ms>-<first 8 hex of hash>`: also the file name (`.zst`).
     pub id: String,
+    /// The folder-relative path the content had.
     pub path: String,
+    /// Bytes of the content (uncompressed).
     pub size: u64,
+    /// The content's mtime, nanoseconds since the epoch.
     pub mtime_ns: i64,
+    /// BLAKE3 of the content, hex.
     pub hash: String,
+    /// The version vector of the superseded entry: short id (hex) → counter.
     pub version: BTreeMap<String, u64>,
+    /// Who made the superseded content (short id).
     pub modified_by: String,
+    /// Who replaced it: a peer's short id, or [`super::LOCAL`].
     pub replaced_by: String,
+    /// When it was kept, milliseconds since the epoch.
     pub kept_at_ms: u64,
     pub reason: Reason,
+    /// The file's permission bits when it was kept (a restore gives them
+    /// back). Absent in versions kept before modes were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
-impl Header {
+impl VersionMeta {
     pub fn into_info(self, stored_bytes: u64) -> VersionInfo {
         VersionInfo {
-            id: self.id,
-            path: self.path,
-            size: self.size,
-            mtime_ns: self.mtime_ns,
-            hash: self.hash,
-            version: self.version,
-            modified_by: self.modified_by,
-            replaced_by: self.replaced_by,
-            kept_at_ms: self.kept_at_ms,
-            reason: self.reason,
+            meta: self,
             stored_bytes,
         }
     }
@@ -65,7 +70,7 @@ impl Header {
     /// Bytes the JSON of this header can take at most once id, size and
     /// hash are known (they are not yet when the room is reserved).
     pub fn room(&self) -> usize {
-        let widest = Header {
+        let widest = VersionMeta {
             id: id_of(u64::MAX, &[0xff; 32]),
             size: u64::MAX,
             hash: hex::encode([0xff; 32]),
@@ -91,7 +96,7 @@ impl Header {
 
     /// Read the skippable frame at the start of `r`, leaving `r` at the
     /// data frame.
-    pub fn read_from(r: &mut impl Read) -> io::Result<Header> {
+    pub fn read_from(r: &mut impl Read) -> io::Result<VersionMeta> {
         let mut word = [0u8; 4];
         r.read_exact(&mut word)?;
         if u32::from_le_bytes(word) != SKIPPABLE_MAGIC {
@@ -142,8 +147,8 @@ pub fn file_name(id: &str) -> String {
 mod tests {
     use super::*;
 
-    fn header() -> Header {
-        Header {
+    fn header() -> VersionMeta {
+        VersionMeta {
             id: String::new(),
             path: "dir/é.txt".into(),
             size: 0,
@@ -154,6 +159,7 @@ mod tests {
             replaced_by: "local".into(),
             kept_at_ms: 0,
             reason: Reason::Delete,
+            mode: Some(0o755),
         }
     }
 
@@ -166,12 +172,28 @@ mod tests {
         h.size = u64::MAX;
         let frame = h.frame(room).unwrap();
         assert_eq!(frame.len(), 8 + room);
-        let back = Header::read_from(&mut &frame[..]).unwrap();
+        let back = VersionMeta::read_from(&mut &frame[..]).unwrap();
         assert_eq!((back.id, back.size), (h.id, u64::MAX));
         let mut short = header();
         short.id = id_of(1, &[0; 32]);
-        let back = Header::read_from(&mut &short.frame(room).unwrap()[..]).unwrap();
+        let back = VersionMeta::read_from(&mut &short.frame(room).unwrap()[..]).unwrap();
         assert_eq!(back.id, "1-00000000");
+    }
+
+    #[test]
+    fn metadata_kept_before_modes_were_recorded_still_reads() {
+        let mut old = header();
+        old.mode = None;
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("mode"), "{json}");
+        let frame = old.frame(old.room()).unwrap();
+        assert_eq!(VersionMeta::read_from(&mut &frame[..]).unwrap().mode, None);
+        let new = header();
+        let frame = new.frame(new.room()).unwrap();
+        assert_eq!(
+            VersionMeta::read_from(&mut &frame[..]).unwrap().mode,
+            Some(0o755)
+        );
     }
 
     #[test]
@@ -195,10 +217,10 @@ mod tests {
 
     #[test]
     fn anything_else_is_refused_as_a_version() {
-        let err = Header::read_from(&mut &b"\x28\xb5\x2f\xfd...."[..]).unwrap_err();
+        let err = VersionMeta::read_from(&mut &b"\x28\xb5\x2f\xfd...."[..]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         let mut huge = SKIPPABLE_MAGIC.to_le_bytes().to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(Header::read_from(&mut &huge[..]).is_err());
+        assert!(VersionMeta::read_from(&mut &huge[..]).is_err());
     }
 }

@@ -41,7 +41,8 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use self::format::{file_name, Header};
+use self::format::file_name;
+pub use self::format::VersionMeta;
 pub use self::format::{id_of, valid_id, SKIPPABLE_MAGIC};
 pub use self::rule::evict_count;
 use crate::fsutil::{random_u64, TMP_DIR};
@@ -72,28 +73,12 @@ pub enum Reason {
     Restore,
 }
 
-/// One kept version, as listed.
+/// One kept version, as listed: its metadata (the same JSON fields as
+/// its file's metadata frame) and the bytes its file takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {
-    /// `<kept_at_ms>-<first 8 hex of hash>`: also the file name (`.zst`).
-    pub id: String,
-    /// The folder-relative path the content had.
-    pub path: String,
-    /// Bytes of the content (uncompressed).
-    pub size: u64,
-    /// The content's mtime, nanoseconds since the epoch.
-    pub mtime_ns: i64,
-    /// BLAKE3 of the content, hex.
-    pub hash: String,
-    /// The version vector of the superseded entry: short id (hex) → counter.
-    pub version: BTreeMap<String, u64>,
-    /// Who made the superseded content (short id).
-    pub modified_by: String,
-    /// Who replaced it: a peer's short id, or [`LOCAL`].
-    pub replaced_by: String,
-    /// When it was kept, milliseconds since the epoch.
-    pub kept_at_ms: u64,
-    pub reason: Reason,
+    #[serde(flatten)]
+    pub meta: VersionMeta,
     /// Bytes the version file takes on disk (compressed, with metadata).
     pub stored_bytes: u64,
 }
@@ -101,6 +86,14 @@ pub struct VersionInfo {
 /// What one keep writes: the metadata, the hash the content must have (if
 /// checked), and the progress callback.
 type Keeping<'a> = (KeepMeta, Option<[u8; 32]>, &'a dyn Fn(u64));
+
+/// A listed version reads as its metadata (`v.path`, `v.hash`…).
+impl std::ops::Deref for VersionInfo {
+    type Target = VersionMeta;
+    fn deref(&self) -> &VersionMeta {
+        &self.meta
+    }
+}
 
 /// What is known about content about to be kept; size and hash are
 /// measured from the bytes themselves.
@@ -437,7 +430,7 @@ impl Versions {
         (tmp_dir, tmp_name): (&OwnedFd, &str),
         vdir: &OwnedFd,
     ) -> Result<VersionInfo, VersionsError> {
-        let mut header = Header {
+        let mut header = VersionMeta {
             id: String::new(),
             path: meta.path,
             size: 0,
@@ -448,6 +441,7 @@ impl Versions {
             replaced_by: meta.replaced_by,
             kept_at_ms,
             reason: meta.reason,
+            mode: Some(permissions(src).map_err(self.io_err("stat the file to keep"))?),
         };
         let room = header.room();
         let (size, hash) =
@@ -537,7 +531,7 @@ impl Versions {
         let fd = rustix::fs::openat(&dir, name.as_str(), flags, Mode::empty())
             .map_err(|e| unreadable(to_io(e)))?;
         let mut r = BufReader::new(File::from(fd));
-        Header::read_from(&mut r).map_err(unreadable)?;
+        VersionMeta::read_from(&mut r).map_err(unreadable)?;
         zstd::stream::read::Decoder::with_buffer(r).map_err(unreadable)
     }
 
@@ -648,11 +642,17 @@ fn list_dir(dir: &OwnedFd) -> io::Result<Vec<String>> {
 }
 
 /// The header of the version file `name` in `dir`, and the file's length.
-fn read_header(dir: &OwnedFd, name: &str) -> io::Result<(Header, u64)> {
+/// The permission bits of the file being kept (a restore gives them back).
+fn permissions(file: &File) -> io::Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(file.metadata()?.permissions().mode() & 0o7777)
+}
+
+fn read_header(dir: &OwnedFd, name: &str) -> io::Result<(VersionMeta, u64)> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let file = File::from(rustix::fs::openat(dir, name, flags, Mode::empty()).map_err(to_io)?);
     let len = file.metadata()?.len();
-    Ok((Header::read_from(&mut BufReader::new(file))?, len))
+    Ok((VersionMeta::read_from(&mut BufReader::new(file))?, len))
 }
 
 fn open_regular(path: &Path) -> io::Result<File> {

@@ -130,7 +130,7 @@ fn list_is_newest_first_and_filters_by_path_or_directory() {
     let a = keep_bytes(&v, root.path(), "d/a", b"1", Reason::Overwrite);
     let b = keep_bytes(&v, root.path(), "d/a", b"2", Reason::Overwrite);
     let c = keep_bytes(&v, root.path(), "dx", b"3", Reason::Delete);
-    let ids = |l: Vec<VersionInfo>| l.into_iter().map(|v| v.id).collect::<Vec<_>>();
+    let ids = |l: Vec<VersionInfo>| l.into_iter().map(|v| v.meta.id).collect::<Vec<_>>();
     assert_eq!(
         ids(v.list(None)),
         [c.id.clone(), b.id.clone(), a.id.clone()]
@@ -147,7 +147,11 @@ fn the_same_content_kept_twice_at_once_gets_two_ids() {
     let root = folder();
     let v = Versions::open(root.path(), VersionsPolicy::default()).unwrap();
     let ids: std::collections::BTreeSet<String> = (0..5)
-        .map(|_| keep_bytes(&v, root.path(), "same", b"same bytes", Reason::Overwrite).id)
+        .map(|_| {
+            keep_bytes(&v, root.path(), "same", b"same bytes", Reason::Overwrite)
+                .meta
+                .id
+        })
         .collect();
     assert_eq!(ids.len(), 5);
     assert_eq!(v.count(), 5);
@@ -182,7 +186,7 @@ fn past_max_bytes_the_oldest_versions_go() {
             )
         })
         .collect();
-    let left: Vec<String> = v.list(None).into_iter().map(|v| v.path).collect();
+    let left: Vec<String> = v.list(None).into_iter().map(|v| v.meta.path).collect();
     assert_eq!(left, ["f3", "f2"]);
     assert!(v.bytes() <= 25_000);
     assert!(!v.dir().join(format!("{}.zst", kept[0].id)).exists());

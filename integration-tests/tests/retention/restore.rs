@@ -1,7 +1,7 @@
 //! `fleetsync restore`: kept versions come back as a new local change that
 //! reaches every node, even the ones that deleted them.
 
-use std::{fs, time::SystemTime};
+use std::{fs, os::unix::fs::PermissionsExt, time::SystemTime};
 
 use fleetsync_integration_tests::*;
 
@@ -54,17 +54,9 @@ fn a_deleted_file_and_a_deleted_directory_come_back_on_every_node() {
     }
     let want: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (*p, d.as_slice())).collect();
     wait_everywhere(&c, &want, "the files");
-    // Every node done with the creation first: a receiving node can record
-    // a parent directory it created for a child as its own new version,
-    // and if that version reaches A after A's delete, the directory
-    // survives (a known race, see the issue 11 note), which is not what
-    // this test is about.
-    for n in &c.nodes {
-        wait_until(DEADLINE, &format!("{} in sync", n.name), || {
-            n.folder_status("shared")
-                .is_some_and(|f| f["in_sync"] == true && f["pending"] == 0)
-        });
-    }
+    // No waiting for the nodes to settle: a parent directory a receiving
+    // node made for a child before the directory's own entry is not its
+    // own version, so it cannot outlive the delete below (issue 11 item 6).
 
     // The accident, on A: every other node applies it (and keeps versions).
     fs::remove_file(a.path("notes.txt")).unwrap();
@@ -130,5 +122,38 @@ fn at_a_time_and_by_version_after_two_overwrites() {
     // By version: the content the first restore replaced comes back.
     restore(b, &[f, "--version", &undo]);
     wait_everywhere(&c, &[(f, b"version = 3, broken\n")], "the undone restore");
+    c.wait_converged("the same tree on both nodes");
+}
+
+fn mode_of(n: &Node, p: &str) -> Option<u32> {
+    fs::metadata(n.path(p))
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
+}
+
+#[test]
+fn an_executable_comes_back_executable_on_every_node() {
+    let c = Cluster::start(2, Topology::Full, folders);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let script = pseudo_random(2_000, 7);
+    fs::create_dir_all(a.path("bin")).unwrap();
+    fs::write(a.path("bin/run.sh"), &script).unwrap();
+    fs::set_permissions(a.path("bin/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    for n in &c.nodes {
+        wait_until(DEADLINE, &format!("the executable on {}", n.name), || {
+            mode_of(n, "bin/run.sh") == Some(0o755)
+        });
+    }
+
+    fs::remove_file(a.path("bin/run.sh")).unwrap();
+    gone_everywhere(&c, &["bin/run.sh"]);
+    let out = restore(b, &["bin/run.sh"]);
+    assert!(out.contains("restored 1 file"), "{out}");
+    wait_everywhere(&c, &[("bin/run.sh", &script)], "the restored file");
+    for n in &c.nodes {
+        wait_until(DEADLINE, &format!("mode 0o755 on {}", n.name), || {
+            mode_of(n, "bin/run.sh") == Some(0o755)
+        });
+    }
     c.wait_converged("the same tree on both nodes");
 }

@@ -18,11 +18,6 @@ fn field(n: &Node, key: &str) -> Option<u64> {
     n.folder_status("shared").and_then(|f| f[key].as_u64())
 }
 
-fn in_sync(n: &Node) -> bool {
-    n.folder_status("shared")
-        .is_some_and(|f| f["in_sync"] == true && f["pending"] == 0)
-}
-
 const DOOMED: [&str; 3] = ["doomed-1.txt", "doomed-2.txt", "dir/doomed-3.txt"];
 
 #[test]
@@ -36,7 +31,7 @@ fn a_node_away_longer_than_the_ttl_brings_no_deleted_file_back_and_its_new_file_
     let t = c.wait_converged("the first tree on all three nodes");
     assert!(t.contains_key("dir/doomed-3.txt"));
     wait_until(DEADLINE, "all three in sync", || {
-        c.nodes.iter().all(in_sync)
+        c.nodes.iter().all(|n| n.in_sync("shared"))
     });
 
     // Node 2 goes away; the others delete while it is gone.
@@ -76,7 +71,7 @@ fn a_node_away_longer_than_the_ttl_brings_no_deleted_file_back_and_its_new_file_
             .all(|n| n.path("made-while-away.txt").exists())
     });
     wait_until(DEADLINE, "all three in sync after the return", || {
-        c.nodes.iter().all(in_sync)
+        c.nodes.iter().all(|n| n.in_sync("shared"))
     });
     let t_end = c.wait_converged("still one tree");
     for p in DOOMED {

@@ -693,3 +693,48 @@ async fn a_mass_delete_stays_pending_and_on_disk_until_resume() {
     assert_eq!(fx.pending_count(), 0);
     assert!(!fx.root().join("f000").exists() && fx.root().join("f060").exists());
 }
+
+/// A peer can send a child before its directory (its hasher committed the
+/// file first). The directory the round makes for the child must not be
+/// recorded by our hasher as a new local version: that version could reach
+/// the origin after it deleted the tree and bring the directory back on
+/// every node, empty (issue 11, found by the restore test in CI).
+#[tokio::test]
+async fn a_parent_made_for_a_child_before_its_own_entry_is_not_recorded_as_ours() {
+    let mut fx = fixture();
+    fx.fake.serve(fx.peer, b"child");
+    fx.ingest(&[file("d/f", b"child")]);
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(resolved_set(&report), HashSet::from([fx.key("d/f")]));
+    assert!(fx.root().join("d").is_dir(), "made for its child");
+    assert_eq!(fx.folder.maps().expected_dirs, 1);
+
+    // The watcher saw the new directory: the hasher leaves it unrecorded.
+    let health = crate::health::Health::new(1);
+    let out = crate::hasher::hash_batch(fx.folder.clone(), health, vec!["d".into()]).await;
+    assert!(out.failed.is_empty(), "{out:?}");
+    assert!(
+        fx.recorded("d").is_none(),
+        "recorded as ours: {:?}",
+        fx.recorded("d")
+    );
+
+    // Its own entry arrives and is applied: the peer's version, not ours.
+    let d = entry("d", EntryKind::Directory, None, P1, 1);
+    fx.ingest(std::slice::from_ref(&d));
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(resolved_set(&report), HashSet::from([fx.key("d")]));
+    assert_eq!(fx.recorded("d").unwrap().entry.version, d.version);
+    assert_eq!(fx.folder.maps().expected_dirs, 0, "no longer expected");
+
+    // The origin deletes the tree: it goes here too.
+    let mut gone_f = entry("d/f", EntryKind::File, Some(b"child"), P1, 2);
+    gone_f.deleted = true;
+    let mut gone_d = entry("d", EntryKind::Directory, None, P1, 2);
+    gone_d.deleted = true;
+    fx.ingest(&[gone_d, gone_f]);
+    let report = fx.round(HashSet::new()).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert!(!fx.root().join("d").exists());
+    assert!(fx.recorded("d").unwrap().entry.deleted);
+}
