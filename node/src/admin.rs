@@ -557,7 +557,20 @@ async fn versions(
     let Some(folder) = node.folders.get(&id) else {
         return (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response();
     };
-    Json(folder.versions.list(q.get("path").map(String::as_str))).into_response()
+    // Listing reads each version's metadata from its file.
+    let folder = folder.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        folder.versions.list(q.get("path").map(String::as_str))
+    })
+    .await;
+    match listed {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("listing failed: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// `fleetsync versions`: one line per kept version.

@@ -156,19 +156,51 @@ pub enum VersionsError {
     },
 }
 
+/// What the catalogue holds of one version in memory: what eviction and
+/// a path filter need. The rest of the metadata stays in the file's frame
+/// and is read when a version is listed (a node keeping 100,000 tiny
+/// versions would otherwise hold their whole metadata, ~4 KiB each as
+/// measured, in memory).
+#[derive(Debug, Clone)]
+struct Slim {
+    path: Box<str>,
+    kept_at_ms: u64,
+    stored_bytes: u64,
+}
+
+impl Slim {
+    fn of(info: &VersionInfo) -> Self {
+        Slim {
+            path: info.path.as_str().into(),
+            kept_at_ms: info.kept_at_ms,
+            stored_bytes: info.stored_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Catalogue {
     /// By id, so oldest first.
-    by_id: BTreeMap<String, VersionInfo>,
+    by_id: BTreeMap<Box<str>, Slim>,
     bytes: u64,
 }
 
 impl Catalogue {
-    fn insert(&mut self, info: VersionInfo) {
-        self.bytes += info.stored_bytes;
-        if let Some(old) = self.by_id.insert(info.id.clone(), info) {
+    fn insert(&mut self, id: &str, slim: Slim) {
+        self.bytes += slim.stored_bytes;
+        if let Some(old) = self.by_id.insert(id.into(), slim) {
             self.bytes -= old.stored_bytes;
         }
+    }
+
+    /// Ids of the versions under `prefix` (all without one), newest first.
+    fn ids_under(&self, prefix: Option<&str>) -> Vec<Box<str>> {
+        self.by_id
+            .iter()
+            .rev()
+            .filter(|(_, v)| prefix.is_none_or(|p| under(&v.path, p)))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Does anything go at `now_ms`? O(1): only the oldest version can be
@@ -184,7 +216,7 @@ impl Catalogue {
     }
 
     /// Take out the versions the policy lets go.
-    fn take_evicted(&mut self, policy: &VersionsPolicy, now_ms: u64) -> Vec<VersionInfo> {
+    fn take_evicted(&mut self, policy: &VersionsPolicy, now_ms: u64) -> Vec<(Box<str>, Slim)> {
         if !self.due(policy, now_ms) {
             return Vec::new();
         }
@@ -194,9 +226,8 @@ impl Catalogue {
             .map(|v| (v.kept_at_ms, v.stored_bytes))
             .collect();
         let n = evict_count(&sizes, policy.keep, policy.max_bytes, now_ms);
-        let ids: Vec<String> = self.by_id.keys().take(n).cloned().collect();
-        let out: Vec<VersionInfo> = ids.iter().filter_map(|id| self.by_id.remove(id)).collect();
-        self.bytes -= out.iter().map(|v| v.stored_bytes).sum::<u64>();
+        let out: Vec<(Box<str>, Slim)> = (0..n).filter_map(|_| self.by_id.pop_first()).collect();
+        self.bytes -= out.iter().map(|(_, v)| v.stored_bytes).sum::<u64>();
         out
     }
 }
@@ -318,7 +349,7 @@ impl Versions {
                 continue;
             };
             match read_header(dir, &name) {
-                Ok((h, len)) if h.id == id => cat.insert(h.into_info(len)),
+                Ok((h, len)) if h.id == id => cat.insert(id, Slim::of(&h.into_info(len))),
                 Ok(_) => {
                     warn!(dir = %self.dir().display(), file = %name, "version metadata names another id; left alone")
                 }
@@ -391,7 +422,7 @@ impl Versions {
         self.catalogue
             .lock()
             .expect("versions lock")
-            .insert(info.clone());
+            .insert(&info.id, Slim::of(&info));
         self.evict(now);
         Ok(Some(info))
     }
@@ -481,13 +512,31 @@ impl Versions {
 
     /// Kept versions, newest first; with `prefix`, only those whose path is
     /// `prefix` or lies under the directory `prefix`.
+    /// Blocking: each listed version's metadata is read from its file (a
+    /// version evicted meanwhile is left out).
     pub fn list(&self, prefix: Option<&str>) -> Vec<VersionInfo> {
-        let cat = self.catalogue.lock().expect("versions lock");
-        cat.by_id
-            .values()
-            .rev()
-            .filter(|v| prefix.is_none_or(|p| under(&v.path, p)))
-            .cloned()
+        let ids = self
+            .catalogue
+            .lock()
+            .expect("versions lock")
+            .ids_under(prefix);
+        self.read_infos(&ids)
+    }
+
+    /// The metadata of versions `ids`, read from their files, in order;
+    /// ids whose file is gone or unreadable are left out.
+    fn read_infos(&self, ids: &[Box<str>]) -> Vec<VersionInfo> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let Ok(dir) = self.versions_dir(false) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| match read_header(&dir, &file_name(id)) {
+                Ok((h, len)) if *h.id == **id => Some(h.into_info(len)),
+                _ => None,
+            })
             .collect()
     }
 
@@ -498,27 +547,45 @@ impl Versions {
     /// catalogue.
     pub fn recently_kept(&self, path: &str, hash: &[u8; 32], version: &VersionVector) -> bool {
         let (hash, version) = (hex::encode(hash), stored_vector(version));
-        let cat = self.catalogue.lock().expect("versions lock");
-        cat.by_id
-            .values()
-            .rev()
-            .take(RECENT)
-            .any(|v| v.path == path && v.hash == hash && v.version == version)
+        let same_path: Vec<Box<str>> = {
+            let cat = self.catalogue.lock().expect("versions lock");
+            cat.by_id
+                .iter()
+                .rev()
+                .take(RECENT)
+                .filter(|(_, v)| *v.path == *path)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        self.read_infos(&same_path)
+            .iter()
+            .any(|v| v.hash == hash && v.version == version)
     }
 
-    /// The catalogue entry of version `id`.
+    /// The metadata of version `id` (read from its file). Blocking.
     pub fn get(&self, id: &str) -> Option<VersionInfo> {
+        let known = self
+            .catalogue
+            .lock()
+            .expect("versions lock")
+            .by_id
+            .get_key_value(id)
+            .map(|(id, _)| id.clone())?;
+        self.read_infos(&[known]).pop()
+    }
+
+    /// Is `id` a kept version? (No I/O.)
+    fn knows(&self, id: &str) -> bool {
         self.catalogue
             .lock()
             .expect("versions lock")
             .by_id
-            .get(id)
-            .cloned()
+            .contains_key(id)
     }
 
     /// The exact old bytes of version `id`, streamed (decompressed as read).
     pub fn open_reader(&self, id: &str) -> Result<impl Read, VersionsError> {
-        if !valid_id(id) || self.get(id).is_none() {
+        if !valid_id(id) || !self.knows(id) {
             return Err(VersionsError::NotFound { id: id.to_string() });
         }
         let unreadable = |source| VersionsError::Unreadable {
@@ -580,15 +647,15 @@ impl Versions {
         };
         let mut evicted = Evicted::default();
         let mut failed = Vec::new();
-        for v in gone {
-            match rustix::fs::unlinkat(&dir, file_name(&v.id).as_str(), AtFlags::empty()) {
+        for (id, v) in gone {
+            match rustix::fs::unlinkat(&dir, file_name(&id).as_str(), AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => {
                     evicted.count += 1;
                     evicted.bytes += v.stored_bytes;
                 }
                 Err(e) => {
-                    warn!(root = %self.root.display(), id = %v.id, "cannot remove version: {e}");
-                    failed.push(v);
+                    warn!(root = %self.root.display(), id = %id, "cannot remove version: {e}");
+                    failed.push((id, v));
                 }
             }
         }
@@ -596,10 +663,10 @@ impl Versions {
         evicted
     }
 
-    fn put_back(&self, versions: Vec<VersionInfo>) {
+    fn put_back(&self, versions: Vec<(Box<str>, Slim)>) {
         let mut cat = self.catalogue.lock().expect("versions lock");
-        for v in versions {
-            cat.insert(v);
+        for (id, v) in versions {
+            cat.insert(&id, v);
         }
     }
 
