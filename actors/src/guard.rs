@@ -549,7 +549,10 @@ mod tests {
     fn a_burst_that_turns_out_a_move_within_the_grace_is_applied_uncounted() {
         let t0 = Instant::now();
         let mut g = DeleteGuard::with_grace(Duration::from_secs(2));
-        assert!(g.judge(t0, 200, 0.5, &files("a", 160, A)).iter().all(|v| !*v));
+        assert!(g
+            .judge(t0, 200, 0.5, &files("a", 160, A))
+            .iter()
+            .all(|v| !*v));
         // The creates arrived: the same deletes are now moves.
         let moves: Vec<Delete> = (0..160)
             .map(|i| moved(&format!("a{i:04}"), &format!("b{i:04}")))
@@ -591,14 +594,20 @@ mod tests {
         assert!(g.is_witness("c0000") && !g.is_witness("a0000"));
         // Then the copies go: 60 files, but 120 contents of the 200.
         let t1 = t0 + Duration::from_secs(1);
-        assert!(g.judge(t1, 140, 0.5, &files("c", 60, A)).iter().all(|v| !*v));
+        assert!(g
+            .judge(t1, 140, 0.5, &files("c", 60, A))
+            .iter()
+            .all(|v| !*v));
         assert_eq!(g.held().unwrap().files_deleted, 60);
 
         // Outside the window the copy is forgotten.
         let mut g = DeleteGuard::with_grace(Duration::ZERO);
         g.judge(t0, 200, 0.5, &moves);
         let later = t0 + DELETE_BURST_WINDOW + Duration::from_secs(1);
-        assert!(g.judge(later, 140, 0.5, &files("c", 60, A)).iter().all(|v| *v));
+        assert!(g
+            .judge(later, 140, 0.5, &files("c", 60, A))
+            .iter()
+            .all(|v| *v));
         assert!(!g.is_witness("c0000"));
     }
 

@@ -737,7 +737,10 @@ fn a_delete_whose_content_is_live_under_another_path_is_a_move_each_copy_used_on
         .collect();
     assert_eq!(moved.len(), 1, "{by:?}");
     assert_eq!(
-        ["old/0", "old/1"].iter().filter(|p| by[*p].0 == Removes::File).count(),
+        ["old/0", "old/1"]
+            .iter()
+            .filter(|p| by[*p].0 == Removes::File)
+            .count(),
         1,
         "{by:?}"
     );
@@ -748,7 +751,10 @@ fn a_delete_whose_content_is_live_under_another_path_is_a_move_each_copy_used_on
     // A copy the guard says is used up (held, or it excused a delete
     // before) keeps nothing.
     let deletes = guarded_deletes(&plan, &live_by_hash(&all), |p| p == "keep");
-    assert!(deletes.iter().all(|d| d.removes == Removes::File), "{deletes:?}");
+    assert!(
+        deletes.iter().all(|d| d.removes == Removes::File),
+        "{deletes:?}"
+    );
 }
 
 #[tokio::test]
@@ -788,7 +794,10 @@ async fn a_mass_delete_waits_out_the_grace_pending_and_is_held_after_it() {
     let guard = fx.folder.deletes.lock().unwrap();
     assert_eq!(guard.held(), None, "waiting out the grace, not held yet");
     assert_eq!(guard.deferred_rows(), 60);
-    assert!(guard.recheck_at().is_some(), "a round is due after the grace");
+    assert!(
+        guard.recheck_at().is_some(),
+        "a round is due after the grace"
+    );
     drop(guard);
     assert_eq!(fx.pending_count(), 60);
     assert!(fx.root().join("f000").exists());
