@@ -212,6 +212,21 @@ impl Index {
     }
 }
 
+/// One indexed range of the `hashes` table: the folder's paths with `hash`.
+fn hash_paths(
+    t: &impl ReadableTable<(&'static [u8], &'static str, &'static str), ()>,
+    folder: &str,
+    hash: &[u8; 32],
+) -> Result<Vec<String>> {
+    let upper = path_upper("");
+    let mut out = Vec::new();
+    for item in t.range((hash.as_slice(), folder, "")..(hash.as_slice(), folder, upper.as_str()))? {
+        let (k, _) = item?;
+        out.push(k.value().2.to_string());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
@@ -371,19 +386,4 @@ mod tests {
             Err(IndexError::Corrupt { table: "files", .. })
         ));
     }
-}
-
-/// One indexed range of the `hashes` table: the folder's paths with `hash`.
-fn hash_paths(
-    t: &impl ReadableTable<(&'static [u8], &'static str, &'static str), ()>,
-    folder: &str,
-    hash: &[u8; 32],
-) -> Result<Vec<String>> {
-    let upper = path_upper("");
-    let mut out = Vec::new();
-    for item in t.range((hash.as_slice(), folder, "")..(hash.as_slice(), folder, upper.as_str()))? {
-        let (k, _) = item?;
-        out.push(k.value().2.to_string());
-    }
-    Ok(out)
 }
