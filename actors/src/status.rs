@@ -145,6 +145,9 @@ pub struct FolderInfo {
     /// Of those, live files; and the folder's files when the burst began.
     pub deletes_held_files: u64,
     pub deletes_held_of: u64,
+    /// Deletes from peers waiting out the guard's grace before they are
+    /// judged again (a move's creates may still arrive; 0: none).
+    pub deletes_waiting: u64,
     /// When retention last swept the folder (RFC 3339), if ever.
     pub last_sweep: Option<String>,
     /// Unix seconds of that sweep (0: never), for metrics.
@@ -298,7 +301,10 @@ async fn folder_info(
     );
     let m = meta.unwrap_or_default();
     let pending = pending.unwrap_or(0);
-    let held = folder.deletes.lock().expect("guard lock").held();
+    let (held, deletes_waiting) = {
+        let guard = folder.deletes.lock().expect("guard lock");
+        (guard.held(), guard.deferred_rows() as u64)
+    };
     let (deletes_held, deletes_held_files, deletes_held_of) =
         held.map_or((0, 0, 0), |h| (h.paths, h.files_deleted, h.files));
     FolderInfo {
@@ -336,6 +342,7 @@ async fn folder_info(
         deletes_held,
         deletes_held_files,
         deletes_held_of,
+        deletes_waiting,
         last_sweep: rfc3339_ms(st.sweeps.last_ms.load(Ordering::Relaxed)),
         last_sweep_secs: st.sweeps.last_ms.load(Ordering::Relaxed) / 1000,
         swept_files: st.sweeps.files.load(Ordering::Relaxed),

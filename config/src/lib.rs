@@ -152,6 +152,10 @@ pub const DELETE_GUARD_MIN_FILES: u64 = 100;
 /// Deletes from peers arriving within this window of each other count as
 /// one burst.
 pub const DELETE_BURST_WINDOW: Duration = Duration::from_secs(10);
+/// A burst over the fraction waits this long before it is held: a big
+/// rename's creates usually reach a peer within a second or two of its
+/// deletes, and then the burst is a move, not a loss.
+pub const DELETE_GRACE: Duration = Duration::from_secs(2);
 /// `[[folders]] max_files`: 10 million paths, well above any folder a
 /// fleet of this kind syncs, yet a bound on the index and inodes one
 /// member's announcements can make this node create.

@@ -1,6 +1,6 @@
 //! Queries, each in one read transaction: records (`get`, `get_many`,
 //! `descendants`, `for_each`, `since`), content (`paths_with_hash`,
-//! `refs_in_use`, `live_hashes`), pending rows (`pending`, `pending_for`,
+//! `paths_with_hashes`, `refs_in_use`, `live_hashes`), pending rows (`pending`, `pending_for`,
 //! `pending_count`), `history` and `folder_meta`.
 
 use std::collections::{HashMap, HashSet};
@@ -96,13 +96,24 @@ impl Index {
     pub fn paths_with_hash(&self, folder: &str, hash: &[u8; 32]) -> Result<Vec<String>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(HASHES)?;
-        let upper = path_upper("");
-        let mut out = Vec::new();
-        for item in
-            t.range((hash.as_slice(), folder, "")..(hash.as_slice(), folder, upper.as_str()))?
-        {
-            let (k, _) = item?;
-            out.push(k.value().2.to_string());
+        hash_paths(&t, folder, hash)
+    }
+
+    /// [`Index::paths_with_hash`] for several hashes in one read
+    /// transaction (hashes no current entry has are left out).
+    pub fn paths_with_hashes(
+        &self,
+        folder: &str,
+        hashes: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], Vec<String>>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(HASHES)?;
+        let mut out = HashMap::with_capacity(hashes.len());
+        for h in hashes {
+            let paths = hash_paths(&t, folder, h)?;
+            if !paths.is_empty() {
+                out.insert(*h, paths);
+            }
         }
         Ok(out)
     }
@@ -199,6 +210,21 @@ impl Index {
         }
         Ok(out)
     }
+}
+
+/// One indexed range of the `hashes` table: the folder's paths with `hash`.
+fn hash_paths(
+    t: &impl ReadableTable<(&'static [u8], &'static str, &'static str), ()>,
+    folder: &str,
+    hash: &[u8; 32],
+) -> Result<Vec<String>> {
+    let upper = path_upper("");
+    let mut out = Vec::new();
+    for item in t.range((hash.as_slice(), folder, "")..(hash.as_slice(), folder, upper.as_str()))? {
+        let (k, _) = item?;
+        out.push(k.value().2.to_string());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -154,6 +154,9 @@ pub struct Receiver {
     big_in_flight: HashSet<String>,
     /// Big-file jobs transferring at once ([`big::BIG_CONCURRENCY`]).
     big_slots: Arc<Semaphore>,
+    /// A round is due then: deletes waiting out the mass-delete guard's
+    /// grace are judged again ([`crate::guard`]).
+    recheck_at: Option<Instant>,
 }
 
 impl Receiver {
@@ -170,6 +173,7 @@ impl Receiver {
             failed_rounds: 0,
             big_in_flight: HashSet::new(),
             big_slots: Arc::new(Semaphore::new(big::BIG_CONCURRENCY)),
+            recheck_at: None,
         }
     }
 
@@ -228,12 +232,30 @@ impl Receiver {
         }
         let (progressed, remaining) = (report.progressed, report.remaining);
         self.take_outcomes(report, ctx);
+        self.recheck_deferred_deletes(ctx);
         if progressed || self.again {
             self.kick(ctx);
         } else {
             let busy = remaining > 0 || !self.big_in_flight.is_empty();
             self.folder.status.syncing.store(busy, Ordering::Relaxed);
         }
+    }
+
+    /// Deletes wait out the guard's grace: a round judges them again when
+    /// it ends, even if nothing else arrives (one wake-up per instant).
+    fn recheck_deferred_deletes(&mut self, ctx: &mut Context<Self>) {
+        let due = self.folder.deletes.lock().expect("guard lock").recheck_at();
+        let Some(at) = due.filter(|at| self.recheck_at != Some(*at)) else {
+            return;
+        };
+        self.recheck_at = Some(at);
+        let wait = at.saturating_duration_since(Instant::now());
+        ctx.run_later(wait, move |act, ctx| {
+            if act.recheck_at == Some(at) {
+                act.recheck_at = None;
+            }
+            act.kick(ctx);
+        });
     }
 
     /// Resolved rows are done with, failed ones wait for their retry, raced

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  read pending (minus rows waiting for a retry or a big-file job)
-//!    ─► plan (rules::decide per path) ─► mass-delete guard (crate::guard)
+//!    ─► plan (rules::decide per path) ─► mass-delete guard (crate::guard:
+//!       moves excused by the index's paths by hash; a burst waits out
+//!       its grace, then is held)
 //!    ─► resolve the kept rows
 //!    ─► directories (parents first) ─► small files (batches, one syncfs)
 //!    ─► symlinks ─► deletions (children first)
@@ -22,7 +24,7 @@ use std::{
 };
 
 use fleetsync_mesh::{model::EntryKind, EndpointId};
-use tracing::warn;
+use tracing::{debug, warn};
 
 pub use super::outcomes::{Failure, Planned, RoundError, RoundReport};
 use super::{
@@ -33,9 +35,9 @@ use super::{
 use crate::{
     apply::{self, apply_files, ApplyError, Flush, Job, Sources},
     folder::Folder,
-    guard::{Delete, Removes},
+    guard::{Delete, DeleteGuard, Removes, DELETE_GRACE},
     health::Work,
-    index::Pending,
+    index::{IndexError, Pending},
     record::Record,
     rt,
     rules::{decide, Decision},
@@ -195,11 +197,19 @@ pub fn group_by_hash(big: Vec<Planned>) -> Vec<Vec<Planned>> {
 }
 
 /// The plan's deletes as the guard sees them: what each would remove
-/// here. A file whose content arrives under another path in the same
-/// round is being renamed, not lost: it removes nothing (each new file
-/// accounts for one delete of its content, so deleting many copies of one
-/// content and creating one is still counted).
-pub fn guarded_deletes(plan: &Plan) -> Vec<Delete> {
+/// here. A file whose content stays live under another path is being
+/// moved, not lost: it removes nothing. Its content may arrive in the same
+/// round (each new file accounts for one delete of its content), or be
+/// live already under a path in `live` (the index's paths by hash; each
+/// accounts for one delete, and is then its [`Delete::witness`]). A path
+/// this plan changes or deletes, or one `used` says is taken (a copy that
+/// excused an earlier delete, or whose own delete is held), keeps nothing:
+/// so deleting every copy of a content still counts.
+pub fn guarded_deletes(
+    plan: &Plan,
+    live: &HashMap<[u8; 32], Vec<String>>,
+    used: impl Fn(&str) -> bool,
+) -> Vec<Delete> {
     let mut arriving: HashMap<[u8; 32], usize> = HashMap::new();
     for p in plan.small_files.iter().chain(&plan.big_files) {
         if let Some(h) = p.job.target.hash {
@@ -210,24 +220,76 @@ pub fn guarded_deletes(plan: &Plan) -> Vec<Delete> {
         let n = hash.and_then(|h| arriving.get_mut(&h)).filter(|n| **n > 0);
         n.map(|n| *n -= 1).is_some()
     };
+    let mut copies = live_copies(plan, live, used);
+    let mut copy_of = |hash: Option<[u8; 32]>| hash.and_then(|h| copies.get_mut(&h)?.pop());
     plan.deletes
         .iter()
         .map(|p| {
+            let mut witness = None;
             let removes = match Record::live(p.job.local.as_ref()) {
                 None => Removes::Nothing,
-                Some(r) if r.entry.kind == EntryKind::File && renamed(r.entry.hash) => {
-                    Removes::Nothing
+                Some(r) if r.entry.kind != EntryKind::File => Removes::Other,
+                Some(r) if renamed(r.entry.hash) => Removes::Nothing,
+                Some(r) => {
+                    witness = copy_of(r.entry.hash).map(str::to_string);
+                    if witness.is_some() {
+                        Removes::Nothing
+                    } else {
+                        Removes::File
+                    }
                 }
-                Some(r) if r.entry.kind == EntryKind::File => Removes::File,
-                Some(_) => Removes::Other,
             };
             Delete {
                 path: p.job.path.clone(),
                 peers: p.rows.iter().map(|(_, peer)| *peer).collect(),
                 removes,
+                witness,
             }
         })
         .collect()
+}
+
+/// The live paths by hash that can keep a deleted content: not touched by
+/// this plan, not `used`.
+fn live_copies<'a>(
+    plan: &Plan,
+    live: &'a HashMap<[u8; 32], Vec<String>>,
+    used: impl Fn(&str) -> bool,
+) -> HashMap<[u8; 32], Vec<&'a str>> {
+    let jobs = [
+        &plan.dirs,
+        &plan.small_files,
+        &plan.links,
+        &plan.big_files,
+        &plan.deletes,
+    ];
+    let touched: HashSet<&str> = jobs
+        .into_iter()
+        .flatten()
+        .map(|p| p.job.path.as_str())
+        .collect();
+    live.iter()
+        .map(|(h, paths)| {
+            let free = paths
+                .iter()
+                .map(String::as_str)
+                .filter(|p| !touched.contains(p) && !used(p))
+                .collect();
+            (*h, free)
+        })
+        .collect()
+}
+
+/// The content hashes the plan's deletes would take away (live files).
+fn deleted_hashes(plan: &Plan) -> Vec<[u8; 32]> {
+    let hashes: HashSet<[u8; 32]> = plan
+        .deletes
+        .iter()
+        .filter_map(|p| Record::live(p.job.local.as_ref()))
+        .filter(|r| r.entry.kind == EntryKind::File)
+        .filter_map(|r| r.entry.hash)
+        .collect();
+    hashes.into_iter().collect()
 }
 
 /// One round, from reading pending rows to the last commit. It is work of
@@ -299,7 +361,12 @@ impl Round {
         in_flight: &HashSet<String>,
     ) -> Result<BTreeMap<String, Vec<Pending>>, RoundError> {
         let f = self.folder.clone();
-        let held = f.deletes.lock().expect("guard lock").held_rows();
+        let held = {
+            let guard = f.deletes.lock().expect("guard lock");
+            // Rows waiting out the grace are read again: they must not
+            // crowd out the creates that may excuse them.
+            guard.held_rows() + guard.deferred_rows()
+        };
         let limit = ROUND_LIMIT + waiting.len() + in_flight.len() + held;
         let rows = rt::blocking(move || f.index.pending(f.id(), limit)).await??;
         self.out.report.stale = stale_waits(&self.retrying, &rows, rows.len() < limit);
@@ -328,18 +395,25 @@ impl Round {
         Ok(rt::blocking(move || f.index.get_many(f.id(), &paths)).await??)
     }
 
-    /// The mass-delete guard ([`crate::guard`]): deletes it holds leave the
-    /// plan (their rows stay pending); the rest go on.
+    /// The mass-delete guard ([`crate::guard`]): deletes it holds, or that
+    /// wait out its grace, leave the plan (their rows stay pending); the
+    /// rest go on.
     async fn guard_deletes(&self, mut plan: Plan) -> Result<Plan, RoundError> {
         if plan.deletes.is_empty() {
+            self.folder.deletes.lock().expect("guard lock").no_deletes();
             return Ok(plan);
         }
         let f = self.folder.clone();
-        let files = rt::blocking(move || f.index.folder_meta(f.id()))
-            .await??
-            .map_or(0, |m| m.files);
-        let deletes = guarded_deletes(&plan);
+        let hashes = deleted_hashes(&plan);
+        let (files, live) = rt::blocking(move || {
+            let files = f.index.folder_meta(f.id())?.map_or(0, |m| m.files);
+            Ok::<_, IndexError>((files, f.index.paths_with_hashes(f.id(), &hashes)?))
+        })
+        .await??;
         let mut guard = self.folder.deletes.lock().expect("guard lock");
+        let deletes = guarded_deletes(&plan, &live, |p| {
+            guard.is_witness(p) || guard.is_held_path(p)
+        });
         let was_holding = guard.held().is_some();
         let verdict = guard.judge(
             Instant::now(),
@@ -347,23 +421,40 @@ impl Round {
             self.folder.cfg.max_delete_fraction,
             &deletes,
         );
-        if let Some(held) = guard.held().filter(|_| !was_holding) {
-            warn!(
-                folder = self.folder.id(),
-                "holding {} deletes from peers ({} of {} files): more than max_delete_fraction {} in one burst; \
-                 apply them with: fleetsync folder resume --folder {}",
-                held.paths,
-                held.files_deleted,
-                held.files,
-                self.folder.cfg.max_delete_fraction,
-                self.folder.id()
-            );
+        if !was_holding {
+            self.tell_what_waits(&guard);
         }
         drop(guard);
         let mut verdict = verdict.into_iter();
         plan.deletes
             .retain(|_| verdict.next().expect("one verdict per delete"));
         Ok(plan)
+    }
+
+    /// A hold that just began warns, with the command to go on; deletes
+    /// waiting out the grace are logged (they may yet turn out a move).
+    fn tell_what_waits(&self, guard: &DeleteGuard) {
+        let (id, fraction) = (self.folder.id(), self.folder.cfg.max_delete_fraction);
+        if let Some(held) = guard.held() {
+            warn!(
+                folder = id,
+                "holding {} deletes from peers ({} of {} files): more than max_delete_fraction {} in one burst; \
+                 apply them with: fleetsync folder resume --folder {}",
+                held.paths,
+                held.files_deleted,
+                held.files,
+                fraction,
+                id
+            );
+        } else if guard.deferred_rows() > 0 {
+            debug!(
+                folder = id,
+                "{} deletes from peers over max_delete_fraction {fraction}: waiting {:?} for the \
+                 creates of a move before holding them",
+                guard.deferred_rows(),
+                DELETE_GRACE
+            );
+        }
     }
 
     /// File vs directory: the plan becomes a tree (see [`tree`]). The

@@ -10,23 +10,27 @@ use serde_json::Value;
 
 const FILES: usize = 200;
 
-fn folders(_: usize) -> Vec<FolderSpec> {
-    vec![FolderSpec::new("shared")]
-}
-
 fn name(i: usize) -> String {
     format!("d{}/file-{i:03}.txt", i % 4)
 }
 
 /// A 3-node cluster whose folder holds [`FILES`] files on every node.
 fn cluster_with_files() -> Cluster {
-    let c = Cluster::start(3, Topology::Full, folders);
+    cluster_with(3, FolderSpec::new("shared"), |i| {
+        format!("content of file {i}\n")
+    })
+}
+
+/// An `n`-node cluster whose folder holds [`FILES`] files on every node,
+/// file `i` with `content(i)`, in four directories `d0`..`d3`.
+fn cluster_with(n: usize, spec: FolderSpec, content: impl Fn(usize) -> String) -> Cluster {
+    let c = Cluster::start(n, Topology::Full, |_| vec![spec.clone()]);
     let a = &c.nodes[0];
     for d in 0..4 {
         fs::create_dir_all(a.path(&format!("d{d}"))).unwrap();
     }
     for i in 0..FILES {
-        fs::write(a.path(&name(i)), format!("content of file {i}\n")).unwrap();
+        fs::write(a.path(&name(i)), content(i)).unwrap();
     }
     for n in &c.nodes {
         wait_until(DEADLINE, &format!("{FILES} files on {}", n.name), || {
@@ -180,4 +184,101 @@ fn renaming_most_of_the_folder_is_not_a_mass_delete() {
     for n in &c.nodes[1..] {
         assert_eq!(field(n, "deletes_held"), 0, "{}", n.name);
     }
+}
+
+/// Files on disk, or the guard holds something: whichever comes first.
+fn converged_or_held(c: &Cluster, what: &str) {
+    wait_until(DEADLINE, what, || {
+        let trees: Vec<_> = c.nodes.iter().map(|n| tree(&n.path(""))).collect();
+        let held = c.nodes.iter().any(|n| field(n, "deletes_held") > 0);
+        held || trees.windows(2).all(|w| w[0] == w[1])
+    });
+    for n in &c.nodes {
+        assert_eq!(field(n, "deletes_held"), 0, "{}: a move was held", n.name);
+    }
+}
+
+/// Three of the four directories (150 of 200 files) moved to new names in
+/// two steps, out of the folder and back in: the peer gets all the
+/// deletes first and the creates only once it has them (as when a big
+/// rename spans batches, old names first). Not held: the creates arrive
+/// within the guard's grace, and the burst is a move.
+#[test]
+fn a_rename_whose_deletes_reach_a_peer_before_its_creates_is_not_held() {
+    let c = cluster_with(2, FolderSpec::new("shared"), |i| {
+        format!("content of file {i}\n")
+    });
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let parked = a.root.join("parked");
+    fs::create_dir_all(&parked).unwrap();
+    for d in 0..3 {
+        fs::rename(a.path(&format!("d{d}")), parked.join(format!("d{d}"))).unwrap();
+    }
+    // b has judged the deletes: holding them (the old guard), or waiting
+    // out the grace for their creates.
+    wait_until(DEADLINE, "b to judge the 150 deletes", || {
+        field(b, "deletes_waiting") >= 150 || field(b, "deletes_held") > 0
+    });
+    for d in 0..3 {
+        fs::rename(parked.join(format!("d{d}")), a.path(&format!("moved{d}"))).unwrap();
+    }
+    converged_or_held(&c, "the move applied on b");
+    let t = c.wait_converged("the move applied on b");
+    let files: Vec<&String> = t
+        .iter()
+        .filter(|(_, i)| matches!(i, Item::File { .. }))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(files.len(), FILES);
+    assert_eq!(files.iter().filter(|p| p.starts_with("moved")).count(), 150);
+    assert!(!t.keys().any(|p| p.starts_with("d0") || p.starts_with("d2")));
+    wait_until(DEADLINE, "nothing pending on b", || {
+        field(b, "pending") == 0
+    });
+}
+
+/// A move whose creates reach the peer first (copies made, synced, then
+/// the originals deleted): the deletes remove no content the folder does
+/// not still have under another path, so they are not a mass delete.
+/// (Then the folder holds the copies too, so the deletes are at most half
+/// of it: a fraction of 0.3 makes them a burst over it.)
+#[test]
+fn deleting_files_whose_content_is_live_under_other_paths_is_not_held() {
+    let spec = FolderSpec::new("shared").key("max_delete_fraction", "0.3");
+    let c = cluster_with(2, spec, |i| format!("content of file {i}\n"));
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    for i in (0..FILES).filter(|i| i % 4 != 3) {
+        let copy = a.path(&format!("copies/{}", name(i)));
+        fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        fs::copy(a.path(&name(i)), copy).unwrap();
+    }
+    wait_until(DEADLINE, "the 150 copies on b", || {
+        files_on_disk(b) == FILES + 150 && field(b, "files") == (FILES + 150) as u64
+    });
+    for d in 0..3 {
+        fs::remove_dir_all(a.path(&format!("d{d}"))).unwrap();
+    }
+    converged_or_held(&c, "the deletes applied on b");
+    assert_eq!(files_on_disk(b), FILES);
+}
+
+/// Every file comes in two copies (file 2k and 2k+1 share a content); 80%
+/// of the files go, both copies of each content: no content survives
+/// under another path, so the burst is still held.
+#[test]
+fn deleting_every_copy_of_the_contents_is_still_a_mass_delete() {
+    let c = cluster_with(2, FolderSpec::new("shared"), |i| {
+        format!("content shared by a pair {}\n", i / 2)
+    });
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    for i in (0..FILES).filter(|i| (i / 2) % 5 != 0) {
+        fs::remove_file(a.path(&name(i))).unwrap();
+    }
+    wait_until(DEADLINE, "b to hold the deletes", || holding_all_pending(b));
+    let left = files_on_disk(b);
+    assert!(left >= FILES / 2, "only {left} files left on b");
+    eprintln!(
+        "b: held {} deletes, {left} of {FILES} files still there",
+        field(b, "deletes_held")
+    );
 }

@@ -648,7 +648,10 @@ fn a_delete_whose_content_arrives_elsewhere_in_the_round_is_a_rename_not_counted
     // One new file with that content: it accounts for one delete only.
     rows.push(pending(1, file("new/0", b"same")));
     let plan = plan(by_path(rows), &locals);
-    let removes: Vec<Removes> = guarded_deletes(&plan).iter().map(|d| d.removes).collect();
+    let removes: Vec<Removes> = guarded_deletes(&plan, &HashMap::new(), |_| false)
+        .iter()
+        .map(|d| d.removes)
+        .collect();
     let renamed = removes.iter().filter(|r| **r == Removes::Nothing).count();
     assert_eq!(renamed, 1, "{removes:?}");
     assert_eq!(removes.len() - renamed, 2);
@@ -660,6 +663,7 @@ fn a_delete_whose_content_arrives_elsewhere_in_the_round_is_a_rename_not_counted
 #[tokio::test]
 async fn a_mass_delete_stays_pending_and_on_disk_until_resume() {
     let mut fx = fixture();
+    *fx.folder.deletes.lock().unwrap() = DeleteGuard::with_grace(std::time::Duration::ZERO);
     let files: Vec<FileEntry> = (0..100)
         .map(|i| fx.local_file(&format!("f{i:03}"), format!("{i}").as_bytes()))
         .collect();
@@ -737,4 +741,109 @@ async fn a_parent_made_for_a_child_before_its_own_entry_is_not_recorded_as_ours(
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert!(!fx.root().join("d").exists());
     assert!(fx.recorded("d").unwrap().entry.deleted);
+}
+
+/// Live paths by hash, as `Index::paths_with_hashes` gives them.
+fn live_by_hash(files: &[FileEntry]) -> HashMap<[u8; 32], Vec<String>> {
+    let mut m: HashMap<[u8; 32], Vec<String>> = HashMap::new();
+    for e in files {
+        m.entry(e.hash.unwrap()).or_default().push(e.path.clone());
+    }
+    m
+}
+
+#[test]
+fn a_delete_whose_content_is_live_under_another_path_is_a_move_each_copy_used_once() {
+    // "same" lives at old/0, old/1 and keep; "only" at old/2 and gone.
+    let old: Vec<FileEntry> = (0..2)
+        .map(|i| entry(&format!("old/{i}"), EntryKind::File, Some(b"same"), P1, 1))
+        .chain([entry("old/2", EntryKind::File, Some(b"only"), P1, 1)])
+        .collect();
+    let keep = entry("keep", EntryKind::File, Some(b"same"), P1, 1);
+    let gone = entry("gone", EntryKind::File, Some(b"only"), P1, 1);
+    let all: Vec<FileEntry> = old.iter().chain([&keep, &gone]).cloned().collect();
+    let locals: HashMap<String, Record> = all
+        .iter()
+        .map(|e| (e.path.clone(), record(e.clone())))
+        .collect();
+    let mut rows: Vec<Pending> = old.iter().map(|e| pending(1, deleted(e, P1))).collect();
+    rows.push(pending(1, deleted(&gone, P1)));
+    let plan = plan(by_path(rows), &locals);
+    let deletes = guarded_deletes(&plan, &live_by_hash(&all), |_| false);
+    let by: HashMap<&str, (Removes, Option<&str>)> = deletes
+        .iter()
+        .map(|d| (d.path.as_str(), (d.removes, d.witness.as_deref())))
+        .collect();
+    // One of old/0, old/1 moved onto keep; the other is a loss: keep is
+    // used up, and old/0 and old/1 are both deleted here.
+    let moved: Vec<_> = ["old/0", "old/1"]
+        .iter()
+        .filter(|p| by[*p] == (Removes::Nothing, Some("keep")))
+        .collect();
+    assert_eq!(moved.len(), 1, "{by:?}");
+    assert_eq!(
+        ["old/0", "old/1"]
+            .iter()
+            .filter(|p| by[*p].0 == Removes::File)
+            .count(),
+        1,
+        "{by:?}"
+    );
+    // Every copy of "only" is deleted: both count.
+    assert_eq!(by["old/2"], (Removes::File, None));
+    assert_eq!(by["gone"], (Removes::File, None));
+
+    // A copy the guard says is used up (held, or it excused a delete
+    // before) keeps nothing.
+    let deletes = guarded_deletes(&plan, &live_by_hash(&all), |p| p == "keep");
+    assert!(
+        deletes.iter().all(|d| d.removes == Removes::File),
+        "{deletes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_delete_burst_whose_content_was_received_under_new_paths_first_is_applied() {
+    let mut fx = fixture();
+    *fx.folder.deletes.lock().unwrap() = DeleteGuard::with_grace(std::time::Duration::ZERO);
+    let files: Vec<FileEntry> = (0..100)
+        .map(|i| fx.local_file(&format!("f{i:03}"), format!("{i}").as_bytes()))
+        .collect();
+    // 60 of them copied to new paths (a move whose creates came first) ...
+    fx.local_dir("moved");
+    for (i, e) in files[..60].iter().enumerate() {
+        fx.local_file(&format!("moved/{}", e.path), format!("{i}").as_bytes());
+    }
+    // ... then the old paths' deletes: 60 of 160 live files, but no
+    // content is lost.
+    let gone: Vec<FileEntry> = files[..60].iter().map(|e| deleted(e, P1)).collect();
+    fx.ingest(&gone);
+    let report = fx.round(HashSet::new()).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.resolved.len(), 60);
+    assert_eq!(fx.folder.deletes.lock().unwrap().held(), None);
+    assert_eq!(fx.pending_count(), 0);
+    assert!(!fx.root().join("f000").exists() && fx.root().join("moved/f000").exists());
+}
+
+#[tokio::test]
+async fn a_mass_delete_waits_out_the_grace_pending_and_is_held_after_it() {
+    let mut fx = fixture();
+    let files: Vec<FileEntry> = (0..100)
+        .map(|i| fx.local_file(&format!("f{i:03}"), format!("{i}").as_bytes()))
+        .collect();
+    let gone: Vec<FileEntry> = files[..60].iter().map(|e| deleted(e, P1)).collect();
+    fx.ingest(&gone);
+    let report = fx.round(HashSet::new()).await;
+    assert!(report.resolved.is_empty() && report.failed.is_empty());
+    let guard = fx.folder.deletes.lock().unwrap();
+    assert_eq!(guard.held(), None, "waiting out the grace, not held yet");
+    assert_eq!(guard.deferred_rows(), 60);
+    assert!(
+        guard.recheck_at().is_some(),
+        "a round is due after the grace"
+    );
+    drop(guard);
+    assert_eq!(fx.pending_count(), 60);
+    assert!(fx.root().join("f000").exists());
 }
