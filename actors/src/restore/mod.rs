@@ -27,6 +27,7 @@ use std::{
     io::{self, Read, Write},
     os::unix::fs::OpenOptionsExt,
     path::Path,
+    time::{Duration, Instant},
 };
 
 use fleetsync_config::FolderMode;
@@ -140,7 +141,7 @@ pub fn restore(folder: &Folder, req: &Request) -> Result<Report, RestoreError> {
         ..Report::default()
     };
     for v in chosen {
-        match restore_one(folder, v) {
+        match restore_when_not_busy(folder, v) {
             Ok(Outcome::Unchanged) => report.unchanged.push(v.path.clone()),
             Ok(Outcome::Restored { kept_current }) => {
                 info!(folder = folder.id(), path = %v.path, version = %v.id, "restored");
@@ -161,6 +162,24 @@ pub fn restore(folder: &Folder, req: &Request) -> Result<Report, RestoreError> {
         }
     }
     Ok(report)
+}
+
+/// How long a restore waits for a sync that is writing the path right
+/// now (a restore just after a sync must not fail on its last step).
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// [`restore_one`], waiting up to [`BUSY_WAIT`] while a sync applies the
+/// path (blocking: restores run off the async workers).
+fn restore_when_not_busy(folder: &Folder, v: &VersionInfo) -> Result<Outcome, PathError> {
+    let deadline = Instant::now() + BUSY_WAIT;
+    loop {
+        match restore_one(folder, v) {
+            Err(PathError::Busy) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Write version `v` back at its path (steps 1–3 of the module doc).

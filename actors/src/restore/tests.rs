@@ -108,6 +108,28 @@ fn different_content_is_kept_first_so_a_restore_can_be_undone() {
     assert_eq!(read(&f, "a"), b"new content", "undone");
 }
 
+/// Regression (CI, restore right after a sync): a restore that found the
+/// receiver still finishing the path failed with "a sync is writing it";
+/// it now waits for that apply to end.
+#[test]
+fn a_restore_waits_for_a_sync_that_is_applying_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = folder(dir.path());
+    write(&f, "a", b"old");
+    let old = keep(&f, "a", Reason::Overwrite);
+    write(&f, "a", b"new content");
+    let applying = crate::folder::ApplyGuard::new(&f, "a");
+    let ends = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(applying);
+    });
+
+    let report = restore(&f, &req("a", When::Version(old))).unwrap();
+    ends.join().unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(read(&f, "a"), b"old");
+}
+
 #[test]
 fn a_path_that_holds_the_chosen_content_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
