@@ -58,7 +58,7 @@ fn wait_in_sync_returns_0_only_once_the_file_written_on_the_peer_is_here() {
 #[test]
 fn wait_times_out_with_its_code_while_a_change_is_pending_and_after_the_peer_stops() {
     let mut c = Cluster::new(2, Topology::Full, folders);
-    fault_injection(&mut c.nodes[0], "10m");
+    fault_injection(&mut c.nodes[0], "1m");
     for n in &mut c.nodes {
         n.start();
     }
@@ -111,7 +111,7 @@ fn wait_alone_is_in_sync_only_with_allow_alone_and_waits_for_a_node_not_running(
 #[test]
 fn status_exit_code_says_not_running_unhealthy_and_faulted() {
     let mut c = Cluster::new(1, Topology::Full, folders);
-    fault_injection(&mut c.nodes[0], "10m");
+    fault_injection(&mut c.nodes[0], "1m");
     let n = &mut c.nodes[0];
     n.start();
     fs::write(n.path("keep.txt"), "content, so a missing marker is a fault").unwrap();
@@ -119,7 +119,7 @@ fn status_exit_code_says_not_running_unhealthy_and_faulted() {
     cli_ok(n, &["status"]);
     cli_ok(n, &["status", "--json"]);
 
-    // An actor stuck (and not replaced for 10 minutes): unhealthy.
+    // An actor stuck (and not replaced for a minute): unhealthy.
     cli_ok(n, &["debug", "stall", "hasher", "--for", "5s"]);
     let mut last = (0, String::new());
     wait_until(DEADLINE, "status to exit 5", || {
