@@ -105,7 +105,10 @@ fn wait_alone_is_in_sync_only_with_allow_alone_and_waits_for_a_node_not_running(
     let (code, _, err) = n.cli(&["wait", "--in-sync", "--timeout", "2s"]);
     assert_eq!(code, EXIT_TIMEOUT, "{err}");
     assert!(err.contains("--allow-alone"), "{err}");
-    cli_ok(n, &["wait", "--in-sync", "--timeout", "60s", "--allow-alone"]);
+    cli_ok(
+        n,
+        &["wait", "--in-sync", "--timeout", "60s", "--allow-alone"],
+    );
 }
 
 #[test]
@@ -114,13 +117,17 @@ fn status_exit_code_says_not_running_unhealthy_and_faulted() {
     fault_injection(&mut c.nodes[0], "1m");
     let n = &mut c.nodes[0];
     n.start();
-    fs::write(n.path("keep.txt"), "content, so a missing marker is a fault").unwrap();
+    fs::write(
+        n.path("keep.txt"),
+        "content, so a missing marker is a fault",
+    )
+    .unwrap();
     wait_until(DEADLINE, "keep.txt indexed", || folder_u64(n, "files") == 1);
     cli_ok(n, &["status"]);
     cli_ok(n, &["status", "--json"]);
 
     // An actor stuck (and not replaced for a minute): unhealthy.
-    cli_ok(n, &["debug", "stall", "hasher", "--for", "5s"]);
+    cli_ok(n, &["debug", "stall", "hasher", "--for", "15s"]);
     let mut last = (0, String::new());
     wait_until(DEADLINE, "status to exit 5", || {
         let (code, out, _) = n.cli(&["status"]);
@@ -142,7 +149,9 @@ fn status_exit_code_says_not_running_unhealthy_and_faulted() {
     fs::rename(&marker, c.dir.path().join("moved-marker")).unwrap();
     let n = &mut c.nodes[0];
     n.start();
-    wait_until(DEADLINE, "status to exit 6", || n.cli(&["status"]).0 == EXIT_FAULTED);
+    wait_until(DEADLINE, "status to exit 6", || {
+        n.cli(&["status"]).0 == EXIT_FAULTED
+    });
     let (code, _, _) = n.cli(&["status", "--json"]);
     assert_eq!(code, EXIT_FAULTED);
     let (code, _, err) = n.cli(&["wait", "--in-sync", "--timeout", "1s", "--allow-alone"]);

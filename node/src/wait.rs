@@ -123,7 +123,10 @@ fn folder_reasons(f: &FolderView) -> Vec<String> {
         ));
     }
     if why.is_empty() {
-        why.push(format!("folder {}: {} (local changes not indexed yet)", f.id, f.state));
+        why.push(format!(
+            "folder {}: {} (local changes not indexed yet)",
+            f.id, f.state
+        ));
     }
     why
 }
@@ -184,8 +187,8 @@ fn poll(config: &fleetsync_config::Config, allow_alone: bool) -> Result<(), Vec<
     let body = client::admin_addr(config)
         .and_then(|a| client::get(a, "/status"))
         .map_err(|e| vec![format!("{e:#}")])?;
-    let st: StatusView = serde_json::from_str(&body)
-        .map_err(|e| vec![format!("unexpected /status reply: {e}")])?;
+    let st: StatusView =
+        serde_json::from_str(&body).map_err(|e| vec![format!("unexpected /status reply: {e}")])?;
     judge(&st, allow_alone)
 }
 
@@ -223,7 +226,10 @@ mod tests {
 
     #[test]
     fn in_sync_needs_every_folder_in_sync_health_and_a_peer() {
-        assert_eq!(judge(&node(true, 1, vec![folder("a", true)]), false), Ok(()));
+        assert_eq!(
+            judge(&node(true, 1, vec![folder("a", true)]), false),
+            Ok(())
+        );
         let two = node(true, 2, vec![folder("a", true), folder("b", false)]);
         let why = judge(&two, false).unwrap_err();
         assert!(why.iter().any(|w| w.contains("folder b")), "{why:?}");
@@ -246,9 +252,16 @@ mod tests {
         f.pending = 3;
         f.error = Some("marker missing".into());
         let why = judge(&node(true, 1, vec![f]), false).unwrap_err();
-        assert!(why.iter().any(|w| w.contains("3 remote changes pending")), "{why:?}");
+        assert!(
+            why.iter().any(|w| w.contains("3 remote changes pending")),
+            "{why:?}"
+        );
         assert!(why.iter().any(|w| w.contains("marker missing")), "{why:?}");
-        assert!(why.iter().any(|w| w.contains("not caught up with peer(s) aaaaaaaaaa")), "{why:?}");
+        assert!(
+            why.iter()
+                .any(|w| w.contains("not caught up with peer(s) aaaaaaaaaa")),
+            "{why:?}"
+        );
         // A fault alone is never in sync, even if the node said in_sync.
         let mut g = folder("g", true);
         g.error = Some("full".into());
