@@ -534,10 +534,10 @@ impl Node {
 
     pub fn status(&self) -> Option<Value> {
         if self.netns.is_some() {
-            let (code, out, _) = self.cli(&["status", "--json"]);
-            return (code == 0)
-                .then(|| serde_json::from_str(&out).ok())
-                .flatten();
+            // Any reply counts: `status` exits 5/6 (unhealthy, faulted)
+            // with the JSON still on stdout.
+            let (_, out, _) = self.cli(&["status", "--json"]);
+            return serde_json::from_str(&out).ok();
         }
         get(self.admin, "/status").and_then(|b| serde_json::from_str(&b).ok())
     }

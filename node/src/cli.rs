@@ -1,5 +1,7 @@
 //! The command line. Every subcommand returns an exit code:
 //! 0 ok, 1 failure, 2 usage, 3 bad config, 4 node not reachable,
+//! 5 node unhealthy (`status`), 6 a folder faulted (`status`),
+//! 7 not in sync before the timeout (`wait`),
 //! 70 the node gave up after repeated actor crashes.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +19,13 @@ pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_CONFIG: i32 = 3;
 pub const EXIT_UNREACHABLE: i32 = 4;
+/// `status`: an actor does not answer or its work stopped.
+pub const EXIT_UNHEALTHY: i32 = 5;
+/// `status`: a folder has an error (paused: its marker is gone; full:
+/// `max_files`).
+pub const EXIT_FAULTED: i32 = 6;
+/// `wait`: the timeout passed before the node was in sync.
+pub const EXIT_TIMEOUT: i32 = 7;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,7 +50,8 @@ enum Cmd {
     Join(JoinArgs),
     /// Run the node in the foreground until SIGINT/SIGTERM.
     Run(RunArgs),
-    /// Show peers, folders and transfers of the running node.
+    /// Show peers, folders and transfers of the running node. Exit code: 0
+    /// healthy, 4 not running, 5 unhealthy, 6 a folder faulted.
     Status {
         #[command(flatten)]
         at: Where,
@@ -49,6 +59,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Wait until the running node is in sync (for rollout scripts): 0 in
+    /// sync, 7 timeout (the reasons on stderr).
+    Wait(WaitArgs),
     /// Show the audit trail of one file: who changed it, when, to what.
     History {
         #[command(flatten)]
@@ -223,6 +236,24 @@ const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600
 const SWEEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 
 #[derive(Debug, Args)]
+struct WaitArgs {
+    #[command(flatten)]
+    at: Where,
+    /// Wait until every folder has applied all that every connected peer
+    /// has, nothing is pending, the node is healthy and no folder faulted
+    /// (the only condition so far; required).
+    #[arg(long = "in-sync", required = true)]
+    in_sync: bool,
+    /// Give up after this long (e.g. 30s, 10m) with exit code 7.
+    #[arg(long, default_value = "10m")]
+    timeout: String,
+    /// In sync with no peer connected counts (a fleet of one). Without
+    /// it, at least one peer must be connected.
+    #[arg(long = "allow-alone")]
+    allow_alone: bool,
+}
+
+#[derive(Debug, Args)]
 struct InviteArgs {
     #[command(flatten)]
     at: Where,
@@ -300,6 +331,7 @@ pub fn main() -> i32 {
         }),
         Cmd::Run(a) => run(a),
         Cmd::Status { at, json } => status(at, json),
+        Cmd::Wait(a) => wait(a),
         Cmd::History {
             at,
             folder,
@@ -511,9 +543,11 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
 fn status(w: Where, json: bool) -> anyhow::Result<i32> {
     let config = w.load(&Overrides::default())?;
     let body = client::get(client::admin_addr(&config)?, "/status")?;
+    let view: crate::wait::StatusView = serde_json::from_str(&body).context("status reply")?;
+    let code = crate::wait::status_code(&view);
     if json {
         println!("{body}");
-        return Ok(0);
+        return Ok(code);
     }
     let st: serde_json::Value = serde_json::from_str(&body).context("status reply")?;
     let path = w.config_path()?;
@@ -521,7 +555,15 @@ fn status(w: Where, json: bool) -> anyhow::Result<i32> {
         "{}",
         crate::admin::render_status(&st, &path.display().to_string())
     );
-    Ok(0)
+    Ok(code)
+}
+
+fn wait(a: WaitArgs) -> anyhow::Result<i32> {
+    let config = a.at.load(&Overrides::default())?;
+    let timeout = fleetsync_config::parse_duration(&a.timeout)
+        .map_err(|e| anyhow::anyhow!("--timeout {}: {e}", a.timeout))?;
+    debug_assert!(a.in_sync, "clap requires --in-sync");
+    Ok(crate::wait::wait_in_sync(&config, timeout, a.allow_alone))
 }
 
 fn resume(w: Where, folder: &str) -> anyhow::Result<i32> {

@@ -11,6 +11,7 @@
 //! - [`admin`]: the local admin API on 127.0.0.1 (JSON status, history,
 //!   health, Prometheus metrics) and the text rendering the CLI prints.
 //! - [`client`]: the CLI side of the admin API.
+//! - [`wait`]: `status`'s exit code and `wait --in-sync` (judging `/status`).
 //! - [`restore`]: `restore`'s arguments (a version, a time) and its text.
 //! - [`demo`]: a 3-node cluster on loopback that shows sync happening.
 //! - [`memory`]: the allocator knobs (two malloc arenas, a trim a minute).
@@ -25,3 +26,4 @@ pub mod demo;
 pub mod invite;
 pub mod memory;
 pub mod restore;
+pub mod wait;
