@@ -52,7 +52,8 @@ install -m 0644 /tmp/fleetsync.service /etc/systemd/system/fleetsync.service
 # ProtectSystem=strict: the folder is writable only through this drop-in.
 id=$(basename "$folder" | tr -c 'A-Za-z0-9._\n-' '-')
 install -d -m 0755 /etc/systemd/system/fleetsync.service.d
-printf '[Service]\nReadWritePaths=%s\n' "$folder" \
+# Quoted: systemd splits the value at spaces; % starts a specifier.
+printf '[Service]\nReadWritePaths="%s"\n' "${folder//%/%%}" \
   > "/etc/systemd/system/fleetsync.service.d/folder-$id.conf"
 EOF
 }
