@@ -455,3 +455,57 @@ fn deploy_fleet_sh_keeps_the_secret_off_command_lines() {
         "the folder's drop-in"
     );
 }
+
+/// deploy-fleet.sh run for real, twice, against two "hosts" that are this
+/// machine: `tests/deploy/rollout.sh` in fresh mount and network namespaces
+/// (overlays on /etc, /var/lib, /usr/local/bin; shims for ssh, scp, sudo,
+/// systemctl), starting from the old layout (root's config, secret inline).
+/// Needs root (namespaces, useradd in the overlay).
+#[test]
+fn deploy_fleet_sh_migrates_reruns_and_keeps_the_secret_off_command_lines() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (mount/network namespaces, useradd inside an overlay)"
+    );
+    let dd = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        dd.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--net", "--"])
+        .arg(repo().join("integration-tests/tests/deploy/rollout.sh"))
+        .env("DD", dd.path())
+        .env("BIN", bin())
+        .env("REPO", repo())
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let logs = ["run1.log", "run2.log", "node.log"]
+        .map(|f| {
+            format!(
+                "--- {f}\n{}",
+                fs::read_to_string(dd.path().join(f)).unwrap_or_default()
+            )
+        })
+        .join("\n");
+    let why = format!("{stdout}{}\n{logs}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "rollout.sh failed:\n{why}");
+    let got: BTreeMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once('=')).collect();
+    let folder = dd.path().join("my shared");
+    let dropin = format!("ReadWritePaths=\"{}\"", folder.display());
+    for (key, want) in [
+        ("same_secret", "yes"),
+        ("same_identity", "yes"),
+        ("rerun_kept", "yes"),
+        ("secret_in_argv", "0"),
+        ("secret_in_config", "0"),
+        ("secret_mode", "600 fleetsync"),
+        ("old_config_left", "no"),
+        ("dropin", dropin.as_str()),
+        ("status", "1"),
+    ] {
+        assert_eq!(got.get(key).copied(), Some(want), "{key}:\n{why}");
+    }
+}
