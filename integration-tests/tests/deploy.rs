@@ -205,6 +205,7 @@ fn the_unit_runs_unprivileged_and_does_not_restart_on_usage_or_config_errors() {
     // Folders come from per-folder drop-ins, not from the unit itself.
     assert!(
         !keys.contains_key("ReadWritePaths"),
+        "a folder hard-coded in the unit: {:?}",
         keys.get("ReadWritePaths")
     );
 }
