@@ -3,12 +3,19 @@
 # from the distribution's packages when missing. Idempotent: a machine
 # that has them already is left alone. Needs root (apt-get).
 #
-#   faketime  libfaketime and its launcher: tests/chaos.rs runs a node
-#             whose clock is a day ahead (LD_PRELOAD of libfaketime).
+#   faketime         libfaketime and its launcher: tests/chaos.rs runs a node
+#                    whose clock is a day ahead (LD_PRELOAD of libfaketime).
+#   python3-seccomp  tests/deploy.rs runs nodes under the systemd unit's
+#                    seccomp filters (libseccomp, for Debian's /usr/bin/python3).
+#   systemd          systemd-analyze verify/security/syscall-filter (tests/deploy.rs).
+#   ShellCheck       (package shellcheck) tests/deploy.rs lints deploy/deploy-fleet.sh.
 set -euo pipefail
 
 missing=()
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+/usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || missing+=(python3-seccomp)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-test-deps: nothing to install"
@@ -30,7 +37,13 @@ export DEBIAN_FRONTEND=noninteractive
 # versions the mirror no longer has: refresh once, then install.
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
-command -v faketime >/dev/null 2>&1 || {
-    echo "install-test-deps: faketime still missing after apt-get install" >&2
+for tool in faketime shellcheck systemd-analyze; do
+    command -v "$tool" >/dev/null 2>&1 || {
+        echo "install-test-deps: $tool still missing after apt-get install" >&2
+        exit 1
+    }
+done
+/usr/bin/python3 -c 'import seccomp' || {
+    echo "install-test-deps: python3-seccomp still missing after apt-get install" >&2
     exit 1
 }
