@@ -8,7 +8,15 @@ use fleetsync_integration_tests::{bin, wait_until, Cluster, FolderSpec, Topology
 use serde_json::Value;
 
 const SUBCOMMANDS: &[&str] = &[
-    "init", "invite", "join", "run", "status", "history", "restore", "versions", "completions",
+    "init",
+    "invite",
+    "join",
+    "run",
+    "status",
+    "history",
+    "restore",
+    "versions",
+    "completions",
     "man",
 ];
 
@@ -101,7 +109,9 @@ fn history_prints_rfc3339_times() {
     let row = &rows[0];
     assert!(row["recorded_ns"].is_i64(), "numbers are kept: {row}");
     for key in ["recorded", "mtime"] {
-        let t = row[key].as_str().unwrap_or_else(|| panic!("no {key}: {row}"));
+        let t = row[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key}: {row}"));
         let parsed = humantime::parse_rfc3339(t).unwrap_or_else(|e| panic!("{key} {t}: {e}"));
         let ns = parsed
             .duration_since(std::time::UNIX_EPOCH)
@@ -115,7 +125,9 @@ fn history_prints_rfc3339_times() {
 /// a synced file, stop it, and return the log.
 fn node_log(format: &str) -> String {
     let mut c = Cluster::new(1, Topology::Full, |_| vec![FolderSpec::new("shared")]);
-    c.nodes[0].extra.push_str(&format!("format = \"{format}\"\n"));
+    c.nodes[0]
+        .extra
+        .push_str(&format!("format = \"{format}\"\n"));
     c.nodes[0].start();
     let n = &c.nodes[0];
     std::fs::write(n.path("a.txt"), b"hello").unwrap();
@@ -152,7 +164,8 @@ fn json_log_is_one_object_per_line_with_the_documented_fields() {
             "timestamp: {line}"
         );
         assert!(
-            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&v["level"].as_str().unwrap_or("")),
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                .contains(&v["level"].as_str().unwrap_or("")),
             "level: {line}"
         );
         assert!(v["target"].is_string(), "target: {line}");
