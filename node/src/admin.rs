@@ -448,6 +448,10 @@ struct HistoryRow {
     deleted: bool,
     size: u64,
     recorded_ns: i64,
+    /// `recorded_ns` as RFC 3339 UTC (null if out of range).
+    recorded: Option<String>,
+    /// `mtime_ns` as RFC 3339 UTC (null if out of range).
+    mtime: Option<String>,
     applied_from: Option<String>,
     note: String,
     /// Short id of the node this change came through, as proven (the
@@ -478,12 +482,25 @@ impl HistoryRow {
             deleted: e.deleted,
             size: e.size,
             recorded_ns: e.recorded_ns,
+            recorded: rfc3339_ns(e.recorded_ns, humantime::format_rfc3339_nanos),
+            mtime: rfc3339_ns(e.mtime_ns, humantime::format_rfc3339_nanos),
             applied_from: e.applied_from.map(|s| s.to_string()),
             note: e.note,
             via,
             received_from,
         }
     }
+}
+
+/// Nanoseconds since the epoch as RFC 3339 UTC in `format`'s precision;
+/// None before 1970 (humantime cannot print it). A u64 of nanoseconds
+/// ends in 2554, well inside what humantime prints.
+fn rfc3339_ns(
+    ns: i64,
+    format: fn(std::time::SystemTime) -> humantime::Rfc3339Timestamp,
+) -> Option<String> {
+    let ns = u64::try_from(ns).ok()?;
+    Some(format(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string())
 }
 
 async fn history(
@@ -822,7 +839,10 @@ pub fn render_history(v: &serde_json::Value) -> String {
         o.push_str("no history for this path\n");
     }
     for r in rows {
-        let when = r["recorded_ns"].as_i64().unwrap_or(0) / 1_000_000_000;
+        let when = r["recorded_ns"]
+            .as_i64()
+            .and_then(|ns| rfc3339_ns(ns, humantime::format_rfc3339_seconds))
+            .unwrap_or_else(|| "?".to_string());
         let what = if r["deleted"].as_bool() == Some(true) {
             "deleted".to_string()
         } else {
@@ -839,7 +859,7 @@ pub fn render_history(v: &serde_json::Value) -> String {
         // which the handshake proved.
         let _ = writeln!(
             o,
-            "seq {:>6}  t={}  by {}  via {}  {}  {}",
+            "seq {:>6}  {}  by {}  via {}  {}  {}",
             r["seq"].as_u64().unwrap_or(0),
             when,
             r["modified_by"].as_str().unwrap_or("?"),
@@ -849,4 +869,33 @@ pub fn render_history(v: &serde_json::Value) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_text_shows_rfc3339_times() {
+        let v = serde_json::json!([{
+            "seq": 7,
+            "recorded_ns": 1_796_029_200_123_456_789_i64,
+            "modified_by": "abc",
+            "via": "abc",
+            "deleted": true,
+            "note": "local",
+        }]);
+        let text = render_history(&v);
+        assert!(text.contains("2026-11-30T09:00:00Z"), "{text}");
+        assert!(!text.contains("t=1796029200"), "{text}");
+    }
+
+    #[test]
+    fn rfc3339_of_nanoseconds() {
+        assert_eq!(
+            rfc3339_ns(1_500_000_000, humantime::format_rfc3339_nanos).as_deref(),
+            Some("1970-01-01T00:00:01.500000000Z")
+        );
+        assert_eq!(rfc3339_ns(-1, humantime::format_rfc3339_seconds), None);
+    }
 }

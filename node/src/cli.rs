@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use fleetsync_config::{
     flag, render_init_config, Config, ConfigError, FleetSecret, InitParams, Overrides, PeerAddr,
     CONFIG_FILE_NAME, DEFAULT_ADMIN_LISTEN, DEFAULT_MESH_LISTEN,
@@ -116,6 +116,14 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Print a shell completion script, e.g.
+    /// `fleetsync completions bash > /etc/bash_completion.d/fleetsync`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `fleetsync man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -351,6 +359,8 @@ pub fn main() -> i32 {
         } => versions(at, &folder, path.as_deref(), json),
         Cmd::Debug { cmd } => debug(cmd),
         Cmd::Demo { keep } => demo::run(keep),
+        Cmd::Completions { shell } => completions(shell, &mut std::io::stdout().lock()),
+        Cmd::Man => man(&mut std::io::stdout().lock()),
     };
     match res {
         Ok(code) => code,
@@ -704,4 +714,41 @@ fn debug(cmd: DebugCmd) -> anyhow::Result<i32> {
     client::post(client::admin_addr(&config)?, &query)?;
     println!("fault injected");
     Ok(0)
+}
+
+/// Generated from the same clap tree as the parser, so it cannot drift
+/// from the real flags.
+fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "fleetsync", out);
+    Ok(0)
+}
+
+/// The top-level page: synopsis, every subcommand with its summary, version.
+fn man(out: &mut dyn std::io::Write) -> anyhow::Result<i32> {
+    clap_mangen::Man::new(Cli::command())
+        .render(out)
+        .context("write the man page")?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_page_lists_subcommands() {
+        let mut out = Vec::new();
+        assert_eq!(man(&mut out).unwrap(), 0);
+        let page = String::from_utf8(out).unwrap();
+        assert!(page.contains(".TH fleetsync"), "{page}");
+        for sub in ["init", "run", "status", "history", "completions", "man"] {
+            assert!(page.contains(sub), "{sub} missing from the man page");
+        }
+    }
 }

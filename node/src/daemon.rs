@@ -1,6 +1,6 @@
 //! `fleetsync run`: one node in the foreground.
 
-use std::time::Duration;
+use std::{io::IsTerminal as _, time::Duration};
 
 use fleetsync_actors::NodeHandle;
 use fleetsync_config::{Config, LogFormat};
@@ -14,13 +14,34 @@ pub fn init_logging(config: &Config) {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(quiet(&config.log.level)).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: the journal and log files get
+    // plain text (tracing-subscriber colours by default, even into a pipe).
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(log_colour(std::io::stderr().is_terminal()));
+    // An error here means a subscriber is already set (a test harness
+    // owning logging): keep that one.
     let _ = match config.log.format {
-        LogFormat::Json => b.json().try_init(),
+        // One object per line. The field names are a contract for log
+        // shippers (README "Logs"): pinned here rather than left to the
+        // library's defaults.
+        LogFormat::Json => b
+            .json()
+            .flatten_event(false)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_target(true)
+            .with_level(true)
+            .try_init(),
         LogFormat::Human => b.try_init(),
     };
+}
+
+/// Colour when stderr is a terminal, unless NO_COLOR is set
+/// (https://no-color.org).
+fn log_colour(stderr_is_terminal: bool) -> bool {
+    stderr_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// A bare level applies to fleetsync's own crates; the iroh stack stays at
