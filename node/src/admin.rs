@@ -571,22 +571,13 @@ async fn versions(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(folder) = node.folders.get(&id) else {
+    let Some(folder) = node.folders.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response();
     };
     // Listing reads each version's metadata from its file.
-    let folder = folder.clone();
-    let listed = tokio::task::spawn_blocking(move || {
-        folder.versions.list(q.get("path").map(String::as_str))
-    })
-    .await;
-    match listed {
+    match rt::blocking(move || folder.versions.list(q.get("path").map(String::as_str))).await {
         Ok(list) => Json(list).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("listing failed: {e}\n"),
-        )
-            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 
