@@ -134,12 +134,12 @@ class Node:
         )
 
 
-def wait(what, cond, timeout):
+def wait(what, cond, timeout, poll=0.2):
     t0 = time.monotonic()
     while not cond():
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(poll)
 
 
 class Churn:
@@ -333,25 +333,36 @@ def run_churn(args, nodes):
 
 
 def run_cycles(args, nodes):
-    """One path, over and over: written on node a, synced to b and c,
-    deleted on a, gone on b and c. Nothing else changes, so whatever grows
-    is kept per cycle."""
+    """The same paths, over and over: --cycle-paths files written on node a,
+    synced to b and c, deleted on a, gone on b and c; every file written
+    and deleted counts as one cycle. Nothing else changes, so whatever grows
+    is kept per cycle. The waits poll every 5 ms: the driver, not the
+    fleet, set the pace before."""
     rng = random.Random(args.seed)
-    rel = os.path.join("cycle", "one.bin")
+    width = max(1, args.cycle_paths)
+    rels = [os.path.join("cycle", f"p{j:03}.bin") for j in range(width)]
     origin, others = nodes[0], nodes[1:]
     os.makedirs(os.path.join(origin.folder, "cycle"), exist_ok=True)
     wait("the cycle directory to sync", lambda: all(os.path.isdir(os.path.join(n.folder, "cycle")) for n in others), 60)
     sampler = Sampler(nodes, args)
-    for i in range(args.cycles):
-        data = rng.getrandbits(8 * 1024).to_bytes(1024, "little")
-        with open(os.path.join(origin.folder, rel + ".soak-tmp"), "wb") as f:
-            f.write(data)
-        os.replace(os.path.join(origin.folder, rel + ".soak-tmp"), os.path.join(origin.folder, rel))
-        wait(f"cycle {i}: the file on every node", lambda: all(read(os.path.join(n.folder, rel)) == data for n in others), 60)
-        os.remove(os.path.join(origin.folder, rel))
-        wait(f"cycle {i}: the file gone everywhere", lambda: not any(os.path.exists(os.path.join(n.folder, rel)) for n in others), 60)
-        sampler.tick(f"{i + 1}")
-    print(f"cycles: {args.cycles}", flush=True)
+    done = 0
+    while done < args.cycles:
+        batch = rels[: min(width, args.cycles - done)]
+        datas = [rng.getrandbits(8 * 1024).to_bytes(1024, "little") for _ in batch]
+        for rel, data in zip(batch, datas):
+            tmp = os.path.join(origin.folder, rel + ".soak-tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, os.path.join(origin.folder, rel))
+        wait(f"cycles {done}+: the files on every node",
+             lambda: all(read(os.path.join(n.folder, r)) == d for n in others for r, d in zip(batch, datas)), 60, 0.005)
+        for rel in batch:
+            os.remove(os.path.join(origin.folder, rel))
+        wait(f"cycles {done}+: the files gone everywhere",
+             lambda: not any(os.path.exists(os.path.join(n.folder, r)) for n in others for r in batch), 60, 0.005)
+        done += len(batch)
+        sampler.tick(f"{done}")
+    print(f"cycles: {done} ({width} paths at a time)", flush=True)
     return sampler.finish(args.tolerance)
 
 
@@ -386,7 +397,9 @@ def main():
     p.add_argument("--warmup", type=duration, default=duration("5m"),
                    help="the verdict compares the end with the first sample at or after this (default 5m)")
     p.add_argument("--cycles", type=int, default=0,
-                   help="instead of churn: write, sync, delete one path this many times (index and memory must stay flat)")
+                   help="instead of churn: write, sync, delete files this many times (index and memory must stay flat)")
+    p.add_argument("--cycle-paths", type=int, default=1,
+                   help="with --cycles: paths cycled at once, each write+delete one cycle (default 1; keep under 100, the mass-delete guard's minimum folder)")
     p.add_argument("--tolerance", type=float, default=10.0, help="RSS growth allowed after warm-up, %% (default 10)")
     p.add_argument("--folder-key", action="append", default=[],
                    help='extra key for the folder, repeatable, e.g. --folder-key \'tombstone_ttl = "2m"\'')

@@ -22,6 +22,12 @@
 //! so deleting every copy of a content still counts; a copy that excused a
 //! delete and is itself deleted within the window counts twice.
 //!
+//! Nor does a path count twice: a path deleted, back (written again) and
+//! deleted again within the window took away at most one file the folder
+//! held when the burst began. Without this, a few files that are written
+//! and deleted over and over (lock files, a build's scratch files) add up
+//! to a "mass delete" of a folder they never were half of.
+//!
 //! Grace: a burst over the fraction is not held at once. Its deletes wait
 //! (pending, applied by no one) for [`DELETE_GRACE`]: a big rename reaches
 //! a peer in batches, its deletes (old names) often before its creates.
@@ -33,7 +39,8 @@
 //! Memory: the held and approved rows are pending rows (bounded by the
 //! folder's `max_pending` per peer); the window keeps one count per round
 //! within [`DELETE_BURST_WINDOW`], at most [`WINDOW_ROUNDS_MAX`], and the
-//! copies that excused a move within it, at most [`WITNESSES_MAX`].
+//! paths it counted and the copies that excused a move within it, at most
+//! [`WITNESSES_MAX`] each.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -49,7 +56,8 @@ pub type Key = (String, [u8; 32]);
 const WINDOW_ROUNDS_MAX: usize = 1024;
 /// Copies remembered as having excused a move (beyond it, a move is still
 /// excused but its copy is not remembered: only a later delete of that
-/// copy is under-counted).
+/// copy is under-counted), and paths remembered as counted (beyond it, a
+/// path deleted again is counted again: the guard errs towards holding).
 const WITNESSES_MAX: usize = 100_000;
 
 /// The rule: does a burst of `burst` file deletes exceed `max_fraction` of
@@ -124,6 +132,8 @@ pub struct DeleteGuard {
     deferred: usize,
     /// Live copies that excused a move within the window, and when.
     witnesses: HashMap<String, Instant>,
+    /// Paths whose file deletes the window counted, and when.
+    counted_paths: HashMap<String, Instant>,
 }
 
 impl Default for DeleteGuard {
@@ -142,6 +152,7 @@ impl DeleteGuard {
             over_since: None,
             deferred: 0,
             witnesses: HashMap::new(),
+            counted_paths: HashMap::new(),
         }
     }
 
@@ -170,6 +181,7 @@ impl DeleteGuard {
                 self.calm();
                 self.applied(now, counted);
                 let all = vec![true; deletes.len()];
+                self.remember_counted(now, deletes, &verdict);
                 self.remember_moves(now, deletes, &all);
                 return all;
             }
@@ -201,9 +213,11 @@ impl DeleteGuard {
     }
 
     /// Files a fresh delete takes away: a file's own, plus the one whose
-    /// earlier delete it excused as a move (that content is gone now).
+    /// earlier delete it excused as a move (that content is gone now). A
+    /// path the window counted already came back since: none.
     fn weight(&self, d: &Delete) -> u64 {
         match d.removes {
+            Removes::File if self.counted_paths.contains_key(&d.path) => 0,
             Removes::File => 1 + u64::from(self.witnesses.contains_key(&d.path)),
             Removes::Nothing | Removes::Other => 0,
         }
@@ -235,6 +249,17 @@ impl DeleteGuard {
                         peers.push(*p);
                     }
                 }
+            }
+        }
+    }
+
+    /// Applied file deletes the window counted remember their path: the
+    /// path deleted again within the window counts no more.
+    fn remember_counted(&mut self, now: Instant, deletes: &[Delete], verdict: &[bool]) {
+        let judged = deletes.iter().zip(verdict).filter(|(_, apply)| !**apply);
+        for (d, _) in judged.filter(|(d, _)| d.removes == Removes::File) {
+            if self.counted_paths.len() < WITNESSES_MAX {
+                self.counted_paths.entry(d.path.clone()).or_insert(now);
             }
         }
     }
@@ -295,8 +320,9 @@ impl DeleteGuard {
             }
             self.recent.pop_front();
         }
-        self.witnesses
-            .retain(|_, at| now.saturating_duration_since(*at) <= DELETE_BURST_WINDOW);
+        let within = |at: &mut Instant| now.saturating_duration_since(*at) <= DELETE_BURST_WINDOW;
+        self.witnesses.retain(|_, at| within(at));
+        self.counted_paths.retain(|_, at| within(at));
     }
 
     fn applied(&mut self, now: Instant, n: u64) {
@@ -360,6 +386,7 @@ impl DeleteGuard {
             }
         }
         self.recent.clear();
+        self.counted_paths.clear();
         self.calm();
         n
     }
@@ -452,6 +479,45 @@ mod tests {
             .iter()
             .all(|v| *v));
         assert_eq!(g.held(), None);
+    }
+
+    /// Regression (the 100,000-cycle soak): 20 files written and deleted
+    /// over and over in a folder of 120 were held as a mass delete within
+    /// seconds: every round's 20 deletes added up as if 20 more files
+    /// were gone.
+    #[test]
+    fn paths_deleted_again_within_the_window_count_once() {
+        let t0 = Instant::now();
+        let mut g = DeleteGuard::with_grace(Duration::ZERO);
+        for round in 0..8u64 {
+            let at = t0 + Duration::from_millis(500 * round);
+            let v = g.judge(at, 120, 0.5, &files("cycle/", 20, A));
+            assert!(v.iter().all(|v| *v), "round {round} was held");
+        }
+        assert_eq!(g.held(), None);
+
+        // A real mass delete within the same window is still held: the
+        // cycled paths count once, the stable files each.
+        let at = t0 + Duration::from_secs(5);
+        let v = g.judge(at, 120, 0.5, &files("stable/", 80, A));
+        assert!(v.iter().all(|v| !*v));
+        assert_eq!(g.held().unwrap().files, 140);
+    }
+
+    #[test]
+    fn a_path_counted_before_the_window_counts_again() {
+        let t0 = Instant::now();
+        let mut g = DeleteGuard::with_grace(Duration::ZERO);
+        assert!(g.judge(t0, 200, 0.5, &files("a", 60, A)).iter().all(|v| *v));
+        // The same 60 paths, back and deleted again after the window, then
+        // 60 others: 120 of the 200 in one window.
+        let t1 = t0 + DELETE_BURST_WINDOW + Duration::from_secs(1);
+        assert!(g.judge(t1, 200, 0.5, &files("a", 60, A)).iter().all(|v| *v));
+        let t2 = t1 + Duration::from_secs(1);
+        assert!(g
+            .judge(t2, 140, 0.5, &files("b", 60, A))
+            .iter()
+            .all(|v| !*v));
     }
 
     #[test]
