@@ -196,6 +196,7 @@ impl Classifier<'_> {
             // directory's own entry came: that entry is its version (the
             // receiver applies it). A version of our own could outlive a
             // delete of the tree on the origin and bring it back.
+            tracing::debug!(folder = self.folder.id(), path = %rel, "directory made for a peer's child: not recorded as ours");
             return;
         }
         self.plan

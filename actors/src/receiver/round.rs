@@ -465,7 +465,8 @@ impl Round {
         let f = self.folder.clone();
         rt::blocking(move || {
             tree::settle(&f.index, f.id(), f.me, &mut plan)?;
-            f.expect_dirs(tree::unrecorded_parents(&f.index, f.id(), &plan)?);
+            let parents = tree::unrecorded_parents(&f.index, f.id(), &plan)?;
+            f.expect_dirs(tree::dirs_to_make(&f, parents));
             Ok(plan)
         })
         .await?

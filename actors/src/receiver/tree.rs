@@ -26,8 +26,9 @@ use tracing::warn;
 use super::round::{Plan, Planned};
 use crate::{
     apply::Job,
+    folder::Folder,
     index::{Index, IndexError},
-    record::Record,
+    record::{DiskState, Record},
     rules::{blocks_children, copy_name, directory_wins, kept_copy},
 };
 
@@ -195,6 +196,21 @@ pub fn unrecorded_parents(
         Record::live(recorded.get(p)).is_some_and(|r| r.entry.kind == EntryKind::Directory)
     };
     Ok(parents.into_iter().filter(|p| !is_dir(p)).collect())
+}
+
+/// Of `parents` (unrecorded), the directories the round will make: those
+/// not on disk, and those an earlier round made and still expects. One
+/// that is on disk already and not expected was made here (a `mkdir` the
+/// watcher has not indexed yet): ours to record, not the peer's to bring.
+/// Marking it expected would leave it unrecorded for good, so a delete of
+/// the tree on this node could never remove it elsewhere. Blocking.
+pub fn dirs_to_make(folder: &Folder, parents: Vec<String>) -> Vec<String> {
+    parents
+        .into_iter()
+        .filter(|p| {
+            folder.is_expected_dir(p) || matches!(folder.fs.lstat(p), Ok(DiskState::Missing))
+        })
+        .collect()
 }
 
 /// Our own files with something planned live below them: the directory

@@ -743,6 +743,31 @@ async fn a_parent_made_for_a_child_before_its_own_entry_is_not_recorded_as_ours(
     assert!(fx.recorded("d").unwrap().entry.deleted);
 }
 
+/// The other side of the expected-directory mark: a directory made here
+/// (by the user) that the watcher has not indexed yet when a peer's child
+/// of the same name arrives is ours. Marked expected, it was never
+/// recorded, so deleting the tree here left it on every other node
+/// (issue 11: `proj` stayed on n1 in the restore test in CI).
+#[tokio::test]
+async fn a_local_directory_not_yet_indexed_is_not_taken_for_one_the_round_makes() {
+    let mut fx = fixture();
+    std::fs::create_dir(fx.root().join("d")).unwrap();
+    fx.fake.serve(fx.peer, b"child");
+    fx.ingest(&[file("d/f", b"child")]);
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(resolved_set(&report), HashSet::from([fx.key("d/f")]));
+    assert_eq!(fx.folder.maps().expected_dirs, 0, "made by the user");
+
+    let health = crate::health::Health::new(1);
+    let out = crate::hasher::hash_batch(fx.folder.clone(), health, vec!["d".into()]).await;
+    assert!(out.failed.is_empty(), "{out:?}");
+    let d = fx
+        .recorded("d")
+        .expect("the user's directory is recorded as ours");
+    assert_eq!(d.entry.kind, EntryKind::Directory);
+    assert!(!d.entry.deleted);
+}
+
 /// Live paths by hash, as `Index::paths_with_hashes` gives them.
 fn live_by_hash(files: &[FileEntry]) -> HashMap<[u8; 32], Vec<String>> {
     let mut m: HashMap<[u8; 32], Vec<String>> = HashMap::new();
