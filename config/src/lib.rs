@@ -99,6 +99,7 @@ mod error;
 mod layer;
 mod raw;
 mod render;
+mod show;
 mod space;
 mod types;
 mod validate;
@@ -108,6 +109,7 @@ mod tests;
 
 pub use error::ConfigError;
 pub use render::render_init_config;
+pub use show::{Setting, Source, REDACTED};
 pub use space::{parse_size, MinFree, Umask, DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT};
 pub use types::{
     check_host_name, parse_duration, parse_node_id, FleetSecret, FolderMode, LogFormat,
@@ -194,6 +196,10 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub debug: DebugConfig,
     pub folders: Vec<FolderConfig>,
+    /// Which layer set each key some layer set (file-style keys such as
+    /// `mesh.listen`, `folders[0].settle`); a key not here is a default.
+    /// See [`Config::settings`].
+    pub origins: std::collections::BTreeMap<String, Source>,
 }
 
 #[derive(Debug, Clone)]

@@ -2061,3 +2061,111 @@ fn env_overrides_max_delete_fraction_and_names_the_variable_when_bad() {
     let e = err_full(&file, &[(var, "3")], &Overrides::default());
     assert_invalid_at(&e, "<env>", var, "above 0 and at most 1");
 }
+
+// ---- `config show`: each setting's value and where it came from ----
+
+fn setting<'a>(settings: &'a [Setting], key: &str) -> &'a Setting {
+    settings
+        .iter()
+        .find(|s| s.key == key)
+        .unwrap_or_else(|| panic!("no setting {key}"))
+}
+
+#[test]
+fn settings_name_the_layer_that_set_each_value_or_the_default() {
+    let text = with_secret(
+        "listen = \"0.0.0.0:7400\"\n[log]\nlevel = \"debug\"\n\
+         [[folders]]\nid = \"docs\"\npath = \"/srv/docs\"\nsettle = \"2s\"\nversions = { keep = \"7d\" }\n",
+    );
+    let overrides = Overrides {
+        log_level: Some("warn".into()),
+        ..Overrides::default()
+    };
+    let c = try_parse_full(
+        &text,
+        &[
+            ("FLEETSYNC_FOLDER_DOCS_SETTLE", "5s"),
+            ("FLEETSYNC_MESH_MDNS", "false"),
+        ],
+        &overrides,
+    )
+    .unwrap();
+    let s = c.settings();
+    let row = |k: &str| {
+        let r = setting(&s, k);
+        (r.value.as_str(), r.source.to_string())
+    };
+    assert_eq!(row("mesh.listen"), ("0.0.0.0:7400", "file".into()));
+    assert_eq!(
+        row("mesh.mdns"),
+        ("false", "env FLEETSYNC_MESH_MDNS".into())
+    );
+    assert_eq!(row("log.level"), ("warn", "flag --log-level".into()));
+    assert_eq!(
+        row("admin.listen"),
+        (DEFAULT_ADMIN_LISTEN, "default".into())
+    );
+    assert_eq!(row("folders[0].versions.keep"), ("7d", "file".into()));
+    assert_eq!(
+        row("folders[0].versions.max_bytes"),
+        ("1GiB", "default".into())
+    );
+    assert_eq!(row("folders[0].tombstone_ttl"), ("180d", "default".into()));
+    assert_eq!(
+        row("folders[0].settle"),
+        ("5s", "env FLEETSYNC_FOLDER_DOCS_SETTLE".into())
+    );
+    assert_eq!(row("folders[0].path"), ("/srv/docs", "file".into()));
+    // data_dir: the config file's directory by default.
+    assert_eq!(row("data_dir"), ("/etc/fleetsync", "default".into()));
+}
+
+#[test]
+fn settings_never_show_the_fleet_secret() {
+    let c = parse(&with_secret(""));
+    let s = c.settings();
+    assert_eq!(setting(&s, "mesh.fleet_secret").value, REDACTED);
+    assert_eq!(setting(&s, "mesh.fleet_secret").source, Source::File);
+    let all = format!("{s:?}");
+    assert!(!all.contains(SECRET), "{all}");
+    let c = try_parse_full(
+        "[mesh]\n",
+        &[("FLEETSYNC_MESH_FLEET_SECRET", SECRET)],
+        &Overrides::default(),
+    )
+    .unwrap();
+    let s = c.settings();
+    assert_eq!(
+        setting(&s, "mesh.fleet_secret").source,
+        Source::Env("FLEETSYNC_MESH_FLEET_SECRET".into())
+    );
+}
+
+#[test]
+fn settings_list_every_key_of_every_folder_once() {
+    let c = parse(&with_secret(
+        "[[folders]]\nid = \"a\"\npath = \"/srv/a\"\n[[folders]]\nid = \"b\"\npath = \"/srv/b\"\n",
+    ));
+    let s = c.settings();
+    let keys: std::collections::BTreeSet<&str> = s.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys.len(), s.len(), "a key listed twice");
+    for k in [
+        "folders[0].umask",
+        "folders[1].tombstone_ttl",
+        "supervisor.restart_window",
+    ] {
+        assert!(keys.contains(k), "{k} missing");
+    }
+    // Every key the origins map can name is one the listing shows.
+    let c = try_parse_full(
+        &with_secret("[[folders]]\nid = \"a\"\npath = \"/srv/a\"\nversions = \"off\"\n"),
+        &[],
+        &Overrides::default(),
+    )
+    .unwrap();
+    let listed: Vec<String> = c.settings().into_iter().map(|r| r.key).collect();
+    for k in c.origins.keys() {
+        assert!(listed.contains(k), "origin of {k} is shown nowhere");
+    }
+    assert_eq!(setting(&c.settings(), "folders[0].versions").value, "off");
+}

@@ -146,6 +146,7 @@ pub(crate) fn normalize(p: &Path) -> PathBuf {
 }
 
 pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
+    let origins = crate::show::origins(&l);
     let data_dir = match &l.data_dir {
         Some(d) => ctx.resolve(d)?,
         None => ctx.config_dir.clone(),
@@ -216,6 +217,7 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
         supervisor,
         debug,
         folders,
+        origins,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The operator surface of the binary: `history` times, logs written to a
-//! file (no colour codes; JSON one object per line), shell completions and
-//! the man page.
+//! file (no colour codes; JSON one object per line), shell completions,
+//! the man page, and `config check` / `config show --origins`.
 
 use std::process::Command;
 
@@ -13,6 +13,7 @@ const SUBCOMMANDS: &[&str] = &[
     "join",
     "run",
     "status",
+    "config",
     "history",
     "restore",
     "versions",
@@ -172,4 +173,96 @@ fn json_log_is_one_object_per_line_with_the_documented_fields() {
         assert!(v["fields"].is_object(), "fields: {line}");
         assert!(v["fields"]["message"].is_string(), "fields.message: {line}");
     }
+}
+
+/// A config made by `fleetsync init` in a temp dir: (dir, config path).
+fn init_config() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let folder = dir.path().join("folder");
+    let (code, _, err) = fleetsync(&[
+        "init",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--folder",
+        folder.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "init: {err}");
+    let config = data.join("fleetsync.toml");
+    (dir, config)
+}
+
+#[test]
+fn config_check_accepts_a_good_file_and_names_the_key_of_a_bad_one() {
+    let (_dir, config) = init_config();
+    let path = config.to_str().unwrap();
+    let (code, out, err) = fleetsync(&["config", "check", path]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("config ok:") && out.contains("1 folder"),
+        "{out}"
+    );
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("settle = ", "setle = ")).unwrap();
+    let (code, out, err) = fleetsync(&["config", "check", path]);
+    assert_eq!(code, 3, "a bad config is exit 3: {out}{err}");
+    assert!(
+        err.contains("folders[0].setle") && err.contains("settle"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn config_show_origins_tells_where_each_value_came_from_and_hides_the_secret() {
+    let (_dir, config) = init_config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fleet_secret = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("init writes the secret inline")
+        .to_string();
+    let out = Command::new(bin())
+        .args(["config", "show", "--origins", "--config"])
+        .arg(&config)
+        .env("FLEETSYNC_MESH_MAX_PEERS", "7")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let shown = String::from_utf8(out.stdout).unwrap();
+    let line = |key: &str| {
+        shown
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{shown}"))
+            .to_string()
+    };
+    assert!(line("mesh.max_peers").contains("= 7"), "{shown}");
+    assert!(
+        line("mesh.max_peers").ends_with("# env FLEETSYNC_MESH_MAX_PEERS"),
+        "{shown}"
+    );
+    assert!(line("mesh.listen").ends_with("# file"), "{shown}");
+    assert!(line("mesh.allow").ends_with("# default"), "{shown}");
+    assert!(line("mesh.fleet_secret").contains("<redacted>"), "{shown}");
+    assert!(!shown.contains(&secret), "the secret was printed:\n{shown}");
+
+    let (code, json, err) = fleetsync(&[
+        "config",
+        "show",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!json.contains(&secret));
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let settings = v["settings"].as_array().unwrap();
+    let settle = settings
+        .iter()
+        .find(|s| s["key"] == "folders[0].settle")
+        .unwrap();
+    assert_eq!(settle["source"]["from"], "file", "{settle}");
 }

@@ -74,6 +74,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check a config file, or show the effective config of a node.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// Folder operations.
     Folder {
         #[command(subcommand)]
@@ -124,6 +129,28 @@ enum Cmd {
     },
     /// Print the man page (roff), e.g. `fleetsync man | man -l -`.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Check a config file as `fleetsync run` would load it (with the
+    /// FLEETSYNC_* environment): exit 0 and a summary, or 3 and the
+    /// one-line error naming the key and the fix.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Print every setting's effective value (the fleet secret redacted).
+    Show {
+        #[command(flatten)]
+        at: Where,
+        /// Also say where each value came from: file, env VAR, flag, or
+        /// default.
+        #[arg(long)]
+        origins: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +373,12 @@ pub fn main() -> i32 {
             path,
             json,
         } => history(at, &folder, &path, json),
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file },
+        } => config_check(&file),
+        Cmd::Config {
+            cmd: ConfigCmd::Show { at, origins, json },
+        } => config_show(at, origins, json),
         Cmd::Folder {
             cmd: FolderCmd::Resume { at, folder },
         } => resume(at, &folder),
@@ -394,6 +427,55 @@ impl Where {
         let path = self.config_path()?;
         Ok(Config::load(&path, overrides)?)
     }
+}
+
+/// `config check FILE`: load it as `run` would; errors exit through the
+/// config error path (code 3).
+fn config_check(file: &Path) -> anyhow::Result<i32> {
+    let config = Config::load(file, &Overrides::default())?;
+    let folders: Vec<&str> = config.folders.iter().map(|f| f.id.as_str()).collect();
+    println!(
+        "config ok: {} (data dir {}, {} folder{}: {}, {} peer{} configured)",
+        file.display(),
+        config.data_dir.display(),
+        folders.len(),
+        if folders.len() == 1 { "" } else { "s" },
+        folders.join(", "),
+        config.mesh.peers.len(),
+        if config.mesh.peers.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+    );
+    Ok(0)
+}
+
+/// `config show [--origins] [--json]`: one `key = value` line per setting.
+fn config_show(at: Where, origins: bool, json: bool) -> anyhow::Result<i32> {
+    let config = at.load(&Overrides::default())?;
+    let settings = config.settings();
+    if json {
+        let out = serde_json::json!({
+            "config": config.config_path,
+            "settings": settings,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(0);
+    }
+    let width = settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
+    let value_width = settings.iter().map(|s| s.value.len()).max().unwrap_or(0);
+    for s in &settings {
+        if origins {
+            println!(
+                "{:width$} = {:value_width$}  # {}",
+                s.key, s.value, s.source
+            );
+        } else {
+            println!("{:width$} = {}", s.key, s.value);
+        }
+    }
+    Ok(0)
 }
 
 pub(crate) fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
