@@ -63,4 +63,4 @@ pub mod tombs;
 pub mod versions;
 pub mod watcher;
 
-pub use supervisor::{access_of, start_node, NodeHandle, StartError};
+pub use supervisor::{access_of, peers_of, start_node, NodeHandle, StartError, StaticPeers};

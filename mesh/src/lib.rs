@@ -66,4 +66,6 @@ pub use iroh;
 pub use iroh::{EndpointId, SecretKey};
 pub use iroh_blobs::api::TempTag;
 pub use iroh_blobs::Hash;
-pub use net::{Mesh, MeshError, MeshEvent, MeshOptions, PeerSession, PeerStatus};
+pub use net::{
+    Mesh, MeshError, MeshEvent, MeshOptions, PeerSession, PeerStatus, StaticPeersChanged,
+};

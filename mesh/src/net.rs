@@ -106,6 +106,13 @@ const DIAL_TICK: Duration = Duration::from_secs(1);
 /// off and resolves again next time).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What [`Mesh::set_static_peers`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaticPeersChanged {
+    pub added: Vec<EndpointId>,
+    pub removed: Vec<EndpointId>,
+}
+
 /// What the node needs to bring the mesh up.
 #[derive(Debug, Clone)]
 pub struct MeshOptions {
@@ -637,6 +644,56 @@ impl Mesh {
             info!(peer = %id.fmt_short(), "access revoked: disconnected");
         }
         cut
+    }
+
+    /// Apply a new configured peer list (a config reload): peers added are
+    /// remembered and dialed at once; peers removed are no longer
+    /// configured (a live session stays; an idle one is forgotten like any
+    /// peer nobody configured). Sessions of peers on both lists are not
+    /// touched. A denied (or not allowed) peer is never added.
+    pub fn set_static_peers(
+        &self,
+        configured: &[(EndpointId, SocketAddr)],
+        named: &[(EndpointId, String, u16)],
+        from_ticket: &[EndpointId],
+    ) -> StaticPeersChanged {
+        let inner = &self.inner;
+        let wanted: HashMap<EndpointId, PeerRecord> = static_peers(inner.me, configured, named)
+            .into_iter()
+            .filter(|(id, _)| inner.gate.allowed(id))
+            .collect();
+        let mut changed = StaticPeersChanged::default();
+        {
+            let mut peers = inner.peers.lock().expect("peers lock");
+            for (id, rec) in peers.iter_mut() {
+                if rec.is_static && !wanted.contains_key(id) {
+                    rec.is_static = false;
+                    rec.from_ticket = false;
+                    rec.names.clear();
+                    changed.removed.push(*id);
+                }
+            }
+            for (id, new) in wanted {
+                inner.admission.remember(id);
+                let rec = peers.entry(id).or_insert_with(|| PeerRecord::new(false));
+                if !rec.is_static {
+                    rec.is_static = true;
+                    // Dial it now, not after a backoff learned before.
+                    rec.next_dial = Instant::now();
+                    rec.backoff = BACKOFF_MIN;
+                    changed.added.push(id);
+                }
+                for a in new.addrs {
+                    rec.add_addr(a);
+                }
+                rec.names = new.names;
+                rec.from_ticket = from_ticket.contains(&id);
+            }
+        }
+        changed.added.sort();
+        changed.removed.sort();
+        inner.wake_dialer.notify_one();
+        changed
     }
 
     /// Peers with a live authenticated session right now.

@@ -11,6 +11,7 @@
 //! | `GET /folders/{id}/versions?path=` | JSON list of kept versions, newest first (under `path` if given) |
 //! | `POST /debug/fault?kind=&actor=&folder=&for_ms=` | inject a fault (`[debug] fault_injection` only) |
 //! | `POST /retention/sweep`        | sweep every folder and run blob GC now; JSON report |
+//! | `POST /reload`                 | reload the config (as SIGHUP); JSON `{applied, restart_needed, refused}` |
 //!
 //! Plus the plain-text rendering `fleetsync status` / `history` print.
 
@@ -48,6 +49,7 @@ pub const ADDR_FILE: &str = "admin.addr";
 pub async fn serve(
     addr: SocketAddr,
     node: NodeHandle,
+    reloads: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
@@ -65,6 +67,7 @@ pub async fn serve(
         .route("/folders/{id}/versions", get(versions))
         .route("/debug/fault", post(fault))
         .route("/retention/sweep", post(sweep))
+        .route("/reload", post(move || reload(reloads.clone())))
         .layer(axum::middleware::from_fn_with_state(
             allowed_hosts(bound),
             check_host,
@@ -172,6 +175,29 @@ async fn sweep(State(node): State<NodeHandle>) -> Response {
         Ok(report) => Json(report).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
+}
+
+/// `POST /reload`: the daemon reloads the config as on SIGHUP and says
+/// what it applied; a config that does not load is `refused` (200: the
+/// request itself was served).
+async fn reload(reloads: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>) -> Response {
+    #[derive(Serialize)]
+    struct Outcome {
+        #[serde(flatten)]
+        report: crate::reload::ReloadReport,
+        refused: Option<String>,
+    }
+    let outcome = match crate::reload::request(&reloads).await {
+        Ok(report) => Outcome {
+            report,
+            refused: None,
+        },
+        Err(e) => Outcome {
+            report: Default::default(),
+            refused: Some(e),
+        },
+    };
+    Json(outcome).into_response()
 }
 
 async fn health(State(node): State<NodeHandle>) -> Response {

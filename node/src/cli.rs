@@ -59,6 +59,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Reload the running node's config (as SIGHUP): peers, allow/deny and
+    /// log level apply at once; other changes are listed as needing a
+    /// restart. Exit 3 if the new config is refused (the node keeps its).
+    Reload {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long)]
+        json: bool,
+    },
     /// Wait until the running node is in sync (for rollout scripts): 0 in
     /// sync, 7 timeout (the reasons on stderr).
     Wait(WaitArgs),
@@ -367,6 +376,7 @@ pub fn main() -> i32 {
         Cmd::Run(a) => run(a),
         Cmd::Status { at, json } => status(at, json),
         Cmd::Wait(a) => wait(a),
+        Cmd::Reload { at, json } => reload(at, json),
         Cmd::History {
             at,
             folder,
@@ -666,6 +676,42 @@ fn resume(w: Where, folder: &str) -> anyhow::Result<i32> {
     match v["resumed"].as_u64().unwrap_or(0) {
         0 => println!("folder {folder}: no deletes were held"),
         n => println!("folder {folder}: applying {n} held deletes from peers"),
+    }
+    Ok(0)
+}
+
+fn reload(w: Where, json: bool) -> anyhow::Result<i32> {
+    let config = w.load(&Overrides::default())?;
+    let body = client::post(client::admin_addr(&config)?, "/reload")?;
+    let v: serde_json::Value = serde_json::from_str(&body).context("reload reply")?;
+    if json {
+        println!("{body}");
+    }
+    if let Some(e) = v["refused"].as_str() {
+        eprintln!("fleetsync: reload refused, the node keeps its running config: {e}");
+        return Ok(EXIT_CONFIG);
+    }
+    if json {
+        return Ok(0);
+    }
+    let lines = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (applied, restart) = (lines("applied"), lines("restart_needed"));
+    if applied.is_empty() && restart.is_empty() {
+        println!("reloaded: nothing changed");
+    }
+    for line in applied {
+        println!("reloaded: {line}");
+    }
+    if !restart.is_empty() {
+        println!("needs a restart: {}", restart.join(", "));
     }
     Ok(0)
 }

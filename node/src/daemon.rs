@@ -3,39 +3,71 @@
 use std::{io::IsTerminal as _, time::Duration};
 
 use fleetsync_actors::NodeHandle;
+
+use crate::reload::{ReloadRequest, Reloader};
 use fleetsync_config::{Config, LogFormat};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-pub fn init_logging(config: &Config) {
-    // FLEETSYNC_LOG (a tracing filter) wins over log.level for debugging.
-    let filter = std::env::var("FLEETSYNC_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(quiet(&config.log.level)).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+/// Sets the running log filter (a config reload's `log.level`).
+pub type SetFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Install the log subscriber. Returns how to change its filter later,
+/// unless a subscriber was installed already (a test harness owning
+/// logging: that one stays).
+pub fn init_logging(config: &Config) -> Option<SetFilter> {
+    let filter = initial_filter(&config.log.level);
     // Colour only for a person at a terminal: the journal and log files get
     // plain text (tracing-subscriber colours by default, even into a pipe).
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(log_colour(std::io::stderr().is_terminal()));
-    // An error here means a subscriber is already set (a test harness
-    // owning logging): keep that one.
-    let _ = match config.log.format {
+    match config.log.format {
         // One object per line. The field names are a contract for log
         // shippers (README "Logs"): pinned here rather than left to the
         // library's defaults.
-        LogFormat::Json => b
-            .json()
-            .flatten_event(false)
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_target(true)
-            .with_level(true)
-            .try_init(),
-        LogFormat::Human => b.try_init(),
-    };
+        LogFormat::Json => {
+            let b = b
+                .json()
+                .flatten_event(false)
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_target(true)
+                .with_level(true)
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            b.try_init().ok()?;
+            Some(Box::new(move |level| {
+                handle
+                    .reload(level_filter(level)?)
+                    .map_err(|e| e.to_string())
+            }))
+        }
+        LogFormat::Human => {
+            let b = b.with_filter_reloading();
+            let handle = b.reload_handle();
+            b.try_init().ok()?;
+            Some(Box::new(move |level| {
+                handle
+                    .reload(level_filter(level)?)
+                    .map_err(|e| e.to_string())
+            }))
+        }
+    }
+}
+
+/// FLEETSYNC_LOG (a tracing filter) wins over log.level for debugging.
+fn initial_filter(level: &str) -> EnvFilter {
+    std::env::var("FLEETSYNC_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| level_filter(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"))
+}
+
+fn level_filter(level: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(quiet(level)).map_err(|e| format!("log.level {level:?}: {e}"))
 }
 
 /// Colour when stderr is a terminal, unless NO_COLOR is set
@@ -55,10 +87,10 @@ fn quiet(level: &str) -> String {
 }
 
 /// Loads the config again (same file, env and flags) for a reload.
-pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send>;
+pub type Reload = crate::reload::Load;
 
 pub fn run(config: Config, reload: Reload) -> anyhow::Result<i32> {
-    init_logging(&config);
+    let set_filter = init_logging(&config);
     let system = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -66,12 +98,15 @@ pub fn run(config: Config, reload: Reload) -> anyhow::Result<i32> {
             .build()
             .expect("tokio runtime")
     });
-    system.block_on(run_node(config, reload))
+    let reloader = Reloader::new(reload, config.clone(), set_filter);
+    system.block_on(run_node(config, reloader))
 }
 
-async fn run_node(config: Config, reload: Reload) -> anyhow::Result<i32> {
+async fn run_node(config: Config, mut reloader: Reloader) -> anyhow::Result<i32> {
     let node = fleetsync_actors::start_node(&config).await?;
-    let (admin, admin_addr) = match crate::admin::serve(config.admin.listen, node.clone()).await {
+    let (reloads, mut reload_requests) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
+    let served = crate::admin::serve(config.admin.listen, node.clone(), reloads).await;
+    let (admin, admin_addr) = match served {
         Ok(h) => h,
         Err(e) => {
             node.shutdown().await;
@@ -99,7 +134,14 @@ async fn run_node(config: Config, reload: Reload) -> anyhow::Result<i32> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { info!("interrupted; shutting down"); break 0 }
             _ = term.recv() => { info!("terminated; shutting down"); break 0 }
-            _ = hup.recv() => reload_access(&node, &reload).await,
+            _ = hup.recv() => {
+                // The outcome is logged; SIGHUP has no one to answer.
+                reloader.reload_and_log(&node).await.ok();
+            }
+            Some(answer) = reload_requests.recv() => {
+                // The asker may have given up waiting: nothing to tell then.
+                answer.send(reloader.reload_and_log(&node).await).ok();
+            }
             c = node.fatal() => break c,
         }
     };
@@ -116,30 +158,6 @@ async fn run_node(config: Config, reload: Reload) -> anyhow::Result<i32> {
         warn!("shutdown took too long; exiting anyway");
     }
     Ok(code)
-}
-
-/// SIGHUP: read the config again and apply `[mesh] allow` and `deny`
-/// (revoking a member takes effect at once, without a restart). A config
-/// that does not load is refused with its error; the node keeps running
-/// as it was. Other changes need a restart.
-async fn reload_access(node: &NodeHandle, reload: &Reload) {
-    let config = match reload() {
-        Ok(c) => c,
-        Err(e) => {
-            warn!("reload refused, keeping the running config: {e:#}");
-            return;
-        }
-    };
-    match fleetsync_actors::access_of(&config) {
-        Ok((allow, deny)) => {
-            let cut = node.mesh.set_access(allow, deny).await;
-            info!(
-                disconnected = cut.len(),
-                "reloaded [mesh] allow and deny (other changes need a restart)"
-            );
-        }
-        Err(e) => warn!("reload refused, keeping the running config: {e}"),
-    }
 }
 
 /// How often `STATUS=` is refreshed for the service manager.

@@ -11,6 +11,8 @@
 //! - [`admin`]: the local admin API on 127.0.0.1 (JSON status, history,
 //!   health, Prometheus metrics) and the text rendering the CLI prints.
 //! - [`client`]: the CLI side of the admin API.
+//! - [`reload`]: SIGHUP / `fleetsync reload`: what a running node changes
+//!   (peers, allow/deny, log level) and what needs a restart.
 //! - [`wait`]: `status`'s exit code and `wait --in-sync` (judging `/status`).
 //! - [`restore`]: `restore`'s arguments (a version, a time) and its text.
 //! - [`demo`]: a 3-node cluster on loopback that shows sync happening.
@@ -25,5 +27,6 @@ pub mod daemon;
 pub mod demo;
 pub mod invite;
 pub mod memory;
+pub mod reload;
 pub mod restore;
 pub mod wait;

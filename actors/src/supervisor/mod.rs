@@ -40,7 +40,8 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 pub use self::node::{
-    access_of, start_node, start_node_with, Injection, NodeHandle, PrepareError, StartError,
+    access_of, peers_of, start_node, start_node_with, Injection, NodeHandle, PrepareError,
+    StartError, StaticPeers,
 };
 use self::{
     board::{ActorState, Board},

@@ -117,6 +117,33 @@ pub fn access_of(
     Ok((allow, ids(&config.mesh.deny)?))
 }
 
+/// `[mesh] peers` and `ticket_peers` as the mesh takes them.
+#[derive(Debug, Default)]
+pub struct StaticPeers {
+    pub addrs: Vec<(EndpointId, std::net::SocketAddr)>,
+    /// Given by host name: resolved before every dial.
+    pub names: Vec<(EndpointId, String, u16)>,
+    /// Which of them came from a join ticket.
+    pub from_ticket: Vec<EndpointId>,
+}
+
+/// The configured peers (from `peers` and `ticket_peers`).
+pub fn peers_of(config: &Config) -> Result<StaticPeers, StartError> {
+    let mut out = StaticPeers::default();
+    for p in config.mesh.peers.iter().chain(&config.mesh.ticket_peers) {
+        let id =
+            EndpointId::from_bytes(&p.id).map_err(|_| StartError::PeerId(hex::encode(p.id)))?;
+        if config.mesh.ticket_peers.contains(p) {
+            out.from_ticket.push(id);
+        }
+        match &p.addr {
+            PeerHost::Ip(a) => out.addrs.push((id, *a)),
+            PeerHost::Name { host, port } => out.names.push((id, host.clone(), *port)),
+        }
+    }
+    Ok(out)
+}
+
 impl NodeHandle {
     /// The supervisor is alive (its board is fresh) and every actor is
     /// healthy: what may feed the systemd watchdog.
@@ -220,20 +247,11 @@ pub async fn start_node_with(
     let data_dir = config.data_dir.clone();
     let secret_key = identity::load_or_create(&data_dir)?;
     let index = Index::open(&data_dir.join("index.redb"))?;
-    let mut static_peers = Vec::new();
-    let mut static_peer_names = Vec::new();
-    let mut ticket_peers = Vec::new();
-    for p in config.mesh.peers.iter().chain(&config.mesh.ticket_peers) {
-        let id =
-            EndpointId::from_bytes(&p.id).map_err(|_| StartError::PeerId(hex::encode(p.id)))?;
-        if config.mesh.ticket_peers.contains(p) {
-            ticket_peers.push(id);
-        }
-        match &p.addr {
-            PeerHost::Ip(a) => static_peers.push((id, *a)),
-            PeerHost::Name { host, port } => static_peer_names.push((id, host.clone(), *port)),
-        }
-    }
+    let StaticPeers {
+        addrs: static_peers,
+        names: static_peer_names,
+        from_ticket: ticket_peers,
+    } = peers_of(config)?;
     let (allow, deny) = access_of(config)?;
     let gc = Arc::new(GcGate::new(retention::GC_EVERY));
     let (mesh, events) = Mesh::start(MeshOptions {
