@@ -269,6 +269,35 @@ def verdict(warm, end, nodes, tolerance):
     return flat
 
 
+def window_verdict(samples, nodes, warmup, period, tolerance):
+    """RSS moves in a sawtooth: the blob store grows until its collector
+    runs (every 10 minutes) and drops after. So compare like with like:
+    the highest and the lowest sample of each full --period window after
+    warm-up; flat if the last full window's peak and trough are within
+    `tolerance` % of the first's. None with fewer than two full windows."""
+    if period <= 0:
+        return None
+    end = samples[-1][0]
+    windows = []
+    start = warmup
+    while start + period <= end + 1:
+        rows = [s for t, s in samples if start <= t < start + period]
+        if rows:
+            windows.append((start, rows))
+        start += period
+    if len(windows) < 2:
+        return None
+    flat = True
+    for i, n in enumerate(nodes):
+        peaks = [max(r[i]["rss"] for r in rows) for _, rows in windows]
+        troughs = [min(r[i]["rss"] for r in rows) for _, rows in windows]
+        print(f"node {n.name}: per-window peak {' '.join(mib(p) for p in peaks)}; "
+              f"trough {' '.join(mib(t) for t in troughs)}", flush=True)
+        for first, last in ((peaks[0], peaks[-1]), (troughs[0], troughs[-1])):
+            flat = flat and (last - first) * 100.0 / max(first, 1) <= tolerance
+    return flat
+
+
 def make_fleet(args, base):
     secret = os.urandom(32).hex()
     nodes = [Node(args.fleetsync, base, n, secret, args.folder_key) for n in NODES]
@@ -303,11 +332,16 @@ class Sampler:
             self.samples.append((now - self.t0, report(label, self.nodes, now - self.t0)))
             self.next += self.every
 
-    def finish(self, tolerance):
+    def finish(self, tolerance, period):
         end = report("end", self.nodes, time.monotonic() - self.t0)
         warm_at, warm = next(((t, s) for t, s in self.samples if t >= self.warmup), self.samples[-1])
         print(f"baseline: the sample at {warm_at:.0f}s (first at or after --warmup {self.warmup:g}s)", flush=True)
-        return verdict(warm, end, self.nodes, tolerance)
+        flat = verdict(warm, end, self.nodes, tolerance)
+        by_window = window_verdict(self.samples, self.nodes, self.warmup, period, tolerance)
+        if by_window is None:
+            return flat
+        print(f"VERDICT (per {period:g}s window): {'flat' if by_window else 'NOT flat'}", flush=True)
+        return by_window
 
 
 def run_churn(args, nodes):
@@ -329,7 +363,7 @@ def run_churn(args, nodes):
         next_op += period
     print(f"operations: {json.dumps(churn.ops)}", flush=True)
     wait("the fleet to converge after the churn", lambda: converged(nodes), 600)
-    return sampler.finish(args.tolerance)
+    return sampler.finish(args.tolerance, args.period)
 
 
 def run_cycles(args, nodes):
@@ -363,7 +397,7 @@ def run_cycles(args, nodes):
         done += len(batch)
         sampler.tick(f"{done}")
     print(f"cycles: {done} ({width} paths at a time)", flush=True)
-    return sampler.finish(args.tolerance)
+    return sampler.finish(args.tolerance, args.period)
 
 
 def read(path):
@@ -401,6 +435,9 @@ def main():
     p.add_argument("--cycle-paths", type=int, default=1,
                    help="with --cycles: paths cycled at once, each write+delete one cycle (default 1; keep under 100, the mass-delete guard's minimum folder)")
     p.add_argument("--tolerance", type=float, default=10.0, help="RSS growth allowed after warm-up, %% (default 10)")
+    p.add_argument("--period", type=duration, default=duration("10m"),
+                   help="compare the peak and trough RSS of each window this long after warm-up, first with last "
+                        "(default 10m: the blob collector's period; 0 turns it off)")
     p.add_argument("--folder-key", action="append", default=[],
                    help='extra key for the folder, repeatable, e.g. --folder-key \'tombstone_ttl = "2m"\'')
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) after the run")
