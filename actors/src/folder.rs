@@ -294,6 +294,14 @@ pub struct Folder {
     pub readers: Readers,
     /// Kept versions of replaced content (`.fleetsync/versions/`).
     pub versions: Arc<Versions>,
+    /// Paused by the operator ([`Folder::set_paused`]).
+    paused: AtomicBool,
+}
+
+/// Where a folder's pause is kept.
+fn paused_marker(root: &std::path::Path) -> std::path::PathBuf {
+    root.join(fleetsync_mesh::model::RESERVED_DIR)
+        .join("paused")
 }
 
 /// `[mesh] transfer_stall_timeout`'s default (the config crate owns it).
@@ -428,6 +436,7 @@ impl Folder {
         let meta = index.ensure_folder(&cfg.id)?;
         let readers = Readers::load(&index, &cfg.id)?;
         let versions = Arc::new(open_versions(&cfg));
+        let cfg_path = cfg.path.clone();
         Ok(Arc::new(Folder {
             fs: FolderFs::new(&cfg.path),
             ignore: RwLock::new(Arc::new(Ignore::load(&cfg.path))),
@@ -447,6 +456,7 @@ impl Folder {
             deletes: Mutex::new(DeleteGuard::default()),
             readers,
             versions,
+            paused: AtomicBool::new(paused_marker(&cfg_path).exists()),
         }))
     }
 
@@ -699,6 +709,30 @@ impl Folder {
         self.set_fault(Some(e.to_string()));
         self.status.error(e.to_string());
         Err(e)
+    }
+
+    /// Paused by the operator (`fleetsync folder pause`): nothing from
+    /// peers is applied (their changes wait as pending rows) and no local
+    /// change is indexed, so none is announced (the watcher keeps what it
+    /// saw and rescans on resume). Content already indexed is still served.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Pause or resume. Kept across restarts as `.fleetsync/paused` (an
+    /// operator who paused for maintenance and restarted still finds it
+    /// paused). Returns whether it changed.
+    pub fn set_paused(&self, on: bool) -> std::io::Result<bool> {
+        let marker = paused_marker(&self.cfg.path);
+        if on {
+            std::fs::write(&marker, b"paused by fleetsync folder pause\n")?;
+        } else {
+            match std::fs::remove_file(&marker) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(self.paused.swap(on, Ordering::Relaxed) != on)
     }
 
     pub fn fault(&self) -> Option<String> {

@@ -148,6 +148,8 @@ pub struct FolderInfo {
     /// Deletes from peers waiting out the guard's grace before they are
     /// judged again (a move's creates may still arrive; 0: none).
     pub deletes_waiting: u64,
+    /// Paused by the operator (`fleetsync folder pause`).
+    pub paused: bool,
     /// When retention last swept the folder (RFC 3339), if ever.
     pub last_sweep: Option<String>,
     /// Unix seconds of that sweep (0: never), for metrics.
@@ -343,6 +345,7 @@ async fn folder_info(
         deletes_held_files,
         deletes_held_of,
         deletes_waiting,
+        paused: folder.is_paused(),
         last_sweep: rfc3339_ms(st.sweeps.last_ms.load(Ordering::Relaxed)),
         last_sweep_secs: st.sweeps.last_ms.load(Ordering::Relaxed) / 1000,
         swept_files: st.sweeps.files.load(Ordering::Relaxed),

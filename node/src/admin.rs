@@ -6,7 +6,9 @@
 //! | `GET /health`                  | 200 `ok` / 503 `unhealthy`              |
 //! | `GET /metrics`                 | Prometheus text                         |
 //! | `GET /history?folder=&path=`   | JSON list of history events             |
-//! | `POST /folders/{id}/resume`    | JSON `{"folder","resumed"}`: apply the deletes the mass-delete guard holds |
+//! | `POST /folders/{id}/resume`    | JSON `{"folder","resumed","unpaused","still_held"}`: a paused folder syncs again; else apply the deletes the mass-delete guard holds |
+//! | `POST /folders/{id}/pause`     | JSON `{"folder","changed"}`: stop applying and indexing (kept across restarts) |
+//! | `POST /folders/{id}/rescan`    | JSON `{"folder","changed"}`: walk the folder now |
 //! | `POST /folders/{id}/restore?path=&version=\|at=` | restore kept versions; JSON report |
 //! | `GET /folders/{id}/versions?path=` | JSON list of kept versions, newest first (under `path` if given) |
 //! | `POST /debug/fault?kind=&actor=&folder=&for_ms=` | inject a fault (`[debug] fault_injection` only) |
@@ -63,6 +65,8 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/history", get(history))
         .route("/folders/{id}/resume", post(resume))
+        .route("/folders/{id}/pause", post(pause))
+        .route("/folders/{id}/rescan", post(rescan))
         .route("/folders/{id}/restore", post(restore_folder))
         .route("/folders/{id}/versions", get(versions))
         .route("/debug/fault", post(fault))
@@ -152,19 +156,97 @@ struct Resumed {
     folder: String,
     /// Paths whose held deletes are now applied.
     resumed: u64,
+    /// The folder was paused and now syncs again (its held deletes, if
+    /// any, stay held: a second `resume` applies them).
+    unpaused: bool,
+    /// Deletes the guard still holds.
+    still_held: u64,
+}
+
+#[derive(Serialize)]
+struct FolderDone {
+    folder: String,
+    /// `pause`: it was not paused before; `rescan`: a walk was asked for.
+    changed: bool,
 }
 
 /// `POST /folders/{id}/resume`: the deletes from peers the mass-delete
 /// guard holds in the folder are applied.
 async fn resume(State(node): State<NodeHandle>, Path(id): Path<String>) -> Response {
+    // Resuming a paused folder only unpauses it: deletes held by the
+    // guard were judged a possible accident and want a decision of their
+    // own, not one an operator ending maintenance made in passing.
+    match node.unpause(&id) {
+        None => return no_folder(&id),
+        Some(Err(e)) => return cannot(&id, "resume", &e),
+        Some(Ok(true)) => {
+            let still_held = held_deletes(&node, &id).await;
+            return Json(Resumed {
+                folder: id,
+                resumed: 0,
+                unpaused: true,
+                still_held,
+            })
+            .into_response();
+        }
+        Some(Ok(false)) => {}
+    }
     match node.resume_deletes(&id) {
         Some(resumed) => Json(Resumed {
             folder: id,
             resumed,
+            unpaused: false,
+            still_held: 0,
         })
         .into_response(),
-        None => (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response(),
+        None => no_folder(&id),
     }
+}
+
+/// `POST /folders/{id}/pause`: see `Folder::is_paused`.
+async fn pause(State(node): State<NodeHandle>, Path(id): Path<String>) -> Response {
+    match node.pause(&id) {
+        None => no_folder(&id),
+        Some(Err(e)) => cannot(&id, "pause", &e),
+        Some(Ok(changed)) => Json(FolderDone {
+            folder: id,
+            changed,
+        })
+        .into_response(),
+    }
+}
+
+/// `POST /folders/{id}/rescan`: walk the folder now.
+async fn rescan(State(node): State<NodeHandle>, Path(id): Path<String>) -> Response {
+    if node.rescan(&id) {
+        Json(FolderDone {
+            folder: id,
+            changed: true,
+        })
+        .into_response()
+    } else {
+        no_folder(&id)
+    }
+}
+
+fn no_folder(id: &str) -> Response {
+    (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response()
+}
+
+fn cannot(id: &str, what: &str, e: &std::io::Error) -> Response {
+    let msg = format!(
+        "cannot {what} folder {id:?}: {e} (the folder's .fleetsync/ must be writable by the node)\n"
+    );
+    (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
+}
+
+/// Deletes the guard holds in folder `id` now.
+async fn held_deletes(node: &NodeHandle, id: &str) -> u64 {
+    let st = snapshot(node).await;
+    st.folders
+        .iter()
+        .find(|f| f.id == id)
+        .map_or(0, |f| f.deletes_held)
 }
 
 /// `POST /retention/sweep`: temp files, unused links and blob garbage
@@ -757,6 +839,13 @@ pub fn render_status(v: &serde_json::Value, config: &str) -> String {
         );
         if let Some(e) = f["error"].as_str() {
             let _ = writeln!(o, "    ERROR: {e}");
+        }
+        if f["paused"].as_bool() == Some(true) {
+            let id = s(&f["id"]);
+            let _ = writeln!(
+                o,
+                "    PAUSED: nothing is applied or indexed; to continue run: fleetsync folder resume --config {config} --folder {id}"
+            );
         }
         if let Some(line) = held_line(f, config) {
             let _ = writeln!(o, "    HELD: {line}");

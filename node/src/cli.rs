@@ -164,9 +164,28 @@ enum ConfigCmd {
 
 #[derive(Debug, Subcommand)]
 enum FolderCmd {
-    /// Apply the deletes from peers that the mass-delete guard holds
+    /// Continue: a paused folder syncs again; a folder that is not paused
+    /// applies the deletes from peers that the mass-delete guard holds
     /// (`max_delete_fraction`; `fleetsync status` shows them).
     Resume {
+        #[command(flatten)]
+        at: Where,
+        /// Folder id.
+        #[arg(long)]
+        folder: String,
+    },
+    /// Stop applying changes from peers and indexing local ones (content
+    /// already indexed is still served) until `folder resume`; kept across
+    /// restarts.
+    Pause {
+        #[command(flatten)]
+        at: Where,
+        /// Folder id.
+        #[arg(long)]
+        folder: String,
+    },
+    /// Walk the folder now for changes the OS notifications missed.
+    Rescan {
         #[command(flatten)]
         at: Where,
         /// Folder id.
@@ -392,6 +411,12 @@ pub fn main() -> i32 {
         Cmd::Folder {
             cmd: FolderCmd::Resume { at, folder },
         } => resume(at, &folder),
+        Cmd::Folder {
+            cmd: FolderCmd::Pause { at, folder },
+        } => folder_pause(at, &folder),
+        Cmd::Folder {
+            cmd: FolderCmd::Rescan { at, folder },
+        } => folder_rescan(at, &folder),
         Cmd::Sweep { at, json } => sweep(at, json),
         Cmd::Restore(a) => restore(a),
         Cmd::Versions {
@@ -669,15 +694,48 @@ fn wait(a: WaitArgs) -> anyhow::Result<i32> {
 }
 
 fn resume(w: Where, folder: &str) -> anyhow::Result<i32> {
-    let config = w.load(&Overrides::default())?;
-    let q = format!("/folders/{}/resume", crate::admin::urlencode(folder));
-    let body = client::post(client::admin_addr(&config)?, &q)?;
-    let v: serde_json::Value = serde_json::from_str(&body).context("resume reply")?;
+    let v = folder_post(&w, folder, "resume")?;
+    if v["unpaused"].as_bool() == Some(true) {
+        println!("folder {folder}: resumed (applying and indexing again)");
+        if let Some(n) = v["still_held"].as_u64().filter(|n| *n > 0) {
+            println!(
+                "folder {folder}: {n} deletes from peers are still held by the mass-delete guard; \
+                 run `fleetsync folder resume` again to apply them"
+            );
+        }
+        return Ok(0);
+    }
     match v["resumed"].as_u64().unwrap_or(0) {
-        0 => println!("folder {folder}: no deletes were held"),
+        0 => println!("folder {folder}: not paused, and no deletes were held"),
         n => println!("folder {folder}: applying {n} held deletes from peers"),
     }
     Ok(0)
+}
+
+fn folder_pause(w: Where, folder: &str) -> anyhow::Result<i32> {
+    let v = folder_post(&w, folder, "pause")?;
+    if v["changed"].as_bool() == Some(true) {
+        println!(
+            "folder {folder}: paused (resume with: fleetsync folder resume --folder {folder})"
+        );
+    } else {
+        println!("folder {folder}: already paused");
+    }
+    Ok(0)
+}
+
+fn folder_rescan(w: Where, folder: &str) -> anyhow::Result<i32> {
+    folder_post(&w, folder, "rescan")?;
+    println!("folder {folder}: rescanning (changes found are indexed and synced as usual)");
+    Ok(0)
+}
+
+/// `POST /folders/{id}/{action}` on the running node, its JSON answer.
+fn folder_post(w: &Where, folder: &str, action: &str) -> anyhow::Result<serde_json::Value> {
+    let config = w.load(&Overrides::default())?;
+    let q = format!("/folders/{}/{action}", crate::admin::urlencode(folder));
+    let body = client::post(client::admin_addr(&config)?, &q)?;
+    serde_json::from_str(&body).with_context(|| format!("{action} reply"))
 }
 
 fn reload(w: Where, json: bool) -> anyhow::Result<i32> {

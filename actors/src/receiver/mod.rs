@@ -183,7 +183,8 @@ impl Receiver {
             self.again = true;
             return;
         }
-        if self.folder.fault().is_some() || !self.folder.mode().can_receive() {
+        let stopped = self.folder.fault().is_some() || self.folder.is_paused();
+        if stopped || !self.folder.mode().can_receive() {
             return;
         }
         self.running = true;

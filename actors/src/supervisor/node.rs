@@ -209,6 +209,48 @@ impl NodeHandle {
         Some(n)
     }
 
+    /// `fleetsync folder pause`: see [`Folder::is_paused`]. `None`: no
+    /// such folder; else whether it changed (false: paused already).
+    pub fn pause(&self, folder: &str) -> Option<std::io::Result<bool>> {
+        Some(self.folders.get(folder)?.set_paused(true))
+    }
+
+    /// `fleetsync folder resume` of a paused folder: applying and
+    /// indexing start again (a round now, and a rescan for what the
+    /// watcher saw meanwhile). Whether it was paused.
+    pub fn unpause(&self, folder: &str) -> Option<std::io::Result<bool>> {
+        let changed = match self.folders.get(folder)?.set_paused(false) {
+            Ok(changed) => changed,
+            Err(e) => return Some(Err(e)),
+        };
+        if changed {
+            self.rescan(folder);
+            if let Some(r) = self.slots.receivers.get(folder).and_then(Slot::get) {
+                r.do_send(crate::receiver::msg::Kick);
+            }
+        }
+        Some(Ok(changed))
+    }
+
+    /// Is this folder paused? `None`: no such folder.
+    pub fn is_paused(&self, folder: &str) -> Option<bool> {
+        Some(self.folders.get(folder)?.is_paused())
+    }
+
+    /// `fleetsync folder rescan`: walk the folder now (changes the OS
+    /// watch missed: a network filesystem, a mount). `false`: no such
+    /// folder.
+    pub fn rescan(&self, folder: &str) -> bool {
+        if !self.folders.contains_key(folder) {
+            return false;
+        }
+        // A watcher being replaced scans as it starts anyway.
+        if let Some(w) = self.slots.watchers.get(folder).and_then(Slot::get) {
+            w.do_send(crate::watcher::msg::Rescan);
+        }
+        true
+    }
+
     /// Sweep every folder and run blob GC now (`fleetsync sweep`).
     pub async fn sweep(&self) -> Result<retention::SweepReport, retention::SweepError> {
         let r = self

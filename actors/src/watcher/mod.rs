@@ -437,7 +437,9 @@ impl Watcher {
 
     /// Send the next batch to the hasher if none is in flight.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight.is_some() || !self.settle.has_ready() {
+        // Paused: ready paths wait here (a resume sends a rescan, which
+        // also finds whatever an overflow dropped meanwhile).
+        if self.in_flight.is_some() || !self.settle.has_ready() || self.folder.is_paused() {
             return;
         }
         let Some(hasher) = self.hasher.get() else {
