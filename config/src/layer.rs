@@ -79,6 +79,8 @@ pub(crate) struct Layered {
     pub peer_exchange: Option<Sourced<bool>>,
     pub max_peers: Option<Sourced<i64>>,
     pub admin_listen: Option<Sourced<String>>,
+    pub metrics_listen: Option<Sourced<String>>,
+    pub metrics_token_file: Option<Sourced<PathBuf>>,
     pub log_level: Option<Sourced<String>>,
     pub log_format: Option<Sourced<String>>,
     pub supervisor: LayeredSupervisor,
@@ -196,6 +198,7 @@ impl Layered {
     pub fn from_raw(raw: RawConfig) -> Self {
         let mesh = raw.mesh.unwrap_or_default();
         let admin = raw.admin.unwrap_or_default();
+        let metrics = raw.metrics.unwrap_or_default();
         let log = raw.log.unwrap_or_default();
         let supervisor = raw.supervisor.unwrap_or_default();
         let debug = raw.debug.unwrap_or_default();
@@ -258,6 +261,10 @@ impl Layered {
                 .map(|v| Sourced::file(v, "mesh.peer_exchange")),
             max_peers: mesh.max_peers.map(|v| Sourced::file(v, "mesh.max_peers")),
             admin_listen: admin.listen.map(|v| Sourced::file(v, "admin.listen")),
+            metrics_listen: metrics.listen.map(|v| Sourced::file(v, "metrics.listen")),
+            metrics_token_file: metrics
+                .bearer_token_file
+                .map(|v| Sourced::file(PathBuf::from(v), "metrics.bearer_token_file")),
             log_level: log.level.map(|v| Sourced::file(v, "log.level")),
             log_format: log.format.map(|v| Sourced::file(v, "log.format")),
             supervisor: LayeredSupervisor {

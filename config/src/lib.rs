@@ -110,7 +110,7 @@ pub use error::ConfigError;
 pub use render::render_init_config;
 pub use space::{parse_size, MinFree, Umask, DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT};
 pub use types::{
-    check_host_name, parse_duration, parse_node_id, FleetSecret, FolderMode, LogFormat,
+    check_host_name, parse_duration, parse_node_id, BearerToken, FleetSecret, FolderMode, LogFormat,
     NodeIdBytes, PeerAddr, PeerHost, WatchMode,
 };
 
@@ -190,6 +190,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub mesh: MeshConfig,
     pub admin: AdminConfig,
+    /// `[metrics]`: the Prometheus listener, if configured.
+    pub metrics: Option<MetricsConfig>,
     pub log: LogConfig,
     pub supervisor: SupervisorConfig,
     pub debug: DebugConfig,
@@ -225,6 +227,17 @@ pub struct MeshConfig {
 pub struct AdminConfig {
     /// Always a loopback address.
     pub listen: SocketAddr,
+}
+
+/// `[metrics]`: a second HTTP listener serving only `/metrics`, for a
+/// Prometheus server on another machine. Validated: a non-loopback
+/// `listen` has a token.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+    /// Read from `bearer_token_file` at load; requests must send
+    /// `Authorization: Bearer <token>`. `None` only on loopback.
+    pub bearer_token: Option<BearerToken>,
 }
 
 #[derive(Debug, Clone)]

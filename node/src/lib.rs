@@ -10,6 +10,8 @@
 //!   signal handling.
 //! - [`admin`]: the local admin API on 127.0.0.1 (JSON status, history,
 //!   health, Prometheus metrics) and the text rendering the CLI prints.
+//! - [`metrics`]: `/metrics` (prometheus-client) from a snapshot kept
+//!   current once a second, and the `[metrics] listen` listener.
 //! - [`client`]: the CLI side of the admin API.
 //! - [`wait`]: `status`'s exit code and `wait --in-sync` (judging `/status`).
 //! - [`restore`]: `restore`'s arguments (a version, a time) and its text.
@@ -25,5 +27,6 @@ pub mod daemon;
 pub mod demo;
 pub mod invite;
 pub mod memory;
+pub mod metrics;
 pub mod restore;
 pub mod wait;
