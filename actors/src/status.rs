@@ -90,6 +90,9 @@ pub struct PeerInfo {
     pub last_error: Option<String>,
     /// Index streams it opened past the per-session cap, refused.
     pub refused_streams: u64,
+    /// File content bytes served to it since start (all folders: the
+    /// blob store is shared, content is not tied to one folder).
+    pub bytes_sent: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -252,6 +255,7 @@ fn peers(node: &NodeHandle) -> Vec<PeerInfo> {
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
             last_error: if p.connected { None } else { p.last_error },
             refused_streams: p.refused_streams,
+            bytes_sent: p.bytes_sent,
         })
         .collect()
 }

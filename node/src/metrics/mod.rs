@@ -220,6 +220,15 @@ fn peer_metrics(enc: &mut DescriptorEncoder, st: &NodeStatus) -> std::fmt::Resul
     counters(
         enc,
         (
+            "fleetsync_peer_sent",
+            "File content bytes served to the peer (all folders: content is stored once).",
+            Some(Unit::Bytes),
+        ),
+        st.peers.iter().map(|p| (peer(p), p.bytes_sent)),
+    )?;
+    counters(
+        enc,
+        (
             "fleetsync_peer_received",
             "File content bytes fetched from the peer, per folder.",
             Some(Unit::Bytes),
