@@ -147,6 +147,8 @@ const ENV_MESH_TRANSFER_STALL_TIMEOUT: &str = "FLEETSYNC_MESH_TRANSFER_STALL_TIM
 const ENV_MESH_PEER_EXCHANGE: &str = "FLEETSYNC_MESH_PEER_EXCHANGE";
 const ENV_MESH_MAX_PEERS: &str = "FLEETSYNC_MESH_MAX_PEERS";
 const ENV_ADMIN_LISTEN: &str = "FLEETSYNC_ADMIN_LISTEN";
+const ENV_METRICS_LISTEN: &str = "FLEETSYNC_METRICS_LISTEN";
+const ENV_METRICS_BEARER_TOKEN_FILE: &str = "FLEETSYNC_METRICS_BEARER_TOKEN_FILE";
 const ENV_LOG_LEVEL: &str = "FLEETSYNC_LOG_LEVEL";
 const ENV_LOG_FORMAT: &str = "FLEETSYNC_LOG_FORMAT";
 const ENV_SUPERVISOR_PING_INTERVAL: &str = "FLEETSYNC_SUPERVISOR_PING_INTERVAL";
@@ -169,6 +171,8 @@ pub(crate) const ENV_FIXED: &[&str] = &[
     ENV_MESH_PEER_EXCHANGE,
     ENV_MESH_MAX_PEERS,
     ENV_ADMIN_LISTEN,
+    ENV_METRICS_LISTEN,
+    ENV_METRICS_BEARER_TOKEN_FILE,
     ENV_LOG_LEVEL,
     ENV_LOG_FORMAT,
     ENV_SUPERVISOR_PING_INTERVAL,
@@ -334,6 +338,10 @@ impl Layered {
                     self.max_peers = Some(Sourced::env(parse_env_int(&name, &value)?, &name))
                 }
                 ENV_ADMIN_LISTEN => self.admin_listen = Some(Sourced::env(value, &name)),
+                ENV_METRICS_LISTEN => self.metrics_listen = Some(Sourced::env(value, &name)),
+                ENV_METRICS_BEARER_TOKEN_FILE => {
+                    self.metrics_token_file = Some(Sourced::env(PathBuf::from(value), &name))
+                }
                 ENV_LOG_LEVEL => self.log_level = Some(Sourced::env(value, &name)),
                 ENV_LOG_FORMAT => self.log_format = Some(Sourced::env(value, &name)),
                 ENV_SUPERVISOR_PING_INTERVAL => {

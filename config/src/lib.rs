@@ -110,8 +110,8 @@ pub use error::ConfigError;
 pub use render::render_init_config;
 pub use space::{parse_size, MinFree, Umask, DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT};
 pub use types::{
-    check_host_name, parse_duration, parse_node_id, BearerToken, FleetSecret, FolderMode, LogFormat,
-    NodeIdBytes, PeerAddr, PeerHost, WatchMode,
+    check_host_name, parse_duration, parse_node_id, BearerToken, FleetSecret, FolderMode,
+    LogFormat, NodeIdBytes, PeerAddr, PeerHost, WatchMode,
 };
 
 pub const DEFAULT_MESH_LISTEN: &str = "0.0.0.0:7300";

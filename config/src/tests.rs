@@ -277,7 +277,7 @@ fn unknown_key_at_top_level() {
     assert_invalid(
         &e,
         "data_dri",
-        "data_dir, mesh, admin, log, supervisor, debug, folders",
+        "data_dir, mesh, admin, metrics, log, supervisor, debug, folders",
     );
 }
 
@@ -290,7 +290,7 @@ fn unknown_section() {
     assert_invalid(
         &e,
         "loggging",
-        "data_dir, mesh, admin, log, supervisor, debug, folders",
+        "data_dir, mesh, admin, metrics, log, supervisor, debug, folders",
     );
 }
 
@@ -491,8 +491,14 @@ fn metrics_token_is_read_trimmed_and_never_printed() {
         file.display()
     ));
     let m = c.metrics.expect("metrics configured");
-    assert_eq!(m.bearer_token.as_ref().map(|t| t.as_str()), Some("s3cr3t-token"));
-    assert!(!format!("{m:?}").contains("s3cr3t"), "token in Debug: {m:?}");
+    assert_eq!(
+        m.bearer_token.as_ref().map(|t| t.as_str()),
+        Some("s3cr3t-token")
+    );
+    assert!(
+        !format!("{m:?}").contains("s3cr3t"),
+        "token in Debug: {m:?}"
+    );
 }
 
 #[test]
@@ -525,8 +531,33 @@ fn metrics_token_file_without_listen_is_refused() {
 }
 
 #[test]
+fn metrics_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.token");
+    std::fs::write(&file, "tok\n").unwrap();
+    let file = file.display().to_string();
+    let vars = [
+        ("FLEETSYNC_METRICS_LISTEN", "0.0.0.0:9390"),
+        ("FLEETSYNC_METRICS_BEARER_TOKEN_FILE", file.as_str()),
+    ];
+    let c = try_parse_full(&with_secret(""), &vars, &Overrides::default()).unwrap();
+    let m = c.metrics.expect("metrics from env");
+    assert_eq!(m.listen.port(), 9390);
+    assert_eq!(m.bearer_token.as_ref().map(|t| t.as_str()), Some("tok"));
+    let e = err_full(
+        &with_secret(""),
+        &[("FLEETSYNC_METRICS_LISTEN", "0.0.0.0:9390")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(&e, "<env>", "FLEETSYNC_METRICS_LISTEN", "bearer_token_file");
+}
+
+#[test]
 fn bad_metrics_listen() {
-    let e = err(&format!("{}[metrics]\nlisten = \"9380\"\n", with_secret("")));
+    let e = err(&format!(
+        "{}[metrics]\nlisten = \"9380\"\n",
+        with_secret("")
+    ));
     assert_invalid(&e, "metrics.listen", "0.0.0.0:9380");
 }
 

@@ -6,16 +6,13 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::layer::{Layered, LayeredFolder, LayeredSupervisor, Origin, Sourced};
-use crate::types::{
-    parse_duration, parse_node_id, BearerToken, Choices, FleetSecret, PeerAddr,
-};
+use crate::types::{parse_duration, parse_node_id, BearerToken, Choices, FleetSecret, PeerAddr};
 use crate::{
     AdminConfig, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig,
-    MetricsConfig,
-    MinFree, SupervisorConfig, Umask, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_DELETE_FRACTION,
-    DEFAULT_MAX_FILES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING, DEFAULT_MAX_RESTARTS,
-    DEFAULT_MESH_LISTEN, DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
-    DEFAULT_TRANSFER_STALL_TIMEOUT,
+    MetricsConfig, MinFree, SupervisorConfig, Umask, WatchMode, DEFAULT_ADMIN_LISTEN,
+    DEFAULT_MAX_DELETE_FRACTION, DEFAULT_MAX_FILES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_RESTARTS, DEFAULT_MESH_LISTEN, DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW,
+    DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_STALL_TIMEOUT,
 };
 
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";

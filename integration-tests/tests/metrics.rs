@@ -78,7 +78,10 @@ fn metrics_listener_wants_the_token_and_counts_received_bytes() {
     assert_eq!(code, 200, "{head}\n{body}");
     assert!(head.contains("application/openmetrics-text"), "{head}");
     assert!(body.contains("fleetsync_build_info{version=\""), "{body}");
-    assert!(body.contains("# TYPE fleetsync_folder_received_bytes counter"), "{body}");
+    assert!(
+        body.contains("# TYPE fleetsync_folder_received_bytes counter"),
+        "{body}"
+    );
     // The admin API serves the same exposition (loopback, no token).
     let admin = get(b.admin, "/metrics").expect("admin /metrics");
     assert!(admin.contains("fleetsync_build_info"), "{admin}");
@@ -97,7 +100,9 @@ fn metrics_listener_wants_the_token_and_counts_received_bytes() {
     });
     let from_a = format!(
         "fleetsync_peer_received_bytes_total{{folder=\"shared\",peer=\"{}\"}}",
-        a.status().expect("a's status")["short_id"].as_str().expect("short id")
+        a.status().expect("a's status")["short_id"]
+            .as_str()
+            .expect("short id")
     );
     assert!(
         sample(&last, &from_a).is_some_and(|v| v >= data.len() as f64),
@@ -106,7 +111,9 @@ fn metrics_listener_wants_the_token_and_counts_received_bytes() {
     // a counted what it served to b, once.
     let to_b = format!(
         "fleetsync_peer_sent_bytes_total{{peer=\"{}\"}}",
-        b.status().expect("b's status")["short_id"].as_str().expect("short id")
+        b.status().expect("b's status")["short_id"]
+            .as_str()
+            .expect("short id")
     );
     let mut sent = None;
     wait_until(DEADLINE, "a's bytes sent to b in a's /metrics", || {
@@ -119,8 +126,11 @@ fn metrics_listener_wants_the_token_and_counts_received_bytes() {
         data.len()
     );
     assert!(
-        sample(&last, "fleetsync_folder_received_files_total{folder=\"shared\"}")
-            .is_some_and(|v| v >= 1.0),
+        sample(
+            &last,
+            "fleetsync_folder_received_files_total{folder=\"shared\"}"
+        )
+        .is_some_and(|v| v >= 1.0),
         "{last}"
     );
 }
@@ -145,12 +155,22 @@ fn a_non_loopback_metrics_listener_without_a_token_is_refused() {
     // outlive the test.
     let mut child = KillOnDrop(child);
     let mut status = None;
-    wait_until(Duration::from_secs(30), "fleetsync run to refuse the config", || {
-        status = child.0.try_wait().expect("try_wait");
-        status.is_some()
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "fleetsync run to refuse the config",
+        || {
+            status = child.0.try_wait().expect("try_wait");
+            status.is_some()
+        },
+    );
     let mut err = String::new();
-    child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(status.and_then(|s| s.code()), Some(EXIT_CONFIG), "{err}");
     assert!(err.contains("metrics.listen"), "{err}");
     assert!(err.contains("bearer_token_file"), "{err}");

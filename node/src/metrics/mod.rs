@@ -117,7 +117,8 @@ fn gauges<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
     rows: impl IntoIterator<Item = (L, V)>,
 ) -> std::fmt::Result {
     let unit = unit.as_ref();
-    let mut family = enc.encode_descriptor(name, help, unit, ConstGauge::new(0i64).metric_type())?;
+    let mut family =
+        enc.encode_descriptor(name, help, unit, ConstGauge::new(0i64).metric_type())?;
     for (labels, v) in rows {
         ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
     }
@@ -148,7 +149,11 @@ fn one<V>(v: V) -> [(NoLabels, V); 1] {
 fn node_metrics(enc: &mut DescriptorEncoder, st: &NodeStatus) -> std::fmt::Result {
     gauges(
         enc,
-        ("fleetsync_healthy", "1 if every actor answers its ping.", None),
+        (
+            "fleetsync_healthy",
+            "1 if every actor answers its ping.",
+            None,
+        ),
         one(u64::from(st.healthy)),
     )?;
     gauges(
@@ -243,8 +248,13 @@ fn peer_metrics(enc: &mut DescriptorEncoder, st: &NodeStatus) -> std::fmt::Resul
 
 type Get = fn(&FolderInfo) -> u64;
 
-fn by_folder(folders: &[FolderInfo], get: Get) -> impl Iterator<Item = ([(&str, String); 1], u64)> + '_ {
-    folders.iter().map(move |f| ([("folder", f.id.clone())], get(f)))
+fn by_folder(
+    folders: &[FolderInfo],
+    get: Get,
+) -> impl Iterator<Item = ([(&str, String); 1], u64)> + '_ {
+    folders
+        .iter()
+        .map(move |f| ([("folder", f.id.clone())], get(f)))
 }
 
 fn folder_gauges(enc: &mut DescriptorEncoder, folders: &[FolderInfo]) -> std::fmt::Result {
@@ -315,9 +325,16 @@ fn folder_gauges(enc: &mut DescriptorEncoder, folders: &[FolderInfo]) -> std::fm
 
 fn folder_counters(enc: &mut DescriptorEncoder, folders: &[FolderInfo]) -> std::fmt::Result {
     let families: [(Desc, Get); 9] = [
-        (("fleetsync_folder_conflicts", "Conflict copies made.", None), |f| f.conflicts),
         (
-            ("fleetsync_folder_rejected", "Entries or frames rejected from peers.", None),
+            ("fleetsync_folder_conflicts", "Conflict copies made.", None),
+            |f| f.conflicts,
+        ),
+        (
+            (
+                "fleetsync_folder_rejected",
+                "Entries or frames rejected from peers.",
+                None,
+            ),
             |f| f.rejected,
         ),
         (
@@ -328,11 +345,20 @@ fn folder_counters(enc: &mut DescriptorEncoder, folders: &[FolderInfo]) -> std::
             ),
             |f| f.deferred,
         ),
-        (("fleetsync_folder_received_files", "Files written from peers.", None), |f| {
-            f.files_received
-        }),
         (
-            ("fleetsync_folder_received", "File content bytes fetched from peers.", Some(Unit::Bytes)),
+            (
+                "fleetsync_folder_received_files",
+                "Files written from peers.",
+                None,
+            ),
+            |f| f.files_received,
+        ),
+        (
+            (
+                "fleetsync_folder_received",
+                "File content bytes fetched from peers.",
+                Some(Unit::Bytes),
+            ),
             |f| f.bytes_received,
         ),
         (
@@ -344,7 +370,11 @@ fn folder_counters(enc: &mut DescriptorEncoder, folders: &[FolderInfo]) -> std::
             |f| f.swept_files,
         ),
         (
-            ("fleetsync_retention_swept", "Bytes of those files.", Some(Unit::Bytes)),
+            (
+                "fleetsync_retention_swept",
+                "Bytes of those files.",
+                Some(Unit::Bytes),
+            ),
             |f| f.swept_bytes,
         ),
         (

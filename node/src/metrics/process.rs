@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn boot_time_line() {
-        assert_eq!(boot_time("cpu 1 2 3\nbtime 1700000000\n"), Some(1_700_000_000));
+        assert_eq!(
+            boot_time("cpu 1 2 3\nbtime 1700000000\n"),
+            Some(1_700_000_000)
+        );
         assert_eq!(boot_time("cpu 1 2 3\n"), None);
     }
 

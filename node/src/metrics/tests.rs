@@ -71,7 +71,8 @@ fn parse(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
                 None => (series, ""),
             };
             assert!(
-                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
                 "bad metric name in {line:?}"
             );
             samples.push(Sample {
@@ -114,7 +115,11 @@ fn every_total_series_is_a_counter_and_every_sample_has_a_type() {
             assert_eq!(kind, "counter", "{} is not a counter:\n{text}", s.name);
         }
         if kind == "counter" {
-            assert!(s.name.ends_with("_total"), "counter {} lacks _total", s.name);
+            assert!(
+                s.name.ends_with("_total"),
+                "counter {} lacks _total",
+                s.name
+            );
         }
     }
     for counter in [
@@ -127,7 +132,11 @@ fn every_total_series_is_a_counter_and_every_sample_has_a_type() {
         "fleetsync_actor_restarts",
         "process_cpu_seconds",
     ] {
-        assert_eq!(types.get(counter).map(String::as_str), Some("counter"), "{counter}");
+        assert_eq!(
+            types.get(counter).map(String::as_str),
+            Some("counter"),
+            "{counter}"
+        );
     }
 }
 
@@ -139,8 +148,14 @@ fn the_status_numbers_come_out_under_conventional_names() {
     assert_eq!(value(&samples, "fleetsync_folder_transfers_active", f), 0.0);
     assert_eq!(value(&samples, "fleetsync_folder_bytes", f), 300.0);
     assert_eq!(value(&samples, "fleetsync_folder_conflicts_total", f), 5.0);
-    assert_eq!(value(&samples, "fleetsync_folder_received_files_total", f), 8.0);
-    assert_eq!(value(&samples, "fleetsync_folder_received_bytes_total", f), 900.0);
+    assert_eq!(
+        value(&samples, "fleetsync_folder_received_files_total", f),
+        8.0
+    );
+    assert_eq!(
+        value(&samples, "fleetsync_folder_received_bytes_total", f),
+        900.0
+    );
     assert_eq!(
         value(&samples, "fleetsync_folder_last_sync_timestamp_seconds", f),
         1_800_000_000.0
@@ -153,12 +168,26 @@ fn the_status_numbers_come_out_under_conventional_names() {
         ),
         900.0
     );
-    assert_eq!(value(&samples, "fleetsync_peer_rtt_seconds", r#"peer="abcde""#), 0.0015);
     assert_eq!(
-        value(&samples, "fleetsync_actor_restarts_total", r#"actor="hasher:shared""#),
+        value(&samples, "fleetsync_peer_rtt_seconds", r#"peer="abcde""#),
+        0.0015
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "fleetsync_actor_restarts_total",
+            r#"actor="hasher:shared""#
+        ),
         9.0
     );
-    assert_eq!(value(&samples, "fleetsync_build_info", &format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"))), 1.0);
+    assert_eq!(
+        value(
+            &samples,
+            "fleetsync_build_info",
+            &format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"))
+        ),
+        1.0
+    );
     assert_eq!(types["fleetsync_build"], "info");
     assert_eq!(types["fleetsync_folder_pending_changes"], "gauge");
     assert!(value(&samples, "process_resident_memory_bytes", "") > 0.0);
@@ -172,14 +201,19 @@ fn before_the_first_snapshot_build_and_process_series_are_served() {
     let (_, samples) = parse(&render(None));
     assert!(samples.iter().any(|s| s.name == "fleetsync_build_info"));
     assert!(samples.iter().any(|s| s.name == "process_open_fds"));
-    assert!(!samples.iter().any(|s| s.name.starts_with("fleetsync_folder")));
+    assert!(!samples
+        .iter()
+        .any(|s| s.name.starts_with("fleetsync_folder")));
 }
 
 /// Every metric name `deploy/grafana-dashboard.json` queries is one the
 /// node exports (the dashboard would show "No data" otherwise).
 #[test]
 fn the_grafana_dashboard_uses_only_exported_metric_names() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana-dashboard.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana-dashboard.json"
+    );
     let text = std::fs::read_to_string(path).expect("deploy/grafana-dashboard.json");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let (_, samples) = parse(&render(Some(Arc::new(status()))));
