@@ -71,6 +71,12 @@ pub struct FolderStatus {
     pub files_in: AtomicU64,
     pub files_out_announced: AtomicU64,
     pub bytes_in: AtomicU64,
+    /// `bytes_in` by the peer (short id) that sent them, for metrics.
+    /// Bounded by the fleet's membership.
+    bytes_in_by_peer: Mutex<BTreeMap<String, u64>>,
+    /// Unix seconds when a status snapshot last found the folder in sync
+    /// (0: never).
+    pub last_in_sync_secs: AtomicU64,
     pub conflicts: AtomicU64,
     pub rejected: AtomicU64,
     /// Remote entries deferred by the folder's caps (`max_pending`,
@@ -152,6 +158,8 @@ impl Default for FolderStatus {
             files_in: AtomicU64::new(0),
             files_out_announced: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
+            bytes_in_by_peer: Mutex::new(BTreeMap::new()),
+            last_in_sync_secs: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             deferred: AtomicU64::new(0),
@@ -183,6 +191,24 @@ impl FolderStatus {
         } else {
             Phase::Idle
         }
+    }
+
+    /// `n` content bytes arrived from `peer`: counted for the folder and
+    /// for that peer (one place, so the two always agree).
+    pub fn received(&self, peer: &fleetsync_mesh::EndpointId, n: u64) {
+        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+        let short = fleetsync_mesh::identity::short_id(peer).to_string();
+        *self
+            .bytes_in_by_peer
+            .lock()
+            .expect("status lock")
+            .entry(short)
+            .or_default() += n;
+    }
+
+    /// Bytes received per peer (short id) since start.
+    pub fn received_by_peer(&self) -> BTreeMap<String, u64> {
+        self.bytes_in_by_peer.lock().expect("status lock").clone()
     }
 
     pub fn error(&self, msg: impl Into<String>) {

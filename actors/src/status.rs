@@ -21,7 +21,7 @@ use crate::{
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeStatus {
     pub id: String,
     pub short_id: String,
@@ -41,7 +41,7 @@ pub struct NodeStatus {
     pub debug: DebugInfo,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct GcInfo {
     /// Runs completed since start.
     pub runs: u64,
@@ -51,7 +51,7 @@ pub struct GcInfo {
     pub last_run: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct DebugInfo {
     /// Per folder id.
     pub folder_maps: std::collections::BTreeMap<String, FolderMaps>,
@@ -67,7 +67,7 @@ pub fn rfc3339_ms(ms: u64) -> Option<String> {
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PeerInfo {
     pub id: String,
     pub short_id: String,
@@ -90,9 +90,12 @@ pub struct PeerInfo {
     pub last_error: Option<String>,
     /// Index streams it opened past the per-session cap, refused.
     pub refused_streams: u64,
+    /// File content bytes served to it since start (all folders: the
+    /// blob store is shared, content is not tied to one folder).
+    pub bytes_sent: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FolderInfo {
     pub id: String,
     pub path: String,
@@ -128,6 +131,12 @@ pub struct FolderInfo {
     pub full: bool,
     pub files_received: u64,
     pub bytes_received: u64,
+    /// `bytes_received` by peer short id.
+    pub bytes_received_by_peer: std::collections::BTreeMap<String, u64>,
+    /// Unix seconds when a snapshot last found the folder in sync (0: not
+    /// yet). The daemon takes one a second for metrics, so it is at most
+    /// about a second old while the folder stays in sync.
+    pub last_in_sync_secs: u64,
     /// Kept versions (`.fleetsync/versions/`): bytes on disk and count.
     pub versions_bytes: u64,
     pub versions_count: u64,
@@ -159,7 +168,7 @@ pub struct FolderInfo {
     pub swept_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct TransferInfo {
     pub path: String,
     pub peer: String,
@@ -167,7 +176,7 @@ pub struct TransferInfo {
     pub bytes_total: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FolderPeer {
     pub id: String,
     /// We have everything the peer had when it last said so.
@@ -248,6 +257,7 @@ fn peers(node: &NodeHandle) -> Vec<PeerInfo> {
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
             last_error: if p.connected { None } else { p.last_error },
             refused_streams: p.refused_streams,
+            bytes_sent: p.bytes_sent,
         })
         .collect()
 }
@@ -331,6 +341,8 @@ async fn folder_info(
         full: st.full().is_some(),
         files_received: st.files_in.load(Ordering::Relaxed),
         bytes_received: st.bytes_in.load(Ordering::Relaxed),
+        bytes_received_by_peer: st.received_by_peer(),
+        last_in_sync_secs: seen_in_sync(st, in_sync),
         versions_bytes: folder.versions.bytes(),
         versions_count: folder.versions.count() as u64,
         versions_local_kept: st.versions_local_kept.load(Ordering::Relaxed),
@@ -351,6 +363,18 @@ async fn folder_info(
         swept_files: st.sweeps.files.load(Ordering::Relaxed),
         swept_bytes: st.sweeps.bytes.load(Ordering::Relaxed),
     }
+}
+
+/// Record now as the folder's last moment in sync if it is; the last
+/// recorded one (unix seconds, 0: never).
+fn seen_in_sync(st: &crate::folder::FolderStatus, in_sync: bool) -> u64 {
+    if in_sync {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        st.last_in_sync_secs.store(now, Ordering::Relaxed);
+    }
+    st.last_in_sync_secs.load(Ordering::Relaxed)
 }
 
 /// Reading a folder's counters for status failed.

@@ -79,6 +79,8 @@ pub(crate) struct Layered {
     pub peer_exchange: Option<Sourced<bool>>,
     pub max_peers: Option<Sourced<i64>>,
     pub admin_listen: Option<Sourced<String>>,
+    pub metrics_listen: Option<Sourced<String>>,
+    pub metrics_token_file: Option<Sourced<PathBuf>>,
     pub log_level: Option<Sourced<String>>,
     pub log_format: Option<Sourced<String>>,
     pub supervisor: LayeredSupervisor,
@@ -145,6 +147,8 @@ const ENV_MESH_TRANSFER_STALL_TIMEOUT: &str = "FLEETSYNC_MESH_TRANSFER_STALL_TIM
 const ENV_MESH_PEER_EXCHANGE: &str = "FLEETSYNC_MESH_PEER_EXCHANGE";
 const ENV_MESH_MAX_PEERS: &str = "FLEETSYNC_MESH_MAX_PEERS";
 const ENV_ADMIN_LISTEN: &str = "FLEETSYNC_ADMIN_LISTEN";
+const ENV_METRICS_LISTEN: &str = "FLEETSYNC_METRICS_LISTEN";
+const ENV_METRICS_BEARER_TOKEN_FILE: &str = "FLEETSYNC_METRICS_BEARER_TOKEN_FILE";
 const ENV_LOG_LEVEL: &str = "FLEETSYNC_LOG_LEVEL";
 const ENV_LOG_FORMAT: &str = "FLEETSYNC_LOG_FORMAT";
 const ENV_SUPERVISOR_PING_INTERVAL: &str = "FLEETSYNC_SUPERVISOR_PING_INTERVAL";
@@ -167,6 +171,8 @@ pub(crate) const ENV_FIXED: &[&str] = &[
     ENV_MESH_PEER_EXCHANGE,
     ENV_MESH_MAX_PEERS,
     ENV_ADMIN_LISTEN,
+    ENV_METRICS_LISTEN,
+    ENV_METRICS_BEARER_TOKEN_FILE,
     ENV_LOG_LEVEL,
     ENV_LOG_FORMAT,
     ENV_SUPERVISOR_PING_INTERVAL,
@@ -196,6 +202,7 @@ impl Layered {
     pub fn from_raw(raw: RawConfig) -> Self {
         let mesh = raw.mesh.unwrap_or_default();
         let admin = raw.admin.unwrap_or_default();
+        let metrics = raw.metrics.unwrap_or_default();
         let log = raw.log.unwrap_or_default();
         let supervisor = raw.supervisor.unwrap_or_default();
         let debug = raw.debug.unwrap_or_default();
@@ -258,6 +265,10 @@ impl Layered {
                 .map(|v| Sourced::file(v, "mesh.peer_exchange")),
             max_peers: mesh.max_peers.map(|v| Sourced::file(v, "mesh.max_peers")),
             admin_listen: admin.listen.map(|v| Sourced::file(v, "admin.listen")),
+            metrics_listen: metrics.listen.map(|v| Sourced::file(v, "metrics.listen")),
+            metrics_token_file: metrics
+                .bearer_token_file
+                .map(|v| Sourced::file(PathBuf::from(v), "metrics.bearer_token_file")),
             log_level: log.level.map(|v| Sourced::file(v, "log.level")),
             log_format: log.format.map(|v| Sourced::file(v, "log.format")),
             supervisor: LayeredSupervisor {
@@ -327,6 +338,10 @@ impl Layered {
                     self.max_peers = Some(Sourced::env(parse_env_int(&name, &value)?, &name))
                 }
                 ENV_ADMIN_LISTEN => self.admin_listen = Some(Sourced::env(value, &name)),
+                ENV_METRICS_LISTEN => self.metrics_listen = Some(Sourced::env(value, &name)),
+                ENV_METRICS_BEARER_TOKEN_FILE => {
+                    self.metrics_token_file = Some(Sourced::env(PathBuf::from(value), &name))
+                }
                 ENV_LOG_LEVEL => self.log_level = Some(Sourced::env(value, &name)),
                 ENV_LOG_FORMAT => self.log_format = Some(Sourced::env(value, &name)),
                 ENV_SUPERVISOR_PING_INTERVAL => {

@@ -112,8 +112,8 @@ pub use render::render_init_config;
 pub use show::{Setting, Source, REDACTED};
 pub use space::{parse_size, MinFree, Umask, DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT};
 pub use types::{
-    check_host_name, parse_duration, parse_node_id, FleetSecret, FolderMode, LogFormat,
-    NodeIdBytes, PeerAddr, PeerHost, WatchMode,
+    check_host_name, parse_duration, parse_node_id, BearerToken, FleetSecret, FolderMode,
+    LogFormat, NodeIdBytes, PeerAddr, PeerHost, WatchMode,
 };
 
 pub const DEFAULT_MESH_LISTEN: &str = "0.0.0.0:7300";
@@ -192,6 +192,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub mesh: MeshConfig,
     pub admin: AdminConfig,
+    /// `[metrics]`: the Prometheus listener, if configured.
+    pub metrics: Option<MetricsConfig>,
     pub log: LogConfig,
     pub supervisor: SupervisorConfig,
     pub debug: DebugConfig,
@@ -231,6 +233,17 @@ pub struct MeshConfig {
 pub struct AdminConfig {
     /// Always a loopback address.
     pub listen: SocketAddr,
+}
+
+/// `[metrics]`: a second HTTP listener serving only `/metrics`, for a
+/// Prometheus server on another machine. Validated: a non-loopback
+/// `listen` has a token.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+    /// Read from `bearer_token_file` at load; requests must send
+    /// `Authorization: Bearer <token>`. `None` only on loopback.
+    pub bearer_token: Option<BearerToken>,
 }
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@ pub(crate) struct RawConfig {
     pub data_dir: Option<String>,
     pub mesh: Option<RawMesh>,
     pub admin: Option<RawAdmin>,
+    pub metrics: Option<RawMetrics>,
     pub log: Option<RawLog>,
     pub supervisor: Option<RawSupervisor>,
     pub debug: Option<RawDebug>,
@@ -38,6 +39,13 @@ pub(crate) struct RawMesh {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub listen: Option<String>,
+    pub bearer_token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +127,7 @@ const TOP_KEYS: &[(&str, Kind)] = &[
     ("data_dir", Kind::Str),
     ("mesh", Kind::Table),
     ("admin", Kind::Table),
+    ("metrics", Kind::Table),
     ("log", Kind::Table),
     ("supervisor", Kind::Table),
     ("debug", Kind::Table),
@@ -138,6 +147,7 @@ const MESH_KEYS: &[(&str, Kind)] = &[
     ("max_peers", Kind::Int),
 ];
 const ADMIN_KEYS: &[(&str, Kind)] = &[("listen", Kind::Str)];
+const METRICS_KEYS: &[(&str, Kind)] = &[("listen", Kind::Str), ("bearer_token_file", Kind::Str)];
 const LOG_KEYS: &[(&str, Kind)] = &[("level", Kind::Str), ("format", Kind::Str)];
 const SUPERVISOR_KEYS: &[(&str, Kind)] = &[
     ("ping_interval", Kind::Str),
@@ -214,6 +224,7 @@ fn check_shape(top: &Table, file: &str) -> Result<(), ConfigError> {
     for (section, keys) in [
         ("mesh", MESH_KEYS),
         ("admin", ADMIN_KEYS),
+        ("metrics", METRICS_KEYS),
         ("log", LOG_KEYS),
         ("supervisor", SUPERVISOR_KEYS),
         ("debug", DEBUG_KEYS),

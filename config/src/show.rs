@@ -94,6 +94,8 @@ pub(crate) fn origins(l: &Layered) -> BTreeMap<String, Source> {
     put("mesh.peer_exchange", origin(&l.peer_exchange));
     put("mesh.max_peers", origin(&l.max_peers));
     put("admin.listen", origin(&l.admin_listen));
+    put("metrics.listen", origin(&l.metrics_listen));
+    put("metrics.bearer_token_file", origin(&l.metrics_token_file));
     put("log.level", origin(&l.log_level));
     put("log.format", origin(&l.log_format));
     put(
@@ -205,6 +207,20 @@ impl Config {
             ("mesh.peer_exchange".into(), m.peer_exchange.to_string()),
             ("mesh.max_peers".into(), m.max_peers.to_string()),
             ("admin.listen".into(), self.admin.listen.to_string()),
+            (
+                "metrics.listen".into(),
+                self.metrics.as_ref().map_or_else(
+                    || "off (the admin API serves /metrics)".to_string(),
+                    |m| m.listen.to_string(),
+                ),
+            ),
+            (
+                "metrics.bearer_token_file".into(),
+                match self.metrics.as_ref().and_then(|m| m.bearer_token.as_ref()) {
+                    Some(_) => REDACTED.to_string(),
+                    None => "(none)".to_string(),
+                },
+            ),
             ("log.level".into(), self.log.level.clone()),
             ("log.format".into(), self.log.format.to_string()),
             ("supervisor.ping_interval".into(), duration(s.ping_interval)),

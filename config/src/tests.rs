@@ -277,7 +277,7 @@ fn unknown_key_at_top_level() {
     assert_invalid(
         &e,
         "data_dri",
-        "data_dir, mesh, admin, log, supervisor, debug, folders",
+        "data_dir, mesh, admin, metrics, log, supervisor, debug, folders",
     );
 }
 
@@ -290,7 +290,7 @@ fn unknown_section() {
     assert_invalid(
         &e,
         "loggging",
-        "data_dir, mesh, admin, log, supervisor, debug, folders",
+        "data_dir, mesh, admin, metrics, log, supervisor, debug, folders",
     );
 }
 
@@ -450,6 +450,115 @@ fn bad_mesh_listen() {
 fn bad_admin_listen() {
     let e = err(&format!("{}[admin]\nlisten = \"7380\"\n", with_secret("")));
     assert_invalid(&e, "admin.listen", "127.0.0.1:7380");
+}
+
+// ---------------------------------------------------------------- metrics
+
+#[test]
+fn metrics_is_off_unless_listen_is_set() {
+    assert!(parse(&with_secret("")).metrics.is_none());
+}
+
+#[test]
+fn metrics_on_loopback_needs_no_token() {
+    let c = parse(&format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:9380\"\n",
+        with_secret("")
+    ));
+    let m = c.metrics.expect("metrics configured");
+    assert_eq!(m.listen.port(), 9380);
+    assert!(m.bearer_token.is_none());
+}
+
+#[test]
+fn metrics_off_loopback_without_a_token_file_is_refused() {
+    let e = err(&format!(
+        "{}[metrics]\nlisten = \"0.0.0.0:9380\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "metrics.listen", "bearer_token_file");
+    assert!(problem(&e).contains("not a loopback address"), "{e}");
+}
+
+#[test]
+fn metrics_token_is_read_trimmed_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.token");
+    std::fs::write(&file, "  s3cr3t-token\n").unwrap();
+    let c = parse(&format!(
+        "{}[metrics]\nlisten = \"0.0.0.0:9380\"\nbearer_token_file = \"{}\"\n",
+        with_secret(""),
+        file.display()
+    ));
+    let m = c.metrics.expect("metrics configured");
+    assert_eq!(
+        m.bearer_token.as_ref().map(|t| t.as_str()),
+        Some("s3cr3t-token")
+    );
+    assert!(
+        !format!("{m:?}").contains("s3cr3t"),
+        "token in Debug: {m:?}"
+    );
+}
+
+#[test]
+fn metrics_token_file_unreadable_or_empty_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.token");
+    let text = |f: &std::path::Path| {
+        format!(
+            "{}[metrics]\nlisten = \"0.0.0.0:9380\"\nbearer_token_file = \"{}\"\n",
+            with_secret(""),
+            f.display()
+        )
+    };
+    let e = err(&text(&missing));
+    assert_invalid(&e, "metrics.bearer_token_file", "a file this user can read");
+    let empty = dir.path().join("empty.token");
+    std::fs::write(&empty, " \n").unwrap();
+    let e = err(&text(&empty));
+    assert_invalid(&e, "metrics.bearer_token_file", "one token");
+    assert!(problem(&e).contains("empty"), "{e}");
+}
+
+#[test]
+fn metrics_token_file_without_listen_is_refused() {
+    let e = err(&format!(
+        "{}[metrics]\nbearer_token_file = \"/x\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "metrics.bearer_token_file", "listen");
+}
+
+#[test]
+fn metrics_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.token");
+    std::fs::write(&file, "tok\n").unwrap();
+    let file = file.display().to_string();
+    let vars = [
+        ("FLEETSYNC_METRICS_LISTEN", "0.0.0.0:9390"),
+        ("FLEETSYNC_METRICS_BEARER_TOKEN_FILE", file.as_str()),
+    ];
+    let c = try_parse_full(&with_secret(""), &vars, &Overrides::default()).unwrap();
+    let m = c.metrics.expect("metrics from env");
+    assert_eq!(m.listen.port(), 9390);
+    assert_eq!(m.bearer_token.as_ref().map(|t| t.as_str()), Some("tok"));
+    let e = err_full(
+        &with_secret(""),
+        &[("FLEETSYNC_METRICS_LISTEN", "0.0.0.0:9390")],
+        &Overrides::default(),
+    );
+    assert_invalid_at(&e, "<env>", "FLEETSYNC_METRICS_LISTEN", "bearer_token_file");
+}
+
+#[test]
+fn bad_metrics_listen() {
+    let e = err(&format!(
+        "{}[metrics]\nlisten = \"9380\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "metrics.listen", "0.0.0.0:9380");
 }
 
 #[test]

@@ -6,6 +6,31 @@ use std::time::Duration;
 /// A node id: the 32-byte public key of a node.
 pub type NodeIdBytes = [u8; 32];
 
+/// The token a Prometheus server sends to `[metrics] listen`
+/// (`Authorization: Bearer <token>`). Never empty, no whitespace.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl fmt::Debug for BearerToken {
+    // Configs get logged with `{:?}`; the token must never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+impl BearerToken {
+    /// The file's text without surrounding whitespace; `None` if nothing
+    /// is left or the token holds whitespace (a header cannot carry it).
+    pub fn parse(text: &str) -> Option<Self> {
+        let t = text.trim();
+        (!t.is_empty() && !t.contains(char::is_whitespace)).then(|| BearerToken(t.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The shared secret every member of a fleet knows.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct FleetSecret(pub [u8; 32]);

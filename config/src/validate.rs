@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::layer::{Layered, LayeredFolder, LayeredSupervisor, Origin, Sourced};
-use crate::types::{parse_duration, parse_node_id, Choices, FleetSecret, PeerAddr};
+use crate::types::{parse_duration, parse_node_id, BearerToken, Choices, FleetSecret, PeerAddr};
 use crate::{
     AdminConfig, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig,
-    MinFree, SupervisorConfig, Umask, WatchMode, DEFAULT_ADMIN_LISTEN, DEFAULT_MAX_DELETE_FRACTION,
-    DEFAULT_MAX_FILES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING, DEFAULT_MAX_RESTARTS,
-    DEFAULT_MESH_LISTEN, DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW, DEFAULT_STALL_TIMEOUT,
-    DEFAULT_TRANSFER_STALL_TIMEOUT,
+    MetricsConfig, MinFree, SupervisorConfig, Umask, WatchMode, DEFAULT_ADMIN_LISTEN,
+    DEFAULT_MAX_DELETE_FRACTION, DEFAULT_MAX_FILES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_RESTARTS, DEFAULT_MESH_LISTEN, DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW,
+    DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_STALL_TIMEOUT,
 };
 
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
@@ -193,6 +193,7 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
         ));
     }
 
+    let metrics = metrics(ctx, &l)?;
     let log = LogConfig {
         level: log_level(ctx, l.log_level.as_ref())?,
         format: parse_enum(ctx, l.log_format.as_ref(), LogFormat::Human)?,
@@ -213,6 +214,7 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
         admin: AdminConfig {
             listen: admin_listen,
         },
+        metrics,
         log,
         supervisor,
         debug,
@@ -587,6 +589,72 @@ fn max_restarts(ctx: &Ctx, value: Option<&Sourced<i64>>) -> Result<usize, Config
                  allowed within restart_window before the node exits for its service manager \
                  to restart it (default {DEFAULT_MAX_RESTARTS})"
             ),
+        )
+    })
+}
+
+const METRICS_LISTEN_FIX: &str =
+    "set metrics.listen to an <ip>:<port> address, e.g. \"0.0.0.0:9380\" (with bearer_token_file) \
+     or \"127.0.0.1:9380\"";
+
+/// `[metrics]`: `None` without `listen`. Metrics tell a stranger the
+/// fleet's peers and folders, so a listener reachable from other machines
+/// needs a token; the token file is read here so that a bad one stops the
+/// start (or a reload) with its key named.
+fn metrics(ctx: &Ctx, l: &Layered) -> Result<Option<MetricsConfig>, ConfigError> {
+    let Some(listen_v) = l.metrics_listen.as_ref() else {
+        if let Some(f) = &l.metrics_token_file {
+            return Err(ctx.err(
+                &f.origin,
+                "bearer_token_file is set but metrics.listen is not, so nothing serves metrics",
+                "add listen = \"0.0.0.0:9380\" to [metrics], or remove bearer_token_file",
+            ));
+        }
+        return Ok(None);
+    };
+    let listen = listen_addr(ctx, Some(listen_v), "", METRICS_LISTEN_FIX)?;
+    let bearer_token = match &l.metrics_token_file {
+        Some(f) => Some(bearer_token(ctx, f)?),
+        None if !listen.ip().is_loopback() => {
+            return Err(ctx.err(
+                &listen_v.origin,
+                format!(
+                    "{listen} is not a loopback address and [metrics] has no bearer_token_file; \
+                     anyone who reaches it would read this node's peers and folders"
+                ),
+                "add bearer_token_file = \"/etc/fleetsync/metrics.token\" to [metrics] \
+                 (a file holding one token, e.g. from: openssl rand -hex 32), \
+                 or listen on \"127.0.0.1:9380\"",
+            ));
+        }
+        None => None,
+    };
+    Ok(Some(MetricsConfig {
+        listen,
+        bearer_token,
+    }))
+}
+
+/// The token in `bearer_token_file` (trimmed); an unreadable, empty or
+/// blank-containing file is an error naming the key.
+fn bearer_token(ctx: &Ctx, file: &Sourced<PathBuf>) -> Result<BearerToken, ConfigError> {
+    let path = ctx.resolve(file)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        ctx.err(
+            &file.origin,
+            format!("cannot read token file {}: {e}", path.display()),
+            "point bearer_token_file at a file this user can read, holding one token \
+             (e.g. openssl rand -hex 32 > FILE; chmod 600 FILE)",
+        )
+    })?;
+    BearerToken::parse(&text).ok_or_else(|| {
+        ctx.err(
+            &file.origin,
+            format!(
+                "token file {} is empty or holds whitespace inside the token",
+                path.display()
+            ),
+            "write one token without spaces into it, e.g. openssl rand -hex 32 > FILE",
         )
     })
 }

@@ -28,7 +28,7 @@ use iroh_blobs::{
     get::request::GetBlobItem,
     provider::events::{
         AbortReason, ConnectMode, EventMask, EventResult, EventSender, ObserveMode,
-        ProviderMessage, RequestMode,
+        ProviderMessage, RequestMode, RequestUpdate,
     },
     BlobFormat, Hash,
 };
@@ -378,18 +378,49 @@ pub(crate) type HangSwitch = watch::Sender<Option<Instant>>;
 /// and new, exactly what a peer whose keep-alives still arrive but whose
 /// transfers never move looks like. A transfer already sending when the
 /// hang starts goes on.
-pub(crate) fn serve_events(gate: Gate) -> (EventSender, HangSwitch) {
+///
+/// Each `Get`/`GetMany`'s transfer log is read for the payload bytes sent
+/// to the member, summed per member in the returned [`Sent`] (metrics).
+/// That log costs one local message per written chunk group, dropped when
+/// its queue is full: the progress messages carry nothing we count.
+pub(crate) fn serve_events(gate: Gate) -> (EventSender, HangSwitch, Sent) {
     let mask = EventMask {
         connected: ConnectMode::Intercept,
-        get: RequestMode::Intercept,
-        get_many: RequestMode::Intercept,
+        get: RequestMode::InterceptLog,
+        get_many: RequestMode::InterceptLog,
         observe: ObserveMode::Intercept,
         ..EventMask::DEFAULT
     };
     let (events, requests) = EventSender::channel(SERVE_EVENTS_QUEUE, mask);
     let switch = watch::channel(None).0;
-    tokio::spawn(answer_requests(requests, switch.subscribe(), gate));
-    (events, switch)
+    let sent = Sent::default();
+    tokio::spawn(answer_requests(
+        requests,
+        switch.subscribe(),
+        gate,
+        sent.clone(),
+    ));
+    (events, switch, sent)
+}
+
+/// Content bytes served to each member since start. Bounded by the
+/// fleet's membership (only members' requests are served).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sent(std::sync::Arc<std::sync::Mutex<HashMap<EndpointId, u64>>>);
+
+impl Sent {
+    fn add(&self, peer: EndpointId, n: u64) {
+        *self.0.lock().expect("sent lock").entry(peer).or_default() += n;
+    }
+
+    pub(crate) fn to(&self, peer: &EndpointId) -> u64 {
+        self.0
+            .lock()
+            .expect("sent lock")
+            .get(peer)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// Who is on each open blob connection (the provider's connection ids),
@@ -413,10 +444,11 @@ impl Clients {
         }
     }
 
-    /// A request: its connection's endpoint must still be a member.
-    fn request(&self, gate: &Gate, conn: u64) -> EventResult {
+    /// A request: its connection's endpoint must still be a member (who
+    /// is returned).
+    fn request(&self, gate: &Gate, conn: u64) -> Result<EndpointId, AbortReason> {
         match self.0.get(&conn) {
-            Some(id) if gate.is_member(id) => Ok(()),
+            Some(id) if gate.is_member(id) => Ok(*id),
             _ => {
                 warn!(conn, "refused blob request: not a proven fleet member");
                 Err(AbortReason::Permission)
@@ -431,6 +463,7 @@ async fn answer_requests(
     mut requests: tokio::sync::mpsc::Receiver<ProviderMessage>,
     hang: watch::Receiver<Option<Instant>>,
     gate: Gate,
+    sent: Sent,
 ) {
     let mut clients = Clients::default();
     while let Some(msg) = requests.recv().await {
@@ -445,34 +478,65 @@ async fn answer_requests(
                 clients.0.remove(&m.connection_id);
             }
             ProviderMessage::GetRequestReceived(m) => {
-                if let Err(e) = clients.request(&gate, m.connection_id) {
-                    m.tx.send(Err(e)).await.ok();
-                    continue;
-                }
+                let peer = match clients.request(&gate, m.connection_id) {
+                    Ok(peer) => peer,
+                    Err(e) => {
+                        m.tx.send(Err(e)).await.ok();
+                        continue;
+                    }
+                };
+                let (tx, mut log) = (m.tx, m.rx);
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(update)) = log.recv().await {
+                        count_sent(&sent, peer, update);
+                    }
+                });
                 tokio::spawn(async move {
                     hang_over(hang).await;
                     // The requester may have given up meanwhile: nothing to tell.
-                    m.tx.send(Ok(())).await.ok();
+                    tx.send(Ok(())).await.ok();
                 });
             }
             ProviderMessage::ObserveRequestReceived(m) => {
-                let verdict = clients.request(&gate, m.connection_id);
+                let verdict = clients.request(&gate, m.connection_id).map(|_| ());
                 m.tx.send(verdict).await.ok();
             }
             ProviderMessage::GetManyRequestReceived(m) => {
-                if let Err(e) = clients.request(&gate, m.connection_id) {
-                    m.tx.send(Err(e)).await.ok();
-                    continue;
-                }
+                let peer = match clients.request(&gate, m.connection_id) {
+                    Ok(peer) => peer,
+                    Err(e) => {
+                        m.tx.send(Err(e)).await.ok();
+                        continue;
+                    }
+                };
+                let (tx, mut log) = (m.tx, m.rx);
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(update)) = log.recv().await {
+                        count_sent(&sent, peer, update);
+                    }
+                });
                 tokio::spawn(async move {
                     hang_over(hang).await;
-                    m.tx.send(Ok(())).await.ok();
+                    tx.send(Ok(())).await.ok();
                 });
             }
             // The mask asks for nothing else; anything more is not held.
             _ => {}
         }
     }
+}
+
+/// A request's transfer ended: its payload bytes count as sent to `peer`
+/// (an aborted one's too: they crossed the wire).
+fn count_sent(sent: &Sent, peer: EndpointId, update: RequestUpdate) {
+    let stats = match update {
+        RequestUpdate::Completed(c) => c.stats,
+        RequestUpdate::Aborted(a) => a.stats,
+        RequestUpdate::Started(_) | RequestUpdate::Progress(_) => return,
+    };
+    sent.add(peer, stats.payload_bytes_sent);
 }
 
 /// Wait until the switch no longer holds requests (it may be moved either
@@ -658,7 +722,7 @@ mod tests {
         let store = iroh_blobs::store::mem::MemStore::new();
         let tag = store.add_slice(b"members only").await.unwrap();
         let gate = Gate::new(None, vec![]);
-        let (events, _hang) = serve_events(gate.clone());
+        let (events, _hang, _sent) = serve_events(gate.clone());
         let server = bare_endpoint().await;
         let router = iroh::protocol::Router::builder(server.clone())
             .accept(

@@ -267,6 +267,8 @@ pub struct PeerStatus {
     pub rtt: Option<Duration>,
     /// Index streams it opened past the per-session cap, refused.
     pub refused_streams: u64,
+    /// File content bytes served to it since start.
+    pub bytes_sent: u64,
 }
 
 #[derive(Debug)]
@@ -482,6 +484,8 @@ pub(crate) struct Inner {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Holds blob requests while set (fault injection).
     pub(crate) hang: crate::blobs::HangSwitch,
+    /// Content bytes served to each member.
+    sent: crate::blobs::Sent,
 }
 
 /// The running mesh. Cheap to clone.
@@ -500,7 +504,7 @@ impl Mesh {
         let lan = opts.mdns.then(|| lan_lookup(&opts, &tag)).flatten();
         let endpoint = bind_endpoint(&opts, &gate, lan.as_ref(), &tag).await?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let (serve_events, hang) = crate::blobs::serve_events(gate.clone());
+        let (serve_events, hang, sent) = crate::blobs::serve_events(gate.clone());
         let me = endpoint.id();
         let admission = Admission::new();
         for id in opts.static_peers.iter().map(|(id, _)| id) {
@@ -537,6 +541,7 @@ impl Mesh {
             forgotten_peers: AtomicU64::new(0),
             shutdown: tokio::sync::watch::channel(false).0,
             hang,
+            sent,
         });
         let ctrl = CtrlHandler {
             inner: inner.clone(),
@@ -598,6 +603,7 @@ impl Mesh {
                     .as_ref()
                     .and_then(|l| l.conn.paths().iter().map(|p| p.rtt()).min()),
                 refused_streams: r.refused_streams.load(Ordering::Relaxed),
+                bytes_sent: self.inner.sent.to(id),
             })
             .collect();
         out.sort_by_key(|p| p.id);

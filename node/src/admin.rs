@@ -32,7 +32,6 @@ use fleetsync_actors::{
     rt,
     status::{snapshot, NodeStatus},
     supervisor::{
-        board::ActorState,
         faults::{Fault, FaultError},
         Injection,
     },
@@ -52,6 +51,7 @@ pub async fn serve(
     addr: SocketAddr,
     node: NodeHandle,
     reloads: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>,
+    metrics_cache: crate::metrics::Cache,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
@@ -62,7 +62,10 @@ pub async fn serve(
     let app = Router::new()
         .route("/status", get(status))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(metrics).layer(axum::Extension(metrics_cache)),
+        )
         .route("/history", get(history))
         .route("/folders/{id}/resume", post(resume))
         .route("/folders/{id}/pause", post(pause))
@@ -142,9 +145,19 @@ pub fn read_addr_file(data_dir: &std::path::Path) -> std::io::Result<SocketAddr>
 /// Record the bound address in `<data_dir>/admin.addr` (atomically: a
 /// reader sees the old file or the new one).
 pub fn write_addr_file(data_dir: &std::path::Path, addr: SocketAddr) -> std::io::Result<()> {
-    let tmp = data_dir.join(format!(".{ADDR_FILE}.tmp"));
+    write_named_addr_file(data_dir, ADDR_FILE, addr)
+}
+
+/// Record `addr` in `<data_dir>/<name>` atomically (the admin API's and
+/// the metrics listener's address files).
+pub fn write_named_addr_file(
+    data_dir: &std::path::Path,
+    name: &str,
+    addr: SocketAddr,
+) -> std::io::Result<()> {
+    let tmp = data_dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, format!("{addr}\n"))?;
-    std::fs::rename(&tmp, data_dir.join(ADDR_FILE))
+    std::fs::rename(&tmp, data_dir.join(name))
 }
 
 async fn status(State(node): State<NodeHandle>) -> Json<NodeStatus> {
@@ -290,219 +303,10 @@ async fn health(State(node): State<NodeHandle>) -> Response {
     }
 }
 
-async fn metrics(State(node): State<NodeHandle>) -> Response {
-    let st = snapshot(&node).await;
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, rows: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
-    gauge(
-        "fleetsync_healthy",
-        "1 if every actor answers its ping.",
-        vec![(String::new(), st.healthy as u8 as f64)],
-    );
-    gauge(
-        "fleetsync_peers_connected",
-        "Peers with a live authenticated session.",
-        vec![(
-            String::new(),
-            st.peers.iter().filter(|p| p.connected).count() as f64,
-        )],
-    );
-    gauge(
-        "fleetsync_peers_known",
-        "Peers this node knows of.",
-        vec![(String::new(), st.peers.len() as f64)],
-    );
-
-    let per = |f: &dyn Fn(&fleetsync_actors::status::FolderInfo) -> f64| {
-        st.folders
-            .iter()
-            .map(|x| (format!("{{folder=\"{}\"}}", x.id), f(x)))
-            .collect::<Vec<_>>()
-    };
-    gauge(
-        "fleetsync_folder_files",
-        "Files in the folder index.",
-        per(&|f| f.files as f64),
-    );
-    gauge(
-        "fleetsync_folder_bytes",
-        "Bytes of those files.",
-        per(&|f| f.bytes as f64),
-    );
-    gauge(
-        "fleetsync_folder_pending",
-        "Remote changes not yet applied.",
-        per(&|f| f.pending as f64),
-    );
-    gauge(
-        "fleetsync_folder_in_sync",
-        "1 if nothing is pending and peers sent all.",
-        per(&|f| f.in_sync as u8 as f64),
-    );
-    gauge(
-        "fleetsync_folder_conflicts_total",
-        "Conflict copies made.",
-        per(&|f| f.conflicts as f64),
-    );
-    gauge(
-        "fleetsync_folder_rejected_total",
-        "Entries or frames rejected from peers.",
-        per(&|f| f.rejected as f64),
-    );
-    gauge(
-        "fleetsync_folder_deferred_total",
-        "Remote entries deferred by max_pending / max_files (offered again later).",
-        per(&|f| f.deferred as f64),
-    );
-    gauge(
-        "fleetsync_folder_full",
-        "1 if the folder holds max_files paths and new remote paths wait.",
-        per(&|f| f.full as u8 as f64),
-    );
-    gauge(
-        "fleetsync_folder_files_received_total",
-        "Files written from peers.",
-        per(&|f| f.files_received as f64),
-    );
-    gauge(
-        "fleetsync_folder_bytes_received_total",
-        "Bytes fetched from peers.",
-        per(&|f| f.bytes_received as f64),
-    );
-    gauge(
-        "fleetsync_folder_deletes_held",
-        "Deletes from peers held by the mass-delete guard (fleetsync folder resume applies them).",
-        per(&|f| f.deletes_held as f64),
-    );
-    gauge(
-        "fleetsync_folder_versions_bytes",
-        "Bytes the folder's kept versions take on disk (compressed).",
-        per(&|f| f.versions_bytes as f64),
-    );
-    gauge(
-        "fleetsync_folder_versions",
-        "Versions the folder keeps.",
-        per(&|f| f.versions_count as f64),
-    );
-    gauge(
-        "fleetsync_folder_transfers",
-        "Transfers in progress.",
-        per(&|f| f.transfers.len() as f64),
-    );
-    actor_metrics(&mut out, &st);
-    growth_metrics(&mut out, &st);
-    retention_metrics(&mut out, &st);
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
-}
-
-/// What bounds the mesh keeps against a member making up identities or
-/// opening streams without end (issue 10).
-fn growth_metrics(out: &mut String, st: &NodeStatus) {
-    let _ = writeln!(
-        out,
-        "# HELP fleetsync_peers_forgotten_total Peers forgotten: unconfigured and unreachable, or evicted past the cap.\n\
-         # TYPE fleetsync_peers_forgotten_total counter\n\
-         fleetsync_peers_forgotten_total {}",
-        st.peers_forgotten
-    );
-    let _ = writeln!(
-        out,
-        "# HELP fleetsync_peer_refused_streams_total Index streams a peer opened past the per-session cap, refused.\n\
-         # TYPE fleetsync_peer_refused_streams_total counter"
-    );
-    for p in &st.peers {
-        let _ = writeln!(
-            out,
-            "fleetsync_peer_refused_streams_total{{peer=\"{}\"}} {}",
-            p.short_id, p.refused_streams
-        );
-    }
-}
-
-/// What retention did: per folder its last sweep and what sweeps removed;
-/// blob GC runs.
-fn retention_metrics(out: &mut String, st: &NodeStatus) {
-    type Get = fn(&fleetsync_actors::status::FolderInfo) -> u64;
-    let families: [(&str, &str, &str, Get); 5] = [
-        (
-            "fleetsync_retention_last_sweep_timestamp_seconds",
-            "gauge",
-            "Unix time of the folder's last retention sweep (0: never).",
-            |f| f.last_sweep_secs,
-        ),
-        (
-            "fleetsync_retention_swept_files_total",
-            "counter",
-            "Stale temp files and unused links retention removed.",
-            |f| f.swept_files,
-        ),
-        (
-            "fleetsync_retention_swept_bytes_total",
-            "counter",
-            "Bytes of those files.",
-            |f| f.swept_bytes,
-        ),
-        (
-            "fleetsync_versions_local_kept_total",
-            "counter",
-            "The node's own deletes and replacements kept as versions (versions.local = true).",
-            |f| f.versions_local_kept,
-        ),
-        (
-            "fleetsync_versions_local_missed_total",
-            "counter",
-            "The node's own changes whose old content had no intact copy left to keep \
-             (in-place overwrites, no hard link; versions.local = true).",
-            |f| f.versions_local_missed,
-        ),
-    ];
-    for (name, kind, help, get) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for f in &st.folders {
-            let _ = writeln!(out, "{name}{{folder=\"{}\"}} {}", f.id, get(f));
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP fleetsync_retention_gc_runs_total Blob garbage collection runs completed.\n\
-         # TYPE fleetsync_retention_gc_runs_total counter\n\
-         fleetsync_retention_gc_runs_total {}",
-        st.gc.runs
-    );
-}
-
-/// Per actor: restarts (a counter), health, and how long ago its work
-/// last moved.
-fn actor_metrics(out: &mut String, st: &NodeStatus) {
-    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&ActorState) -> f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for a in &st.actors {
-            let _ = writeln!(out, "{name}{{actor=\"{}\"}} {}", a.name, value(a));
-        }
-    };
-    family(
-        "fleetsync_actor_restarts_total",
-        "counter",
-        "Times the supervisor replaced this actor.",
-        &|a| a.restarts as f64,
-    );
-    family(
-        "fleetsync_actor_healthy",
-        "gauge",
-        "1 if the actor answers its pings and its work moves.",
-        &|a| a.healthy as u8 as f64,
-    );
-    family(
-        "fleetsync_actor_last_progress_seconds",
-        "gauge",
-        "Seconds since the actor's work last moved.",
-        &|a| a.last_progress_ms as f64 / 1000.0,
-    );
+/// `GET /metrics`: the snapshot the daemon keeps current, rendered (a
+/// scrape never waits on an actor; see [`crate::metrics`]).
+async fn metrics(axum::Extension(cache): axum::Extension<crate::metrics::Cache>) -> Response {
+    crate::metrics::serve::exposition(&cache)
 }
 
 /// `POST /debug/fault?kind=stall|panic&actor=hasher[&folder=ID][&for_ms=N]`,

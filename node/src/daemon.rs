@@ -105,20 +105,16 @@ pub fn run(config: Config, reload: Reload) -> anyhow::Result<i32> {
 async fn run_node(config: Config, mut reloader: Reloader) -> anyhow::Result<i32> {
     let node = fleetsync_actors::start_node(&config).await?;
     let (reloads, mut reload_requests) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
-    let served = crate::admin::serve(config.admin.listen, node.clone(), reloads).await;
-    let (admin, admin_addr) = match served {
-        Ok(h) => h,
+    let cache = crate::metrics::Cache::default();
+    let listeners = match serve(&config, &node, &cache, reloads).await {
+        Ok(l) => l,
         Err(e) => {
             node.shutdown().await;
             return Err(e);
         }
     };
-    if let Err(e) = crate::admin::write_addr_file(&config.data_dir, admin_addr) {
-        warn!(
-            "cannot write {}: {e}",
-            config.data_dir.join(crate::admin::ADDR_FILE).display()
-        );
-    }
+    let admin_addr = listeners.admin_addr;
+    let refresh = tokio::spawn(crate::metrics::keep_current(node.clone(), cache));
     info!(
         id = %node.id(),
         admin = %admin_addr,
@@ -148,8 +144,8 @@ async fn run_node(config: Config, mut reloader: Reloader) -> anyhow::Result<i32>
     notify(&[sd_notify::NotifyState::Stopping]);
     systemd.abort();
     trim.abort();
-    admin.abort();
-    let _ = std::fs::remove_file(config.data_dir.join(crate::admin::ADDR_FILE));
+    refresh.abort();
+    listeners.stop(&config.data_dir);
     // Shutdown must not hang forever on a wedged peer.
     if tokio::time::timeout(Duration::from_secs(10), node.shutdown())
         .await
@@ -158,6 +154,70 @@ async fn run_node(config: Config, mut reloader: Reloader) -> anyhow::Result<i32>
         warn!("shutdown took too long; exiting anyway");
     }
     Ok(code)
+}
+
+/// The HTTP listeners: the admin API and, with `[metrics] listen`, the
+/// metrics one.
+struct Listeners {
+    admin: tokio::task::JoinHandle<()>,
+    admin_addr: std::net::SocketAddr,
+    metrics: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Listeners {
+    /// Stop serving and remove the address files (a stale one would point
+    /// the CLI or a test at a port someone else may have by now).
+    fn stop(self, data_dir: &std::path::Path) {
+        self.admin.abort();
+        if let Some(m) = self.metrics {
+            m.abort();
+        }
+        for file in [crate::admin::ADDR_FILE, crate::metrics::serve::ADDR_FILE] {
+            // Best effort: the file may never have been written.
+            std::fs::remove_file(data_dir.join(file)).ok();
+        }
+    }
+}
+
+/// Bind the admin API and the metrics listener (if configured), each
+/// recording its address in the data dir.
+async fn serve(
+    config: &Config,
+    node: &NodeHandle,
+    cache: &crate::metrics::Cache,
+    reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
+) -> anyhow::Result<Listeners> {
+    let (admin, admin_addr) =
+        crate::admin::serve(config.admin.listen, node.clone(), reloads, cache.clone()).await?;
+    record_addr(config, crate::admin::ADDR_FILE, admin_addr);
+    let mut listeners = Listeners {
+        admin,
+        admin_addr,
+        metrics: None,
+    };
+    if let Some(m) = &config.metrics {
+        let served =
+            crate::metrics::serve::serve(m.listen, m.bearer_token.as_ref(), cache.clone()).await;
+        let (task, addr) = match served {
+            Ok(s) => s,
+            Err(e) => {
+                listeners.stop(&config.data_dir);
+                return Err(e);
+            }
+        };
+        record_addr(config, crate::metrics::serve::ADDR_FILE, addr);
+        info!(metrics = %addr, token = m.bearer_token.is_some(), "serving /metrics");
+        listeners.metrics = Some(task);
+    }
+    Ok(listeners)
+}
+
+/// Write `<data_dir>/<file>` with a bound address; a failure is logged
+/// (the node runs on; only the CLI's or a test's lookup suffers).
+fn record_addr(config: &Config, file: &str, addr: std::net::SocketAddr) {
+    if let Err(e) = crate::admin::write_named_addr_file(&config.data_dir, file, addr) {
+        warn!("cannot write {}: {e}", config.data_dir.join(file).display());
+    }
 }
 
 /// How often `STATUS=` is refreshed for the service manager.

@@ -10,6 +10,8 @@
 //!   signal handling.
 //! - [`admin`]: the local admin API on 127.0.0.1 (JSON status, history,
 //!   health, Prometheus metrics) and the text rendering the CLI prints.
+//! - [`metrics`]: `/metrics` (prometheus-client) from a snapshot kept
+//!   current once a second, and the `[metrics] listen` listener.
 //! - [`client`]: the CLI side of the admin API.
 //! - [`reload`]: SIGHUP / `fleetsync reload`: what a running node changes
 //!   (peers, allow/deny, log level) and what needs a restart.
@@ -28,5 +30,6 @@ pub mod demo;
 pub mod invite;
 pub mod memory;
 pub mod reload;
+pub mod metrics;
 pub mod restore;
 pub mod wait;

@@ -291,7 +291,7 @@ async fn fetch_into_store(
         let res = watched(fetch, &t.done, folder.transfer_stall, &sources.health).await;
         match attempt_failed(folder, job, &hash, peer, res) {
             Ok(n) => {
-                folder.status.bytes_in.fetch_add(n, Ordering::Relaxed);
+                folder.status.received(&peer, n);
                 return Ok(());
             }
             Err(e) => last = Some(e),
@@ -384,7 +384,7 @@ async fn fetch_direct(
         let res = watched(fetch, &t.done, folder.transfer_stall, &sources.health).await;
         // Counted whether or not it completed: these bytes crossed the wire.
         let n = t.done.load(Ordering::Relaxed);
-        folder.status.bytes_in.fetch_add(n, Ordering::Relaxed);
+        folder.status.received(&peer, n);
         match attempt_failed(folder, job, &hash, peer, res) {
             Ok(_) => return Ok(Staged::Tmp(name)),
             Err(e) => last = Some(e),
@@ -533,7 +533,7 @@ async fn fetch_many(
     let res = watched(fetch, &bytes, folder.transfer_stall, &sources.health).await;
     let why = match res {
         Ok(Ok((got, n))) => {
-            folder.status.bytes_in.fetch_add(n, Ordering::Relaxed);
+            folder.status.received(&peer, n);
             let got: HashSet<Hash> = got.into_iter().collect();
             return keep_arrived(items, &got);
         }

@@ -66,7 +66,10 @@ fn unbounded_growth_pending_rows_stop_at_max_pending() {
         folder_u64(a, "deferred") > 0 && folder_u64(a, "pending") >= cap
     });
     assert_eq!(folder_u64(a, "pending"), cap, "at most max_pending rows");
-    assert!(metric(a, "fleetsync_folder_deferred_total") > 0.0);
+    // /metrics serves a snapshot up to a second old.
+    wait_until(DEADLINE, "deferred entries in /metrics", || {
+        metric(a, "fleetsync_folder_deferred_total") > 0.0
+    });
     sync_honest_file(b, a, "honest.txt", b"honest work\n");
     sync_honest_file(a, b, "back.txt", b"and back\n");
     assert_eq!(folder_u64(a, "pending"), cap, "still capped");
@@ -109,7 +112,9 @@ fn unbounded_growth_entries_stop_at_max_files() {
         err.contains("folder full") && err.contains("max_files"),
         "{f}"
     );
-    assert_eq!(metric(a, "fleetsync_folder_full"), 1.0);
+    wait_until(DEADLINE, "the full folder in /metrics", || {
+        metric(a, "fleetsync_folder_full") == 1.0
+    });
     sync_honest_file(b, a, "honest.txt", b"v2\n");
     assert!(a.status().is_some(), "the node is up");
 }
