@@ -29,7 +29,7 @@ pub mod daemon;
 pub mod demo;
 pub mod invite;
 pub mod memory;
-pub mod reload;
 pub mod metrics;
+pub mod reload;
 pub mod restore;
 pub mod wait;
