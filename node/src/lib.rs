@@ -11,6 +11,8 @@
 //! - [`admin`]: the local admin API on 127.0.0.1 (JSON status, history,
 //!   health, Prometheus metrics) and the text rendering the CLI prints.
 //! - [`client`]: the CLI side of the admin API.
+//! - [`doctor`]: `doctor` — offline checks of the setup, then the running
+//!   node's health, peers and recent errors, each with its fix.
 //! - [`wait`]: `status`'s exit code and `wait --in-sync` (judging `/status`).
 //! - [`restore`]: `restore`'s arguments (a version, a time) and its text.
 //! - [`demo`]: a 3-node cluster on loopback that shows sync happening.
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod invite;
 pub mod memory;
 pub mod restore;

@@ -20,7 +20,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{atomic::Ordering, Arc},
+    sync::Arc,
     time::Duration,
 };
 
@@ -205,10 +205,11 @@ impl Outcomes {
 
     fn rejected(&mut self, job: &Job, rows: Vec<Key>, e: ApplyError) {
         warn!(folder = self.folder.id(), path = %job.path, "rejected remote entry: {e}");
-        self.folder.status.rejected.fetch_add(1, Ordering::Relaxed);
-        self.folder
-            .status
-            .error(format!("rejected {}: {e}", job.path));
+        self.folder.status.reject(
+            fleetsync_mesh::model::ShortId::from_node_id(&job.from),
+            format!("rejected {}: {e}", job.path),
+            true,
+        );
         self.batch.commit.resolved.extend(rows.iter().cloned());
         self.batch.rows.extend(rows);
         self.report.progressed = true;
