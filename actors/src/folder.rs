@@ -910,12 +910,18 @@ mod tests {
         for i in 0..RECENT_EVENTS + 5 {
             st.reject(ShortId(7), format!("rejected {i}"), false);
         }
-        assert_eq!(st.rejected.load(Ordering::Relaxed), RECENT_EVENTS as u64 + 5);
+        assert_eq!(
+            st.rejected.load(Ordering::Relaxed),
+            RECENT_EVENTS as u64 + 5
+        );
         let recent = st.recent();
         assert_eq!(recent.len(), RECENT_EVENTS, "the oldest went");
         assert_eq!(recent[0].message, "rejected 5");
         assert_eq!(recent[0].kind, RecentKind::Rejected);
-        assert_eq!(recent[0].peer.as_deref(), Some(ShortId(7).to_string().as_str()));
+        assert_eq!(
+            recent[0].peer.as_deref(),
+            Some(ShortId(7).to_string().as_str())
+        );
         assert_eq!(
             st.last_error().as_deref(),
             Some("cannot write a: Permission denied"),

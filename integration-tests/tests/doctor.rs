@@ -40,9 +40,10 @@ fn doctor_until(n: &Node, what: &str, want: impl Fn(i32, &str) -> bool) -> Strin
 /// The report line of check `name`, and the line after it.
 fn line_of<'a>(out: &'a str, name: &str) -> Option<(&'a str, Option<&'a str>)> {
     let lines: Vec<&str> = out.lines().collect();
-    let i = lines
-        .iter()
-        .position(|l| l.split_once("  ").is_some_and(|(_, rest)| rest.trim_start().starts_with(&format!("{name}: "))))?;
+    let i = lines.iter().position(|l| {
+        l.split_once("  ")
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(&format!("{name}: ")))
+    })?;
     Some((lines[i], lines.get(i + 1).copied()))
 }
 
@@ -62,7 +63,14 @@ fn doctor_passes_with_the_peer_and_its_rtt_warns_when_it_stops_and_fails_when_th
                 l.starts_with("ok ") && l.contains("rtt ") && !l.contains("not measured")
             })
     });
-    for check in ["config", "data dir", "folder shared", "node", "clock offset", "recent errors"] {
+    for check in [
+        "config",
+        "data dir",
+        "folder shared",
+        "node",
+        "clock offset",
+        "recent errors",
+    ] {
         let (l, _) = line_of(&out, check).unwrap_or_else(|| panic!("no {check} line:\n{out}"));
         assert!(l.starts_with("ok "), "{l}\n{out}");
     }
@@ -82,11 +90,14 @@ fn doctor_passes_with_the_peer_and_its_rtt_warns_when_it_stops_and_fails_when_th
     c.nodes[1].stop();
     let out = doctor_until(&c.nodes[0], "the stopped peer reported", |code, out| {
         code == EXIT_WARN
-            && line_of(out, &peer).is_some_and(|(l, _)| l.starts_with("warn ") && l.contains("not connected"))
+            && line_of(out, &peer)
+                .is_some_and(|(l, _)| l.starts_with("warn ") && l.contains("not connected"))
     });
     let (_, fix) = line_of(&out, &peer).unwrap();
     assert!(
-        fix.is_some_and(|f| f.trim_start().starts_with("fix: ") && f.contains("systemctl start fleetsync")),
+        fix.is_some_and(
+            |f| f.trim_start().starts_with("fix: ") && f.contains("systemctl start fleetsync")
+        ),
         "{out}"
     );
 
@@ -94,7 +105,10 @@ fn doctor_passes_with_the_peer_and_its_rtt_warns_when_it_stops_and_fails_when_th
     let (code, out, err) = c.nodes[0].cli(&["doctor"]);
     assert_eq!(code, EXIT_FAIL, "{out}{err}");
     let (node, fix) = line_of(&out, "node").unwrap_or_else(|| panic!("no node line:\n{out}"));
-    assert!(node.starts_with("fail ") && node.contains("not running"), "{out}");
+    assert!(
+        node.starts_with("fail ") && node.contains("not running"),
+        "{out}"
+    );
     assert!(fix.is_some_and(|f| f.contains("fix: ")), "{out}");
     // What it can check offline, it still does.
     let (dir, _) = line_of(&out, "data dir").unwrap();
@@ -121,8 +135,16 @@ fn a_config_that_does_not_load_is_a_fail_line_naming_the_key() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(EXIT_FAIL), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_FAIL),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (line, fix) = line_of(&text, "config").unwrap_or_else(|| panic!("no config line:\n{text}"));
-    assert!(line.starts_with("fail ") && line.contains("mesh.listen"), "{text}");
+    assert!(
+        line.starts_with("fail ") && line.contains("mesh.listen"),
+        "{text}"
+    );
     assert!(fix.is_some_and(|f| f.contains("fix: ")), "{text}");
 }

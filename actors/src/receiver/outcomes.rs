@@ -18,11 +18,7 @@
 //! of a replaced receiver incarnation is refused inside its transaction
 //! (the generation fence) and does nothing: the new incarnation redoes it.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use fleetsync_mesh::StoreError;
 use tracing::{debug, error, info, warn};

@@ -15,10 +15,7 @@
 //! the batch again: the deferred entries arrive once rows drain, and a
 //! restart in between resumes from the mark. Nothing is dropped.
 
-use std::{
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use actix::{Addr, MailboxError};
 use async_trait::async_trait;

@@ -97,18 +97,26 @@ fn directory(name: &str, path: &Path, key: &str, folder: Option<&FolderConfig>) 
         "{}: owner {owner}, mode {mode:04o}, on {fs}",
         path.display()
     );
-    if let Err(e) = rustix::fs::access(path, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK) {
+    if let Err(e) = rustix::fs::access(
+        path,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    ) {
         let me = user_name(rustix::process::geteuid().as_raw());
         return Check::fail(
             name,
             format!("{described}, not writable by {me}: {e}"),
-            format!("chown -R {me} {} (or run fleetsync as {owner})", path.display()),
+            format!(
+                "chown -R {me} {} (or run fleetsync as {owner})",
+                path.display()
+            ),
         );
     }
     match folder {
         Some(f) if f.watch == WatchMode::Notify && is_network_fs(&fs) => Check::warn(
             name,
-            format!("{described}, writable; inotify does not see changes other machines make on {fs}"),
+            format!(
+                "{described}, writable; inotify does not see changes other machines make on {fs}"
+            ),
             format!(
                 "set watch = \"poll\" in the [[folders]] block with id = \"{}\"",
                 f.id
@@ -177,11 +185,13 @@ fn free_space(config: &Config, f: &FolderConfig) -> Check {
         match space::fs_space(p) {
             Ok(s) => filesystems.push(s),
             // The directory check already says why it is missing.
-            Err(e) => return Check::warn(
-                name,
-                format!("cannot measure free space at {}: {e}", p.display()),
-                format!("create {} first (see the line above)", p.display()),
-            ),
+            Err(e) => {
+                return Check::warn(
+                    name,
+                    format!("cannot measure free space at {}: {e}", p.display()),
+                    format!("create {} first (see the line above)", p.display()),
+                )
+            }
         }
     }
     match space::decide(&filesystems, 0, f.min_free) {
@@ -210,7 +220,7 @@ fn free_space(config: &Config, f: &FolderConfig) -> Check {
             ),
             format!(
                 "free at least {} on the filesystem of {}, or lower min_free in the [[folders]] block with id = \"{}\"",
-                human_bytes(no.reserve - no.avail.min(no.reserve)),
+                human_bytes(no.reserve.saturating_sub(no.avail)),
                 no.fs.display(),
                 f.id
             ),
@@ -277,7 +287,10 @@ fn watch_check(dirs: u64, max: u64, folders: usize) -> Check {
         Check::fail(
             name,
             format!("{detail}: changes in the rest go unseen until a rescan"),
-            format!("{} (or set watch = \"poll\" on the biggest folders)", sysctl_fix("max_user_watches", raise)),
+            format!(
+                "{} (or set watch = \"poll\" on the biggest folders)",
+                sysctl_fix("max_user_watches", raise)
+            ),
         )
     } else if dirs > max / 4 * 3 {
         Check::warn(

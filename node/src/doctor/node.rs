@@ -85,9 +85,8 @@ pub fn checks(config: &Config, config_path: &Path) -> Vec<Check> {
 /// `/status`, or the `fail` line saying why there is none.
 fn fetch(config: &Config) -> Result<NodeView, Check> {
     let start = "systemctl start fleetsync (or: fleetsync run --config FILE)";
-    let addr = client::admin_addr(config).map_err(|e| {
-        Check::fail("node", format!("not running: {e}"), start)
-    })?;
+    let addr = client::admin_addr(config)
+        .map_err(|e| Check::fail("node", format!("not running: {e}"), start))?;
     let body = client::get(addr, "/status").map_err(|e| {
         if e.downcast_ref::<client::Unreachable>().is_some() {
             Check::fail(
@@ -224,9 +223,9 @@ pub fn peers(config: &Config, v: &NodeView) -> Vec<Check> {
 fn peer_line(s: &PeerView) -> Check {
     let name = format!("peer {}", s.short_id);
     if s.connected {
-        let rtt = s
-            .rtt_ms
-            .map_or("rtt not measured yet".to_string(), |r| format!("rtt {r:.1} ms"));
+        let rtt = s.rtt_ms.map_or("rtt not measured yet".to_string(), |r| {
+            format!("rtt {r:.1} ms")
+        });
         return Check::ok(
             name,
             format!(
@@ -278,7 +277,11 @@ pub fn recent(v: &NodeView, now: u64, config_path: &Path) -> Vec<Check> {
     }
     let mut groups: BTreeMap<(bool, String, String), Group> = BTreeMap::new();
     for f in &v.folders {
-        for e in f.recent.iter().filter(|e| e.at_secs + RECENT_WINDOW_SECS >= now) {
+        for e in f
+            .recent
+            .iter()
+            .filter(|e| e.at_secs + RECENT_WINDOW_SECS >= now)
+        {
             let rejected = e.kind == "rejected";
             let key = if rejected {
                 e.peer.clone().unwrap_or_else(|| "?".into())

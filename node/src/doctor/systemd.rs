@@ -34,9 +34,10 @@ pub fn judge(booted: bool, load: Option<&str>, active: Option<&str>) -> Check {
     }
     match (load, active) {
         (None, _) => Check::ok(NAME, "systemctl did not answer (skipped)"),
-        (Some(l), _) if l != "loaded" => {
-            Check::ok(NAME, format!("no {UNIT} installed (LoadState {l}; skipped)"))
-        }
+        (Some(l), _) if l != "loaded" => Check::ok(
+            NAME,
+            format!("no {UNIT} installed (LoadState {l}; skipped)"),
+        ),
         (_, Some("active")) => Check::ok(NAME, format!("{UNIT} is active")),
         (_, Some("failed")) => Check::fail(
             NAME,

@@ -93,7 +93,10 @@ fn a_healthy_setup_passes_every_offline_check_and_fails_only_for_the_stopped_nod
     let node = find(&r, "node");
     assert_eq!(node.status, Status::Fail, "{}", r.text());
     assert!(node.detail.contains("not running"), "{}", r.text());
-    assert!(node.fix.as_deref().unwrap().contains("fleetsync"), "{node:?}");
+    assert!(
+        node.fix.as_deref().unwrap().contains("fleetsync"),
+        "{node:?}"
+    );
     assert_eq!(r.exit_code(), EXIT_FAIL);
     let text = r.text();
     assert!(text.contains("ok    data dir: "), "{text}");
@@ -113,7 +116,11 @@ fn a_bad_config_is_one_fail_line_naming_the_key_not_a_crash() {
 
     let missing = diagnose(Path::new("/nonexistent/fleetsync.toml"), &Probe::default());
     assert_eq!(missing.checks[0].status, Status::Fail);
-    assert!(missing.checks[0].fix.as_deref().unwrap().contains("fleetsync init"));
+    assert!(missing.checks[0]
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("fleetsync init"));
 }
 
 #[test]
@@ -201,12 +208,27 @@ fn inotify_limits_are_judged_against_the_directory_count() {
 
     set_limits(&s.inotify, 7, 1);
     let r = diagnose_at(&s);
-    assert_eq!(find(&r, "inotify watches").status, Status::Warn, "{}", r.text());
-    assert_eq!(find(&r, "inotify instances").status, Status::Warn, "{}", r.text());
+    assert_eq!(
+        find(&r, "inotify watches").status,
+        Status::Warn,
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        find(&r, "inotify instances").status,
+        Status::Warn,
+        "{}",
+        r.text()
+    );
 
     set_limits(&s.inotify, 1000, 0);
     let r = diagnose_at(&s);
-    assert_eq!(find(&r, "inotify instances").status, Status::Fail, "{}", r.text());
+    assert_eq!(
+        find(&r, "inotify instances").status,
+        Status::Fail,
+        "{}",
+        r.text()
+    );
 
     // Polled folders need no watches.
     let polled = setup("watch = \"poll\"");
@@ -252,20 +274,26 @@ fn a_connected_peer_is_ok_with_its_rtt_and_a_lost_one_warns_with_a_fix() {
     let c = node::peers(&config, &down);
     assert_eq!(c[0].status, Status::Warn);
     assert!(c[0].detail.contains("last error: timed out"), "{:?}", c[0]);
-    assert!(c[0].fix.as_deref().unwrap().contains("127.0.0.1:4000"), "{:?}", c[0]);
+    assert!(
+        c[0].fix.as_deref().unwrap().contains("127.0.0.1:4000"),
+        "{:?}",
+        c[0]
+    );
 
     let unknown = view(serde_json::json!({"short_id": "me", "healthy": true}));
     let c = node::peers(&config, &unknown);
     assert_eq!(c[0].status, Status::Warn);
-    assert!(c[0].fix.as_deref().unwrap().contains("restart"), "{:?}", c[0]);
+    assert!(
+        c[0].fix.as_deref().unwrap().contains("restart"),
+        "{:?}",
+        c[0]
+    );
 }
 
 #[test]
 fn recent_errors_are_grouped_within_ten_minutes_errors_first() {
     let now = 10_000;
-    let ev = |ago: u64, kind: &str, peer: Option<&str>, msg: &str| {
-        serde_json::json!({"at_secs": now - ago, "kind": kind, "peer": peer, "message": msg})
-    };
+    let ev = |ago: u64, kind: &str, peer: Option<&str>, msg: &str| serde_json::json!({"at_secs": now - ago, "kind": kind, "peer": peer, "message": msg});
     let v = view(serde_json::json!({
         "short_id": "me", "healthy": true,
         "folders": [{"id": "shared", "recent": [
@@ -283,8 +311,14 @@ fn recent_errors_are_grouped_within_ten_minutes_errors_first() {
     assert!(c[0].detail.contains("Permission denied"), "{:?}", c[0]);
     assert_eq!(c[1].name, "folder shared rejected input");
     assert!(c[1].detail.starts_with("3× from peer bb"), "{:?}", c[1]);
-    assert!(c[1].detail.contains("rejected z: bad"), "latest shown: {:?}", c[1]);
-    assert!(c.iter().all(|c| c.status == Status::Warn && c.fix.is_some()));
+    assert!(
+        c[1].detail.contains("rejected z: bad"),
+        "latest shown: {:?}",
+        c[1]
+    );
+    assert!(c
+        .iter()
+        .all(|c| c.status == Status::Warn && c.fix.is_some()));
 
     let quiet = view(serde_json::json!({"short_id": "me", "healthy": true,
         "folders": [{"id": "shared", "recent": [ev(900, "error", None, "old")]}]}));
@@ -330,5 +364,9 @@ fn exit_codes_and_json_follow_the_worst_check() {
     assert_eq!(j["checks"][0]["status"], "ok");
     r.checks.push(Check::fail("c", "bad", "do y"));
     assert_eq!(r.exit_code(), EXIT_FAIL);
-    assert!(r.text().contains("fail  c: bad\n      fix: do y\n"), "{}", r.text());
+    assert!(
+        r.text().contains("fail  c: bad\n      fix: do y\n"),
+        "{}",
+        r.text()
+    );
 }
