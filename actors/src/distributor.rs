@@ -20,7 +20,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{Arc, Mutex},
 };
 
 use actix::prelude::*;
@@ -207,9 +207,13 @@ impl SharedFolders for Shared {
 
     /// An entry too large to send (a hostile vector merged locally): counted
     /// with the folder's other rejected hostile input.
-    fn unsendable(&self, _: &Peer, folder: &str, _: &FileEntry) {
+    fn unsendable(&self, peer: &Peer, folder: &str, entry: &FileEntry) {
         if let Some(f) = self.folders.get(folder) {
-            f.status.rejected.fetch_add(1, Ordering::Relaxed);
+            f.status.reject(
+                peer.short,
+                format!("not sent {}: its entry is too large to send", entry.path),
+                false,
+            );
         }
     }
 }

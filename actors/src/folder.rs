@@ -8,7 +8,7 @@
 //! persistent lives in the index.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
@@ -29,6 +29,30 @@ use crate::{
     tombs::Readers,
     versions::Versions,
 };
+
+/// How many errors and rejected inputs a folder remembers (status's
+/// `recent`, which `fleetsync doctor` reads).
+pub const RECENT_EVENTS: usize = 64;
+
+/// What a [`RecentEvent`] was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecentKind {
+    /// Something the folder failed to do (its `last_error`).
+    Error,
+    /// Input from a peer refused (counted in `rejected`).
+    Rejected,
+}
+
+/// One remembered error or rejected input.
+#[derive(Debug, Clone)]
+pub struct RecentEvent {
+    pub at: SystemTime,
+    pub kind: RecentKind,
+    /// The peer (short id) the input came from, for rejected input.
+    pub peer: Option<String>,
+    pub message: String,
+}
 
 /// A transfer in progress, for `fleetsync status`.
 #[derive(Debug, Clone)]
@@ -67,6 +91,9 @@ pub struct FolderStatus {
     /// Folder-level fault (marker missing, root unreadable): no sync.
     fault: Mutex<Option<String>>,
     last_error: Mutex<Option<(SystemTime, String)>>,
+    /// The last [`RECENT_EVENTS`] errors and rejected inputs, with their
+    /// time (`fleetsync doctor` groups the last minutes of them).
+    recent: Mutex<VecDeque<RecentEvent>>,
     transfers: Mutex<BTreeMap<String, Transfer>>,
     pub files_in: AtomicU64,
     pub files_out_announced: AtomicU64,
@@ -154,6 +181,7 @@ impl Default for FolderStatus {
             syncing: AtomicBool::new(false),
             fault: Mutex::new(None),
             last_error: Mutex::new(None),
+            recent: Mutex::new(VecDeque::new()),
             transfers: Mutex::new(BTreeMap::new()),
             files_in: AtomicU64::new(0),
             files_out_announced: AtomicU64::new(0),
@@ -211,8 +239,50 @@ impl FolderStatus {
         self.bytes_in_by_peer.lock().expect("status lock").clone()
     }
 
+    /// An error to show as the folder's last one (and remember as recent).
     pub fn error(&self, msg: impl Into<String>) {
-        *self.last_error.lock().expect("status lock") = Some((SystemTime::now(), msg.into()));
+        let msg = msg.into();
+        self.remember(RecentKind::Error, None, &msg);
+        self.set_last_error(msg);
+    }
+
+    fn set_last_error(&self, msg: String) {
+        *self.last_error.lock().expect("status lock") = Some((SystemTime::now(), msg));
+    }
+
+    /// Input from `peer` refused (already logged): counted, remembered as
+    /// recent; `last` also makes it the folder's last error.
+    pub fn reject(&self, peer: ShortId, msg: String, last: bool) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.remember(RecentKind::Rejected, Some(peer), &msg);
+        if last {
+            self.set_last_error(msg);
+        }
+    }
+
+    /// Bounded: the oldest event goes when the ring is full, so a peer
+    /// sending garbage without end costs a fixed amount of memory.
+    fn remember(&self, kind: RecentKind, peer: Option<ShortId>, msg: &str) {
+        let mut recent = self.recent.lock().expect("status lock");
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back(RecentEvent {
+            at: SystemTime::now(),
+            kind,
+            peer: peer.map(|p| p.to_string()),
+            message: msg.to_string(),
+        });
+    }
+
+    /// The remembered errors and rejected inputs, oldest first.
+    pub fn recent(&self) -> Vec<RecentEvent> {
+        self.recent
+            .lock()
+            .expect("status lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// While `Some`: `peer`'s new paths wait because the folder is full
@@ -891,5 +961,33 @@ mod tests {
         }
         assert_eq!(g.expire(RELEASE_GRACE).len(), GRAVEYARD_MAX + 1);
         assert_eq!(g.len, 0);
+    }
+
+    #[test]
+    fn recent_errors_and_rejections_are_remembered_in_a_bounded_ring() {
+        let st = FolderStatus::default();
+        st.error("cannot write a: Permission denied");
+        for i in 0..RECENT_EVENTS + 5 {
+            st.reject(ShortId(7), format!("rejected {i}"), false);
+        }
+        assert_eq!(
+            st.rejected.load(Ordering::Relaxed),
+            RECENT_EVENTS as u64 + 5
+        );
+        let recent = st.recent();
+        assert_eq!(recent.len(), RECENT_EVENTS, "the oldest went");
+        assert_eq!(recent[0].message, "rejected 5");
+        assert_eq!(recent[0].kind, RecentKind::Rejected);
+        assert_eq!(
+            recent[0].peer.as_deref(),
+            Some(ShortId(7).to_string().as_str())
+        );
+        assert_eq!(
+            st.last_error().as_deref(),
+            Some("cannot write a: Permission denied"),
+            "a rejection without `last` leaves the last error alone"
+        );
+        st.reject(ShortId(7), "rejected x".into(), true);
+        assert_eq!(st.last_error().as_deref(), Some("rejected x"));
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     distributor::{msg::GetOutbound, Outbound},
-    folder::{Folder, FolderMaps},
+    folder::{Folder, FolderMaps, FolderStatus, RecentKind},
     index::{FolderMeta, IndexError},
     receiver::{msg::GetInbound, Inbound},
     rt,
@@ -159,6 +159,9 @@ pub struct FolderInfo {
     pub deletes_waiting: u64,
     /// Paused by the operator (`fleetsync folder pause`).
     pub paused: bool,
+    /// The folder's last errors and rejected inputs (at most
+    /// [`crate::folder::RECENT_EVENTS`]), oldest first.
+    pub recent: Vec<RecentInfo>,
     /// When retention last swept the folder (RFC 3339), if ever.
     pub last_sweep: Option<String>,
     /// Unix seconds of that sweep (0: never), for metrics.
@@ -166,6 +169,18 @@ pub struct FolderInfo {
     /// Files (temp files, unused links) retention removed, and their bytes.
     pub swept_files: u64,
     pub swept_bytes: u64,
+}
+
+/// One remembered error or rejected input (`fleetsync doctor` groups the
+/// last minutes of them).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentInfo {
+    /// Unix seconds.
+    pub at_secs: u64,
+    pub kind: RecentKind,
+    /// The peer (short id) a rejected input came from.
+    pub peer: Option<String>,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -358,6 +373,7 @@ async fn folder_info(
         deletes_held_of,
         deletes_waiting,
         paused: folder.is_paused(),
+        recent: recent(st),
         last_sweep: rfc3339_ms(st.sweeps.last_ms.load(Ordering::Relaxed)),
         last_sweep_secs: st.sweeps.last_ms.load(Ordering::Relaxed) / 1000,
         swept_files: st.sweeps.files.load(Ordering::Relaxed),
@@ -429,6 +445,21 @@ fn folder_peers(
                 sent_all: out.is_some_and(|o| o.caught_up),
                 sent_seq: out.map(|o| o.sent_seq).unwrap_or(0),
             }
+        })
+        .collect()
+}
+
+fn recent(st: &FolderStatus) -> Vec<RecentInfo> {
+    st.recent()
+        .into_iter()
+        .map(|e| RecentInfo {
+            at_secs: e
+                .at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            kind: e.kind,
+            peer: e.peer,
+            message: e.message,
         })
         .collect()
 }

@@ -3,6 +3,7 @@
 //! 5 node unhealthy (`status`), 6 a folder faulted (`status`),
 //! 7 not in sync before the timeout (`wait`),
 //! 70 the node gave up after repeated actor crashes.
+//! `doctor` has its own: 0 all ok, 1 a check failed, 2 warnings only.
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +66,16 @@ enum Cmd {
     Reload {
         #[command(flatten)]
         at: Where,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this node's setup and, when it runs, the node itself: one
+    /// line per check (ok, warn, fail) and the fix for every line that is
+    /// not ok. Exit code: 0 all ok, 1 something failed, 2 warnings only.
+    Doctor {
+        #[command(flatten)]
+        at: Where,
+        /// One JSON object: {"checks":[{name,status,detail,fix}],"summary":{...}}.
         #[arg(long)]
         json: bool,
     },
@@ -396,6 +407,7 @@ pub fn main() -> i32 {
         Cmd::Status { at, json } => status(at, json),
         Cmd::Wait(a) => wait(a),
         Cmd::Reload { at, json } => reload(at, json),
+        Cmd::Doctor { at, json } => at.config_path().and_then(|p| crate::doctor::run(&p, json)),
         Cmd::History {
             at,
             folder,

@@ -15,6 +15,8 @@
 //! - [`client`]: the CLI side of the admin API.
 //! - [`reload`]: SIGHUP / `fleetsync reload`: what a running node changes
 //!   (peers, allow/deny, log level) and what needs a restart.
+//! - [`doctor`]: `doctor` — offline checks of the setup, then the running
+//!   node's health, peers and recent errors, each with its fix.
 //! - [`wait`]: `status`'s exit code and `wait --in-sync` (judging `/status`).
 //! - [`restore`]: `restore`'s arguments (a version, a time) and its text.
 //! - [`demo`]: a 3-node cluster on loopback that shows sync happening.
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod invite;
 pub mod memory;
 pub mod metrics;

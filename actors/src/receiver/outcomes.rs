@@ -18,11 +18,7 @@
 //! of a replaced receiver incarnation is refused inside its transaction
 //! (the generation fence) and does nothing: the new incarnation redoes it.
 
-use std::{
-    collections::HashMap,
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use fleetsync_mesh::StoreError;
 use tracing::{debug, error, info, warn};
@@ -205,10 +201,11 @@ impl Outcomes {
 
     fn rejected(&mut self, job: &Job, rows: Vec<Key>, e: ApplyError) {
         warn!(folder = self.folder.id(), path = %job.path, "rejected remote entry: {e}");
-        self.folder.status.rejected.fetch_add(1, Ordering::Relaxed);
-        self.folder
-            .status
-            .error(format!("rejected {}: {e}", job.path));
+        self.folder.status.reject(
+            fleetsync_mesh::model::ShortId::from_node_id(&job.from),
+            format!("rejected {}: {e}", job.path),
+            true,
+        );
         self.batch.commit.resolved.extend(rows.iter().cloned());
         self.batch.rows.extend(rows);
         self.report.progressed = true;

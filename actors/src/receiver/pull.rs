@@ -15,14 +15,12 @@
 //! the batch again: the deferred entries arrive once rows drain, and a
 //! restart in between resumes from the mark. Nothing is dropped.
 
-use std::{
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use actix::{Addr, MailboxError};
 use async_trait::async_trait;
 use fleetsync_mesh::{
+    identity::short_id,
     index_stream::{self, BoxError, IndexSink, Mark},
     model::{EntryKind, FileEntry},
     EndpointId, PeerSession,
@@ -180,7 +178,13 @@ impl IndexSink for Sink {
     }
 
     fn rejected(&self) {
-        self.folder.status.rejected.fetch_add(1, Ordering::Relaxed);
+        // The reason is in the log line the index stream wrote.
+        self.folder.status.reject(
+            short_id(&self.peer),
+            "rejected malformed or invalid index data from the peer (the log has the reason)"
+                .to_string(),
+            false,
+        );
     }
 }
 
