@@ -517,22 +517,8 @@ pub fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
 fn suggest<'a>(wrong: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let wrong_lc = wrong.to_ascii_lowercase();
     candidates
-        .map(|c| (edit_distance(&wrong_lc, &c.to_ascii_lowercase()), c))
+        .map(|c| (strsim::levenshtein(&wrong_lc, &c.to_ascii_lowercase()), c))
         .filter(|(d, c)| *d <= (c.len() / 3).clamp(1, 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let subst = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }

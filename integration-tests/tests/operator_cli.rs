@@ -189,6 +189,21 @@ fn init_config() -> (tempfile::TempDir, std::path::PathBuf) {
     ]);
     assert_eq!(code, 0, "init: {err}");
     let config = data.join("fleetsync.toml");
+    // It holds the fleet secret: owner-only, and no temp file left over.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "config mode {mode:o}");
+    let files: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .all(|f| !f.to_string_lossy().starts_with(".tmp")),
+        "{files:?}"
+    );
     (dir, config)
 }
 

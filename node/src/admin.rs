@@ -524,16 +524,18 @@ pub fn render_versions(v: &serde_json::Value) -> String {
     o
 }
 
+/// Everything but unreserved characters and `/` is escaped (a path stays
+/// readable in the admin API's access log).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// A folder id or path as a URL path segment or query value.
 pub fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 pub(crate) fn human_bytes(n: u64) -> String {

@@ -632,19 +632,20 @@ fn invite_cmd(a: InviteArgs) -> anyhow::Result<i32> {
 }
 
 /// The config holds the fleet secret: owner-only.
+/// Written to a temp file in the same directory (created 0600 by
+/// `tempfile`), synced, then renamed over `path`: a crash leaves the old
+/// file or the new one, never half of one.
 pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let tmp = path.with_extension("toml.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    let mut f = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("write a temp file in {}", dir.display()))?;
     f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    f.as_file().sync_all()?;
+    f.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }
 
