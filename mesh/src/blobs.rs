@@ -485,18 +485,7 @@ async fn answer_requests(
                         continue;
                     }
                 };
-                let (tx, mut log) = (m.tx, m.rx);
-                let sent = sent.clone();
-                tokio::spawn(async move {
-                    while let Ok(Some(update)) = log.recv().await {
-                        count_sent(&sent, peer, update);
-                    }
-                });
-                tokio::spawn(async move {
-                    hang_over(hang).await;
-                    // The requester may have given up meanwhile: nothing to tell.
-                    tx.send(Ok(())).await.ok();
-                });
+                let_through(peer, m.tx, m.rx, sent.clone(), hang);
             }
             ProviderMessage::ObserveRequestReceived(m) => {
                 let verdict = clients.request(&gate, m.connection_id).map(|_| ());
@@ -510,22 +499,33 @@ async fn answer_requests(
                         continue;
                     }
                 };
-                let (tx, mut log) = (m.tx, m.rx);
-                let sent = sent.clone();
-                tokio::spawn(async move {
-                    while let Ok(Some(update)) = log.recv().await {
-                        count_sent(&sent, peer, update);
-                    }
-                });
-                tokio::spawn(async move {
-                    hang_over(hang).await;
-                    tx.send(Ok(())).await.ok();
-                });
+                let_through(peer, m.tx, m.rx, sent.clone(), hang);
             }
             // The mask asks for nothing else; anything more is not held.
             _ => {}
         }
     }
+}
+
+/// Let a member's request through once the hang (if any) is over, and
+/// count what its transfer sends.
+fn let_through(
+    peer: EndpointId,
+    tx: irpc::channel::oneshot::Sender<EventResult>,
+    mut log: irpc::channel::mpsc::Receiver<RequestUpdate>,
+    sent: Sent,
+    hang: watch::Receiver<Option<Instant>>,
+) {
+    tokio::spawn(async move {
+        while let Ok(Some(update)) = log.recv().await {
+            count_sent(&sent, peer, update);
+        }
+    });
+    tokio::spawn(async move {
+        hang_over(hang).await;
+        // The requester may have given up meanwhile: nothing to tell.
+        tx.send(Ok(())).await.ok();
+    });
 }
 
 /// A request's transfer ended: its payload bytes count as sent to `peer`

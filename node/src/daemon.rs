@@ -38,23 +38,26 @@ pub fn init_logging(config: &Config) -> Option<SetFilter> {
                 .with_filter_reloading();
             let handle = b.reload_handle();
             b.try_init().ok()?;
-            Some(Box::new(move |level| {
-                handle
-                    .reload(level_filter(level)?)
-                    .map_err(|e| e.to_string())
-            }))
+            Some(filter_setter(handle))
         }
         LogFormat::Human => {
             let b = b.with_filter_reloading();
             let handle = b.reload_handle();
             b.try_init().ok()?;
-            Some(Box::new(move |level| {
-                handle
-                    .reload(level_filter(level)?)
-                    .map_err(|e| e.to_string())
-            }))
+            Some(filter_setter(handle))
         }
     }
+}
+
+/// The reload handle of either format as a [`SetFilter`].
+fn filter_setter<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<EnvFilter, S>,
+) -> SetFilter {
+    Box::new(move |level| {
+        handle
+            .reload(level_filter(level)?)
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// FLEETSYNC_LOG (a tracing filter) wins over log.level for debugging.
