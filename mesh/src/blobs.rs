@@ -478,28 +478,16 @@ async fn answer_requests(
                 clients.0.remove(&m.connection_id);
             }
             ProviderMessage::GetRequestReceived(m) => {
-                let peer = match clients.request(&gate, m.connection_id) {
-                    Ok(peer) => peer,
-                    Err(e) => {
-                        m.tx.send(Err(e)).await.ok();
-                        continue;
-                    }
-                };
-                let_through(peer, m.tx, m.rx, sent.clone(), hang);
+                let member = clients.request(&gate, m.connection_id);
+                let_through(member, m.tx, m.rx, sent.clone(), hang);
             }
             ProviderMessage::ObserveRequestReceived(m) => {
                 let verdict = clients.request(&gate, m.connection_id).map(|_| ());
                 m.tx.send(verdict).await.ok();
             }
             ProviderMessage::GetManyRequestReceived(m) => {
-                let peer = match clients.request(&gate, m.connection_id) {
-                    Ok(peer) => peer,
-                    Err(e) => {
-                        m.tx.send(Err(e)).await.ok();
-                        continue;
-                    }
-                };
-                let_through(peer, m.tx, m.rx, sent.clone(), hang);
+                let member = clients.request(&gate, m.connection_id);
+                let_through(member, m.tx, m.rx, sent.clone(), hang);
             }
             // The mask asks for nothing else; anything more is not held.
             _ => {}
@@ -507,15 +495,24 @@ async fn answer_requests(
     }
 }
 
-/// Let a member's request through once the hang (if any) is over, and
-/// count what its transfer sends.
+/// Answer a get request: refused unless it comes from a member; a
+/// member's goes through once the hang (if any) is over, and what its
+/// transfer sends is counted.
 fn let_through(
-    peer: EndpointId,
+    member: Result<EndpointId, AbortReason>,
     tx: irpc::channel::oneshot::Sender<EventResult>,
     mut log: irpc::channel::mpsc::Receiver<RequestUpdate>,
     sent: Sent,
     hang: watch::Receiver<Option<Instant>>,
 ) {
+    let peer = match member {
+        Ok(peer) => peer,
+        Err(e) => {
+            // A requester that is gone already needs no answer.
+            tokio::spawn(async move { tx.send(Err(e)).await.ok() });
+            return;
+        }
+    };
     tokio::spawn(async move {
         while let Ok(Some(update)) = log.recv().await {
             count_sent(&sent, peer, update);
