@@ -392,6 +392,8 @@ pub struct Folder {
     pub versions: Arc<Versions>,
     /// Paused by the operator ([`Folder::set_paused`]).
     paused: AtomicBool,
+    /// See [`Folder::refs_lock`].
+    refs_lock: Mutex<()>,
 }
 
 /// Where a folder's pause is kept.
@@ -553,6 +555,7 @@ impl Folder {
             readers,
             versions,
             paused: AtomicBool::new(paused_marker(&cfg_path).exists()),
+            refs_lock: Mutex::new(()),
         }))
     }
 
@@ -805,6 +808,26 @@ impl Folder {
         self.set_fault(Some(e.to_string()));
         self.status.error(e.to_string());
         Err(e)
+    }
+
+    /// Are `refs/` entries copies rather than hard links of the user's
+    /// files? Only when the folder keeps its own user's changes
+    /// (`versions.local`): an in-place write to a hard-linked file would
+    /// rewrite the only old copy too. Costs the folder's size again on
+    /// disk, except where the filesystem shares blocks (reflinks).
+    pub fn refs_are_copies(&self) -> bool {
+        let p = self.versions.policy();
+        p.enabled && p.local
+    }
+
+    /// Held by the refs sweep while it decides what to remove, and by the
+    /// hasher from an index commit until it has opened the `refs/` entries
+    /// the commit stopped using that `versions.local` keeps from. A
+    /// released hard link is young (the delete or rename that released it
+    /// changed its ctime), but a copy can be older than the sweep's age
+    /// limit: without this it could go in between.
+    pub fn refs_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.refs_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Paused by the operator (`fleetsync folder pause`): nothing from

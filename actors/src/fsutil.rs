@@ -666,20 +666,79 @@ impl Session {
     /// path, which may point elsewhere by now) and return the link's name.
     /// The link is checked to be the opened inode. Linking changes the
     /// inode's ctime: the stat is taken again for the later re-check.
-    pub fn link_opened(&self, file: &mut Opened) -> io::Result<String> {
+    pub fn link_opened(&self, file: &mut Opened) -> io::Result<RefFile> {
         let refs = self.refs_fd()?;
         let link = format!("l{:016x}", random_u64());
         link_fd(&file.fd, refs, &link)?;
         match rustix::fs::statat(refs, link.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if same_inode(&st, &file.stat) => {
                 file.stat = rustix::fs::fstat(&file.fd).map_err(to_io)?;
-                Ok(link)
+                Ok(RefFile::of(link, &st))
             }
             res => {
                 let _ = rustix::fs::unlinkat(refs, link.as_str(), AtFlags::empty());
                 Err(res.map_or_else(to_io, |_| not_regular(&link)))
             }
         }
+    }
+
+    /// Copy the opened file's content into a new `refs/` file. Unlike
+    /// [`Self::link_opened`] the copy is an inode of its own: an in-place
+    /// write to the user's file later leaves it intact, which
+    /// `versions.local` needs to keep what such a write replaced. Copying
+    /// does not touch the opened file, so its stat stays the one the
+    /// re-check compares with: a write during the copy shows up there.
+    pub fn copy_opened(&self, file: &Opened) -> io::Result<RefFile> {
+        let refs = self.refs_fd()?;
+        let name = format!("c{:016x}", random_u64());
+        let copy = new_copy(file.fd.as_fd(), refs, &name)?;
+        Ok(RefFile::of(name, &rustix::fs::fstat(&copy).map_err(to_io)?))
+    }
+
+    /// Turn `refs/<name>`, if it is a hard link shared with another name
+    /// (a user's file), into a copy of its own under the same name (the
+    /// store references the name). The copy replaces the link only if it
+    /// hashes to `hash`: content rewritten meanwhile stays linked. True if
+    /// replaced.
+    pub fn separate_ref(&self, name: &str, hash: &[u8; 32]) -> io::Result<bool> {
+        let src = self.open_ref(name)?;
+        if rustix::fs::fstat(&src).map_err(to_io)?.st_nlink <= 1 {
+            return Ok(false);
+        }
+        let tmp = self.copy_ref_to_tmp(name)?;
+        let tmpdir = self.open_tmp_dir()?;
+        let copied = rustix::fs::openat(
+            tmpdir,
+            tmp.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(to_io)
+        .and_then(|fd| {
+            let mut h = blake3::Hasher::new();
+            h.update_reader(std::fs::File::from(fd))?;
+            Ok(*h.finalize().as_bytes())
+        });
+        let same = matches!(copied, Ok(h) if h == *hash);
+        let swapped = same
+            && rustix::fs::renameat(tmpdir, tmp.as_str(), self.refs_fd()?, name)
+                .map_err(to_io)
+                .is_ok();
+        if !swapped {
+            // Best effort: retention sweeps stale temp files.
+            let _ = rustix::fs::unlinkat(tmpdir, tmp.as_str(), AtFlags::empty());
+        }
+        copied.map(|_| swapped)
+    }
+
+    /// Copy `refs/<name>` into a new temp file and return the temp name:
+    /// the copy is placed as the user's file while the store keeps the
+    /// `refs/` one (see [`Self::copy_opened`] for why).
+    pub fn copy_ref_to_tmp(&self, refs_name: &str) -> io::Result<String> {
+        let src = self.open_ref(refs_name)?;
+        let tmp = format!("{:016x}.part", random_u64());
+        new_copy(src.as_fd(), self.open_tmp_dir()?, &tmp)?;
+        Ok(tmp)
     }
 
     /// Is `rel` still exactly the opened file (same inode, size, mtime,
@@ -767,11 +826,28 @@ impl Opened {
         h.update_reader(file)?;
         Ok(*h.finalize().as_bytes())
     }
+}
 
-    /// Does the file at `path` (resolved by the kernel, following
-    /// symlinks) have this inode?
+/// A `refs/` file made for an opened file, and the inode it is: the
+/// opened file's own for a link, a new one for a copy. The store opens it
+/// by path, so the path is checked to still lead there.
+#[derive(Debug, Clone)]
+pub struct RefFile {
+    pub name: String,
+    inode: (u64, u64),
+}
+
+impl RefFile {
+    fn of(name: String, st: &rustix::fs::Stat) -> RefFile {
+        RefFile {
+            name,
+            inode: (st.st_dev, st.st_ino),
+        }
+    }
+
+    /// Does `path` (followed) lead to this file?
     pub fn is_at(&self, path: &Path) -> bool {
-        rustix::fs::stat(path).is_ok_and(|st| same_inode(&st, &self.stat))
+        rustix::fs::stat(path).is_ok_and(|st| (st.st_dev, st.st_ino) == self.inode)
     }
 }
 
@@ -815,6 +891,64 @@ fn link_fd(fd: &OwnedFd, dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
             .map_err(to_io)
         }
         Err(e) => Err(to_io(e)),
+    }
+}
+
+/// Create `name` in `dir` (owner-only, never over an existing name)
+/// holding the content of `src`, removed again if the copy fails.
+fn new_copy(src: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dst = rustix::fs::openat(dir, name, flags, Mode::RUSR | Mode::WUSR).map_err(to_io)?;
+    match copy_content(src, dst.as_fd()) {
+        Ok(()) => Ok(dst),
+        Err(e) => {
+            // Best effort: retention sweeps what is left in tmp/ and refs/.
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+            Err(e)
+        }
+    }
+}
+
+/// Copy all of `src` into the empty `dst` from offset 0 (neither file's
+/// offset is used): a reflink where the filesystem shares blocks (btrfs,
+/// xfs: no extra space), else `copy_file_range` (in the kernel), else
+/// read and write.
+fn copy_content(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::io::Errno;
+    if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let (mut off_in, mut off_out) = (0u64, 0u64);
+    loop {
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), 1 << 30)
+        {
+            Ok(0) => return Ok(()),
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) if off_out == 0 => {
+                return copy_by_reading(src, dst)
+            }
+            Err(e) => return Err(to_io(e)),
+        }
+    }
+}
+
+fn copy_by_reading(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let (src, dst) = (
+        std::fs::File::from(src.try_clone_to_owned()?),
+        std::fs::File::from(dst.try_clone_to_owned()?),
+    );
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = match src.read_at(&mut buf, off) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
     }
 }
 

@@ -370,6 +370,7 @@ pub fn sweep_refs(folder: &Folder, max_age: Duration) -> Swept {
     let Ok(rd) = std::fs::read_dir(folder.fs.refs_dir()) else {
         return n;
     };
+    let _held = folder.refs_lock();
     let Some(keep) = refs_to_keep(folder, max_age) else {
         return n;
     };
@@ -403,6 +404,52 @@ pub fn sweep_refs(folder: &Folder, max_age: Duration) -> Swept {
         );
     }
     n
+}
+
+/// On a folder whose `refs/` entries are copies ([`Folder::refs_are_copies`],
+/// `versions.local` on), turn the entries still shared with users' files
+/// (made while it was off) into copies, so that an in-place write to any
+/// file can be kept. Costs a copy of each such file (none where the
+/// filesystem shares blocks). At start-up, before anything is in flight;
+/// returns how many were separated. Blocking.
+pub fn separate_refs(folder: &Folder) -> u64 {
+    if !folder.refs_are_copies() {
+        return 0;
+    }
+    let mut entries = Vec::new();
+    let listed = folder.index.for_each(folder.id(), |r| {
+        if let (Some(name), Some(hash)) = (&r.refs, r.entry.hash) {
+            entries.push((name.clone(), hash));
+        }
+    });
+    let session = match listed
+        .map_err(|e| e.to_string())
+        .and_then(|()| folder.fs.session().map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(
+                folder = folder.id(),
+                "refs/ entries not separated from the files: {e}"
+            );
+            return 0;
+        }
+    };
+    let mut separated = 0;
+    for (name, hash) in entries {
+        match session.separate_ref(&name, &hash) {
+            Ok(true) => separated += 1,
+            Ok(false) => {}
+            Err(e) => debug!(folder = folder.id(), name, "refs/ entry not separated: {e}"),
+        }
+    }
+    if separated > 0 {
+        info!(
+            folder = folder.id(),
+            separated, "refs/ entries made copies of their own (versions.local)"
+        );
+    }
+    separated
 }
 
 /// Names of the links that must stay; `None` if the index cannot say

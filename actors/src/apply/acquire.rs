@@ -53,20 +53,24 @@ pub(super) enum Staged {
     Refs(String),
     /// `<root>/.fleetsync/tmp/<name>`, ours alone.
     Tmp(String),
+    /// Content the store references in `refs/<refs>`, and a copy of it in
+    /// `tmp/<tmp>` that becomes the user's file, so the two stay apart
+    /// ([`Folder::refs_are_copies`]).
+    Copied { refs: String, tmp: String },
 }
 
 impl Staged {
     pub fn path(&self, folder: &Folder) -> PathBuf {
         match self {
             Staged::Refs(n) => folder.fs.refs_dir().join(n),
-            Staged::Tmp(n) => folder.fs.tmp_dir().join(n),
+            Staged::Tmp(n) | Staged::Copied { tmp: n, .. } => folder.fs.tmp_dir().join(n),
         }
     }
 
     /// The `refs/` link a record keeps, if the content lives in one.
     pub fn refs_name(&self) -> Option<String> {
         match self {
-            Staged::Refs(n) => Some(n.clone()),
+            Staged::Refs(n) | Staged::Copied { refs: n, .. } => Some(n.clone()),
             Staged::Tmp(_) => None,
         }
     }
@@ -78,6 +82,34 @@ impl Staged {
             Staged::Refs(n) => folder.park(hash, n.clone()),
             // Best effort: retention sweeps stale temp files anyway.
             Staged::Tmp(n) => discard(&folder.fs.tmp_dir().join(n)),
+            Staged::Copied { refs, tmp } => {
+                discard(&folder.fs.tmp_dir().join(tmp));
+                folder.park(hash, refs.clone());
+            }
+        }
+    }
+
+    /// Content in `refs/` gets a copy of its own to be placed when the
+    /// folder's `refs/` entries must stay apart from the user's files
+    /// ([`Folder::refs_are_copies`]). If the copy cannot be made, the link
+    /// is placed: the content is right, and only a later in-place write
+    /// to it would go unkept (counted as missed then). Blocking.
+    pub fn apart_from_store(self, folder: &Folder, path: &str) -> Staged {
+        let Staged::Refs(refs) = self else {
+            return self;
+        };
+        if !folder.refs_are_copies() {
+            return Staged::Refs(refs);
+        }
+        match folder.fs.session().and_then(|s| s.copy_ref_to_tmp(&refs)) {
+            Ok(tmp) => Staged::Copied { refs, tmp },
+            Err(e) => {
+                warn!(
+                    folder = folder.id(),
+                    path, "cannot copy the received content apart from the store ({e}); linking it"
+                );
+                Staged::Refs(refs)
+            }
         }
     }
 }

@@ -153,6 +153,7 @@ fn finish_or_abandon(
     sync: bool,
 ) -> Result<Ready, ApplyError> {
     let hash = hash_of(job)?;
+    let staged = staged.apart_from_store(folder, &job.path);
     match finish(folder, &staged, job, sync) {
         Ok(stat) => Ok(Ready {
             staged,

@@ -172,7 +172,7 @@ fn put_in_place(session: &Session, job: &Job, staged: &Staged) -> Result<bool, A
                 Ok(true)
             }
         },
-        Staged::Tmp(name) => {
+        Staged::Tmp(name) | Staged::Copied { tmp: name, .. } => {
             session.place(name, &job.path, false).map_err(place_err)?;
             Ok(false)
         }

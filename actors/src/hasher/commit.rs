@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::{
     content::Hold,
     folder::Folder,
-    fsutil::Opened,
+    fsutil::{Opened, RefFile},
     health::Health,
     index::{Commit, Item, Observed},
     record::{DiskState, Meta},
@@ -80,11 +80,12 @@ pub async fn import(
     meta: Meta,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(Imported, Hold), HashError> {
-    let (opened, refs) = open_checked(folder, rel, meta).await?;
-    let res = match &refs {
-        Some(n) => import_ref(folder, n, rel, &opened, progress).await,
+    let (opened, ref_file) = open_checked(folder, rel, meta).await?;
+    let res = match &ref_file {
+        Some(r) => import_ref(folder, r, rel, progress).await,
         None => import_unlinked(folder, rel, &opened, progress).await,
     };
+    let refs = ref_file.map(|r| r.name);
     match res {
         Ok((hash, hold)) => Ok((
             Imported {
@@ -106,14 +107,15 @@ pub async fn import(
 }
 
 /// Open `rel` (no symlink followed), check it is still what `lstat` showed
-/// the classifier, and link it into `refs/` from the descriptor. Without
-/// hard links (another filesystem mounted below the root, exFAT…) there
-/// is no link. Empty files get none either (nothing to serve).
+/// the classifier, and link it into `refs/` from the descriptor (or copy
+/// it there, see [`Folder::refs_are_copies`]). Without hard links
+/// (another filesystem mounted below the root, exFAT…) there is no link.
+/// Empty files get none either (nothing to serve).
 async fn open_checked(
     folder: &Arc<Folder>,
     rel: &str,
     meta: Meta,
-) -> Result<(Arc<Opened>, Option<String>), HashError> {
+) -> Result<(Arc<Opened>, Option<RefFile>), HashError> {
     let f = folder.clone();
     let r = rel.to_string();
     rt::blocking(move || {
@@ -126,36 +128,37 @@ async fn open_checked(
         if opened.meta() != DiskState::Present(meta) {
             return Err(HashError::Changed(r));
         }
-        let refs = (meta.stat.size > 0)
-            .then(|| session.link_opened(&mut opened).ok())
-            .flatten();
+        let refs = match meta.stat.size > 0 {
+            false => None,
+            true if f.refs_are_copies() => session.copy_opened(&opened).ok(),
+            true => session.link_opened(&mut opened).ok(),
+        };
         Ok((Arc::new(opened), refs))
     })
     .await?
 }
 
-/// Import the `refs/` link. The store opens it by path: the reserved
+/// Import the `refs/` file. The store opens it by path: the reserved
 /// directory must be the same before and after (nobody swapped it for a
-/// symlink meanwhile) and the path must still lead to the opened inode.
+/// symlink meanwhile) and the path must still lead to the file made.
 async fn import_ref(
     folder: &Folder,
-    link: &str,
+    link: &RefFile,
     rel: &str,
-    opened: &Arc<Opened>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<([u8; 32], Hold), HashError> {
     let (abs, stamp) = folder
         .fs
-        .store_ref_path(link)
+        .store_ref_path(&link.name)
         .map_err(|source| HashError::Disk {
             path: rel.to_string(),
             source,
         })?;
-    if !opened.is_at(&abs) {
+    if !link.is_at(&abs) {
         return Err(HashError::Changed(rel.to_string()));
     }
     let out = import_path(folder, abs.clone(), rel, progress).await?;
-    if !folder.fs.still_reserved(&stamp) || !opened.is_at(&abs) {
+    if !folder.fs.still_reserved(&stamp) || !link.is_at(&abs) {
         warn!(
             folder = folder.id(),
             path = rel,
@@ -226,12 +229,15 @@ pub fn commit_chunk(
         resolved: vec![],
     };
     let replaced = || !health.is_current();
+    let refs_held = folder.refs_lock();
     let c = folder
         .index
         .commit_unless(folder.id(), commit, folder.local(), replaced)?;
-    // Before the release: the replaced content's refs links must still
-    // be there to be kept from.
-    super::keep_local::keep_replaced_locally(folder, &c.replaced_locally, &|_| health.progress());
+    // Before the refs sweep may look again and before the release: the
+    // replaced content's refs entries must still be there to be kept from.
+    let copies = super::keep_local::open_replaced(folder, &c.replaced_locally);
+    drop(refs_held);
+    super::keep_local::keep_opened(folder, copies, &|_| health.progress());
     folder.release(c.released);
     if c.written > 0 {
         folder

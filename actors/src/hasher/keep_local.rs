@@ -2,27 +2,30 @@
 //! is kept as a version too (reason `local`).
 //!
 //! When the watcher sees the change, the user's path no longer holds the
-//! old content. The copy used is the replaced record's `refs/` link: a hard
-//! link to the inode the path had when the hasher imported it (or the
-//! receiver placed it). Its BLAKE3 is checked against the record in the
-//! same pass that compresses it; nothing unverified is kept.
+//! old content. The copy used is the replaced record's `refs/` entry,
+//! which on such a folder is a copy of its own, not a hard link of the
+//! user's file ([`Folder::refs_are_copies`]): made by the hasher when it
+//! imported the file, or by the receiver next to the file it placed. Its
+//! BLAKE3 is checked against the record in the same pass that compresses
+//! it; nothing unverified is kept.
 //!
-//! - Delete, and replace by rename (write a temp file, rename it over):
-//!   the old inode lives on in `refs/` — kept.
-//! - In-place overwrite (open with truncate, write): the link shares the
-//!   rewritten inode, the hash differs — not kept.
-//! - No link (a filesystem without hard links, or the link already gone)
-//!   — not kept. An empty file needs no copy — kept.
+//! - Delete, replace by rename (write a temp file, rename it over), and
+//!   in-place overwrite (open with truncate, write; what vim does to a
+//!   file with a second hard link): the `refs/` copy is intact — kept.
+//! - No copy (the content was indexed while `versions.local` was off and
+//!   its entry is a hard link an in-place write rewrote; a filesystem
+//!   without hard links; the copy could not be made) — not kept. An
+//!   empty file needs no copy — kept.
 //! - Content the folder still holds under another path (a move, a copy)
 //!   is not lost: not kept, and not counted as missed.
 //!
 //! Every change not kept is counted in the folder's
 //! `versions_local_missed` (status, metrics) with a debug log line, never
-//! silent. This runs right after the index commit that replaced the
-//! records and before the links that commit released are handed to
-//! [`Folder::release`], which starts their removal; the refs sweep only
-//! takes unused links older than its age limit, and a delete or a rename
-//! over the path has just changed the link's ctime.
+//! silent. The copies are opened right after the index commit that
+//! replaced the records, under [`Folder::refs_lock`] (the refs sweep
+//! cannot take them in between), and before the links that commit
+//! released are handed to [`Folder::release`]; once open they are read
+//! whatever happens to their names.
 
 use std::{fs::File, io, sync::atomic::Ordering};
 
@@ -65,14 +68,20 @@ impl MissedError {
     }
 }
 
-/// Keep the content of every record in `replaced` (records a local
-/// change replaced, see `Committed::replaced_locally`) if the folder keeps
-/// local versions; `progress` is called as the content is read (the
-/// hasher's health). Blocking.
-pub fn keep_replaced_locally(folder: &Folder, replaced: &[Record], progress: &dyn Fn(u64)) {
+/// The replaced records whose content is to be kept, each with its copy
+/// opened (or why there is none). Opened while the index's use of
+/// `refs/` cannot change under the refs sweep ([`Folder::refs_lock`]):
+/// once open, a copy is readable whatever happens to its name.
+pub struct Copies(Vec<(Record, Result<File, MissedError>)>);
+
+/// Open the copy of every record in `replaced` (records a local change
+/// replaced, see `Committed::replaced_locally`) if the folder keeps local
+/// versions. Call right after the commit, before releasing its links.
+/// Blocking.
+pub fn open_replaced(folder: &Folder, replaced: &[Record]) -> Copies {
     let policy = folder.versions.policy();
     if replaced.is_empty() || !policy.enabled || !policy.local {
-        return;
+        return Copies(Vec::new());
     }
     let session = match folder.fs.session() {
         Ok(s) => s,
@@ -82,42 +91,53 @@ pub fn keep_replaced_locally(folder: &Folder, replaced: &[Record], progress: &dy
                 folder = folder.id(),
                 "local changes not kept as versions: {e}"
             );
-            return;
+            return Copies(Vec::new());
         }
     };
-    for old in replaced {
-        match keep_one(folder, &session, old, progress) {
-            Ok(true) => {
+    let to_keep = replaced.iter().filter(|old| !already_safe(folder, old));
+    Copies(
+        to_keep
+            .map(|old| (old.clone(), copy_of(&session, old)))
+            .collect(),
+    )
+}
+
+/// Keep the content of every opened copy; `progress` is called as the
+/// content is read (the hasher's health). Blocking.
+pub fn keep_opened(folder: &Folder, copies: Copies, progress: &dyn Fn(u64)) {
+    for (old, copy) in copies.0 {
+        match copy.and_then(|file| keep_one(folder, &old, file, progress)) {
+            Ok(()) => {
                 folder
                     .status
                     .versions_local_kept
                     .fetch_add(1, Ordering::Relaxed);
             }
-            Ok(false) => {}
             Err(e) => report(folder, &old.entry.path, &e),
         }
     }
 }
 
-/// Keep one replaced record's content; false if it was kept already (a
-/// restore keeps what it replaces before the watcher sees it).
+/// Nothing to keep: kept already (a restore keeps what it replaces before
+/// the watcher sees it), or the content lives on under another path.
+fn already_safe(folder: &Folder, old: &Record) -> bool {
+    let e = &old.entry;
+    e.hash.is_some_and(|hash| {
+        folder.versions.recently_kept(&e.path, &hash, &e.version) || live_elsewhere(folder, &hash)
+    })
+}
+
+/// Keep one replaced record's content from its opened copy.
 fn keep_one(
     folder: &Folder,
-    session: &Session,
     old: &Record,
+    file: File,
     progress: &dyn Fn(u64),
-) -> Result<bool, MissedError> {
-    let Some(hash) = old.entry.hash else {
-        return Err(MissedError::NoCopy);
-    };
-    let e = &old.entry;
-    if folder.versions.recently_kept(&e.path, &hash, &e.version) || live_elsewhere(folder, &hash) {
-        return Ok(false);
-    }
-    let file = copy_of(session, old, hash)?;
-    let meta = KeepMeta::of_entry(e, LOCAL.to_string(), Reason::Local);
+) -> Result<(), MissedError> {
+    let hash = old.entry.hash.ok_or(MissedError::NoCopy)?;
+    let meta = KeepMeta::of_entry(&old.entry, LOCAL.to_string(), Reason::Local);
     folder.versions.keep_file_as(&file, meta, hash, progress)?;
-    Ok(true)
+    Ok(())
 }
 
 /// Does the folder still hold this content under some path (a move, or a
@@ -130,9 +150,10 @@ fn live_elsewhere(folder: &Folder, hash: &[u8; 32]) -> bool {
         .is_ok_and(|paths| !paths.is_empty())
 }
 
-/// The file holding the record's content: its refs link (an empty file
+/// The file holding the record's content: its refs entry (an empty file
 /// needs none).
-fn copy_of(session: &Session, old: &Record, hash: [u8; 32]) -> Result<File, MissedError> {
+fn copy_of(session: &Session, old: &Record) -> Result<File, MissedError> {
+    let hash = old.entry.hash.ok_or(MissedError::NoCopy)?;
     match &old.refs {
         Some(name) => session.open_ref(name).map_err(MissedError::Open),
         None if hash == EMPTY => File::open("/dev/null").map_err(MissedError::Open),
@@ -223,8 +244,10 @@ mod tests {
         hash(folder, &["a", "b", "c", "e"]).await;
     }
 
+    /// Regression: an in-place overwrite was not kept (the `refs/` entry
+    /// was a hard link sharing the rewritten inode).
     #[tokio::test]
-    async fn a_delete_and_a_rename_over_are_kept_an_in_place_overwrite_is_counted_missed() {
+    async fn a_delete_a_rename_over_and_an_in_place_overwrite_are_all_kept() {
         let dir = tempfile::tempdir().unwrap();
         let folder = folder(dir.path(), true);
         change_all(&folder, dir.path()).await;
@@ -241,11 +264,45 @@ mod tests {
         let want = |p: &str, b: &str| (p.to_string(), Reason::Local, b.as_bytes().to_vec());
         assert_eq!(
             kept,
-            [want("a", "alpha"), want("b", "bravo"), want("e", "")]
+            [
+                want("a", "alpha"),
+                want("b", "bravo"),
+                want("c", "charlie"),
+                want("e", "")
+            ]
         );
         let st = &folder.status;
-        assert_eq!(st.versions_local_kept.load(Ordering::Relaxed), 3);
-        assert_eq!(st.versions_local_missed.load(Ordering::Relaxed), 1, "c");
+        assert_eq!(st.versions_local_kept.load(Ordering::Relaxed), 4);
+        assert_eq!(st.versions_local_missed.load(Ordering::Relaxed), 0);
+    }
+
+    /// Content indexed while `versions.local` was off has a hard link in
+    /// `refs/`; turned on (a restart), the start-up pass makes it a copy,
+    /// so an in-place overwrite afterwards is kept too.
+    #[tokio::test]
+    async fn a_link_made_while_versions_local_was_off_becomes_a_copy_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = folder(dir.path(), false);
+        write(&before, "c", b"charlie");
+        write(&before, "d", b"delta");
+        hash(&before, &["c", "d"]).await;
+        assert_eq!(crate::retention::separate_refs(&before), 0, "off: none");
+        drop(before);
+        let folder = folder(dir.path(), true);
+        assert_eq!(crate::retention::separate_refs(&folder), 2);
+        assert_eq!(crate::retention::separate_refs(&folder), 0, "done once");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(folder.fs.abs("c"))
+            .unwrap();
+        f.write_all(b"charlie 2").unwrap();
+        drop(f);
+        hash(&folder, &["c"]).await;
+        let kept = folder.versions.list(None);
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(folder.versions.read(&kept[0].id).unwrap(), b"charlie");
+        assert_eq!(std::fs::read(folder.fs.abs("d")).unwrap(), b"delta");
     }
 
     #[tokio::test]

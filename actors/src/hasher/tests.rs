@@ -640,10 +640,10 @@ fn hasher_race_a_swap_between_open_and_link_links_the_opened_inode() {
     write(&folder, "a", b"placeholder");
     let secret = swap_for_symlink(&folder, "a", outside.path());
     let link = session.link_opened(&mut opened).unwrap();
-    let linked = folder.fs.refs_dir().join(&link);
+    let linked = folder.fs.refs_dir().join(&link.name);
     assert_eq!(std::fs::read(&linked).unwrap(), b"innocent");
     assert!(!std::fs::symlink_metadata(&linked).unwrap().is_symlink());
-    assert!(!opened.is_at(&secret));
+    assert!(!link.is_at(&secret));
     assert!(
         !session.still_is("a", &opened),
         "the re-check sees the swap"

@@ -384,5 +384,6 @@ fn prepare_folder(folder: &Folder) -> Result<(), PrepareError> {
     let mut swept = retention::sweep_tmp(folder, Duration::ZERO);
     swept.files += retention::sweep_refs(folder, Duration::ZERO).files;
     retention::record(folder, head, swept);
+    retention::separate_refs(folder);
     Ok(())
 }

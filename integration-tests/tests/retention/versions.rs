@@ -212,10 +212,11 @@ fn local_counter(node: &Node, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `versions = { local = true }` on A: A's own delete and its replace by
-/// write-temp-and-rename are kept on A (reason "local", exact old bytes),
-/// an in-place overwrite has no intact copy left and is counted as missed,
-/// a restore on A reaches every node and is not kept twice, and B (the
+/// `versions = { local = true }` on A: A's own delete, its replace by
+/// write-temp-and-rename and its in-place overwrites (of a file made on A
+/// and of one received from B: `refs/` holds copies, not hard links, on
+/// such a folder) are kept on A (reason "local", exact old bytes), a
+/// restore on A reaches every node and is not kept twice, and B (the
 /// default) keeps none of its own user's changes.
 #[test]
 fn local_deletes_and_replacements_are_kept_with_versions_local() {
@@ -233,8 +234,10 @@ fn local_deletes_and_replacements_are_kept_with_versions_local() {
     fs::create_dir_all(a.path("d")).unwrap();
     fs::write(a.path("d/gone.bin"), &gone).unwrap();
     fs::write(a.path("swap.txt"), &swap1).unwrap();
-    fs::write(a.path("inplace.txt"), pseudo_random(4_000, 14)).unwrap();
+    let (inplace, received) = (pseudo_random(4_000, 14), pseudo_random(6_000, 16));
+    fs::write(a.path("inplace.txt"), &inplace).unwrap();
     fs::write(a.path("b-own.txt"), pseudo_random(3_000, 15)).unwrap();
+    fs::write(b.path("from-b.txt"), &received).unwrap();
     c.wait_converged("the first contents on both");
 
     fs::remove_file(a.path("d/gone.bin")).unwrap();
@@ -243,13 +246,16 @@ fn local_deletes_and_replacements_are_kept_with_versions_local() {
     let tmp = a.folder("shared").parent().unwrap().join("swap.tmp");
     fs::write(&tmp, &swap2).unwrap();
     fs::rename(&tmp, a.path("swap.txt")).unwrap();
-    // Rewritten in place: the old bytes are gone from every copy.
-    fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(a.path("inplace.txt"))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"rewritten"))
-        .unwrap();
+    // Rewritten in place (what vim does to a file with a second hard
+    // link): only a copy apart from the file keeps the old bytes.
+    for path in ["inplace.txt", "from-b.txt"] {
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(a.path(path))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"rewritten"))
+            .unwrap();
+    }
     fs::remove_file(b.path("b-own.txt")).unwrap();
     c.wait_converged("the local changes on both");
 
@@ -261,11 +267,14 @@ fn local_deletes_and_replacements_are_kept_with_versions_local() {
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(kept[0].0, "local");
     assert_eq!(version_bytes(a, &kept[0].1), swap1);
-    assert!(versions_of(a, "inplace.txt").is_empty());
-    wait_until(DEADLINE, "the in-place overwrite counted as missed", || {
-        local_counter(a, "versions_local_missed") >= 1
-    });
-    assert_eq!(local_counter(a, "versions_local_kept"), 2);
+    for (path, old) in [("inplace.txt", &inplace), ("from-b.txt", &received)] {
+        let kept = versions_of(a, path);
+        assert_eq!(kept.len(), 1, "{path}: {kept:?}");
+        assert_eq!(kept[0].0, "local");
+        assert_eq!(&version_bytes(a, &kept[0].1), old, "{path}");
+    }
+    assert_eq!(local_counter(a, "versions_local_kept"), 4);
+    assert_eq!(local_counter(a, "versions_local_missed"), 0);
     // B's own delete is kept on A as a peer's delete; B keeps nothing of
     // its own user's (default: local = false).
     assert_eq!(versions_of(a, "b-own.txt")[0].0, "delete");
