@@ -222,6 +222,16 @@ mod tests {
         assert!(out.failed.is_empty() && out.deferred.is_empty(), "{out:?}");
     }
 
+    /// Open with truncate and write: the inode stays, the bytes change.
+    fn overwrite_in_place(path: std::path::PathBuf, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
     /// Delete `a`, replace `b` by a rename over it, rewrite `c` in place,
     /// and hash the three again.
     async fn change_all(folder: &Arc<Folder>, dir: &std::path::Path) {
@@ -234,13 +244,7 @@ mod tests {
         let tmp = dir.join("b.tmp");
         std::fs::write(&tmp, b"bravo 2").unwrap();
         std::fs::rename(&tmp, folder.fs.abs("b")).unwrap();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(folder.fs.abs("c"))
-            .unwrap();
-        f.write_all(b"charlie 2").unwrap();
-        drop(f);
+        overwrite_in_place(folder.fs.abs("c"), b"charlie 2");
         hash(folder, &["a", "b", "c", "e"]).await;
     }
 
@@ -291,13 +295,7 @@ mod tests {
         let folder = folder(dir.path(), true);
         assert_eq!(crate::retention::separate_refs(&folder), 2);
         assert_eq!(crate::retention::separate_refs(&folder), 0, "done once");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(folder.fs.abs("c"))
-            .unwrap();
-        f.write_all(b"charlie 2").unwrap();
-        drop(f);
+        overwrite_in_place(folder.fs.abs("c"), b"charlie 2");
         hash(&folder, &["c"]).await;
         let kept = folder.versions.list(None);
         assert_eq!(kept.len(), 1, "{kept:?}");
