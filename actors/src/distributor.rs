@@ -28,13 +28,14 @@ use async_trait::async_trait;
 use fleetsync_mesh::{
     index_stream::{self, BoxError, IndexSource, Peer, SharedFolders, Slice},
     model::{FileEntry, ShortId},
-    EndpointId,
+    EndpointId, PeerSession,
 };
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::warn;
 
 use crate::{
     folder::Folder,
+    folder_set::FolderSet,
     health::Health,
     index::IndexError,
     msg::{PeerDown, PeerUp, Ping},
@@ -66,13 +67,13 @@ type Progress = Arc<Mutex<BTreeMap<(EndpointId, String), Outbound>>>;
 
 pub struct Distributor {
     health: Arc<Health>,
-    folders: Arc<HashMap<String, Arc<Folder>>>,
+    folders: Arc<FolderSet>,
     sessions: HashMap<u64, (EndpointId, JoinHandle<()>)>,
     progress: Progress,
 }
 
 impl Distributor {
-    pub fn new(folders: Arc<HashMap<String, Arc<Folder>>>, health: Arc<Health>) -> Self {
+    pub fn new(folders: Arc<FolderSet>, health: Arc<Health>) -> Self {
         Distributor {
             health,
             folders,
@@ -110,6 +111,7 @@ impl Handler<PeerUp> for Distributor {
             folders: self.folders.clone(),
             progress: self.progress.clone(),
             health: self.health.clone(),
+            session: Some(session.clone()),
         });
         let (peer, conn_id) = (session.peer, session.conn_id);
         // Owned by this incarnation: a replaced distributor serves nothing.
@@ -160,21 +162,29 @@ impl Handler<GetOutbound> for Distributor {
     }
 }
 
-/// Our folders as the index streams of one session see them.
+/// Our folders as the index streams of one session see them (the set as
+/// it is when each stream opens: a folder a reload added is served at once).
 struct Shared {
-    folders: Arc<HashMap<String, Arc<Folder>>>,
+    folders: Arc<FolderSet>,
     progress: Progress,
     /// Every batch sent is progress of the distributor. Waiting for a peer
     /// to read is not its own work: a slow peer is the mesh's business
     /// (QUIC flow control, the idle timeout), not a reason to restart.
     health: Arc<Health>,
+    /// The session served: a folder the peer asks for and we share wakes
+    /// our own subscription to it there, if the peer had said "not shared"
+    /// (a reload added the folder on one side). `None` in unit tests.
+    session: Option<PeerSession>,
 }
 
 impl SharedFolders for Shared {
     type Source = ServedFolder;
 
     fn open(&self, folder: &str, peer: &Peer) -> Option<ServedFolder> {
-        let folder = self.folders.get(folder)?.clone();
+        let folder = self.folders.get(folder)?;
+        if let Some(s) = &self.session {
+            s.peer_shares(folder.id());
+        }
         let id = *peer.id.as_bytes();
         folder.readers.opened(id, folder.cfg.tombstone_ttl / 2);
         Some(ServedFolder {
@@ -266,6 +276,8 @@ enum ReadError {
     Task(#[from] TaskError),
     #[error("cannot read the index: {0}")]
     Index(#[from] IndexError),
+    #[error("folder {0} is no longer shared (removed by a reload)")]
+    Removed(String),
 }
 
 #[async_trait]
@@ -283,6 +295,11 @@ impl IndexSource for ServedFolder {
     }
 
     async fn read(&self, from: u64, limit: usize) -> Result<Slice, BoxError> {
+        // A removed folder's streams end here (its retirement moved the
+        // head to wake them); the peer asks again and is told "not shared".
+        if self.folder.is_retired() {
+            return Err(ReadError::Removed(self.folder.id().to_string()).into());
+        }
         let echo_upto = self.echo_upto(from);
         let folder = self.folder.clone();
         let rows = rt::try_blocking(move || {
@@ -391,11 +408,13 @@ mod tests {
 
     fn shared_with_test_folder(dir: &std::path::Path) -> Shared {
         let folder = testing::folder(dir, FakeContent::new());
-        let folders = HashMap::from([(folder.id().to_string(), folder)]);
+        let folders =
+            crate::folder_set::FolderSet::new(HashMap::from([(folder.id().to_string(), folder)]));
         Shared {
-            folders: Arc::new(folders),
+            folders,
             progress: Default::default(),
             health: Health::new(1),
+            session: None,
         }
     }
 
@@ -445,7 +464,10 @@ mod tests {
     }
 
     fn distributor_serving(sessions: &[(u64, EndpointId)]) -> Distributor {
-        let mut d = Distributor::new(Arc::new(HashMap::new()), crate::health::Health::new(1));
+        let mut d = Distributor::new(
+            FolderSet::new(HashMap::new()),
+            crate::health::Health::new(1),
+        );
         for (conn_id, peer) in sessions {
             let task = tokio::spawn(std::future::pending::<()>());
             d.sessions.insert(*conn_id, (*peer, task));

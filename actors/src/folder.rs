@@ -394,6 +394,8 @@ pub struct Folder {
     paused: AtomicBool,
     /// See [`Folder::refs_lock`].
     refs_lock: Mutex<()>,
+    /// Removed by a reload ([`Folder::retire`]).
+    retired: AtomicBool,
 }
 
 /// Where a folder's pause is kept.
@@ -556,6 +558,7 @@ impl Folder {
             versions,
             paused: AtomicBool::new(paused_marker(&cfg_path).exists()),
             refs_lock: Mutex::new(()),
+            retired: AtomicBool::new(false),
         }))
     }
 
@@ -598,6 +601,18 @@ impl Folder {
     /// The index head moved (a commit wrote entries up to `seq`).
     pub fn announce(&self, seq: u64) {
         self.head.send_replace(seq);
+    }
+
+    /// The folder was removed from the node (a reload): index streams
+    /// serving it end. The head is moved to wake them; nothing reads it
+    /// after this.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.head.send_replace(u64::MAX);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// Wait for the head to move (the distributor, per subscription).

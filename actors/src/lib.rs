@@ -25,7 +25,8 @@
 //! - [`index`]: the redb index — entries, sequence numbers, pending remote
 //!   entries, peer marks, history. Every actor's state is rebuilt from it.
 //! - [`folder`]: what one folder's actors share (config, index, content,
-//!   live status) — survives actor restarts.
+//!   live status) — survives actor restarts; [`folder_set`]: the node's
+//!   folders, a set a reload can change.
 //! - The actors: [`hasher`], [`watcher`], [`distributor`], [`retention`],
 //!   and [`receiver`] with its [`apply`] pipeline; each keeps its messages
 //!   and their reply types in a `msg` module.
@@ -38,6 +39,7 @@ pub mod apply;
 pub mod content;
 pub mod distributor;
 pub mod folder;
+pub mod folder_set;
 pub mod fsutil;
 pub mod gc_gate;
 pub mod guard;

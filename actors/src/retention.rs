@@ -34,7 +34,7 @@
 //!   ([`crate::versions`]).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fmt::Display,
     os::unix::fs::MetadataExt,
     sync::{atomic::Ordering, Arc},
@@ -51,6 +51,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     folder::{Folder, PARKED_MAX_AGE, RELEASE_GRACE},
+    folder_set::FolderSet,
     gc_gate::{GcGate, GcRunError, GC_POLL},
     health::Health,
     index::{Index, IndexError},
@@ -178,21 +179,40 @@ pub fn record(folder: &Folder, head: u64, s: Swept) {
 pub const VERSIONS_EVICT_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Retention {
-    folders: Arc<HashMap<String, Arc<Folder>>>,
+    folders: Arc<FolderSet>,
     health: Arc<Health>,
     gc: Arc<GcGate>,
+    /// The tombstone expiry timer, set for the shortest `tombstone_ttl`
+    /// of the folders (again when a reload changes them).
+    tombs_timer: Option<SpawnHandle>,
 }
 
+/// The node's folders changed (a reload): timers that depend on them are
+/// set again.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct FoldersChanged;
+
 impl Retention {
-    pub fn new(
-        folders: Arc<HashMap<String, Arc<Folder>>>,
-        health: Arc<Health>,
-        gc: Arc<GcGate>,
-    ) -> Self {
+    pub fn new(folders: Arc<FolderSet>, health: Arc<Health>, gc: Arc<GcGate>) -> Self {
         Retention {
             folders,
             health,
             gc,
+            tombs_timer: None,
+        }
+    }
+
+    /// Expire tombstones as often as the shortest TTL needs.
+    fn set_tombs_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.tombs_timer.take() {
+            ctx.cancel_future(t);
+        }
+        let folders = self.folders.snapshot();
+        let shortest_ttl = folders.values().map(|f| f.cfg.tombstone_ttl).min();
+        if let Some(ttl) = shortest_ttl {
+            let every = tombs::sweep_every(ttl);
+            self.tombs_timer = Some(ctx.run_interval(every, Self::expire_tombstones));
         }
     }
 
@@ -203,7 +223,8 @@ impl Retention {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = now_ms();
         let mut sweep = Vec::new();
-        for folder in self.folders.values() {
+        let folders = self.folders.snapshot();
+        for folder in folders.values() {
             let st = &folder.status.sweeps;
             let head = folder.head();
             if st.gc_head.swap(head, Ordering::Relaxed) != head {
@@ -222,7 +243,7 @@ impl Retention {
                 sweep.push(folder.clone());
             }
         }
-        let released: Vec<_> = (self.folders.values())
+        let released: Vec<_> = (folders.values())
             .filter(|f| f.maps().released > 0)
             .cloned()
             .collect();
@@ -251,7 +272,7 @@ impl Retention {
     /// Forget old tombstones every peer has read (saving the peers' reads
     /// first). Work, like a sweep.
     fn expire_tombstones(&mut self, ctx: &mut Context<Self>) {
-        let folders = self.folders.clone();
+        let folders = self.folders.snapshot();
         let busy = self.health.begin();
         let work = rt::blocking(move || {
             for folder in folders.values() {
@@ -275,9 +296,7 @@ impl Retention {
     /// remove costs a blocking task.
     fn evict_versions(&mut self, ctx: &mut Context<Self>) {
         let now = SystemTime::now();
-        let due: Vec<Arc<Folder>> = self
-            .folders
-            .values()
+        let due: Vec<Arc<Folder>> = (self.folders.snapshot().values())
             .filter(|f| f.versions.evict_due(now))
             .cloned()
             .collect();
@@ -310,11 +329,15 @@ impl Actor for Retention {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(RELEASE_GRACE, Self::tick);
-        let shortest_ttl = self.folders.values().map(|f| f.cfg.tombstone_ttl).min();
-        if let Some(ttl) = shortest_ttl {
-            ctx.run_interval(tombs::sweep_every(ttl), Self::expire_tombstones);
-        }
+        self.set_tombs_timer(ctx);
         ctx.run_interval(VERSIONS_EVICT_EVERY, Self::evict_versions);
+    }
+}
+
+impl Handler<FoldersChanged> for Retention {
+    type Result = ();
+    fn handle(&mut self, _: FoldersChanged, ctx: &mut Context<Self>) {
+        self.set_tombs_timer(ctx);
     }
 }
 
@@ -332,7 +355,7 @@ impl Handler<Sweep> for Retention {
     type Result = ResponseFuture<Result<SweepReport, SweepError>>;
 
     fn handle(&mut self, _: Sweep, _: &mut Context<Self>) -> Self::Result {
-        let folders = self.folders.clone();
+        let folders = self.folders.snapshot();
         let busy = self.health.begin();
         let gc = self.gc.clone();
         Box::pin(async move {

@@ -59,6 +59,11 @@ pub struct DebugInfo {
     pub blob_conns: usize,
 }
 
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Unix ms as RFC 3339 (seconds), `None` for 0 (never).
 pub fn rfc3339_ms(ms: u64) -> Option<String> {
     (ms > 0).then(|| {
@@ -86,6 +91,9 @@ pub struct PeerInfo {
     pub version: Option<u32>,
     /// Seconds since the peer was last connected (0 while it is).
     pub last_seen_secs_ago: Option<u64>,
+    /// When the live session began (unix ms): a session kept across a
+    /// reload keeps it.
+    pub connected_since_ms: Option<u64>,
     pub rtt_ms: Option<f64>,
     pub last_error: Option<String>,
     /// Index streams it opened past the per-session cap, refused.
@@ -204,12 +212,13 @@ pub struct FolderPeer {
 pub async fn snapshot(node: &NodeHandle) -> NodeStatus {
     let outbound = ask_distributor(node).await;
     let connected = node.mesh.connected_peers();
-    let mut ids: Vec<_> = node.folders.keys().cloned().collect();
+    let set = node.folders.snapshot();
+    let mut ids: Vec<&String> = set.keys().collect();
     ids.sort();
     let mut folders = Vec::with_capacity(ids.len());
     for id in ids {
-        let folder = node.folders[&id].clone();
-        let inbound = ask_receiver(node, &id).await;
+        let folder = set[id].clone();
+        let inbound = ask_receiver(node, id).await;
         folders.push(folder_info(folder, &connected, &inbound, &outbound).await);
     }
     NodeStatus {
@@ -242,9 +251,7 @@ fn gc_info(node: &NodeHandle) -> GcInfo {
 
 async fn debug_info(node: &NodeHandle) -> DebugInfo {
     DebugInfo {
-        folder_maps: node
-            .folders
-            .iter()
+        folder_maps: (node.folders.snapshot().iter())
             .map(|(id, f)| (id.clone(), f.maps()))
             .collect(),
         peers_known: node.mesh.peer_status().len(),
@@ -269,6 +276,7 @@ fn peers(node: &NodeHandle) -> Vec<PeerInfo> {
             last_seen_secs_ago: p
                 .last_seen
                 .map(|t| t.elapsed().map(|d| d.as_secs()).unwrap_or(0)),
+            connected_since_ms: p.connected_since.map(unix_ms),
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
             last_error: if p.connected { None } else { p.last_error },
             refused_streams: p.refused_streams,
@@ -291,7 +299,7 @@ async fn ask_distributor(node: &NodeHandle) -> Vec<Outbound> {
 }
 
 async fn ask_receiver(node: &NodeHandle, folder: &str) -> Vec<Inbound> {
-    match node.slots.receivers.get(folder).and_then(|s| s.get()) {
+    match node.slots.receiver(folder) {
         Some(r) => r
             .send(GetInbound)
             .timeout(QUERY_TIMEOUT)

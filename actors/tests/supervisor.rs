@@ -56,7 +56,7 @@ fn a_dead_actor_is_restarted_and_a_crash_loop_exits_non_zero() {
     });
     sys.block_on(async move {
         let node = start_node(&cfg).await.unwrap();
-        let slot = node.slots.hashers["f"].clone();
+        let slot = node.slots.folder("f").expect("folder f").hasher;
         until("the hasher to start", || slot.get().is_some()).await;
         std::fs::write(dir.path().join("folder/one.txt"), "1").unwrap();
         until("one.txt indexed", || indexed(&node, "one.txt")).await;

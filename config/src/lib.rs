@@ -109,7 +109,7 @@ mod tests;
 
 pub use error::ConfigError;
 pub use render::render_init_config;
-pub use show::{Setting, Source, REDACTED};
+pub use show::{folder_values, Setting, Source, REDACTED};
 pub use space::{parse_size, MinFree, Umask, DEFAULT_MIN_FREE_BYTES, DEFAULT_MIN_FREE_PERCENT};
 pub use types::{
     check_host_name, parse_duration, parse_node_id, BearerToken, FleetSecret, FolderMode,

@@ -252,7 +252,9 @@ impl Config {
     }
 }
 
-fn folder_values(f: &FolderConfig) -> Vec<(&'static str, String)> {
+/// One folder's settings as `config show` lists them (key without the
+/// `folders[i].` prefix, value): what a reload compares folder by folder.
+pub fn folder_values(f: &FolderConfig) -> Vec<(&'static str, String)> {
     let v = &f.versions;
     vec![
         ("id", f.id.clone()),

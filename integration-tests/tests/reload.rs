@@ -1,6 +1,7 @@
-//! Config reload on a running node (`fleetsync reload`, SIGHUP): peers
-//! and the log level change without a restart; other changes are named
-//! as needing one; a bad config is refused and the node keeps running.
+//! Config reload on a running node (`fleetsync reload`, SIGHUP): peers,
+//! the log level and the folder list change without a restart; other
+//! changes are named as needing one; a bad config is refused and the node
+//! keeps running.
 
 use std::fs;
 
@@ -127,4 +128,107 @@ fn a_bad_config_is_refused_and_the_node_keeps_its_running_one() {
     wait_until(DEADLINE, "the reload logged", || {
         n.log().contains("config reloaded: nothing changed")
     });
+}
+
+/// The session with `other` as `n` reports it (unix ms it began).
+fn session_of(n: &Node, other: &Node) -> Option<u64> {
+    let st = n.status()?;
+    let id = hex_id(other);
+    st["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == id.as_str() && p["connected"] == true)
+        .and_then(|p| p["connected_since_ms"].as_u64())
+}
+
+fn now_ms() -> u64 {
+    let since = std::time::UNIX_EPOCH.elapsed().expect("clock after 1970");
+    u64::try_from(since.as_millis()).expect("ms fit")
+}
+
+fn hex_id(n: &Node) -> String {
+    n.id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A folder added to a running node by reload syncs both ways with a peer
+/// that already had it (the peer had been told "not shared" and is woken
+/// when we subscribe), while the session and the other folder carry on; a
+/// folder removed by reload stops syncing and keeps its files.
+#[test]
+fn a_folder_added_by_reload_syncs_both_ways_and_a_removed_one_stops() {
+    let mut c = Cluster::start(2, Topology::Full, |i| {
+        let mut f = vec![FolderSpec::new("shared")];
+        if i == 0 {
+            f.push(FolderSpec::new("extra"));
+        }
+        f
+    });
+    let extra = |n: &Node, rel: &str| n.folder("extra").join(rel);
+    fs::write(extra(&c.nodes[0], "from-a.txt"), b"a had it first").unwrap();
+    fs::write(c.nodes[0].path("hello.txt"), b"hello").unwrap();
+    wait_until(DEADLINE, "the first folder synced", || {
+        has_file(&c.nodes[1], "hello.txt", b"hello")
+    });
+    // Two nodes dialing each other as they start may swap their session
+    // once in the first second (the duplicate tie-break): compare with a
+    // session that has outlived that.
+    wait_until(DEADLINE, "a settled session", || {
+        session_of(&c.nodes[1], &c.nodes[0]).is_some_and(|since| now_ms() > since + 3_000)
+    });
+    let session = session_of(&c.nodes[1], &c.nodes[0]);
+    let pid = c.nodes[1].pid();
+
+    c.nodes[1].folders.push(FolderSpec::new("extra"));
+    c.nodes[1].write_config();
+    let (code, out, err) = c.nodes[1].cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("folder extra: added"), "{out}");
+    assert!(!out.contains("needs a restart"), "{out}");
+
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    wait_until(DEADLINE, "a's file in the added folder reached b", || {
+        fs::read(extra(b, "from-a.txt")).is_ok_and(|d| d == b"a had it first")
+    });
+    fs::write(extra(b, "from-b.txt"), b"b's own").unwrap();
+    wait_until(DEADLINE, "b's file in the added folder reached a", || {
+        fs::read(extra(a, "from-b.txt")).is_ok_and(|d| d == b"b's own")
+    });
+    fs::write(a.path("still.txt"), b"the first folder too").unwrap();
+    wait_until(DEADLINE, "the first folder still syncs", || {
+        has_file(b, "still.txt", b"the first folder too")
+    });
+    assert_eq!(b.pid(), pid, "the node was not restarted");
+    assert_eq!(session_of(b, a), session, "the session was not dropped");
+
+    // Removed again: nothing more arrives there, its files stay.
+    c.nodes[1].folders.retain(|f| f.id != "extra");
+    c.nodes[1].write_config();
+    let (code, out, err) = c.nodes[1].cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("folder extra: removed"), "{out}");
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let st = b.status().expect("status");
+    let ids: Vec<&str> = (st["folders"].as_array().unwrap().iter())
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["shared"]);
+    fs::write(extra(a, "late.txt"), b"after the removal").unwrap();
+    wait_until(DEADLINE, "a indexed late.txt", || {
+        a.folder_status("extra").is_some_and(|f| f["files"] == 3)
+    });
+    // Announced on the same session as this later file of the other
+    // folder: once that arrived, late.txt would have too.
+    fs::write(a.path("marker.txt"), b"written after late.txt").unwrap();
+    wait_until(DEADLINE, "the first folder still syncs", || {
+        has_file(b, "marker.txt", b"written after late.txt")
+    });
+    assert!(
+        !extra(b, "late.txt").exists(),
+        "a removed folder got a file"
+    );
+    assert!(
+        extra(b, "from-b.txt").exists(),
+        "a removed folder keeps its files"
+    );
+    assert_eq!(session_of(b, a), session, "the session was not dropped");
 }

@@ -146,6 +146,11 @@ pub const RESUBSCRIBE_MIN: Duration = Duration::from_millis(500);
 /// sending garbage) is retried at most this often.
 pub const RESUBSCRIBE_MAX: Duration = Duration::from_secs(10);
 
+/// How long a subscription the peer answered "not shared" waits before it
+/// asks again, unless the peer shows sooner that it shares the folder
+/// (which it does at once when it adds it: only a fallback).
+pub const NOT_SHARED_RECHECK: Duration = Duration::from_secs(300);
+
 /// What a caller's trait implementation may fail with; kept as the source
 /// of the stream's error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -638,7 +643,9 @@ fn halve(part: &mut Slice) -> (Slice, Slice) {
 
 /// Keep a subscription to `session`'s index of `folder` alive for as long
 /// as the session lives, resuming each time from the sink's mark. Returns
-/// when the connection closes or the peer does not share the folder.
+/// when the connection closes. A peer that does not share the folder is
+/// asked again once it subscribes to the folder from us (a reload added
+/// it there: [`PeerSession::peer_shares`]), or after [`NOT_SHARED_RECHECK`].
 pub async fn subscribe<K: IndexSink>(session: &PeerSession, folder: &str, sink: &K) {
     let peer = Peer::new(session.peer);
     let mut backoff = RESUBSCRIBE_MIN;
@@ -655,7 +662,15 @@ pub async fn subscribe<K: IndexSink>(session: &PeerSession, folder: &str, sink: 
         }
         let heard = Heard::new(sink);
         match subscribe_once(session, &peer, folder, mark, &heard).await {
-            Ok(Ended::NotShared) => return,
+            Ok(Ended::NotShared) => {
+                let shares = session.shares_notify(folder);
+                tokio::select! {
+                    _ = shares.notified() => {}
+                    _ = tokio::time::sleep(NOT_SHARED_RECHECK) => {}
+                    _ = session.conn.closed() => return,
+                }
+                continue;
+            }
             Ok(Ended::TooOld { horizon }) => {
                 from_zero = true;
                 if let Err(e) = sink.too_old(horizon).await {

@@ -226,6 +226,10 @@ pub struct PeerSession {
     /// Index streams refused on this session (over the per-session cap);
     /// shown in the peer's status.
     pub(crate) refused_streams: Arc<AtomicU64>,
+    /// Folders the peer was seen to share on this session (it subscribed
+    /// to them from us): wakes our subscription that it answered "not
+    /// shared" before (a reload added the folder there).
+    pub(crate) shares: Arc<Mutex<HashMap<String, Arc<tokio::sync::Notify>>>>,
 }
 
 impl PeerSession {
@@ -237,6 +241,19 @@ impl PeerSession {
     /// Index streams of this peer refused so far.
     pub(crate) fn refused_streams_before(&self) -> u64 {
         self.refused_streams.load(Ordering::Relaxed)
+    }
+
+    /// The peer subscribed to `folder`, one we share: it shares it too.
+    /// Call only for folders we share (what bounds the map).
+    pub fn peer_shares(&self, folder: &str) {
+        self.shares_notify(folder).notify_one();
+    }
+
+    /// What [`Self::peer_shares`] wakes for `folder` (a permit is kept if
+    /// nobody waits yet).
+    pub(crate) fn shares_notify(&self, folder: &str) -> Arc<tokio::sync::Notify> {
+        let mut shares = self.shares.lock().expect("shares lock");
+        shares.entry(folder.to_string()).or_default().clone()
     }
 }
 
@@ -985,6 +1002,7 @@ impl Inner {
             conn_id,
             peer_version: admitted.peer_version,
             refused_streams: self.refused_streams_of(peer),
+            shares: Arc::default(),
         };
         if self.events.send(MeshEvent::Up(session)).await.is_err() {
             return;

@@ -422,7 +422,7 @@ async fn history(
     let (Some(folder), Some(path)) = (q.get("folder").cloned(), q.get("path").cloned()) else {
         return (StatusCode::BAD_REQUEST, "need ?folder=ID&path=PATH\n").into_response();
     };
-    if !node.folders.contains_key(&folder) {
+    if !node.folders.contains(&folder) {
         return (StatusCode::NOT_FOUND, format!("no folder {folder:?}\n")).into_response();
     }
     let index = node.index.clone();
@@ -449,7 +449,7 @@ async fn restore_folder(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(folder) = node.folders.get(&id).cloned() else {
+    let Some(folder) = node.folders.get(&id) else {
         return (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response();
     };
     let Some(path) = q.get("path").cloned() else {
@@ -483,7 +483,7 @@ async fn versions(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(folder) = node.folders.get(&id).cloned() else {
+    let Some(folder) = node.folders.get(&id) else {
         return (StatusCode::NOT_FOUND, format!("no folder {id:?}\n")).into_response();
     };
     // Listing reads each version's metadata from its file.

@@ -31,7 +31,12 @@ pub mod budget;
 pub mod faults;
 pub mod node;
 
-use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use actix::prelude::*;
 use fleetsync_config::{Config, SupervisorConfig};
@@ -51,7 +56,7 @@ use self::{
 };
 use crate::{
     distributor::Distributor,
-    folder::Folder,
+    folder_set::FolderSet,
     hasher::Hasher,
     health::{judge, now_ms, Health, Verdict},
     msg::{PeerDown, PeerUp, Ping},
@@ -138,19 +143,76 @@ impl ActorId {
     }
 }
 
-/// Addresses of every actor, stable across restarts.
+/// Addresses of every actor, stable across restarts. Per-folder slots
+/// come and go with the folders (a reload).
 #[derive(Clone, Default)]
 pub struct Slots {
     pub distributor: Slot<Distributor>,
     pub retention: Slot<Retention>,
-    pub watchers: HashMap<String, Slot<Watcher>>,
-    pub hashers: HashMap<String, Slot<Hasher>>,
-    pub receivers: HashMap<String, Slot<Receiver>>,
+    folders: Arc<RwLock<HashMap<String, FolderSlots>>>,
+}
+
+/// One folder's actors.
+#[derive(Clone, Default)]
+pub struct FolderSlots {
+    pub watcher: Slot<Watcher>,
+    pub hasher: Slot<Hasher>,
+    pub receiver: Slot<Receiver>,
+}
+
+impl Slots {
+    pub fn folder(&self, id: &str) -> Option<FolderSlots> {
+        self.folders.read().expect("slots lock").get(id).cloned()
+    }
+
+    /// The folder's receiver, if it runs.
+    pub fn receiver(&self, id: &str) -> Option<Addr<Receiver>> {
+        self.folder(id)?.receiver.get()
+    }
+
+    /// The folder's watcher, if it runs.
+    pub fn watcher(&self, id: &str) -> Option<Addr<Watcher>> {
+        self.folder(id)?.watcher.get()
+    }
+
+    fn receivers(&self) -> Vec<Addr<Receiver>> {
+        let folders = self.folders.read().expect("slots lock");
+        folders.values().filter_map(|f| f.receiver.get()).collect()
+    }
+
+    pub(crate) fn add_folder(&self, id: &str) {
+        let mut folders = self.folders.write().expect("slots lock");
+        folders.entry(id.to_string()).or_default();
+    }
+
+    fn remove_folder(&self, id: &str) {
+        self.folders.write().expect("slots lock").remove(id);
+    }
 }
 
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// The three actors of one folder, in start order.
+fn folder_actors(folder: &str) -> [ActorId; 3] {
+    [
+        ActorId::Hasher(folder.to_string()),
+        ActorId::Watcher(folder.to_string()),
+        ActorId::Receiver(folder.to_string()),
+    ]
+}
+
+/// Add a folder and start its actors (a reload).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddFolder(pub Arc<crate::folder::Folder>);
+
+/// Stop a folder's actors and take it out of the set (a reload); false if
+/// there was no such folder.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct RemoveFolder(pub String);
 
 /// Stop one actor's thread as if it had crashed (tests); the supervisor
 /// notices on its next tick and restarts it.
@@ -167,7 +229,7 @@ struct Incarnation {
 
 pub struct Supervisor {
     settings: Settings,
-    folders: Arc<HashMap<String, Arc<Folder>>>,
+    folders: Arc<FolderSet>,
     slots: Slots,
     actors: HashMap<ActorId, Incarnation>,
     events: Option<mpsc::Receiver<MeshEvent>>,
@@ -181,7 +243,7 @@ pub struct Supervisor {
 impl Supervisor {
     fn new(
         settings: Settings,
-        folders: Arc<HashMap<String, Arc<Folder>>>,
+        folders: Arc<FolderSet>,
         slots: Slots,
         events: mpsc::Receiver<MeshEvent>,
         board: Arc<Board>,
@@ -205,12 +267,8 @@ impl Supervisor {
     /// before receivers (only the first messages care).
     fn ids(&self) -> Vec<ActorId> {
         let mut ids = vec![ActorId::Distributor, ActorId::Retention];
-        let mut folders: Vec<&String> = self.folders.keys().collect();
-        folders.sort();
-        for f in folders {
-            ids.push(ActorId::Hasher(f.clone()));
-            ids.push(ActorId::Watcher(f.clone()));
-            ids.push(ActorId::Receiver(f.clone()));
+        for f in self.folders.ids() {
+            ids.extend(folder_actors(&f));
         }
         ids
     }
@@ -258,33 +316,92 @@ impl Supervisor {
                     Retention::start_in_arbiter(&h, move |_| Retention::new(folders, health, gc));
                 self.slots.retention.set(addr);
             }
-            ActorId::Hasher(f) => {
-                let folder = self.folders[f].clone();
-                let addr = Hasher::start_in_arbiter(&h, move |_| Hasher::new(folder, health));
-                self.slots.hashers[f].set(addr);
+            ActorId::Hasher(f) | ActorId::Watcher(f) | ActorId::Receiver(f) => {
+                let (Some(folder), Some(slots)) = (self.folders.get(f), self.slots.folder(f))
+                else {
+                    // Removed by a reload: nothing to start.
+                    return;
+                };
+                self.start_folder_actor(&h, id, folder, slots, health);
+            }
+        }
+    }
+
+    fn start_folder_actor(
+        &self,
+        h: &actix::ArbiterHandle,
+        id: &ActorId,
+        folder: Arc<crate::folder::Folder>,
+        slots: FolderSlots,
+        health: Arc<Health>,
+    ) {
+        match id {
+            ActorId::Hasher(_) => {
+                let addr = Hasher::start_in_arbiter(h, move |_| Hasher::new(folder, health));
+                slots.hasher.set(addr);
                 // A batch at the old incarnation will never count (its
                 // commits are fenced): the watcher sends it again.
-                if let Some(w) = self.slots.watchers[f].get() {
+                if let Some(w) = slots.watcher.get() {
                     w.do_send(HasherReplaced);
                 }
             }
-            ActorId::Watcher(f) => {
-                let folder = self.folders[f].clone();
-                let hasher = self.slots.hashers[f].clone();
+            ActorId::Watcher(_) => {
+                let hasher = slots.hasher.clone();
                 let addr =
-                    Watcher::start_in_arbiter(&h, move |_| Watcher::new(folder, hasher, health));
-                self.slots.watchers[f].set(addr);
+                    Watcher::start_in_arbiter(h, move |_| Watcher::new(folder, hasher, health));
+                slots.watcher.set(addr);
             }
-            ActorId::Receiver(f) => {
-                let folder = self.folders[f].clone();
-                let watcher = self.slots.watchers[f].clone();
+            ActorId::Receiver(_) => {
+                let watcher = slots.watcher.clone();
                 let addr =
-                    Receiver::start_in_arbiter(&h, move |_| Receiver::new(folder, watcher, health));
+                    Receiver::start_in_arbiter(h, move |_| Receiver::new(folder, watcher, health));
                 for s in self.sessions.values() {
                     addr.do_send(PeerUp(s.clone()));
                 }
-                self.slots.receivers[f].set(addr);
+                slots.receiver.set(addr);
             }
+            ActorId::Distributor | ActorId::Retention => {}
+        }
+    }
+
+    /// A folder a reload added: its actors start like at start-up (the
+    /// receiver subscribes to every connected peer).
+    fn add_folder(&mut self, folder: Arc<crate::folder::Folder>) {
+        let id = folder.id().to_string();
+        self.slots.add_folder(&id);
+        self.folders.insert(folder);
+        for actor in folder_actors(&id) {
+            self.spawn_actor(&actor);
+        }
+        self.folders_changed();
+        info!(folder = %id, "folder added");
+    }
+
+    /// A folder a reload removed: its actors are retired and stopped (like
+    /// a replaced incarnation, nothing they do later takes effect), it is
+    /// no longer served, and nothing on disk is touched.
+    fn remove_folder(&mut self, id: &str) -> bool {
+        let Some(folder) = self.folders.remove(id) else {
+            return false;
+        };
+        for actor in folder_actors(id) {
+            if let Some(inc) = self.actors.remove(&actor) {
+                inc.health.retire();
+                inc.arbiter.stop();
+            }
+        }
+        self.slots.remove_folder(id);
+        folder.retire();
+        self.folders_changed();
+        info!(folder = %id, "folder removed");
+        true
+    }
+
+    /// Retention sets its folder-dependent timers again (a replaced
+    /// retention reads the set as it starts anyway).
+    fn folders_changed(&self) {
+        if let Some(r) = self.slots.retention.get() {
+            r.do_send(crate::retention::FoldersChanged);
         }
     }
 
@@ -336,9 +453,9 @@ impl Supervisor {
         match id {
             ActorId::Distributor => send(&self.slots.distributor),
             ActorId::Retention => send(&self.slots.retention),
-            ActorId::Watcher(f) => send(&self.slots.watchers[f]),
-            ActorId::Hasher(f) => send(&self.slots.hashers[f]),
-            ActorId::Receiver(f) => send(&self.slots.receivers[f]),
+            ActorId::Watcher(f) => self.slots.folder(f).is_some_and(|s| send(&s.watcher)),
+            ActorId::Hasher(f) => self.slots.folder(f).is_some_and(|s| send(&s.hasher)),
+            ActorId::Receiver(f) => self.slots.folder(f).is_some_and(|s| send(&s.receiver)),
         }
     }
 
@@ -400,9 +517,13 @@ impl Supervisor {
         let delivered = match &m.actor {
             ActorId::Distributor => deliver(Some(&self.slots.distributor), m.fault),
             ActorId::Retention => deliver(Some(&self.slots.retention), m.fault),
-            ActorId::Watcher(f) => deliver(self.slots.watchers.get(f), m.fault),
-            ActorId::Hasher(f) => deliver(self.slots.hashers.get(f), m.fault),
-            ActorId::Receiver(f) => deliver(self.slots.receivers.get(f), m.fault),
+            ActorId::Watcher(f) => {
+                deliver(self.slots.folder(f).map(|s| s.watcher).as_ref(), m.fault)
+            }
+            ActorId::Hasher(f) => deliver(self.slots.folder(f).map(|s| s.hasher).as_ref(), m.fault),
+            ActorId::Receiver(f) => {
+                deliver(self.slots.folder(f).map(|s| s.receiver).as_ref(), m.fault)
+            }
         };
         if !delivered {
             return Err(FaultError::NoSuchActor(m.actor.to_string()));
@@ -461,10 +582,8 @@ impl StreamHandler<MeshEvent> for Supervisor {
                 if let Some(d) = self.slots.distributor.get() {
                     d.do_send(PeerUp(s.clone()));
                 }
-                for r in self.slots.receivers.values() {
-                    if let Some(r) = r.get() {
-                        r.do_send(PeerUp(s.clone()));
-                    }
+                for r in self.slots.receivers() {
+                    r.do_send(PeerUp(s.clone()));
                 }
             }
             MeshEvent::Down { peer, conn_id } => {
@@ -472,10 +591,8 @@ impl StreamHandler<MeshEvent> for Supervisor {
                 if let Some(d) = self.slots.distributor.get() {
                     d.do_send(PeerDown { peer, conn_id });
                 }
-                for r in self.slots.receivers.values() {
-                    if let Some(r) = r.get() {
-                        r.do_send(PeerDown { peer, conn_id });
-                    }
+                for r in self.slots.receivers() {
+                    r.do_send(PeerDown { peer, conn_id });
                 }
             }
         }
@@ -506,5 +623,21 @@ impl Handler<Shutdown> for Supervisor {
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         // `stopped` retires every incarnation and stops its thread.
         ctx.stop();
+    }
+}
+
+impl Handler<AddFolder> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: AddFolder, _: &mut Context<Self>) {
+        self.add_folder(m.0);
+    }
+}
+
+impl Handler<RemoveFolder> for Supervisor {
+    type Result = bool;
+
+    fn handle(&mut self, m: RemoveFolder, _: &mut Context<Self>) -> bool {
+        self.remove_folder(&m.0)
     }
 }

@@ -17,7 +17,7 @@ use super::{
     faults::{Fault, FaultError, InjectFault},
     ActorId, Settings, Shutdown, Slots, Supervisor,
 };
-use crate::{folder::Folder, gc_gate::GcGate, index::Index, retention, slot::Slot};
+use crate::{folder::Folder, folder_set::FolderSet, gc_gate::GcGate, index::Index, retention};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -36,6 +36,8 @@ pub enum StartError {
     },
     #[error("peer {0}: not a valid node id")]
     PeerId(String),
+    #[error("the node is shutting down")]
+    Stopped,
 }
 
 /// A folder could not be made ready for its actors.
@@ -56,6 +58,8 @@ pub enum PrepareError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Task(#[from] crate::rt::TaskError),
 }
 
 /// A running node, for the binary and for tests.
@@ -63,7 +67,8 @@ pub enum PrepareError {
 pub struct NodeHandle {
     pub mesh: Mesh,
     pub index: Index,
-    pub folders: Arc<HashMap<String, Arc<Folder>>>,
+    /// The node's folders (a reload may add and remove some).
+    pub folders: Arc<FolderSet>,
     pub slots: Slots,
     pub supervisor: Addr<Supervisor>,
     /// What the supervisor last saw of every actor.
@@ -203,7 +208,7 @@ impl NodeHandle {
         let f = self.folders.get(folder)?;
         let n = f.deletes.lock().expect("guard lock").resume();
         // A receiver being replaced runs a round as it starts anyway.
-        if let Some(r) = self.slots.receivers.get(folder).and_then(Slot::get) {
+        if let Some(r) = self.slots.receiver(folder) {
             r.do_send(crate::receiver::msg::Kick);
         }
         Some(n)
@@ -225,7 +230,7 @@ impl NodeHandle {
         };
         if changed {
             self.rescan(folder);
-            if let Some(r) = self.slots.receivers.get(folder).and_then(Slot::get) {
+            if let Some(r) = self.slots.receiver(folder) {
                 r.do_send(crate::receiver::msg::Kick);
             }
         }
@@ -241,11 +246,11 @@ impl NodeHandle {
     /// watch missed: a network filesystem, a mount). `false`: no such
     /// folder.
     pub fn rescan(&self, folder: &str) -> bool {
-        if !self.folders.contains_key(folder) {
+        if !self.folders.contains(folder) {
             return false;
         }
         // A watcher being replaced scans as it starts anyway.
-        if let Some(w) = self.slots.watchers.get(folder).and_then(Slot::get) {
+        if let Some(w) = self.slots.watcher(folder) {
             w.do_send(crate::watcher::msg::Rescan);
         }
         true
@@ -264,7 +269,47 @@ impl NodeHandle {
     }
 
     fn first_folder(&self) -> Option<String> {
-        self.folders.keys().min().cloned()
+        self.folders.ids().into_iter().next()
+    }
+
+    /// Add a folder to the running node (a reload): made ready like at
+    /// start-up, then its actors start and it is served to peers.
+    pub async fn add_folder(
+        &self,
+        cfg: fleetsync_config::FolderConfig,
+        stall: Duration,
+    ) -> Result<(), StartError> {
+        let content: Arc<dyn crate::content::Content> = Arc::new(self.mesh.clone());
+        let id = cfg.id.clone();
+        let folder = Folder::new(
+            cfg,
+            self.index.clone(),
+            content,
+            self.mesh.short_id(),
+            stall,
+        )?;
+        let f = folder.clone();
+        crate::rt::blocking(move || prepare_folder(&f))
+            .await
+            .map_err(|e| StartError::Folder {
+                folder: id.clone(),
+                source: PrepareError::Task(e),
+            })?
+            .map_err(|source| StartError::Folder { folder: id, source })?;
+        self.supervisor
+            .send(super::AddFolder(folder))
+            .await
+            .map_err(|_| StartError::Stopped)
+    }
+
+    /// Stop syncing a folder (a reload): its actors stop, peers are no
+    /// longer served it; its files, index rows and kept versions stay.
+    /// False if there was no such folder.
+    pub async fn remove_folder(&self, id: &str) -> Result<bool, StartError> {
+        self.supervisor
+            .send(super::RemoveFolder(id.to_string()))
+            .await
+            .map_err(|_| StartError::Stopped)
     }
 
     /// Stop actors, close connections, flush the store.
@@ -323,13 +368,11 @@ pub async fn start_node_with(
         })?;
         folders.insert(f.id.clone(), folder);
     }
-    let folders = Arc::new(folders);
-    let mut slots = Slots::default();
+    let slots = Slots::default();
     for id in folders.keys() {
-        slots.watchers.insert(id.clone(), Slot::default());
-        slots.hashers.insert(id.clone(), Slot::default());
-        slots.receivers.insert(id.clone(), Slot::default());
+        slots.add_folder(id);
     }
+    let folders = FolderSet::new(folders);
     let board = Arc::new(Board::new(settings.ping_interval));
     let fatal = Arc::new(Fatal::default());
     let sup = Supervisor::new(
