@@ -376,11 +376,6 @@ impl Node {
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::File::create(self.log_path()).unwrap();
         let mut cmd = self.command();
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("FLEETSYNC_") {
-                cmd.env_remove(k);
-            }
-        }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .arg("run")
@@ -431,6 +426,14 @@ impl Node {
         argv.push(bin().into());
         let mut c = Command::new(&argv[0]);
         c.args(&argv[1..]);
+        // The node and the CLI see only the variables the test gives them:
+        // the test runner's own (`FLEETSYNC_IT_KEEP`, an operator's
+        // FLEETSYNC_*) would be refused or would change the config.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("FLEETSYNC_") {
+                c.env_remove(k);
+            }
+        }
         c
     }
 

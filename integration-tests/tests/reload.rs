@@ -133,7 +133,7 @@ fn a_bad_config_is_refused_and_the_node_keeps_its_running_one() {
 /// The session with `other` as `n` reports it (unix ms it began).
 fn session_of(n: &Node, other: &Node) -> Option<u64> {
     let st = n.status()?;
-    let id = hex_id(other);
+    let id = other.id_hex();
     st["peers"]
         .as_array()?
         .iter()
@@ -144,10 +144,6 @@ fn session_of(n: &Node, other: &Node) -> Option<u64> {
 fn now_ms() -> u64 {
     let since = std::time::UNIX_EPOCH.elapsed().expect("clock after 1970");
     u64::try_from(since.as_millis()).expect("ms fit")
-}
-
-fn hex_id(n: &Node) -> String {
-    n.id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A folder added to a running node by reload syncs both ways with a peer

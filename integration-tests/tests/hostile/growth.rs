@@ -132,13 +132,22 @@ fn forged_authorship_history_names_the_proven_sender() {
     let mut forged = dir_entry("forged", victim);
     forged.sequence = 1;
     member.serve_batches(vec![vec![forged]]);
-    wait_until(DEADLINE, "the forged directory to arrive", || {
-        a.path("forged").is_dir()
+    // The directory is made before the commit that records its history:
+    // wait for the history row itself (regression: under load the row was
+    // read between the two).
+    let mut row = Value::Null;
+    wait_until(DEADLINE, "the forged directory in the history", || {
+        let (code, out, err) = a.cli(&["history", "--folder", "shared", "forged", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let rows: Value = serde_json::from_str(&out).unwrap();
+        row = rows
+            .as_array()
+            .and_then(|r| r.last())
+            .cloned()
+            .unwrap_or_default();
+        !row.is_null()
     });
-    let (code, out, err) = a.cli(&["history", "--folder", "shared", "forged", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    let rows: Value = serde_json::from_str(&out).unwrap();
-    let row = rows.as_array().and_then(|r| r.last()).cloned().unwrap();
+    assert!(a.path("forged").is_dir());
     let member_short = ShortId::from_node_id(proven.as_bytes()).to_string();
     assert_eq!(row["modified_by"], victim.to_string(), "{row}");
     assert_eq!(row["via"], member_short, "{row}");
