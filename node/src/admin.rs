@@ -19,6 +19,8 @@
 
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr};
 
+pub mod socket;
+
 use axum::{
     extract::{Path, Query, State},
     http::StatusCode,
@@ -46,20 +48,14 @@ use serde::Serialize;
 /// reads the address from here.
 pub const ADDR_FILE: &str = "admin.addr";
 
-/// Bind and serve; returns the task and the bound address.
-pub async fn serve(
-    addr: SocketAddr,
+/// Every route of the admin API, served on the loopback address and the
+/// Unix socket alike.
+pub fn routes(
     node: NodeHandle,
     reloads: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>,
     metrics_cache: crate::metrics::Cache,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!(
-            "admin API cannot listen on {addr}: {e} (set admin.listen to a free 127.0.0.1 port, or port 0 for any)"
-        )
-    })?;
-    let bound = listener.local_addr()?;
-    let app = Router::new()
+) -> Router {
+    Router::new()
         .route("/status", get(status))
         .route("/health", get(health))
         .route(
@@ -75,11 +71,25 @@ pub async fn serve(
         .route("/debug/fault", post(fault))
         .route("/retention/sweep", post(sweep))
         .route("/reload", post(move || reload(reloads.clone())))
-        .layer(axum::middleware::from_fn_with_state(
-            allowed_hosts(bound),
-            check_host,
-        ))
-        .with_state(node);
+        .with_state(node)
+}
+
+/// Bind `addr` and serve `app`; returns the task and the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    app: Router,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "admin API cannot listen on {addr}: {e} (set admin.listen to a free 127.0.0.1 port, or port 0 for any)"
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    // Only TCP needs the Host check: a browser cannot reach the socket.
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        allowed_hosts(bound),
+        check_host,
+    ));
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("admin API stopped: {e}");
