@@ -178,6 +178,8 @@ fn a_group_member_reaches_the_node_through_the_socket_without_the_config_others_
     assert_eq!(r.code, EXIT_UNREACHABLE, "stale socket: {}{}", r.out, r.err);
     assert!(r.err.contains("is it running?"), "{}", r.err);
     n.start();
+    // The node makes its data dir owner-only again on start.
+    chmod(&n.data, 0o711);
     let r = fleetsync(Some(group), &["status", "--config", &config]);
     assert_eq!(r.code, 0, "after the restart: {}{}", r.out, r.err);
 
