@@ -727,8 +727,7 @@ fn peer_cells(p: &serde_json::Value) -> Vec<String> {
         }
     }
     vec![
-        if c { "●" } else { "○" }.to_string(),
-        s(&p["short_id"]),
+        format!("{} {}", if c { "●" } else { "○" }, s(&p["short_id"])),
         addrs.join(","),
         format!("({})", s(&p["source"])),
         p["rtt_ms"]
@@ -762,8 +761,11 @@ fn actor_cells(a: &serde_json::Value) -> Vec<String> {
     let busy = a["busy"].as_u64().unwrap_or(0);
     let progress = a["last_progress_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
     vec![
-        if ok { "●" } else { "✗" }.to_string(),
-        a["name"].as_str().unwrap_or("?").to_string(),
+        format!(
+            "{} {}",
+            if ok { "●" } else { "✗" },
+            a["name"].as_str().unwrap_or("?")
+        ),
         if busy > 0 {
             format!("working ({busy}), last progress {progress:.1} s ago")
         } else {
