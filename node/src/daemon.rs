@@ -198,7 +198,6 @@ async fn serve(
 ) -> anyhow::Result<Listeners> {
     let app = crate::admin::routes(node.clone(), reloads, cache.clone());
     let (admin, admin_addr) = crate::admin::serve(config.admin.listen, app.clone()).await?;
-    record_addr(config, crate::admin::ADDR_FILE, admin_addr);
     let mut listeners = Listeners {
         admin,
         admin_addr,
@@ -218,6 +217,9 @@ async fn serve(
             }
         }
     }
+    // Written once both admin listeners are up: whoever waits for the
+    // file (the CLI, tests) finds the socket too.
+    record_addr(config, crate::admin::ADDR_FILE, admin_addr);
     if let Some(m) = &config.metrics {
         let served =
             crate::metrics::serve::serve(m.listen, m.bearer_token.as_ref(), cache.clone()).await;
