@@ -79,6 +79,8 @@ pub(crate) struct Layered {
     pub peer_exchange: Option<Sourced<bool>>,
     pub max_peers: Option<Sourced<i64>>,
     pub admin_listen: Option<Sourced<String>>,
+    /// `admin.socket`: a path, or `off`.
+    pub admin_socket: Option<Sourced<String>>,
     pub metrics_listen: Option<Sourced<String>>,
     pub metrics_token_file: Option<Sourced<PathBuf>>,
     pub log_level: Option<Sourced<String>>,
@@ -147,6 +149,9 @@ const ENV_MESH_TRANSFER_STALL_TIMEOUT: &str = "FLEETSYNC_MESH_TRANSFER_STALL_TIM
 const ENV_MESH_PEER_EXCHANGE: &str = "FLEETSYNC_MESH_PEER_EXCHANGE";
 const ENV_MESH_MAX_PEERS: &str = "FLEETSYNC_MESH_MAX_PEERS";
 const ENV_ADMIN_LISTEN: &str = "FLEETSYNC_ADMIN_LISTEN";
+/// Also read by the CLI (`--socket`): one variable points both the node
+/// and its commands at the same socket.
+const ENV_ADMIN_SOCKET: &str = "FLEETSYNC_ADMIN_SOCKET";
 const ENV_METRICS_LISTEN: &str = "FLEETSYNC_METRICS_LISTEN";
 const ENV_METRICS_BEARER_TOKEN_FILE: &str = "FLEETSYNC_METRICS_BEARER_TOKEN_FILE";
 const ENV_LOG_LEVEL: &str = "FLEETSYNC_LOG_LEVEL";
@@ -171,6 +176,7 @@ pub(crate) const ENV_FIXED: &[&str] = &[
     ENV_MESH_PEER_EXCHANGE,
     ENV_MESH_MAX_PEERS,
     ENV_ADMIN_LISTEN,
+    ENV_ADMIN_SOCKET,
     ENV_METRICS_LISTEN,
     ENV_METRICS_BEARER_TOKEN_FILE,
     ENV_LOG_LEVEL,
@@ -265,6 +271,7 @@ impl Layered {
                 .map(|v| Sourced::file(v, "mesh.peer_exchange")),
             max_peers: mesh.max_peers.map(|v| Sourced::file(v, "mesh.max_peers")),
             admin_listen: admin.listen.map(|v| Sourced::file(v, "admin.listen")),
+            admin_socket: admin.socket.map(|v| Sourced::file(v, "admin.socket")),
             metrics_listen: metrics.listen.map(|v| Sourced::file(v, "metrics.listen")),
             metrics_token_file: metrics
                 .bearer_token_file
@@ -338,6 +345,7 @@ impl Layered {
                     self.max_peers = Some(Sourced::env(parse_env_int(&name, &value)?, &name))
                 }
                 ENV_ADMIN_LISTEN => self.admin_listen = Some(Sourced::env(value, &name)),
+                ENV_ADMIN_SOCKET => self.admin_socket = Some(Sourced::env(value, &name)),
                 ENV_METRICS_LISTEN => self.metrics_listen = Some(Sourced::env(value, &name)),
                 ENV_METRICS_BEARER_TOKEN_FILE => {
                     self.metrics_token_file = Some(Sourced::env(PathBuf::from(value), &name))

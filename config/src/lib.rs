@@ -233,7 +233,29 @@ pub struct MeshConfig {
 pub struct AdminConfig {
     /// Always a loopback address.
     pub listen: SocketAddr,
+    /// `admin.socket`: where the admin API also listens on a Unix socket
+    /// (mode 0660, the node's group), so members of that group reach it
+    /// without reading this config.
+    pub socket: AdminSocket,
 }
+
+/// `admin.socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminSocket {
+    /// Not set: `$RUNTIME_DIRECTORY/admin.sock` when systemd gives the
+    /// node a runtime directory, else `<data_dir>/admin.sock` (the node
+    /// decides; the config does not read the environment beyond
+    /// `FLEETSYNC_*`).
+    Default,
+    /// `admin.socket = "off"`: no socket.
+    Off,
+    /// An absolute path (a relative one is resolved like any other path).
+    At(PathBuf),
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes
+/// on Linux, one of them the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// `[metrics]`: a second HTTP listener serving only `/metrics`, for a
 /// Prometheus server on another machine. Validated: a non-loopback

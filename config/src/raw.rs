@@ -39,6 +39,7 @@ pub(crate) struct RawMesh {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub listen: Option<String>,
+    pub socket: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,7 +147,7 @@ const MESH_KEYS: &[(&str, Kind)] = &[
     ("peer_exchange", Kind::Bool),
     ("max_peers", Kind::Int),
 ];
-const ADMIN_KEYS: &[(&str, Kind)] = &[("listen", Kind::Str)];
+const ADMIN_KEYS: &[(&str, Kind)] = &[("listen", Kind::Str), ("socket", Kind::Str)];
 const METRICS_KEYS: &[(&str, Kind)] = &[("listen", Kind::Str), ("bearer_token_file", Kind::Str)];
 const LOG_KEYS: &[(&str, Kind)] = &[("level", Kind::Str), ("format", Kind::Str)];
 const SUPERVISOR_KEYS: &[(&str, Kind)] = &[

@@ -95,6 +95,10 @@ max_peers = {max_peers}
 [admin]
 # Local HTTP admin API. Unauthenticated, so it must be a loopback address.
 listen = {admin_listen}
+# The same API on a Unix socket (mode 0660, the node's group), for members of
+# that group without reading this file: default $RUNTIME_DIRECTORY/admin.sock
+# under systemd, else <data_dir>/admin.sock; "off" for none.
+# socket = "/run/fleetsync/admin.sock"
 
 [log]
 # tracing filter directive, e.g. "info" or "info,fleetsync=debug".

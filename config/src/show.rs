@@ -94,6 +94,7 @@ pub(crate) fn origins(l: &Layered) -> BTreeMap<String, Source> {
     put("mesh.peer_exchange", origin(&l.peer_exchange));
     put("mesh.max_peers", origin(&l.max_peers));
     put("admin.listen", origin(&l.admin_listen));
+    put("admin.socket", origin(&l.admin_socket));
     put("metrics.listen", origin(&l.metrics_listen));
     put("metrics.bearer_token_file", origin(&l.metrics_token_file));
     put("log.level", origin(&l.log_level));
@@ -207,6 +208,16 @@ impl Config {
             ("mesh.peer_exchange".into(), m.peer_exchange.to_string()),
             ("mesh.max_peers".into(), m.max_peers.to_string()),
             ("admin.listen".into(), self.admin.listen.to_string()),
+            (
+                "admin.socket".into(),
+                match &self.admin.socket {
+                    crate::AdminSocket::Default => {
+                        "$RUNTIME_DIRECTORY/admin.sock, else <data_dir>/admin.sock".to_string()
+                    }
+                    crate::AdminSocket::Off => "off".to_string(),
+                    crate::AdminSocket::At(p) => p.display().to_string(),
+                },
+            ),
             (
                 "metrics.listen".into(),
                 self.metrics.as_ref().map_or_else(

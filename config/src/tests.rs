@@ -577,6 +577,64 @@ fn admin_listen_must_be_loopback() {
 }
 
 #[test]
+fn admin_socket_default_path_off_and_env() {
+    let c = parse(&with_secret(""));
+    assert_eq!(c.admin.socket, AdminSocket::Default);
+    let c = parse(&format!(
+        "{}[admin]\nsocket = \"/run/fleetsync/admin.sock\"\n",
+        with_secret("")
+    ));
+    assert_eq!(
+        c.admin.socket,
+        AdminSocket::At(PathBuf::from("/run/fleetsync/admin.sock"))
+    );
+    // Relative to the config file's directory, like every path in the file.
+    let c = parse(&format!(
+        "{}[admin]\nsocket = \"a.sock\"\n",
+        with_secret("")
+    ));
+    assert_eq!(
+        c.admin.socket,
+        AdminSocket::At(PathBuf::from("/etc/fleetsync/a.sock"))
+    );
+    let c = parse(&format!("{}[admin]\nsocket = \"off\"\n", with_secret("")));
+    assert_eq!(c.admin.socket, AdminSocket::Off);
+    let c = try_parse_full(
+        &with_secret(""),
+        &[("FLEETSYNC_ADMIN_SOCKET", "/tmp/x.sock")],
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.admin.socket,
+        AdminSocket::At(PathBuf::from("/tmp/x.sock"))
+    );
+    let shown = c
+        .settings()
+        .into_iter()
+        .find(|s| s.key == "admin.socket")
+        .unwrap();
+    assert_eq!(shown.source, Source::Env("FLEETSYNC_ADMIN_SOCKET".into()));
+}
+
+#[test]
+fn admin_socket_too_long_names_the_key_and_limit() {
+    let long = format!("/run/{}/admin.sock", "d".repeat(120));
+    let e = err(&format!(
+        "{}[admin]\nsocket = \"{long}\"\n",
+        with_secret("")
+    ));
+    assert_invalid(&e, "admin.socket", "/run/fleetsync/admin.sock");
+    assert!(problem(&e).contains("at most 107"), "{e}");
+    let e = err_full(
+        &with_secret(""),
+        &[("FLEETSYNC_ADMIN_SOCKET", &long)],
+        &Overrides::default(),
+    );
+    assert_invalid_at(&e, "<env>", "FLEETSYNC_ADMIN_SOCKET", "shorter path");
+}
+
+#[test]
 fn bad_peer() {
     let text = with_secret(&format!(
         "peers = [\"{}@10.0.0.1:7300\", \"{}10.0.0.2:7300\"]\n",

@@ -8,11 +8,11 @@ use crate::error::ConfigError;
 use crate::layer::{Layered, LayeredFolder, LayeredSupervisor, Origin, Sourced};
 use crate::types::{parse_duration, parse_node_id, BearerToken, Choices, FleetSecret, PeerAddr};
 use crate::{
-    AdminConfig, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat, MeshConfig,
-    MetricsConfig, MinFree, SupervisorConfig, Umask, WatchMode, DEFAULT_ADMIN_LISTEN,
+    AdminConfig, AdminSocket, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat,
+    MeshConfig, MetricsConfig, MinFree, SupervisorConfig, Umask, WatchMode, DEFAULT_ADMIN_LISTEN,
     DEFAULT_MAX_DELETE_FRACTION, DEFAULT_MAX_FILES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING,
     DEFAULT_MAX_RESTARTS, DEFAULT_MESH_LISTEN, DEFAULT_PING_INTERVAL, DEFAULT_RESTART_WINDOW,
-    DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_STALL_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT, DEFAULT_TRANSFER_STALL_TIMEOUT, MAX_SOCKET_PATH,
 };
 
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
@@ -213,6 +213,7 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
         mesh,
         admin: AdminConfig {
             listen: admin_listen,
+            socket: admin_socket(ctx, l.admin_socket.as_ref())?,
         },
         metrics,
         log,
@@ -221,6 +222,32 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
         folders,
         origins,
     })
+}
+
+/// `admin.socket`: a path no longer than a socket address holds, or `off`.
+fn admin_socket(ctx: &Ctx, value: Option<&Sourced<String>>) -> Result<AdminSocket, ConfigError> {
+    let Some(v) = value else {
+        return Ok(AdminSocket::Default);
+    };
+    if v.value.trim().eq_ignore_ascii_case("off") {
+        return Ok(AdminSocket::Off);
+    }
+    let path = ctx.resolve(&Sourced {
+        value: PathBuf::from(v.value.trim()),
+        origin: v.origin.clone(),
+    })?;
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(ctx.err(
+            &v.origin,
+            format!(
+                "{} is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+                path.display()
+            ),
+            "use a shorter path, e.g. \"/run/fleetsync/admin.sock\", or \"off\"",
+        ));
+    }
+    Ok(AdminSocket::At(path))
 }
 
 fn listen_addr(

@@ -1,4 +1,6 @@
-//! Local admin API (loopback only; the config refuses anything else):
+//! Local admin API, on loopback TCP (the config refuses anything else; the
+//! `Host` must be that address) and on a Unix socket (mode 0660: the
+//! node's user and group; see [`socket`]), with the same routes:
 //!
 //! | route                          | answer                                  |
 //! |--------------------------------|-----------------------------------------|
@@ -18,6 +20,8 @@
 //! Plus the plain-text rendering `fleetsync status` / `history` print.
 
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr};
+
+pub mod socket;
 
 use axum::{
     extract::{Path, Query, State},
@@ -46,20 +50,14 @@ use serde::Serialize;
 /// reads the address from here.
 pub const ADDR_FILE: &str = "admin.addr";
 
-/// Bind and serve; returns the task and the bound address.
-pub async fn serve(
-    addr: SocketAddr,
+/// Every route of the admin API, served on the loopback address and the
+/// Unix socket alike.
+pub fn routes(
     node: NodeHandle,
     reloads: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>,
     metrics_cache: crate::metrics::Cache,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!(
-            "admin API cannot listen on {addr}: {e} (set admin.listen to a free 127.0.0.1 port, or port 0 for any)"
-        )
-    })?;
-    let bound = listener.local_addr()?;
-    let app = Router::new()
+) -> Router {
+    Router::new()
         .route("/status", get(status))
         .route("/health", get(health))
         .route(
@@ -75,11 +73,25 @@ pub async fn serve(
         .route("/debug/fault", post(fault))
         .route("/retention/sweep", post(sweep))
         .route("/reload", post(move || reload(reloads.clone())))
-        .layer(axum::middleware::from_fn_with_state(
-            allowed_hosts(bound),
-            check_host,
-        ))
-        .with_state(node);
+        .with_state(node)
+}
+
+/// Bind `addr` and serve `app`; returns the task and the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    app: Router,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "admin API cannot listen on {addr}: {e} (set admin.listen to a free 127.0.0.1 port, or port 0 for any)"
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    // Only TCP needs the Host check: a browser cannot reach the socket.
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        allowed_hosts(bound),
+        check_host,
+    ));
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("admin API stopped: {e}");
@@ -493,35 +505,35 @@ async fn versions(
     }
 }
 
-/// `fleetsync versions`: one line per kept version.
+/// `fleetsync versions`: one line per kept version, in columns.
 pub fn render_versions(v: &serde_json::Value) -> String {
-    let mut o = String::new();
     let rows = v.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
-        o.push_str("no kept versions\n");
+        return "no kept versions\n".to_string();
     }
-    for r in rows {
-        let ms = r["kept_at_ms"].as_u64().unwrap_or(0);
-        let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-        let _ = writeln!(
-            o,
-            "{}  {}  {}  by {}  {} by {}  {}",
-            humantime::format_rfc3339_seconds(when),
-            r["path"].as_str().unwrap_or("?"),
-            human_bytes(r["size"].as_u64().unwrap_or(0)),
-            r["modified_by"].as_str().unwrap_or("?"),
-            match r["reason"].as_str().unwrap_or("?") {
+    let cells = rows
+        .iter()
+        .map(|r| {
+            let ms = r["kept_at_ms"].as_u64().unwrap_or(0);
+            let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            let reason = match r["reason"].as_str().unwrap_or("?") {
                 "overwrite" => "overwritten",
                 "delete" => "deleted",
                 "local" => "edited",
                 "restore" => "restored over",
                 other => other,
-            },
-            r["replaced_by"].as_str().unwrap_or("?"),
-            r["id"].as_str().unwrap_or("?"),
-        );
-    }
-    o
+            };
+            vec![
+                humantime::format_rfc3339_seconds(when).to_string(),
+                r["path"].as_str().unwrap_or("?").to_string(),
+                human_bytes(r["size"].as_u64().unwrap_or(0)),
+                format!("by {}", r["modified_by"].as_str().unwrap_or("?")),
+                format!("{reason} by {}", r["replaced_by"].as_str().unwrap_or("?")),
+                r["id"].as_str().unwrap_or("?").to_string(),
+            ]
+        })
+        .collect();
+    columns(cells, &[2], "")
 }
 
 /// Everything but unreserved characters and `/` is escaped (a path stays
@@ -538,19 +550,36 @@ pub fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
+/// `1.5 MiB` (binary units; plain bytes below 1 KiB).
 pub(crate) fn human_bytes(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+/// Rows as aligned columns without borders (comfy-table), each line
+/// indented by `indent` and without trailing blanks; `right`: the columns
+/// aligned right (numbers).
+fn columns(rows: Vec<Vec<String>>, right: &[usize], indent: &str) -> String {
+    if rows.is_empty() {
+        return String::new();
     }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.add_rows(rows);
+    for (i, c) in t.column_iter_mut().enumerate() {
+        // Two blanks between columns, none before the first.
+        c.set_padding((0, 2));
+        if right.contains(&i) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
     }
+    let mut o = String::new();
+    for line in t.lines() {
+        let line = line.trim_end();
+        if !line.is_empty() {
+            let _ = writeln!(o, "{indent}{line}");
+        }
+    }
+    o
 }
 
 /// The status line of a folder whose deletes from peers are held, with
@@ -591,37 +620,7 @@ pub fn render_status(v: &serde_json::Value, config: &str) -> String {
         .filter(|p| p["connected"].as_bool() == Some(true))
         .count();
     let _ = writeln!(o, "peers: {up} connected of {}", peers.len());
-    for p in &peers {
-        let c = p["connected"].as_bool() == Some(true);
-        let addrs: Vec<String> = p["addrs"]
-            .as_array()
-            .map(|a| a.iter().map(s).collect())
-            .unwrap_or_default();
-        let mut line = format!(
-            "  {} {}  {}  ({})",
-            if c { "●" } else { "○" },
-            s(&p["short_id"]),
-            addrs.join(","),
-            s(&p["source"])
-        );
-        if let Some(rtt) = p["rtt_ms"].as_f64() {
-            let _ = write!(line, "  rtt {rtt:.1} ms");
-        }
-        if let Some(v) = p["version"].as_u64() {
-            let _ = write!(line, "  v{v}");
-        }
-        if !c {
-            if let Some(ago) = p["last_seen_secs_ago"].as_u64() {
-                let _ = write!(line, "  seen {ago} s ago");
-            }
-        }
-        if !c {
-            if let Some(e) = p["last_error"].as_str() {
-                let _ = write!(line, "  ({e})");
-            }
-        }
-        let _ = writeln!(o, "{line}");
-    }
+    o.push_str(&columns(peers.iter().map(peer_cells).collect(), &[4], "  "));
     render_actors(&mut o, v);
     let folders = v["folders"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(o, "folders: {}", folders.len());
@@ -709,6 +708,38 @@ pub fn render_status(v: &serde_json::Value, config: &str) -> String {
     o
 }
 
+/// A peer's status line as columns: connected, id, addresses, source,
+/// rtt, protocol version, and when down, last seen and its error.
+fn peer_cells(p: &serde_json::Value) -> Vec<String> {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let c = p["connected"].as_bool() == Some(true);
+    let addrs: Vec<String> = p["addrs"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    let mut down = Vec::new();
+    if !c {
+        if let Some(ago) = p["last_seen_secs_ago"].as_u64() {
+            down.push(format!("seen {ago} s ago"));
+        }
+        if let Some(e) = p["last_error"].as_str() {
+            down.push(format!("({e})"));
+        }
+    }
+    vec![
+        format!("{} {}", if c { "●" } else { "○" }, s(&p["short_id"])),
+        addrs.join(","),
+        format!("({})", s(&p["source"])),
+        p["rtt_ms"]
+            .as_f64()
+            .map_or(String::new(), |r| format!("rtt {r:.1} ms")),
+        p["version"]
+            .as_u64()
+            .map_or(String::new(), |v| format!("v{v}")),
+        down.join("  "),
+    ]
+}
+
 /// One line per actor: health, restarts, work in flight and its age.
 fn render_actors(o: &mut String, v: &serde_json::Value) {
     let actors = v["actors"].as_array().cloned().unwrap_or_default();
@@ -717,70 +748,77 @@ fn render_actors(o: &mut String, v: &serde_json::Value) {
         .filter(|a| a["healthy"].as_bool() == Some(true))
         .count();
     let _ = writeln!(o, "actors: {healthy} healthy of {}", actors.len());
-    for a in &actors {
-        let ok = a["healthy"].as_bool() == Some(true);
-        let restarts = a["restarts"].as_u64().unwrap_or(0);
-        let busy = a["busy"].as_u64().unwrap_or(0);
-        let progress = a["last_progress_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
-        let mut line = format!(
-            "  {} {}",
-            if ok { "●" } else { "✗" },
-            a["name"].as_str().unwrap_or("?")
-        );
-        if busy > 0 {
-            let _ = write!(
-                line,
-                "  working ({busy}), last progress {progress:.1} s ago"
-            );
-        }
-        if restarts > 0 {
-            let _ = write!(line, "  restarted {restarts}×");
-        }
-        if !ok {
-            line.push_str("  NOT HEALTHY");
-        }
-        let _ = writeln!(o, "{line}");
-    }
+    o.push_str(&columns(
+        actors.iter().map(actor_cells).collect(),
+        &[],
+        "  ",
+    ));
 }
 
-/// `fleetsync history` text.
+fn actor_cells(a: &serde_json::Value) -> Vec<String> {
+    let ok = a["healthy"].as_bool() == Some(true);
+    let restarts = a["restarts"].as_u64().unwrap_or(0);
+    let busy = a["busy"].as_u64().unwrap_or(0);
+    let progress = a["last_progress_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+    vec![
+        format!(
+            "{} {}",
+            if ok { "●" } else { "✗" },
+            a["name"].as_str().unwrap_or("?")
+        ),
+        if busy > 0 {
+            format!("working ({busy}), last progress {progress:.1} s ago")
+        } else {
+            String::new()
+        },
+        if restarts > 0 {
+            format!("restarted {restarts}×")
+        } else {
+            String::new()
+        },
+        if ok { "" } else { "NOT HEALTHY" }.to_string(),
+    ]
+}
+
+/// `fleetsync history` text: one line per event, in columns.
 pub fn render_history(v: &serde_json::Value) -> String {
-    let mut o = String::new();
     let rows = v.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
-        o.push_str("no history for this path\n");
+        return "no history for this path\n".to_string();
     }
-    for r in rows {
-        let when = r["recorded_ns"]
-            .as_i64()
-            .and_then(|ns| rfc3339_ns(ns, humantime::format_rfc3339_seconds))
-            .unwrap_or_else(|| "?".to_string());
-        let what = if r["deleted"].as_bool() == Some(true) {
-            "deleted".to_string()
-        } else {
-            format!(
-                "{} ({} bytes)",
-                r["hash"]
-                    .as_str()
-                    .map(|h| &h[..h.len().min(16)])
-                    .unwrap_or("-"),
-                r["size"].as_u64().unwrap_or(0)
-            )
-        };
-        // `by` is what the entry claims; `via` the node it came through,
-        // which the handshake proved.
-        let _ = writeln!(
-            o,
-            "seq {:>6}  {}  by {}  via {}  {}  {}",
-            r["seq"].as_u64().unwrap_or(0),
-            when,
-            r["modified_by"].as_str().unwrap_or("?"),
-            r["via"].as_str().unwrap_or("?"),
-            what,
-            r["note"].as_str().unwrap_or("")
-        );
-    }
-    o
+    let cells = rows
+        .iter()
+        .map(|r| {
+            let when = r["recorded_ns"]
+                .as_i64()
+                .and_then(|ns| rfc3339_ns(ns, humantime::format_rfc3339_seconds))
+                .unwrap_or_else(|| "?".to_string());
+            let what = if r["deleted"].as_bool() == Some(true) {
+                "deleted".to_string()
+            } else {
+                format!(
+                    "{} ({} bytes)",
+                    r["hash"]
+                        .as_str()
+                        .map(|h| &h[..h.len().min(16)])
+                        .unwrap_or("-"),
+                    r["size"].as_u64().unwrap_or(0)
+                )
+            };
+            // `by` is what the entry claims; `via` the node it came
+            // through, which the handshake proved.
+            vec![
+                "seq".to_string(),
+                r["seq"].as_u64().unwrap_or(0).to_string(),
+                when,
+                format!("by {}", r["modified_by"].as_str().unwrap_or("?")),
+                format!("via {}", r["via"].as_str().unwrap_or("?")),
+                what,
+                r["note"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    columns(cells, &[1], "")
 }
 
 #[cfg(test)]
@@ -800,6 +838,82 @@ mod tests {
         let text = render_history(&v);
         assert!(text.contains("2026-11-30T09:00:00Z"), "{text}");
         assert!(!text.contains("t=1796029200"), "{text}");
+    }
+
+    #[test]
+    fn sizes_in_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(8 << 20), "8.0 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn history_and_versions_are_aligned_columns() {
+        let v = serde_json::json!([
+            {"seq": 7, "recorded_ns": 1_796_029_200_000_000_000_i64, "modified_by": "abc",
+             "via": "abc", "hash": "00112233445566778899", "size": 5, "note": "local"},
+            {"seq": 12345, "recorded_ns": 1_796_029_201_000_000_000_i64, "modified_by": "defghi",
+             "via": "x", "deleted": true, "note": ""},
+        ]);
+        let text = render_history(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].starts_with("seq      7  2026-11-30T09:00:00Z  by abc     via abc"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("seq  12345  2026-11-30T09:00:01Z  by defghi  via x"),
+            "{text}"
+        );
+        assert!(
+            lines[0].ends_with("0011223344556677 (5 bytes)  local"),
+            "{text}"
+        );
+        assert_eq!(lines[1].trim_end(), lines[1]);
+
+        let v = serde_json::json!([
+            {"kept_at_ms": 1_796_029_200_000_u64, "path": "a.bin", "size": 200_000,
+             "modified_by": "aaa", "reason": "overwrite", "replaced_by": "bbb", "id": "v1"},
+            {"kept_at_ms": 1_796_029_200_000_u64, "path": "dir/long-name.txt", "size": 3,
+             "modified_by": "aaa", "reason": "delete", "replaced_by": "bbb", "id": "v2"},
+        ]);
+        let text = render_versions(&v);
+        let col = |l: &str, word: &str| l.find(word).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(col(lines[0], "by aaa"), col(lines[1], "by aaa"), "{text}");
+        assert!(
+            lines[0].contains("195.3 KiB") && lines[1].contains("  3 B"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("deleted by bbb") && lines[1].ends_with("v2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_peers_line_up() {
+        let v = serde_json::json!({
+            "short_id": "me", "id": "me", "healthy": true,
+            "peers": [
+                {"short_id": "aaaaaaaaaa", "connected": true, "addrs": ["127.0.0.1:1"],
+                 "source": "config", "rtt_ms": 0.4, "version": 3},
+                {"short_id": "bbbbbbbbbb", "connected": false, "addrs": ["10.0.0.2:40000"],
+                 "source": "mdns", "last_seen_secs_ago": 5, "last_error": "timed out"},
+            ],
+            "actors": [], "folders": [],
+        });
+        let text = render_status(&v, "/etc/fleetsync/fleetsync.toml");
+        let a = text.lines().find(|l| l.contains("aaaaaaaaaa")).unwrap();
+        let b = text.lines().find(|l| l.contains("bbbbbbbbbb")).unwrap();
+        assert!(a.starts_with("  ● aaaaaaaaaa  127.0.0.1:1 "), "{text}");
+        assert_eq!(a.find("(config)"), b.find("(mdns)"), "{text}");
+        assert!(a.contains("rtt 0.4 ms  v3"), "{text}");
+        assert!(b.ends_with("seen 5 s ago  (timed out)"), "{text}");
+        assert!(text.contains("peers: 1 connected of 2"), "{text}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ enum Cmd {
     /// healthy, 4 not running, 5 unhealthy, 6 a folder faulted.
     Status {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -65,7 +65,7 @@ enum Cmd {
     /// restart. Exit 3 if the new config is refused (the node keeps its).
     Reload {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         #[arg(long)]
         json: bool,
     },
@@ -74,7 +74,7 @@ enum Cmd {
     /// not ok. Exit code: 0 all ok, 1 something failed, 2 warnings only.
     Doctor {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         /// One JSON object: {"checks":[{name,status,detail,fix}],"summary":{...}}.
         #[arg(long)]
         json: bool,
@@ -85,7 +85,7 @@ enum Cmd {
     /// Show the audit trail of one file: who changed it, when, to what.
     History {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         /// Folder id.
         #[arg(long)]
         folder: String,
@@ -109,7 +109,7 @@ enum Cmd {
     /// this on its own timer; this is for operators and tests).
     Sweep {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         #[arg(long)]
         json: bool,
     },
@@ -121,7 +121,7 @@ enum Cmd {
     /// author, what replaced it, version id.
     Versions {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         /// Folder id.
         #[arg(long)]
         folder: String,
@@ -180,7 +180,7 @@ enum FolderCmd {
     /// (`max_delete_fraction`; `fleetsync status` shows them).
     Resume {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         /// Folder id.
         #[arg(long)]
         folder: String,
@@ -190,7 +190,7 @@ enum FolderCmd {
     /// restarts.
     Pause {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         /// Folder id.
         #[arg(long)]
         folder: String,
@@ -198,7 +198,7 @@ enum FolderCmd {
     /// Walk the folder now for changes the OS notifications missed.
     Rescan {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         /// Folder id.
         #[arg(long)]
         folder: String,
@@ -210,7 +210,7 @@ enum DebugCmd {
     /// Block an actor's thread (the supervisor should replace it).
     Stall {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         /// watcher, hasher, receiver, distributor or retention.
         actor: String,
         /// How long (e.g. 60s, 5m).
@@ -223,7 +223,7 @@ enum DebugCmd {
     /// Serve blob requests without sending data (peers should fail over).
     HangFetch {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         /// How long (e.g. 60s, 5m).
         #[arg(long = "for")]
         duration: String,
@@ -231,7 +231,7 @@ enum DebugCmd {
     /// Make an actor panic (the supervisor should restart it).
     Panic {
         #[command(flatten)]
-        at: Where,
+        at: Target,
         /// watcher, hasher, receiver, distributor or retention.
         actor: String,
         /// Folder of a per-folder actor (default: the first folder).
@@ -249,6 +249,19 @@ struct Where {
     /// Data directory (identity, index, blob store; holds fleetsync.toml).
     #[arg(long = "data-dir", short = 'd')]
     data_dir: Option<PathBuf>,
+}
+
+/// A running node to ask: through its config, or only its admin socket.
+#[derive(Debug, Args, Clone)]
+struct Target {
+    #[command(flatten)]
+    at: Where,
+    /// The node's admin socket (admin.socket): members of its group reach
+    /// the node through it without reading the config. Without this flag,
+    /// when the config cannot be read: <config dir>/admin.sock, then
+    /// /run/fleetsync/admin.sock.
+    #[arg(long, env = "FLEETSYNC_ADMIN_SOCKET")]
+    socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -282,7 +295,7 @@ struct InitArgs {
 #[derive(Debug, Args)]
 struct RestoreArgs {
     #[command(flatten)]
-    at: Where,
+    at: Target,
     /// Folder id.
     #[arg(long)]
     folder: String,
@@ -312,7 +325,7 @@ const SWEEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 #[derive(Debug, Args)]
 struct WaitArgs {
     #[command(flatten)]
-    at: Where,
+    at: Target,
     /// Wait until every folder has applied all that every connected peer
     /// has, nothing is pending, the node is healthy and no folder faulted
     /// (the only condition so far; required).
@@ -407,7 +420,7 @@ pub fn main() -> i32 {
         Cmd::Status { at, json } => status(at, json),
         Cmd::Wait(a) => wait(a),
         Cmd::Reload { at, json } => reload(at, json),
-        Cmd::Doctor { at, json } => at.config_path().and_then(|p| crate::doctor::run(&p, json)),
+        Cmd::Doctor { at, json } => doctor(&at, json),
         Cmd::History {
             at,
             folder,
@@ -474,6 +487,63 @@ impl Where {
         let path = self.config_path()?;
         Ok(Config::load(&path, overrides)?)
     }
+}
+
+impl Target {
+    /// Where the admin API answers: `--socket`; else the config's loopback
+    /// address; else, when the config may not be read (or none is named),
+    /// an admin socket found where the node puts it by default.
+    fn endpoint(&self) -> anyhow::Result<client::Endpoint> {
+        if let Some(s) = &self.socket {
+            return Ok(client::Endpoint::Unix(s.clone()));
+        }
+        let named = self.at.config.is_some() || self.at.data_dir.is_some();
+        let err = match self.at.load(&Overrides::default()) {
+            Ok(config) => return Ok(client::Endpoint::Tcp(client::admin_addr(&config)?)),
+            Err(e) => e,
+        };
+        let unreadable = err
+            .downcast_ref::<ConfigError>()
+            .is_some_and(client::unreadable);
+        if named && !unreadable {
+            return Err(err);
+        }
+        let config_path = self.at.config_path().ok();
+        if let Some(s) = client::default_socket(config_path.as_deref()) {
+            return Ok(client::Endpoint::Unix(s));
+        }
+        if !named {
+            return Err(err);
+        }
+        Err(err.context(format!(
+            "and no admin socket was found at {}; pass --socket PATH (the node's admin.socket), \
+             or run as the node's user",
+            client::socket_candidates(config_path.as_deref())
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )))
+    }
+
+    /// The config file to name in suggested commands.
+    fn config_label(&self) -> String {
+        self.at
+            .config_path()
+            .map_or_else(|_| "FILE".to_string(), |p| p.display().to_string())
+    }
+}
+
+/// `doctor`: the offline checks need the config; the node's go through
+/// the admin socket when the config cannot be read.
+fn doctor(t: &Target, json: bool) -> anyhow::Result<i32> {
+    let path = match (t.at.config_path(), &t.socket) {
+        (Ok(p), _) => Some(p),
+        // Only the socket: the node's checks alone.
+        (Err(_), Some(_)) => None,
+        (Err(e), None) => return Err(e),
+    };
+    crate::doctor::run(path.as_deref(), t.socket.as_deref(), json)
 }
 
 /// `config check FILE`: load it as `run` would; errors exit through the
@@ -680,9 +750,8 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
     daemon::run(config, Box::new(move || at.load(&overrides)))
 }
 
-fn status(w: Where, json: bool) -> anyhow::Result<i32> {
-    let config = w.load(&Overrides::default())?;
-    let body = client::get(client::admin_addr(&config)?, "/status")?;
+fn status(t: Target, json: bool) -> anyhow::Result<i32> {
+    let body = client::get(&t.endpoint()?, "/status")?;
     let view: crate::wait::StatusView = serde_json::from_str(&body).context("status reply")?;
     let code = crate::wait::status_code(&view);
     if json {
@@ -690,23 +759,20 @@ fn status(w: Where, json: bool) -> anyhow::Result<i32> {
         return Ok(code);
     }
     let st: serde_json::Value = serde_json::from_str(&body).context("status reply")?;
-    let path = w.config_path()?;
-    print!(
-        "{}",
-        crate::admin::render_status(&st, &path.display().to_string())
-    );
+    print!("{}", crate::admin::render_status(&st, &t.config_label()));
     Ok(code)
 }
 
 fn wait(a: WaitArgs) -> anyhow::Result<i32> {
-    let config = a.at.load(&Overrides::default())?;
     let timeout = fleetsync_config::parse_duration(&a.timeout)
         .map_err(|e| anyhow::anyhow!("--timeout {}: {e}", a.timeout))?;
     debug_assert!(a.in_sync, "clap requires --in-sync");
-    Ok(crate::wait::wait_in_sync(&config, timeout, a.allow_alone))
+    // Asked again on every poll: a restarted node may have a new port.
+    let at = || a.at.endpoint();
+    Ok(crate::wait::wait_in_sync(&at, timeout, a.allow_alone))
 }
 
-fn resume(w: Where, folder: &str) -> anyhow::Result<i32> {
+fn resume(w: Target, folder: &str) -> anyhow::Result<i32> {
     let v = folder_post(&w, folder, "resume")?;
     if v["unpaused"].as_bool() == Some(true) {
         println!("folder {folder}: resumed (applying and indexing again)");
@@ -725,7 +791,7 @@ fn resume(w: Where, folder: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn folder_pause(w: Where, folder: &str) -> anyhow::Result<i32> {
+fn folder_pause(w: Target, folder: &str) -> anyhow::Result<i32> {
     let v = folder_post(&w, folder, "pause")?;
     if v["changed"].as_bool() == Some(true) {
         println!(
@@ -737,23 +803,21 @@ fn folder_pause(w: Where, folder: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn folder_rescan(w: Where, folder: &str) -> anyhow::Result<i32> {
+fn folder_rescan(w: Target, folder: &str) -> anyhow::Result<i32> {
     folder_post(&w, folder, "rescan")?;
     println!("folder {folder}: rescanning (changes found are indexed and synced as usual)");
     Ok(0)
 }
 
 /// `POST /folders/{id}/{action}` on the running node, its JSON answer.
-fn folder_post(w: &Where, folder: &str, action: &str) -> anyhow::Result<serde_json::Value> {
-    let config = w.load(&Overrides::default())?;
+fn folder_post(w: &Target, folder: &str, action: &str) -> anyhow::Result<serde_json::Value> {
     let q = format!("/folders/{}/{action}", crate::admin::urlencode(folder));
-    let body = client::post(client::admin_addr(&config)?, &q)?;
+    let body = client::post(&w.endpoint()?, &q)?;
     serde_json::from_str(&body).with_context(|| format!("{action} reply"))
 }
 
-fn reload(w: Where, json: bool) -> anyhow::Result<i32> {
-    let config = w.load(&Overrides::default())?;
-    let body = client::post(client::admin_addr(&config)?, "/reload")?;
+fn reload(w: Target, json: bool) -> anyhow::Result<i32> {
+    let body = client::post(&w.endpoint()?, "/reload")?;
     let v: serde_json::Value = serde_json::from_str(&body).context("reload reply")?;
     if json {
         println!("{body}");
@@ -787,13 +851,8 @@ fn reload(w: Where, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn sweep(w: Where, json: bool) -> anyhow::Result<i32> {
-    let config = w.load(&Overrides::default())?;
-    let body = client::post_slow(
-        client::admin_addr(&config)?,
-        "/retention/sweep",
-        SWEEP_TIMEOUT,
-    )?;
+fn sweep(w: Target, json: bool) -> anyhow::Result<i32> {
+    let body = client::post_slow(&w.endpoint()?, "/retention/sweep", SWEEP_TIMEOUT)?;
     if json {
         println!("{body}");
         return Ok(0);
@@ -814,14 +873,13 @@ fn sweep(w: Where, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn history(w: Where, folder: &str, path: &str, json: bool) -> anyhow::Result<i32> {
-    let config = w.load(&Overrides::default())?;
+fn history(w: Target, folder: &str, path: &str, json: bool) -> anyhow::Result<i32> {
     let q = format!(
         "/history?folder={}&path={}",
         crate::admin::urlencode(folder),
         crate::admin::urlencode(path)
     );
-    let body = client::get(client::admin_addr(&config)?, &q)?;
+    let body = client::get(&w.endpoint()?, &q)?;
     if json {
         println!("{body}");
         return Ok(0);
@@ -832,7 +890,6 @@ fn history(w: Where, folder: &str, path: &str, json: bool) -> anyhow::Result<i32
 }
 
 fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
-    let config = a.at.load(&Overrides::default())?;
     let enc = crate::admin::urlencode;
     let mut q = format!("/folders/{}/restore?path={}", enc(&a.folder), enc(&a.path));
     if let Some(v) = &a.version {
@@ -841,7 +898,7 @@ fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
     if let Some(t) = &a.time {
         q.push_str(&format!("&at={}", enc(t)));
     }
-    let body = client::post_slow(client::admin_addr(&config)?, &q, RESTORE_TIMEOUT)?;
+    let body = client::post_slow(&a.at.endpoint()?, &q, RESTORE_TIMEOUT)?;
     let v: serde_json::Value = serde_json::from_str(&body).context("restore reply")?;
     if a.json {
         println!("{body}");
@@ -852,13 +909,12 @@ fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
     Ok(if failed { EXIT_FAILURE } else { 0 })
 }
 
-fn versions(w: Where, folder: &str, path: Option<&str>, json: bool) -> anyhow::Result<i32> {
-    let config = w.load(&Overrides::default())?;
+fn versions(w: Target, folder: &str, path: Option<&str>, json: bool) -> anyhow::Result<i32> {
     let mut q = format!("/folders/{}/versions", crate::admin::urlencode(folder));
     if let Some(p) = path {
         q.push_str(&format!("?path={}", crate::admin::urlencode(p)));
     }
-    let body = client::get(client::admin_addr(&config)?, &q)?;
+    let body = client::get(&w.endpoint()?, &q)?;
     if json {
         println!("{body}");
         return Ok(0);
@@ -874,7 +930,6 @@ fn debug(cmd: DebugCmd) -> anyhow::Result<i32> {
         | DebugCmd::Panic { at, .. }
         | DebugCmd::HangFetch { at, .. } => at,
     };
-    let config = at.load(&Overrides::default())?;
     let enc = crate::admin::urlencode;
     let folder_q = |f: &Option<String>| {
         f.as_ref()
@@ -910,7 +965,7 @@ fn debug(cmd: DebugCmd) -> anyhow::Result<i32> {
             )
         }
     };
-    client::post(client::admin_addr(&config)?, &query)?;
+    client::post(&at.endpoint()?, &query)?;
     println!("fault injected");
     Ok(0)
 }

@@ -159,11 +159,13 @@ async fn run_node(config: Config, mut reloader: Reloader) -> anyhow::Result<i32>
     Ok(code)
 }
 
-/// The HTTP listeners: the admin API and, with `[metrics] listen`, the
-/// metrics one.
+/// The HTTP listeners: the admin API (loopback TCP and the Unix socket)
+/// and, with `[metrics] listen`, the metrics one.
 struct Listeners {
     admin: tokio::task::JoinHandle<()>,
     admin_addr: std::net::SocketAddr,
+    /// The admin socket's task and path.
+    socket: Option<(tokio::task::JoinHandle<()>, std::path::PathBuf)>,
     metrics: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -174,6 +176,10 @@ impl Listeners {
         self.admin.abort();
         if let Some(m) = self.metrics {
             m.abort();
+        }
+        if let Some((task, path)) = self.socket {
+            task.abort();
+            crate::admin::socket::remove(&path);
         }
         for file in [crate::admin::ADDR_FILE, crate::metrics::serve::ADDR_FILE] {
             // Best effort: the file may never have been written.
@@ -190,14 +196,30 @@ async fn serve(
     cache: &crate::metrics::Cache,
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
 ) -> anyhow::Result<Listeners> {
-    let (admin, admin_addr) =
-        crate::admin::serve(config.admin.listen, node.clone(), reloads, cache.clone()).await?;
-    record_addr(config, crate::admin::ADDR_FILE, admin_addr);
+    let app = crate::admin::routes(node.clone(), reloads, cache.clone());
+    let (admin, admin_addr) = crate::admin::serve(config.admin.listen, app.clone()).await?;
     let mut listeners = Listeners {
         admin,
         admin_addr,
+        socket: None,
         metrics: None,
     };
+    let runtime_dir = std::env::var("RUNTIME_DIRECTORY").ok();
+    if let Some(path) = crate::admin::socket::path(config, runtime_dir.as_deref()) {
+        match crate::admin::socket::serve(&path, app).await {
+            Ok(task) => {
+                info!(socket = %path.display(), "admin API on a Unix socket");
+                listeners.socket = Some((task, path));
+            }
+            Err(e) => {
+                listeners.stop(&config.data_dir);
+                return Err(e);
+            }
+        }
+    }
+    // Written once both admin listeners are up: whoever waits for the
+    // file (the CLI, tests) finds the socket too.
+    record_addr(config, crate::admin::ADDR_FILE, admin_addr);
     if let Some(m) = &config.metrics {
         let served =
             crate::metrics::serve::serve(m.listen, m.bearer_token.as_ref(), cache.clone()).await;

@@ -177,7 +177,7 @@ fn run_in(dir: &Path, keep: bool) -> anyhow::Result<i32> {
     }
     let connected = |n: &Node, want: usize| -> bool {
         n.admin()
-            .and_then(|a| crate::client::get(a, "/status").ok())
+            .and_then(|a| crate::client::get(&crate::client::Endpoint::Tcp(a), "/status").ok())
             .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
             .map(|v| {
                 v["peers"]

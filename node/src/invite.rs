@@ -124,7 +124,7 @@ fn ticket_addrs(
 /// the node this config describes.
 fn running_listen(config: &Config, my_id: &str) -> Option<Vec<SocketAddr>> {
     let addr = crate::client::admin_addr(config).ok()?;
-    let body = crate::client::get(addr, "/status").ok()?;
+    let body = crate::client::get(&crate::client::Endpoint::Tcp(addr), "/status").ok()?;
     let st: serde_json::Value = serde_json::from_str(&body).ok()?;
     if st.get("id")?.as_str()? != my_id {
         return None;

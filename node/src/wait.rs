@@ -145,8 +145,9 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// `fleetsync wait --in-sync`: 0 once in sync for [`SETTLE`], else
 /// [`EXIT_TIMEOUT`] after `timeout` with the last reasons on stderr.
+/// `at` says where the node answers (asked on every poll).
 pub fn wait_in_sync(
-    config: &fleetsync_config::Config,
+    at: &dyn Fn() -> anyhow::Result<client::Endpoint>,
     timeout: Duration,
     allow_alone: bool,
 ) -> i32 {
@@ -154,7 +155,7 @@ pub fn wait_in_sync(
     let mut since: Option<Instant> = None;
     let mut why = vec!["no answer from the node yet".to_string()];
     loop {
-        match poll(config, allow_alone) {
+        match poll(at, allow_alone) {
             Ok(()) => {
                 let t = *since.get_or_insert_with(Instant::now);
                 if t.elapsed() >= SETTLE {
@@ -183,9 +184,12 @@ pub fn wait_in_sync(
 
 /// One look at the node; an unreachable node (not started yet, restarting)
 /// is a reason to go on waiting, not an error.
-fn poll(config: &fleetsync_config::Config, allow_alone: bool) -> Result<(), Vec<String>> {
-    let body = client::admin_addr(config)
-        .and_then(|a| client::get(a, "/status"))
+fn poll(
+    at: &dyn Fn() -> anyhow::Result<client::Endpoint>,
+    allow_alone: bool,
+) -> Result<(), Vec<String>> {
+    let body = at()
+        .and_then(|a| client::get(&a, "/status"))
         .map_err(|e| vec![format!("{e:#}")])?;
     let st: StatusView =
         serde_json::from_str(&body).map_err(|e| vec![format!("unexpected /status reply: {e}")])?;

@@ -183,9 +183,10 @@ impl Default for Probe {
     }
 }
 
-/// `fleetsync doctor --config FILE [--json]`; returns the exit code.
-pub fn run(config_path: &Path, json: bool) -> anyhow::Result<i32> {
-    let report = diagnose(config_path, &Probe::default());
+/// `fleetsync doctor --config FILE [--socket PATH] [--json]`; returns the
+/// exit code.
+pub fn run(config_path: Option<&Path>, socket: Option<&Path>, json: bool) -> anyhow::Result<i32> {
+    let report = diagnose(config_path, socket, &Probe::default());
     if json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);
     } else {
@@ -194,13 +195,44 @@ pub fn run(config_path: &Path, json: bool) -> anyhow::Result<i32> {
     Ok(report.exit_code())
 }
 
-/// Every check, offline ones first; the node's when it answers.
-pub fn diagnose(config_path: &Path, probe: &Probe) -> Report {
+/// Every check, offline ones first; the node's when it answers (through
+/// `socket` if given, else the config's loopback address). A config this
+/// user may not read leaves the node's checks, through the admin socket.
+pub fn diagnose(config_path: Option<&Path>, socket: Option<&Path>, probe: &Probe) -> Report {
     let mut report = Report::default();
+    let Some(config_path) = config_path else {
+        let socket = socket.expect("the CLI asks for a config or a socket");
+        report.checks.push(Check::warn(
+            "config",
+            "none named: only the node's checks, through its admin socket",
+            "for the offline checks too: fleetsync doctor --config FILE",
+        ));
+        node_only(&mut report, socket, Path::new("FILE"), probe);
+        return report;
+    };
     let config = match Config::load(config_path, &Overrides::default()) {
         Ok(c) => c,
         Err(e) => {
-            report.checks.push(config_error(&e));
+            let socket = socket
+                .map(Path::to_path_buf)
+                .or_else(|| crate::client::default_socket(Some(config_path)));
+            match socket {
+                Some(s) if crate::client::unreadable(&e) => {
+                    report.checks.push(Check::warn(
+                        "config",
+                        format!(
+                            "{e}; offline checks skipped, the node is checked through its admin socket {}",
+                            s.display()
+                        ),
+                        format!(
+                            "for the offline checks, run as root or the node's user: sudo fleetsync doctor --config {}",
+                            config_path.display()
+                        ),
+                    ));
+                    node_only(&mut report, &s, config_path, probe);
+                }
+                _ => report.checks.push(config_error(&e)),
+            }
             return report;
         }
     };
@@ -215,11 +247,26 @@ pub fn diagnose(config_path: &Path, probe: &Probe) -> Report {
     ));
     report.checks.extend(files::config_file_mode(config_path));
     report.checks.extend(files::checks(&config, probe));
-    report.checks.extend(node::checks(&config, config_path));
+    let at = match socket {
+        Some(s) => Ok(crate::client::Endpoint::Unix(s.to_path_buf())),
+        None => crate::client::admin_addr(&config).map(crate::client::Endpoint::Tcp),
+    };
+    report
+        .checks
+        .extend(node::checks(Some(&config), at, config_path));
     if probe.systemd {
         report.checks.push(systemd::check());
     }
     report
+}
+
+/// The node's checks through `socket`, and systemd's.
+fn node_only(report: &mut Report, socket: &Path, config_path: &Path, probe: &Probe) {
+    let at = Ok(crate::client::Endpoint::Unix(socket.to_path_buf()));
+    report.checks.extend(node::checks(None, at, config_path));
+    if probe.systemd {
+        report.checks.push(systemd::check());
+    }
 }
 
 /// A config that does not load is one `fail` line naming the key.

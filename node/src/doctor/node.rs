@@ -65,9 +65,14 @@ pub struct ActorView {
     pub healthy: bool,
 }
 
-/// Every check that needs the running node.
-pub fn checks(config: &Config, config_path: &Path) -> Vec<Check> {
-    let view = match fetch(config) {
+/// Every check that needs the running node, asked at `at` (`config`:
+/// when readable, for the configured peers).
+pub fn checks(
+    config: Option<&Config>,
+    at: anyhow::Result<client::Endpoint>,
+    config_path: &Path,
+) -> Vec<Check> {
+    let view = match fetch(at) {
         Ok(v) => v,
         Err(c) => return vec![c],
     };
@@ -83,23 +88,26 @@ pub fn checks(config: &Config, config_path: &Path) -> Vec<Check> {
 }
 
 /// `/status`, or the `fail` line saying why there is none.
-fn fetch(config: &Config) -> Result<NodeView, Check> {
+fn fetch(at: anyhow::Result<client::Endpoint>) -> Result<NodeView, Check> {
     let start = "systemctl start fleetsync (or: fleetsync run --config FILE)";
-    let addr = client::admin_addr(config)
-        .map_err(|e| Check::fail("node", format!("not running: {e}"), start))?;
-    let body = client::get(addr, "/status").map_err(|e| {
-        if e.downcast_ref::<client::Unreachable>().is_some() {
-            Check::fail(
+    let addr = at.map_err(|e| Check::fail("node", format!("not running: {e}"), start))?;
+    let body = client::get(&addr, "/status").map_err(|e| {
+        match e.downcast_ref::<client::Unreachable>() {
+            Some(client::Unreachable::NotRunning { .. }) => Check::fail(
                 "node",
                 format!("not running: no admin API answers on {addr}"),
                 start,
-            )
-        } else {
-            Check::fail(
+            ),
+            Some(denied @ client::Unreachable::Denied { .. }) => Check::fail(
+                "node",
+                format!("cannot ask the node: {denied}"),
+                "add this user to the socket's group, or run doctor as the node's user",
+            ),
+            None => Check::fail(
                 "node",
                 format!("the admin API on {addr} did not answer /status: {e:#}"),
                 "restart the node: systemctl restart fleetsync",
-            )
+            ),
         }
     })?;
     serde_json::from_str(&body).map_err(|e| {
@@ -182,12 +190,10 @@ fn folder_faults(v: &NodeView, config_path: &Path) -> Vec<Check> {
 /// Each configured peer (mesh.peers and ticket peers): connected means its
 /// session passed the fleet-secret handshake (proven member). Peers found
 /// otherwise (mDNS, exchange, inbound) are listed while connected.
-pub fn peers(config: &Config, v: &NodeView) -> Vec<Check> {
+pub fn peers(config: Option<&Config>, v: &NodeView) -> Vec<Check> {
     let configured: Vec<_> = config
-        .mesh
-        .peers
-        .iter()
-        .chain(&config.mesh.ticket_peers)
+        .into_iter()
+        .flat_map(|c| c.mesh.peers.iter().chain(&c.mesh.ticket_peers))
         .collect();
     let mut out = Vec::new();
     for p in &configured {

@@ -60,7 +60,8 @@ fn set_limits(dir: &Path, watches: u64, instances: u64) {
 
 fn diagnose_at(s: &Setup) -> Report {
     diagnose(
-        &s.config,
+        Some(&s.config),
+        None,
         &Probe {
             inotify_dir: s.inotify.clone(),
             systemd: false,
@@ -114,7 +115,11 @@ fn a_bad_config_is_one_fail_line_naming_the_key_not_a_crash() {
     assert!(c.fix.as_deref().is_some_and(|f| !f.is_empty()), "{c:?}");
     assert_eq!(r.exit_code(), EXIT_FAIL);
 
-    let missing = diagnose(Path::new("/nonexistent/fleetsync.toml"), &Probe::default());
+    let missing = diagnose(
+        Some(Path::new("/nonexistent/fleetsync.toml")),
+        None,
+        &Probe::default(),
+    );
     assert_eq!(missing.checks[0].status, Status::Fail);
     assert!(missing.checks[0]
         .fix
@@ -131,7 +136,8 @@ fn a_missing_data_dir_fails_with_the_command_that_creates_it() {
     let config = s.folder.join("fleetsync.toml");
     write_config(&config, &s.data, &s.folder, "");
     let r = diagnose(
-        &config,
+        Some(&config),
+        None,
         &Probe {
             inotify_dir: s.inotify.clone(),
             systemd: false,
@@ -258,7 +264,7 @@ fn a_connected_peer_is_ok_with_its_rtt_and_a_lost_one_warns_with_a_fix() {
         "peers": [{"id": PEER, "short_id": "aa00000000", "connected": true,
                    "source": "static", "addr": "127.0.0.1:4000", "rtt_ms": 0.42}],
     }));
-    let c = node::peers(&config, &up);
+    let c = node::peers(Some(&config), &up);
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].status, Status::Ok);
     assert_eq!(c[0].name, "peer aa00000000");
@@ -271,7 +277,7 @@ fn a_connected_peer_is_ok_with_its_rtt_and_a_lost_one_warns_with_a_fix() {
                    "source": "static", "addrs": ["127.0.0.1:4000"],
                    "last_seen_secs_ago": 12, "last_error": "timed out"}],
     }));
-    let c = node::peers(&config, &down);
+    let c = node::peers(Some(&config), &down);
     assert_eq!(c[0].status, Status::Warn);
     assert!(c[0].detail.contains("last error: timed out"), "{:?}", c[0]);
     assert!(
@@ -281,7 +287,7 @@ fn a_connected_peer_is_ok_with_its_rtt_and_a_lost_one_warns_with_a_fix() {
     );
 
     let unknown = view(serde_json::json!({"short_id": "me", "healthy": true}));
-    let c = node::peers(&config, &unknown);
+    let c = node::peers(Some(&config), &unknown);
     assert_eq!(c[0].status, Status::Warn);
     assert!(
         c[0].fix.as_deref().unwrap().contains("restart"),
