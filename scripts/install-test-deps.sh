@@ -9,6 +9,8 @@
 #                    seccomp filters (libseccomp, for Debian's /usr/bin/python3).
 #   systemd          systemd-analyze verify/security/syscall-filter (tests/deploy.rs).
 #   ShellCheck       (package shellcheck) tests/deploy.rs lints deploy/deploy-fleet.sh.
+#   chromium         headless browser: tests/status_page.rs loads the admin
+#                    API's status page and checks the rendered text.
 set -euo pipefail
 
 missing=()
@@ -16,6 +18,7 @@ command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || missing+=(python3-seccomp)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-test-deps: nothing to install"
@@ -37,7 +40,7 @@ export DEBIAN_FRONTEND=noninteractive
 # versions the mirror no longer has: refresh once, then install.
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
-for tool in faketime shellcheck systemd-analyze; do
+for tool in faketime shellcheck systemd-analyze chromium; do
     command -v "$tool" >/dev/null 2>&1 || {
         echo "install-test-deps: $tool still missing after apt-get install" >&2
         exit 1

@@ -2,6 +2,7 @@
 //!
 //! | route                          | answer                                  |
 //! |--------------------------------|-----------------------------------------|
+//! | `GET /`                        | HTML status page for a person ([`crate::page`]) |
 //! | `GET /status`                  | JSON [`NodeStatus`]                     |
 //! | `GET /health`                  | 200 `ok` / 503 `unhealthy`              |
 //! | `GET /metrics`                 | Prometheus text                         |
@@ -59,7 +60,12 @@ pub async fn serve(
         )
     })?;
     let bound = listener.local_addr()?;
+    let page = crate::page::PageState {
+        cache: metrics_cache.clone(),
+        started: std::time::Instant::now(),
+    };
     let app = Router::new()
+        .route("/", get(crate::page::page).layer(axum::Extension(page)))
         .route("/status", get(status))
         .route("/health", get(health))
         .route(

@@ -10,6 +10,7 @@
 //!   signal handling.
 //! - [`admin`]: the local admin API on 127.0.0.1 (JSON status, history,
 //!   health, Prometheus metrics) and the text rendering the CLI prints.
+//! - [`page`]: the admin API's HTML status page at `/` (maud).
 //! - [`metrics`]: `/metrics` (prometheus-client) from a snapshot kept
 //!   current once a second, and the `[metrics] listen` listener.
 //! - [`client`]: the CLI side of the admin API.
@@ -33,6 +34,7 @@ pub mod doctor;
 pub mod invite;
 pub mod memory;
 pub mod metrics;
+pub mod page;
 pub mod reload;
 pub mod restore;
 pub mod wait;
