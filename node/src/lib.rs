@@ -19,6 +19,7 @@
 //! - [`doctor`]: `doctor` — offline checks of the setup, then the running
 //!   node's health, peers and recent errors, each with its fix.
 //! - [`wait`]: `status`'s exit code and `wait --in-sync` (judging `/status`).
+//! - [`watch`]: `status --watch` (indicatif bars, rate/ETA from snapshots).
 //! - [`restore`]: `restore`'s arguments (a version, a time) and its text.
 //! - [`demo`]: a 3-node cluster on loopback that shows sync happening.
 //! - [`memory`]: the allocator knobs (two malloc arenas, a trim a minute).
@@ -38,3 +39,4 @@ pub mod page;
 pub mod reload;
 pub mod restore;
 pub mod wait;
+pub mod watch;
