@@ -455,7 +455,11 @@ async fn read_counts(
         let meta = f.index.folder_meta(f.id())?;
         let pending = f.index.pending_count(f.id())?;
         let latest = f.index.latest(f.id(), RECENT_CHANGES)?;
-        Ok((meta, pending, latest.into_iter().map(ChangeInfo::of).collect()))
+        Ok((
+            meta,
+            pending,
+            latest.into_iter().map(ChangeInfo::of).collect(),
+        ))
     })
     .await
 }

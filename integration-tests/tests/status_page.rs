@@ -108,7 +108,10 @@ fn the_status_page_shows_both_nodes_the_folder_and_the_synced_file_in_chromium()
         ("who made the change", a_short.clone()),
         ("the folder in sync", "in sync".to_string()),
     ] {
-        assert!(dom.contains(&text), "{what} ({text}) not on the page:\n{dom}");
+        assert!(
+            dom.contains(&text),
+            "{what} ({text}) not on the page:\n{dom}"
+        );
     }
     assert!(
         dom.contains(r#"http-equiv="refresh""#),

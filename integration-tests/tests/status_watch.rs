@@ -28,7 +28,10 @@ fn watch_with_count_prints_that_many_plain_snapshots_and_exits_0() {
     assert_eq!(blocks(&out), 3, "{out}");
     assert!(out.contains("folder shared: "), "{out}");
     assert!(out.contains("node "), "{out}");
-    assert!(!out.contains('\x1b'), "no escape codes off a terminal: {out:?}");
+    assert!(
+        !out.contains('\x1b'),
+        "no escape codes off a terminal: {out:?}"
+    );
 }
 
 #[test]
@@ -43,7 +46,8 @@ fn watch_shows_a_transfer_in_flight_and_stops_cleanly_on_sigint() {
     // a transfer in flight that the watch must show.
     let (code, out, err) = c.nodes[0].cli(&["debug", "hang-fetch", "--for", "5m"]);
     assert_eq!(code, 0, "{out}{err}");
-    fs::write(c.nodes[0].path("stuck.bin"), pseudo_random(1 << 20, 5)).unwrap();
+    // Over the 1 MiB batch limit: a big-file transfer, tracked as such.
+    fs::write(c.nodes[0].path("stuck.bin"), pseudo_random(4 << 20, 5)).unwrap();
     let b = &c.nodes[1];
     wait_until(DEADLINE, "a transfer of stuck.bin on b", || {
         b.folder_status("shared").is_some_and(|f| {
@@ -95,7 +99,7 @@ fn watch_shows_a_transfer_in_flight_and_stops_cleanly_on_sigint() {
 
 #[test]
 fn watch_against_no_node_says_it_is_not_running_with_code_4() {
-    let mut c = Cluster::new(1, Topology::Full, folders);
+    let c = Cluster::new(1, Topology::Full, folders);
     c.nodes[0].write_config();
     let (code, out, err) = c.nodes[0].cli(&["status", "--watch", "--count", "2"]);
     assert_eq!(code, 4, "{out}{err}");

@@ -163,7 +163,8 @@ fn peers_section(peers: &[PeerInfo]) -> Markup {
     let up = peers.iter().filter(|p| p.connected).count();
     html! {
         h2 { "Peers (" (up) " connected of " (peers.len()) ")" }
-        table {
+        @if peers.is_empty() { p.dim { "none known: add mesh.peers, or join with a ticket" } }
+        @else { table {
             tr { th { "peer" } th { "id" } th { "source" } th { "address" } th { "rtt" } th { "last seen" } th { "connected" } }
             @for p in peers {
                 tr {
@@ -182,7 +183,7 @@ fn peers_section(peers: &[PeerInfo]) -> Markup {
                     }
                 }
             }
-        }
+        } }
     }
 }
 
@@ -239,9 +240,11 @@ fn progress(t: &TransferInfo) -> Markup {
 }
 
 fn changes_section(folders: &[FolderInfo], me: &str) -> Markup {
+    let none = folders.iter().all(|f| f.recent_changes.is_empty());
     html! {
         h2 { "Recent changes" }
-        table {
+        @if none { p.dim { "none yet" } }
+        @else { table {
             tr { th { "folder" } th { "file" } th { "change" } th { "made by" } th { "received from" } th { "modified" } }
             @for f in folders { @for c in &f.recent_changes {
                 tr {
@@ -253,7 +256,7 @@ fn changes_section(folders: &[FolderInfo], me: &str) -> Markup {
                     td { (c.mtime.as_deref().unwrap_or("?")) }
                 }
             } }
-        }
+        } }
     }
 }
 
@@ -307,7 +310,10 @@ mod tests {
         };
         let html = render(&status_with(folder), &about()).into_string();
         assert!(!html.contains("<script>"), "{html}");
-        assert!(!html.contains("<b>id</b>") && !html.contains("<img"), "{html}");
+        assert!(
+            !html.contains("<b>id</b>") && !html.contains("<img"),
+            "{html}"
+        );
         assert!(
             html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;'&amp;.txt"),
             "{html}"
@@ -352,7 +358,10 @@ mod tests {
             "{html}"
         );
         assert!(html.contains(&"f".repeat(64)), "{html}");
-        assert!(html.contains("9.9.9") && html.contains("1h 2m 5s"), "{html}");
+        assert!(
+            html.contains("9.9.9") && html.contains("1h 2m 5s"),
+            "{html}"
+        );
         assert!(!html.contains("<script"), "no script at all: {html}");
     }
 }

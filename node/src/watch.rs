@@ -108,9 +108,9 @@ pub fn transfer_figures(t: &TransferView, s: Speed) -> String {
     } else {
         (t.bytes_done as f64 * 100.0 / t.bytes_total as f64).min(100.0)
     };
-    let rate = s
-        .rate
-        .map_or("–".to_string(), |r| format!("{}/s", human_bytes(r as u64)));
+    let rate = s.rate.map_or("–".to_string(), |r| {
+        format!("{}/s", human_bytes(r as u64))
+    });
     let eta = s.eta.map_or("–".to_string(), |d| {
         humantime::format_duration(d).to_string()
     });
@@ -211,6 +211,15 @@ impl Output {
         match self {
             Output::Bars(b) => b.show(v, transfers),
             Output::Plain => print_block(v, transfers),
+        }
+    }
+
+    /// Leave the last frame on the screen (dropped bars would clear it).
+    fn finish(&mut self) {
+        if let Output::Bars(b) = self {
+            for bar in b.lines.iter().chain(b.bars.values()) {
+                bar.abandon();
+            }
         }
     }
 
@@ -367,6 +376,7 @@ async fn watch(opts: Options, fetch: Fetch, mut out: Output) -> anyhow::Result<i
         }
         shown += 1;
     }
+    out.finish();
     Ok(0)
 }
 
