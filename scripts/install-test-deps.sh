@@ -11,6 +11,8 @@
 #   ShellCheck       (package shellcheck) tests/deploy.rs lints deploy/deploy-fleet.sh.
 #   setpriv          (package util-linux) tests/admin_socket.rs runs the CLI as
 #                    another user and group.
+#   chromium         headless browser: tests/status_page.rs loads the admin
+#                    API's status page and checks the rendered text.
 set -euo pipefail
 
 missing=()
@@ -19,6 +21,7 @@ command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || missing+=(python3-seccomp)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-test-deps: nothing to install"
@@ -40,7 +43,7 @@ export DEBIAN_FRONTEND=noninteractive
 # versions the mirror no longer has: refresh once, then install.
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
-for tool in faketime shellcheck systemd-analyze setpriv; do
+for tool in faketime shellcheck systemd-analyze setpriv chromium; do
     command -v "$tool" >/dev/null 2>&1 || {
         echo "install-test-deps: $tool still missing after apt-get install" >&2
         exit 1

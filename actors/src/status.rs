@@ -21,6 +21,9 @@ use crate::{
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How many of a folder's latest changes status shows (`recent_changes`).
+pub const RECENT_CHANGES: usize = 10;
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeStatus {
     pub id: String,
@@ -170,6 +173,10 @@ pub struct FolderInfo {
     /// The folder's last errors and rejected inputs (at most
     /// [`crate::folder::RECENT_EVENTS`]), oldest first.
     pub recent: Vec<RecentInfo>,
+    /// The folder's latest changes, newest first (at most
+    /// [`RECENT_CHANGES`]; the index's newest sequence numbers, one per
+    /// path).
+    pub recent_changes: Vec<ChangeInfo>,
     /// When retention last swept the folder (RFC 3339), if ever.
     pub last_sweep: Option<String>,
     /// Unix seconds of that sweep (0: never), for metrics.
@@ -189,6 +196,41 @@ pub struct RecentInfo {
     /// The peer (short id) a rejected input came from.
     pub peer: Option<String>,
     pub message: String,
+}
+
+/// One of a folder's latest changes and who made it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChangeInfo {
+    pub path: String,
+    /// This node's sequence number for it.
+    pub seq: u64,
+    /// Short id of the node that made the change (what the entry claims).
+    pub modified_by: String,
+    /// Short id of the peer it was received from (None: indexed here).
+    pub received_from: Option<String>,
+    pub deleted: bool,
+    pub size: u64,
+    /// The entry's modification time, RFC 3339 (None before 1970).
+    pub mtime: Option<String>,
+}
+
+impl ChangeInfo {
+    fn of(r: crate::record::Record) -> Self {
+        let e = r.entry;
+        let mtime = u64::try_from(e.mtime_ns).ok().map(|ns| {
+            let t = std::time::UNIX_EPOCH + Duration::from_nanos(ns);
+            humantime::format_rfc3339_seconds(t).to_string()
+        });
+        ChangeInfo {
+            path: e.path,
+            seq: e.sequence,
+            modified_by: e.modified_by.to_string(),
+            received_from: r.received_from.map(|p| p.to_string()),
+            deleted: e.deleted,
+            size: e.size,
+            mtime,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -315,13 +357,13 @@ async fn folder_info(
     inbound: &[Inbound],
     outbound: &[Outbound],
 ) -> FolderInfo {
-    let (meta, pending) = match read_counts(&folder).await {
-        Ok((meta, pending)) => (meta, Some(pending)),
+    let (meta, pending, recent_changes) = match read_counts(&folder).await {
+        Ok((meta, pending, latest)) => (meta, Some(pending), latest),
         Err(e) => {
             folder
                 .status
                 .error(format!("status: cannot read the index: {e}"));
-            (None, None)
+            (None, None, vec![])
         }
     };
     let peers = folder_peers(&folder, connected, inbound, outbound);
@@ -382,6 +424,7 @@ async fn folder_info(
         deletes_waiting,
         paused: folder.is_paused(),
         recent: recent(st),
+        recent_changes,
         last_sweep: rfc3339_ms(st.sweeps.last_ms.load(Ordering::Relaxed)),
         last_sweep_secs: st.sweeps.last_ms.load(Ordering::Relaxed) / 1000,
         swept_files: st.sweeps.files.load(Ordering::Relaxed),
@@ -410,12 +453,21 @@ enum CountsError {
     Task(#[from] rt::TaskError),
 }
 
-/// The folder's counters and how many remote changes wait.
-async fn read_counts(folder: &Arc<Folder>) -> Result<(Option<FolderMeta>, u64), CountsError> {
+/// The folder's counters, how many remote changes wait, and its latest
+/// changes.
+async fn read_counts(
+    folder: &Arc<Folder>,
+) -> Result<(Option<FolderMeta>, u64, Vec<ChangeInfo>), CountsError> {
     let f = folder.clone();
     rt::try_blocking(move || {
         let meta = f.index.folder_meta(f.id())?;
-        Ok((meta, f.index.pending_count(f.id())?))
+        let pending = f.index.pending_count(f.id())?;
+        let latest = f.index.latest(f.id(), RECENT_CHANGES)?;
+        Ok((
+            meta,
+            pending,
+            latest.into_iter().map(ChangeInfo::of).collect(),
+        ))
     })
     .await
 }

@@ -4,6 +4,7 @@
 //!
 //! | route                          | answer                                  |
 //! |--------------------------------|-----------------------------------------|
+//! | `GET /`                        | HTML status page for a person ([`crate::page`]) |
 //! | `GET /status`                  | JSON [`NodeStatus`]                     |
 //! | `GET /health`                  | 200 `ok` / 503 `unhealthy`              |
 //! | `GET /metrics`                 | Prometheus text                         |
@@ -57,7 +58,12 @@ pub fn routes(
     reloads: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>,
     metrics_cache: crate::metrics::Cache,
 ) -> Router {
+    let page = crate::page::PageState {
+        cache: metrics_cache.clone(),
+        started: std::time::Instant::now(),
+    };
     Router::new()
+        .route("/", get(crate::page::page).layer(axum::Extension(page)))
         .route("/status", get(status))
         .route("/health", get(health))
         .route(

@@ -57,8 +57,10 @@ enum Cmd {
         #[command(flatten)]
         at: Target,
         /// Machine-readable output.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// Reload the running node's config (as SIGHUP): peers, allow/deny and
     /// log level apply at once; other changes are listed as needing a
@@ -240,6 +242,22 @@ enum DebugCmd {
     },
 }
 
+/// `status --watch`.
+#[derive(Debug, Args, Clone)]
+struct WatchArgs {
+    /// Redraw until Ctrl-C: folder summary lines and one progress bar per
+    /// transfer in flight (bytes, rate, ETA); plain blocks when stdout is
+    /// not a terminal. Exit code 0.
+    #[arg(long)]
+    watch: bool,
+    /// Time between snapshots with --watch (e.g. 500ms, 2s).
+    #[arg(long, default_value = "1s", requires = "watch")]
+    interval: String,
+    /// Stop after this many snapshots (for scripts).
+    #[arg(long, requires = "watch")]
+    count: Option<u64>,
+}
+
 /// Which node: a config file, or a data directory holding fleetsync.toml.
 #[derive(Debug, Args, Clone)]
 struct Where {
@@ -417,7 +435,8 @@ pub fn main() -> i32 {
             force: a.force,
         }),
         Cmd::Run(a) => run(a),
-        Cmd::Status { at, json } => status(at, json),
+        Cmd::Status { at, watch, .. } if watch.watch => status_watch(at, watch),
+        Cmd::Status { at, json, .. } => status(at, json),
         Cmd::Wait(a) => wait(a),
         Cmd::Reload { at, json } => reload(at, json),
         Cmd::Doctor { at, json } => doctor(&at, json),
@@ -761,6 +780,21 @@ fn status(t: Target, json: bool) -> anyhow::Result<i32> {
     let st: serde_json::Value = serde_json::from_str(&body).context("status reply")?;
     print!("{}", crate::admin::render_status(&st, &t.config_label()));
     Ok(code)
+}
+
+fn status_watch(t: Target, a: WatchArgs) -> anyhow::Result<i32> {
+    let interval = fleetsync_config::parse_duration(&a.interval)
+        .map_err(|e| anyhow::anyhow!("--interval {}: {e}", a.interval))?;
+    if interval.is_zero() {
+        bail!("--interval 0: give a positive duration, e.g. --interval 1s");
+    }
+    // The endpoint again each time: a node restarted with port 0 moves.
+    let fetch = std::sync::Arc::new(move || client::get(&t.endpoint()?, "/status"));
+    let opts = crate::watch::Options {
+        interval,
+        count: a.count,
+    };
+    crate::watch::run(opts, fetch)
 }
 
 fn wait(a: WaitArgs) -> anyhow::Result<i32> {

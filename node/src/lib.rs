@@ -10,6 +10,7 @@
 //!   signal handling.
 //! - [`admin`]: the local admin API on 127.0.0.1 (JSON status, history,
 //!   health, Prometheus metrics) and the text rendering the CLI prints.
+//! - [`page`]: the admin API's HTML status page at `/` (maud).
 //! - [`metrics`]: `/metrics` (prometheus-client) from a snapshot kept
 //!   current once a second, and the `[metrics] listen` listener.
 //! - [`client`]: the CLI side of the admin API.
@@ -18,6 +19,7 @@
 //! - [`doctor`]: `doctor` — offline checks of the setup, then the running
 //!   node's health, peers and recent errors, each with its fix.
 //! - [`wait`]: `status`'s exit code and `wait --in-sync` (judging `/status`).
+//! - [`watch`]: `status --watch` (indicatif bars, rate/ETA from snapshots).
 //! - [`restore`]: `restore`'s arguments (a version, a time) and its text.
 //! - [`demo`]: a 3-node cluster on loopback that shows sync happening.
 //! - [`memory`]: the allocator knobs (two malloc arenas, a trim a minute).
@@ -33,6 +35,8 @@ pub mod doctor;
 pub mod invite;
 pub mod memory;
 pub mod metrics;
+pub mod page;
 pub mod reload;
 pub mod restore;
 pub mod wait;
+pub mod watch;

@@ -92,6 +92,25 @@ impl Index {
         Ok(out)
     }
 
+    /// The folder's `limit` most recently changed entries, newest first
+    /// (each path once: a rewritten path moves to its new sequence number).
+    pub fn latest(&self, folder: &str, limit: usize) -> Result<Vec<Record>> {
+        let tx = self.db.begin_read()?;
+        let seqs = tx.open_table(SEQ)?;
+        let files = tx.open_table(FILES)?;
+        let mut out = Vec::new();
+        for item in seqs.range((folder, 0)..=(folder, u64::MAX))?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, path) = item?;
+            if let Some(v) = files.get((folder, path.value()))? {
+                out.push(dec(name::FILES, v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Paths in this folder whose current content has this hash.
     pub fn paths_with_hash(&self, folder: &str, hash: &[u8; 32]) -> Result<Vec<String>> {
         let tx = self.db.begin_read()?;
@@ -273,6 +292,26 @@ mod tests {
         // A rewritten path moves to its new sequence number.
         put(&idx, vec![file("a", 2, &[(1, 2)])]);
         assert_eq!(paths(idx.since("f", 3, 10).unwrap()), vec!["d", "a"]);
+    }
+
+    #[test]
+    fn latest_is_newest_first_bounded_and_one_folder() {
+        let (_d, idx) = open();
+        put(
+            &idx,
+            ["a", "b", "c"]
+                .iter()
+                .map(|p| file(p, 1, &[(1, 1)]))
+                .collect(),
+        );
+        idx.ensure_folder("g").unwrap();
+        let paths =
+            |v: Vec<Record>| -> Vec<String> { v.into_iter().map(|r| r.entry.path).collect() };
+        assert_eq!(paths(idx.latest("f", 2).unwrap()), vec!["c", "b"]);
+        put(&idx, vec![file("a", 2, &[(1, 2)])]);
+        assert_eq!(paths(idx.latest("f", 10).unwrap()), vec!["a", "c", "b"]);
+        assert!(idx.latest("f", 0).unwrap().is_empty());
+        assert!(idx.latest("g", 10).unwrap().is_empty(), "another folder's");
     }
 
     #[test]
