@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use fleetsync_config::{
     flag, render_init_config, Config, ConfigError, FleetSecret, InitParams, Overrides, PeerAddr,
-    CONFIG_FILE_NAME, DEFAULT_ADMIN_LISTEN, DEFAULT_MESH_LISTEN,
+    CONFIG_FILE_NAME, DEFAULT_ADMIN_LISTEN, DEFAULT_MESH_LISTEN, ENV_IGNORED,
 };
 
 use crate::{client, daemon, demo, invite};
@@ -465,12 +465,30 @@ impl Where {
             (Some(c), _) => Ok(c.clone()),
             (None, Some(d)) => Ok(d.join(CONFIG_FILE_NAME)),
             (None, None) => bail!(
-                "which node? pass --config FILE or --data-dir DIR (create one with: fleetsync init --data-dir DIR --folder PATH)"
+                "which node? pass --config FILE or --data-dir DIR (create one with: fleetsync init --data-dir DIR --folder PATH), \
+                 or set FLEETSYNC_DATA_DIR, FLEETSYNC_MESH_FLEET_SECRET_FILE and FLEETSYNC_FOLDERS to run without a config file"
             ),
         }
     }
 
+    /// No --config, --data-dir or $FLEETSYNC_CONFIG, but `FLEETSYNC_*`
+    /// settings in the environment: the config is those alone (a container).
+    /// Without any, the "which node?" error is the more helpful one.
+    fn env_only(&self) -> anyhow::Result<Option<Vec<(String, String)>>> {
+        if self.config.is_some() || self.data_dir.is_some() {
+            return Ok(None);
+        }
+        let settings: Vec<(String, String)> = fleetsync_config::process_env()?
+            .into_iter()
+            .filter(|(name, _)| !ENV_IGNORED.contains(&name.as_str()))
+            .collect();
+        Ok((!settings.is_empty()).then_some(settings))
+    }
+
     fn load(&self, overrides: &Overrides) -> anyhow::Result<Config> {
+        if let Some(env) = self.env_only()? {
+            return Ok(Config::from_env(env, overrides)?);
+        }
         let path = self.config_path()?;
         Ok(Config::load(&path, overrides)?)
     }
@@ -690,11 +708,13 @@ fn status(w: Where, json: bool) -> anyhow::Result<i32> {
         return Ok(code);
     }
     let st: serde_json::Value = serde_json::from_str(&body).context("status reply")?;
-    let path = w.config_path()?;
-    print!(
-        "{}",
-        crate::admin::render_status(&st, &path.display().to_string())
-    );
+    // The file the hints' commands should name; none when the config came
+    // from the environment alone (the same environment serves the hints).
+    let path = config
+        .config_path
+        .as_ref()
+        .map_or_else(|| "<env>".to_string(), |p| p.display().to_string());
+    print!("{}", crate::admin::render_status(&st, &path));
     Ok(code)
 }
 
