@@ -9,13 +9,19 @@
 #                    seccomp filters (libseccomp, for Debian's /usr/bin/python3).
 #   systemd          systemd-analyze verify/security/syscall-filter (tests/deploy.rs).
 #   ShellCheck       (package shellcheck) tests/deploy.rs lints deploy/deploy-fleet.sh.
+#   dpkg-deb         (package dpkg) tests/package.rs inspects the Debian package.
+#   cargo-deb        (from crates.io, not apt) tests/package.rs builds the package
+#                    with it: installed by scripts/build-deb.sh, which pins its version.
 set -euo pipefail
+
+"$(dirname "$0")/build-deb.sh" --install-tools
 
 missing=()
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || missing+=(python3-seccomp)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-test-deps: nothing to install"
@@ -37,7 +43,7 @@ export DEBIAN_FRONTEND=noninteractive
 # versions the mirror no longer has: refresh once, then install.
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
-for tool in faketime shellcheck systemd-analyze; do
+for tool in faketime shellcheck systemd-analyze dpkg-deb; do
     command -v "$tool" >/dev/null 2>&1 || {
         echo "install-test-deps: $tool still missing after apt-get install" >&2
         exit 1
