@@ -2344,7 +2344,10 @@ fn env_alone_reads_the_secret_from_a_file() {
     ])
     .unwrap();
     assert_eq!(c.mesh.fleet_secret.to_hex(), SECRET);
-    assert!(c.folders.is_empty(), "no folders is a relay node, as with a file");
+    assert!(
+        c.folders.is_empty(),
+        "no folders is a relay node, as with a file"
+    );
 }
 
 #[test]
@@ -2378,7 +2381,10 @@ fn env_folders_bad_entries_name_the_variable_and_entry() {
         ("FLEETSYNC_MESH_FLEET_SECRET", SECRET),
     ];
     for (value, says) in [
-        ("shared=/srv/shared,/srv/logs", "entry 2 \"/srv/logs\": no '='"),
+        (
+            "shared=/srv/shared,/srv/logs",
+            "entry 2 \"/srv/logs\": no '='",
+        ),
         ("=/srv/shared", "entry 1 \"=/srv/shared\": the folder id"),
         ("shared=", "the path after '=' is empty"),
     ] {
@@ -2405,11 +2411,7 @@ fn env_folders_bad_entries_name_the_variable_and_entry() {
 
 #[test]
 fn env_folders_replace_the_files_folders() {
-    let file = format!(
-        "{}{}",
-        with_secret(""),
-        folder_toml("docs", "/srv/docs")
-    );
+    let file = format!("{}{}", with_secret(""), folder_toml("docs", "/srv/docs"));
     let c = try_parse_full(
         &file,
         &[
@@ -2431,7 +2433,12 @@ fn env_folders_replace_the_files_folders() {
         ],
         &Overrides::default(),
     );
-    assert_invalid_at(&e, "<env>", "FLEETSYNC_FOLDER_DOCS_SETTLE", "<ID> one of PHOTOS");
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_FOLDER_DOCS_SETTLE",
+        "<ID> one of PHOTOS",
+    );
 }
 
 #[test]

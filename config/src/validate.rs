@@ -151,20 +151,19 @@ pub(crate) fn normalize(p: &Path) -> PathBuf {
 
 pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
     let origins = crate::show::origins(&l);
-    let data_dir = match (&l.data_dir, &ctx.config_dir) {
-        (Some(d), _) => ctx.resolve(d)?,
-        (None, Some(dir)) => dir.clone(),
-        (None, None) => {
-            return Err(ctx.err(
+    let data_dir =
+        match (&l.data_dir, &ctx.config_dir) {
+            (Some(d), _) => ctx.resolve(d)?,
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => return Err(ctx.err(
                 &Origin::Env(ENV_DATA_DIR.into()),
                 "not set; without a config file the data directory must come from the environment",
                 format!(
                     "set {ENV_DATA_DIR}=/var/lib/fleetsync (identity, index and blob store \
                      live there; a volume in a container), or pass --config FILE"
                 ),
-            ))
-        }
-    };
+            )),
+        };
 
     let mesh = MeshConfig {
         listen: listen_addr(

@@ -68,7 +68,12 @@ fn build_package(out: &Path) -> PathBuf {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "deb"))
         .collect();
-    assert_eq!(debs.len(), 1, "one .deb expected in {}: {debs:?}", out.display());
+    assert_eq!(
+        debs.len(),
+        1,
+        "one .deb expected in {}: {debs:?}",
+        out.display()
+    );
     debs[0].clone()
 }
 
@@ -142,7 +147,11 @@ fn the_debian_package_installs_the_binary_unit_user_man_page_and_completions() {
             .any(|l| l == "ExecStart=/usr/bin/fleetsync run --config /etc/fleetsync/fleetsync.toml"),
         "the unit must run the packaged binary on the packaged config:\n{unit}"
     );
-    for line in ["User=fleetsync", "Group=fleetsync", "StateDirectory=fleetsync"] {
+    for line in [
+        "User=fleetsync",
+        "Group=fleetsync",
+        "StateDirectory=fleetsync",
+    ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
     }
     assert!(!unit.contains("/usr/local"), "{unit}");
@@ -157,7 +166,8 @@ fn the_debian_package_installs_the_binary_unit_user_man_page_and_completions() {
     assert_eq!(&man[..2], &[0x1f, 0x8b], "the man page is gzip");
     assert!(read("/usr/share/bash-completion/completions/fleetsync").contains("fleetsync"));
     assert!(read("/usr/share/zsh/vendor-completions/_fleetsync").starts_with("#compdef fleetsync"));
-    assert!(read("/usr/share/fish/vendor_completions.d/fleetsync.fish").contains("complete -c fleetsync"));
+    assert!(read("/usr/share/fish/vendor_completions.d/fleetsync.fish")
+        .contains("complete -c fleetsync"));
     let version = run(Command::new(root.join("usr/bin/fleetsync")).arg("--version"));
     assert_eq!(
         version.trim(),
@@ -186,14 +196,26 @@ fn the_debian_package_installs_the_binary_unit_user_man_page_and_completions() {
     let user = at("systemd-sysusers");
     assert!(postinst.contains("fleetsync.conf"), "{postinst}");
     let guard = at(r#"if [ "$1" = "configure" ] && [ ! -e "$conf" ]; then"#);
-    assert!(postinst.contains("conf=/etc/fleetsync/fleetsync.toml"), "{postinst}");
+    assert!(
+        postinst.contains("conf=/etc/fleetsync/fleetsync.toml"),
+        "{postinst}"
+    );
     let init = at("runuser -u fleetsync -- /usr/bin/fleetsync init --data-dir \"$state\"");
-    assert!(user < guard && user < init, "the user must exist before init:\n{postinst}");
-    assert!(postinst.contains("mv \"$state/fleetsync.toml\" \"$conf\""), "{postinst}");
+    assert!(
+        user < guard && user < init,
+        "the user must exist before init:\n{postinst}"
+    );
+    assert!(
+        postinst.contains("mv \"$state/fleetsync.toml\" \"$conf\""),
+        "{postinst}"
+    );
     // Not enabled or started on install (the fresh config has no folders);
     // restarted on upgrade only when it runs.
     assert!(!postinst.contains("deb-systemd-invoke start"), "{postinst}");
-    assert!(postinst.contains("try-restart fleetsync.service"), "{postinst}");
+    assert!(
+        postinst.contains("try-restart fleetsync.service"),
+        "{postinst}"
+    );
     let postrm = std::fs::read_to_string(ctl.join("postrm")).unwrap();
     assert!(
         postrm.contains(r#"if [ "$1" = "purge" ]; then"#)
