@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use fleetsync_integration_tests::bin;
@@ -40,41 +41,50 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// scripts/build-deb.sh on the test binary's target dir and profile; the
-/// path of the .deb it made.
-fn build_package(out: &Path) -> PathBuf {
-    let profile_dir = bin().parent().unwrap().to_path_buf();
-    let target = profile_dir.parent().unwrap();
-    let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-        "debug" => "dev".to_string(),
-        other => other.to_string(),
-    };
-    let mut cmd = Command::new(repo().join("scripts/build-deb.sh"));
-    cmd.args(["--no-build", "--profile", &profile, "--output"])
-        .arg(out)
-        // Fast compression: the test binary is unstripped and large.
-        .args(["--", "--fast"])
-        .env("CARGO_TARGET_DIR", target);
-    let res = cmd.output().expect("run scripts/build-deb.sh");
-    assert!(
-        res.status.success(),
-        "scripts/build-deb.sh failed (it installs cargo-deb on first use: \
-         `cargo install cargo-deb --locked` must reach crates.io):\n{}{}",
-        String::from_utf8_lossy(&res.stdout),
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let debs: Vec<PathBuf> = std::fs::read_dir(out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
-        .collect();
-    assert_eq!(
-        debs.len(),
-        1,
-        "one .deb expected in {}: {debs:?}",
-        out.display()
-    );
-    debs[0].clone()
+/// scripts/build-deb.sh on the test binary's target dir and profile, once
+/// per test run (the tests share it; the script's staging dir is one); the
+/// path of the .deb it made, under `<target>/deb-test/`.
+fn package() -> &'static Path {
+    static DEB: OnceLock<PathBuf> = OnceLock::new();
+    DEB.get_or_init(|| {
+        let started = Instant::now();
+        let profile_dir = bin().parent().unwrap().to_path_buf();
+        let target = profile_dir.parent().unwrap();
+        let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
+            "debug" => "dev".to_string(),
+            other => other.to_string(),
+        };
+        let out = target.join("deb-test");
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).unwrap();
+        let mut cmd = Command::new(repo().join("scripts/build-deb.sh"));
+        cmd.args(["--no-build", "--profile", &profile, "--output"])
+            .arg(&out)
+            // Fast compression: the test binary is unstripped and large.
+            .args(["--", "--fast"])
+            .env("CARGO_TARGET_DIR", target);
+        let res = cmd.output().expect("run scripts/build-deb.sh");
+        assert!(
+            res.status.success(),
+            "scripts/build-deb.sh failed (it installs cargo-deb on first use: \
+             `cargo install cargo-deb --locked` must reach crates.io):\n{}{}",
+            String::from_utf8_lossy(&res.stdout),
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let debs: Vec<PathBuf> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+            .collect();
+        assert_eq!(
+            debs.len(),
+            1,
+            "one .deb expected in {}: {debs:?}",
+            out.display()
+        );
+        eprintln!("package built in {:?}", started.elapsed());
+        debs[0].clone()
+    })
 }
 
 /// `dpkg-deb -c`: path → (mode string, owner/group).
@@ -96,8 +106,7 @@ fn the_debian_package_installs_the_binary_unit_user_man_page_and_completions() {
     need("cargo");
     let started = Instant::now();
     let out = tempfile::tempdir().unwrap();
-    let deb = build_package(out.path());
-    eprintln!("package built in {:?}", started.elapsed());
+    let deb = package();
 
     // Files and modes: all root's, the binary executable, the rest 0644.
     let files = contents(&deb);
@@ -223,6 +232,58 @@ fn the_debian_package_installs_the_binary_unit_user_man_page_and_completions() {
         "purge removes the generated config:\n{postrm}"
     );
     eprintln!("package test took {:?}", started.elapsed());
+}
+
+/// dpkg for real, in a private mount namespace with overlays on /etc,
+/// /var/lib and /usr (tests/package/install.sh): install makes the user,
+/// the group and a private config that loads; an upgrade keeps the config;
+/// purge removes it and the state dir. Needs root (namespaces, dpkg).
+#[test]
+fn the_package_installs_upgrades_and_purges_for_real() {
+    need("dpkg");
+    need("unshare");
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (a mount namespace, dpkg inside overlays)"
+    );
+    let deb = package();
+    let started = Instant::now();
+    let dd = tempfile::tempdir().unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--"])
+        .arg(repo().join("integration-tests/tests/package/install.sh"))
+        .env("DD", dd.path())
+        .env("DEB", deb)
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let logs = ["install.log", "upgrade.log", "purge.log"]
+        .map(|f| {
+            format!(
+                "--- {f}\n{}",
+                std::fs::read_to_string(dd.path().join(f)).unwrap_or_default()
+            )
+        })
+        .join("\n");
+    let why = format!("{stdout}{}\n{logs}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "install.sh failed:\n{why}");
+    let got: BTreeMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once('=')).collect();
+    let check = "config ok: /etc/fleetsync/fleetsync.toml (data dir /var/lib/fleetsync, \
+                 0 folders: , 0 peers configured)";
+    for (key, want) in [
+        ("user", "fleetsync:/var/lib/fleetsync:/usr/sbin/nologin"),
+        ("group", "fleetsync"),
+        ("config", "600 fleetsync"),
+        ("state", "700 fleetsync"),
+        ("check", check),
+        ("kept_on_upgrade", "yes"),
+        ("config_after_purge", "no"),
+        ("state_after_purge", "no"),
+        ("bin_after_purge", "no"),
+    ] {
+        assert_eq!(got.get(key).copied(), Some(want), "{key}:\n{why}");
+    }
+    eprintln!("install, upgrade, purge took {:?}", started.elapsed());
 }
 
 /// `init` as postinst runs it writes a config only the service user reads
