@@ -225,3 +225,55 @@ fn a_missing_variable_is_named_in_one_line() {
         "{err}"
     );
 }
+
+/// deploy/Containerfile cannot be built here (no container engine): its
+/// runtime stage is checked as text instead. The node it runs is the one
+/// the tests above start: `run` and `status` from the environment alone.
+#[test]
+fn the_container_recipe_runs_unprivileged_from_env_alone() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let text = std::fs::read_to_string(repo.join("deploy/Containerfile")).unwrap();
+    // The runtime stage: after the last FROM, continuation lines joined.
+    let joined = text.replace("\\\n", " ");
+    let stage: Vec<&str> = joined
+        .rsplit_once("\nFROM ")
+        .expect("a multi-stage recipe")
+        .1
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let find = |word: &str| -> Vec<&str> {
+        stage
+            .iter()
+            .filter_map(|l| l.strip_prefix(word).map(str::trim))
+            .collect()
+    };
+    let user = find("USER ");
+    assert_eq!(user.len(), 1, "one USER line: {user:?}");
+    assert!(
+        !["root", "0"].contains(&user[0].split(':').next().unwrap()),
+        "runs as root: {user:?}"
+    );
+    let health = find("HEALTHCHECK ");
+    assert!(
+        health.len() == 1 && health[0].contains(r#"CMD ["/usr/local/bin/fleetsync", "status"]"#),
+        "HEALTHCHECK fleetsync status: {health:?}"
+    );
+    assert_eq!(find("VOLUME "), [r#"["/data", "/sync"]"#]);
+    assert_eq!(find("ENV "), ["FLEETSYNC_DATA_DIR=/data"]);
+    assert_eq!(
+        find("CMD "),
+        [r#"["run"]"#],
+        "no config file on the command line"
+    );
+    assert!(!joined.contains("fleetsync init"), "no config file to make");
+
+    let ignore = std::fs::read_to_string(repo.join(".dockerignore")).unwrap();
+    for entry in [".git", "target", "dist"] {
+        assert!(
+            ignore.lines().any(|l| l == entry),
+            "{entry} not in .dockerignore"
+        );
+    }
+}
