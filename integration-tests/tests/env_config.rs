@@ -180,6 +180,9 @@ fn two_nodes_from_env_alone_sync_a_file() {
     assert_eq!(code, 0, "status: {out}{err}");
     assert!(out.contains("shared"), "{out}");
     assert!(out.contains(&b.id[..8]), "peer b missing from: {out}");
+    // `podman exec ... fleetsync id`: the node id, for the other nodes' peers.
+    let (code, out, err) = run_cli(&env_a, &["id"]);
+    assert_eq!((code, out.trim()), (0, a.id.as_str()), "{err}");
 
     a.stop();
     b.stop();

@@ -668,10 +668,10 @@ pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn id(w: Where) -> anyhow::Result<i32> {
-    let data_dir = match (&w.data_dir, &w.config) {
-        (Some(d), _) => absolute(d)?,
-        (None, Some(_)) => w.load(&Overrides::default())?.data_dir,
-        (None, None) => bail!("pass --data-dir DIR or --config FILE"),
+    // Without --data-dir: the config's (a file, or FLEETSYNC_* alone).
+    let data_dir = match &w.data_dir {
+        Some(d) => absolute(d)?,
+        None => w.load(&Overrides::default())?.data_dir,
     };
     let key = fleetsync_mesh::identity::load_or_create(&data_dir)?;
     println!("{}", key.public());
