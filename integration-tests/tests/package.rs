@@ -109,7 +109,7 @@ fn the_debian_package_installs_the_binary_unit_user_man_page_and_completions() {
     let deb = package();
 
     // Files and modes: all root's, the binary executable, the rest 0644.
-    let files = contents(&deb);
+    let files = contents(deb);
     let expect = [
         ("/usr/bin/fleetsync", "-rwxr-xr-x"),
         ("/usr/lib/systemd/system/fleetsync.service", "-rw-r--r--"),
@@ -142,13 +142,13 @@ fn the_debian_package_installs_the_binary_unit_user_man_page_and_completions() {
     );
 
     // Control: the package, and what creates the user.
-    let info = run(Command::new("dpkg-deb").arg("-I").arg(&deb));
+    let info = run(Command::new("dpkg-deb").arg("-I").arg(deb));
     assert!(info.contains("Package: fleetsync"), "{info}");
     assert!(info.contains("systemd-sysusers"), "{info}");
 
     // The installed files themselves.
     let root = out.path().join("root");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root));
     let read = |p: &str| std::fs::read_to_string(root.join(p.trim_start_matches('/'))).unwrap();
     let unit = read("/usr/lib/systemd/system/fleetsync.service");
     assert!(
@@ -185,7 +185,7 @@ fn the_debian_package_installs_the_binary_unit_user_man_page_and_completions() {
 
     // Maintainer scripts.
     let ctl = out.path().join("control");
-    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctl));
+    run(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&ctl));
     let conffiles = std::fs::read_to_string(ctl.join("conffiles")).unwrap_or_default();
     assert!(
         !conffiles.contains("fleetsync.toml"),
