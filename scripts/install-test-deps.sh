@@ -13,7 +13,12 @@
 #                    another user and group.
 #   chromium         headless browser: tests/status_page.rs loads the admin
 #                    API's status page and checks the rendered text.
+#   dpkg-deb         (package dpkg) tests/package.rs inspects the Debian package.
+#   cargo-deb        (from crates.io, not apt) tests/package.rs builds the package
+#                    with it: installed by scripts/build-deb.sh, which pins its version.
 set -euo pipefail
+
+"$(dirname "$0")/build-deb.sh" --install-tools
 
 missing=()
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
@@ -22,6 +27,7 @@ command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-test-deps: nothing to install"
@@ -43,7 +49,7 @@ export DEBIAN_FRONTEND=noninteractive
 # versions the mirror no longer has: refresh once, then install.
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
-for tool in faketime shellcheck systemd-analyze setpriv chromium; do
+for tool in faketime shellcheck systemd-analyze setpriv chromium dpkg-deb; do
     command -v "$tool" >/dev/null 2>&1 || {
         echo "install-test-deps: $tool still missing after apt-get install" >&2
         exit 1

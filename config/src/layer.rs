@@ -136,10 +136,13 @@ pub(crate) const FOLDER_ENV_KEYS: &[&str] = &[
     "TOMBSTONE_TTL",
 ];
 
-const ENV_DATA_DIR: &str = "FLEETSYNC_DATA_DIR";
+pub(crate) const ENV_DATA_DIR: &str = "FLEETSYNC_DATA_DIR";
+/// The folder list, `ID=PATH,ID2=PATH2`: with the two above, what a node
+/// needs to start without a config file (a container).
+pub(crate) const ENV_FOLDERS: &str = "FLEETSYNC_FOLDERS";
 const ENV_MESH_LISTEN: &str = "FLEETSYNC_MESH_LISTEN";
-const ENV_MESH_FLEET_SECRET: &str = "FLEETSYNC_MESH_FLEET_SECRET";
-const ENV_MESH_FLEET_SECRET_FILE: &str = "FLEETSYNC_MESH_FLEET_SECRET_FILE";
+pub(crate) const ENV_MESH_FLEET_SECRET: &str = "FLEETSYNC_MESH_FLEET_SECRET";
+pub(crate) const ENV_MESH_FLEET_SECRET_FILE: &str = "FLEETSYNC_MESH_FLEET_SECRET_FILE";
 const ENV_MESH_PEERS: &str = "FLEETSYNC_MESH_PEERS";
 const ENV_MESH_MDNS: &str = "FLEETSYNC_MESH_MDNS";
 const ENV_MESH_ALLOW: &str = "FLEETSYNC_MESH_ALLOW";
@@ -164,6 +167,7 @@ const ENV_DEBUG_FAULT_INJECTION: &str = "FLEETSYNC_DEBUG_FAULT_INJECTION";
 
 pub(crate) const ENV_FIXED: &[&str] = &[
     ENV_DATA_DIR,
+    ENV_FOLDERS,
     ENV_MESH_LISTEN,
     ENV_MESH_FLEET_SECRET,
     ENV_MESH_FLEET_SECRET_FILE,
@@ -314,6 +318,13 @@ impl Layered {
         // order the OS hands the environment over in. The sort is stable, so
         // a repeated name keeps "last one wins".
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        // The folder list first, whatever the sort put before it: the
+        // FLEETSYNC_FOLDER_<ID>_<KEY> variables tune the folders it defines.
+        if let Some(i) = vars.iter().rposition(|(name, _)| name == ENV_FOLDERS) {
+            let (name, value) = vars.remove(i);
+            vars.retain(|(n, _)| n != ENV_FOLDERS);
+            self.folders = parse_env_folders(&name, &value)?;
+        }
 
         let mut secret = SecretLayer::default();
         for (name, value) in vars {
@@ -401,7 +412,7 @@ impl Layered {
         match hits.as_slice() {
             [] => Err(self.unknown_env(
                 name,
-                Some("no folder in the config file has this id and key"),
+                Some("no folder in the config file or FLEETSYNC_FOLDERS has this id and key"),
             )),
             [(i, key)] => {
                 let folder = &mut self.folders[*i];
@@ -471,7 +482,8 @@ impl Layered {
             problem.push_str(&format!("; did you mean {s}?"));
         }
         let folders = if folder_ids.is_empty() {
-            "FLEETSYNC_FOLDER_<ID>_<KEY> needs a [[folders]] entry with that id in the file"
+            "FLEETSYNC_FOLDER_<ID>_<KEY> needs a folder with that id ([[folders]] in the \
+             file, or in FLEETSYNC_FOLDERS)"
                 .to_string()
         } else {
             format!(
@@ -522,6 +534,43 @@ impl Layered {
             self.log_format = Some(Sourced::cli(v.clone(), flag::LOG_FORMAT));
         }
     }
+}
+
+const FOLDERS_FIX: &str = "write each folder as ID=PATH, comma-separated, \
+     e.g. FLEETSYNC_FOLDERS=shared=/srv/shared,logs=/srv/logs";
+
+/// `FLEETSYNC_FOLDERS=ID=PATH,ID2=PATH2`: the whole folder list (it
+/// replaces the file's `[[folders]]`, as any list from a higher layer
+/// does). Split at the first `=`: ids cannot hold one, paths may. The id
+/// and path are checked later, like a file's, and errors name this variable.
+fn parse_env_folders(name: &str, value: &str) -> Result<Vec<LayeredFolder>, ConfigError> {
+    split_list(value)
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let bad = |problem: &str| {
+                ConfigError::invalid(
+                    "<env>",
+                    name,
+                    format!("entry {} {entry:?}: {problem}", i + 1),
+                    FOLDERS_FIX,
+                )
+            };
+            let (id, path) = entry.split_once('=').ok_or_else(|| bad("no '=' in it"))?;
+            let (id, path) = (id.trim(), path.trim());
+            if id.is_empty() {
+                return Err(bad("the folder id before '=' is empty"));
+            }
+            if path.is_empty() {
+                return Err(bad("the path after '=' is empty"));
+            }
+            Ok(LayeredFolder {
+                id: Some(Sourced::env(id.to_string(), name)),
+                path: Some(Sourced::env(PathBuf::from(path), name)),
+                ..LayeredFolder::default()
+            })
+        })
+        .collect()
 }
 
 /// Comma-separated list; blanks are dropped so `""` means an empty list and

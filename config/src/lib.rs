@@ -43,7 +43,7 @@
 //! # Environment variables
 //!
 //! Names are `FLEETSYNC_<SECTION>_<KEY>` in upper case: `FLEETSYNC_DATA_DIR`,
-//! `FLEETSYNC_MESH_LISTEN`, `FLEETSYNC_MESH_FLEET_SECRET`,
+//! `FLEETSYNC_FOLDERS`, `FLEETSYNC_MESH_LISTEN`, `FLEETSYNC_MESH_FLEET_SECRET`,
 //! `FLEETSYNC_MESH_FLEET_SECRET_FILE`, `FLEETSYNC_MESH_PEERS`,
 //! `FLEETSYNC_MESH_MDNS`, `FLEETSYNC_MESH_ALLOW`, `FLEETSYNC_MESH_DENY`,
 //! `FLEETSYNC_MESH_TICKET_PEERS`,
@@ -60,17 +60,28 @@
 //!   true/false, 1/0, yes/no (any case); `MAX_RESTARTS` and `MAX_PEERS` are
 //!   whole numbers.
 //! * Values are trimmed of surrounding whitespace.
+//! * `FLEETSYNC_FOLDERS=ID=PATH,ID2=PATH2` is the whole folder list: it
+//!   replaces the file's `[[folders]]` (a list from a higher layer always
+//!   replaces). Each entry splits at its first `=`.
 //! * Folder settings are `FLEETSYNC_FOLDER_<ID>_<KEY>` with `<KEY>` one of
 //!   `PATH`, `MODE`, `SETTLE`, `RESCAN`, `WATCH`, `POLL_INTERVAL`, `MIN_FREE`,
 //!   `UMASK`. `<ID>` is
 //!   the folder id upper-cased with every char outside `[A-Z0-9]` replaced
 //!   by `_` (`shared-logs` → `FLEETSYNC_FOLDER_SHARED_LOGS_SETTLE`). They
-//!   change a folder defined in the file; they cannot create one. If two
+//!   change a folder defined in the file or in `FLEETSYNC_FOLDERS`; they
+//!   cannot create one. If two
 //!   folder ids map to the same `<ID>`, setting such a variable is an error.
 //! * Any other variable starting with `FLEETSYNC_` is an error naming it —
 //!   a misspelt variable silently doing nothing is worse than refusing to
 //!   start — except those in [`ENV_IGNORED`] (`FLEETSYNC_CONFIG`,
 //!   `FLEETSYNC_LOG`), which other parts of the program read.
+//!
+//! # No config file
+//!
+//! [`Config::from_env`] builds a config from the variables alone (a
+//! container): `FLEETSYNC_DATA_DIR` and the fleet secret are then required
+//! (an error names the variable to set), `FLEETSYNC_FOLDERS` gives the
+//! folders, everything else has its default.
 //!
 //! # Paths
 //!
@@ -488,13 +499,36 @@ impl Config {
         };
         let ctx = validate::Ctx {
             file_label: path.display().to_string(),
-            config_dir: config_path
-                .parent()
-                .map_or_else(|| config_path.clone(), Path::to_path_buf),
-            config_path,
+            config_dir: Some(
+                config_path
+                    .parent()
+                    .map_or_else(|| config_path.clone(), Path::to_path_buf),
+            ),
+            config_path: Some(config_path),
         };
         let raw = raw::parse(text, &ctx.file_label)?;
         let mut layered = layer::Layered::from_raw(raw);
+        layered.apply_env(env)?;
+        layered.apply_overrides(overrides);
+        validate::validate(layered, &ctx)
+    }
+
+    /// No config file: `env` (`FLEETSYNC_*`, as [`process_env`] gives
+    /// them), then `overrides`, over the built-in defaults. For containers.
+    /// `FLEETSYNC_DATA_DIR` and the fleet secret (`FLEETSYNC_MESH_FLEET_SECRET`
+    /// or `..._FILE`) are required; `FLEETSYNC_FOLDERS` lists the folders
+    /// (none: a relay node, as with a file). Relative paths are taken from
+    /// the current directory. The result's `config_path` is `None`.
+    pub fn from_env(
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let ctx = validate::Ctx {
+            file_label: "<no config file>".to_string(),
+            config_path: None,
+            config_dir: None,
+        };
+        let mut layered = layer::Layered::default();
         layered.apply_env(env)?;
         layered.apply_overrides(overrides);
         validate::validate(layered, &ctx)

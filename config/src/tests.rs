@@ -951,8 +951,8 @@ fn fault_injection_on_loopback_admin_is_accepted() {
 fn validate_ctx() -> validate::Ctx {
     validate::Ctx {
         file_label: CFG.to_string(),
-        config_path: PathBuf::from(CFG),
-        config_dir: PathBuf::from("/etc/fleetsync"),
+        config_path: Some(PathBuf::from(CFG)),
+        config_dir: Some(PathBuf::from("/etc/fleetsync")),
     }
 }
 
@@ -2335,4 +2335,181 @@ fn settings_list_every_key_of_every_folder_once() {
         assert!(listed.contains(k), "origin of {k} is shown nowhere");
     }
     assert_eq!(setting(&c.settings(), "folders[0].versions").value, "off");
+}
+
+// ------------------------------------------------- no config file (env only)
+
+fn try_env_only(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_env(env(vars), &Overrides::default())
+}
+
+#[track_caller]
+fn env_only_err(vars: &[(&str, &str)]) -> ConfigError {
+    match try_env_only(vars) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn env_alone_gives_a_whole_config() {
+    let c = try_env_only(&[
+        ("FLEETSYNC_DATA_DIR", "/var/lib/fleetsync"),
+        ("FLEETSYNC_MESH_FLEET_SECRET", SECRET),
+        ("FLEETSYNC_FOLDERS", "shared=/srv/shared, logs=/srv/logs,"),
+        ("FLEETSYNC_FOLDER_LOGS_MODE", "send-only"),
+        ("FLEETSYNC_MESH_MDNS", "false"),
+    ])
+    .unwrap();
+    assert_eq!(c.config_path, None);
+    assert_eq!(c.data_dir, Path::new("/var/lib/fleetsync"));
+    assert_eq!(c.mesh.fleet_secret.to_hex(), SECRET);
+    assert!(!c.mesh.mdns);
+    let ids: Vec<(&str, &Path)> = c
+        .folders
+        .iter()
+        .map(|f| (f.id.as_str(), f.path.as_path()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("shared", Path::new("/srv/shared")),
+            ("logs", Path::new("/srv/logs"))
+        ]
+    );
+    assert_eq!(c.folder("logs").unwrap().mode, FolderMode::SendOnly);
+    assert_eq!(c.folder("shared").unwrap().mode, FolderMode::SendReceive);
+    // Everything else is a default, and `config show` says where each came from.
+    assert_eq!(
+        c.admin.listen,
+        DEFAULT_ADMIN_LISTEN.parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        c.origins.get("folders[1].path"),
+        Some(&Source::Env("FLEETSYNC_FOLDERS".into()))
+    );
+}
+
+#[test]
+fn env_alone_reads_the_secret_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("fleet.secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let secret = secret.display().to_string();
+    let c = try_env_only(&[
+        ("FLEETSYNC_DATA_DIR", "/data"),
+        ("FLEETSYNC_MESH_FLEET_SECRET_FILE", &secret),
+    ])
+    .unwrap();
+    assert_eq!(c.mesh.fleet_secret.to_hex(), SECRET);
+    assert!(
+        c.folders.is_empty(),
+        "no folders is a relay node, as with a file"
+    );
+}
+
+#[test]
+fn env_alone_without_data_dir_names_the_variable() {
+    let e = env_only_err(&[
+        ("FLEETSYNC_MESH_FLEET_SECRET", SECRET),
+        ("FLEETSYNC_FOLDERS", "shared=/srv/shared"),
+    ]);
+    assert_invalid_at(&e, "<env>", "FLEETSYNC_DATA_DIR", "set FLEETSYNC_DATA_DIR=");
+}
+
+#[test]
+fn env_alone_without_secret_names_both_variables() {
+    let e = env_only_err(&[
+        ("FLEETSYNC_DATA_DIR", "/data"),
+        ("FLEETSYNC_FOLDERS", "shared=/srv/shared"),
+    ]);
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_MESH_FLEET_SECRET",
+        "FLEETSYNC_MESH_FLEET_SECRET_FILE=",
+    );
+    assert!(!e.to_string().contains("fleetsync init"), "{e}");
+}
+
+#[test]
+fn env_folders_bad_entries_name_the_variable_and_entry() {
+    let base = [
+        ("FLEETSYNC_DATA_DIR", "/data"),
+        ("FLEETSYNC_MESH_FLEET_SECRET", SECRET),
+    ];
+    for (value, says) in [
+        (
+            "shared=/srv/shared,/srv/logs",
+            "entry 2 \"/srv/logs\": no '='",
+        ),
+        ("=/srv/shared", "entry 1 \"=/srv/shared\": the folder id"),
+        ("shared=", "the path after '=' is empty"),
+    ] {
+        let mut vars = base.to_vec();
+        vars.push(("FLEETSYNC_FOLDERS", value));
+        let e = env_only_err(&vars);
+        assert_invalid_at(&e, "<env>", "FLEETSYNC_FOLDERS", "ID=PATH");
+        assert!(problem(&e).contains(says), "{value}: {e}");
+    }
+    // Ids and paths are checked like a file's, and blamed on the variable.
+    for (value, says) in [
+        ("my folder=/srv/x", "invalid folder id"),
+        ("a=/srv/a,a=/srv/b", "duplicate folder id"),
+        ("a=/srv/a,b=/srv/a/b", "is inside"),
+        ("a=/data/a", "inside data_dir"),
+    ] {
+        let mut vars = base.to_vec();
+        vars.push(("FLEETSYNC_FOLDERS", value));
+        let e = env_only_err(&vars);
+        assert_eq!(e.key(), Some("FLEETSYNC_FOLDERS"), "{value}: {e}");
+        assert!(problem(&e).contains(says), "{value}: {e}");
+    }
+}
+
+#[test]
+fn env_folders_replace_the_files_folders() {
+    let file = format!("{}{}", with_secret(""), folder_toml("docs", "/srv/docs"));
+    let c = try_parse_full(
+        &file,
+        &[
+            ("FLEETSYNC_FOLDERS", "photos=/srv/photos"),
+            ("FLEETSYNC_FOLDER_PHOTOS_SETTLE", "3s"),
+        ],
+        &Overrides::default(),
+    )
+    .unwrap();
+    let ids: Vec<&str> = c.folders.iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(ids, ["photos"]);
+    assert_eq!(c.folders[0].settle, Duration::from_secs(3));
+    // The file's folder is gone, so its variables are unknown now.
+    let e = err_full(
+        &file,
+        &[
+            ("FLEETSYNC_FOLDERS", "photos=/srv/photos"),
+            ("FLEETSYNC_FOLDER_DOCS_SETTLE", "3s"),
+        ],
+        &Overrides::default(),
+    );
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_FOLDER_DOCS_SETTLE",
+        "<ID> one of PHOTOS",
+    );
+}
+
+#[test]
+fn env_folder_variable_without_any_folder_points_at_env_folders() {
+    let e = env_only_err(&[
+        ("FLEETSYNC_DATA_DIR", "/data"),
+        ("FLEETSYNC_MESH_FLEET_SECRET", SECRET),
+        ("FLEETSYNC_FOLDER_SHARED_PATH", "/srv/shared"),
+    ]);
+    assert_invalid_at(
+        &e,
+        "<env>",
+        "FLEETSYNC_FOLDER_SHARED_PATH",
+        "or in FLEETSYNC_FOLDERS",
+    );
 }

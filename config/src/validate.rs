@@ -5,7 +5,10 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::ConfigError;
-use crate::layer::{Layered, LayeredFolder, LayeredSupervisor, Origin, Sourced};
+use crate::layer::{
+    Layered, LayeredFolder, LayeredSupervisor, Origin, Sourced, ENV_DATA_DIR,
+    ENV_MESH_FLEET_SECRET, ENV_MESH_FLEET_SECRET_FILE,
+};
 use crate::types::{parse_duration, parse_node_id, BearerToken, Choices, FleetSecret, PeerAddr};
 use crate::{
     AdminConfig, AdminSocket, Config, DebugConfig, FolderConfig, FolderMode, LogConfig, LogFormat,
@@ -65,10 +68,11 @@ const DURATION_FIX: &str = "use a number with a unit, e.g. \"200ms\", \"5s\", \"
 pub(crate) struct Ctx {
     /// How errors name the file: the path as the caller gave it.
     pub file_label: String,
-    /// Absolute, lexically normalised.
-    pub config_path: PathBuf,
-    /// Base for relative paths written in the file.
-    pub config_dir: PathBuf,
+    /// Absolute, lexically normalised. `None`: no file, the config comes
+    /// from `FLEETSYNC_*` variables alone ([`crate::Config::from_env`]).
+    pub config_path: Option<PathBuf>,
+    /// Base for relative paths written in the file (`None` with no file).
+    pub config_dir: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -112,8 +116,8 @@ impl Ctx {
         if p.value.is_absolute() {
             return Ok(normalize(&p.value));
         }
-        let base = match &p.origin {
-            Origin::File(_) => self.config_dir.clone(),
+        let base = match (&p.origin, &self.config_dir) {
+            (Origin::File(_), Some(dir)) => dir.clone(),
             _ => std::env::current_dir().map_err(|e| {
                 self.err(
                     &p.origin,
@@ -147,10 +151,19 @@ pub(crate) fn normalize(p: &Path) -> PathBuf {
 
 pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
     let origins = crate::show::origins(&l);
-    let data_dir = match &l.data_dir {
-        Some(d) => ctx.resolve(d)?,
-        None => ctx.config_dir.clone(),
-    };
+    let data_dir =
+        match (&l.data_dir, &ctx.config_dir) {
+            (Some(d), _) => ctx.resolve(d)?,
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => return Err(ctx.err(
+                &Origin::Env(ENV_DATA_DIR.into()),
+                "not set; without a config file the data directory must come from the environment",
+                format!(
+                    "set {ENV_DATA_DIR}=/var/lib/fleetsync (identity, index and blob store \
+                     live there; a volume in a container), or pass --config FILE"
+                ),
+            )),
+        };
 
     let mesh = MeshConfig {
         listen: listen_addr(
@@ -208,7 +221,7 @@ pub(crate) fn validate(l: Layered, ctx: &Ctx) -> Result<Config, ConfigError> {
     }
 
     Ok(Config {
-        config_path: Some(ctx.config_path.clone()),
+        config_path: ctx.config_path.clone(),
         data_dir,
         mesh,
         admin: AdminConfig {
@@ -316,6 +329,15 @@ fn fleet_secret(ctx: &Ctx, l: &Layered) -> Result<FleetSecret, ConfigError> {
                 })
             }
         }
+        None if ctx.config_path.is_none() => Err(ctx.err(
+            &Origin::Env(ENV_MESH_FLEET_SECRET.into()),
+            "no fleet secret: without a config file it must come from the environment",
+            format!(
+                "set {ENV_MESH_FLEET_SECRET_FILE}=/path/to/fleet.secret (a file holding 64 hex \
+                 chars, e.g. a container secret) or {ENV_MESH_FLEET_SECRET}=<64 hex chars> \
+                 (make one with `openssl rand -hex 32`; the same on every node of the fleet)"
+            ),
+        )),
         None => Err(ctx.err(
             &Origin::File("mesh.fleet_secret".into()),
             "no fleet secret configured (neither fleet_secret nor fleet_secret_file is set)",

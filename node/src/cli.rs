@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use fleetsync_config::{
     flag, render_init_config, Config, ConfigError, FleetSecret, InitParams, Overrides, PeerAddr,
-    CONFIG_FILE_NAME, DEFAULT_ADMIN_LISTEN, DEFAULT_MESH_LISTEN,
+    CONFIG_FILE_NAME, DEFAULT_ADMIN_LISTEN, DEFAULT_MESH_LISTEN, ENV_IGNORED,
 };
 
 use crate::{client, daemon, demo, invite};
@@ -497,12 +497,30 @@ impl Where {
             (Some(c), _) => Ok(c.clone()),
             (None, Some(d)) => Ok(d.join(CONFIG_FILE_NAME)),
             (None, None) => bail!(
-                "which node? pass --config FILE or --data-dir DIR (create one with: fleetsync init --data-dir DIR --folder PATH)"
+                "which node? pass --config FILE or --data-dir DIR (create one with: fleetsync init --data-dir DIR --folder PATH), \
+                 or set FLEETSYNC_DATA_DIR, FLEETSYNC_MESH_FLEET_SECRET_FILE and FLEETSYNC_FOLDERS to run without a config file"
             ),
         }
     }
 
+    /// No --config, --data-dir or $FLEETSYNC_CONFIG, but `FLEETSYNC_*`
+    /// settings in the environment: the config is those alone (a container).
+    /// Without any, the "which node?" error is the more helpful one.
+    fn env_only(&self) -> anyhow::Result<Option<Vec<(String, String)>>> {
+        if self.config.is_some() || self.data_dir.is_some() {
+            return Ok(None);
+        }
+        let settings: Vec<(String, String)> = fleetsync_config::process_env()?
+            .into_iter()
+            .filter(|(name, _)| !ENV_IGNORED.contains(&name.as_str()))
+            .collect();
+        Ok((!settings.is_empty()).then_some(settings))
+    }
+
     fn load(&self, overrides: &Overrides) -> anyhow::Result<Config> {
+        if let Some(env) = self.env_only()? {
+            return Ok(Config::from_env(env, overrides)?);
+        }
         let path = self.config_path()?;
         Ok(Config::load(&path, overrides)?)
     }
@@ -739,10 +757,10 @@ pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn id(w: Where) -> anyhow::Result<i32> {
-    let data_dir = match (&w.data_dir, &w.config) {
-        (Some(d), _) => absolute(d)?,
-        (None, Some(_)) => w.load(&Overrides::default())?.data_dir,
-        (None, None) => bail!("pass --data-dir DIR or --config FILE"),
+    // Without --data-dir: the config's (a file, or FLEETSYNC_* alone).
+    let data_dir = match &w.data_dir {
+        Some(d) => absolute(d)?,
+        None => w.load(&Overrides::default())?.data_dir,
     };
     let key = fleetsync_mesh::identity::load_or_create(&data_dir)?;
     println!("{}", key.public());
