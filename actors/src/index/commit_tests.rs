@@ -418,18 +418,19 @@ fn a_local_delete_or_new_content_reports_the_record_it_replaced() {
     assert_eq!((c.written, c.replaced_locally.len()), (1, 0));
 }
 
-/// Suspected cause of the kill -9 chaos resurrection (seed
-/// 17877190349297766957, not reproduced here: it passed 5 of 5 runs on
-/// this machine). The receiver placed a peer's create (pending row P1)
-/// and was killed before its `Applied` commit; the peer's delete then
+/// Root cause of the kill -9 chaos resurrection (seed
+/// 17877190349297766957; reproduced 1 of 3 runs when 3 ran at once, 0 of
+/// 5 alone). The receiver placed a peer's create (pending row P1) and was
+/// killed before its `Applied` commit; the peer's newer delete (or edit)
 /// replaced P1 as the peer's pending row (ingest keeps one row per path
-/// and peer). At start-up the rescan finds the placed file with no record:
-/// its content matches no pending row, so the index mints a new *local*
-/// version. That version is concurrent with the delete, and an edit beats
-/// a delete: the file the writer deleted comes back on every node,
-/// authored by the receiver. Ignored until fixed (the index has no trace
-/// of P1 left to adopt: a durable "being placed" intent, or keeping the
-/// replaced row's content, is needed).
+/// and peer), before the kill or just after the restart. The start-up
+/// rescan finds the placed file with no record; its content matches no
+/// pending row, so the index mints a new *local* version, concurrent with
+/// the delete, and an edit beats a delete: the file the writer deleted
+/// comes back on every node, authored by the receiver (a newer edit gives
+/// conflict copies instead). Ignored until fixed: the index keeps no trace
+/// of P1 to adopt (fix: keep a replaced live row's content for adoption,
+/// or a durable "being placed" intent written before `place_all`).
 #[test]
 #[ignore = "known bug: kill -9 between place and commit resurrects a deleted file"]
 fn kill9_a_placed_create_whose_row_a_delete_replaced_is_not_minted_as_a_local_edit() {
