@@ -418,7 +418,7 @@ fn a_local_delete_or_new_content_reports_the_record_it_replaced() {
     assert_eq!((c.written, c.replaced_locally.len()), (1, 0));
 }
 
-/// Root cause of the kill -9 chaos resurrection (seed
+/// Regression: the kill -9 chaos resurrection (seed
 /// 17877190349297766957; reproduced 1 of 3 runs when 3 ran at once, 0 of
 /// 5 alone). The receiver placed a peer's create (pending row P1) and was
 /// killed before its `Applied` commit; the peer's newer delete (or edit)
@@ -428,11 +428,9 @@ fn a_local_delete_or_new_content_reports_the_record_it_replaced() {
 /// pending row, so the index mints a new *local* version, concurrent with
 /// the delete, and an edit beats a delete: the file the writer deleted
 /// comes back on every node, authored by the receiver (a newer edit gives
-/// conflict copies instead). Ignored until fixed: the index keeps no trace
-/// of P1 to adopt (fix: keep a replaced live row's content for adoption,
-/// or a durable "being placed" intent written before `place_all`).
+/// conflict copies instead). Now ingest keeps the replaced live row
+/// (`replaced` table) and the rescan adopts P1; the delete stays pending.
 #[test]
-#[ignore = "known bug: kill -9 between place and commit resurrects a deleted file"]
 fn kill9_a_placed_create_whose_row_a_delete_replaced_is_not_minted_as_a_local_edit() {
     let (_d, idx) = open();
     let created = file("x", 5, &[(2, 1)]);
@@ -447,5 +445,44 @@ fn kill9_a_placed_create_whose_row_a_delete_replaced_is_not_minted_as_a_local_ed
         x.entry.version.compare(&deleted.version),
         Causality::DominatedBy,
         "the placed create was minted as a local edit that beats the peer's delete: {x:?}"
+    );
+    assert_eq!(x.entry.version, created.version);
+    assert_eq!(x.received_from, Some(ShortId::from_node_id(&PEER)));
+    let left = idx.pending_for("f", "x").unwrap();
+    assert_eq!(
+        left.len(),
+        1,
+        "the newer delete must stay for the next round"
+    );
+    assert!(left[0].entry.deleted);
+}
+
+/// The replaced entry goes with its row: once the delete is applied, a
+/// file with the old content is a local change again (nothing to adopt).
+#[test]
+fn a_replaced_entry_is_forgotten_with_its_pending_row() {
+    let (_d, idx) = open();
+    let created = file("y", 6, &[(2, 1)]);
+    ingest(&idx, &PEER, 1, std::slice::from_ref(&created));
+    let mut deleted = file("y", 6, &[(2, 2)]);
+    deleted.deleted = true;
+    ingest(&idx, &PEER, 2, std::slice::from_ref(&deleted));
+    let c = Commit {
+        items: vec![Item::Applied {
+            record: rec(deleted.clone()),
+            note: "deleted".into(),
+            resolves: vec![("y".into(), PEER)],
+            from: PEER,
+        }],
+        resolved: vec![],
+    };
+    idx.commit("f", c, ME).unwrap();
+    assert!(idx.pending_for("f", "y").unwrap().is_empty());
+    commit(&idx, vec![observed("y", seen_file(10, 2, 6, None))]);
+    let y = current(&idx, "y");
+    assert_eq!(y.received_from, None);
+    assert_eq!(
+        y.entry.version.compare(&deleted.version),
+        Causality::Dominates
     );
 }
