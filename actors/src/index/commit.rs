@@ -4,7 +4,9 @@
 //!
 //! - An observation (hasher): already recorded → skipped, its refs link is
 //!   a duplicate and released; a pending remote entry with exactly this
-//!   content → adopted (our receiver wrote it; not announced back); else a
+//!   content → adopted (our receiver wrote it; not announced back), also
+//!   one a newer row from the same peer replaced (`replaced` table: placed,
+//!   then killed before its commit; the newer row stays pending); else a
 //!   new local version on top of the current record.
 //! - An applied record (receiver): superseded if the index moved past it
 //!   (its pending rows stay); otherwise the pending rows it answers are
