@@ -4,7 +4,9 @@
 //!
 //! - An observation (hasher): already recorded → skipped, its refs link is
 //!   a duplicate and released; a pending remote entry with exactly this
-//!   content → adopted (our receiver wrote it; not announced back); else a
+//!   content → adopted (our receiver wrote it; not announced back), also
+//!   one a newer row from the same peer replaced (`replaced` table: placed,
+//!   then killed before its commit; the newer row stays pending); else a
 //!   new local version on top of the current record.
 //! - An applied record (receiver): superseded if the index moved past it
 //!   (its pending rows stay); otherwise the pending rows it answers are
@@ -95,6 +97,9 @@ struct Adopted {
     peer: [u8; 32],
     entry: FileEntry,
     verbatim: bool,
+    /// Found among the entries newer rows replaced: the newer row stays
+    /// for the receiver's next round.
+    replaced: bool,
 }
 
 impl Resolver<'_> {
@@ -119,7 +124,11 @@ impl Resolver<'_> {
         };
         let (rec, note, via) = match self.adoptable(path, cur.as_ref(), &candidate)? {
             Some(adopted) => {
-                self.t.remove_pending(path, &adopted.peer)?;
+                if adopted.replaced {
+                    self.t.remove_replaced(path, &adopted.peer)?;
+                } else {
+                    self.t.remove_pending(path, &adopted.peer)?;
+                }
                 let via = Via::Peer(adopted.peer);
                 let (rec, note) = adopted_record(adopted, seen);
                 (rec, note, via)
@@ -138,14 +147,18 @@ impl Resolver<'_> {
     /// A pending entry with exactly the content the disk shows, which the
     /// rules would apply: our receiver put it there (maybe just before a
     /// crash), so it is adopted rather than minted as a local version that
-    /// would be echoed back to the fleet.
+    /// would be echoed back to the fleet. Also an entry a newer row from
+    /// the same peer replaced: placed, then killed before its commit, while
+    /// the peer deleted or changed it (minted, it would beat that delete).
     fn adoptable(
         &self,
         path: &str,
         cur: Option<&Record>,
         candidate: &FileEntry,
     ) -> Result<Option<Adopted>> {
-        for (peer, p) in self.t.pending_for(path)? {
+        let pending = self.t.pending_for(path)?.into_iter().map(|r| (r, false));
+        let replaced = self.t.replaced_for(path)?.into_iter().map(|r| (r, true));
+        for ((peer, p), replaced) in pending.chain(replaced) {
             if !p.same_content(candidate) {
                 continue;
             }
@@ -157,6 +170,7 @@ impl Resolver<'_> {
                     peer,
                     entry,
                     verbatim,
+                    replaced,
                 }));
             }
         }

@@ -417,3 +417,72 @@ fn a_local_delete_or_new_content_reports_the_record_it_replaced() {
     let c = commit(&idx, vec![observed("e", seen_file(10, 10, 6, None))]);
     assert_eq!((c.written, c.replaced_locally.len()), (1, 0));
 }
+
+/// Regression: the kill -9 chaos resurrection (seed
+/// 17877190349297766957; reproduced 1 of 3 runs when 3 ran at once, 0 of
+/// 5 alone). The receiver placed a peer's create (pending row P1) and was
+/// killed before its `Applied` commit; the peer's newer delete (or edit)
+/// replaced P1 as the peer's pending row (ingest keeps one row per path
+/// and peer), before the kill or just after the restart. The start-up
+/// rescan finds the placed file with no record; its content matches no
+/// pending row, so the index mints a new *local* version, concurrent with
+/// the delete, and an edit beats a delete: the file the writer deleted
+/// comes back on every node, authored by the receiver (a newer edit gives
+/// conflict copies instead). Now ingest keeps the replaced live row
+/// (`replaced` table) and the rescan adopts P1; the delete stays pending.
+#[test]
+fn kill9_a_placed_create_whose_row_a_delete_replaced_is_not_minted_as_a_local_edit() {
+    let (_d, idx) = open();
+    let created = file("x", 5, &[(2, 1)]);
+    ingest(&idx, &PEER, 1, std::slice::from_ref(&created));
+    let mut deleted = file("x", 5, &[(2, 2)]);
+    deleted.deleted = true;
+    ingest(&idx, &PEER, 2, std::slice::from_ref(&deleted));
+    // Restart: the rescan observes the placed create's content.
+    commit(&idx, vec![observed("x", seen_file(10, 1, 5, None))]);
+    let x = current(&idx, "x");
+    assert_eq!(
+        x.entry.version.compare(&deleted.version),
+        Causality::DominatedBy,
+        "the placed create was minted as a local edit that beats the peer's delete: {x:?}"
+    );
+    assert_eq!(x.entry.version, created.version);
+    assert_eq!(x.received_from, Some(ShortId::from_node_id(&PEER)));
+    let left = idx.pending_for("f", "x").unwrap();
+    assert_eq!(
+        left.len(),
+        1,
+        "the newer delete must stay for the next round"
+    );
+    assert!(left[0].entry.deleted);
+}
+
+/// The replaced entry goes with its row: once the delete is applied, a
+/// file with the old content is a local change again (nothing to adopt).
+#[test]
+fn a_replaced_entry_is_forgotten_with_its_pending_row() {
+    let (_d, idx) = open();
+    let created = file("y", 6, &[(2, 1)]);
+    ingest(&idx, &PEER, 1, std::slice::from_ref(&created));
+    let mut deleted = file("y", 6, &[(2, 2)]);
+    deleted.deleted = true;
+    ingest(&idx, &PEER, 2, std::slice::from_ref(&deleted));
+    let c = Commit {
+        items: vec![Item::Applied {
+            record: rec(deleted.clone()),
+            note: "deleted".into(),
+            resolves: vec![("y".into(), PEER)],
+            from: PEER,
+        }],
+        resolved: vec![],
+    };
+    idx.commit("f", c, ME).unwrap();
+    assert!(idx.pending_for("f", "y").unwrap().is_empty());
+    commit(&idx, vec![observed("y", seen_file(10, 2, 6, None))]);
+    let y = current(&idx, "y");
+    assert_eq!(y.received_from, None);
+    assert_eq!(
+        y.entry.version.compare(&deleted.version),
+        Causality::Dominates
+    );
+}

@@ -10,7 +10,7 @@ use super::{
     schema::{dec, enc, name},
     tables::{
         count_pending, Count, PendingPeers, FILES, FOLDERS, PEER_HI, PEER_LO, PENDING,
-        PENDING_PEERS, REMOTE,
+        PENDING_PEERS, REMOTE, REPLACED,
     },
     FolderMeta, Index, RemoteMark, Result,
 };
@@ -86,6 +86,7 @@ impl Index {
             let files = tx.open_table(FILES)?;
             let mut pending = tx.open_table(PENDING)?;
             let mut counts = tx.open_table(PENDING_PEERS)?;
+            let mut replaced = tx.open_table(REPLACED)?;
             for e in entries {
                 let ours: Option<Record> = files
                     .get((folder, e.path.as_str()))?
@@ -95,7 +96,16 @@ impl Index {
                     continue;
                 }
                 let key = (folder, e.path.as_str(), peer.as_slice());
-                let replaces = pending.get(key)?.is_some();
+                let old: Option<FileEntry> = pending
+                    .get(key)?
+                    .map(|v| dec(name::PENDING, v.value()))
+                    .transpose()?;
+                let replaces = old.is_some();
+                if let Some(old) = old.filter(|o| placeable_and_replaced(o, e)) {
+                    // Our receiver may be placing it right now: kept so a
+                    // crash before its commit is adopted, not minted.
+                    replaced.insert(key, enc(&old).as_slice())?;
+                }
                 if !replaces {
                     if let Some(full) = room.take(ours.is_none()) {
                         out.full.get_or_insert(full);
@@ -136,6 +146,12 @@ impl Index {
         let folders = tx.open_table(FOLDERS)?;
         Ok(Room::of(&counts, &folders, folder, peer, limits)?.full(true))
     }
+}
+
+/// Is `old`, the row `new` replaces, content our receiver could have
+/// placed (a live file) that `new` does not hold?
+fn placeable_and_replaced(old: &FileEntry, new: &FileEntry) -> bool {
+    !old.deleted && old.kind == fleetsync_mesh::model::EntryKind::File && !old.same_content(new)
 }
 
 /// Room left under the caps, as a batch uses it up.

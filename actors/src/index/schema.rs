@@ -33,6 +33,7 @@ pub(super) mod name {
     pub const PEER_READS: &str = "peer_reads";
     pub const HORIZONS: &str = "horizons";
     pub const RESCANS: &str = "rescans";
+    pub const REPLACED: &str = "replaced";
 }
 
 /// The oldest schema whose values of `table` this build reads as they are:

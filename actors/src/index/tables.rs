@@ -41,6 +41,13 @@ pub(super) const HORIZONS: TableDefinition<&str, u64> = TableDefinition::new(nam
 /// Per folder and peer whose index we must read again from 0 (it answered
 /// "too old"): how far it had read ours then. A plain u64: no schema byte.
 pub(super) const RESCANS: TableDefinition<(&str, &[u8]), u64> = TableDefinition::new(name::RESCANS);
+/// Per pending row (folder, path, peer): the live file entry a newer row
+/// from the same peer replaced. Our receiver may have placed that content
+/// just before a crash (kill -9 between `place_all` and the `Applied`
+/// commit): the rescan adopts it from here instead of minting it as a
+/// local edit that would beat the newer delete. Removed with its row.
+pub(super) const REPLACED: TableDefinition<(&str, &str, &[u8]), &[u8]> =
+    TableDefinition::new(name::REPLACED);
 
 pub(super) type PendingPeers<'t> = Table<'t, (&'static str, &'static [u8]), u64>;
 
@@ -78,6 +85,7 @@ pub(super) fn create_all(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(PEER_READS)?;
     tx.open_table(HORIZONS)?;
     tx.open_table(RESCANS)?;
+    tx.open_table(REPLACED)?;
     Ok(())
 }
 
@@ -104,6 +112,7 @@ pub(super) struct Tables<'t> {
     history: Table<'t, (&'static str, &'static str, u64), &'static [u8]>,
     pending: Table<'t, (&'static str, &'static str, &'static [u8]), &'static [u8]>,
     pending_peers: PendingPeers<'t>,
+    replaced: Table<'t, (&'static str, &'static str, &'static [u8]), &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -133,6 +142,7 @@ impl<'t> Tables<'t> {
             history: tx.open_table(HISTORY)?,
             pending: tx.open_table(PENDING)?,
             pending_peers: tx.open_table(PENDING_PEERS)?,
+            replaced: tx.open_table(REPLACED)?,
         })
     }
 
@@ -167,7 +177,31 @@ impl<'t> Tables<'t> {
             .transpose()
     }
 
+    /// The live file entries newer rows replaced for `path` (see
+    /// [`REPLACED`]), with the peer each came from.
+    pub(super) fn replaced_for(&self, path: &str) -> Result<Vec<([u8; 32], FileEntry)>> {
+        let mut out = Vec::new();
+        for item in self
+            .replaced
+            .range((self.folder, path, PEER_LO)..(self.folder, path, PEER_HI))?
+        {
+            let (k, v) = item?;
+            out.push((
+                id32(name::REPLACED, k.value().2)?,
+                dec(name::REPLACED, v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Forget the replaced entry kept for `peer`'s row of `path`.
+    pub(super) fn remove_replaced(&mut self, path: &str, peer: &[u8; 32]) -> Result<()> {
+        self.replaced.remove((self.folder, path, peer.as_slice()))?;
+        Ok(())
+    }
+
     pub(super) fn remove_pending(&mut self, path: &str, peer: &[u8; 32]) -> Result<()> {
+        self.remove_replaced(path, peer)?;
         if self
             .pending
             .remove((self.folder, path, peer.as_slice()))?
