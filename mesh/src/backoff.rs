@@ -108,7 +108,12 @@ mod tests {
         for n in 0..8u32 {
             let d = (FIRST * 2u32.pow(n)).min(MAX);
             let w = b.next_wait();
-            assert!(within(w, d), "wait {} is {w:?}, not in [{:?}, {d:?}]", n + 1, d / 2);
+            assert!(
+                within(w, d),
+                "wait {} is {w:?}, not in [{:?}, {d:?}]",
+                n + 1,
+                d / 2
+            );
         }
     }
 
@@ -132,13 +137,21 @@ mod tests {
 
     #[test]
     fn waits_are_spread_not_in_step() {
-        let waits: std::collections::HashSet<Duration> =
-            (0..50).map(|_| Backoff::new(FIRST, MAX).next_wait()).collect();
-        assert!(waits.len() > 10, "{} distinct first waits of 50", waits.len());
-        let spreads: std::collections::HashSet<Duration> =
-            (0..50).map(|_| spread(MAX)).collect();
+        let waits: std::collections::HashSet<Duration> = (0..50)
+            .map(|_| Backoff::new(FIRST, MAX).next_wait())
+            .collect();
+        assert!(
+            waits.len() > 10,
+            "{} distinct first waits of 50",
+            waits.len()
+        );
+        let spreads: std::collections::HashSet<Duration> = (0..50).map(|_| spread(MAX)).collect();
         assert!(spreads.iter().all(|w| within(*w, MAX)));
-        assert!(spreads.len() > 10, "{} distinct spreads of 50", spreads.len());
+        assert!(
+            spreads.len() > 10,
+            "{} distinct spreads of 50",
+            spreads.len()
+        );
     }
 
     #[test]

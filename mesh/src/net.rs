@@ -46,8 +46,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     admission::{Admission, Permit},
-    backoff::{self, Backoff},
     auth::{self, Admitted, FleetKey, HandshakeError, HANDSHAKE_TIMEOUT},
+    backoff::{self, Backoff},
     codec::{read_msg, write_msg, CodecError},
     exchange::{self, Control},
     gate::{Gate, CLOSE_FORBIDDEN},

@@ -486,7 +486,11 @@ async fn a_failed_hash_commit_is_retried_not_left_for_the_rescan() {
     assert!(settle.due(t0).is_empty());
     let t1 = t0 + RETRY_FIRST;
     let wake = settle.next_wake(t0).expect("a retry is due");
-    assert!(wake >= t0 + RETRY_FIRST / 2 && wake <= t1, "{:?}", wake - t0);
+    assert!(
+        wake >= t0 + RETRY_FIRST / 2 && wake <= t1,
+        "{:?}",
+        wake - t0
+    );
     settle.retry_due(t1);
     let mut due = settle.due(t1);
     due.sort();

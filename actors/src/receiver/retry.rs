@@ -181,7 +181,10 @@ mod tests {
             assert!(within(w, Duration::from_millis(ms)), "attempt {a}: {w:?}");
         }
         assert!(within(Wait::Backoff.delay(SETTLE, 40), MAX_WAIT));
-        assert!(within(Wait::Soon.delay(SETTLE, 1), Duration::from_millis(50)));
+        assert!(within(
+            Wait::Soon.delay(SETTLE, 1),
+            Duration::from_millis(50)
+        ));
         assert!(within(Wait::Soon.delay(SETTLE, u32::MAX), MAX_WAIT));
         assert!((1..200).all(|a| Wait::Soon.delay(SETTLE, a) <= MAX_WAIT));
     }
