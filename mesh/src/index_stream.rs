@@ -59,6 +59,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    backoff::Backoff,
     codec::{encode, read_msg, write_msg, CodecError, Limits},
     identity::short_id,
     model::{FileEntry, ShortId},
@@ -648,7 +649,7 @@ fn halve(part: &mut Slice) -> (Slice, Slice) {
 /// it there: [`PeerSession::peer_shares`]), or after [`NOT_SHARED_RECHECK`].
 pub async fn subscribe<K: IndexSink>(session: &PeerSession, folder: &str, sink: &K) {
     let peer = Peer::new(session.peer);
-    let mut backoff = RESUBSCRIBE_MIN;
+    let mut backoff = Backoff::new(RESUBSCRIBE_MIN, RESUBSCRIBE_MAX);
     // After "too old", read from 0 whatever the sink says (a sink that
     // could not note it must not loop on the same answer).
     let mut from_zero = false;
@@ -680,25 +681,24 @@ pub async fn subscribe<K: IndexSink>(session: &PeerSession, folder: &str, sink: 
             }
             Err(e) => debug!(peer = %peer.id.fmt_short(), folder, "index subscription ended: {e}"),
         }
-        backoff = next_backoff(backoff, heard.anything());
+        let wait = next_wait(&mut backoff, heard.anything());
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = session.conn.closed() => return,
         }
     }
 }
 
-/// The wait before subscribing again, after waiting `current` last time.
+/// The wait before subscribing again (with jitter, see [`Backoff`]).
 /// A subscription that worked (the peer sent anything) starts the backoff
 /// over: only streams that keep failing at once wait longer, doubling up
 /// to [`RESUBSCRIBE_MAX`]. (Without the reset, a session whose streams had
 /// broken a few times over its life waited the maximum after every break.)
-fn next_backoff(current: Duration, worked: bool) -> Duration {
+fn next_wait(backoff: &mut Backoff, worked: bool) -> Duration {
     if worked {
-        RESUBSCRIBE_MIN
-    } else {
-        (current * 2).min(RESUBSCRIBE_MAX)
+        backoff.reset();
     }
+    backoff.next_wait()
 }
 
 /// The caller's sink, noting whether the peer sent anything on a stream.
@@ -1448,12 +1448,18 @@ mod tests {
 
     #[test]
     fn resubscribe_backoff_doubles_up_to_its_cap_while_streams_fail() {
-        assert_eq!(next_backoff(RESUBSCRIBE_MIN, false), RESUBSCRIBE_MIN * 2);
-        let mut b = RESUBSCRIBE_MIN;
+        let mut b = Backoff::new(RESUBSCRIBE_MIN, RESUBSCRIBE_MAX);
+        assert!(within(next_wait(&mut b, false), RESUBSCRIBE_MIN));
+        assert!(within(next_wait(&mut b, false), RESUBSCRIBE_MIN * 2));
         for _ in 0..20 {
-            b = next_backoff(b, false);
+            assert!(next_wait(&mut b, false) <= RESUBSCRIBE_MAX);
         }
-        assert_eq!(b, RESUBSCRIBE_MAX);
+        assert!(within(next_wait(&mut b, false), RESUBSCRIBE_MAX));
+    }
+
+    /// Is `w` within `[d/2, d]` (the jittered wait for step `d`)?
+    fn within(w: Duration, d: Duration) -> bool {
+        w >= d / 2 && w <= d
     }
 
     /// Regression (issue 8): the backoff never reset after a subscription
@@ -1461,8 +1467,14 @@ mod tests {
     /// every later break waited the maximum before resubscribing.
     #[test]
     fn a_subscription_that_worked_starts_the_resubscribe_backoff_over() {
-        assert_eq!(next_backoff(RESUBSCRIBE_MAX, true), RESUBSCRIBE_MIN);
-        assert_eq!(next_backoff(RESUBSCRIBE_MIN * 4, true), RESUBSCRIBE_MIN);
+        let mut b = Backoff::new(RESUBSCRIBE_MIN, RESUBSCRIBE_MAX);
+        for _ in 0..20 {
+            next_wait(&mut b, false);
+        }
+        assert!(within(next_wait(&mut b, true), RESUBSCRIBE_MIN));
+        next_wait(&mut b, false);
+        next_wait(&mut b, false);
+        assert!(within(next_wait(&mut b, true), RESUBSCRIBE_MIN));
     }
 
     #[tokio::test]

@@ -48,6 +48,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod backoff;
 pub mod blobs;
 pub mod codec;
 pub mod exchange;

@@ -47,6 +47,7 @@ use tracing::{debug, info, warn};
 use crate::{
     admission::{Admission, Permit},
     auth::{self, Admitted, FleetKey, HandshakeError, HANDSHAKE_TIMEOUT},
+    backoff::{self, Backoff},
     codec::{read_msg, write_msg, CodecError},
     exchange::{self, Control},
     gate::{Gate, CLOSE_FORBIDDEN},
@@ -310,7 +311,8 @@ struct PeerRecord {
     live: Option<Live>,
     dialing: bool,
     next_dial: Instant,
-    backoff: Duration,
+    /// Waits after failed dials (reset by a session or a config change).
+    backoff: Backoff,
     last_error: Option<String>,
     /// Dials in a row that failed (reset by a session).
     failed_dials: u32,
@@ -344,7 +346,7 @@ impl PeerRecord {
             live: None,
             dialing: false,
             next_dial: Instant::now(),
-            backoff: BACKOFF_MIN,
+            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             last_error: None,
             failed_dials: 0,
             refused_streams: Arc::default(),
@@ -403,8 +405,7 @@ impl PeerRecord {
     fn turned_away(&mut self, msg: String, now: Instant) -> bool {
         let news = self.last_error.as_deref() != Some(msg.as_str());
         self.last_error = Some(msg);
-        let jitter = getrandom::u64().unwrap_or(0) % BUSY_RETRY.as_millis() as u64;
-        self.next_dial = now + BUSY_RETRY / 2 + Duration::from_millis(jitter / 2);
+        self.next_dial = now + backoff::spread(BUSY_RETRY);
         news
     }
 
@@ -416,8 +417,7 @@ impl PeerRecord {
     fn dial_failed(&mut self, msg: String, now: Instant) -> bool {
         let news = self.last_error.as_deref() != Some(msg.as_str());
         self.last_error = Some(msg);
-        self.next_dial = now + jittered(self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.next_dial = now + self.backoff.next_wait();
         self.failed_dials = self.failed_dials.saturating_add(1);
         news
     }
@@ -439,13 +439,6 @@ fn make_room(peers: &mut HashMap<EndpointId, PeerRecord>) -> Option<EndpointId> 
         .map(|(id, _)| *id)?;
     peers.remove(&oldest);
     Some(oldest)
-}
-
-/// A random wait in `[d/2, d]`.
-fn jittered(d: Duration) -> Duration {
-    let half = d / 2;
-    let span = half.as_millis().max(1) as u64;
-    half + Duration::from_millis(getrandom::u64().unwrap_or(0) % (span + 1))
 }
 
 /// After a session ends, the redial waits a random moment up to this:
@@ -703,7 +696,7 @@ impl Mesh {
                     rec.is_static = true;
                     // Dial it now, not after a backoff learned before.
                     rec.next_dial = Instant::now();
-                    rec.backoff = BACKOFF_MIN;
+                    rec.backoff.reset();
                     changed.added.push(id);
                 }
                 for a in new.addrs {
@@ -936,7 +929,7 @@ impl Inner {
             rec.proven = true;
             self.members_changed.send_modify(|n| *n += 1);
         }
-        rec.backoff = BACKOFF_MIN;
+        rec.backoff.reset();
         rec.last_error = None;
         if let Some(existing) = rec
             .live
@@ -972,7 +965,7 @@ impl Inner {
         rec.live = None;
         rec.last_seen = Some(SystemTime::now());
         rec.last_error = Some(reason);
-        rec.next_dial = Instant::now() + jittered(REDIAL_SPREAD);
+        rec.next_dial = Instant::now() + backoff::spread(REDIAL_SPREAD);
         if !self.gate.allowed(&peer) {
             peers.remove(&peer); // revoked while connected
         }
@@ -1666,22 +1659,30 @@ mod tests {
         );
         assert!(within(&rec, BACKOFF_MIN * 2));
         assert!(rec.dial_failed("timed out".into(), now));
+        assert!(within(&rec, BACKOFF_MIN * 4));
         for _ in 0..20 {
             rec.dial_failed("timed out".into(), now);
+            assert!(rec.next_dial <= now + BACKOFF_MAX, "never above the cap");
         }
-        assert_eq!(rec.backoff, BACKOFF_MAX);
         assert!(within(&rec, BACKOFF_MAX));
         assert_eq!(rec.last_error.as_deref(), Some("timed out"));
+        // A session starts the backoff over.
+        rec.backoff.reset();
+        rec.dial_failed("refused".into(), now);
+        assert!(within(&rec, BACKOFF_MIN));
     }
 
     /// Issue 9: nodes that lose the same peer must not redial it in step.
     #[test]
     fn backoff_waits_are_spread_not_in_step() {
-        let waits: std::collections::HashSet<Duration> =
-            (0..50).map(|_| jittered(Duration::from_secs(10))).collect();
-        assert!(waits
-            .iter()
-            .all(|w| *w >= Duration::from_secs(5) && *w <= Duration::from_secs(10)));
+        let now = Instant::now();
+        let waits: std::collections::HashSet<Instant> = (0..50)
+            .map(|_| {
+                let mut rec = PeerRecord::new(true);
+                rec.dial_failed("refused".into(), now);
+                rec.next_dial
+            })
+            .collect();
         assert!(waits.len() > 10, "{} distinct waits of 50", waits.len());
     }
 
@@ -1690,13 +1691,17 @@ mod tests {
         let mut rec = PeerRecord::new(false);
         let now = Instant::now();
         rec.dial_failed("refused".into(), now);
-        let backoff = rec.backoff;
         for _ in 0..20 {
             rec.turned_away("busy".into(), now);
             assert!(rec.next_dial >= now + BUSY_RETRY / 2);
             assert!(rec.next_dial <= now + BUSY_RETRY);
         }
-        assert_eq!(rec.backoff, backoff, "busy is not a failure of the link");
+        // The next failure waits the second step, not the 22nd.
+        rec.dial_failed("refused".into(), now);
+        assert!(
+            rec.next_dial <= now + BACKOFF_MIN * 2,
+            "busy is not a failure of the link"
+        );
     }
 
     #[test]

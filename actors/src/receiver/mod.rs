@@ -46,7 +46,7 @@ use std::{
 };
 
 use actix::prelude::*;
-use fleetsync_mesh::EndpointId;
+use fleetsync_mesh::{backoff::Backoff, EndpointId};
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tracing::warn;
 
@@ -352,9 +352,10 @@ fn lost_job(rows: Vec<retry::Key>, e: tokio::task::JoinError) -> RoundReport {
 }
 
 /// Wait before the round after `failed` rounds in a row could not run.
+/// Jittered ([`Backoff`]): folders that failed together do not retry in
+/// step.
 fn round_retry_delay(failed: u32) -> Duration {
-    let doublings = failed.saturating_sub(1).min(8);
-    (ROUND_RETRY_FIRST * 2u32.pow(doublings)).min(ROUND_RETRY_MAX)
+    Backoff::nth_wait(ROUND_RETRY_FIRST, ROUND_RETRY_MAX, failed)
 }
 
 impl Actor for Receiver {

@@ -20,7 +20,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use fleetsync_mesh::StoreError;
+use fleetsync_mesh::{backoff::Backoff, StoreError};
 use tracing::{debug, error, info, warn};
 
 use super::retry::{Key, Wait};
@@ -37,8 +37,10 @@ use crate::{
 pub const COMMIT_EVERY: usize = 200;
 /// Attempts at one index commit before its rows are reported failed.
 const COMMIT_ATTEMPTS: u32 = 3;
-/// Wait before the second attempt (doubling after).
+/// Wait before the second attempt (doubling after, jittered: [`Backoff`]).
 const COMMIT_RETRY: Duration = Duration::from_millis(50);
+/// Longest wait between attempts (the third, with [`COMMIT_ATTEMPTS`] 3).
+const COMMIT_RETRY_MAX: Duration = Duration::from_millis(100);
 
 /// Why a round could not run at all, or why a row was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -304,7 +306,7 @@ async fn commit_with_retries(
         // serve (forgotten, or placed in a file the store moved away).
         folder.content.sync().await.map_err(RoundError::StoreSync)?;
     }
-    let mut wait = COMMIT_RETRY;
+    let mut backoff = Backoff::new(COMMIT_RETRY, COMMIT_RETRY_MAX);
     let mut attempt = 1;
     loop {
         let f = folder.clone();
@@ -324,8 +326,7 @@ async fn commit_with_retries(
                     folder = folder.id(),
                     attempt, "index commit failed ({e}); trying again"
                 );
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+                tokio::time::sleep(backoff.next_wait()).await;
                 attempt += 1;
             }
         }

@@ -3,13 +3,16 @@
 //! Each failure has a [`Wait`] (from its [`Disposition`]): a local edit
 //! racing the apply waits until the watcher has indexed it; a directory
 //! whose contents' deletions have not landed yet is retried soon; anything
-//! else backs off, doubling up to a minute. A peer that connects resets
-//! every wait (it may have the content). The map is bounded.
+//! else backs off, doubling up to a minute (jittered: [`Backoff`]). A peer
+//! that connects resets every wait (it may have the content). The map is
+//! bounded.
 
 use std::{
     collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
+
+use fleetsync_mesh::backoff::Backoff;
 
 use crate::apply::Disposition;
 
@@ -17,13 +20,11 @@ use crate::apply::Disposition;
 pub type Key = (String, [u8; 32]);
 
 /// First retry of a directory waiting for its contents' deletions.
-const SOON_BASE: Duration = Duration::from_millis(25);
+const SOON_FIRST: Duration = Duration::from_millis(50);
 /// First retry of anything else (content on its way, a disk error).
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 /// No wait grows beyond this.
 const MAX_WAIT: Duration = Duration::from_secs(60);
-/// Doublings stop here (2^12 × 25 ms is already past `MAX_WAIT`).
-const MAX_DOUBLINGS: u32 = 12;
 /// Beyond a settle window twice over, the watcher has indexed the edit.
 const RACE_MARGIN: Duration = Duration::from_millis(100);
 /// Attempts after which a failure is worth a warning: the first time it
@@ -62,14 +63,14 @@ impl Wait {
         }
     }
 
-    /// Delay before attempt `attempts + 1` (`attempts` ≥ 1).
+    /// Delay before attempt `attempts + 1` (`attempts` ≥ 1): a race waits
+    /// a fixed time (the watcher's, not a backoff); the others back off
+    /// with jitter, so rows failing together are not retried in step.
     pub fn delay(self, settle: Duration, attempts: u32) -> Duration {
-        let doubling =
-            |base: Duration| (base * 2u32.pow(attempts.min(MAX_DOUBLINGS))).min(MAX_WAIT);
         match self {
             Wait::Race => settle * 2 + RACE_MARGIN,
-            Wait::Soon => doubling(SOON_BASE),
-            Wait::Backoff | Wait::NoSpace => doubling(BACKOFF_BASE),
+            Wait::Soon => Backoff::nth_wait(SOON_FIRST, MAX_WAIT, attempts),
+            Wait::Backoff | Wait::NoSpace => Backoff::nth_wait(BACKOFF_FIRST, MAX_WAIT, attempts),
         }
     }
 
@@ -168,13 +169,24 @@ mod tests {
         (p.to_string(), [1; 32])
     }
 
+    /// Is `w` the jittered wait for step `d` (within `[d/2, d]`)?
+    fn within(w: Duration, d: Duration) -> bool {
+        w >= d / 2 && w <= d
+    }
+
     #[test]
-    fn backoff_doubles_from_a_quarter_second_to_a_minute() {
-        let d: Vec<_> = (1..=4).map(|a| Wait::Backoff.delay(SETTLE, a)).collect();
-        assert_eq!(d, [500, 1000, 2000, 4000].map(Duration::from_millis));
-        assert_eq!(Wait::Backoff.delay(SETTLE, 40), MAX_WAIT);
-        assert_eq!(Wait::Soon.delay(SETTLE, 1), Duration::from_millis(50));
-        assert_eq!(Wait::Soon.delay(SETTLE, u32::MAX), MAX_WAIT);
+    fn backoff_doubles_from_half_a_second_to_a_minute() {
+        for (a, ms) in [(1, 500), (2, 1000), (3, 2000), (4, 4000)] {
+            let w = Wait::Backoff.delay(SETTLE, a);
+            assert!(within(w, Duration::from_millis(ms)), "attempt {a}: {w:?}");
+        }
+        assert!(within(Wait::Backoff.delay(SETTLE, 40), MAX_WAIT));
+        assert!(within(
+            Wait::Soon.delay(SETTLE, 1),
+            Duration::from_millis(50)
+        ));
+        assert!(within(Wait::Soon.delay(SETTLE, u32::MAX), MAX_WAIT));
+        assert!((1..200).all(|a| Wait::Soon.delay(SETTLE, a) <= MAX_WAIT));
     }
 
     #[test]
@@ -205,10 +217,8 @@ mod tests {
     #[test]
     fn no_space_backs_off_like_a_disk_error_and_warns_at_once() {
         for a in 1..=20 {
-            assert_eq!(
-                Wait::NoSpace.delay(SETTLE, a),
-                Wait::Backoff.delay(SETTLE, a)
-            );
+            let d = (BACKOFF_FIRST * 2u32.pow(a - 1)).min(MAX_WAIT);
+            assert!(within(Wait::NoSpace.delay(SETTLE, a), d), "attempt {a}");
         }
         let warned: Vec<u32> = (1..=30).filter(|a| Wait::NoSpace.warn(*a)).collect();
         assert_eq!(warned, vec![1, 10, 20, 30]);
@@ -219,7 +229,8 @@ mod tests {
         let mut r = Retries::default();
         let t0 = Instant::now();
         let (n, due) = r.failed(key("a"), Wait::Backoff, SETTLE, t0);
-        assert_eq!((n, due), (1, t0 + Duration::from_millis(500)));
+        assert_eq!(n, 1);
+        assert!(within(due - t0, BACKOFF_FIRST), "{:?}", due - t0);
         let (n, _) = r.failed(key("a"), Wait::Backoff, SETTLE, t0);
         assert_eq!(n, 2, "attempts accumulate");
         assert!(r.waiting(t0).contains(&key("a")));

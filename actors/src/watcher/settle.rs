@@ -13,14 +13,16 @@
 //!   ([`Settle::next_batch`]).
 //! - Failed paths (the hasher could not import or commit them): marked
 //!   again after a backoff that doubles from [`RETRY_FIRST`] to
-//!   [`RETRY_MAX`] while failures continue, and resets on a batch without
-//!   failures.
+//!   [`RETRY_MAX`] while failures continue (each wait random in its upper
+//!   half: [`Backoff`]), and resets on a batch without failures.
 //! - [`Settle::next_wake`]: the exact time the next of these is due.
 
 use std::{
     collections::{BTreeSet, HashMap},
     time::{Duration, Instant},
 };
+
+use fleetsync_mesh::backoff::Backoff;
 
 use crate::record::DiskState;
 
@@ -61,7 +63,7 @@ struct Dirty {
 struct Retry {
     paths: BTreeSet<String>,
     at: Option<Instant>,
-    delay: Duration,
+    backoff: Backoff,
 }
 
 #[derive(Debug)]
@@ -88,7 +90,7 @@ impl Settle {
             retry: Retry {
                 paths: BTreeSet::new(),
                 at: None,
-                delay: RETRY_FIRST,
+                backoff: Backoff::new(RETRY_FIRST, RETRY_MAX),
             },
         }
     }
@@ -182,14 +184,16 @@ impl Settle {
     /// continue. A batch without failures resets the backoff.
     pub fn batch_done(&mut self, failed: Vec<String>, now: Instant) {
         if failed.is_empty() {
-            self.retry.delay = RETRY_FIRST;
+            self.retry.backoff.reset();
             return;
         }
         self.retry.paths.extend(failed);
+        // Every failing batch counts, even while a retry is already due:
+        // the backoff grows with the failures, not with the retries.
+        let wait = self.retry.backoff.next_wait();
         if self.retry.at.is_none() {
-            self.retry.at = Some(now + self.retry.delay);
+            self.retry.at = Some(now + wait);
         }
-        self.retry.delay = (self.retry.delay * 2).min(RETRY_MAX);
     }
 
     /// Mark the failed paths whose backoff is over at `now`.
@@ -372,28 +376,36 @@ mod tests {
 
     #[test]
     fn failed_paths_are_marked_again_after_a_backoff_that_doubles_and_resets() {
+        // The wait after a failure at `t` for step `d` lies in [d/2, d].
+        let waits = |s: &Settle, t: Instant, d: Duration| {
+            let at = s.retry.at.expect("a retry is due");
+            at >= t + d / 2 && at <= t + d
+        };
         let t0 = Instant::now();
         let mut s = Settle::new(SETTLE);
         s.batch_done(vec!["f".into()], t0);
-        assert_eq!(s.next_wake(t0), Some(t0 + RETRY_FIRST));
-        assert_eq!(s.retry_due(t0 + RETRY_FIRST - ms(1)), Marked::Tracked);
+        assert!(waits(&s, t0, RETRY_FIRST));
+        let at = s.retry.at.unwrap();
+        assert_eq!(s.next_wake(t0), Some(at));
+        assert_eq!(s.retry_due(at - ms(1)), Marked::Tracked);
         assert!(!s.is_dirty("f"), "not before the backoff");
-        s.retry_due(t0 + RETRY_FIRST);
+        s.retry_due(at);
         assert!(s.is_dirty("f"));
-        assert_eq!(s.due(t0 + RETRY_FIRST), vec!["f".to_string()]);
+        assert_eq!(s.due(at), vec!["f".to_string()]);
         // It fails again: twice as long.
         let t1 = t0 + ms(1500);
         s.batch_done(vec!["f".into()], t1);
-        assert_eq!(s.retry.at, Some(t1 + 2 * RETRY_FIRST));
+        assert!(waits(&s, t1, 2 * RETRY_FIRST));
         for _ in 0..10 {
             s.retry.at = None;
             s.batch_done(vec!["f".into()], t1);
+            assert!(s.retry.at.unwrap() <= t1 + RETRY_MAX, "never above the cap");
         }
-        assert_eq!(s.retry.at, Some(t1 + RETRY_MAX), "capped");
+        assert!(waits(&s, t1, RETRY_MAX), "capped");
         // A batch without failures resets the backoff.
         s.batch_done(vec![], t1);
         s.retry.at = None;
         s.batch_done(vec!["g".into()], t1);
-        assert_eq!(s.retry.at, Some(t1 + RETRY_FIRST));
+        assert!(waits(&s, t1, RETRY_FIRST));
     }
 }
