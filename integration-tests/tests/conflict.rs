@@ -134,3 +134,38 @@ fn a_local_edit_racing_a_download_becomes_a_conflict_not_an_overwrite() {
         "a's version was lost"
     );
 }
+
+/// Regression (found by the two-hour soak): a directory renamed away on
+/// one node while another wrote a file into it left every node with the
+/// same files but a pending delete of the directory for good (it could
+/// never apply under the live child), so nothing was ever in sync. The
+/// child revives the directory on the renaming node, like an edit beats
+/// a delete, and the fleet settles.
+#[test]
+fn dir_renamed_away_while_a_peer_writes_into_it_converges_with_nothing_pending() {
+    let mut c = Cluster::start(2, Topology::Full, folders);
+    fs::create_dir_all(c.nodes[0].path("d")).unwrap();
+    fs::write(c.nodes[0].path("d/old.txt"), "moves with its directory").unwrap();
+    c.wait_converged("the directory on both");
+
+    c.nodes[1].stop();
+    fs::rename(c.nodes[0].path("d"), c.nodes[0].path("d.moved")).unwrap();
+    wait_until(DEADLINE, "a to index the rename", || {
+        c.nodes[0]
+            .folder_status("shared")
+            .is_some_and(|f| f["files"] == 1 && f["dirs"] == 1)
+    });
+    fs::write(c.nodes[1].path("d/new.txt"), "written into d meanwhile").unwrap();
+    c.nodes[1].start();
+
+    for n in &c.nodes {
+        wait_until(DEADLINE, &format!("{} to hold both files", n.name), || {
+            fs::read(n.path("d/new.txt")).is_ok_and(|b| b == b"written into d meanwhile")
+                && n.path("d.moved/old.txt").exists()
+                && !n.path("d/old.txt").exists()
+        });
+    }
+    wait_until(DEADLINE, "nothing pending on either node", || {
+        c.nodes.iter().all(|n| n.in_sync("shared"))
+    });
+}

@@ -176,10 +176,16 @@ fn peer_file_loses(
     }
 }
 
-/// The parents of the round's live entries that this node has no live
-/// directory record of: placing a child makes them before their own entry
-/// is applied (a peer can commit, and send, a child before its directory).
-/// Blocking: reads the index.
+/// The parents of the round's live entries that this node has no record
+/// of (or a record of something else than a directory): placing a child
+/// makes them before their own entry is applied (a peer can commit, and
+/// send, a child before its directory). A parent recorded as deleted is
+/// not one of them: the child revives it, like an edit beats a delete, so
+/// the hasher records the directory again as this node's change. Marked
+/// expected instead, it stayed a tombstone here, and a peer holding that
+/// delete could never apply it under the live child (regression: a
+/// directory renamed away while another node wrote into it left the
+/// fleet with a pending delete for good). Blocking: reads the index.
 pub fn unrecorded_parents(
     index: &Index,
     folder: &str,
@@ -192,10 +198,12 @@ pub fn unrecorded_parents(
     }
     let parents: Vec<String> = parents.into_iter().collect();
     let recorded = index.get_many(folder, &parents)?;
-    let is_dir = |p: &String| {
-        Record::live(recorded.get(p)).is_some_and(|r| r.entry.kind == EntryKind::Directory)
+    let dir_or_deleted = |p: &String| {
+        recorded
+            .get(p)
+            .is_some_and(|r| r.entry.deleted || r.entry.kind == EntryKind::Directory)
     };
-    Ok(parents.into_iter().filter(|p| !is_dir(p)).collect())
+    Ok(parents.into_iter().filter(|p| !dir_or_deleted(p)).collect())
 }
 
 /// Of `parents` (unrecorded), the directories the round will make: those

@@ -768,6 +768,39 @@ async fn a_local_directory_not_yet_indexed_is_not_taken_for_one_the_round_makes(
     assert!(!d.entry.deleted);
 }
 
+/// Regression: a directory this node deleted (its record a tombstone),
+/// recreated for a peer's file, was marked expected and so never recorded
+/// again: the tombstone stayed and peers holding it could not apply it
+/// under the live child. The child revives the directory.
+#[tokio::test]
+async fn a_directory_deleted_here_and_revived_by_a_peers_file_is_recorded_again() {
+    let mut fx = fixture();
+    let health = || crate::health::Health::new(1);
+    std::fs::create_dir(fx.root().join("d")).unwrap();
+    crate::hasher::hash_batch(fx.folder.clone(), health(), vec!["d".into()]).await;
+    std::fs::remove_dir(fx.root().join("d")).unwrap();
+    crate::hasher::hash_batch(fx.folder.clone(), health(), vec!["d".into()]).await;
+    let gone = fx.recorded("d").expect("a tombstone");
+    assert!(gone.entry.deleted);
+
+    fx.fake.serve(fx.peer, b"child");
+    fx.ingest(&[file("d/f", b"child")]);
+    let report = fx.round(HashSet::new()).await;
+    assert_eq!(resolved_set(&report), HashSet::from([fx.key("d/f")]));
+    assert_eq!(fx.folder.maps().expected_dirs, 0, "revived, not expected");
+
+    let out = crate::hasher::hash_batch(fx.folder.clone(), health(), vec!["d".into()]).await;
+    assert!(out.failed.is_empty(), "{out:?}");
+    let d = fx.recorded("d").expect("recorded");
+    assert_eq!(d.entry.kind, EntryKind::Directory);
+    assert!(!d.entry.deleted, "live again");
+    assert_eq!(
+        gone.entry.version.compare(&d.entry.version),
+        fleetsync_mesh::model::Causality::DominatedBy,
+        "the revival supersedes the delete everywhere"
+    );
+}
+
 /// Live paths by hash, as `Index::paths_with_hashes` gives them.
 fn live_by_hash(files: &[FileEntry]) -> HashMap<[u8; 32], Vec<String>> {
     let mut m: HashMap<[u8; 32], Vec<String>> = HashMap::new();
