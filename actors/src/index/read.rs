@@ -79,17 +79,8 @@ impl Index {
         let tx = self.db.begin_read()?;
         let seqs = tx.open_table(SEQ)?;
         let files = tx.open_table(FILES)?;
-        let mut out = Vec::new();
-        for item in seqs.range((folder, since.saturating_add(1))..=(folder, u64::MAX))? {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, path) = item?;
-            if let Some(v) = files.get((folder, path.value()))? {
-                out.push(dec(name::FILES, v.value())?);
-            }
-        }
-        Ok(out)
+        let rows = seqs.range((folder, since.saturating_add(1))..=(folder, u64::MAX))?;
+        records_of(&files, folder, rows, limit)
     }
 
     /// The folder's `limit` most recently changed entries, newest first
@@ -98,17 +89,8 @@ impl Index {
         let tx = self.db.begin_read()?;
         let seqs = tx.open_table(SEQ)?;
         let files = tx.open_table(FILES)?;
-        let mut out = Vec::new();
-        for item in seqs.range((folder, 0)..=(folder, u64::MAX))?.rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, path) = item?;
-            if let Some(v) = files.get((folder, path.value()))? {
-                out.push(dec(name::FILES, v.value())?);
-            }
-        }
-        Ok(out)
+        let rows = seqs.range((folder, 0)..=(folder, u64::MAX))?.rev();
+        records_of(&files, folder, rows, limit)
     }
 
     /// Paths in this folder whose current content has this hash.
@@ -242,6 +224,35 @@ fn hash_paths(
     for item in t.range((hash.as_slice(), folder, "")..(hash.as_slice(), folder, upper.as_str()))? {
         let (k, _) = item?;
         out.push(k.value().2.to_string());
+    }
+    Ok(out)
+}
+
+/// The records the sequence rows `rows` point at, in their order, at
+/// most `limit` (a row whose record is gone is skipped).
+fn records_of<'a>(
+    files: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    folder: &str,
+    rows: impl Iterator<
+        Item = std::result::Result<
+            (
+                redb::AccessGuard<'a, (&'static str, u64)>,
+                redb::AccessGuard<'a, &'static str>,
+            ),
+            redb::StorageError,
+        >,
+    >,
+    limit: usize,
+) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for item in rows {
+        if out.len() >= limit {
+            break;
+        }
+        let (_, path) = item?;
+        if let Some(v) = files.get((folder, path.value()))? {
+            out.push(dec(name::FILES, v.value())?);
+        }
     }
     Ok(out)
 }
