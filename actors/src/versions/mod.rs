@@ -238,6 +238,10 @@ pub struct Versions {
     root: PathBuf,
     policy: VersionsPolicy,
     catalogue: Mutex<Catalogue>,
+    /// The last `kept_at_ms` given: each keep takes a later one, so ids
+    /// (which sort by it) put versions kept within one millisecond in the
+    /// order they were kept, and "oldest first" is exact.
+    last_ms: std::sync::atomic::AtomicU64,
 }
 
 fn to_io(e: rustix::io::Errno) -> io::Error {
@@ -276,7 +280,22 @@ impl Versions {
             root: root.into(),
             policy,
             catalogue: Mutex::new(Catalogue::default()),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// `now` in unix ms, or just after the last one given if that is not
+    /// later (several keeps in one millisecond, a clock stepped back).
+    fn next_ms(&self, now: SystemTime) -> u64 {
+        use std::sync::atomic::Ordering;
+        let now = unix_ms(now);
+        let prev = self
+            .last_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last.saturating_add(1)))
+            })
+            .unwrap_or_else(|last| last);
+        now.max(prev.saturating_add(1))
     }
 
     pub fn policy(&self) -> &VersionsPolicy {
@@ -418,7 +437,7 @@ impl Versions {
             return Ok(None);
         }
         let now = SystemTime::now();
-        let info = self.write_version(file, (meta, want, progress), unix_ms(now))?;
+        let info = self.write_version(file, (meta, want, progress), self.next_ms(now))?;
         self.catalogue
             .lock()
             .expect("versions lock")
