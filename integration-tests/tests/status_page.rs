@@ -95,11 +95,16 @@ fn the_status_page_shows_both_nodes_the_folder_and_the_synced_file_in_chromium()
     let a_short = ShortId::from_node_id(&a.id).to_string();
     let mut dom = String::new();
     // The page renders the snapshot the node refreshes once a second:
-    // the change may take one refresh to show.
-    wait_until(DEADLINE, "the page to show the synced file", || {
-        dom = dump_dom(&url, c.dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        dom.contains("page-proof.txt")
-    });
+    // the change and the folder's in-sync state may take a refresh each
+    // to show (regression: the file showed one snapshot before "in sync").
+    wait_until(
+        DEADLINE,
+        "the page to show the synced file, in sync",
+        || {
+            dom = dump_dom(&url, c.dir.path()).unwrap_or_else(|e| panic!("{e}"));
+            dom.contains("page-proof.txt") && dom.contains("in sync")
+        },
+    );
     for (what, text) in [
         ("this node's id", b.id_hex()),
         ("the peer's id", a.id_hex()),
