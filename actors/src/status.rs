@@ -98,6 +98,11 @@ pub struct PeerInfo {
     /// reload keeps it.
     pub connected_since_ms: Option<u64>,
     pub rtt_ms: Option<f64>,
+    /// Its clock minus ours in ms (positive: it is ahead), as last
+    /// measured on the live session (peers of protocol version 3 on).
+    pub clock_offset_ms: Option<i64>,
+    /// How far off that reading may be (half the rtt when it was taken).
+    pub clock_uncertainty_ms: Option<u64>,
     pub last_error: Option<String>,
     /// Index streams it opened past the per-session cap, refused.
     pub refused_streams: u64,
@@ -320,6 +325,8 @@ fn peers(node: &NodeHandle) -> Vec<PeerInfo> {
                 .map(|t| t.elapsed().map(|d| d.as_secs()).unwrap_or(0)),
             connected_since_ms: p.connected_since.map(unix_ms),
             rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            clock_offset_ms: p.clock.map(|c| c.offset_ms),
+            clock_uncertainty_ms: p.clock.map(|c| c.uncertainty_ms),
             last_error: if p.connected { None } else { p.last_error },
             refused_streams: p.refused_streams,
             bytes_sent: p.bytes_sent,

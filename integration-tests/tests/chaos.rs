@@ -473,8 +473,65 @@ fn clock_skew_a_day_ahead_keeps_causal_order_and_one_conflict_copy() {
         n.start();
     }
     c.wait_connected();
+    doctor_names_the_clock_a_day_off(&c);
     causal_edit_beats_a_newer_mtime(&c);
     concurrent_edits_leave_one_conflict_copy(&mut c);
+}
+
+/// doctor's "clock offset" check on `n`, from `doctor --json`.
+fn clock_check(n: &Node) -> Value {
+    let (_, out, err) = n.cli(&["doctor", "--json"]);
+    let report: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("doctor --json: {e}: {out}{err}"));
+    report["checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "clock offset").cloned())
+        .unwrap_or_else(|| panic!("no clock offset check on {}: {out}", n.name))
+}
+
+/// The peers measure b's clock over their sessions: on a, doctor fails
+/// naming b a day ahead, and status shows the offset; on b, both others
+/// are a day behind, so doctor says b's own clock is the one off.
+fn doctor_names_the_clock_a_day_off(c: &Cluster) {
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let b_short = &b.id_hex()[..10];
+    let mut last = Value::Null;
+    wait_until(DEADLINE, "doctor on a to name b a day ahead", || {
+        last = clock_check(a);
+        last["status"] == "fail"
+            && last["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(&format!("peer {b_short} is 1day ahead")))
+    });
+    assert!(
+        last["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains(b_short) && f.contains("timedatectl set-ntp true")),
+        "{last}"
+    );
+    let st = a.status().unwrap();
+    let offset = st["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["short_id"] == b_short))
+        .and_then(|p| p["clock_offset_ms"].as_i64())
+        .expect("a's status has b's clock offset");
+    let day_ms = DAY.as_millis() as i64;
+    assert!(
+        (offset - day_ms).abs() < 5_000,
+        "b's offset {offset} ms, want about {day_ms}"
+    );
+    wait_until(DEADLINE, "doctor on b to blame its own clock", || {
+        last = clock_check(b);
+        last["status"] == "fail"
+            && last["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("this node's clock is off: all 2 measured peers"))
+    });
+    let c_check = clock_check(&c.nodes[2]);
+    assert_eq!(
+        c_check["status"], "fail",
+        "c sees b a day ahead too: {c_check}"
+    );
 }
 
 fn causal_edit_beats_a_newer_mtime(c: &Cluster) {

@@ -73,7 +73,7 @@ fn eight_nodes_that_know_only_node_one_form_a_full_mesh_and_keep_converging_with
             "{p}"
         );
         assert!(p["rtt_ms"].as_f64().is_some(), "{p}");
-        assert_eq!(p["version"], 2, "{p}");
+        assert_eq!(p["version"], fleetsync_mesh::proto::PROTOCOL_VERSION, "{p}");
         assert_eq!(p["direct"], true, "{p}");
     }
 

@@ -40,6 +40,9 @@ pub const CONTROL_LIMITS: Limits = Limits {
 pub enum Control {
     /// The members the sender knows (the whole list each time).
     Peers { peers: Vec<PeerHint> },
+    /// The sender's clock as it sent this (protocol version 3 on; see
+    /// [`crate::clock`]).
+    Clock { unix_ms: i64 },
 }
 
 /// A member and where it can be reached.

@@ -29,6 +29,8 @@
 //!   of stale strangers, so stalled strangers cannot lock members out.
 //! - [`exchange`]: peer exchange, the rules for what members tell each
 //!   other about the members they know (caps, address scope).
+//! - [`clock`]: clock readings members send each other, and the offset
+//!   they give (shown by doctor, status and metrics; sync never uses it).
 //! - [`gate`]: access control for all protocols.
 //! - [`identity`]: the node key on disk.
 //! - [`mdns`]: LAN discovery: the fleet tag, and which mDNS finds are
@@ -50,6 +52,7 @@ pub mod admission;
 pub mod auth;
 pub mod backoff;
 pub mod blobs;
+pub mod clock;
 pub mod codec;
 pub mod exchange;
 pub mod gate;

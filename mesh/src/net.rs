@@ -48,6 +48,7 @@ use crate::{
     admission::{Admission, Permit},
     auth::{self, Admitted, FleetKey, HandshakeError, HANDSHAKE_TIMEOUT},
     backoff::{self, Backoff},
+    clock::{self, ClockOffset},
     codec::{read_msg, write_msg, CodecError},
     exchange::{self, Control},
     gate::{Gate, CLOSE_FORBIDDEN},
@@ -283,6 +284,8 @@ pub struct PeerStatus {
     /// Now while connected; when the last session ended otherwise.
     pub last_seen: Option<SystemTime>,
     pub rtt: Option<Duration>,
+    /// Its clock against ours, as last measured on the live session.
+    pub clock: Option<ClockOffset>,
     /// Index streams it opened past the per-session cap, refused.
     pub refused_streams: u64,
     /// File content bytes served to it since start.
@@ -329,6 +332,8 @@ struct Live {
     registered: Instant,
     /// The peer's protocol version (from the handshake).
     version: u32,
+    /// Its latest clock reading on this session.
+    clock: Option<ClockOffset>,
 }
 
 impl PeerRecord {
@@ -608,10 +613,8 @@ impl Mesh {
                 } else {
                     r.last_seen
                 },
-                rtt: r
-                    .live
-                    .as_ref()
-                    .and_then(|l| l.conn.paths().iter().map(|p| p.rtt()).min()),
+                rtt: r.live.as_ref().and_then(|l| session_rtt(&l.conn)),
+                clock: r.live.as_ref().and_then(|l| l.clock),
                 refused_streams: r.refused_streams.load(Ordering::Relaxed),
                 bytes_sent: self.inner.sent.to(id),
             })
@@ -950,6 +953,7 @@ impl Inner {
             since: SystemTime::now(),
             registered: Instant::now(),
             version: admitted.peer_version,
+            clock: None,
         });
         Some(conn_id)
     }
@@ -1002,7 +1006,7 @@ impl Inner {
         }
         let reason = tokio::select! {
             e = conn.closed() => e.to_string(),
-            never = self.clone().control(&conn, admitted.peer_version, ctrl) => match never {},
+            never = self.clone().control(&conn, conn_id, admitted.peer_version, ctrl) => match never {},
         };
         self.session_ended(peer, conn_id, reason).await;
     }
@@ -1357,60 +1361,72 @@ impl Inner {
         }
     }
 
-    /// The session's control stream after the handshake: peer lists both
-    /// ways. Never returns; the caller waits for the connection to close.
+    /// The session's control stream after the handshake: peer lists and
+    /// clock readings both ways. Never returns; the caller waits for the
+    /// connection to close.
     async fn control(
         self: Arc<Self>,
         conn: &Connection,
+        conn_id: u64,
         peer_version: u32,
         (send, recv): (SendStream, RecvStream),
     ) -> Infallible {
-        // Version 1 peers treat any control message as a violation.
-        let sends = self.peer_exchange && peer_version >= 2;
         let sending = async {
-            if sends {
-                if let Err(e) = self.send_peer_lists(conn, send).await {
-                    debug!(peer = %conn.remote_id().fmt_short(), "peer lists: {e}");
-                }
+            if let Err(e) = self.send_control(conn, peer_version, send).await {
+                debug!(peer = %conn.remote_id().fmt_short(), "control stream: {e}");
             }
         };
-        tokio::join!(sending, self.read_control(conn, recv));
+        tokio::join!(sending, self.read_control(conn, conn_id, recv));
         std::future::pending().await
     }
 
-    /// Send our member list now and again whenever it changes.
-    async fn send_peer_lists(
+    /// Send our member list now and again whenever it changes (with peer
+    /// exchange on), and our clock now and every [`clock::CLOCK_EVERY`]
+    /// (to peers that know the message: version 2 ones close the
+    /// connection on any message they do not know).
+    async fn send_control(
         &self,
         conn: &Connection,
+        peer_version: u32,
         mut send: SendStream,
     ) -> Result<(), CodecError> {
         let peer = conn.remote_id();
         let local = remote_socket(conn).is_some_and(|a| exchange::only_this_host(&a.ip()));
+        let lists = self.peer_exchange;
+        let clocks = peer_version >= clock::CLOCK_SINCE_VERSION;
         let mut changed = self.members_changed.subscribe();
         let mut last = None;
+        let mut clock_due = tokio::time::interval(clock::CLOCK_EVERY);
+        clock_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let hints = exchange::hints_for(&self.known_members(), peer, local);
-            if last.as_ref() != Some(&hints) {
-                write_msg(
-                    &mut send,
-                    &Control::Peers {
-                        peers: hints.clone(),
-                    },
-                )
-                .await?;
-                last = Some(hints);
+            if lists {
+                let hints = exchange::hints_for(&self.known_members(), peer, local);
+                if last.as_ref() != Some(&hints) {
+                    let peers = hints.clone();
+                    write_msg(&mut send, &Control::Peers { peers }).await?;
+                    last = Some(hints);
+                }
             }
-            if changed.changed().await.is_err() {
-                return Ok(());
+            tokio::select! {
+                r = changed.changed(), if lists => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(EXCHANGE_MIN_GAP).await;
+                    changed.borrow_and_update();
+                }
+                _ = clock_due.tick(), if clocks => {
+                    let unix_ms = clock::now_unix_ms();
+                    write_msg(&mut send, &Control::Clock { unix_ms }).await?;
+                }
+                else => return Ok(()),
             }
-            tokio::time::sleep(EXCHANGE_MIN_GAP).await;
-            changed.borrow_and_update();
         }
     }
 
     /// Read the peer's control messages until the stream ends; a message
     /// that breaks the rules closes the connection.
-    async fn read_control(&self, conn: &Connection, mut recv: RecvStream) {
+    async fn read_control(&self, conn: &Connection, conn_id: u64, mut recv: RecvStream) {
         let from = conn.remote_id();
         loop {
             let violation = match read_msg::<_, Control>(&mut recv, exchange::CONTROL_LIMITS).await
@@ -1425,6 +1441,12 @@ impl Inner {
                         Err(e) => e.to_string(),
                     }
                 }
+                Ok(Some((Control::Clock { unix_ms }, _))) => {
+                    let rtt = session_rtt(conn).unwrap_or_default();
+                    let reading = clock::offset(unix_ms, SystemTime::now(), rtt);
+                    self.note_clock(from, conn_id, reading);
+                    continue;
+                }
                 Ok(None) => return,
                 Err(e) if conn.close_reason().is_some() => {
                     debug!(peer = %from.fmt_short(), "control stream: {e}");
@@ -1437,6 +1459,24 @@ impl Inner {
             return;
         }
     }
+
+    /// Keep the peer's latest clock reading on its live session (a reading
+    /// from a session that has since been replaced is dropped).
+    fn note_clock(&self, peer: EndpointId, conn_id: u64, reading: clock::ClockOffset) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        if let Some(live) = peers
+            .get_mut(&peer)
+            .and_then(|r| r.live.as_mut())
+            .filter(|l| l.conn_id == conn_id)
+        {
+            live.clock = Some(reading);
+        }
+    }
+}
+
+/// The session's round-trip time: its best path's estimate.
+fn session_rtt(conn: &Connection) -> Option<Duration> {
+    conn.paths().iter().map(|p| p.rtt()).min()
 }
 
 /// Keeps dialing known peers that have no live session, with per-peer

@@ -25,8 +25,9 @@ pub const BLOBS_ALPN: &[u8] = iroh_blobs::ALPN;
 /// version 1 nodes are refused, because a version 1 acceptor hands any
 /// stranger a MAC to test secret guesses against offline.
 /// The control stream carries peer lists ([`crate::exchange`]) after the
-/// handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// handshake; version 3 added clock readings there ([`crate::clock`]),
+/// sent only to peers of version 3 or later.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest peer version this build still talks to.
 pub const MIN_COMPATIBLE_VERSION: u32 = 2;
 

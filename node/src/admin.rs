@@ -736,14 +736,30 @@ fn peer_cells(p: &serde_json::Value) -> Vec<String> {
         format!("{} {}", if c { "●" } else { "○" }, s(&p["short_id"])),
         addrs.join(","),
         format!("({})", s(&p["source"])),
-        p["rtt_ms"]
-            .as_f64()
-            .map_or(String::new(), |r| format!("rtt {r:.1} ms")),
+        [
+            p["rtt_ms"]
+                .as_f64()
+                .map_or(String::new(), |r| format!("rtt {r:.1} ms")),
+            clock_text(p["clock_offset_ms"].as_i64()),
+        ]
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join("  "),
         p["version"]
             .as_u64()
             .map_or(String::new(), |v| format!("v{v}")),
         down.join("  "),
     ]
+}
+
+/// The peer's clock offset, shown only past a second (what doctor warns
+/// about): within it, the line stays short.
+fn clock_text(offset_ms: Option<i64>) -> String {
+    match offset_ms {
+        Some(ms) if ms.unsigned_abs() >= 1000 => format!("clock {:+.1} s", ms as f64 / 1000.0),
+        _ => String::new(),
+    }
 }
 
 /// One line per actor: health, restarts, work in flight and its age.
@@ -906,7 +922,9 @@ mod tests {
             "short_id": "me", "id": "me", "healthy": true,
             "peers": [
                 {"short_id": "aaaaaaaaaa", "connected": true, "addrs": ["127.0.0.1:1"],
-                 "source": "config", "rtt_ms": 0.4, "version": 3},
+                 "source": "config", "rtt_ms": 0.4, "version": 3, "clock_offset_ms": 40},
+                {"short_id": "cccccccccc", "connected": true, "addrs": ["127.0.0.1:2"],
+                 "source": "config", "rtt_ms": 0.5, "version": 3, "clock_offset_ms": -86_400_000},
                 {"short_id": "bbbbbbbbbb", "connected": false, "addrs": ["10.0.0.2:40000"],
                  "source": "mdns", "last_seen_secs_ago": 5, "last_error": "timed out"},
             ],
@@ -917,9 +935,16 @@ mod tests {
         let b = text.lines().find(|l| l.contains("bbbbbbbbbb")).unwrap();
         assert!(a.starts_with("  ● aaaaaaaaaa  127.0.0.1:1 "), "{text}");
         assert_eq!(a.find("(config)"), b.find("(mdns)"), "{text}");
-        assert!(a.contains("rtt 0.4 ms  v3"), "{text}");
+        assert!(a.contains("rtt 0.4 ms"), "{text}");
+        assert!(
+            !a.contains("clock"),
+            "within a second it is not shown: {text}"
+        );
+        let c = text.lines().find(|l| l.contains("cccccccccc")).unwrap();
+        assert!(c.contains("rtt 0.5 ms  clock -86400.0 s"), "{text}");
+        assert_eq!(a.find("v3"), c.find("v3"), "{text}");
         assert!(b.ends_with("seen 5 s ago  (timed out)"), "{text}");
-        assert!(text.contains("peers: 1 connected of 2"), "{text}");
+        assert!(text.contains("peers: 2 connected of 3"), "{text}");
     }
 
     #[test]

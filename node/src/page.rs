@@ -159,13 +159,23 @@ fn folder_notes(f: &FolderInfo) -> Markup {
     }
 }
 
+/// The peer's clock against ours; past a second (what doctor warns
+/// about) it is marked.
+fn clock(p: &PeerInfo) -> Markup {
+    match p.clock_offset_ms {
+        None => html! { "–" },
+        Some(ms) if ms.unsigned_abs() < 1000 => html! { (format!("{ms:+} ms")) },
+        Some(ms) => html! { span.bad { (format!("{:+.1} s", ms as f64 / 1000.0)) } },
+    }
+}
+
 fn peers_section(peers: &[PeerInfo]) -> Markup {
     let up = peers.iter().filter(|p| p.connected).count();
     html! {
         h2 { "Peers (" (up) " connected of " (peers.len()) ")" }
         @if peers.is_empty() { p.dim { "none known: add mesh.peers, or join with a ticket" } }
         @else { table {
-            tr { th { "peer" } th { "id" } th { "source" } th { "address" } th { "rtt" } th { "last seen" } th { "connected" } }
+            tr { th { "peer" } th { "id" } th { "source" } th { "address" } th { "rtt" } th { "clock" } th { "last seen" } th { "connected" } }
             @for p in peers {
                 tr {
                     td.mono { (p.short_id) }
@@ -173,6 +183,7 @@ fn peers_section(peers: &[PeerInfo]) -> Markup {
                     td { (p.source) }
                     td.mono { (peer_address(p)) }
                     td { @if let Some(ms) = p.rtt_ms { (format!("{ms:.1} ms")) } @else { "–" } }
+                    td { (clock(p)) }
                     td { (last_seen(p)) }
                     td {
                         @if p.connected { span.ok { "yes" } }

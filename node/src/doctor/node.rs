@@ -37,6 +37,8 @@ pub struct PeerView {
     #[serde(default)]
     pub addrs: Vec<String>,
     pub rtt_ms: Option<f64>,
+    pub clock_offset_ms: Option<i64>,
+    pub clock_uncertainty_ms: Option<u64>,
     pub last_seen_secs_ago: Option<u64>,
     pub last_error: Option<String>,
 }
@@ -82,7 +84,7 @@ pub fn checks(
     let mut out = vec![node_health(&view, config_path)];
     out.extend(folder_faults(&view, config_path));
     out.extend(peers(config, &view));
-    out.push(clock());
+    out.push(clock(&view));
     out.extend(recent(&view, now, config_path));
     out
 }
@@ -260,15 +262,100 @@ fn peer_line(s: &PeerView) -> Check {
     )
 }
 
-/// The mesh does not exchange clock readings, so there is no offset to
-/// report (an `ok` line says so rather than guessing). Clocks still
-/// matter: concurrent edits of one file are decided by mtime
-/// (actors/src/rules.rs).
-fn clock() -> Check {
-    Check::ok(
-        "clock offset",
-        "not measured (peers do not exchange clock readings); conflicting edits are decided by mtime, so keep NTP on every node (timedatectl status)",
-    )
+/// Clock offsets up to this are ok: well inside what an editor's save
+/// and a sync round take, so "later" still means later.
+pub const CLOCK_OK_MS: u64 = 1_000;
+/// Past this a clock is plainly unsynchronised (not drift): fail.
+pub const CLOCK_FAIL_MS: u64 = 60_000;
+
+/// The clock against every connected peer that measured it (protocol
+/// version 3 on), judged by the worst one, less the reading's own
+/// uncertainty. Concurrent edits of one file are decided by mtime
+/// (actors/src/rules.rs), so clocks seconds apart pick the wrong "later"
+/// edit. When every measured peer (two or more) is off the same way, the
+/// clock at fault is this node's.
+pub fn clock(v: &NodeView) -> Check {
+    const NAME: &str = "clock offset";
+    let mut measured: Vec<(&PeerView, i64, u64)> = v
+        .peers
+        .iter()
+        .filter(|p| p.connected)
+        .filter_map(|p| Some((p, p.clock_offset_ms?, p.clock_uncertainty_ms.unwrap_or(0))))
+        .collect();
+    let connected = v.peers.iter().filter(|p| p.connected).count();
+    let beyond = |(_, o, u): &(&PeerView, i64, u64)| o.unsigned_abs().saturating_sub(*u);
+    measured.sort_by_key(|m| std::cmp::Reverse(beyond(m)));
+    let Some(worst) = measured.first() else {
+        return Check::ok(
+            NAME,
+            if connected == 0 {
+                "not measured: no peer connected to compare with".to_string()
+            } else {
+                format!(
+                    "not measured yet: none of the {connected} connected peers has sent its clock (peers older than protocol version 3 never do)"
+                )
+            },
+        );
+    };
+    let (peer, offset, uncertainty) = *worst;
+    let off = beyond(worst);
+    let worst_text = format!(
+        "peer {} is {} (±{uncertainty} ms)",
+        peer.short_id,
+        describe_offset(offset)
+    );
+    if off <= CLOCK_OK_MS {
+        return Check::ok(
+            NAME,
+            format!(
+                "within {} of {} connected peers (worst: {worst_text})",
+                describe_ms(CLOCK_OK_MS),
+                measured.len()
+            ),
+        );
+    }
+    let all_same_way = measured.len() >= 2
+        && measured
+            .iter()
+            .all(|m| beyond(m) > CLOCK_OK_MS && m.1.signum() == offset.signum());
+    let (detail, fix) = if all_same_way {
+        (
+            format!(
+                "this node's clock is off: all {} measured peers differ the same way (worst: {worst_text})",
+                measured.len()
+            ),
+            "here: timedatectl set-ntp true (or start chrony / systemd-timesyncd); timedatectl status shows whether the clock is synchronized".to_string(),
+        )
+    } else {
+        (
+            worst_text,
+            format!(
+                "on whichever of this node and peer {} is not synchronized (timedatectl status says): timedatectl set-ntp true, or start chrony / systemd-timesyncd",
+                peer.short_id
+            ),
+        )
+    };
+    let why = "; concurrent edits are decided by mtime";
+    if off > CLOCK_FAIL_MS {
+        Check::fail(NAME, format!("{detail}{why}"), fix)
+    } else {
+        Check::warn(NAME, format!("{detail}{why}"), fix)
+    }
+}
+
+/// `+1d 2m ahead` / `3.2 s behind` / `12 ms ahead`, from the peer's
+/// offset (positive: the peer is ahead of this node).
+fn describe_offset(offset_ms: i64) -> String {
+    let way = if offset_ms >= 0 { "ahead" } else { "behind" };
+    format!("{} {way}", describe_ms(offset_ms.unsigned_abs()))
+}
+
+fn describe_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..120_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string(),
+    }
 }
 
 /// The last [`RECENT_WINDOW_SECS`] of errors and rejected inputs, grouped

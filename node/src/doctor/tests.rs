@@ -296,6 +296,75 @@ fn a_connected_peer_is_ok_with_its_rtt_and_a_lost_one_warns_with_a_fix() {
     );
 }
 
+/// A status with connected peers `(short id, offset ms, uncertainty ms)`.
+fn with_clocks(peers: &[(&str, Option<i64>, u64)]) -> node::NodeView {
+    let peers: Vec<serde_json::Value> = peers
+        .iter()
+        .map(|(id, off, unc)| {
+            serde_json::json!({"id": id, "short_id": id, "connected": true,
+                "clock_offset_ms": off, "clock_uncertainty_ms": unc})
+        })
+        .collect();
+    view(serde_json::json!({"short_id": "me", "healthy": true, "peers": peers}))
+}
+
+#[test]
+fn clock_offset_is_ok_within_a_second_warns_beyond_and_fails_past_a_minute() {
+    let ok = node::clock(&with_clocks(&[("p1", Some(40), 1), ("p2", Some(-900), 5)]));
+    assert_eq!(ok.status, Status::Ok, "{ok:?}");
+    assert!(ok.detail.contains("peer p2 is 900 ms behind"), "{ok:?}");
+
+    let warn = node::clock(&with_clocks(&[("p1", Some(3_200), 1), ("p2", Some(20), 1)]));
+    assert_eq!(warn.status, Status::Warn, "{warn:?}");
+    assert!(warn.detail.contains("peer p1 is 3.2 s ahead"), "{warn:?}");
+    let fix = warn.fix.as_deref().unwrap();
+    assert!(
+        fix.contains("peer p1") && fix.contains("timedatectl set-ntp true"),
+        "{warn:?}"
+    );
+
+    let day = node::clock(&with_clocks(&[("p1", Some(86_400_000), 0)]));
+    assert_eq!(day.status, Status::Fail, "{day:?}");
+    assert!(day.detail.contains("peer p1 is 1day ahead"), "{day:?}");
+}
+
+#[test]
+fn clock_offset_within_the_readings_uncertainty_is_not_held_against_it() {
+    // 1.3 s off, but the reading may be 400 ms out: within the second.
+    let c = node::clock(&with_clocks(&[("p1", Some(1_300), 400)]));
+    assert_eq!(c.status, Status::Ok, "{c:?}");
+}
+
+#[test]
+fn clock_offset_blames_this_node_when_every_peer_differs_the_same_way() {
+    let c = node::clock(&with_clocks(&[
+        ("p1", Some(-120_000), 0),
+        ("p2", Some(-121_000), 0),
+    ]));
+    assert_eq!(c.status, Status::Fail, "{c:?}");
+    assert!(c.detail.starts_with("this node's clock is off"), "{c:?}");
+    assert!(c.fix.as_deref().unwrap().starts_with("here:"), "{c:?}");
+    // Split opinions name the worst peer instead.
+    let split = node::clock(&with_clocks(&[
+        ("p1", Some(-5_000), 0),
+        ("p2", Some(4_000), 0),
+    ]));
+    assert!(
+        split.detail.starts_with("peer p1 is 5.0 s behind"),
+        "{split:?}"
+    );
+}
+
+#[test]
+fn clock_offset_says_why_it_is_not_measured() {
+    let none = node::clock(&with_clocks(&[]));
+    assert_eq!(none.status, Status::Ok);
+    assert!(none.detail.contains("no peer connected"), "{none:?}");
+    let old = node::clock(&with_clocks(&[("p1", None, 0)]));
+    assert_eq!(old.status, Status::Ok);
+    assert!(old.detail.contains("protocol version 3"), "{old:?}");
+}
+
 #[test]
 fn recent_errors_are_grouped_within_ten_minutes_errors_first() {
     let now = 10_000;

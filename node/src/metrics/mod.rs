@@ -213,6 +213,17 @@ fn peer_metrics(enc: &mut DescriptorEncoder, st: &NodeStatus) -> std::fmt::Resul
             .iter()
             .filter_map(|p| Some((peer(p), p.rtt_ms? / 1000.0))),
     )?;
+    gauges(
+        enc,
+        (
+            "fleetsync_peer_clock_offset",
+            "The peer's clock minus this node's, as last measured (positive: the peer is ahead).",
+            Some(Unit::Seconds),
+        ),
+        st.peers
+            .iter()
+            .filter_map(|p| Some((peer(p), p.clock_offset_ms? as f64 / 1000.0))),
+    )?;
     counters(
         enc,
         (

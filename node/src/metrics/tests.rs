@@ -16,6 +16,7 @@ fn status() -> NodeStatus {
             short_id: "abcde".into(),
             connected: true,
             rtt_ms: Some(1.5),
+            clock_offset_ms: Some(-2500),
             refused_streams: 2,
             ..PeerInfo::default()
         }],
@@ -171,6 +172,14 @@ fn the_status_numbers_come_out_under_conventional_names() {
     assert_eq!(
         value(&samples, "fleetsync_peer_rtt_seconds", r#"peer="abcde""#),
         0.0015
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "fleetsync_peer_clock_offset_seconds",
+            r#"peer="abcde""#
+        ),
+        -2.5
     );
     assert_eq!(
         value(
