@@ -7,7 +7,7 @@
 //! an in-memory fake (`crate::testing::FakeContent`), so decisions,
 //! retries, conflict copies and failed fetches are tested without iroh.
 
-use std::{fmt, path::PathBuf, sync::atomic::AtomicU64};
+use std::{fmt, path::PathBuf, sync::atomic::AtomicU64, time::Duration};
 
 use async_trait::async_trait;
 use fleetsync_mesh::{EndpointId, FetchError, Hash, Mesh, StoreError};
@@ -77,6 +77,30 @@ pub trait Content: Send + Sync + fmt::Debug + 'static {
         progress: &AtomicU64,
     ) -> Result<u64, FetchError>;
 
+    /// Fetch a big blob into the store from several of `providers` at
+    /// once, in pieces (also from members still downloading it; the
+    /// `announcer` is asked only for what nobody else has): see
+    /// [`fleetsync_mesh::swarm`]. Returns the bytes each provider gave.
+    /// Without a swarm (fakes), the providers are asked one by one.
+    async fn fetch_swarm(
+        &self,
+        hash: Hash,
+        _size: u64,
+        providers: Vec<EndpointId>,
+        _announcer: Option<EndpointId>,
+        progress: &AtomicU64,
+        _stall: Duration,
+    ) -> Result<Vec<(EndpointId, u64)>, FetchError> {
+        let mut last = None;
+        for peer in providers {
+            match self.fetch(peer, hash, progress).await {
+                Ok(n) => return Ok(vec![(peer, n)]),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| FetchError::NoAddress("no provider".into())))
+    }
+
     /// Fetch many small blobs from `peer` in one request, each straight
     /// into its file; `progress` follows the bytes received. Returns the
     /// hashes that arrived whole and the bytes received.
@@ -141,6 +165,19 @@ impl Content for Mesh {
         progress: &AtomicU64,
     ) -> Result<u64, FetchError> {
         self.fetch_blob(peer, hash, progress).await
+    }
+
+    async fn fetch_swarm(
+        &self,
+        hash: Hash,
+        size: u64,
+        providers: Vec<EndpointId>,
+        announcer: Option<EndpointId>,
+        progress: &AtomicU64,
+        stall: Duration,
+    ) -> Result<Vec<(EndpointId, u64)>, FetchError> {
+        let stats = Mesh::fetch_swarm(self, hash, size, providers, announcer, progress, stall);
+        Ok(stats.await?.from)
     }
 
     async fn fetch_many(

@@ -109,3 +109,56 @@ fn a_file_of_several_gib_streams_with_bounded_memory() {
         "peak RSS {ra} / {rb} bytes for a {size}-byte file"
     );
 }
+
+/// Content bytes `from` has served to `to` (its status, per peer).
+fn served(from: &Node, to: &Node) -> u64 {
+    let short = &to.id_hex()[..10];
+    from.status()
+        .and_then(|s| {
+            s["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["short_id"] == short)?["bytes_sent"]
+                .as_u64()
+        })
+        .unwrap_or(0)
+}
+
+/// Issue 13 (swarm): a big file two members have is fetched from both at
+/// once, in pieces, not from the one that announced it alone.
+#[test]
+fn a_big_file_is_fetched_in_pieces_from_every_member_that_has_it() {
+    let c = Cluster::start(3, Topology::Full, folders);
+    let (a, b, late) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    // The third node holds back until a and b both have the file.
+    let (code, out, err) = late.cli(&["folder", "pause", "--folder", "shared"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let size: u64 = 24 << 20;
+    write_big(&a.path("big.bin"), size, 7);
+    let want = hash_file(&a.path("big.bin")).unwrap();
+    wait_until(DEADLINE, "the file on b", || {
+        hash_file(&b.path("big.bin")).is_some_and(|h| h == want)
+    });
+    wait_until(DEADLINE, "the file pending on the paused node", || {
+        late.folder_status("shared")
+            .and_then(|f| f["pending"].as_u64())
+            .is_some_and(|n| n >= 1)
+    });
+    let (before_a, before_b) = (served(a, late), served(b, late));
+    let (code, out, err) = late.cli(&["folder", "resume", "--folder", "shared"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(DEADLINE, "the file on the third node", || {
+        hash_file(&late.path("big.bin")).is_some_and(|h| h == want)
+    });
+    let mut from = (0, 0);
+    wait_until(DEADLINE, "both providers' counts of what they served", || {
+        from = (served(a, late) - before_a, served(b, late) - before_b);
+        from.0 + from.1 >= size
+    });
+    assert!(
+        from.0 > 0 && from.1 > 0,
+        "served to the third node: a {} bytes, b {} bytes: one provider gave it all",
+        from.0,
+        from.1
+    );
+}

@@ -192,7 +192,7 @@ impl Mesh {
                 GetProgressItem::Done(stats) => return Ok(stats.payload_bytes_read),
                 GetProgressItem::Error(e) => {
                     // A broken connection must not be reused for the retry.
-                    self.inner.blob_conns.lock().await.remove(&peer);
+                    self.drop_blob_conn(&peer).await;
                     return Err(FetchError::transfer(&peer, e));
                 }
             }
@@ -279,6 +279,16 @@ impl Mesh {
         Err(FetchError::Incomplete {
             peer: peer.fmt_short().to_string(),
         })
+    }
+
+    /// The blob connection to `peer` (for [`crate::swarm`]).
+    pub(crate) async fn blob_conn_for(&self, peer: EndpointId) -> Result<Connection, FetchError> {
+        self.blob_conn(peer).await
+    }
+
+    /// Forget a broken blob connection, so the next request dials anew.
+    pub(crate) async fn drop_blob_conn(&self, peer: &EndpointId) {
+        self.inner.blob_conns.lock().await.remove(peer);
     }
 
     /// The blob connection to `peer`, dialed on first use and kept. The

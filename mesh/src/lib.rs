@@ -36,6 +36,9 @@
 //! - [`mdns`]: LAN discovery: the fleet tag, and which mDNS finds are
 //!   members to dial.
 //! - [`net`]: [`Mesh`], which ties the above together and owns the blob store.
+//! - [`swarm`]: one big blob from several members at once, in pieces,
+//!   also from members still downloading it (observed bitfields, rarest
+//!   piece first, the announcer asked only for what nobody else has).
 //! - [`ticket`]: join tickets ([`FleetTicket`](ticket::FleetTicket)), the
 //!   one string `fleetsync invite` prints and `fleetsync join` consumes:
 //!   fleet secret, a member's id and addresses, expiry.
@@ -63,6 +66,7 @@ pub mod mdns;
 pub mod model;
 pub mod net;
 pub mod proto;
+pub mod swarm;
 pub mod ticket;
 
 pub use blobs::{FetchError, StoreError};

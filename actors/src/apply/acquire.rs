@@ -26,7 +26,7 @@ use std::{
     },
 };
 
-use fleetsync_mesh::{EndpointId, FetchError, Hash};
+use fleetsync_mesh::{swarm::SWARM_MIN_BYTES, EndpointId, FetchError, Hash};
 use n0_future::{BufferedStreamExt, StreamExt};
 use tracing::{debug, info, warn};
 
@@ -303,9 +303,74 @@ fn attempt_failed(
     Err(e)
 }
 
-/// Fetch into the store from the best peer that gives it (each attempt
-/// resuming whatever the earlier ones verified).
+/// Fetch into the store: a big blob from every connected member that has
+/// some of it at once ([`fetch_as_swarm`]), anything else (or what the
+/// swarm could not get) from the best peer that gives it, each attempt
+/// resuming whatever the earlier ones verified.
 async fn fetch_into_store(
+    folder: &Folder,
+    job: &Job,
+    hash: Hash,
+    sources: &Sources,
+) -> Result<(), ApplyError> {
+    if job.target.size >= SWARM_MIN_BYTES {
+        let providers = candidates(folder, &hash, &job.from, sources);
+        if providers.len() > 1 {
+            match fetch_as_swarm(folder, job, hash, providers, sources).await {
+                Ok(()) => return Ok(()),
+                Err(e) => debug!(folder = folder.id(), path = %job.path, "swarm fetch: {e}; asking peers one by one"),
+            }
+        }
+    }
+    fetch_from_one(folder, job, hash, sources).await
+}
+
+/// One big blob from several `providers` at once, in pieces (see
+/// [`fleetsync_mesh::swarm`]), under the same stall watchdog and size cap
+/// as a one-peer fetch.
+async fn fetch_as_swarm(
+    folder: &Folder,
+    job: &Job,
+    hash: Hash,
+    providers: Vec<EndpointId>,
+    sources: &Sources,
+) -> Result<(), ApplyError> {
+    let announcer = EndpointId::from_bytes(&job.from).ok();
+    let size = job.target.size;
+    let label = format!("{} peers", providers.len());
+    let t = folder.status.track(&job.path, label, size);
+    let first = providers[0];
+    let stall = folder.transfer_stall;
+    let fetch = folder
+        .content
+        .fetch_swarm(hash, size, providers, announcer, &t.done, stall);
+    let fetch = bounded(fetch, &t.done, size, &first);
+    let res = watched(fetch, &t.done, stall, &sources.health).await;
+    let by_peer = match res {
+        Ok(Ok(by_peer)) => by_peer,
+        Ok(Err(e)) => {
+            return Err(ApplyError::Fetch {
+                path: job.path.clone(),
+                source: Box::new(e),
+            })
+        }
+        Err(stalled) => {
+            return Err(ApplyError::Stalled {
+                path: job.path.clone(),
+                peer: "swarm".to_string(),
+                source: stalled,
+            })
+        }
+    };
+    for (peer, n) in by_peer {
+        folder.status.received(&peer, n);
+    }
+    Ok(())
+}
+
+/// Fetch into the store from the best peer that gives it, one after the
+/// other.
+async fn fetch_from_one(
     folder: &Folder,
     job: &Job,
     hash: Hash,
