@@ -52,14 +52,13 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import file_hash, make_file, proc_stop, wait  # noqa: E402
+from bench import cpu_seconds, file_hash, make_file, proc_stop, wait  # noqa: E402
 
 PREFIX = "fsbl-"  # every namespace (and root-namespace veth) of this module
 SUBNET = "10.231.7"
 FLEETSYNC_PORT = 7400
 FLEETSYNC_ADMIN_PORT = 7380
 SYNCTHING_PORT = 22000
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 
 
@@ -69,13 +68,6 @@ def run(*args):
     if p.returncode != 0:
         raise RuntimeError(f"`{' '.join(args)}` failed: {p.stderr.strip()}")
     return p.stdout
-
-
-def cpu_seconds(pid):
-    """utime + stime of a live process, plus its waited-for children's."""
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return sum(int(parts[i]) for i in (11, 12, 13, 14)) / CLK_TCK
 
 
 def rusage_seconds(ru):
