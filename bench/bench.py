@@ -659,7 +659,7 @@ def main():
     ap.add_argument("--json", help="also write raw results here")
     ap.add_argument("--idle", type=float, default=None, help="seconds S6 measures idle CPU over (default 10, quick 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
-    ap.add_argument("--only", default="", help="comma-separated scenarios to run, e.g. s2 (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated scenarios to run, e.g. s2, or l1 with --lan (default: all)")
     ap.add_argument("--lan", action="store_true",
                     help="run only L1/L2 on shaped links in network namespaces (bench/lan.py, needs root)")
     args = ap.parse_args()

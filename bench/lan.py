@@ -543,12 +543,14 @@ def run_lan(record, args, workdir=None):
     # SIGTERM ends the run like Ctrl-C, so every `finally` below runs.
     old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        if args.quick:
-            l1(record, args, root, stage, 64 << 20, 1)
-            l2(record, args, root, stage, 16 << 20, 3, 1)
-        else:
-            l1(record, args, root, stage, 1 << 30, 3)
-            l2(record, args, root, stage, 100 << 20, 7, 2)
+        only = getattr(args, "only", None) or ["l1", "l2"]
+        if "l1" in only:
+            l1(record, args, root, stage, (64 << 20) if args.quick else (1 << 30), 1 if args.quick else 3)
+        if "l2" in only:
+            if args.quick:
+                l2(record, args, root, stage, 16 << 20, 3, 1)
+            else:
+                l2(record, args, root, stage, 100 << 20, 7, 2)
     finally:
         signal.signal(signal.SIGTERM, old)
         shutil.rmtree(root, ignore_errors=True)
@@ -563,8 +565,10 @@ def main():
     ap.add_argument("--tools", default="fleetsync,syncthing,sendme")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--only", default="", help="l1, l2 or both (default)")
     args = ap.parse_args()
     args.tools = args.tools.split(",")
+    args.only = [x.strip().lower() for x in args.only.split(",") if x.strip()]
     results = {}
 
     def record(scen, tool, value):
