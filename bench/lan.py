@@ -16,11 +16,15 @@ Scenarios (full / --quick sizes), tools alternating repetition by repetition:
       time from the file appearing in the origin's folder until the peer has
       all of it (wire time 1 GiB at 1 Gbit/s = 8.6 s); CPU-seconds per GiB of
       sender and receiver (utime+stime, children included, from
-      /proc/<pid>/stat) from the move until both are idle again.
+      /proc/<pid>/stat) from the move until both are idle again (sendme:
+      each process's whole life, its sender hashing the file first); the
+      sender's upload (tx bytes of its veth) as a multiple of the file size
+      and the packets its shaper dropped (queue full: retransmissions).
   L2  one 100 MiB file, origin + 7 receivers, 100 Mbit/s  2 reps / 1 (16 MiB,
       uplinks                                                     3 receivers)
       time until the first and until every receiver has the file, and the
-      origin's upload (tx bytes of its veth) as a multiple of the file size.
+      origin's upload (tx bytes of its veth) as a multiple of the file size,
+      and its shaper's drops.
 
 Each repetition starts a fresh cluster of the tool (own data dirs), waits
 until every node is connected to every other, measures, checks the bytes
@@ -146,6 +150,10 @@ class Lan:
     def tx_bytes(self, i):
         link = json.loads(run("ip", "-n", self.host(i), "-j", "-s", "link", "show", "dev", "eth0"))[0]
         return link["stats64"]["tx"]["bytes"]
+
+    def drops(self, i):
+        """Packets the shaper on node i's uplink dropped (queue full)."""
+        return json.loads(run("tc", "-n", self.host(i), "-s", "-j", "qdisc", "show", "dev", "eth0"))[0]["drops"]
 
     def exec_argv(self, i, argv):
         return ["ip", "netns", "exec", self.host(i)] + list(argv)
@@ -414,7 +422,7 @@ def spread(tool, lan, stage, src, size, receivers, want):
     shutil.copyfile(src, copy)
     os.sync()
     dsts = {r: os.path.join(tool.folder(r), name) for r in receivers}
-    tx0 = lan.tx_bytes(0)
+    tx0, drops0 = lan.tx_bytes(0), lan.drops(0)
     cpu0 = {i: cpu_seconds(tool.pid(i)) for i in (0, receivers[0])}
     t0 = time.monotonic()
     os.rename(copy, os.path.join(tool.folder(0), name))
@@ -430,13 +438,13 @@ def spread(tool, lan, stage, src, size, receivers, want):
                     pass
         return len(done) == len(dsts)
     wait(f"{tool.name}: the file on every receiver", all_there, timeout=1800, poll=0.01)
-    tx = lan.tx_bytes(0) - tx0
+    tx, drops = lan.tx_bytes(0) - tx0, lan.drops(0) - drops0
     tool.settled()
     cpu = {i: cpu_seconds(tool.pid(i)) - c for i, c in cpu0.items()}
     for r, d in dsts.items():
         if file_hash(d) != want:
             raise RuntimeError(f"{tool.name} delivered different bytes to node {r}")
-    return dict(first=min(done.values()), all=max(done.values()), tx=tx,
+    return dict(first=min(done.values()), all=max(done.values()), tx=tx, drops=drops,
                 cpu_send=cpu[0], cpu_recv=cpu[receivers[0]])
 
 
@@ -447,6 +455,7 @@ def sendme_l1(binary, lan, root, src, size, want):
     out = os.path.join(work, "out")
     os.makedirs(out)
     env = clean_env(RUST_LOG="off")
+    tx0, drops0 = lan.tx_bytes(0), lan.drops(0)
     t0 = time.monotonic()
     sender = subprocess.Popen(lan.exec_argv(0, [binary, "send", "--relay", "disabled", "--ticket-type", "addresses", src]),
                               cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -469,9 +478,10 @@ def sendme_l1(binary, lan, root, src, size, want):
         wait("sendme's file", lambda: os.path.exists(dst) and os.path.getsize(dst) == size, timeout=60)
         dt = time.monotonic() - t0
         cpu_send = cpu_seconds(sender.pid)
+        tx, drops = lan.tx_bytes(0) - tx0, lan.drops(0) - drops0
         if file_hash(dst) != want:
             raise RuntimeError("sendme delivered different bytes")
-        return dict(all=dt, cpu_send=cpu_send, cpu_recv=rusage_seconds(ru))
+        return dict(all=dt, tx=tx, drops=drops, cpu_send=cpu_send, cpu_recv=rusage_seconds(ru))
     finally:
         if receiver is not None:
             proc_stop(receiver)
@@ -505,6 +515,8 @@ def l1(record, args, root, stage, size, reps):
                 record("L1 big file, 1 Gbit/s (s)", t, r["all"])
                 record("L1 sender CPU (s/GiB)", t, r["cpu_send"] / gib)
                 record("L1 receiver CPU (s/GiB)", t, r["cpu_recv"] / gib)
+                record("L1 sender upload (× file size)", t, r["tx"] / size)
+                record("L1 sender's shaper drops (packets)", t, r["drops"])
         os.remove(src)
     finally:
         lan.close()
@@ -528,6 +540,7 @@ def l2(record, args, root, stage, size, receivers, reps):
                 record(f"L2 fan-out to {receivers}, first (s)", t, r["first"])
                 record(f"L2 fan-out to {receivers}, all (s)", t, r["all"])
                 record("L2 origin upload (× file size)", t, r["tx"] / size)
+                record("L2 origin's shaper drops (packets)", t, r["drops"])
         os.remove(src)
     finally:
         lan.close()
