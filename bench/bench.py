@@ -104,6 +104,20 @@ def cpu_seconds(pid):
     return sum(int(parts[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_rusage(proc, timeout):
+    """Wait for a child to exit (reaping it) and return its CPU-seconds,
+    utime + stime from wait4 (its own /proc entry is gone by then)."""
+    t0 = time.monotonic()
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return ru.ru_utime + ru.ru_stime
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {proc.args[0]} to exit")
+        time.sleep(POLL)
+
+
 def file_hash(path):
     h = hashlib.blake2b()
     with open(path, "rb") as f:
@@ -354,12 +368,10 @@ class Sendme:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         dst = os.path.join(out_dir, name)
         try:
-            # wait4 reaps the receiver (it exits when done) and gives its CPU.
-            _, status, ru = os.wait4(receiver.pid, 0)
-            receiver.returncode = os.waitstatus_to_exitcode(status)
+            cpu_recv = wait_rusage(receiver, 600)  # it exits when done
             wait("sendme's file", lambda: os.path.exists(dst) and os.path.getsize(dst) == size, timeout=60)
             dt = time.monotonic() - t0
-            cpu_send, cpu_recv = cpu_seconds(sender.pid), ru.ru_utime + ru.ru_stime
+            cpu_send = cpu_seconds(sender.pid)
         finally:
             proc_stop(receiver)
             proc_stop(sender)

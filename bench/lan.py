@@ -56,7 +56,7 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import cpu_seconds, file_hash, make_file, proc_stop, wait  # noqa: E402
+from bench import cpu_seconds, file_hash, make_file, proc_stop, wait, wait_rusage  # noqa: E402
 
 PREFIX = "fsbl-"  # every namespace (and root-namespace veth) of this module
 SUBNET = "10.231.7"
@@ -72,10 +72,6 @@ def run(*args):
     if p.returncode != 0:
         raise RuntimeError(f"`{' '.join(args)}` failed: {p.stderr.strip()}")
     return p.stdout
-
-
-def rusage_seconds(ru):
-    return ru.ru_utime + ru.ru_stime
 
 
 def sweep():
@@ -471,9 +467,7 @@ def sendme_l1(binary, lan, root, src, size, want):
                 ticket = m.group(1)
         receiver = subprocess.Popen(lan.exec_argv(1, [binary, "receive", "--relay", "disabled", ticket]), cwd=out,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        # wait4 reaps the receiver and gives its CPU (it exits when done).
-        _, status, ru = os.wait4(receiver.pid, 0)
-        receiver.returncode = os.waitstatus_to_exitcode(status)
+        cpu_recv = wait_rusage(receiver, 1800)  # it exits when done
         dst = os.path.join(out, os.path.basename(src))
         wait("sendme's file", lambda: os.path.exists(dst) and os.path.getsize(dst) == size, timeout=60)
         dt = time.monotonic() - t0
@@ -481,7 +475,7 @@ def sendme_l1(binary, lan, root, src, size, want):
         tx, drops = lan.tx_bytes(0) - tx0, lan.drops(0) - drops0
         if file_hash(dst) != want:
             raise RuntimeError("sendme delivered different bytes")
-        return dict(all=dt, tx=tx, drops=drops, cpu_send=cpu_send, cpu_recv=rusage_seconds(ru))
+        return dict(all=dt, tx=tx, drops=drops, cpu_send=cpu_send, cpu_recv=cpu_recv)
     finally:
         if receiver is not None:
             proc_stop(receiver)
