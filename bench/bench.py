@@ -11,10 +11,17 @@ Scenarios (full / --quick sizes):
   S4  modify 100 and delete 100 existing files                 3 reps / 1
   S5  rename a directory of 1,000 files (bytes on the wire)    3 reps / 1 (200)
   S6  idle RSS and CPU over 10 s, peak RSS during S3
+S2 also reports CPU-seconds per GiB of the sender and of the receiver
+(utime+stime from /proc/<pid>/stat, children included): for fleetsync and
+Syncthing from the move until both nodes are idle again, for sendme each
+process's whole life (the sender hashes the file first, as fleetsync must).
 
 Tools alternate repetition by repetition (the order flips each time) so
 background drift hits all of them alike. sendme only takes part in S2 (raw
 transfer); fleetsync and Syncthing in all.
+
+--lan runs the shaped-LAN scenarios L1 and L2 instead (bench/lan.py: network
+namespaces, needs root).
 """
 
 import argparse
@@ -88,6 +95,27 @@ def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         parts = f.read().rsplit(")", 1)[1].split()
     return int(parts[11]) + int(parts[12])  # utime + stime
+
+
+def cpu_seconds(pid):
+    """utime + stime of a live process plus its waited-for children's."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return sum(int(parts[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_rusage(proc, timeout):
+    """Wait for a child to exit (reaping it) and return its CPU-seconds,
+    utime + stime from wait4 (its own /proc entry is gone by then)."""
+    t0 = time.monotonic()
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return ru.ru_utime + ru.ru_stime
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {proc.args[0]} to exit")
+        time.sleep(POLL)
 
 
 def file_hash(path):
@@ -319,7 +347,8 @@ class Sendme:
 
     def transfer(self, src):
         """Time from `sendme send` starting (it hashes the file, as fleetsync
-        must) until the received file is complete."""
+        must) until the received file is complete, and the CPU-seconds of
+        sender and receiver."""
         out_dir = tempfile.mkdtemp(dir=self.root)
         size = os.path.getsize(src)
         name = os.path.basename(src)
@@ -339,9 +368,10 @@ class Sendme:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         dst = os.path.join(out_dir, name)
         try:
-            receiver.wait(600)
+            cpu_recv = wait_rusage(receiver, 600)  # it exits when done
             wait("sendme's file", lambda: os.path.exists(dst) and os.path.getsize(dst) == size, timeout=60)
             dt = time.monotonic() - t0
+            cpu_send = cpu_seconds(sender.pid)
         finally:
             proc_stop(receiver)
             proc_stop(sender)
@@ -349,7 +379,7 @@ class Sendme:
         shutil.rmtree(out_dir, ignore_errors=True)
         if not ok:
             raise RuntimeError("sendme delivered different bytes")
-        return dt
+        return dt, cpu_send, cpu_recv
 
     def stop(self):
         pass
@@ -432,14 +462,19 @@ class Bench:
             order = self.order(rep) + ([self.sendme] if self.sendme else [])
             if self.sendme and rep % 2 == 1:
                 order = [self.sendme] + self.order(rep)
+            gib = size / (1 << 30)
             for t in order:
                 if t is self.sendme:
-                    self.record("S2 big file (s)", t.name, t.transfer(src))
+                    dt, cpu_send, cpu_recv = t.transfer(src)
+                    self.record("S2 big file (s)", t.name, dt)
+                    self.record("S2 sender CPU (s/GiB)", t.name, cpu_send / gib)
+                    self.record("S2 receiver CPU (s/GiB)", t.name, cpu_recv / gib)
                     continue
                 copy = os.path.join(self.stage, f"s2-{rep}-{t.name}.bin")
                 shutil.copyfile(src, copy)
                 os.sync()
                 dst_b = os.path.join(t.b, f"big-{rep}.bin")
+                cpu0 = [cpu_seconds(p) for p in t.pids()]
                 t0 = time.monotonic()
                 self.staged_move(copy, os.path.join(t.a, f"big-{rep}.bin"))
                 wait(f"{t.name} S2", lambda: os.path.exists(dst_b) and os.path.getsize(dst_b) == size, timeout=900, poll=0.01)
@@ -448,6 +483,9 @@ class Bench:
                     raise RuntimeError(f"{t.name} delivered different bytes in S2")
                 self.record("S2 big file (s)", t.name, dt)
                 t.settled()
+                cpu_send, cpu_recv = (cpu_seconds(p) - c for p, c in zip(t.pids(), cpu0))
+                self.record("S2 sender CPU (s/GiB)", t.name, cpu_send / gib)
+                self.record("S2 receiver CPU (s/GiB)", t.name, cpu_recv / gib)
                 os.remove(os.path.join(t.a, f"big-{rep}.bin"))
                 wait(f"{t.name} S2 cleanup", lambda: not os.path.exists(dst_b), timeout=120, poll=0.01)
                 t.settled()
@@ -543,6 +581,8 @@ class Bench:
 
     def run(self):
         a = self.args
+        if a.lan:
+            return self.run_lan()
         self.tools = []
         if "fleetsync" in a.tools:
             self.tools.append(Fleetsync(a.fleetsync, self.tmp))
@@ -553,17 +593,34 @@ class Bench:
         try:
             q = self.quick
             self.s3_reps = 1 if q else 3
-            self.s6_idle(a.idle or (3 if q else 10))
-            self.s1(3 if q else 10)
-            self.s3(self.s3_reps, 1000 if q else 10000, 10 if q else 100)
-            self.s4(1 if q else 3, 100)
-            self.s5(1 if q else 3, 200 if q else 1000)
-            self.s2(1 if q else 3, (64 << 20) if q else (1 << 30))
+            only = lambda s: not a.only or s in a.only
+            if only("s6"):
+                self.s6_idle(a.idle or (3 if q else 10))
+            if only("s1"):
+                self.s1(3 if q else 10)
+            if only("s3") or only("s4"):  # S4 edits S3's files
+                self.s3(self.s3_reps, 1000 if q else 10000, 10 if q else 100)
+            if only("s4"):
+                self.s4(1 if q else 3, 100)
+            if only("s5"):
+                self.s5(1 if q else 3, 200 if q else 1000)
+            if only("s2"):
+                self.s2(1 if q else 3, (64 << 20) if q else (1 << 30))
         finally:
             for t in self.tools:
                 t.stop()
             if not a.keep:
                 shutil.rmtree(self.tmp, ignore_errors=True)
+        return self.report()
+
+    def run_lan(self):
+        """L1 and L2 on shaped links (bench/lan.py); nothing else."""
+        from lan import run_lan
+        try:
+            run_lan(self.record, self.args, self.tmp)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        self.lan_tools = [t for t in ("fleetsync", "syncthing", "sendme") if t in self.args.tools and getattr(self.args, t)]
         return self.report()
 
     def report(self):
@@ -574,7 +631,7 @@ class Bench:
         lines.append(f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, filesystem {fs}, kernel {platform.release()}")
         lines.append(f"mode: {'quick' if self.quick else 'full'}")
         lines.append("")
-        tools = [t.name for t in self.tools] + (["sendme"] if self.sendme else [])
+        tools = getattr(self, "lan_tools", None) or [t.name for t in self.tools] + (["sendme"] if self.sendme else [])
         header = f"| scenario | " + " | ".join(f"{t} median (min–max)" for t in tools) + " | fleetsync ratio |"
         lines.append(header)
         lines.append("|" + "---|" * (len(tools) + 2))
@@ -614,8 +671,12 @@ def main():
     ap.add_argument("--json", help="also write raw results here")
     ap.add_argument("--idle", type=float, default=None, help="seconds S6 measures idle CPU over (default 10, quick 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument("--only", default="", help="comma-separated scenarios to run, e.g. s2, or l1 with --lan (default: all)")
+    ap.add_argument("--lan", action="store_true",
+                    help="run only L1/L2 on shaped links in network namespaces (bench/lan.py, needs root)")
     args = ap.parse_args()
     args.tools = args.tools.split(",")
+    args.only = [x.strip().lower() for x in args.only.split(",") if x.strip()]
     if "syncthing" in args.tools and not args.syncthing:
         sys.exit("--syncthing is required unless --tools excludes it")
     Bench(args).run()

@@ -2,6 +2,8 @@
 # Benchmark fleetsync against Syncthing and sendme on this machine.
 #   bench/run.sh            full run (what docs/benchmarks.md records)
 #   bench/run.sh --quick    small sizes, a smoke run
+#   bench/run.sh --lan      (as root) only L1/L2: fan-out on tbf-shaped links in
+#                           network namespaces (bench/lan.py); with --quick, small
 # Extra arguments go to bench/bench.py (e.g. --tools fleetsync,syncthing).
 # Installs what is missing: Debian's syncthing (apt) and sendme (cargo,
 # into $FLEETSYNC_BENCH_TOOLS, default ~/.cache/fleetsync-bench-tools).
