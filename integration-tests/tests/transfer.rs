@@ -151,10 +151,14 @@ fn a_big_file_is_fetched_in_pieces_from_every_member_that_has_it() {
         hash_file(&late.path("big.bin")).is_some_and(|h| h == want)
     });
     let mut from = (0, 0);
-    wait_until(DEADLINE, "both providers' counts of what they served", || {
-        from = (served(a, late) - before_a, served(b, late) - before_b);
-        from.0 + from.1 >= size
-    });
+    wait_until(
+        DEADLINE,
+        "both providers' counts of what they served",
+        || {
+            from = (served(a, late) - before_a, served(b, late) - before_b);
+            from.0 + from.1 >= size
+        },
+    );
     assert!(
         from.0 > 0 && from.1 > 0,
         "served to the third node: a {} bytes, b {} bytes: one provider gave it all",

@@ -376,7 +376,7 @@ mod tests {
         send(&mut w1, old).await;
         let reply = next(&mut r1).await;
         assert!(
-            matches!(&reply, Some(Handshake::Refused { reason }) if reason.contains("peer speaks 1") && reason.contains("we speak 2")),
+            matches!(&reply, Some(Handshake::Refused { reason }) if reason.contains("peer speaks 1") && reason.contains(&format!("we speak {PROTOCOL_VERSION}"))),
             "{reply:?}"
         );
         let res = acceptor.await.unwrap();

@@ -305,7 +305,10 @@ impl Mesh {
             let now = Instant::now();
             while let Some((peer, piece, ranges)) = plan.next(now) {
                 let req = GetRequest::blob_ranges(hash, ranges);
-                tasks.spawn(self.clone().fetch_piece(peer, piece, req, tx.clone(), stall));
+                tasks.spawn(
+                    self.clone()
+                        .fetch_piece(peer, piece, req, tx.clone(), stall),
+                );
             }
             if !plan.busy() && !plan.anyone_may_give() {
                 break;
@@ -345,7 +348,9 @@ impl Mesh {
         );
         Err(last_error.unwrap_or_else(|| {
             FetchError::transfer(
-                &announcer.or(providers.first().copied()).unwrap_or(self.id()),
+                &announcer
+                    .or(providers.first().copied())
+                    .unwrap_or(self.id()),
                 "no connected member has the missing pieces",
             )
         }))
@@ -384,7 +389,11 @@ impl Mesh {
             match update {
                 Ok(diff) => {
                     whole.update(&diff);
-                    if tx.send(Event::Saw(peer, whole.ranges.clone())).await.is_err() {
+                    if tx
+                        .send(Event::Saw(peer, whole.ranges.clone()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

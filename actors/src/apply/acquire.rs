@@ -318,7 +318,9 @@ async fn fetch_into_store(
         if providers.len() > 1 {
             match fetch_as_swarm(folder, job, hash, providers, sources).await {
                 Ok(()) => return Ok(()),
-                Err(e) => debug!(folder = folder.id(), path = %job.path, "swarm fetch: {e}; asking peers one by one"),
+                Err(e) => {
+                    debug!(folder = folder.id(), path = %job.path, "swarm fetch: {e}; asking peers one by one")
+                }
             }
         }
     }

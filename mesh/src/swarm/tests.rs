@@ -43,7 +43,11 @@ fn one_provider_is_asked_for_everything_a_few_pieces_at_a_time() {
         assert_eq!(peer, id(1));
         asked.push(piece);
     }
-    assert_eq!(asked.len(), PER_PROVIDER, "at most {PER_PROVIDER} in flight");
+    assert_eq!(
+        asked.len(),
+        PER_PROVIDER,
+        "at most {PER_PROVIDER} in flight"
+    );
     for piece in asked {
         p.finished(id(1), piece);
     }
@@ -62,7 +66,8 @@ fn two_full_providers_share_the_pieces() {
     let mut p = Pieces::new(SIZE, &ChunkRanges::empty(), None, 3);
     p.saw(id(1), all());
     p.saw(id(2), all());
-    let asked: Vec<EndpointId> = std::iter::from_fn(|| p.next(now).map(|(peer, _, _)| peer)).collect();
+    let asked: Vec<EndpointId> =
+        std::iter::from_fn(|| p.next(now).map(|(peer, _, _)| peer)).collect();
     assert_eq!(asked.len(), 2 * PER_PROVIDER);
     assert_eq!(asked.iter().filter(|a| **a == id(1)).count(), PER_PROVIDER);
 }
@@ -97,8 +102,13 @@ fn a_second_full_provider_takes_pieces_and_the_announcer_the_overflow() {
     let mut p = Pieces::new(SIZE, &ChunkRanges::empty(), Some(origin), 5);
     p.saw(origin, all());
     p.saw(id(2), all());
-    let asked: Vec<EndpointId> = std::iter::from_fn(|| p.next(now).map(|(peer, _, _)| peer)).collect();
-    assert_eq!(&asked[..PER_PROVIDER], &[id(2); PER_PROVIDER], "the other one first");
+    let asked: Vec<EndpointId> =
+        std::iter::from_fn(|| p.next(now).map(|(peer, _, _)| peer)).collect();
+    assert_eq!(
+        &asked[..PER_PROVIDER],
+        &[id(2); PER_PROVIDER],
+        "the other one first"
+    );
     assert_eq!(asked.len(), 2 * PER_PROVIDER, "then the announcer too");
 }
 
@@ -122,7 +132,8 @@ fn receivers_with_other_seeds_start_on_other_pieces() {
         p.saw(id(1), all());
         p.next(now).unwrap().1
     };
-    let starts: std::collections::BTreeSet<usize> = (1..=7u64).map(|s| first(s * 0x9E37_79B9)).collect();
+    let starts: std::collections::BTreeSet<usize> =
+        (1..=7u64).map(|s| first(s * 0x9E37_79B9)).collect();
     assert!(starts.len() >= 5, "7 receivers start on {starts:?}");
 }
 
