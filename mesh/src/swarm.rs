@@ -21,7 +21,9 @@
 //!   it: first for the pieces nobody else has, so each piece leaves it
 //!   about once and the receivers spread it among themselves;
 //! - a piece whose transfer fails or stalls goes back to the pool and its
-//!   provider rests for a while ([`PROVIDER_REST`]).
+//!   provider rests for a while ([`PROVIDER_REST`]); after
+//!   [`PROVIDER_MAX_FAILURES`] (a member sending what does not verify
+//!   fails every time) it is asked nothing more in this fetch.
 //!
 //! What arrives is written into the blob store by iroh-blobs, verified
 //! chunk group by chunk group against the hash, so a lying provider gets
@@ -42,7 +44,7 @@ use iroh_blobs::{
 };
 use n0_future::StreamExt;
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{blobs::FetchError, net::Mesh, EndpointId};
 
@@ -55,6 +57,9 @@ pub const PIECE_BYTES: u64 = 1 << 20;
 pub const PER_PROVIDER: usize = 3;
 /// How long a provider whose piece failed is left alone.
 pub const PROVIDER_REST: Duration = Duration::from_secs(5);
+/// Failed pieces after which a provider is asked nothing more in this
+/// fetch (one that sends what does not verify fails every time).
+pub const PROVIDER_MAX_FAILURES: u32 = 3;
 /// Blobs this big or bigger are fetched as a swarm; smaller ones are one
 /// request to one peer (a piece or two gain nothing from spreading).
 pub const SWARM_MIN_BYTES: u64 = 4 * PIECE_BYTES;
@@ -80,6 +85,7 @@ struct Provider {
     has: Option<ChunkRanges>,
     in_flight: usize,
     resting_until: Option<Instant>,
+    failures: u32,
 }
 
 /// Which piece to ask whom for: plain state, no I/O (tested with explicit
@@ -137,6 +143,13 @@ impl Pieces {
         }
     }
 
+    /// A provider's bitfield, unless it failed too often to be asked.
+    fn usable(p: &Provider) -> Option<&ChunkRanges> {
+        p.has
+            .as_ref()
+            .filter(|_| p.failures < PROVIDER_MAX_FAILURES)
+    }
+
     /// The next piece to ask for and whom, if any provider is free and has
     /// a missing piece; it is then in flight.
     pub fn next(&mut self, now: Instant) -> Option<(EndpointId, usize, ChunkRanges)> {
@@ -182,7 +195,7 @@ impl Pieces {
     /// id (stable).
     fn giver(&self, free: &[(&EndpointId, &Provider)], ranges: &ChunkRanges) -> Option<EndpointId> {
         free.iter()
-            .filter(|(_, p)| p.has.as_ref().is_some_and(|h| ranges.is_subset(h)))
+            .filter(|(_, p)| Self::usable(p).is_some_and(|h| ranges.is_subset(h)))
             .min_by_key(|(id, p)| (Some(**id) == self.announcer, p.in_flight, **id))
             .map(|(id, _)| **id)
     }
@@ -192,14 +205,14 @@ impl Pieces {
         self.providers
             .iter()
             .filter(|(id, _)| Some(**id) != self.announcer)
-            .filter(|(_, p)| p.has.as_ref().is_some_and(|h| ranges.is_subset(h)))
+            .filter(|(_, p)| Self::usable(p).is_some_and(|h| ranges.is_subset(h)))
             .count()
     }
 
     fn announcer_has(&self, ranges: &ChunkRanges) -> bool {
         self.announcer
             .and_then(|a| self.providers.get(&a))
-            .and_then(|p| p.has.as_ref())
+            .and_then(Self::usable)
             .is_some_and(|h| ranges.is_subset(h))
     }
 
@@ -211,15 +224,20 @@ impl Pieces {
         }
     }
 
-    /// The piece did not arrive: back to the pool; its provider rests.
-    pub fn failed(&mut self, peer: EndpointId, piece: usize, now: Instant) {
+    /// The piece did not arrive: back to the pool; its provider rests,
+    /// and after [`PROVIDER_MAX_FAILURES`] is asked nothing more.
+    /// Returns whether this failure dropped the provider.
+    pub fn failed(&mut self, peer: EndpointId, piece: usize, now: Instant) -> bool {
         if self.pieces[piece] == Piece::InFlight {
             self.pieces[piece] = Piece::Missing;
         }
-        if let Some(p) = self.providers.get_mut(&peer) {
-            p.in_flight = p.in_flight.saturating_sub(1);
-            p.resting_until = Some(now + PROVIDER_REST);
-        }
+        let Some(p) = self.providers.get_mut(&peer) else {
+            return false;
+        };
+        p.in_flight = p.in_flight.saturating_sub(1);
+        p.resting_until = Some(now + PROVIDER_REST);
+        p.failures += 1;
+        p.failures == PROVIDER_MAX_FAILURES
     }
 
     /// When a resting provider is free again (the caller wakes then).
@@ -329,7 +347,9 @@ impl Mesh {
                     }
                     Err(e) => {
                         debug!(peer = %peer.fmt_short(), piece, "swarm piece failed: {e}");
-                        plan.failed(peer, piece, Instant::now());
+                        if plan.failed(peer, piece, Instant::now()) {
+                            warn!(peer = %peer.fmt_short(), %hash, "{PROVIDER_MAX_FAILURES} pieces from this member failed (last: {e}); not asking it again for this content");
+                        }
                         last_error = Some(e);
                     }
                 },
@@ -463,10 +483,13 @@ impl Pieces {
             .filter(|i| self.pieces[*i] == Piece::Missing)
             .map(|i| piece_ranges(self.size, i))
             .collect();
-        self.providers.values().any(|p| match &p.has {
-            None => true,
-            Some(h) => missing.iter().any(|r| r.is_subset(h)),
-        })
+        self.providers
+            .values()
+            .filter(|p| p.failures < PROVIDER_MAX_FAILURES)
+            .any(|p| match &p.has {
+                None => true,
+                Some(h) => missing.iter().any(|r| r.is_subset(h)),
+            })
     }
 }
 

@@ -170,3 +170,27 @@ fn a_provider_that_has_nothing_or_is_lost_is_not_asked_and_the_fetch_can_end() {
     p.lost(id(2));
     assert!(!p.anyone_may_give());
 }
+
+#[test]
+fn a_provider_that_keeps_failing_is_dropped_and_the_others_finish() {
+    let mut now = Instant::now();
+    let mut p = Pieces::new(2 * PIECE_BYTES, &ChunkRanges::empty(), None, 1);
+    p.saw(id(1), all());
+    for n in 1..=PROVIDER_MAX_FAILURES {
+        let (peer, piece, _) = p.next(now).expect("asked again after its rest");
+        assert_eq!(peer, id(1));
+        assert_eq!(p.failed(peer, piece, now), n == PROVIDER_MAX_FAILURES);
+        now += PROVIDER_REST;
+    }
+    assert!(
+        p.next(now).is_none(),
+        "asked after {PROVIDER_MAX_FAILURES} failures"
+    );
+    assert!(!p.anyone_may_give());
+    // A new bitfield from it changes nothing; another member finishes.
+    p.saw(id(1), all());
+    assert!(p.next(now).is_none());
+    p.saw(id(2), all());
+    let (peer, _, _) = p.next(now).unwrap();
+    assert_eq!(peer, id(2));
+}
