@@ -29,6 +29,23 @@ use crate::{
 /// Files prepared at once (content acquired, finished) in a batch.
 const PREPARE_WIDTH: usize = 8;
 
+/// Batches of at most this many files fsync each file instead of sharing
+/// one `syncfs`: `syncfs` also writes out every other program's dirty data
+/// on the filesystem, which on a busy machine takes 40–100 ms (measured
+/// here during a build, against 1–15 ms for an fsync of a 1 KiB file),
+/// and that wait sat between a small change and its arrival on disk. For
+/// larger batches one `syncfs` stays cheaper than an fsync each.
+const FSYNC_EACH_MAX: usize = 8;
+
+/// How a batch of `files` is made durable: a few files one by one.
+fn flush_for(flush: Flush, files: usize) -> Flush {
+    if flush == Flush::Batch && files <= FSYNC_EACH_MAX {
+        Flush::EachFile
+    } else {
+        flush
+    }
+}
+
 /// What preparing a job gave.
 enum Prepared {
     /// Only metadata changed, and it is set: nothing to place.
@@ -48,6 +65,7 @@ pub async fn apply_files(
     sources: &Sources,
     flush: Flush,
 ) -> Vec<(Job, Outcome)> {
+    let flush = flush_for(flush, jobs.len());
     if flush == Flush::Batch {
         acquire::prefetch(folder, &jobs, sources).await;
     }
@@ -419,6 +437,14 @@ async fn reimport(folder: &Folder, path: &str, health: &Health) -> Option<Hold> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_few_files_are_fsynced_one_by_one_and_many_share_one_syncfs() {
+        assert_eq!(flush_for(Flush::Batch, 1), Flush::EachFile);
+        assert_eq!(flush_for(Flush::Batch, FSYNC_EACH_MAX), Flush::EachFile);
+        assert_eq!(flush_for(Flush::Batch, FSYNC_EACH_MAX + 1), Flush::Batch);
+        assert_eq!(flush_for(Flush::EachFile, 500), Flush::EachFile);
+    }
 
     #[test]
     fn a_batch_failing_as_a_whole_fails_each_of_its_jobs_with_the_cause() {

@@ -232,10 +232,10 @@ impl Classifier<'_> {
     /// found it) and its writer did not signal it is done with what is
     /// there now: then it settles first.
     fn file(&mut self, rel: String, meta: Meta) {
-        let left_so = self.done.get(&rel) == Some(&DiskState::Present(meta));
+        let as_left = self.done.get(&rel) == Some(&DiskState::Present(meta));
         let fresh =
             scan::written_moments_ago(meta.stat.mtime_ns, self.now_ns, self.folder.cfg.settle);
-        if fresh && !left_so {
+        if fresh && !as_left {
             self.plan.deferred.push(rel);
         } else {
             self.plan.files.push((rel, meta));

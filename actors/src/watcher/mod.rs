@@ -468,28 +468,23 @@ impl Watcher {
         let id = self.batches_sent;
         self.in_flight = Some((id, batch));
         self.publish();
-        ctx.spawn(
-            hasher
-                .send(msg)
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    // An abandoned batch's answer (a replaced hasher): its
-                    // paths were sent again already.
-                    if act.in_flight.as_ref().map(|(i, _)| *i) != Some(id) {
-                        return;
-                    }
-                    let (_, sent) = act.in_flight.take().expect("checked");
-                    match res {
-                        Ok(out) => act.hashed(out, ctx),
-                        Err(e) => {
-                            // Hasher restarting: keep the paths.
-                            debug!(folder = act.folder.id(), "hasher unavailable: {e}");
-                            act.settle.add_ready_again(sent);
-                            act.publish();
-                        }
-                    }
-                }),
-        );
+        ctx.spawn(hasher.send(msg).into_actor(self).map(move |res, act, ctx| {
+            // An abandoned batch's answer (a replaced hasher): its
+            // paths were sent again already.
+            if act.in_flight.as_ref().map(|(i, _)| *i) != Some(id) {
+                return;
+            }
+            let (_, sent) = act.in_flight.take().expect("checked");
+            match res {
+                Ok(out) => act.hashed(out, ctx),
+                Err(e) => {
+                    // Hasher restarting: keep the paths.
+                    debug!(folder = act.folder.id(), "hasher unavailable: {e}");
+                    act.settle.add_ready_again(sent);
+                    act.publish();
+                }
+            }
+        }));
     }
 
     /// Give up on the batch at a replaced hasher: its paths go out again.

@@ -169,7 +169,8 @@ impl Settle {
         self.dirty
             .iter()
             .filter(|(_, d)| {
-                d.seen.is_none() || now.duration_since(d.changed) >= window_of(self.settle, d.signal)
+                d.seen.is_none()
+                    || now.duration_since(d.changed) >= window_of(self.settle, d.signal)
             })
             .map(|(p, _)| p.clone())
             .collect()
@@ -237,7 +238,10 @@ impl Settle {
     }
 
     /// A batch that came back undelivered: ready again, as it was.
-    pub fn add_ready_again(&mut self, batch: impl IntoIterator<Item = (String, Option<DiskState>)>) {
+    pub fn add_ready_again(
+        &mut self,
+        batch: impl IntoIterator<Item = (String, Option<DiskState>)>,
+    ) {
         for (p, done) in batch {
             let slot = self.ready.entry(p).or_insert(None);
             *slot = slot.or(done);
@@ -552,7 +556,11 @@ mod tests {
         s.looked(vec![("a".into(), file(2))], t1, t1);
         assert!(!s.has_ready());
         assert_eq!(s.next_wake(t1), Some(t1 + SETTLE));
-        s.looked(vec![("a".into(), file(2))], t1 + CLOSE_WAIT, t1 + CLOSE_WAIT);
+        s.looked(
+            vec![("a".into(), file(2))],
+            t1 + CLOSE_WAIT,
+            t1 + CLOSE_WAIT,
+        );
         assert!(!s.has_ready(), "the close wait no longer applies");
         s.looked(vec![("a".into(), file(2))], t1 + SETTLE, t1 + SETTLE);
         assert_eq!(s.next_batch(10), vec![("a".to_string(), None)]);
