@@ -224,10 +224,13 @@ mod tests {
         }
     }
 
-    /// The events `Forward` sends for `ev`, as (paths, signal).
-    fn forwarded(ev: notify::Event) -> Vec<(Vec<PathBuf>, Signal)> {
+    /// What `Forward` sent: each message's paths and signal.
+    type Sent = Vec<(Vec<PathBuf>, Signal)>;
+
+    /// The events `Forward` sends for `ev`.
+    fn forwarded(ev: notify::Event) -> Sent {
         use actix::Actor;
-        struct Sink(Arc<Mutex<Vec<(Vec<PathBuf>, Signal)>>>);
+        struct Sink(Arc<Mutex<Sent>>);
         impl Actor for Sink {
             type Context = actix::Context<Self>;
         }
