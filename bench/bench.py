@@ -6,6 +6,9 @@ on 127.0.0.1 in a temp dir and every process started here is stopped here.
 
 Scenarios (full / --quick sizes):
   S1  one new 1 KiB file until byte-identical on the peer     10 reps / 3
+      three ways: written in place and closed (write+close), written
+      outside and renamed in (temp+rename), and fleetsync with
+      `watch = "poll"` (write+close; a third pair of nodes, S1 only)
   S2  one 1 GiB random file                                   3 reps / 1 (64 MiB)
   S3  10,000 x 4 KiB files in 100 dirs, created at once        3 reps / 1 (1,000 in 10)
   S4  modify 100 and delete 100 existing files                 3 reps / 1
@@ -160,11 +163,10 @@ def proc_stop(p, timeout=20):
 
 
 class Fleetsync:
-    name = "fleetsync"
-
-    def __init__(self, binary, root):
+    def __init__(self, binary, root, name="fleetsync", watch=None):
+        self.name = name
         self.bin = binary
-        self.root = os.path.join(root, "fleetsync")
+        self.root = os.path.join(root, name)
         self.nodes = []
         secret = os.urandom(32).hex()
         specs = []
@@ -182,6 +184,9 @@ class Fleetsync:
                 f'mdns = false\npeers = ["{o["id"]}@127.0.0.1:{o["udp"]}"]\n[admin]\nlisten = "127.0.0.1:{s["admin"]}"\n'
                 f'[log]\nlevel = "{os.environ.get("FLEETSYNC_BENCH_LOG", "warn")}"\n[[folders]]\nid = "bench"\npath = "{s["folder"]}"\n'
             )
+            if watch:
+                cfg += f'watch = "{watch}"\n'
+            
             path = os.path.join(s["data"], "fleetsync.toml")
             with open(path, "w") as f:
                 f.write(cfg)
@@ -440,19 +445,52 @@ class Bench:
         """Make content appear in a folder at once: a rename on one filesystem."""
         os.rename(src, dst)
 
-    def s1(self, reps):
+    def s1(self, reps, poll=None):
+        """Latency of one small file, per writer style. `poll`: a fleetsync
+        pair with `watch = "poll"`, timed with write+close only."""
+        styles = [("write+close", self.write_close), ("temp+rename", self.temp_rename)]
         for rep in range(reps):
-            for t in self.order(rep):
-                name = f"s1-{rep}-{random.randrange(1 << 30)}.txt"
-                src = os.path.join(self.stage, name)
-                with open(src, "wb") as f:
-                    f.write(os.urandom(1024))
-                dst_b = os.path.join(t.b, name)
-                t0 = time.monotonic()
-                self.staged_move(src, os.path.join(t.a, name))
-                wait(f"{t.name} S1", lambda: same_bytes(os.path.join(t.a, name), dst_b), timeout=60)
-                self.record("S1 1 KiB file (s)", t.name, time.monotonic() - t0)
-                t.settled()
+            order = self.order(rep) + ([poll] if poll else [])
+            if poll and rep % 2 == 1:
+                order = [poll] + self.order(rep)
+            for t in order:
+                for style, write in styles:
+                    if t is poll and style != "write+close":
+                        continue
+                    name = f"s1-{rep}-{random.randrange(1 << 30)}.txt"
+                    data = os.urandom(1024)
+                    dst_b = os.path.join(t.b, name)
+                    t0 = time.monotonic()
+                    write(os.path.join(t.a, name), data)
+                    wait(f"{t.name} S1", lambda: same_bytes(os.path.join(t.a, name), dst_b), timeout=60)
+                    label = "watch=poll" if t is poll else style
+                    tool = "fleetsync" if t is poll else t.name
+                    self.record(f"S1 1 KiB file, {label} (s)", tool, time.monotonic() - t0)
+                    t.settled()
+
+    def write_close(self, dst, data):
+        """Written in place: create, write, close."""
+        with open(dst, "wb") as f:
+            f.write(data)
+
+    def temp_rename(self, dst, data):
+        """Written outside the folder, then renamed in (the clock starts
+        before the write: same work as write+close)."""
+        src = os.path.join(self.stage, os.path.basename(dst))
+        with open(src, "wb") as f:
+            f.write(data)
+        self.staged_move(src, dst)
+
+    def s1_all(self, reps):
+        """S1 with the tools, plus a polling fleetsync pair for S1 only."""
+        poll = None
+        if "fleetsync" in self.args.tools:
+            poll = Fleetsync(self.args.fleetsync, self.tmp, name="fleetsync-poll", watch="poll")
+        try:
+            self.s1(reps, poll)
+        finally:
+            if poll:
+                poll.stop()
 
     def s2(self, reps, size):
         for rep in range(reps):
@@ -597,7 +635,7 @@ class Bench:
             if only("s6"):
                 self.s6_idle(a.idle or (3 if q else 10))
             if only("s1"):
-                self.s1(3 if q else 10)
+                self.s1_all(3 if q else 10)
             if only("s3") or only("s4"):  # S4 edits S3's files
                 self.s3(self.s3_reps, 1000 if q else 10000, 10 if q else 100)
             if only("s4"):

@@ -158,7 +158,8 @@ fn folder_block(c: &str, id: &str, path: &Path) -> String {
 {c}path = {path}
 {c}# {modes}
 {c}mode = {mode}
-{c}# Quiet time after a change before it is synced (at most 1h).
+{c}# Quiet time after a change before it is synced (at most 1h); with watch = "notify"
+{c}# a file closed after writing waits 10 ms instead, one moved in not at all.
 {c}settle = {settle}
 {c}# Full rescan, a safety net for missed change events (at least 1s).
 {c}rescan = {rescan}

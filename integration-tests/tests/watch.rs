@@ -3,7 +3,13 @@
 //! watcher has not caught up with yet), and waiting work resumes promptly
 //! when a peer comes back.
 
-use std::{collections::BTreeMap, fs, path::Path, time::Instant};
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use fleetsync_integration_tests::*;
 
@@ -181,4 +187,65 @@ fn a_receiver_killed_and_restarted_during_a_stream_of_writes_catches_up_promptly
     eprintln!(
         "{written} files streamed over {RESTARTS} kill -9 restarts of b; receiving again after each restart: {recovered:?}; converged {took:?} after the last restart"
     );
+}
+
+/// A file opened once and written in pieces, with pauses far longer than
+/// the close wait (10 ms) but shorter than `settle`, never reaches the
+/// peer half-written: only the close says the writer is done. While the
+/// writer pauses, b must not have the file at all; after the close it gets
+/// all of it.
+#[test]
+fn a_file_written_slowly_in_one_open_never_reaches_the_peer_half_written() {
+    const PIECES: usize = 6;
+    // Pauses ≫ the close wait, ≪ settle (with room for a loaded machine).
+    const PAUSE: Duration = Duration::from_millis(150);
+    let c = Cluster::start(2, Topology::Full, |_| {
+        vec![FolderSpec::new("shared").settle("2s")]
+    });
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let on_b = b.path("slow.bin");
+    let mut f = fs::File::create(a.path("slow.bin")).unwrap();
+    let mut full = Vec::new();
+    for i in 0..PIECES {
+        let piece = pseudo_random(4096, i as u64);
+        f.write_all(&piece).unwrap();
+        full.extend_from_slice(&piece);
+        // The writer's pause is the scenario, not a wait for a state: b
+        // is watched the whole time.
+        let paused = Instant::now();
+        while paused.elapsed() < PAUSE {
+            assert!(
+                !on_b.exists(),
+                "b has slow.bin after {} of {PIECES} pieces: {} bytes",
+                i + 1,
+                fs::metadata(&on_b).map(|m| m.len()).unwrap_or(0)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    drop(f);
+    wait_until(DEADLINE, "b has all of slow.bin", || {
+        fs::read(&on_b).is_ok_and(|got| got == full)
+    });
+}
+
+/// A file whose writer signalled it is done (closed it after writing, or
+/// moved it in) does not wait `settle`: with a settle of a minute, both
+/// reach the peer well within it. Without the signals each would wait the
+/// full minute.
+#[test]
+fn a_file_closed_after_writing_or_moved_in_does_not_wait_settle() {
+    const SOONER_THAN_SETTLE: Duration = Duration::from_secs(30);
+    let c = Cluster::start(2, Topology::Full, |_| {
+        vec![FolderSpec::new("shared").settle("60s")]
+    });
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    fs::write(a.path("closed.txt"), b"written and closed").unwrap();
+    let outside = c.nodes[0].root.join("moved.txt");
+    fs::write(&outside, b"written elsewhere, moved in").unwrap();
+    fs::rename(&outside, a.path("moved.txt")).unwrap();
+    wait_until(SOONER_THAN_SETTLE, "b has both files before settle", || {
+        fs::read(b.path("closed.txt")).is_ok_and(|d| d == b"written and closed")
+            && fs::read(b.path("moved.txt")).is_ok_and(|d| d == b"written elsewhere, moved in")
+    });
 }

@@ -35,6 +35,11 @@ pub enum Flush {
     /// One `syncfs` for the whole batch right before placing (many small
     /// files: an fsync each would dominate).
     Batch,
+    /// A batch of a few files: fetched and placed together as in
+    /// [`Flush::Batch`], but each file fsynced as it is finished instead of
+    /// one `syncfs`, which also writes out every other program's dirty
+    /// data on the filesystem.
+    Few,
 }
 
 /// Content staged and finished, ready to be placed.

@@ -19,7 +19,7 @@ use crate::{
     scan,
 };
 
-use super::HashError;
+use super::{Done, HashError};
 
 /// What a batch's paths turned out to need.
 #[derive(Debug, Default)]
@@ -34,8 +34,9 @@ pub struct Plan {
     pub failed: Vec<String>,
 }
 
-/// Classify `paths`, and the contents of any directory that appeared.
-pub fn classify(folder: &Folder, paths: Vec<String>) -> Plan {
+/// Classify `paths`, and the contents of any directory that appeared;
+/// the files of `done` are hashed at once while they show that state.
+pub fn classify(folder: &Folder, paths: Vec<String>, done: &Done) -> Plan {
     let session = match folder.fs.session() {
         Ok(s) => s,
         Err(e) => {
@@ -51,6 +52,7 @@ pub fn classify(folder: &Folder, paths: Vec<String>) -> Plan {
         session,
         ignore: folder.ignore(),
         now_ns: now_ns(),
+        done,
         seen: HashSet::new(),
         queue: paths.into(),
         plan: Plan::default(),
@@ -75,6 +77,7 @@ struct Classifier<'a> {
     session: Session,
     ignore: std::sync::Arc<Ignore>,
     now_ns: i64,
+    done: &'a Done,
     /// Paths already classified in this batch.
     seen: HashSet<String>,
     queue: VecDeque<String>,
@@ -226,9 +229,13 @@ impl Classifier<'_> {
     }
 
     /// A changed file is hashed, unless it was written moments ago (a scan
-    /// found it): then it settles first.
+    /// found it) and its writer did not signal it is done with what is
+    /// there now: then it settles first.
     fn file(&mut self, rel: String, meta: Meta) {
-        if scan::written_moments_ago(meta.stat.mtime_ns, self.now_ns, self.folder.cfg.settle) {
+        let as_left = self.done.get(&rel) == Some(&DiskState::Present(meta));
+        let fresh =
+            scan::written_moments_ago(meta.stat.mtime_ns, self.now_ns, self.folder.cfg.settle);
+        if fresh && !as_left {
             self.plan.deferred.push(rel);
         } else {
             self.plan.files.push((rel, meta));

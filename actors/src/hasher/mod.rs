@@ -28,7 +28,7 @@ mod classify;
 mod commit;
 mod keep_local;
 
-use std::{io, sync::Arc, time::Instant};
+use std::{collections::HashMap, io, sync::Arc, time::Instant};
 
 use actix::prelude::*;
 use fleetsync_mesh::StoreError;
@@ -41,7 +41,7 @@ use crate::{
     health::Health,
     index::{IndexError, Observed},
     msg::Ping,
-    record::Meta,
+    record::{DiskState, Meta},
     rt::{self, TaskError},
 };
 use classify::{classify, Plan};
@@ -51,11 +51,16 @@ use commit::{changed_since, commit_chunk, import, Chunk, Committed, Imported};
 pub mod msg {
     use actix::Message;
 
+    use super::Done;
+
     /// Look at these paths and commit whatever changed.
     #[derive(Debug, Message)]
     #[rtype(result = "HashOutcome")]
     pub struct HashPaths {
         pub paths: Vec<String>,
+        /// Paths whose writer signalled it was done (closed the file,
+        /// moved it into place), with what the watcher saw then.
+        pub done: Done,
     }
 
     /// What became of a batch's paths. Every path is committed, skipped
@@ -74,6 +79,12 @@ pub mod msg {
 }
 
 use msg::{HashOutcome, HashPaths};
+
+/// Files whose writer signalled it was done, with the state the watcher
+/// saw afterwards: such a file is hashed at once, even if it was written
+/// moments ago, as long as it still shows that state (anything else means
+/// it was written again, and it settles first).
+pub type Done = HashMap<String, DiskState>;
 
 /// Files hashed concurrently (the store hashes on its own threads; more
 /// only adds seeks on a spinning disk).
@@ -143,7 +154,12 @@ impl Handler<HashPaths> for Hasher {
 
     fn handle(&mut self, msg: HashPaths, _: &mut Context<Self>) -> Self::Result {
         let work = self.health.begin();
-        let batch = hash_batch_guarded(self.folder.clone(), self.health.clone(), msg.paths);
+        let batch = hash_batch_guarded(
+            self.folder.clone(),
+            self.health.clone(),
+            msg.paths,
+            msg.done,
+        );
         Box::pin(async move {
             let out = batch.await;
             drop(work);
@@ -160,8 +176,14 @@ pub async fn hash_batch_guarded(
     folder: Arc<Folder>,
     health: Arc<Health>,
     paths: Vec<String>,
+    done: Done,
 ) -> HashOutcome {
-    let task = health.spawn(hash_batch(folder.clone(), health.clone(), paths.clone()));
+    let task = health.spawn(hash_done_batch(
+        folder.clone(),
+        health.clone(),
+        paths.clone(),
+        done,
+    ));
     match task.await {
         Ok(out) => out,
         // Replaced: the paths go back, to the next hasher; nothing to report.
@@ -187,13 +209,24 @@ pub async fn hash_batch(
     health: Arc<Health>,
     paths: Vec<String>,
 ) -> HashOutcome {
+    hash_done_batch(folder, health, paths, Done::new()).await
+}
+
+/// [`hash_batch`], with the files of `done` hashed at once while they
+/// show the state their writer left.
+pub async fn hash_done_batch(
+    folder: Arc<Folder>,
+    health: Arc<Health>,
+    paths: Vec<String>,
+    done: Done,
+) -> HashOutcome {
     if folder.fault().is_some() {
         // Paused: the rescan after the fault clears finds everything.
         return HashOutcome::default();
     }
     let t0 = Instant::now();
     let (f, p) = (folder.clone(), paths.clone());
-    let plan: Plan = match rt::blocking(move || classify(&f, p)).await {
+    let plan: Plan = match rt::blocking(move || classify(&f, p, &done)).await {
         Ok(plan) => plan,
         Err(e) => {
             // A panic while classifying must not lose the paths either.

@@ -319,6 +319,32 @@ async fn an_ignored_path_is_skipped() {
 }
 
 #[tokio::test]
+async fn a_file_its_writer_is_done_with_is_hashed_at_once_while_it_shows_what_the_writer_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = folder_with_settle(dir.path(), probe.clone(), Duration::from_secs(600));
+    write(&folder, "closed", b"done");
+    write(&folder, "again", b"first");
+    let lstat = |p: &str| folder.fs.lstat(p).unwrap();
+    let mut done = Done::new();
+    done.insert("closed".to_string(), lstat("closed"));
+    done.insert("again".to_string(), lstat("again"));
+    // Written again after the watcher looked: it settles first.
+    write(&folder, "again", b"second, longer");
+    let out = hash_done_batch(
+        folder.clone(),
+        crate::health::Health::new(1),
+        paths(&["closed", "again"]),
+        done,
+    )
+    .await;
+    assert_eq!(out.committed, 1, "{out:?}");
+    assert_eq!(out.deferred, paths(&["again"]));
+    assert!(record(&folder, "closed").is_some());
+    assert!(record(&folder, "again").is_none());
+}
+
+#[tokio::test]
 async fn a_file_written_moments_ago_is_deferred() {
     let dir = tempfile::tempdir().unwrap();
     let probe = Arc::new(Probe::default());
@@ -419,12 +445,19 @@ async fn a_hash_task_that_panics_returns_its_paths_as_failed() {
         folder.clone(),
         crate::health::Health::new(1),
         paths(&["a", "b"]),
+        Done::new(),
     )
     .await;
     assert_eq!(out.failed, paths(&["a", "b"]));
     assert_eq!(out.committed, 0);
     probe.panic.store(false, Ordering::Relaxed);
-    let out = hash_batch_guarded(folder.clone(), crate::health::Health::new(1), out.failed).await;
+    let out = hash_batch_guarded(
+        folder.clone(),
+        crate::health::Health::new(1),
+        out.failed,
+        Done::new(),
+    )
+    .await;
     assert_eq!(out.committed, 2, "{out:?}");
 }
 
@@ -501,7 +534,7 @@ async fn a_failed_hash_commit_is_retried_not_left_for_the_rescan() {
         .collect();
     settle.looked(looks.clone(), t1, t1);
     settle.looked(looks, t1, t1);
-    let batch = settle.next_batch(10);
+    let batch = settle.next_batch(10).into_iter().map(|(p, _)| p).collect();
 
     // The index works again: the retried batch commits both.
     Arc::get_mut(&mut folder).unwrap().index = good;

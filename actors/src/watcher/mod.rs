@@ -12,7 +12,11 @@
 //!
 //! Settle rule ([`settle`], plain state tested with explicit times): a path
 //! is handed on only once its `lstat` is unchanged for `settle` after the
-//! last event, so a file still being written is never sent. This actor does
+//! last event, so a file still being written is never sent; a file whose
+//! writer signalled it is done waits much less (closed after writing:
+//! [`settle::CLOSE_WAIT`]; moved into place: not at all), and the hasher
+//! hashes it at once only while it still shows what the watcher saw
+//! (the snapshot re-check before the commit stays). This actor does
 //! the I/O around it: `lstat` calls and walks on the blocking pool, one
 //! timer armed for the exact next wake-up, and one batch at a time in
 //! flight to the hasher (backpressure; paths arriving meanwhile are
@@ -59,7 +63,7 @@ use crate::{
 };
 use os_watch::{Forward, OsWatch, WatchSpec};
 use rescan::{scan_folder, ScanResult};
-use settle::{Marked, Settle};
+use settle::{Marked, Settle, Signal};
 
 pub use settle::MAX_DIRTY;
 
@@ -67,6 +71,8 @@ pub mod msg {
     use std::path::PathBuf;
 
     use actix::Message;
+
+    use super::settle::Signal;
 
     /// Raw paths from the OS watcher.
     #[derive(Debug, Message)]
@@ -77,6 +83,8 @@ pub mod msg {
         /// moved in): what is inside them is looked at once they are
         /// watched.
         pub appeared: bool,
+        /// What the event says of the writer.
+        pub signal: Signal,
     }
 
     /// Look at these paths again (the receiver saw them change under it).
@@ -135,9 +143,8 @@ pub struct Watcher {
     new_dirs: BTreeSet<String>,
     /// A look into new directories is running.
     looking_into: bool,
-    /// A hasher batch is in flight.
     /// The batch at the hasher, if one is: its number and its paths.
-    in_flight: Option<(u64, Vec<String>)>,
+    in_flight: Option<(u64, Batch)>,
     /// Numbers batches, so an answer to an abandoned one is ignored.
     batches_sent: u64,
     /// An `lstat` round is running.
@@ -179,7 +186,11 @@ impl Watcher {
     }
 
     fn mark(&mut self, rel: String, ctx: &mut Context<Self>) {
-        if self.settle.mark(rel, Instant::now()) == Marked::Overflow {
+        self.signalled(rel, Signal::Changed, ctx);
+    }
+
+    fn signalled(&mut self, rel: String, signal: Signal, ctx: &mut Context<Self>) {
+        if self.settle.signalled(rel, signal, Instant::now()) == Marked::Overflow {
             self.overflowed(ctx);
             return;
         }
@@ -446,32 +457,34 @@ impl Watcher {
             return;
         };
         let batch = self.settle.next_batch(BATCH);
+        let msg = HashPaths {
+            paths: batch.iter().map(|(p, _)| p.clone()).collect(),
+            done: batch
+                .iter()
+                .filter_map(|(p, d)| Some((p.clone(), (*d)?)))
+                .collect(),
+        };
         self.batches_sent += 1;
         let id = self.batches_sent;
-        self.in_flight = Some((id, batch.clone()));
+        self.in_flight = Some((id, batch));
         self.publish();
-        ctx.spawn(
-            hasher
-                .send(HashPaths { paths: batch })
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    // An abandoned batch's answer (a replaced hasher): its
-                    // paths were sent again already.
-                    if act.in_flight.as_ref().map(|(i, _)| *i) != Some(id) {
-                        return;
-                    }
-                    let (_, sent) = act.in_flight.take().expect("checked");
-                    match res {
-                        Ok(out) => act.hashed(out, ctx),
-                        Err(e) => {
-                            // Hasher restarting: keep the paths.
-                            debug!(folder = act.folder.id(), "hasher unavailable: {e}");
-                            act.settle.add_ready(sent);
-                            act.publish();
-                        }
-                    }
-                }),
-        );
+        ctx.spawn(hasher.send(msg).into_actor(self).map(move |res, act, ctx| {
+            // An abandoned batch's answer (a replaced hasher): its
+            // paths were sent again already.
+            if act.in_flight.as_ref().map(|(i, _)| *i) != Some(id) {
+                return;
+            }
+            let (_, sent) = act.in_flight.take().expect("checked");
+            match res {
+                Ok(out) => act.hashed(out, ctx),
+                Err(e) => {
+                    // Hasher restarting: keep the paths.
+                    debug!(folder = act.folder.id(), "hasher unavailable: {e}");
+                    act.settle.add_ready_again(sent);
+                    act.publish();
+                }
+            }
+        }));
     }
 
     /// Give up on the batch at a replaced hasher: its paths go out again.
@@ -482,7 +495,7 @@ impl Watcher {
                 paths = paths.len(),
                 "hasher replaced; sending its batch again"
             );
-            self.settle.add_ready(paths);
+            self.settle.add_ready_again(paths);
         }
         self.flush(ctx);
     }
@@ -506,6 +519,10 @@ impl Watcher {
         self.publish();
     }
 }
+
+/// Ready paths, each with the state a look saw after its writer signalled
+/// it was done (if it did).
+type Batch = Vec<(String, Option<DiskState>)>;
 
 /// Change detection only (the hasher re-checks safely before acting): one
 /// plain `lstat` per path; an unreadable path counts as missing.
@@ -572,7 +589,7 @@ impl Handler<FsEvent> for Watcher {
             if ev.appeared {
                 self.new_dirs.insert(rel.clone());
             }
-            self.mark(rel, ctx);
+            self.signalled(rel, ev.signal, ctx);
         }
         self.look_into_new_dirs(ctx);
         self.publish();

@@ -5,6 +5,13 @@
 //! that means events were lost raises the overflow flag, and the watcher
 //! rescans.
 //!
+//! Two inotify events say the writer is done with a file, and let it skip
+//! most of the settle wait ([`Signal`]): `IN_CLOSE_WRITE` (notify's
+//! `Access(Close(Write))`) and `IN_MOVED_TO` (`Modify(Name(To))`, and the
+//! new name of `Modify(Name(Both))`). Every other access (opens, reads:
+//! ours too) is dropped. The polling watch tells neither, so with it every
+//! change waits `settle`.
+//!
 //! The recursive inotify watch has a gap: `notify` reports a new directory
 //! first and adds its watch later (after it has read every queued event),
 //! so whatever is written into the directory meanwhile produces no event.
@@ -24,12 +31,12 @@ use std::{
 use actix::Recipient;
 use fleetsync_config::WatchMode;
 use notify::{
-    event::{CreateKind, ModifyKind, RenameMode},
+    event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode},
     EventKind, RecursiveMode, Watcher as _,
 };
 use tracing::warn;
 
-use super::msg::FsEvent;
+use super::{msg::FsEvent, settle::Signal};
 
 /// The running OS watch of one folder.
 pub struct OsWatch {
@@ -60,25 +67,54 @@ pub struct Forward {
     pub overflow: Arc<AtomicBool>,
 }
 
+impl Forward {
+    fn send(&self, paths: Vec<PathBuf>, appeared: bool, signal: Signal) {
+        let msg = FsEvent {
+            paths,
+            appeared,
+            signal,
+        };
+        // A full mailbox: the rescan finds what this event said.
+        if self.to.try_send(msg).is_err() {
+            self.overflow.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 impl notify::EventHandler for Forward {
     fn handle_event(&mut self, res: notify::Result<notify::Event>) {
-        match res {
-            Ok(ev) if ev.need_rescan() => self.overflow.store(true, Ordering::Relaxed),
-            // Reads (ours included: scans, hashing, serving) change nothing.
-            Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
-            Ok(ev) => {
-                let appeared = may_be_a_new_dir(&ev.kind);
-                let msg = FsEvent {
-                    paths: ev.paths,
-                    appeared,
-                };
-                // A full mailbox: the rescan finds what this event said.
-                if self.to.try_send(msg).is_err() {
-                    self.overflow.store(true, Ordering::Relaxed);
+        let ev = match res {
+            Ok(ev) if !ev.need_rescan() => ev,
+            _ => return self.overflow.store(true, Ordering::Relaxed),
+        };
+        match ev.kind {
+            // Both names of a rename (inotify sends `From` and `To` for
+            // them as well): the old one changed, the new one moved in.
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                let mut paths = ev.paths;
+                let to = (paths.len() == 2).then(|| paths.split_off(1));
+                self.send(paths, false, Signal::Changed);
+                if let Some(to) = to {
+                    self.send(to, false, Signal::MovedIn);
                 }
             }
-            Err(_) => self.overflow.store(true, Ordering::Relaxed),
+            kind => {
+                if let Some(signal) = signal_of(&kind) {
+                    self.send(ev.paths, may_be_a_new_dir(&kind), signal);
+                }
+            }
         }
+    }
+}
+
+/// What an event says of the writer; `None`: it changes nothing (opens
+/// and reads, ours included: scans, hashing, serving).
+pub fn signal_of(kind: &EventKind) -> Option<Signal> {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Signal::Closed),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(Signal::MovedIn),
+        _ => Some(Signal::Changed),
     }
 }
 
@@ -150,6 +186,100 @@ fn watch<W: notify::Watcher>(mut w: W, root: &Path) -> notify::Result<W> {
 mod tests {
     use super::*;
     use notify::event::{DataChange, RemoveKind};
+
+    #[test]
+    fn closes_after_writing_and_names_moved_in_signal_the_writer_is_done() {
+        use notify::event::{AccessKind, AccessMode, MetadataKind};
+        let cases = [
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                Some(Signal::Closed),
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                Some(Signal::MovedIn),
+            ),
+            (EventKind::Access(AccessKind::Close(AccessMode::Read)), None),
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), None),
+            (EventKind::Access(AccessKind::Read), None),
+            (
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                Some(Signal::Changed),
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                Some(Signal::Changed),
+            ),
+            (EventKind::Create(CreateKind::File), Some(Signal::Changed)),
+            // All the polling watch reports: every change waits settle.
+            (EventKind::Create(CreateKind::Any), Some(Signal::Changed)),
+            (
+                EventKind::Modify(ModifyKind::Metadata(MetadataKind::WriteTime)),
+                Some(Signal::Changed),
+            ),
+            (EventKind::Remove(RemoveKind::Any), Some(Signal::Changed)),
+        ];
+        for (k, want) in cases {
+            assert_eq!(signal_of(&k), want, "{k:?}");
+        }
+    }
+
+    /// What `Forward` sent: each message's paths and signal.
+    type Sent = Vec<(Vec<PathBuf>, Signal)>;
+
+    /// The events `Forward` sends for `ev`.
+    fn forwarded(ev: notify::Event) -> Sent {
+        use actix::Actor;
+        struct Sink(Arc<Mutex<Sent>>);
+        impl Actor for Sink {
+            type Context = actix::Context<Self>;
+        }
+        impl actix::Handler<FsEvent> for Sink {
+            type Result = ();
+            fn handle(&mut self, m: FsEvent, _: &mut Self::Context) {
+                self.0.lock().unwrap().push((m.paths, m.signal));
+            }
+        }
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sys = actix::System::new();
+        let got2 = got.clone();
+        sys.block_on(async move {
+            let addr = Sink(got2).start();
+            let mut fwd = Forward {
+                to: addr.clone().recipient(),
+                overflow: Arc::new(AtomicBool::new(false)),
+            };
+            notify::EventHandler::handle_event(&mut fwd, Ok(ev));
+            // A round trip: every message sent before it was handled.
+            addr.send(FsEvent {
+                paths: vec![],
+                appeared: false,
+                signal: Signal::Changed,
+            })
+            .await
+            .unwrap();
+        });
+        let mut v = std::mem::take(&mut *got.lock().unwrap());
+        v.pop();
+        v
+    }
+
+    #[test]
+    fn a_rename_within_the_folder_moves_its_new_name_in() {
+        let ev = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path("/f/old".into())
+            .add_path("/f/new".into());
+        assert_eq!(
+            forwarded(ev),
+            vec![
+                (vec![PathBuf::from("/f/old")], Signal::Changed),
+                (vec![PathBuf::from("/f/new")], Signal::MovedIn)
+            ]
+        );
+        let read = notify::Event::new(EventKind::Access(AccessKind::Close(AccessMode::Read)))
+            .add_path("/f/a".into());
+        assert!(forwarded(read).is_empty(), "reads are dropped");
+    }
 
     #[test]
     fn only_created_directories_and_names_moved_in_may_be_new_directories() {

@@ -3,14 +3,21 @@
 //! watcher actor feeds it events, `lstat` results and hasher outcomes, and
 //! does the I/O it asks for.
 //!
-//! - Dirty paths: when each last changed and what its last `lstat` showed.
-//!   A marked path gets a first look at once (to learn what it is); it is
-//!   ready only once a look `settle` or more after its last change shows
-//!   the same `DiskState` as the look before. A look that shows something
-//!   else restarts the window. At most [`MAX_DIRTY`] paths are tracked:
-//!   past that, [`Settle::mark`] drops them all and asks for a rescan.
+//! - Dirty paths: when each last changed, what its last `lstat` showed,
+//!   and what the last event said of the writer ([`Signal`]). A marked
+//!   path gets a first look at once (to learn what it is); it is ready
+//!   only once a look a *window* or more after its last change shows the
+//!   same `DiskState` as the look before. The window is `settle` after a
+//!   plain change, [`CLOSE_WAIT`] after the writer closed the file, and
+//!   none after it was moved into place (the first look is enough). Any
+//!   later event sets the window anew, and a look that shows something no
+//!   event told of restarts it at `settle`. At most [`MAX_DIRTY`] paths
+//!   are tracked: past that, [`Settle::mark`] drops them all and asks for
+//!   a rescan.
 //! - Ready paths: sorted, handed to the hasher in batches
-//!   ([`Settle::next_batch`]).
+//!   ([`Settle::next_batch`]), each with the state a look saw if a writer
+//!   signalled it was done (the hasher hashes such a file at once only
+//!   while it still shows that state).
 //! - Failed paths (the hasher could not import or commit them): marked
 //!   again after a backoff that doubles from [`RETRY_FIRST`] to
 //!   [`RETRY_MAX`] while failures continue (each wait random in its upper
@@ -18,7 +25,7 @@
 //! - [`Settle::next_wake`]: the exact time the next of these is due.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
@@ -40,6 +47,38 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// cap too): a lasting failure costs one attempt a minute.
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// How long a file closed after writing must stay quiet before it is
+/// ready: another write in that time (the writer reopened it, a second
+/// process of a shell pipeline appends, `cp -p` sets times after the
+/// close) restarts the wait, so a file written in several opens is not
+/// sent after the first. 10 ms covers a follow-up by another process
+/// (fork and exec take 1–5 ms here) and late event delivery on a loaded
+/// machine, and is a fifth of the 50 ms latency goal.
+pub const CLOSE_WAIT: Duration = Duration::from_millis(10);
+
+/// What the event that marked a path says about its writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// A plain change (data, metadata, created, removed): the writer may
+    /// still be at it, so the path waits `settle`.
+    Changed,
+    /// Closed after writing (`IN_CLOSE_WRITE`): done, unless another
+    /// write follows within [`CLOSE_WAIT`].
+    Closed,
+    /// Moved into place (`IN_MOVED_TO`, the atomic-write pattern): its
+    /// content was complete before the rename.
+    MovedIn,
+}
+
+/// How long a path stays unchanged before it is ready.
+fn window_of(settle: Duration, signal: Signal) -> Duration {
+    match signal {
+        Signal::Changed => settle,
+        Signal::Closed => CLOSE_WAIT.min(settle),
+        Signal::MovedIn => Duration::ZERO,
+    }
+}
+
 /// What [`Settle::mark`] did with a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Marked {
@@ -56,6 +95,9 @@ struct Dirty {
     changed: Instant,
     /// What the last look showed (`None`: not looked at yet).
     seen: Option<DiskState>,
+    /// What the last event said (a look that saw something new makes it
+    /// [`Signal::Changed`]).
+    signal: Signal,
 }
 
 /// Failed paths waiting for their retry, and the current backoff.
@@ -71,7 +113,9 @@ pub struct Settle {
     settle: Duration,
     max_dirty: usize,
     dirty: HashMap<String, Dirty>,
-    ready: BTreeSet<String>,
+    /// Ready paths; `Some`: a writer signalled it was done, and a look
+    /// then saw this.
+    ready: BTreeMap<String, Option<DiskState>>,
     retry: Retry,
 }
 
@@ -86,7 +130,7 @@ impl Settle {
             settle,
             max_dirty,
             dirty: HashMap::new(),
-            ready: BTreeSet::new(),
+            ready: BTreeMap::new(),
             retry: Retry {
                 paths: BTreeSet::new(),
                 at: None,
@@ -97,7 +141,15 @@ impl Settle {
 
     /// Something happened at `rel` at `now`: (re)start its window.
     pub fn mark(&mut self, rel: String, now: Instant) -> Marked {
-        if self.dirty.len() >= self.max_dirty {
+        self.signalled(rel, Signal::Changed, now)
+    }
+
+    /// An event at `rel` at `now` that says `signal`: (re)start its
+    /// window, as long as that signal asks for.
+    pub fn signalled(&mut self, rel: String, signal: Signal, now: Instant) -> Marked {
+        // A path already tracked takes no more room (a write and its close
+        // are two events for one path).
+        if self.dirty.len() >= self.max_dirty && !self.dirty.contains_key(&rel) {
             self.dirty.clear();
             return Marked::Overflow;
         }
@@ -106,6 +158,7 @@ impl Settle {
             Dirty {
                 changed: now,
                 seen: None,
+                signal,
             },
         );
         Marked::Tracked
@@ -115,15 +168,19 @@ impl Settle {
     pub fn due(&self, now: Instant) -> Vec<String> {
         self.dirty
             .iter()
-            .filter(|(_, d)| d.seen.is_none() || now.duration_since(d.changed) >= self.settle)
+            .filter(|(_, d)| {
+                d.seen.is_none()
+                    || now.duration_since(d.changed) >= window_of(self.settle, d.signal)
+            })
             .map(|(p, _)| p.clone())
             .collect()
     }
 
     /// The `lstat` results for paths [`Settle::due`] returned at `asked`,
     /// arriving at `now`. A path is ready once it showed the same thing
-    /// twice, the second time `settle` after its last change; anything
-    /// new restarts its window.
+    /// twice, the second time its window after its last change (moved in:
+    /// at its first look); anything no event told of restarts the window
+    /// at `settle`.
     pub fn looked(&mut self, results: Vec<(String, DiskState)>, asked: Instant, now: Instant) {
         for (rel, disk) in results {
             let Some(d) = self.dirty.get_mut(&rel) else {
@@ -132,19 +189,34 @@ impl Settle {
             if d.changed > asked {
                 continue; // an event arrived while we looked: look again
             }
-            match d.seen {
-                Some(prev) if prev == disk && now.duration_since(d.changed) >= self.settle => {
-                    self.dirty.remove(&rel);
-                    self.ready.insert(rel);
+            let window = window_of(self.settle, d.signal);
+            let ready = match d.seen {
+                None => {
+                    d.seen = Some(disk);
+                    window.is_zero()
                 }
-                Some(prev) if prev == disk => {}
+                Some(prev) if prev == disk => now.duration_since(d.changed) >= window,
                 Some(_) => {
                     d.seen = Some(disk);
                     d.changed = now;
+                    d.signal = Signal::Changed;
+                    false
                 }
-                None => d.seen = Some(disk),
+            };
+            if ready {
+                self.make_ready(rel, disk);
             }
         }
+    }
+
+    /// `rel` showed `disk` for its whole window: hand it on, with that
+    /// state if its writer signalled it was done.
+    fn make_ready(&mut self, rel: String, disk: DiskState) {
+        let Some(d) = self.dirty.remove(&rel) else {
+            return;
+        };
+        let done = (d.signal != Signal::Changed).then_some(disk);
+        self.ready.insert(rel, done);
     }
 
     /// When the next dirty path or retry is due (`now` if one is due
@@ -152,19 +224,33 @@ impl Settle {
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
         let dirty = self.dirty.values().map(|d| match d.seen {
             None => now,
-            Some(_) => d.changed + self.settle,
+            Some(_) => d.changed + window_of(self.settle, d.signal),
         });
         dirty.chain(self.retry.at).min()
     }
 
-    /// Paths that need no settling (a scan found them changed, a batch
-    /// came back undelivered).
+    /// Paths that need no settling (a scan found them changed). A path
+    /// already ready keeps what its writer signalled.
     pub fn add_ready(&mut self, paths: impl IntoIterator<Item = String>) {
-        self.ready.extend(paths);
+        for p in paths {
+            self.ready.entry(p).or_insert(None);
+        }
     }
 
-    /// Take up to `max` ready paths, in path order.
-    pub fn next_batch(&mut self, max: usize) -> Vec<String> {
+    /// A batch that came back undelivered: ready again, as it was.
+    pub fn add_ready_again(
+        &mut self,
+        batch: impl IntoIterator<Item = (String, Option<DiskState>)>,
+    ) {
+        for (p, done) in batch {
+            let slot = self.ready.entry(p).or_insert(None);
+            *slot = slot.or(done);
+        }
+    }
+
+    /// Take up to `max` ready paths, in path order, each with the state a
+    /// look saw after its writer signalled it was done (if it did).
+    pub fn next_batch(&mut self, max: usize) -> Vec<(String, Option<DiskState>)> {
         let mut batch = Vec::with_capacity(max.min(self.ready.len()));
         while batch.len() < max {
             match self.ready.pop_first() {
@@ -246,6 +332,10 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn names(batch: Vec<(String, Option<DiskState>)>) -> Vec<String> {
+        batch.into_iter().map(|(p, _)| p).collect()
+    }
+
     /// Mark `a` at `t0` and take its first look there: it is then settling.
     fn settling(t0: Instant, disk: DiskState) -> Settle {
         let mut s = Settle::new(SETTLE);
@@ -277,7 +367,7 @@ mod tests {
         s.looked(vec![("a".into(), file(1))], t0 + SETTLE, t0 + SETTLE);
         assert!(s.has_ready());
         assert!(!s.is_idle(), "ready, not handed on");
-        assert_eq!(s.next_batch(10), vec!["a".to_string()]);
+        assert_eq!(names(s.next_batch(10)), ["a"]);
         assert!(s.is_idle());
         s.batch_done(vec!["a".into()], t0 + SETTLE);
         assert!(!s.is_idle(), "waiting for its retry");
@@ -296,7 +386,7 @@ mod tests {
         assert!(!s.has_ready());
         assert_eq!(s.due(t0 + SETTLE), vec!["a".to_string()]);
         s.looked(vec![("a".into(), file(1))], t0 + SETTLE, t0 + SETTLE);
-        assert_eq!(s.next_batch(10), vec!["a".to_string()]);
+        assert_eq!(s.next_batch(10), vec![("a".to_string(), None)]);
         assert_eq!(s.next_wake(t0 + SETTLE), None);
     }
 
@@ -368,8 +458,8 @@ mod tests {
     fn ready_paths_go_out_in_bounded_sorted_batches() {
         let mut s = Settle::new(SETTLE);
         s.add_ready(["c", "a", "b"].map(String::from));
-        assert_eq!(s.next_batch(2), vec!["a".to_string(), "b".to_string()]);
-        assert_eq!(s.next_batch(2), vec!["c".to_string()]);
+        assert_eq!(names(s.next_batch(2)), ["a", "b"]);
+        assert_eq!(names(s.next_batch(2)), ["c"]);
         assert!(!s.has_ready());
         assert!(s.next_batch(2).is_empty());
     }
@@ -407,5 +497,147 @@ mod tests {
         s.retry.at = None;
         s.batch_done(vec!["g".into()], t1);
         assert!(waits(&s, t1, RETRY_FIRST));
+    }
+
+    /// `a` was written and closed at `t0`, and looked at right then.
+    fn closed(t0: Instant, disk: DiskState) -> Settle {
+        let mut s = Settle::new(SETTLE);
+        s.mark("a".into(), t0);
+        assert_eq!(s.signalled("a".into(), Signal::Closed, t0), Marked::Tracked);
+        assert_eq!(s.due(t0), vec!["a".to_string()], "first look at once");
+        s.looked(vec![("a".into(), disk)], t0, t0);
+        s
+    }
+
+    #[test]
+    fn a_file_closed_after_writing_is_ready_once_it_stays_quiet_for_the_close_wait() {
+        let t0 = Instant::now();
+        let mut s = closed(t0, file(1));
+        assert_eq!(s.next_wake(t0), Some(t0 + CLOSE_WAIT), "not settle");
+        assert!(s.due(t0 + CLOSE_WAIT - ms(1)).is_empty());
+        let t1 = t0 + CLOSE_WAIT;
+        assert_eq!(s.due(t1), vec!["a".to_string()]);
+        s.looked(vec![("a".into(), file(1))], t1, t1);
+        assert_eq!(
+            s.next_batch(10),
+            vec![("a".to_string(), Some(file(1)))],
+            "ready long before settle, with the state the writer left"
+        );
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_write_after_the_close_restarts_the_wait_at_settle() {
+        let t0 = Instant::now();
+        let mut s = closed(t0, file(1));
+        // The writer opens it again and writes within the close wait.
+        let t1 = t0 + ms(3);
+        s.mark("a".into(), t1);
+        s.looked(vec![("a".into(), file(2))], t1, t1);
+        let t2 = t0 + CLOSE_WAIT;
+        assert!(s.due(t2).is_empty(), "no longer a closed file");
+        assert_eq!(s.next_wake(t2), Some(t1 + SETTLE));
+        s.looked(vec![("a".into(), file(2))], t2, t2);
+        assert!(!s.has_ready());
+        s.looked(vec![("a".into(), file(2))], t1 + SETTLE, t1 + SETTLE);
+        assert_eq!(
+            s.next_batch(10),
+            vec![("a".to_string(), None)],
+            "settled, not signalled"
+        );
+    }
+
+    #[test]
+    fn a_change_after_the_close_that_no_event_told_of_waits_settle() {
+        let t0 = Instant::now();
+        let mut s = closed(t0, file(1));
+        let t1 = t0 + CLOSE_WAIT;
+        // Written again, its event still on its way: the look sees it.
+        s.looked(vec![("a".into(), file(2))], t1, t1);
+        assert!(!s.has_ready());
+        assert_eq!(s.next_wake(t1), Some(t1 + SETTLE));
+        s.looked(
+            vec![("a".into(), file(2))],
+            t1 + CLOSE_WAIT,
+            t1 + CLOSE_WAIT,
+        );
+        assert!(!s.has_ready(), "the close wait no longer applies");
+        s.looked(vec![("a".into(), file(2))], t1 + SETTLE, t1 + SETTLE);
+        assert_eq!(s.next_batch(10), vec![("a".to_string(), None)]);
+    }
+
+    #[test]
+    fn a_close_again_after_more_writes_is_ready_after_the_close_wait() {
+        let t0 = Instant::now();
+        let mut s = closed(t0, file(1));
+        let t1 = t0 + ms(4);
+        s.mark("a".into(), t1);
+        s.signalled("a".into(), Signal::Closed, t1);
+        s.looked(vec![("a".into(), file(2))], t1, t1);
+        let t2 = t1 + CLOSE_WAIT;
+        s.looked(vec![("a".into(), file(2))], t2, t2);
+        assert_eq!(s.next_batch(10), vec![("a".to_string(), Some(file(2)))]);
+    }
+
+    #[test]
+    fn a_file_moved_into_place_is_ready_at_its_first_look() {
+        let t0 = Instant::now();
+        let mut s = Settle::new(SETTLE);
+        s.signalled("a".into(), Signal::MovedIn, t0);
+        assert_eq!(s.next_wake(t0), Some(t0));
+        // A look asked before the move reports what was there before.
+        s.looked(vec![("a".into(), DiskState::Missing)], t0 - ms(1), t0);
+        assert!(!s.has_ready());
+        let t1 = t0 + ms(2);
+        s.looked(vec![("a".into(), file(1))], t1, t1);
+        assert_eq!(s.next_batch(10), vec![("a".to_string(), Some(file(1)))]);
+    }
+
+    #[test]
+    fn a_write_after_a_move_in_waits_settle() {
+        let t0 = Instant::now();
+        let mut s = Settle::new(SETTLE);
+        s.signalled("a".into(), Signal::MovedIn, t0);
+        s.mark("a".into(), t0 + ms(1));
+        let t1 = t0 + ms(2);
+        s.looked(vec![("a".into(), file(1))], t1, t1);
+        assert!(!s.has_ready());
+        assert_eq!(s.next_wake(t1), Some(t0 + ms(1) + SETTLE));
+    }
+
+    #[test]
+    fn a_change_without_a_signal_waits_settle() {
+        let t0 = Instant::now();
+        let mut s = settling(t0, file(1));
+        let t1 = t0 + CLOSE_WAIT;
+        assert!(s.due(t1).is_empty());
+        s.looked(vec![("a".into(), file(1))], t1, t1);
+        assert!(!s.has_ready());
+        assert_eq!(s.next_wake(t1), Some(t0 + SETTLE));
+    }
+
+    #[test]
+    fn a_batch_back_undelivered_keeps_what_its_writer_signalled() {
+        let mut s = Settle::new(SETTLE);
+        s.add_ready_again([("a".to_string(), Some(file(1))), ("b".to_string(), None)]);
+        s.add_ready(["a".to_string(), "c".to_string()]);
+        assert_eq!(
+            s.next_batch(10),
+            vec![
+                ("a".to_string(), Some(file(1))),
+                ("b".to_string(), None),
+                ("c".to_string(), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn marking_a_path_already_tracked_never_overflows() {
+        let t0 = Instant::now();
+        let mut s = Settle::with_max_dirty(SETTLE, 2);
+        s.mark("a".into(), t0);
+        s.mark("b".into(), t0);
+        assert_eq!(s.signalled("b".into(), Signal::Closed, t0), Marked::Tracked);
+        assert_eq!(s.mark("c".into(), t0), Marked::Overflow);
     }
 }
