@@ -754,6 +754,8 @@ class Bench:
         a = self.args
         if kind == "fleetsync":
             return SoloFleetsync(a.fleetsync, home, folder, secret)
+        if kind == "fleetsync-base":
+            return SoloFleetsync(a.fleetsync_base, home, folder, secret)
         return SoloSyncthing(a.syncthing, home, folder)
 
     def s8(self, files, dirs, limit):
@@ -765,12 +767,18 @@ class Bench:
         node hands freed memory back once a minute). A step that takes
         longer than `limit` seconds ends that tool's run ("did not finish")."""
         label = f"{files:,}"
-        src_a, src_b = os.path.join(self.stage, "s8-a"), os.path.join(self.stage, "s8-b")
-        t0 = time.monotonic()
-        make_many(src_a, files, dirs, 0)
-        copy_tree(src_a, src_b)
-        os.sync()
-        print(f"  S8 tree of {label} files staged in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+        trees = self.args.s8_trees or self.stage
+        src_a, src_b = os.path.join(trees, f"s8-{files}-a"), os.path.join(trees, f"s8-{files}-b")
+        staged = src_b + ".staged"  # beside the trees: a half-made pair is made again
+        if not os.path.exists(staged):
+            t0 = time.monotonic()
+            for src in (src_a, src_b):
+                shutil.rmtree(src, ignore_errors=True)
+            make_many(src_a, files, dirs, 0)
+            copy_tree(src_a, src_b)
+            os.sync()
+            open(staged, "w").close()
+            print(f"  S8 trees of {label} files staged in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
         for kind in self.order_names(0):
             self.s8_tool(kind, label, files, limit, src_a, src_b)
             for src in (src_a, src_b):
@@ -857,6 +865,8 @@ class Bench:
 
     def order_names(self, rep):
         names = [n for n in ("fleetsync", "syncthing") if n in self.args.tools]
+        if self.args.fleetsync_base:
+            names.insert(1, "fleetsync-base")
         return names if rep % 2 == 0 else list(reversed(names))
 
     def run(self):
@@ -915,7 +925,7 @@ class Bench:
         lines.append(f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, filesystem {fs}, kernel {platform.release()}")
         lines.append(f"mode: {'quick' if self.quick else 'full'}")
         lines.append("")
-        tools = [t for t in ("fleetsync", "syncthing", "sendme")
+        tools = [t for t in ("fleetsync", "fleetsync-base", "syncthing", "sendme")
                  if any(t in per for per in list(self.results.values()) + list(self.notes.values()))]
         header = f"| scenario | " + " | ".join(f"{t} median (min–max)" for t in tools) + " | fleetsync ratio |"
         lines.append(header)
@@ -959,9 +969,11 @@ def main():
     ap.add_argument("--json", help="also write raw results here")
     ap.add_argument("--idle", type=float, default=None, help="seconds S6 measures idle CPU over (default 10, quick 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument("--fleetsync-base", help="S7/S8: also run this fleetsync binary (a build to compare with)")
     ap.add_argument("--only", help="scenarios to run, e.g. S7 or S1,S3 (default: S1-S7)")
     ap.add_argument("--s8", action="store_true", help="also run S8, a folder of a million files (long)")
     ap.add_argument("--s8-files", type=int, default=1_000_000, help="S8's file count (in count/100 dirs)")
+    ap.add_argument("--s8-trees", help="keep S8's two trees here and reuse them (they take minutes to make)")
     ap.add_argument("--s8-limit", type=float, default=900, help="seconds a tool gets per S8 step before it counts as not finished")
     args = ap.parse_args()
     args.tools = args.tools.split(",")

@@ -77,11 +77,19 @@ pub mod msg {
 
 use msg::{HashOutcome, HashPaths};
 
-/// Files hashed concurrently. Small files cost hand-offs between threads
-/// (the blocking pool, the blob store's actor) more than hashing: enough
-/// of them in flight keeps both cores busy while each waits for its turn.
-/// A big file is hashed by the store on threads of its own.
-const IMPORT_CONCURRENCY: usize = 32;
+/// Small files hashed concurrently. A small file costs hand-offs between
+/// threads (the blocking pool, the blob store's actor) more than hashing:
+/// enough of them in flight keeps both cores busy while each waits for
+/// its turn.
+const SMALL_CONCURRENCY: usize = 32;
+
+/// Big files hashed concurrently, besides the small ones (the store
+/// hashes them on its own threads; more only adds seeks on a spinning
+/// disk).
+const BIG_CONCURRENCY: usize = 4;
+
+/// Files up to this size are small.
+const SMALL_FILE: u64 = 256 * 1024;
 
 /// A group commit ([`group`]) starts with at least this many hashed files
 /// unless the batch has no more: a commit costs two fsyncs, so a large
@@ -246,10 +254,10 @@ type Broken = (String, Meta, HashError);
 /// A running group commit.
 type Committing<'a> = Pin<Box<dyn Future<Output = HashOutcome> + Send + 'a>>;
 
-/// Import `files` ([`IMPORT_CONCURRENCY`] at a time) and commit them in
-/// groups ([`group`]): hashing goes on while a commit runs, commits run
-/// one at a time in hashing order, the observations go with the first.
-/// Returns the files whose import failed.
+/// Import `files` (small and big ones side by side, each kind a number at
+/// a time) and commit them in groups ([`group`]): hashing goes on while a
+/// commit runs, commits run one at a time in hashing order, the
+/// observations go with the first. Returns the files whose import failed.
 async fn import_and_commit(
     folder: &Arc<Folder>,
     health: &Arc<Health>,
@@ -259,17 +267,12 @@ async fn import_and_commit(
 ) -> Vec<Broken> {
     let mut observed = Some(observed);
     let mut broken = Vec::new();
-    let mut imports = n0_future::stream::iter(files)
-        .map(|(rel, meta)| {
-            let folder = folder.clone();
-            async move {
-                // Each step of the store's hashing is progress: a file of
-                // many GiB takes longer than the stall timeout.
-                let res = import(&folder, &rel, meta, &|_| health.progress()).await;
-                (rel, meta, res)
-            }
-        })
-        .buffered_unordered(IMPORT_CONCURRENCY);
+    let (small, big): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|(_, m)| m.stat.size <= SMALL_FILE);
+    let mut smalls = imports(folder, health, small, SMALL_CONCURRENCY);
+    let mut bigs = imports(folder, health, big, BIG_CONCURRENCY);
+    let (mut smalls_left, mut bigs_left) = (true, true);
     let mut group = GroupCommit::new(GROUP_MIN, GROUP_MAX);
     let mut running: Option<Committing<'_>> = None;
     loop {
@@ -280,20 +283,22 @@ async fn import_and_commit(
         if group.finished() {
             break;
         }
+        let more = group.takes_more();
         tokio::select! {
             done = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
                 running = None;
                 group.committed();
                 out.merge(done);
             }
-            next = imports.next(), if group.takes_more() => match next {
-                Some((_, _, Ok(imported))) => group.add(imported),
-                Some((rel, meta, Err(e))) => {
-                    debug!(folder = folder.id(), path = %rel, "import failed: {e}");
-                    broken.push((rel, meta, e));
-                }
-                None => group.end(),
-            },
+            next = smalls.next(), if more && smalls_left => {
+                smalls_left = gather(folder, next, &mut group, &mut broken);
+            }
+            next = bigs.next(), if more && bigs_left => {
+                bigs_left = gather(folder, next, &mut group, &mut broken);
+            }
+        }
+        if !smalls_left && !bigs_left {
+            group.end();
         }
     }
     // No file was hashed (there were none, or every import failed): the
@@ -302,6 +307,48 @@ async fn import_and_commit(
         out.merge(commit_group(folder, health, observed, Vec::new()).await);
     }
     broken
+}
+
+/// What [`imports`] yields per file.
+type ImportResult = (String, Meta, Result<(Imported, Hold), HashError>);
+
+/// `files` imported `n` at a time, in the order they finish.
+fn imports<'a>(
+    folder: &'a Arc<Folder>,
+    health: &'a Health,
+    files: Vec<ToHash>,
+    n: usize,
+) -> impl n0_future::Stream<Item = ImportResult> + Send + 'a {
+    n0_future::stream::iter(files)
+        .map(move |(rel, meta)| {
+            let folder = folder.clone();
+            async move {
+                // Each step of the store's hashing is progress: a file of
+                // many GiB takes longer than the stall timeout.
+                let res = import(&folder, &rel, meta, &|_| health.progress()).await;
+                (rel, meta, res)
+            }
+        })
+        .buffered_unordered(n)
+}
+
+/// Take one import result into the group (or the broken list). Returns
+/// whether that stream has more (`false` once it ended).
+fn gather(
+    folder: &Folder,
+    next: Option<ImportResult>,
+    group: &mut GroupCommit<(Imported, Hold)>,
+    broken: &mut Vec<Broken>,
+) -> bool {
+    match next {
+        Some((_, _, Ok(imported))) => group.add(imported),
+        Some((rel, meta, Err(e))) => {
+            debug!(folder = folder.id(), path = %rel, "import failed: {e}");
+            broken.push((rel, meta, e));
+        }
+        None => return false,
+    }
+    true
 }
 
 /// Commit one group: its observations and hashed files. The holds keep

@@ -570,7 +570,37 @@ async fn a_file_changed_during_a_group_commit_batch_is_caught_the_rest_commit() 
     }
     let syncs = probe.syncs.load(Ordering::Relaxed);
     assert!(syncs >= 1 && syncs < n / 2, "grouped: {syncs} commits");
-    assert_eq!(refs_links(&folder).len(), n - 1, "the changed file's link is removed");
+    assert_eq!(
+        refs_links(&folder).len(),
+        n - 1,
+        "the changed file's link is removed"
+    );
+}
+
+/// Small and big files are imported side by side (a number of each at a
+/// time): a batch of both commits every one, each with its own content.
+#[tokio::test]
+async fn small_and_big_files_in_one_batch_are_all_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = quick_folder(dir.path(), FakeContent::new());
+    let mut names = Vec::new();
+    for i in 0..10u8 {
+        let size = if i % 3 == 0 {
+            SMALL_FILE as usize + 1
+        } else {
+            10
+        };
+        let rel = format!("f{i}");
+        write(&folder, &rel, &vec![i; size]);
+        names.push(rel);
+    }
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), names.clone()).await;
+    assert_eq!(out.committed, 10, "{out:?}");
+    for rel in &names {
+        let want = std::fs::read(folder.fs.abs(rel)).unwrap();
+        let r = record(&folder, rel).expect("committed");
+        assert_eq!(r.entry.hash, Some(*Hash::new(&want).as_bytes()), "{rel}");
+    }
 }
 
 /// Issue 8: hashing one huge file takes longer than the stall timeout; the
