@@ -396,11 +396,13 @@ def tree_snapshot(root):
 
 
 def dir_bytes(root):
+    """Space used on disk (allocated blocks: a database file may be larger
+    than what it holds)."""
     n = 0
     for dp, _, fs in os.walk(root):
         for f in fs:
             try:
-                n += os.lstat(os.path.join(dp, f)).st_size
+                n += os.lstat(os.path.join(dp, f)).st_blocks * 512
             except OSError:
                 pass
     return n
