@@ -14,6 +14,14 @@ Scenarios (full / --quick sizes):
   S4  modify 100 and delete 100 existing files                 3 reps / 1
   S5  rename a directory of 1,000 files (bytes on the wire)    3 reps / 1 (200)
   S6  idle RSS and CPU over 10 s, peak RSS during S3
+  S7  initial index of an existing folder: 50,000 x 4 KiB      3 reps / 1 (5,000 in 50)
+      files in 500 dirs, one node started on it, until the
+      index (status `files`; Syncthing: db/status localFiles,
+      idle) holds them all; peak RSS
+  S8  (--s8 only) 1,000,000 empty files in 10,000 dirs: time   1 rep (--s8-files)
+      to index, peak and idle RSS, index size on disk,
+      no-change rescan, one new file to a peer that holds
+      the same tree (Syncthing within --s8-limit seconds)
 S2 also reports CPU-seconds per GiB of the sender and of the receiver
 (utime+stime from /proc/<pid>/stat, children included): for fleetsync and
 Syncthing from the move until both nodes are idle again, for sendme each
@@ -422,6 +430,208 @@ def tree_snapshot(root):
     return out
 
 
+def dir_bytes(root):
+    """Space used on disk (allocated blocks: a database file may be larger
+    than what it holds)."""
+    n = 0
+    for dp, _, fs in os.walk(root):
+        for f in fs:
+            try:
+                n += os.lstat(os.path.join(dp, f)).st_blocks * 512
+            except OSError:
+                pass
+    return n
+
+
+def make_many(root, files, dirs, size):
+    """`files` files of `size` bytes (one random byte string reused: what is
+    measured is the count) in `dirs` directories."""
+    per = files // dirs
+    data = os.urandom(size) if size else b""
+    for d in range(dirs):
+        dd = os.path.join(root, f"d{d:05d}")
+        os.makedirs(dd)
+        for i in range(per):
+            # Distinct content per file so nothing deduplicates.
+            with open(os.path.join(dd, f"f{i:05d}"), "wb") as f:
+                if size:
+                    f.write(d.to_bytes(4, "little") + i.to_bytes(4, "little") + data[8:])
+
+
+def copy_tree(src, dst):
+    subprocess.check_call(["cp", "-a", src, dst])
+
+
+class SoloFleetsync:
+    """One fleetsync node started on an existing folder (S7, S8); `peer` is
+    an optional second node it syncs with."""
+    name = "fleetsync"
+
+    def __init__(self, binary, home, folder, secret=None):
+        self.data = os.path.join(home, "data")
+        self.folder = folder
+        os.makedirs(self.data)
+        self.id = subprocess.check_output([binary, "id", "--data-dir", self.data], text=True).strip()
+        self.udp, self.admin = free_port(socket.SOCK_DGRAM), free_port()
+        self.bin, self.secret = binary, secret or os.urandom(32).hex()
+        self.peers = []
+        self.proc = None
+
+    def start(self):
+        peers = ", ".join(f'"{p.id}@127.0.0.1:{p.udp}"' for p in self.peers)
+        cfg = (
+            f'data_dir = "{self.data}"\n[mesh]\nlisten = "127.0.0.1:{self.udp}"\nfleet_secret = "{self.secret}"\n'
+            f'mdns = false\npeers = [{peers}]\n[admin]\nlisten = "127.0.0.1:{self.admin}"\n'
+            f'[log]\nlevel = "{os.environ.get("FLEETSYNC_BENCH_LOG", "warn")}"\n[[folders]]\nid = "bench"\npath = "{self.folder}"\n'
+        )
+        path = os.path.join(self.data, "fleetsync.toml")
+        with open(path, "w") as f:
+            f.write(cfg)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETSYNC_")}
+        log = open(os.path.join(self.data, "node.log"), "a")
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen([self.bin, "run", "--config", path], stdout=log, stderr=log, env=env)
+
+    def status(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/status", timeout=30) as r:
+                return json.loads(r.read())["folders"][0]
+        except Exception:
+            return None
+
+    def indexed(self):
+        st = self.status()
+        return st["files"] if st else 0
+
+    def in_sync(self, peer):
+        st = self.status()
+        return bool(st) and st["pending"] == 0 and st["in_sync"] and st["state"] == "idle"
+
+    def rescan(self):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin}/folders/bench/rescan", method="POST")
+        t0 = time.monotonic()
+        urllib.request.urlopen(req, timeout=30).read()
+        # The rescan request only queues the walk: wait for it to show, then end.
+        try:
+            wait("fleetsync rescan to start", lambda: (self.status() or {}).get("state") == "scanning", timeout=2, poll=0.005)
+        except TimeoutError:
+            pass
+        wait("fleetsync rescan", lambda: (self.status() or {}).get("state") not in (None, "scanning"), timeout=600, poll=0.02)
+        return time.monotonic() - t0
+
+    def index_bytes(self):
+        return dir_bytes(self.data)
+
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc:
+            proc_stop(self.proc)
+
+
+class SoloSyncthing:
+    name = "syncthing"
+
+    def __init__(self, binary, home, folder):
+        self.home, self.folder, self.bin = home, folder, binary
+        os.makedirs(home)
+        subprocess.check_call([binary, "generate", "--home", home, "--no-default-folder", "--skip-port-probing"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        path = os.path.join(home, "config.xml")
+        tree = ET.parse(path)
+        cfg = tree.getroot()
+        self.id = cfg.find("device").get("id")
+        self.gui, self.port, self.key = free_port(), free_port(), os.urandom(16).hex()
+        opts = cfg.find("options")
+        for tag in ("listenAddress", "stunServer", "globalAnnounceServer"):
+            for e in opts.findall(tag):
+                opts.remove(e)
+        ET.SubElement(opts, "listenAddress").text = f"tcp://127.0.0.1:{self.port}"
+        for tag, val in dict(globalAnnounceEnabled="false", localAnnounceEnabled="false", relaysEnabled="false",
+                             natEnabled="false", urAccepted="-1", urSeen="3", crashReportingEnabled="false",
+                             autoUpgradeIntervalH="0", setLowPriority="false", announceLANAddresses="false").items():
+            e = opts.find(tag)
+            if e is None:
+                e = ET.SubElement(opts, tag)
+            e.text = val
+        tree.write(path)
+        self.peers = []
+        self.proc = None
+
+    def configure(self):
+        """The folder (shared with `peers`) and the peers' devices."""
+        path = os.path.join(self.home, "config.xml")
+        tree = ET.parse(path)
+        cfg = tree.getroot()
+        for p in self.peers:
+            dev = ET.SubElement(cfg, "device", id=p.id, name="peer", compression="metadata",
+                                introducer="false", skipIntroductionRemovals="false", introducedBy="")
+            ET.SubElement(dev, "address").text = f"tcp://127.0.0.1:{p.port}"
+            ET.SubElement(dev, "paused").text = "false"
+            ET.SubElement(dev, "autoAcceptFolders").text = "false"
+        fo = ET.Element("folder", id="bench", label="bench", path=self.folder, type="sendreceive",
+                        rescanIntervalS="3600", fsWatcherEnabled="true", fsWatcherDelayS="1",
+                        ignorePerms="false", autoNormalize="true")
+        ET.SubElement(fo, "filesystemType").text = "basic"
+        for d in [self.id] + [p.id for p in self.peers]:
+            ET.SubElement(fo, "device", id=d, introducedBy="")
+        cfg.insert(0, fo)
+        tree.write(path)
+
+    def start(self):
+        if not os.path.exists(os.path.join(self.home, ".configured")):
+            self.configure()
+            open(os.path.join(self.home, ".configured"), "w").close()
+        env = dict(os.environ, STMONITORED="yes", STNOUPGRADE="1", STNODEFAULTFOLDER="1")
+        log = open(os.path.join(self.home, "syncthing.log"), "a")
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [self.bin, "serve", "--home", self.home, "--no-browser", "--no-restart",
+             f"--gui-address=127.0.0.1:{self.gui}", f"--gui-apikey={self.key}"],
+            stdout=log, stderr=log, env=env)
+
+    def _req(self, path, method="GET", timeout=30):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.gui}{path}", method=method,
+                                     headers={"X-API-Key": self.key}, data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                data = r.read()
+                return json.loads(data) if data else {}
+        except Exception:
+            return None
+
+    def status(self):
+        return self._req("/rest/db/status?folder=bench")
+
+    def indexed(self):
+        st = self.status()
+        # Counted only once the scan is over (files show up during it).
+        return st["localFiles"] if st and st.get("state") == "idle" else 0
+
+    def in_sync(self, peer):
+        st = self.status()
+        comp = self._req(f"/rest/db/completion?folder=bench&device={peer.id}")
+        return bool(st and comp) and st.get("state") == "idle" and st.get("needTotalItems", 1) == 0 \
+            and comp.get("completion", 0) >= 100
+
+    def rescan(self):
+        t0 = time.monotonic()
+        if self._req("/rest/db/scan?folder=bench", "POST", timeout=3600) is None:
+            raise RuntimeError("syncthing rescan failed")
+        return time.monotonic() - t0
+
+    def index_bytes(self):
+        return dir_bytes(os.path.join(self.home, "index-v0.14.0.db"))
+
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc:
+            proc_stop(self.proc)
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -430,6 +640,7 @@ class Bench:
         self.stage = os.path.join(self.tmp, "stage")
         os.makedirs(self.stage)
         self.results = {}  # scenario -> tool -> [values]
+        self.notes = {}  # scenario -> tool -> text (a step that did not finish)
         self.extra = {}
         self.tools = []
         self.sendme = None
@@ -617,33 +828,145 @@ class Bench:
             self.record("S6 idle CPU per node (% of a core)", t.name, 100.0 * used / hz / seconds / 2)
             self.record("S6 idle RSS per node (MiB)", t.name, max(rss_kib(p) for p in t.pids()) / 1024)
 
+    def solo(self, kind, home, folder, secret=None):
+        a = self.args
+        if kind == "fleetsync":
+            return SoloFleetsync(a.fleetsync, home, folder, secret)
+        if kind == "fleetsync-base":
+            return SoloFleetsync(a.fleetsync_base, home, folder, secret)
+        return SoloSyncthing(a.syncthing, home, folder)
+
+    def s8(self, files, dirs, limit):
+        """A million files: both nodes of a tool hold the same tree (copies
+        of one staged tree, reused by the next tool). Node a is started
+        alone: time to index, peak RSS, index size, a rescan with nothing
+        changed; then node b, and once both are in sync, one new file on a
+        until b has it; idle RSS of a a minute after its last work (the
+        node hands freed memory back once a minute). A step that takes
+        longer than `limit` seconds ends that tool's run ("did not finish")."""
+        label = f"{files:,}"
+        trees = self.args.s8_trees or self.stage
+        src_a, src_b = os.path.join(trees, f"s8-{files}-a"), os.path.join(trees, f"s8-{files}-b")
+        staged = src_b + ".staged"  # beside the trees: a half-made pair is made again
+        if not os.path.exists(staged):
+            t0 = time.monotonic()
+            for src in (src_a, src_b):
+                shutil.rmtree(src, ignore_errors=True)
+            make_many(src_a, files, dirs, 0)
+            copy_tree(src_a, src_b)
+            os.sync()
+            open(staged, "w").close()
+            print(f"  S8 trees of {label} files staged in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+        for kind in self.order_names(0):
+            self.s8_tool(kind, label, files, limit, src_a, src_b)
+            for src in (src_a, src_b):
+                # The next tool gets the same trees, without this one's state.
+                for extra in (".fleetsync", ".stfolder", ".stignore", "s8-new.txt"):
+                    p = os.path.join(src, extra)
+                    shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else (os.path.exists(p) and os.remove(p))
+            os.sync()
+
+    def s8_tool(self, kind, label, files, limit, folder_a, folder_b):
+        home = os.path.join(self.tmp, f"s8-{kind}")
+        secret = os.urandom(32).hex()
+        a = self.solo(kind, os.path.join(home, "a"), folder_a, secret)
+        b = self.solo(kind, os.path.join(home, "b"), folder_b, secret)
+        a.peers, b.peers = [b], [a]
+        scen = lambda what: f"S8 {label} files: {what}"
+        try:
+            a.start()
+            try:
+                wait(f"{kind} S8 index", lambda: a.indexed() >= files, timeout=limit, poll=0.5)
+            except TimeoutError:
+                self.note(scen("index (s)"), kind, f"did not finish in {limit:.0f} s")
+                return
+            done = time.monotonic()
+            self.record(scen("index (s)"), kind, done - a.t0)
+            self.record(scen("peak RSS while indexing (MiB)"), kind, hwm_kib(a.pid()) / 1024)
+            wait(f"{kind} S8 settle", lambda: a.in_sync(b) if kind == "fleetsync" else a.indexed() >= files,
+                 timeout=limit, poll=0.5)
+            self.record(scen("index on disk (MiB)"), kind, a.index_bytes() / (1 << 20))
+            self.record(scen("no-change rescan (s)"), kind, a.rescan())
+            b.start()
+            try:
+                wait(f"{kind} S8 peer in sync", lambda: b.indexed() >= files and a.in_sync(b) and b.in_sync(a),
+                     timeout=limit, poll=0.5)
+            except TimeoutError:
+                self.note(scen("one new file to the peer (s)"), kind, f"peers not in sync in {limit:.0f} s")
+                return
+            name = "s8-new.txt"
+            data = os.urandom(1024)
+            staged = os.path.join(self.stage, name)
+            with open(staged, "wb") as f:
+                f.write(data)
+            t0 = time.monotonic()
+            os.rename(staged, os.path.join(folder_a, name))
+            wait(f"{kind} S8 new file", lambda: same_bytes(os.path.join(folder_a, name), os.path.join(folder_b, name)),
+                 timeout=min(limit, 120), poll=POLL)
+            self.record(scen("one new file to the peer (s)"), kind, time.monotonic() - t0)
+            # Idle: a minute after the last work, when the node has handed
+            # freed memory back (measuring idleness is the point).
+            time.sleep(65)
+            self.record(scen("idle RSS (MiB)"), kind, rss_kib(a.pid()) / 1024)
+        finally:
+            a.stop()
+            b.stop()
+
+    def note(self, scen, tool, text):
+        self.notes.setdefault(scen, {})[tool] = text
+        print(f"  {scen:<40} {tool:<10} {text}", file=sys.stderr, flush=True)
+
+    def s7(self, reps, files, dirs):
+        """Initial index: a node started on a folder that already holds
+        `files` files. Timed from the process start (its own start-up
+        included) until its index holds every file."""
+        src = os.path.join(self.stage, "s7")
+        make_many(src, files, dirs, 4096)
+        for rep in range(reps):
+            for kind in self.order_names(rep):
+                home = os.path.join(self.tmp, f"s7-{kind}-{rep}")
+                folder = os.path.join(home, "folder")
+                os.makedirs(home)
+                copy_tree(src, folder)
+                os.sync()
+                node = self.solo(kind, os.path.join(home, "node"), folder)
+                try:
+                    node.start()
+                    wait(f"{kind} S7", lambda: node.indexed() >= files, timeout=1800, poll=0.02)
+                    dt = time.monotonic() - node.t0
+                    self.record(f"S7 initial index, {files:,} x 4 KiB (s)", kind, dt)
+                    self.record("S7 peak RSS (MiB)", kind, hwm_kib(node.pid()) / 1024)
+                finally:
+                    node.stop()
+                # Removing 50,000 files is slow disk work of its own: the
+                # trees go with the temp dir at the end, not between reps.
+
+    def order_names(self, rep):
+        names = [n for n in ("fleetsync", "syncthing") if n in self.args.tools]
+        if self.args.fleetsync_base:
+            names.insert(1, "fleetsync-base")
+        return names if rep % 2 == 0 else list(reversed(names))
+
     def run(self):
         a = self.args
         if a.lan:
             return self.run_lan()
+        want = set(a.only) if a.only else {"S1", "S2", "S3", "S4", "S5", "S6", "S7"}
+        if a.s8:
+            want.add("S8")
+        pairs = want & {"S1", "S2", "S3", "S4", "S5", "S6"}
         self.tools = []
-        if "fleetsync" in a.tools:
-            self.tools.append(Fleetsync(a.fleetsync, self.tmp))
-        if "syncthing" in a.tools:
-            self.tools.append(Syncthing(a.syncthing, self.tmp))
-        if "sendme" in a.tools and a.sendme:
-            self.sendme = Sendme(a.sendme, self.tmp)
         try:
             q = self.quick
-            self.s3_reps = 1 if q else 3
-            only = lambda s: not a.only or s in a.only
-            if only("s6"):
-                self.s6_idle(a.idle or (3 if q else 10))
-            if only("s1"):
-                self.s1_all(3 if q else 10)
-            if only("s3") or only("s4"):  # S4 edits S3's files
-                self.s3(self.s3_reps, 1000 if q else 10000, 10 if q else 100)
-            if only("s4"):
-                self.s4(1 if q else 3, 100)
-            if only("s5"):
-                self.s5(1 if q else 3, 200 if q else 1000)
-            if only("s2"):
-                self.s2(1 if q else 3, (64 << 20) if q else (1 << 30))
+            if pairs:
+                self.run_pairs(want)
+            for t in self.tools:
+                t.stop()
+            self.tools = []
+            if "S7" in want:
+                self.s7(1 if q else 3, 5000 if q else 50000, 50 if q else 500)
+            if "S8" in want:
+                self.s8(a.s8_files, a.s8_files // 100, a.s8_limit)
         finally:
             for t in self.tools:
                 t.stop()
@@ -661,6 +984,29 @@ class Bench:
         self.lan_tools = [t for t in ("fleetsync", "syncthing", "sendme") if t in self.args.tools and getattr(self.args, t)]
         return self.report()
 
+    def run_pairs(self, want):
+        a, q = self.args, self.quick
+        if "fleetsync" in a.tools:
+            self.tools.append(Fleetsync(a.fleetsync, self.tmp))
+        if "syncthing" in a.tools:
+            self.tools.append(Syncthing(a.syncthing, self.tmp))
+        if "sendme" in a.tools and a.sendme:
+            self.sendme = Sendme(a.sendme, self.tmp)
+        self.s3_reps = 1 if q else 3
+        if "S6" in want:
+            self.s6_idle(a.idle or (3 if q else 10))
+        if "S1" in want:
+            self.s1_all(3 if q else 10)
+        # S4 edits the trees S3 made.
+        if want & {"S3", "S4", "S6"}:
+            self.s3(self.s3_reps, 1000 if q else 10000, 10 if q else 100)
+        if "S4" in want:
+            self.s4(1 if q else 3, 100)
+        if "S5" in want:
+            self.s5(1 if q else 3, 200 if q else 1000)
+        if "S2" in want:
+            self.s2(1 if q else 3, (64 << 20) if q else (1 << 30))
+
     def report(self):
         lines = []
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
@@ -669,7 +1015,9 @@ class Bench:
         lines.append(f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, filesystem {fs}, kernel {platform.release()}")
         lines.append(f"mode: {'quick' if self.quick else 'full'}")
         lines.append("")
-        tools = getattr(self, "lan_tools", None) or [t.name for t in self.tools] + (["sendme"] if self.sendme else [])
+        tools = getattr(self, "lan_tools", None) or [
+            t for t in ("fleetsync", "fleetsync-base", "syncthing", "sendme")
+            if any(t in per for per in list(self.results.values()) + list(self.notes.values()))]
         header = f"| scenario | " + " | ".join(f"{t} median (min–max)" for t in tools) + " | fleetsync ratio |"
         lines.append(header)
         lines.append("|" + "---|" * (len(tools) + 2))
@@ -678,7 +1026,7 @@ class Bench:
             for t in tools:
                 v = per.get(t)
                 if not v:
-                    cells.append("—")
+                    cells.append(self.notes.get(scen, {}).get(t, "—"))
                     continue
                 cells.append(f"{statistics.median(v):.3f} ({min(v):.3f}–{max(v):.3f})")
             ratios = []
@@ -690,6 +1038,9 @@ class Bench:
                 if other > 0:
                     ratios.append(f"{statistics.median(fs_v) / other:.2f}× {t}")
             lines.append(f"| {scen} | " + " | ".join(cells) + f" | {', '.join(ratios) or '—'} |")
+        for scen, per in self.notes.items():
+            if scen not in self.results:
+                lines.append(f"| {scen} | " + " | ".join(per.get(t, "—") for t in tools) + " | — |")
         text = "\n".join(lines)
         print(text)
         if self.args.json:
@@ -709,12 +1060,19 @@ def main():
     ap.add_argument("--json", help="also write raw results here")
     ap.add_argument("--idle", type=float, default=None, help="seconds S6 measures idle CPU over (default 10, quick 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
-    ap.add_argument("--only", default="", help="comma-separated scenarios to run, e.g. s2, or l1 with --lan (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated scenarios to run, e.g. S7 or S1,S3, or l1 with --lan (default: S1-S7)")
     ap.add_argument("--lan", action="store_true",
                     help="run only L1/L2 on shaped links in network namespaces (bench/lan.py, needs root)")
+    ap.add_argument("--fleetsync-base", help="S7/S8: also run this fleetsync binary (a build to compare with)")
+    ap.add_argument("--s8", action="store_true", help="also run S8, a folder of a million files (long)")
+    ap.add_argument("--s8-files", type=int, default=1_000_000, help="S8's file count (in count/100 dirs)")
+    ap.add_argument("--s8-trees", help="keep S8's two trees here and reuse them (they take minutes to make)")
+    ap.add_argument("--s8-limit", type=float, default=900, help="seconds a tool gets per S8 step before it counts as not finished")
     args = ap.parse_args()
     args.tools = args.tools.split(",")
-    args.only = [x.strip().lower() for x in args.only.split(",") if x.strip()]
+    # Upper case for S1-S8, lower case for bench/lan.py's l1/l2.
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    args.only = [x.lower() for x in only] if args.lan else [x.upper() for x in only]
     if "syncthing" in args.tools and not args.syncthing:
         sys.exit("--syncthing is required unless --tools excludes it")
     Bench(args).run()

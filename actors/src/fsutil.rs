@@ -743,16 +743,19 @@ impl Session {
 
     /// Is `rel` still exactly the opened file (same inode, size, mtime,
     /// mode and ctime)? ctime catches a rewrite that restored the mtime.
-    pub fn still_is(&self, rel: &str, file: &Opened) -> bool {
+    /// `opened` is the stat the file had when it was opened
+    /// ([`Opened::stat`]), so the descriptor may be closed before the
+    /// re-check (a group commit re-checks thousands of files at once).
+    pub fn still_is(&self, rel: &str, opened: &rustix::fs::Stat) -> bool {
         let Ok((dir, name)) = self.open_parent(rel, false) else {
             return false;
         };
         let Ok(now) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
             return false;
         };
-        same_inode(&now, &file.stat)
-            && meta_from_stat(&now) == file.meta()
-            && (now.st_ctime, now.st_ctime_nsec) == (file.stat.st_ctime, file.stat.st_ctime_nsec)
+        same_inode(&now, opened)
+            && meta_from_stat(&now) == meta_from_stat(opened)
+            && (now.st_ctime, now.st_ctime_nsec) == (opened.st_ctime, opened.st_ctime_nsec)
     }
 
     pub fn remove_ref(&self, name: &str) {
@@ -810,6 +813,12 @@ impl Opened {
     /// Kind and stat as `lstat` would compare them.
     pub fn meta(&self) -> DiskState {
         meta_from_stat(&self.stat)
+    }
+
+    /// The stat taken when it was opened (what [`Session::still_is`]
+    /// compares with).
+    pub fn stat(&self) -> &rustix::fs::Stat {
+        &self.stat
     }
 
     /// The opened file itself (a second descriptor of the same open file:

@@ -98,10 +98,33 @@ fn comparable(kind: EntryKind, stat: LocalStat) -> LocalStat {
 ///   synced mode bits ([`synced_mode`]; a rewrite in place changes mtime; a
 ///   replacement, the inode; `chmod +x`, the exec bits).
 pub fn disk_matches(disk: &DiskState, rec: Option<&Record>) -> bool {
-    match (disk, Record::live(rec)) {
+    disk_matches_recorded(disk, Record::live(rec).map(Recorded::of))
+}
+
+/// What [`disk_matches`] reads of a live record: a rescan of a huge folder
+/// keeps only this per path, not whole records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub kind: EntryKind,
+    pub local: Option<LocalStat>,
+}
+
+impl Recorded {
+    pub fn of(r: &Record) -> Self {
+        Recorded {
+            kind: r.entry.kind,
+            local: r.local,
+        }
+    }
+}
+
+/// [`disk_matches`] against what a live record holds (`None`: nothing
+/// recorded, or a tombstone).
+pub fn disk_matches_recorded(disk: &DiskState, rec: Option<Recorded>) -> bool {
+    match (disk, rec) {
         (DiskState::Missing, None) => true,
         (DiskState::Present(m), Some(r)) => {
-            r.entry.kind == m.kind
+            r.kind == m.kind
                 && match m.kind {
                     EntryKind::Directory => true,
                     k => r.local.map(|l| comparable(k, l)) == Some(comparable(k, m.stat)),

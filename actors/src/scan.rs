@@ -57,6 +57,30 @@ fn walk_from(
     progress: &dyn Fn(),
 ) -> (Vec<(String, Meta)>, Vec<WalkError>) {
     let mut out = Vec::new();
+    let errors = walk_each(root, start, ignore, progress, &mut |rel, m| {
+        out.push((rel, m))
+    });
+    (out, errors)
+}
+
+/// [`walk`] handing each entry to `found` as it is walked, so a walk of a
+/// huge folder holds no list of it (the rescan compares as it goes).
+pub fn walk_folder_each(
+    root: &Path,
+    ignore: &Ignore,
+    progress: &dyn Fn(),
+    found: &mut dyn FnMut(String, Meta),
+) -> Vec<WalkError> {
+    walk_each(root, root, ignore, progress, found)
+}
+
+fn walk_each(
+    root: &Path,
+    start: &Path,
+    ignore: &Ignore,
+    progress: &dyn Fn(),
+    found: &mut dyn FnMut(String, Meta),
+) -> Vec<WalkError> {
     let mut errors = Vec::new();
     let mut wb = ignore::WalkBuilder::new(start);
     wb.standard_filters(false)
@@ -91,7 +115,7 @@ fn walk_from(
         match rustix::fs::lstat(e.path()) {
             Ok(st) => {
                 if let DiskState::Present(m) = meta_from_stat(&st) {
-                    out.push((rel, m));
+                    found(rel, m);
                 }
             }
             Err(err) => errors.push(WalkError::Lstat {
@@ -100,7 +124,7 @@ fn walk_from(
             }),
         }
     }
-    (out, errors)
+    errors
 }
 
 /// Was a file with this mtime written less than `settle` before `now_ns`

@@ -27,8 +27,10 @@ pub struct Imported {
     pub meta: Meta,
     pub hash: [u8; 32],
     pub refs: Option<String>,
-    /// The file as opened for hashing: the re-check compares with it.
-    pub opened: Arc<Opened>,
+    /// The file's stat when it was opened for hashing: the re-check
+    /// compares with it. Only the stat is kept, not the descriptor, so
+    /// the files a group commit gathers hold no descriptors open.
+    pub opened: rustix::fs::Stat,
 }
 
 /// One index commit's worth of observations.
@@ -93,7 +95,7 @@ pub async fn import(
                 meta,
                 hash,
                 refs,
-                opened,
+                opened: *opened.stat(),
             },
             hold,
         )),

@@ -26,9 +26,10 @@
 
 mod classify;
 mod commit;
+mod group;
 mod keep_local;
 
-use std::{collections::HashMap, io, sync::Arc, time::Instant};
+use std::{collections::HashMap, future::Future, io, pin::Pin, sync::Arc, time::Instant};
 
 use actix::prelude::*;
 use fleetsync_mesh::StoreError;
@@ -46,6 +47,7 @@ use crate::{
 };
 use classify::{classify, Plan};
 use commit::{changed_since, commit_chunk, import, Chunk, Committed, Imported};
+use group::GroupCommit;
 
 /// Messages the hasher answers.
 pub mod msg {
@@ -86,13 +88,30 @@ use msg::{HashOutcome, HashPaths};
 /// it was written again, and it settles first).
 pub type Done = HashMap<String, DiskState>;
 
-/// Files hashed concurrently (the store hashes on its own threads; more
-/// only adds seeks on a spinning disk).
-const IMPORT_CONCURRENCY: usize = 8;
+/// Small files hashed concurrently. A small file costs hand-offs between
+/// threads (the blocking pool, the blob store's actor) more than hashing:
+/// enough of them in flight keeps both cores busy while each waits for
+/// its turn.
+const SMALL_CONCURRENCY: usize = 32;
 
-/// Files hashed per index commit, so peers start fetching while we still
-/// hash the rest of a large drop of files.
-const COMMIT_CHUNK: usize = 500;
+/// Big files hashed concurrently, besides the small ones (the store
+/// hashes them on its own threads; more only adds seeks on a spinning
+/// disk).
+const BIG_CONCURRENCY: usize = 4;
+
+/// Files up to this size are small.
+const SMALL_FILE: u64 = 256 * 1024;
+
+/// A group commit ([`group`]) starts with at least this many hashed files
+/// unless the batch has no more: a commit costs two fsyncs, so a large
+/// drop of files is not committed a file at a time while the first
+/// commit runs.
+const GROUP_MIN: usize = 64;
+
+/// Most hashed files waiting for the running commit (then hashing waits):
+/// bounds memory and one index transaction, and peers still start
+/// fetching while the rest of a large drop is hashed.
+const GROUP_MAX: usize = 4096;
 
 /// Why a path could not be hashed or committed.
 #[derive(Debug, thiserror::Error)]
@@ -243,12 +262,9 @@ pub async fn hash_done_batch(
         failed: plan.failed,
         committed: 0,
     };
-    for (observed, files) in chunks(plan.observed, plan.files) {
-        let (imported, holds) = import_files(&folder, &health, files, &mut out).await;
-        let chunk = Chunk { observed, imported };
-        commit_or_fail(&folder, &health, chunk, &mut out).await;
-        // Held until the commit, so blob GC cannot drop what we referenced.
-        drop(holds);
+    let broken = import_and_commit(&folder, &health, plan.observed, plan.files, &mut out).await;
+    if !broken.is_empty() {
+        sort_failed_imports(&folder, broken, &mut out).await;
     }
     debug!(
         folder = folder.id(),
@@ -266,34 +282,78 @@ pub async fn hash_done_batch(
 type Observation = (String, Observed);
 /// A changed file to hash, with what `lstat` showed.
 type ToHash = (String, Meta);
+/// A file that could not be imported, and why.
+type Broken = (String, Meta, HashError);
+/// A running group commit.
+type Committing<'a> = Pin<Box<dyn Future<Output = HashOutcome> + Send + 'a>>;
 
-/// Observations and files split into commits: the observations go with
-/// the first chunk of files (or alone), then [`COMMIT_CHUNK`] files each.
-fn chunks(observed: Vec<Observation>, files: Vec<ToHash>) -> Vec<(Vec<Observation>, Vec<ToHash>)> {
-    let mut out = Vec::new();
-    let mut first = Some(observed);
-    let mut files = files.into_iter().peekable();
-    while first.is_some() || files.peek().is_some() {
-        let observed = first.take().unwrap_or_default();
-        let chunk: Vec<_> = files.by_ref().take(COMMIT_CHUNK).collect();
-        if !observed.is_empty() || !chunk.is_empty() {
-            out.push((observed, chunk));
-        }
-    }
-    out
-}
-
-/// Import `files` concurrently. A file that failed to import is deferred
-/// if it changed or vanished meanwhile (it settles again), failed if it is
-/// still as it was (unreadable, or the store failed: backoff).
-async fn import_files(
+/// Import `files` (small and big ones side by side, each kind a number at
+/// a time) and commit them in groups ([`group`]): hashing goes on while a
+/// commit runs, commits run one at a time in hashing order, the
+/// observations go with the first. Returns the files whose import failed.
+async fn import_and_commit(
     folder: &Arc<Folder>,
-    health: &Health,
+    health: &Arc<Health>,
+    observed: Vec<Observation>,
     files: Vec<ToHash>,
     out: &mut HashOutcome,
-) -> (Vec<Imported>, Vec<Hold>) {
-    let results: Vec<_> = n0_future::stream::iter(files)
-        .map(|(rel, meta)| {
+) -> Vec<Broken> {
+    let mut observed = Some(observed);
+    let mut broken = Vec::new();
+    let (small, big): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|(_, m)| m.stat.size <= SMALL_FILE);
+    let mut smalls = imports(folder, health, small, SMALL_CONCURRENCY);
+    let mut bigs = imports(folder, health, big, BIG_CONCURRENCY);
+    let (mut smalls_left, mut bigs_left) = (true, true);
+    let mut group = GroupCommit::new(GROUP_MIN, GROUP_MAX);
+    let mut running: Option<Committing<'_>> = None;
+    loop {
+        if let Some(files) = group.next() {
+            let observed = observed.take().unwrap_or_default();
+            running = Some(Box::pin(commit_group(folder, health, observed, files)));
+        }
+        if group.finished() {
+            break;
+        }
+        let more = group.takes_more();
+        tokio::select! {
+            done = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                running = None;
+                group.committed();
+                out.merge(done);
+            }
+            next = smalls.next(), if more && smalls_left => {
+                smalls_left = gather(folder, next, &mut group, &mut broken);
+            }
+            next = bigs.next(), if more && bigs_left => {
+                bigs_left = gather(folder, next, &mut group, &mut broken);
+            }
+        }
+        if !smalls_left && !bigs_left {
+            group.end();
+        }
+    }
+    // No file was hashed (there were none, or every import failed): the
+    // observations still go in.
+    if let Some(observed) = observed.filter(|o| !o.is_empty()) {
+        out.merge(commit_group(folder, health, observed, Vec::new()).await);
+    }
+    broken
+}
+
+/// What [`imports`] yields per file.
+type ImportResult = (String, Meta, Result<(Imported, Hold), HashError>);
+
+/// `files` imported `n` at a time, in the order they finish.
+fn imports<'a>(
+    folder: &'a Arc<Folder>,
+    health: &'a Health,
+    files: Vec<ToHash>,
+    n: usize,
+) -> impl n0_future::Stream<Item = ImportResult> + Send + 'a {
+    n0_future::stream::iter(files)
+        .map(move |(rel, meta)| {
             let folder = folder.clone();
             async move {
                 // Each step of the store's hashing is progress: a file of
@@ -302,36 +362,53 @@ async fn import_files(
                 (rel, meta, res)
             }
         })
-        .buffered_unordered(IMPORT_CONCURRENCY)
-        .collect()
-        .await;
-    let mut imported = Vec::with_capacity(results.len());
-    let mut holds = Vec::with_capacity(results.len());
-    let mut broken = Vec::new();
-    health.progress();
-    for (rel, meta, res) in results {
-        match res {
-            Ok((i, hold)) => {
-                imported.push(i);
-                holds.push(hold);
-            }
-            Err(e) => {
-                debug!(folder = folder.id(), path = %rel, "import failed: {e}");
-                broken.push((rel, meta, e));
-            }
-        }
-    }
-    if !broken.is_empty() {
-        sort_failed_imports(folder, broken, out).await;
-    }
-    (imported, holds)
+        .buffered_unordered(n)
 }
 
-async fn sort_failed_imports(
+/// Take one import result into the group (or the broken list). Returns
+/// whether that stream has more (`false` once it ended).
+fn gather(
+    folder: &Folder,
+    next: Option<ImportResult>,
+    group: &mut GroupCommit<(Imported, Hold)>,
+    broken: &mut Vec<Broken>,
+) -> bool {
+    match next {
+        Some((_, _, Ok(imported))) => group.add(imported),
+        Some((rel, meta, Err(e))) => {
+            debug!(folder = folder.id(), path = %rel, "import failed: {e}");
+            broken.push((rel, meta, e));
+        }
+        None => return false,
+    }
+    true
+}
+
+/// Commit one group: its observations and hashed files. The holds keep
+/// the files' blobs from garbage collection until the commit is done.
+async fn commit_group(
     folder: &Arc<Folder>,
-    broken: Vec<(String, Meta, HashError)>,
-    out: &mut HashOutcome,
-) {
+    health: &Arc<Health>,
+    observed: Vec<Observation>,
+    files: Vec<(Imported, Hold)>,
+) -> HashOutcome {
+    health.progress();
+    let (imported, holds): (Vec<_>, Vec<_>) = files.into_iter().unzip();
+    let mut out = HashOutcome::default();
+    commit_or_fail(folder, health, Chunk { observed, imported }, &mut out).await;
+    drop(holds);
+    out
+}
+
+impl HashOutcome {
+    fn merge(&mut self, other: HashOutcome) {
+        self.deferred.extend(other.deferred);
+        self.failed.extend(other.failed);
+        self.committed += other.committed;
+    }
+}
+
+async fn sort_failed_imports(folder: &Arc<Folder>, broken: Vec<Broken>, out: &mut HashOutcome) {
     let paths: Vec<String> = broken.iter().map(|(rel, ..)| rel.clone()).collect();
     let f = folder.clone();
     let sorted = rt::blocking(move || {

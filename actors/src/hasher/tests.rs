@@ -82,6 +82,11 @@ struct Probe {
     slow: AtomicBool,
     /// Run once, at the start of the next import, with its path.
     during_import: std::sync::Mutex<Option<Hook>>,
+    /// Append to the file being imported if it holds exactly these bytes
+    /// (rewritten while it is hashed).
+    tamper: std::sync::Mutex<Option<Vec<u8>>>,
+    /// Store syncs: one per commit that references new content.
+    syncs: AtomicUsize,
 }
 
 struct Hook(Box<dyn FnOnce(&Path) + Send>);
@@ -110,6 +115,11 @@ impl Content for Probe {
         if let Some(hook) = hook {
             (hook.0)(&path);
         }
+        let tamper = self.tamper.lock().unwrap().clone();
+        if tamper.is_some_and(|t| std::fs::read(&path).ok() == Some(t)) {
+            let mut f = std::fs::File::options().append(true).open(&path)?;
+            std::io::Write::write_all(&mut f, b" and more")?;
+        }
         if self.write_during_import.load(Ordering::Relaxed) {
             // `path` is the refs link: the same inode as the user's file.
             let mut f = std::fs::File::options().append(true).open(&path)?;
@@ -132,6 +142,7 @@ impl Content for Probe {
         self.inner.export(hash, target).await
     }
     async fn sync(&self) -> Result<(), StoreError> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         self.inner.sync().await
     }
     async fn fetch(
@@ -544,27 +555,85 @@ async fn a_failed_hash_commit_is_retried_not_left_for_the_rescan() {
     assert!(record(&folder, "a").is_some() && record(&folder, "d").is_some());
 }
 
-#[test]
-fn observations_go_with_the_first_chunk_and_files_are_chunked() {
-    let meta = Meta {
-        kind: EntryKind::File,
-        stat: crate::record::LocalStat {
-            size: 1,
-            mtime_ns: 1,
-            ino: 1,
-            mode: 0o644,
-        },
-    };
-    let files: Vec<_> = (0..COMMIT_CHUNK * 2 + 1)
-        .map(|i| (i.to_string(), meta))
-        .collect();
-    let observed = vec![("gone".to_string(), Observed::Gone)];
-    let c = chunks(observed, files);
-    let sizes: Vec<_> = c.iter().map(|(o, f)| (o.len(), f.len())).collect();
-    assert_eq!(sizes, vec![(1, COMMIT_CHUNK), (0, COMMIT_CHUNK), (0, 1)]);
-    assert_eq!(c[2].1[0].0, (COMMIT_CHUNK * 2).to_string());
-    assert_eq!(chunks(vec![("x".into(), Observed::Gone)], vec![]).len(), 1);
-    assert!(chunks(vec![], vec![]).is_empty());
+#[tokio::test]
+async fn observations_are_committed_even_when_every_import_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    write(&folder, "a", b"cannot be imported");
+    std::fs::create_dir(folder.fs.abs("d")).unwrap();
+    probe.fail.store(true, Ordering::Relaxed);
+    let out = hash_batch(
+        folder.clone(),
+        crate::health::Health::new(1),
+        paths(&["a", "d"]),
+    )
+    .await;
+    assert_eq!(out.committed, 1, "{out:?}");
+    assert_eq!(out.failed, paths(&["a"]));
+    assert!(record(&folder, "d").is_some() && record(&folder, "a").is_none());
+}
+
+/// Group commits: hundreds of files hashed while earlier groups commit,
+/// one of them rewritten while it is hashed. Every other file is
+/// committed, in fewer commits than files; the rewritten one is caught by
+/// the re-check and deferred, never committed with what was hashed.
+#[tokio::test]
+async fn a_file_changed_during_a_group_commit_batch_is_caught_the_rest_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    let n = GROUP_MIN * 5 + 3;
+    let mut names = Vec::new();
+    for i in 0..n {
+        let rel = format!("d/f{i:04}");
+        write(&folder, &rel, format!("file {i}").as_bytes());
+        names.push(rel);
+    }
+    *probe.tamper.lock().unwrap() = Some(b"file 77".to_vec());
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), names.clone()).await;
+    assert_eq!(out.committed, n - 1, "{out:?}");
+    assert_eq!(out.deferred, paths(&["d/f0077"]));
+    assert!(out.failed.is_empty());
+    assert!(record(&folder, "d/f0077").is_none());
+    for rel in names.iter().filter(|r| r.as_str() != "d/f0077") {
+        let r = record(&folder, rel).expect("committed");
+        let want = std::fs::read(folder.fs.abs(rel)).unwrap();
+        assert_eq!(r.entry.hash, Some(*Hash::new(&want).as_bytes()), "{rel}");
+    }
+    let syncs = probe.syncs.load(Ordering::Relaxed);
+    assert!(syncs >= 1 && syncs < n / 2, "grouped: {syncs} commits");
+    assert_eq!(
+        refs_links(&folder).len(),
+        n - 1,
+        "the changed file's link is removed"
+    );
+}
+
+/// Small and big files are imported side by side (a number of each at a
+/// time): a batch of both commits every one, each with its own content.
+#[tokio::test]
+async fn small_and_big_files_in_one_batch_are_all_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = quick_folder(dir.path(), FakeContent::new());
+    let mut names = Vec::new();
+    for i in 0..10u8 {
+        let size = if i % 3 == 0 {
+            SMALL_FILE as usize + 1
+        } else {
+            10
+        };
+        let rel = format!("f{i}");
+        write(&folder, &rel, &vec![i; size]);
+        names.push(rel);
+    }
+    let out = hash_batch(folder.clone(), crate::health::Health::new(1), names.clone()).await;
+    assert_eq!(out.committed, 10, "{out:?}");
+    for rel in &names {
+        let want = std::fs::read(folder.fs.abs(rel)).unwrap();
+        let r = record(&folder, rel).expect("committed");
+        assert_eq!(r.entry.hash, Some(*Hash::new(&want).as_bytes()), "{rel}");
+    }
 }
 
 /// Issue 8: hashing one huge file takes longer than the stall timeout; the
@@ -683,7 +752,7 @@ fn hasher_race_a_swap_between_open_and_link_links_the_opened_inode() {
     assert!(!std::fs::symlink_metadata(&linked).unwrap().is_symlink());
     assert!(!link.is_at(&secret));
     assert!(
-        !session.still_is("a", &opened),
+        !session.still_is("a", opened.stat()),
         "the re-check sees the swap"
     );
     // Deleted outright: no link can be made; never one to the secret.

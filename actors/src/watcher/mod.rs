@@ -110,9 +110,11 @@ pub mod msg {
 use msg::{FsEvent, MarkDirty, Rescan};
 
 /// Most paths per hasher batch: a batch is one reply the watcher waits
-/// for, and the hasher commits in chunks of its own, so this only bounds
-/// how much one reply carries.
-pub const BATCH: usize = 1000;
+/// for, and the hasher commits in groups of its own, so this bounds how
+/// much one reply carries. Each batch ends with its last commit and the
+/// next begins with a look at its paths, neither of which hashes: a large
+/// drop of files (the first scan of a folder) pays that once per batch.
+pub const BATCH: usize = 2048;
 
 /// Events queued for this actor before the OS watcher's sends fail and it
 /// raises the overflow flag instead (a rescan then finds the changes): a

@@ -10,7 +10,7 @@ use tracing::warn;
 use crate::{
     folder::{Folder, MarkerMissing},
     index::{now_ns, IndexError},
-    record::{disk_matches, DiskState, Record},
+    record::{disk_matches_recorded, DiskState, Recorded},
     rt::TaskError,
     scan,
 };
@@ -51,40 +51,47 @@ pub fn scan_folder(folder: &Folder, progress: &dyn Fn()) -> Result<ScanResult, S
     }
     folder.check_marker()?;
     let mut known = live_records(folder, progress)?;
-    let (found, errors) = scan::walk(&folder.cfg.path, &folder.ignore(), progress);
-    for e in errors.iter().take(SCAN_ERRORS_LOGGED) {
-        warn!(folder = folder.id(), "scan: {e}");
-    }
     let mut out = ScanResult::default();
     let now = now_ns();
-    for (rel, meta) in found {
-        let disk = DiskState::Present(meta);
-        if disk_matches(&disk, known.remove(&rel).as_ref()) {
-            continue;
-        }
-        if meta.kind == EntryKind::File
-            && scan::written_moments_ago(meta.stat.mtime_ns, now, folder.cfg.settle)
-        {
-            out.fresh.push(rel);
-        } else {
-            out.changed.push(rel);
-        }
+    // Compared as the walk goes: a folder of a million files is never
+    // held as a list besides the map of what the index knows.
+    let errors = scan::walk_folder_each(
+        &folder.cfg.path,
+        &folder.ignore(),
+        progress,
+        &mut |rel, meta| {
+            let disk = DiskState::Present(meta);
+            if disk_matches_recorded(&disk, known.remove(&rel)) {
+                return;
+            }
+            if meta.kind == EntryKind::File
+                && scan::written_moments_ago(meta.stat.mtime_ns, now, folder.cfg.settle)
+            {
+                out.fresh.push(rel);
+            } else {
+                out.changed.push(rel);
+            }
+        },
+    );
+    for e in errors.iter().take(SCAN_ERRORS_LOGGED) {
+        warn!(folder = folder.id(), "scan: {e}");
     }
     // Known but not found: deleted while we were not looking.
     out.changed.extend(known.into_keys());
     Ok(out)
 }
 
-/// The index's records of paths that exist (not tombstones), by path.
+/// What the index records of each path that exists (not tombstones):
+/// only what the comparison reads ([`Recorded`]), a fraction of a record.
 fn live_records(
     folder: &Folder,
     progress: &dyn Fn(),
-) -> Result<HashMap<String, Record>, IndexError> {
+) -> Result<HashMap<String, Recorded>, IndexError> {
     let mut known = HashMap::new();
     folder.index.for_each(folder.id(), |r| {
         progress();
         if !r.entry.deleted {
-            known.insert(r.entry.path.clone(), r.clone());
+            known.insert(r.entry.path.clone(), Recorded::of(r));
         }
     })?;
     Ok(known)
