@@ -1,6 +1,7 @@
 //! Failover: a member that freezes in the middle of serving a big file is
-//! replaced by another member that has the content, and nothing else of
-//! the folder waits for the big file meanwhile.
+//! replaced by another member that has the content (the swarm fetch goes
+//! on with the others), and nothing else of the folder waits for the big
+//! file meanwhile.
 //!
 //! The freeze is a SIGSTOP of the serving process: its keep-alives stop,
 //! so its connections end after the QUIC idle timeout (10 s) unless the
@@ -76,26 +77,24 @@ fn a_member_frozen_mid_transfer_is_replaced_by_another_and_holds_back_nothing_el
     });
     c.nodes[1].start();
 
-    // Whoever n1 fetches from is frozen half way.
+    // n1 fetches from both members at once (a swarm: its transfer shows
+    // "2 peers"); one of them is frozen half way.
     let mut from = String::new();
+    let mut done_at_freeze = 0;
     wait_until(
         DEADLINE,
         "n1 half way through the big file",
         || match transfer(&c.nodes[1], "big.bin") {
             Some((peer, done, total)) if done > 0 && done < total / 2 => {
                 from = peer;
+                done_at_freeze = done;
                 true
             }
             _ => false,
         },
     );
-    let frozen = if c.nodes[0].id_hex().starts_with(&from) {
-        0
-    } else {
-        2
-    };
-    let up = 2 - frozen;
-    assert!(c.nodes[frozen].id_hex().starts_with(&from), "{from}");
+    assert_eq!(from, "2 peers", "n1 fetches from both members that have it");
+    let (frozen, up) = (0, 2);
     signal(&c.nodes[frozen], rustix::process::Signal::STOP);
     let stopped = Instant::now();
 
@@ -114,11 +113,9 @@ fn a_member_frozen_mid_transfer_is_replaced_by_another_and_holds_back_nothing_el
         "the small files and the delete came after the big file: they waited for it"
     );
 
-    let up_id = c.nodes[up].id_hex();
     let mut failover = None;
     wait_until(DEADLINE, "n1 receiving from the member that is up", || {
-        let moving = transfer(n1, "big.bin")
-            .is_some_and(|(peer, done, _)| up_id.starts_with(&peer) && done > 0);
+        let moving = transfer(n1, "big.bin").is_some_and(|(_, done, _)| done > done_at_freeze);
         if moving || n1.path("big.bin").exists() {
             failover = Some(stopped.elapsed());
         }
@@ -136,9 +133,11 @@ fn a_member_frozen_mid_transfer_is_replaced_by_another_and_holds_back_nothing_el
     let received = n1.folder_status("shared").unwrap()["bytes_received"]
         .as_u64()
         .unwrap();
+    // The big file once, plus the five one-byte small files.
+    let want_at_most = BIG + 5;
     assert!(
-        received < BIG,
-        "received {received} bytes for a {BIG}-byte file: the verified part was fetched again"
+        received <= want_at_most,
+        "received {received} bytes, more than the {want_at_most} sent: a verified piece was fetched again"
     );
 
     signal(&c.nodes[frozen], rustix::process::Signal::CONT);
@@ -215,9 +214,11 @@ fn a_node_that_hangs_its_fetches_is_failed_over_and_small_changes_do_not_wait() 
         "the big file came before the transfer deadline ({big_after:?}): was the hung node asked?\n{}",
         dump_logs(&[&c.nodes[2], &c.nodes[0]])
     );
+    // The swarm asks n1 first and the hung announcer for what n1 cannot
+    // take at once; those pieces stall until the deadline gives them up.
     let n2_log = n2.log();
     assert!(
-        n2_log.contains("transfer stalled"),
+        n2_log.contains("transfer stalled") || n2_log.contains("piece stalled"),
         "the deadline gave the hung node up"
     );
     eprintln!(
