@@ -53,6 +53,8 @@ import time
 import urllib.request
 import xml.etree.ElementTree as ET
 
+import stconfig
+
 POLL = 0.002
 
 
@@ -261,18 +263,7 @@ class Syncthing:
             path = os.path.join(s["home"], "config.xml")
             tree = ET.parse(path)
             cfg = tree.getroot()
-            opts = cfg.find("options")
-            for tag in ("listenAddress", "stunServer", "globalAnnounceServer"):
-                for e in opts.findall(tag):
-                    opts.remove(e)
-            ET.SubElement(opts, "listenAddress").text = f"tcp://127.0.0.1:{s['port']}"
-            for tag, val in dict(globalAnnounceEnabled="false", localAnnounceEnabled="false", relaysEnabled="false",
-                                 natEnabled="false", urAccepted="-1", urSeen="3", crashReportingEnabled="false",
-                                 autoUpgradeIntervalH="0", setLowPriority="false", announceLANAddresses="false").items():
-                e = opts.find(tag)
-                if e is None:
-                    e = ET.SubElement(opts, tag)
-                e.text = val
+            stconfig.isolate(cfg, f"tcp://127.0.0.1:{s['port']}")
             dev = ET.SubElement(cfg, "device", id=o["id"], name="peer", compression="metadata",
                                 introducer="false", skipIntroductionRemovals="false", introducedBy="")
             ET.SubElement(dev, "address").text = f"tcp://127.0.0.1:{o['port']}"
@@ -543,18 +534,7 @@ class SoloSyncthing:
         cfg = tree.getroot()
         self.id = cfg.find("device").get("id")
         self.gui, self.port, self.key = free_port(), free_port(), os.urandom(16).hex()
-        opts = cfg.find("options")
-        for tag in ("listenAddress", "stunServer", "globalAnnounceServer"):
-            for e in opts.findall(tag):
-                opts.remove(e)
-        ET.SubElement(opts, "listenAddress").text = f"tcp://127.0.0.1:{self.port}"
-        for tag, val in dict(globalAnnounceEnabled="false", localAnnounceEnabled="false", relaysEnabled="false",
-                             natEnabled="false", urAccepted="-1", urSeen="3", crashReportingEnabled="false",
-                             autoUpgradeIntervalH="0", setLowPriority="false", announceLANAddresses="false").items():
-            e = opts.find(tag)
-            if e is None:
-                e = ET.SubElement(opts, tag)
-            e.text = val
+        stconfig.isolate(cfg, f"tcp://127.0.0.1:{self.port}")
         tree.write(path)
         self.peers = []
         self.proc = None

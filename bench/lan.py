@@ -55,6 +55,8 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 
+import stconfig
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import cpu_seconds, file_hash, make_file, proc_stop, wait, wait_rusage  # noqa: E402
 
@@ -343,19 +345,7 @@ class SyncthingLan:
         path = os.path.join(s["home"], "config.xml")
         tree = ET.parse(path)
         cfg = tree.getroot()
-        opts = cfg.find("options")
-        for tag in ("listenAddress", "stunServer", "globalAnnounceServer"):
-            for e in opts.findall(tag):
-                opts.remove(e)
-        ET.SubElement(opts, "listenAddress").text = f"tcp://{s['addr']}:{SYNCTHING_PORT}"
-        for tag, val in dict(globalAnnounceEnabled="false", localAnnounceEnabled="false", relaysEnabled="false",
-                             natEnabled="false", urAccepted="-1", urSeen="3", crashReportingEnabled="false",
-                             autoUpgradeIntervalH="0", setLowPriority="false", announceLANAddresses="false",
-                             startBrowser="false", reconnectionIntervalS="1").items():
-            e = opts.find(tag)
-            if e is None:
-                e = ET.SubElement(opts, tag)
-            e.text = val
+        stconfig.isolate(cfg, f"tcp://{s['addr']}:{SYNCTHING_PORT}", startBrowser="false", reconnectionIntervalS="1")
         folder = ET.Element("folder", id="bench", label="bench", path=s["folder"], type="sendreceive",
                             rescanIntervalS="3600", fsWatcherEnabled="true", fsWatcherDelayS="1",
                             ignorePerms="false", autoNormalize="true")

@@ -249,6 +249,27 @@ impl Pieces {
             .min()
     }
 
+    /// A provider we asked but that has not answered yet.
+    fn saw_nothing_yet(&mut self, peer: EndpointId) {
+        self.providers.entry(peer).or_default();
+    }
+
+    /// Could any provider still give a missing piece (now or after its
+    /// rest, or once it tells us what it has)?
+    fn anyone_may_give(&self) -> bool {
+        let missing: Vec<ChunkRanges> = (0..self.pieces.len())
+            .filter(|i| self.pieces[*i] == Piece::Missing)
+            .map(|i| piece_ranges(self.size, i))
+            .collect();
+        self.providers
+            .values()
+            .filter(|p| p.failures < PROVIDER_MAX_FAILURES)
+            .any(|p| match &p.has {
+                None => true,
+                Some(h) => missing.iter().any(|r| r.is_subset(h)),
+            })
+    }
+
     /// Is anything in flight?
     pub fn busy(&self) -> bool {
         self.pieces.contains(&Piece::InFlight)
@@ -467,29 +488,6 @@ impl Mesh {
                 }
             }
         }
-    }
-}
-
-impl Pieces {
-    /// A provider we asked but that has not answered yet.
-    fn saw_nothing_yet(&mut self, peer: EndpointId) {
-        self.providers.entry(peer).or_default();
-    }
-
-    /// Could any provider still give a missing piece (now or after its
-    /// rest, or once it tells us what it has)?
-    fn anyone_may_give(&self) -> bool {
-        let missing: Vec<ChunkRanges> = (0..self.pieces.len())
-            .filter(|i| self.pieces[*i] == Piece::Missing)
-            .map(|i| piece_ranges(self.size, i))
-            .collect();
-        self.providers
-            .values()
-            .filter(|p| p.failures < PROVIDER_MAX_FAILURES)
-            .any(|p| match &p.has {
-                None => true,
-                Some(h) => missing.iter().any(|r| r.is_subset(h)),
-            })
     }
 }
 
