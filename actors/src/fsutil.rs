@@ -360,6 +360,13 @@ impl FolderFs {
     /// `.fleetsync` as the path resolves now; an error unless that is our
     /// own directory (the one the pinned staging directory is in).
     pub fn store_ref_path(&self, name: &str) -> io::Result<(PathBuf, ReservedStamp)> {
+        let (dir, stamp) = self.store_refs_dir()?;
+        Ok((dir.join(name), stamp))
+    }
+
+    /// [`Self::store_ref_path`]'s directory: one check for a whole chunk of
+    /// files imported under the same stamp.
+    pub fn store_refs_dir(&self) -> io::Result<(PathBuf, ReservedStamp)> {
         let stamp = self.reserved_stamp()?;
         let ours = rustix::fs::statat(&*self.tmp_fd()?, "..", AtFlags::empty()).map_err(to_io)?;
         if (ours.st_dev, ours.st_ino) != (stamp.0, stamp.1) {
@@ -368,7 +375,7 @@ impl FolderFs {
                 self.root.display()
             )));
         }
-        Ok((self.refs_dir().join(name), stamp))
+        Ok((self.refs_dir(), stamp))
     }
 
     /// Did `<root>/.fleetsync` stay the same directory since `stamp` was

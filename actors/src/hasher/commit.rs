@@ -3,14 +3,15 @@
 //! re-check them and let the index resolve every observation in one
 //! transaction.
 
-use std::{path::PathBuf, sync::atomic::Ordering, sync::Arc};
+use std::{io, path::PathBuf, sync::atomic::Ordering, sync::Arc};
 
+use n0_future::{BufferedStreamExt, StreamExt};
 use tracing::{info, warn};
 
 use crate::{
     content::Hold,
     folder::Folder,
-    fsutil::{Opened, RefFile},
+    fsutil::{Opened, RefFile, ReservedStamp, Session},
     health::Health,
     index::{Commit, Item, Observed},
     record::{DiskState, Meta},
@@ -70,6 +71,17 @@ pub struct Committed {
     pub deferred: Vec<String>,
 }
 
+/// What [`import_chunk`] gives per file.
+pub type ImportResult = (String, Meta, Result<(Imported, Hold), HashError>);
+
+/// A file opened for hashing ([`open_checked`]) and its `refs/` link, if
+/// one was made.
+type Opening = (Arc<Opened>, Option<RefFile>);
+
+/// Where the store finds `refs/` links, with the staging directory's
+/// stamp taken before the store opens any of them (or why not).
+type RefsAt = io::Result<(PathBuf, ReservedStamp)>;
+
 /// Hash and import the file at `rel`. The file is opened once, never
 /// through a symlink, and everything after works on that descriptor's
 /// inode ([`open_checked`]): it is hard-linked into `refs/` and the store
@@ -82,9 +94,111 @@ pub async fn import(
     meta: Meta,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(Imported, Hold), HashError> {
-    let (opened, ref_file) = open_checked(folder, rel, meta).await?;
+    let mut done = import_chunk(folder, vec![(rel.to_string(), meta)], progress).await;
+    done.pop().expect("one file in, one result out").2
+}
+
+/// [`import`] for many files: one blocking call opens and links them all
+/// (one session, instead of a thread hand-off and the root and staging
+/// directories opened again per file), the store imports them side by
+/// side, and one check of the staging directory's stamp covers them all.
+pub async fn import_chunk(
+    folder: &Arc<Folder>,
+    files: Vec<(String, Meta)>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Vec<ImportResult> {
+    let n = files.len().max(1);
+    let opened = open_all(folder, files).await;
+    let at = folder.fs.store_refs_dir();
+    let mut out: Vec<ImportResult> = n0_future::stream::iter(opened)
+        .map(|(rel, meta, opening)| {
+            let at = &at;
+            async move {
+                let res = match opening {
+                    Ok(o) => import_opened(folder, &rel, meta, o, at, progress).await,
+                    Err(e) => Err(e),
+                };
+                (rel, meta, res)
+            }
+        })
+        .buffered_unordered(n)
+        .collect()
+        .await;
+    if let Ok((_, stamp)) = &at {
+        if !folder.fs.still_reserved(stamp) {
+            unlink_imports(folder, &mut out);
+        }
+    }
+    out
+}
+
+/// Open and link `files` in one blocking call ([`open_checked`] each).
+async fn open_all(
+    folder: &Arc<Folder>,
+    files: Vec<(String, Meta)>,
+) -> Vec<(String, Meta, Result<Opening, HashError>)> {
+    let f = folder.clone();
+    let paths = files.clone();
+    let opened = rt::blocking(move || match f.fs.session() {
+        Ok(session) => paths
+            .into_iter()
+            .map(|(rel, meta)| {
+                let o = open_checked(&f, &session, &rel, meta);
+                (rel, meta, o)
+            })
+            .collect(),
+        Err(e) => paths
+            .into_iter()
+            .map(|(rel, meta)| (rel, meta, Err(HashError::Root(same_error(&e)))))
+            .collect(),
+    })
+    .await;
+    opened.unwrap_or_else(|e| {
+        // A panic while opening: nothing was linked that is still
+        // referenced; the files are retried after a backoff.
+        let e = io::Error::other(format!("opening for hashing failed: {e}"));
+        files
+            .into_iter()
+            .map(|(rel, meta)| {
+                let source = same_error(&e);
+                let err = HashError::Disk {
+                    path: rel.clone(),
+                    source,
+                };
+                (rel, meta, Err(err))
+            })
+            .collect()
+    })
+}
+
+/// The staging directory was replaced while the store opened `refs/`
+/// paths in it: what it read may have been anything. Those files are not
+/// indexed (they settle and are hashed again).
+fn unlink_imports(folder: &Folder, out: &mut [ImportResult]) {
+    warn!(
+        folder = folder.id(),
+        "the staging directory was replaced while files were hashed; not indexed"
+    );
+    for (rel, _, res) in out.iter_mut() {
+        if let Ok((Imported { refs: Some(n), .. }, _)) = res {
+            folder.fs.remove_ref(n);
+            *res = Err(HashError::Changed(rel.clone()));
+        }
+    }
+}
+
+/// Import one opened file (by its link, or by its path if it has none).
+/// A failure removes the link.
+async fn import_opened(
+    folder: &Folder,
+    rel: &str,
+    meta: Meta,
+    (opened, ref_file): Opening,
+    at: &RefsAt,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(Imported, Hold), HashError> {
     let res = match &ref_file {
-        Some(r) => import_ref(folder, r, rel, progress).await,
+        Some(r) => import_ref(folder, r, rel, at, progress).await,
         None => import_unlinked(folder, rel, &opened, progress).await,
     };
     let refs = ref_file.map(|r| r.name);
@@ -112,60 +226,59 @@ pub async fn import(
 /// the classifier, and link it into `refs/` from the descriptor (or copy
 /// it there, see [`Folder::refs_are_copies`]). Without hard links
 /// (another filesystem mounted below the root, exFAT…) there is no link.
-/// Empty files get none either (nothing to serve).
-async fn open_checked(
-    folder: &Arc<Folder>,
+/// Empty files get none either (nothing to serve). Blocking.
+fn open_checked(
+    folder: &Folder,
+    session: &Session,
     rel: &str,
     meta: Meta,
-) -> Result<(Arc<Opened>, Option<RefFile>), HashError> {
-    let f = folder.clone();
-    let r = rel.to_string();
-    rt::blocking(move || {
-        let session = f.fs.session().map_err(HashError::Root)?;
-        let disk = |source| HashError::Disk {
-            path: r.clone(),
-            source,
-        };
-        let mut opened = session.open_regular(&r).map_err(disk)?;
-        if opened.meta() != DiskState::Present(meta) {
-            return Err(HashError::Changed(r));
-        }
-        let refs = match meta.stat.size > 0 {
-            false => None,
-            true if f.refs_are_copies() => session.copy_opened(&opened).ok(),
-            true => session.link_opened(&mut opened).ok(),
-        };
-        Ok((Arc::new(opened), refs))
-    })
-    .await?
+) -> Result<Opening, HashError> {
+    let disk = |source| HashError::Disk {
+        path: rel.to_string(),
+        source,
+    };
+    let mut opened = session.open_regular(rel).map_err(disk)?;
+    if opened.meta() != DiskState::Present(meta) {
+        return Err(HashError::Changed(rel.to_string()));
+    }
+    let refs = match meta.stat.size > 0 {
+        false => None,
+        true if folder.refs_are_copies() => session.copy_opened(&opened).ok(),
+        true => session.link_opened(&mut opened).ok(),
+    };
+    Ok((Arc::new(opened), refs))
 }
 
-/// Import the `refs/` file. The store opens it by path: the reserved
-/// directory must be the same before and after (nobody swapped it for a
-/// symlink meanwhile) and the path must still lead to the file made.
+/// An error to hand to each of several files.
+fn same_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+/// Import the `refs/` file. The store opens it by path: the path must
+/// lead to the file made before and after (and the caller checks that the
+/// reserved directory stayed the same: nobody swapped it for a symlink).
 async fn import_ref(
     folder: &Folder,
     link: &RefFile,
     rel: &str,
+    at: &RefsAt,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<([u8; 32], Hold), HashError> {
-    let (abs, stamp) = folder
-        .fs
-        .store_ref_path(&link.name)
-        .map_err(|source| HashError::Disk {
-            path: rel.to_string(),
-            source,
-        })?;
+    let dir = match at {
+        Ok((dir, _)) => dir,
+        Err(e) => {
+            return Err(HashError::Disk {
+                path: rel.to_string(),
+                source: same_error(e),
+            })
+        }
+    };
+    let abs = dir.join(&link.name);
     if !link.is_at(&abs) {
         return Err(HashError::Changed(rel.to_string()));
     }
     let out = import_path(folder, abs.clone(), rel, progress).await?;
-    if !folder.fs.still_reserved(&stamp) || !link.is_at(&abs) {
-        warn!(
-            folder = folder.id(),
-            path = rel,
-            "the staging directory was replaced while a file was hashed; not indexed"
-        );
+    if !link.is_at(&abs) {
         return Err(HashError::Changed(rel.to_string()));
     }
     Ok(out)

@@ -46,7 +46,9 @@ use crate::{
     rt::{self, TaskError},
 };
 use classify::{classify, Plan};
-use commit::{changed_since, commit_chunk, import, Chunk, Committed, Imported};
+use commit::{
+    changed_since, commit_chunk, import, import_chunk, Chunk, Committed, ImportResult, Imported,
+};
 use group::GroupCommit;
 
 /// Messages the hasher answers.
@@ -88,11 +90,16 @@ use msg::{HashOutcome, HashPaths};
 /// it was written again, and it settles first).
 pub type Done = HashMap<String, DiskState>;
 
-/// Small files hashed concurrently. A small file costs hand-offs between
-/// threads (the blocking pool, the blob store's actor) more than hashing:
-/// enough of them in flight keeps both cores busy while each waits for
-/// its turn.
-const SMALL_CONCURRENCY: usize = 32;
+/// Small files are opened and linked this many at a time, in one blocking
+/// call, and then imported side by side ([`commit::import_chunk`]). A
+/// small file costs hand-offs between threads (the blocking pool, the
+/// blob store's actor) and directory opens more than hashing: a chunk
+/// pays the first and the opens once.
+const SMALL_CHUNK: usize = 32;
+
+/// Chunks of small files in flight: one is imported while the next is
+/// opened, which keeps both cores busy.
+const SMALL_CHUNKS: usize = 2;
 
 /// Big files hashed concurrently, besides the small ones (the store
 /// hashes them on its own threads; more only adds seeks on a spinning
@@ -303,7 +310,7 @@ async fn import_and_commit(
     let (small, big): (Vec<_>, Vec<_>) = files
         .into_iter()
         .partition(|(_, m)| m.stat.size <= SMALL_FILE);
-    let mut smalls = imports(folder, health, small, SMALL_CONCURRENCY);
+    let mut smalls = small_imports(folder, health, small);
     let mut bigs = imports(folder, health, big, BIG_CONCURRENCY);
     let (mut smalls_left, mut bigs_left) = (true, true);
     let mut group = GroupCommit::new(GROUP_MIN, GROUP_MAX);
@@ -342,8 +349,25 @@ async fn import_and_commit(
     broken
 }
 
-/// What [`imports`] yields per file.
-type ImportResult = (String, Meta, Result<(Imported, Hold), HashError>);
+/// Small `files` imported a chunk at a time ([`SMALL_CHUNK`],
+/// [`SMALL_CHUNKS`]), in the order the chunks finish.
+fn small_imports<'a>(
+    folder: &'a Arc<Folder>,
+    health: &'a Health,
+    files: Vec<ToHash>,
+) -> impl n0_future::Stream<Item = ImportResult> + Send + 'a {
+    let mut files = files.into_iter();
+    let chunks = std::iter::from_fn(move || {
+        let chunk: Vec<ToHash> = files.by_ref().take(SMALL_CHUNK).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    });
+    n0_future::stream::iter(chunks)
+        .map(move |chunk| async move {
+            import_chunk(folder, chunk, &|_| health.progress()).await
+        })
+        .buffered_unordered(SMALL_CHUNKS)
+        .flat_map(n0_future::stream::iter)
+}
 
 /// `files` imported `n` at a time, in the order they finish.
 fn imports<'a>(
