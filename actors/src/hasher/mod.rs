@@ -362,9 +362,7 @@ fn small_imports<'a>(
         (!chunk.is_empty()).then_some(chunk)
     });
     n0_future::stream::iter(chunks)
-        .map(move |chunk| async move {
-            import_chunk(folder, chunk, &|_| health.progress()).await
-        })
+        .map(move |chunk| async move { import_chunk(folder, chunk, &|_| health.progress()).await })
         .buffered_unordered(SMALL_CHUNKS)
         .flat_map(n0_future::stream::iter)
 }

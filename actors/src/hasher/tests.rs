@@ -790,6 +790,43 @@ async fn hasher_race_a_staging_dir_swapped_during_import_is_not_indexed() {
 }
 
 #[tokio::test]
+async fn hasher_race_a_staging_dir_swapped_during_a_chunk_indexes_none_of_it() {
+    // Small files are imported a chunk at a time under one stamp check:
+    // a swap while the first one imports must keep every file of the
+    // chunk out (the others were read through the swapped directory).
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    for name in ["a", "b", "c"] {
+        write(&folder, name, name.as_bytes());
+    }
+    let (root, fake) = (folder.cfg.path.clone(), outside.path().join("fake"));
+    *probe.during_import.lock().unwrap() = Some(Hook(Box::new(move |_: &Path| {
+        // The swapped-in tree leads to the same files (every path check
+        // passes): only the stamp of `.fleetsync` tells.
+        std::fs::create_dir_all(fake.join("refs")).unwrap();
+        std::fs::rename(root.join(".fleetsync"), root.join(".moved")).unwrap();
+        for link in std::fs::read_dir(root.join(".moved/refs")).unwrap() {
+            let link = link.unwrap();
+            std::os::unix::fs::symlink(link.path(), fake.join("refs").join(link.file_name()))
+                .unwrap();
+        }
+        std::os::unix::fs::symlink(&fake, root.join(".fleetsync")).unwrap();
+    })));
+    let out = hash_batch(
+        folder.clone(),
+        crate::health::Health::new(1),
+        paths(&["a", "b", "c"]),
+    )
+    .await;
+    assert_eq!(out.committed, 0, "{out:?}");
+    for name in ["a", "b", "c"] {
+        assert!(record(&folder, name).is_none(), "{name} was indexed");
+    }
+}
+
+#[tokio::test]
 async fn hasher_race_a_rewrite_that_restores_the_mtime_is_deferred() {
     let dir = tempfile::tempdir().unwrap();
     let probe = Arc::new(Probe::default());
