@@ -54,7 +54,7 @@ use crate::{
     folder_set::FolderSet,
     gc_gate::{GcGate, GcRunError, GC_POLL},
     health::Health,
-    index::{Index, IndexError},
+    index::{Index, IndexError, RefsInUse},
     msg::Ping,
     rt, tombs,
 };
@@ -389,12 +389,33 @@ impl Handler<Sweep> for Retention {
 /// ago for a commit in flight survives). With `ZERO` (start-up, nothing in
 /// flight) released links go too. Returns what was removed.
 pub fn sweep_refs(folder: &Folder, max_age: Duration) -> Swept {
-    let mut n = Swept::default();
     let Ok(rd) = std::fs::read_dir(folder.fs.refs_dir()) else {
-        return n;
+        return Swept::default();
     };
+    // The walk over every record runs before the lock is taken: on a
+    // folder of a million files it takes a second or more, and every
+    // index commit of the hasher waits for this lock.
+    let in_use = match folder.index.refs_in_use(folder.id()) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(folder = folder.id(), "refs sweep skipped: {e}");
+            return Swept::default();
+        }
+    };
+    sweep_listed(folder, rd, in_use, max_age)
+}
+
+/// The rest of [`sweep_refs`], given the links in use as of the walk:
+/// under the lock, those that commits since then started using are added.
+fn sweep_listed(
+    folder: &Folder,
+    rd: std::fs::ReadDir,
+    in_use: RefsInUse,
+    max_age: Duration,
+) -> Swept {
+    let mut n = Swept::default();
     let _held = folder.refs_lock();
-    let Some(keep) = refs_to_keep(folder, max_age) else {
+    let Some(keep) = refs_to_keep(folder, in_use, max_age) else {
         return n;
     };
     // Removal goes through the `refs/` descriptor: if the listed path was
@@ -475,16 +496,21 @@ pub fn separate_refs(folder: &Folder) -> u64 {
     separated
 }
 
-/// Names of the links that must stay; `None` if the index cannot say
-/// (then nothing is swept).
-fn refs_to_keep(folder: &Folder, max_age: Duration) -> Option<HashSet<String>> {
-    let mut keep = match folder.index.refs_in_use(folder.id()) {
-        Ok(k) => k,
+/// Names of the links that must stay: those in use as of the walk, those
+/// records written since use (read by sequence number: only the commits
+/// since), parked and released ones; `None` if the index cannot say (then
+/// nothing is swept). Under the refs lock: a link a hasher's commit
+/// stopped using after the walk was kept by the walk, or the hasher has
+/// opened it already (it holds the lock from its commit until then).
+fn refs_to_keep(folder: &Folder, in_use: RefsInUse, max_age: Duration) -> Option<HashSet<String>> {
+    let mut keep = in_use.names;
+    match folder.index.refs_since(folder.id(), in_use.seq) {
+        Ok(since) => keep.extend(since),
         Err(e) => {
             warn!(folder = folder.id(), "refs sweep skipped: {e}");
             return None;
         }
-    };
+    }
     keep.extend(folder.parked_names());
     if max_age.is_zero() {
         folder.expire_released(Duration::ZERO);
@@ -739,6 +765,29 @@ mod tests {
         let mut kept = vec!["parked".to_string(), in_use];
         kept.sort();
         assert_eq!(names(&refs), kept);
+    }
+
+    /// The walk over every record runs before the refs lock is taken
+    /// (commits do not wait for it): a link a commit starts using in
+    /// between is read by sequence number under the lock, and stays.
+    #[tokio::test]
+    async fn a_link_committed_between_the_walk_and_the_lock_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (folder, in_use) = folder_with_links(dir.path()).await;
+        let walked = folder.index.refs_in_use(folder.id()).unwrap();
+        write(&folder, "b", b"committed meanwhile");
+        let health = crate::health::Health::new(1);
+        let hashed = hash_batch(folder.clone(), health, vec!["b".into()]).await;
+        assert_eq!(hashed.committed, 1);
+        let b = folder.index.get(folder.id(), "b").unwrap().unwrap();
+        let b_link = b.refs.unwrap();
+        assert!(!walked.names.contains(&b_link), "not in the walk");
+        let rd = std::fs::read_dir(folder.fs.refs_dir()).unwrap();
+        // ZERO: every link counts as old, only use keeps one.
+        sweep_listed(&folder, rd, walked, Duration::ZERO);
+        let mut kept = vec!["parked".to_string(), in_use, b_link];
+        kept.sort();
+        assert_eq!(names(&folder.fs.refs_dir()), kept);
     }
 
     #[tokio::test]

@@ -44,6 +44,7 @@
 //! `ingest` (peers' batches into `pending`), `read` (queries).
 
 use std::{
+    collections::HashSet,
     io,
     path::{Path, PathBuf},
     sync::Arc,
@@ -138,6 +139,14 @@ pub struct FolderMeta {
     pub symlinks: u64,
     pub bytes: u64,
     pub tombstones: u64,
+}
+
+/// The refs link names a folder's records use ([`Index::refs_in_use`]),
+/// as of sequence number `seq`.
+#[derive(Debug, Default)]
+pub struct RefsInUse {
+    pub names: HashSet<String>,
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -1,6 +1,6 @@
 //! Queries, each in one read transaction: records (`get`, `get_many`,
 //! `descendants`, `for_each`, `since`), content (`paths_with_hash`,
-//! `paths_with_hashes`, `refs_in_use`, `live_hashes`), pending rows (`pending`, `pending_for`,
+//! `paths_with_hashes`, `refs_in_use`, `refs_since`, `live_hashes`), pending rows (`pending`, `pending_for`,
 //! `pending_count`), `history` and `folder_meta`.
 
 use std::collections::{HashMap, HashSet};
@@ -11,7 +11,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use super::{
     schema::{dec, id32, name},
     tables::{path_upper, FILES, FOLDERS, HASHES, HISTORY, PEER_HI, PEER_LO, PENDING, SEQ},
-    FolderMeta, HistoryEvent, Index, Pending, Result,
+    FolderMeta, HistoryEvent, Index, Pending, RefsInUse, Result,
 };
 use crate::record::Record;
 
@@ -119,15 +119,37 @@ impl Index {
         Ok(out)
     }
 
-    /// Every refs link name a record uses.
-    pub fn refs_in_use(&self, folder: &str) -> Result<HashSet<String>> {
-        let mut out = HashSet::new();
-        self.for_each(folder, |r| {
-            if let Some(n) = &r.refs {
-                out.insert(n.clone());
-            }
-        })?;
-        Ok(out)
+    /// Every refs link name a record uses, and the folder's last sequence
+    /// number as of that reading (one read transaction): what commits
+    /// since then brought is [`Index::refs_since`].
+    pub fn refs_in_use(&self, folder: &str) -> Result<RefsInUse> {
+        let upper = path_upper("");
+        let tx = self.db.begin_read()?;
+        let seq = tx
+            .open_table(FOLDERS)?
+            .get(folder)?
+            .map(|v| dec::<FolderMeta>(name::FOLDERS, v.value()))
+            .transpose()?
+            .map_or(0, |m| m.seq);
+        let t = tx.open_table(FILES)?;
+        let mut names = HashSet::new();
+        for item in t.range((folder, "")..(folder, upper.as_str()))? {
+            let (_, v) = item?;
+            let r: Record = dec(name::FILES, v.value())?;
+            names.extend(r.refs);
+        }
+        Ok(RefsInUse { names, seq })
+    }
+
+    /// The refs link names of the records written after sequence number
+    /// `seq`: reads only those records, however large the folder.
+    pub fn refs_since(&self, folder: &str, seq: u64) -> Result<HashSet<String>> {
+        let tx = self.db.begin_read()?;
+        let seqs = tx.open_table(SEQ)?;
+        let files = tx.open_table(FILES)?;
+        let rows = seqs.range((folder, seq.saturating_add(1))..=(folder, u64::MAX))?;
+        let records = records_of(&files, folder, rows, usize::MAX)?;
+        Ok(records.into_iter().filter_map(|r| r.refs).collect())
     }
 
     /// Every content hash any current entry or pending entry needs, in
@@ -392,11 +414,33 @@ mod tests {
         let mut b = rec(file("b", 2, &[(1, 1)]));
         b.refs = Some("lb".into());
         put_records(&idx, vec![a, b, rec(file("c", 3, &[(1, 1)]))]);
-        let mut got: Vec<_> = idx.refs_in_use("f").unwrap().into_iter().collect();
+        let in_use = idx.refs_in_use("f").unwrap();
+        let mut got: Vec<_> = in_use.names.into_iter().collect();
         got.sort();
         assert_eq!(got, vec!["la", "lb"]);
+        assert_eq!(in_use.seq, 3, "as of the last sequence number");
         idx.ensure_folder("g").unwrap();
-        assert!(idx.refs_in_use("g").unwrap().is_empty());
+        assert!(idx.refs_in_use("g").unwrap().names.is_empty());
+    }
+
+    #[test]
+    fn refs_since_reads_only_records_written_after_the_sequence_number() {
+        let (_d, idx) = open();
+        let linked = |p: &str, h: u8, link: &str| {
+            let mut r = rec(file(p, h, &[(1, u64::from(h))]));
+            r.refs = Some(link.into());
+            r
+        };
+        put_records(&idx, vec![linked("a", 1, "la"), linked("b", 2, "lb")]);
+        let seq = idx.refs_in_use("f").unwrap().seq;
+        assert!(idx.refs_since("f", seq).unwrap().is_empty());
+        // A new link for a, and c: only they are read.
+        put_records(&idx, vec![linked("a", 3, "la2"), linked("c", 4, "lc")]);
+        let mut got: Vec<_> = idx.refs_since("f", seq).unwrap().into_iter().collect();
+        got.sort();
+        assert_eq!(got, vec!["la2", "lc"]);
+        idx.ensure_folder("g").unwrap();
+        assert!(idx.refs_since("g", 0).unwrap().is_empty());
     }
 
     #[test]
