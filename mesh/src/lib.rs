@@ -66,6 +66,7 @@ pub mod mdns;
 pub mod model;
 pub mod net;
 pub mod proto;
+pub(crate) mod serve;
 pub mod swarm;
 pub mod ticket;
 
