@@ -3,8 +3,7 @@
 //! store or a connection; every byte that arrives here has been verified
 //! against its BLAKE3 hash by iroh-blobs before it is written anywhere.
 //!
-//! Serving side ([`crate::serve`] runs iroh-blobs' provider with a writer
-//! of ours): every blob connection and request passes [`serve_events`],
+//! Serving side: every blob connection and request passes [`serve_events`],
 //! the provider's intercept. It refuses any endpoint that has not proven
 //! fleet membership (on connect, and again on every request, which the
 //! [`Gate`] hook alone would not do for a connection already open), and it
@@ -29,7 +28,7 @@ use iroh_blobs::{
     get::request::GetBlobItem,
     provider::events::{
         AbortReason, ConnectMode, EventMask, EventResult, EventSender, ObserveMode,
-        ProviderMessage, RequestMode,
+        ProviderMessage, RequestMode, RequestUpdate,
     },
     BlobFormat, Hash,
 };
@@ -390,21 +389,48 @@ pub(crate) type HangSwitch = watch::Sender<Option<Instant>>;
 /// transfers never move looks like. A transfer already sending when the
 /// hang starts goes on.
 ///
-/// What is sent to whom is counted by the serving writer
-/// ([`crate::serve`]), not from the provider's transfer log: that log
-/// costs one local message per chunk group sent.
-pub(crate) fn serve_events(gate: Gate) -> (EventSender, HangSwitch) {
+/// Each `Get`/`GetMany`'s transfer log is read for the payload bytes sent
+/// to the member, summed per member in the returned [`Sent`] (metrics).
+/// That log costs one local message per written chunk group, dropped when
+/// its queue is full: the progress messages carry nothing we count.
+pub(crate) fn serve_events(gate: Gate) -> (EventSender, HangSwitch, Sent) {
     let mask = EventMask {
         connected: ConnectMode::Intercept,
-        get: RequestMode::Intercept,
-        get_many: RequestMode::Intercept,
+        get: RequestMode::InterceptLog,
+        get_many: RequestMode::InterceptLog,
         observe: ObserveMode::Intercept,
         ..EventMask::DEFAULT
     };
     let (events, requests) = EventSender::channel(SERVE_EVENTS_QUEUE, mask);
     let switch = watch::channel(None).0;
-    tokio::spawn(answer_requests(requests, switch.subscribe(), gate));
-    (events, switch)
+    let sent = Sent::default();
+    tokio::spawn(answer_requests(
+        requests,
+        switch.subscribe(),
+        gate,
+        sent.clone(),
+    ));
+    (events, switch, sent)
+}
+
+/// Content bytes served to each member since start. Bounded by the
+/// fleet's membership (only members' requests are served).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sent(std::sync::Arc<std::sync::Mutex<HashMap<EndpointId, u64>>>);
+
+impl Sent {
+    fn add(&self, peer: EndpointId, n: u64) {
+        *self.0.lock().expect("sent lock").entry(peer).or_default() += n;
+    }
+
+    pub(crate) fn to(&self, peer: &EndpointId) -> u64 {
+        self.0
+            .lock()
+            .expect("sent lock")
+            .get(peer)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// Who is on each open blob connection (the provider's connection ids),
@@ -447,6 +473,7 @@ async fn answer_requests(
     mut requests: tokio::sync::mpsc::Receiver<ProviderMessage>,
     hang: watch::Receiver<Option<Instant>>,
     gate: Gate,
+    sent: Sent,
 ) {
     let mut clients = Clients::default();
     while let Some(msg) = requests.recv().await {
@@ -462,7 +489,7 @@ async fn answer_requests(
             }
             ProviderMessage::GetRequestReceived(m) => {
                 let member = clients.request(&gate, m.connection_id);
-                let_through(member, m.tx, hang);
+                let_through(member, m.tx, m.rx, sent.clone(), hang);
             }
             ProviderMessage::ObserveRequestReceived(m) => {
                 let verdict = clients.request(&gate, m.connection_id).map(|_| ());
@@ -470,7 +497,7 @@ async fn answer_requests(
             }
             ProviderMessage::GetManyRequestReceived(m) => {
                 let member = clients.request(&gate, m.connection_id);
-                let_through(member, m.tx, hang);
+                let_through(member, m.tx, m.rx, sent.clone(), hang);
             }
             // The mask asks for nothing else; anything more is not held.
             _ => {}
@@ -479,20 +506,44 @@ async fn answer_requests(
 }
 
 /// Answer a get request: refused unless it comes from a member; a
-/// member's goes through once the hang (if any) is over.
+/// member's goes through once the hang (if any) is over, and what its
+/// transfer sends is counted.
 fn let_through(
     member: Result<EndpointId, AbortReason>,
     tx: irpc::channel::oneshot::Sender<EventResult>,
+    mut log: irpc::channel::mpsc::Receiver<RequestUpdate>,
+    sent: Sent,
     hang: watch::Receiver<Option<Instant>>,
 ) {
-    let verdict = member.map(|_| ());
-    tokio::spawn(async move {
-        if verdict.is_ok() {
-            hang_over(hang).await;
+    let peer = match member {
+        Ok(peer) => peer,
+        Err(e) => {
+            // A requester that is gone already needs no answer.
+            tokio::spawn(async move { tx.send(Err(e)).await.ok() });
+            return;
         }
-        // The requester may have given up meanwhile: nothing to tell.
-        tx.send(verdict).await.ok();
+    };
+    tokio::spawn(async move {
+        while let Ok(Some(update)) = log.recv().await {
+            count_sent(&sent, peer, update);
+        }
     });
+    tokio::spawn(async move {
+        hang_over(hang).await;
+        // The requester may have given up meanwhile: nothing to tell.
+        tx.send(Ok(())).await.ok();
+    });
+}
+
+/// A request's transfer ended: its payload bytes count as sent to `peer`
+/// (an aborted one's too: they crossed the wire).
+fn count_sent(sent: &Sent, peer: EndpointId, update: RequestUpdate) {
+    let stats = match update {
+        RequestUpdate::Completed(c) => c.stats,
+        RequestUpdate::Aborted(a) => a.stats,
+        RequestUpdate::Started(_) | RequestUpdate::Progress(_) => return,
+    };
+    sent.add(peer, stats.payload_bytes_sent);
 }
 
 /// Wait until the switch no longer holds requests (it may be moved either
@@ -678,13 +729,12 @@ mod tests {
         let store = iroh_blobs::store::mem::MemStore::new();
         let tag = store.add_slice(b"members only").await.unwrap();
         let gate = Gate::new(None, vec![]);
-        let (events, _hang) = serve_events(gate.clone());
+        let (events, _hang, _sent) = serve_events(gate.clone());
         let server = bare_endpoint().await;
-        let sent = crate::serve::Sent::default();
         let router = iroh::protocol::Router::builder(server.clone())
             .accept(
                 BLOBS_ALPN,
-                crate::serve::BlobServer::new(&store, events, sent),
+                iroh_blobs::BlobsProtocol::new(&store, Some(events)),
             )
             .spawn();
         let addr = iroh::EndpointAddr::new(server.id()).with_ip_addr(server.bound_sockets()[0]);

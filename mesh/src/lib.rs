@@ -66,7 +66,6 @@ pub mod mdns;
 pub mod model;
 pub mod net;
 pub mod proto;
-pub(crate) mod serve;
 pub mod swarm;
 pub mod ticket;
 

@@ -38,7 +38,7 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler, Router},
     Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey,
 };
-use iroh_blobs::store::fs::FsStore;
+use iroh_blobs::{store::fs::FsStore, BlobsProtocol};
 use iroh_mdns_address_lookup::MdnsAddressLookup;
 use n0_future::{Stream, StreamExt};
 use tokio::sync::{mpsc, Notify};
@@ -56,7 +56,6 @@ use crate::{
     mdns,
     model::ShortId,
     proto::{BLOBS_ALPN, CTRL_ALPN},
-    serve::BlobServer,
 };
 
 /// Close code when a duplicate connection between two peers is dropped.
@@ -501,7 +500,7 @@ pub(crate) struct Inner {
     /// Holds blob requests while set (fault injection).
     pub(crate) hang: crate::blobs::HangSwitch,
     /// Content bytes served to each member.
-    sent: crate::serve::Sent,
+    sent: crate::blobs::Sent,
 }
 
 /// The running mesh. Cheap to clone.
@@ -520,8 +519,7 @@ impl Mesh {
         let lan = opts.mdns.then(|| lan_lookup(&opts, &tag)).flatten();
         let endpoint = bind_endpoint(&opts, &gate, lan.as_ref(), &tag).await?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let (serve_events, hang) = crate::blobs::serve_events(gate.clone());
-        let sent = crate::serve::Sent::default();
+        let (serve_events, hang, sent) = crate::blobs::serve_events(gate.clone());
         let me = endpoint.id();
         let admission = Admission::new();
         for id in opts.static_peers.iter().map(|(id, _)| id) {
@@ -565,10 +563,7 @@ impl Mesh {
         };
         let router = Router::builder(endpoint)
             .accept(CTRL_ALPN, ctrl)
-            .accept(
-                BLOBS_ALPN,
-                BlobServer::new(&store, serve_events, inner.sent.clone()),
-            )
+            .accept(BLOBS_ALPN, BlobsProtocol::new(&store, Some(serve_events)))
             .spawn();
         tokio::spawn(dial_loop(inner.clone()));
         if let Some(lan) = lan {
