@@ -83,6 +83,23 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) ->
     }
 }
 
+/// [`wait_until`] for a condition that can say what it saw: polls `f`
+/// every 10 ms until it returns `Ok`, and on timeout panics with `what`
+/// and the last `Err` (so a failure shows the state it stopped in).
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        let seen = match f() {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}; last seen: {seen}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn free_udp() -> SocketAddr {
     fleetsync_mesh::loopback::free_udp_addr().unwrap()
 }

@@ -478,6 +478,11 @@ fn clock_skew_a_day_ahead_keeps_causal_order_and_one_conflict_copy() {
     concurrent_edits_leave_one_conflict_copy(&mut c);
 }
 
+/// `n`'s peers as its status lists them (for failure messages).
+fn peers_of(n: &Node) -> Value {
+    n.status().map_or(Value::Null, |st| st["peers"].clone())
+}
+
 /// doctor's "clock offset" check on `n`, from `doctor --json`.
 fn clock_check(n: &Node) -> Value {
     let (_, out, err) = n.cli(&["doctor", "--json"]);
@@ -495,13 +500,15 @@ fn clock_check(n: &Node) -> Value {
 fn doctor_names_the_clock_a_day_off(c: &Cluster) {
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     let b_short = &b.id_hex()[..10];
-    let mut last = Value::Null;
-    wait_until(DEADLINE, "doctor on a to name b a day ahead", || {
-        last = clock_check(a);
-        last["status"] == "fail"
-            && last["detail"]
-                .as_str()
-                .is_some_and(|d| d.starts_with(&format!("peer {b_short} is 1day ahead")))
+    let last = wait_for(DEADLINE, "doctor on a to name b a day ahead", || {
+        let check = clock_check(a);
+        let named = check["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with(&format!("peer {b_short} is 1day ahead")));
+        match check["status"] == "fail" && named {
+            true => Ok(check),
+            false => Err(format!("{check}; a's peers: {}", peers_of(a))),
+        }
     });
     assert!(
         last["fix"]
@@ -520,12 +527,15 @@ fn doctor_names_the_clock_a_day_off(c: &Cluster) {
         (offset - day_ms).abs() < 5_000,
         "b's offset {offset} ms, want about {day_ms}"
     );
-    wait_until(DEADLINE, "doctor on b to blame its own clock", || {
-        last = clock_check(b);
-        last["status"] == "fail"
-            && last["detail"]
-                .as_str()
-                .is_some_and(|d| d.starts_with("this node's clock is off: all 2 measured peers"))
+    wait_for(DEADLINE, "doctor on b to blame its own clock", || {
+        let check = clock_check(b);
+        let blamed = check["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("this node's clock is off: all 2 measured peers"));
+        match check["status"] == "fail" && blamed {
+            true => Ok(()),
+            false => Err(format!("{check}; b's peers: {}", peers_of(b))),
+        }
     });
     let c_check = clock_check(&c.nodes[2]);
     assert_eq!(

@@ -284,7 +284,8 @@ pub struct PeerStatus {
     /// Now while connected; when the last session ended otherwise.
     pub last_seen: Option<SystemTime>,
     pub rtt: Option<Duration>,
-    /// Its clock against ours, as last measured on the live session.
+    /// Its clock against ours, as last measured (on this session or one
+    /// it replaced); `None` while not connected.
     pub clock: Option<ClockOffset>,
     /// Index streams it opened past the per-session cap, refused.
     pub refused_streams: u64,
@@ -321,6 +322,11 @@ struct PeerRecord {
     failed_dials: u32,
     /// Index streams of its sessions refused (over the cap).
     refused_streams: Arc<AtomicU64>,
+    /// Its latest clock reading, from whichever of its sessions carried
+    /// it: a reading stays true of the peer's clock when a duplicate
+    /// connection replaces the session it came on (the replacement's own
+    /// reading may come only a `CLOCK_EVERY` later).
+    clock: Option<ClockOffset>,
 }
 
 #[derive(Debug)]
@@ -332,8 +338,6 @@ struct Live {
     registered: Instant,
     /// The peer's protocol version (from the handshake).
     version: u32,
-    /// Its latest clock reading on this session.
-    clock: Option<ClockOffset>,
 }
 
 impl PeerRecord {
@@ -355,6 +359,7 @@ impl PeerRecord {
             last_error: None,
             failed_dials: 0,
             refused_streams: Arc::default(),
+            clock: None,
         }
     }
 
@@ -614,7 +619,7 @@ impl Mesh {
                     r.last_seen
                 },
                 rtt: r.live.as_ref().and_then(|l| session_rtt(&l.conn)),
-                clock: r.live.as_ref().and_then(|l| l.clock),
+                clock: r.live.as_ref().and(r.clock),
                 refused_streams: r.refused_streams.load(Ordering::Relaxed),
                 bytes_sent: self.inner.sent.to(id),
             })
@@ -960,7 +965,6 @@ impl Inner {
             since: SystemTime::now(),
             registered: Instant::now(),
             version: admitted.peer_version,
-            clock: None,
         });
         Some(conn_id)
     }
@@ -1013,7 +1017,7 @@ impl Inner {
         }
         let reason = tokio::select! {
             e = conn.closed() => e.to_string(),
-            never = self.clone().control(&conn, conn_id, admitted.peer_version, ctrl) => match never {},
+            never = self.clone().control(&conn, admitted.peer_version, ctrl) => match never {},
         };
         self.session_ended(peer, conn_id, reason).await;
     }
@@ -1374,7 +1378,6 @@ impl Inner {
     async fn control(
         self: Arc<Self>,
         conn: &Connection,
-        conn_id: u64,
         peer_version: u32,
         (send, recv): (SendStream, RecvStream),
     ) -> Infallible {
@@ -1383,7 +1386,7 @@ impl Inner {
                 debug!(peer = %conn.remote_id().fmt_short(), "control stream: {e}");
             }
         };
-        tokio::join!(sending, self.read_control(conn, conn_id, recv));
+        tokio::join!(sending, self.read_control(conn, recv));
         std::future::pending().await
     }
 
@@ -1433,7 +1436,7 @@ impl Inner {
 
     /// Read the peer's control messages until the stream ends; a message
     /// that breaks the rules closes the connection.
-    async fn read_control(&self, conn: &Connection, conn_id: u64, mut recv: RecvStream) {
+    async fn read_control(&self, conn: &Connection, mut recv: RecvStream) {
         let from = conn.remote_id();
         loop {
             let violation = match read_msg::<_, Control>(&mut recv, exchange::CONTROL_LIMITS).await
@@ -1451,7 +1454,7 @@ impl Inner {
                 Ok(Some((Control::Clock { unix_ms }, _))) => {
                     let rtt = session_rtt(conn).unwrap_or_default();
                     let reading = clock::offset(unix_ms, SystemTime::now(), rtt);
-                    self.note_clock(from, conn_id, reading);
+                    self.note_clock(from, reading);
                     continue;
                 }
                 Ok(None) => return,
@@ -1467,16 +1470,12 @@ impl Inner {
         }
     }
 
-    /// Keep the peer's latest clock reading on its live session (a reading
-    /// from a session that has since been replaced is dropped).
-    fn note_clock(&self, peer: EndpointId, conn_id: u64, reading: clock::ClockOffset) {
+    /// Keep the peer's latest clock reading (whichever of its sessions
+    /// carried it).
+    fn note_clock(&self, peer: EndpointId, reading: clock::ClockOffset) {
         let mut peers = self.peers.lock().expect("peers lock");
-        if let Some(live) = peers
-            .get_mut(&peer)
-            .and_then(|r| r.live.as_mut())
-            .filter(|l| l.conn_id == conn_id)
-        {
-            live.clock = Some(reading);
+        if let Some(rec) = peers.get_mut(&peer) {
+            rec.clock = Some(reading);
         }
     }
 }
