@@ -17,7 +17,10 @@ use std::{
 };
 
 use fleetsync_config::{FolderConfig, FolderMode};
-use fleetsync_mesh::{model::ShortId, EndpointId};
+use fleetsync_mesh::{
+    model::{EntryKind, ShortId},
+    EndpointId,
+};
 use tokio::sync::watch;
 
 use crate::{
@@ -26,6 +29,7 @@ use crate::{
     guard::DeleteGuard,
     ignore::Ignore,
     index::{Index, IndexError, Limits, Released},
+    record::applied_mode,
     tombs::Readers,
     versions::Versions,
 };
@@ -538,7 +542,11 @@ impl Folder {
         let versions = Arc::new(open_versions(&cfg));
         let cfg_path = cfg.path.clone();
         Ok(Arc::new(Folder {
-            fs: FolderFs::new(&cfg.path),
+            fs: FolderFs::new(&cfg.path).with_dir_mode(applied_mode(
+                EntryKind::Directory,
+                0,
+                cfg.umask.0,
+            )),
             ignore: RwLock::new(Arc::new(Ignore::load(&cfg.path))),
             cfg,
             index,

@@ -136,6 +136,9 @@ pub fn meta_from_stat(st: &rustix::fs::Stat) -> DiskState {
 pub struct FolderFs {
     root: PathBuf,
     tmp: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<OwnedFd>>>>,
+    /// Mode of a parent directory made on the way to a path
+    /// ([`Session::open_parent`] with `create`).
+    dir_mode: u32,
 }
 
 /// What [`FolderFs::tmp_dir`] returns when the staging directory cannot be
@@ -147,7 +150,17 @@ impl FolderFs {
         FolderFs {
             root: root.into(),
             tmp: Default::default(),
+            dir_mode: 0o755,
         }
+    }
+
+    /// Parent directories made on the way to a received path get `mode`
+    /// (the folder's umask applied, `record::applied_mode`), exactly as
+    /// the directory's own entry would have made them: an entry that
+    /// arrives after its parent was made implicitly keeps that mode.
+    pub fn with_dir_mode(mut self, mode: u32) -> Self {
+        self.dir_mode = mode & 0o777;
+        self
     }
 
     /// The pinned staging directory, opened (and pinned) on first use.
@@ -218,6 +231,7 @@ impl FolderFs {
             root: self.open_root()?,
             tmp: std::sync::OnceLock::new(),
             refs: std::sync::OnceLock::new(),
+            dir_mode: self.dir_mode,
         })
     }
 
@@ -435,9 +449,14 @@ pub struct Session {
     root: OwnedFd,
     tmp: std::sync::OnceLock<OwnedFd>,
     refs: std::sync::OnceLock<OwnedFd>,
+    dir_mode: u32,
 }
 
 impl Session {
+    fn dir_mode(&self) -> Mode {
+        Mode::from_raw_mode(self.dir_mode)
+    }
+
     /// Open the directory holding `rel`'s last component, never following
     /// a symlink on the way. With `create`, missing directories are made.
     /// Returns the parent descriptor and the last component.
@@ -457,16 +476,22 @@ impl Session {
             dir = match FolderFs::open_dir_at(&dir, name) {
                 Ok(d) => Dir::Owned(d),
                 Err(rustix::io::Errno::NOENT) if create => {
-                    match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    let made = match rustix::fs::mkdirat(&dir, name, self.dir_mode()) {
+                        Ok(()) => true,
+                        Err(rustix::io::Errno::EXIST) => false,
                         Err(e) => return Err(to_io(e)),
-                    }
-                    Dir::Owned(FolderFs::open_dir_at(&dir, name).map_err(|e| match e {
+                    };
+                    let d = FolderFs::open_dir_at(&dir, name).map_err(|e| match e {
                         rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
                             not_a_dir_err(&dir, comp, at, rel)
                         }
                         e => to_io(e),
-                    })?)
+                    })?;
+                    // mkdir honours the process umask, not the folder's.
+                    if made {
+                        rustix::fs::fchmod(&d, self.dir_mode()).map_err(to_io)?;
+                    }
+                    Dir::Owned(d)
                 }
                 Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
                     return Err(not_a_dir_err(&dir, comp, at, rel))

@@ -334,6 +334,34 @@ async fn a_directory_gets_0o777_through_the_umask_whatever_its_sender_says() {
     }
 }
 
+/// CI flake of `permission_bits_go_through_each_nodes_umask…`: `d/inner.txt`
+/// was indexed (and so arrived) before `d`, its apply made `d` with the
+/// daemon's umask (0o755), and `d`'s own entry then found a directory and
+/// kept that mode, whatever the folder's `umask = "077"` said.
+#[tokio::test]
+async fn regression_a_parent_made_for_a_file_before_its_own_entry_gets_the_folder_umask() {
+    let fx = Scene::with_cfg(crate::folder::DEFAULT_TRANSFER_STALL_TIMEOUT, |c| {
+        c.umask = fleetsync_config::Umask(0o077)
+    });
+    fx.fake.serve(fx.peer, b"inner");
+    fx.apply(job(&fx.folder, file("d/e/inner.txt", b"inner", 1), fx.peer))
+        .await
+        .unwrap();
+    assert_eq!(mode_of(&fx.root().join("d")), 0o700);
+    assert_eq!(mode_of(&fx.root().join("d/e")), 0o700);
+    assert_eq!(mode_of(&fx.root().join("d/e/inner.txt")), 0o600);
+    for dir in ["d", "d/e"] {
+        fx.apply(job(
+            &fx.folder,
+            entry(dir, EntryKind::Directory, None, 1),
+            fx.peer,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(mode_of(&fx.root().join(dir)), 0o700, "{dir}");
+    }
+}
+
 #[tokio::test]
 async fn a_received_file_mode_keeps_only_exec_bits_through_the_umask() {
     // A member asking for world-writable, setuid or mode 0 gets neither.
