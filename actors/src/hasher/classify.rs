@@ -54,6 +54,7 @@ pub fn classify(folder: &Folder, paths: Vec<String>, done: &Done) -> Plan {
         now_ns: now_ns(),
         done,
         seen: HashSet::new(),
+        parents_recorded: HashSet::new(),
         queue: paths.into(),
         plan: Plan::default(),
     };
@@ -80,6 +81,8 @@ struct Classifier<'a> {
     done: &'a Done,
     /// Paths already classified in this batch.
     seen: HashSet<String>,
+    /// Directories found recorded (live) by [`Classifier::parent_too`].
+    parents_recorded: HashSet<String>,
     queue: VecDeque<String>,
     plan: Plan,
 }
@@ -168,10 +171,34 @@ impl Classifier<'_> {
         if disk_matches(&DiskState::Present(meta), rec) {
             return;
         }
+        self.parent_too(&rel);
         match meta.kind {
             EntryKind::Directory => self.directory(rel, meta, rec),
             EntryKind::Symlink => self.symlink(rel, meta),
             EntryKind::File => self.file(rel, meta),
+        }
+    }
+
+    /// Whatever is recorded at `rel` needs its parent directory recorded:
+    /// a child may settle (and reach peers) before its new parent does,
+    /// and if the tree is removed before the parent is ever classified,
+    /// peers keep the parent they made for the child, with no entry that
+    /// could ever delete it. So a parent with no live record is looked at
+    /// in the same batch.
+    fn parent_too(&mut self, rel: &str) {
+        let Some((parent, _)) = rel.rsplit_once('/') else {
+            return;
+        };
+        if self.seen.contains(parent) || self.parents_recorded.contains(parent) {
+            return;
+        }
+        match self.folder.index.get(self.folder.id(), parent) {
+            Ok(r) if Record::live(r.as_ref()).is_some() => {
+                self.parents_recorded.insert(parent.to_string());
+            }
+            // Looked at like any queued path (its own lookup reports an
+            // index error).
+            _ => self.queue.push_back(parent.to_string()),
         }
     }
 
