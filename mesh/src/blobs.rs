@@ -43,6 +43,54 @@ use crate::{
     EndpointId,
 };
 
+/// Bytes of a download between two writebacks ([`Writeback`]).
+pub const WRITEBACK_STEP: u64 = 64 << 20;
+
+/// Writes a download's data out to disk while it is still arriving.
+/// The receiver fsyncs every finished file before it renames it into
+/// place. For a big download, that fsync would otherwise write out the
+/// whole file at the end: the kernel starts on its own only past 10% of
+/// RAM or after 30 s. On 1 GiB that took 0.32 s here, after the transfer.
+/// So every [`WRITEBACK_STEP`] of progress, one `fdatasync` of the
+/// store's data file runs on the blocking pool (never two at once), and
+/// the final fsync finds at most one step still to write.
+///
+/// Best effort: the receiver's own fsync is what makes the file durable.
+/// A failed open or sync here (the file not created yet, already exported)
+/// only means less was written early.
+pub(crate) struct Writeback {
+    path: PathBuf,
+    next: u64,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Writeback {
+    /// `received`: the download's bytes so far.
+    pub(crate) fn received(&mut self, received: u64) {
+        if received < self.next || self.running.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        self.next = received + WRITEBACK_STEP;
+        let path = self.path.clone();
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::File::open(&path).and_then(|f| f.sync_data()) {
+                tracing::debug!(path = %path.display(), "early writeback skipped: {e}");
+            }
+        }));
+    }
+}
+
+impl Mesh {
+    /// A [`Writeback`] for the download of `hash` into the store.
+    pub(crate) fn writeback(&self, hash: Hash) -> Writeback {
+        Writeback {
+            path: self.inner.store_paths.data_path(&hash),
+            next: WRITEBACK_STEP,
+            running: None,
+        }
+    }
+}
+
 /// A blob store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -186,9 +234,13 @@ impl Mesh {
     ) -> Result<u64, FetchError> {
         let conn = self.blob_conn(peer).await?;
         let mut stream = self.inner.store.remote().fetch(conn.clone(), hash).stream();
+        let mut writeback = self.writeback(hash);
         while let Some(item) = stream.next().await {
             match item {
-                GetProgressItem::Progress(n) => progress.store(n, Ordering::Relaxed),
+                GetProgressItem::Progress(n) => {
+                    progress.store(n, Ordering::Relaxed);
+                    writeback.received(n);
+                }
                 GetProgressItem::Done(stats) => return Ok(stats.payload_bytes_read),
                 GetProgressItem::Error(e) => {
                     // A broken connection must not be reused for the retry.

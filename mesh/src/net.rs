@@ -506,6 +506,8 @@ pub(crate) struct Inner {
     pub(crate) hang: crate::blobs::HangSwitch,
     /// Content bytes served to each member.
     sent: crate::blobs::Sent,
+    /// Where the store keeps its data files ([`crate::blobs::Writeback`]).
+    pub(crate) store_paths: iroh_blobs::store::fs::options::PathOptions,
 }
 
 /// The running mesh. Cheap to clone.
@@ -562,6 +564,7 @@ impl Mesh {
             shutdown: tokio::sync::watch::channel(false).0,
             hang,
             sent,
+            store_paths: store_paths(&opts.data_dir),
         });
         let ctrl = CtrlHandler {
             inner: inner.clone(),
@@ -749,10 +752,16 @@ impl Mesh {
     }
 }
 
+/// Where the store in `<data_dir>/blobs` keeps its files.
+fn store_paths(data_dir: &std::path::Path) -> iroh_blobs::store::fs::options::PathOptions {
+    iroh_blobs::store::fs::options::PathOptions::new(&data_dir.join("blobs"))
+}
+
 /// The blob store in `<data_dir>/blobs`, with the caller's GC.
 async fn open_store(opts: &MeshOptions) -> Result<FsStore, MeshError> {
     let blobs_dir = opts.data_dir.join("blobs");
     let mut store_opts = iroh_blobs::store::fs::options::Options::new(&blobs_dir);
+    store_opts.path = store_paths(&opts.data_dir);
     store_opts.gc = opts.gc.clone();
     // Content never lives in the store's database (its cache would grow
     // with every small file synced): data is referenced in place or kept

@@ -339,6 +339,8 @@ impl Mesh {
             tasks.spawn(self.clone().observe_provider(peer, hash, tx.clone()));
         }
         let mut stats: HashMap<EndpointId, u64> = HashMap::new();
+        let mut writeback = self.writeback(hash);
+        let mut received = 0u64;
         let mut last_error = None;
         while !plan.is_done() {
             let now = Instant::now();
@@ -364,6 +366,8 @@ impl Mesh {
                     Ok(n) => {
                         *stats.entry(peer).or_default() += n;
                         progress.fetch_add(n, Ordering::Relaxed);
+                        received += n;
+                        writeback.received(received);
                         plan.finished(peer, piece);
                     }
                     Err(e) => {
