@@ -428,6 +428,24 @@ impl FolderFs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReservedStamp(u64, u64, i64, i64);
 
+/// Make directory `name` in `dir` with exactly `mode` (mkdir alone honours
+/// the process umask, not the folder's), or find the one already there,
+/// which keeps its mode (a directory's mode is not synced,
+/// `record::synced_mode`). Returned opened, never through a symlink.
+fn make_dir_at(dir: impl AsFd, name: &OsStr, mode: u32) -> rustix::io::Result<OwnedFd> {
+    let mode = Mode::from_raw_mode(mode & 0o777);
+    let made = match rustix::fs::mkdirat(&dir, name, mode) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::EXIST) => false,
+        Err(e) => return Err(e),
+    };
+    let d = FolderFs::open_dir_at(&dir, name)?;
+    if made {
+        rustix::fs::fchmod(&d, mode)?;
+    }
+    Ok(d)
+}
+
 /// A directory descriptor: the session's root, or one opened on the way.
 pub enum Dir<'a> {
     Root(&'a OwnedFd),
@@ -453,10 +471,6 @@ pub struct Session {
 }
 
 impl Session {
-    fn dir_mode(&self) -> Mode {
-        Mode::from_raw_mode(self.dir_mode)
-    }
-
     /// Open the directory holding `rel`'s last component, never following
     /// a symlink on the way. With `create`, missing directories are made.
     /// Returns the parent descriptor and the last component.
@@ -476,22 +490,12 @@ impl Session {
             dir = match FolderFs::open_dir_at(&dir, name) {
                 Ok(d) => Dir::Owned(d),
                 Err(rustix::io::Errno::NOENT) if create => {
-                    let made = match rustix::fs::mkdirat(&dir, name, self.dir_mode()) {
-                        Ok(()) => true,
-                        Err(rustix::io::Errno::EXIST) => false,
-                        Err(e) => return Err(to_io(e)),
-                    };
-                    let d = FolderFs::open_dir_at(&dir, name).map_err(|e| match e {
+                    Dir::Owned(make_dir_at(&dir, name, self.dir_mode).map_err(|e| match e {
                         rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
                             not_a_dir_err(&dir, comp, at, rel)
                         }
                         e => to_io(e),
-                    })?;
-                    // mkdir honours the process umask, not the folder's.
-                    if made {
-                        rustix::fs::fchmod(&d, self.dir_mode()).map_err(to_io)?;
-                    }
-                    Dir::Owned(d)
+                    })?)
                 }
                 Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
                     return Err(not_a_dir_err(&dir, comp, at, rel))
@@ -545,18 +549,10 @@ impl Session {
 
     pub fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
         let (dir, name) = self.open_parent(rel, true)?;
-        let made = match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)) {
-            Ok(()) => true,
-            Err(rustix::io::Errno::EXIST) => false,
-            Err(e) => return Err(to_io(e)),
-        };
-        let d = FolderFs::open_dir_at(&dir, OsStr::new(name)).map_err(|_| symlink_err(rel))?;
-        // mkdir honours the process umask; set the mode asked for. A
-        // directory that was there keeps its mode (a directory's mode is
-        // not synced, record::synced_mode).
-        if made {
-            rustix::fs::fchmod(&d, Mode::from_raw_mode(mode & 0o777)).map_err(to_io)?;
-        }
+        make_dir_at(&dir, OsStr::new(name), mode).map_err(|e| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => symlink_err(rel),
+            e => to_io(e),
+        })?;
         Ok(())
     }
 
