@@ -74,8 +74,11 @@ pub use schema::{CorruptValue, SCHEMA_VERSION};
 pub use tombs::{read_bound, Expired, Expiry, PeerRead};
 
 /// Page cache of the index database. redb's default is 1 GiB and fills as
-/// pages are read; 16 MiB keeps memory flat however large the folder is.
-pub const INDEX_CACHE: usize = 16 << 20;
+/// pages are read; a few MiB keep memory flat however large the folder is.
+/// 16 MiB filled up over a few thousand files synced and was a quarter of
+/// the node's peak RSS in S3; at 4 MiB neither S3, S7 nor a no-change
+/// rescan of a million files got slower (docs/benchmarks.md).
+pub const INDEX_CACHE: usize = 4 << 20;
 
 /// History rows kept per path; older ones are dropped as new ones land.
 pub const HISTORY_PER_PATH: usize = 32;
