@@ -38,7 +38,6 @@ use tracing::warn;
 
 use crate::{
     gate::Gate,
-    lazy::Lazy,
     net::{Mesh, CLOSE_DUPLICATE},
     proto::BLOBS_ALPN,
     EndpointId,
@@ -149,15 +148,10 @@ impl FetchError {
 }
 
 impl Mesh {
-    /// Is this blob complete in the local store? Content the node holds
-    /// outside it ([`crate::lazy`]) is brought in first, so a rename or a
-    /// copy of a small local file is not downloaded again.
+    /// Is this blob complete in the local store?
     pub async fn has_blob(&self, hash: Hash) -> Result<bool, StoreError> {
         let has = self.inner.store.blobs().has(hash).await;
-        if has.map_err(iroh_blobs::api::Error::from)? {
-            return Ok(true);
-        }
-        Ok(!self.inner.lazy.bring_in(&[hash]).await.is_empty())
+        Ok(has.map_err(iroh_blobs::api::Error::from)?)
     }
 
     /// Hash the file at `path` and reference it from the store in place (no
@@ -170,7 +164,23 @@ impl Mesh {
         path: PathBuf,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<TempTag, StoreError> {
-        import_path(&self.inner.store, path, progress).await
+        let add = self.inner.store.add_path_with_opts(AddPathOptions {
+            path,
+            format: BlobFormat::Raw,
+            mode: ImportMode::TryReference,
+        });
+        let mut events = add.stream().await;
+        while let Some(event) = events.next().await {
+            match event {
+                AddProgressItem::CopyProgress(at) | AddProgressItem::OutboardProgress(at) => {
+                    progress(at)
+                }
+                AddProgressItem::Size(_) | AddProgressItem::CopyDone => progress(0),
+                AddProgressItem::Done(tag) => return Ok(tag),
+                AddProgressItem::Error(e) => return Err(e.into()),
+            }
+        }
+        Err(std::io::Error::other("the blob store ended the import without a result").into())
     }
 
     /// Keep `hash` (complete, partial or not there yet) from garbage
@@ -381,31 +391,6 @@ impl Mesh {
     }
 }
 
-/// [`Mesh::import_in_place`] on `store` (also for [`crate::lazy`]).
-pub(crate) async fn import_path(
-    store: &iroh_blobs::api::Store,
-    path: PathBuf,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<TempTag, StoreError> {
-    let add = store.add_path_with_opts(AddPathOptions {
-        path,
-        format: BlobFormat::Raw,
-        mode: ImportMode::TryReference,
-    });
-    let mut events = add.stream().await;
-    while let Some(event) = events.next().await {
-        match event {
-            AddProgressItem::CopyProgress(at) | AddProgressItem::OutboardProgress(at) => {
-                progress(at)
-            }
-            AddProgressItem::Size(_) | AddProgressItem::CopyDone => progress(0),
-            AddProgressItem::Done(tag) => return Ok(tag),
-            AddProgressItem::Error(e) => return Err(e.into()),
-        }
-    }
-    Err(std::io::Error::other("the blob store ended the import without a result").into())
-}
-
 /// Write one blob's verified leaves into `file`; returns the end of the
 /// blob (to go on to the next child) and the payload bytes written, which
 /// `progress` also counts as they arrive.
@@ -460,7 +445,7 @@ pub(crate) type HangSwitch = watch::Sender<Option<Instant>>;
 /// to the member, summed per member in the returned [`Sent`] (metrics).
 /// That log costs one local message per written chunk group, dropped when
 /// its queue is full: the progress messages carry nothing we count.
-pub(crate) fn serve_events(gate: Gate, lazy: Lazy) -> (EventSender, HangSwitch, Sent) {
+pub(crate) fn serve_events(gate: Gate) -> (EventSender, HangSwitch, Sent) {
     let mask = EventMask {
         connected: ConnectMode::Intercept,
         get: RequestMode::InterceptLog,
@@ -476,7 +461,6 @@ pub(crate) fn serve_events(gate: Gate, lazy: Lazy) -> (EventSender, HangSwitch, 
         switch.subscribe(),
         gate,
         sent.clone(),
-        lazy,
     ));
     (events, switch, sent)
 }
@@ -536,14 +520,12 @@ impl Clients {
 }
 
 /// Admit members' connections; let each of their requests through, once
-/// the hang (if any) is over and what it asks for that the node holds
-/// outside the store is brought in ([`crate::lazy`]).
+/// the hang (if any) is over.
 async fn answer_requests(
     mut requests: tokio::sync::mpsc::Receiver<ProviderMessage>,
     hang: watch::Receiver<Option<Instant>>,
     gate: Gate,
     sent: Sent,
-    lazy: Lazy,
 ) {
     let mut clients = Clients::default();
     while let Some(msg) = requests.recv().await {
@@ -559,13 +541,7 @@ async fn answer_requests(
             }
             ProviderMessage::GetRequestReceived(m) => {
                 let member = clients.request(&gate, m.connection_id);
-                let wanted = vec![m.request.hash];
-                let ready = Ready {
-                    lazy: lazy.clone(),
-                    wanted,
-                    hang,
-                };
-                let_through(member, m.tx, m.rx, sent.clone(), ready);
+                let_through(member, m.tx, m.rx, sent.clone(), hang);
             }
             ProviderMessage::ObserveRequestReceived(m) => {
                 let verdict = clients.request(&gate, m.connection_id).map(|_| ());
@@ -573,13 +549,7 @@ async fn answer_requests(
             }
             ProviderMessage::GetManyRequestReceived(m) => {
                 let member = clients.request(&gate, m.connection_id);
-                let wanted = m.request.hashes.clone();
-                let ready = Ready {
-                    lazy: lazy.clone(),
-                    wanted,
-                    hang,
-                };
-                let_through(member, m.tx, m.rx, sent.clone(), ready);
+                let_through(member, m.tx, m.rx, sent.clone(), hang);
             }
             // The mask asks for nothing else; anything more is not held.
             _ => {}
@@ -587,25 +557,15 @@ async fn answer_requests(
     }
 }
 
-/// What a member's request waits for before it is let through.
-struct Ready {
-    lazy: Lazy,
-    /// The hashes it asks for.
-    wanted: Vec<Hash>,
-    hang: watch::Receiver<Option<Instant>>,
-}
-
 /// Answer a get request: refused unless it comes from a member; a
-/// member's goes through once the hang (if any) is over and the content
-/// it asks for is in the store ([`Lazy::bring_in`]); what its transfer
-/// sends is counted. What was brought in stays held until the transfer
-/// ends.
+/// member's goes through once the hang (if any) is over, and what its
+/// transfer sends is counted.
 fn let_through(
     member: Result<EndpointId, AbortReason>,
     tx: irpc::channel::oneshot::Sender<EventResult>,
     mut log: irpc::channel::mpsc::Receiver<RequestUpdate>,
     sent: Sent,
-    ready: Ready,
+    hang: watch::Receiver<Option<Instant>>,
 ) {
     let peer = match member {
         Ok(peer) => peer,
@@ -615,19 +575,13 @@ fn let_through(
             return;
         }
     };
-    let (held_tx, held) = tokio::sync::oneshot::channel::<Vec<TempTag>>();
     tokio::spawn(async move {
         while let Ok(Some(update)) = log.recv().await {
             count_sent(&sent, peer, update);
         }
-        drop(held);
     });
     tokio::spawn(async move {
-        hang_over(ready.hang).await;
-        let tags = ready.lazy.bring_in(&ready.wanted).await;
-        // Kept by the log task until the transfer is over (or dropped at
-        // once if that already ended).
-        held_tx.send(tags).ok();
+        hang_over(hang).await;
         // The requester may have given up meanwhile: nothing to tell.
         tx.send(Ok(())).await.ok();
     });
@@ -743,79 +697,6 @@ mod tests {
         (tag.hash(), tag)
     }
 
-    /// Where a test node holds content outside its store.
-    #[derive(Debug, Default)]
-    struct Held(std::sync::Mutex<HashMap<Hash, Vec<PathBuf>>>);
-
-    impl crate::LocalContent for Held {
-        fn candidates(&self, hash: &Hash) -> Vec<PathBuf> {
-            self.0
-                .lock()
-                .unwrap()
-                .get(hash)
-                .cloned()
-                .unwrap_or_default()
-        }
-    }
-
-    /// A small file in `a`'s directory, not imported; its hash and path.
-    fn small_file(a: &Node, name: &str) -> (Hash, PathBuf) {
-        let path = a._dir.path().join(name);
-        std::fs::write(&path, format!("{name}, held in a refs link")).unwrap();
-        (Hash::new(std::fs::read(&path).unwrap()), path)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn content_held_outside_the_store_is_brought_in_when_a_member_asks() {
-        let (a, b) = pair().await;
-        let peer = a.mesh.id();
-        let (one, one_at) = small_file(&a, "one");
-        let (two, two_at) = small_file(&a, "two");
-        let (three, three_at) = small_file(&a, "three");
-        let (moved, _) = small_file(&a, "moved");
-        let fetch_one = || {
-            let m = b.mesh.clone();
-            async move {
-                let progress = AtomicU64::new(0);
-                let got = m.fetch_blob(peer, one, &progress);
-                tokio::time::timeout(DEADLINE, got).await.expect("answered")
-            }
-        };
-        // Without a source, a blob the store lacks is not there to serve.
-        assert!(fetch_one().await.is_err(), "served what the store lacks");
-        let held = Arc::new(Held::default());
-        assert!(a.mesh.set_local_content(held.clone()));
-        {
-            let mut map = held.0.lock().unwrap();
-            map.insert(one, vec![one_at]);
-            map.insert(two, vec![two_at]);
-            map.insert(three, vec![three_at.clone()]);
-            map.insert(moved, vec![three_at]);
-        }
-        // One blob (`Get`).
-        assert_eq!(fetch_one().await.unwrap(), one_len(&a));
-        assert!(b.mesh.has_blob(one).await.unwrap());
-        // Many (`GetMany`), straight into files.
-        let targets = [two, three].map(|h| (h, b._dir.path().join(h.to_hex())));
-        let progress = AtomicU64::new(0);
-        let got = b.mesh.fetch_many_to(peer, targets.to_vec(), &progress);
-        let (arrived, _) = tokio::time::timeout(DEADLINE, got).await.unwrap().unwrap();
-        assert_eq!(arrived, vec![two, three]);
-        for (h, t) in &targets {
-            assert_eq!(Hash::new(std::fs::read(t).unwrap()), *h);
-        }
-        // A link that holds other bytes by now serves nothing.
-        let progress = AtomicU64::new(0);
-        let got = b.mesh.fetch_blob(peer, moved, &progress);
-        let got = tokio::time::timeout(DEADLINE, got).await.expect("answered");
-        assert!(got.is_err(), "served bytes of another hash");
-        assert!(!a.mesh.has_blob(moved).await.unwrap());
-    }
-
-    fn one_len(a: &Node) -> u64 {
-        std::fs::metadata(a._dir.path().join("one")).unwrap().len()
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_node_accepts_requests_sends_nothing_and_serves_them_when_released() {
         let (a, b) = pair().await;
@@ -900,7 +781,7 @@ mod tests {
         let store = iroh_blobs::store::mem::MemStore::new();
         let tag = store.add_slice(b"members only").await.unwrap();
         let gate = Gate::new(None, vec![]);
-        let (events, _hang, _sent) = serve_events(gate.clone(), Lazy::new(store.clone()));
+        let (events, _hang, _sent) = serve_events(gate.clone());
         let server = bare_endpoint().await;
         let router = iroh::protocol::Router::builder(server.clone())
             .accept(
