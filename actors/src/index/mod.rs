@@ -75,9 +75,9 @@ pub use tombs::{read_bound, Expired, Expiry, PeerRead};
 
 /// Page cache of the index database. redb's default is 1 GiB and fills as
 /// pages are read; a few MiB keep memory flat however large the folder is.
-/// 16 MiB filled up over a few thousand files synced and was a quarter of
-/// the node's peak RSS in S3; at 4 MiB neither S3, S7 nor a no-change
-/// rescan of a million files got slower (docs/benchmarks.md).
+/// 16 MiB filled up as a few thousand files were synced, the rise of the
+/// node's peak RSS in S3; with 4 MiB, S3 and S7 took as long, and a
+/// no-change rescan of a million files 4.5 s (docs/benchmarks.md).
 pub const INDEX_CACHE: usize = 4 << 20;
 
 /// History rows kept per path; older ones are dropped as new ones land.

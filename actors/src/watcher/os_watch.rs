@@ -9,8 +9,8 @@
 //! most of the settle wait ([`Signal`]): `IN_CLOSE_WRITE` (notify's
 //! `Access(Close(Write))`) and `IN_MOVED_TO` (`Modify(Name(To))`, and the
 //! new name of `Modify(Name(Both))`). Other accesses (opens, reads: ours
-//! too) are not asked for ([`EVENTS`]), and dropped if they come. The polling watch tells neither, so with it every
-//! change waits `settle`.
+//! too) are not asked for ([`EVENTS`]), and dropped if they come. The
+//! polling watch tells neither, so with it every change waits `settle`.
 //!
 //! The recursive inotify watch has a gap: `notify` reports a new directory
 //! first and adds its watch later (after it has read every queued event),
@@ -133,8 +133,8 @@ pub fn may_be_a_new_dir(kind: &EventKind) -> bool {
 /// What inotify is asked for: changes, and the close of a file written
 /// (`IN_CLOSE_WRITE`). Not opens and reads: every file the node itself
 /// opens (scans, hashing, serving) would queue an event and wake
-/// `notify`'s thread, a fifth of the CPU of indexing a folder of many
-/// small files.
+/// `notify`'s thread: a quarter of the CPU of indexing a folder of many
+/// small files (S7, docs/benchmarks.md).
 const EVENTS: EventKindMask = EventKindMask::CORE.union(EventKindMask::ACCESS_CLOSE);
 
 /// Where and how to watch.
