@@ -1,16 +1,32 @@
 //! Where file content comes from and goes to: [`Content`], the one seam
 //! between the actors and the blob store + peers.
 //!
-//! The hasher imports local files through it, the receiver and
+//! The hasher imports (big) local files and hashes small ones through it,
+//! the receiver and
 //! [`crate::apply`] fetch and export through it. The mesh implements it
 //! ([`fleetsync_mesh::Mesh`], below); unit tests drive the receiver with
 //! an in-memory fake (`crate::testing::FakeContent`), so decisions,
 //! retries, conflict copies and failed fetches are tested without iroh.
+//!
+//! Small files are not imported when they are indexed (the hasher hashes
+//! them itself, see `hasher::commit`), and small files fetched in a batch
+//! are not imported when they arrive: [`IndexedRefs`] tells the mesh where
+//! their content is, and the mesh imports it when a peer first asks, or
+//! when [`Content::has`] is asked for it here (a rename or a copy reuses
+//! it; [`fleetsync_mesh::lazy`]).
 
-use std::{fmt, path::PathBuf, sync::atomic::AtomicU64, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
 
 use async_trait::async_trait;
-use fleetsync_mesh::{EndpointId, FetchError, Hash, Mesh, StoreError};
+use fleetsync_mesh::{EndpointId, FetchError, Hash, LocalContent, Mesh, StoreError};
+use tracing::debug;
+
+use crate::{folder_set::FolderSet, fsutil::Opened, index::Index};
 
 /// Keeps content the store references safe from garbage collection until
 /// dropped (the store's temp tag; nothing for a fake).
@@ -37,7 +53,8 @@ pub trait Content: Send + Sync + fmt::Debug + 'static {
     /// member, not only the one that announced it), in no particular order.
     fn providers(&self) -> Vec<EndpointId>;
 
-    /// Is this blob complete in the local store?
+    /// Is this blob complete in the local store (brought in first if the
+    /// node holds it outside the store, [`IndexedRefs`])?
     async fn has(&self, hash: Hash) -> Result<bool, StoreError>;
 
     /// Hash the file at `path` and reference it in place (no copy);
@@ -47,6 +64,15 @@ pub trait Content: Send + Sync + fmt::Debug + 'static {
         path: PathBuf,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(Hash, Hold), StoreError>;
+
+    /// Hash a small file without importing it: `opened` is its descriptor,
+    /// `path` its `refs/` link (the same inode, or a copy made from it).
+    /// The store takes the content only when a peer asks for it
+    /// ([`IndexedRefs`]). Reads through the descriptor; fakes may watch
+    /// or fail it. Blocking.
+    fn hash_unimported(&self, _path: &Path, opened: &Opened) -> std::io::Result<[u8; 32]> {
+        opened.hash()
+    }
 
     /// Keep `hash` from blob garbage collection while the returned hold
     /// lives (taken before a fetch into the store, dropped once the
@@ -197,5 +223,34 @@ impl Content for Mesh {
         progress: &AtomicU64,
     ) -> Result<u64, FetchError> {
         self.fetch_direct_to(peer, hash, file, progress).await
+    }
+}
+
+/// Content up to this size may be held outside the blob store: hashed by
+/// the hasher without an import, or parked by a batch fetch. Bigger
+/// content is imported at every link it gets, so the mesh looks only for
+/// content up to this size in `refs/` links ([`IndexedRefs`]).
+pub const HELD_OUTSIDE_MAX: u64 = 1 << 20;
+
+/// Where this node holds content outside the blob store: the `refs/`
+/// links of the current records with that hash, in every folder. The
+/// store hashes what it imports from them, so a link that holds other
+/// bytes by now serves nothing.
+#[derive(Debug)]
+pub struct IndexedRefs {
+    pub index: Index,
+    pub folders: Arc<FolderSet>,
+}
+
+impl LocalContent for IndexedRefs {
+    fn candidates(&self, hash: &Hash) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for (id, folder) in self.folders.snapshot().iter() {
+            match self.index.refs_with_hash(id, hash.as_bytes(), HELD_OUTSIDE_MAX) {
+                Ok(names) => out.extend(names.iter().map(|n| folder.fs.refs_dir().join(n))),
+                Err(e) => debug!(folder = %id, "cannot look up {hash}: {e}"),
+            }
+        }
+        out
     }
 }

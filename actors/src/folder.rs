@@ -101,6 +101,9 @@ pub struct FolderStatus {
     transfers: Mutex<BTreeMap<String, Transfer>>,
     pub files_in: AtomicU64,
     pub files_out_announced: AtomicU64,
+    /// The hasher's index commits that wrote entries: with
+    /// `files_out_announced`, how many files a group commit takes at once.
+    pub local_commits: AtomicU64,
     pub bytes_in: AtomicU64,
     /// `bytes_in` by the peer (short id) that sent them, for metrics.
     /// Bounded by the fleet's membership.
@@ -189,6 +192,7 @@ impl Default for FolderStatus {
             transfers: Mutex::new(BTreeMap::new()),
             files_in: AtomicU64::new(0),
             files_out_announced: AtomicU64::new(0),
+            local_commits: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_in_by_peer: Mutex::new(BTreeMap::new()),
             last_in_sync_secs: AtomicU64::new(0),

@@ -856,12 +856,23 @@ impl Opened {
     }
 
     /// BLAKE3 of the content, read through the descriptor. Blocking.
+    /// Positioned reads: no second descriptor, no seek (a small file is
+    /// one read and the one that finds its end).
     pub fn hash(&self) -> io::Result<[u8; 32]> {
-        let mut file = std::fs::File::from(self.fd.try_clone()?);
-        std::io::Seek::rewind(&mut file)?;
+        let size = usize::try_from(self.stat.st_size).unwrap_or(usize::MAX);
+        let mut buf = vec![0u8; size.saturating_add(1).clamp(4096, 256 * 1024)];
         let mut h = blake3::Hasher::new();
-        h.update_reader(file)?;
-        Ok(*h.finalize().as_bytes())
+        let mut at = 0u64;
+        loop {
+            let n = match rustix::io::pread(&self.fd, &mut buf[..], at) {
+                Ok(0) => return Ok(*h.finalize().as_bytes()),
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(to_io(e)),
+            };
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
     }
 }
 

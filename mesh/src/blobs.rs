@@ -38,6 +38,7 @@ use tracing::warn;
 
 use crate::{
     gate::Gate,
+    lazy::Lazy,
     net::{Mesh, CLOSE_DUPLICATE},
     proto::BLOBS_ALPN,
     EndpointId,
@@ -148,8 +149,15 @@ impl FetchError {
 }
 
 impl Mesh {
-    /// Is this blob complete in the local store?
+    /// Is this blob complete in the local store? Content the node holds
+    /// outside it ([`crate::lazy`]) is brought in first, so a rename or a
+    /// copy of a small local file is not downloaded again.
     pub async fn has_blob(&self, hash: Hash) -> Result<bool, StoreError> {
+        // Brought in first even if the store has it: its entry may list
+        // only links that are gone ([`crate::lazy::Lazy::bring_in`]).
+        if self.inner.lazy.holds(hash).await {
+            return Ok(true);
+        }
         let has = self.inner.store.blobs().has(hash).await;
         Ok(has.map_err(iroh_blobs::api::Error::from)?)
     }
@@ -164,23 +172,7 @@ impl Mesh {
         path: PathBuf,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<TempTag, StoreError> {
-        let add = self.inner.store.add_path_with_opts(AddPathOptions {
-            path,
-            format: BlobFormat::Raw,
-            mode: ImportMode::TryReference,
-        });
-        let mut events = add.stream().await;
-        while let Some(event) = events.next().await {
-            match event {
-                AddProgressItem::CopyProgress(at) | AddProgressItem::OutboardProgress(at) => {
-                    progress(at)
-                }
-                AddProgressItem::Size(_) | AddProgressItem::CopyDone => progress(0),
-                AddProgressItem::Done(tag) => return Ok(tag),
-                AddProgressItem::Error(e) => return Err(e.into()),
-            }
-        }
-        Err(std::io::Error::other("the blob store ended the import without a result").into())
+        import_path(&self.inner.store, path, progress).await
     }
 
     /// Keep `hash` (complete, partial or not there yet) from garbage
@@ -391,6 +383,31 @@ impl Mesh {
     }
 }
 
+/// [`Mesh::import_in_place`] on `store` (also for [`crate::lazy`]).
+pub(crate) async fn import_path(
+    store: &iroh_blobs::api::Store,
+    path: PathBuf,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<TempTag, StoreError> {
+    let add = store.add_path_with_opts(AddPathOptions {
+        path,
+        format: BlobFormat::Raw,
+        mode: ImportMode::TryReference,
+    });
+    let mut events = add.stream().await;
+    while let Some(event) = events.next().await {
+        match event {
+            AddProgressItem::CopyProgress(at) | AddProgressItem::OutboardProgress(at) => {
+                progress(at)
+            }
+            AddProgressItem::Size(_) | AddProgressItem::CopyDone => progress(0),
+            AddProgressItem::Done(tag) => return Ok(tag),
+            AddProgressItem::Error(e) => return Err(e.into()),
+        }
+    }
+    Err(std::io::Error::other("the blob store ended the import without a result").into())
+}
+
 /// Write one blob's verified leaves into `file`; returns the end of the
 /// blob (to go on to the next child) and the payload bytes written, which
 /// `progress` also counts as they arrive.
@@ -445,7 +462,7 @@ pub(crate) type HangSwitch = watch::Sender<Option<Instant>>;
 /// to the member, summed per member in the returned [`Sent`] (metrics).
 /// That log costs one local message per written chunk group, dropped when
 /// its queue is full: the progress messages carry nothing we count.
-pub(crate) fn serve_events(gate: Gate) -> (EventSender, HangSwitch, Sent) {
+pub(crate) fn serve_events(gate: Gate, lazy: Lazy) -> (EventSender, HangSwitch, Sent) {
     let mask = EventMask {
         connected: ConnectMode::Intercept,
         get: RequestMode::InterceptLog,
@@ -461,6 +478,7 @@ pub(crate) fn serve_events(gate: Gate) -> (EventSender, HangSwitch, Sent) {
         switch.subscribe(),
         gate,
         sent.clone(),
+        lazy,
     ));
     (events, switch, sent)
 }
@@ -520,12 +538,14 @@ impl Clients {
 }
 
 /// Admit members' connections; let each of their requests through, once
-/// the hang (if any) is over.
+/// the hang (if any) is over and what it asks for that the node holds
+/// outside the store is brought in ([`crate::lazy`]).
 async fn answer_requests(
     mut requests: tokio::sync::mpsc::Receiver<ProviderMessage>,
     hang: watch::Receiver<Option<Instant>>,
     gate: Gate,
     sent: Sent,
+    lazy: Lazy,
 ) {
     let mut clients = Clients::default();
     while let Some(msg) = requests.recv().await {
@@ -541,7 +561,13 @@ async fn answer_requests(
             }
             ProviderMessage::GetRequestReceived(m) => {
                 let member = clients.request(&gate, m.connection_id);
-                let_through(member, m.tx, m.rx, sent.clone(), hang);
+                let wanted = vec![m.request.hash];
+                let ready = Ready {
+                    lazy: lazy.clone(),
+                    wanted,
+                    hang,
+                };
+                let_through(member, m.tx, m.rx, sent.clone(), ready);
             }
             ProviderMessage::ObserveRequestReceived(m) => {
                 let verdict = clients.request(&gate, m.connection_id).map(|_| ());
@@ -549,7 +575,13 @@ async fn answer_requests(
             }
             ProviderMessage::GetManyRequestReceived(m) => {
                 let member = clients.request(&gate, m.connection_id);
-                let_through(member, m.tx, m.rx, sent.clone(), hang);
+                let wanted = m.request.hashes.clone();
+                let ready = Ready {
+                    lazy: lazy.clone(),
+                    wanted,
+                    hang,
+                };
+                let_through(member, m.tx, m.rx, sent.clone(), ready);
             }
             // The mask asks for nothing else; anything more is not held.
             _ => {}
@@ -557,15 +589,25 @@ async fn answer_requests(
     }
 }
 
+/// What a member's request waits for before it is let through.
+struct Ready {
+    lazy: Lazy,
+    /// The hashes it asks for.
+    wanted: Vec<Hash>,
+    hang: watch::Receiver<Option<Instant>>,
+}
+
 /// Answer a get request: refused unless it comes from a member; a
-/// member's goes through once the hang (if any) is over, and what its
-/// transfer sends is counted.
+/// member's goes through once the hang (if any) is over and the content
+/// it asks for is in the store ([`Lazy::bring_in`]); what its transfer
+/// sends is counted. What was brought in stays held until the transfer
+/// ends.
 fn let_through(
     member: Result<EndpointId, AbortReason>,
     tx: irpc::channel::oneshot::Sender<EventResult>,
     mut log: irpc::channel::mpsc::Receiver<RequestUpdate>,
     sent: Sent,
-    hang: watch::Receiver<Option<Instant>>,
+    ready: Ready,
 ) {
     let peer = match member {
         Ok(peer) => peer,
@@ -575,13 +617,19 @@ fn let_through(
             return;
         }
     };
+    let (held_tx, held) = tokio::sync::oneshot::channel::<Vec<TempTag>>();
     tokio::spawn(async move {
         while let Ok(Some(update)) = log.recv().await {
             count_sent(&sent, peer, update);
         }
+        drop(held);
     });
     tokio::spawn(async move {
-        hang_over(hang).await;
+        hang_over(ready.hang).await;
+        let tags = ready.lazy.bring_in(&ready.wanted).await;
+        // Kept by the log task until the transfer is over (or dropped at
+        // once if that already ended).
+        held_tx.send(tags).ok();
         // The requester may have given up meanwhile: nothing to tell.
         tx.send(Ok(())).await.ok();
     });
@@ -697,6 +745,105 @@ mod tests {
         (tag.hash(), tag)
     }
 
+    /// Where a test node holds content outside its store.
+    #[derive(Debug, Default)]
+    struct Held(std::sync::Mutex<HashMap<Hash, Vec<PathBuf>>>);
+
+    impl crate::LocalContent for Held {
+        fn candidates(&self, hash: &Hash) -> Vec<PathBuf> {
+            self.0
+                .lock()
+                .unwrap()
+                .get(hash)
+                .cloned()
+                .unwrap_or_default()
+        }
+    }
+
+    /// A small file in `a`'s directory, not imported; its hash and path.
+    fn small_file(a: &Node, name: &str) -> (Hash, PathBuf) {
+        let path = a._dir.path().join(name);
+        std::fs::write(&path, format!("{name}, held in a refs link")).unwrap();
+        (Hash::new(std::fs::read(&path).unwrap()), path)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn content_held_outside_the_store_is_brought_in_when_a_member_asks() {
+        let (a, b) = pair().await;
+        let peer = a.mesh.id();
+        let (one, one_at) = small_file(&a, "one");
+        let (two, two_at) = small_file(&a, "two");
+        let (three, three_at) = small_file(&a, "three");
+        let (moved, _) = small_file(&a, "moved");
+        let fetch_one = || {
+            let m = b.mesh.clone();
+            async move {
+                let progress = AtomicU64::new(0);
+                let got = m.fetch_blob(peer, one, &progress);
+                tokio::time::timeout(DEADLINE, got).await.expect("answered")
+            }
+        };
+        // Without a source, a blob the store lacks is not there to serve.
+        assert!(fetch_one().await.is_err(), "served what the store lacks");
+        let held = Arc::new(Held::default());
+        assert!(a.mesh.set_local_content(held.clone()));
+        {
+            let mut map = held.0.lock().unwrap();
+            map.insert(one, vec![one_at]);
+            map.insert(two, vec![two_at]);
+            map.insert(three, vec![three_at.clone()]);
+            map.insert(moved, vec![three_at]);
+        }
+        // One blob (`Get`).
+        assert_eq!(fetch_one().await.unwrap(), one_len(&a));
+        assert!(b.mesh.has_blob(one).await.unwrap());
+        // Many (`GetMany`), straight into files.
+        let targets = [two, three].map(|h| (h, b._dir.path().join(h.to_hex())));
+        let progress = AtomicU64::new(0);
+        let got = b.mesh.fetch_many_to(peer, targets.to_vec(), &progress);
+        let (arrived, _) = tokio::time::timeout(DEADLINE, got).await.unwrap().unwrap();
+        assert_eq!(arrived, vec![two, three]);
+        for (h, t) in &targets {
+            assert_eq!(Hash::new(std::fs::read(t).unwrap()), *h);
+        }
+        // A link that holds other bytes by now serves nothing.
+        let progress = AtomicU64::new(0);
+        let got = b.mesh.fetch_blob(peer, moved, &progress);
+        let got = tokio::time::timeout(DEADLINE, got).await.expect("answered");
+        assert!(got.is_err(), "served bytes of another hash");
+        assert!(!a.mesh.has_blob(moved).await.unwrap());
+    }
+
+    /// Regression (chaos test `kill9_at_random_points…`, seed
+    /// 3917628595524696525): a small file was brought in from its link,
+    /// its record moved to another link (a rename) and the first link was
+    /// swept. The store still had the hash, so nothing was brought in
+    /// again, and every request failed to open the entry ("failed to open
+    /// …, poisoning"): the file never converged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn content_whose_imported_link_was_swept_is_served_from_its_current_link() {
+        let (a, b) = pair().await;
+        let peer = a.mesh.id();
+        let (hash, first) = small_file(&a, "first");
+        let held = Arc::new(Held::default());
+        assert!(a.mesh.set_local_content(held.clone()));
+        held.0.lock().unwrap().insert(hash, vec![first.clone()]);
+        assert!(a.mesh.has_blob(hash).await.unwrap(), "brought in");
+        let second = a._dir.path().join("second");
+        std::fs::hard_link(&first, &second).unwrap();
+        held.0.lock().unwrap().insert(hash, vec![second.clone()]);
+        std::fs::remove_file(&first).unwrap();
+        let progress = AtomicU64::new(0);
+        let got = b.mesh.fetch_blob(peer, hash, &progress);
+        let got = tokio::time::timeout(DEADLINE, got).await.expect("answered");
+        let len = std::fs::metadata(&second).unwrap().len();
+        assert_eq!(got.expect("served from the current link"), len);
+    }
+
+    fn one_len(a: &Node) -> u64 {
+        std::fs::metadata(a._dir.path().join("one")).unwrap().len()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_node_accepts_requests_sends_nothing_and_serves_them_when_released() {
         let (a, b) = pair().await;
@@ -781,7 +928,7 @@ mod tests {
         let store = iroh_blobs::store::mem::MemStore::new();
         let tag = store.add_slice(b"members only").await.unwrap();
         let gate = Gate::new(None, vec![]);
-        let (events, _hang, _sent) = serve_events(gate.clone());
+        let (events, _hang, _sent) = serve_events(gate.clone(), Lazy::new(store.clone()));
         let server = bare_endpoint().await;
         let router = iroh::protocol::Router::builder(server.clone())
             .accept(

@@ -33,6 +33,9 @@
 //!   they give (shown by doctor, status and metrics; sync never uses it).
 //! - [`gate`]: access control for all protocols.
 //! - [`identity`]: the node key on disk.
+//! - [`lazy`]: content the actors indexed without importing it (small
+//!   files, found through their `refs/` links by a [`LocalContent`] the
+//!   node sets), brought into the store when a member first asks for it.
 //! - [`mdns`]: LAN discovery: the fleet tag, and which mDNS finds are
 //!   members to dial.
 //! - [`net`]: [`Mesh`], which ties the above together and owns the blob store.
@@ -61,6 +64,7 @@ pub mod exchange;
 pub mod gate;
 pub mod identity;
 pub mod index_stream;
+pub mod lazy;
 pub mod loopback;
 pub mod mdns;
 pub mod model;
@@ -74,6 +78,7 @@ pub use iroh;
 pub use iroh::{EndpointId, SecretKey};
 pub use iroh_blobs::api::TempTag;
 pub use iroh_blobs::Hash;
+pub use lazy::LocalContent;
 pub use net::{
     Mesh, MeshError, MeshEvent, MeshOptions, PeerSession, PeerStatus, StaticPeersChanged,
 };

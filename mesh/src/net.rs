@@ -508,6 +508,8 @@ pub(crate) struct Inner {
     sent: crate::blobs::Sent,
     /// Where the store keeps its data files ([`crate::blobs::Writeback`]).
     pub(crate) store_paths: iroh_blobs::store::fs::options::PathOptions,
+    /// Content held outside the store, brought in when asked for.
+    pub(crate) lazy: crate::lazy::Lazy,
 }
 
 /// The running mesh. Cheap to clone.
@@ -526,7 +528,8 @@ impl Mesh {
         let lan = opts.mdns.then(|| lan_lookup(&opts, &tag)).flatten();
         let endpoint = bind_endpoint(&opts, &gate, lan.as_ref(), &tag).await?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let (serve_events, hang, sent) = crate::blobs::serve_events(gate.clone());
+        let lazy = crate::lazy::Lazy::new(store.clone());
+        let (serve_events, hang, sent) = crate::blobs::serve_events(gate.clone(), lazy.clone());
         let me = endpoint.id();
         let admission = Admission::new();
         for id in opts.static_peers.iter().map(|(id, _)| id) {
@@ -565,6 +568,7 @@ impl Mesh {
             hang,
             sent,
             store_paths: store_paths(&opts.data_dir),
+            lazy,
         });
         let ctrl = CtrlHandler {
             inner: inner.clone(),
@@ -589,6 +593,13 @@ impl Mesh {
 
     pub fn short_id(&self) -> ShortId {
         short_id(&self.inner.me)
+    }
+
+    /// Where content the node indexed without importing it is found, so
+    /// that peers asking for it get it ([`crate::lazy`]). Set once, when
+    /// the node's folders are open; `false` if it was set already.
+    pub fn set_local_content(&self, source: Arc<dyn crate::lazy::LocalContent>) -> bool {
+        self.inner.lazy.set_source(source)
     }
 
     /// Peers forgotten since start: idle ones nobody configured whose dials

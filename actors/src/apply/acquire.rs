@@ -16,7 +16,6 @@
 //! first, slow ones last); a stalled `GetMany` leaves its files to the
 //! one-by-one path.
 
-use crate::health::Health;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
@@ -43,8 +42,8 @@ use crate::{
 
 /// Parallel `GetMany` requests per peer when prefetching a batch.
 const FETCH_STREAMS: usize = 4;
-/// Prefetched files imported into the store at once.
-const IMPORT_WIDTH: usize = 8;
+/// Contents looked up in the store at once before a prefetch.
+const HAS_WIDTH: usize = 16;
 
 /// Where content waits before it is placed.
 #[derive(Debug, Clone)]
@@ -523,11 +522,11 @@ pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], sources: &Sourc
         .into_iter()
         .flatten()
         .collect();
-    n0_future::stream::iter(arrived)
-        .map(|(hash, tmp)| park_arrived(folder, hash, tmp, &sources.health))
-        .buffered_unordered(IMPORT_WIDTH)
-        .collect::<Vec<()>>()
-        .await;
+    let f = folder.clone();
+    if let Err(e) = rt::blocking(move || park_arrived(&f, arrived)).await {
+        // Nothing lost: those files are fetched one by one.
+        debug!(folder = folder.id(), "parking fetched content failed: {e}");
+    }
 }
 
 /// Does everything a prefetch would fetch fit? If not, nothing is
@@ -596,17 +595,26 @@ async fn wanted(
 ) -> BTreeMap<EndpointId, Vec<(Hash, PathBuf)>> {
     let mut want: BTreeMap<EndpointId, Vec<(Hash, PathBuf)>> = BTreeMap::new();
     let mut seen = HashSet::new();
-    for job in jobs {
-        let Some(h) = job.target.hash.map(Hash::from_bytes) else {
-            continue;
-        };
-        if h == Hash::EMPTY
-            || !seen.insert(h)
-            || folder.is_parked(h.as_bytes())
-            || folder.content.has(h).await.unwrap_or(false)
-        {
-            continue;
-        }
+    let maybe: Vec<(&Job, Hash)> = jobs
+        .iter()
+        .filter_map(|job| {
+            let h = job.target.hash.map(Hash::from_bytes)?;
+            let new = h != Hash::EMPTY && seen.insert(h) && !folder.is_parked(h.as_bytes());
+            new.then_some((job, h))
+        })
+        .collect();
+    // Side by side: the store (or a local file with this content, which
+    // `has` brings in) answers each one after a hand-off.
+    let mut missing = Vec::new();
+    for some in maybe.chunks(HAS_WIDTH) {
+        let has = n0_future::join_all(some.iter().map(|(_, h)| folder.content.has(*h))).await;
+        let absent = some
+            .iter()
+            .zip(has)
+            .filter(|(_, has)| !matches!(has, Ok(true)));
+        missing.extend(absent.map(|(x, _)| *x));
+    }
+    for (job, h) in missing {
         if let Some(p) = candidates(folder, &h, &job.from, sources).first() {
             let tmp = folder.fs.tmp_dir().join(folder.fs.new_tmp_name());
             want.entry(*p).or_default().push((h, tmp));
@@ -681,25 +689,30 @@ fn keep_arrived(items: Vec<(Hash, PathBuf)>, got: &HashSet<Hash>) -> Vec<(Hash, 
     ok
 }
 
-/// A verified arrival becomes a parked `refs/` link the store references.
-async fn park_arrived(folder: &Folder, hash: Hash, tmp: PathBuf, health: &Health) {
-    let name = refs_name(&hash);
-    let Ok((refs, stamp)) = folder.fs.store_ref_path(&name) else {
-        discard(&tmp);
+/// Verified arrivals become parked `refs/` links. They are not imported
+/// into the store: the `refs/` link of the record they become is where
+/// the mesh finds them when a peer asks (`fleetsync_mesh::lazy`). The
+/// staging directory must have stayed ours while they were renamed into
+/// it, or they are fetched again. Blocking.
+fn park_arrived(folder: &Folder, arrived: Vec<(Hash, PathBuf)>) {
+    let Ok((refs_dir, stamp)) = folder.fs.store_refs_dir() else {
+        arrived.iter().for_each(|(_, tmp)| discard(tmp));
         return;
     };
-    if std::fs::rename(&tmp, &refs).is_err() {
-        discard(&tmp);
-        return;
-    }
-    match folder
-        .content
-        .import(refs.clone(), &|_| health.progress())
-        .await
-    {
-        Ok((got, _hold)) if got == hash && folder.fs.still_reserved(&stamp) => {
-            folder.park(*hash.as_bytes(), name)
+    let mut parked = Vec::with_capacity(arrived.len());
+    for (hash, tmp) in arrived {
+        let name = refs_name(&hash);
+        let refs = refs_dir.join(&name);
+        match std::fs::rename(&tmp, &refs) {
+            Ok(()) => parked.push((hash, name, refs)),
+            Err(_) => discard(&tmp),
         }
-        _ => discard(&refs), // fetched again later
+    }
+    let ours = folder.fs.still_reserved(&stamp);
+    for (hash, name, refs) in parked {
+        match ours {
+            true => folder.park(*hash.as_bytes(), name),
+            false => discard(&refs), // fetched again later
+        }
     }
 }

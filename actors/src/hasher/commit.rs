@@ -1,7 +1,8 @@
-//! Steps two and three of a hash batch: import changed files into the
-//! blob store (hashing them, by reference through a `refs/` link), then
-//! re-check them and let the index resolve every observation in one
-//! transaction.
+//! Steps two and three of a hash batch: hash changed files (big ones by
+//! importing them into the blob store, by reference through a `refs/`
+//! link; small ones here, their link recorded for the mesh to import when
+//! a peer first asks: `fleetsync_mesh::lazy`), then re-check them and let
+//! the index resolve every observation in one transaction.
 
 use std::{io, path::PathBuf, sync::atomic::Ordering, sync::Arc};
 
@@ -28,6 +29,10 @@ pub struct Imported {
     pub meta: Meta,
     pub hash: [u8; 32],
     pub refs: Option<String>,
+    /// Imported into the blob store (so the store must be synced before
+    /// the index references it); `false` when it was hashed here and is
+    /// held in its `refs/` link only.
+    pub stored: bool,
     /// The file's stat when it was opened for hashing: the re-check
     /// compares with it. Only the stat is kept, not the descriptor, so
     /// the files a group commit gathers hold no descriptors open.
@@ -71,12 +76,26 @@ pub struct Committed {
     pub deferred: Vec<String>,
 }
 
-/// What [`import_chunk`] gives per file.
+/// What [`hash_chunk`] and [`chunk_of`] give per file.
 pub type ImportResult = (String, Meta, Result<(Imported, Hold), HashError>);
 
-/// A file opened for hashing ([`open_checked`]) and its `refs/` link, if
-/// one was made.
-type Opening = (Arc<Opened>, Option<RefFile>);
+/// A file opened for hashing ([`open_checked`]), its `refs/` link if one
+/// was made, and its hash if it was hashed right there ([`How::Here`]).
+type Opening = (Arc<Opened>, Option<RefFile>, Option<[u8; 32]>);
+
+/// How a file's content gets hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// The store imports it (through its link) and hashes it: a big file,
+    /// whose outboard the store builds once and serves from.
+    Import,
+    /// Read and hashed right where it is opened and linked; the store
+    /// imports it only when a peer asks. A small file, for which the
+    /// import cost more than hashing (a store task, a second open and
+    /// read, a database row: a third of all CPU when a folder of many
+    /// small files was indexed). A file that got no link is imported.
+    Here,
+}
 
 /// Where the store finds `refs/` links, with the staging directory's
 /// stamp taken before the store opens any of them (or why not).
@@ -94,22 +113,37 @@ pub async fn import(
     meta: Meta,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(Imported, Hold), HashError> {
-    let mut done = import_chunk(folder, vec![(rel.to_string(), meta)], progress).await;
+    let file = vec![(rel.to_string(), meta)];
+    let mut done = chunk_of(folder, file, How::Import, progress).await;
     done.pop().expect("one file in, one result out").2
 }
 
-/// [`import`] for many files: one blocking call opens and links them all
-/// (one session, instead of a thread hand-off and the root and staging
-/// directories opened again per file), the store imports them side by
-/// side, and one check of the staging directory's stamp covers them all.
-pub async fn import_chunk(
+/// Small files, many at a time: one blocking call opens, links and hashes
+/// them all (one session, instead of a thread hand-off and the root and
+/// staging directories opened again per file; [`How::Here`]). The store
+/// imports only those that got no link, side by side.
+pub async fn hash_chunk(
     folder: &Arc<Folder>,
     files: Vec<(String, Meta)>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Vec<ImportResult> {
+    chunk_of(folder, files, How::Here, progress).await
+}
+
+/// Open (and link) `files` in one blocking call, hash or import each as
+/// `how` says; one check of the staging directory's stamp covers every
+/// import by path.
+async fn chunk_of(
+    folder: &Arc<Folder>,
+    files: Vec<(String, Meta)>,
+    how: How,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Vec<ImportResult> {
     let n = files.len().max(1);
-    let opened = open_all(folder, files).await;
+    // Taken before the files are linked: a swap while they are hashed or
+    // imported shows at the check at the end.
     let at = folder.fs.store_refs_dir();
+    let opened = open_all(folder, files, how).await;
     let mut out: Vec<ImportResult> = n0_future::stream::iter(opened)
         .map(|(rel, meta, opening)| {
             let at = &at;
@@ -132,10 +166,12 @@ pub async fn import_chunk(
     out
 }
 
-/// Open and link `files` in one blocking call ([`open_checked`] each).
+/// Open and link `files` in one blocking call ([`open_checked`] each),
+/// hashing them there too with [`How::Here`].
 async fn open_all(
     folder: &Arc<Folder>,
     files: Vec<(String, Meta)>,
+    how: How,
 ) -> Vec<(String, Meta, Result<Opening, HashError>)> {
     let f = folder.clone();
     let paths = files.clone();
@@ -143,7 +179,8 @@ async fn open_all(
         Ok(session) => paths
             .into_iter()
             .map(|(rel, meta)| {
-                let o = open_checked(&f, &session, &rel, meta);
+                let o = open_checked(&f, &session, &rel, meta)
+                    .and_then(|o| hashed_if(&f, how, o, &rel));
                 (rel, meta, o)
             })
             .collect(),
@@ -171,9 +208,11 @@ async fn open_all(
     })
 }
 
-/// The staging directory was replaced while the store opened `refs/`
-/// paths in it: what it read may have been anything. Those files are not
-/// indexed (they settle and are hashed again).
+/// The staging directory was replaced while the chunk's files were
+/// linked, hashed or imported: the store opened `refs/` paths in it (what
+/// it read may have been anything), and a peer's request would make it
+/// open them there again. Those files are not indexed (they settle and
+/// are hashed again).
 fn unlink_imports(folder: &Folder, out: &mut [ImportResult]) {
     warn!(
         folder = folder.id(),
@@ -187,19 +226,47 @@ fn unlink_imports(folder: &Folder, out: &mut [ImportResult]) {
     }
 }
 
-/// Import one opened file (by its link, or by its path if it has none).
-/// A failure removes the link.
+/// With [`How::Here`], a linked file is hashed through its descriptor
+/// (the link is that inode, or a copy made from it; the re-check before
+/// the commit catches a write after the open). Blocking.
+fn hashed_if(
+    folder: &Folder,
+    how: How,
+    (opened, refs, _): Opening,
+    rel: &str,
+) -> Result<Opening, HashError> {
+    let Some(link) = refs.as_ref().filter(|_| how == How::Here) else {
+        return Ok((opened, refs, None));
+    };
+    let path = folder.fs.refs_dir().join(&link.name);
+    match folder.content.hash_unimported(&path, &opened) {
+        Ok(h) => Ok((opened, refs, Some(h))),
+        Err(source) => {
+            folder.fs.remove_ref(&link.name); // referenced by nothing yet
+            Err(HashError::Disk {
+                path: rel.to_string(),
+                source,
+            })
+        }
+    }
+}
+
+/// Import one opened file (by its link, or by its path if it has none),
+/// unless it was hashed already. A failure removes the link.
 async fn import_opened(
     folder: &Folder,
     rel: &str,
     meta: Meta,
-    (opened, ref_file): Opening,
+    (opened, ref_file, hashed): Opening,
     at: &RefsAt,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(Imported, Hold), HashError> {
-    let res = match &ref_file {
-        Some(r) => import_ref(folder, r, rel, at, progress).await,
-        None => import_unlinked(folder, rel, &opened, progress).await,
+    let res = match (&ref_file, hashed) {
+        (Some(_), Some(hash)) => Ok((hash, None)),
+        (Some(r), None) => import_ref(folder, r, rel, at, progress).await.map(stored),
+        (None, _) => import_unlinked(folder, rel, &opened, progress)
+            .await
+            .map(stored),
     };
     let refs = ref_file.map(|r| r.name);
     match res {
@@ -209,9 +276,10 @@ async fn import_opened(
                 meta,
                 hash,
                 refs,
+                stored: hold.is_some(),
                 opened: *opened.stat(),
             },
-            hold,
+            hold.unwrap_or_else(|| Hold::new(())),
         )),
         Err(e) => {
             if let Some(n) = refs {
@@ -246,7 +314,12 @@ fn open_checked(
         true if folder.refs_are_copies() => session.copy_opened(&opened).ok(),
         true => session.link_opened(&mut opened).ok(),
     };
-    Ok((Arc::new(opened), refs))
+    Ok((Arc::new(opened), refs, None))
+}
+
+/// An import's result, its hold kept.
+fn stored((hash, hold): ([u8; 32], Hold)) -> ([u8; 32], Option<Hold>) {
+    (hash, Some(hold))
 }
 
 /// An error to hand to each of several files.
@@ -359,6 +432,7 @@ pub fn commit_chunk(
             .status
             .files_out_announced
             .fetch_add(c.written as u64, Ordering::Relaxed);
+        folder.status.local_commits.fetch_add(1, Ordering::Relaxed);
         folder.announce(c.meta.seq);
         info!(
             folder = folder.id(),

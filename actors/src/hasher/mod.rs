@@ -6,8 +6,10 @@
 //!    [`crate::record::disk_matches`]: an unchanged path is skipped without
 //!    reading it. Directories that appear are expanded; paths that vanish
 //!    become tombstones, with everything indexed below them.
-//! 2. [`commit::import`]: changed files are imported into the blob store
-//!    *by reference* (hashed with BLAKE3, outboard built, no copy).
+//! 2. [`commit::import`]: changed big files are imported into the blob
+//!    store *by reference* (hashed with BLAKE3, outboard built, no copy);
+//!    small ones are hashed by [`commit::hash_chunk`] and held in their
+//!    `refs/` link until a peer asks (`fleetsync_mesh::lazy`).
 //! 3. [`commit::commit_chunk`]: each file is re-checked for modification
 //!    during the import, and the chunk is committed in one index
 //!    transaction with bumped version vectors.
@@ -47,7 +49,7 @@ use crate::{
 };
 use classify::{classify, Plan};
 use commit::{
-    changed_since, commit_chunk, import, import_chunk, Chunk, Committed, ImportResult, Imported,
+    changed_since, commit_chunk, hash_chunk, import, Chunk, Committed, ImportResult, Imported,
 };
 use group::GroupCommit;
 
@@ -90,15 +92,14 @@ use msg::{HashOutcome, HashPaths};
 /// it was written again, and it settles first).
 pub type Done = HashMap<String, DiskState>;
 
-/// Small files are opened and linked this many at a time, in one blocking
-/// call, and then imported side by side ([`commit::import_chunk`]). A
-/// small file costs hand-offs between threads (the blocking pool, the
-/// blob store's actor) and directory opens more than hashing: a chunk
-/// pays the first and the opens once.
+/// Small files are opened, linked and hashed this many at a time, in one
+/// blocking call ([`commit::hash_chunk`]; the store imports them only when
+/// a peer asks, see `fleetsync_mesh::lazy`). A small file costs a hand-off
+/// to the blocking pool and directory opens more than hashing: a chunk
+/// pays them once.
 const SMALL_CHUNK: usize = 32;
 
-/// Chunks of small files in flight: one is imported while the next is
-/// opened, which keeps both cores busy.
+/// Chunks of small files in flight: one on each core.
 const SMALL_CHUNKS: usize = 2;
 
 /// Big files hashed concurrently, besides the small ones (the store
@@ -106,8 +107,10 @@ const SMALL_CHUNKS: usize = 2;
 /// disk).
 const BIG_CONCURRENCY: usize = 4;
 
-/// Files up to this size are small.
+/// Files up to this size are small: hashed here, not imported (the mesh
+/// brings them in when a peer asks, `content::IndexedRefs`).
 const SMALL_FILE: u64 = 256 * 1024;
+const _: () = assert!(SMALL_FILE <= crate::content::HELD_OUTSIDE_MAX);
 
 /// A group commit ([`group`]) starts with at least this many hashed files
 /// unless the batch has no more: a commit costs two fsyncs, so a large
@@ -362,7 +365,7 @@ fn small_imports<'a>(
         (!chunk.is_empty()).then_some(chunk)
     });
     n0_future::stream::iter(chunks)
-        .map(move |chunk| async move { import_chunk(folder, chunk, &|_| health.progress()).await })
+        .map(move |chunk| async move { hash_chunk(folder, chunk, &|_| health.progress()).await })
         .buffered_unordered(SMALL_CHUNKS)
         .flat_map(n0_future::stream::iter)
 }
@@ -457,9 +460,11 @@ async fn sort_failed_imports(folder: &Arc<Folder>, broken: Vec<Broken>, out: &mu
 /// The store's record of the chunk's imports made durable before the index
 /// references them: a crash in between would leave index entries whose
 /// content this node has forgotten and never re-imports (the disk matches
-/// the record), so no peer could ever fetch them from it.
+/// the record), so no peer could ever fetch them from it. Files hashed
+/// here are not in the store: their `refs/` link, made before, is what
+/// the record keeps and what a peer's request brings in.
 async fn store_synced(folder: &Folder, chunk: &Chunk) -> Result<(), HashError> {
-    if chunk.imported.is_empty() {
+    if !chunk.imported.iter().any(|i| i.stored) {
         return Ok(());
     }
     folder

@@ -18,6 +18,7 @@ use super::*;
 use crate::{
     content::Content,
     folder::ApplyGuard,
+    fsutil::Opened,
     index::Index,
     record::Record,
     testing::{self, FakeContent, ME},
@@ -97,6 +98,33 @@ impl std::fmt::Debug for Hook {
     }
 }
 
+impl Probe {
+    /// A file's content is about to be read for its hash (imported, or
+    /// hashed by the hasher itself): count it, and do what the test set.
+    fn reading(&self, path: &Path) -> std::io::Result<()> {
+        self.imports.fetch_add(1, Ordering::Relaxed);
+        let hook = self.during_import.lock().unwrap().take();
+        if let Some(hook) = hook {
+            (hook.0)(path);
+        }
+        let tamper = self.tamper.lock().unwrap().clone();
+        if tamper.is_some_and(|t| std::fs::read(path).ok() == Some(t)) {
+            let mut f = std::fs::File::options().append(true).open(path)?;
+            std::io::Write::write_all(&mut f, b" and more")?;
+        }
+        if self.write_during_import.load(Ordering::Relaxed) {
+            // `path` is the refs link: the same inode as the user's file.
+            let mut f = std::fs::File::options().append(true).open(path)?;
+            std::io::Write::write_all(&mut f, b" and more")?;
+        }
+        assert!(!self.panic.load(Ordering::Relaxed), "import panics (test)");
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("store is broken"));
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Content for Probe {
     fn providers(&self) -> Vec<EndpointId> {
@@ -110,25 +138,7 @@ impl Content for Probe {
         path: PathBuf,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(Hash, Hold), StoreError> {
-        self.imports.fetch_add(1, Ordering::Relaxed);
-        let hook = self.during_import.lock().unwrap().take();
-        if let Some(hook) = hook {
-            (hook.0)(&path);
-        }
-        let tamper = self.tamper.lock().unwrap().clone();
-        if tamper.is_some_and(|t| std::fs::read(&path).ok() == Some(t)) {
-            let mut f = std::fs::File::options().append(true).open(&path)?;
-            std::io::Write::write_all(&mut f, b" and more")?;
-        }
-        if self.write_during_import.load(Ordering::Relaxed) {
-            // `path` is the refs link: the same inode as the user's file.
-            let mut f = std::fs::File::options().append(true).open(&path)?;
-            std::io::Write::write_all(&mut f, b" and more")?;
-        }
-        assert!(!self.panic.load(Ordering::Relaxed), "import panics (test)");
-        if self.fail.load(Ordering::Relaxed) {
-            return Err(std::io::Error::other("store is broken").into());
-        }
+        self.reading(&path)?;
         let mut at = 0;
         while self.slow.load(Ordering::Relaxed) {
             at += 1 << 20;
@@ -137,6 +147,10 @@ impl Content for Probe {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.inner.import(path, progress).await
+    }
+    fn hash_unimported(&self, path: &Path, opened: &Opened) -> std::io::Result<[u8; 32]> {
+        self.reading(path)?;
+        opened.hash()
     }
     async fn export(&self, hash: Hash, target: PathBuf) -> Result<(), StoreError> {
         self.inner.export(hash, target).await
@@ -191,7 +205,8 @@ async fn a_new_file_is_committed_with_a_bumped_vector_and_a_refs_link() {
     assert_eq!(r.entry.version, VersionVector::new().bump(ME).unwrap());
     assert_eq!(r.entry.hash, Some(*Hash::new(b"hello").as_bytes()));
     assert_eq!(r.entry.size, 5);
-    assert!(content.in_store(&Hash::new(b"hello")));
+    // Small: hashed by the hasher, imported only when a peer asks.
+    assert!(!content.in_store(&Hash::new(b"hello")));
     let link = r.refs.expect("a refs link");
     assert_eq!(refs_links(&folder), vec![link.clone()]);
     let linked = std::fs::read(folder.fs.refs_dir().join(link)).unwrap();
@@ -633,8 +648,13 @@ async fn a_file_changed_during_a_group_commit_batch_is_caught_the_rest_commit() 
         let want = std::fs::read(folder.fs.abs(rel)).unwrap();
         assert_eq!(r.entry.hash, Some(*Hash::new(&want).as_bytes()), "{rel}");
     }
-    let syncs = probe.syncs.load(Ordering::Relaxed);
-    assert!(syncs >= 1 && syncs < n / 2, "grouped: {syncs} commits");
+    let commits = folder.status.local_commits.load(Ordering::Relaxed) as usize;
+    assert!(
+        commits >= 1 && commits < n / 2,
+        "grouped: {commits} commits"
+    );
+    // Small files are hashed by the hasher: nothing for the store to sync.
+    assert_eq!(probe.syncs.load(Ordering::Relaxed), 0);
     assert_eq!(
         refs_links(&folder).len(),
         n - 1,
@@ -676,7 +696,7 @@ async fn a_long_import_is_progress_of_the_hasher() {
     let dir = tempfile::tempdir().unwrap();
     let probe = Arc::new(Probe::default());
     let folder = quick_folder(dir.path(), probe.clone());
-    write(&folder, "huge", b"pretend many GiB");
+    write(&folder, "huge", &big_content(b"pretend many GiB"));
     probe.slow.store(true, Ordering::Relaxed);
     let health = crate::health::Health::new(1);
     let batch = tokio::spawn(hash_batch(folder.clone(), health.clone(), paths(&["huge"])));
@@ -705,22 +725,53 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 /// import in batches, the index commits at once. A crash right after the
 /// commit must not leave an entry whose content the store forgot: the
 /// disk matches the record, so nothing would ever import it again and no
-/// peer could fetch it from this node.
+/// peer could fetch it from this node. A small file is not in the store
+/// at all: its `refs/` link, made before the commit, holds the content
+/// (what `IndexedRefs` hands the mesh when a peer asks).
 #[tokio::test]
 async fn kill9_right_after_a_hash_commit_leaves_the_content_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let content = FakeContent::new();
     let folder = quick_folder(dir.path(), content.clone());
-    write(&folder, "a.txt", b"committed just before the crash");
-    let out = hash_batch(folder.clone(), Health::new(1), paths(&["a.txt"])).await;
-    assert_eq!(out.committed, 1, "{out:?}");
+    write(
+        &folder,
+        "big",
+        &big_content(b"committed just before the crash"),
+    );
+    write(&folder, "small", b"committed just before the crash");
+    let out = hash_batch(folder.clone(), Health::new(1), paths(&["big", "small"])).await;
+    assert_eq!(out.committed, 2, "{out:?}");
     content.crash();
-    let r = record(&folder, "a.txt").expect("recorded");
+    let r = record(&folder, "big").expect("recorded");
     let hash = Hash::from_bytes(r.entry.hash.unwrap());
     assert!(
         content.in_store(&hash),
         "the index references content the store lost in the crash"
     );
+    let r = record(&folder, "small").expect("recorded");
+    let link = folder.fs.refs_dir().join(r.refs.expect("a refs link"));
+    let held = crate::fsutil::hash_file(&link).unwrap();
+    assert_eq!(
+        Some(held),
+        r.entry.hash,
+        "the link holds the recorded content"
+    );
+    let index = folder.index.clone();
+    let folders =
+        crate::folder_set::FolderSet::new([(folder.id().to_string(), folder.clone())].into());
+    let local = crate::content::IndexedRefs { index, folders };
+    use fleetsync_mesh::LocalContent;
+    assert_eq!(local.candidates(&Hash::from_bytes(held)), vec![link]);
+}
+
+/// Content bigger than a small file ([`SMALL_FILE`]): imported by the
+/// store, which hashes it.
+fn big_content(seed: &[u8]) -> Vec<u8> {
+    seed.iter()
+        .copied()
+        .cycle()
+        .take(SMALL_FILE as usize + 1)
+        .collect()
 }
 
 /// What the classifier's `lstat` showed at `rel`.
@@ -800,7 +851,8 @@ async fn hasher_race_a_staging_dir_swapped_during_import_is_not_indexed() {
     let outside = tempfile::tempdir().unwrap();
     let probe = Arc::new(Probe::default());
     let folder = quick_folder(dir.path(), probe.clone());
-    write(&folder, "a", b"innocent");
+    // Big: the store imports it, opening its `refs/` link by path.
+    write(&folder, "a", &big_content(b"innocent"));
     let secret = outside.path().join("shadow");
     std::fs::write(&secret, b"root:secret-hash:19000").unwrap();
     let (root, fake) = (folder.cfg.path.clone(), outside.path().join("fake"));
@@ -823,9 +875,10 @@ async fn hasher_race_a_staging_dir_swapped_during_import_is_not_indexed() {
 
 #[tokio::test]
 async fn hasher_race_a_staging_dir_swapped_during_a_chunk_indexes_none_of_it() {
-    // Small files are imported a chunk at a time under one stamp check:
-    // a swap while the first one imports must keep every file of the
-    // chunk out (the others were read through the swapped directory).
+    // Small files are hashed a chunk at a time under one stamp check: a
+    // swap while the first one is hashed keeps every file of the chunk
+    // out (the mesh would open their links through the swapped directory
+    // when a peer asks).
     let dir = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let probe = Arc::new(Probe::default());

@@ -1,6 +1,6 @@
 //! Queries, each in one read transaction: records (`get`, `get_many`,
 //! `descendants`, `for_each`, `since`), content (`paths_with_hash`,
-//! `paths_with_hashes`, `refs_in_use`, `refs_since`, `live_hashes`), pending rows (`pending`, `pending_for`,
+//! `paths_with_hashes`, `refs_with_hash`, `refs_in_use`, `refs_since`, `live_hashes`), pending rows (`pending`, `pending_for`,
 //! `pending_count`), `history` and `folder_meta`.
 
 use std::collections::{HashMap, HashSet};
@@ -98,6 +98,31 @@ impl Index {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(HASHES)?;
         hash_paths(&t, folder, hash)
+    }
+
+    /// The `refs/` links of the current records with content `hash`, if
+    /// it is at most `max_size` bytes long: where this node holds it (see
+    /// `content::IndexedRefs`).
+    pub fn refs_with_hash(
+        &self,
+        folder: &str,
+        hash: &[u8; 32],
+        max_size: u64,
+    ) -> Result<Vec<String>> {
+        let tx = self.db.begin_read()?;
+        let paths = hash_paths(&tx.open_table(HASHES)?, folder, hash)?;
+        let files = tx.open_table(FILES)?;
+        let mut out = Vec::new();
+        for p in paths {
+            if let Some(v) = files.get((folder, p.as_str()))? {
+                let r: Record = dec(name::FILES, v.value())?;
+                if r.entry.size > max_size {
+                    break; // every record with this hash has its size
+                }
+                out.extend(r.refs);
+            }
+        }
+        Ok(out)
     }
 
     /// [`Index::paths_with_hash`] for several hashes in one read

@@ -47,6 +47,8 @@ use crate::{
 const ROUND_LIMIT: usize = 2000;
 /// Files up to this size are applied in batches sharing one sync.
 pub const BATCH_FILE_MAX: u64 = 1 << 20;
+// Batches park what they fetch without an import (`apply::acquire`).
+const _: () = assert!(BATCH_FILE_MAX <= crate::content::HELD_OUTSIDE_MAX);
 /// Files per batch.
 const BATCH_FILES: usize = 512;
 

@@ -373,6 +373,10 @@ pub async fn start_node_with(
         slots.add_folder(id);
     }
     let folders = FolderSet::new(folders);
+    mesh.set_local_content(Arc::new(crate::content::IndexedRefs {
+        index: index.clone(),
+        folders: folders.clone(),
+    }));
     let board = Arc::new(Board::new(settings.ping_interval));
     let fatal = Arc::new(Fatal::default());
     let sup = Supervisor::new(
