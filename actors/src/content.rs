@@ -246,7 +246,10 @@ impl LocalContent for IndexedRefs {
     fn candidates(&self, hash: &Hash) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for (id, folder) in self.folders.snapshot().iter() {
-            match self.index.refs_with_hash(id, hash.as_bytes(), HELD_OUTSIDE_MAX) {
+            match self
+                .index
+                .refs_with_hash(id, hash.as_bytes(), HELD_OUTSIDE_MAX)
+            {
                 Ok(names) => out.extend(names.iter().map(|n| folder.fs.refs_dir().join(n))),
                 Err(e) => debug!(folder = %id, "cannot look up {hash}: {e}"),
             }

@@ -106,10 +106,7 @@ impl Lazy {
     /// in ([`Lazy::bring_in`]).
     pub(crate) async fn holds(&self, hash: Hash) -> bool {
         let each = self.bring_in_each(&[hash]).await;
-        matches!(
-            each.first(),
-            Some(Brought::Imported(_) | Brought::Listed)
-        )
+        matches!(each.first(), Some(Brought::Imported(_) | Brought::Listed))
     }
 
     async fn bring_in_each(&self, wanted: &[Hash]) -> Vec<Brought> {
