@@ -17,6 +17,7 @@
 
 use std::{
     collections::HashSet,
+    hash::{BuildHasher, RandomState},
     path::PathBuf,
     sync::{Arc, Mutex, OnceLock},
 };
@@ -36,7 +37,7 @@ pub const MAX_BRING_IN: usize = 1024;
 /// Imports run side by side for one request.
 const BRING_IN_CONCURRENCY: usize = 16;
 
-/// Imported links remembered ([`Lazy::bring_in`]): about 150 bytes each.
+/// Imported links remembered ([`Lazy::bring_in`]).
 const BROUGHT_MAX: usize = 16_384;
 
 /// What [`Lazy::bring_in`] did for one hash the node holds.
@@ -63,8 +64,11 @@ pub(crate) struct Lazy {
     store: Store,
     source: Arc<OnceLock<Arc<dyn LocalContent>>>,
     /// Links this process imported, with their hash: each is among its
-    /// entry's paths in the store ([`Brought`]).
-    brought: Arc<Mutex<HashSet<(Hash, PathBuf)>>>,
+    /// entry's paths in the store ([`Brought`]). Kept as 64-bit digests
+    /// of (hash, link), 16 bytes a link instead of about 150 (S3's peak
+    /// memory is a goal); a collision, about one in 10^15 per lookup with
+    /// the set full, would skip one import, and the fetch fails over.
+    brought: Arc<Mutex<(RandomState, HashSet<u64>)>>,
 }
 
 impl Lazy {
@@ -147,17 +151,19 @@ impl Lazy {
     /// Did this process import one of `paths` for `hash`?
     fn listed(&self, hash: Hash, paths: &[PathBuf]) -> bool {
         let brought = self.brought.lock().unwrap_or_else(|p| p.into_inner());
-        paths.iter().any(|p| brought.contains(&(hash, p.clone())))
+        let (keys, set) = &*brought;
+        paths.iter().any(|p| set.contains(&keys.hash_one((hash, p))))
     }
 
     /// Record an imported link; forget them all past [`BROUGHT_MAX`] (they
     /// are imported again when asked for: memory stays bounded).
     fn remember(&self, hash: Hash, path: PathBuf) {
         let mut brought = self.brought.lock().unwrap_or_else(|p| p.into_inner());
-        if brought.len() >= BROUGHT_MAX {
-            brought.clear();
+        let (keys, set) = &mut *brought;
+        if set.len() >= BROUGHT_MAX {
+            set.clear();
         }
-        brought.insert((hash, path));
+        set.insert(keys.hash_one((hash, &path)));
     }
 
     /// Import the first of `paths` that holds `hash`.
