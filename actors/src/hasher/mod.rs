@@ -100,7 +100,7 @@ pub type Done = HashMap<String, DiskState>;
 const SMALL_CHUNK: usize = 32;
 
 /// Chunks of small files in flight: one on each core.
-const SMALL_CHUNKS: usize = 2;
+const SMALL_CHUNKS: usize = 4;
 
 /// Big files hashed concurrently, besides the small ones (the store
 /// hashes them on its own threads; more only adds seeks on a spinning
