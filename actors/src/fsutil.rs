@@ -693,14 +693,15 @@ impl Session {
     /// Hard-link the opened file into `refs/` from its descriptor (not its
     /// path, which may point elsewhere by now) and return the link's name.
     /// The link is checked to be the opened inode. Linking changes the
-    /// inode's ctime: the stat is taken again for the later re-check.
+    /// inode's ctime: the link's stat, taken after it was made, is that
+    /// inode's and becomes the one the later re-check compares with.
     pub fn link_opened(&self, file: &mut Opened) -> io::Result<RefFile> {
         let refs = self.refs_fd()?;
         let link = format!("l{:016x}", random_u64());
         link_fd(&file.fd, refs, &link)?;
         match rustix::fs::statat(refs, link.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if same_inode(&st, &file.stat) => {
-                file.stat = rustix::fs::fstat(&file.fd).map_err(to_io)?;
+                file.stat = st;
                 Ok(RefFile::of(link, &st))
             }
             res => {
