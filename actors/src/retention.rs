@@ -52,6 +52,7 @@ use tracing::{debug, info, warn};
 use crate::{
     folder::{Folder, PARKED_MAX_AGE, RELEASE_GRACE},
     folder_set::FolderSet,
+    fsutil::is_shard_dir,
     gc_gate::{GcGate, GcRunError, GC_POLL},
     health::Health,
     index::{Index, IndexError, RefsInUse},
@@ -389,7 +390,7 @@ impl Handler<Sweep> for Retention {
 /// ago for a commit in flight survives). With `ZERO` (start-up, nothing in
 /// flight) released links go too. Returns what was removed.
 pub fn sweep_refs(folder: &Folder, max_age: Duration) -> Swept {
-    let Ok(rd) = std::fs::read_dir(folder.fs.refs_dir()) else {
+    let Some(listed) = list_refs(folder) else {
         return Swept::default();
     };
     // The walk over every record runs before the lock is taken: on a
@@ -402,14 +403,41 @@ pub fn sweep_refs(folder: &Folder, max_age: Duration) -> Swept {
             return Swept::default();
         }
     };
-    sweep_listed(folder, rd, in_use, max_age)
+    sweep_listed(folder, listed, in_use, max_age)
+}
+
+/// A `refs/` entry's name ([`crate::fsutil::is_ref_name`]) and `lstat`.
+type Listed = (String, Option<std::fs::Metadata>);
+
+/// Every entry of `refs/`: those in its shard directories, and those made
+/// before it had shards (in `refs/` itself). `None` if `refs/` cannot be
+/// read. A shard that cannot be read is left out (nothing in it is swept).
+pub(crate) fn list_refs(folder: &Folder) -> Option<Vec<Listed>> {
+    let refs = folder.fs.refs_dir();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&refs).ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let meta = e.metadata().ok();
+        if !(is_shard_dir(&name) && meta.as_ref().is_some_and(|m| m.is_dir())) {
+            out.push((name, meta));
+            continue;
+        }
+        let Ok(shard) = std::fs::read_dir(refs.join(&name)) else {
+            continue;
+        };
+        for f in shard.flatten() {
+            let file = f.file_name().to_string_lossy().to_string();
+            out.push((format!("{name}/{file}"), f.metadata().ok()));
+        }
+    }
+    Some(out)
 }
 
 /// The rest of [`sweep_refs`], given the links in use as of the walk:
 /// under the lock, those that commits since then started using are added.
 fn sweep_listed(
     folder: &Folder,
-    rd: std::fs::ReadDir,
+    listed: Vec<Listed>,
     in_use: RefsInUse,
     max_age: Duration,
 ) -> Swept {
@@ -424,14 +452,12 @@ fn sweep_listed(
         return n;
     };
     let now = SystemTime::now();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
+    for (name, meta) in listed {
         if keep.contains(&name) {
             continue;
         }
         // The content's mtime can be anything; creating the link set its
         // ctime, so that is the age that counts.
-        let meta = e.metadata().ok();
         let old = max_age.is_zero() || meta.as_ref().is_none_or(|m| age(now, ctime(m)) >= max_age);
         if !old {
             n.young += 1;
@@ -648,6 +674,17 @@ mod tests {
         v
     }
 
+    /// The names of `folder`'s `refs/` entries, shards included.
+    fn ref_names(folder: &Folder) -> Vec<String> {
+        let mut v: Vec<String> = list_refs(folder)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        v.sort();
+        v
+    }
+
     #[test]
     fn an_idle_folder_is_never_swept_a_changed_one_once_per_period() {
         let every = SWEEP_EVERY;
@@ -759,12 +796,12 @@ mod tests {
         }
         let mut kept = vec!["parked".to_string(), "released".to_string(), in_use.clone()];
         kept.sort();
-        assert_eq!(names(&refs), kept);
+        assert_eq!(ref_names(&folder), kept);
         // At start-up (ZERO) released links go too; used and parked stay.
         assert_eq!(sweep_refs(&folder, Duration::ZERO).files, 0);
         let mut kept = vec!["parked".to_string(), in_use];
         kept.sort();
-        assert_eq!(names(&refs), kept);
+        assert_eq!(ref_names(&folder), kept);
     }
 
     /// The walk over every record runs before the refs lock is taken
@@ -782,12 +819,12 @@ mod tests {
         let b = folder.index.get(folder.id(), "b").unwrap().unwrap();
         let b_link = b.refs.unwrap();
         assert!(!walked.names.contains(&b_link), "not in the walk");
-        let rd = std::fs::read_dir(folder.fs.refs_dir()).unwrap();
+        let listed = list_refs(&folder).unwrap();
         // ZERO: every link counts as old, only use keeps one.
-        sweep_listed(&folder, rd, walked, Duration::ZERO);
+        sweep_listed(&folder, listed, walked, Duration::ZERO);
         let mut kept = vec!["parked".to_string(), in_use, b_link];
         kept.sort();
-        assert_eq!(names(&folder.fs.refs_dir()), kept);
+        assert_eq!(ref_names(&folder), kept);
     }
 
     #[tokio::test]

@@ -152,7 +152,9 @@ impl Lazy {
     fn listed(&self, hash: Hash, paths: &[PathBuf]) -> bool {
         let brought = self.brought.lock().unwrap_or_else(|p| p.into_inner());
         let (keys, set) = &*brought;
-        paths.iter().any(|p| set.contains(&keys.hash_one((hash, p))))
+        paths
+            .iter()
+            .any(|p| set.contains(&keys.hash_one((hash, p))))
     }
 
     /// Record an imported link; forget them all past [`BROUGHT_MAX`] (they

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     folder::Folder,
-    fsutil::{hash_file, random_u32},
+    fsutil::{hash_file, random_u32, ref_shard},
     rt, space,
 };
 
@@ -123,9 +123,11 @@ pub(super) fn discard(path: &std::path::Path) {
     }
 }
 
-/// A fresh `refs/` name for content with this hash.
+/// A fresh `refs/` name for content with this hash, in the shard of its
+/// first byte.
 fn refs_name(hash: &Hash) -> String {
-    format!("{}-{:08x}", hash.to_hex(), random_u32())
+    let shard = ref_shard(hash.as_bytes()[0]);
+    format!("{shard}/{}-{:08x}", hash.to_hex(), random_u32())
 }
 
 /// An empty temp file (the empty blob needs no transfer).

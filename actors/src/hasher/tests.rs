@@ -65,9 +65,8 @@ fn paths(v: &[&str]) -> Vec<String> {
 }
 
 fn refs_links(folder: &Folder) -> Vec<String> {
-    let rd = std::fs::read_dir(folder.fs.refs_dir()).unwrap();
-    rd.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect()
+    let listed = crate::retention::list_refs(folder).unwrap();
+    listed.into_iter().map(|(name, _)| name).collect()
 }
 
 /// [`FakeContent`] that counts imports, and can fail them, modify the
@@ -859,9 +858,10 @@ async fn hasher_race_a_staging_dir_swapped_during_import_is_not_indexed() {
     *probe.during_import.lock().unwrap() = Some(Hook(Box::new(move |path: &Path| {
         // `.fleetsync` moved away and replaced by a symlink to a tree
         // whose `refs/<same name>` leads to the secret.
-        let link = path.file_name().unwrap();
-        std::fs::create_dir_all(fake.join("refs")).unwrap();
-        std::os::unix::fs::symlink(&secret, fake.join("refs").join(link)).unwrap();
+        let link = path.strip_prefix(root.join(".fleetsync/refs")).unwrap();
+        let planted = fake.join("refs").join(link);
+        std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&secret, planted).unwrap();
         std::fs::rename(root.join(".fleetsync"), root.join(".moved")).unwrap();
         std::os::unix::fs::symlink(&fake, root.join(".fleetsync")).unwrap();
     })));
