@@ -813,9 +813,14 @@ impl Session {
         if !is_ref_name(name) {
             return Err(not_regular(name));
         }
+        let (shard, file) = self.ref_dir(name).map_err(|_| not_regular(name))?;
+        let dir = match &shard {
+            Some(d) => d.as_fd(),
+            None => self.refs_fd()?,
+        };
         let flags =
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(self.refs_fd()?, name, flags, Mode::empty()) {
+        let fd = match rustix::fs::openat(dir, file, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::LOOP) => return Err(not_regular(name)),
             Err(e) => return Err(to_io(e)),
@@ -833,8 +838,28 @@ impl Session {
         if !is_ref_name(name) {
             return false;
         }
-        self.refs_fd()
-            .is_ok_and(|refs| rustix::fs::unlinkat(refs, name, AtFlags::empty()).is_ok())
+        let Ok((shard, file)) = self.ref_dir(name) else {
+            return false;
+        };
+        let dir = match &shard {
+            Some(d) => Ok(d.as_fd()),
+            None => self.refs_fd(),
+        };
+        dir.is_ok_and(|dir| rustix::fs::unlinkat(dir, file, AtFlags::empty()).is_ok())
+    }
+
+    /// The shard directory of `refs/` entry `name` (`None`: `refs/`
+    /// itself, a name from before the shards) and the file's name in it.
+    /// The shard is opened without following a symlink, so reading and
+    /// removing never leave `refs/`. (Links are made through the shard's
+    /// path: `refs/` is the node's own, owner-only directory, and the
+    /// stamp of the staging directory guards against its replacement.)
+    fn ref_dir<'n>(&self, name: &'n str) -> io::Result<(Option<OwnedFd>, &'n str)> {
+        let Some((shard, file)) = name.split_once('/') else {
+            return Ok((None, name));
+        };
+        let dir = FolderFs::open_dir_at(self.refs_fd()?, OsStr::new(shard)).map_err(to_io)?;
+        Ok((Some(dir), file))
     }
 
     /// Move `refs/<name>` itself into place (when hard links are not
@@ -1169,6 +1194,14 @@ mod tests {
             b"content"
         );
         assert_eq!(session.open_ref(&link).map(|_| ()).ok(), Some(()));
+        // A shard replaced by a symlink is not followed out of refs/.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("lx"), b"outside").unwrap();
+        std::fs::remove_dir(fs.refs_dir().join("ab")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), fs.refs_dir().join("ab")).unwrap();
+        assert!(session.open_ref("ab/lx").is_err());
+        assert!(!session.unlink_ref("ab/lx"));
+        assert!(outside.path().join("lx").exists());
         // Made before refs/ had shards: still a name.
         assert!(is_ref_name("l0123456789abcdef"));
         for bad in [
