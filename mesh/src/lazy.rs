@@ -7,8 +7,11 @@
 //! all CPU in the store's threads), and on the receiving side every small
 //! file that arrived was imported again. So small files are hashed by the
 //! node itself and recorded with their `refs/` link only; the serving side
-//! ([`crate::blobs::serve_events`]) brings a requested hash the store lacks
-//! in from there ([`Lazy::bring_in`]) before it lets the request through.
+//! ([`crate::blobs::serve_events`]) brings a requested hash in from a
+//! current link ([`Lazy::bring_in`]) before it lets the request through.
+//! A current link, not just any: the store serves an entry only from the
+//! paths it recorded, and those may all be gone by now (renamed, hashed
+//! again, swept).
 //!
 //! What the store imports is hashed as it reads it, so a candidate path
 //! that holds other bytes by now (written in place, or a path that led
