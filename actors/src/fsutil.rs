@@ -477,6 +477,21 @@ impl AsFd for Dir<'_> {
     }
 }
 
+/// The parent directory of the last path looked at through it, kept open
+/// for the next ([`Session::parent_in`]): a run of paths in one directory
+/// (a scan's, a chunk's) opens it once instead of once per path (an
+/// `openat` and a `close` a file, for each of the three looks a hashed
+/// file gets). The descriptor stays the directory that was at that path
+/// when it was walked to (never through a symlink), so swapping the path
+/// for a symlink meanwhile cannot lead outside the folder; a directory
+/// renamed meanwhile is still looked into, and the events of that rename
+/// make the watcher look at both names again. Kept for one step of a
+/// batch, never longer.
+#[derive(Default)]
+pub struct Parents {
+    last: Option<(String, OwnedFd)>,
+}
+
 /// The folder root opened once, for a series of operations. Every walk
 /// below it still goes component by component with `O_NOFOLLOW`.
 pub struct Session {
@@ -521,18 +536,51 @@ impl Session {
         }
     }
 
+    /// [`Self::open_parent`] (never creating) through `parents`: the
+    /// directory is opened only if it is not the last one's.
+    pub fn parent_in<'c, 'a>(
+        &'c self,
+        parents: &'c mut Parents,
+        rel: &'a str,
+    ) -> io::Result<(BorrowedFd<'c>, &'a str)> {
+        let Some((parent, name)) = rel.rsplit_once('/') else {
+            let (_, name) = self.open_parent(rel, false)?;
+            return Ok((self.root.as_fd(), name));
+        };
+        match &parents.last {
+            Some((p, _)) if p == parent => {
+                validate_rel_path(rel)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            }
+            _ => {
+                parents.last = None;
+                let Dir::Owned(fd) = self.open_parent(rel, false)?.0 else {
+                    unreachable!("a path with a parent has its parent opened");
+                };
+                parents.last = Some((parent.to_string(), fd));
+            }
+        }
+        let (_, fd) = parents.last.as_ref().expect("just set");
+        Ok((fd.as_fd(), name))
+    }
+
     /// `lstat` of a path inside the root. A parent that is missing (or a
     /// file) means the path is missing; a parent that is a symlink means we
     /// must not look.
     pub fn lstat(&self, rel: &str) -> io::Result<DiskState> {
-        let (dir, name) = match self.open_parent(rel, false) {
+        self.lstat_in(&mut Parents::default(), rel)
+    }
+
+    /// [`Self::lstat`], the parent directory opened through `parents`.
+    pub fn lstat_in(&self, parents: &mut Parents, rel: &str) -> io::Result<DiskState> {
+        let (dir, name) = match self.parent_in(parents, rel) {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::NotFound || is_blocked_by_file(&e) => {
                 return Ok(DiskState::Missing)
             }
             Err(e) => return Err(e),
         };
-        match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(meta_from_stat(&st)),
             Err(rustix::io::Errno::NOENT) => Ok(DiskState::Missing),
             Err(e) => Err(to_io(e)),
@@ -690,11 +738,17 @@ impl Session {
     /// re-checked is this descriptor's inode, whatever the path becomes.
     /// A symlink, fifo or device there is refused with [`NotRegular`].
     pub fn open_regular(&self, rel: &str) -> io::Result<Opened> {
-        let (dir, name) = self.open_parent(rel, false)?;
+        self.open_regular_in(&mut Parents::default(), rel)
+    }
+
+    /// [`Self::open_regular`], the parent directory opened through
+    /// `parents`.
+    pub fn open_regular_in(&self, parents: &mut Parents, rel: &str) -> io::Result<Opened> {
+        let (dir, name) = self.parent_in(parents, rel)?;
         // NONBLOCK: a fifo swapped in must not hang the open.
         let flags =
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
+        let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::LOOP) => return Err(not_regular(rel)),
             Err(e) => return Err(to_io(e)),
@@ -792,10 +846,15 @@ impl Session {
     /// ([`Opened::stat`]), so the descriptor may be closed before the
     /// re-check (a group commit re-checks thousands of files at once).
     pub fn still_is(&self, rel: &str, opened: &rustix::fs::Stat) -> bool {
-        let Ok((dir, name)) = self.open_parent(rel, false) else {
+        self.still_is_in(&mut Parents::default(), rel, opened)
+    }
+
+    /// [`Self::still_is`], the parent directory opened through `parents`.
+    pub fn still_is_in(&self, parents: &mut Parents, rel: &str, opened: &rustix::fs::Stat) -> bool {
+        let Ok((dir, name)) = self.parent_in(parents, rel) else {
             return false;
         };
-        let Ok(now) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        let Ok(now) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
             return false;
         };
         same_inode(&now, opened)
@@ -898,11 +957,14 @@ impl Opened {
     }
 
     /// BLAKE3 of the content, read through the descriptor. Blocking.
-    /// Positioned reads: no second descriptor, no seek (a small file is
-    /// one read and the one that finds its end).
+    /// Positioned reads: no second descriptor, no seek. A small file is
+    /// one read: asked for one byte more than its size, a read that comes
+    /// back short at that size has found the end (a regular file reads
+    /// short only there), and a file that grew reads on to its new end.
     pub fn hash(&self) -> io::Result<[u8; 32]> {
-        let size = usize::try_from(self.stat.st_size).unwrap_or(usize::MAX);
-        let mut buf = vec![0u8; size.saturating_add(1).clamp(4096, 256 * 1024)];
+        let size = u64::try_from(self.stat.st_size).unwrap_or(0);
+        let want = usize::try_from(size).unwrap_or(usize::MAX);
+        let mut buf = vec![0u8; want.saturating_add(1).clamp(4096, 256 * 1024)];
         let mut h = blake3::Hasher::new();
         let mut at = 0u64;
         loop {
@@ -914,6 +976,9 @@ impl Opened {
             };
             h.update(&buf[..n]);
             at += n as u64;
+            if n < buf.len() && at == size {
+                return Ok(*h.finalize().as_bytes());
+            }
         }
     }
 }
@@ -1093,10 +1158,28 @@ pub fn is_shard_dir(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A random number for a name or an id (unique, not secret).
 pub fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("OS random source unavailable");
-    u64::from_le_bytes(b)
+    /// Drawn from the OS this many at a time: a name for every file
+    /// hashed made the `getrandom` call 1% of indexing a folder of small
+    /// files.
+    const POOL: usize = 64;
+    thread_local! {
+        static DRAWN: std::cell::RefCell<(usize, [u64; POOL])> =
+            const { std::cell::RefCell::new((POOL, [0; POOL])) };
+    }
+    DRAWN.with_borrow_mut(|(next, pool)| {
+        if *next == POOL {
+            let mut b = [0u8; POOL * 8];
+            getrandom::fill(&mut b).expect("OS random source unavailable");
+            for (v, c) in pool.iter_mut().zip(b.chunks_exact(8)) {
+                *v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            }
+            *next = 0;
+        }
+        *next += 1;
+        pool[*next - 1]
+    })
 }
 
 /// Finish a temp file: permissions, mtime, fsync. Returns its stat.
@@ -1211,6 +1294,79 @@ mod tests {
             assert!(session.open_ref(bad).is_err(), "{bad}");
             assert!(!session.unlink_ref(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn parents_answer_as_a_fresh_walk_does_and_never_lead_outside() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("d/e")).unwrap();
+        std::fs::write(r.join("d/a"), b"a").unwrap();
+        std::fs::write(r.join("d/b"), b"bb").unwrap();
+        std::fs::write(r.join("top"), b"t").unwrap();
+        std::fs::write(outside.path().join("a"), b"secret!").unwrap();
+        std::fs::write(outside.path().join("c"), b"secret!").unwrap();
+        let fs = FolderFs::new(r);
+        let session = fs.session().unwrap();
+        let mut parents = Parents::default();
+        let size = |d: DiskState| match d {
+            DiskState::Present(m) => Some(m.stat.size),
+            _ => None,
+        };
+        // The same answers as a fresh walk, for a run and around it.
+        for rel in ["d/a", "d/b", "d/missing", "top", "d/e", "d/a"] {
+            let cached = session.lstat_in(&mut parents, rel).unwrap();
+            assert_eq!(cached, session.lstat(rel).unwrap(), "{rel}");
+        }
+        assert_eq!(
+            size(session.lstat_in(&mut parents, "d/b").unwrap()),
+            Some(2)
+        );
+        assert!(
+            session.lstat_in(&mut parents, "d/..").is_err(),
+            "names are still checked"
+        );
+        // The directory is swapped for a symlink out of the folder while
+        // it is held: the held descriptor is still the old directory
+        // (moved away), never the symlink's target.
+        std::fs::rename(r.join("d"), r.join("moved")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.join("d")).unwrap();
+        assert_eq!(
+            size(session.lstat_in(&mut parents, "d/a").unwrap()),
+            Some(1)
+        );
+        assert_eq!(
+            session.lstat_in(&mut parents, "d/c").unwrap(),
+            DiskState::Missing
+        );
+        let opened = session.open_regular_in(&mut parents, "d/a").unwrap();
+        assert_eq!(opened.hash().unwrap(), *blake3::hash(b"a").as_bytes());
+        // A fresh walk (another parent first) refuses the symlink.
+        let mut fresh = Parents::default();
+        assert!(session.lstat_in(&mut fresh, "top").is_ok());
+        assert!(session.open_regular_in(&mut fresh, "d/a").is_err());
+        assert!(!session.still_is_in(&mut fresh, "d/a", opened.stat()));
+    }
+
+    #[test]
+    fn a_file_that_grew_after_it_was_opened_is_hashed_to_its_new_end() {
+        use std::io::Write;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f"), b"x").unwrap();
+        let fs = FolderFs::new(root.path());
+        let opened = fs.session().unwrap().open_regular("f").unwrap();
+        assert_eq!(opened.hash().unwrap(), *blake3::hash(b"x").as_bytes());
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(root.path().join("f"))
+            .unwrap();
+        f.write_all(b" and more").unwrap();
+        assert_eq!(opened.stat().st_size, 1, "the stat taken at the open");
+        assert_eq!(
+            opened.hash().unwrap(),
+            *blake3::hash(b"x and more").as_bytes()
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Step one of a hash batch: look at each path (`lstat`, never following
 //! symlinks) and compare it with the index through the one rule,
-//! [`disk_matches`]. The result is a [`Plan`]: observations ready to
-//! commit, files to hash, and paths to look at again. Blocking.
+//! [`disk_matches`]. What it finds is handed on as it goes ([`Found`]:
+//! observations ready to commit, files to hash), so hashing starts while
+//! the rest of the batch is still looked at; what is left at the end is a
+//! [`Plan`]: the paths to look at again. Blocking.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -12,7 +14,7 @@ use fleetsync_mesh::model::{validate_rel_path, EntryKind};
 
 use crate::{
     folder::Folder,
-    fsutil::{is_escape, Session},
+    fsutil::{is_escape, Parents, Session},
     ignore::Ignore,
     index::{now_ns, Observed},
     record::{disk_matches, DiskState, Meta, Record},
@@ -21,13 +23,27 @@ use crate::{
 
 use super::{Done, HashError};
 
-/// What a batch's paths turned out to need.
+/// What the classifier found since it last handed on.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub struct Found {
     /// Ready to commit as they are: deletions, directories, symlinks.
     pub observed: Vec<(String, Observed)>,
     /// Changed files to hash, with what `lstat` showed.
     pub files: Vec<(String, Meta)>,
+}
+
+/// The classifier hands on what it found once this many files wait: the
+/// hasher's chunk of small files ([`super::SMALL_CHUNK`]).
+const HAND_ON_AT: usize = super::SMALL_CHUNK;
+
+/// Takes what the classifier found; `false` means nobody takes it any
+/// more (the batch was given up: its hasher was replaced), and the
+/// classifier stops.
+pub type HandOn<'a> = &'a mut dyn FnMut(Found) -> bool;
+
+/// What is left of a batch's paths once all were looked at.
+#[derive(Debug, Default)]
+pub struct Plan {
     /// Look again once settled (still changing, being applied).
     pub deferred: Vec<String>,
     /// Could not be looked at (index or disk error): retry after a backoff.
@@ -36,7 +52,9 @@ pub struct Plan {
 
 /// Classify `paths`, and the contents of any directory that appeared;
 /// the files of `done` are hashed at once while they show that state.
-pub fn classify(folder: &Folder, paths: Vec<String>, done: &Done) -> Plan {
+/// What is found goes to `hand_on`, a piece at a time; the last piece
+/// comes before this returns.
+pub fn classify(folder: &Folder, paths: Vec<String>, done: &Done, hand_on: HandOn<'_>) -> Plan {
     let session = match folder.fs.session() {
         Ok(s) => s,
         Err(e) => {
@@ -50,16 +68,24 @@ pub fn classify(folder: &Folder, paths: Vec<String>, done: &Done) -> Plan {
     let mut walk = Classifier {
         folder,
         session,
+        parents: Parents::default(),
         ignore: folder.ignore(),
         now_ns: now_ns(),
         done,
         seen: HashSet::new(),
         parents_recorded: HashSet::new(),
         queue: paths.into(),
+        found: Found::default(),
         plan: Plan::default(),
     };
     while let Some(rel) = walk.queue.pop_front() {
         walk.look(rel);
+        if walk.found.files.len() >= HAND_ON_AT && !hand_on(std::mem::take(&mut walk.found)) {
+            return walk.plan;
+        }
+    }
+    if !walk.found.files.is_empty() || !walk.found.observed.is_empty() {
+        hand_on(walk.found);
     }
     walk.plan
 }
@@ -76,6 +102,8 @@ enum Looked {
 struct Classifier<'a> {
     folder: &'a Folder,
     session: Session,
+    /// A batch's paths come a directory at a time (a scan lists them so).
+    parents: Parents,
     ignore: std::sync::Arc<Ignore>,
     now_ns: i64,
     done: &'a Done,
@@ -84,6 +112,8 @@ struct Classifier<'a> {
     /// Directories found recorded (live) by [`Classifier::parent_too`].
     parents_recorded: HashSet<String>,
     queue: VecDeque<String>,
+    /// Not yet handed on.
+    found: Found,
     plan: Plan,
 }
 
@@ -119,8 +149,8 @@ impl Classifier<'_> {
     }
 
     /// What is at `rel` (errors recorded in the status).
-    fn lstat(&self, rel: &str) -> Looked {
-        match self.session.lstat(rel) {
+    fn lstat(&mut self, rel: &str) -> Looked {
+        match self.session.lstat_in(&mut self.parents, rel) {
             Ok(d) => Looked::Disk(d),
             // A parent turned into a symlink: the path is no longer in the folder.
             Err(e) if is_escape(&e) => Looked::Disk(DiskState::Missing),
@@ -151,12 +181,12 @@ impl Classifier<'_> {
             }
         };
         if Record::live(rec).is_some() {
-            self.plan.observed.push((rel, Observed::Gone));
+            self.found.observed.push((rel, Observed::Gone));
         }
         for child in children.into_iter().filter(|c| !c.entry.deleted) {
             let path = child.entry.path;
             if self.seen.insert(path.clone()) {
-                self.plan.observed.push((path, Observed::Gone));
+                self.found.observed.push((path, Observed::Gone));
             }
         }
     }
@@ -229,7 +259,7 @@ impl Classifier<'_> {
             tracing::debug!(folder = self.folder.id(), path = %rel, "directory made for a peer's child: not recorded as ours");
             return;
         }
-        self.plan
+        self.found
             .observed
             .push((rel, Observed::Dir { stat: meta.stat }));
     }
@@ -238,7 +268,7 @@ impl Classifier<'_> {
     /// decide (it treats an equal target as already recorded).
     fn symlink(&mut self, rel: String, meta: Meta) {
         match self.session.read_link(&rel) {
-            Ok(target) => self.plan.observed.push((
+            Ok(target) => self.found.observed.push((
                 rel,
                 Observed::Symlink {
                     stat: meta.stat,
@@ -265,7 +295,7 @@ impl Classifier<'_> {
         if fresh && !as_left {
             self.plan.deferred.push(rel);
         } else {
-            self.plan.files.push((rel, meta));
+            self.found.files.push((rel, meta));
         }
     }
 

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::{
     content::Hold,
     folder::Folder,
-    fsutil::{Opened, RefFile, ReservedStamp, Session},
+    fsutil::{Opened, Parents, RefFile, ReservedStamp, Session},
     health::Health,
     index::{Commit, Item, Observed},
     record::{DiskState, Meta},
@@ -176,14 +176,18 @@ async fn open_all(
     let f = folder.clone();
     let paths = files.clone();
     let opened = rt::blocking(move || match f.fs.session() {
-        Ok(session) => paths
-            .into_iter()
-            .map(|(rel, meta)| {
-                let o = open_checked(&f, &session, &rel, meta)
-                    .and_then(|o| hashed_if(&f, how, o, &rel));
-                (rel, meta, o)
-            })
-            .collect(),
+        Ok(session) => {
+            // A chunk's files are mostly of one directory.
+            let mut parents = Parents::default();
+            paths
+                .into_iter()
+                .map(|(rel, meta)| {
+                    let o = open_checked(&f, &session, &mut parents, &rel, meta)
+                        .and_then(|o| hashed_if(&f, how, o, &rel));
+                    (rel, meta, o)
+                })
+                .collect()
+        }
         Err(e) => paths
             .into_iter()
             .map(|(rel, meta)| (rel, meta, Err(HashError::Root(same_error(&e)))))
@@ -298,6 +302,7 @@ async fn import_opened(
 fn open_checked(
     folder: &Folder,
     session: &Session,
+    parents: &mut Parents,
     rel: &str,
     meta: Meta,
 ) -> Result<Opening, HashError> {
@@ -305,7 +310,7 @@ fn open_checked(
         path: rel.to_string(),
         source,
     };
-    let mut opened = session.open_regular(rel).map_err(disk)?;
+    let mut opened = session.open_regular_in(parents, rel).map_err(disk)?;
     if opened.meta() != DiskState::Present(meta) {
         return Err(HashError::Changed(rel.to_string()));
     }
@@ -460,9 +465,11 @@ fn recheck(folder: &Folder, chunk: Chunk) -> Result<(Vec<Item>, Vec<String>), Ha
         return Ok((items, deferred));
     }
     let session = folder.fs.session().map_err(HashError::Root)?;
+    // Hashed a directory at a time: each parent is opened once more.
+    let mut parents = Parents::default();
     for i in chunk.imported {
         // Same inode, stat and ctime as the descriptor that was hashed.
-        if !session.still_is(&i.path, &i.opened) {
+        if !session.still_is_in(&mut parents, &i.path, &i.opened) {
             if let Some(n) = &i.refs {
                 folder.fs.remove_ref(n);
             }

@@ -31,7 +31,14 @@ mod commit;
 mod group;
 mod keep_local;
 
-use std::{collections::HashMap, future::Future, io, pin::Pin, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use actix::prelude::*;
 use fleetsync_mesh::StoreError;
@@ -47,11 +54,12 @@ use crate::{
     record::{DiskState, Meta},
     rt::{self, TaskError},
 };
-use classify::{classify, Plan};
+use classify::{classify, Found};
 use commit::{
     changed_since, commit_chunk, hash_chunk, import, Chunk, Committed, ImportResult, Imported,
 };
 use group::GroupCommit;
+use tokio::sync::mpsc;
 
 /// Messages the hasher answers.
 pub mod msg {
@@ -116,10 +124,11 @@ const SMALL_FILE: u64 = 256 * 1024;
 const _: () = assert!(SMALL_FILE <= crate::content::HELD_OUTSIDE_MAX);
 
 /// A group commit ([`group`]) starts with at least this many hashed files
-/// unless the batch has no more: a commit costs two fsyncs, so a large
-/// drop of files is not committed a file at a time while the first
-/// commit runs.
-const GROUP_MIN: usize = 64;
+/// unless the batch has no more: a commit costs two fsyncs and rewrites
+/// every index page it touches (the hash table's keys are random, so a
+/// small commit touches a page per file), so a large drop of files is not
+/// committed a few files at a time while the first commit runs.
+const GROUP_MIN: usize = 512;
 
 /// Most hashed files waiting for the running commit (then hashing waits):
 /// bounds memory and one index transaction, and peers still start
@@ -258,24 +267,27 @@ pub async fn hash_done_batch(
     }
     let t0 = Instant::now();
     let (f, p) = (folder.clone(), paths.clone());
-    let plan: Plan = match rt::blocking(move || classify(&f, p, &done)).await {
-        Ok(plan) => plan,
+    let (mut hand_on, found) = feed();
+    let classifying = rt::spawn_blocking(move || classify(&f, p, &done, &mut |x| hand_on.take(x)));
+    let mut out = HashOutcome::default();
+    let broken = import_and_commit(&folder, &health, found, &mut out).await;
+    match classifying.await {
+        Ok(plan) => {
+            out.deferred.extend(plan.deferred);
+            out.failed.extend(plan.failed);
+        }
         Err(e) => {
-            // A panic while classifying must not lose the paths either.
+            // A panic while classifying must not lose the paths either:
+            // all of them are looked at again (what was committed is then
+            // found unchanged).
+            let e = TaskError(e);
             folder.status.error(e.to_string());
             return HashOutcome {
                 failed: paths,
                 ..HashOutcome::default()
             };
         }
-    };
-    let classify_took = t0.elapsed();
-    let mut out = HashOutcome {
-        deferred: plan.deferred,
-        failed: plan.failed,
-        committed: 0,
-    };
-    let broken = import_and_commit(&folder, &health, plan.observed, plan.files, &mut out).await;
+    }
     if !broken.is_empty() {
         sort_failed_imports(&folder, broken, &mut out).await;
     }
@@ -284,11 +296,76 @@ pub async fn hash_done_batch(
         committed = out.committed,
         deferred = out.deferred.len(),
         failed = out.failed.len(),
-        classify = ?classify_took,
         total = ?t0.elapsed(),
         "hash batch done"
     );
     out
+}
+
+/// The classifier's end of [`feed`].
+struct HandOnFound {
+    small: mpsc::Sender<Vec<ToHash>>,
+    big: mpsc::Sender<ToHash>,
+    observed: Arc<Mutex<Vec<Observation>>>,
+}
+
+/// The hashing end of [`feed`]; its channels close when the classifier is
+/// done (or panicked).
+struct FoundFiles {
+    small: mpsc::Receiver<Vec<ToHash>>,
+    big: mpsc::Receiver<ToHash>,
+    observed: Arc<Mutex<Vec<Observation>>>,
+}
+
+/// How what the classifier finds reaches hashing while it still looks at
+/// the rest of the batch: small files a chunk at a time and big files one
+/// at a time over bounded channels (a classifier ahead of hashing waits,
+/// so memory stays bounded), observations into a list that the next
+/// commit takes.
+fn feed() -> (HandOnFound, FoundFiles) {
+    let (small_tx, small) = mpsc::channel(SMALL_CHUNKS);
+    let (big_tx, big) = mpsc::channel(BIG_CONCURRENCY);
+    let observed = Arc::new(Mutex::new(Vec::new()));
+    let hand_on = HandOnFound {
+        small: small_tx,
+        big: big_tx,
+        observed: observed.clone(),
+    };
+    let found = FoundFiles {
+        small,
+        big,
+        observed,
+    };
+    (hand_on, found)
+}
+
+impl HandOnFound {
+    /// Blocking: waits while hashing is a chunk behind. `false` once the
+    /// hashing end is gone (the batch was given up).
+    fn take(&mut self, found: Found) -> bool {
+        if !found.observed.is_empty() {
+            lock(&self.observed).extend(found.observed);
+        }
+        let (small, big): (Vec<_>, Vec<_>) = found
+            .files
+            .into_iter()
+            .partition(|(_, m)| m.stat.size <= SMALL_FILE);
+        if !small.is_empty() && self.small.blocking_send(small).is_err() {
+            return false;
+        }
+        big.into_iter().all(|b| self.big.blocking_send(b).is_ok())
+    }
+}
+
+/// The observations handed on so far, for the commit about to start.
+fn take_observed(observed: &Mutex<Vec<Observation>>) -> Vec<Observation> {
+    std::mem::take(&mut *lock(observed))
+}
+
+/// The list behind a mutex that nobody panics while holding (only pushes
+/// and takes): a poisoned one is still sound.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A path and what the hasher saw there, ready to commit.
@@ -300,30 +377,40 @@ type Broken = (String, Meta, HashError);
 /// A running group commit.
 type Committing<'a> = Pin<Box<dyn Future<Output = HashOutcome> + Send + 'a>>;
 
-/// Import `files` (small and big ones side by side, each kind a number at
-/// a time) and commit them in groups ([`group`]): hashing goes on while a
-/// commit runs, commits run one at a time in hashing order, the
-/// observations go with the first. Returns the files whose import failed.
+/// Import the files the classifier hands on (small and big ones side by
+/// side, each kind a number at a time) and commit them in groups
+/// ([`group`]): hashing goes on while a commit runs, commits run one at a
+/// time in hashing order, each takes the observations handed on so far.
+/// Returns the files whose import failed.
 async fn import_and_commit(
     folder: &Arc<Folder>,
     health: &Arc<Health>,
-    observed: Vec<Observation>,
-    files: Vec<ToHash>,
+    found: FoundFiles,
     out: &mut HashOutcome,
 ) -> Vec<Broken> {
-    let mut observed = Some(observed);
     let mut broken = Vec::new();
-    let (small, big): (Vec<_>, Vec<_>) = files
-        .into_iter()
-        .partition(|(_, m)| m.stat.size <= SMALL_FILE);
-    let mut smalls = small_imports(folder, health, small);
-    let mut bigs = imports(folder, health, big, BIG_CONCURRENCY);
+    let FoundFiles {
+        mut small,
+        mut big,
+        observed,
+    } = found;
+    let mut smalls = small_imports(
+        folder,
+        health,
+        n0_future::stream::poll_fn(move |cx| small.poll_recv(cx)),
+    );
+    let mut bigs = imports(
+        folder,
+        health,
+        n0_future::stream::poll_fn(move |cx| big.poll_recv(cx)),
+        BIG_CONCURRENCY,
+    );
     let (mut smalls_left, mut bigs_left) = (true, true);
     let mut group = GroupCommit::new(GROUP_MIN, GROUP_MAX);
     let mut running: Option<Committing<'_>> = None;
     loop {
         if let Some(files) = group.next() {
-            let observed = observed.take().unwrap_or_default();
+            let observed = take_observed(&observed);
             running = Some(Box::pin(commit_group(folder, health, observed, files)));
         }
         if group.finished() {
@@ -347,10 +434,11 @@ async fn import_and_commit(
             group.end();
         }
     }
-    // No file was hashed (there were none, or every import failed): the
-    // observations still go in.
-    if let Some(observed) = observed.filter(|o| !o.is_empty()) {
-        out.merge(commit_group(folder, health, observed, Vec::new()).await);
+    // Observations handed on after the last commit started (or no file
+    // was hashed at all: there were none, or every import failed).
+    let rest = take_observed(&observed);
+    if !rest.is_empty() {
+        out.merge(commit_group(folder, health, rest, Vec::new()).await);
     }
     broken
 }
@@ -360,14 +448,9 @@ async fn import_and_commit(
 fn small_imports<'a>(
     folder: &'a Arc<Folder>,
     health: &'a Health,
-    files: Vec<ToHash>,
+    chunks: impl n0_future::Stream<Item = Vec<ToHash>> + Send + 'a,
 ) -> impl n0_future::Stream<Item = ImportResult> + Send + 'a {
-    let mut files = files.into_iter();
-    let chunks = std::iter::from_fn(move || {
-        let chunk: Vec<ToHash> = files.by_ref().take(SMALL_CHUNK).collect();
-        (!chunk.is_empty()).then_some(chunk)
-    });
-    n0_future::stream::iter(chunks)
+    chunks
         .map(move |chunk| async move { hash_chunk(folder, chunk, &|_| health.progress()).await })
         .buffered_unordered(SMALL_CHUNKS)
         .flat_map(n0_future::stream::iter)
@@ -377,10 +460,10 @@ fn small_imports<'a>(
 fn imports<'a>(
     folder: &'a Arc<Folder>,
     health: &'a Health,
-    files: Vec<ToHash>,
+    files: impl n0_future::Stream<Item = ToHash> + Send + 'a,
     n: usize,
 ) -> impl n0_future::Stream<Item = ImportResult> + Send + 'a {
-    n0_future::stream::iter(files)
+    files
         .map(move |(rel, meta)| {
             let folder = folder.clone();
             async move {

@@ -19,10 +19,15 @@ use crate::{
 /// tree of unreadable directories would otherwise flood it every hour).
 const SCAN_ERRORS_LOGGED: usize = 5;
 
+/// New and changed paths are handed on this many at a time while the
+/// walk goes on, so hashing starts before the walk ends (the first scan of
+/// a folder of 50,000 files walks for 150 ms).
+pub const HAND_ON_AT: usize = 2048;
+
 /// Paths a rescan found different from the index.
 #[derive(Debug, Default)]
 pub struct ScanResult {
-    /// New, changed or deleted: ready for the hasher.
+    /// New, changed or deleted, not handed on yet: ready for the hasher.
     pub changed: Vec<String>,
     /// Files written moments ago: they settle first.
     pub fresh: Vec<String>,
@@ -42,10 +47,15 @@ pub enum ScanError {
     Task(#[from] TaskError),
 }
 
-/// Compare the disk with the index; return the paths worth hashing. A
+/// Compare the disk with the index; return the paths worth hashing, or
+/// hand them to `hand_on` as the walk goes ([`HAND_ON_AT`] at a time). A
 /// missing folder marker puts the folder in a fault state. `progress` is
 /// called for every record read and every entry walked.
-pub fn scan_folder(folder: &Folder, progress: &dyn Fn()) -> Result<ScanResult, ScanError> {
+pub fn scan_folder(
+    folder: &Folder,
+    progress: &dyn Fn(),
+    hand_on: &mut dyn FnMut(Vec<String>),
+) -> Result<ScanResult, ScanError> {
     if folder.fault().is_some() {
         return Ok(ScanResult::default());
     }
@@ -70,6 +80,9 @@ pub fn scan_folder(folder: &Folder, progress: &dyn Fn()) -> Result<ScanResult, S
                 out.fresh.push(rel);
             } else {
                 out.changed.push(rel);
+                if out.changed.len() >= HAND_ON_AT {
+                    hand_on(std::mem::take(&mut out.changed));
+                }
             }
         },
     );
@@ -117,6 +130,15 @@ mod tests {
         v
     }
 
+    /// [`scan_folder`], what it handed on included in `changed`.
+    fn scan(folder: &Folder) -> Result<ScanResult, ScanError> {
+        let mut handed = Vec::new();
+        let mut out = scan_folder(folder, &|| {}, &mut |p| handed.extend(p))?;
+        handed.append(&mut out.changed);
+        out.changed = handed;
+        Ok(out)
+    }
+
     #[tokio::test]
     async fn scan_folder_finds_new_changed_and_deleted_paths() {
         let dir = tempfile::tempdir().unwrap();
@@ -133,7 +155,7 @@ mod tests {
         let paths = ["same", "edited", "gone", "d"].map(String::from).to_vec();
         let out = hash_batch(folder.clone(), crate::health::Health::new(1), paths).await;
         assert_eq!(out.committed, 4, "{out:?}");
-        assert!(scan_folder(&folder, &|| {}).unwrap().changed.is_empty());
+        assert!(scan(&folder).unwrap().changed.is_empty());
 
         std::fs::write(root.join("edited"), "longer now").unwrap();
         set_mtime_past(&root.join("edited"));
@@ -141,9 +163,36 @@ mod tests {
         std::fs::write(root.join("new"), "n").unwrap();
         set_mtime_past(&root.join("new"));
         std::fs::write(root.join("fresh"), "still being written").unwrap();
-        let out = scan_folder(&folder, &|| {}).unwrap();
+        let out = scan(&folder).unwrap();
         assert_eq!(sorted(out.changed), vec!["edited", "gone", "new"]);
         assert_eq!(out.fresh, vec!["fresh".to_string()]);
+    }
+
+    #[test]
+    fn scan_folder_hands_on_new_paths_while_it_walks_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = testing::folder(dir.path(), FakeContent::new());
+        let root = folder.cfg.path.clone();
+        let n = HAND_ON_AT + 5;
+        for i in 0..n {
+            let p = root.join(format!("f{i:05}"));
+            std::fs::write(&p, "x").unwrap();
+            set_mtime_past(&p);
+        }
+        let mut handed: Vec<Vec<String>> = Vec::new();
+        let out = scan_folder(&folder, &|| {}, &mut |p| handed.push(p)).unwrap();
+        assert_eq!(handed.len(), 1, "one full piece handed on during the walk");
+        assert_eq!(handed[0].len(), HAND_ON_AT);
+        assert_eq!(
+            out.changed.len(),
+            n - HAND_ON_AT,
+            "the rest comes with the result"
+        );
+        let mut all: Vec<String> = handed.concat();
+        all.extend(out.changed);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "every path exactly once");
     }
 
     #[tokio::test]
@@ -167,9 +216,9 @@ mod tests {
         // A directory's mode is never synced: the same record, by the one
         // rule (record::synced_mode).
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2755)).unwrap();
-        assert!(scan_folder(&folder, &|| {}).unwrap().changed.is_empty());
+        assert!(scan(&folder).unwrap().changed.is_empty());
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
-        assert!(scan_folder(&folder, &|| {}).unwrap().changed.is_empty());
+        assert!(scan(&folder).unwrap().changed.is_empty());
     }
 
     #[test]
@@ -178,11 +227,11 @@ mod tests {
         let folder = testing::folder(dir.path(), FakeContent::new());
         std::fs::write(folder.cfg.path.join("a"), "a").unwrap();
         std::fs::remove_dir_all(folder.cfg.path.join(".fleetsync")).unwrap();
-        let err = scan_folder(&folder, &|| {}).unwrap_err();
+        let err = scan(&folder).unwrap_err();
         assert!(matches!(err, ScanError::MarkerMissing { .. }), "{err}");
         let fault = folder.fault().expect("folder is in a fault state");
         assert!(fault.contains("is the disk mounted"), "{fault}");
         // Faulted: later scans find nothing rather than "everything deleted".
-        assert!(scan_folder(&folder, &|| {}).unwrap().changed.is_empty());
+        assert!(scan(&folder).unwrap().changed.is_empty());
     }
 }
