@@ -5,7 +5,9 @@
 //!    compare it with the index by the one rule,
 //!    [`crate::record::disk_matches`]: an unchanged path is skipped without
 //!    reading it. Directories that appear are expanded; paths that vanish
-//!    become tombstones, with everything indexed below them.
+//!    become tombstones, with everything indexed below them. It runs on
+//!    a thread of its own and hands on what it finds as it goes, so the
+//!    next two steps start while it still looks.
 //! 2. [`commit::import`]: changed big files are imported into the blob
 //!    store *by reference* (hashed with BLAKE3, outboard built, no copy);
 //!    small ones are hashed by [`commit::hash_chunk`] and held in their
