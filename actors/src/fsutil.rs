@@ -1116,10 +1116,9 @@ fn symlink_tmp_name(name: &str, nonce: u32) -> String {
     format!(".{}{TMP_MARK}{nonce:08x}", shorten_name(name, room))
 }
 
+/// [`random_u64`], cut to 32 bits (drawn from the same pool).
 pub fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).expect("OS random source unavailable");
-    u32::from_le_bytes(b)
+    random_u64() as u32
 }
 
 /// A fresh `refs/` name: `kind` and 16 random hex digits, in the shard

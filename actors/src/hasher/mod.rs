@@ -348,7 +348,8 @@ impl HandOnFound {
     /// hashing end is gone (the batch was given up).
     fn take(&mut self, found: Found) -> bool {
         if !found.observed.is_empty() {
-            lock(&self.observed).extend(found.observed);
+            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+            observed.extend(found.observed);
         }
         let (small, big): (Vec<_>, Vec<_>) = found
             .files
@@ -362,14 +363,10 @@ impl HandOnFound {
 }
 
 /// The observations handed on so far, for the commit about to start.
+/// Nobody panics while holding the lock (only pushes and takes), so a
+/// poisoned list is still sound.
 fn take_observed(observed: &Mutex<Vec<Observation>>) -> Vec<Observation> {
-    std::mem::take(&mut *lock(observed))
-}
-
-/// The list behind a mutex that nobody panics while holding (only pushes
-/// and takes): a poisoned one is still sound.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    std::mem::take(&mut *observed.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// A path and what the hasher saw there, ready to commit.
