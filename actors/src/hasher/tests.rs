@@ -392,6 +392,7 @@ async fn a_file_its_writer_is_done_with_is_hashed_at_once_while_it_shows_what_th
         crate::health::Health::new(1),
         paths(&["closed", "again"]),
         done,
+        Turn::now(),
     )
     .await;
     assert_eq!(out.committed, 1, "{out:?}");
@@ -502,6 +503,7 @@ async fn a_hash_task_that_panics_returns_its_paths_as_failed() {
         crate::health::Health::new(1),
         paths(&["a", "b"]),
         Done::new(),
+        Turns::default().take_next(),
     )
     .await;
     assert_eq!(out.failed, paths(&["a", "b"]));
@@ -512,6 +514,7 @@ async fn a_hash_task_that_panics_returns_its_paths_as_failed() {
         crate::health::Health::new(1),
         out.failed,
         Done::new(),
+        Turns::default().take_next(),
     )
     .await;
     assert_eq!(out.committed, 2, "{out:?}");
@@ -710,6 +713,80 @@ async fn a_long_import_is_progress_of_the_hasher() {
     .await;
     probe.slow.store(false, Ordering::Relaxed);
     assert_eq!(batch.await.unwrap().committed, 1);
+}
+
+/// Two batches run at once (the watcher sends the next while the last
+/// commits): the later one may hash first, but its commits wait until
+/// the earlier batch has ended, so the index keeps the newer look.
+#[tokio::test]
+async fn batches_commit_in_the_order_the_hasher_took_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = quick_folder(dir.path(), FakeContent::new());
+    write(&folder, "first", b"taken first");
+    write(&folder, "second", b"taken second");
+    let mut turns = Turns::default();
+    let (first_turn, first_end) = turns.take_next();
+    let second_turn = turns.take_next();
+    let second = tokio::spawn(hash_batch_guarded(
+        folder.clone(),
+        Health::new(1),
+        paths(&["second"]),
+        Done::new(),
+        second_turn,
+    ));
+    until("the second batch to have hashed its file", || {
+        crate::retention::list_refs(&folder).is_some_and(|refs| !refs.is_empty())
+    })
+    .await;
+    let first = hash_batch_guarded(
+        folder.clone(),
+        Health::new(1),
+        paths(&["first"]),
+        Done::new(),
+        (first_turn, first_end),
+    )
+    .await;
+    assert_eq!(first.committed, 1, "{first:?}");
+    let second = second.await.unwrap();
+    assert_eq!(second.committed, 1, "{second:?}");
+    let seq = |p: &str| record(&folder, p).expect("recorded").entry.sequence;
+    assert!(
+        seq("first") < seq("second"),
+        "the batch taken second committed before the first had ended"
+    );
+}
+
+/// The watcher sends the next batch while the last one is still at the
+/// hasher ([`crate::watcher`]'s `IN_FLIGHT`): a file written during a
+/// huge import is hashed before that import ends, and committed after it.
+#[actix::test]
+async fn a_file_written_during_a_huge_import_is_hashed_before_that_batch_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(Probe::default());
+    let folder = quick_folder(dir.path(), probe.clone());
+    write(&folder, "huge", &big_content(b"pretend many GiB"));
+    probe.slow.store(true, Ordering::Relaxed);
+    let hasher = crate::slot::Slot::default();
+    hasher.set(Hasher::new(folder.clone(), Health::new(1)).start());
+    let _watcher = crate::watcher::Watcher::new(folder.clone(), hasher, Health::new(1)).start();
+    until("the huge import to start", || {
+        probe.imports.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let links = refs_links(&folder).len();
+    write(&folder, "small", b"written during the import");
+    until("the small file to be hashed", || {
+        refs_links(&folder).len() > links
+    })
+    .await;
+    assert!(record(&folder, "huge").is_none(), "still importing");
+    probe.slow.store(false, Ordering::Relaxed);
+    until("both files to be indexed", || {
+        record(&folder, "huge").is_some() && record(&folder, "small").is_some()
+    })
+    .await;
+    let seq = |p: &str| record(&folder, p).expect("recorded").entry.sequence;
+    assert!(seq("huge") < seq("small"), "committed out of order");
 }
 
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
