@@ -21,13 +21,12 @@
 //! index adopts the peer's entry instead of minting a new local version:
 //! that is what keeps applied changes from echoing back as local edits.
 //!
-//! Batches may overlap: the watcher sends the next one while the last
-//! is still committing, so the end of one batch (its last commit, on one
-//! thread) and the start of the next (classifying before the first file
-//! is hashed) no longer leave a core idle. Commits stay in the order the
-//! batches came ([`Turn`]): a batch hashes at once but commits only after
-//! the one before it has ended, so the newer look at a path is the one
-//! the index keeps.
+//! Batches may overlap: the watcher keeps up to two at the hasher, so
+//! the next one is classified and hashed while the last one's final
+//! commit runs on one thread. Commits stay in the order the batches came
+//! ([`Turn`]): a batch hashes at once but commits only after the one
+//! before it has ended, so the newer look at a path is the one the index
+//! keeps.
 //!
 //! Nothing is lost on failure: the [`HashOutcome`] returns paths to look at
 //! again once settled (`deferred`) and paths that failed (`failed`: the
