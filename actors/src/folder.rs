@@ -458,8 +458,10 @@ pub const RELEASE_GRACE: Duration = Duration::from_secs(30);
 const GRAVEYARD_MAX: usize = 100_000;
 
 /// Parked links remembered at most; past it the memory is cleared (the
-/// links themselves are swept by retention once old).
-const PARKED_MAX: usize = 1024;
+/// links themselves are swept by retention once old). Room for two
+/// receiver batches (one being placed, the next prefetched) many times
+/// over.
+pub const PARKED_MAX: usize = 4096;
 
 /// A parked link no apply took within this long is forgotten
 /// ([`Folder::prune`]); retention then removes the link like any unused

@@ -543,8 +543,27 @@ impl Session {
         parents: &'c mut Parents,
         rel: &'a str,
     ) -> io::Result<(BorrowedFd<'c>, &'a str)> {
+        self.parent_through(parents, rel, false)
+    }
+
+    /// [`Self::parent_in`], making missing directories on the way (as
+    /// [`Self::open_parent`] with `create`).
+    pub fn parent_in_making<'c, 'a>(
+        &'c self,
+        parents: &'c mut Parents,
+        rel: &'a str,
+    ) -> io::Result<(BorrowedFd<'c>, &'a str)> {
+        self.parent_through(parents, rel, true)
+    }
+
+    fn parent_through<'c, 'a>(
+        &'c self,
+        parents: &'c mut Parents,
+        rel: &'a str,
+        create: bool,
+    ) -> io::Result<(BorrowedFd<'c>, &'a str)> {
         let Some((parent, name)) = rel.rsplit_once('/') else {
-            let (_, name) = self.open_parent(rel, false)?;
+            let (_, name) = self.open_parent(rel, create)?;
             return Ok((self.root.as_fd(), name));
         };
         match &parents.last {
@@ -554,7 +573,7 @@ impl Session {
             }
             _ => {
                 parents.last = None;
-                let Dir::Owned(fd) = self.open_parent(rel, false)?.0 else {
+                let Dir::Owned(fd) = self.open_parent(rel, create)?.0 else {
                     unreachable!("a path with a parent has its parent opened");
                 };
                 parents.last = Some((parent.to_string(), fd));
@@ -919,6 +938,37 @@ impl Session {
         };
         let dir = FolderFs::open_dir_at(self.refs_fd()?, OsStr::new(shard)).map_err(to_io)?;
         Ok((Some(dir), file))
+    }
+
+    /// Link `refs/<refs_name>` in at `rel`, where nothing is (missing
+    /// parents are made): never over anything, so whatever appeared at
+    /// `rel` meanwhile fails it with `AlreadyExists`. One `linkat`, where
+    /// replacing takes a link into `tmp/` and a rename. Not durable until
+    /// the parent directory is synced.
+    pub fn link_new_in(&self, parents: &mut Parents, refs_name: &str, rel: &str) -> io::Result<()> {
+        let refs = self.refs_fd()?;
+        let (dir, name) = self.parent_in_making(parents, rel)?;
+        rustix::fs::linkat(refs, refs_name, dir, name, AtFlags::empty()).map_err(to_io)
+    }
+
+    /// Rename `tmp/<tmp_name>` to `rel`, where nothing is (missing parents
+    /// are made): never over anything, as [`Self::link_new_in`]. Where the
+    /// filesystem cannot refuse to replace (`EINVAL`), a plain rename.
+    pub fn rename_new_in(
+        &self,
+        parents: &mut Parents,
+        tmp_name: &str,
+        rel: &str,
+    ) -> io::Result<()> {
+        let tmpdir = self.open_tmp_dir()?;
+        let (dir, name) = self.parent_in_making(parents, rel)?;
+        let noreplace = rustix::fs::RenameFlags::NOREPLACE;
+        match rustix::fs::renameat_with(tmpdir, tmp_name, dir, name, noreplace) {
+            Err(rustix::io::Errno::INVAL) => {
+                rustix::fs::renameat(tmpdir, tmp_name, dir, name).map_err(to_io)
+            }
+            r => r.map_err(to_io),
+        }
     }
 
     /// Move `refs/<name>` itself into place (when hard links are not

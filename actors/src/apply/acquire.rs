@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     folder::Folder,
-    fsutil::{hash_file, random_u32, ref_shard},
+    fsutil::{hash_file, random_u32, ref_shard, ReservedStamp},
     rt, space,
 };
 
@@ -500,7 +500,19 @@ async fn fetch_direct(
 /// arrive is fetched one by one by [`acquire`].
 pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], sources: &Sources) {
     revive_all_released(folder, jobs).await;
-    let want = wanted(folder, jobs, sources).await;
+    // Content arrives straight under its `refs/` name: a rename from a
+    // temp file cost as much as the file's creation (S3). Under the stamp
+    // of the staging directory, checked again before anything is parked.
+    let f = folder.clone();
+    let (refs_dir, stamp) = match rt::blocking(move || f.fs.store_refs_dir()).await {
+        Ok(Ok(r)) => r,
+        failed => {
+            // Nothing lost: those files are fetched one by one.
+            debug!(folder = folder.id(), "no prefetch: {failed:?}");
+            return;
+        }
+    };
+    let want = wanted(folder, jobs, sources, &refs_dir).await;
     if !batch_fits(folder, jobs, &want).await {
         return;
     }
@@ -525,7 +537,7 @@ pub(super) async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], sources: &Sourc
         .flatten()
         .collect();
     let f = folder.clone();
-    if let Err(e) = rt::blocking(move || park_arrived(&f, arrived)).await {
+    if let Err(e) = rt::blocking(move || park_arrived(&f, arrived, stamp)).await {
         // Nothing lost: those files are fetched one by one.
         debug!(folder = folder.id(), "parking fetched content failed: {e}");
     }
@@ -589,11 +601,12 @@ async fn revive_all_released(folder: &Arc<Folder>, jobs: &[Job]) {
 
 /// What to fetch from whom: each missing hash once, from the best
 /// candidate (the peer that announced it, unless that one is slow for it),
-/// into a fresh temp path.
+/// into a fresh `refs/` name in `refs_dir`.
 async fn wanted(
     folder: &Folder,
     jobs: &[Job],
     sources: &Sources,
+    refs_dir: &std::path::Path,
 ) -> BTreeMap<EndpointId, Vec<(Hash, PathBuf)>> {
     let mut want: BTreeMap<EndpointId, Vec<(Hash, PathBuf)>> = BTreeMap::new();
     let mut seen = HashSet::new();
@@ -618,15 +631,16 @@ async fn wanted(
     }
     for (job, h) in missing {
         if let Some(p) = candidates(folder, &h, &job.from, sources).first() {
-            let tmp = folder.fs.tmp_dir().join(folder.fs.new_tmp_name());
-            want.entry(*p).or_default().push((h, tmp));
+            want.entry(*p)
+                .or_default()
+                .push((h, refs_dir.join(refs_name(&h))));
         }
     }
     want
 }
 
 /// One `GetMany` request under the no-progress deadline; returns what
-/// arrived whole (the rest of the temp files removed). If it fails or
+/// arrived whole (the files of the rest removed). If it fails or
 /// stalls, the peer is marked slow for every content it was asked for,
 /// and those files are fetched one by one, from others first.
 async fn fetch_many(
@@ -682,7 +696,7 @@ fn announced(sizes: &HashMap<[u8; 32], u64>, items: &[(Hash, PathBuf)]) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
-/// The items in `got`; the temp files of the others are removed.
+/// The items in `got`; the partial files of the others are removed.
 fn keep_arrived(items: Vec<(Hash, PathBuf)>, got: &HashSet<Hash>) -> Vec<(Hash, PathBuf)> {
     let (ok, missed): (Vec<_>, Vec<_>) = items.into_iter().partition(|(h, _)| got.contains(h));
     for (_, tmp) in missed {
@@ -694,27 +708,16 @@ fn keep_arrived(items: Vec<(Hash, PathBuf)>, got: &HashSet<Hash>) -> Vec<(Hash, 
 /// Verified arrivals become parked `refs/` links. They are not imported
 /// into the store: the `refs/` link of the record they become is where
 /// the mesh finds them when a peer asks (`fleetsync_mesh::lazy`). The
-/// staging directory must have stayed ours while they were renamed into
-/// it, or they are fetched again. Blocking.
-fn park_arrived(folder: &Folder, arrived: Vec<(Hash, PathBuf)>) {
-    let Ok((refs_dir, stamp)) = folder.fs.store_refs_dir() else {
-        arrived.iter().for_each(|(_, tmp)| discard(tmp));
-        return;
-    };
-    let mut parked = Vec::with_capacity(arrived.len());
-    for (hash, tmp) in arrived {
-        let name = refs_name(&hash);
-        let refs = refs_dir.join(&name);
-        match std::fs::rename(&tmp, &refs) {
-            Ok(()) => parked.push((hash, name, refs)),
-            Err(_) => discard(&tmp),
-        }
-    }
+/// staging directory must have stayed ours (`stamp`, taken before they
+/// were written), or they are removed and fetched again. Blocking.
+fn park_arrived(folder: &Folder, arrived: Vec<(Hash, PathBuf)>, stamp: ReservedStamp) {
     let ours = folder.fs.still_reserved(&stamp);
-    for (hash, name, refs) in parked {
-        match ours {
-            true => folder.park(*hash.as_bytes(), name),
-            false => discard(&refs), // fetched again later
+    let refs_dir = folder.fs.refs_dir();
+    for (hash, refs) in arrived {
+        let name = refs.strip_prefix(&refs_dir).ok().and_then(|n| n.to_str());
+        match (ours, name) {
+            (true, Some(name)) => folder.park(*hash.as_bytes(), name.to_string()),
+            _ => discard(&refs), // fetched again later
         }
     }
 }

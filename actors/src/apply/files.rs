@@ -22,7 +22,7 @@ use super::{
 use crate::{
     content::Hold,
     folder::{ApplyGuard, Folder},
-    fsutil::{finish_tmp, set_meta, Session},
+    fsutil::{finish_tmp, set_meta, Parents, Session},
     record::{applied_mode, safe_to_replace, DiskState, LocalStat, Record},
     rt,
 };
@@ -66,10 +66,29 @@ pub async fn apply_files(
     sources: &Sources,
     flush: Flush,
 ) -> Vec<(Job, Outcome)> {
-    let flush = flush_for(flush, jobs.len());
-    if flush != Flush::EachFile {
-        acquire::prefetch(folder, &jobs, sources).await;
+    if flush_for(flush, jobs.len()) != Flush::EachFile {
+        prefetch(folder, &jobs, sources).await;
     }
+    apply_prefetched(folder, jobs, sources, flush).await
+}
+
+/// Fetch the content of a batch of small files ahead of
+/// [`apply_prefetched`], which takes what arrived (parked by hash) and
+/// fetches the rest one by one. A receiver fetches its next batch while
+/// it places this one.
+pub async fn prefetch(folder: &Arc<Folder>, jobs: &[Job], sources: &Sources) {
+    acquire::prefetch(folder, jobs, sources).await;
+}
+
+/// [`apply_files`] after [`prefetch`] (or without one: content that was
+/// not parked is acquired job by job).
+pub async fn apply_prefetched(
+    folder: &Arc<Folder>,
+    jobs: Vec<Job>,
+    sources: &Sources,
+    flush: Flush,
+) -> Vec<(Job, Outcome)> {
+    let flush = flush_for(flush, jobs.len());
     let mut out = Vec::with_capacity(jobs.len());
     let mut ready = Vec::new();
     for (job, guard, prepared) in prepare_all(folder, jobs, sources, flush).await {
@@ -145,7 +164,9 @@ async fn prepare_one(
 ) -> Result<Prepared, ApplyError> {
     let f = folder.clone();
     let j = job.clone();
-    let disk = rt::blocking(move || preflight(&session_for(&f, &j.path)?, &j)).await??;
+    let disk =
+        rt::blocking(move || preflight(&session_for(&f, &j.path)?, &mut Parents::default(), &j))
+            .await??;
     if let Some(set) = update_metadata_only(folder, job, &disk).await? {
         return Ok(set);
     }
@@ -197,9 +218,9 @@ fn session_for(folder: &Folder, path: &str) -> Result<Session, ApplyError> {
 /// May a file be placed at the job's path? Returns what the disk shows
 /// (the snapshot placing re-checks against). An empty directory in the
 /// way is removed first (blocking).
-fn preflight(session: &Session, job: &Job) -> Result<DiskState, ApplyError> {
+fn preflight(session: &Session, parents: &mut Parents, job: &Job) -> Result<DiskState, ApplyError> {
     let disk = session
-        .lstat(&job.path)
+        .lstat_in(parents, &job.path)
         .map_err(ApplyError::io_at("lstat", &job.path))?;
     if !safe_to_replace(&disk, job.local.as_ref()) {
         return Err(ApplyError::LocalChange {
@@ -293,9 +314,10 @@ async fn prepare_parked(folder: &Arc<Folder>, jobs: Vec<Job>, sync: bool) -> Vec
     let batch = jobs.clone();
     let results = rt::blocking(move || -> io::Result<Vec<Result<Ready, ApplyError>>> {
         let session = f.fs.session()?;
+        let mut parents = Parents::default();
         Ok(batch
             .iter()
-            .map(|job| prepare_from_parked(&f, &session, job, sync))
+            .map(|job| prepare_from_parked(&f, &session, &mut parents, job, sync))
             .collect())
     })
     .await;
@@ -331,6 +353,7 @@ fn whole_batch<T>(
 fn prepare_from_parked(
     folder: &Folder,
     session: &Session,
+    parents: &mut Parents,
     job: &Job,
     sync: bool,
 ) -> Result<Ready, ApplyError> {
@@ -341,7 +364,7 @@ fn prepare_from_parked(
             path: job.path.clone(),
         })?;
     let staged = Staged::Refs(name);
-    match preflight(session, job) {
+    match preflight(session, parents, job) {
         Ok(disk) => finish_or_abandon(folder, staged, job, disk, sync),
         Err(e) => {
             staged.abandon(folder, hash);

@@ -48,7 +48,7 @@ use fleetsync_mesh::{
 pub use self::watchdog::Stalled;
 pub use self::{
     error::{ApplyError, Disposition},
-    files::apply_files,
+    files::{apply_files, apply_prefetched, prefetch},
     place::Flush,
 };
 use crate::{

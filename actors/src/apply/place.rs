@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use super::{acquire::Staged, keep, ApplyError, Job};
 use crate::{
     folder::Folder,
-    fsutil::Session,
+    fsutil::{Parents, Session},
     record::{DiskState, LocalStat},
     rules::conflict_name_try,
     versions::Reason,
@@ -87,10 +87,12 @@ pub(super) fn place_all(
     if flush == Flush::Batch {
         session.sync_filesystem()?;
     }
+    // A batch comes a directory at a time (paths sorted).
+    let mut parents = Parents::default();
     let mut out: Vec<Placement> = plan
         .iter()
         .map(
-            |(job, ready)| match place_one(folder, &session, job, ready) {
+            |(job, ready)| match place_one(folder, &session, &mut parents, job, ready) {
                 Ok(p) => Placement::Placed(p),
                 Err(e) => Placement::NotPlaced(e),
             },
@@ -127,14 +129,20 @@ fn sync_dirs(session: &Session, plan: &[(Job, Ready)], out: &mut [Placement]) {
 fn place_one(
     folder: &Folder,
     session: &Session,
+    parents: &mut Parents,
     job: &Job,
     ready: &Ready,
 ) -> Result<Placed, ApplyError> {
     // Last look before we replace: did someone write to the path meanwhile?
-    unchanged_since_preflight(session, job, ready)?;
+    unchanged_since_preflight(session, parents, job, ready)?;
+    if ready.disk == DiskState::Missing {
+        // Nothing to replace, keep or move aside.
+        let moved = put_where_nothing_is(session, parents, job, &ready.staged)?;
+        return Ok(Placed { moved, copy: None });
+    }
     if keep::keep_replaced(folder, session, job, &ready.disk, Reason::Overwrite) {
         // Keeping took a while: look again.
-        unchanged_since_preflight(session, job, ready)?;
+        unchanged_since_preflight(session, parents, job, ready)?;
     }
     let ours_is_a_file = matches!(ready.disk, DiskState::Present(m) if m.kind == EntryKind::File);
     let copy = if job.conflict_copy && ours_is_a_file {
@@ -148,18 +156,51 @@ fn place_one(
 
 fn unchanged_since_preflight(
     session: &Session,
+    parents: &mut Parents,
     job: &Job,
     ready: &Ready,
 ) -> Result<(), ApplyError> {
     let now = session
-        .lstat(&job.path)
+        .lstat_in(parents, &job.path)
         .map_err(ApplyError::io_at("lstat", &job.path))?;
     if now != ready.disk {
-        return Err(ApplyError::LocalChange {
-            path: job.path.clone(),
-        });
+        return Err(local_change(job));
     }
     Ok(())
+}
+
+fn local_change(job: &Job) -> ApplyError {
+    ApplyError::LocalChange {
+        path: job.path.clone(),
+    }
+}
+
+/// Staged content into a path where nothing was: a name of its own that
+/// never replaces, so a file created there since the last look fails it
+/// (a local change) instead of being overwritten. True if the `refs/`
+/// file itself had to move (see [`put_in_place`]).
+fn put_where_nothing_is(
+    session: &Session,
+    parents: &mut Parents,
+    job: &Job,
+    staged: &Staged,
+) -> Result<bool, ApplyError> {
+    let placed = match staged {
+        Staged::Refs(name) => session.link_new_in(parents, name, &job.path),
+        Staged::Tmp(name) | Staged::Copied { tmp: name, .. } => {
+            session.rename_new_in(parents, name, &job.path)
+        }
+    };
+    match placed {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(local_change(job)),
+        // No hard links here (or another refusal): the general way.
+        Err(e) if matches!(staged, Staged::Refs(_)) => {
+            debug!(path = %job.path, "linking into place failed ({e}); replacing instead");
+            put_in_place(session, job, staged)
+        }
+        Err(e) => Err(ApplyError::io("place", &job.path, e)),
+    }
 }
 
 /// Rename staged content over the path; true if the `refs/` file itself
@@ -221,6 +262,78 @@ pub(super) fn conflict_logged(folder: &Folder, job: &Job, copy: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::testing::{self, Scene};
+    use fleetsync_mesh::model::ShortId;
+    use std::os::unix::fs::MetadataExt;
+
+    fn job_for(path: &str, content: &[u8]) -> Job {
+        Job {
+            path: path.into(),
+            local: None,
+            target: testing::entry(path, EntryKind::File, Some(content), ShortId(7 << 56), 1),
+            conflict_copy: false,
+            verbatim: true,
+            from: [7; 32],
+        }
+    }
+
+    /// Content staged in `refs/` and in `tmp/`, as a fetch leaves it.
+    fn staged(scene: &Scene, content: &[u8]) -> (Staged, Staged) {
+        let refs = format!("{}/staged-ref", crate::fsutil::ref_shard(0));
+        std::fs::write(scene.folder.fs.refs_dir().join(&refs), content).unwrap();
+        std::fs::write(scene.folder.fs.tmp_dir().join("staged.tmp"), content).unwrap();
+        (Staged::Refs(refs), Staged::Tmp("staged.tmp".into()))
+    }
+
+    #[test]
+    fn a_file_that_appeared_where_nothing_was_is_never_replaced() {
+        let scene = Scene::new();
+        let session = scene.folder.fs.session().unwrap();
+        let (refs, tmp) = staged(&scene, b"theirs");
+        // Written after the last look found nothing at the path.
+        std::fs::write(scene.root().join("a"), b"mine, just written").unwrap();
+        for staged in [refs, tmp] {
+            let job = job_for("a", b"theirs");
+            let res = put_where_nothing_is(&session, &mut Parents::default(), &job, &staged);
+            assert!(
+                matches!(res, Err(ApplyError::LocalChange { .. })),
+                "{staged:?}: {res:?}"
+            );
+            assert_eq!(scene.read("a"), b"mine, just written", "{staged:?}");
+            assert!(
+                staged.path(&scene.folder).exists(),
+                "{staged:?} stays staged"
+            );
+        }
+    }
+
+    #[test]
+    fn content_goes_where_nothing_is_as_a_link_of_the_store_file_parents_made() {
+        let scene = Scene::new();
+        let session = scene.folder.fs.session().unwrap();
+        let (refs, tmp) = staged(&scene, b"theirs");
+        let mut parents = Parents::default();
+        let moved =
+            put_where_nothing_is(&session, &mut parents, &job_for("d/e/a", b"theirs"), &refs);
+        assert!(!moved.unwrap(), "linked, not moved");
+        assert_eq!(scene.read("d/e/a"), b"theirs");
+        let store_file = std::fs::metadata(refs.path(&scene.folder)).unwrap();
+        assert_eq!(
+            store_file.nlink(),
+            2,
+            "the store's link and the placed file"
+        );
+        // The next path in the same directory, through the open parent.
+        let moved =
+            put_where_nothing_is(&session, &mut parents, &job_for("d/e/b", b"theirs"), &tmp);
+        assert!(!moved.unwrap());
+        assert_eq!(scene.read("d/e/b"), b"theirs");
+        assert!(
+            !tmp.path(&scene.folder).exists(),
+            "the temp file was renamed"
+        );
+    }
 
     #[test]
     fn parent_of_a_top_level_path_is_the_root() {

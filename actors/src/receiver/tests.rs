@@ -190,3 +190,50 @@ fn a_round_that_cannot_run_is_retried_after_a_doubling_wait() {
     assert!(within(waits[8], ROUND_RETRY_MAX), "{waits:?}");
     assert!(within(round_retry_delay(u32::MAX), ROUND_RETRY_MAX));
 }
+
+/// Small files go in batches; the next batch's content used to be asked
+/// for only once the previous batch was placed and committed, so every
+/// batch waited for its transfer and then for the disk, in turn.
+#[actix::test]
+async fn the_next_batch_is_fetched_while_the_one_before_is_placed() {
+    let scene = Scene::new();
+    let (fake, folder, peer) = (scene.fake.clone(), scene.folder.clone(), scene.peer);
+    let first: Vec<FileEntry> = (0..512)
+        .map(|i| {
+            let content = format!("first batch, file {i}");
+            fake.serve(peer, content.as_bytes());
+            file(&format!("a/f{i:03}"), content.as_bytes())
+        })
+        .collect();
+    let last_of_first = first.last().unwrap().path.clone();
+    let next = fake.serve(peer, b"next batch");
+    // While the next batch's content is sent: is the first one committed?
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let (f, s, last) = (folder.clone(), seen.clone(), last_of_first.clone());
+    fake.while_sending(next, move || {
+        let committed = f.index.get("f", &last).unwrap().is_some();
+        *s.lock().unwrap() = Some(committed);
+    });
+    let mut entries = first;
+    entries.push(file("b", b"next batch"));
+    let receiver = Receiver::new(folder.clone(), Slot::default(), Health::new(1)).start();
+    receiver
+        .send(ingest(peer, 1, entries))
+        .await
+        .unwrap()
+        .unwrap();
+    until("every file applied", || {
+        folder.index.pending_count("f").unwrap() == 0
+    })
+    .await;
+    assert_eq!(scene.read("b"), b"next batch");
+    assert_eq!(scene.read(&last_of_first), b"first batch, file 511");
+    let committed = seen
+        .lock()
+        .unwrap()
+        .expect("the next batch's content was sent");
+    assert!(
+        !committed,
+        "the next batch was fetched only after the first was committed"
+    );
+}
