@@ -16,6 +16,7 @@
 //! it; [`fleetsync_mesh::lazy`]).
 
 use std::{
+    collections::HashSet,
     fmt,
     path::{Path, PathBuf},
     sync::{atomic::AtomicU64, Arc},
@@ -56,6 +57,23 @@ pub trait Content: Send + Sync + fmt::Debug + 'static {
     /// Is this blob complete in the local store (brought in first if the
     /// node holds it outside the store, [`IndexedRefs`])?
     async fn has(&self, hash: Hash) -> Result<bool, StoreError>;
+
+    /// Which of `hashes` this node holds in its folders' files, each
+    /// brought into the store on the way (as [`Content::has`] does). The
+    /// store alone is not asked: a prefetch of small files would wait on
+    /// one store lookup per file, almost always for content that is new
+    /// (S3: a fifth of the receiver's CPU), while what only the store
+    /// still holds is at most fetched once more. Fakes answer with
+    /// [`Content::has`].
+    async fn held_locally(&self, hashes: &[Hash]) -> HashSet<Hash> {
+        let mut held = HashSet::new();
+        for h in hashes {
+            if matches!(self.has(*h).await, Ok(true)) {
+                held.insert(*h);
+            }
+        }
+        held
+    }
 
     /// Hash the file at `path` and reference it in place (no copy);
     /// `progress` is called as the hashing moves (with the byte offset).
@@ -155,6 +173,10 @@ impl Content for Mesh {
 
     async fn has(&self, hash: Hash) -> Result<bool, StoreError> {
         self.has_blob(hash).await
+    }
+
+    async fn held_locally(&self, hashes: &[Hash]) -> HashSet<Hash> {
+        self.held_outside_store(hashes).await
     }
 
     async fn import(

@@ -11,7 +11,7 @@
 //! (accepted, answered with nothing) until its deadline.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     os::unix::fs::FileExt,
     path::PathBuf,
     sync::atomic::{AtomicU64, Ordering},
@@ -160,6 +160,13 @@ impl Mesh {
         }
         let has = self.inner.store.blobs().has(hash).await;
         Ok(has.map_err(iroh_blobs::api::Error::from)?)
+    }
+
+    /// Which of `hashes` the node holds outside the store (its folders'
+    /// `refs/` links), each brought in; the store itself is not asked
+    /// (see `fleetsync_actors::content::Content::held_locally`).
+    pub async fn held_outside_store(&self, hashes: &[Hash]) -> HashSet<Hash> {
+        self.inner.lazy.held(hashes).await
     }
 
     /// Hash the file at `path` and reference it from the store in place (no
@@ -838,6 +845,39 @@ mod tests {
         let got = tokio::time::timeout(DEADLINE, got).await.expect("answered");
         let len = std::fs::metadata(&second).unwrap().len();
         assert_eq!(got.expect("served from the current link"), len);
+    }
+
+    /// A receiver's prefetch asks once for a whole batch which contents it
+    /// holds itself; only its folders' links count (the store alone is
+    /// not asked), and what they hold is brought in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_outside_the_store_names_the_linked_contents_and_brings_them_in() {
+        let (a, _b) = pair().await;
+        let (linked, linked_at) = small_file(&a, "linked");
+        let (moved, moved_at) = small_file(&a, "moved");
+        std::fs::write(&moved_at, b"other bytes by now").unwrap();
+        let (stored, _tag) = content(&a, 3).await;
+        let unknown = Hash::new(b"nobody has this");
+        let held = Arc::new(Held::default());
+        assert!(a.mesh.set_local_content(held.clone()));
+        {
+            let mut map = held.0.lock().unwrap();
+            map.insert(linked, vec![linked_at]);
+            map.insert(moved, vec![moved_at]);
+        }
+        let got = a
+            .mesh
+            .held_outside_store(&[linked, moved, stored, unknown])
+            .await;
+        assert_eq!(got, HashSet::from([linked]));
+        let in_store = a.mesh.inner_store_has(linked).await;
+        assert!(in_store, "brought into the store");
+    }
+
+    impl Mesh {
+        async fn inner_store_has(&self, hash: Hash) -> bool {
+            self.inner.store.blobs().has(hash).await.unwrap()
+        }
     }
 
     fn one_len(a: &Node) -> u64 {

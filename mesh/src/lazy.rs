@@ -102,7 +102,7 @@ impl Lazy {
         self.bring_in_each(wanted)
             .await
             .into_iter()
-            .filter_map(|b| match b {
+            .filter_map(|(_, b)| match b {
                 Brought::Imported(tag) => Some(tag),
                 Brought::Listed | Brought::NotHeld => None,
             })
@@ -112,11 +112,21 @@ impl Lazy {
     /// Does the node hold `hash` outside the store? If so, it is brought
     /// in ([`Lazy::bring_in`]).
     pub(crate) async fn holds(&self, hash: Hash) -> bool {
-        let each = self.bring_in_each(&[hash]).await;
-        matches!(each.first(), Some(Brought::Imported(_) | Brought::Listed))
+        !self.held(&[hash]).await.is_empty()
     }
 
-    async fn bring_in_each(&self, wanted: &[Hash]) -> Vec<Brought> {
+    /// Which of `wanted` the node holds outside the store, each brought in
+    /// ([`Lazy::bring_in`]): one lookup of the links for all of them.
+    pub(crate) async fn held(&self, wanted: &[Hash]) -> HashSet<Hash> {
+        self.bring_in_each(wanted)
+            .await
+            .into_iter()
+            .filter(|(_, b)| matches!(b, Brought::Imported(_) | Brought::Listed))
+            .map(|(h, _)| h)
+            .collect()
+    }
+
+    async fn bring_in_each(&self, wanted: &[Hash]) -> Vec<(Hash, Brought)> {
         let Some(source) = self.source.get().cloned() else {
             return Vec::new();
         };
@@ -131,7 +141,7 @@ impl Lazy {
         .await
         .unwrap_or_default();
         n0_future::stream::iter(located)
-            .map(|(hash, paths)| self.bring_in_one(hash, paths))
+            .map(|(hash, paths)| async move { (hash, self.bring_in_one(hash, paths).await) })
             .buffered_unordered(BRING_IN_CONCURRENCY)
             .collect()
             .await

@@ -42,8 +42,6 @@ use crate::{
 
 /// Parallel `GetMany` requests per peer when prefetching a batch.
 const FETCH_STREAMS: usize = 4;
-/// Contents looked up in the store at once before a prefetch.
-const HAS_WIDTH: usize = 16;
 
 /// Where content waits before it is placed.
 #[derive(Debug, Clone)]
@@ -618,17 +616,11 @@ async fn wanted(
             new.then_some((job, h))
         })
         .collect();
-    // Side by side: the store (or a local file with this content, which
-    // `has` brings in) answers each one after a hand-off.
-    let mut missing = Vec::new();
-    for some in maybe.chunks(HAS_WIDTH) {
-        let has = n0_future::join_all(some.iter().map(|(_, h)| folder.content.has(*h))).await;
-        let absent = some
-            .iter()
-            .zip(has)
-            .filter(|(_, has)| !matches!(has, Ok(true)));
-        missing.extend(absent.map(|(x, _)| *x));
-    }
+    // Content one of our folders holds is brought in, not fetched; one
+    // lookup for the whole batch.
+    let hashes: Vec<Hash> = maybe.iter().map(|(_, h)| *h).collect();
+    let held = folder.content.held_locally(&hashes).await;
+    let missing = maybe.into_iter().filter(|(_, h)| !held.contains(h));
     for (job, h) in missing {
         if let Some(p) = candidates(folder, &h, &job.from, sources).first() {
             want.entry(*p)
