@@ -639,6 +639,18 @@ impl Session {
         Ok(())
     }
 
+    /// [`Self::mkdir`] through `parents` (a run of directories in one
+    /// parent opens it once); an existing directory is kept as it is.
+    /// Returns the stat of the directory now at `rel`.
+    pub fn mkdir_in(&self, parents: &mut Parents, rel: &str, mode: u32) -> io::Result<DiskState> {
+        let (dir, name) = self.parent_in_making(parents, rel)?;
+        let made = make_dir_at(dir, OsStr::new(name), mode).map_err(|e| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => symlink_err(rel),
+            e => to_io(e),
+        })?;
+        Ok(meta_from_stat(&rustix::fs::fstat(&made).map_err(to_io)?))
+    }
+
     /// Create or atomically replace a symlink (never following the old one).
     pub fn symlink(&self, rel: &str, target: &str) -> io::Result<()> {
         let (dir, name) = self.open_parent(rel, true)?;

@@ -8,7 +8,7 @@ use tracing::debug;
 use super::{error::on_disk, keep, place, Applied, ApplyError, Job, Outcome};
 use crate::{
     folder::{ApplyGuard, Folder},
-    fsutil::FolderFs,
+    fsutil::{FolderFs, Parents},
     record::{applied_mode, disk_matches, safe_to_replace, DiskState, LocalStat},
     rt,
     versions::Reason,
@@ -34,6 +34,92 @@ pub(super) async fn apply_entry(folder: &Arc<Folder>, job: &Job) -> Outcome {
     // commit; the apply guard holds it off until then).
     folder.dir_arrived(&job.path);
     Ok(Applied::new(job, local, None, note, guard))
+}
+
+/// Directories, in order (parents first): each one that finds nothing or
+/// a directory at its path is made in one blocking call with the others
+/// of its run; one that finds something else in the way (and all after
+/// it, so a parent is settled before its children) takes
+/// [`apply_entry`]. A blocking hop per step, three per directory, cost
+/// about 1.6 ms a directory under load: S3's 101 directories took 165 ms
+/// before the first file could be placed.
+pub(super) async fn apply_dirs(folder: &Arc<Folder>, jobs: Vec<Job>) -> Vec<(Job, Outcome)> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut rest = jobs;
+    while !rest.is_empty() {
+        let guards: Vec<ApplyGuard> = rest
+            .iter()
+            .map(|j| ApplyGuard::new(folder, &j.path))
+            .collect();
+        let (f, run) = (folder.clone(), rest.clone());
+        let made = rt::blocking(move || make_plain_dirs(&f, &run)).await;
+        let made = match made {
+            Ok(Ok(made)) => made,
+            // The root could not be opened or the task failed: the general
+            // way says why, directory by directory.
+            Ok(Err(_)) | Err(_) => Vec::new(),
+        };
+        let mut jobs = rest.into_iter();
+        let mut guards = guards.into_iter();
+        for stat in made {
+            let (job, guard) = (
+                jobs.next().expect("a job per result"),
+                guards.next().expect("a guard per job"),
+            );
+            let outcome = stat.map(|stat| {
+                folder.dir_arrived(&job.path);
+                Applied::new(&job, Some(stat), None, "created directory", guard)
+            });
+            out.push((job, outcome));
+        }
+        drop(guards);
+        let Some(job) = jobs.next() else { break };
+        let outcome = apply_entry(folder, &job).await;
+        out.push((job, outcome));
+        rest = jobs.collect();
+    }
+    out
+}
+
+/// The leading run of `jobs` whose paths hold nothing or a directory,
+/// made (blocking); stops before the first that needs more.
+fn make_plain_dirs(
+    folder: &Folder,
+    jobs: &[Job],
+) -> io::Result<Vec<Result<LocalStat, ApplyError>>> {
+    let session = folder.fs.session()?;
+    let mut parents = Parents::default();
+    let mut made = Vec::new();
+    for job in jobs {
+        let disk = match session.lstat_in(&mut parents, &job.path) {
+            Ok(d) => d,
+            Err(e) => {
+                made.push(Err(ApplyError::io("lstat", &job.path, e)));
+                continue;
+            }
+        };
+        let plain = match disk {
+            DiskState::Missing => true,
+            DiskState::Present(m) => m.kind == EntryKind::Directory,
+            DiskState::Special => false,
+        };
+        if !plain {
+            break;
+        }
+        let mode = applied_mode(EntryKind::Directory, job.target.mode, folder.cfg.umask.0);
+        let now = session
+            .mkdir_in(&mut parents, &job.path, mode)
+            .map_err(|e| ApplyError::io("mkdir", &job.path, e));
+        made.push(now.and_then(|d| match d {
+            DiskState::Present(m) => Ok(m.stat),
+            _ => Err(ApplyError::io(
+                "mkdir",
+                &job.path,
+                io::Error::other("not a directory"),
+            )),
+        }));
+    }
+    Ok(made)
 }
 
 async fn lstat(folder: &Folder, path: &str) -> Result<DiskState, ApplyError> {

@@ -152,6 +152,12 @@ impl Applied {
 }
 
 /// Apply one job: a file as a batch of one, anything else directly.
+/// Apply directory jobs (parents first), most of them in one blocking
+/// call; one outcome per job, in order.
+pub async fn apply_dirs(folder: &Arc<Folder>, jobs: Vec<Job>) -> Vec<(Job, Outcome)> {
+    entries::apply_dirs(folder, jobs).await
+}
+
 pub async fn apply_one(folder: &Arc<Folder>, job: Job, sources: &Sources) -> Outcome {
     if job.is_file() {
         let mut out = apply_files(folder, vec![job], sources, Flush::EachFile).await;

@@ -57,6 +57,18 @@ impl ApplyIn for Scene {
     }
 }
 
+/// A special file (a FIFO) at `p`.
+fn make_fifo(p: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+}
+
 fn mode_of(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }
@@ -588,14 +600,7 @@ async fn a_parked_link_that_a_placed_file_shares_is_never_placed_again() {
 async fn a_special_file_in_the_way_of_a_directory_is_retried_not_replaced() {
     let fx = fixture();
     let fifo = fx.root().join("d");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    make_fifo(&fifo);
     let e = fx
         .apply(job(
             &fx.folder,
@@ -953,4 +958,47 @@ async fn a_conflict_copy_a_new_file_or_versions_off_keep_no_version() {
     fx.apply(j).await.unwrap();
     assert_eq!(fx.folder.versions.count(), 0);
     assert!(!fx.folder.versions.dir().exists());
+}
+
+/// Directories go in runs made in one blocking call; one with something
+/// in the way (a known file to replace, a special file) takes the general
+/// way, in order, and the run goes on after it.
+#[tokio::test]
+async fn directories_in_a_run_are_made_and_one_in_the_way_is_handled_in_its_turn() {
+    let fx = fixture();
+    fx.local_file("c", b"ours, a file where their directory goes");
+    let fifo = fx.root().join("f");
+    make_fifo(&fifo);
+    std::fs::create_dir(fx.root().join("e")).unwrap();
+    let paths = ["a", "a/b", "a/b/x", "c", "c/d", "e", "f", "g"];
+    let jobs: Vec<Job> = paths
+        .iter()
+        .map(|p| job(&fx.folder, entry(p, EntryKind::Directory, None, 1), fx.peer))
+        .collect();
+    let out = apply_dirs(&fx.folder, jobs).await;
+    let order: Vec<&str> = out.iter().map(|(j, _)| j.path.as_str()).collect();
+    assert_eq!(order, paths, "one outcome per job, in order");
+    for (job, outcome) in &out {
+        let dir = fx.root().join(&job.path);
+        if job.path == "f" {
+            let e = outcome.as_ref().unwrap_err();
+            assert!(matches!(e, ApplyError::InTheWay { .. }), "{e}");
+            assert!(std::fs::symlink_metadata(&dir)
+                .unwrap()
+                .file_type()
+                .is_fifo());
+            continue;
+        }
+        let applied = outcome
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{}: {e}", job.path));
+        assert!(dir.is_dir(), "{}", job.path);
+        assert_eq!(mode_of(&dir), 0o755, "{}", job.path);
+        let stat = applied.record.local.expect("a directory's stat");
+        let now = fx.stat(&job.path);
+        assert_eq!((stat.ino, stat.mode), (now.ino, now.mode), "{}", job.path);
+    }
+    assert!(fx.folder.maps().applying > 0, "guards go with the outcomes");
+    drop(out);
+    assert_eq!(fx.folder.maps().applying, 0, "no guard left behind");
 }

@@ -190,6 +190,19 @@ pub fn next_batch(queue: &mut VecDeque<Planned>) -> Vec<Planned> {
     batch
 }
 
+/// The jobs, and the rows each one answers by path.
+fn jobs_and_rows(planned: Vec<Planned>) -> (Vec<Job>, HashMap<String, Vec<Key>>) {
+    let mut rows = HashMap::with_capacity(planned.len());
+    let jobs = planned
+        .into_iter()
+        .map(|p| {
+            rows.insert(p.job.path.clone(), p.rows);
+            p.job
+        })
+        .collect();
+    (jobs, rows)
+}
+
 fn jobs_of(batch: &[Planned]) -> Vec<Job> {
     batch.iter().map(|p| p.job.clone()).collect()
 }
@@ -524,7 +537,11 @@ impl Round {
     }
 
     async fn directories(&mut self, dirs: Vec<Planned>) {
-        self.one_by_one(dirs).await;
+        let (jobs, mut rows) = jobs_and_rows(dirs);
+        for (job, outcome) in apply::apply_dirs(&self.folder, jobs).await {
+            let rows = rows.remove(&job.path).unwrap_or_default();
+            self.out.record(&job, rows, outcome);
+        }
         // Directories are committed before their contents' rows may be.
         self.out.commit(true).await;
     }
@@ -558,14 +575,7 @@ impl Round {
 
     /// Apply a prefetched batch and commit its outcomes.
     async fn place_batch(&mut self, batch: Vec<Planned>, sources: &Sources) {
-        let mut rows: HashMap<String, Vec<Key>> = HashMap::new();
-        let jobs: Vec<Job> = batch
-            .into_iter()
-            .map(|p| {
-                rows.insert(p.job.path.clone(), p.rows);
-                p.job
-            })
-            .collect();
+        let (jobs, mut rows) = jobs_and_rows(batch);
         for (job, outcome) in apply_prefetched(&self.folder, jobs, sources, Flush::Batch).await {
             let rows = rows.remove(&job.path).unwrap_or_default();
             self.out.record(&job, rows, outcome);
