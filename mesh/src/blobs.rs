@@ -870,14 +870,8 @@ mod tests {
             .held_outside_store(&[linked, moved, stored, unknown])
             .await;
         assert_eq!(got, HashSet::from([linked]));
-        let in_store = a.mesh.inner_store_has(linked).await;
+        let in_store = a.mesh.inner.store.blobs().has(linked).await.unwrap();
         assert!(in_store, "brought into the store");
-    }
-
-    impl Mesh {
-        async fn inner_store_has(&self, hash: Hash) -> bool {
-            self.inner.store.blobs().has(hash).await.unwrap()
-        }
     }
 
     fn one_len(a: &Node) -> u64 {

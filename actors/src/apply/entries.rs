@@ -44,41 +44,38 @@ pub(super) async fn apply_entry(folder: &Arc<Folder>, job: &Job) -> Outcome {
 /// about 1.6 ms a directory under load: S3's 101 directories took 165 ms
 /// before the first file could be placed.
 pub(super) async fn apply_dirs(folder: &Arc<Folder>, jobs: Vec<Job>) -> Vec<(Job, Outcome)> {
-    let mut out = Vec::with_capacity(jobs.len());
-    let mut rest = jobs;
-    while !rest.is_empty() {
-        let guards: Vec<ApplyGuard> = rest
-            .iter()
-            .map(|j| ApplyGuard::new(folder, &j.path))
-            .collect();
-        let (f, run) = (folder.clone(), rest.clone());
-        let made = rt::blocking(move || make_plain_dirs(&f, &run)).await;
-        let made = match made {
+    // Every path is held off the hasher from the start; each guard goes
+    // with its outcome (or is let go for `apply_entry`, which takes its own).
+    let mut guards: Vec<Option<ApplyGuard>> = jobs
+        .iter()
+        .map(|j| Some(ApplyGuard::new(folder, &j.path)))
+        .collect();
+    let jobs = Arc::new(jobs);
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    while outcomes.len() < jobs.len() {
+        let at = outcomes.len();
+        let (f, all) = (folder.clone(), jobs.clone());
+        let made = match rt::blocking(move || make_plain_dirs(&f, &all[at..])).await {
             Ok(Ok(made)) => made,
             // The root could not be opened or the task failed: the general
             // way says why, directory by directory.
             Ok(Err(_)) | Err(_) => Vec::new(),
         };
-        let mut jobs = rest.into_iter();
-        let mut guards = guards.into_iter();
         for stat in made {
-            let (job, guard) = (
-                jobs.next().expect("a job per result"),
-                guards.next().expect("a guard per job"),
-            );
-            let outcome = stat.map(|stat| {
+            let (job, guard) = (&jobs[outcomes.len()], guards[outcomes.len()].take());
+            outcomes.push(stat.map(|stat| {
                 folder.dir_arrived(&job.path);
-                Applied::new(&job, Some(stat), None, "created directory", guard)
-            });
-            out.push((job, outcome));
+                let guard = guard.expect("one guard a job");
+                Applied::new(job, Some(stat), None, "created directory", guard)
+            }));
         }
-        drop(guards);
-        let Some(job) = jobs.next() else { break };
-        let outcome = apply_entry(folder, &job).await;
-        out.push((job, outcome));
-        rest = jobs.collect();
+        if let Some(job) = jobs.get(outcomes.len()) {
+            guards[outcomes.len()] = None;
+            outcomes.push(apply_entry(folder, job).await);
+        }
     }
-    out
+    let jobs = Arc::try_unwrap(jobs).unwrap_or_else(|shared| (*shared).clone());
+    jobs.into_iter().zip(outcomes).collect()
 }
 
 /// The leading run of `jobs` whose paths hold nothing or a directory,
